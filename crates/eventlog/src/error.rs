@@ -1,0 +1,125 @@
+//! The one error type of the event log.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::ExpectedVersion;
+
+/// Where a stream stands, as reported in a version conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurrentVersion {
+    /// The stream has no events (never written, or soft-deleted).
+    NoStream,
+    /// The version of the stream's last event.
+    Version(u64),
+}
+
+impl fmt::Display for CurrentVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CurrentVersion::NoStream => f.write_str("no stream"),
+            CurrentVersion::Version(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Everything that can go wrong in an event log operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The stream name is empty, too long, reserved or not printable.
+    #[error("invalid stream name {stream:?}: {reason}")]
+    InvalidStreamName { stream: String, reason: String },
+
+    /// An event of the batch is malformed (index is its place in the batch).
+    #[error("invalid event #{index} for stream {stream:?}: {reason}")]
+    InvalidEvent {
+        stream: String,
+        index: usize,
+        reason: String,
+    },
+
+    /// An encoded event is over [`crate::MAX_EVENT_BYTES`].
+    #[error("event #{index} for stream {stream:?} is {size} bytes encoded; the limit is {limit}")]
+    EventTooLarge {
+        stream: String,
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+
+    /// The whole append is over [`crate::MAX_BATCH_BYTES`] or has no events.
+    #[error("invalid batch: {reason}")]
+    InvalidBatch { reason: String },
+
+    /// Optimistic concurrency: the stream is not at the expected version.
+    #[error(
+        "wrong expected version for stream {stream:?}: expected {expected}, stream is at {actual}"
+    )]
+    WrongExpectedVersion {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: CurrentVersion,
+    },
+
+    /// The stream was hard-deleted: it can never be written or read again.
+    #[error("stream {stream:?} is deleted (tombstoned)")]
+    StreamDeleted { stream: String },
+
+    /// The stream does not exist (never written, or soft-deleted).
+    #[error("stream {stream:?} not found")]
+    StreamNotFound { stream: String },
+
+    /// An event id was already used for an event with other content, or a
+    /// retried batch only partly matches the earlier append.
+    #[error(
+        "event id {id} was already appended with different content or to a different stream ({detail})"
+    )]
+    EventIdReused { id: uuid::Uuid, detail: String },
+
+    /// Stored bytes fail their checksum or do not decode. Never served.
+    #[error("corrupt log: {file}: at offset {offset}: {reason}")]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    /// An I/O error (full disk included); nothing of the failed append was
+    /// acknowledged and the log stays consistent.
+    #[error("i/o error while {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The log hit an I/O error it could not roll back and refuses writes
+    /// until it is reopened (reopening repairs the tail).
+    #[error("log is unavailable for writes after an unrecoverable i/o error; reopen it: {reason}")]
+    Poisoned { reason: String },
+
+    /// The log was closed.
+    #[error("log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True for errors caused by the caller's input rather than the log.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(
+            self,
+            LogError::InvalidStreamName { .. }
+                | LogError::InvalidEvent { .. }
+                | LogError::EventTooLarge { .. }
+                | LogError::InvalidBatch { .. }
+        )
+    }
+}

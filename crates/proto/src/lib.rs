@@ -1,0 +1,16 @@
+//! Generated protobuf types: the stored-event envelope (`storage`) and the
+//! frame body of the embedded file log (`log`). No logic lives here.
+
+/// `pypes.storage.v1`: the envelope every backend stores for one event.
+pub mod storage {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.storage.v1.rs"));
+}
+
+/// `pypes.log.v1`: frames of the embedded file log.
+pub mod log {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.log.v1.rs"));
+}
+
+pub use prost::Message;
