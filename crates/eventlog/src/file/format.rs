@@ -61,6 +61,9 @@ pub fn check_segment_header(bytes: &[u8], expected_number: u64) -> Result<(), St
     if version != SEGMENT_FORMAT_VERSION {
         return Err(format!("unsupported segment format version {version}"));
     }
+    if bytes[12..16] != [0; 4] {
+        return Err("reserved segment header bytes are not zero".into());
+    }
     let number = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if number != expected_number {
         return Err(format!(
