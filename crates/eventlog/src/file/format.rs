@@ -252,3 +252,53 @@ pub fn decode_head(bytes: &[u8]) -> Result<proto::log::Checkpoint, String> {
     }
     proto::log::Checkpoint::decode(body).map_err(|e| format!("head.sig does not decode: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decoder against arbitrary and mutated bytes (the fuzz target's
+    //! property, run in CI on a budget).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_frame() -> Vec<u8> {
+        let frame = Frame {
+            group_start: 24,
+            chain: vec![1; 32].into(),
+            body: Some(frame::Body::Metadata(vec![8, 1, 16, 2].into())),
+        };
+        let mut out = Vec::new();
+        encode_frame(&frame, &mut out);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let FrameParse::Frame { len, .. } = parse_frame(&data) {
+                prop_assert!(len <= data.len());
+            }
+            let _ = decode_head(&data);
+        }
+
+        #[test]
+        fn any_single_bit_flip_of_a_frame_is_rejected(bit in 0usize..(8 * 62)) {
+            let mut bytes = sample_frame();
+            let bit = bit % (bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            let accepted = matches!(parse_frame(&bytes), FrameParse::Frame { .. });
+            prop_assert!(!accepted, "flipped bit {} was accepted", bit);
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_truncations_are_incomplete() {
+        let bytes = sample_frame();
+        assert!(matches!(parse_frame(&bytes), FrameParse::Frame { len, .. } if len == bytes.len()));
+        for cut in 0..bytes.len() {
+            assert!(
+                matches!(parse_frame(&bytes[..cut]), FrameParse::Incomplete),
+                "cut at {cut}"
+            );
+        }
+    }
+}
