@@ -1,1 +1,426 @@
-fn main() {}
+//! Load generator for pypes. Every figure is printed next to a baseline
+//! measured in the same run on the same disk, because the machine's fsync
+//! rate moves with whatever else runs on it.
+//!
+//! `loadgen log-append`: a raw write+fdatasync group-commit loop versus the
+//! file log at 1, 16, 256 and 1024 concurrent writers.
+//! `loadgen log-read`: `$all` read and subscription catch-up rates, and the
+//! time (and memory) to open a log of N events.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use eventlog::file::{FileLog, FileLogConfig};
+use eventlog::{
+    EventFilter, EventLog, ExpectedVersion, NewEvent, SubscribeFrom, SubscriptionMessage,
+    SubscriptionOptions, subscribe_all,
+};
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+#[command(about = "pypes load generator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)] // command names mirror the CLI: log-append, log-read, log-open
+enum Command {
+    /// Append throughput and latency of the file log against raw group commit.
+    LogAppend {
+        /// Directory for the test files (default: a temp dir under the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds measured per point.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent writer counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024")]
+        writers: Vec<usize>,
+        /// Payload bytes per event.
+        #[arg(long, default_value_t = 256)]
+        event_bytes: usize,
+    },
+    /// `$all` read and catch-up rates, and the time to open a log of N events.
+    LogRead {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Events in the log.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 256)]
+        event_bytes: usize,
+        /// Distinct streams the events are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        streams: u64,
+    },
+    /// Opens an existing log and reports open time and resident memory
+    /// (run in its own process by `log-read`).
+    LogOpen { dir: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::LogAppend {
+            dir,
+            seconds,
+            writers,
+            event_bytes,
+        } => {
+            let dir = work_dir(dir)?;
+            let result = rt.block_on(log_append(
+                dir.path(),
+                Duration::from_secs_f64(seconds),
+                &writers,
+                event_bytes,
+            ));
+            drop(dir);
+            result
+        }
+        Command::LogRead {
+            dir,
+            events,
+            event_bytes,
+            streams,
+        } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(log_read(dir.path(), events, event_bytes, streams))
+        }
+        Command::LogOpen { dir } => {
+            let started = Instant::now();
+            let log = FileLog::open(&dir, config())?;
+            let open_ms = started.elapsed().as_secs_f64() * 1000.0;
+            println!(
+                "OPEN open_ms={open_ms:.0} rss_mb={:.1} events={}",
+                rss_mb(),
+                log.head()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn work_dir(dir: Option<PathBuf>) -> Result<tempfile::TempDir> {
+    let base = match dir {
+        Some(d) => d,
+        None => std::env::current_dir()?,
+    };
+    std::fs::create_dir_all(&base)?;
+    Ok(tempfile::Builder::new()
+        .prefix("loadgen-")
+        .tempdir_in(base)?)
+}
+
+fn config() -> FileLogConfig {
+    FileLogConfig::new(SigningKey::from_bytes(&[1; 32]))
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Point {
+    events_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+fn summarize(mut latencies: Vec<u32>, elapsed: Duration) -> Point {
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+    };
+    Point {
+        events_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50).unwrap_or(0) as u64,
+        p99_us: pct(0.99).unwrap_or(0) as u64,
+    }
+}
+
+/// The baseline: writers hand fixed-size records to one thread that writes
+/// everything queued with one `write` and one `fdatasync`, then
+/// acknowledges. No encoding, index or checksum: the disk's ceiling.
+async fn raw_group_commit(
+    path: &Path,
+    writers: usize,
+    record: usize,
+    run: Duration,
+) -> Result<Point> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let (tx, rx) = mpsc::channel::<oneshot::Sender<()>>();
+    let syncer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut offset = 0u64;
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut acks = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                acks.push(more);
+            }
+            buf.clear();
+            buf.resize(acks.len() * record, 0xAB);
+            file.write_all_at(&buf, offset)?;
+            file.sync_data()?;
+            offset += buf.len() as u64;
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        Ok(())
+    });
+    let started = Instant::now();
+    let deadline = started + run;
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let (ack, done) = oneshot::channel();
+                if tx.send(ack).is_err() {
+                    break;
+                }
+                if done.await.is_err() {
+                    break;
+                }
+                latencies.push(t.elapsed().as_micros() as u32);
+            }
+            latencies
+        }));
+    }
+    drop(tx);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    syncer
+        .join()
+        .map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+    Ok(summarize(all, elapsed))
+}
+
+async fn file_log_appends(
+    dir: &Path,
+    writers: usize,
+    event_bytes: usize,
+    run: Duration,
+) -> Result<Point> {
+    let log = Arc::new(FileLog::open(dir, config())?);
+    let payload = bytes::Bytes::from(vec![0x5Au8; event_bytes]);
+    let started = Instant::now();
+    let deadline = started + run;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("writer-{w}");
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let event = NewEvent::new("BenchAppended", payload.clone());
+                log.append(&stream, ExpectedVersion::Any, vec![event])
+                    .await?;
+                latencies.push(t.elapsed().as_micros() as u32);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    log.close();
+    Ok(summarize(all, elapsed))
+}
+
+/// Bytes one event of `event_bytes` payload occupies in a segment, so the
+/// baseline writes as many bytes per event as the log does.
+fn stored_record_len(event_bytes: usize) -> usize {
+    use prost::Message;
+    let event = NewEvent::new("BenchAppended", vec![0u8; event_bytes]);
+    let stored = event.to_stored("writer-1000", 100_000, 10_000_000, 1_800_000_000_000_000);
+    let frame = proto::log::Frame {
+        group_start: 1 << 20,
+        chain: vec![0; 32].into(),
+        body: Some(proto::log::frame::Body::Batch(proto::log::Batch {
+            entries: vec![proto::log::Entry {
+                kind: Some(proto::log::entry::Kind::Event(
+                    stored.encode_to_vec().into(),
+                )),
+            }],
+        })),
+    };
+    let mut out = Vec::new();
+    eventlog::file::format::encode_frame(&frame, &mut out)
+}
+
+async fn log_append(
+    dir: &Path,
+    run: Duration,
+    writer_counts: &[usize],
+    event_bytes: usize,
+) -> Result<()> {
+    if writer_counts.is_empty() || writer_counts.contains(&0) {
+        bail!("--writers needs positive counts");
+    }
+    let record = stored_record_len(event_bytes);
+    println!(
+        "# log-append: {event_bytes}-byte payloads ({record} bytes per stored frame), one event per append, {:.1}s per point, dir {}",
+        run.as_secs_f64(),
+        dir.display()
+    );
+    for (i, &writers) in writer_counts.iter().enumerate() {
+        // Interleave baseline and log per point so both see the same disk.
+        let raw = raw_group_commit(&dir.join(format!("raw-{i}.bin")), writers, record, run).await?;
+        let log_dir = dir.join(format!("log-{i}"));
+        let log = file_log_appends(&log_dir, writers, event_bytes, run).await?;
+        std::fs::remove_dir_all(&log_dir).ok();
+        std::fs::remove_file(dir.join(format!("raw-{i}.bin"))).ok();
+        println!(
+            "BENCH log_append writers={writers} events_per_s={:.0} raw_events_per_s={:.0} ratio={:.2} p50_us={} p99_us={}",
+            log.events_per_s,
+            raw.events_per_s,
+            log.events_per_s / raw.events_per_s,
+            log.p50_us,
+            log.p99_us
+        );
+        println!(
+            "# raw baseline writers={writers}: p50_us={} p99_us={}",
+            raw.p50_us, raw.p99_us
+        );
+    }
+    Ok(())
+}
+
+async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> Result<()> {
+    let log_dir = dir.join("log");
+    let log = Arc::new(FileLog::open(&log_dir, config())?);
+    let started = Instant::now();
+    let payload = bytes::Bytes::from(vec![0x33u8; event_bytes]);
+    // Fill with concurrent batched appends (writing speed is not measured here).
+    let per_batch = 500u64;
+    let batches = events.div_ceil(per_batch);
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let log = log.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut b = t;
+            while b < batches {
+                let n = per_batch.min(events - b * per_batch);
+                let stream = format!("stream-{}", b % streams.max(1));
+                let batch = (0..n)
+                    .map(|_| NewEvent::new("Filled", payload.clone()))
+                    .collect();
+                log.append(&stream, ExpectedVersion::Any, batch).await?;
+                b += 4;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let fill = started.elapsed();
+    let size: u64 = std::fs::read_dir(log_dir.join("segments"))?
+        .map(|e| {
+            e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "# log-read: wrote {events} events ({:.0} MB) in {:.1}s",
+        size as f64 / 1e6,
+        fill.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let mut from = 0;
+    let mut read = 0u64;
+    let filter = EventFilter::all();
+    loop {
+        let page = log.read_all(from, 1000, &filter).await?;
+        read += page.events.len() as u64;
+        if page.events.is_empty() {
+            break;
+        }
+        from = page.next_position;
+    }
+    let all_rate = read as f64 / started.elapsed().as_secs_f64();
+    if read != events {
+        bail!("read {read} events, expected {events}");
+    }
+
+    let started = Instant::now();
+    let mut sub = subscribe_all(
+        log.clone(),
+        SubscribeFrom::Start,
+        EventFilter::all(),
+        SubscriptionOptions {
+            page_size: 1000,
+            ..Default::default()
+        },
+    );
+    let mut seen = 0u64;
+    loop {
+        match sub.next().await? {
+            SubscriptionMessage::Event(_) => seen += 1,
+            SubscriptionMessage::CaughtUp { .. } => break,
+            SubscriptionMessage::FellBehind { .. } => {}
+        }
+    }
+    let catchup_rate = seen as f64 / started.elapsed().as_secs_f64();
+    log.close();
+    drop(log);
+
+    // Open in a fresh process so its memory is the index's, not the filler's.
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe)
+        .arg("log-open")
+        .arg(&log_dir)
+        .output()
+        .context("running log-open")?;
+    if !out.status.success() {
+        bail!("log-open failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> String {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    println!(
+        "BENCH log_read events={events} all_read_events_per_s={all_rate:.0} catchup_events_per_s={catchup_rate:.0} open_ms={} open_rss_mb={}",
+        field("open_ms"),
+        field("rss_mb")
+    );
+    Ok(())
+}

@@ -232,7 +232,7 @@ impl EventLog for MemLog {
             let now = self.clock.now_micros();
             let mut page = AllPage {
                 events: Vec::new(),
-                next_position: from.max(0),
+                next_position: from,
                 head,
             };
             let mut position = from;

@@ -174,7 +174,7 @@ impl Index {
         let ordinal = self.frames.len() as u64;
         self.frames.push(loc);
         if let Some(p) = first_position {
-            if self.batch_frames % SPARSE_EVERY == 0 {
+            if self.batch_frames.is_multiple_of(SPARSE_EVERY) {
                 self.sparse.push((p, ordinal));
             }
             self.batch_frames += 1;
@@ -1161,6 +1161,9 @@ fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64) -> Re
     Ok(())
 }
 
+/// An event found by id: stream, version, position, content.
+type EarlierEvent = (Arc<str>, u64, u64, NewEvent);
+
 /// The writer thread: group commit of everything queued.
 struct Writer {
     shared: Arc<Shared>,
@@ -1588,7 +1591,7 @@ impl Writer {
         txn: &Txn,
         append: &StreamAppend,
     ) -> Result<Option<AppendResult>> {
-        let lookup = |id: &Uuid| -> Result<Option<(Arc<str>, u64, u64, NewEvent)>> {
+        let lookup = |id: &Uuid| -> Result<Option<EarlierEvent>> {
             if let Some((s, v, p, e)) = txn.ids.get(id) {
                 return Ok(Some((s.clone(), *v, *p, e.clone())));
             }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One open file.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Reads exactly `buf.len()` bytes at `offset` (EOF is an error).
