@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
 use eventlog::file::{FileLog, FileLogConfig};
 use eventlog::{
-    EventFilter, EventLog, ExpectedVersion, NewEvent, SubscribeFrom, SubscriptionMessage,
-    SubscriptionOptions, subscribe_all,
+    EventFilter, EventLog, ExpectedVersion, NewEvent, SubscribeFrom, SubscriptionMessage, SubscriptionOptions,
+    subscribe_all,
 };
 use tokio::sync::oneshot;
 
@@ -102,11 +102,7 @@ fn main() -> Result<()> {
             let started = Instant::now();
             let log = FileLog::open(&dir, config())?;
             let open_ms = started.elapsed().as_secs_f64() * 1000.0;
-            println!(
-                "OPEN open_ms={open_ms:.0} rss_mb={:.1} events={}",
-                rss_mb(),
-                log.head()
-            );
+            println!("OPEN open_ms={open_ms:.0} rss_mb={:.1} events={}", rss_mb(), log.head());
             Ok(())
         }
     }
@@ -118,9 +114,7 @@ fn work_dir(dir: Option<PathBuf>) -> Result<tempfile::TempDir> {
         None => std::env::current_dir()?,
     };
     std::fs::create_dir_all(&base)?;
-    Ok(tempfile::Builder::new()
-        .prefix("loadgen-")
-        .tempdir_in(base)?)
+    Ok(tempfile::Builder::new().prefix("loadgen-").tempdir_in(base)?)
 }
 
 fn config() -> FileLogConfig {
@@ -156,22 +150,17 @@ fn summarize(mut latencies: Vec<u32>, elapsed: Duration) -> Point {
     }
 }
 
-/// The baseline: writers hand fixed-size records to one thread that writes
-/// everything queued with one `write` and one `fdatasync`, then
-/// acknowledges. No encoding, index or checksum: the disk's ceiling.
-async fn raw_group_commit(
-    path: &Path,
-    writers: usize,
-    record: usize,
-    run: Duration,
-) -> Result<Point> {
+/// The baseline: writers hand records of the stored size to one thread that
+/// copies everything queued into one buffer, writes it with one `write` and
+/// one `fdatasync`, then acknowledges. No encoding, index or checksum.
+async fn raw_group_commit(path: &Path, writers: usize, record: usize, run: Duration) -> Result<Point> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
         .open(path)?;
-    let (tx, rx) = mpsc::channel::<oneshot::Sender<()>>();
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, oneshot::Sender<()>)>();
     let syncer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut offset = 0u64;
         let mut buf = Vec::new();
@@ -181,11 +170,13 @@ async fn raw_group_commit(
                 acks.push(more);
             }
             buf.clear();
-            buf.resize(acks.len() * record, 0xAB);
+            for (record, _) in &acks {
+                buf.extend_from_slice(record);
+            }
             file.write_all_at(&buf, offset)?;
             file.sync_data()?;
             offset += buf.len() as u64;
-            for ack in acks {
+            for (_, ack) in acks {
                 let _ = ack.send(());
             }
         }
@@ -201,7 +192,7 @@ async fn raw_group_commit(
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let (ack, done) = oneshot::channel();
-                if tx.send(ack).is_err() {
+                if tx.send((vec![0xAB; record], ack)).is_err() {
                     break;
                 }
                 if done.await.is_err() {
@@ -218,18 +209,11 @@ async fn raw_group_commit(
         all.extend(t.await?);
     }
     let elapsed = started.elapsed();
-    syncer
-        .join()
-        .map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+    syncer.join().map_err(|_| anyhow::anyhow!("syncer panicked"))??;
     Ok(summarize(all, elapsed))
 }
 
-async fn file_log_appends(
-    dir: &Path,
-    writers: usize,
-    event_bytes: usize,
-    run: Duration,
-) -> Result<Point> {
+async fn file_log_appends(dir: &Path, writers: usize, event_bytes: usize, run: Duration) -> Result<Point> {
     let log = Arc::new(FileLog::open(dir, config())?);
     let payload = bytes::Bytes::from(vec![0x5Au8; event_bytes]);
     let started = Instant::now();
@@ -241,11 +225,23 @@ async fn file_log_appends(
         tasks.push(tokio::spawn(async move {
             let stream = format!("writer-{w}");
             let mut latencies = Vec::new();
+            // Ids from a counter: the client's id generation (a getrandom
+            // call per UUIDv7) is not what is measured here.
+            let mut id = (u128::from(std::process::id()) << 96) | ((w as u128) << 64);
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let event = NewEvent::new("BenchAppended", payload.clone());
-                log.append(&stream, ExpectedVersion::Any, vec![event])
-                    .await?;
+                id += 1;
+                let event = NewEvent {
+                    id: uuid::Uuid::from_u128(id),
+                    event_type: "BenchAppended".into(),
+                    schema_version: 1,
+                    tenant_id: None,
+                    correlation_id: None,
+                    causation_id: None,
+                    payload: payload.clone(),
+                    sealed_fields: Vec::new(),
+                };
+                log.append(&stream, ExpectedVersion::Any, vec![event]).await?;
                 latencies.push(t.elapsed().as_micros() as u32);
             }
             anyhow::Ok(latencies)
@@ -271,9 +267,7 @@ fn stored_record_len(event_bytes: usize) -> usize {
         chain: vec![0; 32].into(),
         body: Some(proto::log::frame::Body::Batch(proto::log::Batch {
             entries: vec![proto::log::Entry {
-                kind: Some(proto::log::entry::Kind::Event(
-                    stored.encode_to_vec().into(),
-                )),
+                kind: Some(proto::log::entry::Kind::Event(stored.encode_to_vec().into())),
             }],
         })),
     };
@@ -281,12 +275,7 @@ fn stored_record_len(event_bytes: usize) -> usize {
     eventlog::file::format::encode_frame(&frame, &mut out)
 }
 
-async fn log_append(
-    dir: &Path,
-    run: Duration,
-    writer_counts: &[usize],
-    event_bytes: usize,
-) -> Result<()> {
+async fn log_append(dir: &Path, run: Duration, writer_counts: &[usize], event_bytes: usize) -> Result<()> {
     if writer_counts.is_empty() || writer_counts.contains(&0) {
         bail!("--writers needs positive counts");
     }
@@ -336,9 +325,7 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> 
             while b < batches {
                 let n = per_batch.min(events - b * per_batch);
                 let stream = format!("stream-{}", b % streams.max(1));
-                let batch = (0..n)
-                    .map(|_| NewEvent::new("Filled", payload.clone()))
-                    .collect();
+                let batch = (0..n).map(|_| NewEvent::new("Filled", payload.clone())).collect();
                 log.append(&stream, ExpectedVersion::Any, batch).await?;
                 b += 4;
             }
@@ -350,10 +337,7 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> 
     }
     let fill = started.elapsed();
     let size: u64 = std::fs::read_dir(log_dir.join("segments"))?
-        .map(|e| {
-            e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-                .unwrap_or(0)
-        })
+        .map(|e| e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).unwrap_or(0))
         .sum();
     println!(
         "# log-read: wrote {events} events ({:.0} MB) in {:.1}s",

@@ -11,9 +11,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::{
-    BoxFuture, Clock, CurrentVersion, DeleteMode, Direction, EventFilter, EventLog,
-    ExpectedVersion, LogError, ManualClock, NewEvent, ReadFrom, StreamAppend, StreamMetadata,
-    SubscribeFrom, SubscriptionMessage, SubscriptionOptions, subscribe_all,
+    BoxFuture, Clock, CurrentVersion, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
+    ManualClock, NewEvent, ReadFrom, StreamAppend, StreamMetadata, SubscribeFrom, SubscriptionMessage,
+    SubscriptionOptions, subscribe_all,
 };
 
 /// A fresh log plus whatever must live as long as it (a temp dir, a server).
@@ -99,10 +99,7 @@ pub async fn append_then_read_forward_and_backward(make: MakeLog) {
         assert_eq!(e.version, i as u64);
         assert_eq!(e.position, i as u64);
         assert_eq!(&*e.stream, "s-1");
-        assert_eq!(
-            e.event, events[i],
-            "the event reads back exactly as written"
-        );
+        assert_eq!(e.event, events[i], "the event reads back exactly as written");
         assert_eq!(e.recorded_at_micros, T0);
     }
     let mid = log
@@ -204,13 +201,9 @@ pub async fn expected_version_rules(make: MakeLog) {
         }
         other => panic!("expected a version conflict, got {other}"),
     }
-    log.append(
-        "s",
-        ExpectedVersion::Exact(0),
-        vec![ev("A", ""), ev("A", "")],
-    )
-    .await
-    .unwrap();
+    log.append("s", ExpectedVersion::Exact(0), vec![ev("A", ""), ev("A", "")])
+        .await
+        .unwrap();
     let err = log
         .append("s", ExpectedVersion::Exact(1), vec![ev("A", "")])
         .await
@@ -226,10 +219,7 @@ pub async fn expected_version_rules(make: MakeLog) {
     log.append("s", ExpectedVersion::StreamExists, vec![ev("A", "")])
         .await
         .unwrap();
-    let r = log
-        .append("s", ExpectedVersion::Any, vec![ev("A", "")])
-        .await
-        .unwrap();
+    let r = log.append("s", ExpectedVersion::Any, vec![ev("A", "")]).await.unwrap();
     assert_eq!(r.next_expected_version, 4);
     let n = log
         .read_stream("s", ReadFrom::Start, Direction::Forward, 100)
@@ -243,59 +233,36 @@ pub async fn idempotent_append_by_event_id(make: MakeLog) {
     let (f, _) = fresh(&make).await;
     let log = &f.log;
     let batch = vec![ev("A", "1"), ev("A", "2")];
-    let first = log
-        .append("s", ExpectedVersion::NoStream, batch.clone())
-        .await
-        .unwrap();
+    let first = log.append("s", ExpectedVersion::NoStream, batch.clone()).await.unwrap();
     log.append("other", ExpectedVersion::Any, vec![ev("B", "x")])
         .await
         .unwrap();
     // A retry of the same ids and bytes returns the original result, even
     // with an expectation that no longer holds.
-    let again = log
-        .append("s", ExpectedVersion::NoStream, batch.clone())
-        .await
-        .unwrap();
+    let again = log.append("s", ExpectedVersion::NoStream, batch.clone()).await.unwrap();
     assert_eq!(again, first);
-    let again_any = log
-        .append("s", ExpectedVersion::Any, batch.clone())
-        .await
-        .unwrap();
+    let again_any = log.append("s", ExpectedVersion::Any, batch.clone()).await.unwrap();
     assert_eq!(again_any, first);
     assert_eq!(log.head(), 3, "retries wrote nothing");
     // The same id with other bytes is an error.
     let mut changed = batch.clone();
     changed[1].payload = b"tampered".to_vec().into();
-    let err = log
-        .append("s", ExpectedVersion::Any, changed)
-        .await
-        .unwrap_err();
+    let err = log.append("s", ExpectedVersion::Any, changed).await.unwrap_err();
     assert!(
         matches!(err, LogError::EventIdReused { id, .. } if id == batch[1].id),
         "{err}"
     );
     // The same ids to another stream is an error.
-    let err = log
-        .append("s2", ExpectedVersion::Any, batch.clone())
-        .await
-        .unwrap_err();
+    let err = log.append("s2", ExpectedVersion::Any, batch.clone()).await.unwrap_err();
     assert!(matches!(err, LogError::EventIdReused { .. }), "{err}");
     // Old ids mixed with new ones is an error, and writes nothing.
     let err = log
-        .append(
-            "s",
-            ExpectedVersion::Any,
-            vec![batch[0].clone(), ev("A", "3")],
-        )
+        .append("s", ExpectedVersion::Any, vec![batch[0].clone(), ev("A", "3")])
         .await
         .unwrap_err();
     assert!(matches!(err, LogError::EventIdReused { .. }), "{err}");
     let err = log
-        .append(
-            "s",
-            ExpectedVersion::Any,
-            vec![ev("A", "3"), batch[0].clone()],
-        )
+        .append("s", ExpectedVersion::Any, vec![ev("A", "3"), batch[0].clone()])
         .await
         .unwrap_err();
     assert!(matches!(err, LogError::EventIdReused { .. }), "{err}");
@@ -334,15 +301,10 @@ pub async fn multi_stream_append_is_atomic(make: MakeLog) {
         "{err}"
     );
     assert!(matches!(
-        log.read_stream("a", ReadFrom::Start, Direction::Forward, 10)
-            .await,
+        log.read_stream("a", ReadFrom::Start, Direction::Forward, 10).await,
         Err(LogError::StreamNotFound { .. })
     ));
-    assert_eq!(
-        log.head(),
-        1,
-        "nothing of the refused multi-stream append was written"
-    );
+    assert_eq!(log.head(), 1, "nothing of the refused multi-stream append was written");
     let results = log
         .append_multi(vec![
             StreamAppend {
@@ -367,10 +329,7 @@ pub async fn multi_stream_append_is_atomic(make: MakeLog) {
         ),
         (1, 2, 1)
     );
-    assert_eq!(
-        (results[1].first_position, results[1].next_expected_version),
-        (3, 1)
-    );
+    assert_eq!((results[1].first_position, results[1].next_expected_version), (3, 1));
     let page = log.read_all(0, 100, &EventFilter::all()).await.unwrap();
     assert_eq!(payloads(&page.events), ["b0", "a0", "a1", "b1"]);
 }
@@ -385,13 +344,9 @@ pub async fn read_all_with_filters_and_paging(make: MakeLog) {
             format!("pype-{}", i % 2)
         };
         let kind = if i % 2 == 0 { "Even" } else { "Odd" };
-        log.append(
-            &stream,
-            ExpectedVersion::Any,
-            vec![ev(kind, &i.to_string())],
-        )
-        .await
-        .unwrap();
+        log.append(&stream, ExpectedVersion::Any, vec![ev(kind, &i.to_string())])
+            .await
+            .unwrap();
     }
     let mut seen = Vec::new();
     let mut from = 0;
@@ -416,16 +371,8 @@ pub async fn read_all_with_filters_and_paging(make: MakeLog) {
         .await
         .unwrap();
     assert_eq!(sessions.events.len(), 10);
-    assert!(
-        sessions
-            .events
-            .iter()
-            .all(|e| e.stream.starts_with("session-"))
-    );
-    let odd = log
-        .read_all(0, 100, &EventFilter::event_type("Odd"))
-        .await
-        .unwrap();
+    assert!(sessions.events.iter().all(|e| e.stream.starts_with("session-")));
+    let odd = log.read_all(0, 100, &EventFilter::event_type("Odd")).await.unwrap();
     assert_eq!(odd.events.len(), 15);
     let both = EventFilter {
         stream_prefixes: vec!["pype-".into()],
@@ -447,11 +394,7 @@ pub async fn read_all_with_filters_and_paging(make: MakeLog) {
     assert_eq!(none.next_position, 30);
     let from_middle = log.read_all(17, 3, &EventFilter::all()).await.unwrap();
     assert_eq!(
-        from_middle
-            .events
-            .iter()
-            .map(|e| e.position)
-            .collect::<Vec<_>>(),
+        from_middle.events.iter().map(|e| e.position).collect::<Vec<_>>(),
         [17, 18, 19]
     );
     assert_eq!(from_middle.next_position, 20);
@@ -677,10 +620,7 @@ pub async fn metadata_limits_hide_events(make: MakeLog) {
             .await
             .unwrap();
     }
-    assert_eq!(
-        log.stream_metadata("mc").await.unwrap(),
-        StreamMetadata::default()
-    );
+    assert_eq!(log.stream_metadata("mc").await.unwrap(), StreamMetadata::default());
     let meta = StreamMetadata {
         max_count: Some(3),
         ..Default::default()
@@ -739,15 +679,8 @@ pub async fn metadata_limits_hide_events(make: MakeLog) {
         .await
         .unwrap();
     assert_eq!(payloads(&read), ["new"]);
-    let all = log
-        .read_all(0, 1000, &EventFilter::stream_prefix("age"))
-        .await
-        .unwrap();
-    assert_eq!(
-        payloads(&all.events),
-        ["new"],
-        "$all hides expired events too"
-    );
+    let all = log.read_all(0, 1000, &EventFilter::stream_prefix("age")).await.unwrap();
+    assert_eq!(payloads(&all.events), ["new"], "$all hides expired events too");
     // Metadata may be set before the stream exists.
     log.set_stream_metadata(
         "later",
@@ -758,13 +691,9 @@ pub async fn metadata_limits_hide_events(make: MakeLog) {
     )
     .await
     .unwrap();
-    log.append(
-        "later",
-        ExpectedVersion::NoStream,
-        vec![ev("E", "a"), ev("E", "b")],
-    )
-    .await
-    .unwrap();
+    log.append("later", ExpectedVersion::NoStream, vec![ev("E", "a"), ev("E", "b")])
+        .await
+        .unwrap();
     let read = log
         .read_stream("later", ReadFrom::Start, Direction::Forward, 100)
         .await
@@ -775,13 +704,9 @@ pub async fn metadata_limits_hide_events(make: MakeLog) {
 pub async fn soft_delete_then_write_again(make: MakeLog) {
     let (f, _) = fresh(&make).await;
     let log = &f.log;
-    log.append(
-        "s",
-        ExpectedVersion::NoStream,
-        vec![ev("E", "0"), ev("E", "1")],
-    )
-    .await
-    .unwrap();
+    log.append("s", ExpectedVersion::NoStream, vec![ev("E", "0"), ev("E", "1")])
+        .await
+        .unwrap();
     let err = log
         .delete_stream("s", ExpectedVersion::Exact(0), DeleteMode::Soft)
         .await
@@ -791,23 +716,16 @@ pub async fn soft_delete_then_write_again(make: MakeLog) {
         .await
         .unwrap();
     assert!(matches!(
-        log.read_stream("s", ReadFrom::Start, Direction::Forward, 10)
-            .await,
+        log.read_stream("s", ReadFrom::Start, Direction::Forward, 10).await,
         Err(LogError::StreamNotFound { .. })
     ));
     let all = log.read_all(0, 100, &EventFilter::all()).await.unwrap();
-    assert!(
-        all.events.is_empty(),
-        "soft-deleted events are hidden from $all"
-    );
+    assert!(all.events.is_empty(), "soft-deleted events are hidden from $all");
     let r = log
         .append("s", ExpectedVersion::NoStream, vec![ev("E", "2")])
         .await
         .unwrap();
-    assert_eq!(
-        r.next_expected_version, 2,
-        "versions continue after a soft delete"
-    );
+    assert_eq!(r.next_expected_version, 2, "versions continue after a soft delete");
     let read = log
         .read_stream("s", ReadFrom::Start, Direction::Forward, 10)
         .await
@@ -841,13 +759,9 @@ pub async fn hard_delete_is_final(make: MakeLog) {
             .await
             .map(|_| ())
     ));
+    assert!(deleted(log.set_stream_metadata("h", StreamMetadata::default()).await));
     assert!(deleted(
-        log.set_stream_metadata("h", StreamMetadata::default())
-            .await
-    ));
-    assert!(deleted(
-        log.delete_stream("h", ExpectedVersion::Any, DeleteMode::Soft)
-            .await
+        log.delete_stream("h", ExpectedVersion::Any, DeleteMode::Soft).await
     ));
     assert!(deleted(log.stream_metadata("h").await.map(|_| ())));
     let err = log
@@ -870,13 +784,9 @@ pub async fn scavenge_removes_hidden_events(make: MakeLog) {
     log.append("keep", ExpectedVersion::Any, vec![ev("E", "keep-0")])
         .await
         .unwrap();
-    log.append(
-        "soft",
-        ExpectedVersion::Any,
-        vec![ev("E", "soft-0"), ev("E", "soft-1")],
-    )
-    .await
-    .unwrap();
+    log.append("soft", ExpectedVersion::Any, vec![ev("E", "soft-0"), ev("E", "soft-1")])
+        .await
+        .unwrap();
     log.append("hard", ExpectedVersion::Any, vec![ev("E", "hard-0")])
         .await
         .unwrap();
@@ -930,14 +840,9 @@ pub async fn scavenge_removes_hidden_events(make: MakeLog) {
     log.set_stream_metadata("count", StreamMetadata::default())
         .await
         .unwrap();
-    log.set_stream_metadata("age", StreamMetadata::default())
-        .await
-        .unwrap();
+    log.set_stream_metadata("age", StreamMetadata::default()).await.unwrap();
     let all = log.read_all(0, 1000, &EventFilter::all()).await.unwrap();
-    assert_eq!(
-        payloads(&all.events),
-        ["keep-0", "count-3", "age-new", "keep-1"]
-    );
+    assert_eq!(payloads(&all.events), ["keep-0", "count-3", "age-new", "keep-1"]);
     let count = log
         .read_stream("count", ReadFrom::Start, Direction::Forward, 10)
         .await
@@ -985,19 +890,13 @@ pub async fn bad_input_is_refused_with_clear_errors(make: MakeLog) {
         .await
         .unwrap_err();
     assert!(e.is_invalid_argument(), "{e}");
-    let e = log
-        .append("s", ExpectedVersion::Any, vec![])
-        .await
-        .unwrap_err();
+    let e = log.append("s", ExpectedVersion::Any, vec![]).await.unwrap_err();
     assert!(e.to_string().contains("no events"), "{e}");
     let e = log
         .append("s", ExpectedVersion::Any, vec![ev("", "")])
         .await
         .unwrap_err();
-    assert!(
-        e.to_string().contains("event type must not be empty"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("event type must not be empty"), "{e}");
     let e = log
         .append(
             "s",
@@ -1054,10 +953,7 @@ pub async fn bad_input_is_refused_with_clear_errors(make: MakeLog) {
         .unwrap_err();
     assert!(e.is_invalid_argument());
     let big: Vec<NewEvent> = (0..20).map(|_| ev("E", &"p".repeat(1_000_000))).collect();
-    let e = log
-        .append("s", ExpectedVersion::Any, big)
-        .await
-        .unwrap_err();
+    let e = log.append("s", ExpectedVersion::Any, big).await.unwrap_err();
     assert!(e.to_string().contains("limit is"), "{e}");
     assert_eq!(log.head(), 0, "nothing was written by refused input");
     // The log still works.

@@ -53,9 +53,7 @@ pub enum LogError {
     InvalidBatch { reason: String },
 
     /// Optimistic concurrency: the stream is not at the expected version.
-    #[error(
-        "wrong expected version for stream {stream:?}: expected {expected}, stream is at {actual}"
-    )]
+    #[error("wrong expected version for stream {stream:?}: expected {expected}, stream is at {actual}")]
     WrongExpectedVersion {
         stream: String,
         expected: ExpectedVersion,
@@ -72,18 +70,12 @@ pub enum LogError {
 
     /// An event id was already used for an event with other content, or a
     /// retried batch only partly matches the earlier append.
-    #[error(
-        "event id {id} was already appended with different content or to a different stream ({detail})"
-    )]
+    #[error("event id {id} was already appended with different content or to a different stream ({detail})")]
     EventIdReused { id: uuid::Uuid, detail: String },
 
     /// Stored bytes fail their checksum or do not decode. Never served.
     #[error("corrupt log: {file}: at offset {offset}: {reason}")]
-    Corrupt {
-        file: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { file: PathBuf, offset: u64, reason: String },
 
     /// An I/O error (full disk included); nothing of the failed append was
     /// acknowledged and the log stays consistent.

@@ -22,14 +22,12 @@ use std::pin::Pin;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{CurrentVersion, LogError};
 pub use model::{
-    AllPage, AppendResult, DeleteMode, Direction, EventFilter, ExpectedVersion, MAX_BATCH_BYTES,
-    MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent,
-    ScavengeReport, StreamAppend, StreamMetadata, validate_stream_name,
+    AllPage, AppendResult, DeleteMode, Direction, EventFilter, ExpectedVersion, MAX_BATCH_BYTES, MAX_EVENT_BYTES,
+    MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend,
+    StreamMetadata, validate_stream_name,
 };
 pub use proto::storage::SealedField;
-pub use subscription::{
-    SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all,
-};
+pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all};
 
 /// A boxed, sendable future: the return type of the port's async methods, so
 /// that `dyn EventLog` works and backends can be chosen at run time.
@@ -87,12 +85,7 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Reads `$all` forward from global position `from` (inclusive): up to
     /// `max_count` events that pass `filter`, and where to continue.
-    fn read_all<'a>(
-        &'a self,
-        from: u64,
-        max_count: usize,
-        filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<AllPage>>;
+    fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>>;
 
     /// The position the next committed event will get: every event below it
     /// is durable and readable.
@@ -102,11 +95,7 @@ pub trait EventLog: Send + Sync + 'static {
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Replaces the metadata of `stream` (which need not exist yet).
-    fn set_stream_metadata<'a>(
-        &'a self,
-        stream: &'a str,
-        metadata: StreamMetadata,
-    ) -> BoxFuture<'a, Result<()>>;
+    fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>>;
 
     /// The current metadata of `stream` (default when never set).
     fn stream_metadata<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<StreamMetadata>>;

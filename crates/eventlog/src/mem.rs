@@ -10,9 +10,8 @@ use uuid::Uuid;
 
 use crate::model::{StreamRules, validate_appends};
 use crate::{
-    AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog,
-    ExpectedVersion, LogError, ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend,
-    StreamMetadata, SystemClock, validate_stream_name,
+    AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
+    ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, SystemClock, validate_stream_name,
 };
 
 #[derive(Default)]
@@ -39,9 +38,7 @@ pub struct MemLog {
 
 impl std::fmt::Debug for MemLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemLog")
-            .field("head", &*self.head.borrow())
-            .finish()
+        f.debug_struct("MemLog").field("head", &*self.head.borrow()).finish()
     }
 }
 
@@ -78,12 +75,7 @@ enum Idempotency {
 }
 
 fn check_idempotent(state: &State, append: &StreamAppend) -> Result<Idempotency> {
-    let lookup = |id: &Uuid| {
-        state
-            .ids
-            .get(id)
-            .and_then(|&p| state.events[p as usize].as_ref())
-    };
+    let lookup = |id: &Uuid| state.ids.get(id).and_then(|&p| state.events[p as usize].as_ref());
     let Some(first) = lookup(&append.events[0].id) else {
         if let Some(e) = append.events.iter().find(|e| lookup(&e.id).is_some()) {
             return Err(LogError::EventIdReused {
@@ -164,12 +156,7 @@ impl EventLog for MemLog {
                         recorded_at_micros: now,
                         event,
                     }));
-                    state
-                        .streams
-                        .entry(name.clone())
-                        .or_default()
-                        .positions
-                        .push(position);
+                    state.streams.entry(name.clone()).or_default().positions.push(position);
                     version += 1;
                 }
                 let stream = state.streams.entry(name).or_default();
@@ -220,12 +207,7 @@ impl EventLog for MemLog {
         })
     }
 
-    fn read_all<'a>(
-        &'a self,
-        from: u64,
-        max_count: usize,
-        filter: &'a EventFilter,
-    ) -> BoxFuture<'a, Result<AllPage>> {
+    fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>> {
         Box::pin(async move {
             let state = self.lock();
             let head = state.events.len() as u64;
@@ -260,11 +242,7 @@ impl EventLog for MemLog {
         self.head.subscribe()
     }
 
-    fn set_stream_metadata<'a>(
-        &'a self,
-        stream: &'a str,
-        metadata: StreamMetadata,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             validate_stream_name(stream)?;
             metadata.validate(stream)?;
@@ -285,11 +263,9 @@ impl EventLog for MemLog {
             validate_stream_name(stream)?;
             let state = self.lock();
             match state.streams.get(stream) {
-                Some(s) if s.rules.deletion == crate::model::Deletion::Hard => {
-                    Err(LogError::StreamDeleted {
-                        stream: stream.to_owned(),
-                    })
-                }
+                Some(s) if s.rules.deletion == crate::model::Deletion::Hard => Err(LogError::StreamDeleted {
+                    stream: stream.to_owned(),
+                }),
                 Some(s) => Ok(s.rules.metadata),
                 None => Ok(StreamMetadata::default()),
             }
@@ -316,11 +292,7 @@ impl EventLog for MemLog {
         Box::pin(async move {
             let now = self.clock.now_micros();
             let mut state = self.lock();
-            let State {
-                events,
-                streams,
-                ids,
-            } = &mut *state;
+            let State { events, streams, ids } = &mut *state;
             let mut report = ScavengeReport::default();
             for slot in events.iter_mut() {
                 let reclaim = slot.as_ref().is_some_and(|e| {

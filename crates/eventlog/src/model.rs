@@ -74,16 +74,9 @@ impl NewEvent {
     }
 
     /// The envelope as stored, with the log's fields filled in.
-    pub fn to_stored(
-        &self,
-        stream: &str,
-        version: u64,
-        position: u64,
-        recorded_at_micros: i64,
-    ) -> StoredEvent {
+    pub fn to_stored(&self, stream: &str, version: u64, position: u64, recorded_at_micros: i64) -> StoredEvent {
         fn opt(id: Option<Uuid>) -> Bytes {
-            id.map(|u| Bytes::copy_from_slice(u.as_bytes()))
-                .unwrap_or_default()
+            id.map(|u| Bytes::copy_from_slice(u.as_bytes())).unwrap_or_default()
         }
         StoredEvent {
             event_id: Bytes::copy_from_slice(self.id.as_bytes()),
@@ -124,8 +117,7 @@ impl RecordedEvent {
     /// Decodes a stored envelope; `Err` names the malformed field.
     pub fn from_stored(stored: StoredEvent, stream: Arc<str>) -> Result<Self, String> {
         fn uuid(field: &str, b: &[u8]) -> Result<Uuid, String> {
-            Uuid::from_slice(b)
-                .map_err(|_| format!("{field} is {} bytes, not a 16-byte uuid", b.len()))
+            Uuid::from_slice(b).map_err(|_| format!("{field} is {} bytes, not a 16-byte uuid", b.len()))
         }
         fn opt(field: &str, b: &[u8]) -> Result<Option<Uuid>, String> {
             if b.is_empty() {
@@ -218,11 +210,7 @@ impl EventFilter {
     }
 
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        (self.stream_prefixes.is_empty()
-            || self
-                .stream_prefixes
-                .iter()
-                .any(|p| stream.starts_with(p.as_str())))
+        (self.stream_prefixes.is_empty() || self.stream_prefixes.iter().any(|p| stream.starts_with(p.as_str())))
             && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
     }
 }
@@ -262,10 +250,7 @@ impl StreamMetadata {
         if self.max_age_secs == Some(0) {
             return bad("max_age_secs must be at least 1");
         }
-        if self
-            .max_age_secs
-            .is_some_and(|s| s > i64::MAX as u64 / 1_000_000)
-        {
+        if self.max_age_secs.is_some_and(|s| s > i64::MAX as u64 / 1_000_000) {
             return bad("max_age_secs is too large");
         }
         Ok(())
@@ -292,10 +277,7 @@ pub fn validate_stream_name(stream: &str) -> Result<(), LogError> {
     let reason = if stream.is_empty() {
         Some("must not be empty".to_owned())
     } else if stream.len() > MAX_STREAM_NAME_LEN {
-        Some(format!(
-            "is {} bytes; the limit is {MAX_STREAM_NAME_LEN}",
-            stream.len()
-        ))
+        Some(format!("is {} bytes; the limit is {MAX_STREAM_NAME_LEN}", stream.len()))
     } else if stream.starts_with('$') {
         Some("must not start with '$' (reserved)".to_owned())
     } else if stream.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -332,18 +314,16 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
         });
     }
     let mut total = 0usize;
-    let mut ids = std::collections::HashSet::new();
-    let mut streams = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    let mut streams: Vec<&str> = Vec::new();
     for append in appends {
         validate_stream_name(&append.stream)?;
-        if !streams.insert(append.stream.as_str()) {
+        if streams.contains(&append.stream.as_str()) {
             return Err(LogError::InvalidBatch {
-                reason: format!(
-                    "stream {:?} appears twice in one multi-stream append",
-                    append.stream
-                ),
+                reason: format!("stream {:?} appears twice in one multi-stream append", append.stream),
             });
         }
+        streams.push(&append.stream);
         if append.events.is_empty() {
             return Err(LogError::InvalidBatch {
                 reason: format!("append to stream {:?} has no events", append.stream),
@@ -358,11 +338,22 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
             if event.id.is_nil() {
                 return Err(invalid("event id is the nil uuid".into()));
             }
-            if !ids.insert(event.id) {
-                return Err(invalid(format!(
-                    "event id {} appears twice in one append",
-                    event.id
-                )));
+            if ids.contains(&event.id) {
+                return Err(invalid(format!("event id {} appears twice in one append", event.id)));
+            }
+            if ids.len() < 64 {
+                ids.push(event.id);
+            } else if ids.len() == 64 {
+                // Large batches: check the rest with a set, built once.
+                let all: std::collections::HashSet<_> =
+                    appends.iter().flat_map(|a| a.events.iter().map(|e| e.id)).collect();
+                let total: usize = appends.iter().map(|a| a.events.len()).sum();
+                if all.len() != total {
+                    return Err(LogError::InvalidBatch {
+                        reason: "an event id appears twice in one append".into(),
+                    });
+                }
+                ids.push(event.id);
             }
             if event.event_type.is_empty() {
                 return Err(invalid("event type must not be empty".into()));
@@ -374,19 +365,12 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
                 )));
             }
             if event.event_type.chars().any(|c| c.is_control()) {
-                return Err(invalid(
-                    "event type must not contain control characters".into(),
-                ));
+                return Err(invalid("event type must not contain control characters".into()));
             }
             if event.schema_version == 0 {
                 return Err(invalid("schema version must be at least 1".into()));
             }
-            let size = prost::Message::encoded_len(&event.to_stored(
-                &append.stream,
-                u64::MAX,
-                u64::MAX,
-                i64::MAX,
-            ));
+            let size = crate::file::format::stored_event_len(event, &append.stream, u64::MAX, u64::MAX, i64::MAX);
             if size > MAX_EVENT_BYTES {
                 return Err(LogError::EventTooLarge {
                     stream: append.stream.clone(),
@@ -395,7 +379,7 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
                     limit: MAX_EVENT_BYTES,
                 });
             }
-            total += size;
+            total += size + crate::file::format::entry_overhead(size);
         }
     }
     if total > MAX_BATCH_BYTES {
@@ -530,11 +514,7 @@ impl StreamRules {
     }
 
     /// Versions to visit for a stream read, nearest first.
-    pub fn read_range(
-        &self,
-        from: ReadFrom,
-        direction: Direction,
-    ) -> Box<dyn Iterator<Item = u64> + Send> {
+    pub fn read_range(&self, from: ReadFrom, direction: Direction) -> Box<dyn Iterator<Item = u64> + Send> {
         let first = self.first_visible_version();
         let end = self.next_version; // exclusive
         match direction {

@@ -112,12 +112,7 @@ impl Subscription {
             // Mark the current head as seen before comparing, so that a
             // commit after this line wakes `changed()` below.
             let head = *self.head.borrow_and_update();
-            if self.live
-                && head
-                    > self
-                        .next_position
-                        .saturating_add(self.options.fall_behind_threshold)
-            {
+            if self.live && head > self.next_position.saturating_add(self.options.fall_behind_threshold) {
                 self.live = false;
                 return Ok(SubscriptionMessage::FellBehind {
                     position: self.next_position,

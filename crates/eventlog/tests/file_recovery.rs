@@ -11,8 +11,8 @@ use eventlog::file::sim::{CrashMode, SimVfs};
 use eventlog::file::vfs::OsVfs;
 use eventlog::file::{FileLog, FileLogConfig, verify_log};
 use eventlog::{
-    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom,
-    RecordedEvent, StreamMetadata,
+    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent,
+    StreamMetadata,
 };
 
 fn key() -> SigningKey {
@@ -37,10 +37,7 @@ fn ev(payload: &str) -> NewEvent {
 }
 
 async fn everything(log: &FileLog) -> Vec<RecordedEvent> {
-    log.read_all(0, usize::MAX, &EventFilter::all())
-        .await
-        .unwrap()
-        .events
+    log.read_all(0, usize::MAX, &EventFilter::all()).await.unwrap().events
 }
 
 /// Writes a log of several segments with metadata and deletes; returns what
@@ -107,10 +104,7 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
     let log = FileLog::open(&path, config()).unwrap();
     let before = populate(&log).await;
     let retry = vec![ev("retried")];
-    let first = log
-        .append("s-0", ExpectedVersion::Any, retry.clone())
-        .await
-        .unwrap();
+    let first = log.append("s-0", ExpectedVersion::Any, retry.clone()).await.unwrap();
     let before_s1 = log
         .read_stream("s-1", ReadFrom::Start, Direction::Forward, 100)
         .await
@@ -131,8 +125,7 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
     );
     assert_eq!(log.stream_metadata("s-1").await.unwrap().max_count, Some(5));
     assert!(matches!(
-        log.read_stream("s-2", ReadFrom::Start, Direction::Forward, 1)
-            .await,
+        log.read_stream("s-2", ReadFrom::Start, Direction::Forward, 1).await,
         Err(LogError::StreamNotFound { .. })
     ));
     assert!(matches!(
@@ -140,9 +133,7 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
         Err(LogError::StreamDeleted { .. })
     ));
     assert_eq!(
-        log.append("s-0", ExpectedVersion::Any, retry)
-            .await
-            .unwrap(),
+        log.append("s-0", ExpectedVersion::Any, retry).await.unwrap(),
         first,
         "retry recognised after reopen"
     );
@@ -374,9 +365,7 @@ fn tamper(bytes: &[u8], recompute_chain: bool) -> Vec<u8> {
             };
             let mut stored = proto::storage::StoredEvent::decode(e.clone()).unwrap();
             stored.payload = b"forged".to_vec().into();
-            batch.entries[0].kind = Some(proto::log::entry::Kind::Event(
-                stored.encode_to_vec().into(),
-            ));
+            batch.entries[0].kind = Some(proto::log::entry::Kind::Event(stored.encode_to_vec().into()));
             edited = true;
         }
         if recompute_chain {
@@ -417,10 +406,7 @@ async fn verification_detects_tampering_with_valid_checksums() {
     drop(log);
     let other = SigningKey::from_bytes(&[1; 32]).verifying_key();
     let err = verify_log(&OsVfs, &path, &other).unwrap_err();
-    assert!(
-        err.to_string().contains("signature does not verify"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("signature does not verify"), "{err}");
 }
 
 #[tokio::test]
@@ -453,20 +439,12 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
                 .unwrap(),
         );
     }
-    let used: u64 = vfs
-        .all_file_bytes()
-        .iter()
-        .map(|(_, b)| b.len() as u64)
-        .sum();
+    let used: u64 = vfs.all_file_bytes().iter().map(|(_, b)| b.len() as u64).sum();
     vfs.set_space_limit(Some(used + 300));
     let mut failures = 0;
     for i in 0..20 {
         match log
-            .append(
-                "s",
-                ExpectedVersion::Any,
-                vec![ev(&format!("{i} {}", "x".repeat(100)))],
-            )
+            .append("s", ExpectedVersion::Any, vec![ev(&format!("{i} {}", "x".repeat(100)))])
             .await
         {
             Ok(r) => acked.push(r),
@@ -495,10 +473,7 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
         .await
         .unwrap();
     assert_eq!(events.len(), acked.len() + 1);
-    assert_eq!(
-        events.last().unwrap().event.payload,
-        &b"after space returned"[..]
-    );
+    assert_eq!(events.last().unwrap().event.payload, &b"after space returned"[..]);
 }
 
 #[tokio::test]
@@ -508,28 +483,16 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
     let log = FileLog::open(&path, config()).unwrap();
     let canary = "CANARY-7f3a9c-personal-data";
     for i in 0..20 {
-        log.append(
-            "victim",
-            ExpectedVersion::Any,
-            vec![ev(&format!("{canary} #{i}"))],
-        )
-        .await
-        .unwrap();
-        log.append(
-            "keeper",
-            ExpectedVersion::Any,
-            vec![ev(&format!("KEEPER-{i}"))],
-        )
-        .await
-        .unwrap();
+        log.append("victim", ExpectedVersion::Any, vec![ev(&format!("{canary} #{i}"))])
+            .await
+            .unwrap();
+        log.append("keeper", ExpectedVersion::Any, vec![ev(&format!("KEEPER-{i}"))])
+            .await
+            .unwrap();
     }
-    log.append(
-        "aging",
-        ExpectedVersion::Any,
-        vec![ev(&format!("{canary} old"))],
-    )
-    .await
-    .unwrap();
+    log.append("aging", ExpectedVersion::Any, vec![ev(&format!("{canary} old"))])
+        .await
+        .unwrap();
     log.delete_stream("victim", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
@@ -537,10 +500,7 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
         let mut hits = 0;
         for entry in walk(&path) {
             let bytes = std::fs::read(&entry).unwrap();
-            hits += bytes
-                .windows(needle.len())
-                .filter(|w| *w == needle.as_bytes())
-                .count();
+            hits += bytes.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count();
         }
         hits
     };
@@ -548,11 +508,7 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
     let report = log.scavenge().await.unwrap();
     assert_eq!(report.events_removed, 20);
     assert!(report.bytes_reclaimed > 20 * canary.len() as u64);
-    assert_eq!(
-        scan(canary),
-        1,
-        "only the live event still holds the canary"
-    );
+    assert_eq!(scan(canary), 1, "only the live event still holds the canary");
     assert_eq!(scan("KEEPER-"), 20, "live events are untouched");
     let keeper = log
         .read_stream("keeper", ReadFrom::Start, Direction::Forward, 100)
@@ -579,11 +535,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
     }
     out
 }

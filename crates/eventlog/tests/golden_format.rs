@@ -12,8 +12,8 @@ use ed25519_dalek::SigningKey;
 use eventlog::file::vfs::OsVfs;
 use eventlog::file::{FileLog, FileLogConfig, verify_log};
 use eventlog::{
-    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, ManualClock, NewEvent, ReadFrom,
-    SealedField, StreamMetadata,
+    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, ManualClock, NewEvent, ReadFrom, SealedField,
+    StreamMetadata,
 };
 use uuid::Uuid;
 
@@ -80,13 +80,9 @@ async fn write_golden_log(dir: &Path) {
     )
     .await
     .unwrap();
-    log.append(
-        "tmp-1",
-        ExpectedVersion::Any,
-        vec![event(4, "Scratch", "gone")],
-    )
-    .await
-    .unwrap();
+    log.append("tmp-1", ExpectedVersion::Any, vec![event(4, "Scratch", "gone")])
+        .await
+        .unwrap();
     log.delete_stream("tmp-1", ExpectedVersion::Any, DeleteMode::Hard)
         .await
         .unwrap();
@@ -128,11 +124,7 @@ async fn reads_the_committed_v1_log() {
     let log = FileLog::open(tmp.path(), config()).unwrap();
     let all = log.read_all(0, 100, &EventFilter::all()).await.unwrap();
     assert_eq!(all.head, 4);
-    let types: Vec<_> = all
-        .events
-        .iter()
-        .map(|e| e.event_type().to_owned())
-        .collect();
+    let types: Vec<_> = all.events.iter().map(|e| e.event_type().to_owned()).collect();
     assert_eq!(types, ["PypeCreated", "MessagePosted", "SessionClosed"]);
     let session = log
         .read_stream("session-1", ReadFrom::Start, Direction::Forward, 10)
@@ -141,10 +133,7 @@ async fn reads_the_committed_v1_log() {
     assert_eq!(session[0].event.sealed_fields[0].field, "body");
     assert_eq!(session[0].event.tenant_id, Some(Uuid::from_u128(0xAAAA)));
     assert_eq!(session[1].recorded_at_micros, 1_767_225_600_000_000);
-    assert_eq!(
-        log.stream_metadata("session-1").await.unwrap().max_count,
-        Some(10)
-    );
+    assert_eq!(log.stream_metadata("session-1").await.unwrap().max_count, Some(10));
     assert!(
         log.read_stream("tmp-1", ReadFrom::Start, Direction::Forward, 1)
             .await

@@ -9,8 +9,8 @@ use eventlog::file::sim::SimVfs;
 use eventlog::file::{FileLog, FileLogConfig};
 use eventlog::mem::MemLog;
 use eventlog::{
-    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError, ManualClock, NewEvent,
-    ReadFrom, StreamAppend, StreamMetadata,
+    DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError, ManualClock, NewEvent, ReadFrom,
+    StreamAppend, StreamMetadata,
 };
 use proptest::prelude::*;
 
@@ -96,14 +96,8 @@ async fn compare_reads(model: &MemLog, file: &FileLog) -> Result<(), String> {
         .map(|p| p.events);
     same_outcome(&all_m, &all_f)?;
     let filter = EventFilter::stream_prefix("c-");
-    let page_m = model
-        .read_all(1, 3, &filter)
-        .await
-        .map(|p| (p.events, p.next_position));
-    let page_f = file
-        .read_all(1, 3, &filter)
-        .await
-        .map(|p| (p.events, p.next_position));
+    let page_m = model.read_all(1, 3, &filter).await.map(|p| (p.events, p.next_position));
+    let page_f = file.read_all(1, 3, &filter).await.map(|p| (p.events, p.next_position));
     same_outcome(&page_m, &page_f)?;
     for s in STREAMS {
         for (from, dir) in [
@@ -117,10 +111,7 @@ async fn compare_reads(model: &MemLog, file: &FileLog) -> Result<(), String> {
                 &file.read_stream(s, from, dir, 3).await,
             )?;
         }
-        same_outcome(
-            &model.stream_metadata(s).await,
-            &file.stream_metadata(s).await,
-        )?;
+        same_outcome(&model.stream_metadata(s).await, &file.stream_metadata(s).await)?;
     }
     if model.head() != file.head() {
         return Err(format!("head: model {} file {}", model.head(), file.head()));
@@ -160,11 +151,7 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                 let f = file.append(&name, exp, batch).await;
                 same_outcome(&m, &f).map_err(at)?;
             }
-            Op::Multi {
-                first,
-                second,
-                payload,
-            } => {
+            Op::Multi { first, second, payload } => {
                 let appends = vec![
                     StreamAppend {
                         stream: STREAMS[*first].into(),
@@ -184,17 +171,9 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                 .map_err(at)?;
             }
             Op::Delete { stream, hard } => {
-                let mode = if *hard {
-                    DeleteMode::Hard
-                } else {
-                    DeleteMode::Soft
-                };
-                let m = model
-                    .delete_stream(STREAMS[*stream], ExpectedVersion::Any, mode)
-                    .await;
-                let f = file
-                    .delete_stream(STREAMS[*stream], ExpectedVersion::Any, mode)
-                    .await;
+                let mode = if *hard { DeleteMode::Hard } else { DeleteMode::Soft };
+                let m = model.delete_stream(STREAMS[*stream], ExpectedVersion::Any, mode).await;
+                let f = file.delete_stream(STREAMS[*stream], ExpectedVersion::Any, mode).await;
                 same_outcome(&m, &f).map_err(at)?;
             }
             Op::Meta {
@@ -214,8 +193,7 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
             Op::Reopen => {
                 file.close();
                 drop(file);
-                file =
-                    FileLog::open("/m/log", config(&vfs, &clock)).map_err(|e| at(e.to_string()))?;
+                file = FileLog::open("/m/log", config(&vfs, &clock)).map_err(|e| at(e.to_string()))?;
             }
             Op::Scavenge => {
                 let m = model.scavenge().await.map(|r| r.events_removed);

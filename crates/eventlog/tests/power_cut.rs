@@ -12,8 +12,8 @@ use ed25519_dalek::SigningKey;
 use eventlog::file::sim::{CrashMode, SimVfs};
 use eventlog::file::{FileLog, FileLogConfig, verify_log};
 use eventlog::{
-    AppendResult, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
-    ManualClock, NewEvent, ReadFrom, StreamAppend, StreamMetadata,
+    AppendResult, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError, ManualClock, NewEvent,
+    ReadFrom, StreamAppend, StreamMetadata,
 };
 
 const DIR: &str = "/disk/log";
@@ -125,8 +125,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
         Err(e) => panic!("{label}: reopen failed: {e}"),
     };
     let page = log.read_all(0, 100_000, &EventFilter::all()).await.unwrap();
-    let present: HashMap<uuid::Uuid, &eventlog::RecordedEvent> =
-        page.events.iter().map(|e| (e.id(), e)).collect();
+    let present: HashMap<uuid::Uuid, &eventlog::RecordedEvent> = page.events.iter().map(|e| (e.id(), e)).collect();
     for (appends, results) in &acked.appends {
         for (append, result) in appends.iter().zip(results) {
             for (i, e) in append.events.iter().enumerate() {
@@ -144,11 +143,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
         }
     }
     for appends in &acked.unacked {
-        let ids: Vec<_> = appends
-            .iter()
-            .flat_map(|a| &a.events)
-            .map(|e| e.id)
-            .collect();
+        let ids: Vec<_> = appends.iter().flat_map(|a| &a.events).map(|e| e.id).collect();
         let found = ids.iter().filter(|id| present.contains_key(id)).count();
         assert!(
             found == 0 || found == ids.len(),
@@ -157,10 +152,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
         );
     }
     let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "{label}: $all out of order"
-    );
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{label}: $all out of order");
     let known: std::collections::HashSet<_> = acked
         .appends
         .iter()
@@ -170,16 +162,12 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
         .map(|e| e.id)
         .collect();
     for e in &page.events {
-        assert!(
-            known.contains(&e.id()),
-            "{label}: an event nobody wrote appeared"
-        );
+        assert!(known.contains(&e.id()), "{label}: an event nobody wrote appeared");
     }
     if acked.hard_deleted_gone {
         assert!(
             matches!(
-                log.read_stream("gone", ReadFrom::Start, Direction::Forward, 10)
-                    .await,
+                log.read_stream("gone", ReadFrom::Start, Direction::Forward, 10).await,
                 Err(LogError::StreamDeleted { .. })
             ),
             "{label}: acknowledged hard delete lost"
@@ -198,10 +186,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
             .append_multi(appends.clone())
             .await
             .unwrap_or_else(|e| panic!("{label}: retry failed: {e}"));
-        assert_eq!(
-            &again, results,
-            "{label}: retry not idempotent after reboot"
-        );
+        assert_eq!(&again, results, "{label}: retry not idempotent after reboot");
     }
     // The log takes writes again and the chain verifies end to end.
     log.append("after", ExpectedVersion::Any, vec![event("after", 0)])

@@ -95,10 +95,7 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
         }
         let log = FileLog::open(&path, FileLogConfig::new(SigningKey::from_bytes(&[3; 32])))
             .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL failed: {e}"));
-        let page = log
-            .read_all(0, usize::MAX, &EventFilter::all())
-            .await
-            .unwrap();
+        let page = log.read_all(0, usize::MAX, &EventFilter::all()).await.unwrap();
         let present: HashMap<Uuid, Ack> = page
             .events
             .iter()
@@ -127,12 +124,8 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
             "round {round}: $all has a gap"
         );
         log.close();
-        verify_log(
-            &OsVfs,
-            &path,
-            &SigningKey::from_bytes(&[3; 32]).verifying_key(),
-        )
-        .unwrap_or_else(|e| panic!("round {round}: chain does not verify: {e}"));
+        verify_log(&OsVfs, &path, &SigningKey::from_bytes(&[3; 32]).verifying_key())
+            .unwrap_or_else(|e| panic!("round {round}: chain does not verify: {e}"));
         eprintln!(
             "round {round}: {} acknowledged so far, {} events in the log",
             acked.len(),

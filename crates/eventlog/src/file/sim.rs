@@ -98,10 +98,7 @@ fn split(path: &Path) -> (PathBuf, String) {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{} not found", path.display()),
-    )
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
 }
 
 impl SimVfs {
@@ -158,20 +155,8 @@ impl SimVfs {
                 match (op, keep) {
                     (_, 0) => {}
                     (Pending::SetLen(len), _) => data.resize(*len as usize, 0),
-                    (
-                        Pending::Write {
-                            offset,
-                            data: bytes,
-                        },
-                        1,
-                    ) => write_into(&mut data, *offset, bytes),
-                    (
-                        Pending::Write {
-                            offset,
-                            data: bytes,
-                        },
-                        _,
-                    ) => {
+                    (Pending::Write { offset, data: bytes }, 1) => write_into(&mut data, *offset, bytes),
+                    (Pending::Write { offset, data: bytes }, _) => {
                         // Torn: each 512-byte sector of the write lands or not.
                         let mut at = 0usize;
                         while at < bytes.len() {
@@ -233,10 +218,7 @@ impl SimVfs {
         let inode = s.inodes.get_mut(&id).expect("inode of a dir entry");
         let byte = (bit / 8) as usize;
         if byte >= inode.volatile.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "bit past end of file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bit past end of file"));
         }
         inode.volatile[byte] ^= 1 << (bit % 8);
         inode.durable = inode.volatile.clone();
@@ -277,10 +259,7 @@ impl StorageFile for SimFile {
         let data = &s.inodes[&self.inode].volatile;
         let end = offset as usize + buf.len();
         if end > data.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past end of file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
         }
         buf.copy_from_slice(&data[offset as usize..end]);
         Ok(())
@@ -293,10 +272,7 @@ impl StorageFile for SimFile {
             let len = s.inodes[&self.inode].volatile.len() as u64;
             let growth = (offset + data.len() as u64).saturating_sub(len);
             if s.used_bytes() + growth > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    "simulated full disk",
-                ));
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
             }
         }
         let inode = s.inodes.get_mut(&self.inode).expect("open inode");
@@ -352,10 +328,7 @@ impl Vfs for SimVfs {
     fn exists(&self, path: &Path) -> bool {
         let s = self.lock();
         let (dir, name) = split(path);
-        s.volatile_dirs.contains_key(path)
-            || s.volatile_dirs
-                .get(&dir)
-                .is_some_and(|d| d.contains_key(&name))
+        s.volatile_dirs.contains_key(path) || s.volatile_dirs.get(&dir).is_some_and(|d| d.contains_key(&name))
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
@@ -378,10 +351,7 @@ impl Vfs for SimVfs {
         let id = s.next_inode;
         s.next_inode += 1;
         s.inodes.insert(id, Inode::default());
-        s.volatile_dirs
-            .get_mut(&dir)
-            .expect("checked")
-            .insert(name, id);
+        s.volatile_dirs.get_mut(&dir).expect("checked").insert(name, id);
         Ok(Arc::new(SimFile {
             vfs: self.clone(),
             inode: id,
@@ -419,11 +389,7 @@ impl Vfs for SimVfs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.tick()?;
-        let entries = s
-            .volatile_dirs
-            .get(dir)
-            .cloned()
-            .ok_or_else(|| not_found(dir))?;
+        let entries = s.volatile_dirs.get(dir).cloned().ok_or_else(|| not_found(dir))?;
         s.durable_dirs.insert(dir.to_path_buf(), entries);
         Ok(())
     }

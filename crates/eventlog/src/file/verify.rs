@@ -36,20 +36,10 @@ fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
     }
 }
 
-fn check_signature(
-    key: &VerifyingKey,
-    cp: &Checkpoint,
-    file: &Path,
-    offset: u64,
-) -> Result<(), LogError> {
-    let message = format::checkpoint_message(
-        &cp.chain,
-        cp.frame_count,
-        cp.next_position,
-        cp.signed_at_micros,
-    );
-    let signature = Signature::from_slice(&cp.signature)
-        .map_err(|e| corrupt(file, offset, format!("malformed signature: {e}")))?;
+fn check_signature(key: &VerifyingKey, cp: &Checkpoint, file: &Path, offset: u64) -> Result<(), LogError> {
+    let message = format::checkpoint_message(&cp.chain, cp.frame_count, cp.next_position, cp.signed_at_micros);
+    let signature =
+        Signature::from_slice(&cp.signature).map_err(|e| corrupt(file, offset, format!("malformed signature: {e}")))?;
     key.verify(&message, &signature).map_err(|_| {
         corrupt(
             file,
@@ -98,8 +88,7 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
                 }
                 FrameParse::Invalid(r) => return Err(corrupt(&path, offset as u64, r)),
             };
-            let digest =
-                format::frame_digest(&frame).map_err(|r| corrupt(&path, offset as u64, r))?;
+            let digest = format::frame_digest(&frame).map_err(|r| corrupt(&path, offset as u64, r))?;
             let expected = format::chain_next(&chain, &digest);
             if frame.chain[..] != expected {
                 return Err(corrupt(
@@ -118,13 +107,8 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
                     }
                 }
                 Some(frame::Body::Checkpoint(cp_bytes)) => {
-                    let cp = Checkpoint::decode(cp_bytes.clone()).map_err(|e| {
-                        corrupt(
-                            &path,
-                            offset as u64,
-                            format!("checkpoint does not decode: {e}"),
-                        )
-                    })?;
+                    let cp = Checkpoint::decode(cp_bytes.clone())
+                        .map_err(|e| corrupt(&path, offset as u64, format!("checkpoint does not decode: {e}")))?;
                     if cp.chain[..] != chain || cp.frame_count != report.frames {
                         return Err(corrupt(
                             &path,
@@ -186,11 +170,7 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
                 ));
             }
             None => {
-                return Err(corrupt(
-                    &head_path,
-                    0,
-                    "signed head matches no checkpoint in the log",
-                ));
+                return Err(corrupt(&head_path, 0, "signed head matches no checkpoint in the log"));
             }
         }
         report.signed_head_checked = true;

@@ -1,0 +1,219 @@
+//! Reads of the file log: stream reads by version and `$all` by position,
+//! both from the published index. Readers copy what they need out of the
+//! index under a short read lock and do their I/O without it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+use proto::log::{Frame, entry, frame};
+use proto::storage::StoredEvent;
+
+use super::format::{self, FrameParse};
+use super::vfs::StorageFile;
+use super::{FrameLoc, Shared, unpack_loc};
+use crate::{AllPage, Direction, EventFilter, LogError, ReadFrom, RecordedEvent, Result, validate_stream_name};
+
+impl Shared {
+    pub(super) fn corrupt(&self, loc: FrameLoc, reason: impl Into<String>) -> LogError {
+        LogError::Corrupt {
+            file: self.segment_path(loc.segment as u64),
+            offset: loc.offset as u64,
+            reason: reason.into(),
+        }
+    }
+
+    pub(super) fn read_frame(&self, file: &dyn StorageFile, loc: FrameLoc) -> Result<Frame> {
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_at(loc.offset as u64, &mut buf).map_err(|e| {
+            LogError::io(
+                format!(
+                    "reading {} at offset {}",
+                    self.segment_path(loc.segment as u64).display(),
+                    loc.offset
+                ),
+                e,
+            )
+        })?;
+        match format::parse_frame_shared(&Bytes::from(buf)) {
+            FrameParse::Frame { frame, .. } => Ok(frame),
+            FrameParse::Incomplete => Err(self.corrupt(loc, "frame shorter than indexed")),
+            FrameParse::Invalid(reason) => Err(self.corrupt(loc, reason)),
+        }
+    }
+
+    /// The stored event at entry `entry` of a frame; `None` if redacted.
+    pub(super) fn entry_event(&self, frame: &Frame, entry: u32, loc: FrameLoc) -> Result<Option<StoredEvent>> {
+        let Some(frame::Body::Batch(batch)) = &frame.body else {
+            return Err(self.corrupt(loc, "indexed event is not in a batch frame"));
+        };
+        match batch.entries.get(entry as usize).and_then(|e| e.kind.as_ref()) {
+            Some(entry::Kind::Event(bytes)) => StoredEvent::decode(bytes.clone())
+                .map(Some)
+                .map_err(|e| self.corrupt(loc, format!("event does not decode: {e}"))),
+            Some(entry::Kind::Redacted(_)) => Ok(None),
+            None => Err(self.corrupt(loc, format!("batch has no entry {entry}"))),
+        }
+    }
+
+    pub(super) fn to_recorded(&self, stored: StoredEvent, loc: FrameLoc) -> Result<RecordedEvent> {
+        let stream: Arc<str> = Arc::from(stored.stream.as_str());
+        RecordedEvent::from_stored(stored, stream).map_err(|reason| self.corrupt(loc, reason))
+    }
+
+    pub(super) fn read_stream_blocking(
+        &self,
+        stream: &str,
+        from: ReadFrom,
+        direction: Direction,
+        max: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        validate_stream_name(stream)?;
+        let mut out = Vec::new();
+        let (rules, mut versions) = {
+            let idx = self.read();
+            let s = idx.streams.get(stream).ok_or_else(|| LogError::StreamNotFound {
+                stream: stream.to_owned(),
+            })?;
+            s.rules.check_readable(stream)?;
+            (s.rules.clone(), s.rules.read_range(from, direction))
+        };
+        let now = self.clock.now_micros();
+        let mut cached: Option<(u64, Frame)> = None;
+        while out.len() < max {
+            let want = (max - out.len()).min(1024);
+            let batch: Vec<(u64, u64, u32, FrameLoc, Arc<dyn StorageFile>)> = {
+                let idx = self.read();
+                let Some(s) = idx.streams.get(stream) else { break };
+                versions
+                    .by_ref()
+                    .take(want)
+                    .filter_map(|v| {
+                        let (ordinal, entry) = unpack_loc(s.loc_of(v)?);
+                        let loc = idx.frames[ordinal as usize];
+                        Some((v, ordinal, entry, loc, idx.segments[&(loc.segment as u64)].clone()))
+                    })
+                    .collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for (version, ordinal, entry, loc, file) in batch {
+                if cached.as_ref().is_none_or(|(o, _)| *o != ordinal) {
+                    cached = Some((ordinal, self.read_frame(&*file, loc)?));
+                }
+                let frame = &cached.as_ref().expect("just set").1;
+                if let Some(stored) = self.entry_event(frame, entry, loc)? {
+                    if stored.stream != stream || stored.version != version {
+                        return Err(
+                            self.corrupt(loc, format!("index points at the wrong event for {stream}@{version}"))
+                        );
+                    }
+                    if rules.is_visible(version, stored.recorded_at_micros, now) {
+                        out.push(self.to_recorded(stored, loc)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn read_all_blocking(&self, from: u64, max: usize, filter: &EventFilter) -> Result<AllPage> {
+        // Find the frame holding `from`: the sparse index, then at most
+        // SPARSE_EVERY frames by their event counts, without any I/O.
+        let (head, end_ordinal, mut ordinal, mut position) = {
+            let idx = self.read();
+            let k = idx.sparse.partition_point(|&(p, _)| p <= from);
+            let (mut o, mut p) = if k == 0 {
+                (0u64, 0u64)
+            } else {
+                (idx.sparse[k - 1].1, idx.sparse[k - 1].0)
+            };
+            while (o as usize) < idx.frames.len() && p + idx.frames[o as usize].events as u64 <= from {
+                p += idx.frames[o as usize].events as u64;
+                o += 1;
+            }
+            (idx.next_position, idx.frames.len() as u64, o, p)
+        };
+        let mut page = AllPage {
+            events: Vec::new(),
+            next_position: from,
+            head,
+        };
+        if from >= head || max == 0 {
+            return Ok(page);
+        }
+        let now = self.clock.now_micros();
+        while ordinal < end_ordinal {
+            let chunk: Vec<(FrameLoc, Arc<dyn StorageFile>)> = {
+                let idx = self.read();
+                (ordinal..end_ordinal.min(ordinal + 16))
+                    .map(|o| {
+                        let loc = idx.frames[o as usize];
+                        (loc, idx.segments[&(loc.segment as u64)].clone())
+                    })
+                    .collect()
+            };
+            ordinal += chunk.len() as u64;
+            for (loc, file) in chunk {
+                if loc.events == 0 {
+                    continue;
+                }
+                let first = position;
+                position += loc.events as u64;
+                if position <= from {
+                    continue;
+                }
+                let frame = self.read_frame(&*file, loc)?;
+                let Some(frame::Body::Batch(batch)) = frame.body else {
+                    return Err(self.corrupt(loc, "indexed batch frame holds no batch"));
+                };
+                let mut candidates = Vec::new();
+                for (i, e) in batch.entries.into_iter().enumerate() {
+                    let p = first + i as u64;
+                    if p < from || p >= head {
+                        continue;
+                    }
+                    let Some(entry::Kind::Event(bytes)) = e.kind else {
+                        continue;
+                    };
+                    let stored = StoredEvent::decode(bytes)
+                        .map_err(|err| self.corrupt(loc, format!("event does not decode: {err}")))?;
+                    if stored.global_position != p {
+                        return Err(self.corrupt(
+                            loc,
+                            format!("event has position {}, expected {p}", stored.global_position),
+                        ));
+                    }
+                    if filter.matches(&stored.stream, &stored.event_type) {
+                        candidates.push(stored);
+                    }
+                }
+                let visible: Vec<bool> = {
+                    let idx = self.read();
+                    candidates
+                        .iter()
+                        .map(|s| {
+                            idx.streams
+                                .get(s.stream.as_str())
+                                .is_some_and(|st| st.rules.is_visible(s.version, s.recorded_at_micros, now))
+                        })
+                        .collect()
+                };
+                for (stored, visible) in candidates.into_iter().zip(visible) {
+                    if !visible {
+                        continue;
+                    }
+                    let p = stored.global_position;
+                    page.events.push(self.to_recorded(stored, loc)?);
+                    if page.events.len() >= max {
+                        page.next_position = p + 1;
+                        return Ok(page);
+                    }
+                }
+            }
+        }
+        page.next_position = head;
+        Ok(page)
+    }
+}

@@ -1,0 +1,325 @@
+//! Opening a file log: scan every segment, rebuild the index, repair a torn
+//! tail, refuse every other corruption, and check the signed head.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::Verifier;
+use prost::Message;
+use proto::log::{Frame, StreamMetadataChange, entry, frame};
+use proto::storage::StoredEvent;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::format::{self, FrameParse, SEGMENT_HEADER_LEN};
+use super::vfs::{StorageFile, Vfs};
+use super::writer::apply_metadata_change;
+use super::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
+use crate::{LogError, Result};
+
+/// Read size while scanning segments.
+const SCAN_CHUNK: usize = 4 << 20;
+
+pub(super) struct Recovered {
+    pub index: Index,
+    pub ids: IdWindow,
+    pub active: Arc<dyn StorageFile>,
+}
+
+/// Creates a segment: header written and synced, directory synced.
+pub(super) fn create_segment(vfs: &dyn Vfs, segments_dir: &Path, number: u64) -> Result<Arc<dyn StorageFile>> {
+    let path = segments_dir.join(format::segment_file_name(number));
+    let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+    let attempt = || -> Result<Arc<dyn StorageFile>> {
+        let file = vfs.open(&path, true).map_err(|e| io("creating", e))?;
+        file.set_len(0).map_err(|e| io("truncating", e))?;
+        file.write_at(0, &format::encode_segment_header(number))
+            .map_err(|e| io("writing the header of", e))?;
+        file.sync_data().map_err(|e| io("syncing", e))?;
+        vfs.sync_dir(segments_dir)
+            .map_err(|e| io("syncing the directory of", e))?;
+        Ok(file)
+    };
+    attempt().inspect_err(|_| {
+        let _ = vfs.remove(&path);
+    })
+}
+
+/// Sequential reader over one segment file, in large chunks.
+struct Scanner<'a> {
+    file: &'a dyn StorageFile,
+    len: u64,
+    buf: Bytes,
+    buf_start: u64,
+}
+
+impl Scanner<'_> {
+    /// The bytes from `offset` on, at least `need` of them unless at EOF.
+    fn at(&mut self, offset: u64, need: usize) -> std::io::Result<Bytes> {
+        let have_end = self.buf_start + self.buf.len() as u64;
+        if offset < self.buf_start || offset + need as u64 > have_end {
+            let size = (need.max(SCAN_CHUNK) as u64).min(self.len.saturating_sub(offset)) as usize;
+            let mut v = vec![0u8; size];
+            self.file.read_at(offset, &mut v)?;
+            self.buf = Bytes::from(v);
+            self.buf_start = offset;
+        }
+        Ok(self.buf.slice((offset - self.buf_start) as usize..))
+    }
+}
+
+/// Applies one frame read at open to the index. Checks numbering, never trusts it.
+fn apply_recovered(index: &mut Index, ids: &mut IdWindow, frame: &Frame, loc: FrameLoc, path: &Path) -> Result<()> {
+    let corrupt = |reason: String| LogError::Corrupt {
+        file: path.to_path_buf(),
+        offset: loc.offset as u64,
+        reason,
+    };
+    let ordinal = index.frames.len() as u64;
+    match &frame.body {
+        Some(frame::Body::Batch(batch)) => {
+            let first = index.next_position;
+            for (i, entry) in batch.entries.iter().enumerate() {
+                let (id, stream, version, position) = match &entry.kind {
+                    Some(entry::Kind::Event(bytes)) => {
+                        let e = StoredEvent::decode(bytes.clone())
+                            .map_err(|e| corrupt(format!("event does not decode: {e}")))?;
+                        let id =
+                            Uuid::from_slice(&e.event_id).map_err(|_| corrupt("event id is not 16 bytes".into()))?;
+                        (Some(id), e.stream, e.version, e.global_position)
+                    }
+                    Some(entry::Kind::Redacted(r)) => (None, r.stream.clone(), r.version, r.global_position),
+                    None => return Err(corrupt("batch entry has no content".into())),
+                };
+                if position != index.next_position {
+                    return Err(corrupt(format!(
+                        "event at position {position}, expected {}",
+                        index.next_position
+                    )));
+                }
+                let name = index.intern(&stream);
+                let s = index.streams.entry(name.clone()).or_default();
+                if version != s.rules.next_version {
+                    return Err(corrupt(format!(
+                        "event of stream {stream:?} has version {version}, expected {}",
+                        s.rules.next_version
+                    )));
+                }
+                s.locs.push_back(pack_loc(ordinal, i as u32));
+                s.rules.apply_append(1);
+                if let Some(id) = id {
+                    ids.insert(id, name, version, position);
+                }
+                index.next_position += 1;
+            }
+            let events = batch.entries.len() as u32;
+            index.push_frame(FrameLoc { events, ..loc }, (events > 0).then_some(first));
+        }
+        Some(frame::Body::Metadata(bytes)) => {
+            let change = StreamMetadataChange::decode(bytes.clone())
+                .map_err(|e| corrupt(format!("metadata change does not decode: {e}")))?;
+            let name = index.intern(&change.stream);
+            apply_metadata_change(&mut index.streams.entry(name).or_default().rules, &change);
+            index.push_frame(loc, None);
+        }
+        Some(frame::Body::Checkpoint(_)) => {
+            index.push_frame(loc, None);
+        }
+        None => return Err(corrupt("frame has no body".into())),
+    }
+    Ok(())
+}
+
+pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -> Result<Recovered> {
+    let vfs = &*config.vfs;
+    let names = vfs
+        .list(segments_dir)
+        .map_err(|e| LogError::io(format!("listing {}", segments_dir.display()), e))?;
+    let mut numbers = Vec::new();
+    for name in &names {
+        if name.ends_with(".tmp") {
+            // An interrupted scavenge; the original segment is intact.
+            let _ = vfs.remove(&segments_dir.join(name));
+        } else if let Some(n) = format::parse_segment_file_name(name) {
+            numbers.push(n);
+        } else {
+            warn!(file = %name, "ignoring unexpected file in the segments directory");
+        }
+    }
+    numbers.sort_unstable();
+    if numbers.is_empty() {
+        create_segment(vfs, segments_dir, 0)?;
+        numbers.push(0);
+    }
+    for (i, n) in numbers.iter().enumerate() {
+        if *n != i as u64 {
+            return Err(LogError::Corrupt {
+                file: segments_dir.join(format::segment_file_name(i as u64)),
+                offset: 0,
+                reason: "segment file is missing".into(),
+            });
+        }
+    }
+    let mut index = Index::default();
+    let mut ids = IdWindow {
+        cap: config.idempotency_window,
+        ..IdWindow::default()
+    };
+    let mut chain = format::GENESIS_CHAIN;
+    let last = *numbers.last().expect("at least one segment");
+    for &number in &numbers {
+        let path = segments_dir.join(format::segment_file_name(number));
+        let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+        let file = vfs.open(&path, false).map_err(|e| io("opening", e))?;
+        let len = file.len().map_err(|e| io("reading the length of", e))?;
+        let is_last = number == last;
+        let mut header = vec![0u8; (SEGMENT_HEADER_LEN.min(len)) as usize];
+        file.read_at(0, &mut header)
+            .map_err(|e| io("reading the header of", e))?;
+        if let Err(reason) = format::check_segment_header(&header, number) {
+            if is_last && len <= SEGMENT_HEADER_LEN {
+                // Created but never used (a crash while rolling): rewrite it.
+                warn!(file = %path.display(), %reason, "rewriting the header of an unused last segment");
+                file.set_len(0).map_err(|e| io("truncating", e))?;
+                file.write_at(0, &format::encode_segment_header(number))
+                    .map_err(|e| io("writing", e))?;
+                file.sync_data().map_err(|e| io("syncing", e))?;
+            } else {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset: 0,
+                    reason,
+                });
+            }
+        }
+        if number > u32::MAX as u64 {
+            return Err(LogError::Corrupt {
+                file: path,
+                offset: 0,
+                reason: "too many segments".into(),
+            });
+        }
+        let mut scanner = Scanner {
+            file: &*file,
+            len: len.max(SEGMENT_HEADER_LEN),
+            buf: Bytes::new(),
+            buf_start: 0,
+        };
+        let mut offset = SEGMENT_HEADER_LEN;
+        while offset < len {
+            let bytes = scanner
+                .at(offset, format::FRAME_HEADER_LEN)
+                .map_err(|e| io("reading", e))?;
+            let need = format::peek_frame_len(&bytes).unwrap_or(format::FRAME_HEADER_LEN);
+            let bytes = scanner.at(offset, need).map_err(|e| io("reading", e))?;
+            let failure = match format::parse_frame_shared(&bytes) {
+                FrameParse::Frame { frame, len: frame_len } => {
+                    let loc = FrameLoc {
+                        segment: number as u32,
+                        offset: offset as u32,
+                        len: frame_len as u32,
+                        events: 0,
+                    };
+                    apply_recovered(&mut index, &mut ids, &frame, loc, &path)?;
+                    chain.copy_from_slice(&frame.chain);
+                    index.frames_since_checkpoint = if matches!(frame.body, Some(frame::Body::Checkpoint(_))) {
+                        0
+                    } else {
+                        index.frames_since_checkpoint + 1
+                    };
+                    offset += frame_len as u64;
+                    continue;
+                }
+                FrameParse::Incomplete => "frame extends past the end of the file".to_owned(),
+                FrameParse::Invalid(reason) => reason,
+            };
+            if !is_last {
+                return Err(LogError::Corrupt {
+                    file: path,
+                    offset,
+                    reason: failure,
+                });
+            }
+            repair_tail(&*file, &path, offset, len, &failure)?;
+            break;
+        }
+        if is_last {
+            index.end_segment = number;
+            index.end_offset = offset.max(SEGMENT_HEADER_LEN);
+        }
+        index.segments.insert(number, file);
+    }
+    index.chain = chain;
+    check_signed_head(dir, config, index.frames.len() as u64)?;
+    let active = index.segments[&last].clone();
+    Ok(Recovered { index, ids, active })
+}
+
+/// Decides whether the bad bytes at `offset` of the last segment are a torn
+/// final write group (truncate) or corruption of acknowledged data (refuse).
+/// A valid frame after `offset` that belongs to a later write group proves
+/// that the bad frame was synced before, so it is corruption.
+fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failure: &str) -> Result<()> {
+    let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+    let mut rest = vec![0u8; (len - offset) as usize];
+    file.read_at(offset, &mut rest)
+        .map_err(|e| io("reading the tail of", e))?;
+    let magic = format::FRAME_MAGIC.to_le_bytes();
+    let mut at = 1;
+    while at + format::FRAME_HEADER_LEN <= rest.len() {
+        if rest[at..at + 4] == magic
+            && let FrameParse::Frame { frame, .. } = format::parse_frame(&rest[at..])
+            && frame.group_start > offset
+        {
+            return Err(LogError::Corrupt {
+                file: path.to_path_buf(),
+                offset,
+                reason: format!(
+                    "{failure}; a valid frame of a later write group follows at offset {}, so this is not a torn tail",
+                    offset + at as u64
+                ),
+            });
+        }
+        at += 1;
+    }
+    warn!(file = %path.display(), offset, dropped_bytes = len - offset, reason = failure, "repairing torn tail");
+    file.set_len(offset).map_err(|e| io("truncating", e))?;
+    file.sync_data().map_err(|e| io("syncing", e))?;
+    Ok(())
+}
+
+/// Refuses to open a log shorter than its latest signed head: the head is
+/// written only after its checkpoint frame is durable, so a shorter log was
+/// truncated, not torn.
+fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64) -> Result<()> {
+    let path = dir.join(HEAD_FILE);
+    if !config.vfs.exists(&path) {
+        return Ok(());
+    }
+    let corrupt = |reason: String| LogError::Corrupt {
+        file: path.clone(),
+        offset: 0,
+        reason,
+    };
+    let io = |e| LogError::io(format!("reading {}", path.display()), e);
+    let file = config.vfs.open(&path, false).map_err(io)?;
+    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
+    file.read_at(0, &mut bytes).map_err(io)?;
+    let head = format::decode_head(&bytes).map_err(corrupt)?;
+    let message = format::checkpoint_message(&head.chain, head.frame_count, head.next_position, head.signed_at_micros);
+    let signature =
+        ed25519_dalek::Signature::from_slice(&head.signature).map_err(|e| corrupt(format!("bad signature: {e}")))?;
+    config
+        .signing_key
+        .verifying_key()
+        .verify(&message, &signature)
+        .map_err(|_| corrupt("signature does not verify with this log's key".into()))?;
+    if head.frame_count >= frame_count {
+        return Err(corrupt(format!(
+            "the signed head covers {} frames but the log holds only {frame_count}: the log was truncated",
+            head.frame_count + 1
+        )));
+    }
+    Ok(())
+}

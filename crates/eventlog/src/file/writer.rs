@@ -1,0 +1,987 @@
+//! The write path: a two-stage group-commit pipeline.
+//!
+//! The *stager* thread takes every request queued, checks it against its own
+//! view of the tail (which includes groups not yet synced), and encodes the
+//! accepted ones into one buffer: one batch frame for all the appends of the
+//! group, plus metadata and checkpoint frames. It hands the group to the
+//! *syncer* thread and goes on with the next group while the syncer writes,
+//! fdatasyncs (once for every group queued behind it), publishes to the
+//! index and only then acknowledges.
+//!
+//! If a write or a sync fails, the syncer cuts the file back to where the
+//! failed groups started and fails them and every group staged after them;
+//! the stager then resets its view to the published state. Nothing that
+//! was acknowledged is touched, nothing unacknowledged becomes visible.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ed25519_dalek::Signer;
+use prost::Message;
+use proto::log::{Checkpoint, DeleteKind, Frame, StreamMetadataChange, frame};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::format::{self, SEGMENT_HEADER_LEN};
+use super::recover::create_segment;
+use super::vfs::StorageFile;
+use super::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, Shared, pack_loc};
+use crate::model::{Deletion, StreamRules};
+use crate::{
+    AppendResult, DeleteMode, ExpectedVersion, LogError, NewEvent, RecordedEvent, Result, StreamAppend, StreamMetadata,
+};
+
+pub(super) enum MetaOp {
+    Set(StreamMetadata),
+    Delete(ExpectedVersion, DeleteMode),
+}
+
+pub(super) enum Request {
+    Append {
+        appends: Vec<StreamAppend>,
+        reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+    },
+    Meta {
+        stream: String,
+        op: MetaOp,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Seal the active segment (for scavenging); replies with the new one.
+    Roll {
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Checkpoint {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Shutdown,
+}
+
+impl Request {
+    fn approx_bytes(&self) -> usize {
+        match self {
+            Request::Append { appends, .. } => appends
+                .iter()
+                .flat_map(|a| &a.events)
+                .map(|e| e.payload.len() + 128 + e.sealed_fields.iter().map(|f| f.ciphertext.len() + 64).sum::<usize>())
+                .sum(),
+            _ => 64,
+        }
+    }
+}
+
+pub(super) fn metadata_change(
+    stream: &str,
+    rules: &StreamRules,
+    delete: Option<DeleteMode>,
+    now: i64,
+) -> StreamMetadataChange {
+    let m = rules.metadata;
+    StreamMetadataChange {
+        stream: stream.to_owned(),
+        has_max_age: m.max_age_secs.is_some(),
+        max_age_secs: m.max_age_secs.unwrap_or(0),
+        has_max_count: m.max_count.is_some(),
+        max_count: m.max_count.unwrap_or(0),
+        has_truncate_before: m.truncate_before.is_some(),
+        truncate_before: m.truncate_before.unwrap_or(0),
+        delete: match delete {
+            None => DeleteKind::None,
+            Some(DeleteMode::Soft) => DeleteKind::Soft,
+            Some(DeleteMode::Hard) => DeleteKind::Hard,
+        } as i32,
+        recorded_at_micros: now,
+    }
+}
+
+pub(super) fn apply_metadata_change(rules: &mut StreamRules, change: &StreamMetadataChange) {
+    rules.metadata = StreamMetadata {
+        max_age_secs: change.has_max_age.then_some(change.max_age_secs),
+        max_count: change.has_max_count.then_some(change.max_count),
+        truncate_before: change.has_truncate_before.then_some(change.truncate_before),
+    };
+    match DeleteKind::try_from(change.delete) {
+        Ok(DeleteKind::Soft) => rules.apply_delete(DeleteMode::Soft),
+        Ok(DeleteKind::Hard) => rules.apply_delete(DeleteMode::Hard),
+        _ => {}
+    }
+}
+
+/// The tail as the stager sees it: published state plus staged groups.
+pub(super) struct TailState {
+    active_no: u64,
+    active: Arc<dyn StorageFile>,
+    active_len: u64,
+    chain: [u8; 32],
+    frame_count: u64,
+    next_position: u64,
+    frames_since_checkpoint: u64,
+}
+
+impl TailState {
+    pub(super) fn from_index(idx: &Index, active: Arc<dyn StorageFile>) -> Self {
+        Self {
+            active_no: idx.end_segment,
+            active,
+            active_len: idx.end_offset,
+            chain: idx.chain,
+            frame_count: idx.frames.len() as u64,
+            next_position: idx.next_position,
+            frames_since_checkpoint: idx.frames_since_checkpoint,
+        }
+    }
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<AppendResult>>>, Result<Vec<AppendResult>>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Reply {
+    fn fail(self, error: &LogError) -> Reply {
+        match self {
+            Reply::Append(tx, Ok(_)) => Reply::Append(tx, Err(clone_error(error))),
+            Reply::Unit(tx, Ok(())) => Reply::Unit(tx, Err(clone_error(error))),
+            other => other,
+        }
+    }
+
+    fn send(self) {
+        match self {
+            Reply::Append(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Unit(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// One write group on its way to the syncer.
+struct Group {
+    generation: u64,
+    segment: u64,
+    file: Arc<dyn StorageFile>,
+    start: u64,
+    buf: Vec<u8>,
+    frames: Vec<(FrameLoc, Option<u64>)>,
+    /// Streams changed: their rules after the group and new event locations.
+    streams: Vec<(Arc<str>, StreamRules, Vec<u64>)>,
+    next_position: u64,
+    chain: [u8; 32],
+    frames_since_checkpoint: u64,
+    checkpoint: Option<Checkpoint>,
+    replies: Vec<Reply>,
+}
+
+enum ToSyncer {
+    Group(Box<Group>),
+    /// Runs once every message before it has been handled.
+    Barrier(Box<dyn FnOnce() + Send>),
+    Shutdown,
+}
+
+/// Starts the stager (which starts the syncer). The returned handle ends
+/// after a `Shutdown` request, with both threads stopped.
+pub(super) fn start(
+    shared: Arc<Shared>,
+    config: FileLogConfig,
+    tail: TailState,
+    rules: HashMap<Arc<str>, StreamRules>,
+    ids: IdWindow,
+    rx: mpsc::Receiver<Request>,
+) -> Result<JoinHandle<()>> {
+    let (to_syncer, syncer_rx) = mpsc::channel();
+    let (recycle, recycled) = mpsc::channel();
+    let broken = Arc::new(AtomicU64::new(u64::MAX));
+    let syncer = Arc::new(Syncer {
+        shared: shared.clone(),
+        broken: broken.clone(),
+        recycle,
+        commit_lock: std::sync::Mutex::new(()),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let committer = syncer.clone();
+    let syncer_handle = std::thread::Builder::new()
+        .name("pypes-log-sync".into())
+        .spawn(move || syncer.run(syncer_rx))
+        .map_err(|e| LogError::io("starting the syncer thread", e))?;
+    let stager = Stager {
+        shared,
+        config,
+        tail,
+        rules,
+        ids,
+        last_checkpoint: Instant::now(),
+        generation: 0,
+        broken,
+        to_syncer,
+        syncer: Some(syncer_handle),
+        committer,
+        recycled,
+        spare_body: Vec::new(),
+    };
+    std::thread::Builder::new()
+        .name("pypes-log-stage".into())
+        .spawn(move || stager.run(rx))
+        .map_err(|e| LogError::io("starting the stager thread", e))
+}
+
+struct Stager {
+    shared: Arc<Shared>,
+    config: FileLogConfig,
+    tail: TailState,
+    /// Stream rules including staged groups (the index has published ones).
+    rules: HashMap<Arc<str>, StreamRules>,
+    ids: IdWindow,
+    last_checkpoint: Instant,
+    generation: u64,
+    broken: Arc<AtomicU64>,
+    to_syncer: mpsc::Sender<ToSyncer>,
+    syncer: Option<JoinHandle<()>>,
+    /// The syncer's commit, also run inline for a small group when nothing
+    /// is in flight: at low load the hand-off would only add latency.
+    committer: Arc<Syncer>,
+    /// Group buffers the syncer is done with: reusing them avoids a fresh
+    /// (page-faulting) allocation per group.
+    recycled: mpsc::Receiver<Vec<u8>>,
+    spare_body: Vec<u8>,
+}
+
+/// The batch frame being built for the current group.
+struct OpenBatch {
+    body: Vec<u8>,
+    hasher: Sha256,
+    first_position: u64,
+    entries: u32,
+    ordinal: u64,
+}
+
+/// One group being staged.
+struct Txn {
+    spare_body: Vec<u8>,
+    start: u64,
+    buf: Vec<u8>,
+    chain: [u8; 32],
+    frame_count: u64,
+    next_position: u64,
+    now: i64,
+    segment: u32,
+    frames: Vec<(FrameLoc, Option<u64>)>,
+    batch: Option<OpenBatch>,
+    streams: HashMap<Arc<str>, Vec<u64>>,
+    /// Position of the first event this group may hold.
+    first_position: u64,
+    checkpoint: Option<Checkpoint>,
+}
+
+impl Txn {
+    fn frame_loc(&self, offset: usize, len: usize, events: u32) -> FrameLoc {
+        FrameLoc {
+            segment: self.segment,
+            offset: (self.start + offset as u64) as u32,
+            len: len as u32,
+            events,
+        }
+    }
+
+    fn close_batch(&mut self) {
+        let Some(mut batch) = self.batch.take() else { return };
+        let digest: [u8; 32] = batch.hasher.finalize().into();
+        self.chain = format::chain_next(&self.chain, &digest);
+        let offset = self.buf.len();
+        let len = format::encode_batch_frame(&mut self.buf, self.start, &self.chain, &batch.body);
+        let loc = self.frame_loc(offset, len, batch.entries);
+        self.frames.push((loc, Some(batch.first_position)));
+        self.frame_count += 1;
+        batch.body.clear();
+        self.spare_body = batch.body;
+    }
+
+    /// Adds a metadata or checkpoint frame (closing the open batch first).
+    fn add_frame(&mut self, body: frame::Body) {
+        self.close_batch();
+        let mut frame = Frame {
+            group_start: self.start,
+            chain: Bytes::new(),
+            body: Some(body),
+        };
+        let digest = format::frame_digest(&frame).expect("metadata and checkpoint frames always digest");
+        self.chain = format::chain_next(&self.chain, &digest);
+        frame.chain = Bytes::copy_from_slice(&self.chain);
+        let offset = self.buf.len();
+        let len = format::encode_frame(&frame, &mut self.buf);
+        let loc = self.frame_loc(offset, len, 0);
+        self.frames.push((loc, None));
+        self.frame_count += 1;
+    }
+
+    /// The event at `position` staged in this group (a rare path: a retry
+    /// of an event appended in the same group).
+    fn find_event(&self, position: u64) -> Option<NewEvent> {
+        let pick = |batch: &proto::log::Batch, index: u64| -> Option<NewEvent> {
+            let Some(proto::log::entry::Kind::Event(bytes)) = batch.entries.get(index as usize)?.kind.clone() else {
+                return None;
+            };
+            let stored = proto::storage::StoredEvent::decode(bytes).ok()?;
+            let stream: Arc<str> = Arc::from(stored.stream.as_str());
+            RecordedEvent::from_stored(stored, stream).ok().map(|r| r.event)
+        };
+        if let Some(b) = &self.batch
+            && position >= b.first_position
+        {
+            let batch = proto::log::Batch::decode(&b.body[..]).ok()?;
+            return pick(&batch, position - b.first_position);
+        }
+        for (loc, first) in &self.frames {
+            let Some(first) = *first else { continue };
+            if position < first || position >= first + loc.events as u64 {
+                continue;
+            }
+            let at = (loc.offset as u64 - self.start) as usize;
+            let format::FrameParse::Frame { frame, .. } = format::parse_frame(&self.buf[at..at + loc.len as usize])
+            else {
+                return None;
+            };
+            let Some(frame::Body::Batch(batch)) = frame.body else {
+                return None;
+            };
+            return pick(&batch, position - first);
+        }
+        None
+    }
+
+    fn open_batch(&mut self, size: usize) -> &mut OpenBatch {
+        let limit = format::MAX_FRAME_BODY - 64;
+        if self.batch.as_ref().is_some_and(|b| b.body.len() + size > limit) {
+            self.close_batch();
+        }
+        let (next_position, frame_count) = (self.next_position, self.frame_count);
+        let spare = &mut self.spare_body;
+        self.batch.get_or_insert_with(|| OpenBatch {
+            body: std::mem::take(spare),
+            hasher: format::batch_digest_start(),
+            first_position: next_position,
+            entries: 0,
+            ordinal: frame_count,
+        })
+    }
+}
+
+/// An earlier event found by id: stream, version, position, content.
+type EarlierEvent = (Arc<str>, u64, u64, NewEvent);
+
+impl Stager {
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
+        loop {
+            let first = rx.recv().unwrap_or(Request::Shutdown);
+            let mut bytes = first.approx_bytes();
+            let mut group = vec![first];
+            while bytes < self.config.max_group_bytes {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        bytes += r.approx_bytes();
+                        group.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.handle(group) {
+                let _ = self.to_syncer.send(ToSyncer::Shutdown);
+                if let Some(h) = self.syncer.take() {
+                    let _ = h.join();
+                }
+                return;
+            }
+        }
+    }
+
+    /// Stages one group; returns true on shutdown.
+    fn handle(&mut self, group: Vec<Request>) -> bool {
+        let mut data = Vec::new();
+        let mut rolls = Vec::new();
+        let mut checkpoints = Vec::new();
+        let mut shutdown = false;
+        for r in group {
+            match r {
+                Request::Append { .. } | Request::Meta { .. } => data.push(r),
+                Request::Roll { reply } => rolls.push(reply),
+                Request::Checkpoint { reply } => checkpoints.push(reply),
+                Request::Shutdown => shutdown = true,
+            }
+        }
+        if let Some(reason) = self.shared.poisoned() {
+            let e = LogError::Poisoned { reason };
+            data.into_iter().for_each(|r| reply_err(r, clone_error(&e)));
+            checkpoints.into_iter().for_each(|r| drop(r.send(Err(clone_error(&e)))));
+            rolls.into_iter().for_each(|r| drop(r.send(Err(clone_error(&e)))));
+            return shutdown;
+        }
+        if self.broken.load(Ordering::SeqCst) == self.generation {
+            self.reset();
+        }
+        let mut replies = Vec::with_capacity(data.len() + checkpoints.len());
+        if self.tail.active_len >= self.config.segment_size
+            && let Err(e) = self.roll()
+        {
+            data.into_iter().for_each(|r| reply_err(r, clone_error(&e)));
+            checkpoints.into_iter().for_each(|r| drop(r.send(Err(clone_error(&e)))));
+            rolls.into_iter().for_each(|r| drop(r.send(Err(clone_error(&e)))));
+            return shutdown;
+        }
+        let mut buf = self.recycled.try_recv().unwrap_or_default();
+        buf.clear();
+        let mut txn = Txn {
+            spare_body: std::mem::take(&mut self.spare_body),
+            start: self.tail.active_len,
+            buf,
+            chain: self.tail.chain,
+            frame_count: self.tail.frame_count,
+            next_position: self.tail.next_position,
+            now: self.config.clock.now_micros(),
+            segment: self.tail.active_no as u32,
+            frames: Vec::new(),
+            batch: None,
+            streams: HashMap::new(),
+            first_position: self.tail.next_position,
+            checkpoint: None,
+        };
+        for r in data {
+            match r {
+                Request::Append { appends, reply } => {
+                    let result = self.stage_append(&mut txn, appends);
+                    replies.push(Reply::Append(reply, result));
+                }
+                Request::Meta { stream, op, reply } => {
+                    let result = self.stage_meta(&mut txn, &stream, op);
+                    replies.push(Reply::Unit(reply, result));
+                }
+                _ => unreachable!("only data requests are staged"),
+            }
+        }
+        txn.close_batch();
+        let new_frames = txn.frame_count - self.tail.frame_count;
+        let since = self.tail.frames_since_checkpoint + new_frames;
+        let due = since >= self.config.checkpoint_every_frames
+            || (new_frames > 0 && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval);
+        let forced = !checkpoints.is_empty() || shutdown;
+        if (due || forced) && since > 0 {
+            self.stage_checkpoint(&mut txn);
+        }
+        replies.extend(checkpoints.into_iter().map(|r| Reply::Unit(r, Ok(()))));
+        self.send_group(txn, replies);
+        for reply in rolls {
+            let rolled = if self.tail.active_len > SEGMENT_HEADER_LEN {
+                self.roll()
+            } else {
+                Ok(())
+            };
+            match rolled {
+                Ok(()) => {
+                    let active = self.tail.active_no;
+                    // Replied once every group before the roll is published,
+                    // so the sealed segments receive no more writes.
+                    let barrier = Box::new(move || drop(reply.send(Ok(active))));
+                    let _ = self.to_syncer.send(ToSyncer::Barrier(barrier));
+                }
+                Err(e) => drop(reply.send(Err(e))),
+            }
+        }
+        shutdown
+    }
+
+    fn send_group(&mut self, mut txn: Txn, replies: Vec<Reply>) {
+        self.spare_body = std::mem::take(&mut txn.spare_body);
+        let written = txn.buf.len() as u64;
+        let streams = txn
+            .streams
+            .into_iter()
+            .map(|(name, locs)| {
+                let rules = self.rules.get(&name).cloned().unwrap_or_default();
+                (name, rules, locs)
+            })
+            .collect();
+        if txn.checkpoint.is_some() {
+            self.last_checkpoint = Instant::now();
+            self.tail.frames_since_checkpoint = 0;
+        } else {
+            self.tail.frames_since_checkpoint += txn.frame_count - self.tail.frame_count;
+        }
+        let group = Group {
+            generation: self.generation,
+            segment: self.tail.active_no,
+            file: self.tail.active.clone(),
+            start: txn.start,
+            buf: txn.buf,
+            frames: txn.frames,
+            streams,
+            next_position: txn.next_position,
+            chain: txn.chain,
+            frames_since_checkpoint: self.tail.frames_since_checkpoint,
+            checkpoint: txn.checkpoint,
+            replies,
+        };
+        self.tail.active_len += written;
+        self.tail.chain = txn.chain;
+        self.tail.frame_count = txn.frame_count;
+        self.tail.next_position = txn.next_position;
+        if group.replies.len() <= 2 && self.committer.in_flight.load(Ordering::SeqCst) == 0 {
+            self.committer.commit(vec![group]);
+            return;
+        }
+        self.committer.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(ToSyncer::Group(g))) = self.to_syncer.send(ToSyncer::Group(Box::new(group))) {
+            for r in g.replies {
+                r.fail(&LogError::Closed).send();
+            }
+        }
+    }
+
+    /// Waits until the syncer has handled every group sent so far.
+    fn wait_for_syncer(&self) {
+        let (tx, rx) = mpsc::channel();
+        let barrier = Box::new(move || {
+            let _ = tx.send(());
+        });
+        if self.to_syncer.send(ToSyncer::Barrier(barrier)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// After a failed write: waits until the syncer has failed every staged
+    /// group, then takes the published state as the tail again.
+    fn reset(&mut self) {
+        let (tx, rx) = mpsc::channel();
+        if self
+            .to_syncer
+            .send(ToSyncer::Barrier(Box::new(move || {
+                let _ = tx.send(());
+            })))
+            .is_ok()
+        {
+            let _ = rx.recv();
+        }
+        let idx = self.shared.read();
+        self.rules = idx.streams.iter().map(|(k, s)| (k.clone(), s.rules.clone())).collect();
+        self.ids.forget_from(idx.next_position);
+        self.tail.chain = idx.chain;
+        self.tail.frame_count = idx.frames.len() as u64;
+        self.tail.next_position = idx.next_position;
+        self.tail.frames_since_checkpoint = idx.frames_since_checkpoint;
+        self.tail.active_len = if idx.end_segment == self.tail.active_no {
+            idx.end_offset
+        } else {
+            SEGMENT_HEADER_LEN
+        };
+        drop(idx);
+        let cut = self
+            .tail
+            .active
+            .set_len(self.tail.active_len)
+            .and_then(|_| self.tail.active.sync_data());
+        if let Err(e) = cut {
+            self.poison(format!("cutting the active segment back after a failed write: {e}"));
+        }
+        self.generation += 1;
+    }
+
+    fn poison(&self, reason: String) {
+        warn!(%reason, "event log poisoned");
+        *self.shared.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    fn roll(&mut self) -> Result<()> {
+        let number = self.tail.active_no + 1;
+        let file = create_segment(&*self.shared.vfs, &self.shared.segments_dir, number)?;
+        self.shared.write().segments.insert(number, file.clone());
+        self.tail.active = file;
+        self.tail.active_no = number;
+        self.tail.active_len = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    fn stage_checkpoint(&mut self, txn: &mut Txn) {
+        txn.close_batch();
+        let message = format::checkpoint_message(&txn.chain, txn.frame_count, txn.next_position, txn.now);
+        let signature = self.config.signing_key.sign(&message);
+        let cp = Checkpoint {
+            chain: Bytes::copy_from_slice(&txn.chain),
+            frame_count: txn.frame_count,
+            next_position: txn.next_position,
+            signed_at_micros: txn.now,
+            signature: Bytes::copy_from_slice(&signature.to_bytes()),
+        };
+        txn.add_frame(frame::Body::Checkpoint(cp.encode_to_vec().into()));
+        txn.checkpoint = Some(cp);
+    }
+
+    fn intern(&mut self, stream: &str) -> Arc<str> {
+        match self.rules.get_key_value(stream) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(stream);
+                self.rules.insert(name.clone(), StreamRules::default());
+                name
+            }
+        }
+    }
+
+    fn stage_meta(&mut self, txn: &mut Txn, stream: &str, op: MetaOp) -> Result<()> {
+        let name = self.intern(stream);
+        let rules = self.rules.get_mut(&name).expect("interned");
+        if rules.deletion == Deletion::Hard {
+            return Err(LogError::StreamDeleted {
+                stream: stream.to_owned(),
+            });
+        }
+        let delete = match op {
+            MetaOp::Set(m) => {
+                rules.metadata = m;
+                None
+            }
+            MetaOp::Delete(expected, mode) => {
+                rules.check_expected(stream, expected)?;
+                rules.apply_delete(mode);
+                Some(mode)
+            }
+        };
+        let change = metadata_change(stream, rules, delete, txn.now);
+        txn.add_frame(frame::Body::Metadata(change.encode_to_vec().into()));
+        txn.streams.entry(name).or_default();
+        Ok(())
+    }
+
+    fn stage_append(&mut self, txn: &mut Txn, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let mut repeats = Vec::new();
+        for a in &appends {
+            if let Some(r) = self.check_idempotent(txn, a)? {
+                repeats.push(r);
+            }
+        }
+        if !repeats.is_empty() {
+            if repeats.len() == appends.len() {
+                return Ok(repeats);
+            }
+            return Err(LogError::EventIdReused {
+                id: appends[0].events[0].id,
+                detail: "a multi-stream append partly repeats an earlier append".into(),
+            });
+        }
+        for a in &appends {
+            match self.rules.get(a.stream.as_str()) {
+                Some(rules) => rules.check_expected(&a.stream, a.expected)?,
+                None => StreamRules::default().check_expected(&a.stream, a.expected)?,
+            }
+        }
+        let now = txn.now;
+        let size: usize = appends
+            .iter()
+            .flat_map(|a| a.events.iter().map(move |e| (a, e)))
+            .map(|(a, e)| {
+                let n = format::stored_event_len(e, &a.stream, u64::MAX, u64::MAX, now);
+                n + format::entry_overhead(n)
+            })
+            .sum();
+        txn.open_batch(size);
+        let mut results = Vec::with_capacity(appends.len());
+        for a in appends {
+            let name = self.intern(&a.stream);
+            let rules = self.rules.get_mut(&name).expect("interned");
+            let first_version = rules.next_version;
+            let count = a.events.len() as u64;
+            rules.apply_append(count);
+            let first_position = txn.next_position;
+            let locs = txn.streams.entry(name.clone()).or_default();
+            let batch = txn.batch.as_mut().expect("opened above");
+            for (i, event) in a.events.into_iter().enumerate() {
+                let version = first_version + i as u64;
+                let position = txn.next_position;
+                let range = format::encode_batch_entry(&mut batch.body, &event, &a.stream, version, position, now);
+                batch.hasher.update(format::sha256(&batch.body[range]));
+                locs.push(pack_loc(batch.ordinal, batch.entries));
+                batch.entries += 1;
+                self.ids.insert(event.id, name.clone(), version, position);
+                txn.next_position += 1;
+            }
+            results.push(AppendResult {
+                next_expected_version: first_version + count - 1,
+                first_position,
+                last_position: txn.next_position - 1,
+            });
+        }
+        Ok(results)
+    }
+
+    /// The earlier event with this id, if it is in the window and still
+    /// stored (not scavenged).
+    fn earlier(&self, txn: &Txn, id: &Uuid) -> Result<Option<EarlierEvent>> {
+        let Some((stream, version, position)) = self.ids.get(id) else {
+            return Ok(None);
+        };
+        if position >= txn.first_position {
+            return Ok(txn.find_event(position).map(|e| (stream, version, position, e)));
+        }
+        if position >= *self.shared.head.borrow() {
+            // On its way to disk: wait until it is published (or failed).
+            self.wait_for_syncer();
+            if self.broken.load(Ordering::SeqCst) == self.generation {
+                return Err(LogError::io(
+                    "appending",
+                    std::io::Error::other("an earlier append of the pipeline failed; retry"),
+                ));
+            }
+        }
+        let idx = self.shared.read();
+        let Some(packed) = idx.streams.get(&stream).and_then(|s| s.loc_of(version)) else {
+            return Ok(None);
+        };
+        let (ordinal, entry) = super::unpack_loc(packed);
+        let loc = idx.frames[ordinal as usize];
+        let file = idx.segments[&(loc.segment as u64)].clone();
+        drop(idx);
+        let frame = self.shared.read_frame(&*file, loc)?;
+        let Some(stored) = self.shared.entry_event(&frame, entry, loc)? else {
+            return Ok(None);
+        };
+        let recorded: RecordedEvent = self.shared.to_recorded(stored, loc)?;
+        Ok(Some((stream, version, position, recorded.event)))
+    }
+
+    /// `Some` when every event of the append was appended before (a retry).
+    fn check_idempotent(&self, txn: &Txn, append: &StreamAppend) -> Result<Option<AppendResult>> {
+        let Some(first) = self.earlier(txn, &append.events[0].id)? else {
+            for e in &append.events[1..] {
+                if self.ids.get(&e.id).is_some() && self.earlier(txn, &e.id)?.is_some() {
+                    return Err(LogError::EventIdReused {
+                        id: e.id,
+                        detail: "the batch mixes new events with events appended before".into(),
+                    });
+                }
+            }
+            return Ok(None);
+        };
+        let mut last_position = first.2;
+        for (i, event) in append.events.iter().enumerate() {
+            let Some((stream, version, position, earlier)) = self.earlier(txn, &event.id)? else {
+                return Err(LogError::EventIdReused {
+                    id: append.events[0].id,
+                    detail: "the batch mixes new events with events appended before".into(),
+                });
+            };
+            if &*stream != append.stream.as_str() || version != first.1 + i as u64 || &earlier != event {
+                return Err(LogError::EventIdReused {
+                    id: event.id,
+                    detail: "content differs".into(),
+                });
+            }
+            last_position = position;
+        }
+        Ok(Some(AppendResult {
+            next_expected_version: first.1 + append.events.len() as u64 - 1,
+            first_position: first.2,
+            last_position,
+        }))
+    }
+}
+
+/// The syncer thread: writes, fdatasyncs, publishes, acknowledges.
+struct Syncer {
+    shared: Arc<Shared>,
+    broken: Arc<AtomicU64>,
+    recycle: mpsc::Sender<Vec<u8>>,
+    /// Serialises commits of the syncer thread and inline ones.
+    commit_lock: std::sync::Mutex<()>,
+    /// Groups sent to the syncer thread and not yet committed.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Syncer {
+    fn run(&self, rx: mpsc::Receiver<ToSyncer>) {
+        while let Ok(first) = rx.recv() {
+            let mut messages = vec![first];
+            while let Ok(m) = rx.try_recv() {
+                messages.push(m);
+            }
+            let mut run = Vec::new();
+            for m in messages {
+                match m {
+                    ToSyncer::Group(g) => run.push(*g),
+                    ToSyncer::Barrier(f) => {
+                        self.commit_counted(std::mem::take(&mut run));
+                        f();
+                    }
+                    ToSyncer::Shutdown => {
+                        self.commit_counted(run);
+                        return;
+                    }
+                }
+            }
+            self.commit_counted(run);
+        }
+    }
+
+    fn commit_counted(&self, run: Vec<Group>) {
+        let n = run.len();
+        self.commit(run);
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
+    }
+
+    fn commit(&self, run: Vec<Group>) {
+        if run.is_empty() {
+            return;
+        }
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = self.shared.poisoned() {
+            let e = LogError::Poisoned { reason };
+            run.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
+            return;
+        }
+        let broken = self.broken.load(Ordering::SeqCst);
+        let (live, dead): (Vec<Group>, Vec<Group>) = run.into_iter().partition(|g| g.generation != broken);
+        if !dead.is_empty() {
+            let e = LogError::io(
+                "appending",
+                std::io::Error::other("an earlier write of the pipeline failed"),
+            );
+            dead.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
+        }
+        if live.is_empty() {
+            return;
+        }
+        let written = self.write_and_sync(&live);
+        if let Err(e) = written {
+            self.roll_back(&live);
+            let generation = live.iter().map(|g| g.generation).max().expect("non-empty");
+            self.broken.store(generation, Ordering::SeqCst);
+            warn!(error = %e, "append failed; its write group was cut off");
+            live.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
+            return;
+        }
+        self.publish(live);
+    }
+
+    fn write_and_sync(&self, run: &[Group]) -> Result<()> {
+        let mut files: Vec<(u64, &Arc<dyn StorageFile>)> = Vec::new();
+        for g in run {
+            if g.buf.is_empty() {
+                continue;
+            }
+            g.file
+                .write_at(g.start, &g.buf)
+                .map_err(|e| LogError::io(format!("appending to segment {}", g.segment), e))?;
+            if files.last().is_none_or(|(s, _)| *s != g.segment) {
+                files.push((g.segment, &g.file));
+            }
+        }
+        for (segment, file) in files {
+            file.sync_data()
+                .map_err(|e| LogError::io(format!("syncing segment {segment}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Cuts every file this run wrote back to where the run started in it.
+    fn roll_back(&self, run: &[Group]) {
+        let mut cuts: Vec<(u64, &Arc<dyn StorageFile>, u64)> = Vec::new();
+        for g in run.iter().filter(|g| !g.buf.is_empty()) {
+            if !cuts.iter().any(|(s, _, _)| *s == g.segment) {
+                cuts.push((g.segment, &g.file, g.start));
+            }
+        }
+        for (segment, file, at) in cuts {
+            if let Err(e) = file.set_len(at).and_then(|_| file.sync_data()) {
+                let reason = format!("cutting segment {segment} back to {at} after a failed write: {e}");
+                warn!(%reason, "event log poisoned");
+                *self.shared.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
+        }
+    }
+
+    fn publish(&self, run: Vec<Group>) {
+        let mut head = None;
+        let mut checkpoint = None;
+        {
+            let mut idx = self.shared.write();
+            for g in &run {
+                for (loc, first) in &g.frames {
+                    idx.push_frame(*loc, *first);
+                }
+                for (name, rules, locs) in &g.streams {
+                    let s = idx.streams.entry(name.clone()).or_default();
+                    s.rules = rules.clone();
+                    s.locs.extend(locs.iter().copied());
+                }
+                idx.next_position = g.next_position;
+                idx.chain = g.chain;
+                idx.end_segment = g.segment;
+                idx.end_offset = g.start + g.buf.len() as u64;
+                idx.frames_since_checkpoint = g.frames_since_checkpoint;
+                head = Some(g.next_position);
+            }
+        }
+        if let Some(h) = head {
+            self.shared.head.send_replace(h);
+        }
+        for g in run {
+            if g.checkpoint.is_some() {
+                checkpoint = g.checkpoint;
+            }
+            g.replies.into_iter().for_each(Reply::send);
+            if g.buf.capacity() <= 64 << 20 {
+                let _ = self.recycle.send(g.buf);
+            }
+        }
+        if let Some(cp) = checkpoint {
+            self.write_head(&cp);
+        }
+    }
+
+    /// Replaces `head.sig` atomically (write temp, sync, rename, sync dir).
+    fn write_head(&self, cp: &Checkpoint) {
+        let vfs = &self.shared.vfs;
+        let path = self.shared.dir.join(HEAD_FILE);
+        let tmp = self.shared.dir.join(format!("{HEAD_FILE}.tmp"));
+        let bytes = format::encode_head(cp);
+        let result = vfs.open(&tmp, true).and_then(|f| {
+            f.set_len(0)?;
+            f.write_at(0, &bytes)?;
+            f.sync_data()?;
+            vfs.rename(&tmp, &path)?;
+            vfs.sync_dir(&self.shared.dir)
+        });
+        if let Err(e) = result {
+            warn!(error = %e, "could not update the signed head; the checkpoint frame in the log still stands");
+        }
+    }
+}
+
+fn reply_err(r: Request, e: LogError) {
+    match r {
+        Request::Append { reply, .. } => drop(reply.send(Err(e))),
+        Request::Meta { reply, .. } => drop(reply.send(Err(e))),
+        Request::Roll { reply } => drop(reply.send(Err(e))),
+        Request::Checkpoint { reply } => drop(reply.send(Err(e))),
+        Request::Shutdown => {}
+    }
+}
+
+/// I/O errors are not `Clone`; a group's failure is reported to each member.
+fn clone_error(e: &LogError) -> LogError {
+    match e {
+        LogError::Io { context, source } => LogError::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        LogError::Poisoned { reason } => LogError::Poisoned { reason: reason.clone() },
+        LogError::Closed => LogError::Closed,
+        other => LogError::Poisoned {
+            reason: other.to_string(),
+        },
+    }
+}
