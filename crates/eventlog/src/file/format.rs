@@ -243,7 +243,7 @@ pub fn decode_head(bytes: &[u8]) -> Result<proto::log::Checkpoint, String> {
 
 /// Length of a protobuf varint.
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -14,6 +14,9 @@ use super::vfs::StorageFile;
 use super::{FrameLoc, Shared, unpack_loc};
 use crate::{AllPage, Direction, EventFilter, LogError, ReadFrom, RecordedEvent, Result, validate_stream_name};
 
+/// A stream version to read: version, frame ordinal, entry, frame, file.
+type VersionAt = (u64, u64, u32, FrameLoc, Arc<dyn StorageFile>);
+
 impl Shared {
     pub(super) fn corrupt(&self, loc: FrameLoc, reason: impl Into<String>) -> LogError {
         LogError::Corrupt {
@@ -82,7 +85,7 @@ impl Shared {
         let mut cached: Option<(u64, Frame)> = None;
         while out.len() < max {
             let want = (max - out.len()).min(1024);
-            let batch: Vec<(u64, u64, u32, FrameLoc, Arc<dyn StorageFile>)> = {
+            let batch: Vec<VersionAt> = {
                 let idx = self.read();
                 let Some(s) = idx.streams.get(stream) else { break };
                 versions
