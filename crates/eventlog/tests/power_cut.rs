@@ -51,7 +51,36 @@ fn event(stream: &str, i: usize) -> NewEvent {
     e
 }
 
-async fn workload(log: &FileLog, acked: &mut Acked) -> Result<(), LogError> {
+/// Eight appends at once, so groups go through the syncer thread.
+async fn burst(log: &Arc<FileLog>, round: usize, acked: &mut Acked) -> Result<(), LogError> {
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let stream = format!("burst-{w}");
+        let appends = vec![StreamAppend {
+            stream: stream.clone(),
+            expected: ExpectedVersion::Any,
+            events: vec![event(&stream, round * 10 + w)],
+        }];
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            (appends.clone(), log.append_multi(appends).await)
+        }));
+    }
+    let mut first_error = None;
+    for t in tasks {
+        let (appends, result) = t.await.expect("task");
+        match result {
+            Ok(results) => acked.appends.push((appends, results)),
+            Err(e) => {
+                acked.unacked.push(appends);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn workload(log: &Arc<FileLog>, acked: &mut Acked) -> Result<(), LogError> {
     let mut n = 0;
     for round in 0..14 {
         let appends = if round % 4 == 3 {
@@ -113,6 +142,7 @@ async fn workload(log: &FileLog, acked: &mut Acked) -> Result<(), LogError> {
                 acked.metadata_set = true;
             }
             11 => log.checkpoint().await?,
+            2 | 6 | 12 => burst(log, round, acked).await?,
             _ => {}
         }
     }
@@ -209,7 +239,7 @@ fn run(cut_after: Option<u64>) -> (SimVfs, Acked, bool) {
             vfs.cut_power_after(n);
         }
         let mut acked = Acked::default();
-        let completed = match FileLog::open(DIR, config(&vfs)) {
+        let completed = match FileLog::open(DIR, config(&vfs)).map(Arc::new) {
             Ok(log) => {
                 let ok = workload(&log, &mut acked).await.is_ok();
                 log.close();

@@ -47,6 +47,7 @@ struct State {
     cut_at: Option<u64>,
     powered_off: bool,
     space_limit: Option<u64>,
+    failing_syncs: u64,
 }
 
 impl State {
@@ -123,6 +124,12 @@ impl SimVfs {
 
     pub fn powered_off(&self) -> bool {
         self.lock().powered_off
+    }
+
+    /// Makes the next `n` `sync_data` calls fail with an I/O error; like a
+    /// real failed fsync, nothing becomes durable.
+    pub fn fail_syncs(&self, n: u64) {
+        self.lock().failing_syncs = n;
     }
 
     /// Makes writes fail with `StorageFull` once files hold this many bytes.
@@ -271,7 +278,16 @@ impl StorageFile for SimFile {
         if let Some(limit) = s.space_limit {
             let len = s.inodes[&self.inode].volatile.len() as u64;
             let growth = (offset + data.len() as u64).saturating_sub(len);
-            if s.used_bytes() + growth > limit {
+            let free = limit.saturating_sub(s.used_bytes());
+            if growth > free {
+                // Like write(2) on a full disk: what fits lands, then ENOSPC.
+                let fits = (len + free).saturating_sub(offset).min(data.len() as u64) as usize;
+                let inode = s.inodes.get_mut(&self.inode).expect("open inode");
+                write_into(&mut inode.volatile, offset, &data[..fits]);
+                inode.pending.push(Pending::Write {
+                    offset,
+                    data: data[..fits].to_vec(),
+                });
                 return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
             }
         }
@@ -296,6 +312,10 @@ impl StorageFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.vfs.lock();
         s.tick()?;
+        if s.failing_syncs > 0 {
+            s.failing_syncs -= 1;
+            return Err(io::Error::other("simulated fsync failure"));
+        }
         let inode = s.inodes.get_mut(&self.inode).expect("open inode");
         inode.durable = inode.volatile.clone();
         inode.pending.clear();
