@@ -60,6 +60,10 @@ enum Command {
         /// Distinct streams the events are spread over.
         #[arg(long, default_value_t = 10_000)]
         streams: u64,
+        /// Events per append while filling (1 gives one frame per event
+        /// unless group commit merges them).
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
     },
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
@@ -94,9 +98,10 @@ fn main() -> Result<()> {
             events,
             event_bytes,
             streams,
+            batch,
         } => {
             let dir = work_dir(dir)?;
-            rt.block_on(log_read(dir.path(), events, event_bytes, streams))
+            rt.block_on(log_read(dir.path(), events, event_bytes, streams, batch.max(1)))
         }
         Command::LogOpen { dir } => {
             let started = Instant::now();
@@ -308,16 +313,16 @@ async fn log_append(dir: &Path, run: Duration, writer_counts: &[usize], event_by
     Ok(())
 }
 
-async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> Result<()> {
+async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64, per_batch: u64) -> Result<()> {
     let log_dir = dir.join("log");
     let log = Arc::new(FileLog::open(&log_dir, config())?);
     let started = Instant::now();
     let payload = bytes::Bytes::from(vec![0x33u8; event_bytes]);
-    // Fill with concurrent batched appends (writing speed is not measured here).
-    let per_batch = 500u64;
+    // Fill with concurrent appends (writing speed is not measured here).
     let batches = events.div_ceil(per_batch);
+    let fillers = if per_batch == 1 { 512 } else { 4 };
     let mut tasks = Vec::new();
-    for t in 0..4u64 {
+    for t in 0..fillers {
         let log = log.clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
@@ -327,7 +332,7 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> 
                 let stream = format!("stream-{}", b % streams.max(1));
                 let batch = (0..n).map(|_| NewEvent::new("Filled", payload.clone())).collect();
                 log.append(&stream, ExpectedVersion::Any, batch).await?;
-                b += 4;
+                b += fillers;
             }
             anyhow::Ok(())
         }));
@@ -340,7 +345,7 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64) -> 
         .map(|e| e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).unwrap_or(0))
         .sum();
     println!(
-        "# log-read: wrote {events} events ({:.0} MB) in {:.1}s",
+        "# log-read: wrote {events} events ({:.0} MB, {per_batch} per append) in {:.1}s",
         size as f64 / 1e6,
         fill.as_secs_f64()
     );
