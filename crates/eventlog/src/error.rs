@@ -91,6 +91,10 @@ pub enum LogError {
     #[error("log is unavailable for writes after an unrecoverable i/o error; reopen it: {reason}")]
     Poisoned { reason: String },
 
+    /// Another process (or another `FileLog` in this one) has the log open.
+    #[error("log directory {} is in use by another process", dir.display())]
+    Locked { dir: PathBuf },
+
     /// The log was closed.
     #[error("log is closed")]
     Closed,

@@ -677,3 +677,15 @@ async fn failed_fsyncs_under_load_fail_only_unacknowledged_appends() {
     log.close();
     verify_log(&rebooted, "/d/log".as_ref(), &key().verifying_key()).unwrap();
 }
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused_while_the_first_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let first = FileLog::open(&path, config()).unwrap();
+    let err = FileLog::open(&path, config()).unwrap_err();
+    assert!(matches!(&err, LogError::Locked { dir } if dir == &path), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    FileLog::open(&path, config()).expect("reopens once the first is closed");
+}

@@ -44,6 +44,8 @@ const SPARSE_EVERY: u64 = 32;
 pub const HEAD_FILE: &str = "head.sig";
 /// Name of the (informational) public key file; auditors pin their own copy.
 pub const PUBLIC_KEY_FILE: &str = "signing.pub";
+/// Lock file: one process at a time owns a log directory.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// Settings of a file log.
 #[derive(Clone)]
@@ -247,6 +249,8 @@ pub struct FileLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Held while the log is open; dropped after the writer has stopped.
+    _dir_lock: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for FileLog {
@@ -271,6 +275,11 @@ impl FileLog {
         let segments_dir = dir.join("segments");
         vfs.create_dir_all(&segments_dir)
             .map_err(|e| LogError::io(format!("creating {}", segments_dir.display()), e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let dir_lock = vfs.lock(&lock_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => LogError::Locked { dir: dir.clone() },
+            _ => LogError::io(format!("locking {}", lock_path.display()), e),
+        })?;
         let started = Instant::now();
         let recovered = recover::recover(&dir, &segments_dir, &config)?;
         info!(
@@ -306,6 +315,7 @@ impl FileLog {
             shared,
             tx,
             writer: Mutex::new(Some(handle)),
+            _dir_lock: dir_lock,
         })
     }
 

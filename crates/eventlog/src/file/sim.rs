@@ -48,6 +48,7 @@ struct State {
     powered_off: bool,
     space_limit: Option<u64>,
     failing_syncs: u64,
+    locks: std::collections::HashSet<PathBuf>,
 }
 
 impl State {
@@ -323,7 +324,29 @@ impl StorageFile for SimFile {
     }
 }
 
+/// A held lock of the simulated filesystem; released on drop.
+struct SimLock {
+    vfs: SimVfs,
+    path: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        self.vfs.lock().locks.remove(&self.path);
+    }
+}
+
 impl Vfs for SimVfs {
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        if !self.lock().locks.insert(path.to_path_buf()) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another process"));
+        }
+        Ok(Box::new(SimLock {
+            vfs: self.clone(),
+            path: path.to_path_buf(),
+        }))
+    }
+
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.check_power()?;

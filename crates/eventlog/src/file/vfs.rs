@@ -34,6 +34,9 @@ pub trait Vfs: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// fsync of a directory: creations, renames and removals in it are durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing) for as long as
+    /// the returned guard lives; `WouldBlock` if someone else holds it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
 }
 
 /// The real filesystem.
@@ -95,6 +98,23 @@ impl Vfs for OsVfs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another process"))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 
