@@ -64,6 +64,9 @@ enum Command {
         /// unless group commit merges them).
         #[arg(long, default_value_t = 500)]
         batch: u64,
+        /// Keep the log directory afterwards (its path is printed).
+        #[arg(long)]
+        keep: bool,
     },
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
@@ -99,9 +102,14 @@ fn main() -> Result<()> {
             event_bytes,
             streams,
             batch,
+            keep,
         } => {
             let dir = work_dir(dir)?;
-            rt.block_on(log_read(dir.path(), events, event_bytes, streams, batch.max(1)))
+            let result = rt.block_on(log_read(dir.path(), events, event_bytes, streams, batch.max(1)));
+            if keep {
+                println!("# kept {}", dir.keep().join("log").display());
+            }
+            result
         }
         Command::LogOpen { dir } => {
             let started = Instant::now();

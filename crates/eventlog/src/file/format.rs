@@ -241,6 +241,79 @@ pub fn decode_head(bytes: &[u8]) -> Result<proto::log::Checkpoint, String> {
     proto::log::Checkpoint::decode(body).map_err(|e| format!("head.sig does not decode: {e}"))
 }
 
+/// The fields of a stored event the index needs, read without decoding the
+/// rest (payload, sealed fields): what `open` does for every event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventKeys<'a> {
+    pub event_id: &'a [u8],
+    pub stream: &'a str,
+    pub version: u64,
+    pub position: u64,
+}
+
+fn get_varint(buf: &[u8], at: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at).ok_or("varint runs past the end")?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err("varint is too long".into())
+}
+
+/// Scans an encoded `StoredEvent` for its id, stream, version and position.
+pub fn event_keys(buf: &[u8]) -> Result<EventKeys<'_>, String> {
+    let mut keys = EventKeys {
+        event_id: &[],
+        stream: "",
+        version: 0,
+        position: 0,
+    };
+    let mut at = 0;
+    while at < buf.len() {
+        let key = get_varint(buf, &mut at)?;
+        let (tag, wire) = (key >> 3, key & 7);
+        match wire {
+            0 => {
+                let v = get_varint(buf, &mut at)?;
+                match tag {
+                    3 => keys.version = v,
+                    4 => keys.global_position_set(v),
+                    _ => {}
+                }
+            }
+            2 => {
+                let len = get_varint(buf, &mut at)? as usize;
+                let field = buf
+                    .get(at..at.checked_add(len).ok_or("length overflows")?)
+                    .ok_or("field runs past the end")?;
+                at += len;
+                match tag {
+                    1 => keys.event_id = field,
+                    2 => keys.stream = std::str::from_utf8(field).map_err(|_| "stream is not utf-8")?,
+                    _ => {}
+                }
+            }
+            5 => at += 4,
+            1 => at += 8,
+            _ => return Err(format!("unsupported wire type {wire}")),
+        }
+    }
+    if at != buf.len() {
+        return Err("field runs past the end".into());
+    }
+    Ok(keys)
+}
+
+impl EventKeys<'_> {
+    fn global_position_set(&mut self, v: u64) {
+        self.position = v;
+    }
+}
+
 /// Length of a protobuf varint.
 pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
@@ -434,6 +507,7 @@ mod tests {
                 prop_assert!(len <= data.len());
             }
             let _ = decode_head(&data);
+            let _ = event_keys(&data);
         }
 
         #[test]
@@ -495,6 +569,9 @@ mod tests {
             encode_stored_event(&mut got, &event, &stream, version, position, at);
             prop_assert_eq!(stored_event_len(&event, &stream, version, position, at), expected.len());
             prop_assert_eq!(&got, &expected);
+            let keys = event_keys(&got).unwrap();
+            prop_assert_eq!(keys.event_id, event.id.as_bytes());
+            prop_assert_eq!((keys.stream, keys.version, keys.position), (stream.as_str(), version, position));
 
             let mut body = Vec::new();
             let range = encode_batch_entry(&mut body, &event, &stream, version, position, at);

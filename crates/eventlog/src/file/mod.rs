@@ -157,6 +157,20 @@ impl IdWindow {
         }
     }
 
+    /// Builds the window from the last `cap` events of `recent` (oldest
+    /// first), hashing only those: at open the log may hold millions.
+    fn from_recent(cap: usize, recent: VecDeque<(uuid::Uuid, Arc<str>, u64, u64)>) -> Self {
+        let mut w = IdWindow {
+            cap,
+            map: IdMap::with_capacity(recent.len()),
+            order: VecDeque::with_capacity(recent.len()),
+        };
+        for (id, stream, version, position) in recent {
+            w.insert(id, stream, version, position);
+        }
+        w
+    }
+
     /// (stream, version, position) of an id in the window.
     fn get(&self, id: &uuid::Uuid) -> Option<(Arc<str>, u64, u64)> {
         self.map.get(id).cloned()
@@ -249,8 +263,8 @@ pub struct FileLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Held while the log is open; dropped after the writer has stopped.
-    _dir_lock: Box<dyn std::any::Any + Send + Sync>,
+    /// Held while the log is open; released by `close` once the writer has stopped.
+    dir_lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for FileLog {
@@ -315,7 +329,7 @@ impl FileLog {
             shared,
             tx,
             writer: Mutex::new(Some(handle)),
-            _dir_lock: dir_lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         })
     }
 
@@ -329,13 +343,16 @@ impl FileLog {
         rx.await.map_err(|_| LogError::Closed)?
     }
 
-    /// Stops the writer after a final checkpoint. Idempotent; also done on drop.
+    /// Stops the writer after a final checkpoint and releases the
+    /// directory. Reads keep working; writes fail with `Closed`. Idempotent;
+    /// also done on drop.
     pub fn close(&self) {
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let _ = self.tx.send(Request::Shutdown);
             let _ = handle.join();
         }
+        self.dir_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     pub fn dir(&self) -> &Path {

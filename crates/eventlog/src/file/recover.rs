@@ -1,6 +1,7 @@
 //! Opening a file log: scan every segment, rebuild the index, repair a torn
 //! tail, refuse every other corruption, and check the signed head.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,7 +9,6 @@ use bytes::Bytes;
 use ed25519_dalek::Verifier;
 use prost::Message;
 use proto::log::{Frame, StreamMetadataChange, entry, frame};
-use proto::storage::StoredEvent;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -70,7 +70,25 @@ impl Scanner<'_> {
 }
 
 /// Applies one frame read at open to the index. Checks numbering, never trusts it.
-fn apply_recovered(index: &mut Index, ids: &mut IdWindow, frame: &Frame, loc: FrameLoc, path: &Path) -> Result<()> {
+/// The most recent event ids seen while scanning, at most `cap` of them.
+struct RecentIds {
+    cap: usize,
+    ring: VecDeque<(Uuid, Arc<str>, u64, u64)>,
+}
+
+impl RecentIds {
+    fn push(&mut self, id: Uuid, stream: Arc<str>, version: u64, position: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        if self.ring.len() == self.cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back((id, stream, version, position));
+    }
+}
+
+fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: FrameLoc, path: &Path) -> Result<()> {
     let corrupt = |reason: String| LogError::Corrupt {
         file: path.to_path_buf(),
         offset: loc.offset as u64,
@@ -83,13 +101,13 @@ fn apply_recovered(index: &mut Index, ids: &mut IdWindow, frame: &Frame, loc: Fr
             for (i, entry) in batch.entries.iter().enumerate() {
                 let (id, stream, version, position) = match &entry.kind {
                     Some(entry::Kind::Event(bytes)) => {
-                        let e = StoredEvent::decode(bytes.clone())
-                            .map_err(|e| corrupt(format!("event does not decode: {e}")))?;
+                        let e =
+                            format::event_keys(bytes).map_err(|e| corrupt(format!("event does not decode: {e}")))?;
                         let id =
-                            Uuid::from_slice(&e.event_id).map_err(|_| corrupt("event id is not 16 bytes".into()))?;
-                        (Some(id), e.stream, e.version, e.global_position)
+                            Uuid::from_slice(e.event_id).map_err(|_| corrupt("event id is not 16 bytes".into()))?;
+                        (Some(id), e.stream, e.version, e.position)
                     }
-                    Some(entry::Kind::Redacted(r)) => (None, r.stream.clone(), r.version, r.global_position),
+                    Some(entry::Kind::Redacted(r)) => (None, r.stream.as_str(), r.version, r.global_position),
                     None => return Err(corrupt("batch entry has no content".into())),
                 };
                 if position != index.next_position {
@@ -98,8 +116,16 @@ fn apply_recovered(index: &mut Index, ids: &mut IdWindow, frame: &Frame, loc: Fr
                         index.next_position
                     )));
                 }
-                let name = index.intern(&stream);
-                let s = index.streams.entry(name.clone()).or_default();
+                let (name, s) = match index.streams.get_key_value(stream) {
+                    Some((k, _)) => {
+                        let name = k.clone();
+                        (name.clone(), index.streams.get_mut(&name).expect("present"))
+                    }
+                    None => {
+                        let name: Arc<str> = Arc::from(stream);
+                        (name.clone(), index.streams.entry(name).or_default())
+                    }
+                };
                 if version != s.rules.next_version {
                     return Err(corrupt(format!(
                         "event of stream {stream:?} has version {version}, expected {}",
@@ -109,7 +135,7 @@ fn apply_recovered(index: &mut Index, ids: &mut IdWindow, frame: &Frame, loc: Fr
                 s.locs.push_back(pack_loc(ordinal, i as u32));
                 s.rules.apply_append(1);
                 if let Some(id) = id {
-                    ids.insert(id, name, version, position);
+                    ids.push(id, name, version, position);
                 }
                 index.next_position += 1;
             }
@@ -162,9 +188,9 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
         }
     }
     let mut index = Index::default();
-    let mut ids = IdWindow {
+    let mut ids = RecentIds {
         cap: config.idempotency_window,
-        ..IdWindow::default()
+        ring: VecDeque::new(),
     };
     let mut chain = format::GENESIS_CHAIN;
     let last = *numbers.last().expect("at least one segment");
@@ -253,6 +279,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     index.chain = chain;
     check_signed_head(dir, config, index.frames.len() as u64)?;
     let active = index.segments[&last].clone();
+    let ids = IdWindow::from_recent(config.idempotency_window, ids.ring);
     Ok(Recovered { index, ids, active })
 }
 
