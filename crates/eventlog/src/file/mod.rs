@@ -113,12 +113,26 @@ fn unpack_loc(loc: u64) -> (u64, u32) {
     (loc >> 24, (loc & 0xFF_FFFF) as u32)
 }
 
-#[derive(Default)]
 struct FileStream {
     rules: StreamRules,
     /// Packed location of every version from `base_version` on.
     locs: VecDeque<u64>,
     base_version: u64,
+    /// Number of the stream in the order `open` met it (u32::MAX for
+    /// streams created later); lets recovery refer to a stream without
+    /// touching its name.
+    recovered_no: u32,
+}
+
+impl Default for FileStream {
+    fn default() -> Self {
+        Self {
+            rules: StreamRules::default(),
+            locs: VecDeque::new(),
+            base_version: 0,
+            recovered_no: u32::MAX,
+        }
+    }
 }
 
 impl FileStream {

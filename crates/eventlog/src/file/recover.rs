@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::format::{self, FrameParse, SEGMENT_HEADER_LEN};
 use super::vfs::{StorageFile, Vfs};
 use super::writer::apply_metadata_change;
-use super::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
+use super::{FileLogConfig, FileStream, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
 use crate::{LogError, Result};
 
 /// Read size while scanning segments.
@@ -70,21 +70,33 @@ impl Scanner<'_> {
 }
 
 /// Applies one frame read at open to the index. Checks numbering, never trusts it.
-/// The most recent event ids seen while scanning, at most `cap` of them.
+/// The most recent event ids seen while scanning, at most `cap` of them,
+/// with streams by number so the scan touches no name per event.
 struct RecentIds {
     cap: usize,
-    ring: VecDeque<(Uuid, Arc<str>, u64, u64)>,
+    ring: VecDeque<(Uuid, u32, u64, u64)>,
+    names: Vec<Arc<str>>,
 }
 
 impl RecentIds {
-    fn push(&mut self, id: Uuid, stream: Arc<str>, version: u64, position: u64) {
+    fn push(&mut self, id: Uuid, stream_no: u32, version: u64, position: u64) {
         if self.cap == 0 {
             return;
         }
         if self.ring.len() == self.cap {
             self.ring.pop_front();
         }
-        self.ring.push_back((id, stream, version, position));
+        self.ring.push_back((id, stream_no, version, position));
+    }
+
+    fn into_window(self) -> IdWindow {
+        let names = self.names;
+        let recent = self
+            .ring
+            .into_iter()
+            .map(|(id, no, v, p)| (id, names[no as usize].clone(), v, p))
+            .collect();
+        IdWindow::from_recent(self.cap, recent)
     }
 }
 
@@ -116,16 +128,14 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
                         index.next_position
                     )));
                 }
-                let (name, s) = match index.streams.get_key_value(stream) {
-                    Some((k, _)) => {
-                        let name = k.clone();
-                        (name.clone(), index.streams.get_mut(&name).expect("present"))
-                    }
-                    None => {
-                        let name: Arc<str> = Arc::from(stream);
-                        (name.clone(), index.streams.entry(name).or_default())
-                    }
-                };
+                if !index.streams.contains_key(stream) {
+                    index.streams.insert(Arc::from(stream), FileStream::default());
+                }
+                let s = index.streams.get_mut(stream).expect("inserted above");
+                if s.recovered_no == u32::MAX {
+                    s.recovered_no = ids.names.len() as u32;
+                    ids.names.push(Arc::from(stream));
+                }
                 if version != s.rules.next_version {
                     return Err(corrupt(format!(
                         "event of stream {stream:?} has version {version}, expected {}",
@@ -135,7 +145,7 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
                 s.locs.push_back(pack_loc(ordinal, i as u32));
                 s.rules.apply_append(1);
                 if let Some(id) = id {
-                    ids.push(id, name, version, position);
+                    ids.push(id, s.recovered_no, version, position);
                 }
                 index.next_position += 1;
             }
@@ -191,6 +201,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     let mut ids = RecentIds {
         cap: config.idempotency_window,
         ring: VecDeque::new(),
+        names: Vec::new(),
     };
     let mut chain = format::GENESIS_CHAIN;
     let last = *numbers.last().expect("at least one segment");
@@ -279,7 +290,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     index.chain = chain;
     check_signed_head(dir, config, index.frames.len() as u64)?;
     let active = index.segments[&last].clone();
-    let ids = IdWindow::from_recent(config.idempotency_window, ids.ring);
+    let ids = ids.into_window();
     Ok(Recovered { index, ids, active })
 }
 
