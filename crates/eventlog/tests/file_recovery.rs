@@ -255,7 +255,7 @@ async fn a_bad_frame_followed_by_a_later_write_group_is_corruption_not_a_torn_ta
     std::fs::write(&last, &bytes).unwrap();
     let err = FileLog::open(&path, c).unwrap_err();
     assert!(
-        matches!(&err, LogError::Corrupt { offset: at, reason, .. } if *at == offset as u64 && reason.contains("later write group")),
+        matches!(&err, LogError::Corrupt { offset: at, reason, .. } if *at == offset as u64 && reason.contains("not a torn tail")),
         "{err}"
     );
 }

@@ -295,9 +295,9 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
 }
 
 /// Decides whether the bad bytes at `offset` of the last segment are a torn
-/// final write group (truncate) or corruption of acknowledged data (refuse).
-/// A valid frame after `offset` that belongs to a later write group proves
-/// that the bad frame was synced before, so it is corruption.
+/// tail (truncate) or corruption of synced data (refuse). A valid frame
+/// after `offset` whose durable floor (`group_start`) is above `offset` was
+/// staged after the bytes at `offset` were durable, so they are corrupt.
 fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failure: &str) -> Result<()> {
     let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
     let mut rest = vec![0u8; (len - offset) as usize];
@@ -314,7 +314,7 @@ fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failu
                 file: path.to_path_buf(),
                 offset,
                 reason: format!(
-                    "{failure}; a valid frame of a later write group follows at offset {}, so this is not a torn tail",
+                    "{failure}; a valid frame written after these bytes were durable follows at offset {}, so this is not a torn tail",
                     offset + at as u64
                 ),
             });

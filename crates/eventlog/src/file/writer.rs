@@ -267,6 +267,10 @@ struct OpenBatch {
 struct Txn {
     spare_body: Vec<u8>,
     start: u64,
+    /// Offset in this segment below which everything was durable when the
+    /// group was staged: written into every frame (`group_start`) so that
+    /// recovery can tell a torn tail from corruption of synced data.
+    durable_floor: u64,
     buf: Vec<u8>,
     chain: [u8; 32],
     frame_count: u64,
@@ -296,7 +300,7 @@ impl Txn {
         let digest: [u8; 32] = batch.hasher.finalize().into();
         self.chain = format::chain_next(&self.chain, &digest);
         let offset = self.buf.len();
-        let len = format::encode_batch_frame(&mut self.buf, self.start, &self.chain, &batch.body);
+        let len = format::encode_batch_frame(&mut self.buf, self.durable_floor, &self.chain, &batch.body);
         let loc = self.frame_loc(offset, len, batch.entries);
         self.frames.push((loc, Some(batch.first_position)));
         self.frame_count += 1;
@@ -308,7 +312,7 @@ impl Txn {
     fn add_frame(&mut self, body: frame::Body) {
         self.close_batch();
         let mut frame = Frame {
-            group_start: self.start,
+            group_start: self.durable_floor,
             chain: Bytes::new(),
             body: Some(body),
         };
@@ -440,6 +444,7 @@ impl Stager {
         let mut txn = Txn {
             spare_body: std::mem::take(&mut self.spare_body),
             start: self.tail.active_len,
+            durable_floor: self.durable_floor(),
             buf,
             chain: self.tail.chain,
             frame_count: self.tail.frame_count,
@@ -589,6 +594,16 @@ impl Stager {
             self.poison(format!("cutting the active segment back after a failed write: {e}"));
         }
         self.generation += 1;
+    }
+
+    /// End of the durable (published) part of the active segment.
+    fn durable_floor(&self) -> u64 {
+        let idx = self.shared.read();
+        if idx.end_segment == self.tail.active_no {
+            idx.end_offset
+        } else {
+            SEGMENT_HEADER_LEN
+        }
     }
 
     fn poison(&self, reason: String) {
