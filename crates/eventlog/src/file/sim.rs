@@ -49,6 +49,7 @@ struct State {
     space_limit: Option<u64>,
     failing_syncs: u64,
     locks: std::collections::HashSet<PathBuf>,
+    sync_delay: Option<std::time::Duration>,
 }
 
 impl State {
@@ -131,6 +132,12 @@ impl SimVfs {
     /// real failed fsync, nothing becomes durable.
     pub fn fail_syncs(&self, n: u64) {
         self.lock().failing_syncs = n;
+    }
+
+    /// Makes every `sync_data` take this long (outside the filesystem's
+    /// lock), like a slow disk: other threads queue work meanwhile.
+    pub fn set_sync_delay(&self, delay: Option<std::time::Duration>) {
+        self.lock().sync_delay = delay;
     }
 
     /// Makes writes fail with `StorageFull` once files hold this many bytes.
@@ -311,6 +318,10 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let delay = self.vfs.lock().sync_delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let mut s = self.vfs.lock();
         s.tick()?;
         if s.failing_syncs > 0 {

@@ -612,6 +612,10 @@ impl Stager {
     }
 
     fn roll(&mut self) -> Result<()> {
+        // Every frame of the old segment must be durable before any frame
+        // goes to the new one: recovery treats only the last segment's tail
+        // as possibly torn.
+        self.wait_for_syncer();
         let number = self.tail.active_no + 1;
         let file = create_segment(&*self.shared.vfs, &self.shared.segments_dir, number)?;
         self.shared.write().segments.insert(number, file.clone());
