@@ -16,12 +16,7 @@ fn event() -> NewEvent {
 
 fn encode(c: &mut Criterion) {
     let e = event();
-    let stored = e.to_stored(
-        "session-0190abcd-0000-7000-8000-000000000001",
-        42,
-        1_000_000,
-        1_800_000_000_000_000,
-    );
+    let stored = e.to_stored("session-0190abcd-0000-7000-8000-000000000001", 42, 1_000_000, 1_800_000_000_000_000);
     let bytes = stored.encode_to_vec();
     let mut g = c.benchmark_group("encode_event");
     g.throughput(Throughput::Elements(1));
@@ -62,9 +57,7 @@ fn encode(c: &mut Criterion) {
             black_box(&out);
         })
     });
-    g.bench_function("chain_sha256", |b| {
-        b.iter(|| black_box(format::sha256(black_box(&bytes))))
-    });
+    g.bench_function("chain_sha256", |b| b.iter(|| black_box(format::sha256(black_box(&bytes)))));
     g.finish();
 }
 
@@ -78,13 +71,9 @@ fn parse(c: &mut Criterion) {
     format::encode_batch_frame(&mut frame, 24, &[1; 32], &body);
     let mut g = c.benchmark_group("parse_frame_64_events");
     g.throughput(Throughput::Elements(64));
-    g.bench_function("baseline_crc32c", |b| {
-        b.iter(|| black_box(crc32c::crc32c(black_box(&frame))))
-    });
+    g.bench_function("baseline_crc32c", |b| b.iter(|| black_box(crc32c::crc32c(black_box(&frame)))));
     let shared = bytes::Bytes::from(frame.clone());
-    g.bench_function("parse_frame", |b| {
-        b.iter(|| black_box(format::parse_frame_shared(black_box(&shared))))
-    });
+    g.bench_function("parse_frame", |b| b.iter(|| black_box(format::parse_frame_shared(black_box(&shared)))));
     g.finish();
 }
 

@@ -75,35 +75,15 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
-        Command::LogAppend {
-            dir,
-            seconds,
-            writers,
-            event_bytes,
-        } => {
+        Command::LogAppend { dir, seconds, writers, event_bytes } => {
             let dir = work_dir(dir)?;
-            let result = rt.block_on(log_append(
-                dir.path(),
-                Duration::from_secs_f64(seconds),
-                &writers,
-                event_bytes,
-            ));
+            let result = rt.block_on(log_append(dir.path(), Duration::from_secs_f64(seconds), &writers, event_bytes));
             drop(dir);
             result
         }
-        Command::LogRead {
-            dir,
-            events,
-            event_bytes,
-            streams,
-            batch,
-            keep,
-        } => {
+        Command::LogRead { dir, events, event_bytes, streams, batch, keep } => {
             let dir = work_dir(dir)?;
             let result = rt.block_on(log_read(dir.path(), events, event_bytes, streams, batch.max(1)));
             if keep {
@@ -151,11 +131,8 @@ struct Point {
 
 fn summarize(mut latencies: Vec<u32>, elapsed: Duration) -> Point {
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-    };
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
     Point {
         events_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_us: pct(0.50).unwrap_or(0) as u64,
@@ -167,12 +144,7 @@ fn summarize(mut latencies: Vec<u32>, elapsed: Duration) -> Point {
 /// copies everything queued into one buffer, writes it with one `write` and
 /// one `fdatasync`, then acknowledges. No encoding, index or checksum.
 async fn raw_group_commit(path: &Path, writers: usize, record: usize, run: Duration) -> Result<Point> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(path)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
     let (tx, rx) = mpsc::channel::<(Vec<u8>, oneshot::Sender<()>)>();
     let syncer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut offset = 0u64;
@@ -313,10 +285,7 @@ async fn log_append(dir: &Path, run: Duration, writer_counts: &[usize], event_by
             log.p50_us,
             log.p99_us
         );
-        println!(
-            "# raw baseline writers={writers}: p50_us={} p99_us={}",
-            raw.p50_us, raw.p99_us
-        );
+        println!("# raw baseline writers={writers}: p50_us={} p99_us={}", raw.p50_us, raw.p99_us);
     }
     Ok(())
 }
@@ -380,10 +349,7 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64, per
         log.clone(),
         SubscribeFrom::Start,
         EventFilter::all(),
-        SubscriptionOptions {
-            page_size: 1000,
-            ..Default::default()
-        },
+        SubscriptionOptions { page_size: 1000, ..Default::default() },
     );
     let mut seen = 0u64;
     loop {
@@ -399,20 +365,13 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64, per
 
     // Open in a fresh process so its memory is the index's, not the filler's.
     let exe = std::env::current_exe()?;
-    let out = std::process::Command::new(exe)
-        .arg("log-open")
-        .arg(&log_dir)
-        .output()
-        .context("running log-open")?;
+    let out = std::process::Command::new(exe).arg("log-open").arg(&log_dir).output().context("running log-open")?;
     if !out.status.success() {
         bail!("log-open failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> String {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .unwrap_or("?")
-            .to_owned()
+        line.split_whitespace().find_map(|f| f.strip_prefix(&format!("{name}="))).unwrap_or("?").to_owned()
     };
     println!(
         "BENCH log_read events={events} all_read_events_per_s={all_rate:.0} catchup_events_per_s={catchup_rate:.0} open_ms={} open_rss_mb={}",

@@ -33,20 +33,11 @@ pub enum LogError {
 
     /// An event of the batch is malformed (index is its place in the batch).
     #[error("invalid event #{index} for stream {stream:?}: {reason}")]
-    InvalidEvent {
-        stream: String,
-        index: usize,
-        reason: String,
-    },
+    InvalidEvent { stream: String, index: usize, reason: String },
 
     /// An encoded event is over [`crate::MAX_EVENT_BYTES`].
     #[error("event #{index} for stream {stream:?} is {size} bytes encoded; the limit is {limit}")]
-    EventTooLarge {
-        stream: String,
-        index: usize,
-        size: usize,
-        limit: usize,
-    },
+    EventTooLarge { stream: String, index: usize, size: usize, limit: usize },
 
     /// The whole append is over [`crate::MAX_BATCH_BYTES`] or has no events.
     #[error("invalid batch: {reason}")]
@@ -54,11 +45,7 @@ pub enum LogError {
 
     /// Optimistic concurrency: the stream is not at the expected version.
     #[error("wrong expected version for stream {stream:?}: expected {expected}, stream is at {actual}")]
-    WrongExpectedVersion {
-        stream: String,
-        expected: ExpectedVersion,
-        actual: CurrentVersion,
-    },
+    WrongExpectedVersion { stream: String, expected: ExpectedVersion, actual: CurrentVersion },
 
     /// The stream was hard-deleted: it can never be written or read again.
     #[error("stream {stream:?} is deleted (tombstoned)")]
@@ -102,10 +89,7 @@ pub enum LogError {
 
 impl LogError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        LogError::Io {
-            context: context.into(),
-            source,
-        }
+        LogError::Io { context: context.into(), source }
     }
 
     /// True for errors caused by the caller's input rather than the log.

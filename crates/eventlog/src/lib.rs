@@ -54,13 +54,8 @@ pub trait EventLog: Send + Sync + 'static {
         events: Vec<NewEvent>,
     ) -> BoxFuture<'a, Result<AppendResult>> {
         Box::pin(async move {
-            let mut results = self
-                .append_multi(vec![StreamAppend {
-                    stream: stream.to_owned(),
-                    expected,
-                    events,
-                }])
-                .await?;
+            let mut results =
+                self.append_multi(vec![StreamAppend { stream: stream.to_owned(), expected, events }]).await?;
             Ok(results.remove(0))
         })
     }

@@ -54,11 +54,7 @@ impl MemLog {
     }
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            state: Mutex::new(State::default()),
-            head: watch::channel(0).0,
-            clock,
-        }
+        Self { state: Mutex::new(State::default()), head: watch::channel(0).0, clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -97,10 +93,7 @@ fn check_idempotent(state: &State, append: &StreamAppend) -> Result<Idempotency>
             || earlier.version != first.version + i as u64
             || &earlier.event != event
         {
-            return Err(LogError::EventIdReused {
-                id: event.id,
-                detail: "content differs".into(),
-            });
+            return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
         }
         last = earlier;
     }
@@ -132,11 +125,7 @@ impl EventLog for MemLog {
                 });
             }
             for append in &appends {
-                let rules = state
-                    .streams
-                    .get(append.stream.as_str())
-                    .map(|s| s.rules.clone())
-                    .unwrap_or_default();
+                let rules = state.streams.get(append.stream.as_str()).map(|s| s.rules.clone()).unwrap_or_default();
                 rules.check_expected(&append.stream, append.expected)?;
             }
             let now = self.clock.now_micros();
@@ -185,9 +174,7 @@ impl EventLog for MemLog {
             validate_stream_name(stream)?;
             let state = self.lock();
             let Some(s) = state.streams.get(stream) else {
-                return Err(LogError::StreamNotFound {
-                    stream: stream.to_owned(),
-                });
+                return Err(LogError::StreamNotFound { stream: stream.to_owned() });
             };
             s.rules.check_readable(stream)?;
             let now = self.clock.now_micros();
@@ -212,11 +199,7 @@ impl EventLog for MemLog {
             let state = self.lock();
             let head = state.events.len() as u64;
             let now = self.clock.now_micros();
-            let mut page = AllPage {
-                events: Vec::new(),
-                next_position: from,
-                head,
-            };
+            let mut page = AllPage { events: Vec::new(), next_position: from, head };
             let mut position = from;
             while position < head && page.events.len() < max_count {
                 if let Some(e) = &state.events[position as usize] {
@@ -249,9 +232,7 @@ impl EventLog for MemLog {
             let mut state = self.lock();
             let s = state.streams.entry(Arc::from(stream)).or_default();
             if s.rules.deletion == crate::model::Deletion::Hard {
-                return Err(LogError::StreamDeleted {
-                    stream: stream.to_owned(),
-                });
+                return Err(LogError::StreamDeleted { stream: stream.to_owned() });
             }
             s.rules.metadata = metadata;
             Ok(())
@@ -263,9 +244,9 @@ impl EventLog for MemLog {
             validate_stream_name(stream)?;
             let state = self.lock();
             match state.streams.get(stream) {
-                Some(s) if s.rules.deletion == crate::model::Deletion::Hard => Err(LogError::StreamDeleted {
-                    stream: stream.to_owned(),
-                }),
+                Some(s) if s.rules.deletion == crate::model::Deletion::Hard => {
+                    Err(LogError::StreamDeleted { stream: stream.to_owned() })
+                }
                 Some(s) => Ok(s.rules.metadata),
                 None => Ok(StreamMetadata::default()),
             }
@@ -295,11 +276,9 @@ impl EventLog for MemLog {
             let State { events, streams, ids } = &mut *state;
             let mut report = ScavengeReport::default();
             for slot in events.iter_mut() {
-                let reclaim = slot.as_ref().is_some_and(|e| {
-                    streams[&e.stream]
-                        .rules
-                        .is_reclaimable(e.version, e.recorded_at_micros, now)
-                });
+                let reclaim = slot
+                    .as_ref()
+                    .is_some_and(|e| streams[&e.stream].rules.is_reclaimable(e.version, e.recorded_at_micros, now));
                 if reclaim && let Some(e) = slot.take() {
                     ids.remove(&e.event.id);
                     report.events_removed += 1;

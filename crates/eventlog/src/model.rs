@@ -120,11 +120,7 @@ impl RecordedEvent {
             Uuid::from_slice(b).map_err(|_| format!("{field} is {} bytes, not a 16-byte uuid", b.len()))
         }
         fn opt(field: &str, b: &[u8]) -> Result<Option<Uuid>, String> {
-            if b.is_empty() {
-                Ok(None)
-            } else {
-                uuid(field, b).map(Some)
-            }
+            if b.is_empty() { Ok(None) } else { uuid(field, b).map(Some) }
         }
         Ok(Self {
             stream,
@@ -196,17 +192,11 @@ impl EventFilter {
     }
 
     pub fn stream_prefix(prefix: impl Into<String>) -> Self {
-        Self {
-            stream_prefixes: vec![prefix.into()],
-            event_types: Vec::new(),
-        }
+        Self { stream_prefixes: vec![prefix.into()], event_types: Vec::new() }
     }
 
     pub fn event_type(event_type: impl Into<String>) -> Self {
-        Self {
-            stream_prefixes: Vec::new(),
-            event_types: vec![event_type.into()],
-        }
+        Self { stream_prefixes: Vec::new(), event_types: vec![event_type.into()] }
     }
 
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
@@ -239,11 +229,8 @@ pub struct StreamMetadata {
 
 impl StreamMetadata {
     pub(crate) fn validate(&self, stream: &str) -> Result<(), LogError> {
-        let bad = |reason: &str| {
-            Err(LogError::InvalidBatch {
-                reason: format!("metadata for stream {stream:?}: {reason}"),
-            })
-        };
+        let bad =
+            |reason: &str| Err(LogError::InvalidBatch { reason: format!("metadata for stream {stream:?}: {reason}") });
         if self.max_count == Some(0) {
             return bad("max_count must be at least 1");
         }
@@ -286,10 +273,7 @@ pub fn validate_stream_name(stream: &str) -> Result<(), LogError> {
         None
     };
     match reason {
-        Some(reason) => Err(LogError::InvalidStreamName {
-            stream: truncate_for_message(stream),
-            reason,
-        }),
+        Some(reason) => Err(LogError::InvalidStreamName { stream: truncate_for_message(stream), reason }),
         None => Ok(()),
     }
 }
@@ -309,9 +293,7 @@ fn truncate_for_message(s: &str) -> String {
 /// ids unique within the append. Returns the encoded size of every event.
 pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError> {
     if appends.is_empty() {
-        return Err(LogError::InvalidBatch {
-            reason: "no streams to append to".into(),
-        });
+        return Err(LogError::InvalidBatch { reason: "no streams to append to".into() });
     }
     let mut total = 0usize;
     let mut ids = Vec::new();
@@ -330,11 +312,7 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
             });
         }
         for (index, event) in append.events.iter().enumerate() {
-            let invalid = |reason: String| LogError::InvalidEvent {
-                stream: append.stream.clone(),
-                index,
-                reason,
-            };
+            let invalid = |reason: String| LogError::InvalidEvent { stream: append.stream.clone(), index, reason };
             if event.id.is_nil() {
                 return Err(invalid("event id is the nil uuid".into()));
             }
@@ -349,9 +327,7 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
                     appends.iter().flat_map(|a| a.events.iter().map(|e| e.id)).collect();
                 let total: usize = appends.iter().map(|a| a.events.len()).sum();
                 if all.len() != total {
-                    return Err(LogError::InvalidBatch {
-                        reason: "an event id appears twice in one append".into(),
-                    });
+                    return Err(LogError::InvalidBatch { reason: "an event id appears twice in one append".into() });
                 }
                 ids.push(event.id);
             }
@@ -423,9 +399,7 @@ impl StreamRules {
     /// Checks `expected` against this stream (which must not be tombstoned).
     pub fn check_expected(&self, stream: &str, expected: ExpectedVersion) -> Result<(), LogError> {
         if self.deletion == Deletion::Hard {
-            return Err(LogError::StreamDeleted {
-                stream: stream.to_owned(),
-            });
+            return Err(LogError::StreamDeleted { stream: stream.to_owned() });
         }
         let current = self.current();
         let ok = match expected {
@@ -439,11 +413,7 @@ impl StreamRules {
         if ok {
             Ok(())
         } else {
-            Err(LogError::WrongExpectedVersion {
-                stream: stream.to_owned(),
-                expected,
-                actual: current,
-            })
+            Err(LogError::WrongExpectedVersion { stream: stream.to_owned(), expected, actual: current })
         }
     }
 
@@ -503,12 +473,10 @@ impl StreamRules {
     /// Read-side status: `Err` when the stream cannot be read at all.
     pub fn check_readable(&self, stream: &str) -> Result<(), LogError> {
         match self.deletion {
-            Deletion::Hard => Err(LogError::StreamDeleted {
-                stream: stream.to_owned(),
-            }),
-            _ if self.current() == CurrentVersion::NoStream => Err(LogError::StreamNotFound {
-                stream: stream.to_owned(),
-            }),
+            Deletion::Hard => Err(LogError::StreamDeleted { stream: stream.to_owned() }),
+            _ if self.current() == CurrentVersion::NoStream => {
+                Err(LogError::StreamNotFound { stream: stream.to_owned() })
+            }
             _ => Ok(()),
         }
     }
@@ -532,11 +500,7 @@ impl StreamRules {
                     ReadFrom::End => end,
                     ReadFrom::Version(v) => v.saturating_add(1).min(end),
                 };
-                if start <= first {
-                    Box::new(std::iter::empty())
-                } else {
-                    Box::new((first..start).rev())
-                }
+                if start <= first { Box::new(std::iter::empty()) } else { Box::new((first..start).rev()) }
             }
         }
     }

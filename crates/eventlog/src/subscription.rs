@@ -48,10 +48,7 @@ pub struct SubscriptionOptions {
 
 impl Default for SubscriptionOptions {
     fn default() -> Self {
-        Self {
-            page_size: 512,
-            fall_behind_threshold: 10_000,
-        }
+        Self { page_size: 512, fall_behind_threshold: 10_000 }
     }
 }
 
@@ -91,10 +88,7 @@ pub fn subscribe_all(
     Subscription {
         log,
         filter,
-        options: SubscriptionOptions {
-            page_size: options.page_size.max(1),
-            ..options
-        },
+        options: SubscriptionOptions { page_size: options.page_size.max(1), ..options },
         next_position,
         buffer: VecDeque::new(),
         live: false,
@@ -114,16 +108,10 @@ impl Subscription {
             let head = *self.head.borrow_and_update();
             if self.live && head > self.next_position.saturating_add(self.options.fall_behind_threshold) {
                 self.live = false;
-                return Ok(SubscriptionMessage::FellBehind {
-                    position: self.next_position,
-                    head,
-                });
+                return Ok(SubscriptionMessage::FellBehind { position: self.next_position, head });
             }
             if self.next_position < head {
-                let page = self
-                    .log
-                    .read_all(self.next_position, self.options.page_size, &self.filter)
-                    .await?;
+                let page = self.log.read_all(self.next_position, self.options.page_size, &self.filter).await?;
                 debug_assert!(page.next_position >= self.next_position);
                 self.next_position = page.next_position.max(self.next_position);
                 self.buffer.extend(page.events);
@@ -131,9 +119,7 @@ impl Subscription {
             }
             if !self.live {
                 self.live = true;
-                return Ok(SubscriptionMessage::CaughtUp {
-                    position: self.next_position,
-                });
+                return Ok(SubscriptionMessage::CaughtUp { position: self.next_position });
             }
             if self.head.changed().await.is_err() {
                 return Err(LogError::Closed);

@@ -15,10 +15,7 @@ fn make() -> MakeLog {
             // Small segments so the suite crosses segment boundaries.
             config.segment_size = 64 * 1024;
             let log = FileLog::open(dir.path().join("log"), config).expect("open file log");
-            Fixture {
-                log: Arc::new(log),
-                guard: Box::new(dir),
-            }
+            Fixture { log: Arc::new(log), guard: Box::new(dir) }
         })
     })
 }
@@ -37,10 +34,7 @@ mod on_simulated_disk {
                 config.vfs = Arc::new(SimVfs::new());
                 config.segment_size = 16 * 1024;
                 let log = FileLog::open("/sim/log", config).expect("open file log");
-                Fixture {
-                    log: Arc::new(log),
-                    guard: Box::new(()),
-                }
+                Fixture { log: Arc::new(log), guard: Box::new(()) }
             })
         })
     }

@@ -45,38 +45,17 @@ async fn everything(log: &FileLog) -> Vec<RecordedEvent> {
 async fn populate(log: &FileLog) -> Vec<RecordedEvent> {
     for i in 0..60 {
         let stream = format!("s-{}", i % 4);
-        log.append(
-            &stream,
-            ExpectedVersion::Any,
-            vec![ev(&format!("event {i} {}", "p".repeat(i * 3)))],
-        )
-        .await
-        .unwrap();
+        log.append(&stream, ExpectedVersion::Any, vec![ev(&format!("event {i} {}", "p".repeat(i * 3)))]).await.unwrap();
     }
-    log.set_stream_metadata(
-        "s-1",
-        StreamMetadata {
-            max_count: Some(5),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    log.delete_stream("s-2", ExpectedVersion::Any, DeleteMode::Soft)
-        .await
-        .unwrap();
-    log.delete_stream("s-3", ExpectedVersion::Any, DeleteMode::Hard)
-        .await
-        .unwrap();
+    log.set_stream_metadata("s-1", StreamMetadata { max_count: Some(5), ..Default::default() }).await.unwrap();
+    log.delete_stream("s-2", ExpectedVersion::Any, DeleteMode::Soft).await.unwrap();
+    log.delete_stream("s-3", ExpectedVersion::Any, DeleteMode::Hard).await.unwrap();
     log.checkpoint().await.unwrap();
     everything(log).await
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
     v
 }
@@ -105,10 +84,7 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
     let before = populate(&log).await;
     let retry = vec![ev("retried")];
     let first = log.append("s-0", ExpectedVersion::Any, retry.clone()).await.unwrap();
-    let before_s1 = log
-        .read_stream("s-1", ReadFrom::Start, Direction::Forward, 100)
-        .await
-        .unwrap();
+    let before_s1 = log.read_stream("s-1", ReadFrom::Start, Direction::Forward, 100).await.unwrap();
     let head = log.head();
     drop(log);
     assert!(segments(&path).len() > 3, "the test spans several segments");
@@ -117,12 +93,7 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
     assert_eq!(log.head(), head);
     let after = everything(&log).await;
     assert_eq!(after[..before.len()], before[..]);
-    assert_eq!(
-        log.read_stream("s-1", ReadFrom::Start, Direction::Forward, 100)
-            .await
-            .unwrap(),
-        before_s1
-    );
+    assert_eq!(log.read_stream("s-1", ReadFrom::Start, Direction::Forward, 100).await.unwrap(), before_s1);
     assert_eq!(log.stream_metadata("s-1").await.unwrap().max_count, Some(5));
     assert!(matches!(
         log.read_stream("s-2", ReadFrom::Start, Direction::Forward, 1).await,
@@ -132,25 +103,12 @@ async fn reopening_keeps_events_metadata_deletes_and_idempotency() {
         log.append("s-3", ExpectedVersion::Any, vec![ev("x")]).await,
         Err(LogError::StreamDeleted { .. })
     ));
-    assert_eq!(
-        log.append("s-0", ExpectedVersion::Any, retry).await.unwrap(),
-        first,
-        "retry recognised after reopen"
-    );
-    let r = log
-        .append("s-2", ExpectedVersion::NoStream, vec![ev("again")])
-        .await
-        .unwrap();
-    assert_eq!(
-        r.next_expected_version, 15,
-        "soft-deleted stream continues its versions after reopen"
-    );
+    assert_eq!(log.append("s-0", ExpectedVersion::Any, retry).await.unwrap(), first, "retry recognised after reopen");
+    let r = log.append("s-2", ExpectedVersion::NoStream, vec![ev("again")]).await.unwrap();
+    assert_eq!(r.next_expected_version, 15, "soft-deleted stream continues its versions after reopen");
     log.checkpoint().await.unwrap();
     let report = verify_log(&OsVfs, &path, &key().verifying_key()).unwrap();
-    assert!(
-        report.checkpoints > 5 && report.signed_head_checked && report.unsigned_tail_frames == 0,
-        "{report:?}"
-    );
+    assert!(report.checkpoints > 5 && report.signed_head_checked && report.unsigned_tail_frames == 0, "{report:?}");
     assert_eq!(report.events, head + 1);
 }
 
@@ -178,15 +136,9 @@ async fn torn_tail_is_truncated_and_the_log_goes_on() {
     std::fs::write(&last, &bytes).unwrap();
 
     let log = FileLog::open(&path, config()).unwrap();
-    assert_eq!(
-        std::fs::metadata(&last).unwrap().len(),
-        clean_len,
-        "the torn frame was cut off"
-    );
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), clean_len, "the torn frame was cut off");
     assert_eq!(everything(&log).await, before);
-    log.append("s-0", ExpectedVersion::Any, vec![ev("after repair")])
-        .await
-        .unwrap();
+    log.append("s-0", ExpectedVersion::Any, vec![ev("after repair")]).await.unwrap();
     log.checkpoint().await.unwrap();
     drop(log);
     verify_log(&OsVfs, &path, &key().verifying_key()).unwrap();
@@ -197,10 +149,7 @@ async fn torn_tail_is_truncated_and_the_log_goes_on() {
     std::fs::write(&last, &bytes).unwrap();
     let log = FileLog::open(&path, config()).unwrap();
     assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
-    assert_eq!(
-        everything(&log).await.last().unwrap().event.payload,
-        &b"after repair"[..]
-    );
+    assert_eq!(everything(&log).await.last().unwrap().event.payload, &b"after repair"[..]);
 }
 
 #[tokio::test]
@@ -217,11 +166,7 @@ async fn corruption_before_the_tail_is_refused_naming_file_and_offset() {
     std::fs::write(&first, &bytes).unwrap();
     let err = FileLog::open(&path, config()).unwrap_err();
     match &err {
-        LogError::Corrupt {
-            file,
-            offset: at,
-            reason,
-        } => {
+        LogError::Corrupt { file, offset: at, reason } => {
             assert_eq!(file, &first);
             assert_eq!(*at, offset as u64);
             assert!(reason.contains("checksum"), "{reason}");
@@ -229,10 +174,7 @@ async fn corruption_before_the_tail_is_refused_naming_file_and_offset() {
         other => panic!("expected corruption, got {other}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains("0000000000.seg") && message.contains(&format!("offset {offset}")),
-        "{message}"
-    );
+    assert!(message.contains("0000000000.seg") && message.contains(&format!("offset {offset}")), "{message}");
 }
 
 #[tokio::test]
@@ -243,9 +185,7 @@ async fn a_bad_frame_followed_by_a_later_write_group_is_corruption_not_a_torn_ta
     c.segment_size = 1 << 20;
     let log = FileLog::open(&path, c.clone()).unwrap();
     for i in 0..5 {
-        log.append("s", ExpectedVersion::Any, vec![ev(&format!("e{i}"))])
-            .await
-            .unwrap();
+        log.append("s", ExpectedVersion::Any, vec![ev(&format!("e{i}"))]).await.unwrap();
     }
     drop(log);
     let last = segments(&path).pop().unwrap();
@@ -262,10 +202,7 @@ async fn a_bad_frame_followed_by_a_later_write_group_is_corruption_not_a_torn_ta
 
 /// Builds a closed log on a simulated disk and returns it with its events.
 fn sim_log() -> (SimVfs, Vec<RecordedEvent>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let vfs = SimVfs::new();
     let events = rt.block_on(async {
         let log = FileLog::open("/d/log", sim_config(&vfs)).unwrap();
@@ -279,10 +216,7 @@ fn sim_log() -> (SimVfs, Vec<RecordedEvent>) {
 #[test]
 fn random_bit_flips_are_detected_never_served() {
     let (vfs, original) = sim_log();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let files: Vec<(PathBuf, u64)> = vfs
         .all_file_bytes()
         .into_iter()
@@ -312,10 +246,7 @@ fn random_bit_flips_are_detected_never_served() {
         disk.flip_bit(file, bit).unwrap();
         match FileLog::open("/d/log", sim_config(&disk)) {
             Err(LogError::Corrupt { file: named, .. }) => {
-                assert!(
-                    named.starts_with("/d/log"),
-                    "trial {trial}: error names a file of the log"
-                );
+                assert!(named.starts_with("/d/log"), "trial {trial}: error names a file of the log");
                 detected_at_open += 1;
             }
             Err(other) => {
@@ -326,10 +257,7 @@ fn random_bit_flips_are_detected_never_served() {
                 // and verification must flag the change.
                 let served = rt.block_on(everything(&log));
                 for e in &served {
-                    let o = original
-                        .iter()
-                        .find(|o| o.id() == e.id())
-                        .expect("served an event nobody wrote");
+                    let o = original.iter().find(|o| o.id() == e.id()).expect("served an event nobody wrote");
                     assert_eq!(o, e, "trial {trial}: served altered bytes");
                 }
                 log.close();
@@ -340,10 +268,7 @@ fn random_bit_flips_are_detected_never_served() {
             }
         }
     }
-    assert!(
-        detected_at_open > 300,
-        "most flips are refused at open ({detected_at_open}/400)"
-    );
+    assert!(detected_at_open > 300, "most flips are refused at open ({detected_at_open}/400)");
 }
 
 /// Re-encodes a segment with one event's payload changed, optionally
@@ -354,15 +279,11 @@ fn tamper(bytes: &[u8], recompute_chain: bool) -> Vec<u8> {
     let mut chain = format::GENESIS_CHAIN;
     let mut edited = false;
     for (offset, _) in frame_offsets(bytes) {
-        let FrameParse::Frame { mut frame, .. } = format::parse_frame(&bytes[offset..]) else {
-            unreachable!()
-        };
+        let FrameParse::Frame { mut frame, .. } = format::parse_frame(&bytes[offset..]) else { unreachable!() };
         if let Some(proto::log::frame::Body::Batch(batch)) = &mut frame.body
             && !edited
         {
-            let Some(proto::log::entry::Kind::Event(e)) = &batch.entries[0].kind else {
-                unreachable!()
-            };
+            let Some(proto::log::entry::Kind::Event(e)) = &batch.entries[0].kind else { unreachable!() };
             let mut stored = proto::storage::StoredEvent::decode(e.clone()).unwrap();
             stored.payload = b"forged".to_vec().into();
             batch.entries[0].kind = Some(proto::log::entry::Kind::Event(stored.encode_to_vec().into()));
@@ -433,20 +354,13 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
     let log = FileLog::open("/d/log", sim_config(&vfs)).unwrap();
     let mut acked = Vec::new();
     for i in 0..5 {
-        acked.push(
-            log.append("s", ExpectedVersion::Any, vec![ev(&format!("before {i}"))])
-                .await
-                .unwrap(),
-        );
+        acked.push(log.append("s", ExpectedVersion::Any, vec![ev(&format!("before {i}"))]).await.unwrap());
     }
     let used: u64 = vfs.all_file_bytes().iter().map(|(_, b)| b.len() as u64).sum();
     vfs.set_space_limit(Some(used + 300));
     let mut failures = 0;
     for i in 0..20 {
-        match log
-            .append("s", ExpectedVersion::Any, vec![ev(&format!("{i} {}", "x".repeat(100)))])
-            .await
-        {
+        match log.append("s", ExpectedVersion::Any, vec![ev(&format!("{i} {}", "x".repeat(100)))]).await {
             Ok(r) => acked.push(r),
             Err(LogError::Io { source, context }) => {
                 assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{context}");
@@ -457,21 +371,11 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
     }
     assert!(failures > 0, "the disk filled up");
     vfs.set_space_limit(None);
-    let r = log
-        .append("s", ExpectedVersion::Any, vec![ev("after space returned")])
-        .await
-        .unwrap();
-    assert_eq!(
-        r.next_expected_version,
-        acked.len() as u64,
-        "no version was burnt by the failures"
-    );
+    let r = log.append("s", ExpectedVersion::Any, vec![ev("after space returned")]).await.unwrap();
+    assert_eq!(r.next_expected_version, acked.len() as u64, "no version was burnt by the failures");
     log.close();
     let log = FileLog::open("/d/log", sim_config(&vfs.crash(CrashMode::DropUnsynced))).unwrap();
-    let events = log
-        .read_stream("s", ReadFrom::Start, Direction::Forward, 100)
-        .await
-        .unwrap();
+    let events = log.read_stream("s", ReadFrom::Start, Direction::Forward, 100).await.unwrap();
     assert_eq!(events.len(), acked.len() + 1);
     assert_eq!(events.last().unwrap().event.payload, &b"after space returned"[..]);
 }
@@ -483,19 +387,11 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
     let log = FileLog::open(&path, config()).unwrap();
     let canary = "CANARY-7f3a9c-personal-data";
     for i in 0..20 {
-        log.append("victim", ExpectedVersion::Any, vec![ev(&format!("{canary} #{i}"))])
-            .await
-            .unwrap();
-        log.append("keeper", ExpectedVersion::Any, vec![ev(&format!("KEEPER-{i}"))])
-            .await
-            .unwrap();
+        log.append("victim", ExpectedVersion::Any, vec![ev(&format!("{canary} #{i}"))]).await.unwrap();
+        log.append("keeper", ExpectedVersion::Any, vec![ev(&format!("KEEPER-{i}"))]).await.unwrap();
     }
-    log.append("aging", ExpectedVersion::Any, vec![ev(&format!("{canary} old"))])
-        .await
-        .unwrap();
-    log.delete_stream("victim", ExpectedVersion::Any, DeleteMode::Hard)
-        .await
-        .unwrap();
+    log.append("aging", ExpectedVersion::Any, vec![ev(&format!("{canary} old"))]).await.unwrap();
+    log.delete_stream("victim", ExpectedVersion::Any, DeleteMode::Hard).await.unwrap();
     let scan = |needle: &str| -> usize {
         let mut hits = 0;
         for entry in walk(&path) {
@@ -510,10 +406,7 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
     assert!(report.bytes_reclaimed > 20 * canary.len() as u64);
     assert_eq!(scan(canary), 1, "only the live event still holds the canary");
     assert_eq!(scan("KEEPER-"), 20, "live events are untouched");
-    let keeper = log
-        .read_stream("keeper", ReadFrom::Start, Direction::Forward, 100)
-        .await
-        .unwrap();
+    let keeper = log.read_stream("keeper", ReadFrom::Start, Direction::Forward, 100).await.unwrap();
     assert_eq!(keeper.len(), 20);
     log.checkpoint().await.unwrap();
     drop(log);
@@ -524,10 +417,7 @@ async fn scavenging_leaves_no_byte_of_removed_events_and_keeps_the_chain() {
     let all = everything(&log).await;
     assert_eq!(all.len(), 21);
     assert!(all.iter().all(|e| &*e.stream != "victim"));
-    let r = log
-        .append("keeper", ExpectedVersion::Exact(19), vec![ev("next")])
-        .await
-        .unwrap();
+    let r = log.append("keeper", ExpectedVersion::Exact(19), vec![ev("next")]).await.unwrap();
     assert_eq!(r.first_position, 41);
 }
 
@@ -569,29 +459,18 @@ async fn concurrent_writers_through_a_full_disk_lose_nothing_acknowledged() {
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    assert!(
-        results.iter().map(|r| r.2).sum::<usize>() > 0,
-        "the disk filled up under load"
-    );
+    assert!(results.iter().map(|r| r.2).sum::<usize>() > 0, "the disk filled up under load");
     vfs.set_space_limit(None);
-    log.append("after", ExpectedVersion::Any, vec![ev("space is back")])
-        .await
-        .unwrap();
+    log.append("after", ExpectedVersion::Any, vec![ev("space is back")]).await.unwrap();
     log.close();
     let log = FileLog::open("/d/log", sim_config(&vfs.crash(CrashMode::DropUnsynced))).unwrap();
     for (stream, acked, _) in &results {
         let events = if acked.is_empty() {
             Vec::new()
         } else {
-            log.read_stream(stream, ReadFrom::Start, Direction::Forward, 1000)
-                .await
-                .unwrap()
+            log.read_stream(stream, ReadFrom::Start, Direction::Forward, 1000).await.unwrap()
         };
-        assert_eq!(
-            events.len(),
-            acked.len(),
-            "{stream}: exactly the acknowledged events, no holes"
-        );
+        assert_eq!(events.len(), acked.len(), "{stream}: exactly the acknowledged events, no holes");
         for (i, (result, e)) in acked.iter().enumerate() {
             assert_eq!(events[i].version, i as u64, "{stream}: versions stay dense");
             assert_eq!(result.next_expected_version, i as u64);
@@ -611,23 +490,15 @@ async fn concurrent_retries_of_one_append_store_it_once() {
         let mut tasks = Vec::new();
         for _ in 0..16 {
             let (log, batch) = (log.clone(), batch.clone());
-            tasks.push(tokio::spawn(async move {
-                log.append("retried", ExpectedVersion::Any, batch).await
-            }));
+            tasks.push(tokio::spawn(async move { log.append("retried", ExpectedVersion::Any, batch).await }));
         }
         let mut results = Vec::new();
         for t in tasks {
             results.push(t.await.unwrap().unwrap());
         }
-        assert!(
-            results.windows(2).all(|w| w[0] == w[1]),
-            "round {round}: every retry got the original result"
-        );
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "round {round}: every retry got the original result");
     }
-    let events = log
-        .read_stream("retried", ReadFrom::Start, Direction::Forward, 1000)
-        .await
-        .unwrap();
+    let events = log.read_stream("retried", ReadFrom::Start, Direction::Forward, 1000).await.unwrap();
     assert_eq!(events.len(), 40, "each batch stored exactly once");
 }
 

@@ -50,13 +50,7 @@ fn event(n: u128, kind: &str, payload: &str) -> NewEvent {
 
 async fn write_golden_log(dir: &Path) {
     let log = FileLog::open(dir, config()).unwrap();
-    log.append(
-        "pype-1",
-        ExpectedVersion::NoStream,
-        vec![event(1, "PypeCreated", "acme support")],
-    )
-    .await
-    .unwrap();
+    log.append("pype-1", ExpectedVersion::NoStream, vec![event(1, "PypeCreated", "acme support")]).await.unwrap();
     let mut sealed = event(2, "MessagePosted", "seq=1");
     sealed.sealed_fields = vec![SealedField {
         field: "body".into(),
@@ -64,28 +58,10 @@ async fn write_golden_log(dir: &Path) {
         nonce: vec![7; 12].into(),
         ciphertext: vec![0xC1; 21].into(),
     }];
-    log.append(
-        "session-1",
-        ExpectedVersion::NoStream,
-        vec![sealed, event(3, "SessionClosed", "timer")],
-    )
-    .await
-    .unwrap();
-    log.set_stream_metadata(
-        "session-1",
-        StreamMetadata {
-            max_count: Some(10),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    log.append("tmp-1", ExpectedVersion::Any, vec![event(4, "Scratch", "gone")])
-        .await
-        .unwrap();
-    log.delete_stream("tmp-1", ExpectedVersion::Any, DeleteMode::Hard)
-        .await
-        .unwrap();
+    log.append("session-1", ExpectedVersion::NoStream, vec![sealed, event(3, "SessionClosed", "timer")]).await.unwrap();
+    log.set_stream_metadata("session-1", StreamMetadata { max_count: Some(10), ..Default::default() }).await.unwrap();
+    log.append("tmp-1", ExpectedVersion::Any, vec![event(4, "Scratch", "gone")]).await.unwrap();
+    log.delete_stream("tmp-1", ExpectedVersion::Any, DeleteMode::Hard).await.unwrap();
     log.close();
 }
 
@@ -126,17 +102,10 @@ async fn reads_the_committed_v1_log() {
     assert_eq!(all.head, 4);
     let types: Vec<_> = all.events.iter().map(|e| e.event_type().to_owned()).collect();
     assert_eq!(types, ["PypeCreated", "MessagePosted", "SessionClosed"]);
-    let session = log
-        .read_stream("session-1", ReadFrom::Start, Direction::Forward, 10)
-        .await
-        .unwrap();
+    let session = log.read_stream("session-1", ReadFrom::Start, Direction::Forward, 10).await.unwrap();
     assert_eq!(session[0].event.sealed_fields[0].field, "body");
     assert_eq!(session[0].event.tenant_id, Some(Uuid::from_u128(0xAAAA)));
     assert_eq!(session[1].recorded_at_micros, 1_767_225_600_000_000);
     assert_eq!(log.stream_metadata("session-1").await.unwrap().max_count, Some(10));
-    assert!(
-        log.read_stream("tmp-1", ReadFrom::Start, Direction::Forward, 1)
-            .await
-            .is_err()
-    );
+    assert!(log.read_stream("tmp-1", ReadFrom::Start, Direction::Forward, 1).await.is_err());
 }

@@ -18,27 +18,10 @@ const STREAMS: [&str; 4] = ["a", "b", "c-1", "c-2"];
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append {
-        stream: usize,
-        expected: u8,
-        version: u64,
-        events: Vec<String>,
-        retry: bool,
-    },
-    Multi {
-        first: usize,
-        second: usize,
-        payload: String,
-    },
-    Delete {
-        stream: usize,
-        hard: bool,
-    },
-    Meta {
-        stream: usize,
-        max_count: Option<u64>,
-        truncate_before: Option<u64>,
-    },
+    Append { stream: usize, expected: u8, version: u64, events: Vec<String>, retry: bool },
+    Multi { first: usize, second: usize, payload: String },
+    Delete { stream: usize, hard: bool },
+    Meta { stream: usize, max_count: Option<u64>, truncate_before: Option<u64> },
     Reopen,
     Scavenge,
 }
@@ -86,14 +69,8 @@ fn config(vfs: &SimVfs, clock: &ManualClock) -> FileLogConfig {
 }
 
 async fn compare_reads(model: &MemLog, file: &FileLog) -> Result<(), String> {
-    let all_m = model
-        .read_all(0, usize::MAX, &EventFilter::all())
-        .await
-        .map(|p| p.events);
-    let all_f = file
-        .read_all(0, usize::MAX, &EventFilter::all())
-        .await
-        .map(|p| p.events);
+    let all_m = model.read_all(0, usize::MAX, &EventFilter::all()).await.map(|p| p.events);
+    let all_f = file.read_all(0, usize::MAX, &EventFilter::all()).await.map(|p| p.events);
     same_outcome(&all_m, &all_f)?;
     let filter = EventFilter::stream_prefix("c-");
     let page_m = model.read_all(1, 3, &filter).await.map(|p| (p.events, p.next_position));
@@ -106,10 +83,7 @@ async fn compare_reads(model: &MemLog, file: &FileLog) -> Result<(), String> {
             (ReadFrom::Version(2), Direction::Forward),
             (ReadFrom::Version(3), Direction::Backward),
         ] {
-            same_outcome(
-                &model.read_stream(s, from, dir, 3).await,
-                &file.read_stream(s, from, dir, 3).await,
-            )?;
+            same_outcome(&model.read_stream(s, from, dir, 3).await, &file.read_stream(s, from, dir, 3).await)?;
         }
         same_outcome(&model.stream_metadata(s).await, &file.stream_metadata(s).await)?;
     }
@@ -128,20 +102,12 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
     for (step, op) in ops.into_iter().enumerate() {
         let at = |e: String| format!("step {step} ({op:?}): {e}");
         match &op {
-            Op::Append {
-                stream,
-                expected: kind,
-                version,
-                events,
-                retry,
-            } => {
+            Op::Append { stream, expected: kind, version, events, retry } => {
                 let (name, batch) = match (&last_batch, retry) {
                     (Some((name, batch)), true) => (name.clone(), batch.clone()),
                     _ => {
-                        let batch: Vec<NewEvent> = events
-                            .iter()
-                            .map(|p| NewEvent::new("E", p.clone().into_bytes()))
-                            .collect();
+                        let batch: Vec<NewEvent> =
+                            events.iter().map(|p| NewEvent::new("E", p.clone().into_bytes())).collect();
                         (STREAMS[*stream].to_owned(), batch)
                     }
                 };
@@ -164,11 +130,8 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                         events: vec![NewEvent::new("M", payload.clone().into_bytes())],
                     },
                 ];
-                same_outcome(
-                    &model.append_multi(appends.clone()).await,
-                    &file.append_multi(appends).await,
-                )
-                .map_err(at)?;
+                same_outcome(&model.append_multi(appends.clone()).await, &file.append_multi(appends).await)
+                    .map_err(at)?;
             }
             Op::Delete { stream, hard } => {
                 let mode = if *hard { DeleteMode::Hard } else { DeleteMode::Soft };
@@ -176,16 +139,9 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                 let f = file.delete_stream(STREAMS[*stream], ExpectedVersion::Any, mode).await;
                 same_outcome(&m, &f).map_err(at)?;
             }
-            Op::Meta {
-                stream,
-                max_count,
-                truncate_before,
-            } => {
-                let meta = StreamMetadata {
-                    max_count: *max_count,
-                    truncate_before: *truncate_before,
-                    max_age_secs: None,
-                };
+            Op::Meta { stream, max_count, truncate_before } => {
+                let meta =
+                    StreamMetadata { max_count: *max_count, truncate_before: *truncate_before, max_age_secs: None };
                 let m = model.set_stream_metadata(STREAMS[*stream], meta).await;
                 let f = file.set_stream_metadata(STREAMS[*stream], meta).await;
                 same_outcome(&m, &f).map_err(at)?;
@@ -201,9 +157,7 @@ async fn run(ops: Vec<Op>) -> Result<(), String> {
                 same_outcome(&m, &f).map_err(at)?;
             }
         }
-        compare_reads(&model, &file)
-            .await
-            .map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
+        compare_reads(&model, &file).await.map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
     }
     Ok(())
 }

@@ -43,10 +43,7 @@ struct Acked {
 }
 
 fn event(stream: &str, i: usize) -> NewEvent {
-    let mut e = NewEvent::new(
-        "Written",
-        format!("{stream}:{i}:{}", "x".repeat(40 + i * 7 % 90)).into_bytes(),
-    );
+    let mut e = NewEvent::new("Written", format!("{stream}:{i}:{}", "x".repeat(40 + i * 7 % 90)).into_bytes());
     e.schema_version = 1 + (i % 3) as u32;
     e
 }
@@ -62,9 +59,7 @@ async fn burst(log: &Arc<FileLog>, round: usize, acked: &mut Acked) -> Result<()
             events: vec![event(&stream, round * 10 + w)],
         }];
         let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            (appends.clone(), log.append_multi(appends).await)
-        }));
+        tasks.push(tokio::spawn(async move { (appends.clone(), log.append_multi(appends).await) }));
     }
     let mut first_error = None;
     for t in tasks {
@@ -85,11 +80,7 @@ async fn workload(log: &Arc<FileLog>, acked: &mut Acked) -> Result<(), LogError>
     for round in 0..14 {
         let appends = if round % 4 == 3 {
             vec![
-                StreamAppend {
-                    stream: "a".into(),
-                    expected: ExpectedVersion::Any,
-                    events: vec![event("a", n)],
-                },
+                StreamAppend { stream: "a".into(), expected: ExpectedVersion::Any, events: vec![event("a", n)] },
                 StreamAppend {
                     stream: "multi".into(),
                     expected: ExpectedVersion::Any,
@@ -99,11 +90,7 @@ async fn workload(log: &Arc<FileLog>, acked: &mut Acked) -> Result<(), LogError>
         } else {
             let stream = ["a", "b", "c"][round % 3];
             let events = (0..1 + round % 3).map(|i| event(stream, n + i)).collect();
-            vec![StreamAppend {
-                stream: stream.into(),
-                expected: ExpectedVersion::Any,
-                events,
-            }]
+            vec![StreamAppend { stream: stream.into(), expected: ExpectedVersion::Any, events }]
         };
         n += 4;
         match log.append_multi(appends.clone()).await {
@@ -123,22 +110,14 @@ async fn workload(log: &Arc<FileLog>, acked: &mut Acked) -> Result<(), LogError>
                 // Checked for all-or-nothing only: the stream is deleted next.
                 acked.unacked.push(gone.clone());
                 log.append_multi(gone).await?;
-                log.delete_stream("gone", ExpectedVersion::Any, DeleteMode::Hard)
-                    .await?;
+                log.delete_stream("gone", ExpectedVersion::Any, DeleteMode::Hard).await?;
                 acked.hard_deleted_gone = true;
             }
             7 => {
                 log.scavenge().await?;
             }
             9 => {
-                log.set_stream_metadata(
-                    "meta",
-                    StreamMetadata {
-                        max_count: Some(2),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                log.set_stream_metadata("meta", StreamMetadata { max_count: Some(2), ..Default::default() }).await?;
                 acked.metadata_set = true;
             }
             11 => log.checkpoint().await?,
@@ -159,15 +138,9 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
     for (appends, results) in &acked.appends {
         for (append, result) in appends.iter().zip(results) {
             for (i, e) in append.events.iter().enumerate() {
-                let got = present
-                    .get(&e.id)
-                    .unwrap_or_else(|| panic!("{label}: acknowledged event lost"));
+                let got = present.get(&e.id).unwrap_or_else(|| panic!("{label}: acknowledged event lost"));
                 assert_eq!(&got.event, e, "{label}: bytes changed");
-                assert_eq!(
-                    got.position,
-                    result.first_position + i as u64,
-                    "{label}: position changed"
-                );
+                assert_eq!(got.position, result.first_position + i as u64, "{label}: position changed");
                 assert_eq!(&*got.stream, append.stream.as_str());
             }
         }
@@ -175,11 +148,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
     for appends in &acked.unacked {
         let ids: Vec<_> = appends.iter().flat_map(|a| &a.events).map(|e| e.id).collect();
         let found = ids.iter().filter(|id| present.contains_key(id)).count();
-        assert!(
-            found == 0 || found == ids.len(),
-            "{label}: unacknowledged batch half-visible ({found}/{})",
-            ids.len()
-        );
+        assert!(found == 0 || found == ids.len(), "{label}: unacknowledged batch half-visible ({found}/{})", ids.len());
     }
     let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{label}: $all out of order");
@@ -204,24 +173,15 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
         );
     }
     if acked.metadata_set {
-        assert_eq!(
-            log.stream_metadata("meta").await.unwrap().max_count,
-            Some(2),
-            "{label}: metadata lost"
-        );
+        assert_eq!(log.stream_metadata("meta").await.unwrap().max_count, Some(2), "{label}: metadata lost");
     }
     // Retrying an acknowledged append is recognised after the reboot.
     if let Some((appends, results)) = acked.appends.last() {
-        let again = log
-            .append_multi(appends.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{label}: retry failed: {e}"));
+        let again = log.append_multi(appends.clone()).await.unwrap_or_else(|e| panic!("{label}: retry failed: {e}"));
         assert_eq!(&again, results, "{label}: retry not idempotent after reboot");
     }
     // The log takes writes again and the chain verifies end to end.
-    log.append("after", ExpectedVersion::Any, vec![event("after", 0)])
-        .await
-        .unwrap();
+    log.append("after", ExpectedVersion::Any, vec![event("after", 0)]).await.unwrap();
     log.checkpoint().await.unwrap();
     verify_log(&SimVfs::clone(vfs), DIR.as_ref(), &key().verifying_key())
         .unwrap_or_else(|e| panic!("{label}: verification failed after reboot: {e}"));
@@ -229,10 +189,7 @@ async fn check_after_reboot(vfs: &SimVfs, acked: &Acked, label: &str) {
 }
 
 fn run(cut_after: Option<u64>) -> (SimVfs, Acked, bool) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let vfs = SimVfs::new();
         if let Some(n) = cut_after {
@@ -256,19 +213,9 @@ fn every_power_cut_point_recovers_acknowledged_events() {
     let (full, acked, completed) = run(None);
     assert!(completed, "the workload runs without faults");
     let total_ops = full.ops();
-    assert!(
-        total_ops > 50,
-        "the workload exercises many write and sync points ({total_ops})"
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(check_after_reboot(
-        &full.crash(CrashMode::DropUnsynced),
-        &acked,
-        "no cut",
-    ));
+    assert!(total_ops > 50, "the workload exercises many write and sync points ({total_ops})");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(check_after_reboot(&full.crash(CrashMode::DropUnsynced), &acked, "no cut"));
     let mut cuts = 0;
     for cut in 1..=total_ops + 1 {
         let (vfs, acked, _) = run(Some(cut));
@@ -276,9 +223,7 @@ fn every_power_cut_point_recovers_acknowledged_events() {
             CrashMode::DropUnsynced,
             CrashMode::KeepUnsynced,
             CrashMode::Torn { seed: cut },
-            CrashMode::Torn {
-                seed: cut.wrapping_mul(0x9E37_79B9) ^ 0xABCD,
-            },
+            CrashMode::Torn { seed: cut.wrapping_mul(0x9E37_79B9) ^ 0xABCD },
         ];
         for mode in modes {
             let label = format!("cut at op {cut}/{total_ops}, {mode:?}");

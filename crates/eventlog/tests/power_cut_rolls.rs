@@ -37,10 +37,7 @@ async fn bursts(log: Arc<FileLog>) -> Vec<uuid::Uuid> {
             tasks.push(tokio::spawn(async move {
                 let e = NewEvent::new("Rolled", format!("{round}/{w}/{}", "r".repeat(1500)).into_bytes());
                 let id = e.id;
-                log.append(&format!("s-{w}"), ExpectedVersion::Any, vec![e])
-                    .await
-                    .ok()
-                    .map(|_| id)
+                log.append(&format!("s-{w}"), ExpectedVersion::Any, vec![e]).await.ok().map(|_| id)
             }));
         }
         for t in tasks {
@@ -54,11 +51,7 @@ async fn bursts(log: Arc<FileLog>) -> Vec<uuid::Uuid> {
 
 #[test]
 fn power_cuts_during_segment_rolls_leave_only_a_torn_last_segment() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let full = slow_disk();
     rt.block_on(async {
         let log = Arc::new(FileLog::open("/r/log", config(&full)).unwrap());
@@ -66,11 +59,7 @@ fn power_cuts_during_segment_rolls_leave_only_a_torn_last_segment() {
         log.close();
     });
     let total = full.ops();
-    let segments = full
-        .all_file_bytes()
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
-        .count();
+    let segments = full.all_file_bytes().iter().filter(|(p, _)| p.extension().is_some_and(|e| e == "seg")).count();
     assert!(segments > 10, "the workload rolls many segments ({segments})");
     eprintln!("ops={total} segments={segments}");
     for cut in 1..total {
@@ -87,11 +76,7 @@ fn power_cuts_during_segment_rolls_leave_only_a_torn_last_segment() {
                 Err(_) => Vec::new(),
             }
         });
-        for mode in [
-            CrashMode::KeepUnsynced,
-            CrashMode::Torn { seed: cut },
-            CrashMode::Torn { seed: cut * 7 + 1 },
-        ] {
+        for mode in [CrashMode::KeepUnsynced, CrashMode::Torn { seed: cut }, CrashMode::Torn { seed: cut * 7 + 1 }] {
             let disk = vfs.crash(mode);
             let log = FileLog::open("/r/log", config(&disk))
                 .unwrap_or_else(|e| panic!("cut at {cut}/{total}, {mode:?}: reopen failed: {e}"));

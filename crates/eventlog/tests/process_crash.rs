@@ -23,10 +23,7 @@ struct Ack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_event() {
-    let restarts: usize = std::env::var("PYPES_CRASH_RESTARTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let restarts: usize = std::env::var("PYPES_CRASH_RESTARTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
     let mut acked: HashMap<Uuid, Ack> = HashMap::new();
@@ -75,14 +72,8 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
             tail.clear();
         }
         let status = child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "round {round}: the child was killed, it did not exit"
-        );
-        assert!(
-            !lines.is_empty(),
-            "round {round}: the child acknowledged appends before it was killed"
-        );
+        assert!(!status.success(), "round {round}: the child was killed, it did not exit");
+        assert!(!lines.is_empty(), "round {round}: the child acknowledged appends before it was killed");
         for l in &lines {
             let parts: Vec<&str> = l.split(' ').collect();
             assert_eq!(parts.len(), 5, "malformed line {l:?}");
@@ -99,37 +90,16 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
         let present: HashMap<Uuid, Ack> = page
             .events
             .iter()
-            .map(|e| {
-                (
-                    e.id(),
-                    Ack {
-                        stream: e.stream.to_string(),
-                        version: e.version,
-                        position: e.position,
-                    },
-                )
-            })
+            .map(|e| (e.id(), Ack { stream: e.stream.to_string(), version: e.version, position: e.position }))
             .collect();
         for (id, ack) in &acked {
-            assert_eq!(
-                present.get(id),
-                Some(ack),
-                "round {round}: acknowledged event {id} lost or moved"
-            );
+            assert_eq!(present.get(id), Some(ack), "round {round}: acknowledged event {id} lost or moved");
         }
         let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
-        assert_eq!(
-            positions,
-            (0..positions.len() as u64).collect::<Vec<_>>(),
-            "round {round}: $all has a gap"
-        );
+        assert_eq!(positions, (0..positions.len() as u64).collect::<Vec<_>>(), "round {round}: $all has a gap");
         log.close();
         verify_log(&OsVfs, &path, &SigningKey::from_bytes(&[3; 32]).verifying_key())
             .unwrap_or_else(|e| panic!("round {round}: chain does not verify: {e}"));
-        eprintln!(
-            "round {round}: {} acknowledged so far, {} events in the log",
-            acked.len(),
-            positions.len()
-        );
+        eprintln!("round {round}: {} acknowledged so far, {} events in the log", acked.len(), positions.len());
     }
 }

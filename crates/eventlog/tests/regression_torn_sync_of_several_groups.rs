@@ -38,10 +38,7 @@ async fn a_torn_group_followed_by_a_whole_group_of_the_same_sync_is_a_torn_tail(
         .expect("a torn tail is repaired, not refused");
     let events = log.read_all(0, 10, &EventFilter::all()).await.unwrap().events;
     assert_eq!(events.len(), 1, "the acknowledged event stays, the unsynced ones go");
-    assert_eq!(
-        std::fs::metadata(segments.join("0000000000.seg")).unwrap().len(),
-        synced_end
-    );
+    assert_eq!(std::fs::metadata(segments.join("0000000000.seg")).unwrap().len(), synced_end);
 }
 
 #[tokio::test]

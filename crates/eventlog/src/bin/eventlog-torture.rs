@@ -24,11 +24,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
         let mut config = FileLogConfig::new(SigningKey::from_bytes(&[3; 32]));
         config.segment_size = 256 * 1024;
@@ -48,10 +44,7 @@ fn main() {
                 loop {
                     let events: Vec<NewEvent> = (0..1 + i % 3)
                         .map(|k| {
-                            NewEvent::new(
-                                "Tortured",
-                                format!("{stream}/{i}/{k}/{}", "z".repeat((i % 50) as usize)),
-                            )
+                            NewEvent::new("Tortured", format!("{stream}/{i}/{k}/{}", "z".repeat((i % 50) as usize)))
                         })
                         .collect();
                     let ids: Vec<_> = events.iter().map(|e| e.id).collect();

@@ -49,10 +49,7 @@ pub fn encode_segment_header(number: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 /// Checks a segment header; `Err` says what is wrong.
 pub fn check_segment_header(bytes: &[u8], expected_number: u64) -> Result<(), String> {
     if bytes.len() < SEGMENT_HEADER_LEN as usize {
-        return Err(format!(
-            "segment header is {} bytes, expected {SEGMENT_HEADER_LEN}",
-            bytes.len()
-        ));
+        return Err(format!("segment header is {} bytes, expected {SEGMENT_HEADER_LEN}", bytes.len()));
     }
     if bytes[..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".into());
@@ -66,9 +63,7 @@ pub fn check_segment_header(bytes: &[u8], expected_number: u64) -> Result<(), St
     }
     let number = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if number != expected_number {
-        return Err(format!(
-            "segment header says number {number}, file name says {expected_number}"
-        ));
+        return Err(format!("segment header says number {number}, file name says {expected_number}"));
     }
     Ok(())
 }
@@ -102,9 +97,7 @@ pub enum FrameParse {
 pub fn parse_frame(buf: &[u8]) -> FrameParse {
     match parse_frame_header(buf) {
         Err(p) => p,
-        Ok(body_len) => decode_body(bytes::Bytes::copy_from_slice(
-            &buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len],
-        )),
+        Ok(body_len) => decode_body(bytes::Bytes::copy_from_slice(&buf[FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len])),
     }
 }
 
@@ -136,9 +129,7 @@ fn parse_frame_header(buf: &[u8]) -> Result<usize, FrameParse> {
     }
     let body_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
     if body_len > MAX_FRAME_BODY {
-        return Err(FrameParse::Invalid(format!(
-            "frame length {body_len} is over the limit {MAX_FRAME_BODY}"
-        )));
+        return Err(FrameParse::Invalid(format!("frame length {body_len} is over the limit {MAX_FRAME_BODY}")));
     }
     let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
     let Some(body) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len) else {
@@ -266,12 +257,7 @@ fn get_varint(buf: &[u8], at: &mut usize) -> Result<u64, String> {
 
 /// Scans an encoded `StoredEvent` for its id, stream, version and position.
 pub fn event_keys(buf: &[u8]) -> Result<EventKeys<'_>, String> {
-    let mut keys = EventKeys {
-        event_id: &[],
-        stream: "",
-        version: 0,
-        position: 0,
-    };
+    let mut keys = EventKeys { event_id: &[], stream: "", version: 0, position: 0 };
     let mut at = 0;
     while at < buf.len() {
         let key = get_varint(buf, &mut at)?;
@@ -287,9 +273,8 @@ pub fn event_keys(buf: &[u8]) -> Result<EventKeys<'_>, String> {
             }
             2 => {
                 let len = get_varint(buf, &mut at)? as usize;
-                let field = buf
-                    .get(at..at.checked_add(len).ok_or("length overflows")?)
-                    .ok_or("field runs past the end")?;
+                let field =
+                    buf.get(at..at.checked_add(len).ok_or("length overflows")?).ok_or("field runs past the end")?;
                 at += len;
                 match tag {
                     1 => keys.event_id = field,
@@ -384,11 +369,7 @@ pub fn stored_event_len(event: &crate::NewEvent, stream: &str, version: u64, pos
         + opt(event.correlation_id)
         + opt(event.causation_id)
         + strlen(event.payload.len())
-        + event
-            .sealed_fields
-            .iter()
-            .map(|f| len_field_len(sealed_field_len(f)))
-            .sum::<usize>()
+        + event.sealed_fields.iter().map(|f| len_field_len(sealed_field_len(f))).sum::<usize>()
 }
 
 /// Encodes the `StoredEvent` for `event` into `out` without building the
@@ -408,11 +389,7 @@ pub fn encode_stored_event(
     put_len_field(out, 5, event.event_type.as_bytes());
     put_varint_field(out, 6, event.schema_version as u64);
     put_varint_field(out, 7, at_micros as u64);
-    for (tag, id) in [
-        (8, event.tenant_id),
-        (9, event.correlation_id),
-        (10, event.causation_id),
-    ] {
+    for (tag, id) in [(8, event.tenant_id), (9, event.correlation_id), (10, event.causation_id)] {
         if let Some(id) = id {
             put_len_field(out, tag, id.as_bytes());
         }
@@ -536,29 +513,27 @@ mod tests {
                 any::<i64>(),
             ),
         )
-            .prop_map(
-                |(id, kind, schema, tenant, corr, payload, sealed, (stream, version, position, at))| {
-                    let event = crate::NewEvent {
-                        id: uuid::Uuid::from_u128(id),
-                        event_type: kind,
-                        schema_version: schema,
-                        tenant_id: tenant.map(uuid::Uuid::from_u128),
-                        correlation_id: corr.map(uuid::Uuid::from_u128),
-                        causation_id: None,
-                        payload: payload.into(),
-                        sealed_fields: sealed
-                            .into_iter()
-                            .map(|(field, c)| proto::storage::SealedField {
-                                field,
-                                key_id: c.iter().take(16).copied().collect::<Vec<u8>>().into(),
-                                nonce: Default::default(),
-                                ciphertext: c.into(),
-                            })
-                            .collect(),
-                    };
-                    (event, stream, version, position, at)
-                },
-            )
+            .prop_map(|(id, kind, schema, tenant, corr, payload, sealed, (stream, version, position, at))| {
+                let event = crate::NewEvent {
+                    id: uuid::Uuid::from_u128(id),
+                    event_type: kind,
+                    schema_version: schema,
+                    tenant_id: tenant.map(uuid::Uuid::from_u128),
+                    correlation_id: corr.map(uuid::Uuid::from_u128),
+                    causation_id: None,
+                    payload: payload.into(),
+                    sealed_fields: sealed
+                        .into_iter()
+                        .map(|(field, c)| proto::storage::SealedField {
+                            field,
+                            key_id: c.iter().take(16).copied().collect::<Vec<u8>>().into(),
+                            nonce: Default::default(),
+                            ciphertext: c.into(),
+                        })
+                        .collect(),
+                };
+                (event, stream, version, position, at)
+            })
     }
 
     proptest! {
@@ -597,10 +572,7 @@ mod tests {
         let bytes = sample_frame();
         assert!(matches!(parse_frame(&bytes), FrameParse::Frame { len, .. } if len == bytes.len()));
         for cut in 0..bytes.len() {
-            assert!(
-                matches!(parse_frame(&bytes[..cut]), FrameParse::Incomplete),
-                "cut at {cut}"
-            );
+            assert!(matches!(parse_frame(&bytes[..cut]), FrameParse::Incomplete), "cut at {cut}");
         }
     }
 }

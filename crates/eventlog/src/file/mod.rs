@@ -44,6 +44,9 @@ const SPARSE_EVERY: u64 = 32;
 pub const HEAD_FILE: &str = "head.sig";
 /// Name of the (informational) public key file; auditors pin their own copy.
 pub const PUBLIC_KEY_FILE: &str = "signing.pub";
+/// Largest segment size: frame offsets are u32 and a segment may overrun
+/// its size by one write group.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
 /// Lock file: one process at a time owns a log directory.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -126,20 +129,13 @@ struct FileStream {
 
 impl Default for FileStream {
     fn default() -> Self {
-        Self {
-            rules: StreamRules::default(),
-            locs: VecDeque::new(),
-            base_version: 0,
-            recovered_no: u32::MAX,
-        }
+        Self { rules: StreamRules::default(), locs: VecDeque::new(), base_version: 0, recovered_no: u32::MAX }
     }
 }
 
 impl FileStream {
     fn loc_of(&self, version: u64) -> Option<u64> {
-        version
-            .checked_sub(self.base_version)
-            .and_then(|i| self.locs.get(i as usize).copied())
+        version.checked_sub(self.base_version).and_then(|i| self.locs.get(i as usize).copied())
     }
 }
 
@@ -174,11 +170,8 @@ impl IdWindow {
     /// Builds the window from the last `cap` events of `recent` (oldest
     /// first), hashing only those: at open the log may hold millions.
     fn from_recent(cap: usize, recent: VecDeque<(uuid::Uuid, Arc<str>, u64, u64)>) -> Self {
-        let mut w = IdWindow {
-            cap,
-            map: IdMap::with_capacity(recent.len()),
-            order: VecDeque::with_capacity(recent.len()),
-        };
+        let mut w =
+            IdWindow { cap, map: IdMap::with_capacity(recent.len()), order: VecDeque::with_capacity(recent.len()) };
         for (id, stream, version, position) in recent {
             w.insert(id, stream, version, position);
         }
@@ -223,10 +216,7 @@ struct Index {
 
 impl Index {
     fn intern(&self, stream: &str) -> Arc<str> {
-        self.streams
-            .get_key_value(stream)
-            .map(|(k, _)| k.clone())
-            .unwrap_or_else(|| Arc::from(stream))
+        self.streams.get_key_value(stream).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(stream))
     }
 
     fn push_frame(&mut self, loc: FrameLoc, first_position: Option<u64>) -> u64 {
@@ -283,9 +273,7 @@ pub struct FileLog {
 
 impl std::fmt::Debug for FileLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileLog")
-            .field("dir", &self.shared.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("FileLog").field("dir", &self.shared.dir).finish_non_exhaustive()
     }
 }
 
@@ -294,10 +282,13 @@ impl FileLog {
     /// index, repairs a torn tail and refuses any other corruption.
     pub fn open(dir: impl AsRef<Path>, config: FileLogConfig) -> Result<FileLog> {
         let dir = dir.as_ref().to_path_buf();
-        if config.segment_size > u32::MAX as u64 || config.segment_size < 4096 {
-            return Err(LogError::InvalidBatch {
-                reason: "segment_size must be between 4 KiB and 4 GiB".into(),
-            });
+        // Frame offsets are u32: a segment may overrun its size by one group
+        // (at most max_group_bytes plus one frame), so cap both well below.
+        if !(4096..=MAX_SEGMENT_SIZE).contains(&config.segment_size) {
+            return Err(LogError::InvalidBatch { reason: "segment_size must be between 4 KiB and 1 GiB".into() });
+        }
+        if config.max_group_bytes > 256 << 20 {
+            return Err(LogError::InvalidBatch { reason: "max_group_bytes must be at most 256 MiB".into() });
         }
         let vfs = config.vfs.clone();
         let segments_dir = dir.join("segments");
@@ -319,12 +310,7 @@ impl FileLog {
             "event log opened"
         );
         let (head_tx, _) = watch::channel(recovered.index.next_position);
-        let rules = recovered
-            .index
-            .streams
-            .iter()
-            .map(|(k, s)| (k.clone(), s.rules.clone()))
-            .collect();
+        let rules = recovered.index.streams.iter().map(|(k, s)| (k.clone(), s.rules.clone())).collect();
         let state = writer::TailState::from_index(&recovered.index, recovered.active.clone());
         let shared = Arc::new(Shared {
             dir: dir.clone(),
@@ -339,21 +325,14 @@ impl FileLog {
         write_public_key(&*vfs, &dir, &config.signing_key);
         let (tx, rx) = mpsc::channel();
         let handle = writer::start(shared.clone(), config, state, rules, recovered.ids, rx)?;
-        Ok(FileLog {
-            shared,
-            tx,
-            writer: Mutex::new(Some(handle)),
-            dir_lock: Mutex::new(Some(dir_lock)),
-        })
+        Ok(FileLog { shared, tx, writer: Mutex::new(Some(handle)), dir_lock: Mutex::new(Some(dir_lock)) })
     }
 
     /// Writes a signed checkpoint now (if anything was written since the
     /// last one) and waits until it is durable.
     pub async fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Checkpoint { reply })
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Request::Checkpoint { reply }).map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
@@ -379,13 +358,7 @@ impl FileLog {
             m.validate(stream)?;
         }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Meta {
-                stream: stream.to_owned(),
-                op,
-                reply,
-            })
-            .map_err(|_| LogError::Closed)?;
+        self.tx.send(Request::Meta { stream: stream.to_owned(), op, reply }).map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 }
@@ -395,15 +368,9 @@ fn write_public_key(vfs: &dyn Vfs, dir: &Path, key: &SigningKey) {
     if vfs.exists(&path) {
         return;
     }
-    let hex: String = key
-        .verifying_key()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let written = vfs
-        .open(&path, true)
-        .and_then(|f| f.write_at(0, format!("{hex}\n").as_bytes()).and_then(|_| f.sync_data()));
+    let hex: String = key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let written =
+        vfs.open(&path, true).and_then(|f| f.write_at(0, format!("{hex}\n").as_bytes()).and_then(|_| f.sync_data()));
     if let Err(e) = written {
         warn!(error = %e, "could not write the public key file");
     }
@@ -420,9 +387,7 @@ impl EventLog for FileLog {
         Box::pin(async move {
             validate_appends(&appends)?;
             let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Request::Append { appends, reply })
-                .map_err(|_| LogError::Closed)?;
+            self.tx.send(Request::Append { appends, reply }).map_err(|_| LogError::Closed)?;
             rx.await.map_err(|_| LogError::Closed)?
         })
     }
@@ -470,9 +435,9 @@ impl EventLog for FileLog {
             validate_stream_name(stream)?;
             let idx = self.shared.read();
             match idx.streams.get(stream) {
-                Some(s) if s.rules.deletion == Deletion::Hard => Err(LogError::StreamDeleted {
-                    stream: stream.to_owned(),
-                }),
+                Some(s) if s.rules.deletion == Deletion::Hard => {
+                    Err(LogError::StreamDeleted { stream: stream.to_owned() })
+                }
                 Some(s) => Ok(s.rules.metadata),
                 None => Ok(StreamMetadata::default()),
             }

@@ -30,11 +30,7 @@ impl Shared {
         let mut buf = vec![0u8; loc.len as usize];
         file.read_at(loc.offset as u64, &mut buf).map_err(|e| {
             LogError::io(
-                format!(
-                    "reading {} at offset {}",
-                    self.segment_path(loc.segment as u64).display(),
-                    loc.offset
-                ),
+                format!("reading {} at offset {}", self.segment_path(loc.segment as u64).display(), loc.offset),
                 e,
             )
         })?;
@@ -75,9 +71,7 @@ impl Shared {
         let mut out = Vec::new();
         let (rules, mut versions) = {
             let idx = self.read();
-            let s = idx.streams.get(stream).ok_or_else(|| LogError::StreamNotFound {
-                stream: stream.to_owned(),
-            })?;
+            let s = idx.streams.get(stream).ok_or_else(|| LogError::StreamNotFound { stream: stream.to_owned() })?;
             s.rules.check_readable(stream)?;
             (s.rules.clone(), s.rules.read_range(from, direction))
         };
@@ -127,22 +121,14 @@ impl Shared {
         let (head, end_ordinal, mut ordinal, mut position) = {
             let idx = self.read();
             let k = idx.sparse.partition_point(|&(p, _)| p <= from);
-            let (mut o, mut p) = if k == 0 {
-                (0u64, 0u64)
-            } else {
-                (idx.sparse[k - 1].1, idx.sparse[k - 1].0)
-            };
+            let (mut o, mut p) = if k == 0 { (0u64, 0u64) } else { (idx.sparse[k - 1].1, idx.sparse[k - 1].0) };
             while (o as usize) < idx.frames.len() && p + idx.frames[o as usize].events as u64 <= from {
                 p += idx.frames[o as usize].events as u64;
                 o += 1;
             }
             (idx.next_position, idx.frames.len() as u64, o, p)
         };
-        let mut page = AllPage {
-            events: Vec::new(),
-            next_position: from,
-            head,
-        };
+        let mut page = AllPage { events: Vec::new(), next_position: from, head };
         if from >= head || max == 0 {
             return Ok(page);
         }
@@ -183,10 +169,9 @@ impl Shared {
                     let stored = StoredEvent::decode(bytes)
                         .map_err(|err| self.corrupt(loc, format!("event does not decode: {err}")))?;
                     if stored.global_position != p {
-                        return Err(self.corrupt(
-                            loc,
-                            format!("event has position {}, expected {p}", stored.global_position),
-                        ));
+                        return Err(
+                            self.corrupt(loc, format!("event has position {}, expected {p}", stored.global_position))
+                        );
                     }
                     if filter.matches(&stored.stream, &stored.event_type) {
                         candidates.push(stored);

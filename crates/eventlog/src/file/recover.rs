@@ -34,11 +34,9 @@ pub(super) fn create_segment(vfs: &dyn Vfs, segments_dir: &Path, number: u64) ->
     let attempt = || -> Result<Arc<dyn StorageFile>> {
         let file = vfs.open(&path, true).map_err(|e| io("creating", e))?;
         file.set_len(0).map_err(|e| io("truncating", e))?;
-        file.write_at(0, &format::encode_segment_header(number))
-            .map_err(|e| io("writing the header of", e))?;
+        file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing the header of", e))?;
         file.sync_data().map_err(|e| io("syncing", e))?;
-        vfs.sync_dir(segments_dir)
-            .map_err(|e| io("syncing the directory of", e))?;
+        vfs.sync_dir(segments_dir).map_err(|e| io("syncing the directory of", e))?;
         Ok(file)
     };
     attempt().inspect_err(|_| {
@@ -91,21 +89,13 @@ impl RecentIds {
 
     fn into_window(self) -> IdWindow {
         let names = self.names;
-        let recent = self
-            .ring
-            .into_iter()
-            .map(|(id, no, v, p)| (id, names[no as usize].clone(), v, p))
-            .collect();
+        let recent = self.ring.into_iter().map(|(id, no, v, p)| (id, names[no as usize].clone(), v, p)).collect();
         IdWindow::from_recent(self.cap, recent)
     }
 }
 
 fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: FrameLoc, path: &Path) -> Result<()> {
-    let corrupt = |reason: String| LogError::Corrupt {
-        file: path.to_path_buf(),
-        offset: loc.offset as u64,
-        reason,
-    };
+    let corrupt = |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset: loc.offset as u64, reason };
     let ordinal = index.frames.len() as u64;
     match &frame.body {
         Some(frame::Body::Batch(batch)) => {
@@ -123,10 +113,7 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
                     None => return Err(corrupt("batch entry has no content".into())),
                 };
                 if position != index.next_position {
-                    return Err(corrupt(format!(
-                        "event at position {position}, expected {}",
-                        index.next_position
-                    )));
+                    return Err(corrupt(format!("event at position {position}, expected {}", index.next_position)));
                 }
                 if !index.streams.contains_key(stream) {
                     index.streams.insert(Arc::from(stream), FileStream::default());
@@ -169,9 +156,7 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
 
 pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -> Result<Recovered> {
     let vfs = &*config.vfs;
-    let names = vfs
-        .list(segments_dir)
-        .map_err(|e| LogError::io(format!("listing {}", segments_dir.display()), e))?;
+    let names = vfs.list(segments_dir).map_err(|e| LogError::io(format!("listing {}", segments_dir.display()), e))?;
     let mut numbers = Vec::new();
     for name in &names {
         if name.ends_with(".tmp") {
@@ -198,11 +183,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
         }
     }
     let mut index = Index::default();
-    let mut ids = RecentIds {
-        cap: config.idempotency_window,
-        ring: VecDeque::new(),
-        names: Vec::new(),
-    };
+    let mut ids = RecentIds { cap: config.idempotency_window, ring: VecDeque::new(), names: Vec::new() };
     let mut chain = format::GENESIS_CHAIN;
     let last = *numbers.last().expect("at least one segment");
     for &number in &numbers {
@@ -212,52 +193,31 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
         let len = file.len().map_err(|e| io("reading the length of", e))?;
         let is_last = number == last;
         let mut header = vec![0u8; (SEGMENT_HEADER_LEN.min(len)) as usize];
-        file.read_at(0, &mut header)
-            .map_err(|e| io("reading the header of", e))?;
+        file.read_at(0, &mut header).map_err(|e| io("reading the header of", e))?;
         if let Err(reason) = format::check_segment_header(&header, number) {
             if is_last && len <= SEGMENT_HEADER_LEN {
                 // Created but never used (a crash while rolling): rewrite it.
                 warn!(file = %path.display(), %reason, "rewriting the header of an unused last segment");
                 file.set_len(0).map_err(|e| io("truncating", e))?;
-                file.write_at(0, &format::encode_segment_header(number))
-                    .map_err(|e| io("writing", e))?;
+                file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing", e))?;
                 file.sync_data().map_err(|e| io("syncing", e))?;
             } else {
-                return Err(LogError::Corrupt {
-                    file: path,
-                    offset: 0,
-                    reason,
-                });
+                return Err(LogError::Corrupt { file: path, offset: 0, reason });
             }
         }
         if number > u32::MAX as u64 {
-            return Err(LogError::Corrupt {
-                file: path,
-                offset: 0,
-                reason: "too many segments".into(),
-            });
+            return Err(LogError::Corrupt { file: path, offset: 0, reason: "too many segments".into() });
         }
-        let mut scanner = Scanner {
-            file: &*file,
-            len: len.max(SEGMENT_HEADER_LEN),
-            buf: Bytes::new(),
-            buf_start: 0,
-        };
+        let mut scanner = Scanner { file: &*file, len: len.max(SEGMENT_HEADER_LEN), buf: Bytes::new(), buf_start: 0 };
         let mut offset = SEGMENT_HEADER_LEN;
         while offset < len {
-            let bytes = scanner
-                .at(offset, format::FRAME_HEADER_LEN)
-                .map_err(|e| io("reading", e))?;
+            let bytes = scanner.at(offset, format::FRAME_HEADER_LEN).map_err(|e| io("reading", e))?;
             let need = format::peek_frame_len(&bytes).unwrap_or(format::FRAME_HEADER_LEN);
             let bytes = scanner.at(offset, need).map_err(|e| io("reading", e))?;
             let failure = match format::parse_frame_shared(&bytes) {
                 FrameParse::Frame { frame, len: frame_len } => {
-                    let loc = FrameLoc {
-                        segment: number as u32,
-                        offset: offset as u32,
-                        len: frame_len as u32,
-                        events: 0,
-                    };
+                    let loc =
+                        FrameLoc { segment: number as u32, offset: offset as u32, len: frame_len as u32, events: 0 };
                     apply_recovered(&mut index, &mut ids, &frame, loc, &path)?;
                     chain.copy_from_slice(&frame.chain);
                     index.frames_since_checkpoint = if matches!(frame.body, Some(frame::Body::Checkpoint(_))) {
@@ -272,11 +232,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
                 FrameParse::Invalid(reason) => reason,
             };
             if !is_last {
-                return Err(LogError::Corrupt {
-                    file: path,
-                    offset,
-                    reason: failure,
-                });
+                return Err(LogError::Corrupt { file: path, offset, reason: failure });
             }
             repair_tail(&*file, &path, offset, len, &failure)?;
             break;
@@ -301,8 +257,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
 fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failure: &str) -> Result<()> {
     let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
     let mut rest = vec![0u8; (len - offset) as usize];
-    file.read_at(offset, &mut rest)
-        .map_err(|e| io("reading the tail of", e))?;
+    file.read_at(offset, &mut rest).map_err(|e| io("reading the tail of", e))?;
     let magic = format::FRAME_MAGIC.to_le_bytes();
     let mut at = 1;
     while at + format::FRAME_HEADER_LEN <= rest.len() {
@@ -335,11 +290,7 @@ fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64) -> Re
     if !config.vfs.exists(&path) {
         return Ok(());
     }
-    let corrupt = |reason: String| LogError::Corrupt {
-        file: path.clone(),
-        offset: 0,
-        reason,
-    };
+    let corrupt = |reason: String| LogError::Corrupt { file: path.clone(), offset: 0, reason };
     let io = |e| LogError::io(format!("reading {}", path.display()), e);
     let file = config.vfs.open(&path, false).map_err(io)?;
     let mut bytes = vec![0u8; file.len().map_err(io)? as usize];

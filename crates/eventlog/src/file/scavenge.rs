@@ -65,34 +65,21 @@ pub(super) fn scavenge_blocking(shared: &Shared, active: u64) -> Result<Scavenge
             continue;
         }
         let final_path = shared.segment_path(number);
-        let tmp_path = shared
-            .segments_dir
-            .join(format!("{}.tmp", format::segment_file_name(number)));
+        let tmp_path = shared.segments_dir.join(format!("{}.tmp", format::segment_file_name(number)));
         let io = |what: &str, e| LogError::io(format!("{what} {}", tmp_path.display()), e);
         let mut buf = format::encode_segment_header(number).to_vec();
         let mut locs = Vec::with_capacity(frames.len());
         for (frame, events) in frames.iter().zip(events_per_frame) {
             let offset = buf.len();
             let len = format::encode_frame(frame, &mut buf);
-            locs.push(FrameLoc {
-                segment: number as u32,
-                offset: offset as u32,
-                len: len as u32,
-                events,
-            });
+            locs.push(FrameLoc { segment: number as u32, offset: offset as u32, len: len as u32, events });
         }
         let new_file = shared.vfs.open(&tmp_path, true).map_err(|e| io("creating", e))?;
         new_file.set_len(0).map_err(|e| io("truncating", e))?;
         new_file.write_at(0, &buf).map_err(|e| io("writing", e))?;
         new_file.sync_data().map_err(|e| io("syncing", e))?;
-        shared
-            .vfs
-            .rename(&tmp_path, &final_path)
-            .map_err(|e| io("renaming", e))?;
-        shared
-            .vfs
-            .sync_dir(&shared.segments_dir)
-            .map_err(|e| io("syncing the directory of", e))?;
+        shared.vfs.rename(&tmp_path, &final_path).map_err(|e| io("renaming", e))?;
+        shared.vfs.sync_dir(&shared.segments_dir).map_err(|e| io("syncing the directory of", e))?;
         let mut idx = shared.write();
         idx.segments.insert(number, new_file);
         for (ordinal, loc) in ordinals.zip(locs) {
@@ -102,12 +89,7 @@ pub(super) fn scavenge_blocking(shared: &Shared, active: u64) -> Result<Scavenge
         report.events_removed += changed;
         report.bytes_reclaimed += reclaimed;
         report.segments_rewritten += 1;
-        info!(
-            segment = number,
-            events = changed,
-            bytes = reclaimed,
-            "segment scavenged"
-        );
+        info!(segment = number, events = changed, bytes = reclaimed, "segment scavenged");
     }
     Ok(report)
 }

@@ -67,11 +67,7 @@ impl State {
     }
 
     fn check_power(&self) -> io::Result<()> {
-        if self.powered_off {
-            Err(io::Error::other("simulated power loss"))
-        } else {
-            Ok(())
-        }
+        if self.powered_off { Err(io::Error::other("simulated power loss")) } else { Ok(()) }
     }
 
     fn used_bytes(&self) -> u64 {
@@ -93,10 +89,7 @@ impl std::fmt::Debug for SimVfs {
 
 fn split(path: &Path) -> (PathBuf, String) {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     (dir, name)
 }
 
@@ -188,14 +181,7 @@ impl SimVfs {
                     }
                 }
             }
-            inodes.insert(
-                id,
-                Inode {
-                    durable: data.clone(),
-                    volatile: data,
-                    pending: Vec::new(),
-                },
-            );
+            inodes.insert(id, Inode { durable: data.clone(), volatile: data, pending: Vec::new() });
         }
         let dirs = s.durable_dirs.clone();
         SimVfs {
@@ -225,11 +211,7 @@ impl SimVfs {
     pub fn flip_bit(&self, path: &Path, bit: u64) -> io::Result<()> {
         let mut s = self.lock();
         let (dir, name) = split(path);
-        let id = *s
-            .volatile_dirs
-            .get(&dir)
-            .and_then(|d| d.get(&name))
-            .ok_or_else(|| not_found(path))?;
+        let id = *s.volatile_dirs.get(&dir).and_then(|d| d.get(&name)).ok_or_else(|| not_found(path))?;
         let inode = s.inodes.get_mut(&id).expect("inode of a dir entry");
         let byte = (bit / 8) as usize;
         if byte >= inode.volatile.len() {
@@ -292,19 +274,13 @@ impl StorageFile for SimFile {
                 let fits = (len + free).saturating_sub(offset).min(data.len() as u64) as usize;
                 let inode = s.inodes.get_mut(&self.inode).expect("open inode");
                 write_into(&mut inode.volatile, offset, &data[..fits]);
-                inode.pending.push(Pending::Write {
-                    offset,
-                    data: data[..fits].to_vec(),
-                });
+                inode.pending.push(Pending::Write { offset, data: data[..fits].to_vec() });
                 return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
             }
         }
         let inode = s.inodes.get_mut(&self.inode).expect("open inode");
         write_into(&mut inode.volatile, offset, data);
-        inode.pending.push(Pending::Write {
-            offset,
-            data: data.to_vec(),
-        });
+        inode.pending.push(Pending::Write { offset, data: data.to_vec() });
         Ok(())
     }
 
@@ -352,10 +328,7 @@ impl Vfs for SimVfs {
         if !self.lock().locks.insert(path.to_path_buf()) {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another process"));
         }
-        Ok(Box::new(SimLock {
-            vfs: self.clone(),
-            path: path.to_path_buf(),
-        }))
+        Ok(Box::new(SimLock { vfs: self.clone(), path: path.to_path_buf() }))
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -393,10 +366,7 @@ impl Vfs for SimVfs {
             return Err(not_found(&dir));
         }
         if let Some(&id) = s.volatile_dirs[&dir].get(&name) {
-            return Ok(Arc::new(SimFile {
-                vfs: self.clone(),
-                inode: id,
-            }));
+            return Ok(Arc::new(SimFile { vfs: self.clone(), inode: id }));
         }
         if !create {
             return Err(not_found(path));
@@ -406,10 +376,7 @@ impl Vfs for SimVfs {
         s.next_inode += 1;
         s.inodes.insert(id, Inode::default());
         s.volatile_dirs.get_mut(&dir).expect("checked").insert(name, id);
-        Ok(Arc::new(SimFile {
-            vfs: self.clone(),
-            inode: id,
-        }))
+        Ok(Arc::new(SimFile { vfs: self.clone(), inode: id }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -417,15 +384,8 @@ impl Vfs for SimVfs {
         s.tick()?;
         let (fdir, fname) = split(from);
         let (tdir, tname) = split(to);
-        let id = s
-            .volatile_dirs
-            .get_mut(&fdir)
-            .and_then(|d| d.remove(&fname))
-            .ok_or_else(|| not_found(from))?;
-        s.volatile_dirs
-            .get_mut(&tdir)
-            .ok_or_else(|| not_found(&tdir))?
-            .insert(tname, id);
+        let id = s.volatile_dirs.get_mut(&fdir).and_then(|d| d.remove(&fname)).ok_or_else(|| not_found(from))?;
+        s.volatile_dirs.get_mut(&tdir).ok_or_else(|| not_found(&tdir))?.insert(tname, id);
         Ok(())
     }
 
@@ -433,10 +393,7 @@ impl Vfs for SimVfs {
         let mut s = self.lock();
         s.tick()?;
         let (dir, name) = split(path);
-        s.volatile_dirs
-            .get_mut(&dir)
-            .and_then(|d| d.remove(&name))
-            .ok_or_else(|| not_found(path))?;
+        s.volatile_dirs.get_mut(&dir).and_then(|d| d.remove(&name)).ok_or_else(|| not_found(path))?;
         Ok(())
     }
 

@@ -29,24 +29,15 @@ pub struct VerifyReport {
 }
 
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
-    LogError::Corrupt {
-        file: file.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
+    LogError::Corrupt { file: file.to_path_buf(), offset, reason: reason.into() }
 }
 
 fn check_signature(key: &VerifyingKey, cp: &Checkpoint, file: &Path, offset: u64) -> Result<(), LogError> {
     let message = format::checkpoint_message(&cp.chain, cp.frame_count, cp.next_position, cp.signed_at_micros);
     let signature =
         Signature::from_slice(&cp.signature).map_err(|e| corrupt(file, offset, format!("malformed signature: {e}")))?;
-    key.verify(&message, &signature).map_err(|_| {
-        corrupt(
-            file,
-            offset,
-            "checkpoint signature does not verify with the given public key",
-        )
-    })
+    key.verify(&message, &signature)
+        .map_err(|_| corrupt(file, offset, "checkpoint signature does not verify with the given public key"))
 }
 
 /// Verifies the log in `dir` (closed, or quiescent) against `key`.
@@ -66,11 +57,7 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
     for (i, &number) in numbers.iter().enumerate() {
         let path = segments_dir.join(format::segment_file_name(number));
         if number != i as u64 {
-            return Err(corrupt(
-                &path,
-                0,
-                format!("expected segment {i} here: a segment is missing"),
-            ));
+            return Err(corrupt(&path, 0, format!("expected segment {i} here: a segment is missing")));
         }
         let io = |e| LogError::io(format!("reading {}", path.display()), e);
         let file = vfs.open(&path, false).map_err(io)?;
@@ -110,11 +97,7 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
                     let cp = Checkpoint::decode(cp_bytes.clone())
                         .map_err(|e| corrupt(&path, offset as u64, format!("checkpoint does not decode: {e}")))?;
                     if cp.chain[..] != chain || cp.frame_count != report.frames {
-                        return Err(corrupt(
-                            &path,
-                            offset as u64,
-                            "checkpoint does not match the chain before it",
-                        ));
+                        return Err(corrupt(&path, offset as u64, "checkpoint does not match the chain before it"));
                     }
                     if cp.next_position != report.events + report.redacted_events {
                         return Err(corrupt(
@@ -152,11 +135,7 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
         match checkpoint_chains.get(&head.frame_count) {
             Some(c) if c[..] == head.chain[..] => {}
             Some(_) => {
-                return Err(corrupt(
-                    &head_path,
-                    0,
-                    "signed head does not match the log's checkpoint",
-                ));
+                return Err(corrupt(&head_path, 0, "signed head does not match the log's checkpoint"));
             }
             None if head.frame_count >= report.frames => {
                 return Err(corrupt(

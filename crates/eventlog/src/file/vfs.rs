@@ -82,12 +82,7 @@ impl Vfs for OsVfs {
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .mode(0o600)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(path)?;
         Ok(Arc::new(OsFile(file)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -101,13 +96,7 @@ impl Vfs for OsVfs {
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(file)),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -120,7 +109,5 @@ impl Vfs for OsVfs {
 
 /// Parent directory of a path, for `sync_dir` after creating or renaming.
 pub fn parent(path: &Path) -> PathBuf {
-    path.parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }

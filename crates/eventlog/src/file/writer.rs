@@ -287,12 +287,7 @@ struct Txn {
 
 impl Txn {
     fn frame_loc(&self, offset: usize, len: usize, events: u32) -> FrameLoc {
-        FrameLoc {
-            segment: self.segment,
-            offset: (self.start + offset as u64) as u32,
-            len: len as u32,
-            events,
-        }
+        FrameLoc { segment: self.segment, offset: (self.start + offset as u64) as u32, len: len as u32, events }
     }
 
     fn close_batch(&mut self) {
@@ -311,11 +306,7 @@ impl Txn {
     /// Adds a metadata or checkpoint frame (closing the open batch first).
     fn add_frame(&mut self, body: frame::Body) {
         self.close_batch();
-        let mut frame = Frame {
-            group_start: self.durable_floor,
-            chain: Bytes::new(),
-            body: Some(body),
-        };
+        let mut frame = Frame { group_start: self.durable_floor, chain: Bytes::new(), body: Some(body) };
         let digest = format::frame_digest(&frame).expect("metadata and checkpoint frames always digest");
         self.chain = format::chain_next(&self.chain, &digest);
         frame.chain = Bytes::copy_from_slice(&self.chain);
@@ -482,11 +473,7 @@ impl Stager {
         replies.extend(checkpoints.into_iter().map(|r| Reply::Unit(r, Ok(()))));
         self.send_group(txn, replies);
         for reply in rolls {
-            let rolled = if self.tail.active_len > SEGMENT_HEADER_LEN {
-                self.roll()
-            } else {
-                Ok(())
-            };
+            let rolled = if self.tail.active_len > SEGMENT_HEADER_LEN { self.roll() } else { Ok(()) };
             match rolled {
                 Ok(()) => {
                     let active = self.tail.active_no;
@@ -579,17 +566,9 @@ impl Stager {
         self.tail.frame_count = idx.frames.len() as u64;
         self.tail.next_position = idx.next_position;
         self.tail.frames_since_checkpoint = idx.frames_since_checkpoint;
-        self.tail.active_len = if idx.end_segment == self.tail.active_no {
-            idx.end_offset
-        } else {
-            SEGMENT_HEADER_LEN
-        };
+        self.tail.active_len = if idx.end_segment == self.tail.active_no { idx.end_offset } else { SEGMENT_HEADER_LEN };
         drop(idx);
-        let cut = self
-            .tail
-            .active
-            .set_len(self.tail.active_len)
-            .and_then(|_| self.tail.active.sync_data());
+        let cut = self.tail.active.set_len(self.tail.active_len).and_then(|_| self.tail.active.sync_data());
         if let Err(e) = cut {
             self.poison(format!("cutting the active segment back after a failed write: {e}"));
         }
@@ -599,11 +578,7 @@ impl Stager {
     /// End of the durable (published) part of the active segment.
     fn durable_floor(&self) -> u64 {
         let idx = self.shared.read();
-        if idx.end_segment == self.tail.active_no {
-            idx.end_offset
-        } else {
-            SEGMENT_HEADER_LEN
-        }
+        if idx.end_segment == self.tail.active_no { idx.end_offset } else { SEGMENT_HEADER_LEN }
     }
 
     fn poison(&self, reason: String) {
@@ -655,9 +630,7 @@ impl Stager {
         let name = self.intern(stream);
         let rules = self.rules.get_mut(&name).expect("interned");
         if rules.deletion == Deletion::Hard {
-            return Err(LogError::StreamDeleted {
-                stream: stream.to_owned(),
-            });
+            return Err(LogError::StreamDeleted { stream: stream.to_owned() });
         }
         let delete = match op {
             MetaOp::Set(m) => {
@@ -794,10 +767,7 @@ impl Stager {
                 });
             };
             if &*stream != append.stream.as_str() || version != first.1 + i as u64 || &earlier != event {
-                return Err(LogError::EventIdReused {
-                    id: event.id,
-                    detail: "content differs".into(),
-                });
+                return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
             }
             last_position = position;
         }
@@ -864,10 +834,7 @@ impl Syncer {
         let broken = self.broken.load(Ordering::SeqCst);
         let (live, dead): (Vec<Group>, Vec<Group>) = run.into_iter().partition(|g| g.generation != broken);
         if !dead.is_empty() {
-            let e = LogError::io(
-                "appending",
-                std::io::Error::other("an earlier write of the pipeline failed"),
-            );
+            let e = LogError::io("appending", std::io::Error::other("an earlier write of the pipeline failed"));
             dead.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
         }
         if live.is_empty() {
@@ -899,8 +866,7 @@ impl Syncer {
             }
         }
         for (segment, file) in files {
-            file.sync_data()
-                .map_err(|e| LogError::io(format!("syncing segment {segment}"), e))?;
+            file.sync_data().map_err(|e| LogError::io(format!("syncing segment {segment}"), e))?;
         }
         Ok(())
     }
@@ -993,14 +959,11 @@ fn reply_err(r: Request, e: LogError) {
 /// I/O errors are not `Clone`; a group's failure is reported to each member.
 fn clone_error(e: &LogError) -> LogError {
     match e {
-        LogError::Io { context, source } => LogError::Io {
-            context: context.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
+        LogError::Io { context, source } => {
+            LogError::Io { context: context.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
         LogError::Poisoned { reason } => LogError::Poisoned { reason: reason.clone() },
         LogError::Closed => LogError::Closed,
-        other => LogError::Poisoned {
-            reason: other.to_string(),
-        },
+        other => LogError::Poisoned { reason: other.to_string() },
     }
 }
