@@ -549,16 +549,7 @@ impl Stager {
     /// After a failed write: waits until the syncer has failed every staged
     /// group, then takes the published state as the tail again.
     fn reset(&mut self) {
-        let (tx, rx) = mpsc::channel();
-        if self
-            .to_syncer
-            .send(ToSyncer::Barrier(Box::new(move || {
-                let _ = tx.send(());
-            })))
-            .is_ok()
-        {
-            let _ = rx.recv();
-        }
+        self.wait_for_syncer();
         let idx = self.shared.read();
         self.rules = idx.streams.iter().map(|(k, s)| (k.clone(), s.rules.clone())).collect();
         self.ids.forget_from(idx.next_position);
