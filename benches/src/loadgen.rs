@@ -70,7 +70,13 @@ enum Command {
     },
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
-    LogOpen { dir: PathBuf },
+    LogOpen {
+        dir: PathBuf,
+        /// Seed byte of the checkpoint signing key the log was written with
+        /// (loadgen writes with 1, eventlog-torture with 3).
+        #[arg(long, default_value_t = 1)]
+        key_seed: u8,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,9 +97,9 @@ fn main() -> Result<()> {
             }
             result
         }
-        Command::LogOpen { dir } => {
+        Command::LogOpen { dir, key_seed } => {
             let started = Instant::now();
-            let log = FileLog::open(&dir, config())?;
+            let log = FileLog::open(&dir, FileLogConfig::new(SigningKey::from_bytes(&[key_seed; 32])))?;
             let open_ms = started.elapsed().as_secs_f64() * 1000.0;
             println!("OPEN open_ms={open_ms:.0} rss_mb={:.1} events={}", rss_mb(), log.head());
             Ok(())

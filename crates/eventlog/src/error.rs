@@ -78,6 +78,14 @@ pub enum LogError {
     #[error("log is unavailable for writes after an unrecoverable i/o error; reopen it: {reason}")]
     Poisoned { reason: String },
 
+    /// The configured checkpoint signing key is not the one the log was
+    /// created with.
+    #[error(
+        "log {} was created with signing key {recorded}, but it is being opened with {configured}",
+        dir.display()
+    )]
+    WrongSigningKey { dir: PathBuf, configured: String, recorded: String },
+
     /// Another process (or another `FileLog` in this one) has the log open.
     #[error("log directory {} is in use by another process", dir.display())]
     Locked { dir: PathBuf },

@@ -560,3 +560,18 @@ async fn a_second_open_of_the_same_directory_is_refused_while_the_first_lives() 
     drop(first);
     FileLog::open(&path, config()).expect("reopens once the first is closed");
 }
+
+#[tokio::test]
+async fn opening_with_another_signing_key_is_refused_naming_both_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let log = FileLog::open(&path, config()).unwrap();
+    populate(&log).await;
+    drop(log);
+    let other = FileLogConfig::new(SigningKey::from_bytes(&[2; 32]));
+    let err = FileLog::open(&path, other).unwrap_err();
+    assert!(matches!(err, LogError::WrongSigningKey { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&eventlog::file::public_key_hex(&key())), "{message}");
+    assert!(message.contains(&eventlog::file::public_key_hex(&SigningKey::from_bytes(&[2; 32]))), "{message}");
+}

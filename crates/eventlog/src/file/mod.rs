@@ -363,12 +363,17 @@ impl FileLog {
     }
 }
 
+/// The public half of a checkpoint signing key, as hex.
+pub fn public_key_hex(key: &SigningKey) -> String {
+    key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn write_public_key(vfs: &dyn Vfs, dir: &Path, key: &SigningKey) {
     let path = dir.join(PUBLIC_KEY_FILE);
     if vfs.exists(&path) {
         return;
     }
-    let hex: String = key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = public_key_hex(key);
     let written =
         vfs.open(&path, true).and_then(|f| f.write_at(0, format!("{hex}\n").as_bytes()).and_then(|_| f.sync_data()));
     if let Err(e) = written {

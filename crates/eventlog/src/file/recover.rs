@@ -282,6 +282,26 @@ fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failu
     Ok(())
 }
 
+/// Refuses a signing key other than the one the log was created with (as
+/// recorded in `signing.pub`): its checkpoints would not verify, and a
+/// second key would split the audit trail.
+fn check_recorded_key(dir: &Path, config: &FileLogConfig) -> Result<()> {
+    let path = dir.join(super::PUBLIC_KEY_FILE);
+    if !config.vfs.exists(&path) {
+        return Ok(());
+    }
+    let io = |e| LogError::io(format!("reading {}", path.display()), e);
+    let file = config.vfs.open(&path, false).map_err(io)?;
+    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
+    file.read_at(0, &mut bytes).map_err(io)?;
+    let recorded = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let configured = super::public_key_hex(&config.signing_key);
+    if recorded != configured {
+        return Err(LogError::WrongSigningKey { dir: dir.to_path_buf(), configured, recorded });
+    }
+    Ok(())
+}
+
 /// Refuses to open a log shorter than its latest signed head: the head is
 /// written only after its checkpoint frame is durable, so a shorter log was
 /// truncated, not torn.
@@ -296,6 +316,7 @@ fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64) -> Re
     let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
     file.read_at(0, &mut bytes).map_err(io)?;
     let head = format::decode_head(&bytes).map_err(corrupt)?;
+    check_recorded_key(dir, config)?;
     let message = format::checkpoint_message(&head.chain, head.frame_count, head.next_position, head.signed_at_micros);
     let signature =
         ed25519_dalek::Signature::from_slice(&head.signature).map_err(|e| corrupt(format!("bad signature: {e}")))?;
