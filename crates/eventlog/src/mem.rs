@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::model::{StreamRules, validate_appends};
+use crate::model::{Earlier, StreamRules, check_repeat, readable_metadata, validate_appends, whole_repeat};
 use crate::{
     AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
     ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, SystemClock, validate_stream_name,
@@ -64,44 +64,9 @@ impl MemLog {
     }
 }
 
-/// Result of looking an append's event ids up among earlier appends.
-enum Idempotency {
-    New,
-    Repeat(AppendResult),
-}
-
-fn check_idempotent(state: &State, append: &StreamAppend) -> Result<Idempotency> {
-    let lookup = |id: &Uuid| state.ids.get(id).and_then(|&p| state.events[p as usize].as_ref());
-    let Some(first) = lookup(&append.events[0].id) else {
-        if let Some(e) = append.events.iter().find(|e| lookup(&e.id).is_some()) {
-            return Err(LogError::EventIdReused {
-                id: e.id,
-                detail: "the batch mixes new events with events appended before".into(),
-            });
-        }
-        return Ok(Idempotency::New);
-    };
-    let mut last = first;
-    for (i, event) in append.events.iter().enumerate() {
-        let Some(earlier) = lookup(&event.id) else {
-            return Err(LogError::EventIdReused {
-                id: append.events[0].id,
-                detail: "the batch mixes new events with events appended before".into(),
-            });
-        };
-        if &*earlier.stream != append.stream.as_str()
-            || earlier.version != first.version + i as u64
-            || &earlier.event != event
-        {
-            return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
-        }
-        last = earlier;
-    }
-    Ok(Idempotency::Repeat(AppendResult {
-        next_expected_version: last.version,
-        first_position: first.position,
-        last_position: last.position,
-    }))
+fn earlier(state: &State, id: &Uuid) -> Option<Earlier> {
+    let e = state.ids.get(id).and_then(|&p| state.events[p as usize].as_ref())?;
+    Some(Earlier { stream: e.stream.clone(), version: e.version, position: e.position, event: e.event.clone() })
 }
 
 impl EventLog for MemLog {
@@ -111,18 +76,12 @@ impl EventLog for MemLog {
             let mut state = self.lock();
             let mut repeats = Vec::new();
             for append in &appends {
-                if let Idempotency::Repeat(r) = check_idempotent(&state, append)? {
+                if let Some(r) = check_repeat(append, |id| Ok(earlier(&state, id)))? {
                     repeats.push(r);
                 }
             }
-            if !repeats.is_empty() {
-                if repeats.len() == appends.len() {
-                    return Ok(repeats);
-                }
-                return Err(LogError::EventIdReused {
-                    id: appends[0].events[0].id,
-                    detail: "a multi-stream append partly repeats an earlier append".into(),
-                });
+            if let Some(results) = whole_repeat(&appends, repeats)? {
+                return Ok(results);
             }
             for append in &appends {
                 let rules = state.streams.get(append.stream.as_str()).map(|s| s.rules.clone()).unwrap_or_default();
@@ -243,13 +202,7 @@ impl EventLog for MemLog {
         Box::pin(async move {
             validate_stream_name(stream)?;
             let state = self.lock();
-            match state.streams.get(stream) {
-                Some(s) if s.rules.deletion == crate::model::Deletion::Hard => {
-                    Err(LogError::StreamDeleted { stream: stream.to_owned() })
-                }
-                Some(s) => Ok(s.rules.metadata),
-                None => Ok(StreamMetadata::default()),
-            }
+            readable_metadata(stream, state.streams.get(stream).map(|s| &s.rules))
         })
     }
 

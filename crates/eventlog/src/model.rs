@@ -505,3 +505,74 @@ impl StreamRules {
         }
     }
 }
+
+/// An earlier event found by id: its stream, version, position, content.
+pub(crate) struct Earlier {
+    pub stream: Arc<str>,
+    pub version: u64,
+    pub position: u64,
+    pub event: NewEvent,
+}
+
+/// Idempotency by event id, shared by the backends: `Ok(Some)` when every
+/// event of `append` was appended before, to the same stream, at
+/// consecutive versions, with the same content (a retry: the original
+/// result); `Ok(None)` when none was; an error for anything in between.
+/// `earlier` looks an id up among stored events (`None` if unknown or
+/// scavenged).
+pub(crate) fn check_repeat(
+    append: &StreamAppend,
+    mut earlier: impl FnMut(&Uuid) -> Result<Option<Earlier>, LogError>,
+) -> Result<Option<AppendResult>, LogError> {
+    let mut found = Vec::with_capacity(append.events.len());
+    for e in &append.events {
+        found.push(earlier(&e.id)?);
+    }
+    if found.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mixed = || LogError::EventIdReused {
+        id: append.events[0].id,
+        detail: "the batch mixes new events with events appended before".into(),
+    };
+    let first = found[0].as_ref().ok_or_else(mixed)?;
+    for (i, (event, e)) in append.events.iter().zip(&found).enumerate() {
+        let e = e.as_ref().ok_or_else(mixed)?;
+        if e.stream.as_ref() != append.stream.as_str() || e.version != first.version + i as u64 || &e.event != event {
+            return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
+        }
+    }
+    let last = found.last().and_then(Option::as_ref).expect("checked above");
+    Ok(Some(AppendResult {
+        next_expected_version: last.version,
+        first_position: first.position,
+        last_position: last.position,
+    }))
+}
+
+/// Combines the per-stream repeat checks of a (multi-stream) append:
+/// `Some` when the whole append is a retry, an error when only part is.
+pub(crate) fn whole_repeat(
+    appends: &[StreamAppend],
+    repeats: Vec<AppendResult>,
+) -> Result<Option<Vec<AppendResult>>, LogError> {
+    if repeats.is_empty() {
+        Ok(None)
+    } else if repeats.len() == appends.len() {
+        Ok(Some(repeats))
+    } else {
+        Err(LogError::EventIdReused {
+            id: appends[0].events[0].id,
+            detail: "a multi-stream append partly repeats an earlier append".into(),
+        })
+    }
+}
+
+/// The metadata of a stream as reads report it.
+pub(crate) fn readable_metadata(stream: &str, rules: Option<&StreamRules>) -> Result<StreamMetadata, LogError> {
+    match rules {
+        Some(r) if r.deletion == Deletion::Hard => Err(LogError::StreamDeleted { stream: stream.to_owned() }),
+        Some(r) => Ok(r.metadata),
+        None => Ok(StreamMetadata::default()),
+    }
+}

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 pub use self::verify::{VerifyReport, verify_log};
 use self::vfs::{StorageFile, Vfs};
 use self::writer::{MetaOp, Request};
-use crate::model::{Deletion, StreamRules, validate_appends};
+use crate::model::{StreamRules, validate_appends};
 use crate::{
     AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
     ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, SystemClock, validate_stream_name,
@@ -439,13 +439,7 @@ impl EventLog for FileLog {
         Box::pin(async move {
             validate_stream_name(stream)?;
             let idx = self.shared.read();
-            match idx.streams.get(stream) {
-                Some(s) if s.rules.deletion == Deletion::Hard => {
-                    Err(LogError::StreamDeleted { stream: stream.to_owned() })
-                }
-                Some(s) => Ok(s.rules.metadata),
-                None => Ok(StreamMetadata::default()),
-            }
+            crate::model::readable_metadata(stream, idx.streams.get(stream).map(|s| &s.rules))
         })
     }
 

@@ -32,7 +32,7 @@ use super::format::{self, SEGMENT_HEADER_LEN};
 use super::recover::create_segment;
 use super::vfs::StorageFile;
 use super::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, Shared, pack_loc};
-use crate::model::{Deletion, StreamRules};
+use crate::model::{Deletion, Earlier, StreamRules, check_repeat, whole_repeat};
 use crate::{
     AppendResult, DeleteMode, ExpectedVersion, LogError, NewEvent, RecordedEvent, Result, StreamAppend, StreamMetadata,
 };
@@ -369,9 +369,6 @@ impl Txn {
     }
 }
 
-/// An earlier event found by id: stream, version, position, content.
-type EarlierEvent = (Arc<str>, u64, u64, NewEvent);
-
 impl Stager {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         loop {
@@ -643,18 +640,12 @@ impl Stager {
     fn stage_append(&mut self, txn: &mut Txn, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         let mut repeats = Vec::new();
         for a in &appends {
-            if let Some(r) = self.check_idempotent(txn, a)? {
+            if let Some(r) = check_repeat(a, |id| self.earlier(txn, id))? {
                 repeats.push(r);
             }
         }
-        if !repeats.is_empty() {
-            if repeats.len() == appends.len() {
-                return Ok(repeats);
-            }
-            return Err(LogError::EventIdReused {
-                id: appends[0].events[0].id,
-                detail: "a multi-stream append partly repeats an earlier append".into(),
-            });
+        if let Some(results) = whole_repeat(&appends, repeats)? {
+            return Ok(results);
         }
         for a in &appends {
             match self.rules.get(a.stream.as_str()) {
@@ -703,12 +694,12 @@ impl Stager {
 
     /// The earlier event with this id, if it is in the window and still
     /// stored (not scavenged).
-    fn earlier(&self, txn: &Txn, id: &Uuid) -> Result<Option<EarlierEvent>> {
+    fn earlier(&self, txn: &Txn, id: &Uuid) -> Result<Option<Earlier>> {
         let Some((stream, version, position)) = self.ids.get(id) else {
             return Ok(None);
         };
         if position >= txn.first_position {
-            return Ok(txn.find_event(position).map(|e| (stream, version, position, e)));
+            return Ok(txn.find_event(position).map(|event| Earlier { stream, version, position, event }));
         }
         if position >= *self.shared.head.borrow() {
             // On its way to disk: wait until it is published (or failed).
@@ -733,40 +724,7 @@ impl Stager {
             return Ok(None);
         };
         let recorded: RecordedEvent = self.shared.to_recorded(stored, loc)?;
-        Ok(Some((stream, version, position, recorded.event)))
-    }
-
-    /// `Some` when every event of the append was appended before (a retry).
-    fn check_idempotent(&self, txn: &Txn, append: &StreamAppend) -> Result<Option<AppendResult>> {
-        let Some(first) = self.earlier(txn, &append.events[0].id)? else {
-            for e in &append.events[1..] {
-                if self.ids.get(&e.id).is_some() && self.earlier(txn, &e.id)?.is_some() {
-                    return Err(LogError::EventIdReused {
-                        id: e.id,
-                        detail: "the batch mixes new events with events appended before".into(),
-                    });
-                }
-            }
-            return Ok(None);
-        };
-        let mut last_position = first.2;
-        for (i, event) in append.events.iter().enumerate() {
-            let Some((stream, version, position, earlier)) = self.earlier(txn, &event.id)? else {
-                return Err(LogError::EventIdReused {
-                    id: append.events[0].id,
-                    detail: "the batch mixes new events with events appended before".into(),
-                });
-            };
-            if &*stream != append.stream.as_str() || version != first.1 + i as u64 || &earlier != event {
-                return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
-            }
-            last_position = position;
-        }
-        Ok(Some(AppendResult {
-            next_expected_version: first.1 + append.events.len() as u64 - 1,
-            first_position: first.2,
-            last_position,
-        }))
+        Ok(Some(Earlier { stream, version, position, event: recorded.event }))
     }
 }
 
