@@ -87,7 +87,7 @@ impl FileLogConfig {
             checkpoint_every_frames: 1024,
             checkpoint_interval: Duration::from_secs(1),
             idempotency_window: 262_144,
-            max_group_bytes: 8 << 20,
+            max_group_bytes: 256 << 10,
             signing_key,
             clock: Arc::new(SystemClock),
             vfs: Arc::new(vfs::OsVfs),
