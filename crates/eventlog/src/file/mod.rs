@@ -547,8 +547,9 @@ mod tests {
             let buckets: std::collections::HashSet<u64> =
                 (0..10_000u128).map(|i| b.hash_one(uuid::Uuid::from_u128(base.wrapping_add(i))) & 1023).collect();
             assert!(buckets.len() > 950, "only {} of 1024 buckets used for base {base:#x}", buckets.len());
-            let big_endian_counter: std::collections::HashSet<u64> =
-                (0..10_000u128).map(|i| b.hash_one(uuid::Uuid::from_u128(base.wrapping_add(i << 120))) & 1023).collect();
+            let big_endian_counter: std::collections::HashSet<u64> = (0..10_000u128)
+                .map(|i| b.hash_one(uuid::Uuid::from_u128(base.wrapping_add(i << 120))) & 1023)
+                .collect();
             assert!(big_endian_counter.len() > 200, "high-byte counters collapse ({})", big_endian_counter.len());
         }
     }
