@@ -452,6 +452,34 @@ pub fn encode_batch_frame(out: &mut Vec<u8>, group_start: u64, chain: &[u8; 32],
     out.len() - start
 }
 
+/// Offset of the 32 chain bytes inside an encoded frame (header included):
+/// `group_start` (field 1, omitted when 0) comes first, then the chain.
+pub fn chain_offset_in_frame(group_start: u64) -> usize {
+    FRAME_HEADER_LEN + varint_field_len(group_start) + 2
+}
+
+/// Finishes a frame encoded with a zero chain: writes `chain` and the CRC.
+pub fn seal_frame(frame: &mut [u8], group_start: u64, chain: &[u8; 32]) {
+    let at = chain_offset_in_frame(group_start);
+    frame[at..at + 32].copy_from_slice(chain);
+    let crc = crc32c::crc32c(&frame[FRAME_HEADER_LEN..]);
+    frame[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The digest of a checkpoint frame from its encoded `Checkpoint` bytes.
+pub fn checkpoint_digest(message: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pypes/checkpoint/v1\0");
+    h.update(message);
+    h.finalize().into()
+}
+
+/// Decodes a frame's body without checking its CRC (for frames this
+/// process is still building, whose CRC is not written yet).
+pub fn decode_frame_unchecked(frame: &[u8]) -> Option<Frame> {
+    Frame::decode(frame.get(FRAME_HEADER_LEN..)?).ok()
+}
+
 /// The running digest of a batch frame (see [`frame_digest`]).
 pub fn batch_digest_start() -> Sha256 {
     let mut h = Sha256::new();

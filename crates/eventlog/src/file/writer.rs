@@ -23,7 +23,7 @@ use bytes::Bytes;
 use ed25519_dalek::Signer;
 use prost::Message;
 use proto::log::{Checkpoint, DeleteKind, Frame, StreamMetadataChange, frame};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use tokio::sync::oneshot;
 use tracing::warn;
 use uuid::Uuid;
@@ -117,7 +117,6 @@ pub(super) struct TailState {
     active_no: u64,
     active: Arc<dyn StorageFile>,
     active_len: u64,
-    chain: [u8; 32],
     frame_count: u64,
     next_position: u64,
     frames_since_checkpoint: u64,
@@ -129,7 +128,6 @@ impl TailState {
             active_no: idx.end_segment,
             active,
             active_len: idx.end_offset,
-            chain: idx.chain,
             frame_count: idx.frames.len() as u64,
             next_position: idx.next_position,
             frames_since_checkpoint: idx.frames_since_checkpoint,
@@ -174,10 +172,28 @@ struct Group {
     /// Streams changed: their rules after the group and new event locations.
     streams: Vec<(Arc<str>, StreamRules, Vec<u64>)>,
     next_position: u64,
+    /// Chain value after the group: set by the syncer when it seals.
     chain: [u8; 32],
     frames_since_checkpoint: u64,
+    /// The group's checkpoint, completed (chain, signature) when sealed.
     checkpoint: Option<Checkpoint>,
+    durable_floor: u64,
+    /// What the syncer finishes in `buf`: chain values, CRCs, signatures.
+    seals: Vec<Seal>,
+    /// Byte ranges of the events in `buf`, for the batch digests.
+    event_ranges: Vec<(u32, u32)>,
     replies: Vec<Reply>,
+}
+
+/// A frame the stager encoded with a zero chain and CRC, for the syncer to
+/// finish in order: hashing moves off the stager, the busier thread.
+enum Seal {
+    /// A batch: its digest covers each event's bytes (`event_ranges`).
+    Batch { at: usize, len: usize, events: std::ops::Range<usize> },
+    /// A metadata frame; the stager computed its digest.
+    Digest { at: usize, len: usize, digest: [u8; 32] },
+    /// A checkpoint: the syncer fills in the chain so far and signs it.
+    Checkpoint { at: usize, len: usize, message_at: usize, message_len: usize },
 }
 
 enum ToSyncer {
@@ -204,7 +220,8 @@ pub(super) fn start(
         shared: shared.clone(),
         broken: broken.clone(),
         recycle,
-        commit_lock: std::sync::Mutex::new(()),
+        commit_lock: std::sync::Mutex::new(shared.read().chain),
+        signing_key: config.signing_key.clone(),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
     let committer = syncer.clone();
@@ -257,7 +274,9 @@ struct Stager {
 /// The batch frame being built for the current group.
 struct OpenBatch {
     body: Vec<u8>,
-    hasher: Sha256,
+    /// Index of this batch's first range in `Txn::event_ranges` (ranges are
+    /// relative to `body` until the batch is closed).
+    ranges_start: usize,
     first_position: u64,
     entries: u32,
     ordinal: u64,
@@ -272,7 +291,8 @@ struct Txn {
     /// recovery can tell a torn tail from corruption of synced data.
     durable_floor: u64,
     buf: Vec<u8>,
-    chain: [u8; 32],
+    seals: Vec<Seal>,
+    event_ranges: Vec<(u32, u32)>,
     frame_count: u64,
     next_position: u64,
     now: i64,
@@ -292,29 +312,39 @@ impl Txn {
 
     fn close_batch(&mut self) {
         let Some(mut batch) = self.batch.take() else { return };
-        let digest: [u8; 32] = batch.hasher.finalize().into();
-        self.chain = format::chain_next(&self.chain, &digest);
-        let offset = self.buf.len();
-        let len = format::encode_batch_frame(&mut self.buf, self.durable_floor, &self.chain, &batch.body);
-        let loc = self.frame_loc(offset, len, batch.entries);
+        let at = self.buf.len();
+        let len = format::encode_batch_frame(&mut self.buf, self.durable_floor, &[0; 32], &batch.body);
+        let body_at = (at + len - batch.body.len()) as u32;
+        for r in &mut self.event_ranges[batch.ranges_start..] {
+            *r = (r.0 + body_at, r.1 + body_at);
+        }
+        self.seals.push(Seal::Batch { at, len, events: batch.ranges_start..self.event_ranges.len() });
+        let loc = self.frame_loc(at, len, batch.entries);
         self.frames.push((loc, Some(batch.first_position)));
         self.frame_count += 1;
         batch.body.clear();
         self.spare_body = batch.body;
     }
 
-    /// Adds a metadata or checkpoint frame (closing the open batch first).
-    fn add_frame(&mut self, body: frame::Body) {
+    /// Adds a metadata or checkpoint frame (closing the open batch first),
+    /// encoded with a zero chain; returns where it is and how long.
+    fn add_frame(&mut self, body: frame::Body) -> (usize, usize) {
         self.close_batch();
-        let mut frame = Frame { group_start: self.durable_floor, chain: Bytes::new(), body: Some(body) };
-        let digest = format::frame_digest(&frame).expect("metadata and checkpoint frames always digest");
-        self.chain = format::chain_next(&self.chain, &digest);
-        frame.chain = Bytes::copy_from_slice(&self.chain);
-        let offset = self.buf.len();
+        let frame = Frame { group_start: self.durable_floor, chain: vec![0; 32].into(), body: Some(body) };
+        let at = self.buf.len();
         let len = format::encode_frame(&frame, &mut self.buf);
-        let loc = self.frame_loc(offset, len, 0);
+        let loc = self.frame_loc(at, len, 0);
         self.frames.push((loc, None));
         self.frame_count += 1;
+        (at, len)
+    }
+
+    fn add_metadata_frame(&mut self, change: &StreamMetadataChange) {
+        let body = frame::Body::Metadata(change.encode_to_vec().into());
+        let digest = format::frame_digest(&Frame { group_start: 0, chain: Bytes::new(), body: Some(body.clone()) })
+            .expect("metadata frames always digest");
+        let (at, len) = self.add_frame(body);
+        self.seals.push(Seal::Digest { at, len, digest });
     }
 
     /// The event at `position` staged in this group (a rare path: a retry
@@ -340,10 +370,7 @@ impl Txn {
                 continue;
             }
             let at = (loc.offset as u64 - self.start) as usize;
-            let format::FrameParse::Frame { frame, .. } = format::parse_frame(&self.buf[at..at + loc.len as usize])
-            else {
-                return None;
-            };
+            let frame = format::decode_frame_unchecked(&self.buf[at..at + loc.len as usize])?;
             let Some(frame::Body::Batch(batch)) = frame.body else {
                 return None;
             };
@@ -357,11 +384,12 @@ impl Txn {
         if self.batch.as_ref().is_some_and(|b| b.body.len() + size > limit) {
             self.close_batch();
         }
-        let (next_position, frame_count) = (self.next_position, self.frame_count);
+        let (next_position, frame_count, ranges_start) =
+            (self.next_position, self.frame_count, self.event_ranges.len());
         let spare = &mut self.spare_body;
         self.batch.get_or_insert_with(|| OpenBatch {
             body: std::mem::take(spare),
-            hasher: format::batch_digest_start(),
+            ranges_start,
             first_position: next_position,
             entries: 0,
             ordinal: frame_count,
@@ -434,7 +462,8 @@ impl Stager {
             start: self.tail.active_len,
             durable_floor: self.durable_floor(),
             buf,
-            chain: self.tail.chain,
+            seals: Vec::new(),
+            event_ranges: Vec::new(),
             frame_count: self.tail.frame_count,
             next_position: self.tail.next_position,
             now: self.config.clock.now_micros(),
@@ -511,13 +540,15 @@ impl Stager {
             frames: txn.frames,
             streams,
             next_position: txn.next_position,
-            chain: txn.chain,
+            chain: [0; 32],
+            durable_floor: txn.durable_floor,
+            seals: txn.seals,
+            event_ranges: txn.event_ranges,
             frames_since_checkpoint: self.tail.frames_since_checkpoint,
             checkpoint: txn.checkpoint,
             replies,
         };
         self.tail.active_len += written;
-        self.tail.chain = txn.chain;
         self.tail.frame_count = txn.frame_count;
         self.tail.next_position = txn.next_position;
         if group.replies.len() <= 2 && self.committer.in_flight.load(Ordering::SeqCst) == 0 {
@@ -550,7 +581,6 @@ impl Stager {
         let idx = self.shared.read();
         self.rules = idx.streams.iter().map(|(k, s)| (k.clone(), s.rules.clone())).collect();
         self.ids.forget_from(idx.next_position);
-        self.tail.chain = idx.chain;
         self.tail.frame_count = idx.frames.len() as u64;
         self.tail.next_position = idx.next_position;
         self.tail.frames_since_checkpoint = idx.frames_since_checkpoint;
@@ -588,18 +618,21 @@ impl Stager {
         Ok(())
     }
 
+    /// Stages a checkpoint frame with a zero chain and signature of fixed
+    /// size; the syncer, which knows the chain, completes and signs it.
     fn stage_checkpoint(&mut self, txn: &mut Txn) {
         txn.close_batch();
-        let message = format::checkpoint_message(&txn.chain, txn.frame_count, txn.next_position, txn.now);
-        let signature = self.config.signing_key.sign(&message);
         let cp = Checkpoint {
-            chain: Bytes::copy_from_slice(&txn.chain),
+            chain: vec![0; 32].into(),
             frame_count: txn.frame_count,
             next_position: txn.next_position,
             signed_at_micros: txn.now,
-            signature: Bytes::copy_from_slice(&signature.to_bytes()),
+            signature: vec![0; 64].into(),
         };
-        txn.add_frame(frame::Body::Checkpoint(cp.encode_to_vec().into()));
+        let message = cp.encode_to_vec();
+        let message_len = message.len();
+        let (at, len) = txn.add_frame(frame::Body::Checkpoint(message.into()));
+        txn.seals.push(Seal::Checkpoint { at, len, message_at: at + len - message_len, message_len });
         txn.checkpoint = Some(cp);
     }
 
@@ -632,7 +665,7 @@ impl Stager {
             }
         };
         let change = metadata_change(stream, rules, delete, txn.now);
-        txn.add_frame(frame::Body::Metadata(change.encode_to_vec().into()));
+        txn.add_metadata_frame(&change);
         txn.streams.entry(name).or_default();
         Ok(())
     }
@@ -677,7 +710,7 @@ impl Stager {
                 let version = first_version + i as u64;
                 let position = txn.next_position;
                 let range = format::encode_batch_entry(&mut batch.body, &event, &a.stream, version, position, now);
-                batch.hasher.update(format::sha256(&batch.body[range]));
+                txn.event_ranges.push((range.start as u32, range.end as u32));
                 locs.push(pack_loc(batch.ordinal, batch.entries));
                 batch.entries += 1;
                 self.ids.insert(event.id, name.clone(), version, position);
@@ -733,8 +766,11 @@ struct Syncer {
     shared: Arc<Shared>,
     broken: Arc<AtomicU64>,
     recycle: mpsc::Sender<Vec<u8>>,
-    /// Serialises commits of the syncer thread and inline ones.
-    commit_lock: std::sync::Mutex<()>,
+    /// Serialises commits of the syncer thread and inline ones, and holds
+    /// the hash chain after the last sealed frame.
+    commit_lock: std::sync::Mutex<[u8; 32]>,
+    /// Signs checkpoints as they are sealed.
+    signing_key: ed25519_dalek::SigningKey,
     /// Groups sent to the syncer thread and not yet committed.
     in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -774,7 +810,7 @@ impl Syncer {
         if run.is_empty() {
             return;
         }
-        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chain = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = self.shared.poisoned() {
             let e = LogError::Poisoned { reason };
             run.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
@@ -789,9 +825,16 @@ impl Syncer {
         if live.is_empty() {
             return;
         }
+        let mut live = live;
+        for g in &mut live {
+            self.seal(&mut chain, g);
+        }
         let written = self.write_and_sync(&live);
         if let Err(e) = written {
             self.roll_back(&live);
+            // Nothing of this run is published: the chain goes on from the
+            // last published frame.
+            *chain = self.shared.read().chain;
             let generation = live.iter().map(|g| g.generation).max().expect("non-empty");
             self.broken.store(generation, Ordering::SeqCst);
             warn!(error = %e, "append failed; its write group was cut off");
@@ -799,6 +842,45 @@ impl Syncer {
             return;
         }
         self.publish(live);
+    }
+
+    /// Finishes the frames of a group in order: frame digests, chain
+    /// values, checkpoint signatures, CRCs.
+    fn seal(&self, chain: &mut [u8; 32], g: &mut Group) {
+        for seal in &g.seals {
+            let (at, len) = match *seal {
+                Seal::Batch { at, len, ref events } => {
+                    let mut h = format::batch_digest_start();
+                    for &(start, end) in &g.event_ranges[events.clone()] {
+                        h.update(format::sha256(&g.buf[start as usize..end as usize]));
+                    }
+                    *chain = format::chain_next(chain, &h.finalize().into());
+                    (at, len)
+                }
+                Seal::Digest { at, len, digest } => {
+                    *chain = format::chain_next(chain, &digest);
+                    (at, len)
+                }
+                Seal::Checkpoint { at, len, message_at, message_len } => {
+                    let cp = g.checkpoint.as_mut().expect("a checkpoint seal comes with its checkpoint");
+                    let message =
+                        format::checkpoint_message(chain, cp.frame_count, cp.next_position, cp.signed_at_micros);
+                    let signature = self.signing_key.sign(&message).to_bytes();
+                    cp.chain = Bytes::copy_from_slice(chain);
+                    cp.signature = Bytes::copy_from_slice(&signature);
+                    // The encoded Checkpoint starts with the chain (field 1)
+                    // and ends with the signature (field 5), both fixed size.
+                    let m = &mut g.buf[message_at..message_at + message_len];
+                    m[2..34].copy_from_slice(chain);
+                    m[message_len - 64..].copy_from_slice(&signature);
+                    debug_assert_eq!(&*m, &cp.encode_to_vec()[..]);
+                    *chain = format::chain_next(chain, &format::checkpoint_digest(m));
+                    (at, len)
+                }
+            };
+            format::seal_frame(&mut g.buf[at..at + len], g.durable_floor, chain);
+        }
+        g.chain = *chain;
     }
 
     fn write_and_sync(&self, run: &[Group]) -> Result<()> {
