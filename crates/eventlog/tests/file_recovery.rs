@@ -575,3 +575,31 @@ async fn opening_with_another_signing_key_is_refused_naming_both_keys() {
     assert!(message.contains(&eventlog::file::public_key_hex(&key())), "{message}");
     assert!(message.contains(&eventlog::file::public_key_hex(&SigningKey::from_bytes(&[2; 32]))), "{message}");
 }
+
+#[tokio::test]
+async fn a_log_in_a_relative_directory_opens_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let _cwd = CwdGuard::enter(dir.path());
+    let log = FileLog::open("rel-log", config()).unwrap();
+    log.append("s", ExpectedVersion::Any, vec![ev("relative")]).await.unwrap();
+    drop(log);
+    let log = FileLog::open("rel-log", config()).unwrap();
+    assert_eq!(everything(&log).await.len(), 1);
+}
+
+/// Changes the working directory for one test and restores it.
+struct CwdGuard(PathBuf);
+
+impl CwdGuard {
+    fn enter(dir: &Path) -> Self {
+        let old = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir).unwrap();
+        CwdGuard(old)
+    }
+}
+
+impl Drop for CwdGuard {
+    fn drop(&mut self) {
+        let _ = std::env::set_current_dir(&self.0);
+    }
+}

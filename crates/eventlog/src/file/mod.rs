@@ -351,8 +351,16 @@ impl FileLog {
         }
         let vfs = config.vfs.clone();
         let segments_dir = dir.join("segments");
+        let fresh = !vfs.exists(&segments_dir);
         vfs.create_dir_all(&segments_dir)
             .map_err(|e| LogError::io(format!("creating {}", segments_dir.display()), e))?;
+        if fresh {
+            // Make the new directories' own entries durable, so the first
+            // acknowledged append cannot vanish with its directory.
+            for d in [dir.as_path(), vfs::parent(&dir).as_path()] {
+                vfs.sync_dir(d).map_err(|e| LogError::io(format!("syncing directory {}", d.display()), e))?;
+            }
+        }
         let lock_path = dir.join(LOCK_FILE);
         let dir_lock = vfs.lock(&lock_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => LogError::Locked { dir: dir.clone() },

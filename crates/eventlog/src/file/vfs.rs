@@ -109,5 +109,5 @@ impl Vfs for OsVfs {
 
 /// Parent directory of a path, for `sync_dir` after creating or renaming.
 pub fn parent(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    path.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
