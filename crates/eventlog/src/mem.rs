@@ -242,8 +242,3 @@ impl EventLog for MemLog {
         })
     }
 }
-
-/// Convenience for tests: a fresh in-memory log behind the port.
-pub fn new_shared() -> Arc<dyn EventLog> {
-    Arc::new(MemLog::new())
-}

@@ -536,13 +536,14 @@ pub(crate) fn check_repeat(
         detail: "the batch mixes new events with events appended before".into(),
     };
     let first = found[0].as_ref().ok_or_else(mixed)?;
+    let mut last = first;
     for (i, (event, e)) in append.events.iter().zip(&found).enumerate() {
         let e = e.as_ref().ok_or_else(mixed)?;
         if e.stream.as_ref() != append.stream.as_str() || e.version != first.version + i as u64 || &e.event != event {
             return Err(LogError::EventIdReused { id: event.id, detail: "content differs".into() });
         }
+        last = e;
     }
-    let last = found.last().and_then(Option::as_ref).expect("checked above");
     Ok(Some(AppendResult {
         next_expected_version: last.version,
         first_position: first.position,

@@ -26,6 +26,15 @@ pub const GENESIS_CHAIN: [u8; 32] = [0; 32];
 /// Magic of the `head.sig` file that holds the latest signed checkpoint.
 pub const HEAD_MAGIC: [u8; 8] = *b"PYPESHD1";
 
+/// Little-endian integers from slices whose length the caller checked.
+fn le_u32(b: &[u8]) -> u32 {
+    b.iter().take(4).rev().fold(0, |v, &x| (v << 8) | u32::from(x))
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    b.iter().take(8).rev().fold(0, |v, &x| (v << 8) | u64::from(x))
+}
+
 pub fn segment_file_name(number: u64) -> String {
     format!("{number:010}.seg")
 }
@@ -54,14 +63,14 @@ pub fn check_segment_header(bytes: &[u8], expected_number: u64) -> Result<(), St
     if bytes[..8] != SEGMENT_MAGIC {
         return Err("bad segment magic".into());
     }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let version = le_u32(&bytes[8..12]);
     if version != SEGMENT_FORMAT_VERSION {
         return Err(format!("unsupported segment format version {version}"));
     }
     if bytes[12..16] != [0; 4] {
         return Err("reserved segment header bytes are not zero".into());
     }
-    let number = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    let number = le_u64(&bytes[16..24]);
     if number != expected_number {
         return Err(format!("segment header says number {number}, file name says {expected_number}"));
     }
@@ -76,7 +85,8 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    frame.encode(out).expect("vec has room");
+    // A Vec grows as needed, so raw encoding cannot run out of room.
+    frame.encode_raw(out);
     let crc = crc32c::crc32c(&out[start + FRAME_HEADER_LEN..]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
@@ -123,15 +133,15 @@ fn parse_frame_header(buf: &[u8]) -> Result<usize, FrameParse> {
     if buf.len() < FRAME_HEADER_LEN {
         return Err(FrameParse::Incomplete);
     }
-    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    let magic = le_u32(&buf[0..4]);
     if magic != FRAME_MAGIC {
         return Err(FrameParse::Invalid(format!("bad frame magic {magic:#010x}")));
     }
-    let body_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    let body_len = le_u32(&buf[4..8]) as usize;
     if body_len > MAX_FRAME_BODY {
         return Err(FrameParse::Invalid(format!("frame length {body_len} is over the limit {MAX_FRAME_BODY}")));
     }
-    let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let crc = le_u32(&buf[8..12]);
     let Some(body) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + body_len) else {
         return Err(FrameParse::Incomplete);
     };
@@ -177,14 +187,8 @@ pub fn frame_digest(frame: &Frame) -> Result<[u8; 32], String> {
                 }
             }
         }
-        Some(frame::Body::Metadata(bytes)) => {
-            h.update(b"pypes/metadata/v1\0");
-            h.update(bytes);
-        }
-        Some(frame::Body::Checkpoint(bytes)) => {
-            h.update(b"pypes/checkpoint/v1\0");
-            h.update(bytes);
-        }
+        Some(frame::Body::Metadata(bytes)) => return Ok(metadata_digest(bytes)),
+        Some(frame::Body::Checkpoint(bytes)) => return Ok(checkpoint_digest(bytes)),
         None => return Err("frame has no body".into()),
     }
     Ok(h.finalize().into())
@@ -223,8 +227,8 @@ pub fn decode_head(bytes: &[u8]) -> Result<proto::log::Checkpoint, String> {
     if bytes.len() < 16 || bytes[..8] != HEAD_MAGIC {
         return Err("bad head.sig magic".into());
     }
-    let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    let len = le_u32(&bytes[8..12]) as usize;
+    let crc = le_u32(&bytes[12..16]);
     let body = bytes.get(16..16 + len).ok_or("head.sig is truncated")?;
     if crc32c::crc32c(body) != crc {
         return Err("head.sig checksum mismatch".into());
@@ -267,7 +271,7 @@ pub fn event_keys(buf: &[u8]) -> Result<EventKeys<'_>, String> {
                 let v = get_varint(buf, &mut at)?;
                 match tag {
                     3 => keys.version = v,
-                    4 => keys.global_position_set(v),
+                    4 => keys.position = v,
                     _ => {}
                 }
             }
@@ -291,12 +295,6 @@ pub fn event_keys(buf: &[u8]) -> Result<EventKeys<'_>, String> {
         return Err("field runs past the end".into());
     }
     Ok(keys)
-}
-
-impl EventKeys<'_> {
-    fn global_position_set(&mut self, v: u64) {
-        self.position = v;
-    }
 }
 
 /// Length of a protobuf varint.
@@ -464,6 +462,14 @@ pub fn seal_frame(frame: &mut [u8], group_start: u64, chain: &[u8; 32]) {
     frame[at..at + 32].copy_from_slice(chain);
     let crc = crc32c::crc32c(&frame[FRAME_HEADER_LEN..]);
     frame[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The digest of a metadata frame from its encoded `StreamMetadataChange`.
+pub fn metadata_digest(message: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"pypes/metadata/v1\0");
+    h.update(message);
+    h.finalize().into()
 }
 
 /// The digest of a checkpoint frame from its encoded `Checkpoint` bytes.

@@ -216,7 +216,7 @@ impl IdWindow {
         self.map.insert(id, (stream, version, position));
         self.order.push_back((id, position));
         while self.order.len() > self.cap {
-            let (old, pos) = self.order.pop_front().expect("non-empty");
+            let Some((old, pos)) = self.order.pop_front() else { break };
             if self.map.get(&old).is_some_and(|e| e.2 == pos) {
                 self.map.remove(&old);
             }
@@ -415,10 +415,6 @@ impl FileLog {
         self.dir_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
-
     async fn meta(&self, stream: &str, op: MetaOp) -> Result<()> {
         validate_stream_name(stream)?;
         if let MetaOp::Set(m) = &op {
@@ -530,14 +526,6 @@ impl EventLog for FileLog {
                 .map_err(|_| LogError::Closed)?
         })
     }
-}
-
-/// Generates a fresh Ed25519 signing key from the OS's randomness.
-pub fn generate_signing_key() -> Result<SigningKey> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| LogError::io("reading os randomness", std::io::Error::other(e.to_string())))?;
-    Ok(SigningKey::from_bytes(&seed))
 }
 
 #[cfg(test)]

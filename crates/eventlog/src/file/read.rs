@@ -96,11 +96,13 @@ impl Shared {
                 break;
             }
             for (version, ordinal, entry, loc, file) in batch {
-                if cached.as_ref().is_none_or(|(o, _)| *o != ordinal) {
-                    cached = Some((ordinal, self.read_frame(&*file, loc)?));
-                }
-                let frame = &cached.as_ref().expect("just set").1;
-                if let Some(stored) = self.entry_event(frame, entry, loc)? {
+                let frame = match cached.take() {
+                    Some((o, frame)) if o == ordinal => frame,
+                    _ => self.read_frame(&*file, loc)?,
+                };
+                let stored = self.entry_event(&frame, entry, loc)?;
+                cached = Some((ordinal, frame));
+                if let Some(stored) = stored {
                     if stored.stream != stream || stored.version != version {
                         return Err(
                             self.corrupt(loc, format!("index points at the wrong event for {stream}@{version}"))

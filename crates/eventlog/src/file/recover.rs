@@ -118,7 +118,10 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
                 if !index.streams.contains_key(stream) {
                     index.streams.insert(Arc::from(stream), FileStream::default());
                 }
-                let s = index.streams.get_mut(stream).expect("inserted above");
+                let s = index
+                    .streams
+                    .get_mut(stream)
+                    .ok_or_else(|| corrupt(format!("stream {stream:?} vanished from the index")))?;
                 if s.recovered_no == u32::MAX {
                     s.recovered_no = ids.names.len() as u32;
                     ids.names.push(Arc::from(stream));
@@ -185,7 +188,8 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     let mut index = Index::default();
     let mut ids = RecentIds { cap: config.idempotency_window, ring: VecDeque::new(), names: Vec::new() };
     let mut chain = format::GENESIS_CHAIN;
-    let last = *numbers.last().expect("at least one segment");
+    // `numbers` is 0..n without gaps (checked above) and never empty.
+    let last = numbers.len() as u64 - 1;
     for &number in &numbers {
         let path = segments_dir.join(format::segment_file_name(number));
         let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);

@@ -221,13 +221,6 @@ impl SimVfs {
         inode.durable = inode.volatile.clone();
         Ok(())
     }
-
-    pub fn file_len(&self, path: &Path) -> Option<u64> {
-        let s = self.lock();
-        let (dir, name) = split(path);
-        let id = s.volatile_dirs.get(&dir)?.get(&name)?;
-        Some(s.inodes[id].volatile.len() as u64)
-    }
 }
 
 fn write_into(data: &mut Vec<u8>, offset: u64, bytes: &[u8]) {

@@ -193,7 +193,7 @@ enum Seal {
     /// A metadata frame; the stager computed its digest.
     Digest { at: usize, len: usize, digest: [u8; 32] },
     /// A checkpoint: the syncer fills in the chain so far and signs it.
-    Checkpoint { at: usize, len: usize, message_at: usize, message_len: usize },
+    Checkpoint { at: usize, len: usize, message_at: usize, message_len: usize, checkpoint: Checkpoint },
 }
 
 enum ToSyncer {
@@ -271,7 +271,8 @@ struct Stager {
     spare_body: Vec<u8>,
 }
 
-/// The batch frame being built for the current group.
+/// The batch frame being built for the current group; empty (no entries)
+/// when none is open.
 struct OpenBatch {
     body: Vec<u8>,
     /// Index of this batch's first range in `Txn::event_ranges` (ranges are
@@ -284,7 +285,6 @@ struct OpenBatch {
 
 /// One group being staged.
 struct Txn {
-    spare_body: Vec<u8>,
     start: u64,
     /// Offset in this segment below which everything was durable when the
     /// group was staged: written into every frame (`group_start`) so that
@@ -298,11 +298,12 @@ struct Txn {
     now: i64,
     segment: u32,
     frames: Vec<(FrameLoc, Option<u64>)>,
-    batch: Option<OpenBatch>,
+    batch: OpenBatch,
     streams: HashMap<Arc<str>, Vec<u64>>,
     /// Position of the first event this group may hold.
     first_position: u64,
-    checkpoint: Option<Checkpoint>,
+    /// Whether the group ends with a checkpoint frame.
+    checkpoint: bool,
 }
 
 impl Txn {
@@ -311,19 +312,23 @@ impl Txn {
     }
 
     fn close_batch(&mut self) {
-        let Some(mut batch) = self.batch.take() else { return };
+        let (entries, first_position, ranges_start) =
+            (self.batch.entries, self.batch.first_position, self.batch.ranges_start);
+        if entries == 0 {
+            return;
+        }
         let at = self.buf.len();
-        let len = format::encode_batch_frame(&mut self.buf, self.durable_floor, &[0; 32], &batch.body);
-        let body_at = (at + len - batch.body.len()) as u32;
-        for r in &mut self.event_ranges[batch.ranges_start..] {
+        let len = format::encode_batch_frame(&mut self.buf, self.durable_floor, &[0; 32], &self.batch.body);
+        let body_at = (at + len - self.batch.body.len()) as u32;
+        for r in &mut self.event_ranges[ranges_start..] {
             *r = (r.0 + body_at, r.1 + body_at);
         }
-        self.seals.push(Seal::Batch { at, len, events: batch.ranges_start..self.event_ranges.len() });
-        let loc = self.frame_loc(at, len, batch.entries);
-        self.frames.push((loc, Some(batch.first_position)));
+        self.seals.push(Seal::Batch { at, len, events: ranges_start..self.event_ranges.len() });
+        let loc = self.frame_loc(at, len, entries);
+        self.frames.push((loc, Some(first_position)));
         self.frame_count += 1;
-        batch.body.clear();
-        self.spare_body = batch.body;
+        self.batch.body.clear();
+        self.batch.entries = 0;
     }
 
     /// Adds a metadata or checkpoint frame (closing the open batch first),
@@ -340,10 +345,9 @@ impl Txn {
     }
 
     fn add_metadata_frame(&mut self, change: &StreamMetadataChange) {
-        let body = frame::Body::Metadata(change.encode_to_vec().into());
-        let digest = format::frame_digest(&Frame { group_start: 0, chain: Bytes::new(), body: Some(body.clone()) })
-            .expect("metadata frames always digest");
-        let (at, len) = self.add_frame(body);
+        let bytes = Bytes::from(change.encode_to_vec());
+        let digest = format::metadata_digest(&bytes);
+        let (at, len) = self.add_frame(frame::Body::Metadata(bytes));
         self.seals.push(Seal::Digest { at, len, digest });
     }
 
@@ -358,9 +362,8 @@ impl Txn {
             let stream: Arc<str> = Arc::from(stored.stream.as_str());
             RecordedEvent::from_stored(stored, stream).ok().map(|r| r.event)
         };
-        if let Some(b) = &self.batch
-            && position >= b.first_position
-        {
+        let b = &self.batch;
+        if b.entries > 0 && position >= b.first_position {
             let batch = proto::log::Batch::decode(&b.body[..]).ok()?;
             return pick(&batch, position - b.first_position);
         }
@@ -379,21 +382,17 @@ impl Txn {
         None
     }
 
-    fn open_batch(&mut self, size: usize) -> &mut OpenBatch {
-        let limit = format::MAX_FRAME_BODY - 64;
-        if self.batch.as_ref().is_some_and(|b| b.body.len() + size > limit) {
+    /// Makes sure the open batch can take `size` more bytes (closing a full
+    /// one first) and, if it is empty, starts it at the current position.
+    fn open_batch(&mut self, size: usize) {
+        if self.batch.entries > 0 && self.batch.body.len() + size > format::MAX_FRAME_BODY - 64 {
             self.close_batch();
         }
-        let (next_position, frame_count, ranges_start) =
-            (self.next_position, self.frame_count, self.event_ranges.len());
-        let spare = &mut self.spare_body;
-        self.batch.get_or_insert_with(|| OpenBatch {
-            body: std::mem::take(spare),
-            ranges_start,
-            first_position: next_position,
-            entries: 0,
-            ordinal: frame_count,
-        })
+        if self.batch.entries == 0 {
+            self.batch.ranges_start = self.event_ranges.len();
+            self.batch.first_position = self.next_position;
+            self.batch.ordinal = self.frame_count;
+        }
     }
 }
 
@@ -458,7 +457,6 @@ impl Stager {
         let mut buf = self.recycled.try_recv().unwrap_or_default();
         buf.clear();
         let mut txn = Txn {
-            spare_body: std::mem::take(&mut self.spare_body),
             start: self.tail.active_len,
             durable_floor: self.durable_floor(),
             buf,
@@ -469,10 +467,16 @@ impl Stager {
             now: self.config.clock.now_micros(),
             segment: self.tail.active_no as u32,
             frames: Vec::new(),
-            batch: None,
+            batch: OpenBatch {
+                body: std::mem::take(&mut self.spare_body),
+                ranges_start: 0,
+                first_position: 0,
+                entries: 0,
+                ordinal: 0,
+            },
             streams: HashMap::new(),
             first_position: self.tail.next_position,
-            checkpoint: None,
+            checkpoint: false,
         };
         for r in data {
             match r {
@@ -515,7 +519,7 @@ impl Stager {
     }
 
     fn send_group(&mut self, mut txn: Txn, replies: Vec<Reply>) {
-        self.spare_body = std::mem::take(&mut txn.spare_body);
+        self.spare_body = std::mem::take(&mut txn.batch.body);
         let written = txn.buf.len() as u64;
         let streams = txn
             .streams
@@ -525,7 +529,7 @@ impl Stager {
                 (name, rules, locs)
             })
             .collect();
-        if txn.checkpoint.is_some() {
+        if txn.checkpoint {
             self.last_checkpoint = Instant::now();
             self.tail.frames_since_checkpoint = 0;
         } else {
@@ -545,7 +549,7 @@ impl Stager {
             seals: txn.seals,
             event_ranges: txn.event_ranges,
             frames_since_checkpoint: self.tail.frames_since_checkpoint,
-            checkpoint: txn.checkpoint,
+            checkpoint: None,
             replies,
         };
         self.tail.active_len += written;
@@ -632,24 +636,22 @@ impl Stager {
         let message = cp.encode_to_vec();
         let message_len = message.len();
         let (at, len) = txn.add_frame(frame::Body::Checkpoint(message.into()));
-        txn.seals.push(Seal::Checkpoint { at, len, message_at: at + len - message_len, message_len });
-        txn.checkpoint = Some(cp);
+        txn.seals.push(Seal::Checkpoint { at, len, message_at: at + len - message_len, message_len, checkpoint: cp });
+        txn.checkpoint = true;
     }
 
-    fn intern(&mut self, stream: &str) -> Arc<str> {
-        match self.rules.get_key_value(stream) {
+    /// The stager's rules of `stream` (created empty) and its shared name.
+    fn stream_rules(&mut self, stream: &str) -> (Arc<str>, &mut StreamRules) {
+        let name = match self.rules.get_key_value(stream) {
             Some((k, _)) => k.clone(),
-            None => {
-                let name: Arc<str> = Arc::from(stream);
-                self.rules.insert(name.clone(), StreamRules::default());
-                name
-            }
-        }
+            None => Arc::from(stream),
+        };
+        let rules = self.rules.entry(name.clone()).or_default();
+        (name, rules)
     }
 
     fn stage_meta(&mut self, txn: &mut Txn, stream: &str, op: MetaOp) -> Result<()> {
-        let name = self.intern(stream);
-        let rules = self.rules.get_mut(&name).expect("interned");
+        let (name, rules) = self.stream_rules(stream);
         if rules.deletion == Deletion::Hard {
             return Err(LogError::StreamDeleted { stream: stream.to_owned() });
         }
@@ -698,14 +700,13 @@ impl Stager {
         txn.open_batch(size);
         let mut results = Vec::with_capacity(appends.len());
         for a in appends {
-            let name = self.intern(&a.stream);
-            let rules = self.rules.get_mut(&name).expect("interned");
+            let (name, rules) = self.stream_rules(&a.stream);
             let first_version = rules.next_version;
             let count = a.events.len() as u64;
             rules.apply_append(count);
             let first_position = txn.next_position;
             let locs = txn.streams.entry(name.clone()).or_default();
-            let batch = txn.batch.as_mut().expect("opened above");
+            let batch = &mut txn.batch;
             for (i, event) in a.events.into_iter().enumerate() {
                 let version = first_version + i as u64;
                 let position = txn.next_position;
@@ -835,7 +836,7 @@ impl Syncer {
             // Nothing of this run is published: the chain goes on from the
             // last published frame.
             *chain = self.shared.read().chain;
-            let generation = live.iter().map(|g| g.generation).max().expect("non-empty");
+            let generation = live.iter().fold(0, |m, g| m.max(g.generation));
             self.broken.store(generation, Ordering::SeqCst);
             warn!(error = %e, "append failed; its write group was cut off");
             live.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
@@ -847,7 +848,7 @@ impl Syncer {
     /// Finishes the frames of a group in order: frame digests, chain
     /// values, checkpoint signatures, CRCs.
     fn seal(&self, chain: &mut [u8; 32], g: &mut Group) {
-        for seal in &g.seals {
+        for seal in &mut g.seals {
             let (at, len) = match *seal {
                 Seal::Batch { at, len, ref events } => {
                     let mut h = format::batch_digest_start();
@@ -861,8 +862,7 @@ impl Syncer {
                     *chain = format::chain_next(chain, &digest);
                     (at, len)
                 }
-                Seal::Checkpoint { at, len, message_at, message_len } => {
-                    let cp = g.checkpoint.as_mut().expect("a checkpoint seal comes with its checkpoint");
+                Seal::Checkpoint { at, len, message_at, message_len, checkpoint: ref mut cp } => {
                     let message =
                         format::checkpoint_message(chain, cp.frame_count, cp.next_position, cp.signed_at_micros);
                     let signature = self.signing_key.sign(&message).to_bytes();
@@ -875,6 +875,7 @@ impl Syncer {
                     m[message_len - 64..].copy_from_slice(&signature);
                     debug_assert_eq!(&*m, &cp.encode_to_vec()[..]);
                     *chain = format::chain_next(chain, &format::checkpoint_digest(m));
+                    g.checkpoint = Some(cp.clone());
                     (at, len)
                 }
             };
