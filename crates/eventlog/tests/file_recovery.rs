@@ -437,48 +437,16 @@ async fn concurrent_writers_through_a_full_disk_lose_nothing_acknowledged() {
     log.append("warmup", ExpectedVersion::Any, vec![ev("w")]).await.unwrap();
     let used: u64 = vfs.all_file_bytes().iter().map(|(_, b)| b.len() as u64).sum();
     vfs.set_space_limit(Some(used + 20_000));
-    let mut tasks = Vec::new();
-    for w in 0..32 {
-        let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            let stream = format!("w-{w}");
-            let mut acked = Vec::new();
-            let mut failed = 0;
-            for i in 0..40 {
-                let e = ev(&format!("{stream} {i} {}", "y".repeat(60)));
-                match log.append(&stream, ExpectedVersion::Any, vec![e.clone()]).await {
-                    Ok(r) => acked.push((r, e)),
-                    Err(LogError::Io { .. }) => failed += 1,
-                    Err(other) => panic!("unexpected {other}"),
-                }
-            }
-            (stream, acked, failed)
-        }));
-    }
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
-    assert!(results.iter().map(|r| r.2).sum::<usize>() > 0, "the disk filled up under load");
+    let results = writers_through_faults(&log, 32, 40, |_, _| {}).await;
+    assert!(results.iter().map(|r| r.failed).sum::<usize>() > 0, "the disk filled up under load");
     vfs.set_space_limit(None);
     log.append("after", ExpectedVersion::Any, vec![ev("space is back")]).await.unwrap();
     log.close();
-    let log = FileLog::open("/d/log", sim_config(&vfs.crash(CrashMode::DropUnsynced))).unwrap();
-    for (stream, acked, _) in &results {
-        let events = if acked.is_empty() {
-            Vec::new()
-        } else {
-            log.read_stream(stream, ReadFrom::Start, Direction::Forward, 1000).await.unwrap()
-        };
-        assert_eq!(events.len(), acked.len(), "{stream}: exactly the acknowledged events, no holes");
-        for (i, (result, e)) in acked.iter().enumerate() {
-            assert_eq!(events[i].version, i as u64, "{stream}: versions stay dense");
-            assert_eq!(result.next_expected_version, i as u64);
-            assert_eq!(events[i].position, result.first_position);
-            assert_eq!(&events[i].event, e);
-        }
-    }
-    verify_log(&vfs, "/d/log".as_ref(), &key().verifying_key()).unwrap();
+    let rebooted = vfs.crash(CrashMode::DropUnsynced);
+    let log = FileLog::open("/d/log", sim_config(&rebooted)).unwrap();
+    assert_exactly_acknowledged(&log, &results).await;
+    log.close();
+    verify_log(&rebooted, "/d/log".as_ref(), &key().verifying_key()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,45 +474,18 @@ async fn concurrent_retries_of_one_append_store_it_once() {
 async fn failed_fsyncs_under_load_fail_only_unacknowledged_appends() {
     let vfs = SimVfs::new();
     let log = Arc::new(FileLog::open("/d/log", sim_config(&vfs)).unwrap());
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let (log, vfs) = (log.clone(), vfs.clone());
-        tasks.push(tokio::spawn(async move {
-            let stream = format!("f-{w}");
-            let mut acked = Vec::new();
-            let mut failed = 0;
-            for i in 0..30 {
-                if w == 0 && i % 10 == 5 {
-                    vfs.fail_syncs(1);
-                }
-                let e = ev(&format!("{stream} {i}"));
-                match log.append(&stream, ExpectedVersion::Any, vec![e.clone()]).await {
-                    Ok(r) => acked.push((r, e)),
-                    Err(LogError::Io { .. }) => failed += 1,
-                    Err(other) => panic!("unexpected {other}"),
-                }
-            }
-            (stream, acked, failed)
-        }));
-    }
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
-    }
-    assert!(results.iter().map(|r| r.2).sum::<usize>() > 0, "some fsyncs failed");
+    let faults = vfs.clone();
+    let results = writers_through_faults(&log, 16, 30, move |w, i| {
+        if w == 0 && i % 10 == 5 {
+            faults.fail_syncs(1);
+        }
+    })
+    .await;
+    assert!(results.iter().map(|r| r.failed).sum::<usize>() > 0, "some fsyncs failed");
     log.close();
     let rebooted = vfs.crash(CrashMode::Torn { seed: 11 });
     let log = FileLog::open("/d/log", sim_config(&rebooted)).unwrap();
-    for (stream, acked, _) in &results {
-        let events = match log.read_stream(stream, ReadFrom::Start, Direction::Forward, 1000).await {
-            Ok(events) => events,
-            Err(LogError::StreamNotFound { .. }) => Vec::new(),
-            Err(other) => panic!("{other}"),
-        };
-        let got: Vec<_> = events.iter().map(|e| &e.event).collect();
-        let want: Vec<_> = acked.iter().map(|(_, e)| e).collect();
-        assert_eq!(got, want, "{stream}: exactly the acknowledged events, in order");
-    }
+    assert_exactly_acknowledged(&log, &results).await;
     log.close();
     verify_log(&rebooted, "/d/log".as_ref(), &key().verifying_key()).unwrap();
 }
@@ -659,4 +600,64 @@ async fn reads_and_appends_stay_consistent_while_scavenging_rewrites_segments() 
     let all = everything(&log).await;
     assert_eq!(all.len(), 300, "100 kept from before, 200 appended during scavenging");
     assert!(all.iter().all(|e| e.stream.starts_with("keep-")));
+}
+
+/// What one writer of `writers_through_faults` saw.
+struct WriterOutcome {
+    stream: String,
+    acked: Vec<(eventlog::AppendResult, NewEvent)>,
+    failed: usize,
+}
+
+/// `writers` tasks each append `per_writer` events to their own stream,
+/// calling `before(writer, i)` before each append; I/O errors are counted,
+/// any other error fails the test.
+async fn writers_through_faults(
+    log: &Arc<FileLog>,
+    writers: usize,
+    per_writer: usize,
+    before: impl Fn(usize, usize) + Clone + Send + 'static,
+) -> Vec<WriterOutcome> {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (log, before) = (log.clone(), before.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("w-{w}");
+            let mut outcome = WriterOutcome { stream: stream.clone(), acked: Vec::new(), failed: 0 };
+            for i in 0..per_writer {
+                before(w, i);
+                let e = ev(&format!("{stream} {i} {}", "y".repeat(60)));
+                match log.append(&stream, ExpectedVersion::Any, vec![e.clone()]).await {
+                    Ok(r) => outcome.acked.push((r, e)),
+                    Err(LogError::Io { .. }) => outcome.failed += 1,
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+            outcome
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
+/// Each writer's stream holds exactly its acknowledged events, in order, at
+/// dense versions and the acknowledged positions; the chain verifies.
+async fn assert_exactly_acknowledged(log: &FileLog, results: &[WriterOutcome]) {
+    for WriterOutcome { stream, acked, .. } in results {
+        let events = match log.read_stream(stream, ReadFrom::Start, Direction::Forward, 1000).await {
+            Ok(events) => events,
+            Err(LogError::StreamNotFound { .. }) => Vec::new(),
+            Err(other) => panic!("{other}"),
+        };
+        assert_eq!(events.len(), acked.len(), "{stream}: exactly the acknowledged events, no holes");
+        for (i, (result, e)) in acked.iter().enumerate() {
+            assert_eq!(events[i].version, i as u64, "{stream}: versions stay dense");
+            assert_eq!(result.next_expected_version, i as u64);
+            assert_eq!(events[i].position, result.first_position);
+            assert_eq!(&events[i].event, e, "{stream}: in order, bytes intact");
+        }
+    }
 }
