@@ -290,8 +290,9 @@ fn truncate_for_message(s: &str) -> String {
 }
 
 /// Checks a whole append before it is queued: names, event shapes, sizes,
-/// ids unique within the append. Returns the encoded size of every event.
-pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError> {
+/// ids unique within the append. Returns an upper bound of the bytes the
+/// events take in a batch frame (encoded envelopes plus entry framing).
+pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<usize, LogError> {
     if appends.is_empty() {
         return Err(LogError::InvalidBatch { reason: "no streams to append to".into() });
     }
@@ -363,7 +364,7 @@ pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<(), LogError>
             reason: format!("append is {total} bytes encoded; the limit is {MAX_BATCH_BYTES}"),
         });
     }
-    Ok(())
+    Ok(total)
 }
 
 /// How a stream was deleted.

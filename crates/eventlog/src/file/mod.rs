@@ -453,9 +453,9 @@ impl Drop for FileLog {
 impl EventLog for FileLog {
     fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
         Box::pin(async move {
-            validate_appends(&appends)?;
+            let bytes = validate_appends(&appends)?;
             let (reply, rx) = oneshot::channel();
-            self.tx.send(Request::Append { appends, reply }).map_err(|_| LogError::Closed)?;
+            self.tx.send(Request::Append { appends, bytes, reply }).map_err(|_| LogError::Closed)?;
             rx.await.map_err(|_| LogError::Closed)?
         })
     }

@@ -45,6 +45,8 @@ pub(super) enum MetaOp {
 pub(super) enum Request {
     Append {
         appends: Vec<StreamAppend>,
+        /// Upper bound of the bytes the events take in a frame (validation's).
+        bytes: usize,
         reply: oneshot::Sender<Result<Vec<AppendResult>>>,
     },
     Meta {
@@ -65,11 +67,7 @@ pub(super) enum Request {
 impl Request {
     fn approx_bytes(&self) -> usize {
         match self {
-            Request::Append { appends, .. } => appends
-                .iter()
-                .flat_map(|a| &a.events)
-                .map(|e| e.payload.len() + 128 + e.sealed_fields.iter().map(|f| f.ciphertext.len() + 64).sum::<usize>())
-                .sum(),
+            Request::Append { bytes, .. } => *bytes,
             _ => 64,
         }
     }
@@ -480,8 +478,8 @@ impl Stager {
         };
         for r in data {
             match r {
-                Request::Append { appends, reply } => {
-                    let result = self.stage_append(&mut txn, appends);
+                Request::Append { appends, bytes, reply } => {
+                    let result = self.stage_append(&mut txn, appends, bytes);
                     replies.push(Reply::Append(reply, result));
                 }
                 Request::Meta { stream, op, reply } => {
@@ -672,7 +670,8 @@ impl Stager {
         Ok(())
     }
 
-    fn stage_append(&mut self, txn: &mut Txn, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+    /// `bytes` bounds what the events take in the batch (from validation).
+    fn stage_append(&mut self, txn: &mut Txn, appends: Vec<StreamAppend>, bytes: usize) -> Result<Vec<AppendResult>> {
         let mut repeats = Vec::new();
         for a in &appends {
             if let Some(r) = check_repeat(a, |id| self.earlier(txn, id))? {
@@ -689,15 +688,7 @@ impl Stager {
             }
         }
         let now = txn.now;
-        let size: usize = appends
-            .iter()
-            .flat_map(|a| a.events.iter().map(move |e| (a, e)))
-            .map(|(a, e)| {
-                let n = format::stored_event_len(e, &a.stream, u64::MAX, u64::MAX, now);
-                n + format::entry_overhead(n)
-            })
-            .sum();
-        txn.open_batch(size);
+        txn.open_batch(bytes);
         let mut results = Vec::with_capacity(appends.len());
         for a in appends {
             let (name, rules) = self.stream_rules(&a.stream);
