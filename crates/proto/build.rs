@@ -3,7 +3,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [root.join("pypes/storage/v1/event.proto"), root.join("pypes/log/v1/frame.proto")];
+    let files = [
+        root.join("pypes/storage/v1/event.proto"),
+        root.join("pypes/log/v1/frame.proto"),
+        root.join("pypes/keystore/v1/keystore.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -1,5 +1,6 @@
 //! Generated protobuf types: the stored-event envelope (`storage`) and the
-//! frame body of the embedded file log (`log`). No logic lives here.
+//! frame body of the embedded file log (`log`), and the
+//! key store's records (`keystore`). No logic lives here.
 
 /// `pypes.storage.v1`: the envelope every backend stores for one event.
 pub mod storage {
@@ -11,6 +12,12 @@ pub mod storage {
 pub mod log {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/pypes.log.v1.rs"));
+}
+
+/// `pypes.keystore.v1`: records of the embedded key store and root-key provider.
+pub mod keystore {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.keystore.v1.rs"));
 }
 
 pub use prost::Message;

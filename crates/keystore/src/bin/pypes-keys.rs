@@ -1,0 +1,88 @@
+//! `pypes-keys`: operator commands for the embedded key store of a data
+//! directory: `status` and `rotate` (the server's `keys rotate` runs the
+//! same code on its schedule).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use eventlog::{Clock, SystemClock};
+use keystore::embedded::{ROOT_KEY_ENV, open_embedded};
+use keystore::{KeyStore, RootKeyProvider};
+
+#[derive(Parser)]
+#[command(about = "Inspect and rotate the key store of a pypes data directory")]
+struct Cli {
+    /// The pypes data directory (holds keys/, provider/ and, in development, root.key).
+    #[arg(long, default_value = "./pypes-data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tenants, keys and epochs.
+    Status,
+    /// Re-wraps every live key under a new epoch KEK and destroys the old one.
+    Rotate {
+        /// Only rotate when the newest epoch is older than the period (or a rotation was interrupted).
+        #[arg(long)]
+        if_due: bool,
+        /// Rotation period in days (1 to 28).
+        #[arg(long, default_value_t = 7)]
+        period_days: i64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber_init();
+    let cli = Cli::parse();
+    let root = std::env::var(ROOT_KEY_ENV).ok();
+    let clock = Arc::new(SystemClock);
+    let keys = open_embedded(&cli.data, root.as_deref(), clock.clone())
+        .with_context(|| format!("opening the key store of {}", cli.data.display()))?;
+    match cli.command {
+        Command::Status => {
+            let s = keys.store.status()?;
+            println!("root key:          {:?}", keys.origin);
+            println!("tenants:           {} live, {} shredded", s.tenants, s.shredded_tenants);
+            println!(
+                "data keys:         {} live ({} retired), {} shredded",
+                s.live_keys, s.retired_keys, s.shredded_keys
+            );
+            for e in &s.epochs {
+                println!("epoch:             {} (created at unix {})", e.epoch, e.created_at_unix);
+            }
+            if s.epochs.len() > 1 {
+                println!("a rotation was interrupted; run `pypes-keys rotate` to finish it");
+            }
+        }
+        Command::Rotate { if_due, period_days } => {
+            let period = keystore::validate_rotation_period(period_days.saturating_mul(86_400))?;
+            let now = clock.now_micros() / 1_000_000;
+            if if_due && !keystore::rotation_due(keys.provider.as_ref() as &dyn RootKeyProvider, now, period)? {
+                println!("rotation not due");
+                return Ok(());
+            }
+            let r = keys.store.rotate_epoch()?;
+            println!(
+                "rotated to epoch {} ({} tenants, {} keys re-wrapped, destroyed epochs {:?}{})",
+                r.epoch,
+                r.tenants,
+                r.keys_rewrapped,
+                r.destroyed_epochs,
+                if r.resumed { ", finished an interrupted rotation" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn tracing_subscriber_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .try_init();
+}

@@ -1,0 +1,145 @@
+//! Wiring of the embedded default: the root key from an environment
+//! variable or from `<data>/root.key` (made on first start, mode 0600, with
+//! a loud warning), the provider's epochs in `<data>/provider/`, and the key
+//! store in `<data>/keys/`, apart from the event log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use eventlog::Clock;
+use eventlog::file::vfs::{OsVfs, Vfs};
+use zeroize::Zeroizing;
+
+use crate::crypto::SecretKey;
+use crate::error::KeyError;
+use crate::file::{holds_keys, open_file_store};
+use crate::provider::{EmbeddedRootProvider, RootKeyProvider};
+use crate::store::LocalKeyStore;
+
+/// The environment variable the embedded provider reads the root key from
+/// (64 hex digits).
+pub const ROOT_KEY_ENV: &str = "PYPES_ROOT_KEY";
+pub const ROOT_KEY_FILE: &str = "root.key";
+pub const PROVIDER_DIR: &str = "provider";
+pub const KEYS_DIR: &str = "keys";
+
+/// Where the root key came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootKeyOrigin {
+    Environment,
+    File(PathBuf),
+    /// Made now, on first start, into this file.
+    Created(PathBuf),
+}
+
+/// The key store and provider of a data directory.
+#[derive(Debug)]
+pub struct Embedded {
+    pub provider: Arc<EmbeddedRootProvider>,
+    pub store: Arc<LocalKeyStore>,
+    pub origin: RootKeyOrigin,
+}
+
+pub fn parse_root_key(text: &str) -> Result<SecretKey, KeyError> {
+    let text = Zeroizing::new(text.trim().to_string());
+    if text.len() != 64 {
+        return Err(KeyError::Invalid {
+            what: "root key",
+            reason: format!("{} characters; expected 64 hex digits (32 bytes)", text.len()),
+        });
+    }
+    let bytes = Zeroizing::new(
+        hex::decode(text.as_bytes())
+            .map_err(|e| KeyError::Invalid { what: "root key", reason: format!("not hex: {e}") })?,
+    );
+    SecretKey::from_bytes(&bytes)
+}
+
+fn read_root_file(path: &Path) -> Result<SecretKey, KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| KeyError::io(path, e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "root key file is readable by others than its owner; chmod 600 it"
+        );
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?);
+    parse_root_key(&text).map_err(|e| match e {
+        KeyError::Invalid { reason, .. } => KeyError::corrupt(path, format!("not a root key: {reason}")),
+        other => other,
+    })
+}
+
+fn create_root_file(path: &Path) -> Result<SecretKey, KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = SecretKey::random()?;
+    let text = Zeroizing::new(format!("{}\n", hex::encode(key.expose())));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| KeyError::io(path, e))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| KeyError::io(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| KeyError::io(dir, e))?;
+    tracing::warn!(
+        path = %path.display(),
+        "==================== NEW ROOT KEY ====================\n\
+         pypes made a root key and stored it in the data directory.\n\
+         That is for development only: anyone who can read this file and\n\
+         a copy of the data can read everything. In production keep the\n\
+         root key in a KMS (or at least pass it in PYPES_ROOT_KEY from a\n\
+         secret store), keep it out of backups, and never lose it: without\n\
+         it no data can be opened.\n\
+         ======================================================"
+    );
+    Ok(key)
+}
+
+/// Opens the key store of `data_dir`. `root_from_env` is the value of
+/// [`ROOT_KEY_ENV`] if set. A new root key is made only when there is no
+/// root key anywhere and no key material that an old one protected.
+pub fn open_embedded(
+    data_dir: &Path,
+    root_from_env: Option<&str>,
+    clock: Arc<dyn Clock>,
+) -> Result<Embedded, KeyError> {
+    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+    std::fs::create_dir_all(data_dir).map_err(|e| KeyError::io(data_dir, e))?;
+    let keys_dir = data_dir.join(KEYS_DIR);
+    let provider_dir = data_dir.join(PROVIDER_DIR);
+    let root_path = data_dir.join(ROOT_KEY_FILE);
+    let store_has_keys = holds_keys(&vfs, &keys_dir);
+    let provider_exists = EmbeddedRootProvider::exists(&vfs, &provider_dir);
+    let (root, origin) = match root_from_env {
+        Some(text) => (
+            parse_root_key(text).map_err(|e| match e {
+                KeyError::Invalid { reason, .. } => {
+                    KeyError::Invalid { what: "root key", reason: format!("{ROOT_KEY_ENV}: {reason}") }
+                }
+                other => other,
+            })?,
+            RootKeyOrigin::Environment,
+        ),
+        None if root_path.exists() => (read_root_file(&root_path)?, RootKeyOrigin::File(root_path.clone())),
+        None if store_has_keys || provider_exists => {
+            return Err(KeyError::RootKeyMissing {
+                detail: format!(
+                    "{} holds key material but neither {ROOT_KEY_ENV} nor {} is there; set {ROOT_KEY_ENV} or \
+                     restore the root key file. A new root key is never made over existing data",
+                    data_dir.display(),
+                    root_path.display()
+                ),
+            });
+        }
+        None => (create_root_file(&root_path)?, RootKeyOrigin::Created(root_path.clone())),
+    };
+    let now = clock.now_micros() / 1_000_000;
+    let provider = Arc::new(EmbeddedRootProvider::open(vfs.clone(), &provider_dir, root, !store_has_keys, now)?);
+    let store = open_file_store(vfs, &keys_dir, provider.clone() as Arc<dyn RootKeyProvider>, clock)?;
+    Ok(Embedded { provider, store: Arc::new(store), origin })
+}

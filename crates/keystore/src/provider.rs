@@ -1,0 +1,261 @@
+//! The root-key provider: holder of the root key and of the epoch KEKs
+//! wrapped under it. Epoch KEKs never leave the provider's own state (never
+//! the key store, never its backups); the key store only asks the provider
+//! to wrap and unwrap tenant KEKs under an epoch. A KMS fits behind the same
+//! trait; the embedded default keeps its state in one file of the data
+//! directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use eventlog::file::vfs::Vfs;
+use prost::Message;
+use proto::keystore as pb;
+
+use crate::crypto::{self, SecretKey, WrappedKey};
+use crate::error::KeyError;
+use crate::files;
+use crate::types::EpochInfo;
+
+/// Where the root key lives and what it does with epochs.
+pub trait RootKeyProvider: Send + Sync + std::fmt::Debug {
+    /// For logs and errors: e.g. "embedded provider at /data/provider".
+    fn describe(&self) -> String;
+    /// Live epochs, oldest first; never empty.
+    fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError>;
+    /// Makes a new epoch KEK, durable before it returns.
+    fn create_epoch(&self, now_unix: i64) -> Result<u32, KeyError>;
+    /// Destroys an epoch KEK for good, durable before it returns;
+    /// destroying a destroyed epoch is a no-op.
+    fn destroy_epoch(&self, epoch: u32, now_unix: i64) -> Result<(), KeyError>;
+    fn wrap(&self, epoch: u32, aad: &[u8], key: &SecretKey) -> Result<WrappedKey, KeyError>;
+    fn unwrap(&self, epoch: u32, aad: &[u8], wrapped: &WrappedKey) -> Result<SecretKey, KeyError>;
+}
+
+const MAGIC: &[u8; 8] = b"PYPESRK1";
+const STATE_FILE: &str = "epochs";
+const MAX_STATE: usize = 16 << 20;
+const ROOT_CHECK_AAD: &str = "pypes/root-check/v1";
+
+fn epoch_aad(epoch: u32) -> Vec<u8> {
+    crypto::associated_data("pypes/epoch-kek/v1", &[&epoch.to_le_bytes()])
+}
+
+struct Epoch {
+    created_at_unix: i64,
+    kek: SecretKey,
+    wrapped: WrappedKey,
+}
+
+struct State {
+    epochs: BTreeMap<u32, Epoch>,
+    destroyed: BTreeMap<u32, i64>,
+    next_epoch: u32,
+    check: WrappedKey,
+}
+
+/// The embedded provider: root key given by the caller (from an environment
+/// variable or a 0600 file, see [`crate::embedded`]), epoch KEKs wrapped
+/// under it in `<dir>/epochs`, or only in memory for tests.
+pub struct EmbeddedRootProvider {
+    root: SecretKey,
+    state: Mutex<State>,
+    storage: Option<(Arc<dyn Vfs>, PathBuf)>,
+}
+
+impl std::fmt::Debug for EmbeddedRootProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl EmbeddedRootProvider {
+    /// A provider that keeps its epochs in memory only (tests, benches).
+    pub fn in_memory(root: SecretKey, now_unix: i64) -> Result<Self, KeyError> {
+        let state = fresh_state(&root, now_unix)?;
+        Ok(Self { root, state: Mutex::new(state), storage: None })
+    }
+
+    /// Whether `dir` already holds provider state.
+    pub fn exists(vfs: &Arc<dyn Vfs>, dir: &Path) -> bool {
+        vfs.exists(&dir.join(STATE_FILE))
+    }
+
+    /// Opens the provider state in `dir`, creating it (with epoch 1) when
+    /// absent and `create` is true. A root key that does not open the state
+    /// is refused: never is a new state made over an existing one.
+    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, root: SecretKey, create: bool, now_unix: i64) -> Result<Self, KeyError> {
+        let path = dir.join(STATE_FILE);
+        if vfs.exists(&files::tmp_path(&path)) {
+            files::remove_file(&vfs, &files::tmp_path(&path))?;
+        }
+        let state = if vfs.exists(&path) {
+            read_state(&vfs, &path, &root)?
+        } else if create {
+            vfs.create_dir_all(dir).map_err(|e| KeyError::io(dir, e))?;
+            let state = fresh_state(&root, now_unix)?;
+            files::replace_file(&vfs, &path, &encode_state(&state))?;
+            state
+        } else {
+            return Err(KeyError::RootKeyMissing {
+                detail: format!("{} does not exist and creating it was not allowed", path.display()),
+            });
+        };
+        Ok(Self { root, state: Mutex::new(state), storage: Some((vfs, dir.to_path_buf())) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the state that `change` produces; memory changes only once
+    /// the file is durable.
+    fn commit(&self, state: &mut State, next: State) -> Result<(), KeyError> {
+        if let Some((vfs, dir)) = &self.storage {
+            files::replace_file(vfs, &dir.join(STATE_FILE), &encode_state(&next))?;
+        }
+        *state = next;
+        Ok(())
+    }
+
+    fn clone_state(state: &State) -> State {
+        State {
+            epochs: state
+                .epochs
+                .iter()
+                .map(|(&n, e)| {
+                    (n, Epoch { created_at_unix: e.created_at_unix, kek: e.kek.clone(), wrapped: e.wrapped.clone() })
+                })
+                .collect(),
+            destroyed: state.destroyed.clone(),
+            next_epoch: state.next_epoch,
+            check: state.check.clone(),
+        }
+    }
+
+    fn unavailable(state: &State, epoch: u32) -> KeyError {
+        let detail = match state.destroyed.get(&epoch) {
+            Some(at) => format!("destroyed at unix time {at}"),
+            None => "never created by this provider".to_string(),
+        };
+        KeyError::EpochUnavailable { epoch, detail }
+    }
+}
+
+fn fresh_state(root: &SecretKey, now_unix: i64) -> Result<State, KeyError> {
+    let check = crypto::wrap(root, &crypto::associated_data(ROOT_CHECK_AAD, &[]), &SecretKey::from_bytes(&[0u8; 32])?)?;
+    let kek = SecretKey::random()?;
+    let wrapped = crypto::wrap(root, &epoch_aad(1), &kek)?;
+    let mut epochs = BTreeMap::new();
+    epochs.insert(1, Epoch { created_at_unix: now_unix, kek, wrapped });
+    Ok(State { epochs, destroyed: BTreeMap::new(), next_epoch: 2, check })
+}
+
+fn encode_state(state: &State) -> Vec<u8> {
+    let msg = pb::ProviderState {
+        root_check_nonce: state.check.nonce.to_vec().into(),
+        root_check: state.check.ciphertext.clone().into(),
+        epochs: state
+            .epochs
+            .iter()
+            .map(|(&epoch, e)| pb::EpochKek {
+                epoch,
+                created_at_unix: e.created_at_unix,
+                nonce: e.wrapped.nonce.to_vec().into(),
+                wrapped: e.wrapped.ciphertext.clone().into(),
+            })
+            .collect(),
+        destroyed: state
+            .destroyed
+            .iter()
+            .map(|(&epoch, &at)| pb::DestroyedEpoch { epoch, destroyed_at_unix: at })
+            .collect(),
+        next_epoch: state.next_epoch,
+    };
+    files::single_frame_file(MAGIC, &msg.encode_to_vec())
+}
+
+fn read_state(vfs: &Arc<dyn Vfs>, path: &Path, root: &SecretKey) -> Result<State, KeyError> {
+    let bytes = files::read_file(vfs, path)?;
+    let body = files::single_frame_body(path, &bytes, MAGIC, MAX_STATE)?;
+    let msg =
+        pb::ProviderState::decode(body).map_err(|e| KeyError::corrupt(path, format!("undecodable state: {e}")))?;
+    let check = WrappedKey::from_parts(&msg.root_check_nonce, &msg.root_check)
+        .ok_or_else(|| KeyError::corrupt(path, "root check has the wrong size"))?;
+    if crypto::unwrap(root, &crypto::associated_data(ROOT_CHECK_AAD, &[]), &check).is_none() {
+        return Err(KeyError::RootKeyMismatch { path: path.to_path_buf() });
+    }
+    let mut epochs = BTreeMap::new();
+    for e in msg.epochs {
+        let wrapped = WrappedKey::from_parts(&e.nonce, &e.wrapped)
+            .ok_or_else(|| KeyError::corrupt(path, format!("epoch {} KEK has the wrong size", e.epoch)))?;
+        let kek = crypto::unwrap(root, &epoch_aad(e.epoch), &wrapped).ok_or_else(|| {
+            KeyError::corrupt(path, format!("epoch {} KEK does not open under the root key", e.epoch))
+        })?;
+        epochs.insert(e.epoch, Epoch { created_at_unix: e.created_at_unix, kek, wrapped });
+    }
+    if epochs.is_empty() {
+        return Err(KeyError::corrupt(path, "no live epoch"));
+    }
+    let destroyed = msg.destroyed.iter().map(|d| (d.epoch, d.destroyed_at_unix)).collect();
+    let next_epoch = msg.next_epoch.max(epochs.keys().last().map_or(1, |e| e + 1));
+    Ok(State { epochs, destroyed, next_epoch, check })
+}
+
+impl RootKeyProvider for EmbeddedRootProvider {
+    fn describe(&self) -> String {
+        match &self.storage {
+            Some((_, dir)) => format!("embedded root-key provider at {}", dir.display()),
+            None => "in-memory root-key provider".to_string(),
+        }
+    }
+
+    fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError> {
+        let state = self.lock();
+        Ok(state.epochs.iter().map(|(&epoch, e)| EpochInfo { epoch, created_at_unix: e.created_at_unix }).collect())
+    }
+
+    fn create_epoch(&self, now_unix: i64) -> Result<u32, KeyError> {
+        let mut state = self.lock();
+        let epoch = state.next_epoch;
+        let kek = SecretKey::random()?;
+        let wrapped = crypto::wrap(&self.root, &epoch_aad(epoch), &kek)?;
+        let mut next = Self::clone_state(&state);
+        next.epochs.insert(epoch, Epoch { created_at_unix: now_unix, kek, wrapped });
+        next.next_epoch = epoch + 1;
+        self.commit(&mut state, next)?;
+        tracing::info!(epoch, "created epoch KEK");
+        Ok(epoch)
+    }
+
+    fn destroy_epoch(&self, epoch: u32, now_unix: i64) -> Result<(), KeyError> {
+        let mut state = self.lock();
+        if !state.epochs.contains_key(&epoch) {
+            return Ok(());
+        }
+        if state.epochs.len() == 1 {
+            return Err(KeyError::Invalid { what: "epoch", reason: format!("epoch {epoch} is the only live epoch") });
+        }
+        let mut next = Self::clone_state(&state);
+        next.epochs.remove(&epoch);
+        next.destroyed.insert(epoch, now_unix);
+        self.commit(&mut state, next)?;
+        tracing::info!(epoch, "destroyed epoch KEK");
+        Ok(())
+    }
+
+    fn wrap(&self, epoch: u32, aad: &[u8], key: &SecretKey) -> Result<WrappedKey, KeyError> {
+        let state = self.lock();
+        let e = state.epochs.get(&epoch).ok_or_else(|| Self::unavailable(&state, epoch))?;
+        crypto::wrap(&e.kek, aad, key)
+    }
+
+    fn unwrap(&self, epoch: u32, aad: &[u8], wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
+        let state = self.lock();
+        let e = state.epochs.get(&epoch).ok_or_else(|| Self::unavailable(&state, epoch))?;
+        crypto::unwrap(&e.kek, aad, wrapped).ok_or_else(|| KeyError::Integrity {
+            what: format!("a key wrapped under epoch {epoch} does not open (another root, or altered)"),
+        })
+    }
+}

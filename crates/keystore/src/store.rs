@@ -1,0 +1,631 @@
+//! The `KeyStore` port and the local store behind both embedded backends:
+//! an in-memory catalog of tenant KEKs and wrapped data keys, kept in step
+//! with a persistence layer (none for the in-memory backend, shard files for
+//! the file backend). Memory changes only after the persistence layer has
+//! made the change durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use eventlog::Clock;
+use uuid::Uuid;
+
+use crate::crypto::{self, SecretKey, WrappedKey};
+use crate::error::KeyError;
+use crate::provider::RootKeyProvider;
+use crate::types::{
+    DataKey, Group, KeyId, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
+};
+
+/// Where data keys are kept, wrapped. Every method that changes something
+/// is durable before it returns. Calls may block on disk or network; async
+/// callers go through [`crate::Keyring`], which keeps them off the runtime.
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// The key that seals new data for `purpose`: the newest one not
+    /// retired, made (with the tenant's KEK if needed) when there is none.
+    fn active_key(&self, tenant: Uuid, purpose: &KeyPurpose) -> Result<DataKey, KeyError>;
+    /// A key by id, for opening. A shredded key is `Shredded`; an id this
+    /// store never issued for the tenant is an error.
+    fn key(&self, tenant: Uuid, id: KeyId) -> Result<KeyLookup, KeyError>;
+    /// Raises the key's reserved seal count to at least `up_to`; returns the
+    /// count now reserved, or `None` when the key is retired or shredded.
+    fn reserve_uses(&self, tenant: Uuid, id: KeyId, up_to: u64) -> Result<Option<u64>, KeyError>;
+    /// Stops a key from sealing; it still opens what it sealed.
+    fn retire(&self, tenant: Uuid, id: KeyId) -> Result<(), KeyError>;
+    /// Destroys keys. Idempotent: what is already gone is not reported again.
+    fn shred(&self, tenant: Uuid, target: &ShredTarget) -> Result<ShredReport, KeyError>;
+    /// Moves every live key under a new epoch KEK and destroys the old epoch
+    /// at the provider; finishes an interrupted rotation instead when one is
+    /// found.
+    fn rotate_epoch(&self) -> Result<RotationReport, KeyError>;
+    fn status(&self) -> Result<StoreStatus, KeyError>;
+}
+
+/// Shards per tenant: a shred rewrites one shard file, so its cost is the
+/// size of one shard, whatever the number of events sealed with the key.
+pub const SHARDS: u16 = 256;
+
+pub(crate) fn shard_of(anchor: Uuid) -> u16 {
+    (crc32c::crc32c(anchor.as_bytes()) % u32::from(SHARDS)) as u16
+}
+
+/// A data key as stored: wrapped under its tenant's KEK of `kek_epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyEntry {
+    pub purpose: KeyPurpose,
+    pub kek_epoch: u32,
+    pub wrapped: WrappedKey,
+    pub reserved: u64,
+    pub retired: bool,
+}
+
+/// One change to a shard, as persisted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Key { id: KeyId, entry: KeyEntry },
+    Uses { id: KeyId, up_to: u64 },
+    Retired { id: KeyId },
+    Shredded { id: KeyId },
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct Shard {
+    pub keys: HashMap<KeyId, KeyEntry>,
+    pub shredded: BTreeSet<KeyId>,
+}
+
+impl Shard {
+    /// The shard compacted to one record per key.
+    pub fn records(&self) -> Vec<Record> {
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_by_key(|(id, _)| **id);
+        let mut out: Vec<Record> = keys.into_iter().map(|(&id, e)| Record::Key { id, entry: e.clone() }).collect();
+        out.extend(self.shredded.iter().map(|&id| Record::Shredded { id }));
+        out
+    }
+}
+
+#[derive(Default, Debug)]
+pub(crate) struct TenantState {
+    pub keks: BTreeMap<u32, WrappedKey>,
+    pub shredded: bool,
+    pub shards: BTreeMap<u16, Shard>,
+    /// Shard of every key id the tenant ever had, live or shredded.
+    pub index: HashMap<KeyId, u16>,
+    /// Live keys by anchor (subject or Session).
+    pub by_anchor: HashMap<Uuid, Vec<KeyId>>,
+}
+
+impl TenantState {
+    /// Applies one persisted record (at load and after each write).
+    pub fn apply(&mut self, shard: u16, record: Record) {
+        let s = self.shards.entry(shard).or_default();
+        match record {
+            Record::Key { id, entry } => {
+                if s.shredded.contains(&id) {
+                    return;
+                }
+                self.by_anchor.entry(entry.purpose.anchor()).or_default().push(id);
+                self.index.insert(id, shard);
+                s.keys.insert(id, entry);
+            }
+            Record::Uses { id, up_to } => {
+                if let Some(e) = s.keys.get_mut(&id) {
+                    e.reserved = e.reserved.max(up_to);
+                }
+            }
+            Record::Retired { id } => {
+                if let Some(e) = s.keys.get_mut(&id) {
+                    e.retired = true;
+                }
+            }
+            Record::Shredded { id } => {
+                if let Some(e) = s.keys.remove(&id) {
+                    let anchor = e.purpose.anchor();
+                    if let Some(ids) = self.by_anchor.get_mut(&anchor) {
+                        ids.retain(|k| *k != id);
+                        if ids.is_empty() {
+                            self.by_anchor.remove(&anchor);
+                        }
+                    }
+                }
+                s.shredded.insert(id);
+                self.index.insert(id, shard);
+            }
+        }
+    }
+
+    fn entry(&self, id: KeyId) -> Option<&KeyEntry> {
+        self.index.get(&id).and_then(|s| self.shards.get(s)).and_then(|s| s.keys.get(&id))
+    }
+
+    fn active(&self, purpose: &KeyPurpose) -> Option<KeyId> {
+        let ids = self.by_anchor.get(&purpose.anchor())?;
+        ids.iter().rev().copied().find(|id| self.entry(*id).is_some_and(|e| e.purpose == *purpose && !e.retired))
+    }
+
+    fn newest_kek_epoch(&self) -> Option<u32> {
+        self.keks.keys().next_back().copied()
+    }
+}
+
+/// How the local store makes changes durable.
+pub(crate) trait Persist: Send + Sync {
+    fn describe(&self) -> String;
+    fn write_kek(&self, tenant: Uuid, epoch: u32, kek: &WrappedKey) -> Result<(), KeyError>;
+    fn remove_kek(&self, tenant: Uuid, epoch: u32) -> Result<(), KeyError>;
+    fn append(&self, tenant: Uuid, shard: u16, record: &Record) -> Result<(), KeyError>;
+    /// Replaces a shard with exactly `records`: afterwards no file holds
+    /// what the old shard held and the new one does not.
+    fn rewrite_shard(&self, tenant: Uuid, shard: u16, records: &[Record]) -> Result<(), KeyError>;
+    /// Marks the tenant shredded, then removes its KEKs and shards.
+    fn shred_tenant(&self, tenant: Uuid) -> Result<(), KeyError>;
+}
+
+/// The in-memory backend's persistence: nothing.
+pub(crate) struct NoPersist;
+
+impl Persist for NoPersist {
+    fn describe(&self) -> String {
+        "in-memory key store".into()
+    }
+    fn write_kek(&self, _: Uuid, _: u32, _: &WrappedKey) -> Result<(), KeyError> {
+        Ok(())
+    }
+    fn remove_kek(&self, _: Uuid, _: u32) -> Result<(), KeyError> {
+        Ok(())
+    }
+    fn append(&self, _: Uuid, _: u16, _: &Record) -> Result<(), KeyError> {
+        Ok(())
+    }
+    fn rewrite_shard(&self, _: Uuid, _: u16, _: &[Record]) -> Result<(), KeyError> {
+        Ok(())
+    }
+    fn shred_tenant(&self, _: Uuid) -> Result<(), KeyError> {
+        Ok(())
+    }
+}
+
+fn group_byte(purpose: &KeyPurpose) -> u8 {
+    match purpose {
+        KeyPurpose::Subject { group: Group::Profile, .. } => 1,
+        KeyPurpose::Subject { group: Group::Device, .. } => 2,
+        KeyPurpose::Subject { group: Group::Geo, .. } => 3,
+        _ => 0,
+    }
+}
+
+/// AAD of a data key wrapped under a tenant KEK: the wrapped bytes cannot be
+/// relabelled as another key, purpose, tenant or epoch.
+pub(crate) fn data_key_aad(tenant: Uuid, id: KeyId, purpose: &KeyPurpose, kek_epoch: u32) -> Vec<u8> {
+    let (kind, media) = match purpose {
+        KeyPurpose::Subject { .. } => (1u8, Uuid::nil()),
+        KeyPurpose::SessionContent { .. } => (2, Uuid::nil()),
+        KeyPurpose::Media { media, .. } => (3, *media),
+    };
+    crypto::associated_data(
+        "pypes/data-key/v1",
+        &[
+            tenant.as_bytes(),
+            id.as_bytes(),
+            &[kind, group_byte(purpose)],
+            purpose.anchor().as_bytes(),
+            media.as_bytes(),
+            &kek_epoch.to_le_bytes(),
+        ],
+    )
+}
+
+pub(crate) fn tenant_kek_aad(tenant: Uuid, epoch: u32) -> Vec<u8> {
+    crypto::associated_data("pypes/tenant-kek/v1", &[tenant.as_bytes(), &epoch.to_le_bytes()])
+}
+
+struct Inner {
+    tenants: HashMap<Uuid, TenantState>,
+    /// Unwrapped tenant KEKs by (tenant, epoch).
+    keks: HashMap<(Uuid, u32), SecretKey>,
+    poisoned: Option<String>,
+}
+
+/// The store behind the in-memory and file backends.
+pub struct LocalKeyStore {
+    inner: Mutex<Inner>,
+    rotation: Mutex<()>,
+    provider: Arc<dyn RootKeyProvider>,
+    persist: Box<dyn Persist>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for LocalKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalKeyStore({}, {})", self.persist.describe(), self.provider.describe())
+    }
+}
+
+impl LocalKeyStore {
+    /// The in-memory backend: same rules, nothing survives the process.
+    pub fn in_memory(provider: Arc<dyn RootKeyProvider>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Mutex::new(Inner { tenants: HashMap::new(), keks: HashMap::new(), poisoned: None }),
+            rotation: Mutex::new(()),
+            provider,
+            persist: Box::new(NoPersist),
+            clock,
+        }
+    }
+
+    /// A store over loaded state; every tenant KEK is unwrapped now, so a
+    /// wrong root key or a missing epoch stops the start, not a later read.
+    pub(crate) fn from_loaded(
+        tenants: HashMap<Uuid, TenantState>,
+        provider: Arc<dyn RootKeyProvider>,
+        persist: Box<dyn Persist>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, KeyError> {
+        let mut keks = HashMap::new();
+        for (&tenant, state) in &tenants {
+            for (&epoch, wrapped) in &state.keks {
+                let kek = provider.unwrap(epoch, &tenant_kek_aad(tenant, epoch), wrapped).map_err(|e| match e {
+                    KeyError::EpochUnavailable { epoch, detail } => KeyError::EpochUnavailable {
+                        epoch,
+                        detail: format!(
+                            "{detail}; tenant {tenant}'s KEK in {} is wrapped under it: this key store (or backup) \
+                             predates the provider's live epochs, or belongs to another provider",
+                            persist.describe()
+                        ),
+                    },
+                    KeyError::Integrity { .. } => KeyError::RootKeyMismatch {
+                        path: format!("{} (tenant {tenant}, epoch {epoch})", persist.describe()).into(),
+                    },
+                    other => other,
+                })?;
+                keks.insert((tenant, epoch), kek);
+            }
+        }
+        Ok(Self {
+            inner: Mutex::new(Inner { tenants, keks, poisoned: None }),
+            rotation: Mutex::new(()),
+            provider,
+            persist,
+            clock,
+        })
+    }
+
+    pub fn provider(&self) -> &Arc<dyn RootKeyProvider> {
+        &self.provider
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now_unix(&self) -> i64 {
+        self.clock.now_micros() / 1_000_000
+    }
+
+    /// Runs a persistence step; a failure poisons the store for writes,
+    /// since the files may now hold a half-written change.
+    fn persist<T>(
+        &self,
+        inner: &mut Inner,
+        step: impl FnOnce(&dyn Persist) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        if let Some(reason) = &inner.poisoned {
+            return Err(KeyError::Poisoned { reason: reason.clone() });
+        }
+        step(self.persist.as_ref()).inspect_err(|e| {
+            tracing::error!(error = %e, "key store write failed; refusing writes until reopened");
+            inner.poisoned = Some(e.to_string());
+        })
+    }
+
+    fn tenant_kek(&self, inner: &mut Inner, tenant: Uuid, epoch: u32) -> Result<SecretKey, KeyError> {
+        if let Some(k) = inner.keks.get(&(tenant, epoch)) {
+            return Ok(k.clone());
+        }
+        let wrapped = inner
+            .tenants
+            .get(&tenant)
+            .and_then(|t| t.keks.get(&epoch))
+            .ok_or_else(|| KeyError::EpochUnavailable {
+                epoch,
+                detail: format!("tenant {tenant} has no KEK under it"),
+            })?
+            .clone();
+        let kek = self.provider.unwrap(epoch, &tenant_kek_aad(tenant, epoch), &wrapped)?;
+        inner.keks.insert((tenant, epoch), kek.clone());
+        Ok(kek)
+    }
+
+    /// Writes a tenant KEK under `epoch` (a new tenant, or a rotation).
+    fn add_tenant_kek(&self, inner: &mut Inner, tenant: Uuid, epoch: u32) -> Result<(), KeyError> {
+        let kek = SecretKey::random()?;
+        let wrapped = self.provider.wrap(epoch, &tenant_kek_aad(tenant, epoch), &kek)?;
+        self.persist(inner, |p| p.write_kek(tenant, epoch, &wrapped))?;
+        inner.tenants.entry(tenant).or_default().keks.insert(epoch, wrapped);
+        inner.keks.insert((tenant, epoch), kek);
+        Ok(())
+    }
+
+    fn unwrap_entry(&self, inner: &mut Inner, tenant: Uuid, id: KeyId, entry: &KeyEntry) -> Result<DataKey, KeyError> {
+        let kek = self.tenant_kek(inner, tenant, entry.kek_epoch)?;
+        let material = crypto::unwrap(&kek, &data_key_aad(tenant, id, &entry.purpose, entry.kek_epoch), &entry.wrapped)
+            .ok_or_else(|| KeyError::Integrity {
+                what: format!("data key {id} of tenant {tenant} does not open under its tenant KEK"),
+            })?;
+        Ok(DataKey {
+            id,
+            tenant,
+            purpose: entry.purpose,
+            material,
+            uses_reserved: entry.reserved,
+            retired: entry.retired,
+        })
+    }
+
+    fn key_owner(inner: &Inner, id: KeyId) -> Option<Uuid> {
+        inner.tenants.iter().find(|(_, t)| t.index.contains_key(&id)).map(|(&tenant, _)| tenant)
+    }
+
+    fn rotate_tenant(&self, tenant: Uuid, target: u32) -> Result<usize, KeyError> {
+        let mut inner = self.lock();
+        let Some(state) = inner.tenants.get(&tenant) else { return Ok(0) };
+        if state.shredded {
+            return Ok(0);
+        }
+        if !state.keks.contains_key(&target) {
+            self.add_tenant_kek(&mut inner, tenant, target)?;
+        }
+        let new_kek = self.tenant_kek(&mut inner, tenant, target)?;
+        let stale: Vec<u16> = inner.tenants[&tenant]
+            .shards
+            .iter()
+            .filter(|(_, s)| s.keys.values().any(|e| e.kek_epoch != target))
+            .map(|(&n, _)| n)
+            .collect();
+        let mut rewrapped = 0;
+        for shard in stale {
+            let entries: Vec<(KeyId, KeyEntry)> =
+                inner.tenants[&tenant].shards[&shard].keys.iter().map(|(&id, e)| (id, e.clone())).collect();
+            let mut keys = HashMap::with_capacity(entries.len());
+            for (id, mut entry) in entries {
+                if entry.kek_epoch != target {
+                    let key = self.unwrap_entry(&mut inner, tenant, id, &entry)?;
+                    entry.wrapped =
+                        crypto::wrap(&new_kek, &data_key_aad(tenant, id, &entry.purpose, target), &key.material)?;
+                    entry.kek_epoch = target;
+                    rewrapped += 1;
+                }
+                keys.insert(id, entry);
+            }
+            let shredded = inner.tenants[&tenant].shards[&shard].shredded.clone();
+            let next = Shard { keys, shredded };
+            let records = next.records();
+            self.persist(&mut inner, |p| p.rewrite_shard(tenant, shard, &records))?;
+            if let Some(t) = inner.tenants.get_mut(&tenant) {
+                t.shards.insert(shard, next);
+            }
+        }
+        let old: Vec<u32> = inner.tenants[&tenant].keks.keys().copied().filter(|e| *e != target).collect();
+        for epoch in old {
+            self.persist(&mut inner, |p| p.remove_kek(tenant, epoch))?;
+            if let Some(t) = inner.tenants.get_mut(&tenant) {
+                t.keks.remove(&epoch);
+            }
+            inner.keks.remove(&(tenant, epoch));
+        }
+        Ok(rewrapped)
+    }
+}
+
+impl KeyStore for LocalKeyStore {
+    fn active_key(&self, tenant: Uuid, purpose: &KeyPurpose) -> Result<DataKey, KeyError> {
+        let mut inner = self.lock();
+        if let Some(state) = inner.tenants.get(&tenant) {
+            if state.shredded {
+                return Err(KeyError::TenantShredded { tenant });
+            }
+            if let Some(id) = state.active(purpose) {
+                let entry = state.entry(id).cloned().ok_or(KeyError::UnknownKey { tenant, key: id })?;
+                return self.unwrap_entry(&mut inner, tenant, id, &entry);
+            }
+        }
+        let epoch = match inner.tenants.get(&tenant).and_then(TenantState::newest_kek_epoch) {
+            Some(epoch) => epoch,
+            None => {
+                let epochs = self.provider.epochs()?;
+                let newest = epochs.last().map(|e| e.epoch).ok_or_else(|| KeyError::EpochUnavailable {
+                    epoch: 0,
+                    detail: "the provider has no live epoch".into(),
+                })?;
+                self.add_tenant_kek(&mut inner, tenant, newest)?;
+                newest
+            }
+        };
+        let kek = self.tenant_kek(&mut inner, tenant, epoch)?;
+        let mut id = KeyId::random();
+        while inner.tenants.values().any(|t| t.index.contains_key(&id)) {
+            id = KeyId::random();
+        }
+        let material = SecretKey::random()?;
+        let wrapped = crypto::wrap(&kek, &data_key_aad(tenant, id, purpose, epoch), &material)?;
+        let entry = KeyEntry { purpose: *purpose, kek_epoch: epoch, wrapped, reserved: 0, retired: false };
+        let shard = shard_of(purpose.anchor());
+        let record = Record::Key { id, entry };
+        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
+        inner.tenants.entry(tenant).or_default().apply(shard, record);
+        Ok(DataKey { id, tenant, purpose: *purpose, material, uses_reserved: 0, retired: false })
+    }
+
+    fn key(&self, tenant: Uuid, id: KeyId) -> Result<KeyLookup, KeyError> {
+        let mut inner = self.lock();
+        let found = inner.tenants.get(&tenant).map(|t| (t.shredded, t.index.contains_key(&id), t.entry(id).cloned()));
+        match found {
+            Some((true, _, _)) => Ok(KeyLookup::Shredded),
+            Some((false, true, Some(entry))) => self.unwrap_entry(&mut inner, tenant, id, &entry).map(KeyLookup::Live),
+            Some((false, true, None)) => Ok(KeyLookup::Shredded),
+            _ => match Self::key_owner(&inner, id) {
+                Some(_) => Err(KeyError::WrongTenant { tenant, key: id }),
+                None => Err(KeyError::UnknownKey { tenant, key: id }),
+            },
+        }
+    }
+
+    fn reserve_uses(&self, tenant: Uuid, id: KeyId, up_to: u64) -> Result<Option<u64>, KeyError> {
+        let mut inner = self.lock();
+        let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
+        let Some(entry) = state.entry(id) else {
+            return if state.index.contains_key(&id) || state.shredded {
+                Ok(None)
+            } else {
+                Err(KeyError::UnknownKey { tenant, key: id })
+            };
+        };
+        if entry.retired {
+            return Ok(None);
+        }
+        if entry.reserved >= up_to {
+            return Ok(Some(entry.reserved));
+        }
+        let shard = state.index[&id];
+        let record = Record::Uses { id, up_to };
+        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
+        if let Some(t) = inner.tenants.get_mut(&tenant) {
+            t.apply(shard, record);
+        }
+        Ok(Some(up_to))
+    }
+
+    fn retire(&self, tenant: Uuid, id: KeyId) -> Result<(), KeyError> {
+        let mut inner = self.lock();
+        let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
+        let Some(entry) = state.entry(id) else {
+            return if state.index.contains_key(&id) || state.shredded {
+                Ok(())
+            } else {
+                Err(KeyError::UnknownKey { tenant, key: id })
+            };
+        };
+        if entry.retired {
+            return Ok(());
+        }
+        let shard = state.index[&id];
+        let record = Record::Retired { id };
+        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
+        if let Some(t) = inner.tenants.get_mut(&tenant) {
+            t.apply(shard, record);
+        }
+        Ok(())
+    }
+
+    fn shred(&self, tenant: Uuid, target: &ShredTarget) -> Result<ShredReport, KeyError> {
+        let mut inner = self.lock();
+        if matches!(target, ShredTarget::Tenant) {
+            if inner.tenants.get(&tenant).is_some_and(|t| t.shredded) {
+                return Ok(ShredReport::default());
+            }
+            self.persist(&mut inner, |p| p.shred_tenant(tenant))?;
+            let state = inner.tenants.entry(tenant).or_default();
+            let mut keys: Vec<KeyId> = state.shards.values().flat_map(|s| s.keys.keys().copied()).collect();
+            keys.sort();
+            let epochs: Vec<u32> = state.keks.keys().copied().collect();
+            *state = TenantState { shredded: true, ..TenantState::default() };
+            for epoch in epochs {
+                inner.keks.remove(&(tenant, epoch));
+            }
+            return Ok(ShredReport { keys, tenant_kek: true });
+        }
+        let Some(state) = inner.tenants.get(&tenant).filter(|t| !t.shredded) else {
+            return Ok(ShredReport::default());
+        };
+        let candidates: Vec<KeyId> = match (target.anchor(), target) {
+            (Some(anchor), _) => state.by_anchor.get(&anchor).cloned().unwrap_or_default(),
+            (None, ShredTarget::Key(id)) => vec![*id],
+            (None, _) => Vec::new(),
+        };
+        let mut doomed: Vec<KeyId> = candidates
+            .into_iter()
+            .filter(|id| state.entry(*id).is_some_and(|e| target.matches(*id, &e.purpose)))
+            .collect();
+        doomed.sort();
+        doomed.dedup();
+        let Some(&first) = doomed.first() else { return Ok(ShredReport::default()) };
+        let shard = state.index[&first];
+        let current = &state.shards[&shard];
+        let next = Shard {
+            keys: current.keys.iter().filter(|(id, _)| !doomed.contains(id)).map(|(&id, e)| (id, e.clone())).collect(),
+            shredded: current.shredded.iter().copied().chain(doomed.iter().copied()).collect(),
+        };
+        let records = next.records();
+        self.persist(&mut inner, |p| p.rewrite_shard(tenant, shard, &records))?;
+        if let Some(t) = inner.tenants.get_mut(&tenant) {
+            for &id in &doomed {
+                t.apply(shard, Record::Shredded { id });
+            }
+        }
+        Ok(ShredReport { keys: doomed, tenant_kek: false })
+    }
+
+    fn rotate_epoch(&self) -> Result<RotationReport, KeyError> {
+        let _one_rotation = self.rotation.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.provider.epochs()?;
+        let (target, resumed) = match live.as_slice() {
+            [.., newest] if live.len() > 1 => (newest.epoch, true),
+            _ => (self.provider.create_epoch(self.now_unix())?, false),
+        };
+        let mut report = RotationReport { epoch: target, resumed, ..RotationReport::default() };
+        loop {
+            let behind: Vec<Uuid> = {
+                let inner = self.lock();
+                inner
+                    .tenants
+                    .iter()
+                    .filter(|(_, t)| !t.shredded)
+                    .filter(|(_, t)| {
+                        t.keks.keys().any(|e| *e != target)
+                            || t.shards.values().any(|s| s.keys.values().any(|e| e.kek_epoch != target))
+                    })
+                    .map(|(&id, _)| id)
+                    .collect()
+            };
+            if behind.is_empty() {
+                break;
+            }
+            for tenant in behind {
+                report.keys_rewrapped += self.rotate_tenant(tenant, target)?;
+                report.tenants += 1;
+            }
+        }
+        for epoch in self.provider.epochs()?.into_iter().map(|e| e.epoch).filter(|e| *e != target) {
+            self.provider.destroy_epoch(epoch, self.now_unix())?;
+            report.destroyed_epochs.push(epoch);
+        }
+        tracing::info!(epoch = target, tenants = report.tenants, keys = report.keys_rewrapped, "key epoch rotated");
+        Ok(report)
+    }
+
+    fn status(&self) -> Result<StoreStatus, KeyError> {
+        let inner = self.lock();
+        let mut status = StoreStatus { epochs: self.provider.epochs()?, ..StoreStatus::default() };
+        for t in inner.tenants.values() {
+            if t.shredded {
+                status.shredded_tenants += 1;
+                continue;
+            }
+            status.tenants += 1;
+            for s in t.shards.values() {
+                status.live_keys += s.keys.len();
+                status.retired_keys += s.keys.values().filter(|e| e.retired).count();
+                status.shredded_keys += s.shredded.len();
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// Whether a rotation is due: the newest epoch is older than `period_secs`,
+/// or an interrupted rotation left more than one live epoch.
+pub fn rotation_due(provider: &dyn RootKeyProvider, now_unix: i64, period_secs: i64) -> Result<bool, KeyError> {
+    let epochs = provider.epochs()?;
+    Ok(epochs.len() > 1 || epochs.last().is_none_or(|e| e.created_at_unix.saturating_add(period_secs) <= now_unix))
+}
