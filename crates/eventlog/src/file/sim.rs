@@ -342,7 +342,12 @@ impl Vfs for SimVfs {
         let s = self.lock();
         s.check_power()?;
         let entries = s.volatile_dirs.get(dir).ok_or_else(|| not_found(dir))?;
-        Ok(entries.keys().cloned().collect())
+        // Like read_dir: files and subdirectories.
+        let subdirs = s.volatile_dirs.keys().filter(|d| d.parent() == Some(dir)).filter_map(|d| d.file_name());
+        let mut names: Vec<String> =
+            entries.keys().cloned().chain(subdirs.map(|n| n.to_string_lossy().into_owned())).collect();
+        names.sort();
+        Ok(names)
     }
 
     fn exists(&self, path: &Path) -> bool {
