@@ -6,6 +6,10 @@
 //! file log at 1, 16, 256 and 1024 concurrent writers.
 //! `loadgen log-read`: `$all` read and subscription catch-up rates, and the
 //! time (and memory) to open a log of N events.
+//! `loadgen seal`: the keystore's seal/open, cache-miss, key-creation,
+//! shred and rotation costs against bare AES-GCM and raw fsync.
+
+mod keybench;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +72,21 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Seal/open rates with a warm cache, unwrap cost on a miss, key
+    /// creation, shred and rotation, each against a same-run baseline.
+    Seal {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds measured per round (three alternating rounds per figure).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Field sizes in bytes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "256,4096")]
+        sizes: Vec<usize>,
+        /// Keys to create (one fsync each) for the creation, miss and shred figures.
+        #[arg(long, default_value_t = 3000)]
+        keys: usize,
+    },
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
     LogOpen {
@@ -96,6 +115,10 @@ fn main() -> Result<()> {
                 println!("# kept {}", dir.keep().join("log").display());
             }
             result
+        }
+        Command::Seal { dir, seconds, sizes, keys } => {
+            let dir = work_dir(dir)?;
+            keybench::run(dir.path(), seconds, &sizes, keys.max(3))
         }
         Command::LogOpen { dir, key_seed } => {
             let started = Instant::now();

@@ -69,7 +69,8 @@ struct CachedKey {
 #[derive(Default)]
 struct Cache {
     by_id: HashMap<KeyId, Arc<CachedKey>>,
-    active: HashMap<(Uuid, KeyPurpose), KeyId>,
+    /// The sealing key per purpose (one lookup on the hot path).
+    active: HashMap<(Uuid, KeyPurpose), Arc<CachedKey>>,
     erased: HashSet<(Uuid, KeyId)>,
 }
 
@@ -161,9 +162,7 @@ impl Keyring {
     }
 
     fn cached_active(&self, tenant: Uuid, purpose: &KeyPurpose) -> Option<Arc<CachedKey>> {
-        let cache = self.read();
-        let id = cache.active.get(&(tenant, *purpose))?;
-        cache.by_id.get(id).cloned()
+        self.read().active.get(&(tenant, *purpose)).cloned()
     }
 
     /// Puts a key from the store into the cache, unless a shred ran since
@@ -190,7 +189,7 @@ impl Keyring {
         // A key already cached keeps its counters; the store's copy may lag.
         let cached = cache.by_id.entry(key.id).or_insert(cached).clone();
         if active && !cached.retired.load(Ordering::SeqCst) {
-            cache.active.insert((key.tenant, key.purpose), key.id);
+            cache.active.insert((key.tenant, key.purpose), cached.clone());
         }
         cached
     }
@@ -243,7 +242,7 @@ impl Keyring {
         }
         key.retired.store(true, Ordering::Release);
         let mut cache = self.write();
-        if cache.active.get(&(key.tenant, key.purpose)) == Some(&key.id) {
+        if cache.active.get(&(key.tenant, key.purpose)).is_some_and(|k| k.id == key.id) {
             cache.active.remove(&(key.tenant, key.purpose));
         }
         Ok(())
@@ -393,7 +392,7 @@ impl Keyring {
             for id in &report.keys {
                 cache.by_id.remove(id);
             }
-            cache.active.retain(|_, id| !report.keys.contains(id));
+            cache.active.retain(|_, k| !report.keys.contains(&k.id));
         }
         Ok(report)
     }
@@ -410,6 +409,19 @@ impl Keyring {
         off_runtime(move || store.rotate_epoch()).await
     }
 
+    /// Rotates when the newest epoch is at least `period_secs` old at
+    /// `now_unix`, or when an interrupted rotation left several epochs.
+    pub async fn rotate_if_due(&self, now_unix: i64, period_secs: i64) -> Result<Option<RotationReport>, KeyError> {
+        let store = self.inner.store.clone();
+        off_runtime(move || {
+            let epochs = store.status()?.epochs;
+            let due = epochs.len() > 1
+                || epochs.last().is_none_or(|e| e.created_at_unix.saturating_add(period_secs) <= now_unix);
+            if due { store.rotate_epoch().map(Some) } else { Ok(None) }
+        })
+        .await
+    }
+
     /// Unwrapped keys held now.
     pub fn cached_keys(&self) -> usize {
         self.read().by_id.len()
@@ -424,6 +436,28 @@ impl Keyring {
     }
 }
 
+/// Checks every `check_every` whether a rotation is due and runs it; the
+/// server spawns this for the life of the process. A failed rotation is
+/// logged and tried again at the next check (it resumes where it stopped).
+pub async fn rotation_schedule(
+    keyring: Keyring,
+    period_secs: i64,
+    clock: Arc<dyn eventlog::Clock>,
+    check_every: std::time::Duration,
+) {
+    let mut ticks = tokio::time::interval(check_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = clock.now_micros() / 1_000_000;
+        match keyring.rotate_if_due(now, period_secs).await {
+            Ok(Some(r)) => tracing::info!(epoch = r.epoch, keys = r.keys_rewrapped, "scheduled key rotation done"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "scheduled key rotation failed; will retry"),
+        }
+    }
+}
+
 /// Evicts the least recently used eighth of the cache.
 fn evict_oldest(cache: &mut Cache, capacity: usize) {
     let mut ages: Vec<(u64, KeyId)> =
@@ -433,5 +467,5 @@ fn evict_oldest(cache: &mut Cache, capacity: usize) {
     for (_, id) in &ages[..evict] {
         cache.by_id.remove(id);
     }
-    cache.active.retain(|_, id| cache.by_id.contains_key(id));
+    cache.active.retain(|_, k| cache.by_id.contains_key(&k.id));
 }

@@ -23,7 +23,7 @@ mod store;
 mod types;
 
 pub use error::KeyError;
-pub use keyring::{Aad, KeyPolicy, Keyring, Opened};
+pub use keyring::{Aad, KeyPolicy, Keyring, Opened, rotation_schedule};
 pub use provider::{EmbeddedRootProvider, RootKeyProvider};
 pub use store::{KeyStore, LocalKeyStore, SHARDS, rotation_due};
 pub use types::{

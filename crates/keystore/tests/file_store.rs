@@ -334,3 +334,32 @@ async fn the_async_keyring_keeps_store_work_off_the_runtime() {
     let report = ring.rotate_epoch().await.unwrap();
     assert_eq!(report.destroyed_epochs, vec![1]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_schedule_rotates_once_the_period_has_passed() {
+    let vfs = SimVfs::new();
+    let clock = eventlog::ManualClock::new(1_700_000_000_000_000);
+    let store: Arc<dyn KeyStore> =
+        Arc::new(common::open_with_clock(&vfs, &SecretKey::random().unwrap(), Arc::new(clock.clone())).unwrap());
+    store.active_key(Uuid::now_v7(), &subject(Uuid::now_v7(), Group::Geo)).unwrap();
+    let ring = Keyring::new(store.clone(), KeyPolicy::default()).unwrap();
+    let task = tokio::spawn(keystore::rotation_schedule(
+        ring,
+        keystore::DEFAULT_ROTATION_PERIOD_SECS,
+        Arc::new(clock.clone()),
+        std::time::Duration::from_secs(3600),
+    ));
+    let epoch = || store.status().unwrap().epochs.iter().map(|e| e.epoch).collect::<Vec<_>>();
+    clock.advance_secs(6 * 24 * 3600);
+    tokio::time::sleep(std::time::Duration::from_secs(7200)).await;
+    assert_eq!(epoch(), vec![1], "not due after 6 days");
+    clock.advance_secs(24 * 3600);
+    tokio::time::sleep(std::time::Duration::from_secs(7200)).await;
+    assert_eq!(epoch(), vec![2], "due after 7 days");
+    tokio::time::sleep(std::time::Duration::from_secs(7200)).await;
+    assert_eq!(epoch(), vec![2], "the new epoch's clock starts at its rotation");
+    task.abort();
+    assert!(keystore::validate_rotation_period(29 * 24 * 3600).is_err());
+    assert!(keystore::validate_rotation_period(60).is_err());
+    assert_eq!(keystore::validate_rotation_period(7 * 24 * 3600).unwrap(), 604_800);
+}

@@ -23,9 +23,14 @@ pub fn clock() -> Arc<dyn Clock> {
 }
 
 pub fn open(vfs: &SimVfs, root: &SecretKey) -> Result<LocalKeyStore, KeyError> {
+    open_with_clock(vfs, root, clock())
+}
+
+/// The provider's first epoch is made at unix 1_700_000_000.
+pub fn open_with_clock(vfs: &SimVfs, root: &SecretKey, clock: Arc<dyn Clock>) -> Result<LocalKeyStore, KeyError> {
     let vfs: Arc<dyn Vfs> = Arc::new(vfs.clone());
     let provider = EmbeddedRootProvider::open(vfs.clone(), Path::new(PROVIDER), root.clone(), true, 1_700_000_000)?;
-    open_file_store(vfs, Path::new(KEYS), Arc::new(provider), clock())
+    open_file_store(vfs, Path::new(KEYS), Arc::new(provider), clock)
 }
 
 /// Every file whose bytes contain `needle`.
