@@ -17,10 +17,9 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::AeadInOut;
 use anyhow::Result;
 use eventlog::SystemClock;
-use eventlog::file::vfs::{OsVfs, Vfs};
 use keystore::crypto::{self, SecretKey};
-use keystore::file::open_file_store;
-use keystore::{Aad, EmbeddedRootProvider, KeyPolicy, KeyPurpose, KeyStore, Keyring, ShredTarget};
+use keystore::embedded::{OpenMode, open_embedded};
+use keystore::{Aad, KeyPolicy, KeyPurpose, KeyStore, Keyring, ShredTarget};
 use uuid::Uuid;
 
 const ROUNDS: usize = 3;
@@ -55,10 +54,10 @@ fn versus(run: Duration, mut base: impl FnMut(), mut subject: impl FnMut()) -> (
 
 pub fn run(dir: &Path, seconds: f64, sizes: &[usize], keys: usize) -> Result<()> {
     let run = Duration::from_secs_f64(seconds);
-    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
-    let provider =
-        Arc::new(EmbeddedRootProvider::open(vfs.clone(), &dir.join("provider"), SecretKey::random()?, true, 0)?);
-    let store: Arc<dyn KeyStore> = Arc::new(open_file_store(vfs, &dir.join("keys"), provider, Arc::new(SystemClock))?);
+    // A real data directory (root.key, provider/, keys/): `pypes-keys --data
+    // <dir>` can inspect it afterwards (`--keep`).
+    let embedded = open_embedded(dir, None, Arc::new(SystemClock), OpenMode::CreateIfEmpty)?;
+    let store: Arc<dyn KeyStore> = embedded.store.clone();
     let ring = Keyring::new(store.clone(), KeyPolicy::default())?;
     let tenant = Uuid::now_v7();
     let session = KeyPurpose::SessionContent { session: Uuid::now_v7() };

@@ -86,6 +86,9 @@ enum Command {
         /// Keys to create (one fsync each) for the creation, miss and shred figures.
         #[arg(long, default_value_t = 3000)]
         keys: usize,
+        /// Keep the data directory afterwards (its path is printed) for `pypes-keys --data`.
+        #[arg(long)]
+        keep: bool,
     },
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
@@ -116,9 +119,13 @@ fn main() -> Result<()> {
             }
             result
         }
-        Command::Seal { dir, seconds, sizes, keys } => {
+        Command::Seal { dir, seconds, sizes, keys, keep } => {
             let dir = work_dir(dir)?;
-            keybench::run(dir.path(), seconds, &sizes, keys.max(3))
+            let result = keybench::run(dir.path(), seconds, &sizes, keys.max(3));
+            if keep {
+                println!("# kept {}", dir.keep().display());
+            }
+            result
         }
         Command::LogOpen { dir, key_seed } => {
             let started = Instant::now();

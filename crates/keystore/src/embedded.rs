@@ -100,6 +100,14 @@ fn create_root_file(path: &Path) -> Result<SecretKey, KeyError> {
     Ok(key)
 }
 
+/// Whether opening may set up a new key store (the server's first start)
+/// or must find one (operator tools).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    CreateIfEmpty,
+    MustExist,
+}
+
 /// Opens the key store of `data_dir`. `root_from_env` is the value of
 /// [`ROOT_KEY_ENV`] if set. A new root key is made only when there is no
 /// root key anywhere and no key material that an old one protected.
@@ -107,8 +115,15 @@ pub fn open_embedded(
     data_dir: &Path,
     root_from_env: Option<&str>,
     clock: Arc<dyn Clock>,
+    mode: OpenMode,
 ) -> Result<Embedded, KeyError> {
     let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+    if mode == OpenMode::MustExist && !EmbeddedRootProvider::exists(&vfs, &data_dir.join(PROVIDER_DIR)) {
+        return Err(KeyError::NotAKeyStore {
+            dir: data_dir.to_path_buf(),
+            reason: format!("there is no {PROVIDER_DIR}/ in it (the server sets one up on its first start)"),
+        });
+    }
     std::fs::create_dir_all(data_dir).map_err(|e| KeyError::io(data_dir, e))?;
     let keys_dir = data_dir.join(KEYS_DIR);
     let provider_dir = data_dir.join(PROVIDER_DIR);

@@ -291,6 +291,29 @@ impl LocalKeyStore {
         })
     }
 
+    /// Unwraps every live key of every tenant (for auditors and operators:
+    /// `pypes-keys verify`); reports what does not unwrap instead of stopping.
+    pub fn verify(&self) -> VerifyReport {
+        let mut inner = self.lock();
+        let mut report = VerifyReport::default();
+        let keys: Vec<(Uuid, KeyId, KeyEntry)> = inner
+            .tenants
+            .iter()
+            .filter(|(_, t)| !t.shredded)
+            .flat_map(|(&tenant, t)| {
+                t.shards.values().flat_map(move |s| s.keys.iter().map(move |(&id, e)| (tenant, id, e.clone())))
+            })
+            .collect();
+        report.tenants = inner.tenants.values().filter(|t| !t.shredded).count();
+        for (tenant, id, entry) in keys {
+            match self.unwrap_entry(&mut inner, tenant, id, &entry) {
+                Ok(_) => report.keys_ok += 1,
+                Err(e) => report.failures.push(format!("tenant {tenant} key {id}: {e}")),
+            }
+        }
+        report
+    }
+
     pub fn provider(&self) -> &Arc<dyn RootKeyProvider> {
         &self.provider
     }
@@ -621,6 +644,14 @@ impl KeyStore for LocalKeyStore {
         }
         Ok(status)
     }
+}
+
+/// What [`LocalKeyStore::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub tenants: usize,
+    pub keys_ok: usize,
+    pub failures: Vec<String>,
 }
 
 /// Whether a rotation is due: the newest epoch is older than `period_secs`,

@@ -13,7 +13,7 @@ use eventlog::SystemClock;
 use eventlog::file::sim::SimVfs;
 use eventlog::file::vfs::{OsVfs, Vfs};
 use keystore::crypto::SecretKey;
-use keystore::embedded::{RootKeyOrigin, open_embedded};
+use keystore::embedded::{OpenMode, RootKeyOrigin, open_embedded};
 use keystore::file::open_file_store;
 use keystore::{
     Aad, EmbeddedRootProvider, Group, KeyError, KeyLookup, KeyPolicy, KeyPurpose, KeyStore, Keyring, Opened,
@@ -235,7 +235,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_backup_cannot_bring_back_a_shredded_subject_after_rotation() {
     let data = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
-    let keys = open_embedded(data.path(), None, Arc::new(SystemClock)).unwrap();
+    let keys = open_embedded(data.path(), None, Arc::new(SystemClock), OpenMode::CreateIfEmpty).unwrap();
     let ring = Keyring::new(keys.store.clone(), KeyPolicy::default()).unwrap();
     let (t, erased, kept) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let aad = Aad { tenant: t, stream: "subject", event_id: Uuid::now_v7() };
@@ -287,8 +287,11 @@ fn embedded_start_makes_a_root_once_and_never_over_existing_data() {
     let data = tempfile::tempdir().unwrap();
     let clock = Arc::new(SystemClock);
     let (t, s) = (Uuid::now_v7(), Uuid::now_v7());
+    let err = open_embedded(data.path(), None, clock.clone(), OpenMode::MustExist).unwrap_err();
+    assert!(matches!(err, KeyError::NotAKeyStore { .. }), "{err}");
+    assert!(!data.path().join("root.key").exists(), "looking made a root key");
     let key = {
-        let first = open_embedded(data.path(), None, clock.clone()).unwrap();
+        let first = open_embedded(data.path(), None, clock.clone(), OpenMode::CreateIfEmpty).unwrap();
         assert_eq!(first.origin, RootKeyOrigin::Created(data.path().join("root.key")));
         first.store.active_key(t, &subject(s, Group::Profile)).unwrap()
     };
@@ -296,19 +299,22 @@ fn embedded_start_makes_a_root_once_and_never_over_existing_data() {
     assert_eq!(std::fs::metadata(&root_file).unwrap().permissions().mode() & 0o777, 0o600);
     let root_text = std::fs::read_to_string(&root_file).unwrap();
     {
-        let second = open_embedded(data.path(), None, clock.clone()).unwrap();
+        let second = open_embedded(data.path(), None, clock.clone(), OpenMode::CreateIfEmpty).unwrap();
         assert_eq!(second.origin, RootKeyOrigin::File(root_file.clone()));
         assert_eq!(material(second.store.as_ref(), t, key.id), Some(key.material.clone()));
     }
     std::fs::remove_file(&root_file).unwrap();
-    let err = open_embedded(data.path(), None, clock.clone()).unwrap_err();
+    let err = open_embedded(data.path(), None, clock.clone(), OpenMode::CreateIfEmpty).unwrap_err();
     assert!(matches!(err, KeyError::RootKeyMissing { .. }), "{err}");
     assert!(!root_file.exists(), "no new root was made");
     let wrong = hex::encode([7u8; 32]);
-    assert!(matches!(open_embedded(data.path(), Some(&wrong), clock.clone()), Err(KeyError::RootKeyMismatch { .. })));
-    let err = open_embedded(data.path(), Some("not-a-key"), clock.clone()).unwrap_err();
+    assert!(matches!(
+        open_embedded(data.path(), Some(&wrong), clock.clone(), OpenMode::CreateIfEmpty),
+        Err(KeyError::RootKeyMismatch { .. })
+    ));
+    let err = open_embedded(data.path(), Some("not-a-key"), clock.clone(), OpenMode::CreateIfEmpty).unwrap_err();
     assert!(err.to_string().contains("PYPES_ROOT_KEY"), "{err}");
-    let from_env = open_embedded(data.path(), Some(root_text.trim()), clock).unwrap();
+    let from_env = open_embedded(data.path(), Some(root_text.trim()), clock, OpenMode::CreateIfEmpty).unwrap();
     assert_eq!(from_env.origin, RootKeyOrigin::Environment);
     assert_eq!(material(from_env.store.as_ref(), t, key.id), Some(key.material));
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventlog::{Clock, SystemClock};
-use keystore::embedded::{ROOT_KEY_ENV, open_embedded};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
 use keystore::{KeyStore, RootKeyProvider};
 
 #[derive(Parser)]
@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Tenants, keys and epochs.
     Status,
+    /// Unwraps every live key; exits non-zero if any does not.
+    Verify,
     /// Re-wraps every live key under a new epoch KEK and destroys the old one.
     Rotate {
         /// Only rotate when the newest epoch is older than the period (or a rotation was interrupted).
@@ -36,12 +38,22 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber_init();
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain, without a backtrace: these are operator errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let root = std::env::var(ROOT_KEY_ENV).ok();
     let clock = Arc::new(SystemClock);
-    let keys = open_embedded(&cli.data, root.as_deref(), clock.clone())
+    let keys = open_embedded(&cli.data, root.as_deref(), clock.clone(), OpenMode::MustExist)
         .with_context(|| format!("opening the key store of {}", cli.data.display()))?;
     match cli.command {
         Command::Status => {
@@ -57,6 +69,16 @@ fn main() -> anyhow::Result<()> {
             }
             if s.epochs.len() > 1 {
                 println!("a rotation was interrupted; run `pypes-keys rotate` to finish it");
+            }
+        }
+        Command::Verify => {
+            let r = keys.store.verify();
+            println!("tenants: {}, keys unwrapped: {}, failures: {}", r.tenants, r.keys_ok, r.failures.len());
+            for f in &r.failures {
+                println!("FAILED {f}");
+            }
+            if !r.failures.is_empty() {
+                anyhow::bail!("{} keys do not unwrap", r.failures.len());
             }
         }
         Command::Rotate { if_due, period_days } => {
