@@ -13,12 +13,14 @@ test:
 ci:
     bash .ci/run
 
-# Load generator: append and read benchmarks of the event log, with their
-# same-run baselines. Pass e.g. `just bench --seconds 5`.
+# Load generator: the event log's append and read benchmarks and the key
+# store's seal/open/shred/rotate benchmarks, each with a same-run baseline.
+# Pass e.g. `just bench --seconds 5` (given to log-append).
 bench *ARGS:
     cargo build --release -p benches
     ./target/release/loadgen log-append {{ARGS}}
     ./target/release/loadgen log-read
+    ./target/release/loadgen seal
 
 # Fuzz the file log's record decoder (needs nightly and cargo-fuzz; not in CI).
 fuzz SECONDS="60":
