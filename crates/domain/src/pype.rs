@@ -1,0 +1,129 @@
+//! Pype: a branded channel of a tenant, with its agents and bots and the
+//! Session timer defaults; open until archived.
+
+use std::collections::BTreeSet;
+
+use uuid::Uuid;
+
+use crate::common::{Aggregate, Ctx, FieldClass, Rejection, Timers, check_text};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PypeCommand {
+    Create { pype: Uuid, tenant: Uuid, name: String, description: String, timers: Timers },
+    AssignAgent { agent: Uuid },
+    UnassignAgent { agent: Uuid },
+    AssignBot { bot: Uuid },
+    UnassignBot { bot: Uuid },
+    SetTimers { timers: Timers },
+    Archive,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PypeEvent {
+    Created { pype: Uuid, tenant: Uuid, name: String, description: String, timers: Timers, at_micros: i64 },
+    AgentAssigned { agent: Uuid },
+    AgentUnassigned { agent: Uuid },
+    BotAssigned { bot: Uuid },
+    BotUnassigned { bot: Uuid },
+    TimersSet { timers: Timers },
+    Archived { at_micros: i64 },
+}
+
+/// A Pype's name and description are the tenant's branding, not personal data.
+pub const FIELDS: &[(&str, &str, FieldClass)] =
+    &[("Created", "name", FieldClass::Clear), ("Created", "description", FieldClass::Clear)];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pype {
+    pub id: Option<Uuid>,
+    pub tenant: Uuid,
+    pub name: String,
+    pub description: String,
+    pub agents: BTreeSet<Uuid>,
+    pub bots: BTreeSet<Uuid>,
+    pub timers: Timers,
+    pub archived: bool,
+}
+
+impl Pype {
+    pub fn require_open(&self) -> Result<(), Rejection> {
+        match (self.id, self.archived) {
+            (None, _) => Err(Rejection::NotFound { what: "pype" }),
+            (Some(_), true) => Err(Rejection::precondition("the pype is archived")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for Pype {
+    type Command = PypeCommand;
+    type Event = PypeEvent;
+
+    fn decide(&self, command: &PypeCommand, ctx: &Ctx) -> Result<Vec<PypeEvent>, Rejection> {
+        if let PypeCommand::Create { pype, tenant, name, description, timers } = command {
+            if self.id.is_some() {
+                return Err(Rejection::AlreadyExists { what: "pype" });
+            }
+            check_text("name", name, 200, true)?;
+            check_text("description", description, 2000, false)?;
+            timers.validate("timers")?;
+            return Ok(vec![PypeEvent::Created {
+                pype: *pype,
+                tenant: *tenant,
+                name: name.trim().to_string(),
+                description: description.clone(),
+                timers: *timers,
+                at_micros: ctx.now_micros,
+            }]);
+        }
+        if matches!(command, PypeCommand::Archive) {
+            if self.id.is_none() {
+                return Err(Rejection::NotFound { what: "pype" });
+            }
+            return Ok(if self.archived { vec![] } else { vec![PypeEvent::Archived { at_micros: ctx.now_micros }] });
+        }
+        self.require_open()?;
+        Ok(match command {
+            PypeCommand::AssignAgent { agent } if !self.agents.contains(agent) => {
+                vec![PypeEvent::AgentAssigned { agent: *agent }]
+            }
+            PypeCommand::UnassignAgent { agent } if self.agents.contains(agent) => {
+                vec![PypeEvent::AgentUnassigned { agent: *agent }]
+            }
+            PypeCommand::AssignBot { bot } if !self.bots.contains(bot) => vec![PypeEvent::BotAssigned { bot: *bot }],
+            PypeCommand::UnassignBot { bot } if self.bots.contains(bot) => vec![PypeEvent::BotUnassigned { bot: *bot }],
+            PypeCommand::SetTimers { timers } => {
+                timers.validate("timers")?;
+                if *timers == self.timers { vec![] } else { vec![PypeEvent::TimersSet { timers: *timers }] }
+            }
+            // Assigning what is assigned, or removing what is not: nothing changes.
+            _ => vec![],
+        })
+    }
+
+    fn evolve(&mut self, event: &PypeEvent) {
+        match event {
+            PypeEvent::Created { pype, tenant, name, description, timers, .. } => {
+                self.id = Some(*pype);
+                self.tenant = *tenant;
+                self.name = name.clone();
+                self.description = description.clone();
+                self.timers = *timers;
+            }
+            PypeEvent::AgentAssigned { agent } => {
+                self.agents.insert(*agent);
+            }
+            PypeEvent::AgentUnassigned { agent } => {
+                self.agents.remove(agent);
+            }
+            PypeEvent::BotAssigned { bot } => {
+                self.bots.insert(*bot);
+            }
+            PypeEvent::BotUnassigned { bot } => {
+                self.bots.remove(bot);
+            }
+            PypeEvent::TimersSet { timers } => self.timers = *timers,
+            PypeEvent::Archived { .. } => self.archived = true,
+        }
+    }
+}

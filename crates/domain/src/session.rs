@@ -1,0 +1,321 @@
+//! Session: one conversation in a Pype between one end user and the
+//! tenant's agents and bots. Messages carry a per-Session sequence number;
+//! each participant has a read horizon that only moves forward. Timers
+//! move it `active → inactive → closed`; a message in an inactive Session
+//! makes it active again; `closed` is final.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::common::{Aggregate, Ctx, FieldClass, PiiGroup, Rejection, Timers, check_text};
+
+pub const MAX_BODY_CHARS: usize = 10_000;
+pub const MAX_DEVICE_CHARS: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParticipantKind {
+    EndUser,
+    Agent,
+    Bot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Active,
+    Inactive,
+    Closed,
+}
+
+/// Why the state changed: a call of the API, or a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Api,
+    Timer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionCommand {
+    Start {
+        session: Uuid,
+        tenant: Uuid,
+        pype: Uuid,
+        end_user: Uuid,
+        /// The Pype's defaults, and this Session's own values if any.
+        pype_timers: Timers,
+        timers: Option<Timers>,
+    },
+    PostMessage {
+        sender: Uuid,
+        body: String,
+        device: Option<String>,
+    },
+    AdvanceReadHorizon {
+        participant: Uuid,
+        up_to: u64,
+        private: bool,
+    },
+    Join {
+        participant: Uuid,
+        kind: ParticipantKind,
+    },
+    Leave {
+        participant: Uuid,
+    },
+    Close,
+    /// A timer went off: apply every deadline that has passed at `ctx.now`.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    Started { session: Uuid, tenant: Uuid, pype: Uuid, end_user: Uuid, timers: Timers, at_micros: i64 },
+    ParticipantJoined { participant: Uuid, kind: ParticipantKind, at_micros: i64 },
+    ParticipantLeft { participant: Uuid, at_micros: i64 },
+    MessagePosted { seq: u64, sender: Uuid, sent_at_micros: i64, body: String, device: Option<String> },
+    ReadHorizonAdvanced { participant: Uuid, up_to: u64, private: bool },
+    BecameInactive { reason: Reason, at_micros: i64 },
+    Reactivated { reason: Reason, at_micros: i64 },
+    Closed { reason: Reason, at_micros: i64 },
+}
+
+/// Message bodies are content (the Session's key); the device a message
+/// came from is the end user's device data.
+pub const FIELDS: &[(&str, &str, FieldClass)] =
+    &[("MessagePosted", "body", FieldClass::Content), ("MessagePosted", "device", FieldClass::Pii(PiiGroup::Device))];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub kind: ParticipantKind,
+    pub present: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Horizon {
+    pub up_to: u64,
+    /// Hidden from agents (the end user's choice).
+    pub private: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: Option<Uuid>,
+    pub tenant: Uuid,
+    pub pype: Uuid,
+    pub end_user: Uuid,
+    pub timers: Timers,
+    pub status: Status,
+    pub participants: BTreeMap<Uuid, Participant>,
+    pub horizons: BTreeMap<Uuid, Horizon>,
+    /// Sequence number of the last message (0 = none yet).
+    pub last_seq: u64,
+    /// Start of the current idle period (last message, start or reactivation).
+    pub last_activity_micros: i64,
+    pub inactive_since_micros: i64,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self {
+            id: None,
+            tenant: Uuid::nil(),
+            pype: Uuid::nil(),
+            end_user: Uuid::nil(),
+            timers: Timers::DEFAULT,
+            status: Status::Active,
+            participants: BTreeMap::new(),
+            horizons: BTreeMap::new(),
+            last_seq: 0,
+            last_activity_micros: 0,
+            inactive_since_micros: 0,
+        }
+    }
+}
+
+const MICROS: i64 = 1_000_000;
+
+impl Session {
+    /// When the next timer goes off, if one is armed.
+    pub fn next_deadline_micros(&self) -> Option<i64> {
+        self.id?;
+        match self.status {
+            Status::Active => Some(self.last_activity_micros + i64::from(self.timers.inactive_after_secs) * MICROS),
+            Status::Inactive => Some(self.inactive_since_micros + i64::from(self.timers.close_after_secs) * MICROS),
+            Status::Closed => None,
+        }
+    }
+
+    fn require_writable(&self) -> Result<(), Rejection> {
+        match (self.id, self.status) {
+            (None, _) => Err(Rejection::NotFound { what: "session" }),
+            (Some(_), Status::Closed) => Err(Rejection::precondition("the session is closed")),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_present(&self, who: Uuid) -> bool {
+        self.participants.get(&who).is_some_and(|p| p.present)
+    }
+}
+
+impl Aggregate for Session {
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+
+    fn decide(&self, command: &SessionCommand, ctx: &Ctx) -> Result<Vec<SessionEvent>, Rejection> {
+        let now = ctx.now_micros;
+        match command {
+            SessionCommand::Start { session, tenant, pype, end_user, pype_timers, timers } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { what: "session" });
+                }
+                let timers = match timers {
+                    Some(t) => t.validate("timers")?,
+                    None => *pype_timers,
+                };
+                Ok(vec![SessionEvent::Started {
+                    session: *session,
+                    tenant: *tenant,
+                    pype: *pype,
+                    end_user: *end_user,
+                    timers,
+                    at_micros: now,
+                }])
+            }
+            SessionCommand::PostMessage { sender, body, device } => {
+                self.require_writable()?;
+                if !self.is_present(*sender) {
+                    return Err(Rejection::precondition("the sender is not a participant of the session"));
+                }
+                check_text("body", body, MAX_BODY_CHARS, true)?;
+                if let Some(d) = device {
+                    check_text("device", d, MAX_DEVICE_CHARS, true)?;
+                }
+                let mut events = Vec::with_capacity(2);
+                if self.status == Status::Inactive {
+                    events.push(SessionEvent::Reactivated { reason: Reason::Api, at_micros: now });
+                }
+                events.push(SessionEvent::MessagePosted {
+                    seq: self.last_seq + 1,
+                    sender: *sender,
+                    sent_at_micros: now,
+                    body: body.clone(),
+                    device: device.clone(),
+                });
+                Ok(events)
+            }
+            SessionCommand::AdvanceReadHorizon { participant, up_to, private } => {
+                self.require_writable()?;
+                if !self.participants.contains_key(participant) {
+                    return Err(Rejection::precondition("not a participant of the session"));
+                }
+                if *up_to > self.last_seq {
+                    return Err(Rejection::invalid(
+                        "up_to",
+                        format!("{up_to} is past the last message ({})", self.last_seq),
+                    ));
+                }
+                let current = self.horizons.get(participant).copied();
+                // Only forward; the same horizon again (or an older one) changes nothing
+                // unless the privacy flag changes.
+                match current {
+                    Some(h) if h.up_to >= *up_to && h.private == *private => Ok(vec![]),
+                    Some(h) if h.up_to > *up_to => Ok(vec![SessionEvent::ReadHorizonAdvanced {
+                        participant: *participant,
+                        up_to: h.up_to,
+                        private: *private,
+                    }]),
+                    _ => Ok(vec![SessionEvent::ReadHorizonAdvanced {
+                        participant: *participant,
+                        up_to: *up_to,
+                        private: *private,
+                    }]),
+                }
+            }
+            SessionCommand::Join { participant, kind } => {
+                self.require_writable()?;
+                if *kind == ParticipantKind::EndUser && *participant != self.end_user {
+                    return Err(Rejection::invalid("kind", "a session has exactly one end user"));
+                }
+                if self.is_present(*participant) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![SessionEvent::ParticipantJoined { participant: *participant, kind: *kind, at_micros: now }])
+            }
+            SessionCommand::Leave { participant } => {
+                self.require_writable()?;
+                if *participant == self.end_user {
+                    return Err(Rejection::precondition("the end user cannot leave their own session; close it"));
+                }
+                if !self.is_present(*participant) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![SessionEvent::ParticipantLeft { participant: *participant, at_micros: now }])
+            }
+            SessionCommand::Close => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { what: "session" });
+                }
+                Ok(if self.status == Status::Closed {
+                    vec![]
+                } else {
+                    vec![SessionEvent::Closed { reason: Reason::Api, at_micros: now }]
+                })
+            }
+            SessionCommand::Tick => {
+                let mut state = self.clone();
+                let mut events = Vec::new();
+                // Overdue timers (after a restart) may pass both deadlines at once;
+                // each change is stamped with its own deadline.
+                while let Some(deadline) = state.next_deadline_micros().filter(|d| *d <= now) {
+                    let event = match state.status {
+                        Status::Active => SessionEvent::BecameInactive { reason: Reason::Timer, at_micros: deadline },
+                        _ => SessionEvent::Closed { reason: Reason::Timer, at_micros: deadline },
+                    };
+                    state.evolve(&event);
+                    events.push(event);
+                }
+                Ok(events)
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &SessionEvent) {
+        match event {
+            SessionEvent::Started { session, tenant, pype, end_user, timers, at_micros } => {
+                self.id = Some(*session);
+                self.tenant = *tenant;
+                self.pype = *pype;
+                self.end_user = *end_user;
+                self.timers = *timers;
+                self.status = Status::Active;
+                self.last_activity_micros = *at_micros;
+                self.participants.insert(*end_user, Participant { kind: ParticipantKind::EndUser, present: true });
+            }
+            SessionEvent::ParticipantJoined { participant, kind, .. } => {
+                self.participants.insert(*participant, Participant { kind: *kind, present: true });
+            }
+            SessionEvent::ParticipantLeft { participant, .. } => {
+                if let Some(p) = self.participants.get_mut(participant) {
+                    p.present = false;
+                }
+            }
+            SessionEvent::MessagePosted { seq, sent_at_micros, .. } => {
+                self.last_seq = *seq;
+                self.last_activity_micros = *sent_at_micros;
+            }
+            SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => {
+                self.horizons.insert(*participant, Horizon { up_to: *up_to, private: *private });
+            }
+            SessionEvent::BecameInactive { at_micros, .. } => {
+                self.status = Status::Inactive;
+                self.inactive_since_micros = *at_micros;
+            }
+            SessionEvent::Reactivated { at_micros, .. } => {
+                self.status = Status::Active;
+                self.last_activity_micros = *at_micros;
+            }
+            SessionEvent::Closed { .. } => self.status = Status::Closed,
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Subject: an end user of a tenant. Registers (username unique within the
+//! tenant, email, phone, date of birth or an age attestation) or is invited
+//! and onboards; the tenant can deactivate and reactivate them. Everything
+//! about the person is personal data (profile group). Nobody under 13 is
+//! registered.
+
+use uuid::Uuid;
+
+use crate::common::{Aggregate, Ctx, FieldClass, PiiGroup, Rejection, check_text};
+
+/// The youngest age pypes registers.
+pub const MIN_AGE: u32 = 13;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Birth {
+    Date {
+        year: i32,
+        month: u32,
+        day: u32,
+    },
+    /// The tenant attests the person is at least [`MIN_AGE`].
+    AttestedAtLeast13,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubjectStatus {
+    Invited,
+    Active,
+    Deactivated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectCommand {
+    Register { subject: Uuid, tenant: Uuid, username: String, email: String, phone: String, birth: Birth },
+    Invite { subject: Uuid, tenant: Uuid, email: String },
+    Onboard { username: String, phone: String, birth: Birth },
+    Deactivate,
+    Reactivate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubjectEvent {
+    Registered {
+        subject: Uuid,
+        tenant: Uuid,
+        username: String,
+        email: String,
+        phone: String,
+        birth: Birth,
+        at_micros: i64,
+    },
+    Invited {
+        subject: Uuid,
+        tenant: Uuid,
+        email: String,
+        at_micros: i64,
+    },
+    Onboarded {
+        username: String,
+        phone: String,
+        birth: Birth,
+        at_micros: i64,
+    },
+    Deactivated {
+        at_micros: i64,
+    },
+    Reactivated {
+        at_micros: i64,
+    },
+}
+
+const PROFILE: FieldClass = FieldClass::Pii(PiiGroup::Profile);
+pub const FIELDS: &[(&str, &str, FieldClass)] = &[
+    ("Registered", "username", PROFILE),
+    ("Registered", "email", PROFILE),
+    ("Registered", "phone", PROFILE),
+    ("Registered", "birth", PROFILE),
+    ("Invited", "email", PROFILE),
+    ("Onboarded", "username", PROFILE),
+    ("Onboarded", "phone", PROFILE),
+    ("Onboarded", "birth", PROFILE),
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub id: Option<Uuid>,
+    pub tenant: Uuid,
+    pub username: String,
+    pub email: String,
+    pub phone: String,
+    pub birth: Option<Birth>,
+    pub status: Option<SubjectStatus>,
+}
+
+/// Lower-cases and checks a username: 3–64 of `a-z 0-9 . _ -`.
+pub fn normalize_username(username: &str) -> Result<String, Rejection> {
+    let u = username.trim().to_lowercase();
+    let n = u.chars().count();
+    if !(3..=64).contains(&n) {
+        return Err(Rejection::invalid("username", format!("{n} characters; 3 to 64")));
+    }
+    if !u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')) {
+        return Err(Rejection::invalid("username", "only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(u)
+}
+
+fn check_email(email: &str) -> Result<(), Rejection> {
+    check_text("email", email, 254, true)?;
+    let ok = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+        }
+        None => false,
+    };
+    if !ok || email.chars().any(char::is_whitespace) {
+        return Err(Rejection::invalid("email", "not an email address"));
+    }
+    Ok(())
+}
+
+fn check_phone(phone: &str) -> Result<(), Rejection> {
+    if phone.is_empty() {
+        return Ok(());
+    }
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(Rejection::invalid("phone", "E.164: '+' then 8 to 15 digits"));
+    }
+    Ok(())
+}
+
+/// Civil date (year, month, day) of a Unix time in microseconds.
+fn civil_date(micros: i64) -> (i32, u32, u32) {
+    // Howard Hinnant's days-to-civil.
+    let days = micros.div_euclid(86_400_000_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+fn check_birth(birth: &Birth, now_micros: i64) -> Result<(), Rejection> {
+    let Birth::Date { year, month, day } = *birth else { return Ok(()) };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return Err(Rejection::invalid("birth", format!("month {month} does not exist"))),
+    };
+    if day == 0 || day > days_in_month {
+        return Err(Rejection::invalid("birth", format!("day {day} does not exist in month {month}")));
+    }
+    let (y, m, d) = civil_date(now_micros);
+    if year < 1900 || (year, month, day) > (y, m, d) {
+        return Err(Rejection::invalid("birth", "not a plausible date of birth"));
+    }
+    let age = y - year - i32::from((m, d) < (month, day));
+    if age < MIN_AGE as i32 {
+        return Err(Rejection::invalid("birth", format!("under {MIN_AGE}: pypes does not register children")));
+    }
+    Ok(())
+}
+
+impl Subject {
+    pub fn require_exists(&self) -> Result<SubjectStatus, Rejection> {
+        self.status.ok_or(Rejection::NotFound { what: "subject" })
+    }
+}
+
+impl Aggregate for Subject {
+    type Command = SubjectCommand;
+    type Event = SubjectEvent;
+
+    fn decide(&self, command: &SubjectCommand, ctx: &Ctx) -> Result<Vec<SubjectEvent>, Rejection> {
+        let now = ctx.now_micros;
+        match command {
+            SubjectCommand::Register { subject, tenant, username, email, phone, birth } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { what: "subject" });
+                }
+                let username = normalize_username(username)?;
+                check_email(email)?;
+                check_phone(phone)?;
+                check_birth(birth, now)?;
+                Ok(vec![SubjectEvent::Registered {
+                    subject: *subject,
+                    tenant: *tenant,
+                    username,
+                    email: email.trim().to_string(),
+                    phone: phone.clone(),
+                    birth: birth.clone(),
+                    at_micros: now,
+                }])
+            }
+            SubjectCommand::Invite { subject, tenant, email } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { what: "subject" });
+                }
+                check_email(email)?;
+                Ok(vec![SubjectEvent::Invited {
+                    subject: *subject,
+                    tenant: *tenant,
+                    email: email.trim().to_string(),
+                    at_micros: now,
+                }])
+            }
+            SubjectCommand::Onboard { username, phone, birth } => {
+                if self.require_exists()? != SubjectStatus::Invited {
+                    return Err(Rejection::precondition("only an invited subject can onboard"));
+                }
+                let username = normalize_username(username)?;
+                check_phone(phone)?;
+                check_birth(birth, now)?;
+                Ok(vec![SubjectEvent::Onboarded {
+                    username,
+                    phone: phone.clone(),
+                    birth: birth.clone(),
+                    at_micros: now,
+                }])
+            }
+            SubjectCommand::Deactivate => Ok(match self.require_exists()? {
+                SubjectStatus::Deactivated => vec![],
+                _ => vec![SubjectEvent::Deactivated { at_micros: now }],
+            }),
+            SubjectCommand::Reactivate => Ok(match self.require_exists()? {
+                SubjectStatus::Deactivated => vec![SubjectEvent::Reactivated { at_micros: now }],
+                _ => vec![],
+            }),
+        }
+    }
+
+    fn evolve(&mut self, event: &SubjectEvent) {
+        match event {
+            SubjectEvent::Registered { subject, tenant, username, email, phone, birth, .. } => {
+                self.id = Some(*subject);
+                self.tenant = *tenant;
+                self.username = username.clone();
+                self.email = email.clone();
+                self.phone = phone.clone();
+                self.birth = Some(birth.clone());
+                self.status = Some(SubjectStatus::Active);
+            }
+            SubjectEvent::Invited { subject, tenant, email, .. } => {
+                self.id = Some(*subject);
+                self.tenant = *tenant;
+                self.email = email.clone();
+                self.status = Some(SubjectStatus::Invited);
+            }
+            SubjectEvent::Onboarded { username, phone, birth, .. } => {
+                self.username = username.clone();
+                self.phone = phone.clone();
+                self.birth = Some(birth.clone());
+                self.status = Some(SubjectStatus::Active);
+            }
+            SubjectEvent::Deactivated { .. } => self.status = Some(SubjectStatus::Deactivated),
+            SubjectEvent::Reactivated { .. } => self.status = Some(SubjectStatus::Active),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_date;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(951_782_400 * 1_000_000), (2000, 2, 29));
+        assert_eq!(civil_date(1_795_983_323 * 1_000_000), (2026, 11, 29));
+        assert_eq!(civil_date(-86_400_000_000), (1969, 12, 31));
+    }
+}

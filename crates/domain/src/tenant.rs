@@ -1,0 +1,120 @@
+//! Tenant: a platform customer, created by a platform admin, with settings
+//! for its Pypes and Sessions; active until cancelled.
+
+use uuid::Uuid;
+
+use crate::common::{Aggregate, Ctx, FieldClass, Rejection, Timers, check_text};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Default Session timers for the tenant's Pypes.
+    pub timers: Timers,
+    /// Days a closed Session's content is kept (0 = no limit).
+    pub retention_days: u32,
+    /// Where the tenant's data must stay, e.g. "eu".
+    pub region: String,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        Self { timers: Timers::DEFAULT, retention_days: 0, region: "eu".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantCommand {
+    Create { tenant: Uuid, name: String, settings: TenantSettings },
+    UpdateSettings { settings: TenantSettings },
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantEvent {
+    Created { tenant: Uuid, name: String, settings: TenantSettings, at_micros: i64 },
+    SettingsUpdated { settings: TenantSettings },
+    Cancelled { at_micros: i64 },
+}
+
+/// Tenant names and settings are business data, not personal data.
+pub const FIELDS: &[(&str, &str, FieldClass)] =
+    &[("Created", "name", FieldClass::Clear), ("Created", "settings", FieldClass::Clear)];
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub settings: TenantSettings,
+    pub cancelled: bool,
+}
+
+fn check_settings(s: &TenantSettings) -> Result<(), Rejection> {
+    s.timers.validate("settings.timers")?;
+    if s.retention_days > 3650 {
+        return Err(Rejection::invalid("settings.retention_days", "at most 3650 days"));
+    }
+    check_text("settings.region", &s.region, 32, true)?;
+    if !s.region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Err(Rejection::invalid("settings.region", "lowercase letters, digits and '-' only"));
+    }
+    Ok(())
+}
+
+impl Aggregate for Tenant {
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+
+    fn decide(&self, command: &TenantCommand, ctx: &Ctx) -> Result<Vec<TenantEvent>, Rejection> {
+        match command {
+            TenantCommand::Create { tenant, name, settings } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { what: "tenant" });
+                }
+                check_text("name", name, 200, true)?;
+                check_settings(settings)?;
+                Ok(vec![TenantEvent::Created {
+                    tenant: *tenant,
+                    name: name.trim().to_string(),
+                    settings: settings.clone(),
+                    at_micros: ctx.now_micros,
+                }])
+            }
+            TenantCommand::UpdateSettings { settings } => {
+                self.require_active()?;
+                check_settings(settings)?;
+                Ok(if *settings == self.settings {
+                    vec![]
+                } else {
+                    vec![TenantEvent::SettingsUpdated { settings: settings.clone() }]
+                })
+            }
+            TenantCommand::Cancel => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { what: "tenant" });
+                }
+                Ok(if self.cancelled { vec![] } else { vec![TenantEvent::Cancelled { at_micros: ctx.now_micros }] })
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &TenantEvent) {
+        match event {
+            TenantEvent::Created { tenant, name, settings, .. } => {
+                self.id = Some(*tenant);
+                self.name = name.clone();
+                self.settings = settings.clone();
+            }
+            TenantEvent::SettingsUpdated { settings } => self.settings = settings.clone(),
+            TenantEvent::Cancelled { .. } => self.cancelled = true,
+        }
+    }
+}
+
+impl Tenant {
+    pub fn require_active(&self) -> Result<(), Rejection> {
+        match (self.id, self.cancelled) {
+            (None, _) => Err(Rejection::NotFound { what: "tenant" }),
+            (Some(_), true) => Err(Rejection::precondition("the tenant is cancelled")),
+            _ => Ok(()),
+        }
+    }
+}
