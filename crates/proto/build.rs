@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("pypes/storage/v1/event.proto"),
         root.join("pypes/log/v1/frame.proto"),
         root.join("pypes/keystore/v1/keystore.proto"),
+        root.join("pypes/events/v1/events.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -20,4 +20,10 @@ pub mod keystore {
     include!(concat!(env!("OUT_DIR"), "/pypes.keystore.v1.rs"));
 }
 
+/// `pypes.events.v1`: the Clear-field payloads of the domain events.
+pub mod events {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.events.v1.rs"));
+}
+
 pub use prost::Message;

@@ -1,0 +1,564 @@
+//! Domain events to stored events and back. Clear fields go into the
+//! protobuf payload (`proto/pypes/events/v1`); personal fields and content
+//! are sealed through the keyring into the envelope's sealed fields, with
+//! AAD binding tenant, stream, event id, field and key. Opening a field
+//! whose key was shredded gives an empty value: the event still decodes.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use domain::pype::{Pype, PypeEvent};
+use domain::session::{ParticipantKind, Reason, Session, SessionEvent};
+use domain::subject::{Birth, Subject, SubjectEvent};
+use domain::tenant::{Tenant, TenantEvent, TenantSettings};
+use domain::{Aggregate, Timers};
+use eventlog::{NewEvent, RecordedEvent, SealedField};
+use keystore::{Aad, Group, KeyPurpose, Keyring, Opened};
+use prost::Message;
+use proto::events as pb;
+use uuid::Uuid;
+
+use crate::error::ActorError;
+
+/// How an entity's events are stored.
+pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static> + Send + Sync + 'static {
+    /// Stream-name prefix, e.g. "session".
+    const KIND: &'static str;
+
+    /// Encodes `event` (decided on `self`, the state before it) as a new
+    /// stored event of `stream`.
+    fn encode(
+        &self,
+        event: &Self::Event,
+        tenant: Uuid,
+        stream: &str,
+        keyring: &Keyring,
+    ) -> impl Future<Output = Result<NewEvent, ActorError>> + Send;
+
+    fn decode(
+        recorded: &RecordedEvent,
+        keyring: &Keyring,
+    ) -> impl Future<Output = Result<Self::Event, ActorError>> + Send;
+
+    /// When this entity's next timer goes off (Sessions only).
+    fn deadline(&self) -> Option<i64> {
+        None
+    }
+}
+
+/// The stream of an entity: kind, tenant and id (opaque ids only).
+pub fn stream_name(kind: &str, tenant: Uuid, id: Uuid) -> String {
+    format!("{kind}-{tenant}-{id}")
+}
+
+fn new_event(event_type: &str, tenant: Uuid, payload: impl Message) -> NewEvent {
+    let mut e = NewEvent::new(event_type, Bytes::from(payload.encode_to_vec()));
+    e.tenant_id = Some(tenant);
+    e
+}
+
+struct Sealer<'a> {
+    keyring: &'a Keyring,
+    tenant: Uuid,
+    stream: &'a str,
+    event: NewEvent,
+}
+
+impl<'a> Sealer<'a> {
+    fn new(keyring: &'a Keyring, tenant: Uuid, stream: &'a str, event: NewEvent) -> Self {
+        Self { keyring, tenant, stream, event }
+    }
+
+    async fn seal(mut self, field: &str, value: &str, purpose: KeyPurpose) -> Result<Self, ActorError> {
+        let aad = Aad { tenant: self.tenant, stream: self.stream, event_id: self.event.id };
+        let sealed = self.keyring.seal(field, value.as_bytes(), &purpose, &aad).await?;
+        self.event.sealed_fields.push(sealed);
+        Ok(self)
+    }
+
+    fn done(self) -> NewEvent {
+        self.event
+    }
+}
+
+fn corrupt(r: &RecordedEvent, reason: impl Into<String>) -> ActorError {
+    ActorError::Corrupt { stream: r.stream.to_string(), version: r.version, reason: reason.into() }
+}
+
+fn payload<M: Message + Default>(r: &RecordedEvent) -> Result<M, ActorError> {
+    M::decode(r.event.payload.as_ref()).map_err(|e| corrupt(r, format!("payload: {e}")))
+}
+
+fn uuid(r: &RecordedEvent, field: &str, bytes: &[u8]) -> Result<Uuid, ActorError> {
+    Uuid::from_slice(bytes).map_err(|_| corrupt(r, format!("{field} is {} bytes, not a uuid", bytes.len())))
+}
+
+fn tenant_of(r: &RecordedEvent) -> Result<Uuid, ActorError> {
+    r.event.tenant_id.ok_or_else(|| corrupt(r, "no tenant id"))
+}
+
+/// Opens a sealed text field: `None` when absent; an erased field reads as
+/// an empty string.
+async fn open_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<String>, ActorError> {
+    let Some(sealed) = r.event.sealed_fields.iter().find(|s: &&SealedField| s.field == field) else { return Ok(None) };
+    let aad = Aad { tenant: tenant_of(r)?, stream: &r.stream, event_id: r.event.id };
+    match keyring.open(field, sealed, &aad).await? {
+        Opened::Plaintext(p) => {
+            String::from_utf8(p.to_vec()).map(Some).map_err(|_| corrupt(r, format!("{field} is not UTF-8")))
+        }
+        Opened::Erased => Ok(Some(String::new())),
+    }
+}
+
+async fn required_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<String, ActorError> {
+    open_text(r, keyring, field).await?.ok_or_else(|| corrupt(r, format!("sealed field {field} missing")))
+}
+
+fn timers_pb(t: Timers) -> pb::Timers {
+    pb::Timers { inactive_after_secs: t.inactive_after_secs, close_after_secs: t.close_after_secs }
+}
+
+fn timers_of(t: Option<pb::Timers>) -> Timers {
+    t.map_or(Timers::DEFAULT, |t| Timers {
+        inactive_after_secs: t.inactive_after_secs,
+        close_after_secs: t.close_after_secs,
+    })
+}
+
+fn settings_pb(s: &TenantSettings) -> pb::TenantSettings {
+    pb::TenantSettings { timers: Some(timers_pb(s.timers)), retention_days: s.retention_days, region: s.region.clone() }
+}
+
+fn settings_of(s: Option<pb::TenantSettings>) -> TenantSettings {
+    let s = s.unwrap_or_default();
+    TenantSettings { timers: timers_of(s.timers), retention_days: s.retention_days, region: s.region }
+}
+
+fn id_bytes(id: Uuid) -> Bytes {
+    Bytes::copy_from_slice(id.as_bytes())
+}
+
+impl Codec for Tenant {
+    const KIND: &'static str = "tenant";
+
+    async fn encode(&self, event: &TenantEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, ActorError> {
+        Ok(match event {
+            TenantEvent::Created { tenant: id, name, settings, at_micros } => new_event(
+                "TenantCreated",
+                tenant,
+                pb::TenantCreated {
+                    tenant_id: id_bytes(*id),
+                    name: name.clone(),
+                    settings: Some(settings_pb(settings)),
+                    at_micros: *at_micros,
+                },
+            ),
+            TenantEvent::SettingsUpdated { settings } => new_event(
+                "TenantSettingsUpdated",
+                tenant,
+                pb::TenantSettingsUpdated { settings: Some(settings_pb(settings)) },
+            ),
+            TenantEvent::Cancelled { at_micros } => {
+                new_event("TenantCancelled", tenant, pb::TenantCancelled { at_micros: *at_micros })
+            }
+        })
+    }
+
+    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<TenantEvent, ActorError> {
+        Ok(match r.event_type() {
+            "TenantCreated" => {
+                let p: pb::TenantCreated = payload(r)?;
+                TenantEvent::Created {
+                    tenant: uuid(r, "tenant_id", &p.tenant_id)?,
+                    name: p.name,
+                    settings: settings_of(p.settings),
+                    at_micros: p.at_micros,
+                }
+            }
+            "TenantSettingsUpdated" => TenantEvent::SettingsUpdated {
+                settings: settings_of(payload::<pb::TenantSettingsUpdated>(r)?.settings),
+            },
+            "TenantCancelled" => TenantEvent::Cancelled { at_micros: payload::<pb::TenantCancelled>(r)?.at_micros },
+            other => return Err(corrupt(r, format!("unknown tenant event type {other:?}"))),
+        })
+    }
+}
+
+impl Codec for Pype {
+    const KIND: &'static str = "pype";
+
+    async fn encode(&self, event: &PypeEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, ActorError> {
+        let member = |t: &str, id: &Uuid| new_event(t, tenant, pb::PypeMemberChanged { member_id: id_bytes(*id) });
+        Ok(match event {
+            PypeEvent::Created { pype, tenant: t, name, description, timers, at_micros } => new_event(
+                "PypeCreated",
+                tenant,
+                pb::PypeCreated {
+                    pype_id: id_bytes(*pype),
+                    tenant_id: id_bytes(*t),
+                    name: name.clone(),
+                    description: description.clone(),
+                    timers: Some(timers_pb(*timers)),
+                    at_micros: *at_micros,
+                },
+            ),
+            PypeEvent::AgentAssigned { agent } => member("PypeAgentAssigned", agent),
+            PypeEvent::AgentUnassigned { agent } => member("PypeAgentUnassigned", agent),
+            PypeEvent::BotAssigned { bot } => member("PypeBotAssigned", bot),
+            PypeEvent::BotUnassigned { bot } => member("PypeBotUnassigned", bot),
+            PypeEvent::TimersSet { timers } => {
+                new_event("PypeTimersSet", tenant, pb::PypeTimersSet { timers: Some(timers_pb(*timers)) })
+            }
+            PypeEvent::Archived { at_micros } => {
+                new_event("PypeArchived", tenant, pb::PypeArchived { at_micros: *at_micros })
+            }
+        })
+    }
+
+    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<PypeEvent, ActorError> {
+        let member = || -> Result<Uuid, ActorError> {
+            let p: pb::PypeMemberChanged = payload(r)?;
+            uuid(r, "member_id", &p.member_id)
+        };
+        Ok(match r.event_type() {
+            "PypeCreated" => {
+                let p: pb::PypeCreated = payload(r)?;
+                PypeEvent::Created {
+                    pype: uuid(r, "pype_id", &p.pype_id)?,
+                    tenant: uuid(r, "tenant_id", &p.tenant_id)?,
+                    name: p.name,
+                    description: p.description,
+                    timers: timers_of(p.timers),
+                    at_micros: p.at_micros,
+                }
+            }
+            "PypeAgentAssigned" => PypeEvent::AgentAssigned { agent: member()? },
+            "PypeAgentUnassigned" => PypeEvent::AgentUnassigned { agent: member()? },
+            "PypeBotAssigned" => PypeEvent::BotAssigned { bot: member()? },
+            "PypeBotUnassigned" => PypeEvent::BotUnassigned { bot: member()? },
+            "PypeTimersSet" => PypeEvent::TimersSet { timers: timers_of(payload::<pb::PypeTimersSet>(r)?.timers) },
+            "PypeArchived" => PypeEvent::Archived { at_micros: payload::<pb::PypeArchived>(r)?.at_micros },
+            other => return Err(corrupt(r, format!("unknown pype event type {other:?}"))),
+        })
+    }
+}
+
+fn kind_pb(k: ParticipantKind) -> i32 {
+    (match k {
+        ParticipantKind::EndUser => pb::ParticipantKind::EndUser,
+        ParticipantKind::Agent => pb::ParticipantKind::Agent,
+        ParticipantKind::Bot => pb::ParticipantKind::Bot,
+    }) as i32
+}
+
+fn reason_pb(r: Reason) -> i32 {
+    (match r {
+        Reason::Api => pb::ChangeReason::Api,
+        Reason::Timer => pb::ChangeReason::Timer,
+    }) as i32
+}
+
+fn state_changed(r: &RecordedEvent) -> Result<(Reason, i64), ActorError> {
+    let p: pb::SessionStateChanged = payload(r)?;
+    let reason = match pb::ChangeReason::try_from(p.reason) {
+        Ok(pb::ChangeReason::Api) => Reason::Api,
+        Ok(pb::ChangeReason::Timer) => Reason::Timer,
+        _ => return Err(corrupt(r, format!("unknown change reason {}", p.reason))),
+    };
+    Ok((reason, p.at_micros))
+}
+
+impl Codec for Session {
+    const KIND: &'static str = "session";
+
+    fn deadline(&self) -> Option<i64> {
+        self.next_deadline_micros()
+    }
+
+    async fn encode(
+        &self,
+        event: &SessionEvent,
+        tenant: Uuid,
+        stream: &str,
+        keyring: &Keyring,
+    ) -> Result<NewEvent, ActorError> {
+        let changed = |t: &str, reason: &Reason, at: &i64| {
+            new_event(t, tenant, pb::SessionStateChanged { reason: reason_pb(*reason), at_micros: *at })
+        };
+        Ok(match event {
+            SessionEvent::Started { session, tenant: t, pype, end_user, timers, at_micros } => new_event(
+                "SessionStarted",
+                tenant,
+                pb::SessionStarted {
+                    session_id: id_bytes(*session),
+                    tenant_id: id_bytes(*t),
+                    pype_id: id_bytes(*pype),
+                    end_user_id: id_bytes(*end_user),
+                    timers: Some(timers_pb(*timers)),
+                    at_micros: *at_micros,
+                },
+            ),
+            SessionEvent::ParticipantJoined { participant, kind, at_micros } => new_event(
+                "ParticipantJoined",
+                tenant,
+                pb::ParticipantJoined {
+                    participant_id: id_bytes(*participant),
+                    kind: kind_pb(*kind),
+                    at_micros: *at_micros,
+                },
+            ),
+            SessionEvent::ParticipantLeft { participant, at_micros } => new_event(
+                "ParticipantLeft",
+                tenant,
+                pb::ParticipantLeft { participant_id: id_bytes(*participant), at_micros: *at_micros },
+            ),
+            SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => {
+                let e = new_event(
+                    "MessagePosted",
+                    tenant,
+                    pb::MessagePosted {
+                        seq: *seq,
+                        sender_id: id_bytes(*sender),
+                        sent_at_micros: *sent_at_micros,
+                        has_device: device.is_some(),
+                    },
+                );
+                let id = self.id.unwrap_or_default();
+                let mut s = Sealer::new(keyring, tenant, stream, e)
+                    .seal("body", body, KeyPurpose::SessionContent { session: id })
+                    .await?;
+                if let Some(d) = device {
+                    s = s
+                        .seal("device", d, KeyPurpose::Subject { subject: self.end_user, group: Group::Device })
+                        .await?;
+                }
+                s.done()
+            }
+            SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => new_event(
+                "ReadHorizonAdvanced",
+                tenant,
+                pb::ReadHorizonAdvanced { participant_id: id_bytes(*participant), up_to: *up_to, private: *private },
+            ),
+            SessionEvent::BecameInactive { reason, at_micros } => changed("SessionBecameInactive", reason, at_micros),
+            SessionEvent::Reactivated { reason, at_micros } => changed("SessionReactivated", reason, at_micros),
+            SessionEvent::Closed { reason, at_micros } => changed("SessionClosed", reason, at_micros),
+        })
+    }
+
+    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SessionEvent, ActorError> {
+        Ok(match decode_session_clear(r)? {
+            SessionEvent::MessagePosted { seq, sender, sent_at_micros, device, .. } => SessionEvent::MessagePosted {
+                seq,
+                sender,
+                sent_at_micros,
+                body: required_text(r, keyring, "body").await?,
+                device: if device.is_some() { open_text(r, keyring, "device").await? } else { None },
+            },
+            other => other,
+        })
+    }
+}
+
+/// A Session event from its Clear fields alone: a message's body reads as
+/// empty and its device as `Some("")` when one was given. Enough for
+/// timers, and needs no key.
+pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorError> {
+    Ok(match r.event_type() {
+        "SessionStarted" => {
+            let p: pb::SessionStarted = payload(r)?;
+            SessionEvent::Started {
+                session: uuid(r, "session_id", &p.session_id)?,
+                tenant: uuid(r, "tenant_id", &p.tenant_id)?,
+                pype: uuid(r, "pype_id", &p.pype_id)?,
+                end_user: uuid(r, "end_user_id", &p.end_user_id)?,
+                timers: timers_of(p.timers),
+                at_micros: p.at_micros,
+            }
+        }
+        "ParticipantJoined" => {
+            let p: pb::ParticipantJoined = payload(r)?;
+            let kind = match pb::ParticipantKind::try_from(p.kind) {
+                Ok(pb::ParticipantKind::EndUser) => ParticipantKind::EndUser,
+                Ok(pb::ParticipantKind::Agent) => ParticipantKind::Agent,
+                Ok(pb::ParticipantKind::Bot) => ParticipantKind::Bot,
+                _ => return Err(corrupt(r, format!("unknown participant kind {}", p.kind))),
+            };
+            SessionEvent::ParticipantJoined {
+                participant: uuid(r, "participant_id", &p.participant_id)?,
+                kind,
+                at_micros: p.at_micros,
+            }
+        }
+        "ParticipantLeft" => {
+            let p: pb::ParticipantLeft = payload(r)?;
+            SessionEvent::ParticipantLeft {
+                participant: uuid(r, "participant_id", &p.participant_id)?,
+                at_micros: p.at_micros,
+            }
+        }
+        "MessagePosted" => {
+            let p: pb::MessagePosted = payload(r)?;
+            SessionEvent::MessagePosted {
+                seq: p.seq,
+                sender: uuid(r, "sender_id", &p.sender_id)?,
+                sent_at_micros: p.sent_at_micros,
+                body: String::new(),
+                device: p.has_device.then(String::new),
+            }
+        }
+        "ReadHorizonAdvanced" => {
+            let p: pb::ReadHorizonAdvanced = payload(r)?;
+            SessionEvent::ReadHorizonAdvanced {
+                participant: uuid(r, "participant_id", &p.participant_id)?,
+                up_to: p.up_to,
+                private: p.private,
+            }
+        }
+        "SessionBecameInactive" => {
+            let (reason, at_micros) = state_changed(r)?;
+            SessionEvent::BecameInactive { reason, at_micros }
+        }
+        "SessionReactivated" => {
+            let (reason, at_micros) = state_changed(r)?;
+            SessionEvent::Reactivated { reason, at_micros }
+        }
+        "SessionClosed" => {
+            let (reason, at_micros) = state_changed(r)?;
+            SessionEvent::Closed { reason, at_micros }
+        }
+        other => return Err(corrupt(r, format!("unknown session event type {other:?}"))),
+    })
+}
+
+fn birth_text(b: &Birth) -> String {
+    match b {
+        Birth::Date { year, month, day } => format!("{year:04}-{month:02}-{day:02}"),
+        Birth::AttestedAtLeast13 => "attested:13+".to_string(),
+    }
+}
+
+fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, ActorError> {
+    if s == "attested:13+" || s.is_empty() {
+        // An erased birth field reads as the attestation: the person was of age.
+        return Ok(Birth::AttestedAtLeast13);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    match parts.as_slice() {
+        [y, m, d] => match (y.parse(), m.parse(), d.parse()) {
+            (Ok(year), Ok(month), Ok(day)) => Ok(Birth::Date { year, month, day }),
+            _ => Err(corrupt(r, "birth is not a date")),
+        },
+        _ => Err(corrupt(r, "birth is not a date")),
+    }
+}
+
+impl Codec for Subject {
+    const KIND: &'static str = "subject";
+
+    async fn encode(
+        &self,
+        event: &SubjectEvent,
+        tenant: Uuid,
+        stream: &str,
+        keyring: &Keyring,
+    ) -> Result<NewEvent, ActorError> {
+        let profile = |subject: Uuid| KeyPurpose::Subject { subject, group: Group::Profile };
+        Ok(match event {
+            SubjectEvent::Registered { subject, tenant: t, username, email, phone, birth, at_micros } => {
+                let e = new_event(
+                    "SubjectRegistered",
+                    tenant,
+                    pb::SubjectRegistered {
+                        subject_id: id_bytes(*subject),
+                        tenant_id: id_bytes(*t),
+                        at_micros: *at_micros,
+                    },
+                );
+                Sealer::new(keyring, tenant, stream, e)
+                    .seal("username", username, profile(*subject))
+                    .await?
+                    .seal("email", email, profile(*subject))
+                    .await?
+                    .seal("phone", phone, profile(*subject))
+                    .await?
+                    .seal("birth", &birth_text(birth), profile(*subject))
+                    .await?
+                    .done()
+            }
+            SubjectEvent::Invited { subject, tenant: t, email, at_micros } => {
+                let e = new_event(
+                    "SubjectInvited",
+                    tenant,
+                    pb::SubjectInvited {
+                        subject_id: id_bytes(*subject),
+                        tenant_id: id_bytes(*t),
+                        at_micros: *at_micros,
+                    },
+                );
+                Sealer::new(keyring, tenant, stream, e).seal("email", email, profile(*subject)).await?.done()
+            }
+            SubjectEvent::Onboarded { username, phone, birth, at_micros } => {
+                let subject = self.id.unwrap_or_default();
+                let e = new_event("SubjectOnboarded", tenant, pb::SubjectOnboarded { at_micros: *at_micros });
+                Sealer::new(keyring, tenant, stream, e)
+                    .seal("username", username, profile(subject))
+                    .await?
+                    .seal("phone", phone, profile(subject))
+                    .await?
+                    .seal("birth", &birth_text(birth), profile(subject))
+                    .await?
+                    .done()
+            }
+            SubjectEvent::Deactivated { at_micros } => {
+                new_event("SubjectDeactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
+            }
+            SubjectEvent::Reactivated { at_micros } => {
+                new_event("SubjectReactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
+            }
+        })
+    }
+
+    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SubjectEvent, ActorError> {
+        Ok(match r.event_type() {
+            "SubjectRegistered" => {
+                let p: pb::SubjectRegistered = payload(r)?;
+                let birth = required_text(r, keyring, "birth").await?;
+                SubjectEvent::Registered {
+                    subject: uuid(r, "subject_id", &p.subject_id)?,
+                    tenant: uuid(r, "tenant_id", &p.tenant_id)?,
+                    username: required_text(r, keyring, "username").await?,
+                    email: required_text(r, keyring, "email").await?,
+                    phone: required_text(r, keyring, "phone").await?,
+                    birth: birth_of(r, &birth)?,
+                    at_micros: p.at_micros,
+                }
+            }
+            "SubjectInvited" => {
+                let p: pb::SubjectInvited = payload(r)?;
+                SubjectEvent::Invited {
+                    subject: uuid(r, "subject_id", &p.subject_id)?,
+                    tenant: uuid(r, "tenant_id", &p.tenant_id)?,
+                    email: required_text(r, keyring, "email").await?,
+                    at_micros: p.at_micros,
+                }
+            }
+            "SubjectOnboarded" => {
+                let p: pb::SubjectOnboarded = payload(r)?;
+                let birth = required_text(r, keyring, "birth").await?;
+                SubjectEvent::Onboarded {
+                    username: required_text(r, keyring, "username").await?,
+                    phone: required_text(r, keyring, "phone").await?,
+                    birth: birth_of(r, &birth)?,
+                    at_micros: p.at_micros,
+                }
+            }
+            "SubjectDeactivated" => {
+                SubjectEvent::Deactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
+            }
+            "SubjectReactivated" => {
+                SubjectEvent::Reactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
+            }
+            other => return Err(corrupt(r, format!("unknown subject event type {other:?}"))),
+        })
+    }
+}

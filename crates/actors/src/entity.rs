@@ -1,0 +1,244 @@
+//! The actor of one entity (a tenant, Pype, Session or subject): it keeps
+//! the entity's state and stream version, and runs each command as load
+//! (first time) → decide → seal → append with the expected version →
+//! evolve → reply. One command at a time (`AtomicResponse`), so there is
+//! one writer per stream in a node; across nodes a version conflict
+//! reloads the stream and decides again.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use domain::{Aggregate, Ctx};
+use eventlog::{Direction, ExpectedVersion, LogError, ReadFrom};
+use uuid::Uuid;
+
+use crate::codec::{Codec, stream_name};
+use crate::error::ActorError;
+use crate::{Shared, timers::TimerRequest};
+
+/// Attempts of a command when other writers keep moving the stream.
+const MAX_ATTEMPTS: u32 = 5;
+const PAGE: usize = 512;
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    pub events: Vec<A::Event>,
+    /// Version of the stream's last event (`None`: the stream does not exist).
+    pub version: Option<u64>,
+    pub state: A,
+}
+
+pub struct Execute<A: Aggregate>(pub A::Command);
+
+impl<A: Aggregate + 'static> Message for Execute<A> {
+    type Result = Result<Executed<A>, ActorError>;
+}
+
+/// Stops the actor once its mailbox is drained (passivation).
+pub struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+pub struct EntityActor<A: Codec> {
+    shared: Arc<Shared>,
+    tenant: Uuid,
+    id: Uuid,
+    stream: String,
+    state: A,
+    version: Option<u64>,
+    loaded: bool,
+    timers: Option<tokio::sync::mpsc::UnboundedSender<TimerRequest>>,
+}
+
+impl<A: Codec + Unpin> EntityActor<A> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tenant: Uuid,
+        id: Uuid,
+        timers: Option<tokio::sync::mpsc::UnboundedSender<TimerRequest>>,
+    ) -> Self {
+        Self {
+            stream: stream_name(A::KIND, tenant, id),
+            shared,
+            tenant,
+            id,
+            state: A::default(),
+            version: None,
+            loaded: false,
+            timers,
+        }
+    }
+}
+
+/// Reads a whole stream and folds it.
+pub(crate) async fn load<A: Codec>(shared: &Shared, stream: &str) -> Result<(A, Option<u64>), ActorError> {
+    let mut state = A::default();
+    let mut version = None;
+    let mut from = 0u64;
+    loop {
+        let page = match shared.log.read_stream(stream, ReadFrom::Version(from), Direction::Forward, PAGE).await {
+            Ok(page) => page,
+            Err(LogError::StreamNotFound { .. }) => return Ok((state, version)),
+            Err(e) => return Err(e.into()),
+        };
+        for r in &page {
+            state.evolve(&A::decode(r, &shared.keyring).await?);
+            version = Some(r.version);
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => from = last.version + 1,
+            _ => return Ok((state, version)),
+        }
+    }
+}
+
+struct Run<A: Aggregate> {
+    state: A,
+    version: Option<u64>,
+    loaded: bool,
+    result: Result<Executed<A>, ActorError>,
+}
+
+async fn execute<A: Codec>(
+    shared: Arc<Shared>,
+    tenant: Uuid,
+    stream: String,
+    mut state: A,
+    mut version: Option<u64>,
+    mut loaded: bool,
+    command: Option<A::Command>,
+) -> Run<A> {
+    let fail = |state, version, loaded, e: ActorError| Run { state, version, loaded, result: Err(e) };
+    for attempt in 0..MAX_ATTEMPTS {
+        if !loaded || attempt > 0 {
+            match load::<A>(&shared, &stream).await {
+                Ok((s, v)) => {
+                    state = s;
+                    version = v;
+                    loaded = true;
+                }
+                Err(e) => return fail(A::default(), None, false, e),
+            }
+        }
+        let Some(command) = &command else {
+            return Run {
+                result: Ok(Executed { events: vec![], version, state: state.clone() }),
+                state,
+                version,
+                loaded,
+            };
+        };
+        let ctx = Ctx { now_micros: shared.clock.now_micros() };
+        let events = match state.decide(command, &ctx) {
+            Ok(events) => events,
+            Err(rejection) => return fail(state, version, loaded, rejection.into()),
+        };
+        if events.is_empty() {
+            return Run { result: Ok(Executed { events, version, state: state.clone() }), state, version, loaded };
+        }
+        let mut stored = Vec::with_capacity(events.len());
+        for e in &events {
+            match state.encode(e, tenant, &stream, &shared.keyring).await {
+                Ok(n) => stored.push(n),
+                Err(err) => return fail(state, version, loaded, err),
+            }
+        }
+        let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        match shared.log.append(&stream, expected, stored).await {
+            Ok(appended) => {
+                shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for e in &events {
+                    state.evolve(e);
+                }
+                version = Some(appended.next_expected_version);
+                return Run { result: Ok(Executed { events, version, state: state.clone() }), state, version, loaded };
+            }
+            Err(LogError::WrongExpectedVersion { .. }) => {
+                shared.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(stream = %stream, attempt, "version conflict; reloading");
+                continue;
+            }
+            Err(e) => return fail(state, version, loaded, e.into()),
+        }
+    }
+    fail(state, version, loaded, ActorError::Contended { stream, attempts: MAX_ATTEMPTS })
+}
+
+impl<A: Codec + Unpin> EntityActor<A> {
+    fn run(&mut self, command: Option<A::Command>) -> AtomicResponse<Self, Result<Executed<A>, ActorError>> {
+        let fut = execute(
+            self.shared.clone(),
+            self.tenant,
+            self.stream.clone(),
+            self.state.clone(),
+            self.version,
+            self.loaded,
+            command,
+        );
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|run, act, _ctx| {
+            act.state = run.state;
+            act.version = run.version;
+            act.loaded = run.loaded;
+            if let (Some(timers), true) = (&act.timers, act.loaded) {
+                let _ = timers.send(TimerRequest {
+                    tenant: act.tenant,
+                    session: act.id,
+                    deadline_micros: A::deadline(&act.state),
+                });
+            }
+            run.result
+        })))
+    }
+}
+
+impl<A: Codec + Unpin> Actor for EntityActor<A> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.shared.metrics.live_actors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.shared.metrics.live_actors.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<A: Codec + Unpin> Handler<Execute<A>> for EntityActor<A> {
+    type Result = AtomicResponse<Self, Result<Executed<A>, ActorError>>;
+
+    fn handle(&mut self, msg: Execute<A>, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(Some(msg.0))
+    }
+}
+
+/// Reads the state, loading it if needed.
+pub struct Read<A: Aggregate>(std::marker::PhantomData<A>);
+
+impl<A: Aggregate> Default for Read<A> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<A: Aggregate + 'static> Message for Read<A> {
+    type Result = Result<Executed<A>, ActorError>;
+}
+
+impl<A: Codec + Unpin> Handler<Read<A>> for EntityActor<A> {
+    type Result = AtomicResponse<Self, Result<Executed<A>, ActorError>>;
+
+    fn handle(&mut self, _: Read<A>, _ctx: &mut Self::Context) -> Self::Result {
+        self.run(None)
+    }
+}
+
+impl<A: Codec + Unpin> Handler<Passivate> for EntityActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,24 @@
+//! What an actor call can fail with.
+
+use domain::Rejection;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActorError {
+    /// The domain refused the command.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("event log: {0}")]
+    Log(#[from] eventlog::LogError),
+    #[error("key store: {0}")]
+    Keys(#[from] keystore::KeyError),
+    /// A stored event that does not decode: names the stream, version and why.
+    #[error("stored event {stream}@{version} does not decode: {reason}")]
+    Corrupt { stream: String, version: u64, reason: String },
+    /// Writers kept conflicting (another node writes the same stream).
+    #[error("stream {stream} kept changing under {attempts} attempts")]
+    Contended { stream: String, attempts: u32 },
+    /// The actor stopped or its mailbox is gone.
+    #[error("actor unavailable: {0}")]
+    Unavailable(String),
+}
