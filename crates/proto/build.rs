@@ -1,5 +1,9 @@
-//! Compiles `proto/` with protox (pure Rust, no protoc needed) and prost.
+//! Compiles `proto/` with protox (pure Rust, no protoc needed), prost and
+//! tonic-build (the gRPC services of `pypes.api.v1`), and writes the
+//! descriptor set the reflection service serves.
 use std::path::PathBuf;
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -8,13 +12,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("pypes/log/v1/frame.proto"),
         root.join("pypes/keystore/v1/keystore.proto"),
         root.join("pypes/events/v1/events.proto"),
+        root.join("pypes/api/v1/api.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("pypes_descriptor.bin"), fds.encode_to_vec())?;
     let mut config = prost_build::Config::new();
-    config.bytes(["."]);
-    config.compile_fds(fds)?;
+    // Stored formats use `Bytes` (zero-copy from the log's buffers); the
+    // API keeps plain types.
+    config.bytes([".pypes.storage", ".pypes.log", ".pypes.keystore", ".pypes.events"]);
+    tonic_build::configure().build_server(true).build_client(true).compile_fds_with_config(config, fds)?;
     Ok(())
 }

@@ -158,6 +158,20 @@ impl Codec for Tenant {
                 tenant,
                 pb::TenantSettingsUpdated { settings: Some(settings_pb(settings)) },
             ),
+            TenantEvent::ApiKeyIssued { key_id, secret_sha256, at_micros } => new_event(
+                "TenantApiKeyIssued",
+                tenant,
+                pb::TenantApiKeyIssued {
+                    key_id: id_bytes(*key_id),
+                    secret_sha256: Bytes::copy_from_slice(secret_sha256),
+                    at_micros: *at_micros,
+                },
+            ),
+            TenantEvent::ApiKeyRevoked { key_id, at_micros } => new_event(
+                "TenantApiKeyRevoked",
+                tenant,
+                pb::TenantApiKeyRevoked { key_id: id_bytes(*key_id), at_micros: *at_micros },
+            ),
             TenantEvent::Cancelled { at_micros } => {
                 new_event("TenantCancelled", tenant, pb::TenantCancelled { at_micros: *at_micros })
             }
@@ -178,6 +192,20 @@ impl Codec for Tenant {
             "TenantSettingsUpdated" => TenantEvent::SettingsUpdated {
                 settings: settings_of(payload::<pb::TenantSettingsUpdated>(r)?.settings),
             },
+            "TenantApiKeyIssued" => {
+                let p: pb::TenantApiKeyIssued = payload(r)?;
+                let secret_sha256 =
+                    p.secret_sha256.as_ref().try_into().map_err(|_| corrupt(r, "secret_sha256 is not 32 bytes"))?;
+                TenantEvent::ApiKeyIssued {
+                    key_id: uuid(r, "key_id", &p.key_id)?,
+                    secret_sha256,
+                    at_micros: p.at_micros,
+                }
+            }
+            "TenantApiKeyRevoked" => {
+                let p: pb::TenantApiKeyRevoked = payload(r)?;
+                TenantEvent::ApiKeyRevoked { key_id: uuid(r, "key_id", &p.key_id)?, at_micros: p.at_micros }
+            }
             "TenantCancelled" => TenantEvent::Cancelled { at_micros: payload::<pb::TenantCancelled>(r)?.at_micros },
             other => return Err(corrupt(r, format!("unknown tenant event type {other:?}"))),
         })

@@ -23,8 +23,23 @@ impl Default for TenantSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantCommand {
-    Create { tenant: Uuid, name: String, settings: TenantSettings },
-    UpdateSettings { settings: TenantSettings },
+    Create {
+        tenant: Uuid,
+        name: String,
+        settings: TenantSettings,
+    },
+    UpdateSettings {
+        settings: TenantSettings,
+    },
+    /// Records a new API key by the SHA-256 of its secret (the secret itself
+    /// is shown to the caller once and kept nowhere).
+    IssueApiKey {
+        key_id: Uuid,
+        secret_sha256: [u8; 32],
+    },
+    RevokeApiKey {
+        key_id: Uuid,
+    },
     Cancel,
 }
 
@@ -32,18 +47,25 @@ pub enum TenantCommand {
 pub enum TenantEvent {
     Created { tenant: Uuid, name: String, settings: TenantSettings, at_micros: i64 },
     SettingsUpdated { settings: TenantSettings },
+    ApiKeyIssued { key_id: Uuid, secret_sha256: [u8; 32], at_micros: i64 },
+    ApiKeyRevoked { key_id: Uuid, at_micros: i64 },
     Cancelled { at_micros: i64 },
 }
 
 /// Tenant names and settings are business data, not personal data.
-pub const FIELDS: &[(&str, &str, FieldClass)] =
-    &[("Created", "name", FieldClass::Clear), ("Created", "settings", FieldClass::Clear)];
+pub const FIELDS: &[(&str, &str, FieldClass)] = &[
+    ("Created", "name", FieldClass::Clear),
+    ("Created", "settings", FieldClass::Clear),
+    ("ApiKeyIssued", "secret_sha256", FieldClass::Clear),
+];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tenant {
     pub id: Option<Uuid>,
     pub name: String,
     pub settings: TenantSettings,
+    /// Live API keys: id → SHA-256 of the secret.
+    pub api_keys: std::collections::BTreeMap<Uuid, [u8; 32]>,
     pub cancelled: bool,
 }
 
@@ -87,6 +109,27 @@ impl Aggregate for Tenant {
                     vec![TenantEvent::SettingsUpdated { settings: settings.clone() }]
                 })
             }
+            TenantCommand::IssueApiKey { key_id, secret_sha256 } => {
+                self.require_active()?;
+                if self.api_keys.len() >= 20 {
+                    return Err(Rejection::precondition("a tenant has at most 20 live API keys; revoke one first"));
+                }
+                if self.api_keys.contains_key(key_id) {
+                    return Err(Rejection::AlreadyExists { what: "api key" });
+                }
+                Ok(vec![TenantEvent::ApiKeyIssued {
+                    key_id: *key_id,
+                    secret_sha256: *secret_sha256,
+                    at_micros: ctx.now_micros,
+                }])
+            }
+            TenantCommand::RevokeApiKey { key_id } => {
+                self.require_active()?;
+                if !self.api_keys.contains_key(key_id) {
+                    return Err(Rejection::NotFound { what: "api key" });
+                }
+                Ok(vec![TenantEvent::ApiKeyRevoked { key_id: *key_id, at_micros: ctx.now_micros }])
+            }
             TenantCommand::Cancel => {
                 if self.id.is_none() {
                     return Err(Rejection::NotFound { what: "tenant" });
@@ -104,6 +147,12 @@ impl Aggregate for Tenant {
                 self.settings = settings.clone();
             }
             TenantEvent::SettingsUpdated { settings } => self.settings = settings.clone(),
+            TenantEvent::ApiKeyIssued { key_id, secret_sha256, .. } => {
+                self.api_keys.insert(*key_id, *secret_sha256);
+            }
+            TenantEvent::ApiKeyRevoked { key_id, .. } => {
+                self.api_keys.remove(key_id);
+            }
             TenantEvent::Cancelled { .. } => self.cancelled = true,
         }
     }

@@ -365,6 +365,7 @@ fn encode_record(record: &Record) -> pb::ShardRecord {
                 KeyPurpose::Subject { group, .. } => (pb::KeyKind::Subject, group_to_pb(group), None),
                 KeyPurpose::SessionContent { .. } => (pb::KeyKind::SessionContent, pb::KeyGroup::Unspecified, None),
                 KeyPurpose::Media { media, .. } => (pb::KeyKind::Media, pb::KeyGroup::Unspecified, Some(media)),
+                KeyPurpose::TenantIndex { .. } => (pb::KeyKind::TenantIndex, pb::KeyGroup::Unspecified, None),
             };
             R::Key(pb::DataKey {
                 key_id: id_bytes(id),
@@ -407,6 +408,7 @@ fn decode_record(path: &Path, body: &[u8]) -> Result<Record, KeyError> {
                     KeyPurpose::Subject { subject: anchor, group }
                 }
                 (Ok(pb::KeyKind::SessionContent), _) => KeyPurpose::SessionContent { session: anchor },
+                (Ok(pb::KeyKind::TenantIndex), _) => KeyPurpose::TenantIndex { tenant: anchor },
                 (Ok(pb::KeyKind::Media), _) => {
                     KeyPurpose::Media { session: anchor, media: files::uuid_field(path, "media id", &k.media_id)? }
                 }

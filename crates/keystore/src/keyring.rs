@@ -422,6 +422,15 @@ impl Keyring {
         .await
     }
 
+    /// The tenant's secret for keyed hashes (e.g. naming the username
+    /// reservation stream). It is a data key that is never retired, so the
+    /// hash of a value stays the same for the life of the tenant; a tenant
+    /// shred destroys it.
+    pub async fn tenant_index_secret(&self, tenant: Uuid) -> Result<crate::crypto::SecretKey, KeyError> {
+        let store = self.inner.store.clone();
+        off_runtime(move || store.active_key(tenant, &KeyPurpose::TenantIndex { tenant }).map(|k| k.material)).await
+    }
+
     /// Unwrapped keys held now.
     pub fn cached_keys(&self) -> usize {
         self.read().by_id.len()

@@ -202,6 +202,7 @@ pub(crate) fn data_key_aad(tenant: Uuid, id: KeyId, purpose: &KeyPurpose, kek_ep
         KeyPurpose::Subject { .. } => (1u8, Uuid::nil()),
         KeyPurpose::SessionContent { .. } => (2, Uuid::nil()),
         KeyPurpose::Media { media, .. } => (3, *media),
+        KeyPurpose::TenantIndex { .. } => (4, Uuid::nil()),
     };
     crypto::associated_data(
         "pypes/data-key/v1",

@@ -75,6 +75,9 @@ pub enum KeyPurpose {
     SessionContent { session: Uuid },
     /// One media blob attached in a Session.
     Media { session: Uuid, media: Uuid },
+    /// The tenant's secret for keyed hashes of lookup values (e.g. the
+    /// username reservation stream): never retired, gone with the tenant.
+    TenantIndex { tenant: Uuid },
 }
 
 impl KeyPurpose {
@@ -84,6 +87,7 @@ impl KeyPurpose {
         match *self {
             KeyPurpose::Subject { subject, .. } => subject,
             KeyPurpose::SessionContent { session } | KeyPurpose::Media { session, .. } => session,
+            KeyPurpose::TenantIndex { tenant } => tenant,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Generated protobuf types: the stored-event envelope (`storage`) and the
 //! frame body of the embedded file log (`log`), and the
-//! key store's records (`keystore`). No logic lives here.
+//! key store's records (`keystore`), the event payloads (`events`) and the
+//! gRPC API (`api`). No logic lives here.
 
 /// `pypes.storage.v1`: the envelope every backend stores for one event.
 pub mod storage {
@@ -25,5 +26,14 @@ pub mod events {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/pypes.events.v1.rs"));
 }
+
+/// `pypes.api.v1`: the gRPC API (messages, clients and servers).
+pub mod api {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.api.v1.rs"));
+}
+
+/// Every file descriptor of `proto/`, for the gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pypes_descriptor.bin"));
 
 pub use prost::Message;
