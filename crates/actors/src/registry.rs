@@ -247,6 +247,63 @@ impl Registry {
         self.addr::<A>(tenant, id).send(Read::default()).await.map_err(|e| ActorError::Unavailable(e.to_string()))?
     }
 
+    /// Registers a new subject: the subject's first events and the
+    /// reservation of its username go to the log in one atomic append, so a
+    /// username is taken exactly when its subject exists. The reservation
+    /// stream is named from a keyed hash of tenant and username.
+    pub async fn register_subject(
+        &self,
+        tenant: Uuid,
+        subject: Uuid,
+        command: domain::subject::SubjectCommand,
+    ) -> Result<Executed<Subject>, ActorError> {
+        use domain::{Aggregate, Ctx};
+        use eventlog::{ExpectedVersion, LogError, NewEvent, StreamAppend};
+        let shared = &self.shared;
+        let state = Subject::default();
+        let events = state.decide(&command, &Ctx { now_micros: shared.clock.now_micros() })?;
+        let username = events.iter().find_map(|e| match e {
+            domain::subject::SubjectEvent::Registered { username, .. } => Some(username.clone()),
+            _ => None,
+        });
+        let stream = crate::codec::stream_name(Subject::KIND, tenant, subject);
+        let mut stored = Vec::with_capacity(events.len());
+        for e in &events {
+            stored.push(state.encode(e, tenant, &stream, &shared.keyring).await?);
+        }
+        let mut appends =
+            vec![StreamAppend { stream: stream.clone(), expected: ExpectedVersion::NoStream, events: stored }];
+        let mut reservation = None;
+        if let Some(username) = &username {
+            let secret = shared.keyring.tenant_index_secret(tenant).await?;
+            let name = username_stream(secret.expose(), tenant, username);
+            let payload = prost::Message::encode_to_vec(&proto::events::UsernameReserved {
+                subject_id: bytes::Bytes::copy_from_slice(subject.as_bytes()),
+            });
+            let mut e = NewEvent::new("UsernameReserved", payload);
+            e.tenant_id = Some(tenant);
+            appends.push(StreamAppend { stream: name.clone(), expected: ExpectedVersion::NoStream, events: vec![e] });
+            reservation = Some(name);
+        }
+        match shared.log.append_multi(appends).await {
+            Ok(results) => {
+                shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut state = state;
+                for e in &events {
+                    state.evolve(e);
+                }
+                Ok(Executed { events, version: results.first().map(|r| r.next_expected_version), state })
+            }
+            Err(LogError::WrongExpectedVersion { stream: s, .. }) if Some(&s) == reservation.as_ref() => {
+                Err(domain::Rejection::AlreadyExists { what: "username" }.into())
+            }
+            Err(LogError::WrongExpectedVersion { .. }) => {
+                Err(domain::Rejection::AlreadyExists { what: "subject" }.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Stops every actor and arbiter.
     pub fn shutdown(&self) {
         if self.config.arbiters == 0 {
@@ -256,4 +313,19 @@ impl Registry {
             a.stop();
         }
     }
+}
+
+/// The reservation stream of a username: `username-<tenant>-<hex of
+/// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`; without the tenant's
+/// secret the name says nothing about the username.
+pub fn username_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"pypes/username/v1");
+    h.update(secret);
+    h.update(tenant.as_bytes());
+    h.update(username.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("username-{tenant}-{hex}")
 }

@@ -1,0 +1,711 @@
+//! The gRPC services: thin adapters from the wire to the registry. Each
+//! call authenticates, scopes to the caller's tenant, validates its input
+//! (naming the field), runs one actor command, and converts the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actors::{Codec, Executed, Registry, stream_name};
+use domain::Timers;
+use domain::pype::{Pype, PypeCommand};
+use domain::session::{ParticipantKind, Reason, Session, SessionCommand, SessionEvent, Status};
+use domain::subject::{Birth, Subject, SubjectCommand, SubjectStatus};
+use domain::tenant::{Tenant, TenantCommand, TenantSettings};
+use eventlog::{Direction, EventLog, LogError, ReadFrom};
+use keystore::Keyring;
+use proto::api as pb;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status as GrpcStatus};
+use uuid::Uuid;
+
+use crate::auth::{self, Bearer, Caller};
+use crate::error::{ApiError, parse_id};
+use crate::index::SessionIndex;
+use crate::metrics::ApiMetrics;
+
+pub struct Api {
+    pub registry: Arc<Registry>,
+    pub log: Arc<dyn EventLog>,
+    pub keyring: Keyring,
+    pub admin_sha256: [u8; 32],
+    pub metrics: Arc<ApiMetrics>,
+    pub index: Arc<SessionIndex>,
+}
+
+/// The services share one `Api`.
+#[derive(Clone)]
+pub struct Handle(pub Arc<Api>);
+
+type Reply<T> = Result<Response<T>, GrpcStatus>;
+
+impl Api {
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
+        match auth::bearer(metadata, &self.admin_sha256)? {
+            Bearer::Admin => Ok(Caller::Admin),
+            Bearer::Tenant(token) => {
+                let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.state;
+                let known = tenant.api_keys.get(&token.key_id).is_some_and(|h| auth::same(h, &token.secret_sha256));
+                if !known {
+                    return Err(ApiError::Unauthenticated("unknown or revoked key".into()));
+                }
+                if tenant.cancelled {
+                    return Err(ApiError::Forbidden("the tenant is cancelled".into()));
+                }
+                Ok(Caller::Tenant(token.tenant))
+            }
+        }
+    }
+
+    async fn tenant(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, ApiError> {
+        match self.caller(metadata).await? {
+            Caller::Tenant(t) => Ok(t),
+            Caller::Admin => Err(ApiError::Forbidden("this call needs a tenant API key, not the admin key".into())),
+        }
+    }
+
+    async fn timed<T>(&self, method: &'static str, f: impl Future<Output = Result<T, ApiError>>) -> Reply<T> {
+        let started = Instant::now();
+        let result = f.await.map(Response::new).map_err(GrpcStatus::from);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics.observe(method, code, started.elapsed());
+        result
+    }
+
+    async fn session_of(&self, tenant: Uuid, session: Uuid) -> Result<Executed<Session>, ApiError> {
+        let s = self.registry.read::<Session>(tenant, session).await?;
+        if s.state.id.is_none() {
+            return Err(domain::Rejection::NotFound { what: "session" }.into_api());
+        }
+        Ok(s)
+    }
+}
+
+trait IntoApi {
+    fn into_api(self) -> ApiError;
+}
+
+impl IntoApi for domain::Rejection {
+    fn into_api(self) -> ApiError {
+        ApiError::Actor(actors::ActorError::Rejected(self))
+    }
+}
+
+fn timers_in(field: &'static str, t: Option<pb::Timers>) -> Result<Option<Timers>, ApiError> {
+    match t {
+        None => Ok(None),
+        Some(t) => Timers { inactive_after_secs: t.inactive_after_secs, close_after_secs: t.close_after_secs }
+            .validate(field)
+            .map(Some)
+            .map_err(IntoApi::into_api),
+    }
+}
+
+fn timers_out(t: Timers) -> pb::Timers {
+    pb::Timers { inactive_after_secs: t.inactive_after_secs, close_after_secs: t.close_after_secs }
+}
+
+fn tenant_out(t: &Tenant) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: t.id.map(|i| i.to_string()).unwrap_or_default(),
+        name: t.name.clone(),
+        default_timers: Some(timers_out(t.settings.timers)),
+        retention_days: t.settings.retention_days,
+        region: t.settings.region.clone(),
+        cancelled: t.cancelled,
+    }
+}
+
+fn pype_out(p: &Pype) -> pb::Pype {
+    pb::Pype {
+        pype_id: p.id.map(|i| i.to_string()).unwrap_or_default(),
+        name: p.name.clone(),
+        description: p.description.clone(),
+        agent_ids: p.agents.iter().map(Uuid::to_string).collect(),
+        bot_ids: p.bots.iter().map(Uuid::to_string).collect(),
+        timers: Some(timers_out(p.timers)),
+        archived: p.archived,
+    }
+}
+
+fn kind_out(k: ParticipantKind) -> i32 {
+    (match k {
+        ParticipantKind::EndUser => pb::ParticipantKind::EndUser,
+        ParticipantKind::Agent => pb::ParticipantKind::Agent,
+        ParticipantKind::Bot => pb::ParticipantKind::Bot,
+    }) as i32
+}
+
+fn kind_in(field: &'static str, k: i32) -> Result<ParticipantKind, ApiError> {
+    match pb::ParticipantKind::try_from(k) {
+        Ok(pb::ParticipantKind::EndUser) => Ok(ParticipantKind::EndUser),
+        Ok(pb::ParticipantKind::Agent) => Ok(ParticipantKind::Agent),
+        Ok(pb::ParticipantKind::Bot) => Ok(ParticipantKind::Bot),
+        _ => Err(ApiError::invalid(field, format!("{k} is not END_USER, AGENT or BOT"))),
+    }
+}
+
+fn state_out(s: Status) -> i32 {
+    (match s {
+        Status::Active => pb::SessionState::Active,
+        Status::Inactive => pb::SessionState::Inactive,
+        Status::Closed => pb::SessionState::Closed,
+    }) as i32
+}
+
+fn session_out(s: &Executed<Session>) -> pb::Session {
+    let st = &s.state;
+    pb::Session {
+        session_id: st.id.map(|i| i.to_string()).unwrap_or_default(),
+        pype_id: st.pype.to_string(),
+        end_user_id: st.end_user.to_string(),
+        state: state_out(st.status),
+        participants: st
+            .participants
+            .iter()
+            .map(|(id, p)| pb::Participant {
+                participant_id: id.to_string(),
+                kind: kind_out(p.kind),
+                present: p.present,
+                read_up_to: st.horizons.get(id).filter(|h| !h.private).map(|h| h.up_to),
+            })
+            .collect(),
+        last_seq: st.last_seq,
+        timers: Some(timers_out(st.timers)),
+        version: s.version.unwrap_or_default(),
+    }
+}
+
+fn subject_out(s: &Subject) -> pb::Subject {
+    pb::Subject {
+        subject_id: s.id.map(|i| i.to_string()).unwrap_or_default(),
+        username: s.username.clone(),
+        email: s.email.clone(),
+        phone: s.phone.clone(),
+        status: (match s.status {
+            Some(SubjectStatus::Invited) => pb::SubjectStatus::Invited,
+            Some(SubjectStatus::Active) => pb::SubjectStatus::Active,
+            Some(SubjectStatus::Deactivated) => pb::SubjectStatus::Deactivated,
+            None => pb::SubjectStatus::Unspecified,
+        }) as i32,
+    }
+}
+
+fn reason_text(r: Reason) -> String {
+    match r {
+        Reason::Api => "api".into(),
+        Reason::Timer => "timer".into(),
+    }
+}
+
+fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::SessionEvent {
+    use pb::session_event::Event;
+    let state =
+        |s: Status, r: Reason| Event::StateChanged(pb::StateChange { state: state_out(s), reason: reason_text(r) });
+    let event = match e {
+        SessionEvent::Started { pype, end_user, timers, .. } => Event::Started(pb::SessionStarted {
+            pype_id: pype.to_string(),
+            end_user_id: end_user.to_string(),
+            timers: Some(timers_out(timers)),
+        }),
+        SessionEvent::ParticipantJoined { participant, kind, .. } => {
+            Event::Joined(pb::ParticipantChanged { participant_id: participant.to_string(), kind: kind_out(kind) })
+        }
+        SessionEvent::ParticipantLeft { participant, .. } => Event::Left(pb::ParticipantChanged {
+            participant_id: participant.to_string(),
+            kind: pb::ParticipantKind::Unspecified as i32,
+        }),
+        SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => Event::Message(pb::Message {
+            seq,
+            sender_id: sender.to_string(),
+            sent_at_micros,
+            // A body is never empty when posted: empty means its key was shredded.
+            erased: body.is_empty(),
+            body,
+            device: device.unwrap_or_default(),
+        }),
+        SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => Event::ReadHorizon(pb::ReadHorizon {
+            participant_id: participant.to_string(),
+            up_to: if private { 0 } else { up_to },
+        }),
+        SessionEvent::BecameInactive { reason, .. } => state(Status::Inactive, reason),
+        SessionEvent::Reactivated { reason, .. } => state(Status::Active, reason),
+        SessionEvent::Closed { reason, .. } => state(Status::Closed, reason),
+    };
+    pb::SessionEvent { version, recorded_at_micros, event: Some(event) }
+}
+
+fn birth_in(date: &str, attested: bool) -> Result<Birth, ApiError> {
+    match (date.is_empty(), attested) {
+        (true, true) => Ok(Birth::AttestedAtLeast13),
+        (true, false) => Err(ApiError::invalid("date_of_birth", "give a date of birth or set attested_at_least_13")),
+        (false, _) => {
+            let parts: Vec<&str> = date.split('-').collect();
+            match parts.as_slice() {
+                [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => match (y.parse(), m.parse(), d.parse()) {
+                    (Ok(year), Ok(month), Ok(day)) => Ok(Birth::Date { year, month, day }),
+                    _ => Err(ApiError::invalid("date_of_birth", "not YYYY-MM-DD")),
+                },
+                _ => Err(ApiError::invalid("date_of_birth", "not YYYY-MM-DD")),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tenant_service_server::TenantService for Handle {
+    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Reply<pb::CreateTenantResponse> {
+        let api = &self.0;
+        api.timed("CreateTenant", async {
+            if api.caller(request.metadata()).await? != Caller::Admin {
+                return Err(ApiError::Forbidden("only the platform admin creates tenants".into()));
+            }
+            let r = request.get_ref();
+            let id = Uuid::now_v7();
+            let settings = TenantSettings {
+                timers: timers_in("default_timers", r.default_timers)?.unwrap_or_default(),
+                retention_days: r.retention_days,
+                region: if r.region.is_empty() { "eu".into() } else { r.region.clone() },
+            };
+            let created = api
+                .registry
+                .execute::<Tenant>(id, id, TenantCommand::Create { tenant: id, name: r.name.clone(), settings })
+                .await?;
+            let (key_id, token, hash) = auth::new_tenant_key(id)?;
+            let done = api
+                .registry
+                .execute::<Tenant>(id, id, TenantCommand::IssueApiKey { key_id, secret_sha256: hash })
+                .await;
+            let state = done.map(|d| d.state).unwrap_or(created.state);
+            tracing::info!(tenant = %id, "tenant created");
+            Ok(pb::CreateTenantResponse {
+                tenant: Some(tenant_out(&state)),
+                api_key: token,
+                api_key_id: key_id.to_string(),
+            })
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Reply<pb::Tenant> {
+        let api = &self.0;
+        api.timed("GetTenant", async {
+            let wanted = parse_id("tenant_id", &request.get_ref().tenant_id)?;
+            match api.caller(request.metadata()).await? {
+                Caller::Tenant(t) if t != wanted => {
+                    return Err(domain::Rejection::NotFound { what: "tenant" }.into_api());
+                }
+                _ => {}
+            }
+            let t = api.registry.read::<Tenant>(wanted, wanted).await?.state;
+            if t.id.is_none() {
+                return Err(domain::Rejection::NotFound { what: "tenant" }.into_api());
+            }
+            Ok(tenant_out(&t))
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, request: Request<pb::CreateApiKeyRequest>) -> Reply<pb::CreateApiKeyResponse> {
+        let api = &self.0;
+        api.timed("CreateApiKey", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let (key_id, token, hash) = auth::new_tenant_key(tenant)?;
+            api.registry
+                .execute::<Tenant>(tenant, tenant, TenantCommand::IssueApiKey { key_id, secret_sha256: hash })
+                .await?;
+            Ok(pb::CreateApiKeyResponse { api_key: token, api_key_id: key_id.to_string() })
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, request: Request<pb::RevokeApiKeyRequest>) -> Reply<pb::RevokeApiKeyResponse> {
+        let api = &self.0;
+        api.timed("RevokeApiKey", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let key_id = parse_id("api_key_id", &request.get_ref().api_key_id)?;
+            api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::RevokeApiKey { key_id }).await?;
+            Ok(pb::RevokeApiKeyResponse {})
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::pype_service_server::PypeService for Handle {
+    async fn create_pype(&self, request: Request<pb::CreatePypeRequest>) -> Reply<pb::Pype> {
+        let api = &self.0;
+        api.timed("CreatePype", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let t = api.registry.read::<Tenant>(tenant, tenant).await?.state;
+            t.require_active().map_err(IntoApi::into_api)?;
+            let timers = timers_in("timers", r.timers)?.unwrap_or(t.settings.timers);
+            let id = Uuid::now_v7();
+            let cmd = PypeCommand::Create {
+                pype: id,
+                tenant,
+                name: r.name.clone(),
+                description: r.description.clone(),
+                timers,
+            };
+            Ok(pype_out(&api.registry.execute::<Pype>(tenant, id, cmd).await?.state))
+        })
+        .await
+    }
+
+    async fn get_pype(&self, request: Request<pb::GetPypeRequest>) -> Reply<pb::Pype> {
+        let api = &self.0;
+        api.timed("GetPype", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let id = parse_id("pype_id", &request.get_ref().pype_id)?;
+            let p = api.registry.read::<Pype>(tenant, id).await?.state;
+            if p.id.is_none() {
+                return Err(domain::Rejection::NotFound { what: "pype" }.into_api());
+            }
+            Ok(pype_out(&p))
+        })
+        .await
+    }
+
+    async fn assign_member(&self, request: Request<pb::AssignMemberRequest>) -> Reply<pb::Pype> {
+        let api = &self.0;
+        api.timed("AssignMember", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let pype = parse_id("pype_id", &r.pype_id)?;
+            let member = parse_id("member_id", &r.member_id)?;
+            let cmd = match (kind_in("kind", r.kind)?, r.assigned) {
+                (ParticipantKind::Agent, true) => PypeCommand::AssignAgent { agent: member },
+                (ParticipantKind::Agent, false) => PypeCommand::UnassignAgent { agent: member },
+                (ParticipantKind::Bot, true) => PypeCommand::AssignBot { bot: member },
+                (ParticipantKind::Bot, false) => PypeCommand::UnassignBot { bot: member },
+                (ParticipantKind::EndUser, _) => {
+                    return Err(ApiError::invalid("kind", "only agents and bots are assigned to a pype"));
+                }
+            };
+            Ok(pype_out(&api.registry.execute::<Pype>(tenant, pype, cmd).await?.state))
+        })
+        .await
+    }
+
+    async fn archive_pype(&self, request: Request<pb::ArchivePypeRequest>) -> Reply<pb::Pype> {
+        let api = &self.0;
+        api.timed("ArchivePype", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let pype = parse_id("pype_id", &request.get_ref().pype_id)?;
+            Ok(pype_out(&api.registry.execute::<Pype>(tenant, pype, PypeCommand::Archive).await?.state))
+        })
+        .await
+    }
+}
+
+impl Handle {
+    async fn session_command(
+        &self,
+        method: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+        session: &str,
+        command: impl FnOnce(&Session) -> Result<SessionCommand, ApiError>,
+    ) -> Reply<pb::Session> {
+        let api = &self.0;
+        api.timed(method, async {
+            let tenant = api.tenant(metadata).await?;
+            let id = parse_id("session_id", session)?;
+            let current = api.session_of(tenant, id).await?;
+            let cmd = command(&current.state)?;
+            Ok(session_out(&api.registry.execute::<Session>(tenant, id, cmd).await?))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::session_service_server::SessionService for Handle {
+    async fn start_session(&self, request: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
+        let api = &self.0;
+        api.timed("StartSession", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let pype_id = parse_id("pype_id", &r.pype_id)?;
+            let end_user = parse_id("end_user_id", &r.end_user_id)?;
+            let timers = timers_in("timers", r.timers)?;
+            let pype = api.registry.read::<Pype>(tenant, pype_id).await?.state;
+            pype.require_open().map_err(IntoApi::into_api)?;
+            match api.registry.read::<Subject>(tenant, end_user).await?.state.status {
+                None => return Err(domain::Rejection::NotFound { what: "end user" }.into_api()),
+                Some(SubjectStatus::Deactivated) => {
+                    return Err(domain::Rejection::precondition("the end user is deactivated").into_api());
+                }
+                Some(SubjectStatus::Invited) => {
+                    return Err(domain::Rejection::precondition("the end user has not onboarded yet").into_api());
+                }
+                Some(SubjectStatus::Active) => {}
+            }
+            let id = Uuid::now_v7();
+            let cmd = SessionCommand::Start {
+                session: id,
+                tenant,
+                pype: pype_id,
+                end_user,
+                pype_timers: pype.timers,
+                timers,
+            };
+            Ok(session_out(&api.registry.execute::<Session>(tenant, id, cmd).await?))
+        })
+        .await
+    }
+
+    async fn post_message(&self, request: Request<pb::PostMessageRequest>) -> Reply<pb::PostMessageResponse> {
+        let api = &self.0;
+        api.timed("PostMessage", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.into_inner();
+            let id = parse_id("session_id", &r.session_id)?;
+            let sender = parse_id("sender_id", &r.sender_id)?;
+            let device = (!r.device.is_empty()).then_some(r.device);
+            let done = api
+                .registry
+                .execute::<Session>(tenant, id, SessionCommand::PostMessage { sender, body: r.body, device })
+                .await?;
+            let (seq, sent_at_micros) = done
+                .events
+                .iter()
+                .find_map(|e| match e {
+                    SessionEvent::MessagePosted { seq, sent_at_micros, .. } => Some((*seq, *sent_at_micros)),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            Ok(pb::PostMessageResponse { seq, sent_at_micros, state: state_out(done.state.status) })
+        })
+        .await
+    }
+
+    async fn advance_read_horizon(&self, request: Request<pb::AdvanceReadHorizonRequest>) -> Reply<pb::Session> {
+        let r = request.get_ref().clone();
+        self.session_command("AdvanceReadHorizon", request.metadata(), &r.session_id, |_| {
+            Ok(SessionCommand::AdvanceReadHorizon {
+                participant: parse_id("participant_id", &r.participant_id)?,
+                up_to: r.up_to,
+                private: r.private,
+            })
+        })
+        .await
+    }
+
+    async fn join_session(&self, request: Request<pb::JoinSessionRequest>) -> Reply<pb::Session> {
+        let r = request.get_ref().clone();
+        let api = self.0.clone();
+        let tenant = match api.tenant(request.metadata()).await {
+            Ok(t) => t,
+            Err(e) => return Err(e.into()),
+        };
+        let participant = parse_id("participant_id", &r.participant_id).map_err(GrpcStatus::from)?;
+        let kind = kind_in("kind", r.kind).map_err(GrpcStatus::from)?;
+        // Agents and bots must be assigned to the Session's Pype.
+        let session_id = parse_id("session_id", &r.session_id).map_err(GrpcStatus::from)?;
+        let session = api.session_of(tenant, session_id).await.map_err(GrpcStatus::from)?;
+        let pype = api
+            .registry
+            .read::<Pype>(tenant, session.state.pype)
+            .await
+            .map_err(|e| GrpcStatus::from(ApiError::from(e)))?
+            .state;
+        let assigned = match kind {
+            ParticipantKind::Agent => pype.agents.contains(&participant),
+            ParticipantKind::Bot => pype.bots.contains(&participant),
+            ParticipantKind::EndUser => true,
+        };
+        self.session_command("JoinSession", request.metadata(), &r.session_id, move |_| {
+            if !assigned {
+                return Err(
+                    domain::Rejection::precondition("the participant is not assigned to the session's pype").into_api()
+                );
+            }
+            Ok(SessionCommand::Join { participant, kind })
+        })
+        .await
+    }
+
+    async fn leave_session(&self, request: Request<pb::LeaveSessionRequest>) -> Reply<pb::Session> {
+        let r = request.get_ref().clone();
+        self.session_command("LeaveSession", request.metadata(), &r.session_id, |_| {
+            Ok(SessionCommand::Leave { participant: parse_id("participant_id", &r.participant_id)? })
+        })
+        .await
+    }
+
+    async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Reply<pb::Session> {
+        let r = request.get_ref().clone();
+        self.session_command("CloseSession", request.metadata(), &r.session_id, |_| Ok(SessionCommand::Close)).await
+    }
+
+    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
+        let api = &self.0;
+        api.timed("GetSession", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let id = parse_id("session_id", &request.get_ref().session_id)?;
+            Ok(session_out(&api.session_of(tenant, id).await?))
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, request: Request<pb::ListSessionsRequest>) -> Reply<pb::ListSessionsResponse> {
+        let api = &self.0;
+        api.timed("ListSessions", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let pype = parse_id("pype_id", &r.pype_id)?;
+            let size = match r.page_size {
+                0 => 50,
+                n @ 1..=500 => n as usize,
+                n => return Err(ApiError::invalid("page_size", format!("{n}; 1 to 500"))),
+            };
+            let offset = match r.page_token.as_str() {
+                "" => 0,
+                t => t
+                    .strip_prefix("o")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| ApiError::invalid("page_token", "not a token this server issued"))?,
+            };
+            if api.registry.read::<Pype>(tenant, pype).await?.state.id.is_none() {
+                return Err(domain::Rejection::NotFound { what: "pype" }.into_api());
+            }
+            let (ids, more) = api.index.page(tenant, pype, offset, size);
+            let mut sessions = Vec::with_capacity(ids.len());
+            for id in &ids {
+                sessions.push(session_out(&api.registry.read::<Session>(tenant, *id).await?));
+            }
+            Ok(pb::ListSessionsResponse {
+                sessions,
+                next_page_token: if more { format!("o{}", offset + ids.len()) } else { String::new() },
+            })
+        })
+        .await
+    }
+
+    type WatchSessionStream = ReceiverStream<Result<pb::SessionEvent, GrpcStatus>>;
+
+    async fn watch_session(&self, request: Request<pb::WatchSessionRequest>) -> Reply<Self::WatchSessionStream> {
+        let api = self.0.clone();
+        let started = Instant::now();
+        let setup = async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let id = parse_id("session_id", &r.session_id)?;
+            api.session_of(tenant, id).await?;
+            Ok::<_, ApiError>((tenant, id, r.from_version))
+        };
+        let (tenant, id, from) = match setup.await {
+            Ok(v) => v,
+            Err(e) => {
+                let status = GrpcStatus::from(e);
+                api.metrics.observe("WatchSession", status.code(), started.elapsed());
+                return Err(status);
+            }
+        };
+        api.metrics.observe("WatchSession", tonic::Code::Ok, started.elapsed());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(watch(api, tenant, id, from, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Streams a Session's events from `from`, then follows the log until the
+/// client goes away.
+async fn watch(
+    api: Arc<Api>,
+    tenant: Uuid,
+    session: Uuid,
+    mut from: u64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::SessionEvent, GrpcStatus>>,
+) {
+    let stream = stream_name(Session::KIND, tenant, session);
+    let mut head = api.log.watch_head();
+    loop {
+        let page = match api.log.read_stream(&stream, ReadFrom::Version(from), Direction::Forward, 256).await {
+            Ok(page) => page,
+            Err(LogError::StreamNotFound { .. }) => Vec::new(),
+            Err(e) => {
+                let _ = tx.send(Err(ApiError::from(e).into())).await;
+                return;
+            }
+        };
+        for r in &page {
+            let item = match <Session as Codec>::decode(r, &api.keyring).await {
+                Ok(e) => Ok(event_out(r.version, r.recorded_at_micros, e)),
+                Err(e) => Err(ApiError::Actor(e).into()),
+            };
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            from = r.version + 1;
+        }
+        if page.is_empty() {
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::subject_service_server::SubjectService for Handle {
+    async fn register_subject(&self, request: Request<pb::RegisterSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("RegisterSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.into_inner();
+            api.registry.read::<Tenant>(tenant, tenant).await?.state.require_active().map_err(IntoApi::into_api)?;
+            let birth = birth_in(&r.date_of_birth, r.attested_at_least_13)?;
+            let id = Uuid::now_v7();
+            let cmd = SubjectCommand::Register {
+                subject: id,
+                tenant,
+                username: r.username,
+                email: r.email,
+                phone: r.phone,
+                birth,
+            };
+            let done = api.registry.register_subject(tenant, id, cmd).await?;
+            tracing::info!(tenant = %tenant, subject = %id, "subject registered");
+            Ok(subject_out(&done.state))
+        })
+        .await
+    }
+
+    async fn get_subject(&self, request: Request<pb::GetSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("GetSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+            let s = api.registry.read::<Subject>(tenant, id).await?.state;
+            s.require_exists().map_err(IntoApi::into_api)?;
+            Ok(subject_out(&s))
+        })
+        .await
+    }
+
+    async fn deactivate_subject(&self, request: Request<pb::DeactivateSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("DeactivateSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+            Ok(subject_out(&api.registry.execute::<Subject>(tenant, id, SubjectCommand::Deactivate).await?.state))
+        })
+        .await
+    }
+
+    async fn reactivate_subject(&self, request: Request<pb::ReactivateSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("ReactivateSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let id = parse_id("subject_id", &request.get_ref().subject_id)?;
+            Ok(subject_out(&api.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?.state))
+        })
+        .await
+    }
+}

@@ -1,0 +1,170 @@
+//! Wiring of `pypes serve`: open the key store and the event log of the
+//! data directory, start the registry (re-arming Session timers), the
+//! session index, the gRPC server (API, health, reflection) and the HTTP
+//! server, then wait for the shutdown signal.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use eventlog::file::{FileLog, FileLogConfig};
+use eventlog::{Clock, EventLog, SystemClock};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
+use keystore::{KeyPolicy, Keyring};
+use proto::api as pb;
+use tokio::sync::watch;
+
+use crate::api::{Api, Handle};
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::index::SessionIndex;
+use crate::metrics::ApiMetrics;
+
+const LOG_KEY_FILE: &str = "log-signing.key";
+const ADMIN_KEY_FILE: &str = "admin.key";
+
+fn write_secret_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    Ok(hex::encode(b))
+}
+
+/// The log's checkpoint signing key: made with the log, never over one.
+fn log_signing_key(data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let path = data.join(LOG_KEY_FILE);
+    if !path.exists() {
+        let log_dir = data.join("log");
+        if log_dir.exists() && std::fs::read_dir(&log_dir)?.next().is_some() {
+            anyhow::bail!(
+                "{} holds an event log but {} is missing: restore it (a new key would not verify the log's checkpoints)",
+                log_dir.display(),
+                path.display()
+            );
+        }
+        write_secret_file(&path, &format!("{}\n", random_hex()?))?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{} is not 64 hex digits", path.display()))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+}
+
+fn admin_key(config: &Config) -> anyhow::Result<(String, String)> {
+    if let Some(k) = &config.admin_key {
+        return Ok((k.clone(), "from configuration".into()));
+    }
+    let path = config.data_dir.join(ADMIN_KEY_FILE);
+    if !path.exists() {
+        write_secret_file(&path, &format!("{}\n", random_hex()?))?;
+    }
+    let key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string();
+    Ok((key, format!("in {}", path.display())))
+}
+
+/// Runs the server until `shutdown` resolves. Must run inside an actix System.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let root = std::env::var(ROOT_KEY_ENV).ok();
+    let keys = open_embedded(&config.data_dir, root.as_deref(), clock.clone(), OpenMode::CreateIfEmpty)
+        .context("opening the key store")?;
+    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
+    let log_config = FileLogConfig::new(log_signing_key(&config.data_dir)?);
+    let log_dir = config.data_dir.join("log");
+    let log: Arc<dyn EventLog> = Arc::new(
+        tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config))
+            .await?
+            .context("opening the event log")?,
+    );
+    let shared = Arc::new(actors::Shared {
+        log: log.clone(),
+        keyring: keyring.clone(),
+        clock: clock.clone(),
+        metrics: Arc::new(actors::Metrics::default()),
+    });
+    let registry = actors::Registry::start(
+        shared,
+        actors::RegistryConfig {
+            idle: std::time::Duration::from_secs(config.actor_idle_secs),
+            max_actors: config.max_actors,
+            arbiters: config.arbiters,
+        },
+    )
+    .await
+    .context("starting the actors")?;
+    let (admin, admin_where) = admin_key(&config)?;
+    let metrics = Arc::new(ApiMetrics::default());
+    let index = Arc::new(SessionIndex::default());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    tokio::spawn(index.clone().follow(log.clone(), ready_tx));
+    actix_rt::spawn(keystore::rotation_schedule(
+        keyring.clone(),
+        config.rotation_days * 86_400,
+        clock.clone(),
+        std::time::Duration::from_secs(3600),
+    ));
+
+    let api = Handle(Arc::new(Api {
+        registry: registry.clone(),
+        log: log.clone(),
+        keyring,
+        admin_sha256: crate::auth::sha256(admin.as_bytes()),
+        metrics: metrics.clone(),
+        index,
+    }));
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_listener = std::net::TcpListener::bind(config.http_addr)
+        .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::session_service_server::SessionServiceServer<Handle>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::tenant_service_server::TenantServiceServer::new(api.clone()))
+        .add_service(pb::pype_service_server::PypeServiceServer::new(api.clone()))
+        .add_service(pb::session_service_server::SessionServiceServer::new(api.clone()))
+        .add_service(pb::subject_service_server::SubjectServiceServer::new(api.clone()))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async {
+            let _ = grpc_stopped.await;
+        });
+    let grpc_task = tokio::spawn(grpc);
+    let http = http::start(http_listener, HttpState { ready: ready_rx, metrics, registry: registry.clone() })?;
+
+    println!("pypes listening grpc={grpc_addr} http={http_addr} data={}", config.data_dir.display());
+    println!("admin key {admin_where}; root key: {:?}", keys.origin);
+    let _ = std::io::stdout().flush();
+    tracing::info!(%grpc_addr, %http_addr, data = %config.data_dir.display(), "pypes started");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_grpc.send(());
+    http.stop(true).await;
+    let _ = grpc_task.await;
+    registry.shutdown();
+    Ok(())
+}

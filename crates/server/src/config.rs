@@ -1,0 +1,112 @@
+//! Configuration: defaults, then a TOML file, then environment variables,
+//! then flags (each overrides the one before). Unknown keys in the file are
+//! refused by name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub admin_key: Option<String>,
+    #[serde(default)]
+    pub actors: ActorsFile,
+    #[serde(default)]
+    pub keys: KeysFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorsFile {
+    pub idle_secs: Option<u64>,
+    pub max_actors: Option<usize>,
+    pub arbiters: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    pub rotation_days: Option<i64>,
+}
+
+/// `pypes serve` flags (each also read from the environment).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PYPES_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the event log, key store and (in development) root key live.
+    #[arg(long, env = "PYPES_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (port 0 picks a free port; the real one is printed).
+    #[arg(long, env = "PYPES_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "PYPES_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// The platform admin key (default: made once into <data>/admin.key).
+    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// Seconds after which an unused actor stops.
+    #[arg(long, env = "PYPES_ACTOR_IDLE_SECS")]
+    pub actor_idle_secs: Option<u64>,
+    /// Live actors per kind, at most.
+    #[arg(long, env = "PYPES_MAX_ACTORS")]
+    pub max_actors: Option<usize>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_key: Option<String>,
+    pub actor_idle_secs: u64,
+    pub max_actors: usize,
+    pub arbiters: usize,
+    pub rotation_days: i64,
+}
+
+impl Config {
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let config = Config {
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin_key: args.admin_key.clone().or(file.admin_key),
+            actor_idle_secs: args.actor_idle_secs.or(file.actors.idle_secs).unwrap_or(300),
+            max_actors: args.max_actors.or(file.actors.max_actors).unwrap_or(100_000),
+            arbiters: file
+                .actors
+                .arbiters
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            rotation_days: file.keys.rotation_days.unwrap_or(7),
+        };
+        if let Some(key) = &config.admin_key
+            && key.len() < 32
+        {
+            anyhow::bail!("admin_key: {} characters; at least 32 (e.g. 64 hex digits)", key.len());
+        }
+        if config.actor_idle_secs == 0 || config.max_actors == 0 || config.arbiters == 0 {
+            anyhow::bail!("actors: idle_secs, max_actors and arbiters must be above zero");
+        }
+        keystore::validate_rotation_period(config.rotation_days.saturating_mul(86_400))
+            .map_err(|e| anyhow::anyhow!("keys.rotation_days: {e}"))?;
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}

@@ -1,0 +1,240 @@
+//! `pypes demo`: a whole scenario against a running server over gRPC,
+//! printed as it happens: a tenant, a Pype with an agent, an end user, a
+//! Session with messages both ways (watched live), the idle timer turning
+//! it inactive, a message reviving it, and the close.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::api as pb;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+fn authed<T>(key: &str, msg: T) -> anyhow::Result<Request<T>> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {key}"))?);
+    Ok(r)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::SessionState::try_from(s) {
+        Ok(pb::SessionState::Active) => "active",
+        Ok(pb::SessionState::Inactive) => "inactive",
+        Ok(pb::SessionState::Closed) => "closed",
+        _ => "?",
+    }
+}
+
+pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
+    let channel =
+        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
+    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
+    let mut sessions = pb::session_service_client::SessionServiceClient::new(channel.clone());
+
+    let created = tenants
+        .create_tenant(authed(
+            admin_key,
+            pb::CreateTenantRequest { name: "Acme Bank (demo)".into(), ..Default::default() },
+        )?)
+        .await
+        .context("creating the tenant (is the admin key right?)")?
+        .into_inner();
+    let tenant = created.tenant.unwrap_or_default();
+    let key = created.api_key;
+    println!("1. tenant {:?} created ({}); it got an API key", tenant.name, tenant.tenant_id);
+
+    let agent = uuid::Uuid::now_v7().to_string();
+    let pype = pypes
+        .create_pype(authed(
+            &key,
+            pb::CreatePypeRequest {
+                name: "Card support".into(),
+                description: "Lost and stolen cards".into(),
+                timers: Some(pb::Timers { inactive_after_secs: 5, close_after_secs: 3600 }),
+            },
+        )?)
+        .await?
+        .into_inner();
+    pypes
+        .assign_member(authed(
+            &key,
+            pb::AssignMemberRequest {
+                pype_id: pype.pype_id.clone(),
+                member_id: agent.clone(),
+                kind: pb::ParticipantKind::Agent as i32,
+                assigned: true,
+            },
+        )?)
+        .await?;
+    println!(
+        "2. pype {:?} created ({}); agent {agent} assigned; sessions go inactive after 5 s idle",
+        pype.name, pype.pype_id
+    );
+
+    let user = subjects
+        .register_subject(authed(
+            &key,
+            pb::RegisterSubjectRequest {
+                username: format!("ada-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+                email: "ada@example.com".into(),
+                phone: "+4915112345678".into(),
+                date_of_birth: "1990-05-17".into(),
+                attested_at_least_13: false,
+            },
+        )?)
+        .await?
+        .into_inner();
+    println!(
+        "3. end user {:?} registered ({}); their email and phone are sealed in the log",
+        user.username, user.subject_id
+    );
+
+    let session = sessions
+        .start_session(authed(
+            &key,
+            pb::StartSessionRequest {
+                pype_id: pype.pype_id.clone(),
+                end_user_id: user.subject_id.clone(),
+                timers: None,
+            },
+        )?)
+        .await?
+        .into_inner();
+    println!("4. session {} started ({})", session.session_id, state_name(session.state));
+
+    let mut watch = sessions
+        .watch_session(authed(
+            &key,
+            pb::WatchSessionRequest { session_id: session.session_id.clone(), from_version: 0 },
+        )?)
+        .await?
+        .into_inner();
+    let (user_id, agent_id) = (user.subject_id.clone(), agent.clone());
+    let watcher = tokio::spawn(async move {
+        while let Ok(Some(ev)) = watch.message().await {
+            let line = match ev.event {
+                Some(pb::session_event::Event::Started(_)) => "started".to_string(),
+                Some(pb::session_event::Event::Joined(p)) => {
+                    format!("{} joined", who(&p.participant_id, &user_id, &agent_id))
+                }
+                Some(pb::session_event::Event::Left(p)) => {
+                    format!("{} left", who(&p.participant_id, &user_id, &agent_id))
+                }
+                Some(pb::session_event::Event::Message(m)) => {
+                    format!("#{} {}: {:?}", m.seq, who(&m.sender_id, &user_id, &agent_id), m.body)
+                }
+                Some(pb::session_event::Event::ReadHorizon(h)) => {
+                    format!("{} has read up to #{}", who(&h.participant_id, &user_id, &agent_id), h.up_to)
+                }
+                Some(pb::session_event::Event::StateChanged(s)) => {
+                    format!("now {} (by {})", state_name(s.state), s.reason)
+                }
+                None => "?".into(),
+            };
+            println!("   watch v{}: {line}", ev.version);
+        }
+    });
+
+    sessions
+        .join_session(authed(
+            &key,
+            pb::JoinSessionRequest {
+                session_id: session.session_id.clone(),
+                participant_id: agent.clone(),
+                kind: pb::ParticipantKind::Agent as i32,
+            },
+        )?)
+        .await?;
+    let exchange = [
+        (&user.subject_id, "Hi, my card was stolen this morning.", "iPhone 15"),
+        (&agent, "I'm sorry to hear that. I have blocked the card ending 4242.", ""),
+        (&user.subject_id, "Thank you! Can you send a new one?", "iPhone 15"),
+        (&agent, "Done: it arrives within 3 working days.", ""),
+    ];
+    for (sender, body, device) in exchange {
+        let r = sessions
+            .post_message(authed(
+                &key,
+                pb::PostMessageRequest {
+                    session_id: session.session_id.clone(),
+                    sender_id: sender.clone(),
+                    body: body.into(),
+                    device: device.into(),
+                },
+            )?)
+            .await?
+            .into_inner();
+        println!("5. posted message #{} (durable when acknowledged)", r.seq);
+    }
+    sessions
+        .advance_read_horizon(authed(
+            &key,
+            pb::AdvanceReadHorizonRequest {
+                session_id: session.session_id.clone(),
+                participant_id: user.subject_id.clone(),
+                up_to: 4,
+                private: false,
+            },
+        )?)
+        .await?;
+
+    println!("6. waiting 7 s: the session's idle timer (5 s) makes it inactive");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let s = sessions
+        .get_session(authed(&key, pb::GetSessionRequest { session_id: session.session_id.clone() })?)
+        .await?
+        .into_inner();
+    println!("   session is {}", state_name(s.state));
+    let r = sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: session.session_id.clone(),
+                sender_id: user.subject_id.clone(),
+                body: "One more thing: thanks!".into(),
+                device: "iPhone 15".into(),
+            },
+        )?)
+        .await?
+        .into_inner();
+    println!("7. a new message (#{}) makes it {} again", r.seq, state_name(r.state));
+    let closed = sessions
+        .close_session(authed(&key, pb::CloseSessionRequest { session_id: session.session_id.clone() })?)
+        .await?
+        .into_inner();
+    println!("8. session closed: {}", state_name(closed.state));
+    let refused = sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: session.session_id.clone(),
+                sender_id: agent.clone(),
+                body: "hello?".into(),
+                device: String::new(),
+            },
+        )?)
+        .await;
+    match refused {
+        Err(status) => {
+            println!("9. writing to the closed session is refused: {:?} {}", status.code(), status.message())
+        }
+        Ok(_) => anyhow::bail!("a closed session accepted a message"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    watcher.abort();
+    println!("demo finished");
+    Ok(())
+}
+
+fn who<'a>(id: &str, user: &str, agent: &str) -> &'a str {
+    if id == user {
+        "end user"
+    } else if id == agent {
+        "agent"
+    } else {
+        "someone"
+    }
+}

@@ -1,0 +1,79 @@
+//! The one table from what can go wrong to a gRPC status. Bad input names
+//! the field; another tenant's ids look exactly like unknown ones; internal
+//! failures are logged with their cause and answered without it.
+
+use actors::ActorError;
+use domain::Rejection;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid { field, reason: reason.into() }
+    }
+}
+
+impl From<keystore::KeyError> for ApiError {
+    fn from(e: keystore::KeyError) -> Self {
+        Self::Actor(ActorError::Keys(e))
+    }
+}
+
+impl From<eventlog::LogError> for ApiError {
+    fn from(e: eventlog::LogError) -> Self {
+        Self::Actor(ActorError::Log(e))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        match e {
+            ApiError::Invalid { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::Forbidden(m) => Status::permission_denied(m),
+            ApiError::Actor(ActorError::Rejected(r)) => match r {
+                Rejection::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+                Rejection::NotFound { what } => Status::not_found(format!("{what} not found")),
+                Rejection::AlreadyExists { what } => Status::already_exists(format!("{what} already exists")),
+                Rejection::FailedPrecondition { reason } => Status::failed_precondition(reason),
+                other => Status::failed_precondition(other.to_string()),
+            },
+            ApiError::Actor(ActorError::Contended { .. }) => {
+                Status::aborted("the entity kept changing under concurrent writers; retry")
+            }
+            ApiError::Actor(ActorError::Unavailable(m)) => {
+                tracing::warn!(error = %m, "actor unavailable");
+                Status::unavailable("the node is shutting down or overloaded; retry")
+            }
+            ApiError::Actor(other) => internal(other.to_string()),
+            ApiError::Internal(m) => internal(m),
+        }
+    }
+}
+
+fn internal(cause: String) -> Status {
+    let incident = uuid::Uuid::now_v7();
+    tracing::error!(%incident, error = %cause, "internal error");
+    Status::new(Code::Internal, format!("internal error (incident {incident}; see the server log)"))
+}
+
+/// Parses a UUID field of a request.
+pub fn parse_id(field: &'static str, value: &str) -> Result<uuid::Uuid, ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(field, "is required"));
+    }
+    uuid::Uuid::parse_str(value).map_err(|_| ApiError::invalid(field, "is not a UUID"))
+}

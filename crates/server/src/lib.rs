@@ -1,0 +1,13 @@
+//! The `pypes` server: configuration, wiring, the gRPC services (tonic),
+//! health and metrics (actix-web) and the demo client. Only this crate
+//! knows tonic, actix-web and the wire types; no other crate imports it.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod metrics;
