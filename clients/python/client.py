@@ -1,0 +1,84 @@
+"""A customer system in Python talking to pypes over gRPC (grpcio).
+
+Run by .ci/run against a freshly started server:
+    python client.py <grpc host:port> <admin key> <stubs dir>
+Creates a tenant, a Pype with an agent, an end user and a Session, exchanges
+messages both ways, watches them arrive, and checks that bad input gets
+INVALID_ARGUMENT naming the field. Exits non-zero on any surprise.
+"""
+
+import sys
+import uuid
+
+addr, admin_key, stubs = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, stubs)
+
+import grpc  # noqa: E402
+from pypes.api.v1 import api_pb2 as pb  # noqa: E402
+from pypes.api.v1 import api_pb2_grpc as rpc  # noqa: E402
+
+
+def auth(key):
+    return [("authorization", f"Bearer {key}")]
+
+
+channel = grpc.insecure_channel(addr)
+grpc.channel_ready_future(channel).result(timeout=10)
+tenants = rpc.TenantServiceStub(channel)
+pypes = rpc.PypeServiceStub(channel)
+subjects = rpc.SubjectServiceStub(channel)
+sessions = rpc.SessionServiceStub(channel)
+
+created = tenants.CreateTenant(pb.CreateTenantRequest(name="Python Airline"), metadata=auth(admin_key))
+key = created.api_key
+print(f"tenant {created.tenant.name!r} {created.tenant.tenant_id}")
+
+pype = pypes.CreatePype(pb.CreatePypeRequest(name="Rebooking", description="Flight changes"), metadata=auth(key))
+agent = str(uuid.uuid4())
+pypes.AssignMember(
+    pb.AssignMemberRequest(pype_id=pype.pype_id, member_id=agent, kind=pb.PARTICIPANT_KIND_AGENT, assigned=True),
+    metadata=auth(key),
+)
+user = subjects.RegisterSubject(
+    pb.RegisterSubjectRequest(username="py.traveller", email="traveller@example.com", date_of_birth="1985-03-02"),
+    metadata=auth(key),
+)
+print(f"pype {pype.name!r}, end user {user.username!r} ({user.subject_id})")
+
+session = sessions.StartSession(pb.StartSessionRequest(pype_id=pype.pype_id, end_user_id=user.subject_id), metadata=auth(key))
+sessions.JoinSession(
+    pb.JoinSessionRequest(session_id=session.session_id, participant_id=agent, kind=pb.PARTICIPANT_KIND_AGENT),
+    metadata=auth(key),
+)
+lines = [
+    (user.subject_id, "My flight was cancelled, can you rebook me?"),
+    (agent, "Of course: tomorrow 9:40, seat 12A. Confirmed."),
+    (user.subject_id, "Perfect, thank you!"),
+]
+for sender, body in lines:
+    r = sessions.PostMessage(
+        pb.PostMessageRequest(session_id=session.session_id, sender_id=sender, body=body, device="python"),
+        metadata=auth(key),
+    )
+    print(f"posted #{r.seq}")
+
+watched = []
+for ev in sessions.WatchSession(pb.WatchSessionRequest(session_id=session.session_id), metadata=auth(key), timeout=10):
+    if ev.WhichOneof("event") == "message":
+        watched.append(ev.message.body)
+        print(f"watched #{ev.message.seq}: {ev.message.body!r}")
+    if len(watched) == len(lines):
+        break
+assert watched == [b for _, b in lines], watched
+
+try:
+    sessions.PostMessage(pb.PostMessageRequest(session_id="not-a-uuid", sender_id=agent, body="x"), metadata=auth(key))
+    raise SystemExit("bad input was accepted")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.code()
+    assert e.details().startswith("session_id"), e.details()
+    print(f"bad input refused: {e.code().name} {e.details()!r}")
+
+closed = sessions.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), metadata=auth(key))
+assert closed.state == pb.SESSION_STATE_CLOSED
+print("python client: OK")
