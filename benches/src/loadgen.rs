@@ -8,7 +8,10 @@
 //! time (and memory) to open a log of N events.
 //! `loadgen seal`: the keystore's seal/open, cache-miss, key-creation,
 //! shred and rotation costs against bare AES-GCM and raw fsync.
+//! `loadgen send-message`: PostMessage over gRPC against a bare tonic echo.
+//! `loadgen actors-memory`: RSS per live Session actor, activation latency.
 
+mod apibench;
 mod keybench;
 
 use std::os::unix::fs::FileExt;
@@ -90,6 +93,34 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// PostMessage throughput and latency against a bare tonic unary echo.
+    SendMessage {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per round (three alternating rounds of each).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 256)]
+        body_bytes: usize,
+    },
+    /// RSS with N live Session actors; activation latency cold and warm.
+    ActorsMemory {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Sessions sampled for activation latency.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+    },
+    /// The bare echo server (started by send-message).
+    EchoServer,
     /// Opens an existing log and reports open time and resident memory
     /// (run in its own process by `log-read`).
     LogOpen {
@@ -127,6 +158,21 @@ fn main() -> Result<()> {
             }
             result
         }
+        Command::SendMessage { dir, seconds, sessions, in_flight, body_bytes } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(apibench::send_message(
+                dir.path(),
+                seconds,
+                sessions.max(1),
+                in_flight.max(1),
+                body_bytes.max(1),
+            ))
+        }
+        Command::ActorsMemory { dir, sessions, in_flight, samples } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(apibench::actors_memory(dir.path(), sessions.max(1), in_flight.max(1), samples))
+        }
+        Command::EchoServer => rt.block_on(apibench::echo_server()),
         Command::LogOpen { dir, key_seed } => {
             let started = Instant::now();
             let log = FileLog::open(&dir, FileLogConfig::new(SigningKey::from_bytes(&[key_seed; 32])))?;

@@ -33,6 +33,12 @@ pub mod api {
     include!(concat!(env!("OUT_DIR"), "/pypes.api.v1.rs"));
 }
 
+/// `pypes.bench.v1`: the echo service the load generator's baseline uses.
+pub mod bench {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.bench.v1.rs"));
+}
+
 /// Every file descriptor of `proto/`, for the gRPC reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pypes_descriptor.bin"));
 

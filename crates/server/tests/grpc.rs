@@ -40,7 +40,10 @@ fn start(data: &Path) -> Server {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read the listen line");
     let field = |name: &str| {
-        line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {line:?}")).to_string()
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_string()
     };
     Server { grpc: format!("http://{}", field("grpc=")), http: field("http="), child }
 }
@@ -76,21 +79,43 @@ struct Setup {
 }
 
 async fn setup(c: &mut Clients, username: &str) -> Setup {
-    let t = c.tenants.create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Acme".into(), ..Default::default() })).await.unwrap().into_inner();
+    let t = c
+        .tenants
+        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Acme".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     let key = t.api_key;
-    let pype = c.pypes.create_pype(authed(&key, pb::CreatePypeRequest { name: "Support".into(), ..Default::default() })).await.unwrap().into_inner();
+    let pype = c
+        .pypes
+        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Support".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     let user = c
         .subjects
         .register_subject(authed(
             &key,
-            pb::RegisterSubjectRequest { username: username.into(), email: "u@example.com".into(), attested_at_least_13: true, ..Default::default() },
+            pb::RegisterSubjectRequest {
+                username: username.into(),
+                email: "u@example.com".into(),
+                attested_at_least_13: true,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
         .into_inner();
     let session = c
         .sessions
-        .start_session(authed(&key, pb::StartSessionRequest { pype_id: pype.pype_id.clone(), end_user_id: user.subject_id.clone(), timers: None }))
+        .start_session(authed(
+            &key,
+            pb::StartSessionRequest {
+                pype_id: pype.pype_id.clone(),
+                end_user_id: user.subject_id.clone(),
+                timers: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -98,7 +123,12 @@ async fn setup(c: &mut Clients, username: &str) -> Setup {
 }
 
 fn post(s: &Setup, body: &str) -> pb::PostMessageRequest {
-    pb::PostMessageRequest { session_id: s.session.clone(), sender_id: s.user.clone(), body: body.into(), device: String::new() }
+    pb::PostMessageRequest {
+        session_id: s.session.clone(),
+        sender_id: s.user.clone(),
+        body: body.into(),
+        device: String::new(),
+    }
 }
 
 fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
@@ -113,7 +143,12 @@ async fn a_conversation_and_every_kind_of_bad_input() {
     let mut c = clients(&server.grpc).await;
     let s = setup(&mut c, "ada").await;
     // Watch from the start while messages arrive.
-    let mut watch = c.sessions.watch_session(authed(&s.key, pb::WatchSessionRequest { session_id: s.session.clone(), from_version: 0 })).await.unwrap().into_inner();
+    let mut watch = c
+        .sessions
+        .watch_session(authed(&s.key, pb::WatchSessionRequest { session_id: s.session.clone(), from_version: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
     for i in 1..=3 {
         let r = c.sessions.post_message(authed(&s.key, post(&s, &format!("message {i}")))).await.unwrap().into_inner();
         assert_eq!(r.seq, i);
@@ -128,49 +163,113 @@ async fn a_conversation_and_every_kind_of_bad_input() {
     assert_eq!(bodies, ["message 1", "message 2", "message 3"]);
 
     // Bad input names the field.
-    let bad = c.sessions.post_message(authed(&s.key, pb::PostMessageRequest { session_id: "nope".into(), ..post(&s, "x") })).await;
+    let bad = c
+        .sessions
+        .post_message(authed(&s.key, pb::PostMessageRequest { session_id: "nope".into(), ..post(&s, "x") }))
+        .await;
     assert_eq!(code(bad), (Code::InvalidArgument, "session_id: is not a UUID".into()));
     let (c1, m1) = code(c.sessions.post_message(authed(&s.key, post(&s, ""))).await);
     assert_eq!(c1, Code::InvalidArgument);
     assert!(m1.starts_with("body"), "{m1}");
     let (c2, m2) = code(c.sessions.post_message(authed(&s.key, post(&s, &"x".repeat(10_001)))).await);
     assert!(c2 == Code::InvalidArgument && m2.starts_with("body"), "{m2}");
-    let bad_timers = pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: Some(pb::Timers { inactive_after_secs: 1, close_after_secs: 10 }) };
+    let bad_timers = pb::StartSessionRequest {
+        pype_id: s.pype.clone(),
+        end_user_id: s.user.clone(),
+        timers: Some(pb::Timers { inactive_after_secs: 1, close_after_secs: 10 }),
+    };
     let (c3, m3) = code(c.sessions.start_session(authed(&s.key, bad_timers)).await);
     assert!(c3 == Code::InvalidArgument && m3.starts_with("timers"), "{m3}");
     let list = pb::ListSessionsRequest { pype_id: s.pype.clone(), page_size: 0, page_token: "garbage".into() };
     assert_eq!(code(c.sessions.list_sessions(authed(&s.key, list)).await).0, Code::InvalidArgument);
-    let child = pb::RegisterSubjectRequest { username: "kid".into(), email: "k@example.com".into(), date_of_birth: "2020-01-01".into(), ..Default::default() };
+    let child = pb::RegisterSubjectRequest {
+        username: "kid".into(),
+        email: "k@example.com".into(),
+        date_of_birth: "2020-01-01".into(),
+        ..Default::default()
+    };
     let (c4, m4) = code(c.subjects.register_subject(authed(&s.key, child)).await);
     assert!(c4 == Code::InvalidArgument && m4.starts_with("birth"), "{m4}");
-    let dup = pb::RegisterSubjectRequest { username: "ADA".into(), email: "a2@example.com".into(), attested_at_least_13: true, ..Default::default() };
-    assert_eq!(code(c.subjects.register_subject(authed(&s.key, dup)).await), (Code::AlreadyExists, "username already exists".into()));
+    let dup = pb::RegisterSubjectRequest {
+        username: "ADA".into(),
+        email: "a2@example.com".into(),
+        attested_at_least_13: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(c.subjects.register_subject(authed(&s.key, dup)).await),
+        (Code::AlreadyExists, "username already exists".into())
+    );
 
     // Unknown ids, and another tenant's ids, are NOT_FOUND alike.
     let unknown = pb::GetSessionRequest { session_id: uuid::Uuid::now_v7().to_string() };
     assert_eq!(code(c.sessions.get_session(authed(&s.key, unknown)).await).0, Code::NotFound);
     let other = setup(&mut c, "bob").await;
     let theirs = pb::GetSessionRequest { session_id: s.session.clone() };
-    assert_eq!(code(c.sessions.get_session(authed(&other.key, theirs)).await), (Code::NotFound, "session not found".into()));
+    assert_eq!(
+        code(c.sessions.get_session(authed(&other.key, theirs)).await),
+        (Code::NotFound, "session not found".into())
+    );
     assert_eq!(code(c.sessions.post_message(authed(&other.key, post(&s, "hi"))).await).0, Code::NotFound);
 
     // Authentication and roles.
-    assert_eq!(code(c.sessions.get_session(Request::new(pb::GetSessionRequest { session_id: s.session.clone() })).await).0, Code::Unauthenticated);
-    assert_eq!(code(c.sessions.get_session(authed("pypes_nonsense", pb::GetSessionRequest { session_id: s.session.clone() })).await).0, Code::Unauthenticated);
-    assert_eq!(code(c.tenants.create_tenant(authed(&s.key, pb::CreateTenantRequest { name: "x".into(), ..Default::default() })).await).0, Code::PermissionDenied);
+    assert_eq!(
+        code(c.sessions.get_session(Request::new(pb::GetSessionRequest { session_id: s.session.clone() })).await).0,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(
+            c.sessions
+                .get_session(authed("pypes_nonsense", pb::GetSessionRequest { session_id: s.session.clone() }))
+                .await
+        )
+        .0,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(
+            c.tenants
+                .create_tenant(authed(&s.key, pb::CreateTenantRequest { name: "x".into(), ..Default::default() }))
+                .await
+        )
+        .0,
+        Code::PermissionDenied
+    );
     let second = c.tenants.create_api_key(authed(&s.key, pb::CreateApiKeyRequest {})).await.unwrap().into_inner();
     c.tenants.revoke_api_key(authed(&s.key, pb::RevokeApiKeyRequest { api_key_id: second.api_key_id })).await.unwrap();
-    assert_eq!(code(c.sessions.get_session(authed(&second.api_key, pb::GetSessionRequest { session_id: s.session.clone() })).await).0, Code::Unauthenticated);
+    assert_eq!(
+        code(
+            c.sessions
+                .get_session(authed(&second.api_key, pb::GetSessionRequest { session_id: s.session.clone() }))
+                .await
+        )
+        .0,
+        Code::Unauthenticated
+    );
 
     // Paging over a Pype's Sessions.
     for _ in 0..4 {
-        c.sessions.start_session(authed(&s.key, pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None })).await.unwrap();
+        c.sessions
+            .start_session(authed(
+                &s.key,
+                pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+            ))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut seen = 0;
     let mut token = String::new();
     loop {
-        let page = c.sessions.list_sessions(authed(&s.key, pb::ListSessionsRequest { pype_id: s.pype.clone(), page_size: 2, page_token: token })).await.unwrap().into_inner();
+        let page = c
+            .sessions
+            .list_sessions(authed(
+                &s.key,
+                pb::ListSessionsRequest { pype_id: s.pype.clone(), page_size: 2, page_token: token },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         seen += page.sessions.len();
         if page.next_page_token.is_empty() {
             break;
@@ -181,10 +280,15 @@ async fn a_conversation_and_every_kind_of_bad_input() {
 
     // Closed is final.
     c.sessions.close_session(authed(&s.key, pb::CloseSessionRequest { session_id: s.session.clone() })).await.unwrap();
-    assert_eq!(code(c.sessions.post_message(authed(&s.key, post(&s, "late"))).await), (Code::FailedPrecondition, "the session is closed".into()));
+    assert_eq!(
+        code(c.sessions.post_message(authed(&s.key, post(&s, "late"))).await),
+        (Code::FailedPrecondition, "the session is closed".into())
+    );
 
     // Health and metrics over HTTP; gRPC health.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap());
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap(),
+    );
     let h = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     let metrics = http_get(&server.http, "/metrics").await;
@@ -213,7 +317,10 @@ async fn a_kill_mid_conversation_loses_no_acknowledged_message() {
         tokio::spawn(async move {
             for i in 0.. {
                 let body = format!("m{i}");
-                match sessions.post_message(authed(&s_key, pb::PostMessageRequest { body: body.clone(), ..req.clone() })).await {
+                match sessions
+                    .post_message(authed(&s_key, pb::PostMessageRequest { body: body.clone(), ..req.clone() }))
+                    .await
+                {
                     Ok(r) => acked.lock().unwrap().push((r.into_inner().seq, body)),
                     Err(_) => return,
                 }
@@ -230,9 +337,19 @@ async fn a_kill_mid_conversation_loses_no_acknowledged_message() {
 
     let server2 = start(data.path());
     let mut c = clients(&server2.grpc).await;
-    let state = c.sessions.get_session(authed(&s.key, pb::GetSessionRequest { session_id: s.session.clone() })).await.unwrap().into_inner();
+    let state = c
+        .sessions
+        .get_session(authed(&s.key, pb::GetSessionRequest { session_id: s.session.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(state.last_seq >= acked.len() as u64);
-    let mut watch = c.sessions.watch_session(authed(&s.key, pb::WatchSessionRequest { session_id: s.session.clone(), from_version: 0 })).await.unwrap().into_inner();
+    let mut watch = c
+        .sessions
+        .watch_session(authed(&s.key, pb::WatchSessionRequest { session_id: s.session.clone(), from_version: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
     let mut stored = Vec::new();
     while (stored.len() as u64) < state.last_seq {
         let ev = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();

@@ -1,0 +1,338 @@
+//! `loadgen send-message` and `loadgen actors-memory`: the pypes server (a
+//! release `pypes` binary next to `loadgen`, started here on a fresh data
+//! directory) measured over gRPC.
+//!
+//! - send-message: `PostMessage` (auth, actor, seal, durable append, reply)
+//!   at N requests in flight over many Sessions, against a bare tonic unary
+//!   echo of the same payload (`loadgen echo-server`, its own process),
+//!   alternating rounds.
+//! - actors-memory: the server's RSS with N live Session actors, and the
+//!   latency of activating a Session actor from the log (cold, after a
+//!   restart) versus answering from a live one.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use proto::api as pb;
+use proto::bench as echo;
+use tonic::Request;
+use tonic::transport::Channel;
+
+const ADMIN: &str = "bench-admin-key-0123456789abcdef0123456789abcdef";
+const ROUNDS: usize = 3;
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!("{} not found: build it with `cargo build --release -p server -p benches`", path.display());
+    }
+    Ok(path)
+}
+
+/// Starts a process and waits for its first stdout line containing `key=`.
+fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .with_context(|| format!("no {key} in {line:?}"))?
+        .to_string();
+    Ok(Proc { child, addr: format!("http://{addr}") })
+}
+
+fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
+    let mut cmd = Command::new(sibling("pypes")?);
+    cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
+        .arg(data)
+        .env("PYPES_MAX_ACTORS", max_actors.to_string())
+        .env("PYPES_ACTOR_IDLE_SECS", "3600")
+        .env("RUST_LOG", "warn");
+    spawn(cmd, "grpc=")
+}
+
+fn authed<T>(key: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = format!("Bearer {key}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+struct World {
+    key: String,
+    user: String,
+    sessions: Vec<String>,
+}
+
+async fn world(channel: Channel, sessions: usize, in_flight: usize) -> Result<World> {
+    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
+    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
+    let t = tenants
+        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Bench".into(), ..Default::default() }))
+        .await?
+        .into_inner();
+    let key = t.api_key;
+    let pype = pypes
+        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Bench".into(), ..Default::default() }))
+        .await?
+        .into_inner();
+    let user = subjects
+        .register_subject(authed(
+            &key,
+            pb::RegisterSubjectRequest {
+                username: "bench".into(),
+                email: "b@example.com".into(),
+                attested_at_least_13: true,
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    let (pype_id, user_id) = (pype.pype_id, user.subject_id.clone());
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(sessions)));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (mut client, ids, next, key, pype_id, user_id) = (
+            pb::session_service_client::SessionServiceClient::new(channel.clone()),
+            ids.clone(),
+            next.clone(),
+            key.clone(),
+            pype_id.clone(),
+            user_id.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < sessions {
+                let s = client
+                    .start_session(authed(
+                        &key,
+                        pb::StartSessionRequest {
+                            pype_id: pype_id.clone(),
+                            end_user_id: user_id.clone(),
+                            timers: None,
+                        },
+                    ))
+                    .await?
+                    .into_inner();
+                ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push(s.session_id);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let sessions = std::mem::take(&mut *ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(World { key, user: user.subject_id, sessions })
+}
+
+/// Runs `in_flight` loops of `op` for `run`; returns (ops per second, latencies in µs).
+async fn drive<F, Fut>(in_flight: usize, run: Duration, op: F) -> Result<(f64, Vec<u32>)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..in_flight as u64 {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut rng = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while started.elapsed() < run {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let t0 = Instant::now();
+                op(rng).await?;
+                lat.push(t0.elapsed().as_micros() as u32);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub async fn send_message(
+    dir: &Path,
+    seconds: f64,
+    sessions: usize,
+    in_flight: usize,
+    body_bytes: usize,
+) -> Result<()> {
+    let pypes = start_pypes(&dir.join("data"), sessions * 2 + 100)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("echo-server");
+    let echo_proc = spawn(cmd, "echo=")?;
+    let api = Channel::from_shared(pypes.addr.clone())?.connect().await?;
+    let echo_ch = Channel::from_shared(echo_proc.addr.clone())?.connect().await?;
+    let w = Arc::new(world(api.clone(), sessions, in_flight).await?);
+    println!("# {} sessions started; {} in flight; {} B bodies", w.sessions.len(), in_flight, body_bytes);
+    let body = "x".repeat(body_bytes);
+    let run = Duration::from_secs_f64(seconds);
+    let (mut echo_rates, mut post_rates, mut post_lat) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let client = echo::echo_service_client::EchoServiceClient::new(echo_ch.clone());
+        let payload = body.clone().into_bytes();
+        let (rate, _) = drive(in_flight, run, move |_| {
+            let (mut c, payload) = (client.clone(), payload.clone());
+            async move {
+                c.echo(echo::EchoRequest { payload }).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        echo_rates.push(rate);
+        let client = pb::session_service_client::SessionServiceClient::new(api.clone());
+        let (w2, body2) = (w.clone(), body.clone());
+        let (rate, lat) = drive(in_flight, run, move |r| {
+            let (mut c, w, body) = (client.clone(), w2.clone(), body2.clone());
+            async move {
+                let session = w.sessions[(r % w.sessions.len() as u64) as usize].clone();
+                c.post_message(authed(
+                    &w.key,
+                    pb::PostMessageRequest {
+                        session_id: session,
+                        sender_id: w.user.clone(),
+                        body,
+                        device: String::new(),
+                    },
+                ))
+                .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        post_rates.push(rate);
+        post_lat.extend(lat);
+    }
+    echo_rates.sort_by(f64::total_cmp);
+    post_rates.sort_by(f64::total_cmp);
+    post_lat.sort_unstable();
+    let (rps, echo_rps) = (post_rates[ROUNDS / 2], echo_rates[ROUNDS / 2]);
+    println!(
+        "BENCH send_message rps={rps:.0} echo_rps={echo_rps:.0} ratio={:.2} p50_us={} p99_us={} in_flight={in_flight} sessions={}",
+        rps / echo_rps,
+        pct(&post_lat, 0.5),
+        pct(&post_lat, 0.99),
+        w.sessions.len()
+    );
+    Ok(())
+}
+
+pub async fn actors_memory(dir: &Path, sessions: usize, in_flight: usize, samples: usize) -> Result<()> {
+    let data = dir.join("data");
+    let pypes = start_pypes(&data, sessions * 2 + 100)?;
+    let api = Channel::from_shared(pypes.addr.clone())?.connect().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = pypes.rss_mb();
+    let started = Instant::now();
+    let w = world(api.clone(), sessions, in_flight).await?;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = pypes.rss_mb();
+    println!(
+        "BENCH actors_memory actors={} rss_mb={after:.0} rss_before_mb={before:.0} bytes_per_actor={:.0} start_sessions_per_s={:.0}",
+        w.sessions.len(),
+        (after - before) * 1024.0 * 1024.0 / w.sessions.len() as f64,
+        w.sessions.len() as f64 / took.as_secs_f64()
+    );
+    drop(api);
+    drop(pypes);
+    // Cold: a restarted server activates each Session actor from the log.
+    let pypes = start_pypes(&data, sessions * 2 + 100)?;
+    let api = Channel::from_shared(pypes.addr.clone())?.connect().await?;
+    let mut client = pb::session_service_client::SessionServiceClient::new(api);
+    let step = (w.sessions.len() / samples.max(1)).max(1);
+    let pick: Vec<&String> = w.sessions.iter().step_by(step).take(samples).collect();
+    let mut cold = Vec::new();
+    for s in &pick {
+        let t0 = Instant::now();
+        client.get_session(authed(&w.key, pb::GetSessionRequest { session_id: (*s).clone() })).await?;
+        cold.push(t0.elapsed().as_micros() as u32);
+    }
+    let mut warm = Vec::new();
+    for s in &pick {
+        let t0 = Instant::now();
+        client.get_session(authed(&w.key, pb::GetSessionRequest { session_id: (*s).clone() })).await?;
+        warm.push(t0.elapsed().as_micros() as u32);
+    }
+    cold.sort_unstable();
+    warm.sort_unstable();
+    println!(
+        "BENCH actor_activation cold_p50_us={} cold_p99_us={} warm_p50_us={} warm_p99_us={} samples={} events_per_session=1 snapshots=none",
+        pct(&cold, 0.5),
+        pct(&cold, 0.99),
+        pct(&warm, 0.5),
+        pct(&warm, 0.99),
+        pick.len()
+    );
+    Ok(())
+}
+
+/// The bare echo service (the baseline), in its own process.
+pub async fn echo_server() -> Result<()> {
+    #[derive(Default)]
+    struct Echo;
+    #[tonic::async_trait]
+    impl echo::echo_service_server::EchoService for Echo {
+        async fn echo(
+            &self,
+            r: Request<echo::EchoRequest>,
+        ) -> Result<tonic::Response<echo::EchoResponse>, tonic::Status> {
+            Ok(tonic::Response::new(echo::EchoResponse { payload: r.into_inner().payload }))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("echo={}", listener.local_addr()?);
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tonic::transport::Server::builder()
+        .add_service(echo::echo_service_server::EchoServiceServer::new(Echo))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .await?;
+    Ok(())
+}
