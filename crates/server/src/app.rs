@@ -77,6 +77,23 @@ fn admin_key(config: &Config) -> anyhow::Result<(String, String)> {
     Ok((key, format!("in {}", path.display())))
 }
 
+/// tonic answers a request that does not decode (e.g. a string field that
+/// is not UTF-8) with INTERNAL; it is the caller's input that is wrong, so
+/// the code becomes INVALID_ARGUMENT. The message, from prost, names the
+/// field ("PostMessageRequest.body: invalid string value: ...").
+fn undecodable_is_invalid_argument<B>(mut response: ::http::Response<B>) -> ::http::Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers.get("grpc-message").and_then(|v| v.to_str().ok()).is_some_and(|m| {
+            m.starts_with("failed to decode Protobuf message")
+                || m.starts_with("failed%20to%20decode%20Protobuf%20message")
+        });
+    if undecodable {
+        headers.insert("grpc-status", ::http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
 /// Runs the server until `shutdown` resolves. Must run inside an actix System.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -143,6 +160,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .build_v1()?;
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(pb::tenant_service_server::TenantServiceServer::new(api.clone()))
@@ -155,9 +173,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let grpc_task = tokio::spawn(grpc);
     let http = http::start(http_listener, HttpState { ready: ready_rx, metrics, registry: registry.clone() })?;
 
-    println!("pypes listening grpc={grpc_addr} http={http_addr} data={}", config.data_dir.display());
-    println!("admin key {admin_where}; root key: {:?}", keys.origin);
-    let _ = std::io::stdout().flush();
+    // Whoever started us may stop reading stdout: a closed pipe must not
+    // take the server down (println! would panic on EPIPE).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pypes listening grpc={grpc_addr} http={http_addr} data={}", config.data_dir.display());
+    let _ = writeln!(out, "admin key {admin_where}; root key: {:?}", keys.origin);
+    let _ = out.flush();
+    drop(out);
     tracing::info!(%grpc_addr, %http_addr, data = %config.data_dir.display(), "pypes started");
 
     shutdown.await;

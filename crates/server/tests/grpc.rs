@@ -37,8 +37,11 @@ fn start(data: &Path) -> Server {
         .spawn()
         .expect("start pypes");
     let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listen line");
+    reader.read_line(&mut line).expect("read the listen line");
+    // Keep reading, as a terminal would (the server must also survive a reader that stops).
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
@@ -365,4 +368,64 @@ async fn a_kill_mid_conversation_loses_no_acknowledged_message() {
     // And the conversation goes on.
     let next = c.sessions.post_message(authed(&s.key, post(&s, "after the restart"))).await.unwrap().into_inner();
     assert_eq!(next.seq, state.last_seq + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_valid_protobuf_text_is_invalid_argument() {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let mut c = clients(&server.grpc).await;
+    let s = setup(&mut c, "dora").await;
+    // A PostMessageRequest whose body (field 3) holds bytes that are not UTF-8,
+    // sent with a raw codec so the client cannot refuse it first.
+    let mut raw = Vec::new();
+    for (field, value) in [(1u8, s.session.as_bytes()), (2, s.user.as_bytes()), (3, &[0xff, 0xfe, 0x41][..])] {
+        raw.push(field << 3 | 2);
+        raw.push(value.len() as u8);
+        raw.extend_from_slice(value);
+    }
+    let channel = Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::from_static("/pypes.api.v1.SessionService/PostMessage");
+    let status = grpc.unary::<_, Vec<u8>, _>(authed(&s.key, raw), path, RawCodec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("PostMessageRequest.body"), "{}", status.message());
+}
+
+/// Sends and receives raw bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
 }
