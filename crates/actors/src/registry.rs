@@ -247,11 +247,12 @@ impl Registry {
         self.addr::<A>(tenant, id).send(Read::default()).await.map_err(|e| ActorError::Unavailable(e.to_string()))?
     }
 
-    /// Registers a new subject: the subject's first events and the
-    /// reservation of its username go to the log in one atomic append, so a
-    /// username is taken exactly when its subject exists. The reservation
+    /// Runs a subject command that may claim a username (register, or
+    /// onboard after an invitation): the subject's events and the
+    /// reservation of the username go to the log in one atomic append, so a
+    /// username is taken exactly when its subject holds it. The reservation
     /// stream is named from a keyed hash of tenant and username.
-    pub async fn register_subject(
+    pub async fn subject_with_username(
         &self,
         tenant: Uuid,
         subject: Uuid,
@@ -260,19 +261,20 @@ impl Registry {
         use domain::{Aggregate, Ctx};
         use eventlog::{ExpectedVersion, LogError, NewEvent, StreamAppend};
         let shared = &self.shared;
-        let state = Subject::default();
+        let stream = crate::codec::stream_name(Subject::KIND, tenant, subject);
+        let (state, version) = crate::entity::load::<Subject>(shared, &stream).await?;
         let events = state.decide(&command, &Ctx { now_micros: shared.clock.now_micros() })?;
         let username = events.iter().find_map(|e| match e {
-            domain::subject::SubjectEvent::Registered { username, .. } => Some(username.clone()),
+            domain::subject::SubjectEvent::Registered { username, .. }
+            | domain::subject::SubjectEvent::Onboarded { username, .. } => Some(username.clone()),
             _ => None,
         });
-        let stream = crate::codec::stream_name(Subject::KIND, tenant, subject);
         let mut stored = Vec::with_capacity(events.len());
         for e in &events {
             stored.push(state.encode(e, tenant, &stream, &shared.keyring).await?);
         }
-        let mut appends =
-            vec![StreamAppend { stream: stream.clone(), expected: ExpectedVersion::NoStream, events: stored }];
+        let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let mut appends = vec![StreamAppend { stream: stream.clone(), expected, events: stored }];
         let mut reservation = None;
         if let Some(username) = &username {
             let secret = shared.keyring.tenant_index_secret(tenant).await?;
@@ -288,6 +290,8 @@ impl Registry {
         match shared.log.append_multi(appends).await {
             Ok(results) => {
                 shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A live actor of the subject holds the state before this write.
+                self.forget::<Subject>(tenant, subject);
                 let mut state = state;
                 for e in &events {
                     state.evolve(e);
@@ -297,10 +301,17 @@ impl Registry {
             Err(LogError::WrongExpectedVersion { stream: s, .. }) if Some(&s) == reservation.as_ref() => {
                 Err(domain::Rejection::AlreadyExists { what: "username" }.into())
             }
-            Err(LogError::WrongExpectedVersion { .. }) => {
-                Err(domain::Rejection::AlreadyExists { what: "subject" }.into())
-            }
+            // The subject changed under us (another node): the caller retries.
+            Err(LogError::WrongExpectedVersion { .. }) => Err(ActorError::Contended { stream, attempts: 1 }),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops the entity's actor if live (its state is stale after a write
+    /// made outside it); the next use loads it again.
+    pub fn forget<A: Registered>(&self, tenant: Uuid, id: Uuid) {
+        if let Some(slot) = A::pool(self).lock().remove(&(tenant, id)) {
+            slot.addr.do_send(Passivate);
         }
     }
 

@@ -670,9 +670,34 @@ impl pb::subject_service_server::SubjectService for Handle {
                 phone: r.phone,
                 birth,
             };
-            let done = api.registry.register_subject(tenant, id, cmd).await?;
+            let done = api.registry.subject_with_username(tenant, id, cmd).await?;
             tracing::info!(tenant = %tenant, subject = %id, "subject registered");
             Ok(subject_out(&done.state))
+        })
+        .await
+    }
+
+    async fn invite_subject(&self, request: Request<pb::InviteSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("InviteSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            api.registry.read::<Tenant>(tenant, tenant).await?.state.require_active().map_err(IntoApi::into_api)?;
+            let id = Uuid::now_v7();
+            let cmd = SubjectCommand::Invite { subject: id, tenant, email: request.into_inner().email };
+            Ok(subject_out(&api.registry.execute::<Subject>(tenant, id, cmd).await?.state))
+        })
+        .await
+    }
+
+    async fn onboard_subject(&self, request: Request<pb::OnboardSubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("OnboardSubject", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.into_inner();
+            let id = parse_id("subject_id", &r.subject_id)?;
+            let birth = birth_in(&r.date_of_birth, r.attested_at_least_13)?;
+            let cmd = SubjectCommand::Onboard { username: r.username, phone: r.phone, birth };
+            Ok(subject_out(&api.registry.subject_with_username(tenant, id, cmd).await?.state))
         })
         .await
     }

@@ -204,6 +204,47 @@ async fn a_conversation_and_every_kind_of_bad_input() {
         (Code::AlreadyExists, "username already exists".into())
     );
 
+    // Invited, then onboarded: the username is claimed at onboarding.
+    let invited = c
+        .subjects
+        .invite_subject(authed(&s.key, pb::InviteSubjectRequest { email: "eve@example.com".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(invited.status, pb::SubjectStatus::Invited as i32);
+    let taken = pb::OnboardSubjectRequest {
+        subject_id: invited.subject_id.clone(),
+        username: "ada".into(),
+        attested_at_least_13: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(c.subjects.onboard_subject(authed(&s.key, taken)).await),
+        (Code::AlreadyExists, "username already exists".into())
+    );
+    let ok = pb::OnboardSubjectRequest {
+        subject_id: invited.subject_id.clone(),
+        username: "eve".into(),
+        attested_at_least_13: true,
+        ..Default::default()
+    };
+    let eve = c.subjects.onboard_subject(authed(&s.key, ok)).await.unwrap().into_inner();
+    assert_eq!(
+        (eve.status, eve.username.as_str(), eve.email.as_str()),
+        (pb::SubjectStatus::Active as i32, "eve", "eve@example.com")
+    );
+    let got = c
+        .subjects
+        .get_subject(authed(&s.key, pb::GetSubjectRequest { subject_id: invited.subject_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.status,
+        pb::SubjectStatus::Active as i32,
+        "a live actor must not serve the state from before onboarding"
+    );
+
     // Unknown ids, and another tenant's ids, are NOT_FOUND alike.
     let unknown = pb::GetSessionRequest { session_id: uuid::Uuid::now_v7().to_string() };
     assert_eq!(code(c.sessions.get_session(authed(&s.key, unknown)).await).0, Code::NotFound);
