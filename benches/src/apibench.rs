@@ -212,6 +212,34 @@ pub async fn send_message(
     let w = Arc::new(world(api.clone(), sessions, in_flight).await?);
     println!("# {} sessions started; {} in flight; {} B bodies", w.sessions.len(), in_flight, body_bytes);
     let body = "x".repeat(body_bytes);
+    // Warm-up: one message per Session (its content key is made on the first).
+    {
+        let client = pb::session_service_client::SessionServiceClient::new(api.clone());
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..in_flight {
+            let (mut c, w, next, body) = (client.clone(), w.clone(), next.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(session) = w.sessions.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                    c.post_message(authed(
+                        &w.key,
+                        pb::PostMessageRequest {
+                            session_id: session.clone(),
+                            sender_id: w.user.clone(),
+                            body: body.clone(),
+                            device: String::new(),
+                        },
+                    ))
+                    .await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+    }
     let run = Duration::from_secs_f64(seconds);
     let (mut echo_rates, mut post_rates, mut post_lat) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -332,7 +360,7 @@ pub async fn echo_server() -> Result<()> {
     std::io::stdout().flush()?;
     tonic::transport::Server::builder()
         .add_service(echo::echo_service_server::EchoServiceServer::new(Echo))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;
     Ok(())
 }

@@ -152,11 +152,12 @@ pub fn reservations_and_retirement(new: Factory<'_>) {
     let t = Uuid::now_v7();
     let purpose = KeyPurpose::SessionContent { session: Uuid::now_v7() };
     let k = store.active_key(t, &purpose).unwrap();
-    assert_eq!(k.uses_reserved, 0);
-    assert_eq!(store.reserve_uses(t, k.id, 100).unwrap(), Some(100));
+    let first = crate::INITIAL_RESERVATION;
+    assert_eq!(k.uses_reserved, first, "a new key comes with its first block of seals reserved");
+    assert_eq!(store.reserve_uses(t, k.id, first + 100).unwrap(), Some(first + 100));
     // Never goes down.
-    assert_eq!(store.reserve_uses(t, k.id, 50).unwrap(), Some(100));
-    assert_eq!(store.active_key(t, &purpose).unwrap().uses_reserved, 100);
+    assert_eq!(store.reserve_uses(t, k.id, 50).unwrap(), Some(first + 100));
+    assert_eq!(store.active_key(t, &purpose).unwrap().uses_reserved, first + 100);
     store.retire(t, k.id).unwrap();
     store.retire(t, k.id).unwrap();
     assert_eq!(store.reserve_uses(t, k.id, 200).unwrap(), None);

@@ -45,6 +45,9 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 /// size of one shard, whatever the number of events sealed with the key.
 pub const SHARDS: u16 = 256;
 
+/// Seals reserved when a key is made (the keyring's default block).
+pub const INITIAL_RESERVATION: u64 = 1 << 16;
+
 pub(crate) fn shard_of(anchor: Uuid) -> u16 {
     (crc32c::crc32c(anchor.as_bytes()) % u32::from(SHARDS)) as u16
 }
@@ -473,12 +476,15 @@ impl KeyStore for LocalKeyStore {
         }
         let material = SecretKey::random()?;
         let wrapped = crypto::wrap(&kek, &data_key_aad(tenant, id, purpose, epoch), &material)?;
-        let entry = KeyEntry { purpose: *purpose, kek_epoch: epoch, wrapped, reserved: 0, retired: false };
+        // The first block of seals is reserved in the creation record itself,
+        // so a new key costs one fsync, not two.
+        let entry =
+            KeyEntry { purpose: *purpose, kek_epoch: epoch, wrapped, reserved: INITIAL_RESERVATION, retired: false };
         let shard = shard_of(purpose.anchor());
         let record = Record::Key { id, entry };
         self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
         inner.tenants.entry(tenant).or_default().apply(shard, record);
-        Ok(DataKey { id, tenant, purpose: *purpose, material, uses_reserved: 0, retired: false })
+        Ok(DataKey { id, tenant, purpose: *purpose, material, uses_reserved: INITIAL_RESERVATION, retired: false })
     }
 
     fn key(&self, tenant: Uuid, id: KeyId) -> Result<KeyLookup, KeyError> {

@@ -42,7 +42,7 @@ fn everything_survives_a_reopen() {
         let profile = store.active_key(t, &subject(s, Group::Profile)).unwrap();
         let geo = store.active_key(t, &subject(s, Group::Geo)).unwrap();
         let session = store.active_key(t, &KeyPurpose::SessionContent { session: Uuid::now_v7() }).unwrap();
-        store.reserve_uses(t, session.id, 4096).unwrap();
+        store.reserve_uses(t, session.id, keystore::INITIAL_RESERVATION + 4096).unwrap();
         let retired = store.active_key(t, &KeyPurpose::SessionContent { session: Uuid::now_v7() }).unwrap();
         store.retire(t, retired.id).unwrap();
         store.shred(t, &ShredTarget::Subject { subject: s, group: Some(Group::Geo) }).unwrap();
@@ -55,7 +55,7 @@ fn everything_survives_a_reopen() {
     assert_eq!(store.active_key(t, &subject(s, Group::Profile)).unwrap().id, profile.id);
     assert_eq!(material(&store, t, geo.id), None);
     let again = store.active_key(t, &KeyPurpose::SessionContent { session: session.purpose.anchor() }).unwrap();
-    assert_eq!((again.id, again.uses_reserved), (session.id, 4096));
+    assert_eq!((again.id, again.uses_reserved), (session.id, keystore::INITIAL_RESERVATION + 4096));
     let KeyLookup::Live(r) = store.key(t, retired.id).unwrap() else { panic!("retired key lost") };
     assert!(r.retired);
     assert_ne!(store.active_key(t, &retired.purpose).unwrap().id, retired.id);

@@ -23,7 +23,13 @@ use crate::error::{ApiError, parse_id};
 use crate::index::SessionIndex;
 use crate::metrics::ApiMetrics;
 
+/// How long a verified API key is trusted without asking the tenant's actor
+/// again. A revocation clears this node's cache at once; other nodes follow
+/// within this time.
+const AUTH_CACHE_SECS: u64 = 5;
+
 pub struct Api {
+    pub auth_cache: std::sync::Mutex<std::collections::HashMap<(Uuid, Uuid), ([u8; 32], Instant)>>,
     pub registry: Arc<Registry>,
     pub log: Arc<dyn EventLog>,
     pub keyring: Keyring,
@@ -43,6 +49,13 @@ impl Api {
         match auth::bearer(metadata, &self.admin_sha256)? {
             Bearer::Admin => Ok(Caller::Admin),
             Bearer::Tenant(token) => {
+                let cache_key = (token.tenant, token.key_id);
+                if let Some((hash, at)) = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key)
+                    && at.elapsed().as_secs() < AUTH_CACHE_SECS
+                    && auth::same(hash, &token.secret_sha256)
+                {
+                    return Ok(Caller::Tenant(token.tenant));
+                }
                 let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.state;
                 let known = tenant.api_keys.get(&token.key_id).is_some_and(|h| auth::same(h, &token.secret_sha256));
                 if !known {
@@ -51,6 +64,11 @@ impl Api {
                 if tenant.cancelled {
                     return Err(ApiError::Forbidden("the tenant is cancelled".into()));
                 }
+                let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() > 100_000 {
+                    cache.clear();
+                }
+                cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 Ok(Caller::Tenant(token.tenant))
             }
         }
@@ -327,6 +345,7 @@ impl pb::tenant_service_server::TenantService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let key_id = parse_id("api_key_id", &request.get_ref().api_key_id)?;
             api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::RevokeApiKey { key_id }).await?;
+            api.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenant, key_id));
             Ok(pb::RevokeApiKeyResponse {})
         })
         .await

@@ -138,6 +138,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     ));
 
     let api = Handle(Arc::new(Api {
+        auth_cache: Default::default(),
         registry: registry.clone(),
         log: log.clone(),
         keyring,
@@ -167,9 +168,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::pype_service_server::PypeServiceServer::new(api.clone()))
         .add_service(pb::session_service_server::SessionServiceServer::new(api.clone()))
         .add_service(pb::subject_service_server::SubjectServiceServer::new(api.clone()))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_listener), async {
-            let _ = grpc_stopped.await;
-        });
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            async {
+                let _ = grpc_stopped.await;
+            },
+        );
     let grpc_task = tokio::spawn(grpc);
     let http = http::start(http_listener, HttpState { ready: ready_rx, metrics, registry: registry.clone() })?;
 
