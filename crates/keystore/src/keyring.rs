@@ -173,7 +173,9 @@ impl Keyring {
             tenant: key.tenant,
             purpose: key.purpose,
             cipher: key.material.cipher(),
-            uses: AtomicU64::new(key.uses_reserved),
+            // A key from the store may have sealed up to its reservation
+            // before a restart; only a key made just now starts at zero.
+            uses: AtomicU64::new(if key.fresh { 0 } else { key.uses_reserved }),
             reserved: AtomicU64::new(key.uses_reserved),
             retired: AtomicBool::new(key.retired),
             last_used: AtomicU64::new(0),

@@ -387,6 +387,7 @@ impl LocalKeyStore {
             material,
             uses_reserved: entry.reserved,
             retired: entry.retired,
+            fresh: false,
         })
     }
 
@@ -484,7 +485,15 @@ impl KeyStore for LocalKeyStore {
         let record = Record::Key { id, entry };
         self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
         inner.tenants.entry(tenant).or_default().apply(shard, record);
-        Ok(DataKey { id, tenant, purpose: *purpose, material, uses_reserved: INITIAL_RESERVATION, retired: false })
+        Ok(DataKey {
+            id,
+            tenant,
+            purpose: *purpose,
+            material,
+            uses_reserved: INITIAL_RESERVATION,
+            retired: false,
+            fresh: true,
+        })
     }
 
     fn key(&self, tenant: Uuid, id: KeyId) -> Result<KeyLookup, KeyError> {

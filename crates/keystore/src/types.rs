@@ -145,6 +145,9 @@ pub struct DataKey {
     /// times before reserving more.
     pub uses_reserved: u64,
     pub retired: bool,
+    /// Made by this call: no seal has used it yet. (A key loaded from the
+    /// store may have been used up to `uses_reserved` before a restart.)
+    pub fresh: bool,
 }
 
 /// What looking a key up by id finds.

@@ -369,3 +369,31 @@ async fn the_schedule_rotates_once_the_period_has_passed() {
     assert!(keystore::validate_rotation_period(60).is_err());
     assert_eq!(keystore::validate_rotation_period(7 * 24 * 3600).unwrap(), 604_800);
 }
+
+#[test]
+fn after_a_restart_counting_resumes_at_the_reserved_mark() {
+    let vfs = SimVfs::new();
+    let root = SecretKey::random().unwrap();
+    let policy = KeyPolicy { retire_after_uses: 1 << 20, reserve_block: 16, cache_capacity: 100 };
+    let (t, session) = (Uuid::now_v7(), Uuid::now_v7());
+    let purpose = KeyPurpose::SessionContent { session };
+    let aad = Aad { tenant: t, stream: "s", event_id: Uuid::now_v7() };
+    let first = {
+        let store: Arc<dyn KeyStore> = Arc::new(open(&vfs, &root).unwrap());
+        let ring = Keyring::new(store.clone(), policy).unwrap();
+        let sealed = ring.seal_blocking("body", b"x", &purpose, &aad).unwrap();
+        let id = keystore::KeyId::from_slice(&sealed.key_id).unwrap();
+        // A new key comes with its first block reserved: no second fsync.
+        let KeyLookup::Live(k) = store.key(t, id).unwrap() else { panic!() };
+        assert_eq!(k.uses_reserved, keystore::INITIAL_RESERVATION);
+        id
+    };
+    let store: Arc<dyn KeyStore> = Arc::new(open(&vfs, &root).unwrap());
+    let ring = Keyring::new(store.clone(), policy).unwrap();
+    let sealed = ring.seal_blocking("body", b"y", &purpose, &aad).unwrap();
+    assert_eq!(keystore::KeyId::from_slice(&sealed.key_id).unwrap(), first);
+    // The restarted keyring cannot know how much of the block was used, so it
+    // counts from its end and reserves past it before sealing.
+    let KeyLookup::Live(k) = store.key(t, first).unwrap() else { panic!() };
+    assert_eq!(k.uses_reserved, keystore::INITIAL_RESERVATION + 16);
+}

@@ -28,8 +28,11 @@ use crate::metrics::ApiMetrics;
 /// within this time.
 const AUTH_CACHE_SECS: u64 = 5;
 
+/// Verified keys: (tenant, key id) → (SHA-256 of the secret, when verified).
+pub type AuthCache = std::collections::HashMap<(Uuid, Uuid), ([u8; 32], Instant)>;
+
 pub struct Api {
-    pub auth_cache: std::sync::Mutex<std::collections::HashMap<(Uuid, Uuid), ([u8; 32], Instant)>>,
+    pub auth_cache: std::sync::Mutex<AuthCache>,
     pub registry: Arc<Registry>,
     pub log: Arc<dyn EventLog>,
     pub keyring: Keyring,
