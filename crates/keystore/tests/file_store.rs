@@ -395,5 +395,6 @@ fn after_a_restart_counting_resumes_at_the_reserved_mark() {
     // The restarted keyring cannot know how much of the block was used, so it
     // counts from its end and reserves past it before sealing.
     let KeyLookup::Live(k) = store.key(t, first).unwrap() else { panic!() };
-    assert_eq!(k.uses_reserved, keystore::INITIAL_RESERVATION + 16);
+    let past = k.uses_reserved - keystore::INITIAL_RESERVATION;
+    assert!((16..=17).contains(&past), "reserved {past} past the mark");
 }
