@@ -20,7 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("pypes_descriptor.bin"), fds.encode_to_vec())?;
+    // Reflection describes what the server serves: the API, not the bench echo.
+    let mut api_only = fds.clone();
+    api_only.file.retain(|f| f.name().starts_with("pypes/api/"));
+    std::fs::write(out.join("pypes_api_descriptor.bin"), api_only.encode_to_vec())?;
     let mut config = prost_build::Config::new();
     // Stored formats use `Bytes` (zero-copy from the log's buffers); the
     // API keeps plain types.

@@ -39,7 +39,7 @@ pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/pypes.bench.v1.rs"));
 }
 
-/// Every file descriptor of `proto/`, for the gRPC reflection service.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pypes_descriptor.bin"));
+/// The file descriptors of the gRPC API (`pypes/api/`), for the reflection service.
+pub const API_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pypes_api_descriptor.bin"));
 
 pub use prost::Message;

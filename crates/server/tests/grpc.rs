@@ -335,6 +335,32 @@ async fn a_conversation_and_every_kind_of_bad_input() {
     );
     let h = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // Reflection lists the API, so grpcurl works without proto files.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection =
+        ServerReflectionClient::new(Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap());
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "pypes.api.v1.SessionService",
+        "pypes.api.v1.TenantService",
+        "pypes.api.v1.PypeService",
+        "pypes.api.v1.SubjectService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
     let metrics = http_get(&server.http, "/metrics").await;
     assert!(metrics.contains("pypes_grpc_requests_total{method=\"PostMessage\",code=\"OK\"} 3"), "{metrics}");
     assert!(http_get(&server.http, "/readyz").await.contains("ready"));
