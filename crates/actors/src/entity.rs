@@ -169,13 +169,17 @@ async fn execute<A: Codec>(
 
 impl<A: Codec + Unpin> EntityActor<A> {
     fn run(&mut self, command: Option<A::Command>) -> AtomicResponse<Self, Result<Executed<A>, ActorError>> {
+        // One command at a time (AtomicResponse): the state moves into the
+        // command's future and back, instead of being cloned. If the future
+        // never finishes (the actor stops), the state is reloaded next time.
+        let loaded = std::mem::replace(&mut self.loaded, false);
         let fut = execute(
             self.shared.clone(),
             self.tenant,
             self.stream.clone(),
-            self.state.clone(),
+            std::mem::take(&mut self.state),
             self.version,
-            self.loaded,
+            loaded,
             command,
         );
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|run, act, _ctx| {

@@ -64,7 +64,12 @@ async fn conversation(r: &Registry, timers: Timers) -> Ids {
     r.execute::<Tenant>(
         ids.tenant,
         ids.tenant,
-        TenantCommand::Create { tenant: ids.tenant, name: "Acme".into(), settings: TenantSettings::default() },
+        TenantCommand::Create {
+            tenant: ids.tenant,
+            name: "Acme".into(),
+            settings: TenantSettings::default(),
+            first_key: (Uuid::now_v7(), [1; 32]),
+        },
     )
     .await
     .unwrap();

@@ -23,10 +23,13 @@ impl Default for TenantSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantCommand {
+    /// Creates the tenant with its first API key (id, SHA-256 of the
+    /// secret), in one append: a tenant never exists without a way in.
     Create {
         tenant: Uuid,
         name: String,
         settings: TenantSettings,
+        first_key: (Uuid, [u8; 32]),
     },
     UpdateSettings {
         settings: TenantSettings,
@@ -87,18 +90,25 @@ impl Aggregate for Tenant {
 
     fn decide(&self, command: &TenantCommand, ctx: &Ctx) -> Result<Vec<TenantEvent>, Rejection> {
         match command {
-            TenantCommand::Create { tenant, name, settings } => {
+            TenantCommand::Create { tenant, name, settings, first_key } => {
                 if self.id.is_some() {
                     return Err(Rejection::AlreadyExists { what: "tenant" });
                 }
                 check_text("name", name, 200, true)?;
                 check_settings(settings)?;
-                Ok(vec![TenantEvent::Created {
-                    tenant: *tenant,
-                    name: name.trim().to_string(),
-                    settings: settings.clone(),
-                    at_micros: ctx.now_micros,
-                }])
+                Ok(vec![
+                    TenantEvent::Created {
+                        tenant: *tenant,
+                        name: name.trim().to_string(),
+                        settings: settings.clone(),
+                        at_micros: ctx.now_micros,
+                    },
+                    TenantEvent::ApiKeyIssued {
+                        key_id: first_key.0,
+                        secret_sha256: first_key.1,
+                        at_micros: ctx.now_micros,
+                    },
+                ])
             }
             TenantCommand::UpdateSettings { settings } => {
                 self.require_active()?;

@@ -308,14 +308,25 @@ fn subjects_are_invited_onboard_and_get_deactivated() {
 #[test]
 fn tenants_and_pypes() {
     let created = given::<Tenant>(&[])
-        .when(TenantCommand::Create { tenant: id(2), name: " Acme ".into(), settings: TenantSettings::default() }, T0)
+        .when(
+            TenantCommand::Create {
+                tenant: id(2),
+                name: " Acme ".into(),
+                settings: TenantSettings::default(),
+                first_key: (id(9), [7; 32]),
+            },
+            T0,
+        )
         .unwrap();
     assert!(matches!(&created[0], TenantEvent::Created { name, .. } if name == "Acme"));
+    assert_eq!(created[1], TenantEvent::ApiKeyIssued { key_id: id(9), secret_sha256: [7; 32], at_micros: T0 });
+    assert_eq!(Tenant::replay(&created).api_keys.len(), 1);
     let bad = TenantSettings { region: "EU West".into(), ..TenantSettings::default() };
     assert_eq!(
-        invalid_field(
-            given::<Tenant>(&[]).when(TenantCommand::Create { tenant: id(2), name: "x".into(), settings: bad }, T0)
-        ),
+        invalid_field(given::<Tenant>(&[]).when(
+            TenantCommand::Create { tenant: id(2), name: "x".into(), settings: bad, first_key: (id(9), [7; 32]) },
+            T0
+        )),
         "settings.region"
     );
     let mut t = created.clone();

@@ -290,16 +290,11 @@ impl pb::tenant_service_server::TenantService for Handle {
                 retention_days: r.retention_days,
                 region: if r.region.is_empty() { "eu".into() } else { r.region.clone() },
             };
-            let created = api
-                .registry
-                .execute::<Tenant>(id, id, TenantCommand::Create { tenant: id, name: r.name.clone(), settings })
-                .await?;
+            // The tenant and its first key are one append: never a tenant without a way in,
+            // never a key handed out that was not recorded.
             let (key_id, token, hash) = auth::new_tenant_key(id)?;
-            let done = api
-                .registry
-                .execute::<Tenant>(id, id, TenantCommand::IssueApiKey { key_id, secret_sha256: hash })
-                .await;
-            let state = done.map(|d| d.state).unwrap_or(created.state);
+            let cmd = TenantCommand::Create { tenant: id, name: r.name.clone(), settings, first_key: (key_id, hash) };
+            let state = api.registry.execute::<Tenant>(id, id, cmd).await?.state;
             tracing::info!(tenant = %id, "tenant created");
             Ok(pb::CreateTenantResponse {
                 tenant: Some(tenant_out(&state)),
