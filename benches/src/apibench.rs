@@ -28,6 +28,8 @@ const ROUNDS: usize = 3;
 struct Proc {
     child: Child,
     addr: String,
+    /// The HTTP address, for servers that print one.
+    http: Option<String>,
 }
 
 impl Drop for Proc {
@@ -38,6 +40,25 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Waits until the server's /readyz answers 200 (recovery done), as a
+    /// load balancer would before sending traffic.
+    async fn ready(&self) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let http = self.http.as_deref().context("no http address")?;
+        for _ in 0..600 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(http).await {
+                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await?;
+                if out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the server did not become ready within 60 s")
+    }
+
     fn rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
@@ -68,7 +89,8 @@ fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
         .find_map(|w| w.strip_prefix(key))
         .with_context(|| format!("no {key} in {line:?}"))?
         .to_string();
-    Ok(Proc { child, addr: format!("http://{addr}") })
+    let http = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).map(str::to_string);
+    Ok(Proc { child, addr: format!("http://{addr}"), http })
 }
 
 fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
@@ -204,6 +226,7 @@ pub async fn send_message(
     body_bytes: usize,
 ) -> Result<()> {
     let pypes = start_pypes(&dir.join("data"), sessions * 2 + 100)?;
+    pypes.ready().await?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("echo-server");
     let echo_proc = spawn(cmd, "echo=")?;
@@ -310,8 +333,15 @@ pub async fn actors_memory(dir: &Path, sessions: usize, in_flight: usize, sample
     );
     drop(api);
     drop(pypes);
-    // Cold: a restarted server activates each Session actor from the log.
+    // Cold: a restarted server (once ready) activates each Session actor from the log.
+    let restarted = Instant::now();
     let pypes = start_pypes(&data, sessions * 2 + 100)?;
+    pypes.ready().await?;
+    println!(
+        "# restart to ready with {} sessions in the log: {} ms",
+        w.sessions.len(),
+        restarted.elapsed().as_millis()
+    );
     let api = Channel::from_shared(pypes.addr.clone())?.connect().await?;
     let mut client = pb::session_service_client::SessionServiceClient::new(api);
     let step = (w.sessions.len() / samples.max(1)).max(1);
