@@ -420,19 +420,20 @@ impl pb::pype_service_server::PypeService for Handle {
 }
 
 impl Handle {
+    /// Runs one command on a Session (the domain answers NOT_FOUND for a
+    /// Session that does not exist, or belongs to another tenant).
     async fn session_command(
         &self,
         method: &'static str,
         metadata: &tonic::metadata::MetadataMap,
         session: &str,
-        command: impl FnOnce(&Session) -> Result<SessionCommand, ApiError>,
+        command: impl FnOnce() -> Result<SessionCommand, ApiError>,
     ) -> Reply<pb::Session> {
         let api = &self.0;
         api.timed(method, async {
             let tenant = api.tenant(metadata).await?;
             let id = parse_id("session_id", session)?;
-            let current = api.session_of(tenant, id).await?;
-            let cmd = command(&current.state)?;
+            let cmd = command()?;
             Ok(session_out(&api.registry.execute::<Session>(tenant, id, cmd).await?))
         })
         .await
@@ -502,7 +503,7 @@ impl pb::session_service_server::SessionService for Handle {
 
     async fn advance_read_horizon(&self, request: Request<pb::AdvanceReadHorizonRequest>) -> Reply<pb::Session> {
         let r = request.get_ref().clone();
-        self.session_command("AdvanceReadHorizon", request.metadata(), &r.session_id, |_| {
+        self.session_command("AdvanceReadHorizon", request.metadata(), &r.session_id, || {
             Ok(SessionCommand::AdvanceReadHorizon {
                 participant: parse_id("participant_id", &r.participant_id)?,
                 up_to: r.up_to,
@@ -513,42 +514,36 @@ impl pb::session_service_server::SessionService for Handle {
     }
 
     async fn join_session(&self, request: Request<pb::JoinSessionRequest>) -> Reply<pb::Session> {
-        let r = request.get_ref().clone();
-        let api = self.0.clone();
-        let tenant = match api.tenant(request.metadata()).await {
-            Ok(t) => t,
-            Err(e) => return Err(e.into()),
-        };
-        let participant = parse_id("participant_id", &r.participant_id).map_err(GrpcStatus::from)?;
-        let kind = kind_in("kind", r.kind).map_err(GrpcStatus::from)?;
-        // Agents and bots must be assigned to the Session's Pype.
-        let session_id = parse_id("session_id", &r.session_id).map_err(GrpcStatus::from)?;
-        let session = api.session_of(tenant, session_id).await.map_err(GrpcStatus::from)?;
-        let pype = api
-            .registry
-            .read::<Pype>(tenant, session.state.pype)
-            .await
-            .map_err(|e| GrpcStatus::from(ApiError::from(e)))?
-            .state;
-        let assigned = match kind {
-            ParticipantKind::Agent => pype.agents.contains(&participant),
-            ParticipantKind::Bot => pype.bots.contains(&participant),
-            ParticipantKind::EndUser => true,
-        };
-        self.session_command("JoinSession", request.metadata(), &r.session_id, move |_| {
+        let api = &self.0;
+        api.timed("JoinSession", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let id = parse_id("session_id", &r.session_id)?;
+            let participant = parse_id("participant_id", &r.participant_id)?;
+            let kind = kind_in("kind", r.kind)?;
+            let session = api.session_of(tenant, id).await?;
+            // Agents and bots must be assigned to the Session's Pype.
+            let pype = api.registry.read::<Pype>(tenant, session.state.pype).await?.state;
+            let assigned = match kind {
+                ParticipantKind::Agent => pype.agents.contains(&participant),
+                ParticipantKind::Bot => pype.bots.contains(&participant),
+                ParticipantKind::EndUser => true,
+            };
             if !assigned {
                 return Err(
                     domain::Rejection::precondition("the participant is not assigned to the session's pype").into_api()
                 );
             }
-            Ok(SessionCommand::Join { participant, kind })
+            Ok(session_out(
+                &api.registry.execute::<Session>(tenant, id, SessionCommand::Join { participant, kind }).await?,
+            ))
         })
         .await
     }
 
     async fn leave_session(&self, request: Request<pb::LeaveSessionRequest>) -> Reply<pb::Session> {
         let r = request.get_ref().clone();
-        self.session_command("LeaveSession", request.metadata(), &r.session_id, |_| {
+        self.session_command("LeaveSession", request.metadata(), &r.session_id, || {
             Ok(SessionCommand::Leave { participant: parse_id("participant_id", &r.participant_id)? })
         })
         .await
@@ -556,7 +551,7 @@ impl pb::session_service_server::SessionService for Handle {
 
     async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Reply<pb::Session> {
         let r = request.get_ref().clone();
-        self.session_command("CloseSession", request.metadata(), &r.session_id, |_| Ok(SessionCommand::Close)).await
+        self.session_command("CloseSession", request.metadata(), &r.session_id, || Ok(SessionCommand::Close)).await
     }
 
     async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
