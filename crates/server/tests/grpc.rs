@@ -3,136 +3,15 @@
 //! gets, tenant isolation, health and reflection, and a SIGKILL in the
 //! middle of a conversation that loses no acknowledged message.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
+
+use common::{authed, clients, post, setup, start};
 
 use proto::api as pb;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-
-const ADMIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-struct Server {
-    child: Child,
-    grpc: String,
-    http: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start pypes");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read the listen line");
-    // Keep reading, as a terminal would (the server must also survive a reader that stops).
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-            .to_string()
-    };
-    Server { grpc: format!("http://{}", field("grpc=")), http: field("http="), child }
-}
-
-fn authed<T>(key: &str, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    r
-}
-
-struct Clients {
-    tenants: pb::tenant_service_client::TenantServiceClient<Channel>,
-    pypes: pb::pype_service_client::PypeServiceClient<Channel>,
-    subjects: pb::subject_service_client::SubjectServiceClient<Channel>,
-    sessions: pb::session_service_client::SessionServiceClient<Channel>,
-}
-
-async fn clients(url: &str) -> Clients {
-    let channel = Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap();
-    Clients {
-        tenants: pb::tenant_service_client::TenantServiceClient::new(channel.clone()),
-        pypes: pb::pype_service_client::PypeServiceClient::new(channel.clone()),
-        subjects: pb::subject_service_client::SubjectServiceClient::new(channel.clone()),
-        sessions: pb::session_service_client::SessionServiceClient::new(channel),
-    }
-}
-
-struct Setup {
-    key: String,
-    pype: String,
-    user: String,
-    session: String,
-}
-
-async fn setup(c: &mut Clients, username: &str) -> Setup {
-    let t = c
-        .tenants
-        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Acme".into(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner();
-    let key = t.api_key;
-    let pype = c
-        .pypes
-        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Support".into(), ..Default::default() }))
-        .await
-        .unwrap()
-        .into_inner();
-    let user = c
-        .subjects
-        .register_subject(authed(
-            &key,
-            pb::RegisterSubjectRequest {
-                username: username.into(),
-                email: "u@example.com".into(),
-                attested_at_least_13: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let session = c
-        .sessions
-        .start_session(authed(
-            &key,
-            pb::StartSessionRequest {
-                pype_id: pype.pype_id.clone(),
-                end_user_id: user.subject_id.clone(),
-                timers: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    Setup { key, pype: pype.pype_id, user: user.subject_id, session: session.session_id }
-}
-
-fn post(s: &Setup, body: &str) -> pb::PostMessageRequest {
-    pb::PostMessageRequest {
-        session_id: s.session.clone(),
-        sender_id: s.user.clone(),
-        body: body.into(),
-        device: String::new(),
-    }
-}
 
 fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     let s = r.expect_err("expected an error");

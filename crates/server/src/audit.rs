@@ -1,0 +1,207 @@
+//! The auditors' commands: `pypes audit verify` (every record's checksum,
+//! the hash chain and the signed checkpoints of the whole log, with only
+//! the public key) and `pypes replay --stream S --as-of T` (one stream's
+//! timeline and state as of a time, erased content shown as `[erased]`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use actors::Codec;
+use anyhow::{Context, bail};
+use domain::pype::Pype;
+use domain::session::{Session, SessionEvent};
+use domain::subject::{Subject, SubjectEvent};
+use domain::tenant::Tenant;
+use eventlog::file::vfs::OsVfs;
+use eventlog::file::{FileLog, FileLogConfig, PUBLIC_KEY_FILE, verify_log};
+use eventlog::{Direction, EventLog, ReadFrom, RecordedEvent, SystemClock};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
+use keystore::{KeyPolicy, Keyring};
+
+/// Verifies the log of `data_dir`; the public key comes from `public_key`
+/// (hex) or, failing that, from the log's own `signing.pub` (an auditor
+/// should pass the key from a trusted place instead).
+pub fn verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<String> {
+    let log_dir = data_dir.join("log");
+    let (hex_key, from) = match public_key {
+        Some(k) => (k.trim().to_string(), "given on the command line".to_string()),
+        None => {
+            let path = log_dir.join(PUBLIC_KEY_FILE);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {} (or pass --public-key)", path.display()))?;
+            (
+                text.trim().to_string(),
+                format!("read from {} (pass --public-key from a trusted copy for a real audit)", path.display()),
+            )
+        }
+    };
+    let bytes: [u8; 32] =
+        hex::decode(&hex_key).ok().and_then(|b| b.try_into().ok()).context("the public key is not 64 hex digits")?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")?;
+    let report = verify_log(&OsVfs, &log_dir, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "log {}: OK", log_dir.display());
+    let _ = writeln!(out, "  public key        {hex_key} ({from})");
+    let _ = writeln!(out, "  segments          {}", report.segments);
+    let _ = writeln!(out, "  frames            {} (checksums and hash chain verified)", report.frames);
+    let _ = writeln!(out, "  events            {} ({} redacted by scavenging)", report.events, report.redacted_events);
+    let _ = writeln!(out, "  signed checkpoints {}", report.checkpoints);
+    let _ = writeln!(
+        out,
+        "  unsigned tail     {} frames (covered by the chain, not yet by a signature)",
+        report.unsigned_tail_frames
+    );
+    let _ = writeln!(out, "  signed head       {}", if report.signed_head_checked { "checked" } else { "absent" });
+    Ok(out)
+}
+
+/// Parses `--as-of`: unix seconds, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn parse_as_of(text: &str) -> anyhow::Result<i64> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs.saturating_mul(1_000_000));
+    }
+    let bad = || anyhow::anyhow!("--as-of {text:?}: give unix seconds or YYYY-MM-DDTHH:MM:SSZ");
+    let t = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let h: Vec<i64> = time.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
+    let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), h.as_slice()) else { return Err(bad()) };
+    if !(1..=12).contains(m)
+        || !(1..=31).contains(day)
+        || !(0..24).contains(hh)
+        || !(0..60).contains(mm)
+        || !(0..61).contains(ss)
+    {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant).
+    let y = if *m <= 2 { y - 1 } else { *y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1_000_000)
+}
+
+fn time_text(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn shown(text: &str) -> String {
+    if text.is_empty() { "[erased]".into() } else { format!("{text:?}") }
+}
+
+fn describe_session(e: &SessionEvent) -> String {
+    match e {
+        SessionEvent::MessagePosted { seq, sender, body, device, .. } => format!(
+            "MessagePosted #{seq} from {sender}: {}{}",
+            shown(body),
+            device.as_deref().map(|d| format!(" (device {})", shown(d))).unwrap_or_default()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_subject(e: &SubjectEvent) -> String {
+    match e {
+        SubjectEvent::Registered { username, email, phone, .. } => {
+            format!("Registered username={} email={} phone={}", shown(username), shown(email), shown(phone))
+        }
+        SubjectEvent::Invited { email, .. } => format!("Invited email={}", shown(email)),
+        SubjectEvent::Onboarded { username, phone, .. } => {
+            format!("Onboarded username={} phone={}", shown(username), shown(phone))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+async fn fold<A: Codec>(
+    events: &[RecordedEvent],
+    keyring: &Keyring,
+    describe: impl Fn(&A::Event) -> String,
+    out: &mut String,
+) -> anyhow::Result<A> {
+    let mut state = A::default();
+    for r in events {
+        let e = A::decode(r, keyring).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _ = writeln!(out, "  v{:<5} {}  {}", r.version, time_text(r.recorded_at_micros), describe(&e));
+        state.evolve(&e);
+    }
+    Ok(state)
+}
+
+/// The timeline and state of `stream` as of `as_of_micros`. Needs the
+/// server stopped (the log and key store are opened for reading).
+pub async fn replay_stream(data_dir: &Path, stream: &str, as_of_micros: i64) -> anyhow::Result<String> {
+    let root = std::env::var(ROOT_KEY_ENV).ok();
+    let keys = open_embedded(data_dir, root.as_deref(), Arc::new(SystemClock), OpenMode::MustExist)
+        .context("opening the key store (is the server stopped?)")?;
+    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
+    let signing = std::fs::read_to_string(data_dir.join("log-signing.key")).context("reading log-signing.key")?;
+    let bytes: [u8; 32] = hex::decode(signing.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("log-signing.key is not 64 hex digits")?;
+    let log_dir = data_dir.join("log");
+    let log = tokio::task::spawn_blocking(move || {
+        FileLog::open(&log_dir, FileLogConfig::new(ed25519_dalek::SigningKey::from_bytes(&bytes)))
+    })
+    .await?
+    .context("opening the event log (is the server stopped?)")?;
+    let mut events = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = log
+            .read_stream(stream, ReadFrom::Version(from), Direction::Forward, 1024)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let done = page.len() < 1024;
+        from = page.last().map_or(from, |r| r.version + 1);
+        events.extend(page.into_iter().filter(|r| r.recorded_at_micros <= as_of_micros));
+        if done {
+            break;
+        }
+    }
+    let mut out = format!("stream {stream} as of {}: {} events\n", time_text(as_of_micros), events.len());
+    let kind = stream.split('-').next().unwrap_or_default();
+    match kind {
+        "session" => {
+            let s: Session = fold(&events, &keyring, describe_session, &mut out).await?;
+            let _ = writeln!(
+                out,
+                "state: {:?}, {} messages, participants {:?}",
+                s.status,
+                s.last_seq,
+                s.participants.keys().collect::<Vec<_>>()
+            );
+        }
+        "subject" => {
+            let s: Subject = fold(&events, &keyring, describe_subject, &mut out).await?;
+            let _ = writeln!(out, "state: {:?}, username {}, email {}", s.status, shown(&s.username), shown(&s.email));
+        }
+        "pype" => {
+            let p: Pype = fold(&events, &keyring, |e| format!("{e:?}"), &mut out).await?;
+            let _ = writeln!(out, "state: {:?} archived={} agents={}", p.name, p.archived, p.agents.len());
+        }
+        "tenant" => {
+            let t: Tenant = fold(&events, &keyring, |e| format!("{e:?}"), &mut out).await?;
+            let _ = writeln!(out, "state: {:?} cancelled={} api keys={}", t.name, t.cancelled, t.api_keys.len());
+        }
+        other => bail!("stream {stream:?}: unknown kind {other:?} (session-, subject-, pype- or tenant-)"),
+    }
+    Ok(out)
+}
