@@ -240,6 +240,26 @@ async fn a_conversation_and_every_kind_of_bad_input() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
+    // Older grpcurl versions speak reflection v1alpha only.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut old =
+            ServerReflectionClient::new(Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap());
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = old.server_reflection_info(tokio_stream::iter([ask])).await.unwrap().into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list over v1alpha")
+        };
+        assert!(list.service.iter().any(|s| s.name == "pypes.api.v1.SessionService"));
+    }
     let metrics = http_get(&server.http, "/metrics").await;
     assert!(metrics.contains("pypes_grpc_requests_total{method=\"PostMessage\",code=\"OK\"} 3"), "{metrics}");
     assert!(http_get(&server.http, "/readyz").await.contains("ready"));
