@@ -395,3 +395,101 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pypes_members_horizons_and_subject_states_through_the_api() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let mut c = clients(&server.grpc).await;
+    let s = setup(&mut c, "fred").await;
+    let agent = uuid::Uuid::now_v7().to_string();
+    let join = |who: &str, kind: pb::ParticipantKind| pb::JoinSessionRequest {
+        session_id: s.session.clone(),
+        participant_id: who.to_string(),
+        kind: kind as i32,
+    };
+    // An agent must be assigned to the Pype before joining its Sessions.
+    let (c1, m1) = code(c.sessions.join_session(authed(&s.key, join(&agent, pb::ParticipantKind::Agent))).await);
+    assert_eq!((c1, m1.as_str()), (Code::FailedPrecondition, "the participant is not assigned to the session's pype"));
+    let bad_kind =
+        pb::AssignMemberRequest { pype_id: s.pype.clone(), member_id: agent.clone(), kind: 42, assigned: true };
+    let (c2, m2) = code(c.pypes.assign_member(authed(&s.key, bad_kind)).await);
+    assert!(c2 == Code::InvalidArgument && m2.starts_with("kind"), "{m2}");
+    let assign = pb::AssignMemberRequest {
+        pype_id: s.pype.clone(),
+        member_id: agent.clone(),
+        kind: pb::ParticipantKind::Agent as i32,
+        assigned: true,
+    };
+    let pype = c.pypes.assign_member(authed(&s.key, assign)).await.unwrap().into_inner();
+    assert_eq!(pype.agent_ids, vec![agent.clone()]);
+    let joined =
+        c.sessions.join_session(authed(&s.key, join(&agent, pb::ParticipantKind::Agent))).await.unwrap().into_inner();
+    assert_eq!(joined.participants.len(), 2);
+
+    // Read horizons: forward only, past the last message refused, private ones hidden.
+    for body in ["one", "two"] {
+        c.sessions.post_message(authed(&s.key, post(&s, body))).await.unwrap();
+    }
+    let horizon = |who: &str, up_to: u64, private: bool| pb::AdvanceReadHorizonRequest {
+        session_id: s.session.clone(),
+        participant_id: who.to_string(),
+        up_to,
+        private,
+    };
+    let seen = c.sessions.advance_read_horizon(authed(&s.key, horizon(&agent, 2, false))).await.unwrap().into_inner();
+    let agent_row = seen.participants.iter().find(|p| p.participant_id == agent).unwrap();
+    assert_eq!(agent_row.read_up_to, Some(2));
+    let (c3, m3) = code(c.sessions.advance_read_horizon(authed(&s.key, horizon(&agent, 3, false))).await);
+    assert!(c3 == Code::InvalidArgument && m3.starts_with("up_to"), "{m3}");
+    let private =
+        c.sessions.advance_read_horizon(authed(&s.key, horizon(&s.user, 1, true))).await.unwrap().into_inner();
+    let user_row = private.participants.iter().find(|p| p.participant_id == s.user).unwrap();
+    assert_eq!(user_row.read_up_to, None, "a private horizon is not shown");
+    // Leaving: the agent can, the end user cannot.
+    c.sessions
+        .leave_session(authed(
+            &s.key,
+            pb::LeaveSessionRequest { session_id: s.session.clone(), participant_id: agent.clone() },
+        ))
+        .await
+        .unwrap();
+    let (c4, _) = code(
+        c.sessions
+            .leave_session(authed(
+                &s.key,
+                pb::LeaveSessionRequest { session_id: s.session.clone(), participant_id: s.user.clone() },
+            ))
+            .await,
+    );
+    assert_eq!(c4, Code::FailedPrecondition);
+    let unknown = pb::CloseSessionRequest { session_id: uuid::Uuid::now_v7().to_string() };
+    assert_eq!(code(c.sessions.close_session(authed(&s.key, unknown)).await).0, Code::NotFound);
+
+    // A deactivated end user cannot start a Session; reactivated, they can.
+    let id = pb::DeactivateSubjectRequest { subject_id: s.user.clone() };
+    let off = c.subjects.deactivate_subject(authed(&s.key, id)).await.unwrap().into_inner();
+    assert_eq!(off.status, pb::SubjectStatus::Deactivated as i32);
+    let start = pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None };
+    assert_eq!(
+        code(c.sessions.start_session(authed(&s.key, start.clone())).await),
+        (Code::FailedPrecondition, "the end user is deactivated".into())
+    );
+    c.subjects
+        .reactivate_subject(authed(&s.key, pb::ReactivateSubjectRequest { subject_id: s.user.clone() }))
+        .await
+        .unwrap();
+    c.sessions.start_session(authed(&s.key, start.clone())).await.unwrap();
+    let nobody = pb::StartSessionRequest { end_user_id: uuid::Uuid::now_v7().to_string(), ..start.clone() };
+    assert_eq!(
+        code(c.sessions.start_session(authed(&s.key, nobody)).await),
+        (Code::NotFound, "end user not found".into())
+    );
+
+    // An archived Pype takes no new Sessions.
+    c.pypes.archive_pype(authed(&s.key, pb::ArchivePypeRequest { pype_id: s.pype.clone() })).await.unwrap();
+    assert_eq!(
+        code(c.sessions.start_session(authed(&s.key, start)).await),
+        (Code::FailedPrecondition, "the pype is archived".into())
+    );
+}
