@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("pypes/events/v1/events.proto"),
         root.join("pypes/api/v1/api.proto"),
         root.join("pypes/bench/v1/echo.proto"),
+        root.join("pypes/views/v1/views.proto"),
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
@@ -28,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Stored formats use `Bytes` (zero-copy from the log's buffers); the
     // API keeps plain types.
     config.bytes([".pypes.storage", ".pypes.log", ".pypes.keystore", ".pypes.events"]);
+    // View rows are compared and hashed byte for byte: maps in key order.
+    config.btree_map([".pypes.views"]);
     tonic_build::configure().build_server(true).build_client(true).compile_fds_with_config(config, fds)?;
     Ok(())
 }

@@ -349,6 +349,7 @@ impl Codec for Session {
                         sender_id: id_bytes(*sender),
                         sent_at_micros: *sent_at_micros,
                         has_device: device.is_some(),
+                        sender_kind: self.participants.get(sender).map(|p| kind_pb(p.kind)).unwrap_or_default(),
                     },
                 );
                 let id = self.id.unwrap_or_default();
@@ -370,6 +371,11 @@ impl Codec for Session {
             SessionEvent::BecameInactive { reason, at_micros } => changed("SessionBecameInactive", reason, at_micros),
             SessionEvent::Reactivated { reason, at_micros } => changed("SessionReactivated", reason, at_micros),
             SessionEvent::Closed { reason, at_micros } => changed("SessionClosed", reason, at_micros),
+            SessionEvent::Erased { request, at_micros } => new_event(
+                "SessionErased",
+                tenant,
+                pb::SessionErased { request_id: id_bytes(*request), at_micros: *at_micros },
+            ),
         })
     }
 
@@ -453,6 +459,10 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
         "SessionClosed" => {
             let (reason, at_micros) = state_changed(r)?;
             SessionEvent::Closed { reason, at_micros }
+        }
+        "SessionErased" => {
+            let p: pb::SessionErased = payload(r)?;
+            SessionEvent::Erased { request: uuid(r, "request_id", &p.request_id)?, at_micros: p.at_micros }
         }
         other => return Err(corrupt(r, format!("unknown session event type {other:?}"))),
     })
@@ -543,6 +553,56 @@ impl Codec for Subject {
             SubjectEvent::Reactivated { at_micros } => {
                 new_event("SubjectReactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
             }
+            SubjectEvent::ErasureRequested { request, at_micros, due_micros } => new_event(
+                "SubjectErasureRequested",
+                tenant,
+                pb::SubjectErasureRequested {
+                    subject_id: id_bytes(self.id.unwrap_or_default()),
+                    request_id: id_bytes(*request),
+                    at_micros: *at_micros,
+                    due_micros: *due_micros,
+                },
+            ),
+            SubjectEvent::ErasureShredPlanned { request, sessions, key_fingerprints } => new_event(
+                "SubjectErasureShredPlanned",
+                tenant,
+                pb::SubjectErasureShredPlanned {
+                    subject_id: id_bytes(self.id.unwrap_or_default()),
+                    request_id: id_bytes(*request),
+                    session_ids: sessions.iter().map(|s| id_bytes(*s)).collect(),
+                    key_fingerprints: key_fingerprints.clone(),
+                },
+            ),
+            SubjectEvent::ErasureKeysShredded { request, sessions, at_micros } => new_event(
+                "SubjectErasureKeysShredded",
+                tenant,
+                pb::SubjectErasureKeysShredded {
+                    subject_id: id_bytes(self.id.unwrap_or_default()),
+                    request_id: id_bytes(*request),
+                    session_ids: sessions.iter().map(|s| id_bytes(*s)).collect(),
+                    at_micros: *at_micros,
+                },
+            ),
+            SubjectEvent::Erased { request, acknowledged_by, at_micros } => new_event(
+                "SubjectErased",
+                tenant,
+                pb::SubjectErased {
+                    subject_id: id_bytes(self.id.unwrap_or_default()),
+                    request_id: id_bytes(*request),
+                    acknowledged_by: acknowledged_by.clone(),
+                    at_micros: *at_micros,
+                },
+            ),
+            SubjectEvent::ErasureCertified { request, certificate, signature } => new_event(
+                "SubjectErasureCertified",
+                tenant,
+                pb::SubjectErasureCertified {
+                    subject_id: id_bytes(self.id.unwrap_or_default()),
+                    request_id: id_bytes(*request),
+                    certificate: certificate.clone(),
+                    signature: signature.clone(),
+                },
+            ),
         })
     }
 
@@ -585,6 +645,46 @@ impl Codec for Subject {
             }
             "SubjectReactivated" => {
                 SubjectEvent::Reactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
+            }
+            "SubjectErasureRequested" => {
+                let p: pb::SubjectErasureRequested = payload(r)?;
+                SubjectEvent::ErasureRequested {
+                    request: uuid(r, "request_id", &p.request_id)?,
+                    at_micros: p.at_micros,
+                    due_micros: p.due_micros,
+                }
+            }
+            "SubjectErasureShredPlanned" => {
+                let p: pb::SubjectErasureShredPlanned = payload(r)?;
+                SubjectEvent::ErasureShredPlanned {
+                    request: uuid(r, "request_id", &p.request_id)?,
+                    sessions: p.session_ids.iter().map(|s| uuid(r, "session_ids", s)).collect::<Result<_, _>>()?,
+                    key_fingerprints: p.key_fingerprints,
+                }
+            }
+            "SubjectErasureKeysShredded" => {
+                let p: pb::SubjectErasureKeysShredded = payload(r)?;
+                SubjectEvent::ErasureKeysShredded {
+                    request: uuid(r, "request_id", &p.request_id)?,
+                    sessions: p.session_ids.iter().map(|s| uuid(r, "session_ids", s)).collect::<Result<_, _>>()?,
+                    at_micros: p.at_micros,
+                }
+            }
+            "SubjectErased" => {
+                let p: pb::SubjectErased = payload(r)?;
+                SubjectEvent::Erased {
+                    request: uuid(r, "request_id", &p.request_id)?,
+                    acknowledged_by: p.acknowledged_by,
+                    at_micros: p.at_micros,
+                }
+            }
+            "SubjectErasureCertified" => {
+                let p: pb::SubjectErasureCertified = payload(r)?;
+                SubjectEvent::ErasureCertified {
+                    request: uuid(r, "request_id", &p.request_id)?,
+                    certificate: p.certificate,
+                    signature: p.signature,
+                }
             }
             other => return Err(corrupt(r, format!("unknown subject event type {other:?}"))),
         })

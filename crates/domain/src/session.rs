@@ -65,6 +65,11 @@ pub enum SessionCommand {
     Close,
     /// A timer went off: apply every deadline that has passed at `ctx.now`.
     Tick,
+    /// The end user's erasure: the Session takes nothing more, ever (its
+    /// content key is about to be shredded). Idempotent.
+    Erase {
+        request: Uuid,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +82,7 @@ pub enum SessionEvent {
     BecameInactive { reason: Reason, at_micros: i64 },
     Reactivated { reason: Reason, at_micros: i64 },
     Closed { reason: Reason, at_micros: i64 },
+    Erased { request: Uuid, at_micros: i64 },
 }
 
 /// Message bodies are content (the Session's key); the device a message
@@ -112,6 +118,8 @@ pub struct Session {
     /// Start of the current idle period (last message, start or reactivation).
     pub last_activity_micros: i64,
     pub inactive_since_micros: i64,
+    /// The end user was erased: final, like closed, and then some.
+    pub erased: bool,
 }
 
 impl Default for Session {
@@ -128,6 +136,7 @@ impl Default for Session {
             last_seq: 0,
             last_activity_micros: 0,
             inactive_since_micros: 0,
+            erased: false,
         }
     }
 }
@@ -138,6 +147,9 @@ impl Session {
     /// When the next timer goes off, if one is armed.
     pub fn next_deadline_micros(&self) -> Option<i64> {
         self.id?;
+        if self.erased {
+            return None;
+        }
         match self.status {
             Status::Active => Some(self.last_activity_micros + i64::from(self.timers.inactive_after_secs) * MICROS),
             Status::Inactive => Some(self.inactive_since_micros + i64::from(self.timers.close_after_secs) * MICROS),
@@ -148,6 +160,7 @@ impl Session {
     fn require_writable(&self) -> Result<(), Rejection> {
         match (self.id, self.status) {
             (None, _) => Err(Rejection::NotFound { what: "session" }),
+            _ if self.erased => Err(Rejection::precondition("the session was erased with its end user")),
             (Some(_), Status::Closed) => Err(Rejection::precondition("the session is closed")),
             _ => Ok(()),
         }
@@ -277,6 +290,12 @@ impl Aggregate for Session {
                 }
                 Ok(events)
             }
+            SessionCommand::Erase { request } => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { what: "session" });
+                }
+                Ok(if self.erased { vec![] } else { vec![SessionEvent::Erased { request: *request, at_micros: now }] })
+            }
         }
     }
 
@@ -316,6 +335,10 @@ impl Aggregate for Session {
                 self.last_activity_micros = *at_micros;
             }
             SessionEvent::Closed { .. } => self.status = Status::Closed,
+            SessionEvent::Erased { .. } => {
+                self.erased = true;
+                self.status = Status::Closed;
+            }
         }
     }
 }

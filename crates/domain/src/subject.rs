@@ -31,11 +31,54 @@ pub enum SubjectStatus {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubjectCommand {
-    Register { subject: Uuid, tenant: Uuid, username: String, email: String, phone: String, birth: Birth },
-    Invite { subject: Uuid, tenant: Uuid, email: String },
-    Onboard { username: String, phone: String, birth: Birth },
+    Register {
+        subject: Uuid,
+        tenant: Uuid,
+        username: String,
+        email: String,
+        phone: String,
+        birth: Birth,
+    },
+    Invite {
+        subject: Uuid,
+        tenant: Uuid,
+        email: String,
+    },
+    Onboard {
+        username: String,
+        phone: String,
+        birth: Birth,
+    },
     Deactivate,
     Reactivate,
+    /// Step 1 of an erasure: from now on the subject takes no command but
+    /// the erasure's own steps. Idempotent.
+    RequestErasure {
+        request: Uuid,
+    },
+    /// Step 2: what will be shredded: the subject's keys and the content
+    /// keys of `sessions` (`key_fingerprints` name them), recorded before
+    /// the shred so a resumed process still knows what it destroyed.
+    PlanShred {
+        request: Uuid,
+        sessions: Vec<Uuid>,
+        key_fingerprints: Vec<String>,
+    },
+    /// Step 3: the planned keys are destroyed.
+    RecordKeysShredded {
+        request: Uuid,
+    },
+    /// Step 4: every projection acknowledged the purge; the tombstone.
+    MarkErased {
+        request: Uuid,
+        acknowledged_by: Vec<String>,
+    },
+    /// Step 5: the signed certificate, kept with the tombstone.
+    Certify {
+        request: Uuid,
+        certificate: String,
+        signature: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +110,51 @@ pub enum SubjectEvent {
     Reactivated {
         at_micros: i64,
     },
+    ErasureRequested {
+        request: Uuid,
+        at_micros: i64,
+        due_micros: i64,
+    },
+    ErasureShredPlanned {
+        request: Uuid,
+        sessions: Vec<Uuid>,
+        key_fingerprints: Vec<String>,
+    },
+    /// The keys are gone; projections purge on this event.
+    ErasureKeysShredded {
+        request: Uuid,
+        sessions: Vec<Uuid>,
+        at_micros: i64,
+    },
+    /// The tombstone: no personal data, only that the subject is gone.
+    Erased {
+        request: Uuid,
+        acknowledged_by: Vec<String>,
+        at_micros: i64,
+    },
+    ErasureCertified {
+        request: Uuid,
+        certificate: String,
+        signature: String,
+    },
+}
+
+/// Days between an erasure request and its due date (GDPR Art. 12(3)).
+pub const ERASURE_DUE_DAYS: i64 = 30;
+
+/// Where an erasure stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    pub request: Uuid,
+    pub requested_micros: i64,
+    pub due_micros: i64,
+    /// Sessions and key fingerprints to shred.
+    pub planned: Option<(Vec<Uuid>, Vec<String>)>,
+    /// When the keys were gone.
+    pub shredded: Option<i64>,
+    /// Set at the tombstone.
+    pub erased: Option<(Vec<String>, i64)>,
+    pub certificate: Option<(String, String)>,
 }
 
 const PROFILE: FieldClass = FieldClass::Pii(PiiGroup::Profile);
@@ -90,6 +178,7 @@ pub struct Subject {
     pub phone: String,
     pub birth: Option<Birth>,
     pub status: Option<SubjectStatus>,
+    pub erasure: Option<Erasure>,
 }
 
 /// Lower-cases and checks a username: 3–64 of `a-z 0-9 . _ -`.
@@ -185,6 +274,9 @@ impl Aggregate for Subject {
 
     fn decide(&self, command: &SubjectCommand, ctx: &Ctx) -> Result<Vec<SubjectEvent>, Rejection> {
         let now = ctx.now_micros;
+        if let Some(e) = &self.erasure {
+            return self.decide_erasure_step(e, command, now);
+        }
         match command {
             SubjectCommand::Register { subject, tenant, username, email, phone, birth } => {
                 if self.id.is_some() {
@@ -238,6 +330,21 @@ impl Aggregate for Subject {
                 SubjectStatus::Deactivated => vec![SubjectEvent::Reactivated { at_micros: now }],
                 _ => vec![],
             }),
+            SubjectCommand::RequestErasure { request } => {
+                self.require_exists()?;
+                Ok(vec![SubjectEvent::ErasureRequested {
+                    request: *request,
+                    at_micros: now,
+                    due_micros: now + ERASURE_DUE_DAYS * 86_400 * 1_000_000,
+                }])
+            }
+            SubjectCommand::PlanShred { .. }
+            | SubjectCommand::RecordKeysShredded { .. }
+            | SubjectCommand::MarkErased { .. }
+            | SubjectCommand::Certify { .. } => {
+                self.require_exists()?;
+                Err(Rejection::precondition("no erasure was requested for this subject"))
+            }
         }
     }
 
@@ -266,6 +373,123 @@ impl Aggregate for Subject {
             }
             SubjectEvent::Deactivated { .. } => self.status = Some(SubjectStatus::Deactivated),
             SubjectEvent::Reactivated { .. } => self.status = Some(SubjectStatus::Active),
+            SubjectEvent::ErasureRequested { request, at_micros, due_micros } => {
+                self.erasure = Some(Erasure {
+                    request: *request,
+                    requested_micros: *at_micros,
+                    due_micros: *due_micros,
+                    planned: None,
+                    shredded: None,
+                    erased: None,
+                    certificate: None,
+                });
+            }
+            SubjectEvent::ErasureShredPlanned { sessions, key_fingerprints, .. } => {
+                if let Some(e) = &mut self.erasure {
+                    e.planned = Some((sessions.clone(), key_fingerprints.clone()));
+                }
+            }
+            SubjectEvent::ErasureKeysShredded { at_micros, .. } => {
+                if let Some(e) = &mut self.erasure {
+                    e.shredded = Some(*at_micros);
+                }
+                // Whatever was held in memory is gone with the keys.
+                self.username.clear();
+                self.email.clear();
+                self.phone.clear();
+                self.birth = None;
+            }
+            SubjectEvent::Erased { acknowledged_by, at_micros, .. } => {
+                if let Some(e) = &mut self.erasure {
+                    e.erased = Some((acknowledged_by.clone(), *at_micros));
+                }
+            }
+            SubjectEvent::ErasureCertified { certificate, signature, .. } => {
+                if let Some(e) = &mut self.erasure {
+                    e.certificate = Some((certificate.clone(), signature.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Subject {
+    /// Once an erasure is requested only its steps apply, each once and in
+    /// order; repeating a step that is done changes nothing (so a process
+    /// resumed after a crash can simply run every step again).
+    fn decide_erasure_step(
+        &self,
+        e: &Erasure,
+        command: &SubjectCommand,
+        now: i64,
+    ) -> Result<Vec<SubjectEvent>, Rejection> {
+        let same = |request: &Uuid| {
+            if *request == e.request {
+                Ok(())
+            } else {
+                Err(Rejection::precondition(format!("erasure {} is already under way", e.request)))
+            }
+        };
+        match command {
+            SubjectCommand::RequestErasure { .. } => Ok(vec![]),
+            SubjectCommand::PlanShred { request, sessions, key_fingerprints } => {
+                same(request)?;
+                Ok(if e.planned.is_some() {
+                    vec![]
+                } else {
+                    vec![SubjectEvent::ErasureShredPlanned {
+                        request: *request,
+                        sessions: sessions.clone(),
+                        key_fingerprints: key_fingerprints.clone(),
+                    }]
+                })
+            }
+            SubjectCommand::RecordKeysShredded { request } => {
+                same(request)?;
+                let Some((sessions, _)) = &e.planned else {
+                    return Err(Rejection::precondition("the shred was not planned yet"));
+                };
+                Ok(if e.shredded.is_some() {
+                    vec![]
+                } else {
+                    vec![SubjectEvent::ErasureKeysShredded {
+                        request: *request,
+                        sessions: sessions.clone(),
+                        at_micros: now,
+                    }]
+                })
+            }
+            SubjectCommand::MarkErased { request, acknowledged_by } => {
+                same(request)?;
+                if e.shredded.is_none() {
+                    return Err(Rejection::precondition("the subject's keys are not shredded yet"));
+                }
+                Ok(if e.erased.is_some() {
+                    vec![]
+                } else {
+                    vec![SubjectEvent::Erased {
+                        request: *request,
+                        acknowledged_by: acknowledged_by.clone(),
+                        at_micros: now,
+                    }]
+                })
+            }
+            SubjectCommand::Certify { request, certificate, signature } => {
+                same(request)?;
+                if e.erased.is_none() {
+                    return Err(Rejection::precondition("the subject is not erased yet"));
+                }
+                Ok(if e.certificate.is_some() {
+                    vec![]
+                } else {
+                    vec![SubjectEvent::ErasureCertified {
+                        request: *request,
+                        certificate: certificate.clone(),
+                        signature: signature.clone(),
+                    }]
+                })
+            }
+            _ => Err(Rejection::precondition("the subject's erasure was requested; nothing else applies")),
         }
     }
 }

@@ -62,10 +62,13 @@ pub fn shred_subject_all_groups(new: Factory<'_>) {
     let (t, s, bystander) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let ids: Vec<_> = Group::ALL.iter().map(|g| store.active_key(t, &subject(s, *g)).unwrap().id).collect();
     let kept = store.active_key(t, &subject(bystander, Group::Profile)).unwrap();
-    let report = store.shred(t, &ShredTarget::Subject { subject: s, group: None }).unwrap();
     let mut expected = ids.clone();
     expected.sort();
+    // `keys_of` names exactly what the shred then destroys.
+    assert_eq!(store.keys_of(t, &ShredTarget::Subject { subject: s, group: None }).unwrap(), expected);
+    let report = store.shred(t, &ShredTarget::Subject { subject: s, group: None }).unwrap();
     assert_eq!(report.keys, expected);
+    assert!(store.keys_of(t, &ShredTarget::Subject { subject: s, group: None }).unwrap().is_empty());
     for id in &ids {
         assert!(is_shredded(store.as_ref(), t, *id));
     }

@@ -406,6 +406,12 @@ impl Keyring {
 
     /// Rotates the KEK epoch (cached data keys stay valid: only their
     /// wrapping changes).
+    /// The keys a shred of `target` would destroy (see [`KeyStore::keys_of`]).
+    pub async fn keys_of(&self, tenant: Uuid, target: ShredTarget) -> Result<Vec<KeyId>, KeyError> {
+        let store = self.inner.store.clone();
+        off_runtime(move || store.keys_of(tenant, &target)).await
+    }
+
     pub async fn rotate_epoch(&self) -> Result<RotationReport, KeyError> {
         let store = self.inner.store.clone();
         off_runtime(move || store.rotate_epoch()).await

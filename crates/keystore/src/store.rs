@@ -34,6 +34,9 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn retire(&self, tenant: Uuid, id: KeyId) -> Result<(), KeyError>;
     /// Destroys keys. Idempotent: what is already gone is not reported again.
     fn shred(&self, tenant: Uuid, target: &ShredTarget) -> Result<ShredReport, KeyError>;
+    /// The live keys (retired included) a shred of `target` would destroy,
+    /// sorted; nothing for a target that is already gone.
+    fn keys_of(&self, tenant: Uuid, target: &ShredTarget) -> Result<Vec<KeyId>, KeyError>;
     /// Moves every live key under a new epoch KEK and destroys the old epoch
     /// at the provider; finishes an interrupted rotation instead when one is
     /// found.
@@ -136,6 +139,22 @@ impl TenantState {
                 self.index.insert(id, shard);
             }
         }
+    }
+
+    /// The keys a shred of `target` destroys (not for `Tenant`), sorted.
+    fn doomed(&self, target: &ShredTarget) -> Vec<KeyId> {
+        let candidates: Vec<KeyId> = match (target.anchor(), target) {
+            (Some(anchor), _) => self.by_anchor.get(&anchor).cloned().unwrap_or_default(),
+            (None, ShredTarget::Key(id)) => vec![*id],
+            (None, _) => Vec::new(),
+        };
+        let mut doomed: Vec<KeyId> = candidates
+            .into_iter()
+            .filter(|id| self.entry(*id).is_some_and(|e| target.matches(*id, &e.purpose)))
+            .collect();
+        doomed.sort();
+        doomed.dedup();
+        doomed
     }
 
     fn entry(&self, id: KeyId) -> Option<&KeyEntry> {
@@ -577,17 +596,7 @@ impl KeyStore for LocalKeyStore {
         let Some(state) = inner.tenants.get(&tenant).filter(|t| !t.shredded) else {
             return Ok(ShredReport::default());
         };
-        let candidates: Vec<KeyId> = match (target.anchor(), target) {
-            (Some(anchor), _) => state.by_anchor.get(&anchor).cloned().unwrap_or_default(),
-            (None, ShredTarget::Key(id)) => vec![*id],
-            (None, _) => Vec::new(),
-        };
-        let mut doomed: Vec<KeyId> = candidates
-            .into_iter()
-            .filter(|id| state.entry(*id).is_some_and(|e| target.matches(*id, &e.purpose)))
-            .collect();
-        doomed.sort();
-        doomed.dedup();
+        let doomed = state.doomed(target);
         let Some(&first) = doomed.first() else { return Ok(ShredReport::default()) };
         let shard = state.index[&first];
         let current = &state.shards[&shard];
@@ -603,6 +612,19 @@ impl KeyStore for LocalKeyStore {
             }
         }
         Ok(ShredReport { keys: doomed, tenant_kek: false })
+    }
+
+    fn keys_of(&self, tenant: Uuid, target: &ShredTarget) -> Result<Vec<KeyId>, KeyError> {
+        let inner = self.lock();
+        Ok(match inner.tenants.get(&tenant).filter(|t| !t.shredded) {
+            None => Vec::new(),
+            Some(state) if matches!(target, ShredTarget::Tenant) => {
+                let mut keys: Vec<KeyId> = state.shards.values().flat_map(|s| s.keys.keys().copied()).collect();
+                keys.sort();
+                keys
+            }
+            Some(state) => state.doomed(target),
+        })
     }
 
     fn rotate_epoch(&self) -> Result<RotationReport, KeyError> {

@@ -39,6 +39,12 @@ pub mod bench {
     include!(concat!(env!("OUT_DIR"), "/pypes.bench.v1.rs"));
 }
 
+/// `pypes.views.v1`: rows of the embedded read models.
+pub mod views {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/pypes.views.v1.rs"));
+}
+
 /// The file descriptors of the gRPC API (`pypes/api/`), for the reflection service.
 pub const API_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pypes_api_descriptor.bin"));
 

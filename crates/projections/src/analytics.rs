@@ -1,0 +1,219 @@
+//! Anonymised analytics per Pype per hour and per day, from Clear fields
+//! only. No subject or participant id is stored anywhere in this
+//! projection: cells are keyed by tenant, Pype and time bucket, and the
+//! working state of an open Session holds only its Pype, start time and
+//! flags. Answers suppress cells with fewer than `k` Sessions.
+//!
+//! Tables: `cells`: tenant ‖ pype ‖ granularity ('h'|'d') ‖ bucket start µs
+//! → AnalyticsCell; `open`: session → AnalyticsSession (deleted at close).
+
+use eventlog::{EventFilter, RecordedEvent};
+use proto::events as pb;
+use proto::views::{AnalyticsCell, AnalyticsSession};
+use uuid::Uuid;
+
+use crate::keys::{key, uuid_of};
+use crate::sessions::{parse_stream, payload};
+use crate::{ApplyError, Projection, ReadView, ViewError, WriteView};
+
+pub const NAME: &str = "analytics";
+/// Smallest number of Sessions a cell needs to be shown.
+pub const DEFAULT_K: u64 = 5;
+
+const HOUR: i64 = 3_600_000_000;
+const DAY: i64 = 24 * HOUR;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    fn tag(self) -> u8 {
+        match self {
+            Granularity::Hour => b'h',
+            Granularity::Day => b'd',
+        }
+    }
+    pub fn micros(self) -> i64 {
+        match self {
+            Granularity::Hour => HOUR,
+            Granularity::Day => DAY,
+        }
+    }
+    pub fn bucket(self, at: i64) -> i64 {
+        at.div_euclid(self.micros()) * self.micros()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AnalyticsProjection;
+
+fn cell_key(tenant: &[u8], pype: &[u8], g: Granularity, bucket: i64) -> Vec<u8> {
+    key(&[tenant, pype, &[g.tag()], &((bucket as u64) ^ (1 << 63)).to_be_bytes()])
+}
+
+/// Updates the hour and the day cell of `at`, counting the Session once per
+/// cell it touches.
+fn touch(
+    w: &mut WriteView<'_>,
+    s: &mut AnalyticsSession,
+    at: i64,
+    f: impl Fn(&mut AnalyticsCell),
+) -> Result<(), ApplyError> {
+    for g in [Granularity::Hour, Granularity::Day] {
+        let bucket = g.bucket(at);
+        let k = cell_key(&s.tenant_id, &s.pype_id, g, bucket);
+        let mut cell = w.get_msg::<AnalyticsCell>("cells", &k)?.unwrap_or_default();
+        let last = match g {
+            Granularity::Hour => &mut s.last_hour,
+            Granularity::Day => &mut s.last_day,
+        };
+        if *last != bucket {
+            *last = bucket;
+            cell.sessions += 1;
+        }
+        f(&mut cell);
+        w.put_msg("cells", &k, &cell)?;
+    }
+    Ok(())
+}
+
+impl Projection for AnalyticsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn filter(&self) -> EventFilter {
+        // `subject-` only for the purge acknowledgement: nothing of a subject
+        // is stored here.
+        EventFilter { stream_prefixes: vec!["session-".into(), "subject-".into()], event_types: vec![] }
+    }
+
+    fn apply(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
+        if !r.stream.starts_with("session-") {
+            return Ok(());
+        }
+        let Some((tenant, session)) = parse_stream(&r.stream, "session") else {
+            return Err(ApplyError::Poison(format!(
+                "{} at {}: stream is not session-<tenant>-<id>",
+                r.stream, r.position
+            )));
+        };
+        let skey = *session.as_bytes();
+        if r.event_type() == "SessionStarted" {
+            let p: pb::SessionStarted = payload(r)?;
+            if uuid_of(&p.pype_id).is_none() {
+                return Err(ApplyError::Poison(format!("SessionStarted at {}: pype_id is not a uuid", r.position)));
+            }
+            let mut s = AnalyticsSession {
+                tenant_id: tenant.as_bytes().to_vec(),
+                pype_id: p.pype_id.to_vec(),
+                started_micros: p.at_micros,
+                last_hour: i64::MIN,
+                last_day: i64::MIN,
+                ..AnalyticsSession::default()
+            };
+            touch(w, &mut s, p.at_micros, |c| c.started += 1)?;
+            w.put_msg("open", &skey, &s)?;
+            return Ok(());
+        }
+        let Some(mut s) = w.get_msg::<AnalyticsSession>("open", &skey)? else { return Ok(()) };
+        match r.event_type() {
+            "MessagePosted" => {
+                let p: pb::MessagePosted = payload(r)?;
+                let kind = pb::ParticipantKind::try_from(p.sender_kind).unwrap_or(pb::ParticipantKind::Unspecified);
+                let first = kind == pb::ParticipantKind::Agent && !s.first_response_seen;
+                if first {
+                    s.first_response_seen = true;
+                }
+                let wait = (p.sent_at_micros - s.started_micros).max(0) as u64;
+                touch(w, &mut s, p.sent_at_micros, |c| {
+                    match kind {
+                        pb::ParticipantKind::EndUser => c.messages_end_user += 1,
+                        pb::ParticipantKind::Agent => c.messages_agent += 1,
+                        pb::ParticipantKind::Bot => c.messages_bot += 1,
+                        pb::ParticipantKind::Unspecified => {}
+                    }
+                    if first {
+                        c.first_response_count += 1;
+                        c.first_response_micros_sum += wait;
+                    }
+                })?;
+            }
+            "SessionBecameInactive" => {
+                let p: pb::SessionStateChanged = payload(r)?;
+                touch(w, &mut s, p.at_micros, |c| c.inactive_periods += 1)?;
+            }
+            "SessionReactivated" => {
+                let p: pb::SessionStateChanged = payload(r)?;
+                touch(w, &mut s, p.at_micros, |_| {})?;
+            }
+            "SessionClosed" => {
+                let p: pb::SessionStateChanged = payload(r)?;
+                let handle = (p.at_micros - s.started_micros).max(0) as u64;
+                let timer = p.reason == pb::ChangeReason::Timer as i32;
+                touch(w, &mut s, p.at_micros, |c| {
+                    if timer {
+                        c.closed_by_timer += 1;
+                    } else {
+                        c.closed_by_api += 1;
+                    }
+                    c.handle_count += 1;
+                    c.handle_micros_sum += handle;
+                })?;
+                w.delete("open", &skey)?;
+                return Ok(());
+            }
+            "SessionErased" => {
+                w.delete("open", &skey)?;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+        w.put_msg("open", &skey, &s)?;
+        Ok(())
+    }
+}
+
+/// One cell of an answer: `None` when it covers fewer than `k` Sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellAnswer {
+    pub bucket_start_micros: i64,
+    pub cell: Option<AnalyticsCell>,
+}
+
+/// Cells of a Pype with bucket start in `[from, to)`, small ones suppressed.
+pub fn query(
+    view: &ReadView,
+    tenant: Uuid,
+    pype: Uuid,
+    g: Granularity,
+    from: i64,
+    to: i64,
+    k: u64,
+) -> Result<Vec<CellAnswer>, ViewError> {
+    let prefix = key(&[tenant.as_bytes(), pype.as_bytes(), &[g.tag()]]);
+    let start = cell_key(tenant.as_bytes(), pype.as_bytes(), g, g.bucket(from));
+    let mut out = Vec::new();
+    let rows = view.scan("cells", &prefix, None, usize::MAX)?;
+    for (kb, v) in rows {
+        if kb < start {
+            continue;
+        }
+        let Some(raw) = kb.get(33..41).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+        let bucket = (u64::from_be_bytes(raw) ^ (1 << 63)) as i64;
+        if bucket >= to {
+            break;
+        }
+        let cell = <AnalyticsCell as proto::Message>::decode(v.as_slice())
+            .map_err(|e| ViewError::Corrupt { table: "cells".into(), reason: e.to_string() })?;
+        out.push(CellAnswer { bucket_start_micros: bucket, cell: (cell.sessions >= k).then_some(cell) });
+    }
+    Ok(out)
+}

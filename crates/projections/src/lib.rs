@@ -1,0 +1,78 @@
+//! Projections: the log is the truth, these are what people query.
+//!
+//! A [`Projection`] turns `$all` events into rows of an embedded view store
+//! ([`ViewStore`], one redb file per projection). The [`runner`] reads
+//! `$all` from the projection's checkpoint, applies a page of events and
+//! commits the rows and the new checkpoint in one redb write transaction,
+//! so a crash anywhere leaves view and checkpoint in agreement: each event
+//! takes effect exactly once. Operators pause, resume, skip a poison event
+//! (recorded in the store) and reset; a reset builds a new generation of
+//! the tables beside the serving one and switches readers over in one
+//! transaction once it has caught up (blue/green).
+//!
+//! Read models ([`sessions`], [`directory`]) keep personal fields and
+//! content sealed exactly as the log has them (same key, same AAD): a shred
+//! reaches them at once, and queries open them through the keyring.
+//! [`analytics`] counts from Clear fields only and stores no subject id.
+//!
+//! Every projection purges on `SubjectErasureKeysShredded`; the runner
+//! records an acknowledgement in the same transaction, which the erasure
+//! process reads ([`ViewStore::acknowledged`]).
+
+pub mod analytics;
+pub mod directory;
+mod error;
+mod keys;
+pub mod runner;
+pub mod sessions;
+mod store;
+
+pub use error::ViewError;
+pub use keys::{OpenedField, open_sealed};
+pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_until};
+pub use store::{Generation, ReadView, ViewStore, WriteView};
+
+use eventlog::{EventFilter, RecordedEvent};
+
+/// Event type on which every projection purges an erased subject's rows.
+pub const PURGE_EVENT: &str = "SubjectErasureKeysShredded";
+
+/// What a projection's `apply` can fail with.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The event cannot be applied (malformed payload): the runner stops
+    /// at it until an operator skips it.
+    Poison(String),
+    /// The store failed: the runner retries after a pause.
+    Store(ViewError),
+}
+
+impl From<ViewError> for ApplyError {
+    fn from(e: ViewError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// One projection: a name, a version, the events it wants and how each
+/// changes its tables.
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name; also the view store's file name.
+    fn name(&self) -> &'static str;
+    /// Bump when `apply` changes meaning: a store built by another version
+    /// is rebuilt (blue/green) at start.
+    fn version(&self) -> u32;
+    /// Which events to read (applied by the log while reading). Every
+    /// projection must include `subject-` streams so it sees the purge.
+    fn filter(&self) -> EventFilter;
+    /// Applies one event to the generation being written.
+    fn apply(&self, w: &mut WriteView<'_>, event: &RecordedEvent) -> Result<(), ApplyError>;
+}
+
+/// The three built-in projections, in the order the server runs them.
+pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
+    vec![
+        std::sync::Arc::new(sessions::SessionsProjection),
+        std::sync::Arc::new(directory::DirectoryProjection),
+        std::sync::Arc::new(analytics::AnalyticsProjection),
+    ]
+}

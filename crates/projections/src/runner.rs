@@ -1,0 +1,562 @@
+//! Runs one projection: reads `$all` from its checkpoint a page at a time,
+//! applies the page and commits the rows and the new checkpoint in one
+//! view-store transaction. A crash before the commit loses the page's
+//! effects and the checkpoint together; after it, both are durable. Either
+//! way the page is applied exactly once.
+//!
+//! Operators (through [`Runner`]'s methods, which the server exposes on its
+//! admin endpoint) pause and resume, skip the poison event a runner is
+//! stalled at (recorded in the store, and skipped by rebuilds too), and
+//! reset: a new generation is built from position 0 beside the serving one
+//! (pages alternate between the two) and becomes the serving one in one
+//! transaction once it has caught up with it.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use eventlog::{EventLog, RecordedEvent};
+use proto::views::{GenerationMeta, SkippedEvent};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use crate::store::{Generation, WriteView};
+use crate::{ApplyError, PURGE_EVENT, Projection, ViewError, ViewStore};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerConfig {
+    /// Events read and committed per transaction.
+    pub page_size: usize,
+    /// Longest wait between looks at the log when nothing wakes the runner.
+    pub idle_poll: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self { page_size: 4096, idle_poll: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerState {
+    Starting,
+    CatchingUp,
+    Live,
+    Paused,
+    /// Stopped at a poison event until an operator skips it.
+    Stalled {
+        position: u64,
+        error: String,
+    },
+    /// The store or the log failed; retrying.
+    Failing(String),
+    Stopped,
+}
+
+impl RunnerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunnerState::Starting => "starting",
+            RunnerState::CatchingUp => "catching_up",
+            RunnerState::Live => "live",
+            RunnerState::Paused => "paused",
+            RunnerState::Stalled { .. } => "stalled",
+            RunnerState::Failing(_) => "failing",
+            RunnerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What operators see of a projection.
+#[derive(Debug, Clone)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    pub version: u32,
+    pub state: RunnerState,
+    pub serving_generation: u32,
+    /// The serving generation's checkpoint: the next position it reads.
+    pub next_position: u64,
+    pub head: u64,
+    pub lag_positions: u64,
+    pub lag_seconds: f64,
+    pub events_applied: u64,
+    /// A generation being rebuilt: (generation, its next position).
+    pub building: Option<(u32, u64)>,
+    pub skipped: usize,
+}
+
+/// Requests from operators, picked up by the runner thread.
+#[derive(Debug, Default)]
+pub struct Control {
+    woken: Mutex<bool>,
+    cv: Condvar,
+    stop: AtomicBool,
+    skip: AtomicBool,
+    reset: AtomicBool,
+}
+
+impl Control {
+    fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits (on a plain condition variable, so a runtime shutting down
+    /// cannot break the wait) until woken or `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let guard = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut guard, _) =
+            self.cv.wait_timeout_while(guard, timeout, |woken| !*woken).unwrap_or_else(|e| e.into_inner());
+        *guard = false;
+    }
+}
+
+/// A running projection.
+pub struct Runner {
+    projection: Arc<dyn Projection>,
+    store: Arc<ViewStore>,
+    config: RunnerConfig,
+    status: Mutex<ProjectionStatus>,
+    control: Control,
+    /// The serving generation's checkpoint, for waiters.
+    checkpoint: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("projection", &self.projection.name()).finish()
+    }
+}
+
+enum Step {
+    /// Nothing new.
+    Idle,
+    /// Applied a page.
+    Applied,
+    /// Stopped at a poison event.
+    Poisoned { skip: SkippedEvent },
+}
+
+impl Runner {
+    /// Opens the projection's generations and starts its thread.
+    pub fn start(
+        projection: Arc<dyn Projection>,
+        store: Arc<ViewStore>,
+        log: Arc<dyn EventLog>,
+        config: RunnerConfig,
+        rt: Handle,
+    ) -> Result<Arc<Self>, ViewError> {
+        let (serving, building) = store.generations()?;
+        match (&serving, &building) {
+            (None, _) => {
+                store.new_generation(projection.version())?;
+            }
+            (Some(s), None) if s.projection_version != projection.version() => {
+                tracing::info!(
+                    projection = projection.name(),
+                    from = s.projection_version,
+                    to = projection.version(),
+                    "projection version changed; rebuilding beside the serving generation"
+                );
+                store.new_generation(projection.version())?;
+            }
+            _ => {}
+        }
+        let (serving, building) = store.generations()?;
+        let serving = serving.unwrap_or_default();
+        let status = ProjectionStatus {
+            name: projection.name(),
+            version: projection.version(),
+            state: RunnerState::Starting,
+            serving_generation: serving.generation,
+            next_position: serving.next_position,
+            head: log.head(),
+            lag_positions: log.head().saturating_sub(serving.next_position),
+            lag_seconds: 0.0,
+            events_applied: serving.events_applied,
+            building: building.map(|b| (b.generation, b.next_position)),
+            skipped: store.skipped()?.len(),
+        };
+        let runner = Arc::new(Self {
+            projection,
+            store,
+            config,
+            status: Mutex::new(status),
+            control: Control::default(),
+            checkpoint: watch::channel(serving.next_position).0,
+        });
+        // Head changes wake the runner.
+        let weak = Arc::downgrade(&runner);
+        let mut head_rx = log.watch_head();
+        rt.spawn(async move {
+            while head_rx.changed().await.is_ok() {
+                match weak.upgrade() {
+                    Some(r) => r.control.wake(),
+                    None => break,
+                }
+            }
+        });
+        let r = runner.clone();
+        std::thread::Builder::new()
+            .name(format!("projection-{}", runner.projection.name()))
+            .spawn(move || r.run(log, rt))
+            .map_err(|e| ViewError::Store(format!("cannot start the runner thread: {e}")))?;
+        Ok(runner)
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    pub fn store(&self) -> &Arc<ViewStore> {
+        &self.store
+    }
+
+    pub fn status(&self) -> ProjectionStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_state(&self, state: RunnerState) {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).state = state;
+    }
+
+    /// Waits until the serving generation has read past `position` (its
+    /// checkpoint is at least `position`).
+    pub async fn wait_for(&self, position: u64) {
+        let mut rx = self.checkpoint.subscribe();
+        let _ = rx.wait_for(|p| *p >= position).await;
+    }
+
+    pub fn pause(&self) -> Result<(), ViewError> {
+        self.store.set_paused(true)?;
+        self.control.wake();
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), ViewError> {
+        self.store.set_paused(false)?;
+        self.control.wake();
+        Ok(())
+    }
+
+    /// Skips the poison event the runner is stalled at; an error when it
+    /// is not stalled.
+    pub fn skip(&self) -> Result<u64, String> {
+        match self.status().state {
+            RunnerState::Stalled { position, .. } => {
+                self.control.skip.store(true, Ordering::SeqCst);
+                self.control.wake();
+                Ok(position)
+            }
+            other => Err(format!("projection {} is {}, not stalled at a poison event", self.name(), other.name())),
+        }
+    }
+
+    /// Rebuilds from position 0 beside the serving generation.
+    pub fn reset(&self) {
+        self.control.reset.store(true, Ordering::SeqCst);
+        self.control.wake();
+    }
+
+    pub fn stop(&self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.control.wake();
+    }
+
+    fn run(self: Arc<Self>, log: Arc<dyn EventLog>, rt: Handle) {
+        let mut stalled: Option<(Generation, GenerationMeta, SkippedEvent)> = None;
+        let mut backoff = Duration::from_millis(100);
+        while !self.control.stop.load(Ordering::SeqCst) {
+            match self.tick(&log, &rt, &mut stalled) {
+                Ok(true) => {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(false) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::error!(projection = self.name(), error = %e, "projection failed; retrying");
+                    self.set_state(RunnerState::Failing(e.to_string()));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+            self.control.wait(self.config.idle_poll);
+        }
+        self.set_state(RunnerState::Stopped);
+    }
+
+    /// One round: operator requests, then a page for the generation being
+    /// built and one for the serving one. True when it did some work.
+    fn tick(
+        &self,
+        log: &Arc<dyn EventLog>,
+        rt: &Handle,
+        stalled: &mut Option<(Generation, GenerationMeta, SkippedEvent)>,
+    ) -> Result<bool, ViewError> {
+        if self.control.reset.swap(false, Ordering::SeqCst) {
+            let gn = self.store.new_generation(self.projection.version())?;
+            tracing::info!(
+                projection = self.name(),
+                generation = gn.0,
+                "reset: rebuilding beside the serving generation"
+            );
+            *stalled = None;
+        }
+        if self.store.paused()? {
+            self.set_state(RunnerState::Paused);
+            self.refresh(log, None)?;
+            return Ok(false);
+        }
+        if let Some((gn, meta, skip)) = stalled.take() {
+            if self.control.skip.swap(false, Ordering::SeqCst) {
+                tracing::warn!(projection = self.name(), position = skip.position, error = %skip.error, "skipping poison event");
+                self.store.skip(gn, meta, skip)?;
+                self.refresh(log, None)?;
+                return Ok(true);
+            }
+            self.set_state(RunnerState::Stalled { position: skip.position, error: skip.error.clone() });
+            *stalled = Some((gn, meta, skip));
+            return Ok(false);
+        }
+        let skips = self.store.skipped_positions()?;
+        let (serving, building) = self.store.generations()?;
+        let mut worked = false;
+        let mut lag_seconds = None;
+        if let Some(b) = building {
+            let gn = Generation(b.generation);
+            match self.step(log, rt, gn, b, &skips, None, &mut lag_seconds)? {
+                Step::Poisoned { skip, .. } => {
+                    let meta = self.store.generations()?.1.unwrap_or_default();
+                    *stalled = Some((gn, meta, skip));
+                    return Ok(true);
+                }
+                Step::Applied => worked = true,
+                Step::Idle => {}
+            }
+            let (s, b) = self.store.generations()?;
+            if let (Some(s), Some(b)) = (s, b) {
+                if b.next_position >= s.next_position {
+                    self.store.switch_to_building()?;
+                    tracing::info!(
+                        projection = self.name(),
+                        generation = b.generation,
+                        "rebuilt generation is now serving"
+                    );
+                    worked = true;
+                }
+            }
+            lag_seconds = None;
+        }
+        if let Some(s) = serving.filter(|_| !worked) {
+            let gn = Generation(s.generation);
+            match self.step(log, rt, gn, s, &skips, None, &mut lag_seconds)? {
+                Step::Poisoned { skip, .. } => {
+                    let meta = self.store.generations()?.0.unwrap_or_default();
+                    *stalled = Some((gn, meta, skip));
+                    worked = true;
+                }
+                Step::Applied => worked = true,
+                Step::Idle => {}
+            }
+        } else if serving.is_some() {
+            // The build took this round; the serving generation goes next.
+            let s = serving.unwrap_or_default();
+            if let Step::Poisoned { skip, .. } =
+                self.step(log, rt, Generation(s.generation), s.clone(), &skips, None, &mut lag_seconds)?
+            {
+                *stalled = Some((Generation(s.generation), self.store.generations()?.0.unwrap_or_default(), skip));
+            }
+        }
+        self.refresh(log, lag_seconds)?;
+        if stalled.is_none() {
+            let st = self.status();
+            let state =
+                if st.lag_positions > 0 || st.building.is_some() { RunnerState::CatchingUp } else { RunnerState::Live };
+            self.set_state(state);
+        }
+        Ok(worked)
+    }
+
+    /// Updates the status and the checkpoint watch from the store.
+    fn refresh(&self, log: &Arc<dyn EventLog>, lag_seconds: Option<f64>) -> Result<(), ViewError> {
+        let (serving, building) = self.store.generations()?;
+        let serving = serving.unwrap_or_default();
+        let head = log.head();
+        let skipped = self.store.skipped()?.len();
+        {
+            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            st.serving_generation = serving.generation;
+            st.next_position = serving.next_position;
+            st.head = head;
+            st.lag_positions = head.saturating_sub(serving.next_position);
+            if st.lag_positions == 0 {
+                st.lag_seconds = 0.0;
+            } else if let Some(l) = lag_seconds {
+                st.lag_seconds = l;
+            }
+            st.events_applied = serving.events_applied;
+            st.building = building.map(|b| (b.generation, b.next_position));
+            st.skipped = skipped;
+        }
+        self.checkpoint.send_replace(serving.next_position);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        log: &Arc<dyn EventLog>,
+        rt: &Handle,
+        gn: Generation,
+        meta: GenerationMeta,
+        skips: &BTreeSet<u64>,
+        until_micros: Option<i64>,
+        lag_seconds: &mut Option<f64>,
+    ) -> Result<Step, ViewError> {
+        let filter = self.projection.filter();
+        let page = rt.block_on(log.read_all(meta.next_position, self.config.page_size, &filter))?;
+        if let Some(first) = page.events.first() {
+            *lag_seconds = Some((now_micros() - first.recorded_at_micros).max(0) as f64 / 1e6);
+        }
+        apply_page(
+            self.projection.as_ref(),
+            &self.store,
+            gn,
+            meta,
+            &page.events,
+            page.next_position,
+            skips,
+            until_micros,
+        )
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
+}
+
+fn is_skipped(e: &RecordedEvent, skips: &BTreeSet<u64>, until: Option<i64>) -> bool {
+    skips.contains(&e.position) || until.is_some_and(|t| e.recorded_at_micros > t)
+}
+
+/// Applies `events` to generation `gn` and commits them with the new
+/// checkpoint `next_position`; at a poison event, commits what precedes it
+/// and reports it.
+#[allow(clippy::too_many_arguments)]
+fn apply_page(
+    projection: &dyn Projection,
+    store: &ViewStore,
+    gn: Generation,
+    mut meta: GenerationMeta,
+    events: &[RecordedEvent],
+    next_position: u64,
+    skips: &BTreeSet<u64>,
+    until: Option<i64>,
+) -> Result<Step, ViewError> {
+    if events.is_empty() && next_position <= meta.next_position {
+        return Ok(Step::Idle);
+    }
+    let mut poisoned = None;
+    let txn = store.begin_write()?;
+    {
+        let mut w = WriteView::new(&txn, gn);
+        for (i, e) in events.iter().enumerate() {
+            if is_skipped(e, skips, until) {
+                continue;
+            }
+            match apply_one(projection, &mut w, e) {
+                Ok(()) => {}
+                Err(ApplyError::Poison(error)) => {
+                    poisoned = Some((i, error));
+                    break;
+                }
+                Err(ApplyError::Store(e)) => return Err(e),
+            }
+        }
+        if poisoned.is_none() {
+            let applied = events.iter().filter(|e| !is_skipped(e, skips, until)).count() as u64;
+            meta.next_position = next_position.max(meta.next_position);
+            meta.events_applied += applied;
+            if let Some(last) = events.last() {
+                meta.last_event_micros = last.recorded_at_micros;
+            }
+            w.put_meta(&meta)?;
+        }
+    }
+    let Some((i, error)) = poisoned else {
+        txn.commit()?;
+        return Ok(Step::Applied);
+    };
+    // Undo the page and commit only what precedes the poison event.
+    txn.abort()?;
+    let bad = &events[i];
+    if i > 0 {
+        apply_page(projection, store, gn, meta.clone(), &events[..i], bad.position, skips, until)?;
+    }
+    let skip = SkippedEvent {
+        position: bad.position,
+        event_id: bad.id().as_bytes().to_vec(),
+        stream: bad.stream.to_string(),
+        event_type: bad.event_type().to_string(),
+        error,
+        skipped_at_micros: now_micros(),
+    };
+    tracing::error!(projection = projection.name(), position = bad.position, error = %skip.error, "poison event; projection stalled until an operator skips it");
+    Ok(Step::Poisoned { skip })
+}
+
+fn apply_one(projection: &dyn Projection, w: &mut WriteView<'_>, e: &RecordedEvent) -> Result<(), ApplyError> {
+    projection.apply(w, e)?;
+    if e.event_type() == PURGE_EVENT {
+        // Every projection acknowledges the purge in the same transaction.
+        let p: proto::events::SubjectErasureKeysShredded = crate::sessions::payload(e)?;
+        w.put("acks", &p.request_id, &e.position.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Builds `projection` from position 0 into a fresh `store`, applying only
+/// events recorded at or before `until_micros` (all when `None`), up to the
+/// log's head at the call. Poison events are skipped and returned.
+/// `progress(done, total)` is called after each page.
+pub fn rebuild_until(
+    projection: &dyn Projection,
+    store: &ViewStore,
+    log: &Arc<dyn EventLog>,
+    rt: &Handle,
+    until_micros: Option<i64>,
+    page_size: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<SkippedEvent>, ViewError> {
+    let head = log.head();
+    if store.generations()?.0.is_none() {
+        store.new_generation(projection.version())?;
+    }
+    let mut skipped = Vec::new();
+    let mut skips = store.skipped_positions()?;
+    let filter = projection.filter();
+    loop {
+        let meta = store.generations()?.0.unwrap_or_default();
+        if meta.next_position >= head {
+            break;
+        }
+        let page = rt.block_on(log.read_all(meta.next_position, page_size, &filter))?;
+        let events: Vec<RecordedEvent> = page.events.into_iter().filter(|e| e.position < head).collect();
+        let next = page.next_position.min(head);
+        match apply_page(projection, store, Generation(meta.generation), meta, &events, next, &skips, until_micros)? {
+            Step::Poisoned { skip, .. } => {
+                let meta = store.generations()?.0.unwrap_or_default();
+                skips.insert(skip.position);
+                store.skip(Generation(meta.generation), meta, skip.clone())?;
+                skipped.push(skip);
+            }
+            Step::Idle => break,
+            Step::Applied => {}
+        }
+        progress(next, head);
+    }
+    progress(head, head);
+    Ok(skipped)
+}

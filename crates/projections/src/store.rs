@@ -1,0 +1,376 @@
+//! The embedded view store: one redb file per projection.
+//!
+//! Why redb: a view and its checkpoint must change in one atomic, durable
+//! step, and readers must never see a half-applied page or a half-built
+//! generation. redb gives exactly that (copy-on-write B-trees, ACID write
+//! transactions with fsync'd commits, MVCC read snapshots that never block
+//! the writer) in pure Rust with no C toolchain and no dependencies of its
+//! own, which keeps the build lean. Own files would have meant writing a
+//! second crash-safe storage engine; SQLite would have meant a C build and
+//! a SQL layer for key/value access; sled is unmaintained. See
+//! ARCHITECTURE.md and docs/views.md.
+//!
+//! Layout: table `control` (`serving`, `building`, `next_generation`,
+//! `paused`), table `skips` (position → SkippedEvent, shared by all
+//! generations so a rebuild skips the same poison events), and per
+//! generation `g<N>/<table>` plus `g<N>/meta` (checkpoint, version) and
+//! `g<N>/acks` (erasure request → position of the purge).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use proto::Message;
+use proto::views::{GenerationMeta, SkippedEvent};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use uuid::Uuid;
+
+use crate::ViewError;
+
+const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
+const SKIPS: TableDefinition<u64, &[u8]> = TableDefinition::new("skips");
+type Bytes<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+/// A generation of a projection's tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Generation(pub u32);
+
+fn table_name(gn: Generation, table: &str) -> String {
+    format!("g{}/{table}", gn.0)
+}
+
+fn corrupt(table: &str, reason: impl Into<String>) -> ViewError {
+    ViewError::Corrupt { table: table.to_string(), reason: reason.into() }
+}
+
+fn decode<M: Message + Default>(table: &str, bytes: &[u8]) -> Result<M, ViewError> {
+    M::decode(bytes).map_err(|e| corrupt(table, e.to_string()))
+}
+
+fn gen_of(bytes: &[u8]) -> Result<Generation, ViewError> {
+    let arr: [u8; 4] = bytes.try_into().map_err(|_| corrupt("control", "generation is not 4 bytes"))?;
+    Ok(Generation(u32::from_le_bytes(arr)))
+}
+
+/// One projection's view store.
+pub struct ViewStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for ViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewStore").field("path", &self.path).finish()
+    }
+}
+
+impl ViewStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, ViewError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ViewError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| ViewError::Db { path: path.display().to_string(), source: Box::new(e.into()) })?;
+        let store = Self { db, path: path.to_path_buf() };
+        let txn = store.db.begin_write()?;
+        {
+            txn.open_table(CONTROL)?;
+            txn.open_table(SKIPS)?;
+        }
+        txn.commit()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn control(txn: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
+        let t = txn.open_table(CONTROL)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The generation readers see, and the one being built, if any.
+    pub fn generations(&self) -> Result<(Option<GenerationMeta>, Option<GenerationMeta>), ViewError> {
+        let txn = self.db.begin_read()?;
+        let meta = |key: &str| -> Result<Option<GenerationMeta>, ViewError> {
+            match Self::control(&txn, key)? {
+                Some(g) => Self::meta_in(&txn, gen_of(&g)?),
+                None => Ok(None),
+            }
+        };
+        Ok((meta("serving")?, meta("building")?))
+    }
+
+    fn meta_in(txn: &ReadTransaction, gn: Generation) -> Result<Option<GenerationMeta>, ViewError> {
+        let name = table_name(gn, "meta");
+        let t = match txn.open_table(Bytes::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match t.get(b"meta".as_slice())? {
+            Some(v) => Ok(Some(decode(&name, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A consistent snapshot of the serving generation; `None` before the
+    /// first generation exists.
+    pub fn read(&self) -> Result<Option<ReadView>, ViewError> {
+        let txn = self.db.begin_read()?;
+        let Some(g) = Self::control(&txn, "serving")? else { return Ok(None) };
+        let gn = gen_of(&g)?;
+        Ok(Some(ReadView { txn, gn }))
+    }
+
+    /// Where the serving generation acknowledged the purge of `request`.
+    pub fn acknowledged(&self, request: Uuid) -> Result<Option<u64>, ViewError> {
+        let Some(view) = self.read()? else { return Ok(None) };
+        Ok(view.get("acks", request.as_bytes())?.and_then(|v| v.as_slice().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    /// Every skipped poison event, by position.
+    pub fn skipped(&self) -> Result<Vec<SkippedEvent>, ViewError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SKIPS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode("skips", v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn skipped_positions(&self) -> Result<std::collections::BTreeSet<u64>, ViewError> {
+        Ok(self.skipped()?.into_iter().map(|s| s.position).collect())
+    }
+
+    pub fn paused(&self) -> Result<bool, ViewError> {
+        let txn = self.db.begin_read()?;
+        Ok(Self::control(&txn, "paused")?.is_some_and(|v| v == [1]))
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) -> Result<(), ViewError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CONTROL)?.insert("paused", [u8::from(paused)].as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Records `skip` and moves generation `gn`'s checkpoint past it, in
+    /// one transaction.
+    pub(crate) fn skip(&self, gn: Generation, mut meta: GenerationMeta, skip: SkippedEvent) -> Result<(), ViewError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(SKIPS)?.insert(skip.position, skip.encode_to_vec().as_slice())?;
+            meta.next_position = meta.next_position.max(skip.position + 1);
+            let name = table_name(gn, "meta");
+            txn.open_table(Bytes::new(&name))?.insert(b"meta".as_slice(), meta.encode_to_vec().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Starts a new, empty generation for projection `version`: serving if
+    /// there is none, else building (replacing an unfinished build).
+    pub(crate) fn new_generation(&self, version: u32) -> Result<Generation, ViewError> {
+        let txn = self.db.begin_write()?;
+        let gn;
+        {
+            let mut control = txn.open_table(CONTROL)?;
+            let next = match control.get("next_generation")? {
+                Some(v) => gen_of(v.value())?.0,
+                None => 1,
+            };
+            gn = Generation(next);
+            control.insert("next_generation", (next + 1).to_le_bytes().as_slice())?;
+            let serving = control.get("serving")?.map(|v| v.value().to_vec());
+            let old_build = control.get("building")?.map(|v| v.value().to_vec());
+            let role = if serving.is_some() { "building" } else { "serving" };
+            control.insert(role, gn.0.to_le_bytes().as_slice())?;
+            drop(control);
+            if let Some(old) = old_build {
+                drop_generation(&txn, gen_of(&old)?)?;
+            }
+            let meta = GenerationMeta { generation: gn.0, projection_version: version, ..GenerationMeta::default() };
+            let name = table_name(gn, "meta");
+            txn.open_table(Bytes::new(&name))?.insert(b"meta".as_slice(), meta.encode_to_vec().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(gn)
+    }
+
+    /// Makes the building generation the serving one and drops the old
+    /// one, atomically: a reader sees one or the other, whole.
+    pub(crate) fn switch_to_building(&self) -> Result<(), ViewError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut control = txn.open_table(CONTROL)?;
+            let Some(building) = control.get("building")?.map(|v| v.value().to_vec()) else {
+                return Err(ViewError::Store("no generation is being built".into()));
+            };
+            let old = control.get("serving")?.map(|v| v.value().to_vec());
+            control.insert("serving", building.as_slice())?;
+            control.remove("building")?;
+            drop(control);
+            if let Some(old) = old {
+                drop_generation(&txn, gen_of(&old)?)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, ViewError> {
+        Ok(self.db.begin_write()?)
+    }
+}
+
+fn drop_generation(txn: &WriteTransaction, gn: Generation) -> Result<(), ViewError> {
+    let prefix = format!("g{}/", gn.0);
+    let names: Vec<String> = txn
+        .list_tables()?
+        .map(|h| redb::TableHandle::name(&h).to_string())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    for name in names {
+        txn.delete_table(Bytes::new(&name))?;
+    }
+    Ok(())
+}
+
+/// A read snapshot of the serving generation.
+pub struct ReadView {
+    txn: ReadTransaction,
+    gn: Generation,
+}
+
+impl std::fmt::Debug for ReadView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadView").field("generation", &self.gn).finish()
+    }
+}
+
+impl ReadView {
+    pub fn generation(&self) -> Generation {
+        self.gn
+    }
+
+    pub fn meta(&self) -> Result<Option<GenerationMeta>, ViewError> {
+        ViewStore::meta_in(&self.txn, self.gn)
+    }
+
+    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
+        let name = table_name(self.gn, table);
+        let t = match self.txn.open_table(Bytes::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn get_msg<M: Message + Default>(&self, table: &str, key: &[u8]) -> Result<Option<M>, ViewError> {
+        self.get(table, key)?.map(|v| decode(table, &v)).transpose()
+    }
+
+    /// Rows whose key starts with `prefix`, from the first key after
+    /// `after` (if given), at most `limit`.
+    pub fn scan(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+        let name = table_name(self.gn, table);
+        let t = match self.txn.open_table(Bytes::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        let start: &[u8] = after.unwrap_or(prefix);
+        for row in t.range::<&[u8]>(start..)? {
+            let (k, v) = row?;
+            let k = k.value();
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| a == k) {
+                continue;
+            }
+            out.push((k.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every row of a table (for dumps and the rebuild-equals-live test).
+    pub fn dump(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+        self.scan(table, &[], None, usize::MAX)
+    }
+}
+
+/// The tables of one generation inside a write transaction.
+pub struct WriteView<'t> {
+    txn: &'t WriteTransaction,
+    gn: Generation,
+    tables: HashMap<&'static str, Table<'t, &'static [u8], &'static [u8]>>,
+}
+
+impl<'t> WriteView<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction, gn: Generation) -> Self {
+        Self { txn, gn, tables: HashMap::new() }
+    }
+
+    fn table(&mut self, table: &'static str) -> Result<&mut Table<'t, &'static [u8], &'static [u8]>, ViewError> {
+        if !self.tables.contains_key(table) {
+            let name = table_name(self.gn, table);
+            let t = self.txn.open_table(Bytes::new(&name))?;
+            self.tables.insert(table, t);
+        }
+        self.tables.get_mut(table).ok_or_else(|| ViewError::Store("table vanished".into()))
+    }
+
+    pub fn get(&mut self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
+        Ok(self.table(table)?.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn get_msg<M: Message + Default>(&mut self, table: &'static str, key: &[u8]) -> Result<Option<M>, ViewError> {
+        self.get(table, key)?.map(|v| decode(table, &v)).transpose()
+    }
+
+    pub fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), ViewError> {
+        self.table(table)?.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn put_msg(&mut self, table: &'static str, key: &[u8], value: &impl Message) -> Result<(), ViewError> {
+        self.put(table, key, &value.encode_to_vec())
+    }
+
+    pub fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), ViewError> {
+        self.table(table)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Keys and values of the rows whose key starts with `prefix`.
+    pub fn scan_prefix(&mut self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+        let t = self.table(table)?;
+        let mut out = Vec::new();
+        for row in t.range::<&[u8]>(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn put_meta(&mut self, meta: &GenerationMeta) -> Result<(), ViewError> {
+        self.put_msg("meta", b"meta", meta)
+    }
+}

@@ -1,0 +1,472 @@
+//! The runner and the three projections over an in-memory log with
+//! hand-built events: rebuild equals live, store failures at every event
+//! leave view and checkpoint consistent, poison events stall and are
+//! skipped on request, pause/resume, blue/green reset, erasure purge and
+//! acknowledgement, analytics without subject ids and with small cells
+//! suppressed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventlog::mem::MemLog;
+use eventlog::{EventFilter, EventLog, ExpectedVersion, NewEvent, RecordedEvent, SealedField};
+use projections::analytics::{self, Granularity};
+use projections::{
+    ApplyError, Projection, Runner, RunnerConfig, RunnerState, ViewStore, WriteView, directory, rebuild_until, sessions,
+};
+use proto::Message;
+use proto::events as pb;
+use uuid::Uuid;
+
+const T0: i64 = 1_795_996_800_000_000; // 2026-12-01T00:00:00Z
+
+fn ev(event_type: &str, tenant: Uuid, payload: impl Message) -> NewEvent {
+    let mut e = NewEvent::new(event_type, Bytes::from(payload.encode_to_vec()));
+    e.tenant_id = Some(tenant);
+    e
+}
+
+fn sealed(field: &str, text: &str) -> SealedField {
+    // Stand-in ciphertext: the projections copy sealed fields verbatim.
+    SealedField {
+        field: field.into(),
+        key_id: Bytes::from(vec![7u8; 16]),
+        nonce: Bytes::from(vec![1u8; 12]),
+        ciphertext: Bytes::from(text.as_bytes().iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>()),
+        ..SealedField::default()
+    }
+}
+
+struct World {
+    log: Arc<dyn EventLog>,
+    tenant: Uuid,
+    pype: Uuid,
+}
+
+impl World {
+    fn new() -> Self {
+        Self { log: Arc::new(MemLog::new()), tenant: Uuid::now_v7(), pype: Uuid::now_v7() }
+    }
+
+    async fn append(&self, stream: String, events: Vec<NewEvent>) {
+        self.log.append(&stream, ExpectedVersion::Any, events).await.unwrap();
+    }
+
+    fn session_stream(&self, s: Uuid) -> String {
+        format!("session-{}-{s}", self.tenant)
+    }
+
+    async fn register(&self, subject: Uuid) {
+        let mut e = ev(
+            "SubjectRegistered",
+            self.tenant,
+            pb::SubjectRegistered {
+                subject_id: Bytes::copy_from_slice(subject.as_bytes()),
+                tenant_id: Bytes::copy_from_slice(self.tenant.as_bytes()),
+                at_micros: T0,
+            },
+        );
+        e.sealed_fields = vec![sealed("username", "canary-user"), sealed("email", "canary@example.com")];
+        self.append(format!("subject-{}-{subject}", self.tenant), vec![e]).await;
+    }
+
+    /// A Session: start at `at`, an agent joins, `n` messages alternating
+    /// end user / agent one minute apart, then closed by `reason`.
+    async fn conversation(
+        &self,
+        session: Uuid,
+        end_user: Uuid,
+        agent: Uuid,
+        at: i64,
+        n: u64,
+        reason: pb::ChangeReason,
+    ) {
+        let id = |u: Uuid| Bytes::copy_from_slice(u.as_bytes());
+        let mut events = vec![
+            ev(
+                "SessionStarted",
+                self.tenant,
+                pb::SessionStarted {
+                    session_id: id(session),
+                    tenant_id: id(self.tenant),
+                    pype_id: id(self.pype),
+                    end_user_id: id(end_user),
+                    timers: None,
+                    at_micros: at,
+                },
+            ),
+            ev(
+                "ParticipantJoined",
+                self.tenant,
+                pb::ParticipantJoined {
+                    participant_id: id(agent),
+                    kind: pb::ParticipantKind::Agent as i32,
+                    at_micros: at,
+                },
+            ),
+        ];
+        for seq in 1..=n {
+            let (sender, kind) = if seq % 2 == 1 {
+                (end_user, pb::ParticipantKind::EndUser)
+            } else {
+                (agent, pb::ParticipantKind::Agent)
+            };
+            let mut m = ev(
+                "MessagePosted",
+                self.tenant,
+                pb::MessagePosted {
+                    seq,
+                    sender_id: id(sender),
+                    sent_at_micros: at + seq as i64 * 60_000_000,
+                    has_device: false,
+                    sender_kind: kind as i32,
+                },
+            );
+            m.sealed_fields = vec![sealed("body", &format!("canary body {seq}"))];
+            events.push(m);
+        }
+        events.push(ev(
+            "SessionClosed",
+            self.tenant,
+            pb::SessionStateChanged { reason: reason as i32, at_micros: at + (n as i64 + 1) * 60_000_000 },
+        ));
+        self.append(self.session_stream(session), events).await;
+    }
+}
+
+/// `rebuild_until` blocks; tests call it from a multi-threaded runtime.
+fn rebuild(
+    p: &dyn Projection,
+    store: &ViewStore,
+    log: &Arc<dyn EventLog>,
+    rt: &tokio::runtime::Handle,
+    until: Option<i64>,
+    page: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<proto::views::SkippedEvent>, projections::ViewError> {
+    tokio::task::block_in_place(|| rebuild_until(p, store, log, rt, until, page, progress))
+}
+
+fn rt() -> tokio::runtime::Handle {
+    tokio::runtime::Handle::current()
+}
+
+fn store(dir: &tempfile::TempDir, name: &str) -> Arc<ViewStore> {
+    Arc::new(ViewStore::open(&dir.path().join(format!("{name}.redb"))).unwrap())
+}
+
+/// Every table of the serving generation, for comparisons.
+fn dump(store: &ViewStore, tables: &[&str]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let view = store.read().unwrap().unwrap();
+    tables.iter().map(|t| (t.to_string(), view.dump(t).unwrap())).collect()
+}
+
+const SESSION_TABLES: &[&str] = &["sessions", "messages", "by_pype", "by_end_user", "pypes", "acks"];
+const ANALYTICS_TABLES: &[&str] = &["cells", "open", "acks"];
+const DIRECTORY_TABLES: &[&str] = &["subjects", "acks"];
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn fast() -> RunnerConfig {
+    RunnerConfig { page_size: 7, idle_poll: Duration::from_millis(20) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_equals_live() {
+    let w = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut runners = Vec::new();
+    for p in projections::all() {
+        let s = store(&dir, p.name());
+        runners.push(Runner::start(p, s, w.log.clone(), fast(), rt()).unwrap());
+    }
+    // Events arrive while the runners run.
+    let agent = Uuid::now_v7();
+    for i in 0..12 {
+        let user = Uuid::now_v7();
+        w.register(user).await;
+        let reason = if i % 3 == 0 { pb::ChangeReason::Timer } else { pb::ChangeReason::Api };
+        w.conversation(Uuid::now_v7(), user, agent, T0 + i * 600_000_000, 4 + i as u64 % 3, reason).await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let head = w.log.head();
+    for r in &runners {
+        wait_until("runners to catch up", || r.status().next_position >= head).await;
+        assert_eq!(r.status().state, RunnerState::Live);
+    }
+    for (p, tables) in projections::all().into_iter().zip([SESSION_TABLES, DIRECTORY_TABLES, ANALYTICS_TABLES]) {
+        let fresh = store(&dir, &format!("{}-rebuilt", p.name()));
+        let skipped = rebuild(p.as_ref(), &fresh, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+        assert!(skipped.is_empty());
+        let live = runners.iter().find(|r| r.name() == p.name()).unwrap();
+        let live_dump = dump(live.store(), tables);
+        assert!(live_dump.iter().any(|(_, rows)| !rows.is_empty()), "{} built nothing", p.name());
+        assert_eq!(live_dump, dump(&fresh, tables), "{}: rebuilt view differs from live", p.name());
+    }
+    for r in &runners {
+        r.stop();
+    }
+}
+
+/// Wraps a projection and fails with a store error at the `fail_at`-th
+/// event it is given (counting across calls).
+struct Flaky {
+    inner: Arc<dyn Projection>,
+    seen: AtomicUsize,
+    fail_at: usize,
+}
+
+impl Projection for Flaky {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn version(&self) -> u32 {
+        self.inner.version()
+    }
+    fn filter(&self) -> EventFilter {
+        self.inner.filter()
+    }
+    fn apply(&self, w: &mut WriteView<'_>, e: &RecordedEvent) -> Result<(), ApplyError> {
+        self.inner.apply(w, e)?;
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(ApplyError::Store(projections::ViewError::Store("injected failure".into())));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_at_any_event_leaves_view_and_checkpoint_consistent() {
+    let w = World::new();
+    let agent = Uuid::now_v7();
+    for i in 0..3 {
+        w.conversation(Uuid::now_v7(), Uuid::now_v7(), agent, T0 + i * 60_000_000, 3, pb::ChangeReason::Api).await;
+    }
+    let total = w.log.head() as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = store(&dir, "reference");
+    rebuild(&sessions::SessionsProjection, &reference, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+    let expected = dump(&reference, SESSION_TABLES);
+    for fail_at in 1..=total {
+        let s = store(&dir, &format!("flaky-{fail_at}"));
+        let flaky = Flaky { inner: Arc::new(sessions::SessionsProjection), seen: AtomicUsize::new(0), fail_at };
+        let err = rebuild(&flaky, &s, &w.log, &rt(), None, 4, &mut |_, _| {});
+        assert!(err.is_err(), "failure at event {fail_at} was not reported");
+        // What is committed is a prefix: the checkpoint's events, no more.
+        let meta = s.generations().unwrap().0.unwrap();
+        let prefix = store(&dir, &format!("prefix-{fail_at}"));
+        let log_prefix: Arc<dyn EventLog> = Arc::new(MemLog::new());
+        let page = w.log.read_all(0, meta.next_position as usize, &EventFilter::all()).await.unwrap();
+        for e in page.events {
+            log_prefix.append(&e.stream, ExpectedVersion::Any, vec![e.event]).await.unwrap();
+        }
+        rebuild(&sessions::SessionsProjection, &prefix, &log_prefix, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+        assert_eq!(dump(&s, SESSION_TABLES), dump(&prefix, SESSION_TABLES), "failure at event {fail_at}");
+        // Resuming (the failure is gone) ends where a clean build ends.
+        let ok =
+            Flaky { inner: Arc::new(sessions::SessionsProjection), seen: AtomicUsize::new(0), fail_at: usize::MAX };
+        rebuild(&ok, &s, &w.log, &rt(), None, 4, &mut |_, _| {}).unwrap();
+        assert_eq!(dump(&s, SESSION_TABLES), expected, "resumed after a failure at event {fail_at}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_event_stalls_until_skipped_and_the_skip_is_recorded() {
+    let w = World::new();
+    let agent = Uuid::now_v7();
+    let s1 = Uuid::now_v7();
+    w.conversation(s1, Uuid::now_v7(), agent, T0, 2, pb::ChangeReason::Api).await;
+    // Not a SessionStarted payload.
+    let s2 = Uuid::now_v7();
+    w.append(w.session_stream(s2), vec![NewEvent::new("SessionStarted", Bytes::from_static(&[0xff, 0xff, 0xff]))])
+        .await;
+    let bad_position = w.log.head() - 1;
+    let s3 = Uuid::now_v7();
+    w.conversation(s3, Uuid::now_v7(), agent, T0, 2, pb::ChangeReason::Api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let r =
+        Runner::start(Arc::new(sessions::SessionsProjection), store(&dir, "s"), w.log.clone(), fast(), rt()).unwrap();
+    wait_until("stall", || matches!(r.status().state, RunnerState::Stalled { .. })).await;
+    match r.status().state {
+        RunnerState::Stalled { position, error } => {
+            assert_eq!(position, bad_position);
+            assert!(error.contains("SessionStarted"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Everything before the poison event is applied; nothing after.
+    assert_eq!(r.status().next_position, bad_position);
+    {
+        let view = r.store().read().unwrap().unwrap();
+        assert!(sessions::get_session(&view, w.tenant, s1).unwrap().is_some());
+        assert!(sessions::get_session(&view, w.tenant, s3).unwrap().is_none());
+    }
+    assert_eq!(r.skip().unwrap(), bad_position);
+    let head = w.log.head();
+    wait_until("catch up after skip", || r.status().next_position >= head).await;
+    let view = r.store().read().unwrap().unwrap();
+    assert!(sessions::get_session(&view, w.tenant, s3).unwrap().is_some());
+    let skipped = r.store().skipped().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0].position, bad_position);
+    assert!(r.skip().is_err(), "skip when not stalled must be refused");
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_checkpoint_and_resume_catches_up() {
+    let w = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    let r =
+        Runner::start(Arc::new(analytics::AnalyticsProjection), store(&dir, "a"), w.log.clone(), fast(), rt()).unwrap();
+    r.pause().unwrap();
+    wait_until("paused", || r.status().state == RunnerState::Paused).await;
+    w.conversation(Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), T0, 2, pb::ChangeReason::Api).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.status().next_position, 0);
+    assert!(r.status().lag_positions > 0);
+    r.resume().unwrap();
+    let head = w.log.head();
+    wait_until("resumed", || r.status().next_position >= head).await;
+    assert_eq!(r.status().lag_positions, 0);
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_rebuilds_beside_the_serving_generation_and_switches_whole() {
+    let w = World::new();
+    let agent = Uuid::now_v7();
+    for i in 0..20 {
+        w.conversation(Uuid::now_v7(), Uuid::now_v7(), agent, T0 + i, 3, pb::ChangeReason::Api).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, "s");
+    let r = Runner::start(Arc::new(sessions::SessionsProjection), s.clone(), w.log.clone(), fast(), rt()).unwrap();
+    let head = w.log.head();
+    wait_until("built", || r.status().next_position >= head).await;
+    let before = dump(&s, SESSION_TABLES);
+    let gen_before = r.status().serving_generation;
+    r.reset();
+    // While the build runs, every read sees a whole generation: the old
+    // one until the switch, then the new one, never a partial one.
+    let mut saw_building = false;
+    for _ in 0..2000 {
+        let st = r.status();
+        saw_building |= st.building.is_some();
+        assert_eq!(dump(&s, SESSION_TABLES), before, "a reader saw a partial view");
+        if st.serving_generation != gen_before && st.building.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(r.status().serving_generation > gen_before, "reset never switched");
+    assert!(saw_building || r.status().serving_generation > gen_before);
+    assert_eq!(dump(&s, SESSION_TABLES), before);
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_the_subjects_rows_and_every_projection_acknowledges() {
+    let w = World::new();
+    let (erased, kept, agent) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    w.register(erased).await;
+    w.register(kept).await;
+    let (s_erased, s_kept) = (Uuid::now_v7(), Uuid::now_v7());
+    w.conversation(s_erased, erased, agent, T0, 4, pb::ChangeReason::Api).await;
+    w.conversation(s_kept, kept, agent, T0, 4, pb::ChangeReason::Api).await;
+    let request = Uuid::now_v7();
+    let id = |u: Uuid| Bytes::copy_from_slice(u.as_bytes());
+    w.append(
+        format!("subject-{}-{erased}", w.tenant),
+        vec![ev(
+            projections::PURGE_EVENT,
+            w.tenant,
+            pb::SubjectErasureKeysShredded {
+                subject_id: id(erased),
+                request_id: id(request),
+                session_ids: vec![id(s_erased)],
+                at_micros: T0,
+            },
+        )],
+    )
+    .await;
+    let purge_position = w.log.head() - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let mut runners = Vec::new();
+    for p in projections::all() {
+        let s = store(&dir, p.name());
+        runners.push(Runner::start(p, s, w.log.clone(), fast(), rt()).unwrap());
+    }
+    for r in &runners {
+        wait_until("acknowledgement", || r.store().acknowledged(request).unwrap().is_some()).await;
+        assert_eq!(r.store().acknowledged(request).unwrap(), Some(purge_position), "{}", r.name());
+    }
+    let sessions_view = runners[0].store().read().unwrap().unwrap();
+    let row = sessions::get_session(&sessions_view, w.tenant, s_erased).unwrap().unwrap();
+    assert!(row.erased && row.end_user_id.is_empty());
+    assert!(row.participants.iter().all(|p| p.participant_id != erased.as_bytes()));
+    let messages = sessions::list_messages(&sessions_view, s_erased, 0, 100).unwrap();
+    assert_eq!(messages.len(), 4);
+    assert!(messages.iter().all(|m| m.erased && m.body.is_none() && m.sender_id != erased.as_bytes()));
+    assert!(sessions::sessions_of_end_user(&sessions_view, w.tenant, erased).unwrap().is_empty());
+    // The other subject's Session is untouched.
+    let other = sessions::list_messages(&sessions_view, s_kept, 0, 100).unwrap();
+    assert!(other.iter().all(|m| !m.erased && m.body.is_some()));
+    assert_eq!(sessions::sessions_of_end_user(&sessions_view, w.tenant, kept).unwrap(), vec![s_kept]);
+    let dir_view = runners[1].store().read().unwrap().unwrap();
+    assert!(directory::get(&dir_view, w.tenant, erased).unwrap().is_none());
+    assert!(directory::get(&dir_view, w.tenant, kept).unwrap().is_some());
+    for r in &runners {
+        r.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_hold_no_subject_ids_and_suppress_small_cells() {
+    let w = World::new();
+    let agent = Uuid::now_v7();
+    let mut ids = vec![agent];
+    // Hour 0: 6 Sessions (shown at k = 5); hour 1: 2 Sessions (suppressed).
+    for i in 0..8 {
+        let (s, u) = (Uuid::now_v7(), Uuid::now_v7());
+        ids.extend([s, u]);
+        let at = if i < 6 { T0 + i * 1_000_000 } else { T0 + 3_600_000_000 + i * 1_000_000 };
+        let reason = if i % 2 == 0 { pb::ChangeReason::Api } else { pb::ChangeReason::Timer };
+        w.conversation(s, u, agent, at, 2, reason).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, "analytics");
+    rebuild(&analytics::AnalyticsProjection, &s, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+    let view = s.read().unwrap().unwrap();
+    let hours = analytics::query(&view, w.tenant, w.pype, Granularity::Hour, T0, T0 + 2 * 3_600_000_000, 5).unwrap();
+    assert_eq!(hours.len(), 2);
+    let first = hours[0].cell.as_ref().expect("6 Sessions: shown");
+    assert_eq!((first.sessions, first.started, first.closed_by_api, first.closed_by_timer), (6, 6, 3, 3));
+    assert_eq!((first.messages_end_user, first.messages_agent, first.first_response_count), (6, 6, 6));
+    // Agent answered 2 minutes after the start in every Session.
+    assert_eq!(first.first_response_micros_sum, 6 * 120_000_000);
+    assert_eq!(first.handle_count, 6);
+    assert!(hours[1].cell.is_none(), "2 Sessions: suppressed at k = 5");
+    let shown_at_2 =
+        analytics::query(&view, w.tenant, w.pype, Granularity::Hour, T0, T0 + 2 * 3_600_000_000, 2).unwrap();
+    assert!(shown_at_2[1].cell.is_some());
+    let days = analytics::query(&view, w.tenant, w.pype, Granularity::Day, T0, T0 + 86_400_000_000, 5).unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].cell.as_ref().unwrap().sessions, 8);
+    drop(view);
+    // No id of a subject, Session or participant anywhere in the file.
+    let bytes = std::fs::read(s.path()).unwrap();
+    for id in ids {
+        assert!(!bytes.windows(16).any(|win| win == id.as_bytes()), "id {id} found in the analytics store");
+    }
+}
