@@ -287,27 +287,25 @@ pub fn list_messages(
         .collect()
 }
 
-/// Sessions of a Pype in start order, after the opaque `after` cursor.
-/// Returns the rows and the cursor of the last one.
+/// Sessions of a Pype in start order after the opaque cursor `after`,
+/// each with its own cursor (to continue after it).
 pub fn list_sessions(
     view: &ReadView,
     tenant: Uuid,
     pype: Uuid,
     after: Option<&[u8]>,
     limit: usize,
-) -> Result<(Vec<SessionRow>, Option<Vec<u8>>), ViewError> {
+) -> Result<Vec<(Vec<u8>, SessionRow)>, ViewError> {
     let prefix = key(&[tenant.as_bytes(), pype.as_bytes()]);
-    let rows = view.scan("by_pype", &prefix, after, limit)?;
-    let last = rows.last().map(|(k, _)| k.clone());
-    let mut out = Vec::with_capacity(rows.len());
-    for (k, _) in rows {
+    let mut out = Vec::new();
+    for (k, _) in view.scan("by_pype", &prefix, after, limit)? {
         if let Some(s) = uuid_at(&k, 40) {
             if let Some(row) = get_session(view, tenant, s)? {
-                out.push(row);
+                out.push((k, row));
             }
         }
     }
-    Ok((out, last))
+    Ok(out)
 }
 
 /// Sessions the subject took part in as end user (not purged yet).

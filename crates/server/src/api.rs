@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use crate::auth::{self, Bearer, Caller};
 use crate::error::{ApiError, parse_id};
-use crate::index::SessionIndex;
 use crate::metrics::ApiMetrics;
 
 /// How long a verified API key is trusted without asking the tenant's actor
@@ -38,7 +37,9 @@ pub struct Api {
     pub keyring: Keyring,
     pub admin_sha256: [u8; 32],
     pub metrics: Arc<ApiMetrics>,
-    pub index: Arc<SessionIndex>,
+    pub views: Arc<crate::views::Views>,
+    pub erasures: Arc<crate::erasure::Erasures>,
+    pub analytics_k: u64,
 }
 
 /// The services share one `Api`.
@@ -48,7 +49,7 @@ pub struct Handle(pub Arc<Api>);
 type Reply<T> = Result<Response<T>, GrpcStatus>;
 
 impl Api {
-    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
+    pub(crate) async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
         match auth::bearer(metadata, &self.admin_sha256)? {
             Bearer::Admin => Ok(Caller::Admin),
             Bearer::Tenant(token) => {
@@ -77,14 +78,18 @@ impl Api {
         }
     }
 
-    async fn tenant(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, ApiError> {
+    pub(crate) async fn tenant(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, ApiError> {
         match self.caller(metadata).await? {
             Caller::Tenant(t) => Ok(t),
             Caller::Admin => Err(ApiError::Forbidden("this call needs a tenant API key, not the admin key".into())),
         }
     }
 
-    async fn timed<T>(&self, method: &'static str, f: impl Future<Output = Result<T, ApiError>>) -> Reply<T> {
+    pub(crate) async fn timed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, ApiError>>,
+    ) -> Reply<T> {
         let started = Instant::now();
         let result = f.await.map(Response::new).map_err(GrpcStatus::from);
         let code = match &result {
@@ -254,6 +259,9 @@ fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::Sess
         SessionEvent::BecameInactive { reason, .. } => state(Status::Inactive, reason),
         SessionEvent::Reactivated { reason, .. } => state(Status::Active, reason),
         SessionEvent::Closed { reason, .. } => state(Status::Closed, reason),
+        SessionEvent::Erased { .. } => {
+            Event::StateChanged(pb::StateChange { state: state_out(Status::Closed), reason: "erasure".into() })
+        }
     };
     pb::SessionEvent { version, recorded_at_micros, event: Some(event) }
 }
@@ -575,24 +583,38 @@ impl pb::session_service_server::SessionService for Handle {
                 n @ 1..=500 => n as usize,
                 n => return Err(ApiError::invalid("page_size", format!("{n}; 1 to 500"))),
             };
-            let offset = match r.page_token.as_str() {
-                "" => 0,
-                t => t
-                    .strip_prefix("o")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| ApiError::invalid("page_token", "not a token this server issued"))?,
+            let cursor = match r.page_token.as_str() {
+                "" => None,
+                t => Some(
+                    t.strip_prefix("c")
+                        .and_then(|h| hex::decode(h).ok())
+                        .filter(|c| c.len() == 56)
+                        .ok_or_else(|| ApiError::invalid("page_token", "not a token this server issued"))?,
+                ),
             };
             if api.registry.read::<Pype>(tenant, pype).await?.state.id.is_none() {
                 return Err(domain::Rejection::NotFound { what: "pype" }.into_api());
             }
-            let (ids, more) = api.index.page(tenant, pype, offset, size);
-            let mut sessions = Vec::with_capacity(ids.len());
-            for id in &ids {
-                sessions.push(session_out(&api.registry.read::<Session>(tenant, *id).await?));
+            // The Session ids come from the sessions view (start order); each
+            // Session's state from its actor, like GetSession.
+            let view = api.views.read(projections::sessions::NAME).await?;
+            let rows = projections::sessions::list_sessions(&view, tenant, pype, cursor.as_deref(), size + 1)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            drop(view);
+            let more = rows.len() > size;
+            let mut sessions = Vec::with_capacity(size);
+            let mut next = None;
+            for (key, row) in rows.iter().take(size) {
+                let id = Uuid::from_slice(&row.session_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+                sessions.push(session_out(&api.registry.read::<Session>(tenant, id).await?));
+                next = Some(key.clone());
             }
             Ok(pb::ListSessionsResponse {
                 sessions,
-                next_page_token: if more { format!("o{}", offset + ids.len()) } else { String::new() },
+                next_page_token: match (more, next) {
+                    (true, Some(k)) => format!("c{}", hex::encode(k)),
+                    _ => String::new(),
+                },
             })
         })
         .await

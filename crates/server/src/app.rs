@@ -1,7 +1,8 @@
 //! Wiring of `pypes serve`: open the key store and the event log of the
 //! data directory, start the registry (re-arming Session timers), the
-//! session index, the gRPC server (API, health, reflection) and the HTTP
-//! server, then wait for the shutdown signal.
+//! projections (views) and the erasure process, the gRPC server (API,
+//! health, reflection) and the HTTP server, then wait for the shutdown
+//! signal.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,7 +19,6 @@ use tokio::sync::watch;
 use crate::api::{Api, Handle};
 use crate::config::Config;
 use crate::http::{self, HttpState};
-use crate::index::SessionIndex;
 use crate::metrics::ApiMetrics;
 
 const LOG_KEY_FILE: &str = "log-signing.key";
@@ -102,7 +102,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let keys = open_embedded(&config.data_dir, root.as_deref(), clock.clone(), OpenMode::CreateIfEmpty)
         .context("opening the key store")?;
     let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
-    let log_config = FileLogConfig::new(log_signing_key(&config.data_dir)?);
+    let signing = log_signing_key(&config.data_dir)?;
+    let log_config = FileLogConfig::new(signing.clone());
     let log_dir = config.data_dir.join("log");
     let log: Arc<dyn EventLog> = Arc::new(
         tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config))
@@ -127,9 +128,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     .context("starting the actors")?;
     let (admin, admin_where) = admin_key(&config)?;
     let metrics = Arc::new(ApiMetrics::default());
-    let index = Arc::new(SessionIndex::default());
     let (ready_tx, ready_rx) = watch::channel(false);
-    tokio::spawn(index.clone().follow(log.clone(), ready_tx));
+    let views = crate::views::Views::start(&config.data_dir, log.clone(), ready_tx)?;
+    let erasures = crate::erasure::Erasures::new(
+        registry.clone(),
+        log.clone(),
+        keyring.clone(),
+        views.clone(),
+        signing,
+        crate::erasure::ErasureConfig { warn_after_days: config.erasure_warn_days },
+    );
+    tokio::spawn(erasures.clone().recover());
     actix_rt::spawn(keystore::rotation_schedule(
         keyring.clone(),
         config.rotation_days * 86_400,
@@ -144,7 +153,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         keyring,
         admin_sha256: crate::auth::sha256(admin.as_bytes()),
         metrics: metrics.clone(),
-        index,
+        views: views.clone(),
+        erasures: erasures.clone(),
+        analytics_k: config.analytics_k,
     }));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -173,6 +184,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::pype_service_server::PypeServiceServer::new(api.clone()))
         .add_service(pb::session_service_server::SessionServiceServer::new(api.clone()))
         .add_service(pb::subject_service_server::SubjectServiceServer::new(api.clone()))
+        .add_service(pb::view_service_server::ViewServiceServer::new(api.clone()))
+        .add_service(pb::analytics_service_server::AnalyticsServiceServer::new(api.clone()))
+        .add_service(pb::erasure_service_server::ErasureServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -181,7 +195,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             },
         );
     let grpc_task = tokio::spawn(grpc);
-    let http = http::start(http_listener, HttpState { ready: ready_rx, metrics, registry: registry.clone() })?;
+    let http = http::start(
+        http_listener,
+        HttpState {
+            ready: ready_rx,
+            metrics,
+            registry: registry.clone(),
+            views: views.clone(),
+            erasures,
+            admin_sha256: crate::auth::sha256(admin.as_bytes()),
+        },
+    )?;
 
     // Whoever started us may stop reading stdout: a closed pipe must not
     // take the server down (println! would panic on EPIPE).
@@ -198,5 +222,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     http.stop(true).await;
     let _ = grpc_task.await;
     registry.shutdown();
+    views.stop();
     Ok(())
 }

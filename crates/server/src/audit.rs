@@ -18,6 +18,7 @@ use eventlog::file::{FileLog, FileLogConfig, PUBLIC_KEY_FILE, verify_log};
 use eventlog::{Direction, EventLog, ReadFrom, RecordedEvent, SystemClock};
 use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
 use keystore::{KeyPolicy, Keyring};
+use uuid::Uuid;
 
 /// Verifies the log of `data_dir`; the public key comes from `public_key`
 /// (hex) or, failing that, from the log's own `signing.pub` (an auditor
@@ -86,7 +87,7 @@ pub fn parse_as_of(text: &str) -> anyhow::Result<i64> {
     Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1_000_000)
 }
 
-fn time_text(micros: i64) -> String {
+pub fn time_text(micros: i64) -> String {
     let secs = micros.div_euclid(1_000_000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
@@ -203,5 +204,159 @@ pub async fn replay_stream(data_dir: &Path, stream: &str, as_of_micros: i64) -> 
         }
         other => bail!("stream {stream:?}: unknown kind {other:?} (session-, subject-, pype- or tenant-)"),
     }
+    Ok(out)
+}
+
+/// A progress bar on stderr, redrawn at most ten times a second.
+pub struct Progress {
+    label: String,
+    last: std::time::Instant,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Self {
+        let now = std::time::Instant::now();
+        Self { label: label.into(), last: now - std::time::Duration::from_secs(1), started: now }
+    }
+
+    pub fn update(&mut self, done: u64, total: u64) {
+        use std::io::Write as _;
+        let finished = done >= total;
+        if !finished && self.last.elapsed() < std::time::Duration::from_millis(100) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let frac = if total == 0 { 1.0 } else { (done as f64 / total as f64).min(1.0) };
+        let filled = (frac * 30.0) as usize;
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{:<10} [{}{}] {:>5.1}% {done}/{total} positions, {:.0}/s",
+            self.label,
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            frac * 100.0,
+            rate
+        );
+        if finished {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}
+
+/// Rebuilds every read model as of `as_of_micros` into `into` (one redb
+/// file per projection, the same format the server serves from) and writes
+/// `report.txt` beside them: each Session with its messages opened (erased
+/// content as `[erased]`) and the end-user directory. Needs the server
+/// stopped (the log and key store are opened for reading).
+pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> anyhow::Result<String> {
+    use projections::{ViewStore, directory, rebuild_until, sessions};
+    if into.exists() && std::fs::read_dir(into)?.next().is_some() {
+        bail!("{} is not empty: replay into a new directory", into.display());
+    }
+    std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
+    let root = std::env::var(ROOT_KEY_ENV).ok();
+    let keys = open_embedded(data_dir, root.as_deref(), Arc::new(SystemClock), OpenMode::MustExist)
+        .context("opening the key store (is the server stopped?)")?;
+    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
+    let signing = std::fs::read_to_string(data_dir.join("log-signing.key")).context("reading log-signing.key")?;
+    let bytes: [u8; 32] = hex::decode(signing.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("log-signing.key is not 64 hex digits")?;
+    let log_dir = data_dir.join("log");
+    let log: Arc<dyn eventlog::EventLog> = Arc::new(
+        tokio::task::spawn_blocking(move || {
+            FileLog::open(&log_dir, FileLogConfig::new(ed25519_dalek::SigningKey::from_bytes(&bytes)))
+        })
+        .await?
+        .context("opening the event log (is the server stopped?)")?,
+    );
+    let mut out = format!("read models as of {} into {}\n", time_text(as_of_micros), into.display());
+    let rt = tokio::runtime::Handle::current();
+    let mut stores = Vec::new();
+    for p in projections::all() {
+        let store = ViewStore::open(&into.join(format!("{}.redb", p.name())))?;
+        let (log, rt, name) = (log.clone(), rt.clone(), p.name());
+        let (store, skipped) = tokio::task::spawn_blocking(move || {
+            let mut bar = Progress::new(name);
+            let skipped =
+                rebuild_until(p.as_ref(), &store, &log, &rt, Some(as_of_micros), 4096, &mut |d, t| bar.update(d, t));
+            skipped.map(|s| (store, s))
+        })
+        .await??;
+        let meta = store.generations()?.0.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {name:<10} {} events applied, {} poison events skipped",
+            meta.events_applied,
+            skipped.len()
+        );
+        for s in &skipped {
+            let _ =
+                writeln!(out, "    skipped position {} ({} in {}): {}", s.position, s.event_type, s.stream, s.error);
+        }
+        stores.push((name, store));
+    }
+    // A readable report, with sealed fields opened now.
+    let mut report = format!("pypes read models as of {}\n\n", time_text(as_of_micros));
+    if let Some((_, store)) = stores.iter().find(|(n, _)| *n == sessions::NAME)
+        && let Some(view) = store.read()?
+    {
+        for (_, v) in view.dump("sessions")? {
+            let row = <proto::views::SessionRow as proto::Message>::decode(v.as_slice())?;
+            let (Ok(tenant), Ok(session)) = (Uuid::from_slice(&row.tenant_id), Uuid::from_slice(&row.session_id))
+            else {
+                continue;
+            };
+            let state = proto::views::SessionState::try_from(row.state).map(|s| s.as_str_name()).unwrap_or("?");
+            let _ = writeln!(
+                report,
+                "session {session} tenant {tenant} pype {} started {} state {state}{} messages {}",
+                Uuid::from_slice(&row.pype_id).unwrap_or_default(),
+                time_text(row.started_micros),
+                if row.erased { " (end user erased)" } else { "" },
+                row.messages
+            );
+            let stream = actors::stream_name("session", tenant, session);
+            for m in sessions::list_messages(&view, session, 0, usize::MAX)? {
+                let body = projections::open_sealed(&keyring, tenant, &stream, "body", m.body.as_ref()).await?;
+                let _ = writeln!(
+                    report,
+                    "  #{:<4} {} {}: {}",
+                    m.seq,
+                    time_text(m.sent_at_micros),
+                    Uuid::from_slice(&m.sender_id).map(|u| u.to_string()).unwrap_or_else(|_| "[erased]".into()),
+                    body.or_erased()
+                );
+            }
+        }
+    }
+    if let Some((_, store)) = stores.iter().find(|(n, _)| *n == directory::NAME)
+        && let Some(view) = store.read()?
+    {
+        report.push_str("\nend users\n");
+        for (_, v) in view.dump("subjects")? {
+            let row = <proto::views::SubjectRow as proto::Message>::decode(v.as_slice())?;
+            let (Ok(tenant), Ok(subject)) = (Uuid::from_slice(&row.tenant_id), Uuid::from_slice(&row.subject_id))
+            else {
+                continue;
+            };
+            let stream = actors::stream_name("subject", tenant, subject);
+            let mut line = format!("  {subject} tenant {tenant}");
+            for name in directory::FIELDS {
+                if let Some(r) = row.fields.get(name) {
+                    let v = projections::open_sealed(&keyring, tenant, &stream, name, Some(r)).await?;
+                    let _ = write!(line, " {name}={}", v.or_erased());
+                }
+            }
+            let _ = writeln!(report, "{line}");
+        }
+    }
+    std::fs::write(into.join("report.txt"), &report)?;
+    let _ = writeln!(out, "  report.txt: Sessions with their messages and the directory, erased content as [erased]");
     Ok(out)
 }

@@ -18,6 +18,17 @@ pub struct FileConfig {
     pub actors: ActorsFile,
     #[serde(default)]
     pub keys: KeysFile,
+    #[serde(default)]
+    pub privacy: PrivacyFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyFile {
+    /// Analytics cells with fewer Sessions are suppressed (default 5).
+    pub analytics_k: Option<u64>,
+    /// Age in days at which an open erasure request is reported (default 20).
+    pub erasure_warn_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +82,8 @@ pub struct Config {
     pub max_actors: usize,
     pub arbiters: usize,
     pub rotation_days: i64,
+    pub analytics_k: u64,
+    pub erasure_warn_days: u32,
 }
 
 impl Config {
@@ -91,7 +104,18 @@ impl Config {
                 .arbiters
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             rotation_days: file.keys.rotation_days.unwrap_or(7),
+            analytics_k: file.privacy.analytics_k.unwrap_or(projections::analytics::DEFAULT_K),
+            erasure_warn_days: file.privacy.erasure_warn_days.unwrap_or(20),
         };
+        if config.analytics_k < 2 {
+            anyhow::bail!(
+                "privacy.analytics_k: {}; at least 2 (a cell of one Session is one person)",
+                config.analytics_k
+            );
+        }
+        if !(1..30).contains(&config.erasure_warn_days) {
+            anyhow::bail!("privacy.erasure_warn_days: {}; 1 to 29 (requests are due at 30)", config.erasure_warn_days);
+        }
         if let Some(key) = &config.admin_key
             && key.len() < 32
         {

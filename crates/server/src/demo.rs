@@ -238,3 +238,66 @@ fn who<'a>(id: &str, user: &str, agent: &str) -> &'a str {
         "someone"
     }
 }
+
+/// `pypes erase`: requests the erasure of a subject (admin key), or shows
+/// its status; waits for the certificate unless told not to, and prints it.
+pub async fn erase(
+    grpc: &str,
+    admin_key: &str,
+    tenant: &str,
+    subject: &str,
+    status_only: bool,
+    wait: bool,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let channel =
+        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let mut client = pb::erasure_service_client::ErasureServiceClient::new(channel);
+    let get = pb::GetErasureRequest { subject_id: subject.into(), tenant_id: tenant.into() };
+    let mut status = if status_only {
+        client
+            .get_erasure(authed(admin_key, get.clone())?)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+    } else {
+        let req = pb::RequestErasureRequest { subject_id: subject.into(), tenant_id: tenant.into() };
+        client
+            .request_erasure(authed(admin_key, req)?)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+    }
+    .into_inner();
+    let due = crate::audit::time_text(status.due_micros);
+    println!(
+        "erasure {} of subject {subject}: {} (requested {}, due {due})",
+        status.request_id,
+        status.step,
+        crate::audit::time_text(status.requested_micros)
+    );
+    if wait && !status_only {
+        let started = std::time::Instant::now();
+        while status.step != "certified" {
+            if started.elapsed() > Duration::from_secs(120) {
+                anyhow::bail!(
+                    "no certificate after 2 minutes (step {}); the server keeps going: check with --status",
+                    status.step
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = client.get_erasure(authed(admin_key, get.clone())?).await?.into_inner();
+        }
+        println!("certified after {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+    }
+    if !status.certificate.is_empty() {
+        println!("certificate: {}", status.certificate);
+        println!("signature (Ed25519, hex): {}", status.signature);
+        println!("public key (hex): {}", status.signing_public_key);
+        if let Some(path) = out {
+            std::fs::write(path, &status.certificate).with_context(|| format!("writing {}", path.display()))?;
+            let sig = format!("{}.sig", path.display());
+            std::fs::write(&sig, format!("{}\n", status.signature)).with_context(|| format!("writing {sig}"))?;
+            println!("wrote {} and {sig}; check with: pypes erase --verify {}", path.display(), path.display());
+        }
+    }
+    Ok(())
+}

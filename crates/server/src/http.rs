@@ -1,19 +1,29 @@
 //! The HTTP side (actix-web): `/healthz` (the process answers), `/readyz`
-//! (recovery done: the log is open, timers are re-armed and the session
-//! index has caught up) and `/metrics` (Prometheus text).
+//! (recovery done: the log is open, timers are re-armed and every view has
+//! caught up with the log as it was at start), `/metrics` (Prometheus
+//! text), and the projections' admin endpoint (admin key as a bearer
+//! token): `GET /admin/projections` lists each projection's state, lag and
+//! generations; `POST /admin/projections/<name>/{pause,resume,skip,reset}`.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
-use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
+use projections::RunnerState;
 use tokio::sync::watch;
 
+use crate::erasure::Erasures;
 use crate::metrics::ApiMetrics;
+use crate::views::Views;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub ready: watch::Receiver<bool>,
     pub metrics: Arc<ApiMetrics>,
     pub registry: Arc<actors::Registry>,
+    pub views: Arc<Views>,
+    pub erasures: Arc<Erasures>,
+    pub admin_sha256: [u8; 32],
 }
 
 async fn healthz() -> HttpResponse {
@@ -29,8 +39,125 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
-    let body = state.metrics.render(&state.registry.shared().metrics, state.registry.live_actors());
+    let mut body = state.metrics.render(&state.registry.shared().metrics, state.registry.live_actors());
+    body.push_str("# HELP pypes_projection_lag_positions Log positions between the head and a projection's checkpoint.\n# TYPE pypes_projection_lag_positions gauge\n");
+    let statuses: Vec<_> = state.views.runners.iter().map(|r| r.status()).collect();
+    for s in &statuses {
+        let _ = writeln!(body, "pypes_projection_lag_positions{{projection=\"{}\"}} {}", s.name, s.lag_positions);
+    }
+    body.push_str("# HELP pypes_projection_lag_seconds Age of the oldest event a projection has not applied.\n# TYPE pypes_projection_lag_seconds gauge\n");
+    for s in &statuses {
+        let _ = writeln!(body, "pypes_projection_lag_seconds{{projection=\"{}\"}} {:.3}", s.name, s.lag_seconds);
+    }
+    body.push_str("# HELP pypes_projection_events_applied_total Events applied by a projection's serving generation.\n# TYPE pypes_projection_events_applied_total counter\n");
+    for s in &statuses {
+        let _ =
+            writeln!(body, "pypes_projection_events_applied_total{{projection=\"{}\"}} {}", s.name, s.events_applied);
+    }
+    body.push_str("# HELP pypes_projection_stalled 1 while a projection is stopped at a poison event.\n# TYPE pypes_projection_stalled gauge\n");
+    for s in &statuses {
+        let stalled = u8::from(matches!(s.state, RunnerState::Stalled { .. }));
+        let _ = writeln!(body, "pypes_projection_stalled{{projection=\"{}\"}} {stalled}", s.name);
+    }
+    let (open, warned, overdue) = state.erasures.ages();
+    let _ = write!(
+        body,
+        "# HELP pypes_erasure_requests_open Erasure requests not certified yet.\n# TYPE pypes_erasure_requests_open gauge\npypes_erasure_requests_open {open}\n\
+         # HELP pypes_erasure_requests_past_warning Open erasure requests past the warning age.\n# TYPE pypes_erasure_requests_past_warning gauge\npypes_erasure_requests_past_warning {warned}\n\
+         # HELP pypes_erasure_requests_overdue Open erasure requests past their due date.\n# TYPE pypes_erasure_requests_overdue gauge\npypes_erasure_requests_overdue {overdue}\n"
+    );
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+}
+
+fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), HttpResponse> {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if crate::auth::same(&crate::auth::sha256(t.as_bytes()), &state.admin_sha256) => Ok(()),
+        Some(_) => Err(HttpResponse::Forbidden().content_type("text/plain").body("not the admin key\n")),
+        None => Err(HttpResponse::Unauthorized()
+            .content_type("text/plain")
+            .body("missing header: Authorization: Bearer <admin key>\n")),
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    if let Err(r) = admin(&req, &state) {
+        return r;
+    }
+    let mut items = Vec::new();
+    for r in &state.views.runners {
+        let s = r.status();
+        let (stalled_at, error) = match &s.state {
+            RunnerState::Stalled { position, error } => (position.to_string(), format!("\"{}\"", json_escape(error))),
+            RunnerState::Failing(e) => ("null".into(), format!("\"{}\"", json_escape(e))),
+            _ => ("null".into(), "null".into()),
+        };
+        let building = match s.building {
+            Some((g, p)) => format!("{{\"generation\":{g},\"next_position\":{p}}}"),
+            None => "null".into(),
+        };
+        items.push(format!(
+            "{{\"name\":\"{}\",\"version\":{},\"state\":\"{}\",\"stalled_at\":{stalled_at},\"error\":{error},\"serving_generation\":{},\"next_position\":{},\"head\":{},\"lag_positions\":{},\"lag_seconds\":{:.3},\"events_applied\":{},\"building\":{building},\"skipped_events\":{}}}",
+            s.name,
+            s.version,
+            s.state.name(),
+            s.serving_generation,
+            s.next_position,
+            s.head,
+            s.lag_positions,
+            s.lag_seconds,
+            s.events_applied,
+            s.skipped
+        ));
+    }
+    HttpResponse::Ok().content_type("application/json").body(format!("{{\"projections\":[{}]}}\n", items.join(",")))
+}
+
+async fn control_projection(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<HttpState>,
+) -> HttpResponse {
+    if let Err(r) = admin(&req, &state) {
+        return r;
+    }
+    let (name, action) = path.into_inner();
+    let Some(runner) = state.views.runner(&name) else {
+        let names: Vec<&str> = state.views.runners.iter().map(|r| r.name()).collect();
+        return HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body(format!("no projection {name:?}; there are {}\n", names.join(", ")));
+    };
+    let result = match action.as_str() {
+        "pause" => runner.pause().map(|_| "paused".to_string()).map_err(|e| e.to_string()),
+        "resume" => runner.resume().map(|_| "resumed".to_string()).map_err(|e| e.to_string()),
+        "skip" => runner.skip().map(|p| format!("skipping the event at position {p}")),
+        "reset" => {
+            runner.reset();
+            Ok("rebuilding beside the serving generation; readers switch when it has caught up".to_string())
+        }
+        other => {
+            return HttpResponse::NotFound()
+                .content_type("text/plain")
+                .body(format!("no action {other:?}; use pause, resume, skip or reset\n"));
+        }
+    };
+    match result {
+        Ok(m) => {
+            tracing::info!(projection = %name, %action, "projection admin action");
+            HttpResponse::Ok().content_type("text/plain").body(format!("{name}: {m}\n"))
+        }
+        Err(e) => HttpResponse::Conflict().content_type("text/plain").body(format!("{e}\n")),
+    }
 }
 
 /// Starts the HTTP server on an already bound listener.
@@ -41,6 +168,8 @@ pub fn start(listener: std::net::TcpListener, state: HttpState) -> std::io::Resu
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
+            .route("/admin/projections", web::get().to(list_projections))
+            .route("/admin/projections/{name}/{action}", web::post().to(control_projection))
     })
     .workers(1)
     .disable_signals()

@@ -34,9 +34,12 @@ enum Command {
     },
     /// One stream's timeline and state as of a time (stop the server first).
     Replay {
-        /// The stream, e.g. session-<tenant>-<session>.
+        /// The stream, e.g. session-<tenant>-<session>: its timeline and state.
+        #[arg(long, required_unless_present = "into", conflicts_with = "into")]
+        stream: Option<String>,
+        /// Rebuild every read model as of the time into this (new) directory.
         #[arg(long)]
-        stream: String,
+        into: Option<PathBuf>,
         /// Unix seconds or YYYY-MM-DDTHH:MM:SSZ; default now.
         #[arg(long)]
         as_of: Option<String>,
@@ -48,6 +51,40 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    Erase(EraseArgs),
+}
+
+/// Erase a subject (GDPR Art. 17) through a running server, read the
+/// status, or verify a certificate.
+#[derive(clap::Args)]
+struct EraseArgs {
+    /// The subject to erase (or whose erasure to show).
+    #[arg(long, required_unless_present = "verify")]
+    subject: Option<String>,
+    /// The subject's tenant.
+    #[arg(long, required_unless_present = "verify")]
+    tenant: Option<String>,
+    /// Only show the status; request nothing.
+    #[arg(long)]
+    status: bool,
+    /// Return after the request is recorded, without waiting for the certificate.
+    #[arg(long)]
+    no_wait: bool,
+    /// Write the certificate JSON here (and its signature to <file>.sig).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Verify a certificate file (signature read from <file>.sig).
+    #[arg(long)]
+    verify: Option<PathBuf>,
+    /// Public key (hex) to verify with; default <data>/log/signing.pub.
+    #[arg(long)]
+    public_key: Option<String>,
+    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -102,34 +139,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .block_on(server::app::serve(config, shutdown_signal()))
         }
         Command::Demo { grpc, admin_key, data_dir } => {
-            let key = match admin_key {
-                Some(k) => k,
-                None => {
-                    let path = data_dir.join("admin.key");
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("no --admin-key and cannot read {} (run the demo where the server's data is, or pass --admin-key)", path.display()))?
-                        .trim()
-                        .to_string()
-                }
-            };
+            let key = read_admin_key(admin_key, &data_dir)?;
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(server::demo::run(&grpc, &key))
         }
         Command::Audit { command: AuditCommand::Verify { data_dir, public_key } } => {
             print!("{}", server::audit::verify(&data_dir, public_key.as_deref())?);
             Ok(())
         }
-        Command::Replay { stream, as_of, data_dir } => {
+        Command::Replay { stream, into, as_of, data_dir } => {
             let as_of = match as_of {
                 Some(t) => server::audit::parse_as_of(&t)?,
                 None => eventlog::Clock::now_micros(&eventlog::SystemClock),
             };
-            let text = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(server::audit::replay_stream(&data_dir, &stream, as_of))?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let text = match (stream, into) {
+                (Some(stream), _) => rt.block_on(server::audit::replay_stream(&data_dir, &stream, as_of))?,
+                (None, Some(into)) => rt.block_on(server::audit::replay_into(&data_dir, &into, as_of))?,
+                (None, None) => anyhow::bail!("give --stream S or --into DIR"),
+            };
             print!("{text}");
             Ok(())
         }
+        Command::Erase(args) => erase(args),
         Command::Keys { command: KeysCommand::Rotate { data_dir } } => {
             let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
             let keys = keystore::embedded::open_embedded(
@@ -146,6 +177,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn read_admin_key(admin_key: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    match admin_key {
+        Some(k) => Ok(k),
+        None => {
+            let path = data_dir.join("admin.key");
+            Ok(std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!(
+                        "no --admin-key and cannot read {} (run where the server's data is, or pass --admin-key)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string())
+        }
+    }
+}
+
+fn erase(args: EraseArgs) -> anyhow::Result<()> {
+    if let Some(cert_path) = &args.verify {
+        let cert = std::fs::read_to_string(cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+        let sig_path = PathBuf::from(format!("{}.sig", cert_path.display()));
+        let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+        let key = match &args.public_key {
+            Some(k) => k.clone(),
+            None => {
+                let p = args.data_dir.join("log").join("signing.pub");
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("no --public-key and cannot read {}", p.display()))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        server::erasure::verify_certificate(cert.trim_end_matches('\n'), &sig, &key)?;
+        println!("certificate {}: signature valid", cert_path.display());
+        return Ok(());
+    }
+    let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(server::demo::erase(
+        &args.grpc,
+        &key,
+        args.tenant.as_deref().unwrap_or_default(),
+        args.subject.as_deref().unwrap_or_default(),
+        args.status,
+        !args.no_wait,
+        args.out.as_deref(),
+    ))
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,425 @@
+//! The erasure process (GDPR Art. 17), resumable at every step because
+//! each step is recorded on the subject's stream and repeating a step that
+//! is done changes nothing:
+//!
+//! 1. `SubjectErasureRequested` (due 30 days later): the subject takes no
+//!    other command from now on.
+//! 2. `SubjectErasureShredPlanned`: once the sessions view has seen the
+//!    request, the Sessions the subject took part in as end user are closed
+//!    for good (`SessionErased`, so nothing new is sealed under a key about
+//!    to go), and the fingerprints of every key to destroy are recorded.
+//! 3. The keys are shredded (the subject's profile/device/geo keys, each
+//!    Session's content and media keys), then `SubjectErasureKeysShredded`.
+//! 4. Every projection purges the subject's rows on that event and
+//!    acknowledges in the same transaction; when all have, the tombstone
+//!    `SubjectErased` (no personal data).
+//! 5. An Ed25519-signed JSON certificate, kept as `SubjectErasureCertified`.
+//!
+//! Open requests are found again at start (a filtered `$all` scan) and
+//! driven to the end; their age shows in metrics, and requests past the
+//! warning age or overdue are logged.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::Registry;
+use domain::session::{Session, SessionCommand};
+use domain::subject::{Erasure, Subject, SubjectCommand};
+use ed25519_dalek::{Signer, SigningKey};
+use eventlog::{Direction, EventFilter, EventLog, ReadFrom};
+use keystore::{Keyring, ShredTarget};
+use proto::Message;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::views::Views;
+
+/// Format tag of the certificate JSON.
+pub const CERTIFICATE_FORMAT: &str = "pypes-erasure-certificate/v1";
+
+#[derive(Debug, Clone, Copy)]
+pub struct ErasureConfig {
+    /// Age at which an open request is reported (default 20 days).
+    pub warn_after_days: u32,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self { warn_after_days: 20 }
+    }
+}
+
+pub struct Erasures {
+    registry: Arc<Registry>,
+    log: Arc<dyn EventLog>,
+    keyring: Keyring,
+    views: Arc<Views>,
+    signing: SigningKey,
+    config: ErasureConfig,
+    /// Open requests: (tenant, subject) → (requested µs, due µs).
+    open: Mutex<HashMap<(Uuid, Uuid), (i64, i64)>>,
+    running: Mutex<std::collections::HashSet<(Uuid, Uuid)>>,
+}
+
+/// Where an erasure stands, for the API and the CLI.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub request: Uuid,
+    pub step: &'static str,
+    pub requested_micros: i64,
+    pub due_micros: i64,
+    pub certificate: String,
+    pub signature: String,
+}
+
+pub fn status_of(e: &Erasure) -> Status {
+    let step = if e.certificate.is_some() {
+        "certified"
+    } else if e.erased.is_some() {
+        "erased"
+    } else if e.shredded.is_some() {
+        "keys_shredded"
+    } else {
+        "requested"
+    };
+    let (certificate, signature) = e.certificate.clone().unwrap_or_default();
+    Status {
+        request: e.request,
+        step,
+        requested_micros: e.requested_micros,
+        due_micros: e.due_micros,
+        certificate,
+        signature,
+    }
+}
+
+/// `sha256:<hex>` of a destroyed key: its tenant and id, never its material.
+pub fn key_fingerprint(tenant: Uuid, key: keystore::KeyId) -> String {
+    let mut h = Sha256::new();
+    h.update(b"pypes/key-fingerprint/v1");
+    h.update(tenant.as_bytes());
+    h.update(key.as_bytes());
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+fn now_micros() -> i64 {
+    eventlog::Clock::now_micros(&eventlog::SystemClock)
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn rfc3339(micros: i64) -> String {
+    crate::audit::time_text(micros)
+}
+
+impl Erasures {
+    pub fn new(
+        registry: Arc<Registry>,
+        log: Arc<dyn EventLog>,
+        keyring: Keyring,
+        views: Arc<Views>,
+        signing: SigningKey,
+        config: ErasureConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            log,
+            keyring,
+            views,
+            signing,
+            config,
+            open: Mutex::default(),
+            running: Mutex::default(),
+        })
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.signing.verifying_key().as_bytes())
+    }
+
+    /// Records the request (idempotent: a second request returns the first)
+    /// and starts the process.
+    pub async fn request(self: &Arc<Self>, tenant: Uuid, subject: Uuid) -> Result<Status, ApiError> {
+        let before = self.registry.read::<Subject>(tenant, subject).await?.state;
+        before.require_exists().map_err(|r| ApiError::Actor(actors::ActorError::Rejected(r)))?;
+        let request = before.erasure.as_ref().map_or_else(Uuid::now_v7, |e| e.request);
+        let done =
+            self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RequestErasure { request }).await?;
+        let e = done.state.erasure.ok_or_else(|| ApiError::Internal("erasure not recorded".into()))?;
+        tracing::info!(%tenant, %subject, request = %e.request, "erasure requested");
+        self.spawn(tenant, subject, &e);
+        Ok(status_of(&e))
+    }
+
+    pub async fn status(&self, tenant: Uuid, subject: Uuid) -> Result<Option<Status>, ApiError> {
+        let s = self.registry.read::<Subject>(tenant, subject).await?.state;
+        s.require_exists().map_err(|r| ApiError::Actor(actors::ActorError::Rejected(r)))?;
+        Ok(s.erasure.as_ref().map(status_of))
+    }
+
+    fn spawn(self: &Arc<Self>, tenant: Uuid, subject: Uuid, e: &Erasure) {
+        if e.certificate.is_some() {
+            return;
+        }
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tenant, subject), (e.requested_micros, e.due_micros));
+        if !self.running.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant, subject)) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match me.drive(tenant, subject).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(%tenant, %subject, error = %err, "erasure step failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+            me.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant, subject));
+            me.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant, subject));
+        });
+    }
+
+    /// Finds requests left open by a previous run and resumes them; then
+    /// reports overdue ones every hour.
+    pub async fn recover(self: Arc<Self>) {
+        let filter = EventFilter {
+            stream_prefixes: vec!["subject-".into()],
+            event_types: vec!["SubjectErasureRequested".into(), "SubjectErasureCertified".into()],
+        };
+        let mut open: HashMap<(Uuid, Uuid), bool> = HashMap::new();
+        let mut from = 0;
+        let head = self.log.head();
+        while from < head {
+            let page = match self.log.read_all(from, 4096, &filter).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot scan the log for open erasures");
+                    return;
+                }
+            };
+            for r in &page.events {
+                if let Some((t, s)) = projections::sessions::parse_stream(&r.stream, "subject") {
+                    open.insert((t, s), r.event_type() == "SubjectErasureRequested");
+                }
+            }
+            if page.next_position <= from {
+                break;
+            }
+            from = page.next_position;
+        }
+        for ((tenant, subject), _) in open.into_iter().filter(|(_, o)| *o) {
+            match self.registry.read::<Subject>(tenant, subject).await {
+                Ok(s) => {
+                    if let Some(e) = &s.state.erasure {
+                        tracing::info!(%tenant, %subject, request = %e.request, "resuming an open erasure");
+                        self.spawn(tenant, subject, e);
+                    }
+                }
+                Err(e) => tracing::error!(%tenant, %subject, error = %e, "cannot load a subject with an open erasure"),
+            }
+        }
+        loop {
+            self.report_age();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
+
+    /// (open, past the warning age, overdue) requests right now.
+    pub fn ages(&self) -> (usize, usize, usize) {
+        let now = now_micros();
+        let warn = i64::from(self.config.warn_after_days) * 86_400_000_000;
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let warned = open.values().filter(|(req, _)| now - req >= warn).count();
+        let overdue = open.values().filter(|(_, due)| now >= *due).count();
+        (open.len(), warned, overdue)
+    }
+
+    fn report_age(&self) {
+        let now = now_micros();
+        let warn = i64::from(self.config.warn_after_days) * 86_400_000_000;
+        for ((tenant, subject), (req, due)) in self.open.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if now >= *due {
+                tracing::error!(%tenant, %subject, "erasure request is OVERDUE (past its 30-day due date)");
+            } else if now - req >= warn {
+                tracing::warn!(%tenant, %subject, days = (now - req) / 86_400_000_000, "erasure request past its warning age");
+            }
+        }
+    }
+
+    /// Runs every step not done yet.
+    async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), ApiError> {
+        let state = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let Some(e) = state.erasure else { return Ok(()) };
+        let request = e.request;
+        let sessions_runner = self
+            .views
+            .runner(projections::sessions::NAME)
+            .ok_or_else(|| ApiError::Internal("no sessions view".into()))?;
+
+        // Step 2: plan (which Sessions, which keys).
+        let (sessions, fingerprints) = match e.planned.clone() {
+            Some(p) => p,
+            None => {
+                // Everything the subject did before the request is in the view.
+                let head = self.log.head();
+                tokio::time::timeout(Duration::from_secs(30), sessions_runner.wait_for(head))
+                    .await
+                    .map_err(|_| ApiError::Unavailable("the sessions view is behind the log".into()))?;
+                let view = self.views.read(projections::sessions::NAME).await?;
+                let sessions = projections::sessions::sessions_of_end_user(&view, tenant, subject)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                drop(view);
+                for s in &sessions {
+                    match self.registry.execute::<Session>(tenant, *s, SessionCommand::Erase { request }).await {
+                        Ok(_) => {}
+                        Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let mut keys = self.keyring.keys_of(tenant, ShredTarget::Subject { subject, group: None }).await?;
+                for s in &sessions {
+                    keys.extend(self.keyring.keys_of(tenant, ShredTarget::Session { session: *s }).await?);
+                }
+                let fingerprints: Vec<String> = keys.into_iter().map(|k| key_fingerprint(tenant, k)).collect();
+                self.registry
+                    .execute::<Subject>(
+                        tenant,
+                        subject,
+                        SubjectCommand::PlanShred {
+                            request,
+                            sessions: sessions.clone(),
+                            key_fingerprints: fingerprints.clone(),
+                        },
+                    )
+                    .await?;
+                (sessions, fingerprints)
+            }
+        };
+
+        // Step 3: shred.
+        if e.shredded.is_none() {
+            self.keyring.shred(tenant, ShredTarget::Subject { subject, group: None }).await?;
+            for s in &sessions {
+                self.keyring.shred(tenant, ShredTarget::Session { session: *s }).await?;
+            }
+            self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RecordKeysShredded { request }).await?;
+            tracing::info!(%tenant, %subject, %request, keys = fingerprints.len(), sessions = sessions.len(), "erasure: keys shredded");
+        }
+
+        // Step 4: every projection purges and acknowledges; the tombstone.
+        let mut acks = Vec::new();
+        for r in &self.views.runners {
+            let position = loop {
+                let store = r.store().clone();
+                let ack = tokio::task::spawn_blocking(move || store.acknowledged(request))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                if let Some(p) = ack {
+                    break p;
+                }
+                let head = self.log.head();
+                let _ = tokio::time::timeout(Duration::from_secs(5), r.wait_for(head)).await;
+            };
+            acks.push((r.name().to_string(), position));
+        }
+        let names: Vec<String> = acks.iter().map(|(n, _)| n.clone()).collect();
+        let erased = self
+            .registry
+            .execute::<Subject>(tenant, subject, SubjectCommand::MarkErased { request, acknowledged_by: names })
+            .await?
+            .state
+            .erasure
+            .ok_or_else(|| ApiError::Internal("erasure vanished".into()))?;
+        if erased.certificate.is_some() {
+            return Ok(());
+        }
+
+        // Step 5: the certificate.
+        let stream = actors::stream_name("subject", tenant, subject);
+        let tail = self.log.read_stream(&stream, ReadFrom::End, Direction::Backward, 16).await?;
+        let tombstone = tail
+            .iter()
+            .find(|r| r.event_type() == "SubjectErased")
+            .ok_or_else(|| ApiError::Internal("tombstone not found in the subject's stream".into()))?;
+        let erased_at = proto::events::SubjectErased::decode(tombstone.event.payload.as_ref())
+            .map(|p| p.at_micros)
+            .unwrap_or(tombstone.recorded_at_micros);
+        let shredded_at = erased.shredded.unwrap_or_default();
+        let mut cert = String::new();
+        let _ = write!(
+            cert,
+            "{{\"format\":{},\"request_id\":{},\"tenant_id\":{},\"subject_ref\":{},\"requested_at\":{},\"due_at\":{},\"keys_shredded_at\":{},\"erased_at\":{},\"issued_at\":{},",
+            json_str(CERTIFICATE_FORMAT),
+            json_str(&request.to_string()),
+            json_str(&tenant.to_string()),
+            json_str(&subject.to_string()),
+            json_str(&rfc3339(erased.requested_micros)),
+            json_str(&rfc3339(erased.due_micros)),
+            json_str(&rfc3339(shredded_at)),
+            json_str(&rfc3339(erased_at)),
+            json_str(&rfc3339(now_micros())),
+        );
+        let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
+        let ss: Vec<String> = sessions.iter().map(|s| json_str(&s.to_string())).collect();
+        let ack_json: Vec<String> =
+            acks.iter().map(|(n, p)| format!("{{\"projection\":{},\"position\":{p}}}", json_str(n))).collect();
+        let _ = write!(
+            cert,
+            "\"destroyed_key_fingerprints\":[{}],\"sessions_erased\":[{}],\"projections_acknowledged\":[{}],\"tombstone\":{{\"stream\":{},\"version\":{},\"position\":{}}},\"signing_public_key\":{}}}",
+            fps.join(","),
+            ss.join(","),
+            ack_json.join(","),
+            json_str(&stream),
+            tombstone.version,
+            tombstone.position,
+            json_str(&self.public_key_hex()),
+        );
+        let signature = hex::encode(self.signing.sign(cert.as_bytes()).to_bytes());
+        self.registry
+            .execute::<Subject>(tenant, subject, SubjectCommand::Certify { request, certificate: cert, signature })
+            .await?;
+        tracing::info!(%tenant, %subject, %request, "erasure certified");
+        Ok(())
+    }
+}
+
+/// Checks a certificate's signature with a public key (hex).
+pub fn verify_certificate(certificate: &str, signature_hex: &str, public_key_hex: &str) -> anyhow::Result<()> {
+    let pk: [u8; 32] = hex::decode(public_key_hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("public key is not 64 hex digits"))?;
+    let sig: [u8; 64] = hex::decode(signature_hex.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("signature is not 128 hex digits"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|e| anyhow::anyhow!("public key: {e}"))?;
+    key.verify_strict(certificate.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| anyhow::anyhow!("the signature does not match the certificate"))
+}

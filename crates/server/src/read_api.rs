@@ -1,0 +1,342 @@
+//! The read side of the gRPC API: `ViewService` (Sessions, messages, the
+//! end-user directory and Pype overviews from the read models, sealed
+//! fields opened as the answer is made), `AnalyticsService` (cells with
+//! small ones suppressed) and `ErasureService`.
+
+use keystore::Keyring;
+use projections::{OpenedField, analytics, directory, open_sealed, sessions};
+use proto::api as pb;
+use proto::views::{SessionState, SubjectState};
+use tonic::{Request, Response, Status as GrpcStatus};
+use uuid::Uuid;
+
+use crate::api::Handle;
+use crate::auth::Caller;
+use crate::erasure;
+use crate::error::{ApiError, parse_id};
+
+type Reply<T> = Result<Response<T>, GrpcStatus>;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn id_text(b: &[u8]) -> String {
+    Uuid::from_slice(b).map(|u| u.to_string()).unwrap_or_default()
+}
+
+fn page_size(field: &'static str, n: u32, default: usize) -> Result<usize, ApiError> {
+    match n {
+        0 => Ok(default),
+        n @ 1..=500 => Ok(n as usize),
+        n => Err(ApiError::invalid(field, format!("{n}; 1 to 500"))),
+    }
+}
+
+async fn text(
+    keyring: &Keyring,
+    tenant: Uuid,
+    stream: &str,
+    field: &str,
+    r: Option<&proto::views::SealedRef>,
+) -> Result<String, ApiError> {
+    Ok(match open_sealed(keyring, tenant, stream, field, r).await.map_err(internal)? {
+        OpenedField::Text(t) => t,
+        OpenedField::Erased => "[erased]".into(),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::view_service_server::ViewService for Handle {
+    async fn get_session_view(&self, request: Request<pb::GetSessionViewRequest>) -> Reply<pb::SessionView> {
+        let api = &self.0;
+        api.timed("GetSessionView", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let session = parse_id("session_id", &request.get_ref().session_id)?;
+            let view = api.views.read(sessions::NAME).await?;
+            let row = sessions::get_session(&view, tenant, session).map_err(internal)?.ok_or_else(|| {
+                ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound { what: "session" }))
+            })?;
+            let participants = row
+                .participants
+                .iter()
+                .map(|p| pb::Participant {
+                    participant_id: id_text(&p.participant_id),
+                    kind: p.kind,
+                    present: p.present,
+                    // Private horizons are the end user's own business.
+                    read_up_to: row
+                        .horizons
+                        .iter()
+                        .find(|h| h.participant_id == p.participant_id && !h.private)
+                        .map(|h| h.up_to),
+                })
+                .collect();
+            let state = match SessionState::try_from(row.state).unwrap_or(SessionState::Unspecified) {
+                SessionState::Active => pb::SessionState::Active,
+                SessionState::Inactive => pb::SessionState::Inactive,
+                SessionState::Closed => pb::SessionState::Closed,
+                SessionState::Unspecified => pb::SessionState::Unspecified,
+            };
+            Ok(pb::SessionView {
+                session_id: session.to_string(),
+                pype_id: id_text(&row.pype_id),
+                end_user_id: id_text(&row.end_user_id),
+                state: state as i32,
+                participants,
+                started_micros: row.started_micros,
+                last_activity_micros: row.last_activity_micros,
+                closed_micros: row.closed_micros,
+                close_reason: match (state, row.close_reason) {
+                    (pb::SessionState::Closed, 2) => "timer".into(),
+                    (pb::SessionState::Closed, _) => "api".into(),
+                    _ => String::new(),
+                },
+                message_count: row.messages,
+                erased: row.erased,
+            })
+        })
+        .await
+    }
+
+    async fn list_messages(&self, request: Request<pb::ListMessagesRequest>) -> Reply<pb::ListMessagesResponse> {
+        let api = &self.0;
+        api.timed("ListMessages", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let session = parse_id("session_id", &r.session_id)?;
+            let size = page_size("page_size", r.page_size, 100)?;
+            let view = api.views.read(sessions::NAME).await?;
+            if sessions::get_session(&view, tenant, session).map_err(internal)?.is_none() {
+                return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
+                    what: "session",
+                })));
+            }
+            let rows = sessions::list_messages(&view, session, r.after_seq, size + 1).map_err(internal)?;
+            drop(view);
+            let stream = actors::stream_name("session", tenant, session);
+            let mut messages = Vec::with_capacity(rows.len().min(size));
+            for m in rows.iter().take(size) {
+                let body = text(&api.keyring, tenant, &stream, "body", m.body.as_ref()).await?;
+                let device = match &m.device {
+                    Some(d) => text(&api.keyring, tenant, &stream, "device", Some(d)).await?,
+                    None if m.erased => "[erased]".into(),
+                    None => String::new(),
+                };
+                messages.push(pb::Message {
+                    seq: m.seq,
+                    sender_id: id_text(&m.sender_id),
+                    sent_at_micros: m.sent_at_micros,
+                    erased: m.erased || body == "[erased]",
+                    body,
+                    device,
+                });
+            }
+            let next_after_seq = if rows.len() > size { messages.last().map_or(0, |m| m.seq) } else { 0 };
+            Ok(pb::ListMessagesResponse { messages, next_after_seq })
+        })
+        .await
+    }
+
+    async fn list_end_users(&self, request: Request<pb::ListEndUsersRequest>) -> Reply<pb::ListEndUsersResponse> {
+        let api = &self.0;
+        api.timed("ListEndUsers", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let size = page_size("page_size", r.page_size, 100)?;
+            let after = match r.page_token.as_str() {
+                "" => None,
+                t => Some(
+                    t.strip_prefix("s")
+                        .and_then(|u| Uuid::parse_str(u).ok())
+                        .ok_or_else(|| ApiError::invalid("page_token", "not a token this server issued"))?,
+                ),
+            };
+            let view = api.views.read(directory::NAME).await?;
+            let rows = directory::list(&view, tenant, after, size + 1).map_err(internal)?;
+            drop(view);
+            let mut end_users = Vec::with_capacity(rows.len().min(size));
+            for row in rows.iter().take(size) {
+                let subject = Uuid::from_slice(&row.subject_id).map_err(internal)?;
+                let stream = actors::stream_name("subject", tenant, subject);
+                let mut fields = [String::new(), String::new(), String::new()];
+                for (slot, name) in fields.iter_mut().zip(directory::FIELDS) {
+                    if let Some(r) = row.fields.get(name) {
+                        *slot = text(&api.keyring, tenant, &stream, name, Some(r)).await?;
+                    }
+                }
+                let [username, email, phone] = fields;
+                end_users.push(pb::EndUser {
+                    subject_id: subject.to_string(),
+                    username,
+                    email,
+                    phone,
+                    state: match SubjectState::try_from(row.state).unwrap_or(SubjectState::Unspecified) {
+                        SubjectState::Invited => "invited",
+                        SubjectState::Active => "active",
+                        SubjectState::Deactivated => "deactivated",
+                        SubjectState::ErasureRequested => "erasure_requested",
+                        SubjectState::Unspecified => "unknown",
+                    }
+                    .into(),
+                    created_micros: row.created_micros,
+                });
+            }
+            let next_page_token = if rows.len() > size {
+                end_users.last().map(|u| format!("s{}", u.subject_id)).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(pb::ListEndUsersResponse { end_users, next_page_token })
+        })
+        .await
+    }
+
+    async fn get_pype_overview(&self, request: Request<pb::GetPypeOverviewRequest>) -> Reply<pb::PypeOverview> {
+        let api = &self.0;
+        api.timed("GetPypeOverview", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let pype = parse_id("pype_id", &request.get_ref().pype_id)?;
+            if api.registry.read::<domain::pype::Pype>(tenant, pype).await?.state.id.is_none() {
+                return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
+                    what: "pype",
+                })));
+            }
+            let view = api.views.read(sessions::NAME).await?;
+            let o = sessions::pype_overview(&view, tenant, pype).map_err(internal)?.unwrap_or_default();
+            Ok(pb::PypeOverview {
+                pype_id: pype.to_string(),
+                sessions_total: o.sessions_total,
+                active: o.active,
+                inactive: o.inactive,
+                closed: o.closed,
+                last_activity_micros: o.last_activity_micros,
+            })
+        })
+        .await
+    }
+}
+
+/// Longest range an analytics query may cover: a year of hours.
+const MAX_BUCKETS: i64 = 366 * 24;
+
+#[tonic::async_trait]
+impl pb::analytics_service_server::AnalyticsService for Handle {
+    async fn query_analytics(&self, request: Request<pb::QueryAnalyticsRequest>) -> Reply<pb::QueryAnalyticsResponse> {
+        let api = &self.0;
+        api.timed("QueryAnalytics", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let pype = parse_id("pype_id", &r.pype_id)?;
+            let g = match pb::Granularity::try_from(r.granularity) {
+                Ok(pb::Granularity::Hour) => analytics::Granularity::Hour,
+                Ok(pb::Granularity::Day) => analytics::Granularity::Day,
+                _ => return Err(ApiError::invalid("granularity", "GRANULARITY_HOUR or GRANULARITY_DAY")),
+            };
+            if r.to_micros <= r.from_micros {
+                return Err(ApiError::invalid("to_micros", "must be after from_micros"));
+            }
+            if (r.to_micros - r.from_micros) / g.micros() > MAX_BUCKETS {
+                return Err(ApiError::invalid("to_micros", format!("the range spans more than {MAX_BUCKETS} buckets")));
+            }
+            if api.registry.read::<domain::pype::Pype>(tenant, pype).await?.state.id.is_none() {
+                return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
+                    what: "pype",
+                })));
+            }
+            let view = api.views.read(analytics::NAME).await?;
+            let cells = analytics::query(&view, tenant, pype, g, r.from_micros, r.to_micros, api.analytics_k)
+                .map_err(internal)?;
+            let mean = |sum: u64, n: u64| if n == 0 { 0.0 } else { sum as f64 / n as f64 / 1e6 };
+            Ok(pb::QueryAnalyticsResponse {
+                cells: cells
+                    .into_iter()
+                    .map(|c| match c.cell {
+                        None => pb::AnalyticsCell {
+                            bucket_start_micros: c.bucket_start_micros,
+                            suppressed: true,
+                            ..Default::default()
+                        },
+                        Some(x) => pb::AnalyticsCell {
+                            bucket_start_micros: c.bucket_start_micros,
+                            suppressed: false,
+                            sessions: x.sessions,
+                            started: x.started,
+                            closed_by_api: x.closed_by_api,
+                            closed_by_timer: x.closed_by_timer,
+                            mean_first_response_secs: mean(x.first_response_micros_sum, x.first_response_count),
+                            first_responses: x.first_response_count,
+                            mean_handle_secs: mean(x.handle_micros_sum, x.handle_count),
+                            messages_end_user: x.messages_end_user,
+                            messages_agent: x.messages_agent,
+                            messages_bot: x.messages_bot,
+                            inactive_periods: x.inactive_periods,
+                        },
+                    })
+                    .collect(),
+                k: api.analytics_k,
+            })
+        })
+        .await
+    }
+}
+
+impl Handle {
+    /// The tenant an erasure call acts for: the key's, or (admin key) the
+    /// request's `tenant_id`.
+    async fn erasure_tenant(&self, metadata: &tonic::metadata::MetadataMap, tenant_id: &str) -> Result<Uuid, ApiError> {
+        match self.0.caller(metadata).await? {
+            Caller::Tenant(t) => {
+                if !tenant_id.is_empty() && parse_id("tenant_id", tenant_id)? != t {
+                    return Err(ApiError::Forbidden("tenant_id is not the tenant of the API key".into()));
+                }
+                Ok(t)
+            }
+            Caller::Admin => parse_id("tenant_id", tenant_id),
+        }
+    }
+
+    fn erasure_out(&self, subject: Uuid, s: erasure::Status) -> pb::ErasureStatus {
+        pb::ErasureStatus {
+            request_id: s.request.to_string(),
+            subject_id: subject.to_string(),
+            step: s.step.into(),
+            requested_micros: s.requested_micros,
+            due_micros: s.due_micros,
+            certificate: s.certificate,
+            signature: s.signature,
+            signing_public_key: self.0.erasures.public_key_hex(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::erasure_service_server::ErasureService for Handle {
+    async fn request_erasure(&self, request: Request<pb::RequestErasureRequest>) -> Reply<pb::ErasureStatus> {
+        let api = &self.0;
+        api.timed("RequestErasure", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            let status = api.erasures.request(tenant, subject).await?;
+            Ok(self.erasure_out(subject, status))
+        })
+        .await
+    }
+
+    async fn get_erasure(&self, request: Request<pb::GetErasureRequest>) -> Reply<pb::ErasureStatus> {
+        let api = &self.0;
+        api.timed("GetErasure", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            match api.erasures.status(tenant, subject).await? {
+                Some(s) => Ok(self.erasure_out(subject, s)),
+                None => Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
+                    what: "erasure request",
+                }))),
+            }
+        })
+        .await
+    }
+}
