@@ -207,6 +207,14 @@ pub async fn replay_stream(data_dir: &Path, stream: &str, as_of_micros: i64) -> 
     Ok(out)
 }
 
+/// What a report shows of a sealed field: never its content.
+fn sealed_state(f: &projections::OpenedField) -> &'static str {
+    match f {
+        projections::OpenedField::Text(_) => "[sealed]",
+        projections::OpenedField::Erased => "[erased]",
+    }
+}
+
 /// A progress bar on stderr, redrawn at most ten times a second.
 pub struct Progress {
     label: String,
@@ -249,8 +257,10 @@ impl Progress {
 
 /// Rebuilds every read model as of `as_of_micros` into `into` (one redb
 /// file per projection, the same format the server serves from) and writes
-/// `report.txt` beside them: each Session with its messages opened (erased
-/// content as `[erased]`) and the end-user directory. Needs the server
+/// `report.txt` beside them: each Session with its messages and the
+/// end-user directory, every sealed field checked against the key store and
+/// shown as `[sealed]` (its key is live; the report never writes personal
+/// data or content in clear to disk) or `[erased]`. Needs the server
 /// stopped (the log and key store are opened for reading).
 pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> anyhow::Result<String> {
     use projections::{ViewStore, directory, rebuild_until, sessions};
@@ -330,7 +340,7 @@ pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> any
                     m.seq,
                     time_text(m.sent_at_micros),
                     Uuid::from_slice(&m.sender_id).map(|u| u.to_string()).unwrap_or_else(|_| "[erased]".into()),
-                    body.or_erased()
+                    sealed_state(&body)
                 );
             }
         }
@@ -350,13 +360,16 @@ pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> any
             for name in directory::FIELDS {
                 if let Some(r) = row.fields.get(name) {
                     let v = projections::open_sealed(&keyring, tenant, &stream, name, Some(r)).await?;
-                    let _ = write!(line, " {name}={}", v.or_erased());
+                    let _ = write!(line, " {name}={}", sealed_state(&v));
                 }
             }
             let _ = writeln!(report, "{line}");
         }
     }
     std::fs::write(into.join("report.txt"), &report)?;
-    let _ = writeln!(out, "  report.txt: Sessions with their messages and the directory, erased content as [erased]");
+    let _ = writeln!(
+        out,
+        "  report.txt: Sessions with their messages and the directory; sealed fields as [sealed] (key live) or [erased]"
+    );
     Ok(out)
 }

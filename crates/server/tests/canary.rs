@@ -1,8 +1,12 @@
 //! Canaries through the API: unique strings in every personal and content
 //! field (username, email, phone, date of birth, invitation email, message
 //! bodies, devices), then a byte-scan of every file under the data
-//! directory and of the server's own log output: none may appear. (The
-//! erasure half of this test arrives with the erasure process.)
+//! directory and of the server's own log output: none may appear. Then the
+//! erasure half: erase the user, wait for the certificate (its signature
+//! verifies with the log's public key and breaks on any altered byte),
+//! scan again, check no key of theirs is left, that another user's data
+//! still opens, and that the views, analytics and `pypes replay --into`
+//! show the erased content as `[erased]`.
 
 mod common;
 
@@ -100,7 +104,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .sessions
         .start_session(authed(
             &key,
-            pb::StartSessionRequest { pype_id: pype.pype_id, end_user_id: user.subject_id.clone(), timers: None },
+            pb::StartSessionRequest { pype_id: pype.pype_id.clone(), end_user_id: user.subject_id.clone(), timers: None },
         ))
         .await
         .unwrap()
@@ -132,7 +136,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
             },
         ))
         .await;
-    // The data is there and readable through the API...
+    // The data is there and readable through the API and the views...
     let got = c
         .subjects
         .get_subject(authed(&key, pb::GetSubjectRequest { subject_id: user.subject_id.clone() }))
@@ -140,24 +144,205 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .unwrap()
         .into_inner();
     assert_eq!(got.email, canaries[1]);
+    let list = |session: &str| pb::ListMessagesRequest { session_id: session.to_string(), after_seq: 0, page_size: 0 };
+    let messages = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
+    assert_eq!(messages.len(), 3);
+    assert!(messages.iter().all(|m| m.body == canaries[5] && m.device == canaries[6] && !m.erased));
+    let directory = c
+        .views
+        .list_end_users(authed(&key, pb::ListEndUsersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .end_users;
+    assert!(directory.iter().any(|u| u.email == canaries[1] && u.username == canaries[0]), "{directory:?}");
+    // A second end user, whose data must survive the first one's erasure.
+    let kept_body = format!("kept body {tag}");
+    let kept = c
+        .subjects
+        .register_subject(authed(
+            &key,
+            pb::RegisterSubjectRequest {
+                username: format!("kept{tag}"),
+                email: format!("kept{tag}@example.com"),
+                attested_at_least_13: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let kept_session = c
+        .sessions
+        .start_session(authed(
+            &key,
+            pb::StartSessionRequest { pype_id: pype.pype_id.clone(), end_user_id: kept.subject_id.clone(), timers: None },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    c.sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: kept_session.session_id.clone(),
+                sender_id: kept.subject_id.clone(),
+                body: kept_body.clone(),
+                device: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // ...and in no byte at rest, nor in the server's log output.
+    let scan = |extra: &[&Path]| {
+        let mut scanned = files_under(data.path());
+        scanned.push(logs.path().to_path_buf());
+        for e in extra {
+            scanned.extend(files_under(e));
+        }
+        assert!(scanned.iter().any(|p| p.extension().is_some_and(|e| e == "redb")), "views scanned: {scanned:?}");
+        for path in &scanned {
+            let bytes = std::fs::read(path).unwrap();
+            for canary in &canaries {
+                assert!(
+                    !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                    "{canary:?} found in {}",
+                    path.display()
+                );
+            }
+        }
+        scanned.len()
+    };
+    assert!(scan(&[]) > 8);
+    let log_text = std::fs::read_to_string(logs.path()).unwrap();
+    assert!(log_text.contains("subject registered"), "the scan looked at real log output");
+
+    // Erasure, through the API with the tenant's key.
+    let requested = c
+        .erasure
+        .request_erasure(authed(&key, pb::RequestErasureRequest { subject_id: user.subject_id.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(requested.due_micros - requested.requested_micros == 30 * 86_400 * 1_000_000);
+    let get = pb::GetErasureRequest { subject_id: user.subject_id.clone(), ..Default::default() };
+    let mut status = requested;
+    for _ in 0..300 {
+        if status.step == "certified" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = c.erasure.get_erasure(authed(&key, get.clone())).await.unwrap().into_inner();
+    }
+    assert_eq!(status.step, "certified", "{status:?}");
+    // The certificate verifies with the log's public key; any altered byte breaks it.
+    let public = std::fs::read_to_string(data.path().join("log").join("signing.pub")).unwrap();
+    assert_eq!(public.trim(), status.signing_public_key);
+    server::erasure::verify_certificate(&status.certificate, &status.signature, &public).unwrap();
+    for i in [0, status.certificate.len() / 2, status.certificate.len() - 1] {
+        let mut altered = status.certificate.clone().into_bytes();
+        altered[i] ^= 0x01;
+        let altered = String::from_utf8_lossy(&altered).into_owned();
+        assert!(server::erasure::verify_certificate(&altered, &status.signature, &public).is_err(), "byte {i}");
+    }
+    for field in ["request_id", "tenant_id", "subject_ref", "destroyed_key_fingerprints", "projections_acknowledged", "tombstone"] {
+        assert!(status.certificate.contains(&format!("\"{field}\"")), "{field} missing: {}", status.certificate);
+    }
+    for projection in ["sessions", "directory", "analytics"] {
+        assert!(status.certificate.contains(&format!("\"projection\":\"{projection}\"")), "{}", status.certificate);
+    }
+    // The erased user's Session reads [erased]; the other one's still opens.
+    let erased = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
+    assert_eq!(erased.len(), 3);
+    assert!(erased.iter().all(|m| m.erased && m.body == "[erased]"), "{erased:?}");
+    let still = c.views.list_messages(authed(&key, list(&kept_session.session_id))).await.unwrap().into_inner().messages;
+    assert_eq!(still[0].body, kept_body);
+    let view = c
+        .views
+        .get_session_view(authed(&key, pb::GetSessionViewRequest { session_id: session.session_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(view.erased && view.end_user_id.is_empty(), "{view:?}");
+    let directory = c
+        .views
+        .list_end_users(authed(&key, pb::ListEndUsersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .end_users;
+    assert!(directory.iter().all(|u| u.subject_id != user.subject_id), "erased user still listed");
+    assert!(directory.iter().any(|u| u.subject_id == kept.subject_id));
+    // The Session takes nothing more; the subject neither.
+    let refused = c
+        .sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: session.session_id.clone(),
+                sender_id: user.subject_id.clone(),
+                body: "after erasure".into(),
+                device: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    // Analytics still answer (cells suppressed below k = 5).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    let cells = c
+        .analytics
+        .query_analytics(authed(
+            &key,
+            pb::QueryAnalyticsRequest {
+                pype_id: pype.pype_id.clone(),
+                granularity: pb::Granularity::Day as i32,
+                from_micros: now - 86_400_000_000,
+                to_micros: now + 86_400_000_000,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cells.k, 5);
+    assert!(!cells.cells.is_empty() && cells.cells.iter().all(|c| c.suppressed && c.sessions == 0), "{cells:?}");
     let _ = child.kill();
     let _ = child.wait();
 
-    // ...and in no byte at rest, nor in the server's log output.
-    let mut scanned = files_under(data.path());
-    scanned.push(logs.path().to_path_buf());
-    assert!(scanned.len() > 8, "{scanned:?}");
-    for path in &scanned {
-        let bytes = std::fs::read(path).unwrap();
-        for canary in &canaries {
-            assert!(
-                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
-                "{canary:?} found in {}",
-                path.display()
-            );
-        }
-    }
-    let log_text = std::fs::read_to_string(logs.path()).unwrap();
-    assert!(log_text.contains("subject registered"), "the scan looked at real log output");
+    // No key of theirs remains in the key store.
+    let keys = keystore::embedded::open_embedded(
+        data.path(),
+        None,
+        std::sync::Arc::new(eventlog::SystemClock),
+        keystore::embedded::OpenMode::MustExist,
+    )
+    .unwrap();
+    let tenant: uuid::Uuid = t.tenant.unwrap().tenant_id.parse().unwrap();
+    let subject: uuid::Uuid = user.subject_id.parse().unwrap();
+    let erased_session: uuid::Uuid = session.session_id.parse().unwrap();
+    use keystore::{KeyStore, ShredTarget};
+    assert!(keys.store.keys_of(tenant, &ShredTarget::Subject { subject, group: None }).unwrap().is_empty());
+    assert!(keys.store.keys_of(tenant, &ShredTarget::Session { session: erased_session }).unwrap().is_empty());
+    let kept_session_id: uuid::Uuid = kept_session.session_id.parse().unwrap();
+    assert!(!keys.store.keys_of(tenant, &ShredTarget::Session { session: kept_session_id }).unwrap().is_empty());
+    drop(keys);
+
+    // Replay for audit still works, showing [erased].
+    let replay = tempfile::tempdir().unwrap();
+    let into = replay.path().join("asof");
+    let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["replay", "--into"])
+        .arg(&into)
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(into.join("report.txt")).unwrap();
+    assert!(report.contains("[erased]") && report.contains("[sealed]"), "{report}");
+    assert!(!report.contains(&kept_body), "the report wrote content in clear");
+    assert!(report.contains("(end user erased)"), "{report}");
+    scan(&[replay.path()]);
 }

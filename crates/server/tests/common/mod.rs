@@ -62,6 +62,9 @@ pub struct Clients {
     pub pypes: pb::pype_service_client::PypeServiceClient<Channel>,
     pub subjects: pb::subject_service_client::SubjectServiceClient<Channel>,
     pub sessions: pb::session_service_client::SessionServiceClient<Channel>,
+    pub views: pb::view_service_client::ViewServiceClient<Channel>,
+    pub analytics: pb::analytics_service_client::AnalyticsServiceClient<Channel>,
+    pub erasure: pb::erasure_service_client::ErasureServiceClient<Channel>,
 }
 
 pub async fn clients(url: &str) -> Clients {
@@ -70,7 +73,10 @@ pub async fn clients(url: &str) -> Clients {
         tenants: pb::tenant_service_client::TenantServiceClient::new(channel.clone()),
         pypes: pb::pype_service_client::PypeServiceClient::new(channel.clone()),
         subjects: pb::subject_service_client::SubjectServiceClient::new(channel.clone()),
-        sessions: pb::session_service_client::SessionServiceClient::new(channel),
+        sessions: pb::session_service_client::SessionServiceClient::new(channel.clone()),
+        views: pb::view_service_client::ViewServiceClient::new(channel.clone()),
+        analytics: pb::analytics_service_client::AnalyticsServiceClient::new(channel.clone()),
+        erasure: pb::erasure_service_client::ErasureServiceClient::new(channel),
     }
 }
 
