@@ -460,7 +460,11 @@ impl pb::session_service_server::SessionService for Handle {
             let timers = timers_in("timers", r.timers)?;
             let pype = api.registry.read::<Pype>(tenant, pype_id).await?.state;
             pype.require_open().map_err(IntoApi::into_api)?;
-            match api.registry.read::<Subject>(tenant, end_user).await?.state.status {
+            let subject = api.registry.read::<Subject>(tenant, end_user).await?.state;
+            if subject.erasure.is_some() {
+                return Err(domain::Rejection::precondition("the end user's erasure was requested").into_api());
+            }
+            match subject.status {
                 None => return Err(domain::Rejection::NotFound { what: "end user" }.into_api()),
                 Some(SubjectStatus::Deactivated) => {
                     return Err(domain::Rejection::precondition("the end user is deactivated").into_api());

@@ -105,6 +105,16 @@ pub fn key_fingerprint(tenant: Uuid, key: keystore::KeyId) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
+/// Crash tests: `PYPES_CRASH_AT=erasure:<step>` aborts the process right
+/// after that step (no cleanup, like a power cut for the process), so a
+/// test can prove the erasure completes after a restart.
+fn crash_point(step: &str) {
+    if std::env::var("PYPES_CRASH_AT").is_ok_and(|v| v.strip_prefix("erasure:") == Some(step)) {
+        tracing::error!(step, "PYPES_CRASH_AT: aborting the process");
+        std::process::abort();
+    }
+}
+
 fn now_micros() -> i64 {
     eventlog::Clock::now_micros(&eventlog::SystemClock)
 }
@@ -317,6 +327,7 @@ impl Erasures {
                         },
                     )
                     .await?;
+                crash_point("planned");
                 (sessions, fingerprints)
             }
         };
@@ -327,8 +338,10 @@ impl Erasures {
             for s in &sessions {
                 self.keyring.shred(tenant, ShredTarget::Session { session: *s }).await?;
             }
+            crash_point("shredded");
             self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RecordKeysShredded { request }).await?;
             tracing::info!(%tenant, %subject, %request, keys = fingerprints.len(), sessions = sessions.len(), "erasure: keys shredded");
+            crash_point("recorded");
         }
 
         // Step 4: every projection purges and acknowledges; the tombstone.
@@ -359,6 +372,7 @@ impl Erasures {
         if erased.certificate.is_some() {
             return Ok(());
         }
+        crash_point("tombstone");
 
         // Step 5: the certificate.
         let stream = actors::stream_name("subject", tenant, subject);
