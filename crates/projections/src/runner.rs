@@ -483,6 +483,7 @@ fn apply_page(
                 meta.last_event_micros = last.recorded_at_micros;
             }
             w.put_meta(&meta)?;
+            w.flush()?;
         }
     }
     let Some((i, error)) = poisoned else {

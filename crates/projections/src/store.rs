@@ -313,16 +313,37 @@ impl ReadView {
     }
 }
 
-/// The tables of one generation inside a write transaction.
+/// The tables of one generation inside a write transaction. Writes are
+/// buffered for the page (a row changed by many events of the page, like
+/// a Pype's overview, is written once) and flushed in key order before the
+/// commit; reads see the buffered writes.
 pub struct WriteView<'t> {
     txn: &'t WriteTransaction,
     gn: Generation,
     tables: HashMap<&'static str, Table<'t, &'static [u8], &'static [u8]>>,
+    pending: std::collections::BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<'t> WriteView<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction, gn: Generation) -> Self {
-        Self { txn, gn, tables: HashMap::new() }
+        Self { txn, gn, tables: HashMap::new(), pending: std::collections::BTreeMap::new() }
+    }
+
+    /// Writes the buffered changes to the transaction, in key order.
+    pub(crate) fn flush(&mut self) -> Result<(), ViewError> {
+        let pending = std::mem::take(&mut self.pending);
+        for ((table, key), value) in pending {
+            let t = self.table(table)?;
+            match value {
+                Some(v) => {
+                    t.insert(key.as_slice(), v.as_slice())?;
+                }
+                None => {
+                    t.remove(key.as_slice())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn table(&mut self, table: &'static str) -> Result<&mut Table<'t, &'static [u8], &'static [u8]>, ViewError> {
@@ -335,6 +356,9 @@ impl<'t> WriteView<'t> {
     }
 
     pub fn get(&mut self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
+        if let Some(v) = self.pending.get(&(table, key.to_vec())) {
+            return Ok(v.clone());
+        }
         Ok(self.table(table)?.get(key)?.map(|v| v.value().to_vec()))
     }
 
@@ -343,7 +367,7 @@ impl<'t> WriteView<'t> {
     }
 
     pub fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), ViewError> {
-        self.table(table)?.insert(key, value)?;
+        self.pending.insert((table, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
@@ -352,12 +376,13 @@ impl<'t> WriteView<'t> {
     }
 
     pub fn delete(&mut self, table: &'static str, key: &[u8]) -> Result<(), ViewError> {
-        self.table(table)?.remove(key)?;
+        self.pending.insert((table, key.to_vec()), None);
         Ok(())
     }
 
     /// Keys and values of the rows whose key starts with `prefix`.
     pub fn scan_prefix(&mut self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+        self.flush()?;
         let t = self.table(table)?;
         let mut out = Vec::new();
         for row in t.range::<&[u8]>(prefix..)? {

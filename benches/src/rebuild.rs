@@ -1,0 +1,265 @@
+//! `loadgen rebuild`: how fast the projections rebuild from a log of N
+//! events (a realistic mix: Sessions with a join, many sealed messages and
+//! a close), against a raw `$all` read of the same log in the same run;
+//! the time from a purge event to every projection's acknowledgement; and
+//! the shred time for a subject whose key sealed 10 fields and 100,000.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use eventlog::file::FileLog;
+use eventlog::{EventFilter, EventLog, ExpectedVersion, NewEvent, SealedField};
+use projections::{Runner, RunnerConfig, ViewStore, rebuild_until};
+use prost::Message;
+use proto::events as pb;
+use uuid::Uuid;
+
+fn ev(t: &str, tenant: Uuid, p: impl Message) -> NewEvent {
+    let mut e = NewEvent::new(t, Bytes::from(p.encode_to_vec()));
+    e.tenant_id = Some(tenant);
+    e
+}
+
+fn id(u: Uuid) -> Bytes {
+    Bytes::copy_from_slice(u.as_bytes())
+}
+
+pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) -> Result<Vec<(Uuid, Uuid)>> {
+    let pype = Uuid::now_v7();
+    let ids: Vec<(Uuid, Uuid)> = (0..sessions).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+    let per_session = (events / sessions).max(4);
+    let messages = per_session - 3;
+    let body = SealedField {
+        field: "body".into(),
+        key_id: Bytes::from(vec![9u8; 16]),
+        nonce: Bytes::from(vec![7u8; 12]),
+        ciphertext: Bytes::from(vec![0x5au8; 256 + 16]),
+        ..SealedField::default()
+    };
+    let t0 = 1_795_996_800_000_000i64;
+    // Rounds of 50 events per Session, Sessions interleaved, 4 writers.
+    let chunk = 50u64;
+    let rounds = per_session.div_ceil(chunk);
+    let writers = 4;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        let ids = ids.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..rounds {
+                for (i, (session, user)) in ids.iter().enumerate() {
+                    if i % writers != w {
+                        continue;
+                    }
+                    let agent = Uuid::from_u128(7);
+                    let mut batch = Vec::new();
+                    for k in round * chunk..((round + 1) * chunk).min(per_session) {
+                        let at = t0 + (i as i64) * 1_000_000 + k as i64 * 10_000_000;
+                        let e = match k {
+                            0 => ev(
+                                "SessionStarted",
+                                tenant,
+                                pb::SessionStarted {
+                                    session_id: id(*session),
+                                    tenant_id: id(tenant),
+                                    pype_id: id(pype),
+                                    end_user_id: id(*user),
+                                    timers: None,
+                                    at_micros: at,
+                                },
+                            ),
+                            1 => ev(
+                                "ParticipantJoined",
+                                tenant,
+                                pb::ParticipantJoined {
+                                    participant_id: id(agent),
+                                    kind: pb::ParticipantKind::Agent as i32,
+                                    at_micros: at,
+                                },
+                            ),
+                            k if k == per_session - 1 => ev(
+                                "SessionClosed",
+                                tenant,
+                                pb::SessionStateChanged { reason: pb::ChangeReason::Api as i32, at_micros: at },
+                            ),
+                            k => {
+                                let end_user = k % 2 == 0;
+                                let mut m = ev(
+                                    "MessagePosted",
+                                    tenant,
+                                    pb::MessagePosted {
+                                        seq: k - 1,
+                                        sender_id: id(if end_user { *user } else { agent }),
+                                        sent_at_micros: at,
+                                        has_device: false,
+                                        sender_kind: if end_user {
+                                            pb::ParticipantKind::EndUser as i32
+                                        } else {
+                                            pb::ParticipantKind::Agent as i32
+                                        },
+                                    },
+                                );
+                                m.sealed_fields = vec![body.clone()];
+                                m
+                            }
+                        };
+                        batch.push(e);
+                    }
+                    if !batch.is_empty() {
+                        log.append(&format!("session-{tenant}-{session}"), ExpectedVersion::Any, batch).await?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let _ = messages;
+    Ok(ids)
+}
+
+fn raw_read(log: &Arc<dyn EventLog>, rt: &tokio::runtime::Handle) -> Result<(u64, Duration)> {
+    let started = Instant::now();
+    let mut from = 0;
+    let mut n = 0;
+    let filter = EventFilter { stream_prefixes: vec!["session-".into(), "subject-".into()], event_types: vec![] };
+    loop {
+        let page = rt.block_on(log.read_all(from, 4096, &filter))?;
+        if page.events.is_empty() && page.next_position <= from {
+            break;
+        }
+        n += page.events.len() as u64;
+        // Decode the payloads, as any consumer must.
+        for e in &page.events {
+            std::hint::black_box(e.event.payload.len());
+        }
+        from = page.next_position;
+    }
+    Ok((n, started.elapsed()))
+}
+
+pub fn run(dir: &Path, events: u64, sessions: u64, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let log_dir = dir.join("log");
+    let log = Arc::new(FileLog::open(&log_dir, crate::config())?);
+    let tenant = Uuid::now_v7();
+    let started = Instant::now();
+    let ids = rt.block_on(fill(&log, events, sessions, tenant))?;
+    let total = log.head();
+    println!("# rebuild: wrote {total} events over {sessions} Sessions in {:.1}s", started.elapsed().as_secs_f64());
+    let log: Arc<dyn EventLog> = log;
+    let handle = rt.handle().clone();
+
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        let (n, raw) = raw_read(&log, &handle)?;
+        // Sessions and analytics views together, one thread each (as the server runs them).
+        let views = dir.join(format!("views-{round}"));
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for p in [
+            Arc::new(projections::sessions::SessionsProjection) as Arc<dyn projections::Projection>,
+            Arc::new(projections::analytics::AnalyticsProjection),
+        ] {
+            let (log, handle, views) = (log.clone(), handle.clone(), views.clone());
+            threads.push(std::thread::spawn(move || -> Result<Duration> {
+                let store = ViewStore::open(&views.join(format!("{}.redb", p.name())))?;
+                let t = Instant::now();
+                rebuild_until(p.as_ref(), &store, &log, &handle, None, 8192, &mut |_, _| {})?;
+                Ok(t.elapsed())
+            }));
+        }
+        let mut each = Vec::new();
+        for t in threads {
+            each.push(t.join().map_err(|_| anyhow::anyhow!("rebuild thread panicked"))??);
+        }
+        let both = started.elapsed();
+        let rate = n as f64 / both.as_secs_f64();
+        let raw_rate = n as f64 / raw.as_secs_f64();
+        println!(
+            "BENCH rebuild round={round} events={n} seconds={:.2} events_per_s={rate:.0} sessions_s={:.2} analytics_s={:.2} raw_read_events_per_s={raw_rate:.0} ratio={:.2}",
+            both.as_secs_f64(),
+            each[0].as_secs_f64(),
+            each[1].as_secs_f64(),
+            rate / raw_rate
+        );
+        rows.push(rate);
+    }
+
+    // Purge → every projection acknowledged, with live runners caught up.
+    let views = dir.join("views-live");
+    let mut runners = Vec::new();
+    for p in projections::all() {
+        let store = Arc::new(ViewStore::open(&views.join(format!("{}.redb", p.name())))?);
+        runners.push(Runner::start(p, store, log.clone(), RunnerConfig::default(), handle.clone())?);
+    }
+    let head = log.head();
+    rt.block_on(async {
+        for r in &runners {
+            r.wait_for(head).await;
+        }
+    });
+    for (i, (session, user)) in ids.iter().take(5).enumerate() {
+        let request = Uuid::now_v7();
+        let purge = ev(
+            projections::PURGE_EVENT,
+            tenant,
+            pb::SubjectErasureKeysShredded {
+                subject_id: id(*user),
+                request_id: id(request),
+                session_ids: vec![id(*session)],
+                at_micros: 0,
+            },
+        );
+        let t = Instant::now();
+        rt.block_on(log.append(&format!("subject-{tenant}-{user}"), ExpectedVersion::Any, vec![purge]))?;
+        loop {
+            let done = runners.iter().all(|r| r.store().acknowledged(request).ok().flatten().is_some());
+            if done {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        println!(
+            "BENCH purge sample={i} messages_in_session={} ms_to_all_acknowledged={:.1}",
+            events / sessions - 3,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    for r in &runners {
+        r.stop();
+    }
+
+    // Shred time: a subject whose key sealed 10 fields, and 100,000.
+    let keydir = dir.join("keys");
+    let keys = keystore::embedded::open_embedded(
+        &keydir,
+        Some(&"11".repeat(32)),
+        Arc::new(eventlog::SystemClock),
+        keystore::embedded::OpenMode::CreateIfEmpty,
+    )?;
+    let keyring = keystore::Keyring::new(keys.store.clone(), keystore::KeyPolicy::default())?;
+    for sealed in [10u64, 100_000] {
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let subject = Uuid::now_v7();
+            let purpose = keystore::KeyPurpose::Subject { subject, group: keystore::Group::Profile };
+            let stream = format!("subject-{tenant}-{subject}");
+            for _ in 0..sealed {
+                let aad = keystore::Aad { tenant, stream: &stream, event_id: Uuid::now_v7() };
+                keyring.seal_blocking("email", b"someone@example.com", &purpose, &aad)?;
+            }
+            let t = Instant::now();
+            keyring.shred_blocking(tenant, &keystore::ShredTarget::Subject { subject, group: None })?;
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        samples.sort_by(f64::total_cmp);
+        println!("BENCH shred sealed_fields={sealed} median_ms={:.2} max_ms={:.2}", samples[2], samples[4]);
+    }
+    Ok(())
+}
