@@ -37,7 +37,6 @@ pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) 
         key_id: Bytes::from(vec![9u8; 16]),
         nonce: Bytes::from(vec![7u8; 12]),
         ciphertext: Bytes::from(vec![0x5au8; 256 + 16]),
-        ..SealedField::default()
     };
     let t0 = 1_795_996_800_000_000i64;
     // Rounds of 50 events per Session, Sessions interleaved, 4 writers.

@@ -8,6 +8,7 @@ INVALID_ARGUMENT naming the field. Exits non-zero on any surprise.
 """
 
 import sys
+import time
 import uuid
 
 addr, admin_key, stubs = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -81,4 +82,33 @@ except grpc.RpcError as e:
 
 closed = sessions.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), metadata=auth(key))
 assert closed.state == pb.SESSION_STATE_CLOSED
+
+# The read models, analytics and the erasure process.
+views = rpc.ViewServiceStub(channel)
+msgs = views.ListMessages(pb.ListMessagesRequest(session_id=session.session_id), metadata=auth(key)).messages
+assert [m.body for m in msgs] == [b for _, b in lines], msgs
+overview = views.GetPypeOverview(pb.GetPypeOverviewRequest(pype_id=pype.pype_id), metadata=auth(key))
+assert overview.sessions_total == 1 and overview.closed == 1, overview
+print(f"view: {len(msgs)} messages; Pype overview: {overview.sessions_total} Session(s), {overview.closed} closed")
+now = int(time.time() * 1e6)
+cells = rpc.AnalyticsServiceStub(channel).QueryAnalytics(
+    pb.QueryAnalyticsRequest(
+        pype_id=pype.pype_id, granularity=pb.GRANULARITY_DAY, from_micros=now - 86_400_000_000, to_micros=now + 86_400_000_000
+    ),
+    metadata=auth(key),
+)
+assert cells.cells and all(c.suppressed for c in cells.cells), cells
+print(f"analytics: {len(cells.cells)} cell(s), suppressed below k={cells.k}")
+erasure = rpc.ErasureServiceStub(channel)
+status = erasure.RequestErasure(pb.RequestErasureRequest(subject_id=user.subject_id), metadata=auth(key))
+for _ in range(300):
+    if status.step == "certified":
+        break
+    time.sleep(0.02)
+    status = erasure.GetErasure(pb.GetErasureRequest(subject_id=user.subject_id), metadata=auth(key))
+assert status.step == "certified", status
+assert '"format":"pypes-erasure-certificate/v1"' in status.certificate, status.certificate
+msgs = views.ListMessages(pb.ListMessagesRequest(session_id=session.session_id), metadata=auth(key)).messages
+assert all(m.body == "[erased]" for m in msgs), msgs
+print(f"erasure {status.request_id}: certified; messages now read {msgs[0].body!r}")
 print("python client: OK")

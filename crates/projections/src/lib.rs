@@ -30,7 +30,7 @@ mod store;
 pub use error::ViewError;
 pub use keys::{OpenedField, open_sealed};
 pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_until};
-pub use store::{Generation, ReadView, ViewStore, WriteView};
+pub use store::{Generation, ReadView, Rows, ViewStore, WriteView};
 
 use eventlog::{EventFilter, RecordedEvent};
 

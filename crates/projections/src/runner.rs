@@ -336,8 +336,10 @@ impl Runner {
                 Step::Idle => {}
             }
             let (s, b) = self.store.generations()?;
-            if let (Some(s), Some(b)) = (s, b) {
-                if b.next_position >= s.next_position {
+            if let (Some(s), Some(b)) = (s, b)
+                && b.next_position >= s.next_position
+            {
+                {
                     self.store.switch_to_building()?;
                     tracing::info!(
                         projection = self.name(),
@@ -364,7 +366,7 @@ impl Runner {
             // The build took this round; the serving generation goes next.
             let s = serving.unwrap_or_default();
             if let Step::Poisoned { skip, .. } =
-                self.step(log, rt, Generation(s.generation), s.clone(), &skips, None, &mut lag_seconds)?
+                self.step(log, rt, Generation(s.generation), s, &skips, None, &mut lag_seconds)?
             {
                 *stalled = Some((Generation(s.generation), self.store.generations()?.0.unwrap_or_default(), skip));
             }
@@ -494,7 +496,7 @@ fn apply_page(
     txn.abort()?;
     let bad = &events[i];
     if i > 0 {
-        apply_page(projection, store, gn, meta.clone(), &events[..i], bad.position, skips, until)?;
+        apply_page(projection, store, gn, meta, &events[..i], bad.position, skips, until)?;
     }
     let skip = SkippedEvent {
         position: bad.position,

@@ -299,10 +299,10 @@ pub fn list_sessions(
     let prefix = key(&[tenant.as_bytes(), pype.as_bytes()]);
     let mut out = Vec::new();
     for (k, _) in view.scan("by_pype", &prefix, after, limit)? {
-        if let Some(s) = uuid_at(&k, 40) {
-            if let Some(row) = get_session(view, tenant, s)? {
-                out.push((k, row));
-            }
+        if let Some(s) = uuid_at(&k, 40)
+            && let Some(row) = get_session(view, tenant, s)?
+        {
+            out.push((k, row));
         }
     }
     Ok(out)

@@ -29,6 +29,8 @@ use crate::ViewError;
 const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
 const SKIPS: TableDefinition<u64, &[u8]> = TableDefinition::new("skips");
 type Bytes<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+/// Rows as (key, value).
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A generation of a projection's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,13 +280,7 @@ impl ReadView {
 
     /// Rows whose key starts with `prefix`, from the first key after
     /// `after` (if given), at most `limit`.
-    pub fn scan(
-        &self,
-        table: &str,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+    pub fn scan(&self, table: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Rows, ViewError> {
         let name = table_name(self.gn, table);
         let t = match self.txn.open_table(Bytes::new(&name)) {
             Ok(t) => t,
@@ -308,7 +304,7 @@ impl ReadView {
     }
 
     /// Every row of a table (for dumps and the rebuild-equals-live test).
-    pub fn dump(&self, table: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+    pub fn dump(&self, table: &str) -> Result<Rows, ViewError> {
         self.scan(table, &[], None, usize::MAX)
     }
 }
@@ -381,7 +377,7 @@ impl<'t> WriteView<'t> {
     }
 
     /// Keys and values of the rows whose key starts with `prefix`.
-    pub fn scan_prefix(&mut self, table: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ViewError> {
+    pub fn scan_prefix(&mut self, table: &'static str, prefix: &[u8]) -> Result<Rows, ViewError> {
         self.flush()?;
         let t = self.table(table)?;
         let mut out = Vec::new();

@@ -35,7 +35,6 @@ fn sealed(field: &str, text: &str) -> SealedField {
         key_id: Bytes::from(vec![7u8; 16]),
         nonce: Bytes::from(vec![1u8; 12]),
         ciphertext: Bytes::from(text.as_bytes().iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>()),
-        ..SealedField::default()
     }
 }
 
@@ -158,7 +157,7 @@ fn store(dir: &tempfile::TempDir, name: &str) -> Arc<ViewStore> {
 }
 
 /// Every table of the serving generation, for comparisons.
-fn dump(store: &ViewStore, tables: &[&str]) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn dump(store: &ViewStore, tables: &[&str]) -> Vec<(String, projections::Rows)> {
     let view = store.read().unwrap().unwrap();
     tables.iter().map(|t| (t.to_string(), view.dump(t).unwrap())).collect()
 }

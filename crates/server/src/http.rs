@@ -69,7 +69,7 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
-fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), HttpResponse> {
+fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), Box<HttpResponse>> {
     let token = req
         .headers()
         .get("authorization")
@@ -78,10 +78,12 @@ fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), HttpResponse> {
         .map(str::trim);
     match token {
         Some(t) if crate::auth::same(&crate::auth::sha256(t.as_bytes()), &state.admin_sha256) => Ok(()),
-        Some(_) => Err(HttpResponse::Forbidden().content_type("text/plain").body("not the admin key\n")),
-        None => Err(HttpResponse::Unauthorized()
-            .content_type("text/plain")
-            .body("missing header: Authorization: Bearer <admin key>\n")),
+        Some(_) => Err(Box::new(HttpResponse::Forbidden().content_type("text/plain").body("not the admin key\n"))),
+        None => Err(Box::new(
+            HttpResponse::Unauthorized()
+                .content_type("text/plain")
+                .body("missing header: Authorization: Bearer <admin key>\n"),
+        )),
     }
 }
 
@@ -91,7 +93,7 @@ fn json_escape(s: &str) -> String {
 
 async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     if let Err(r) = admin(&req, &state) {
-        return r;
+        return *r;
     }
     let mut items = Vec::new();
     for r in &state.views.runners {
@@ -128,7 +130,7 @@ async fn control_projection(
     state: web::Data<HttpState>,
 ) -> HttpResponse {
     if let Err(r) = admin(&req, &state) {
-        return r;
+        return *r;
     }
     let (name, action) = path.into_inner();
     let Some(runner) = state.views.runner(&name) else {

@@ -54,9 +54,9 @@ impl pb::view_service_server::ViewService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let session = parse_id("session_id", &request.get_ref().session_id)?;
             let view = api.views.read(sessions::NAME).await?;
-            let row = sessions::get_session(&view, tenant, session).map_err(internal)?.ok_or_else(|| {
-                ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound { what: "session" }))
-            })?;
+            let not_found =
+                ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound { what: "session" }));
+            let row = sessions::get_session(&view, tenant, session).map_err(internal)?.ok_or(not_found)?;
             let participants = row
                 .participants
                 .iter()

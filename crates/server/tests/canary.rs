@@ -104,7 +104,11 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .sessions
         .start_session(authed(
             &key,
-            pb::StartSessionRequest { pype_id: pype.pype_id.clone(), end_user_id: user.subject_id.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: pype.pype_id.clone(),
+                end_user_id: user.subject_id.clone(),
+                timers: None,
+            },
         ))
         .await
         .unwrap()
@@ -148,13 +152,8 @@ async fn no_canary_reaches_any_file_or_log_line() {
     let messages = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
     assert_eq!(messages.len(), 3);
     assert!(messages.iter().all(|m| m.body == canaries[5] && m.device == canaries[6] && !m.erased));
-    let directory = c
-        .views
-        .list_end_users(authed(&key, pb::ListEndUsersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .end_users;
+    let directory =
+        c.views.list_end_users(authed(&key, pb::ListEndUsersRequest::default())).await.unwrap().into_inner().end_users;
     assert!(directory.iter().any(|u| u.email == canaries[1] && u.username == canaries[0]), "{directory:?}");
     // A second end user, whose data must survive the first one's erasure.
     let kept_body = format!("kept body {tag}");
@@ -176,7 +175,11 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .sessions
         .start_session(authed(
             &key,
-            pb::StartSessionRequest { pype_id: pype.pype_id.clone(), end_user_id: kept.subject_id.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: pype.pype_id.clone(),
+                end_user_id: kept.subject_id.clone(),
+                timers: None,
+            },
         ))
         .await
         .unwrap()
@@ -222,7 +225,10 @@ async fn no_canary_reaches_any_file_or_log_line() {
     // Erasure, through the API with the tenant's key.
     let requested = c
         .erasure
-        .request_erasure(authed(&key, pb::RequestErasureRequest { subject_id: user.subject_id.clone(), ..Default::default() }))
+        .request_erasure(authed(
+            &key,
+            pb::RequestErasureRequest { subject_id: user.subject_id.clone(), ..Default::default() },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -247,7 +253,14 @@ async fn no_canary_reaches_any_file_or_log_line() {
         let altered = String::from_utf8_lossy(&altered).into_owned();
         assert!(server::erasure::verify_certificate(&altered, &status.signature, &public).is_err(), "byte {i}");
     }
-    for field in ["request_id", "tenant_id", "subject_ref", "destroyed_key_fingerprints", "projections_acknowledged", "tombstone"] {
+    for field in [
+        "request_id",
+        "tenant_id",
+        "subject_ref",
+        "destroyed_key_fingerprints",
+        "projections_acknowledged",
+        "tombstone",
+    ] {
         assert!(status.certificate.contains(&format!("\"{field}\"")), "{field} missing: {}", status.certificate);
     }
     for projection in ["sessions", "directory", "analytics"] {
@@ -257,7 +270,8 @@ async fn no_canary_reaches_any_file_or_log_line() {
     let erased = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
     assert_eq!(erased.len(), 3);
     assert!(erased.iter().all(|m| m.erased && m.body == "[erased]"), "{erased:?}");
-    let still = c.views.list_messages(authed(&key, list(&kept_session.session_id))).await.unwrap().into_inner().messages;
+    let still =
+        c.views.list_messages(authed(&key, list(&kept_session.session_id))).await.unwrap().into_inner().messages;
     assert_eq!(still[0].body, kept_body);
     let view = c
         .views
@@ -266,13 +280,8 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .unwrap()
         .into_inner();
     assert!(view.erased && view.end_user_id.is_empty(), "{view:?}");
-    let directory = c
-        .views
-        .list_end_users(authed(&key, pb::ListEndUsersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .end_users;
+    let directory =
+        c.views.list_end_users(authed(&key, pb::ListEndUsersRequest::default())).await.unwrap().into_inner().end_users;
     assert!(directory.iter().all(|u| u.subject_id != user.subject_id), "erased user still listed");
     assert!(directory.iter().any(|u| u.subject_id == kept.subject_id));
     // The Session takes nothing more; the subject neither.

@@ -37,7 +37,10 @@ async fn erasure_completes_after_a_crash_at_every_step() {
             c.sessions.post_message(authed(&s.key, post(&s, "secret words"))).await.unwrap();
             let _ = c
                 .erasure
-                .request_erasure(authed(&s.key, pb::RequestErasureRequest { subject_id: s.user.clone(), ..Default::default() }))
+                .request_erasure(authed(
+                    &s.key,
+                    pb::RequestErasureRequest { subject_id: s.user.clone(), ..Default::default() },
+                ))
                 .await;
             // The process aborts at the crash point.
             let mut exited = false;
@@ -57,10 +60,17 @@ async fn erasure_completes_after_a_crash_at_every_step() {
         let status = wait_certified(&mut c, &s.key, &subject).await;
         let public = std::fs::read_to_string(data.path().join("log").join("signing.pub")).unwrap();
         server::erasure::verify_certificate(&status.certificate, &status.signature, &public).unwrap();
-        assert!(status.certificate.contains("sha256:"), "no key fingerprints after a crash at {step}: {}", status.certificate);
+        assert!(
+            status.certificate.contains("sha256:"),
+            "no key fingerprints after a crash at {step}: {}",
+            status.certificate
+        );
         let m = c
             .views
-            .list_messages(authed(&s.key, pb::ListMessagesRequest { session_id: s.session.clone(), ..Default::default() }))
+            .list_messages(authed(
+                &s.key,
+                pb::ListMessagesRequest { session_id: s.session.clone(), ..Default::default() },
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -104,7 +114,10 @@ async fn erasure_requests_by_admin_and_tenant_and_bad_input() {
     // Another tenant's subject is simply not found.
     let missing = c
         .erasure
-        .request_erasure(authed(&other.key, pb::RequestErasureRequest { subject_id: s.user.clone(), ..Default::default() }))
+        .request_erasure(authed(
+            &other.key,
+            pb::RequestErasureRequest { subject_id: s.user.clone(), ..Default::default() },
+        ))
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -123,7 +136,10 @@ async fn erasure_requests_by_admin_and_tenant_and_bad_input() {
     assert_eq!(none_yet.code(), Code::NotFound);
     let first = c
         .erasure
-        .request_erasure(authed(ADMIN, pb::RequestErasureRequest { subject_id: s.user.clone(), tenant_id: s.tenant.clone() }))
+        .request_erasure(authed(
+            ADMIN,
+            pb::RequestErasureRequest { subject_id: s.user.clone(), tenant_id: s.tenant.clone() },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -136,8 +152,10 @@ async fn erasure_requests_by_admin_and_tenant_and_bad_input() {
     assert_eq!(first.request_id, again.request_id, "a second request is the first one");
     wait_certified(&mut c, &s.key, &s.user).await;
     // The erased subject takes nothing more.
-    let refused =
-        c.subjects.deactivate_subject(authed(&s.key, pb::DeactivateSubjectRequest { subject_id: s.user.clone() })).await;
+    let refused = c
+        .subjects
+        .deactivate_subject(authed(&s.key, pb::DeactivateSubjectRequest { subject_id: s.user.clone() }))
+        .await;
     assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
     let started = c
         .sessions
