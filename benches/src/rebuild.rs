@@ -31,7 +31,6 @@ pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) 
     let pype = Uuid::now_v7();
     let ids: Vec<(Uuid, Uuid)> = (0..sessions).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
     let per_session = (events / sessions).max(4);
-    let messages = per_session - 3;
     let body = SealedField {
         field: "body".into(),
         key_id: Bytes::from(vec![9u8; 16]),
@@ -119,7 +118,6 @@ pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) 
     for t in tasks {
         t.await??;
     }
-    let _ = messages;
     Ok(ids)
 }
 

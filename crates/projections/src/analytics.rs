@@ -201,11 +201,8 @@ pub fn query(
     let prefix = key(&[tenant.as_bytes(), pype.as_bytes(), &[g.tag()]]);
     let start = cell_key(tenant.as_bytes(), pype.as_bytes(), g, g.bucket(from));
     let mut out = Vec::new();
-    let rows = view.scan("cells", &prefix, None, usize::MAX)?;
-    for (kb, v) in rows {
-        if kb < start {
-            continue;
-        }
+    // Cells are few per bucket; the scan stops at the first bucket >= `to`.
+    for (kb, v) in view.scan_from("cells", &prefix, &start, false, usize::MAX)? {
         let Some(raw) = kb.get(33..41).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
         let bucket = (u64::from_be_bytes(raw) ^ (1 << 63)) as i64;
         if bucket >= to {

@@ -321,13 +321,13 @@ impl Runner {
             return Ok(false);
         }
         let skips = self.store.skipped_positions()?;
-        let (serving, building) = self.store.generations()?;
         let mut worked = false;
         let mut lag_seconds = None;
-        if let Some(b) = building {
+        // A page for the generation being built, then switch if it has caught up.
+        if let Some(b) = self.store.generations()?.1 {
             let gn = Generation(b.generation);
             match self.step(log, rt, gn, b, &skips, None, &mut lag_seconds)? {
-                Step::Poisoned { skip, .. } => {
+                Step::Poisoned { skip } => {
                     let meta = self.store.generations()?.1.unwrap_or_default();
                     *stalled = Some((gn, meta, skip));
                     return Ok(true);
@@ -335,40 +335,31 @@ impl Runner {
                 Step::Applied => worked = true,
                 Step::Idle => {}
             }
-            let (s, b) = self.store.generations()?;
-            if let (Some(s), Some(b)) = (s, b)
+            if let (Some(s), Some(b)) = self.store.generations()?
                 && b.next_position >= s.next_position
             {
-                {
-                    self.store.switch_to_building()?;
-                    tracing::info!(
-                        projection = self.name(),
-                        generation = b.generation,
-                        "rebuilt generation is now serving"
-                    );
-                    worked = true;
-                }
+                self.store.switch_to_building()?;
+                tracing::info!(
+                    projection = self.name(),
+                    generation = b.generation,
+                    "rebuilt generation is now serving"
+                );
+                worked = true;
             }
             lag_seconds = None;
         }
-        if let Some(s) = serving.filter(|_| !worked) {
+        // Then a page for the serving generation, read afresh: after a
+        // switch it is the one just built (the old one's tables are gone).
+        if let Some(s) = self.store.generations()?.0 {
             let gn = Generation(s.generation);
             match self.step(log, rt, gn, s, &skips, None, &mut lag_seconds)? {
-                Step::Poisoned { skip, .. } => {
+                Step::Poisoned { skip } => {
                     let meta = self.store.generations()?.0.unwrap_or_default();
                     *stalled = Some((gn, meta, skip));
                     worked = true;
                 }
                 Step::Applied => worked = true,
                 Step::Idle => {}
-            }
-        } else if serving.is_some() {
-            // The build took this round; the serving generation goes next.
-            let s = serving.unwrap_or_default();
-            if let Step::Poisoned { skip, .. } =
-                self.step(log, rt, Generation(s.generation), s, &skips, None, &mut lag_seconds)?
-            {
-                *stalled = Some((Generation(s.generation), self.store.generations()?.0.unwrap_or_default(), skip));
             }
         }
         self.refresh(log, lag_seconds)?;

@@ -149,6 +149,12 @@ impl ViewStore {
         Ok(self.skipped()?.into_iter().map(|s| s.position).collect())
     }
 
+    /// Names of every table in the file (for operators and tests).
+    pub fn table_names(&self) -> Result<Vec<String>, ViewError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.list_tables()?.map(|h| redb::TableHandle::name(&h).to_string()).collect())
+    }
+
     pub fn paused(&self) -> Result<bool, ViewError> {
         let txn = self.db.begin_read()?;
         Ok(Self::control(&txn, "paused")?.is_some_and(|v| v == [1]))
@@ -281,6 +287,19 @@ impl ReadView {
     /// Rows whose key starts with `prefix`, from the first key after
     /// `after` (if given), at most `limit`.
     pub fn scan(&self, table: &str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Rows, ViewError> {
+        self.scan_from(table, prefix, after.unwrap_or(prefix), after.is_some(), limit)
+    }
+
+    /// Rows whose key starts with `prefix`, from `start` (excluded when
+    /// `exclusive`), at most `limit`.
+    pub fn scan_from(
+        &self,
+        table: &str,
+        prefix: &[u8],
+        start: &[u8],
+        exclusive: bool,
+        limit: usize,
+    ) -> Result<Rows, ViewError> {
         let name = table_name(self.gn, table);
         let t = match self.txn.open_table(Bytes::new(&name)) {
             Ok(t) => t,
@@ -288,14 +307,13 @@ impl ReadView {
             Err(e) => return Err(e.into()),
         };
         let mut out = Vec::new();
-        let start: &[u8] = after.unwrap_or(prefix);
         for row in t.range::<&[u8]>(start..)? {
             let (k, v) = row?;
             let k = k.value();
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            if after.is_some_and(|a| a == k) {
+            if exclusive && k == start {
                 continue;
             }
             out.push((k.to_vec(), v.value().to_vec()));

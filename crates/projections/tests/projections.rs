@@ -369,6 +369,11 @@ async fn reset_rebuilds_beside_the_serving_generation_and_switches_whole() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert!(r.status().serving_generation > gen_before, "reset never switched");
+    // The old generation's tables are gone, and no step after the switch recreated them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let old = format!("g{gen_before}/");
+    let names = s.table_names().unwrap();
+    assert!(names.iter().all(|n| !n.starts_with(&old)), "old generation left behind: {names:?}");
     assert!(saw_building || r.status().serving_generation > gen_before);
     assert_eq!(dump(&s, SESSION_TABLES), before);
     r.stop();

@@ -119,7 +119,8 @@ fn now_micros() -> i64 {
     eventlog::Clock::now_micros(&eventlog::SystemClock)
 }
 
-fn json_str(s: &str) -> String {
+/// A JSON string literal (quoted and escaped).
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -134,10 +135,6 @@ fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn rfc3339(micros: i64) -> String {
-    crate::audit::time_text(micros)
 }
 
 impl Erasures {
@@ -393,11 +390,11 @@ impl Erasures {
             json_str(&request.to_string()),
             json_str(&tenant.to_string()),
             json_str(&subject.to_string()),
-            json_str(&rfc3339(erased.requested_micros)),
-            json_str(&rfc3339(erased.due_micros)),
-            json_str(&rfc3339(shredded_at)),
-            json_str(&rfc3339(erased_at)),
-            json_str(&rfc3339(now_micros())),
+            json_str(&crate::audit::time_text(erased.requested_micros)),
+            json_str(&crate::audit::time_text(erased.due_micros)),
+            json_str(&crate::audit::time_text(shredded_at)),
+            json_str(&crate::audit::time_text(erased_at)),
+            json_str(&crate::audit::time_text(now_micros())),
         );
         let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
         let ss: Vec<String> = sessions.iter().map(|s| json_str(&s.to_string())).collect();

@@ -87,10 +87,6 @@ fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), Box<HttpResponse>> 
     }
 }
 
-fn json_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     if let Err(r) = admin(&req, &state) {
         return *r;
@@ -99,8 +95,8 @@ async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> Http
     for r in &state.views.runners {
         let s = r.status();
         let (stalled_at, error) = match &s.state {
-            RunnerState::Stalled { position, error } => (position.to_string(), format!("\"{}\"", json_escape(error))),
-            RunnerState::Failing(e) => ("null".into(), format!("\"{}\"", json_escape(e))),
+            RunnerState::Stalled { position, error } => (position.to_string(), crate::erasure::json_str(error)),
+            RunnerState::Failing(e) => ("null".into(), crate::erasure::json_str(e)),
             _ => ("null".into(), "null".into()),
         };
         let building = match s.building {
