@@ -77,5 +77,36 @@ fn parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, parse);
+/// Decoding one stored event into a `RecordedEvent` (what every `$all`
+/// read does per event): prost + `from_stored` against the hand decoder,
+/// with a copy of the same bytes as the baseline.
+fn decode(c: &mut Criterion) {
+    let mut e = event();
+    e.tenant_id = Some(uuid::Uuid::from_u128(7));
+    e.sealed_fields = vec![proto::storage::SealedField {
+        field: "body".into(),
+        key_id: vec![9u8; 16].into(),
+        nonce: vec![7u8; 12].into(),
+        ciphertext: vec![0x5a; 272].into(),
+    }];
+    let stream = "session-0190abcd-0000-7000-8000-000000000001-0190abcd-0000-7000-8000-000000000002";
+    let bytes = bytes::Bytes::from(e.to_stored(stream, 42, 1_000_000, 1_800_000_000_000_000).encode_to_vec());
+    let mut g = c.benchmark_group("decode_event");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("baseline_copy", |b| b.iter(|| black_box(black_box(&bytes).to_vec())));
+    g.bench_function("prost_from_stored", |b| {
+        b.iter(|| {
+            let stored = proto::storage::StoredEvent::decode(black_box(&bytes).clone()).unwrap();
+            let name: std::sync::Arc<str> = std::sync::Arc::from(stored.stream.as_str());
+            black_box(eventlog::RecordedEvent::from_stored(stored, name).unwrap())
+        })
+    });
+    let mut last = None;
+    g.bench_function("hand_decoder", |b| {
+        b.iter(|| black_box(format::decode_recorded(black_box(&bytes), &mut last).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, parse, decode);
 criterion_main!(benches);

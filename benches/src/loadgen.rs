@@ -130,6 +130,10 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 10_000)]
         sessions: u64,
+        /// Keep the log in this directory and reuse it on the next run
+        /// (filled only when empty), e.g. to profile the rebuild alone.
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
     /// The bare echo server (started by send-message).
     EchoServer,
@@ -154,9 +158,9 @@ fn main() -> Result<()> {
             drop(dir);
             result
         }
-        Command::Rebuild { dir, events, sessions } => {
+        Command::Rebuild { dir, events, sessions, log } => {
             let dir = work_dir(dir)?;
-            rebuild::run(dir.path(), events, sessions.max(1), &rt)
+            rebuild::run(dir.path(), log.as_deref(), events, sessions.max(1), &rt)
         }
         Command::LogRead { dir, events, event_bytes, streams, batch, keep } => {
             let dir = work_dir(dir)?;

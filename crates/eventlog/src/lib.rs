@@ -10,6 +10,7 @@
 mod clock;
 mod error;
 pub mod file;
+pub mod hash;
 pub mod mem;
 mod model;
 mod subscription;
@@ -81,6 +82,20 @@ pub trait EventLog: Send + Sync + 'static {
     /// Reads `$all` forward from global position `from` (inclusive): up to
     /// `max_count` events that pass `filter`, and where to continue.
     fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>>;
+
+    /// [`EventLog::read_all`] for a caller on a thread of its own (not a
+    /// runtime worker), such as a projection rebuild: a backend that reads
+    /// files reads them on the calling thread instead of handing the work
+    /// to the runtime's blocking pool. The default runs `read_all` on `rt`.
+    fn read_all_on_thread(
+        &self,
+        rt: &tokio::runtime::Handle,
+        from: u64,
+        max_count: usize,
+        filter: &EventFilter,
+    ) -> Result<AllPage> {
+        rt.block_on(self.read_all(from, max_count, filter))
+    }
 
     /// The position the next committed event will get: every event below it
     /// is durable and readable.

@@ -12,8 +12,9 @@ use proto::events as pb;
 use proto::views::{AnalyticsCell, AnalyticsSession};
 use uuid::Uuid;
 
-use crate::keys::{key, uuid_of};
-use crate::sessions::{parse_stream, payload};
+use crate::cache::RowCache;
+use crate::keys::{copy_id, key, uuid_of};
+use crate::sessions::{StreamIds, payload};
 use crate::{ApplyError, Projection, ReadView, ViewError, WriteView};
 
 pub const NAME: &str = "analytics";
@@ -50,13 +51,28 @@ impl Granularity {
 #[derive(Debug, Clone, Copy)]
 pub struct AnalyticsProjection;
 
-fn cell_key(tenant: &[u8], pype: &[u8], g: Granularity, bucket: i64) -> Vec<u8> {
-    key(&[tenant, pype, &[g.tag()], &((bucket as u64) ^ (1 << 63)).to_be_bytes()])
+/// tenant ‖ pype ‖ granularity ‖ bucket (order-preserving), on the stack.
+fn cell_key(tenant: &[u8], pype: &[u8], g: Granularity, bucket: i64) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    copy_id(&mut k[..16], tenant);
+    copy_id(&mut k[16..32], pype);
+    k[32] = g.tag();
+    k[33..].copy_from_slice(&((bucket as u64) ^ (1 << 63)).to_be_bytes());
+    k
 }
 
-/// Updates the hour and the day cell of `at`, counting the Session once per
-/// cell it touches.
+/// The cells and open Sessions a page changes, decoded once.
+struct Page<'a, 't> {
+    w: &'a mut WriteView<'t>,
+    cells: RowCache<AnalyticsCell>,
+    open: RowCache<AnalyticsSession>,
+    streams: StreamIds,
+}
+
+/// Updates the hour and the day cell of `at`, counting the Session once
+/// per cell it touches.
 fn touch(
+    cells: &mut RowCache<AnalyticsCell>,
     w: &mut WriteView<'_>,
     s: &mut AnalyticsSession,
     at: i64,
@@ -64,8 +80,8 @@ fn touch(
 ) -> Result<(), ApplyError> {
     for g in [Granularity::Hour, Granularity::Day] {
         let bucket = g.bucket(at);
-        let k = cell_key(&s.tenant_id, &s.pype_id, g, bucket);
-        let mut cell = w.get_msg::<AnalyticsCell>("cells", &k)?.unwrap_or_default();
+        let cell =
+            cells.get_or_insert_with(w, &cell_key(&s.tenant_id, &s.pype_id, g, bucket), AnalyticsCell::default)?;
         let last = match g {
             Granularity::Hour => &mut s.last_hour,
             Granularity::Day => &mut s.last_day,
@@ -74,8 +90,7 @@ fn touch(
             *last = bucket;
             cell.sessions += 1;
         }
-        f(&mut cell);
-        w.put_msg("cells", &k, &cell)?;
+        f(cell);
     }
     Ok(())
 }
@@ -96,89 +111,96 @@ impl Projection for AnalyticsProjection {
     }
 
     fn apply(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-        if !r.stream.starts_with("session-") {
-            return Ok(());
-        }
-        let Some((tenant, session)) = parse_stream(&r.stream, "session") else {
-            return Err(ApplyError::Poison(format!(
-                "{} at {}: stream is not session-<tenant>-<id>",
-                r.stream, r.position
-            )));
-        };
-        let skey = *session.as_bytes();
-        if r.event_type() == "SessionStarted" {
-            let p: pb::SessionStarted = payload(r)?;
-            if uuid_of(&p.pype_id).is_none() {
-                return Err(ApplyError::Poison(format!("SessionStarted at {}: pype_id is not a uuid", r.position)));
-            }
-            let mut s = AnalyticsSession {
-                tenant_id: tenant.as_bytes().to_vec(),
-                pype_id: p.pype_id.to_vec(),
-                started_micros: p.at_micros,
-                last_hour: i64::MIN,
-                last_day: i64::MIN,
-                ..AnalyticsSession::default()
-            };
-            touch(w, &mut s, p.at_micros, |c| c.started += 1)?;
-            w.put_msg("open", &skey, &s)?;
-            return Ok(());
-        }
-        let Some(mut s) = w.get_msg::<AnalyticsSession>("open", &skey)? else { return Ok(()) };
-        match r.event_type() {
-            "MessagePosted" => {
-                let p: pb::MessagePosted = payload(r)?;
-                let kind = pb::ParticipantKind::try_from(p.sender_kind).unwrap_or(pb::ParticipantKind::Unspecified);
-                let first = kind == pb::ParticipantKind::Agent && !s.first_response_seen;
-                if first {
-                    s.first_response_seen = true;
-                }
-                let wait = (p.sent_at_micros - s.started_micros).max(0) as u64;
-                touch(w, &mut s, p.sent_at_micros, |c| {
-                    match kind {
-                        pb::ParticipantKind::EndUser => c.messages_end_user += 1,
-                        pb::ParticipantKind::Agent => c.messages_agent += 1,
-                        pb::ParticipantKind::Bot => c.messages_bot += 1,
-                        pb::ParticipantKind::Unspecified => {}
-                    }
-                    if first {
-                        c.first_response_count += 1;
-                        c.first_response_micros_sum += wait;
-                    }
-                })?;
-            }
-            "SessionBecameInactive" => {
-                let p: pb::SessionStateChanged = payload(r)?;
-                touch(w, &mut s, p.at_micros, |c| c.inactive_periods += 1)?;
-            }
-            "SessionReactivated" => {
-                let p: pb::SessionStateChanged = payload(r)?;
-                touch(w, &mut s, p.at_micros, |_| {})?;
-            }
-            "SessionClosed" => {
-                let p: pb::SessionStateChanged = payload(r)?;
-                let handle = (p.at_micros - s.started_micros).max(0) as u64;
-                let timer = p.reason == pb::ChangeReason::Timer as i32;
-                touch(w, &mut s, p.at_micros, |c| {
-                    if timer {
-                        c.closed_by_timer += 1;
-                    } else {
-                        c.closed_by_api += 1;
-                    }
-                    c.handle_count += 1;
-                    c.handle_micros_sum += handle;
-                })?;
-                w.delete("open", &skey)?;
-                return Ok(());
-            }
-            "SessionErased" => {
-                w.delete("open", &skey)?;
-                return Ok(());
-            }
-            _ => return Ok(()),
-        }
-        w.put_msg("open", &skey, &s)?;
-        Ok(())
+        self.apply_batch(w, &[r]).map_err(|(_, e)| e)
     }
+
+    fn apply_batch(&self, w: &mut WriteView<'_>, events: &[&RecordedEvent]) -> Result<(), (usize, ApplyError)> {
+        let mut page =
+            Page { w, cells: RowCache::new("cells"), open: RowCache::new("open"), streams: StreamIds::default() };
+        for (i, r) in events.iter().enumerate() {
+            apply_one(&mut page, r).map_err(|e| (i, e))?;
+        }
+        let last = events.len().saturating_sub(1);
+        page.cells.flush(page.w).map_err(|e| (last, e.into()))?;
+        page.open.flush(page.w).map_err(|e| (last, e.into()))
+    }
+}
+
+fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyError> {
+    if !r.stream.starts_with("session-") {
+        return Ok(());
+    }
+    let Some((tenant, session)) = page.streams.parse(r, "session") else {
+        return Err(ApplyError::Poison(format!("{} at {}: stream is not session-<tenant>-<id>", r.stream, r.position)));
+    };
+    let skey = *session.as_bytes();
+    if r.event_type() == "SessionStarted" {
+        let p: pb::SessionStarted = payload(r)?;
+        if uuid_of(&p.pype_id).is_none() {
+            return Err(ApplyError::Poison(format!("SessionStarted at {}: pype_id is not a uuid", r.position)));
+        }
+        let mut s = AnalyticsSession {
+            tenant_id: tenant.as_bytes().to_vec(),
+            pype_id: p.pype_id.to_vec(),
+            started_micros: p.at_micros,
+            last_hour: i64::MIN,
+            last_day: i64::MIN,
+            ..AnalyticsSession::default()
+        };
+        touch(&mut page.cells, page.w, &mut s, p.at_micros, |c| c.started += 1)?;
+        page.open.put(&skey, s);
+        return Ok(());
+    }
+    let Some(s) = page.open.get(page.w, &skey)? else { return Ok(()) };
+    match r.event_type() {
+        "MessagePosted" => {
+            let p: pb::MessagePosted = payload(r)?;
+            let kind = pb::ParticipantKind::try_from(p.sender_kind).unwrap_or(pb::ParticipantKind::Unspecified);
+            let first = kind == pb::ParticipantKind::Agent && !s.first_response_seen;
+            if first {
+                s.first_response_seen = true;
+            }
+            let wait = (p.sent_at_micros - s.started_micros).max(0) as u64;
+            touch(&mut page.cells, page.w, s, p.sent_at_micros, |c| {
+                match kind {
+                    pb::ParticipantKind::EndUser => c.messages_end_user += 1,
+                    pb::ParticipantKind::Agent => c.messages_agent += 1,
+                    pb::ParticipantKind::Bot => c.messages_bot += 1,
+                    pb::ParticipantKind::Unspecified => {}
+                }
+                if first {
+                    c.first_response_count += 1;
+                    c.first_response_micros_sum += wait;
+                }
+            })?;
+        }
+        "SessionBecameInactive" => {
+            let p: pb::SessionStateChanged = payload(r)?;
+            touch(&mut page.cells, page.w, s, p.at_micros, |c| c.inactive_periods += 1)?;
+        }
+        "SessionReactivated" => {
+            let p: pb::SessionStateChanged = payload(r)?;
+            touch(&mut page.cells, page.w, s, p.at_micros, |_| {})?;
+        }
+        "SessionClosed" => {
+            let p: pb::SessionStateChanged = payload(r)?;
+            let handle = (p.at_micros - s.started_micros).max(0) as u64;
+            let timer = p.reason == pb::ChangeReason::Timer as i32;
+            touch(&mut page.cells, page.w, s, p.at_micros, |c| {
+                if timer {
+                    c.closed_by_timer += 1;
+                } else {
+                    c.closed_by_api += 1;
+                }
+                c.handle_count += 1;
+                c.handle_micros_sum += handle;
+            })?;
+            page.open.remove(&skey);
+        }
+        "SessionErased" => page.open.remove(&skey),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// One cell of an answer: `None` when it covers fewer than `k` Sessions.

@@ -17,6 +17,14 @@ pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// Copies a 16-byte id into `to` (an id of another length, which the
+/// projections never store, leaves zeros).
+pub(crate) fn copy_id(to: &mut [u8], id: &[u8]) {
+    if id.len() == to.len() {
+        to.copy_from_slice(id);
+    }
+}
+
 pub(crate) fn uuid_at(bytes: &[u8], at: usize) -> Option<Uuid> {
     bytes.get(at..at + 16).and_then(|b| Uuid::from_slice(b).ok())
 }

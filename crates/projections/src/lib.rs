@@ -20,6 +20,7 @@
 //! process reads ([`ViewStore::acknowledged`]).
 
 pub mod analytics;
+mod cache;
 pub mod directory;
 mod error;
 mod keys;
@@ -29,7 +30,7 @@ mod store;
 
 pub use error::ViewError;
 pub use keys::{OpenedField, open_sealed};
-pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_until};
+pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_all, rebuild_until};
 pub use store::{Generation, ReadView, Rows, ViewStore, WriteView};
 
 use eventlog::{EventFilter, RecordedEvent};
@@ -66,6 +67,16 @@ pub trait Projection: Send + Sync + 'static {
     fn filter(&self) -> EventFilter;
     /// Applies one event to the generation being written.
     fn apply(&self, w: &mut WriteView<'_>, event: &RecordedEvent) -> Result<(), ApplyError>;
+    /// Applies a page's events in order; on failure, the index of the
+    /// event that failed (what it changed is rolled back with the page).
+    /// The default applies them one by one; a projection may override it
+    /// to keep rows decoded across the page.
+    fn apply_batch(&self, w: &mut WriteView<'_>, events: &[&RecordedEvent]) -> Result<(), (usize, ApplyError)> {
+        for (i, e) in events.iter().enumerate() {
+            self.apply(w, e).map_err(|err| (i, err))?;
+        }
+        Ok(())
+    }
 }
 
 /// The three built-in projections, in the order the server runs them.

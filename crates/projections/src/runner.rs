@@ -14,9 +14,9 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use eventlog::{EventLog, RecordedEvent};
+use eventlog::{EventFilter, EventLog, RecordedEvent};
 use proto::views::{GenerationMeta, SkippedEvent};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -121,7 +121,14 @@ pub struct Runner {
     control: Control,
     /// The serving generation's checkpoint, for waiters.
     checkpoint: watch::Sender<u64>,
+    /// When a page was last committed durably.
+    last_durable: Mutex<Instant>,
 }
+
+/// While catching up, pages commit without an fsync (visible at once,
+/// durable with the next durable commit) except about once per this long;
+/// a crash re-applies at most this much, view and checkpoint together.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +192,7 @@ impl Runner {
             status: Mutex::new(status),
             control: Control::default(),
             checkpoint: watch::channel(serving.next_position).0,
+            last_durable: Mutex::new(Instant::now()),
         });
         // Head changes wake the runner.
         let weak = Arc::downgrade(&runner);
@@ -413,16 +421,26 @@ impl Runner {
         if let Some(first) = page.events.first() {
             *lag_seconds = Some((now_micros() - first.recorded_at_micros).max(0) as f64 / 1e6);
         }
-        apply_page(
+        // Catching up, commit durably about once a second; once at the
+        // head, every page.
+        let mut last_durable = self.last_durable.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = page.next_position >= page.head || last_durable.elapsed() >= DURABLE_EVERY;
+        let events: Vec<&RecordedEvent> = page.events.iter().collect();
+        let step = apply_page(
             self.projection.as_ref(),
             &self.store,
             gn,
             meta,
-            &page.events,
+            &events,
             page.next_position,
             skips,
             until_micros,
-        )
+            durable,
+        )?;
+        if durable {
+            *last_durable = Instant::now();
+        }
+        Ok(step)
     }
 }
 
@@ -436,42 +454,39 @@ fn is_skipped(e: &RecordedEvent, skips: &BTreeSet<u64>, until: Option<i64>) -> b
 
 /// Applies `events` to generation `gn` and commits them with the new
 /// checkpoint `next_position`; at a poison event, commits what precedes it
-/// and reports it.
+/// and reports it. A page holding a purge always commits durably (the
+/// erasure process acts on its acknowledgement).
 #[allow(clippy::too_many_arguments)]
 fn apply_page(
     projection: &dyn Projection,
     store: &ViewStore,
     gn: Generation,
     mut meta: GenerationMeta,
-    events: &[RecordedEvent],
+    events: &[&RecordedEvent],
     next_position: u64,
     skips: &BTreeSet<u64>,
     until: Option<i64>,
+    durable: bool,
 ) -> Result<Step, ViewError> {
     if events.is_empty() && next_position <= meta.next_position {
         return Ok(Step::Idle);
     }
+    let applicable: Vec<(usize, &RecordedEvent)> =
+        events.iter().copied().enumerate().filter(|(_, e)| !is_skipped(e, skips, until)).collect();
+    let purges = applicable.iter().any(|(_, e)| e.event_type() == PURGE_EVENT);
     let mut poisoned = None;
-    let txn = store.begin_write()?;
+    let txn = store.begin_write_with(durable || purges)?;
     {
         let mut w = WriteView::new(&txn, gn);
-        for (i, e) in events.iter().enumerate() {
-            if is_skipped(e, skips, until) {
-                continue;
-            }
-            match apply_one(projection, &mut w, e) {
-                Ok(()) => {}
-                Err(ApplyError::Poison(error)) => {
-                    poisoned = Some((i, error));
-                    break;
-                }
-                Err(ApplyError::Store(e)) => return Err(e),
-            }
+        let batch: Vec<&RecordedEvent> = applicable.iter().map(|(_, e)| *e).collect();
+        match projection.apply_batch(&mut w, &batch).and_then(|()| acknowledge(&mut w, &batch)) {
+            Ok(()) => {}
+            Err((j, ApplyError::Poison(error))) => poisoned = Some((applicable[j].0, error)),
+            Err((_, ApplyError::Store(e))) => return Err(e),
         }
         if poisoned.is_none() {
-            let applied = events.iter().filter(|e| !is_skipped(e, skips, until)).count() as u64;
             meta.next_position = next_position.max(meta.next_position);
-            meta.events_applied += applied;
+            meta.events_applied += batch.len() as u64;
             if let Some(last) = events.last() {
                 meta.last_event_micros = last.recorded_at_micros;
             }
@@ -485,9 +500,9 @@ fn apply_page(
     };
     // Undo the page and commit only what precedes the poison event.
     txn.abort()?;
-    let bad = &events[i];
+    let bad = events[i];
     if i > 0 {
-        apply_page(projection, store, gn, meta, &events[..i], bad.position, skips, until)?;
+        apply_page(projection, store, gn, meta, &events[..i], bad.position, skips, until, true)?;
     }
     let skip = SkippedEvent {
         position: bad.position,
@@ -501,12 +516,11 @@ fn apply_page(
     Ok(Step::Poisoned { skip })
 }
 
-fn apply_one(projection: &dyn Projection, w: &mut WriteView<'_>, e: &RecordedEvent) -> Result<(), ApplyError> {
-    projection.apply(w, e)?;
-    if e.event_type() == PURGE_EVENT {
-        // Every projection acknowledges the purge in the same transaction.
-        let p: proto::events::SubjectErasureKeysShredded = crate::sessions::payload(e)?;
-        w.put("acks", &p.request_id, &e.position.to_le_bytes())?;
+/// Every projection acknowledges a purge in the transaction that applies it.
+fn acknowledge(w: &mut WriteView<'_>, batch: &[&RecordedEvent]) -> Result<(), (usize, ApplyError)> {
+    for (i, e) in batch.iter().enumerate().filter(|(_, e)| e.event_type() == PURGE_EVENT) {
+        let p: proto::events::SubjectErasureKeysShredded = crate::sessions::payload(e).map_err(|err| (i, err))?;
+        w.put("acks", &p.request_id, &e.position.to_le_bytes()).map_err(|err| (i, err.into()))?;
     }
     Ok(())
 }
@@ -524,33 +538,164 @@ pub fn rebuild_until(
     page_size: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<SkippedEvent>, ViewError> {
+    let mut skipped = rebuild_all(&[(projection, store)], log, rt, until_micros, page_size, progress)?;
+    Ok(skipped.pop().unwrap_or_default())
+}
+
+/// Builds several projections at once from one read of `$all`: this thread
+/// reads pages (the union of their filters) and hands each page to one
+/// applier thread per projection, so reading and applying overlap and the
+/// log is read once. Each store resumes from its own checkpoint; pages
+/// commit without an fsync except about once a second, at a purge and at
+/// the end. Returns the poison events each one skipped, in order.
+pub fn rebuild_all(
+    targets: &[(&dyn Projection, &ViewStore)],
+    log: &Arc<dyn EventLog>,
+    rt: &Handle,
+    until_micros: Option<i64>,
+    page_size: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<Vec<SkippedEvent>>, ViewError> {
     let head = log.head();
-    if store.generations()?.0.is_none() {
-        store.new_generation(projection.version())?;
-    }
-    let mut skipped = Vec::new();
-    let mut skips = store.skipped_positions()?;
-    let filter = projection.filter();
-    loop {
-        let meta = store.generations()?.0.unwrap_or_default();
-        if meta.next_position >= head {
-            break;
+    let mut from = head;
+    for (p, store) in targets {
+        if store.generations()?.0.is_none() {
+            store.new_generation(p.version())?;
         }
-        let page = rt.block_on(log.read_all(meta.next_position, page_size, &filter))?;
-        let events: Vec<RecordedEvent> = page.events.into_iter().filter(|e| e.position < head).collect();
-        let next = page.next_position.min(head);
-        match apply_page(projection, store, Generation(meta.generation), meta, &events, next, &skips, until_micros)? {
-            Step::Poisoned { skip, .. } => {
-                let meta = store.generations()?.0.unwrap_or_default();
-                skips.insert(skip.position);
-                store.skip(Generation(meta.generation), meta, skip.clone())?;
-                skipped.push(skip);
+        from = from.min(store.generations()?.0.unwrap_or_default().next_position);
+    }
+    let filter = union_filter(targets.iter().map(|(p, _)| p.filter()));
+    let done: Vec<std::sync::atomic::AtomicU64> = targets.iter().map(|_| from.into()).collect();
+    std::thread::scope(|scope| {
+        let mut senders = Vec::new();
+        let mut appliers = Vec::new();
+        for (i, (p, store)) in targets.iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<(Vec<RecordedEvent>, u64)>>(2);
+            senders.push(tx);
+            let done = &done[i];
+            let applier = std::thread::Builder::new()
+                .name(format!("rebuild-{}", p.name()))
+                .spawn_scoped(scope, move || rebuild_applier(*p, store, rx, head, until_micros, done))
+                .map_err(|e| ViewError::Store(format!("starting a rebuild thread: {e}")))?;
+            appliers.push(applier);
+        }
+        let mut failure = None;
+        let mut in_flight = std::collections::VecDeque::new();
+        while from < head {
+            let page = match log.read_all_on_thread(rt, from, page_size, &filter) {
+                Ok(page) => page,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            let next = page.next_position.min(head);
+            let events: Vec<RecordedEvent> = page.events.into_iter().filter(|e| e.position < head).collect();
+            let shared = Arc::new((events, next));
+            // An applier that stopped (it failed) reports why when joined.
+            if senders.iter().map(|tx| tx.send(shared.clone())).any(|r| r.is_err()) {
+                break;
             }
-            Step::Idle => break,
-            Step::Applied => {}
+            // Pages are freed here, by the thread that allocated them, once
+            // every applier is done with them (freeing in another thread is
+            // several times slower with the system allocator).
+            in_flight.push_back(shared);
+            while in_flight.front().is_some_and(|p| Arc::strong_count(p) == 1) {
+                in_flight.pop_front();
+            }
+            progress(done.iter().map(|d| d.load(Ordering::Relaxed)).min().unwrap_or(next), head);
+            if next <= from {
+                break;
+            }
+            from = next;
         }
-        progress(next, head);
+        drop(senders);
+        let mut out = Vec::new();
+        for a in appliers {
+            match a.join() {
+                Ok(Ok(skipped)) => out.push(skipped),
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(_) => failure = failure.or(Some(ViewError::Store("a rebuild thread panicked".into()))),
+            }
+        }
+        progress(head, head);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    })
+}
+
+/// The smallest filter that passes everything each of `filters` passes.
+fn union_filter(filters: impl Iterator<Item = EventFilter>) -> EventFilter {
+    let mut any_stream = false;
+    let mut any_type = false;
+    let mut out = EventFilter::default();
+    for f in filters {
+        any_stream |= f.stream_prefixes.is_empty();
+        any_type |= f.event_types.is_empty();
+        out.stream_prefixes.extend(f.stream_prefixes);
+        out.event_types.extend(f.event_types);
     }
-    progress(head, head);
+    if any_stream {
+        out.stream_prefixes.clear();
+    }
+    if any_type {
+        out.event_types.clear();
+    }
+    out.stream_prefixes.sort();
+    out.stream_prefixes.dedup();
+    out.event_types.sort();
+    out.event_types.dedup();
+    out
+}
+
+/// One projection's side of [`rebuild_all`]: applies the pages it is
+/// handed, skipping (and recording) poison events as it meets them.
+fn rebuild_applier(
+    projection: &dyn Projection,
+    store: &ViewStore,
+    pages: std::sync::mpsc::Receiver<Arc<(Vec<RecordedEvent>, u64)>>,
+    head: u64,
+    until_micros: Option<i64>,
+    done: &std::sync::atomic::AtomicU64,
+) -> Result<Vec<SkippedEvent>, ViewError> {
+    let filter = projection.filter();
+    let mut skips = store.skipped_positions()?;
+    let mut skipped = Vec::new();
+    let mut last_durable = Instant::now();
+    for page in pages {
+        let (events, next) = (&page.0, page.1);
+        loop {
+            let meta = store.generations()?.0.unwrap_or_default();
+            if meta.next_position >= next {
+                break;
+            }
+            let mine: Vec<&RecordedEvent> = events
+                .iter()
+                .filter(|e| e.position >= meta.next_position && filter.matches(&e.stream, e.event_type()))
+                .collect();
+            let durable = next >= head || last_durable.elapsed() >= DURABLE_EVERY;
+            let gn = Generation(meta.generation);
+            match apply_page(projection, store, gn, meta, &mine, next, &skips, until_micros, durable)? {
+                Step::Poisoned { skip } => {
+                    let meta = store.generations()?.0.unwrap_or_default();
+                    skips.insert(skip.position);
+                    store.skip(Generation(meta.generation), meta, skip.clone())?;
+                    skipped.push(skip);
+                }
+                Step::Idle | Step::Applied => {
+                    if durable {
+                        last_durable = Instant::now();
+                    }
+                    break;
+                }
+            }
+        }
+        done.store(next, Ordering::Relaxed);
+    }
+    // However the pages ended, what was applied is on disk.
+    let txn = store.begin_write()?;
+    txn.commit()?;
     Ok(skipped)
 }

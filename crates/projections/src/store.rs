@@ -29,8 +29,11 @@ use crate::ViewError;
 const CONTROL: TableDefinition<&str, &[u8]> = TableDefinition::new("control");
 const SKIPS: TableDefinition<u64, &[u8]> = TableDefinition::new("skips");
 type Bytes<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+/// A row as (key, value).
+pub type Row = (Vec<u8>, Vec<u8>);
 /// Rows as (key, value).
-pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Rows = Vec<Row>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 /// A generation of a projection's tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -231,8 +234,19 @@ impl ViewStore {
         Ok(())
     }
 
+    /// A write transaction; `durable: false` commits are visible at once
+    /// but reach the disk only with the next durable commit (a crash rolls
+    /// view and checkpoint back together to that one).
+    pub(crate) fn begin_write_with(&self, durable: bool) -> Result<WriteTransaction, ViewError> {
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(|e| ViewError::Store(e.to_string()))?;
+        }
+        Ok(txn)
+    }
+
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, ViewError> {
-        Ok(self.db.begin_write()?)
+        self.begin_write_with(true)
     }
 }
 
@@ -262,6 +276,15 @@ impl std::fmt::Debug for ReadView {
 }
 
 impl ReadView {
+    /// A table of the serving generation (`None`: never written).
+    fn table(&self, table: &str) -> Result<Option<ReadTable>, ViewError> {
+        match self.txn.open_table(Bytes::new(&table_name(self.gn, table))) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn generation(&self) -> Generation {
         self.gn
     }
@@ -271,12 +294,7 @@ impl ReadView {
     }
 
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
-        let name = table_name(self.gn, table);
-        let t = match self.txn.open_table(Bytes::new(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(t) = self.table(table)? else { return Ok(None) };
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
@@ -300,12 +318,7 @@ impl ReadView {
         exclusive: bool,
         limit: usize,
     ) -> Result<Rows, ViewError> {
-        let name = table_name(self.gn, table);
-        let t = match self.txn.open_table(Bytes::new(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(t) = self.table(table)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for row in t.range::<&[u8]>(start..)? {
             let (k, v) = row?;
@@ -319,6 +332,15 @@ impl ReadView {
             out.push((k.to_vec(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// The row with the greatest key that starts with `prefix` and is at
+    /// most `at`.
+    pub fn floor(&self, table: &str, prefix: &[u8], at: &[u8]) -> Result<Option<Row>, ViewError> {
+        let Some(t) = self.table(table)? else { return Ok(None) };
+        let Some(row) = t.range::<&[u8]>(prefix..=at)?.next_back() else { return Ok(None) };
+        let (k, v) = row?;
+        Ok(Some((k.value().to_vec(), v.value().to_vec())))
     }
 
     /// Every row of a table (for dumps and the rebuild-equals-live test).

@@ -162,7 +162,7 @@ fn dump(store: &ViewStore, tables: &[&str]) -> Vec<(String, projections::Rows)> 
     tables.iter().map(|t| (t.to_string(), view.dump(t).unwrap())).collect()
 }
 
-const SESSION_TABLES: &[&str] = &["sessions", "messages", "by_pype", "by_end_user", "pypes", "acks"];
+const SESSION_TABLES: &[&str] = &["sessions", "msg_index", "by_pype", "by_end_user", "pypes", "acks"];
 const ANALYTICS_TABLES: &[&str] = &["cells", "open", "acks"];
 const DIRECTORY_TABLES: &[&str] = &["subjects", "acks"];
 
@@ -419,12 +419,16 @@ async fn purge_removes_the_subjects_rows_and_every_projection_acknowledges() {
     let row = sessions::get_session(&sessions_view, w.tenant, s_erased).unwrap().unwrap();
     assert!(row.erased && row.end_user_id.is_empty());
     assert!(row.participants.iter().all(|p| p.participant_id != erased.as_bytes()));
-    let messages = sessions::list_messages(&sessions_view, s_erased, 0, 100).unwrap();
+    let cursor = sessions::message_cursor(&sessions_view, &row, 0).unwrap();
+    let messages = sessions::list_messages(w.log.as_ref(), &cursor, 100).await.unwrap();
     assert_eq!(messages.len(), 4);
     assert!(messages.iter().all(|m| m.erased && m.body.is_none() && m.sender_id != erased.as_bytes()));
     assert!(sessions::sessions_of_end_user(&sessions_view, w.tenant, erased).unwrap().is_empty());
     // The other subject's Session is untouched.
-    let other = sessions::list_messages(&sessions_view, s_kept, 0, 100).unwrap();
+    let kept_row = sessions::get_session(&sessions_view, w.tenant, s_kept).unwrap().unwrap();
+    let cursor = sessions::message_cursor(&sessions_view, &kept_row, 0).unwrap();
+    let other = sessions::list_messages(w.log.as_ref(), &cursor, 100).await.unwrap();
+    assert_eq!(other.len(), kept_row.messages as usize);
     assert!(other.iter().all(|m| !m.erased && m.body.is_some()));
     assert_eq!(sessions::sessions_of_end_user(&sessions_view, w.tenant, kept).unwrap(), vec![s_kept]);
     let dir_view = runners[1].store().read().unwrap().unwrap();
@@ -473,4 +477,79 @@ async fn analytics_hold_no_subject_ids_and_suppress_small_cells() {
     for id in ids {
         assert!(!bytes.windows(16).any(|win| win == id.as_bytes()), "id {id} found in the analytics store");
     }
+}
+
+/// Messages are listed from the Session's stream, starting at the sparse
+/// index entry for the page: every start and page size gives exactly the
+/// next messages, with other events interleaved, and never one the view
+/// has not applied yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_page_from_the_log_through_the_sparse_index() {
+    let w = World::new();
+    let (session, end_user, agent) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let id = |u: Uuid| Bytes::copy_from_slice(u.as_bytes());
+    w.conversation(session, end_user, agent, T0, 0, pb::ChangeReason::Api).await;
+    // The conversation helper closed it; reopen and post 300 messages, each
+    // followed by a read horizon, in appends of 25 events.
+    let post = |seq: u64| {
+        let mut m = ev(
+            "MessagePosted",
+            w.tenant,
+            pb::MessagePosted {
+                seq,
+                sender_id: id(end_user),
+                sent_at_micros: T0 + seq as i64,
+                has_device: false,
+                sender_kind: pb::ParticipantKind::EndUser as i32,
+            },
+        );
+        m.sealed_fields = vec![sealed("body", &format!("body {seq}"))];
+        m
+    };
+    let horizon = |seq: u64| {
+        ev(
+            "ReadHorizonAdvanced",
+            w.tenant,
+            pb::ReadHorizonAdvanced { participant_id: id(agent), up_to: seq, private: false },
+        )
+    };
+    let mut events = Vec::new();
+    for seq in 1..=300 {
+        events.push(post(seq));
+        events.push(horizon(seq));
+        if events.len() >= 25 {
+            w.append(w.session_stream(session), std::mem::take(&mut events)).await;
+        }
+    }
+    w.append(w.session_stream(session), events).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, "sessions");
+    rebuild(&sessions::SessionsProjection, &s, &w.log, &rt(), None, 50, &mut |_, _| {}).unwrap();
+    // Posted after the build: not in the view, so not listed.
+    w.append(w.session_stream(session), vec![post(301)]).await;
+
+    let view = s.read().unwrap().unwrap();
+    let row = sessions::get_session(&view, w.tenant, session).unwrap().unwrap();
+    assert_eq!((row.messages, row.last_seq), (300, 300));
+    for after in [0u64, 1, 62, 63, 64, 65, 127, 128, 200, 299, 300, 301, 5000] {
+        for limit in [1usize, 7, 100, 1000] {
+            let cursor = sessions::message_cursor(&view, &row, after).unwrap();
+            let got: Vec<u64> =
+                sessions::list_messages(w.log.as_ref(), &cursor, limit).await.unwrap().iter().map(|m| m.seq).collect();
+            let want: Vec<u64> = (after + 1..=300).take(limit).collect();
+            assert_eq!(got, want, "after {after}, limit {limit}");
+        }
+    }
+    // Paging through with a page size that does not divide the index step.
+    let (mut after, mut all) = (0, Vec::new());
+    loop {
+        let cursor = sessions::message_cursor(&view, &row, after).unwrap();
+        let page = sessions::list_messages(w.log.as_ref(), &cursor, 37).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page.iter().map(|m| (m.seq, m.body.is_some(), m.sender_id == end_user.as_bytes())));
+    }
+    assert_eq!(all, (1..=300).map(|seq| (seq, true, true)).collect::<Vec<_>>());
+    // The index holds one entry per 64 messages, not one per message.
+    assert_eq!(view.dump("msg_index").unwrap().len(), 300usize.div_ceil(sessions::INDEX_EVERY as usize));
 }

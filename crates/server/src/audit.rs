@@ -263,7 +263,7 @@ impl Progress {
 /// data or content in clear to disk) or `[erased]`. Needs the server
 /// stopped (the log and key store are opened for reading).
 pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> anyhow::Result<String> {
-    use projections::{ViewStore, directory, rebuild_until, sessions};
+    use projections::{ViewStore, directory, rebuild_all, sessions};
     if into.exists() && std::fs::read_dir(into)?.next().is_some() {
         bail!("{} is not empty: replay into a new directory", into.display());
     }
@@ -287,17 +287,22 @@ pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> any
     );
     let mut out = format!("read models as of {} into {}\n", time_text(as_of_micros), into.display());
     let rt = tokio::runtime::Handle::current();
+    let built = projections::all();
     let mut stores = Vec::new();
-    for p in projections::all() {
-        let store = ViewStore::open(&into.join(format!("{}.redb", p.name())))?;
-        let (log, rt, name) = (log.clone(), rt.clone(), p.name());
-        let (store, skipped) = tokio::task::spawn_blocking(move || {
-            let mut bar = Progress::new(name);
-            let skipped =
-                rebuild_until(p.as_ref(), &store, &log, &rt, Some(as_of_micros), 4096, &mut |d, t| bar.update(d, t));
-            skipped.map(|s| (store, s))
-        })
-        .await??;
+    for p in &built {
+        stores.push((p.name(), ViewStore::open(&into.join(format!("{}.redb", p.name())))?));
+    }
+    // Every view from one read of the log, one thread applying each.
+    let (log_reader, built_for) = (log.clone(), built.clone());
+    let (stores, skipped) = tokio::task::spawn_blocking(move || {
+        let mut bar = Progress::new("views");
+        let targets: Vec<(&dyn projections::Projection, &ViewStore)> =
+            built_for.iter().zip(&stores).map(|(p, (_, s))| (p.as_ref(), s)).collect();
+        let skipped = rebuild_all(&targets, &log_reader, &rt, Some(as_of_micros), 4096, &mut |d, t| bar.update(d, t));
+        skipped.map(|s| (stores, s))
+    })
+    .await??;
+    for ((name, store), skipped) in stores.iter().zip(&skipped) {
         let meta = store.generations()?.0.unwrap_or_default();
         let _ = writeln!(
             out,
@@ -305,11 +310,10 @@ pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> any
             meta.events_applied,
             skipped.len()
         );
-        for s in &skipped {
+        for s in skipped {
             let _ =
                 writeln!(out, "    skipped position {} ({} in {}): {}", s.position, s.event_type, s.stream, s.error);
         }
-        stores.push((name, store));
     }
     // A readable report, with sealed fields opened now.
     let mut report = format!("pypes read models as of {}\n\n", time_text(as_of_micros));
@@ -332,7 +336,8 @@ pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> any
                 row.messages
             );
             let stream = actors::stream_name("session", tenant, session);
-            for m in sessions::list_messages(&view, session, 0, usize::MAX)? {
+            let cursor = sessions::message_cursor(&view, &row, 0)?;
+            for m in sessions::list_messages(log.as_ref(), &cursor, usize::MAX).await? {
                 let body = projections::open_sealed(&keyring, tenant, &stream, "body", m.body.as_ref()).await?;
                 let _ = writeln!(
                     report,

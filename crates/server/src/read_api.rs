@@ -107,13 +107,14 @@ impl pb::view_service_server::ViewService for Handle {
             let session = parse_id("session_id", &r.session_id)?;
             let size = page_size("page_size", r.page_size, 100)?;
             let view = api.views.read(sessions::NAME).await?;
-            if sessions::get_session(&view, tenant, session).map_err(internal)?.is_none() {
+            let Some(row) = sessions::get_session(&view, tenant, session).map_err(internal)? else {
                 return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
                     what: "session",
                 })));
-            }
-            let rows = sessions::list_messages(&view, session, r.after_seq, size + 1).map_err(internal)?;
+            };
+            let cursor = sessions::message_cursor(&view, &row, r.after_seq).map_err(internal)?;
             drop(view);
+            let rows = sessions::list_messages(api.log.as_ref(), &cursor, size + 1).await.map_err(internal)?;
             let stream = actors::stream_name("session", tenant, session);
             let mut messages = Vec::with_capacity(rows.len().min(size));
             for m in rows.iter().take(size) {

@@ -140,64 +140,7 @@ impl FileStream {
 }
 
 /// Maps keyed by event id.
-type IdMap<V> = HashMap<uuid::Uuid, V, IdHashBuilder>;
-
-/// A keyed hash for event ids: one multiply-fold of the two halves with
-/// random per-process keys and a full avalanche at the end. Much cheaper
-/// than SipHash on the append path; the random keys keep crafted ids from
-/// piling into one bucket (ids are 128-bit, so plain folding without keys
-/// would let a client choose collisions).
-#[derive(Clone)]
-struct IdHashBuilder {
-    k0: u64,
-    k1: u64,
-}
-
-impl Default for IdHashBuilder {
-    fn default() -> Self {
-        let mut seed = [0u8; 16];
-        // Without OS randomness the keys stay fixed: still a good spread,
-        // only no longer secret.
-        let _ = getrandom::fill(&mut seed);
-        let k = u128::from_le_bytes(seed);
-        Self { k0: (k as u64) | 1, k1: ((k >> 64) as u64) | 1 }
-    }
-}
-
-impl std::hash::BuildHasher for IdHashBuilder {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher { k0: self.k0, k1: self.k1, h: 0 }
-    }
-}
-
-struct IdHasher {
-    k0: u64,
-    k1: u64,
-    h: u64,
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
-            let mut b = [0u8; 16];
-            b[..chunk.len()].copy_from_slice(chunk);
-            let v = u128::from_le_bytes(b);
-            let m = u128::from((v as u64) ^ self.k0) * u128::from(((v >> 64) as u64) ^ self.k1);
-            self.h = (self.h ^ (m as u64) ^ ((m >> 64) as u64)).rotate_left(23);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
-    fn finish(&self) -> u64 {
-        // murmur3 fmix64
-        let mut x = self.h;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^ (x >> 33)
-    }
-}
+type IdMap<V> = HashMap<uuid::Uuid, V, crate::hash::KeyedHash>;
 
 /// Recent event ids for idempotent retries, bounded to `cap` entries.
 #[derive(Default)]
@@ -228,7 +171,7 @@ impl IdWindow {
     fn from_recent(cap: usize, recent: VecDeque<(uuid::Uuid, Arc<str>, u64, u64)>) -> Self {
         let mut w = IdWindow {
             cap,
-            map: IdMap::with_capacity_and_hasher(recent.len(), IdHashBuilder::default()),
+            map: IdMap::with_capacity_and_hasher(recent.len(), crate::hash::KeyedHash::default()),
             order: VecDeque::with_capacity(recent.len()),
         };
         for (id, stream, version, position) in recent {
@@ -486,6 +429,16 @@ impl EventLog for FileLog {
         })
     }
 
+    fn read_all_on_thread(
+        &self,
+        _rt: &tokio::runtime::Handle,
+        from: u64,
+        max_count: usize,
+        filter: &EventFilter,
+    ) -> Result<AllPage> {
+        self.shared.read_all_blocking(from, max_count, filter)
+    }
+
     fn head(&self) -> u64 {
         *self.shared.head.borrow()
     }
@@ -532,13 +485,13 @@ impl EventLog for FileLog {
 mod tests {
     use std::hash::BuildHasher;
 
-    use super::IdHashBuilder;
+    use crate::hash::KeyedHash;
 
     /// Ids from a counter (as a client might make them) must spread over
     /// the table's buckets: an earlier fold hash put them all in one.
     #[test]
     fn sequential_ids_spread_over_buckets() {
-        let b = IdHashBuilder::default();
+        let b = KeyedHash::default();
         for base in [0u128, 1 << 64, u128::from(u64::MAX) << 64, 0x0190_0000_0000_7000_8000_0000_0000_0000] {
             let buckets: std::collections::HashSet<u64> =
                 (0..10_000u128).map(|i| b.hash_one(uuid::Uuid::from_u128(base.wrapping_add(i))) & 1023).collect();

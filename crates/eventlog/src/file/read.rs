@@ -12,6 +12,7 @@ use proto::storage::StoredEvent;
 use super::format::{self, FrameParse};
 use super::vfs::StorageFile;
 use super::{FrameLoc, Shared, unpack_loc};
+use crate::model::StreamRules;
 use crate::{AllPage, Direction, EventFilter, LogError, ReadFrom, RecordedEvent, Result, validate_stream_name};
 
 /// A stream version to read: version, frame ordinal, entry, frame, file.
@@ -159,7 +160,8 @@ impl Shared {
                 let Some(frame::Body::Batch(batch)) = frame.body else {
                     return Err(self.corrupt(loc, "indexed batch frame holds no batch"));
                 };
-                let mut candidates = Vec::new();
+                let mut candidates = Vec::with_capacity(batch.entries.len());
+                let mut last_stream = None;
                 for (i, e) in batch.entries.into_iter().enumerate() {
                     let p = first + i as u64;
                     if p < from || p >= head {
@@ -168,34 +170,33 @@ impl Shared {
                     let Some(entry::Kind::Event(bytes)) = e.kind else {
                         continue;
                     };
-                    let stored = StoredEvent::decode(bytes)
+                    let event = format::decode_recorded(&bytes, &mut last_stream)
                         .map_err(|err| self.corrupt(loc, format!("event does not decode: {err}")))?;
-                    if stored.global_position != p {
-                        return Err(
-                            self.corrupt(loc, format!("event has position {}, expected {p}", stored.global_position))
-                        );
+                    if event.position != p {
+                        return Err(self.corrupt(loc, format!("event has position {}, expected {p}", event.position)));
                     }
-                    if filter.matches(&stored.stream, &stored.event_type) {
-                        candidates.push(stored);
+                    if filter.matches(&event.stream, event.event_type()) {
+                        candidates.push(event);
                     }
                 }
-                let visible: Vec<bool> = {
-                    let idx = self.read();
-                    candidates
-                        .iter()
-                        .map(|s| {
-                            idx.streams
-                                .get(s.stream.as_str())
-                                .is_some_and(|st| st.rules.is_visible(s.version, s.recorded_at_micros, now))
-                        })
-                        .collect()
-                };
-                for (stored, visible) in candidates.into_iter().zip(visible) {
-                    if !visible {
+                // A batch is mostly one stream: look its rules up once per
+                // run of events of one stream.
+                let idx = self.read();
+                let mut last: Option<(Arc<str>, Option<&StreamRules>)> = None;
+                for event in candidates {
+                    let rules = match &last {
+                        Some((name, rules)) if Arc::ptr_eq(name, &event.stream) => *rules,
+                        _ => {
+                            let rules = idx.streams.get(&*event.stream).map(|st| &st.rules);
+                            last = Some((event.stream.clone(), rules));
+                            rules
+                        }
+                    };
+                    if !rules.is_some_and(|r| r.is_visible(event.version, event.recorded_at_micros, now)) {
                         continue;
                     }
-                    let p = stored.global_position;
-                    page.events.push(self.to_recorded(stored, loc)?);
+                    let p = event.position;
+                    page.events.push(event);
                     if page.events.len() >= max {
                         page.next_position = p + 1;
                         return Ok(page);
