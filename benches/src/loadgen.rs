@@ -15,6 +15,10 @@ mod apibench;
 mod keybench;
 mod rebuild;
 
+/// The allocator the `pypes` binary uses, so figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -36,14 +36,24 @@ pub struct KeyedHasher {
     h: u64,
 }
 
+impl KeyedHasher {
+    #[inline]
+    fn mix(&mut self, v: u128) {
+        let m = u128::from((v as u64) ^ self.k0) * u128::from(((v >> 64) as u64) ^ self.k1);
+        self.h = (self.h ^ (m as u64) ^ ((m >> 64) as u64)).rotate_left(23);
+    }
+}
+
 impl std::hash::Hasher for KeyedHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(16) {
+        let (chunks, tail) = bytes.as_chunks::<16>();
+        for chunk in chunks {
+            self.mix(u128::from_le_bytes(*chunk));
+        }
+        if !tail.is_empty() {
             let mut b = [0u8; 16];
-            b[..chunk.len()].copy_from_slice(chunk);
-            let v = u128::from_le_bytes(b);
-            let m = u128::from((v as u64) ^ self.k0) * u128::from(((v >> 64) as u64) ^ self.k1);
-            self.h = (self.h ^ (m as u64) ^ ((m >> 64) as u64)).rotate_left(23);
+            b[..tail.len()].copy_from_slice(tail);
+            self.mix(u128::from_le_bytes(b) ^ ((tail.len() as u128) << 120));
         }
     }
     fn write_usize(&mut self, _: usize) {}

@@ -4,9 +4,9 @@
 //! times). Dropped unwritten when the page fails: the transaction is
 //! aborted anyway.
 
-use std::collections::HashMap;
-
 use eventlog::hash::KeyedHash;
+use hashbrown::HashMap;
+use hashbrown::hash_map::EntryRef;
 use proto::Message;
 
 use crate::{ViewError, WriteView};
@@ -23,11 +23,10 @@ impl<M: Message + Default> RowCache<M> {
     }
 
     fn load(&mut self, w: &mut WriteView<'_>, key: &[u8]) -> Result<&mut (Option<M>, bool), ViewError> {
-        if !self.rows.contains_key(key) {
-            let row = w.get_msg::<M>(self.table, key)?;
-            self.rows.insert(key.to_vec(), (row, false));
-        }
-        self.rows.get_mut(key).ok_or_else(|| ViewError::Store(format!("{}: cached row vanished", self.table)))
+        Ok(match self.rows.entry_ref(key) {
+            EntryRef::Occupied(slot) => slot.into_mut(),
+            EntryRef::Vacant(slot) => slot.insert((w.get_msg::<M>(self.table, key)?, false)),
+        })
     }
 
     /// The row at `key` to change, if there is one.
@@ -58,10 +57,10 @@ impl<M: Message + Default> RowCache<M> {
     }
 
     fn set(&mut self, key: &[u8], row: Option<M>) {
-        match self.rows.get_mut(key) {
-            Some(slot) => *slot = (row, true),
-            None => {
-                self.rows.insert(key.to_vec(), (row, true));
+        match self.rows.entry_ref(key) {
+            EntryRef::Occupied(mut slot) => *slot.get_mut() = (row, true),
+            EntryRef::Vacant(slot) => {
+                slot.insert((row, true));
             }
         }
     }

@@ -28,14 +28,25 @@ impl Shared {
     }
 
     pub(super) fn read_frame(&self, file: &dyn StorageFile, loc: FrameLoc) -> Result<Frame> {
-        let mut buf = vec![0u8; loc.len as usize];
-        file.read_at(loc.offset as u64, &mut buf).map_err(|e| {
-            LogError::io(
-                format!("reading {} at offset {}", self.segment_path(loc.segment as u64).display(), loc.offset),
-                e,
-            )
+        let buf = self.read_span(file, loc.segment, loc.offset, loc.len as usize)?;
+        self.parse_frame(&buf, loc)
+    }
+
+    /// `len` bytes of a segment from `offset`, in one read.
+    fn read_span(&self, file: &dyn StorageFile, segment: u32, offset: u32, len: usize) -> Result<Bytes> {
+        let mut buf = vec![0u8; len];
+        file.read_at(offset as u64, &mut buf).map_err(|e| {
+            LogError::io(format!("reading {} at offset {offset}", self.segment_path(segment as u64).display()), e)
         })?;
-        match format::parse_frame_shared(&Bytes::from(buf)) {
+        Ok(Bytes::from(buf))
+    }
+
+    /// The frame `loc` names, from a buffer holding exactly its bytes.
+    fn parse_frame(&self, buf: &Bytes, loc: FrameLoc) -> Result<Frame> {
+        if buf.len() != loc.len as usize {
+            return Err(self.corrupt(loc, "frame shorter than indexed"));
+        }
+        match format::parse_frame_shared(buf) {
             FrameParse::Frame { frame, .. } => Ok(frame),
             FrameParse::Incomplete => Err(self.corrupt(loc, "frame shorter than indexed")),
             FrameParse::Invalid(reason) => Err(self.corrupt(loc, reason)),
@@ -131,15 +142,16 @@ impl Shared {
             }
             (idx.next_position, idx.frames.len() as u64, o, p)
         };
-        let mut page = AllPage { events: Vec::new(), next_position: from, head };
+        let mut page = AllPage { events: Vec::with_capacity(max.min(4096)), next_position: from, head };
         if from >= head || max == 0 {
             return Ok(page);
         }
         let now = self.clock.now_micros();
+        let mut candidates = Vec::new();
         while ordinal < end_ordinal {
             let chunk: Vec<(FrameLoc, Arc<dyn StorageFile>)> = {
                 let idx = self.read();
-                (ordinal..end_ordinal.min(ordinal + 16))
+                (ordinal..end_ordinal.min(ordinal + READ_AHEAD_FRAMES))
                     .map(|o| {
                         let loc = idx.frames[o as usize];
                         (loc, idx.segments[&(loc.segment as u64)].clone())
@@ -147,7 +159,11 @@ impl Shared {
                     .collect()
             };
             ordinal += chunk.len() as u64;
-            for (loc, file) in chunk {
+            // Frames that follow each other in one segment are read with
+            // one pread (one syscall and one buffer for the run).
+            let mut span: Option<(usize, Bytes)> = None;
+            for (n, (loc, file)) in chunk.iter().enumerate() {
+                let loc = *loc;
                 if loc.events == 0 {
                     continue;
                 }
@@ -156,11 +172,27 @@ impl Shared {
                 if position <= from {
                     continue;
                 }
-                let frame = self.read_frame(&*file, loc)?;
+                let in_span = span.as_ref().and_then(|(start, buf)| {
+                    let start = chunk[*start].0;
+                    let at = loc.offset.checked_sub(start.offset).filter(|_| loc.segment == start.segment)? as usize;
+                    let end = at + loc.len as usize;
+                    (end <= buf.len()).then(|| buf.slice(at..end))
+                });
+                let bytes = match in_span {
+                    Some(bytes) => bytes,
+                    None => {
+                        let run = contiguous_run(&chunk[n..]);
+                        let buf = self.read_span(&**file, loc.segment, loc.offset, run)?;
+                        let bytes = buf.slice(..loc.len as usize);
+                        span = Some((n, buf));
+                        bytes
+                    }
+                };
+                let frame = self.parse_frame(&bytes, loc)?;
                 let Some(frame::Body::Batch(batch)) = frame.body else {
                     return Err(self.corrupt(loc, "indexed batch frame holds no batch"));
                 };
-                let mut candidates = Vec::with_capacity(batch.entries.len());
+                candidates.clear();
                 let mut last_stream = None;
                 for (i, e) in batch.entries.into_iter().enumerate() {
                     let p = first + i as u64;
@@ -183,7 +215,7 @@ impl Shared {
                 // run of events of one stream.
                 let idx = self.read();
                 let mut last: Option<(Arc<str>, Option<&StreamRules>)> = None;
-                for event in candidates {
+                for event in candidates.drain(..) {
                     let rules = match &last {
                         Some((name, rules)) if Arc::ptr_eq(name, &event.stream) => *rules,
                         _ => {
@@ -207,4 +239,23 @@ impl Shared {
         page.next_position = head;
         Ok(page)
     }
+}
+
+/// Frames a `$all` read looks up in the index at a time.
+const READ_AHEAD_FRAMES: u64 = 16;
+/// Largest single read of a run of frames.
+const MAX_SPAN: usize = 1 << 20;
+
+/// Bytes of the run of frames at the start of `chunk` that lie back to back
+/// in one segment (at least the first frame, at most [`MAX_SPAN`] beyond it).
+fn contiguous_run(chunk: &[(FrameLoc, Arc<dyn StorageFile>)]) -> usize {
+    let first = chunk[0].0;
+    let mut end = first.offset as usize + first.len as usize;
+    for (loc, _) in &chunk[1..] {
+        if loc.segment != first.segment || loc.offset as usize != end || end - first.offset as usize > MAX_SPAN {
+            break;
+        }
+        end += loc.len as usize;
+    }
+    end - first.offset as usize
 }
