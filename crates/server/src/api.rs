@@ -40,6 +40,7 @@ pub struct Api {
     pub views: Arc<crate::views::Views>,
     pub erasures: Arc<crate::erasure::Erasures>,
     pub analytics_k: u64,
+    pub audit: crate::audit_log::AuditLog,
 }
 
 /// The services share one `Api`.
@@ -50,29 +51,59 @@ type Reply<T> = Result<Response<T>, GrpcStatus>;
 
 impl Api {
     pub(crate) async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
-        match auth::bearer(metadata, &self.admin_sha256)? {
-            Bearer::Admin => Ok(Caller::Admin),
+        use crate::audit_log::Record;
+        let bearer = match auth::bearer(metadata, &self.admin_sha256) {
+            Ok(b) => b,
+            Err(e) => {
+                self.audit.note(Record::new("auth.bearer", "anonymous", "failed").detail("missing_or_malformed")).await;
+                return Err(e);
+            }
+        };
+        match bearer {
+            Bearer::Admin => {
+                self.audit.note(Record::new("auth.admin_key", "admin", "ok")).await;
+                Ok(Caller::Admin)
+            }
             Bearer::Tenant(token) => {
+                let actor = format!("tenant-key:{}", token.key_id);
                 let cache_key = (token.tenant, token.key_id);
-                if let Some((hash, at)) = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key)
-                    && at.elapsed().as_secs() < AUTH_CACHE_SECS
-                    && auth::same(hash, &token.secret_sha256)
-                {
+                let cached = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).is_some_and(
+                    |(hash, at)| at.elapsed().as_secs() < AUTH_CACHE_SECS && auth::same(hash, &token.secret_sha256),
+                );
+                if cached {
+                    self.audit.note(Record::new("auth.api_key", actor, "ok").tenant(token.tenant)).await;
                     return Ok(Caller::Tenant(token.tenant));
                 }
                 let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.state;
                 let known = tenant.api_keys.get(&token.key_id).is_some_and(|h| auth::same(h, &token.secret_sha256));
                 if !known {
+                    self.audit
+                        .note(
+                            Record::new("auth.api_key", actor, "failed")
+                                .tenant(token.tenant)
+                                .detail("unknown_or_revoked"),
+                        )
+                        .await;
                     return Err(ApiError::Unauthenticated("unknown or revoked key".into()));
                 }
                 if tenant.cancelled {
+                    self.audit
+                        .note(
+                            Record::new("auth.api_key", actor, "refused")
+                                .tenant(token.tenant)
+                                .detail("tenant_cancelled"),
+                        )
+                        .await;
                     return Err(ApiError::Forbidden("the tenant is cancelled".into()));
                 }
-                let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() > 100_000 {
-                    cache.clear();
+                {
+                    let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() > 100_000 {
+                        cache.clear();
+                    }
+                    cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 }
-                cache.insert(cache_key, (token.secret_sha256, Instant::now()));
+                self.audit.note(Record::new("auth.api_key", actor, "ok").tenant(token.tenant)).await;
                 Ok(Caller::Tenant(token.tenant))
             }
         }
@@ -96,6 +127,15 @@ impl Api {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
+        if matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
+            self.audit
+                .note(
+                    crate::audit_log::Record::new("authz.refused", "caller", "refused")
+                        .target(format!("rpc:{method}"))
+                        .detail(format!("{code:?}")),
+                )
+                .await;
+        }
         self.metrics.observe(method, code, started.elapsed());
         result
     }

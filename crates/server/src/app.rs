@@ -110,6 +110,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             .await?
             .context("opening the event log")?,
     );
+    let audit = crate::audit_log::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
+        .await
+        .context("starting the audit log")?;
+    audit
+        .record(crate::audit_log::Record::new("server.start", "pypes", "ok"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shared = Arc::new(actors::Shared {
         log: log.clone(),
         keyring: keyring.clone(),
@@ -156,6 +163,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         views: views.clone(),
         erasures: erasures.clone(),
         analytics_k: config.analytics_k,
+        audit: audit.clone(),
     }));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -221,6 +229,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let _ = stop_grpc.send(());
     http.stop(true).await;
     let _ = grpc_task.await;
+    if let Err(e) = audit.record(crate::audit_log::Record::new("server.stop", "pypes", "ok")).await {
+        tracing::error!(error = %e, "audit record at shutdown");
+    }
+    if let Err(e) = audit.checkpoint().await {
+        tracing::error!(error = %e, "audit checkpoint at shutdown");
+    }
     registry.shutdown();
     views.stop();
     Ok(())

@@ -14,7 +14,7 @@ use domain::session::{Session, SessionEvent};
 use domain::subject::{Subject, SubjectEvent};
 use domain::tenant::Tenant;
 use eventlog::file::vfs::OsVfs;
-use eventlog::file::{FileLog, FileLogConfig, PUBLIC_KEY_FILE, verify_log};
+use eventlog::file::{FileLog, FileLogConfig, PUBLIC_KEY_FILE, verify_log_visiting};
 use eventlog::{Direction, EventLog, ReadFrom, RecordedEvent, SystemClock};
 use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
 use keystore::{KeyPolicy, Keyring};
@@ -23,7 +23,8 @@ use uuid::Uuid;
 /// Verifies the log of `data_dir`; the public key comes from `public_key`
 /// (hex) or, failing that, from the log's own `signing.pub` (an auditor
 /// should pass the key from a trusted place instead).
-pub fn verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<String> {
+/// With `trail`, the audit entries are printed after the summary.
+pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow::Result<String> {
     let log_dir = data_dir.join("log");
     let (hex_key, from) = match public_key {
         Some(k) => (k.trim().to_string(), "given on the command line".to_string()),
@@ -40,7 +41,19 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<Strin
     let bytes: [u8; 32] =
         hex::decode(&hex_key).ok().and_then(|b| b.try_into().ok()).context("the public key is not 64 hex digits")?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")?;
-    let report = verify_log(&OsVfs, &log_dir, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut audit = crate::audit_log::AuditChecker::new(key);
+    let mut lines = String::new();
+    let mut visit = |e: RecordedEvent| {
+        audit.visit(&e)?;
+        if trail && e.stream.starts_with(crate::audit_log::STREAM_PREFIX) {
+            lines.push_str(&crate::audit_log::describe(&e));
+            lines.push('\n');
+        }
+        Ok(())
+    };
+    let report = verify_log_visiting(&OsVfs, &log_dir, &key, Some(&mut visit)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let head = crate::audit_log::read_head(data_dir)?;
+    let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = String::new();
     let _ = writeln!(out, "log {}: OK", log_dir.display());
     let _ = writeln!(out, "  public key        {hex_key} ({from})");
@@ -54,6 +67,21 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>) -> anyhow::Result<Strin
         report.unsigned_tail_frames
     );
     let _ = writeln!(out, "  signed head       {}", if report.signed_head_checked { "checked" } else { "absent" });
+    let _ = writeln!(out, "audit streams: OK");
+    let _ = writeln!(out, "  streams           {}", audit.streams);
+    let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
+    let _ = writeln!(out, "  signed checkpoints {}", audit.checkpoints);
+    let _ = writeln!(out, "  unsigned tail     {} entries", audit.unsigned_tail);
+    let _ = writeln!(
+        out,
+        "  signed head       {}",
+        if audit.heads_checked > 0 { "checked (audit.head)" } else { "absent" }
+    );
+    if trail {
+        let _ =
+            writeln!(out, "\ntime (UTC)           stream seq  action  actor  tenant  target  outcome  detail  [count]");
+        out.push_str(&lines);
+    }
     Ok(out)
 }
 

@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
-    /// Audit: verify the whole log's checksums, hash chain and signed checkpoints.
+    /// Audit: verify the whole log's checksums, hash chain and signed checkpoints, and the audit trail.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -102,6 +102,14 @@ enum AuditCommand {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Verifies like `verify`, then prints the audit streams' entries
+    /// (authentication attempts, refusals, privileged and privacy actions).
+    Trail {
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,7 +156,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(server::demo::run(&grpc, &key))
         }
         Command::Audit { command: AuditCommand::Verify { data_dir, public_key } } => {
-            print!("{}", server::audit::verify(&data_dir, public_key.as_deref())?);
+            print!("{}", server::audit::verify(&data_dir, public_key.as_deref(), false)?);
+            Ok(())
+        }
+        Command::Audit { command: AuditCommand::Trail { data_dir, public_key } } => {
+            print!("{}", server::audit::verify(&data_dir, public_key.as_deref(), true)?);
             Ok(())
         }
         Command::Replay { stream, into, as_of, data_dir } => {

@@ -78,3 +78,48 @@ async fn verify_and_replay_a_real_log() {
     assert!(!ok, "{out}");
     assert!(out.contains(segment.file_name().unwrap().to_str().unwrap()), "{out}");
 }
+
+/// Authentication attempts (good key, unknown key, none) and refusals land
+/// in the audit trail with no personal data; `pypes audit trail` prints
+/// them; a log cut short fails `pypes audit verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_attempts_and_a_cut_log_fails_verify() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_string();
+    let s = {
+        let mut server = start(data.path());
+        let mut c = clients(&server.grpc).await;
+        let s = setup(&mut c, "trail.user").await;
+        let forged = format!("pypes_{}_{}_{}", s.tenant.replace('-', ""), Uuid::now_v7().simple(), "00".repeat(32));
+        let err = c.subjects.get_subject(authed(&forged, pb::GetSubjectRequest { subject_id: s.user.clone() })).await;
+        assert_eq!(err.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let err =
+            c.subjects.get_subject(tonic::Request::new(pb::GetSubjectRequest { subject_id: s.user.clone() })).await;
+        assert_eq!(err.unwrap_err().code(), tonic::Code::Unauthenticated);
+        // A checkpoint is due within a second of the last entry.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        s
+    };
+    let (ok, out) = pypes(&["audit", "trail", "--data-dir", &dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("audit streams: OK") && out.contains("checked (audit.head)"), "{out}");
+    assert!(out.contains("server.start"), "{out}");
+    assert!(out.contains("auth.api_key  tenant-key:") && out.contains("  ok"), "{out}");
+    assert!(out.contains("unknown_or_revoked"), "{out}");
+    assert!(out.contains("auth.bearer  anonymous") && out.contains("missing_or_malformed"), "{out}");
+    assert!(out.contains("authz.refused") && out.contains("rpc:GetSubject"), "{out}");
+    assert!(!out.contains("trail.user"), "no username in the audit trail:\n{out}");
+    let _ = s;
+
+    // Cut the log's last segment short: the audit fails.
+    let mut segments: Vec<_> =
+        std::fs::read_dir(data.path().join("log/segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 40).unwrap();
+    let (ok, out) = pypes(&["audit", "verify", "--data-dir", &dir]);
+    assert!(!ok, "{out}");
+}

@@ -29,7 +29,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-pub use self::verify::{VerifyReport, verify_log};
+pub use self::verify::{VerifyReport, verify_log, verify_log_visiting};
 use self::vfs::{StorageFile, Vfs};
 use self::writer::{MetaOp, Request};
 use crate::model::{StreamRules, validate_appends};

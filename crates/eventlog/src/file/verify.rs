@@ -42,6 +42,19 @@ fn check_signature(key: &VerifyingKey, cp: &Checkpoint, file: &Path, offset: u64
 
 /// Verifies the log in `dir` (closed, or quiescent) against `key`.
 pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<VerifyReport, LogError> {
+    verify_log_visiting(vfs, dir, key, None)
+}
+
+/// [`verify_log`], handing every stored event (in log order, redacted ones
+/// left out) to `visit` as it is checked; an event that does not decode,
+/// or an error from `visit`, fails the verification. For checks layered on
+/// the log, such as the audit streams' own hash links.
+pub fn verify_log_visiting(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    key: &VerifyingKey,
+    mut visit: Option<&mut dyn FnMut(crate::RecordedEvent) -> Result<(), String>>,
+) -> Result<VerifyReport, LogError> {
     let segments_dir = dir.join("segments");
     let mut numbers: Vec<u64> = vfs
         .list(&segments_dir)
@@ -86,9 +99,18 @@ pub fn verify_log(vfs: &dyn Vfs, dir: &Path, key: &VerifyingKey) -> Result<Verif
             }
             match &frame.body {
                 Some(frame::Body::Batch(batch)) => {
+                    let mut last_stream = None;
                     for e in &batch.entries {
-                        match e.kind {
-                            Some(proto::log::entry::Kind::Event(_)) => report.events += 1,
+                        match &e.kind {
+                            Some(proto::log::entry::Kind::Event(bytes)) => {
+                                report.events += 1;
+                                if let Some(visit) = visit.as_mut() {
+                                    let event = format::decode_recorded(bytes, &mut last_stream).map_err(|r| {
+                                        corrupt(&path, offset as u64, format!("event does not decode: {r}"))
+                                    })?;
+                                    visit(event).map_err(|r| corrupt(&path, offset as u64, r))?;
+                                }
+                            }
                             _ => report.redacted_events += 1,
                         }
                     }
