@@ -553,6 +553,11 @@ impl Codec for Subject {
             SubjectEvent::Reactivated { at_micros } => {
                 new_event("SubjectReactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
             }
+            SubjectEvent::PasswordSet { hash, at_micros } => {
+                let subject = self.id.unwrap_or_default();
+                let e = new_event("SubjectPasswordSet", tenant, pb::SubjectStatusChanged { at_micros: *at_micros });
+                Sealer::new(keyring, tenant, stream, e).seal("password_hash", hash, profile(subject)).await?.done()
+            }
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => new_event(
                 "SubjectErasureRequested",
                 tenant,
@@ -646,6 +651,11 @@ impl Codec for Subject {
             "SubjectReactivated" => {
                 SubjectEvent::Reactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
             }
+            "SubjectPasswordSet" => SubjectEvent::PasswordSet {
+                // Erased (shredded) reads as no password: nobody can log in.
+                hash: open_text(r, keyring, "password_hash").await?.unwrap_or_default(),
+                at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros,
+            },
             "SubjectErasureRequested" => {
                 let p: pb::SubjectErasureRequested = payload(r)?;
                 SubjectEvent::ErasureRequested {

@@ -51,6 +51,12 @@ pub enum SubjectCommand {
     },
     Deactivate,
     Reactivate,
+    /// Sets (or replaces) the login password. `hash` is the password's
+    /// Argon2id hash, made outside the domain (it needs randomness); the
+    /// password itself never reaches a command or an event.
+    SetPassword {
+        hash: String,
+    },
     /// Step 1 of an erasure: from now on the subject takes no command but
     /// the erasure's own steps. Idempotent.
     RequestErasure {
@@ -110,6 +116,10 @@ pub enum SubjectEvent {
     Reactivated {
         at_micros: i64,
     },
+    PasswordSet {
+        hash: String,
+        at_micros: i64,
+    },
     ErasureRequested {
         request: Uuid,
         at_micros: i64,
@@ -167,6 +177,7 @@ pub const FIELDS: &[(&str, &str, FieldClass)] = &[
     ("Onboarded", "username", PROFILE),
     ("Onboarded", "phone", PROFILE),
     ("Onboarded", "birth", PROFILE),
+    ("PasswordSet", "password_hash", PROFILE),
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -177,6 +188,10 @@ pub struct Subject {
     pub email: String,
     pub phone: String,
     pub birth: Option<Birth>,
+    /// Argon2id hash of the login password; empty when none was set.
+    pub password_hash: String,
+    /// When the password last changed (auth sessions from before end).
+    pub password_set_micros: i64,
     pub status: Option<SubjectStatus>,
     pub erasure: Option<Erasure>,
 }
@@ -192,6 +207,26 @@ pub fn normalize_username(username: &str) -> Result<String, Rejection> {
         return Err(Rejection::invalid("username", "only letters, digits, '.', '_' and '-'"));
     }
     Ok(u)
+}
+
+/// Shortest and longest password accepted, in characters (NIST SP
+/// 800-63B: at least 8, allow at least 64; no composition rules).
+pub const PASSWORD_MIN_CHARS: usize = 8;
+pub const PASSWORD_MAX_CHARS: usize = 128;
+
+/// Checks a password's length (the only rule: length beats composition).
+pub fn check_password(password: &str) -> Result<(), Rejection> {
+    let n = password.chars().count();
+    if n < PASSWORD_MIN_CHARS {
+        return Err(Rejection::invalid("password", format!("{n} characters; at least {PASSWORD_MIN_CHARS}")));
+    }
+    if n > PASSWORD_MAX_CHARS {
+        return Err(Rejection::invalid("password", format!("{n} characters; at most {PASSWORD_MAX_CHARS}")));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(Rejection::invalid("password", "control characters are not allowed"));
+    }
+    Ok(())
 }
 
 fn check_email(email: &str) -> Result<(), Rejection> {
@@ -330,6 +365,15 @@ impl Aggregate for Subject {
                 SubjectStatus::Deactivated => vec![SubjectEvent::Reactivated { at_micros: now }],
                 _ => vec![],
             }),
+            SubjectCommand::SetPassword { hash } => {
+                if self.require_exists()? == SubjectStatus::Invited {
+                    return Err(Rejection::precondition("an invited subject sets a password when onboarding"));
+                }
+                if hash.is_empty() || hash.len() > 512 {
+                    return Err(Rejection::invalid("password_hash", "empty or over 512 bytes"));
+                }
+                Ok(vec![SubjectEvent::PasswordSet { hash: hash.clone(), at_micros: now }])
+            }
             SubjectCommand::RequestErasure { request } => {
                 self.require_exists()?;
                 Ok(vec![SubjectEvent::ErasureRequested {
@@ -373,6 +417,10 @@ impl Aggregate for Subject {
             }
             SubjectEvent::Deactivated { .. } => self.status = Some(SubjectStatus::Deactivated),
             SubjectEvent::Reactivated { .. } => self.status = Some(SubjectStatus::Active),
+            SubjectEvent::PasswordSet { hash, at_micros } => {
+                self.password_hash = hash.clone();
+                self.password_set_micros = *at_micros;
+            }
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => {
                 self.erasure = Some(Erasure {
                     request: *request,
@@ -398,6 +446,7 @@ impl Aggregate for Subject {
                 self.email.clear();
                 self.phone.clear();
                 self.birth = None;
+                self.password_hash.clear();
             }
             SubjectEvent::Erased { acknowledged_by, at_micros, .. } => {
                 if let Some(e) = &mut self.erasure {

@@ -18,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus};
 use uuid::Uuid;
 
+use crate::audit_log::Record;
 use crate::auth::{self, Bearer, Caller};
+use crate::end_user_auth::{Account, AuthSession, LoginOutcome};
 use crate::error::{ApiError, parse_id};
 use crate::metrics::ApiMetrics;
 
@@ -41,6 +43,7 @@ pub struct Api {
     pub erasures: Arc<crate::erasure::Erasures>,
     pub analytics_k: u64,
     pub audit: crate::audit_log::AuditLog,
+    pub auth: Arc<crate::end_user_auth::EndUserAuth>,
 }
 
 /// The services share one `Api`.
@@ -127,7 +130,10 @@ impl Api {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        if matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
+        // Logins and token checks write entries of their own.
+        if matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+            && !matches!(method, "Login" | "Introspect")
+        {
             self.audit
                 .note(
                     crate::audit_log::Record::new("authz.refused", "caller", "refused")
@@ -739,6 +745,7 @@ impl pb::subject_service_server::SubjectService for Handle {
             let r = request.into_inner();
             api.registry.read::<Tenant>(tenant, tenant).await?.state.require_active().map_err(IntoApi::into_api)?;
             let birth = birth_in(&r.date_of_birth, r.attested_at_least_13)?;
+            let password = password_hash_of(&r.password).await?;
             let id = Uuid::now_v7();
             let cmd = SubjectCommand::Register {
                 subject: id,
@@ -748,7 +755,10 @@ impl pb::subject_service_server::SubjectService for Handle {
                 phone: r.phone,
                 birth,
             };
-            let done = api.registry.subject_with_username(tenant, id, cmd).await?;
+            let mut done = api.registry.subject_with_username(tenant, id, cmd).await?;
+            if let Some(hash) = password {
+                done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
+            }
             tracing::info!(tenant = %tenant, subject = %id, "subject registered");
             Ok(subject_out(&done.state))
         })
@@ -774,8 +784,13 @@ impl pb::subject_service_server::SubjectService for Handle {
             let r = request.into_inner();
             let id = parse_id("subject_id", &r.subject_id)?;
             let birth = birth_in(&r.date_of_birth, r.attested_at_least_13)?;
+            let password = password_hash_of(&r.password).await?;
             let cmd = SubjectCommand::Onboard { username: r.username, phone: r.phone, birth };
-            Ok(subject_out(&api.registry.subject_with_username(tenant, id, cmd).await?.state))
+            let mut done = api.registry.subject_with_username(tenant, id, cmd).await?;
+            if let Some(hash) = password {
+                done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
+            }
+            Ok(subject_out(&done.state))
         })
         .await
     }
@@ -797,7 +812,17 @@ impl pb::subject_service_server::SubjectService for Handle {
         api.timed("DeactivateSubject", async {
             let tenant = api.tenant(request.metadata()).await?;
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
-            Ok(subject_out(&api.registry.execute::<Subject>(tenant, id, SubjectCommand::Deactivate).await?.state))
+            let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Deactivate).await?;
+            let ended = api.auth.revoke_subject(tenant, id);
+            api.audit
+                .record(
+                    Record::new("access.deactivate", "tenant", "ok")
+                        .tenant(tenant)
+                        .target(format!("subject:{id}"))
+                        .detail(format!("auth_sessions_ended={ended}")),
+                )
+                .await?;
+            Ok(subject_out(&done.state))
         })
         .await
     }
@@ -807,7 +832,171 @@ impl pb::subject_service_server::SubjectService for Handle {
         api.timed("ReactivateSubject", async {
             let tenant = api.tenant(request.metadata()).await?;
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
-            Ok(subject_out(&api.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?.state))
+            let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?;
+            api.audit
+                .record(Record::new("access.reactivate", "tenant", "ok").tenant(tenant).target(format!("subject:{id}")))
+                .await?;
+            Ok(subject_out(&done.state))
+        })
+        .await
+    }
+
+    async fn set_password(&self, request: Request<pb::SetPasswordRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("SetPassword", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.into_inner();
+            let id = parse_id("subject_id", &r.subject_id)?;
+            api.registry.read::<Subject>(tenant, id).await?.state.require_exists().map_err(IntoApi::into_api)?;
+            let hash =
+                password_hash_of(&r.password).await?.ok_or_else(|| ApiError::invalid("password", "is required"))?;
+            let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
+            let ended = api.auth.revoke_subject(tenant, id);
+            api.audit
+                .record(
+                    Record::new("auth.password_set", "tenant", "ok")
+                        .tenant(tenant)
+                        .target(format!("subject:{id}"))
+                        .detail(format!("auth_sessions_ended={ended}")),
+                )
+                .await?;
+            Ok(subject_out(&done.state))
+        })
+        .await
+    }
+}
+
+/// Checks a password given in a request and hashes it (off the runtime);
+/// `None` when none was given.
+async fn password_hash_of(password: &str) -> Result<Option<String>, ApiError> {
+    if password.is_empty() {
+        return Ok(None);
+    }
+    domain::subject::check_password(password).map_err(IntoApi::into_api)?;
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || crate::end_user_auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing a password: {e}")))?
+        .map(Some)
+}
+
+/// The subject a username names in `tenant`, as a login sees it.
+async fn account_of(api: &Api, tenant: Uuid, username: &str) -> Result<Option<Account>, ApiError> {
+    let secret = api.keyring.tenant_index_secret(tenant).await?;
+    let stream = actors::registry::username_stream(secret.expose(), tenant, username);
+    let first = match api.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
+        Ok(events) => events.into_iter().next(),
+        Err(LogError::StreamNotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(first) = first else { return Ok(None) };
+    let reserved = <proto::events::UsernameReserved as proto::Message>::decode(first.event.payload.clone())
+        .map_err(|e| ApiError::Internal(format!("username reservation does not decode: {e}")))?;
+    let Ok(subject) = Uuid::from_slice(&reserved.subject_id) else { return Ok(None) };
+    let s = api.registry.read::<Subject>(tenant, subject).await?.state;
+    if s.status.is_none() || s.erasure.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(Account {
+        tenant,
+        subject,
+        password_hash: s.password_hash,
+        active: s.status == Some(SubjectStatus::Active),
+    }))
+}
+
+fn session_info(s: &AuthSession, c: &crate::end_user_auth::AuthConfig) -> pb::AuthSessionInfo {
+    pb::AuthSessionInfo {
+        subject_id: s.subject.to_string(),
+        created_at_micros: s.created_micros,
+        idle_expires_at_micros: s.idle_expires_micros(c),
+        expires_at_micros: s.expires_micros(c),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
+        let api = &self.0;
+        api.timed("Login", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.into_inner();
+            let username = domain::subject::normalize_username(&r.username).map_err(IntoApi::into_api)?;
+            if r.password.is_empty() || r.password.len() > 4096 {
+                return Err(ApiError::invalid("password", "is required, at most 4096 bytes"));
+            }
+            let account = account_of(api, tenant, &username).await?;
+            let known = account.as_ref().map(|a| a.subject);
+            let actor = known.map_or_else(|| "anonymous".to_string(), |s| format!("subject:{s}"));
+            let outcome = api.auth.login(tenant, &username, &r.password, account).await;
+            let (result, code) = match outcome {
+                LoginOutcome::Ok { token, session } => {
+                    Ok(pb::LoginResponse { token, session: Some(session_info(&session, &api.auth.config)) })
+                        .map(|r| (r, "ok"))
+                        .map_or_else(|e: ApiError| (Err(e), "failed"), |(r, c)| (Ok(r), c))
+                }
+                LoginOutcome::Failed => {
+                    (Err(ApiError::Unauthenticated("the username or the password is wrong".into())), "failed")
+                }
+                LoginOutcome::Locked { retry_after_secs } => (
+                    Err(ApiError::TooMany(format!(
+                        "too many failed logins for this username; try again in {retry_after_secs} s"
+                    ))),
+                    "locked",
+                ),
+                LoginOutcome::Deactivated => (Err(ApiError::Forbidden("the account is deactivated".into())), "refused"),
+            };
+            // Unknown usernames are not written down (a username is personal data).
+            api.audit.record(Record::new("auth.login", actor, code).tenant(tenant)).await?;
+            result
+        })
+        .await
+    }
+
+    async fn introspect(&self, request: Request<pb::IntrospectRequest>) -> Reply<pb::AuthSessionInfo> {
+        let api = &self.0;
+        api.timed("Introspect", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let token = &request.get_ref().token;
+            let invalid = || ApiError::Unauthenticated("the token is unknown, expired or revoked".into());
+            let Some(session) = api.auth.touch(tenant, token) else {
+                api.audit.note(Record::new("auth.token", "anonymous", "failed").tenant(tenant)).await;
+                return Err(invalid());
+            };
+            // Another node may have deactivated the user or changed the
+            // password: the subject's state decides.
+            let s = api.registry.read::<Subject>(tenant, session.subject).await?.state;
+            let live = s.status == Some(SubjectStatus::Active)
+                && s.erasure.is_none()
+                && s.password_set_micros <= session.created_micros;
+            if !live {
+                api.auth.revoke_subject(tenant, session.subject);
+                api.audit
+                    .note(
+                        Record::new("auth.token", format!("subject:{}", session.subject), "refused")
+                            .tenant(tenant)
+                            .detail("revoked"),
+                    )
+                    .await;
+                return Err(invalid());
+            }
+            api.audit
+                .note(Record::new("auth.token", format!("subject:{}", session.subject), "ok").tenant(tenant))
+                .await;
+            Ok(session_info(&session, &api.auth.config))
+        })
+        .await
+    }
+
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Reply<pb::LogoutResponse> {
+        let api = &self.0;
+        api.timed("Logout", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let ended = api.auth.logout(tenant, &request.get_ref().token);
+            api.audit
+                .note(Record::new("auth.logout", "tenant", if ended { "ok" } else { "failed" }).tenant(tenant))
+                .await;
+            Ok(pb::LogoutResponse { ended })
         })
         .await
     }

@@ -164,6 +164,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         erasures: erasures.clone(),
         analytics_k: config.analytics_k,
         audit: audit.clone(),
+        auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), config.auth)?),
     }));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -195,6 +196,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::view_service_server::ViewServiceServer::new(api.clone()))
         .add_service(pb::analytics_service_server::AnalyticsServiceServer::new(api.clone()))
         .add_service(pb::erasure_service_server::ErasureServiceServer::new(api.clone()))
+        .add_service(pb::end_user_auth_service_server::EndUserAuthServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

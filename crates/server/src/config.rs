@@ -20,6 +20,17 @@ pub struct FileConfig {
     pub keys: KeysFile,
     #[serde(default)]
     pub privacy: PrivacyFile,
+    #[serde(default)]
+    pub auth: AuthFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// An end user's auth session ends after this long unused (default 1800).
+    pub idle_secs: Option<i64>,
+    /// ... and this long after login whatever the use (default 43200).
+    pub lifetime_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +95,7 @@ pub struct Config {
     pub rotation_days: i64,
     pub analytics_k: u64,
     pub erasure_warn_days: u32,
+    pub auth: crate::end_user_auth::AuthConfig,
 }
 
 impl Config {
@@ -106,7 +118,21 @@ impl Config {
             rotation_days: file.keys.rotation_days.unwrap_or(7),
             analytics_k: file.privacy.analytics_k.unwrap_or(projections::analytics::DEFAULT_K),
             erasure_warn_days: file.privacy.erasure_warn_days.unwrap_or(20),
+            auth: crate::end_user_auth::AuthConfig {
+                idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
+                lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),
+            },
         };
+        if !(60..=86_400).contains(&config.auth.idle_secs) {
+            anyhow::bail!("auth.idle_secs: {}; 60 to 86400", config.auth.idle_secs);
+        }
+        if !(config.auth.idle_secs..=30 * 86_400).contains(&config.auth.lifetime_secs) {
+            anyhow::bail!(
+                "auth.lifetime_secs: {}; from auth.idle_secs ({}) to 30 days",
+                config.auth.lifetime_secs,
+                config.auth.idle_secs
+            );
+        }
         if config.analytics_k < 2 {
             anyhow::bail!(
                 "privacy.analytics_k: {}; at least 2 (a cell of one Session is one person)",

@@ -83,13 +83,33 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                 phone: "+4915112345678".into(),
                 date_of_birth: "1990-05-17".into(),
                 attested_at_least_13: false,
+                password: "correct horse battery staple".into(),
             },
         )?)
         .await?
         .into_inner();
     println!(
-        "3. end user {:?} registered ({}); their email and phone are sealed in the log",
+        "3. end user {:?} registered ({}); their email, phone and password hash are sealed in the log",
         user.username, user.subject_id
+    );
+    let mut logins = pb::end_user_auth_service_client::EndUserAuthServiceClient::new(channel.clone());
+    let wrong = logins
+        .login(authed(&key, pb::LoginRequest { username: user.username.clone(), password: "guess".repeat(2) })?)
+        .await;
+    let login = logins
+        .login(authed(
+            &key,
+            pb::LoginRequest { username: user.username.clone(), password: "correct horse battery staple".into() },
+        )?)
+        .await?
+        .into_inner();
+    let info =
+        logins.introspect(authed(&key, pb::IntrospectRequest { token: login.token.clone() })?).await?.into_inner();
+    println!(
+        "   login with a wrong password: {}; with the right one: a token for {} (idle timeout {} s)",
+        wrong.map_or_else(|e| format!("{:?} {}", e.code(), e.message()), |_| "accepted?!".into()),
+        info.subject_id,
+        (info.idle_expires_at_micros - info.created_at_micros) / 1_000_000
     );
 
     let session = sessions

@@ -18,6 +18,9 @@ pub enum ApiError {
     Actor(#[from] ActorError),
     #[error("{0}")]
     Internal(String),
+    /// Too many attempts (a login lockout); retry later.
+    #[error("resource exhausted: {0}")]
+    TooMany(String),
     /// Not ready yet (e.g. a view still building); worth a retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -64,6 +67,7 @@ impl From<ApiError> for Status {
             ApiError::Actor(other) => internal(other.to_string()),
             ApiError::Internal(m) => internal(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::TooMany(m) => Status::resource_exhausted(m),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod audit_log;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod end_user_auth;
 pub mod erasure;
 pub mod error;
 pub mod http;

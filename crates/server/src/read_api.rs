@@ -320,6 +320,14 @@ impl pb::erasure_service_server::ErasureService for Handle {
             let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             let status = api.erasures.request(tenant, subject).await?;
+            api.auth.revoke_subject(tenant, subject);
+            api.audit
+                .record(
+                    crate::audit_log::Record::new("privacy.erasure_requested", "tenant-or-admin", "ok")
+                        .tenant(tenant)
+                        .target(format!("subject:{subject}")),
+                )
+                .await?;
             Ok(self.erasure_out(subject, status))
         })
         .await

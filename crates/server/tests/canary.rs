@@ -40,6 +40,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
         format!("canary body {tag}"),                                                      // message body
         format!("canary device {tag}"),                                                    // device
         "1987-06-05".to_string(),                                                          // date of birth
+        format!("cnry{tag}password"),                                                      // password
     ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
@@ -77,6 +78,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                 phone: canaries[2].clone(),
                 date_of_birth: canaries[7].clone(),
                 attested_at_least_13: false,
+                password: canaries[8].clone(),
             },
         ))
         .await

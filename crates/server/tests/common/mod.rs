@@ -71,6 +71,7 @@ pub struct Clients {
     pub views: pb::view_service_client::ViewServiceClient<Channel>,
     pub analytics: pb::analytics_service_client::AnalyticsServiceClient<Channel>,
     pub erasure: pb::erasure_service_client::ErasureServiceClient<Channel>,
+    pub logins: pb::end_user_auth_service_client::EndUserAuthServiceClient<Channel>,
 }
 
 pub async fn clients(url: &str) -> Clients {
@@ -82,7 +83,8 @@ pub async fn clients(url: &str) -> Clients {
         sessions: pb::session_service_client::SessionServiceClient::new(channel.clone()),
         views: pb::view_service_client::ViewServiceClient::new(channel.clone()),
         analytics: pb::analytics_service_client::AnalyticsServiceClient::new(channel.clone()),
-        erasure: pb::erasure_service_client::ErasureServiceClient::new(channel),
+        erasure: pb::erasure_service_client::ErasureServiceClient::new(channel.clone()),
+        logins: pb::end_user_auth_service_client::EndUserAuthServiceClient::new(channel),
     }
 }
 
