@@ -11,6 +11,7 @@
 mod common;
 pub mod pype;
 pub mod session;
+pub mod staff;
 pub mod subject;
 pub mod tenant;
 

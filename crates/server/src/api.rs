@@ -44,7 +44,17 @@ pub struct Api {
     pub analytics_k: u64,
     pub audit: crate::audit_log::AuditLog,
     pub auth: Arc<crate::end_user_auth::EndUserAuth>,
+    pub staff: Arc<crate::staff::Staff>,
 }
+
+tokio::task_local! {
+    /// The RPC being served (set by [`Api::timed`]): staff access is
+    /// decided per RPC.
+    static METHOD: &'static str;
+}
+
+/// Header naming the tenant a staff member's call is about.
+pub const TENANT_HEADER: &str = "x-pypes-tenant";
 
 /// The services share one `Api`.
 #[derive(Clone)]
@@ -63,6 +73,22 @@ impl Api {
             }
         };
         match bearer {
+            Bearer::Staff(token) => {
+                let actor = format!("staff:{}", token.staff);
+                let directory = self.staff.directory().await?;
+                match directory.members.get(&token.staff) {
+                    Some(m) if !m.disabled && auth::same(&m.key_sha256, &token.secret_sha256) => {
+                        self.audit.note(Record::new("auth.staff_key", actor, "ok").detail(m.role.name())).await;
+                        Ok(Caller::Staff { id: token.staff, role: m.role })
+                    }
+                    _ => {
+                        self.audit
+                            .note(Record::new("auth.staff_key", actor, "failed").detail("unknown_or_disabled"))
+                            .await;
+                        Err(ApiError::Unauthenticated("unknown or revoked key".into()))
+                    }
+                }
+            }
             Bearer::Admin => {
                 self.audit.note(Record::new("auth.admin_key", "admin", "ok")).await;
                 Ok(Caller::Admin)
@@ -116,6 +142,60 @@ impl Api {
         match self.caller(metadata).await? {
             Caller::Tenant(t) => Ok(t),
             Caller::Admin => Err(ApiError::Forbidden("this call needs a tenant API key, not the admin key".into())),
+            Caller::Staff { id, role } => {
+                let tenant = staff_tenant(metadata)?;
+                self.staff_may(id, role, Some(tenant)).await?;
+                Ok(tenant)
+            }
+        }
+    }
+
+    /// Whether staff member `id` may make the current call (about
+    /// `tenant`); the access is written to the audit trail before the call
+    /// goes on.
+    pub(crate) async fn staff_may(
+        &self,
+        id: Uuid,
+        role: domain::staff::Role,
+        tenant: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        use crate::staff::Access;
+        let method = METHOD.try_with(|m| *m).unwrap_or("unknown");
+        let actor = format!("staff:{id}");
+        let mut record = Record::new("staff.access", actor, "ok").target(format!("rpc:{method}")).detail(role.name());
+        if let Some(t) = tenant {
+            record = record.tenant(t);
+        }
+        match crate::staff::access(role, method) {
+            Access::Allowed => {}
+            Access::Denied => {
+                return Err(ApiError::Forbidden(format!("the {} role may not call {method}", role.name())));
+            }
+            Access::BreakGlass => {
+                let tenant = tenant.ok_or_else(|| ApiError::Forbidden(format!("{method} needs a tenant")))?;
+                let directory = self.staff.directory().await?;
+                let Some((grant, _)) = directory.live_grant(id, tenant, self.staff.now_micros()) else {
+                    return Err(ApiError::Forbidden(format!(
+                        "{method} reads the tenant's content: it needs a live break-glass grant \
+                         (StaffService.OpenBreakGlass, with a reason)"
+                    )));
+                };
+                record = Record { action: "staff.break_glass_access", ..record }.detail(format!("grant:{grant}"));
+            }
+        }
+        self.audit.record(record).await
+    }
+
+    /// The platform admin key, or a staff member whose role may make the
+    /// current call.
+    pub(crate) async fn platform(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
+        match self.caller(metadata).await? {
+            Caller::Admin => Ok(Caller::Admin),
+            Caller::Staff { id, role } => {
+                self.staff_may(id, role, None).await?;
+                Ok(Caller::Staff { id, role })
+            }
+            Caller::Tenant(_) => Err(ApiError::Forbidden("this call is for the platform's staff, not a tenant".into())),
         }
     }
 
@@ -125,7 +205,7 @@ impl Api {
         f: impl Future<Output = Result<T, ApiError>>,
     ) -> Reply<T> {
         let started = Instant::now();
-        let result = f.await.map(Response::new).map_err(GrpcStatus::from);
+        let result = METHOD.scope(method, f).await.map(Response::new).map_err(GrpcStatus::from);
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
@@ -334,9 +414,7 @@ impl pb::tenant_service_server::TenantService for Handle {
     async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Reply<pb::CreateTenantResponse> {
         let api = &self.0;
         api.timed("CreateTenant", async {
-            if api.caller(request.metadata()).await? != Caller::Admin {
-                return Err(ApiError::Forbidden("only the platform admin creates tenants".into()));
-            }
+            api.platform(request.metadata()).await?;
             let r = request.get_ref();
             let id = Uuid::now_v7();
             let settings = TenantSettings {
@@ -367,6 +445,7 @@ impl pb::tenant_service_server::TenantService for Handle {
                 Caller::Tenant(t) if t != wanted => {
                     return Err(domain::Rejection::NotFound { what: "tenant" }.into_api());
                 }
+                Caller::Staff { id, role } => api.staff_may(id, role, Some(wanted)).await?,
                 _ => {}
             }
             let t = api.registry.read::<Tenant>(wanted, wanted).await?.state;
@@ -682,7 +761,7 @@ impl pb::session_service_server::SessionService for Handle {
             api.session_of(tenant, id).await?;
             Ok::<_, ApiError>((tenant, id, r.from_version))
         };
-        let (tenant, id, from) = match setup.await {
+        let (tenant, id, from) = match METHOD.scope("WatchSession", setup).await {
             Ok(v) => v,
             Err(e) => {
                 let status = GrpcStatus::from(e);
@@ -1000,4 +1079,13 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
         })
         .await
     }
+}
+
+/// The tenant a staff member's call names in the `x-pypes-tenant` header.
+fn staff_tenant(metadata: &tonic::metadata::MetadataMap) -> Result<Uuid, ApiError> {
+    let value = metadata
+        .get(TENANT_HEADER)
+        .ok_or_else(|| ApiError::invalid("x-pypes-tenant", "staff calls name the tenant in this header"))?;
+    let text = value.to_str().map_err(|_| ApiError::invalid("x-pypes-tenant", "is not text"))?;
+    Uuid::parse_str(text.trim()).map_err(|_| ApiError::invalid("x-pypes-tenant", "is not a UUID"))
 }

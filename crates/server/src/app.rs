@@ -165,6 +165,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         analytics_k: config.analytics_k,
         audit: audit.clone(),
         auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), config.auth)?),
+        staff: Arc::new(
+            crate::staff::Staff::open(log.clone(), clock.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("loading the staff directory: {e}"))?,
+        ),
     }));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
@@ -197,6 +202,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::analytics_service_server::AnalyticsServiceServer::new(api.clone()))
         .add_service(pb::erasure_service_server::ErasureServiceServer::new(api.clone()))
         .add_service(pb::end_user_auth_service_server::EndUserAuthServiceServer::new(api.clone()))
+        .add_service(pb::staff_service_server::StaffServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

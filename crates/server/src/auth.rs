@@ -1,6 +1,8 @@
-//! Who is calling: the platform admin (creates tenants) or a tenant, by
-//! the bearer key of the call. Tenant keys are `pypes_<tenant>_<key id>_<secret>`
-//! (hex); the tenant's log keeps only the SHA-256 of the secret.
+//! Who is calling: the platform admin (creates tenants), a staff member or
+//! a tenant, by the bearer key of the call. Tenant keys are
+//! `pypes_<tenant>_<key id>_<secret>`, staff keys
+//! `pypes_staff_<staff id>_<secret>` (hex); the log keeps only the SHA-256
+//! of each secret.
 
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
@@ -11,7 +13,14 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
     Admin,
+    Staff { id: Uuid, role: domain::staff::Role },
     Tenant(Uuid),
+}
+
+/// A staff key as parsed from a token (the secret still to be checked).
+pub struct StaffToken {
+    pub staff: Uuid,
+    pub secret_sha256: [u8; 32],
 }
 
 /// A tenant key as parsed from a token (the secret still to be checked).
@@ -30,6 +39,13 @@ pub fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A new staff key: (the token to hand out once, SHA-256 of its secret).
+pub fn new_staff_key(staff: Uuid) -> Result<(String, [u8; 32]), ApiError> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| ApiError::Internal(format!("random source: {e}")))?;
+    Ok((format!("pypes_staff_{}_{}", staff.simple(), hex::encode(secret)), sha256(&secret)))
+}
+
 /// A new tenant key: (key id, the token to hand out once, SHA-256 of its secret).
 pub fn new_tenant_key(tenant: Uuid) -> Result<(Uuid, String, [u8; 32]), ApiError> {
     let mut secret = [0u8; 32];
@@ -41,6 +57,7 @@ pub fn new_tenant_key(tenant: Uuid) -> Result<(Uuid, String, [u8; 32]), ApiError
 
 pub enum Bearer {
     Admin,
+    Staff(StaffToken),
     Tenant(TenantToken),
 }
 
@@ -58,6 +75,15 @@ pub fn bearer(metadata: &MetadataMap, admin_sha256: &[u8; 32]) -> Result<Bearer,
         return Ok(Bearer::Admin);
     }
     let bad = || ApiError::Unauthenticated("unknown or revoked key".into());
+    if let Some(rest) = token.strip_prefix("pypes_staff_") {
+        let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
+        let staff = Uuid::try_parse(id).map_err(|_| bad())?;
+        let secret = hex::decode(secret).map_err(|_| bad())?;
+        if secret.len() != 32 {
+            return Err(bad());
+        }
+        return Ok(Bearer::Staff(StaffToken { staff, secret_sha256: sha256(&secret) }));
+    }
     let rest = token.strip_prefix("pypes_").ok_or_else(bad)?;
     let mut parts = rest.split('_');
     let (Some(t), Some(k), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {

@@ -15,4 +15,6 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod read_api;
+pub mod staff;
+pub mod staff_api;
 pub mod views;

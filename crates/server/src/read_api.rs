@@ -294,6 +294,11 @@ impl Handle {
                 Ok(t)
             }
             Caller::Admin => parse_id("tenant_id", tenant_id),
+            Caller::Staff { id, role } => {
+                let tenant = parse_id("tenant_id", tenant_id)?;
+                self.0.staff_may(id, role, Some(tenant)).await?;
+                Ok(tenant)
+            }
         }
     }
 

@@ -154,3 +154,279 @@ pub fn post(s: &Setup, body: &str) -> pb::PostMessageRequest {
         device: String::new(),
     }
 }
+
+/// Ids a call by name uses (another tenant's, in the isolation matrix).
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    pub tenant: String,
+    pub pype: String,
+    pub session: String,
+    pub user: String,
+}
+
+/// Every RPC of the API by name (the staff and login services included).
+pub const RPCS: &[&str] = &[
+    "CreateTenant",
+    "GetTenant",
+    "CreateApiKey",
+    "RevokeApiKey",
+    "CreatePype",
+    "GetPype",
+    "AssignMember",
+    "ArchivePype",
+    "StartSession",
+    "PostMessage",
+    "AdvanceReadHorizon",
+    "JoinSession",
+    "LeaveSession",
+    "CloseSession",
+    "GetSession",
+    "ListSessions",
+    "WatchSession",
+    "RegisterSubject",
+    "InviteSubject",
+    "OnboardSubject",
+    "GetSubject",
+    "DeactivateSubject",
+    "ReactivateSubject",
+    "SetPassword",
+    "Login",
+    "Introspect",
+    "Logout",
+    "GetSessionView",
+    "ListMessages",
+    "ListEndUsers",
+    "GetPypeOverview",
+    "QueryAnalytics",
+    "RequestErasure",
+    "GetErasure",
+    "AddStaff",
+    "RotateStaffKey",
+    "DisableStaff",
+    "ListStaff",
+    "OpenBreakGlass",
+    "CloseBreakGlass",
+];
+
+/// A request with `key` (none if empty) and, if given, the staff tenant header.
+pub fn req<T>(key: &str, tenant_header: Option<&str>, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    if !key.is_empty() {
+        r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    if let Some(t) = tenant_header {
+        r.metadata_mut().insert("x-pypes-tenant", t.parse().unwrap());
+    }
+    r
+}
+
+/// Calls `rpc` with `key` about `ids`; the answer's status (Ok as `Ok`).
+/// The reply's text is returned too, to check it leaks nothing.
+pub async fn call(
+    ch: &Channel,
+    rpc: &str,
+    key: &str,
+    tenant_header: Option<&str>,
+    ids: &Ids,
+) -> Result<String, tonic::Status> {
+    use pb::analytics_service_client::AnalyticsServiceClient as An;
+    use pb::end_user_auth_service_client::EndUserAuthServiceClient as Au;
+    use pb::erasure_service_client::ErasureServiceClient as Er;
+    use pb::pype_service_client::PypeServiceClient as Py;
+    use pb::session_service_client::SessionServiceClient as Se;
+    use pb::staff_service_client::StaffServiceClient as St;
+    use pb::subject_service_client::SubjectServiceClient as Su;
+    use pb::tenant_service_client::TenantServiceClient as Te;
+    use pb::view_service_client::ViewServiceClient as Vi;
+    let c = ch.clone();
+    let s = ids.session.clone();
+    let u = ids.user.clone();
+    let p = ids.pype.clone();
+    macro_rules! go {
+        ($e:expr) => {
+            $e.await.map(|r| format!("{:?}", r.into_inner()))
+        };
+    }
+    match rpc {
+        "CreateTenant" => go!(Te::new(c).create_tenant(req(
+            key,
+            tenant_header,
+            pb::CreateTenantRequest { name: "T".into(), ..Default::default() }
+        ))),
+        "GetTenant" => {
+            go!(Te::new(c).get_tenant(req(key, tenant_header, pb::GetTenantRequest { tenant_id: ids.tenant.clone() })))
+        }
+        "CreateApiKey" => go!(Te::new(c).create_api_key(req(key, tenant_header, pb::CreateApiKeyRequest {}))),
+        "RevokeApiKey" => {
+            go!(Te::new(c).revoke_api_key(req(key, tenant_header, pb::RevokeApiKeyRequest { api_key_id: u.clone() })))
+        }
+        "CreatePype" => go!(Py::new(c).create_pype(req(
+            key,
+            tenant_header,
+            pb::CreatePypeRequest { name: "P".into(), ..Default::default() }
+        ))),
+        "GetPype" => go!(Py::new(c).get_pype(req(key, tenant_header, pb::GetPypeRequest { pype_id: p }))),
+        "AssignMember" => go!(Py::new(c).assign_member(req(
+            key,
+            tenant_header,
+            pb::AssignMemberRequest {
+                pype_id: p,
+                member_id: u,
+                kind: pb::ParticipantKind::Agent as i32,
+                assigned: true
+            }
+        ))),
+        "ArchivePype" => go!(Py::new(c).archive_pype(req(key, tenant_header, pb::ArchivePypeRequest { pype_id: p }))),
+        "StartSession" => go!(Se::new(c).start_session(req(
+            key,
+            tenant_header,
+            pb::StartSessionRequest { pype_id: p, end_user_id: u, timers: None }
+        ))),
+        "PostMessage" => go!(Se::new(c).post_message(req(
+            key,
+            tenant_header,
+            pb::PostMessageRequest { session_id: s, sender_id: u, body: "hi".into(), device: String::new() }
+        ))),
+        "AdvanceReadHorizon" => go!(Se::new(c).advance_read_horizon(req(
+            key,
+            tenant_header,
+            pb::AdvanceReadHorizonRequest { session_id: s, participant_id: u, up_to: 1, private: false }
+        ))),
+        "JoinSession" => go!(Se::new(c).join_session(req(
+            key,
+            tenant_header,
+            pb::JoinSessionRequest {
+                session_id: s,
+                participant_id: uuid::Uuid::now_v7().to_string(),
+                kind: pb::ParticipantKind::Agent as i32
+            }
+        ))),
+        "LeaveSession" => go!(Se::new(c).leave_session(req(
+            key,
+            tenant_header,
+            pb::LeaveSessionRequest { session_id: s, participant_id: u }
+        ))),
+        "CloseSession" => {
+            go!(Se::new(c).close_session(req(key, tenant_header, pb::CloseSessionRequest { session_id: s })))
+        }
+        "GetSession" => go!(Se::new(c).get_session(req(key, tenant_header, pb::GetSessionRequest { session_id: s }))),
+        "ListSessions" => go!(Se::new(c).list_sessions(req(
+            key,
+            tenant_header,
+            pb::ListSessionsRequest { pype_id: p, ..Default::default() }
+        ))),
+        "WatchSession" => match Se::new(c)
+            .watch_session(req(key, tenant_header, pb::WatchSessionRequest { session_id: s, from_version: 0 }))
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
+                    Ok(Ok(m)) => Ok(format!("{m:?}")),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Ok(String::new()),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        "RegisterSubject" => go!(Su::new(c).register_subject(req(
+            key,
+            tenant_header,
+            pb::RegisterSubjectRequest {
+                username: format!("u{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+                email: "x@example.com".into(),
+                attested_at_least_13: true,
+                ..Default::default()
+            }
+        ))),
+        "InviteSubject" => go!(Su::new(c).invite_subject(req(
+            key,
+            tenant_header,
+            pb::InviteSubjectRequest { email: "y@example.com".into() }
+        ))),
+        "OnboardSubject" => go!(Su::new(c).onboard_subject(req(
+            key,
+            tenant_header,
+            pb::OnboardSubjectRequest {
+                subject_id: u,
+                username: "someone".into(),
+                attested_at_least_13: true,
+                ..Default::default()
+            }
+        ))),
+        "GetSubject" => go!(Su::new(c).get_subject(req(key, tenant_header, pb::GetSubjectRequest { subject_id: u }))),
+        "DeactivateSubject" => {
+            go!(Su::new(c).deactivate_subject(req(key, tenant_header, pb::DeactivateSubjectRequest { subject_id: u })))
+        }
+        "ReactivateSubject" => {
+            go!(Su::new(c).reactivate_subject(req(key, tenant_header, pb::ReactivateSubjectRequest { subject_id: u })))
+        }
+        "SetPassword" => go!(Su::new(c).set_password(req(
+            key,
+            tenant_header,
+            pb::SetPasswordRequest { subject_id: u, password: "a long password".into() }
+        ))),
+        "Login" => go!(Au::new(c).login(req(
+            key,
+            tenant_header,
+            pb::LoginRequest { username: "someone".into(), password: "a long password".into() }
+        ))),
+        "Introspect" => {
+            go!(Au::new(c).introspect(req(key, tenant_header, pb::IntrospectRequest { token: "pypes_eu_00".into() })))
+        }
+        "Logout" => go!(Au::new(c).logout(req(key, tenant_header, pb::LogoutRequest { token: "pypes_eu_00".into() }))),
+        "GetSessionView" => {
+            go!(Vi::new(c).get_session_view(req(key, tenant_header, pb::GetSessionViewRequest { session_id: s })))
+        }
+        "ListMessages" => go!(Vi::new(c).list_messages(req(
+            key,
+            tenant_header,
+            pb::ListMessagesRequest { session_id: s, ..Default::default() }
+        ))),
+        "ListEndUsers" => go!(Vi::new(c).list_end_users(req(key, tenant_header, pb::ListEndUsersRequest::default()))),
+        "GetPypeOverview" => {
+            go!(Vi::new(c).get_pype_overview(req(key, tenant_header, pb::GetPypeOverviewRequest { pype_id: p })))
+        }
+        "QueryAnalytics" => go!(An::new(c).query_analytics(req(
+            key,
+            tenant_header,
+            pb::QueryAnalyticsRequest {
+                pype_id: p,
+                granularity: pb::Granularity::Hour as i32,
+                from_micros: 0,
+                to_micros: i64::MAX / 2
+            }
+        ))),
+        "RequestErasure" => go!(Er::new(c).request_erasure(req(
+            key,
+            tenant_header,
+            pb::RequestErasureRequest { subject_id: u, tenant_id: ids.tenant.clone() }
+        ))),
+        "GetErasure" => go!(Er::new(c).get_erasure(req(
+            key,
+            tenant_header,
+            pb::GetErasureRequest { subject_id: u, tenant_id: ids.tenant.clone() }
+        ))),
+        "AddStaff" => go!(St::new(c).add_staff(req(
+            key,
+            tenant_header,
+            pb::AddStaffRequest { role: pb::StaffRole::Support as i32 }
+        ))),
+        "RotateStaffKey" => go!(St::new(c).rotate_staff_key(req(key, tenant_header, pb::StaffRef { staff_id: u }))),
+        "DisableStaff" => go!(St::new(c).disable_staff(req(key, tenant_header, pb::StaffRef { staff_id: u }))),
+        "ListStaff" => go!(St::new(c).list_staff(req(key, tenant_header, pb::ListStaffRequest {}))),
+        "OpenBreakGlass" => go!(St::new(c).open_break_glass(req(
+            key,
+            tenant_header,
+            pb::OpenBreakGlassRequest {
+                tenant_id: ids.tenant.clone(),
+                reason: "ticket SUP-1 check".into(),
+                duration_secs: 600
+            }
+        ))),
+        "CloseBreakGlass" => {
+            go!(St::new(c).close_break_glass(req(key, tenant_header, pb::CloseBreakGlassRequest { grant_id: u })))
+        }
+        other => panic!("no call for {other}"),
+    }
+}
