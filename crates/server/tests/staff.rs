@@ -23,7 +23,13 @@ async fn each_role_may_call_exactly_what_the_table_says() {
     let mut c = clients(&server.grpc).await;
     let s = setup(&mut c, "stella").await;
     let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
-    let ids = Ids { tenant: s.tenant.clone(), pype: s.pype.clone(), session: s.session.clone(), user: s.user.clone() };
+    let ids = Ids {
+        tenant: s.tenant.clone(),
+        pype: s.pype.clone(),
+        session: s.session.clone(),
+        user: s.user.clone(),
+        ..Ids::default()
+    };
     let mut staff = pb::staff_service_client::StaffServiceClient::new(ch.clone());
 
     // A tenant key may not manage staff.

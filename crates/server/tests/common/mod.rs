@@ -162,6 +162,8 @@ pub struct Ids {
     pub pype: String,
     pub session: String,
     pub user: String,
+    /// An API key id (RevokeApiKey); the user id when empty.
+    pub api_key_id: String,
 }
 
 /// Every RPC of the API by name (the staff and login services included).
@@ -258,7 +260,8 @@ pub async fn call(
         }
         "CreateApiKey" => go!(Te::new(c).create_api_key(req(key, tenant_header, pb::CreateApiKeyRequest {}))),
         "RevokeApiKey" => {
-            go!(Te::new(c).revoke_api_key(req(key, tenant_header, pb::RevokeApiKeyRequest { api_key_id: u.clone() })))
+            let api_key_id = if ids.api_key_id.is_empty() { u.clone() } else { ids.api_key_id.clone() };
+            go!(Te::new(c).revoke_api_key(req(key, tenant_header, pb::RevokeApiKeyRequest { api_key_id })))
         }
         "CreatePype" => go!(Py::new(c).create_pype(req(
             key,
