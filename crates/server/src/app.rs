@@ -94,8 +94,42 @@ fn undecodable_is_invalid_argument<B>(mut response: ::http::Response<B>) -> ::ht
     response
 }
 
+/// The TLS material of `[tls]`, read and checked before anything listens.
+pub struct Tls {
+    grpc: tonic::transport::ServerTlsConfig,
+    http: rustls::ServerConfig,
+}
+
+fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = std::fs::read(cert).with_context(|| format!("tls.cert_file {}", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("tls.key_file {}", key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("tls.cert_file {}: not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("tls.cert_file {}: no CERTIFICATE in it", cert.display());
+    }
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| anyhow::anyhow!("tls.key_file {}: not a PEM private key: {e}", key.display()))?;
+    // One crypto provider for the process (ring); a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| anyhow::anyhow!("tls: the key does not fit the certificate, or is unusable: {e}"))?;
+    let grpc =
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem));
+    Ok(Tls { grpc, http })
+}
+
 /// Runs the server until `shutdown` resolves. Must run inside an actix System.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(load_tls(cert, key)?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let root = std::env::var(ROOT_KEY_ENV).ok();
@@ -189,7 +223,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     // v1, and v1alpha for older grpcurl versions that only speak that.
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let (http_tls, tls_text) = match tls {
+        Some(t) => {
+            builder = builder.tls_config(t.grpc).context("configuring TLS for gRPC")?;
+            (Some(t.http), "on")
+        }
+        None => (None, "off (loopback only)"),
+    };
+    let grpc = builder
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -221,12 +263,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             erasures,
             admin_sha256: crate::auth::sha256(admin.as_bytes()),
         },
+        http_tls,
     )?;
 
     // Whoever started us may stop reading stdout: a closed pipe must not
     // take the server down (println! would panic on EPIPE).
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "pypes listening grpc={grpc_addr} http={http_addr} data={}", config.data_dir.display());
+    let _ = writeln!(
+        out,
+        "pypes listening grpc={grpc_addr} http={http_addr} data={} tls={tls_text}",
+        config.data_dir.display()
+    );
     let _ = writeln!(out, "admin key {admin_where}; root key: {:?}", keys.origin);
     let _ = out.flush();
     drop(out);

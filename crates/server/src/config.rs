@@ -22,6 +22,16 @@ pub struct FileConfig {
     pub privacy: PrivacyFile,
     #[serde(default)]
     pub auth: AuthFile,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+/// TLS for gRPC and HTTP: a PEM certificate chain and its PEM private key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +90,12 @@ pub struct ServeArgs {
     /// Live actors per kind, at most.
     #[arg(long, env = "PYPES_MAX_ACTORS")]
     pub max_actors: Option<usize>,
+    /// TLS certificate chain (PEM) for gRPC and HTTP; with --tls-key.
+    #[arg(long, env = "PYPES_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "PYPES_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -96,6 +112,8 @@ pub struct Config {
     pub analytics_k: u64,
     pub erasure_warn_days: u32,
     pub auth: crate::end_user_auth::AuthConfig,
+    /// (certificate chain, private key) PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -118,11 +136,29 @@ impl Config {
             rotation_days: file.keys.rotation_days.unwrap_or(7),
             analytics_k: file.privacy.analytics_k.unwrap_or(projections::analytics::DEFAULT_K),
             erasure_warn_days: file.privacy.erasure_warn_days.unwrap_or(20),
+            tls: match (args.tls_cert.clone().or(file.tls.cert_file), args.tls_key.clone().or(file.tls.key_file)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => anyhow::bail!("tls: a certificate without a key; give tls.key_file (or --tls-key)"),
+                (None, Some(_)) => {
+                    anyhow::bail!("tls: a key without a certificate; give tls.cert_file (or --tls-cert)")
+                }
+            },
             auth: crate::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),
             },
         };
+        if config.tls.is_none() {
+            for (name, addr) in [("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)] {
+                if !addr.ip().is_loopback() {
+                    anyhow::bail!(
+                        "{name} {addr} is not a loopback address: without TLS pypes listens on loopback only; \
+                         give tls.cert_file and tls.key_file (or --tls-cert and --tls-key), or listen on 127.0.0.1"
+                    );
+                }
+            }
+        }
         if !(60..=86_400).contains(&config.auth.idle_secs) {
             anyhow::bail!("auth.idle_secs: {}; 60 to 86400", config.auth.idle_secs);
         }

@@ -159,7 +159,11 @@ async fn control_projection(
 }
 
 /// Starts the HTTP server on an already bound listener.
-pub fn start(listener: std::net::TcpListener, state: HttpState) -> std::io::Result<ServerHandle> {
+pub fn start(
+    listener: std::net::TcpListener,
+    state: HttpState,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<ServerHandle> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -170,8 +174,11 @@ pub fn start(listener: std::net::TcpListener, state: HttpState) -> std::io::Resu
             .route("/admin/projections/{name}/{action}", web::post().to(control_projection))
     })
     .workers(1)
-    .disable_signals()
-    .listen(listener)?
+    .disable_signals();
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    }
     .run();
     let handle = server.handle();
     actix_rt::spawn(server);

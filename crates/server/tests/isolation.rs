@@ -11,7 +11,8 @@ use proto::api as pb;
 use tonic::Code;
 
 /// Calls that name no other tenant's ids: with A's key they act on A.
-const ACT_ON_CALLER: &[&str] = &["CreateApiKey", "CreatePype", "RegisterSubject", "InviteSubject", "ListEndUsers", "Logout"];
+const ACT_ON_CALLER: &[&str] =
+    &["CreateApiKey", "CreatePype", "RegisterSubject", "InviteSubject", "ListEndUsers", "Logout"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_keeps_tenants_apart() {
@@ -35,12 +36,7 @@ async fn every_rpc_keeps_tenants_apart() {
     let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
 
     // A revoked key of A's.
-    let revoked = c
-        .tenants
-        .create_api_key(authed(&a.key, pb::CreateApiKeyRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let revoked = c.tenants.create_api_key(authed(&a.key, pb::CreateApiKeyRequest {})).await.unwrap().into_inner();
     c.tenants
         .revoke_api_key(authed(&a.key, pb::RevokeApiKeyRequest { api_key_id: revoked.api_key_id.clone() }))
         .await
@@ -69,7 +65,8 @@ async fn every_rpc_keeps_tenants_apart() {
     }
 
     // B is as it was: its key works, its user is active, one message.
-    let user = c.subjects.get_subject(authed(&b.key, pb::GetSubjectRequest { subject_id: b.user.clone() })).await.unwrap();
+    let user =
+        c.subjects.get_subject(authed(&b.key, pb::GetSubjectRequest { subject_id: b.user.clone() })).await.unwrap();
     assert_eq!(user.into_inner().status, pb::SubjectStatus::Active as i32);
     let messages = c
         .views
