@@ -53,6 +53,12 @@ tokio::task_local! {
     static METHOD: &'static str;
 }
 
+/// Runs `f` as the RPC `method` (for calls that are not [`Api::timed`],
+/// such as server streams).
+pub(crate) async fn in_method<T>(method: &'static str, f: impl Future<Output = T>) -> T {
+    METHOD.scope(method, f).await
+}
+
 /// Header naming the tenant a staff member's call is about.
 pub const TENANT_HEADER: &str = "x-pypes-tenant";
 

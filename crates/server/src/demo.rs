@@ -321,3 +321,46 @@ pub async fn erase(
     }
     Ok(())
 }
+
+/// `pypes export`: streams a subject's export to a file or stdout.
+pub async fn export(
+    grpc: &str,
+    admin_key: &str,
+    tenant: &str,
+    subject: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let channel =
+        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
+    let mut stream = client
+        .export_subject(authed(
+            admin_key,
+            pb::ExportSubjectRequest { subject_id: subject.into(), tenant_id: tenant.into() },
+        )?)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut bytes = 0u64;
+    let mut complete = false;
+    while let Some(chunk) = stream.message().await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))? {
+        bytes += chunk.data.len() as u64;
+        complete = chunk.data.ends_with(b"}\n");
+        sink.write_all(&chunk.data)?;
+    }
+    sink.flush()?;
+    if !complete {
+        anyhow::bail!("the export ended early after {bytes} bytes (see the server log)");
+    }
+    if let Some(p) = out {
+        eprintln!("exported {bytes} bytes to {}", p.display());
+    }
+    Ok(())
+}

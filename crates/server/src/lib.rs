@@ -12,6 +12,7 @@ pub mod demo;
 pub mod end_user_auth;
 pub mod erasure;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod read_api;

@@ -57,6 +57,26 @@ enum Command {
         command: KeysCommand,
     },
     Erase(EraseArgs),
+    /// Export everything pypes holds about an end user (GDPR Art. 15 and
+    /// 20) as JSON, through a running server (docs/export-format.md).
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    tenant: String,
+    /// Write the JSON here (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
 }
 
 /// Erase a subject (GDPR Art. 17) through a running server, read the
@@ -178,6 +198,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Erase(args) => erase(args),
+        Command::Export(args) => {
+            let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(server::demo::export(&args.grpc, &key, &args.tenant, &args.subject, args.out.as_deref()))
+        }
         Command::Keys { command: KeysCommand::Rotate { data_dir } } => {
             let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
             let keys = keystore::embedded::open_embedded(

@@ -354,3 +354,66 @@ impl pb::erasure_service_server::ErasureService for Handle {
         .await
     }
 }
+
+#[tonic::async_trait]
+impl pb::privacy_service_server::PrivacyService for Handle {
+    type ExportSubjectStream = tokio_stream::wrappers::ReceiverStream<Result<pb::ExportChunk, GrpcStatus>>;
+
+    async fn export_subject(&self, request: Request<pb::ExportSubjectRequest>) -> Reply<Self::ExportSubjectStream> {
+        let api = self.0.clone();
+        let started = std::time::Instant::now();
+        let setup = crate::api::in_method("ExportSubject", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            api.registry
+                .read::<domain::subject::Subject>(tenant, subject)
+                .await?
+                .state
+                .require_exists()
+                .map_err(|r| ApiError::Actor(actors::ActorError::Rejected(r)))?;
+            let view = api.views.read(sessions::NAME).await?;
+            let sessions = sessions::sessions_of_end_user(&view, tenant, subject).map_err(internal)?;
+            drop(view);
+            api.audit
+                .record(
+                    crate::audit_log::Record::new("privacy.export", "tenant-or-staff", "ok")
+                        .tenant(tenant)
+                        .target(format!("subject:{subject}")),
+                )
+                .await?;
+            Ok::<_, ApiError>((tenant, subject, sessions))
+        });
+        let (tenant, subject, sessions) = match setup.await {
+            Ok(v) => v,
+            Err(e) => {
+                let status = GrpcStatus::from(e);
+                api.metrics.observe("ExportSubject", status.code(), started.elapsed());
+                return Err(status);
+            }
+        };
+        // One chunk in flight at most: the reader's pace sets the export's.
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(1);
+        let writer_api = api.clone();
+        tokio::spawn(async move {
+            let mut sink = crate::export::Sink::new(out_tx);
+            let now = eventlog::Clock::now_micros(&eventlog::SystemClock);
+            let result = crate::export::write(
+                writer_api.log.as_ref(),
+                &writer_api.keyring,
+                tenant,
+                subject,
+                &sessions,
+                now,
+                &mut sink,
+            )
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(%tenant, %subject, error = %e, "export stopped");
+                sink.fail(e).await;
+            }
+        });
+        api.metrics.observe("ExportSubject", tonic::Code::Ok, started.elapsed());
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(out_rx)))
+    }
+}

@@ -53,6 +53,7 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     // Privacy requests.
     ("RequestErasure", [D, A, D]),
     ("GetErasure", [D, A, D]),
+    ("ExportSubject", [D, A, D]),
     // Staff management.
     ("AddStaff", [D, D, A]),
     ("RotateStaffKey", [D, D, A]),
