@@ -376,6 +376,23 @@ impl Codec for Session {
                 tenant,
                 pb::SessionErased { request_id: id_bytes(*request), at_micros: *at_micros },
             ),
+            SessionEvent::Restricted { at_micros } => {
+                new_event("SessionRestricted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+            }
+            SessionEvent::RestrictionLifted { at_micros } => {
+                new_event("SessionRestrictionLifted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+            }
+            SessionEvent::LocationShared { participant, location, at_micros } => {
+                let e = new_event(
+                    "LocationShared",
+                    tenant,
+                    pb::LocationShared { participant_id: id_bytes(*participant), at_micros: *at_micros },
+                );
+                Sealer::new(keyring, tenant, stream, e)
+                    .seal("location", location, KeyPurpose::Subject { subject: self.end_user, group: Group::Geo })
+                    .await?
+                    .done()
+            }
         })
     }
 
@@ -387,6 +404,11 @@ impl Codec for Session {
                 sent_at_micros,
                 body: required_text(r, keyring, "body").await?,
                 device: if device.is_some() { open_text(r, keyring, "device").await? } else { None },
+            },
+            SessionEvent::LocationShared { participant, at_micros, .. } => SessionEvent::LocationShared {
+                participant,
+                location: required_text(r, keyring, "location").await?,
+                at_micros,
             },
             other => other,
         })
@@ -463,6 +485,18 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
         "SessionErased" => {
             let p: pb::SessionErased = payload(r)?;
             SessionEvent::Erased { request: uuid(r, "request_id", &p.request_id)?, at_micros: p.at_micros }
+        }
+        "SessionRestricted" => SessionEvent::Restricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros },
+        "SessionRestrictionLifted" => {
+            SessionEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
+        }
+        "LocationShared" => {
+            let p: pb::LocationShared = payload(r)?;
+            SessionEvent::LocationShared {
+                participant: uuid(r, "participant_id", &p.participant_id)?,
+                location: String::new(),
+                at_micros: p.at_micros,
+            }
         }
         other => return Err(corrupt(r, format!("unknown session event type {other:?}"))),
     })
@@ -558,6 +592,51 @@ impl Codec for Subject {
                 let e = new_event("SubjectPasswordSet", tenant, pb::SubjectStatusChanged { at_micros: *at_micros });
                 Sealer::new(keyring, tenant, stream, e).seal("password_hash", hash, profile(subject)).await?.done()
             }
+            SubjectEvent::Rectified { email, phone, birth, at_micros } => {
+                let subject = self.id.unwrap_or_default();
+                let mut fields = Vec::new();
+                if email.is_some() {
+                    fields.push("email".to_string());
+                }
+                if phone.is_some() {
+                    fields.push("phone".to_string());
+                }
+                if birth.is_some() {
+                    fields.push("birth".to_string());
+                }
+                let e = new_event("SubjectRectified", tenant, pb::SubjectRectified { fields, at_micros: *at_micros });
+                let mut s = Sealer::new(keyring, tenant, stream, e);
+                if let Some(v) = email {
+                    s = s.seal("email", v, profile(subject)).await?;
+                }
+                if let Some(v) = phone {
+                    s = s.seal("phone", v, profile(subject)).await?;
+                }
+                if let Some(v) = birth {
+                    s = s.seal("birth", &birth_text(v), profile(subject)).await?;
+                }
+                s.done()
+            }
+            SubjectEvent::ProcessingRestricted { at_micros } => {
+                new_event("SubjectProcessingRestricted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+            }
+            SubjectEvent::RestrictionLifted { at_micros } => {
+                new_event("SubjectRestrictionLifted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+            }
+            SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => new_event(
+                "ConsentGranted",
+                tenant,
+                pb::ConsentGranted {
+                    purpose: purpose.clone(),
+                    policy_version: policy_version.clone(),
+                    at_micros: *at_micros,
+                },
+            ),
+            SubjectEvent::ConsentWithdrawn { purpose, at_micros } => new_event(
+                "ConsentWithdrawn",
+                tenant,
+                pb::ConsentWithdrawn { purpose: purpose.clone(), at_micros: *at_micros },
+            ),
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => new_event(
                 "SubjectErasureRequested",
                 tenant,
@@ -656,6 +735,37 @@ impl Codec for Subject {
                 hash: open_text(r, keyring, "password_hash").await?.unwrap_or_default(),
                 at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros,
             },
+            "SubjectRectified" => {
+                let p: pb::SubjectRectified = payload(r)?;
+                let named = |f: &str| p.fields.iter().any(|x| x == f);
+                let email = if named("email") { Some(required_text(r, keyring, "email").await?) } else { None };
+                let phone = if named("phone") { Some(required_text(r, keyring, "phone").await?) } else { None };
+                let birth = if named("birth") {
+                    let b = required_text(r, keyring, "birth").await?;
+                    Some(birth_of(r, &b)?)
+                } else {
+                    None
+                };
+                SubjectEvent::Rectified { email, phone, birth, at_micros: p.at_micros }
+            }
+            "SubjectProcessingRestricted" => {
+                SubjectEvent::ProcessingRestricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
+            }
+            "SubjectRestrictionLifted" => {
+                SubjectEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
+            }
+            "ConsentGranted" => {
+                let p: pb::ConsentGranted = payload(r)?;
+                SubjectEvent::ConsentGranted {
+                    purpose: p.purpose,
+                    policy_version: p.policy_version,
+                    at_micros: p.at_micros,
+                }
+            }
+            "ConsentWithdrawn" => {
+                let p: pb::ConsentWithdrawn = payload(r)?;
+                SubjectEvent::ConsentWithdrawn { purpose: p.purpose, at_micros: p.at_micros }
+            }
             "SubjectErasureRequested" => {
                 let p: pb::SubjectErasureRequested = payload(r)?;
                 SubjectEvent::ErasureRequested {

@@ -70,25 +70,92 @@ pub enum SessionCommand {
     Erase {
         request: Uuid,
     },
+    /// The end user's processing is restricted: messages, joins, read
+    /// horizons and locations are refused until lifted (closing and timers
+    /// still apply). Idempotent.
+    Restrict,
+    LiftRestriction,
+    /// The end user shares where they are (e.g. for roadside help).
+    /// `consented`: the end user's geolocation consent holds (the caller
+    /// reads it from the subject).
+    ShareLocation {
+        participant: Uuid,
+        /// Degrees × 10⁶.
+        latitude_e6: i64,
+        longitude_e6: i64,
+        accuracy_m: u32,
+        consented: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
-    Started { session: Uuid, tenant: Uuid, pype: Uuid, end_user: Uuid, timers: Timers, at_micros: i64 },
-    ParticipantJoined { participant: Uuid, kind: ParticipantKind, at_micros: i64 },
-    ParticipantLeft { participant: Uuid, at_micros: i64 },
-    MessagePosted { seq: u64, sender: Uuid, sent_at_micros: i64, body: String, device: Option<String> },
-    ReadHorizonAdvanced { participant: Uuid, up_to: u64, private: bool },
-    BecameInactive { reason: Reason, at_micros: i64 },
-    Reactivated { reason: Reason, at_micros: i64 },
-    Closed { reason: Reason, at_micros: i64 },
-    Erased { request: Uuid, at_micros: i64 },
+    Started {
+        session: Uuid,
+        tenant: Uuid,
+        pype: Uuid,
+        end_user: Uuid,
+        timers: Timers,
+        at_micros: i64,
+    },
+    ParticipantJoined {
+        participant: Uuid,
+        kind: ParticipantKind,
+        at_micros: i64,
+    },
+    ParticipantLeft {
+        participant: Uuid,
+        at_micros: i64,
+    },
+    MessagePosted {
+        seq: u64,
+        sender: Uuid,
+        sent_at_micros: i64,
+        body: String,
+        device: Option<String>,
+    },
+    ReadHorizonAdvanced {
+        participant: Uuid,
+        up_to: u64,
+        private: bool,
+    },
+    BecameInactive {
+        reason: Reason,
+        at_micros: i64,
+    },
+    Reactivated {
+        reason: Reason,
+        at_micros: i64,
+    },
+    Closed {
+        reason: Reason,
+        at_micros: i64,
+    },
+    Erased {
+        request: Uuid,
+        at_micros: i64,
+    },
+    Restricted {
+        at_micros: i64,
+    },
+    RestrictionLifted {
+        at_micros: i64,
+    },
+    /// `location` is "latitude,longitude,accuracy_m" (empty once erased).
+    LocationShared {
+        participant: Uuid,
+        location: String,
+        at_micros: i64,
+    },
 }
 
 /// Message bodies are content (the Session's key); the device a message
 /// came from is the end user's device data.
-pub const FIELDS: &[(&str, &str, FieldClass)] =
-    &[("MessagePosted", "body", FieldClass::Content), ("MessagePosted", "device", FieldClass::Pii(PiiGroup::Device))];
+pub const FIELDS: &[(&str, &str, FieldClass)] = &[
+    ("MessagePosted", "body", FieldClass::Content),
+    ("MessagePosted", "device", FieldClass::Pii(PiiGroup::Device)),
+    ("LocationShared", "location", FieldClass::Pii(PiiGroup::Geo)),
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Participant {
@@ -120,6 +187,8 @@ pub struct Session {
     pub inactive_since_micros: i64,
     /// The end user was erased: final, like closed, and then some.
     pub erased: bool,
+    /// The end user's processing is restricted.
+    pub restricted: bool,
 }
 
 impl Default for Session {
@@ -137,6 +206,7 @@ impl Default for Session {
             last_activity_micros: 0,
             inactive_since_micros: 0,
             erased: false,
+            restricted: false,
         }
     }
 }
@@ -161,6 +231,9 @@ impl Session {
         match (self.id, self.status) {
             (None, _) => Err(Rejection::NotFound { what: "session" }),
             _ if self.erased => Err(Rejection::precondition("the session was erased with its end user")),
+            _ if self.restricted => Err(Rejection::precondition(
+                "processing of the end user's data is restricted: the session takes nothing new until it is lifted",
+            )),
             (Some(_), Status::Closed) => Err(Rejection::precondition("the session is closed")),
             _ => Ok(()),
         }
@@ -296,6 +369,42 @@ impl Aggregate for Session {
                 }
                 Ok(if self.erased { vec![] } else { vec![SessionEvent::Erased { request: *request, at_micros: now }] })
             }
+            SessionCommand::Restrict | SessionCommand::LiftRestriction => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { what: "session" });
+                }
+                let restrict = matches!(command, SessionCommand::Restrict);
+                Ok(match (restrict, self.restricted) {
+                    (true, false) => vec![SessionEvent::Restricted { at_micros: now }],
+                    (false, true) => vec![SessionEvent::RestrictionLifted { at_micros: now }],
+                    _ => vec![],
+                })
+            }
+            SessionCommand::ShareLocation { participant, latitude_e6, longitude_e6, accuracy_m, consented } => {
+                self.require_writable()?;
+                if *participant != self.end_user {
+                    return Err(Rejection::invalid("participant_id", "only the session's end user shares a location"));
+                }
+                if !consented {
+                    return Err(Rejection::precondition(
+                        "the end user has not consented to geolocation: no location is accepted",
+                    ));
+                }
+                let degrees = |e6: i64| {
+                    format!("{}{}.{:06}", if e6 < 0 { "-" } else { "" }, e6.abs() / 1_000_000, e6.abs() % 1_000_000)
+                };
+                if !(-90_000_000..=90_000_000).contains(latitude_e6) {
+                    return Err(Rejection::invalid("latitude", format!("{}; -90 to 90", degrees(*latitude_e6))));
+                }
+                if !(-180_000_000..=180_000_000).contains(longitude_e6) {
+                    return Err(Rejection::invalid("longitude", format!("{}; -180 to 180", degrees(*longitude_e6))));
+                }
+                Ok(vec![SessionEvent::LocationShared {
+                    participant: *participant,
+                    location: format!("{},{},{accuracy_m}", degrees(*latitude_e6), degrees(*longitude_e6)),
+                    at_micros: now,
+                }])
+            }
         }
     }
 
@@ -339,6 +448,9 @@ impl Aggregate for Session {
                 self.erased = true;
                 self.status = Status::Closed;
             }
+            SessionEvent::Restricted { .. } => self.restricted = true,
+            SessionEvent::RestrictionLifted { .. } => self.restricted = false,
+            SessionEvent::LocationShared { .. } => {}
         }
     }
 }

@@ -57,6 +57,24 @@ pub enum SubjectCommand {
     SetPassword {
         hash: String,
     },
+    /// Corrects profile fields (GDPR Art. 16); `None` leaves a field as it is.
+    Rectify {
+        email: Option<String>,
+        phone: Option<String>,
+        birth: Option<Birth>,
+    },
+    /// Restriction of processing (Art. 18): until lifted, the subject's data
+    /// is stored, exported or erased, nothing else.
+    Restrict,
+    LiftRestriction,
+    /// Consent for a purpose (see [`PURPOSES`]) under a policy version.
+    GrantConsent {
+        purpose: String,
+        policy_version: String,
+    },
+    WithdrawConsent {
+        purpose: String,
+    },
     /// Step 1 of an erasure: from now on the subject takes no command but
     /// the erasure's own steps. Idempotent.
     RequestErasure {
@@ -120,6 +138,27 @@ pub enum SubjectEvent {
         hash: String,
         at_micros: i64,
     },
+    Rectified {
+        email: Option<String>,
+        phone: Option<String>,
+        birth: Option<Birth>,
+        at_micros: i64,
+    },
+    ProcessingRestricted {
+        at_micros: i64,
+    },
+    RestrictionLifted {
+        at_micros: i64,
+    },
+    ConsentGranted {
+        purpose: String,
+        policy_version: String,
+        at_micros: i64,
+    },
+    ConsentWithdrawn {
+        purpose: String,
+        at_micros: i64,
+    },
     ErasureRequested {
         request: Uuid,
         at_micros: i64,
@@ -178,7 +217,24 @@ pub const FIELDS: &[(&str, &str, FieldClass)] = &[
     ("Onboarded", "phone", PROFILE),
     ("Onboarded", "birth", PROFILE),
     ("PasswordSet", "password_hash", PROFILE),
+    ("Rectified", "email", PROFILE),
+    ("Rectified", "phone", PROFILE),
+    ("Rectified", "birth", PROFILE),
+    ("ConsentGranted", "purpose", FieldClass::Clear),
+    ("ConsentGranted", "policy_version", FieldClass::Clear),
 ];
+
+/// Purposes a subject can consent to.
+pub const PURPOSES: &[&str] = &["geolocation"];
+
+/// A consent's current state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consent {
+    pub granted: bool,
+    pub policy_version: String,
+    /// When it was last granted or withdrawn.
+    pub at_micros: i64,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subject {
@@ -192,6 +248,10 @@ pub struct Subject {
     pub password_hash: String,
     /// When the password last changed (auth sessions from before end).
     pub password_set_micros: i64,
+    /// Processing is restricted (Art. 18).
+    pub restricted: bool,
+    /// Purpose → consent.
+    pub consents: std::collections::BTreeMap<String, Consent>,
     pub status: Option<SubjectStatus>,
     pub erasure: Option<Erasure>,
 }
@@ -207,6 +267,14 @@ pub fn normalize_username(username: &str) -> Result<String, Rejection> {
         return Err(Rejection::invalid("username", "only letters, digits, '.', '_' and '-'"));
     }
     Ok(u)
+}
+
+fn check_purpose(purpose: &str) -> Result<(), Rejection> {
+    if PURPOSES.contains(&purpose) {
+        Ok(())
+    } else {
+        Err(Rejection::invalid("purpose", format!("{purpose:?}; one of {}", PURPOSES.join(", "))))
+    }
 }
 
 /// Shortest and longest password accepted, in characters (NIST SP
@@ -312,6 +380,21 @@ impl Aggregate for Subject {
         if let Some(e) = &self.erasure {
             return self.decide_erasure_step(e, command, now);
         }
+        if self.restricted
+            && !matches!(
+                command,
+                SubjectCommand::Restrict
+                    | SubjectCommand::LiftRestriction
+                    | SubjectCommand::RequestErasure { .. }
+                    | SubjectCommand::Deactivate
+                    | SubjectCommand::WithdrawConsent { .. }
+            )
+        {
+            return Err(Rejection::precondition(
+                "processing of this subject's data is restricted: only export, erasure, \
+                 withdrawing consent, deactivation and lifting the restriction apply",
+            ));
+        }
         match command {
             SubjectCommand::Register { subject, tenant, username, email, phone, birth } => {
                 if self.id.is_some() {
@@ -374,6 +457,61 @@ impl Aggregate for Subject {
                 }
                 Ok(vec![SubjectEvent::PasswordSet { hash: hash.clone(), at_micros: now }])
             }
+            SubjectCommand::Rectify { email, phone, birth } => {
+                let status = self.require_exists()?;
+                if email.is_none() && phone.is_none() && birth.is_none() {
+                    return Err(Rejection::invalid("fields", "name at least one of email, phone, date of birth"));
+                }
+                if status == SubjectStatus::Invited && (phone.is_some() || birth.is_some()) {
+                    return Err(Rejection::precondition("an invited subject has only an email to correct"));
+                }
+                if let Some(e) = email {
+                    check_email(e)?;
+                }
+                if let Some(p) = phone {
+                    check_phone(p)?;
+                }
+                if let Some(b) = birth {
+                    check_birth(b, now)?;
+                }
+                Ok(vec![SubjectEvent::Rectified {
+                    email: email.as_ref().map(|e| e.trim().to_string()),
+                    phone: phone.clone(),
+                    birth: birth.clone(),
+                    at_micros: now,
+                }])
+            }
+            SubjectCommand::Restrict => {
+                self.require_exists()?;
+                Ok(if self.restricted { vec![] } else { vec![SubjectEvent::ProcessingRestricted { at_micros: now }] })
+            }
+            SubjectCommand::LiftRestriction => {
+                self.require_exists()?;
+                Ok(if self.restricted { vec![SubjectEvent::RestrictionLifted { at_micros: now }] } else { vec![] })
+            }
+            SubjectCommand::GrantConsent { purpose, policy_version } => {
+                self.require_exists()?;
+                check_purpose(purpose)?;
+                check_text("policy_version", policy_version, 64, true)?;
+                match self.consents.get(purpose) {
+                    Some(c) if c.granted && c.policy_version == *policy_version => Ok(vec![]),
+                    _ => Ok(vec![SubjectEvent::ConsentGranted {
+                        purpose: purpose.clone(),
+                        policy_version: policy_version.trim().to_string(),
+                        at_micros: now,
+                    }]),
+                }
+            }
+            SubjectCommand::WithdrawConsent { purpose } => {
+                self.require_exists()?;
+                check_purpose(purpose)?;
+                Ok(match self.consents.get(purpose) {
+                    Some(c) if c.granted => {
+                        vec![SubjectEvent::ConsentWithdrawn { purpose: purpose.clone(), at_micros: now }]
+                    }
+                    _ => vec![],
+                })
+            }
             SubjectCommand::RequestErasure { request } => {
                 self.require_exists()?;
                 Ok(vec![SubjectEvent::ErasureRequested {
@@ -420,6 +558,31 @@ impl Aggregate for Subject {
             SubjectEvent::PasswordSet { hash, at_micros } => {
                 self.password_hash = hash.clone();
                 self.password_set_micros = *at_micros;
+            }
+            SubjectEvent::Rectified { email, phone, birth, .. } => {
+                if let Some(e) = email {
+                    self.email = e.clone();
+                }
+                if let Some(p) = phone {
+                    self.phone = p.clone();
+                }
+                if let Some(b) = birth {
+                    self.birth = Some(b.clone());
+                }
+            }
+            SubjectEvent::ProcessingRestricted { .. } => self.restricted = true,
+            SubjectEvent::RestrictionLifted { .. } => self.restricted = false,
+            SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => {
+                self.consents.insert(
+                    purpose.clone(),
+                    Consent { granted: true, policy_version: policy_version.clone(), at_micros: *at_micros },
+                );
+            }
+            SubjectEvent::ConsentWithdrawn { purpose, at_micros } => {
+                if let Some(c) = self.consents.get_mut(purpose) {
+                    c.granted = false;
+                    c.at_micros = *at_micros;
+                }
             }
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => {
                 self.erasure = Some(Erasure {

@@ -197,7 +197,9 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
             })?;
             page.open.remove(&skey);
         }
-        "SessionErased" => page.open.remove(&skey),
+        // Restricted processing: the Session counts no further (its end
+        // user's data is left out of analytics from here on).
+        "SessionErased" | "SessionRestricted" => page.open.remove(&skey),
         _ => {}
     }
     Ok(())

@@ -55,10 +55,20 @@ impl Projection for DirectoryProjection {
             "SubjectInvited" => Some(SubjectState::Invited),
             "SubjectDeactivated" => Some(SubjectState::Deactivated),
             "SubjectErasureRequested" => Some(SubjectState::ErasureRequested),
-            _ => None,
+            "SubjectRectified" => None,
+            "SubjectProcessingRestricted" => {
+                row.restricted = true;
+                None
+            }
+            "SubjectRestrictionLifted" => {
+                row.restricted = false;
+                None
+            }
+            _ => return Ok(()),
         };
-        let Some(state) = state else { return Ok(()) };
-        if row.state != SubjectState::ErasureRequested as i32 {
+        if let Some(state) = state
+            && row.state != SubjectState::ErasureRequested as i32
+        {
             row.state = state as i32;
         }
         for f in &r.event.sealed_fields {

@@ -256,6 +256,8 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
                 }
             } as i32;
         }
+        "SessionRestricted" => row.restricted = true,
+        "SessionRestrictionLifted" => row.restricted = false,
         "SessionErased" => {
             let p: pb::SessionErased = payload(r)?;
             if before != SessionState::Closed {

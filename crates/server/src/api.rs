@@ -336,18 +336,31 @@ fn session_out(s: &Executed<Session>) -> pb::Session {
     }
 }
 
-fn subject_out(s: &Subject) -> pb::Subject {
+pub(crate) fn subject_out(s: &Subject) -> pb::Subject {
+    // While processing is restricted the profile is stored, not shown.
+    let shown = |v: &String| if s.restricted { String::new() } else { v.clone() };
     pb::Subject {
         subject_id: s.id.map(|i| i.to_string()).unwrap_or_default(),
-        username: s.username.clone(),
-        email: s.email.clone(),
-        phone: s.phone.clone(),
+        username: shown(&s.username),
+        email: shown(&s.email),
+        phone: shown(&s.phone),
         status: (match s.status {
             Some(SubjectStatus::Invited) => pb::SubjectStatus::Invited,
             Some(SubjectStatus::Active) => pb::SubjectStatus::Active,
             Some(SubjectStatus::Deactivated) => pb::SubjectStatus::Deactivated,
             None => pb::SubjectStatus::Unspecified,
         }) as i32,
+        restricted: s.restricted,
+        consents: s
+            .consents
+            .iter()
+            .map(|(purpose, c)| pb::Consent {
+                purpose: purpose.clone(),
+                granted: c.granted,
+                policy_version: c.policy_version.clone(),
+                at_micros: c.at_micros,
+            })
+            .collect(),
     }
 }
 
@@ -394,11 +407,17 @@ fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::Sess
         SessionEvent::Erased { .. } => {
             Event::StateChanged(pb::StateChange { state: state_out(Status::Closed), reason: "erasure".into() })
         }
+        SessionEvent::Restricted { .. } => Event::Restriction(pb::Restriction { restricted: true }),
+        SessionEvent::RestrictionLifted { .. } => Event::Restriction(pb::Restriction { restricted: false }),
+        SessionEvent::LocationShared { participant, location, .. } => Event::Location(pb::Location {
+            participant_id: participant.to_string(),
+            location: if location.is_empty() { "[erased]".into() } else { location },
+        }),
     };
     pb::SessionEvent { version, recorded_at_micros, event: Some(event) }
 }
 
-fn birth_in(date: &str, attested: bool) -> Result<Birth, ApiError> {
+pub(crate) fn birth_in(date: &str, attested: bool) -> Result<Birth, ApiError> {
     match (date.is_empty(), attested) {
         (true, true) => Ok(Birth::AttestedAtLeast13),
         (true, false) => Err(ApiError::invalid("date_of_birth", "give a date of birth or set attested_at_least_13")),
@@ -595,6 +614,12 @@ impl pb::session_service_server::SessionService for Handle {
             if subject.erasure.is_some() {
                 return Err(domain::Rejection::precondition("the end user's erasure was requested").into_api());
             }
+            if subject.restricted {
+                return Err(domain::Rejection::precondition(
+                    "processing of the end user's data is restricted: no new sessions until it is lifted",
+                )
+                .into_api());
+            }
             match subject.status {
                 None => return Err(domain::Rejection::NotFound { what: "end user" }.into_api()),
                 Some(SubjectStatus::Deactivated) => {
@@ -692,6 +717,37 @@ impl pb::session_service_server::SessionService for Handle {
         .await
     }
 
+    async fn share_location(&self, request: Request<pb::ShareLocationRequest>) -> Reply<pb::Session> {
+        let api = &self.0;
+        api.timed("ShareLocation", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let id = parse_id("session_id", &r.session_id)?;
+            let participant = parse_id("participant_id", &r.participant_id)?;
+            let e6 = |field: &'static str, v: f64| {
+                if v.is_finite() {
+                    Ok((v * 1e6).round() as i64)
+                } else {
+                    Err(ApiError::invalid(field, "is not a number"))
+                }
+            };
+            let (latitude_e6, longitude_e6) = (e6("latitude", r.latitude)?, e6("longitude", r.longitude)?);
+            // Consent is read now; a withdrawal that lands after this read
+            // is caught by the second shred of `WithdrawConsent`.
+            let subject = api.registry.read::<Subject>(tenant, participant).await?.state;
+            let consented = !subject.restricted && subject.consents.get("geolocation").is_some_and(|c| c.granted);
+            let cmd = SessionCommand::ShareLocation {
+                participant,
+                latitude_e6,
+                longitude_e6,
+                accuracy_m: r.accuracy_m,
+                consented,
+            };
+            Ok(session_out(&api.registry.execute::<Session>(tenant, id, cmd).await?))
+        })
+        .await
+    }
+
     async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Reply<pb::Session> {
         let r = request.get_ref().clone();
         self.session_command("CloseSession", request.metadata(), &r.session_id, || Ok(SessionCommand::Close)).await
@@ -764,7 +820,12 @@ impl pb::session_service_server::SessionService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let r = request.get_ref();
             let id = parse_id("session_id", &r.session_id)?;
-            api.session_of(tenant, id).await?;
+            if api.session_of(tenant, id).await?.state.restricted {
+                return Err(domain::Rejection::precondition(
+                    "processing of the end user's data is restricted: the session cannot be watched",
+                )
+                .into_api());
+            }
             Ok::<_, ApiError>((tenant, id, r.from_version))
         };
         let (tenant, id, from) = match METHOD.scope("WatchSession", setup).await {
@@ -986,7 +1047,7 @@ async fn account_of(api: &Api, tenant: Uuid, username: &str) -> Result<Option<Ac
         tenant,
         subject,
         password_hash: s.password_hash,
-        active: s.status == Some(SubjectStatus::Active),
+        active: s.status == Some(SubjectStatus::Active) && !s.restricted,
     }))
 }
 
@@ -1052,6 +1113,7 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
             // password: the subject's state decides.
             let s = api.registry.read::<Subject>(tenant, session.subject).await?.state;
             let live = s.status == Some(SubjectStatus::Active)
+                && !s.restricted
                 && s.erasure.is_none()
                 && s.password_set_micros <= session.created_micros;
             if !live {

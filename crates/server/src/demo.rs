@@ -152,6 +152,16 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                 Some(pb::session_event::Event::StateChanged(s)) => {
                     format!("now {} (by {})", state_name(s.state), s.reason)
                 }
+                Some(pb::session_event::Event::Restriction(r)) => {
+                    if r.restricted {
+                        "processing restricted".into()
+                    } else {
+                        "restriction lifted".into()
+                    }
+                }
+                Some(pb::session_event::Event::Location(l)) => {
+                    format!("{} shared a location: {}", who(&l.participant_id, &user_id, &agent_id), l.location)
+                }
                 None => "?".into(),
             };
             println!("   watch v{}: {line}", ev.version);

@@ -136,6 +136,25 @@ fn subject_history(e: &SubjectEvent, at: i64) -> String {
         SubjectEvent::Deactivated { .. } => "deactivated by the tenant".to_string(),
         SubjectEvent::Reactivated { .. } => "reactivated by the tenant".to_string(),
         SubjectEvent::PasswordSet { .. } => "password set".to_string(),
+        SubjectEvent::Rectified { email, phone, birth, .. } => {
+            let mut named = Vec::new();
+            if email.is_some() {
+                named.push("email");
+            }
+            if phone.is_some() {
+                named.push("phone");
+            }
+            if birth.is_some() {
+                named.push("date of birth");
+            }
+            format!("rectified: {}", named.join(", "))
+        }
+        SubjectEvent::ProcessingRestricted { .. } => "processing restricted".to_string(),
+        SubjectEvent::RestrictionLifted { .. } => "restriction lifted".to_string(),
+        SubjectEvent::ConsentGranted { purpose, policy_version, .. } => {
+            format!("consent to {purpose} granted (policy {policy_version})")
+        }
+        SubjectEvent::ConsentWithdrawn { purpose, .. } => format!("consent to {purpose} withdrawn"),
         SubjectEvent::ErasureRequested { request, due_micros, .. } => {
             format!("erasure requested (request {request}, due {})", time_text(*due_micros))
         }
@@ -208,7 +227,27 @@ pub async fn write(
         if erased { json_str("[erased]") } else { birth(&state.birth) },
         json_str(if state.password_hash.is_empty() { "none" } else { "set (the hash is not exported)" }),
     );
-    let _ = write!(head, "\"requests\":[{}],\"history\":[{}],\"sessions\":[", requests.join(","), history.join(","));
+    let consents: Vec<String> = state
+        .consents
+        .iter()
+        .map(|(purpose, c)| {
+            format!(
+                "{{\"purpose\":{},\"granted\":{},\"policy_version\":{},\"at\":{}}}",
+                json_str(purpose),
+                c.granted,
+                json_str(&c.policy_version),
+                time(c.at_micros)
+            )
+        })
+        .collect();
+    let _ = write!(
+        head,
+        "\"processing_restricted\":{},\"consents\":[{}],\"requests\":[{}],\"history\":[{}],\"sessions\":[",
+        state.restricted,
+        consents.join(","),
+        requests.join(","),
+        history.join(",")
+    );
     sink.push(&head).await?;
 
     for (i, session) in sessions.iter().enumerate() {
@@ -235,6 +274,7 @@ async fn write_session(
     let mut first = true;
     let mut started = 0;
     let mut closed = None;
+    let mut locations = Vec::new();
     let mut pages = Pages::new(log, &stream);
     while let Some(page) = pages.next().await? {
         for r in &page {
@@ -242,6 +282,9 @@ async fn write_session(
             match &e {
                 SessionEvent::Started { at_micros, .. } => started = *at_micros,
                 SessionEvent::Closed { reason: why, at_micros } => closed = Some((*why, *at_micros)),
+                SessionEvent::LocationShared { location, at_micros, .. } => {
+                    locations.push(format!("{{\"at\":{},\"location\":{}}}", time(*at_micros), text(location)));
+                }
                 SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => {
                     let from = if *sender == subject {
                         "\"you\"".to_string()
@@ -297,13 +340,14 @@ async fn write_session(
         })
         .collect();
     let mut tail = format!(
-        "],\"pype_id\":{},\"state\":{},\"erased\":{},\"started_at\":{},\"participants\":[{}],\"read_horizons\":[{}]",
+        "],\"pype_id\":{},\"state\":{},\"erased\":{},\"started_at\":{},\"participants\":[{}],\"read_horizons\":[{}],\"locations\":[{}]",
         json_str(&state.pype.to_string()),
         json_str(state_name),
         state.erased,
         time(started),
         participants.join(","),
-        horizons.join(",")
+        horizons.join(","),
+        locations.join(",")
     );
     if let Some((why, at)) = closed {
         let _ = write!(tail, ",\"closed_at\":{},\"closed_by\":{}", time(at), reason(why));

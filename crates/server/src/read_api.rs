@@ -10,6 +10,9 @@ use proto::views::{SessionState, SubjectState};
 use tonic::{Request, Response, Status as GrpcStatus};
 use uuid::Uuid;
 
+use domain::session::{Session, SessionCommand};
+use domain::subject::{Subject, SubjectCommand};
+
 use crate::api::Handle;
 use crate::auth::Caller;
 use crate::erasure;
@@ -112,6 +115,11 @@ impl pb::view_service_server::ViewService for Handle {
                     what: "session",
                 })));
             };
+            if row.restricted {
+                return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::precondition(
+                    "processing of the end user's data is restricted: messages are not listed until it is lifted",
+                ))));
+            }
             let cursor = sessions::message_cursor(&view, &row, r.after_seq).map_err(internal)?;
             drop(view);
             let rows = sessions::list_messages(api.log.as_ref(), &cursor, size + 1).await.map_err(internal)?;
@@ -162,7 +170,8 @@ impl pb::view_service_server::ViewService for Handle {
                 let stream = actors::stream_name("subject", tenant, subject);
                 let mut fields = [String::new(), String::new(), String::new()];
                 for (slot, name) in fields.iter_mut().zip(directory::FIELDS) {
-                    if let Some(r) = row.fields.get(name) {
+                    // A restricted subject's profile is stored, not shown.
+                    if let Some(r) = row.fields.get(name).filter(|_| !row.restricted) {
                         *slot = text(&api.keyring, tenant, &stream, name, Some(r)).await?;
                     }
                 }
@@ -415,5 +424,142 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         });
         api.metrics.observe("ExportSubject", tonic::Code::Ok, started.elapsed());
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(out_rx)))
+    }
+
+    async fn rectify_subject(&self, request: Request<pb::RectifySubjectRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("RectifySubject", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            let birth = match &r.date_of_birth {
+                Some(d) => Some(crate::api::birth_in(d, false)?),
+                None => None,
+            };
+            let cmd = SubjectCommand::Rectify { email: r.email.clone(), phone: r.phone.clone(), birth };
+            let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
+            let fields: Vec<&str> =
+                [("email", r.email.is_some()), ("phone", r.phone.is_some()), ("birth", r.date_of_birth.is_some())]
+                    .into_iter()
+                    .filter_map(|(f, on)| on.then_some(f))
+                    .collect();
+            self.privacy_record("privacy.rectify", tenant, subject, fields.join("+")).await?;
+            Ok(crate::api::subject_out(&done.state))
+        })
+        .await
+    }
+
+    async fn restrict_processing(&self, request: Request<pb::SubjectRef>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("RestrictProcessing", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            Ok(crate::api::subject_out(&self.set_restriction(tenant, subject, true).await?))
+        })
+        .await
+    }
+
+    async fn lift_restriction(&self, request: Request<pb::SubjectRef>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("LiftRestriction", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            Ok(crate::api::subject_out(&self.set_restriction(tenant, subject, false).await?))
+        })
+        .await
+    }
+
+    async fn grant_consent(&self, request: Request<pb::ConsentRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("GrantConsent", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            let cmd =
+                SubjectCommand::GrantConsent { purpose: r.purpose.clone(), policy_version: r.policy_version.clone() };
+            let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
+            self.privacy_record("privacy.consent_granted", tenant, subject, r.purpose.clone()).await?;
+            Ok(crate::api::subject_out(&done.state))
+        })
+        .await
+    }
+
+    async fn withdraw_consent(&self, request: Request<pb::ConsentRequest>) -> Reply<pb::Subject> {
+        let api = &self.0;
+        api.timed("WithdrawConsent", async {
+            let r = request.get_ref();
+            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let subject = parse_id("subject_id", &r.subject_id)?;
+            let cmd = SubjectCommand::WithdrawConsent { purpose: r.purpose.clone() };
+            let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
+            let mut detail = r.purpose.clone();
+            if r.purpose == "geolocation" {
+                // Collection has stopped (the withdrawal is recorded); what
+                // was collected becomes unreadable.
+                let target = keystore::ShredTarget::Subject { subject, group: Some(keystore::Group::Geo) };
+                let report = api.keyring.shred(tenant, target).await?;
+                detail = format!("{detail} geo_keys_shredded={}", report.keys.len());
+                // A location whose consent check ran just before the
+                // withdrawal may still be sealing under a new geo key:
+                // shred again once such calls are done.
+                let keyring = api.keyring.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    if let Err(e) = keyring.shred(tenant, target).await {
+                        tracing::error!(%tenant, %subject, error = %e, "second geo shred after consent withdrawal");
+                    }
+                });
+            }
+            self.privacy_record("privacy.consent_withdrawn", tenant, subject, detail).await?;
+            Ok(crate::api::subject_out(&done.state))
+        })
+        .await
+    }
+}
+
+impl Handle {
+    async fn privacy_record(
+        &self,
+        action: &'static str,
+        tenant: Uuid,
+        subject: Uuid,
+        detail: String,
+    ) -> Result<(), ApiError> {
+        self.0
+            .audit
+            .record(
+                crate::audit_log::Record::new(action, "tenant-or-staff", "ok")
+                    .tenant(tenant)
+                    .target(format!("subject:{subject}"))
+                    .detail(detail),
+            )
+            .await
+    }
+
+    /// Restricts (or lifts the restriction of) a subject and marks each of
+    /// their Sessions, so the Sessions refuse new processing and analytics
+    /// stop counting them.
+    async fn set_restriction(&self, tenant: Uuid, subject: Uuid, restrict: bool) -> Result<Subject, ApiError> {
+        let api = &self.0;
+        let cmd = if restrict { SubjectCommand::Restrict } else { SubjectCommand::LiftRestriction };
+        let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
+        let view = api.views.read(sessions::NAME).await?;
+        let ids = sessions::sessions_of_end_user(&view, tenant, subject).map_err(internal)?;
+        drop(view);
+        let cmd = if restrict { SessionCommand::Restrict } else { SessionCommand::LiftRestriction };
+        for s in &ids {
+            match api.registry.execute::<Session>(tenant, *s, cmd.clone()).await {
+                Ok(_) | Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if restrict {
+            api.auth.revoke_subject(tenant, subject);
+        }
+        let action = if restrict { "privacy.restrict" } else { "privacy.lift_restriction" };
+        self.privacy_record(action, tenant, subject, format!("sessions={}", ids.len())).await?;
+        Ok(done.state)
     }
 }

@@ -54,6 +54,10 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     ("RequestErasure", [D, A, D]),
     ("GetErasure", [D, A, D]),
     ("ExportSubject", [D, A, D]),
+    ("RectifySubject", [D, A, D]),
+    ("RestrictProcessing", [D, A, D]),
+    ("LiftRestriction", [D, A, D]),
+    ("WithdrawConsent", [D, A, D]),
     // Staff management.
     ("AddStaff", [D, D, A]),
     ("RotateStaffKey", [D, D, A]),
