@@ -175,6 +175,16 @@ impl Codec for Tenant {
             TenantEvent::Cancelled { at_micros } => {
                 new_event("TenantCancelled", tenant, pb::TenantCancelled { at_micros: *at_micros })
             }
+            TenantEvent::KeysShredded { key_fingerprints, at_micros } => new_event(
+                "TenantKeysShredded",
+                tenant,
+                pb::TenantKeysShredded { key_fingerprints: key_fingerprints.clone(), at_micros: *at_micros },
+            ),
+            TenantEvent::OffboardingCertified { certificate, signature } => new_event(
+                "TenantOffboardingCertified",
+                tenant,
+                pb::TenantOffboardingCertified { certificate: certificate.clone(), signature: signature.clone() },
+            ),
         })
     }
 
@@ -207,6 +217,14 @@ impl Codec for Tenant {
                 TenantEvent::ApiKeyRevoked { key_id: uuid(r, "key_id", &p.key_id)?, at_micros: p.at_micros }
             }
             "TenantCancelled" => TenantEvent::Cancelled { at_micros: payload::<pb::TenantCancelled>(r)?.at_micros },
+            "TenantKeysShredded" => {
+                let p: pb::TenantKeysShredded = payload(r)?;
+                TenantEvent::KeysShredded { key_fingerprints: p.key_fingerprints, at_micros: p.at_micros }
+            }
+            "TenantOffboardingCertified" => {
+                let p: pb::TenantOffboardingCertified = payload(r)?;
+                TenantEvent::OffboardingCertified { certificate: p.certificate, signature: p.signature }
+            }
             other => return Err(corrupt(r, format!("unknown tenant event type {other:?}"))),
         })
     }
@@ -237,6 +255,11 @@ impl Codec for Pype {
             PypeEvent::TimersSet { timers } => {
                 new_event("PypeTimersSet", tenant, pb::PypeTimersSet { timers: Some(timers_pb(*timers)) })
             }
+            PypeEvent::RetentionSet { days } => new_event(
+                "PypeRetentionSet",
+                tenant,
+                pb::PypeRetentionSet { inherit: days.is_none(), days: days.unwrap_or(0) },
+            ),
             PypeEvent::Archived { at_micros } => {
                 new_event("PypeArchived", tenant, pb::PypeArchived { at_micros: *at_micros })
             }
@@ -266,6 +289,10 @@ impl Codec for Pype {
             "PypeBotUnassigned" => PypeEvent::BotUnassigned { bot: member()? },
             "PypeTimersSet" => PypeEvent::TimersSet { timers: timers_of(payload::<pb::PypeTimersSet>(r)?.timers) },
             "PypeArchived" => PypeEvent::Archived { at_micros: payload::<pb::PypeArchived>(r)?.at_micros },
+            "PypeRetentionSet" => {
+                let p: pb::PypeRetentionSet = payload(r)?;
+                PypeEvent::RetentionSet { days: (!p.inherit).then_some(p.days) }
+            }
             other => return Err(corrupt(r, format!("unknown pype event type {other:?}"))),
         })
     }
@@ -375,6 +402,11 @@ impl Codec for Session {
                 "SessionErased",
                 tenant,
                 pb::SessionErased { request_id: id_bytes(*request), at_micros: *at_micros },
+            ),
+            SessionEvent::ContentExpired { retention_days, at_micros } => new_event(
+                "SessionContentExpired",
+                tenant,
+                pb::SessionContentExpired { retention_days: *retention_days, at_micros: *at_micros },
             ),
             SessionEvent::Restricted { at_micros } => {
                 new_event("SessionRestricted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
@@ -487,6 +519,10 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
             SessionEvent::Erased { request: uuid(r, "request_id", &p.request_id)?, at_micros: p.at_micros }
         }
         "SessionRestricted" => SessionEvent::Restricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros },
+        "SessionContentExpired" => {
+            let p: pb::SessionContentExpired = payload(r)?;
+            SessionEvent::ContentExpired { retention_days: p.retention_days, at_micros: p.at_micros }
+        }
         "SessionRestrictionLifted" => {
             SessionEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
         }

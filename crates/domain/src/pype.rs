@@ -9,12 +9,33 @@ use crate::common::{Aggregate, Ctx, FieldClass, Rejection, Timers, check_text};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PypeCommand {
-    Create { pype: Uuid, tenant: Uuid, name: String, description: String, timers: Timers },
-    AssignAgent { agent: Uuid },
-    UnassignAgent { agent: Uuid },
-    AssignBot { bot: Uuid },
-    UnassignBot { bot: Uuid },
-    SetTimers { timers: Timers },
+    Create {
+        pype: Uuid,
+        tenant: Uuid,
+        name: String,
+        description: String,
+        timers: Timers,
+    },
+    AssignAgent {
+        agent: Uuid,
+    },
+    UnassignAgent {
+        agent: Uuid,
+    },
+    AssignBot {
+        bot: Uuid,
+    },
+    UnassignBot {
+        bot: Uuid,
+    },
+    SetTimers {
+        timers: Timers,
+    },
+    /// Days a closed Session's content is kept in this Pype; `None`: the
+    /// tenant's setting; `Some(0)`: no limit.
+    SetRetention {
+        days: Option<u32>,
+    },
     Archive,
 }
 
@@ -26,6 +47,7 @@ pub enum PypeEvent {
     BotAssigned { bot: Uuid },
     BotUnassigned { bot: Uuid },
     TimersSet { timers: Timers },
+    RetentionSet { days: Option<u32> },
     Archived { at_micros: i64 },
 }
 
@@ -42,6 +64,8 @@ pub struct Pype {
     pub agents: BTreeSet<Uuid>,
     pub bots: BTreeSet<Uuid>,
     pub timers: Timers,
+    /// Overrides the tenant's retention when set.
+    pub retention_days: Option<u32>,
     pub archived: bool,
 }
 
@@ -92,6 +116,12 @@ impl Aggregate for Pype {
             }
             PypeCommand::AssignBot { bot } if !self.bots.contains(bot) => vec![PypeEvent::BotAssigned { bot: *bot }],
             PypeCommand::UnassignBot { bot } if self.bots.contains(bot) => vec![PypeEvent::BotUnassigned { bot: *bot }],
+            PypeCommand::SetRetention { days } => {
+                if days.is_some_and(|d| d > 3650) {
+                    return Err(Rejection::invalid("retention_days", "at most 3650 days"));
+                }
+                if *days == self.retention_days { vec![] } else { vec![PypeEvent::RetentionSet { days: *days }] }
+            }
             PypeCommand::SetTimers { timers } => {
                 timers.validate("timers")?;
                 if *timers == self.timers { vec![] } else { vec![PypeEvent::TimersSet { timers: *timers }] }
@@ -123,6 +153,7 @@ impl Aggregate for Pype {
                 self.bots.remove(bot);
             }
             PypeEvent::TimersSet { timers } => self.timers = *timers,
+            PypeEvent::RetentionSet { days } => self.retention_days = *days,
             PypeEvent::Archived { .. } => self.archived = true,
         }
     }

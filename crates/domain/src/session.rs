@@ -75,6 +75,11 @@ pub enum SessionCommand {
     /// still apply). Idempotent.
     Restrict,
     LiftRestriction,
+    /// Retention: the closed Session's content key was destroyed because
+    /// its time was up. Idempotent.
+    ExpireContent {
+        retention_days: u32,
+    },
     /// The end user shares where they are (e.g. for roadside help).
     /// `consented`: the end user's geolocation consent holds (the caller
     /// reads it from the subject).
@@ -138,6 +143,10 @@ pub enum SessionEvent {
     Restricted {
         at_micros: i64,
     },
+    ContentExpired {
+        retention_days: u32,
+        at_micros: i64,
+    },
     RestrictionLifted {
         at_micros: i64,
     },
@@ -189,6 +198,10 @@ pub struct Session {
     pub erased: bool,
     /// The end user's processing is restricted.
     pub restricted: bool,
+    /// Retention destroyed the content key.
+    pub content_expired: bool,
+    /// When it closed (0 while open).
+    pub closed_micros: i64,
 }
 
 impl Default for Session {
@@ -207,6 +220,8 @@ impl Default for Session {
             inactive_since_micros: 0,
             erased: false,
             restricted: false,
+            content_expired: false,
+            closed_micros: 0,
         }
     }
 }
@@ -380,6 +395,19 @@ impl Aggregate for Session {
                     _ => vec![],
                 })
             }
+            SessionCommand::ExpireContent { retention_days } => {
+                if self.id.is_none() {
+                    return Err(Rejection::NotFound { what: "session" });
+                }
+                if self.status != Status::Closed {
+                    return Err(Rejection::precondition("only a closed session's content expires"));
+                }
+                Ok(if self.content_expired {
+                    vec![]
+                } else {
+                    vec![SessionEvent::ContentExpired { retention_days: *retention_days, at_micros: now }]
+                })
+            }
             SessionCommand::ShareLocation { participant, latitude_e6, longitude_e6, accuracy_m, consented } => {
                 self.require_writable()?;
                 if *participant != self.end_user {
@@ -443,9 +471,16 @@ impl Aggregate for Session {
                 self.status = Status::Active;
                 self.last_activity_micros = *at_micros;
             }
-            SessionEvent::Closed { .. } => self.status = Status::Closed,
-            SessionEvent::Erased { .. } => {
+            SessionEvent::Closed { at_micros, .. } => {
+                self.status = Status::Closed;
+                self.closed_micros = *at_micros;
+            }
+            SessionEvent::ContentExpired { .. } => self.content_expired = true,
+            SessionEvent::Erased { at_micros, .. } => {
                 self.erased = true;
+                if self.status != Status::Closed {
+                    self.closed_micros = *at_micros;
+                }
                 self.status = Status::Closed;
             }
             SessionEvent::Restricted { .. } => self.restricted = true,

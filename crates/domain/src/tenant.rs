@@ -44,6 +44,16 @@ pub enum TenantCommand {
         key_id: Uuid,
     },
     Cancel,
+    /// Offboarding, after the grace period: the tenant's KEK is destroyed
+    /// (`key_fingerprints` name what went). Only once cancelled; idempotent.
+    RecordKeysShredded {
+        key_fingerprints: Vec<String>,
+    },
+    /// The signed offboarding certificate. Idempotent.
+    Certify {
+        certificate: String,
+        signature: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +63,8 @@ pub enum TenantEvent {
     ApiKeyIssued { key_id: Uuid, secret_sha256: [u8; 32], at_micros: i64 },
     ApiKeyRevoked { key_id: Uuid, at_micros: i64 },
     Cancelled { at_micros: i64 },
+    KeysShredded { key_fingerprints: Vec<String>, at_micros: i64 },
+    OffboardingCertified { certificate: String, signature: String },
 }
 
 /// Tenant names and settings are business data, not personal data.
@@ -70,6 +82,10 @@ pub struct Tenant {
     /// Live API keys: id → SHA-256 of the secret.
     pub api_keys: std::collections::BTreeMap<Uuid, [u8; 32]>,
     pub cancelled: bool,
+    pub cancelled_micros: i64,
+    /// Offboarding: when the KEK was shredded, and what went.
+    pub shredded: Option<(i64, Vec<String>)>,
+    pub certificate: Option<(String, String)>,
 }
 
 fn check_settings(s: &TenantSettings) -> Result<(), Rejection> {
@@ -146,6 +162,32 @@ impl Aggregate for Tenant {
                 }
                 Ok(if self.cancelled { vec![] } else { vec![TenantEvent::Cancelled { at_micros: ctx.now_micros }] })
             }
+            TenantCommand::RecordKeysShredded { key_fingerprints } => {
+                if !self.cancelled {
+                    return Err(Rejection::precondition("only a cancelled tenant's keys are shredded"));
+                }
+                Ok(if self.shredded.is_some() {
+                    vec![]
+                } else {
+                    vec![TenantEvent::KeysShredded {
+                        key_fingerprints: key_fingerprints.clone(),
+                        at_micros: ctx.now_micros,
+                    }]
+                })
+            }
+            TenantCommand::Certify { certificate, signature } => {
+                if self.shredded.is_none() {
+                    return Err(Rejection::precondition("the tenant's keys are not shredded yet"));
+                }
+                Ok(if self.certificate.is_some() {
+                    vec![]
+                } else {
+                    vec![TenantEvent::OffboardingCertified {
+                        certificate: certificate.clone(),
+                        signature: signature.clone(),
+                    }]
+                })
+            }
         }
     }
 
@@ -163,7 +205,16 @@ impl Aggregate for Tenant {
             TenantEvent::ApiKeyRevoked { key_id, .. } => {
                 self.api_keys.remove(key_id);
             }
-            TenantEvent::Cancelled { .. } => self.cancelled = true,
+            TenantEvent::Cancelled { at_micros } => {
+                self.cancelled = true;
+                self.cancelled_micros = *at_micros;
+            }
+            TenantEvent::KeysShredded { key_fingerprints, at_micros } => {
+                self.shredded = Some((*at_micros, key_fingerprints.clone()));
+            }
+            TenantEvent::OffboardingCertified { certificate, signature } => {
+                self.certificate = Some((certificate.clone(), signature.clone()));
+            }
         }
     }
 }

@@ -257,6 +257,7 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
             } as i32;
         }
         "SessionRestricted" => row.restricted = true,
+        "SessionContentExpired" => row.content_expired = true,
         "SessionRestrictionLifted" => row.restricted = false,
         "SessionErased" => {
             let p: pb::SessionErased = payload(r)?;
@@ -450,4 +451,43 @@ pub fn sessions_of_end_user(view: &ReadView, tenant: Uuid, subject: Uuid) -> Res
 
 pub fn pype_overview(view: &ReadView, tenant: Uuid, pype: Uuid) -> Result<Option<PypeOverviewRow>, ViewError> {
     view.get_msg("pypes", &key(&[tenant.as_bytes(), pype.as_bytes()]))
+}
+
+/// Closed Sessions whose content may still be kept, in session-id order
+/// after `after`, at most `limit` (the retention scheduler pages through
+/// them): (tenant, session, pype, closed at).
+pub fn closed_with_content(
+    view: &ReadView,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<(Uuid, Uuid, Uuid, i64)>, ViewError> {
+    let start = after.map(|a| *a.as_bytes());
+    let mut out = Vec::new();
+    let mut cursor = start;
+    loop {
+        let rows = view.scan("sessions", &[], cursor.as_ref().map(|c| c.as_slice()), 1024)?;
+        let Some((last, _)) = rows.last() else { break };
+        cursor = <[u8; 16]>::try_from(last.as_slice()).ok();
+        let done = rows.len() < 1024;
+        for (_, v) in &rows {
+            let row = <SessionRow as Message>::decode(v.as_slice())
+                .map_err(|e| ViewError::Corrupt { table: "sessions".into(), reason: e.to_string() })?;
+            if state_of(&row) != SessionState::Closed || row.erased || row.content_expired {
+                continue;
+            }
+            let (Some(t), Some(s), Some(p)) =
+                (uuid_of(&row.tenant_id), uuid_of(&row.session_id), uuid_of(&row.pype_id))
+            else {
+                continue;
+            };
+            out.push((t, s, p, row.closed_micros));
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+        if done || cursor.is_none() {
+            break;
+        }
+    }
+    Ok(out)
 }

@@ -45,6 +45,19 @@ pub struct Api {
     pub audit: crate::audit_log::AuditLog,
     pub auth: Arc<crate::end_user_auth::EndUserAuth>,
     pub staff: Arc<crate::staff::Staff>,
+    pub offboarding_grace_days: u32,
+}
+
+fn offboarding_out(tenant: Uuid, t: &Tenant, grace_days: u32) -> pb::Offboarding {
+    let (certificate, signature) = t.certificate.clone().unwrap_or_default();
+    pb::Offboarding {
+        tenant_id: tenant.to_string(),
+        cancelled_at_micros: if t.cancelled { t.cancelled_micros } else { 0 },
+        shred_due_micros: if t.cancelled { t.cancelled_micros + i64::from(grace_days) * 86_400_000_000 } else { 0 },
+        shredded_at_micros: t.shredded.as_ref().map_or(0, |(at, _)| *at),
+        certificate,
+        signature,
+    }
 }
 
 tokio::task_local! {
@@ -407,6 +420,9 @@ fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::Sess
         SessionEvent::Erased { .. } => {
             Event::StateChanged(pb::StateChange { state: state_out(Status::Closed), reason: "erasure".into() })
         }
+        SessionEvent::ContentExpired { .. } => {
+            Event::StateChanged(pb::StateChange { state: state_out(Status::Closed), reason: "retention".into() })
+        }
         SessionEvent::Restricted { .. } => Event::Restriction(pb::Restriction { restricted: true }),
         SessionEvent::RestrictionLifted { .. } => Event::Restriction(pb::Restriction { restricted: false }),
         SessionEvent::LocationShared { participant, location, .. } => Event::Location(pb::Location {
@@ -491,6 +507,77 @@ impl pb::tenant_service_server::TenantService for Handle {
                 .execute::<Tenant>(tenant, tenant, TenantCommand::IssueApiKey { key_id, secret_sha256: hash })
                 .await?;
             Ok(pb::CreateApiKeyResponse { api_key: token, api_key_id: key_id.to_string() })
+        })
+        .await
+    }
+
+    async fn set_retention(&self, request: Request<pb::SetRetentionRequest>) -> Reply<pb::SetRetentionResponse> {
+        let api = &self.0;
+        api.timed("SetRetention", async {
+            let tenant = api.tenant(request.metadata()).await?;
+            let r = request.get_ref();
+            let t = api.registry.read::<Tenant>(tenant, tenant).await?.state;
+            if r.pype_id.is_empty() {
+                if r.inherit {
+                    return Err(ApiError::invalid("inherit", "only for a Pype (give pype_id)"));
+                }
+                let settings = TenantSettings { retention_days: r.retention_days, ..t.settings.clone() };
+                let done =
+                    api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::UpdateSettings { settings }).await?;
+                api.audit
+                    .record(
+                        Record::new("privacy.retention_set", "tenant", "ok")
+                            .tenant(tenant)
+                            .detail(format!("days={}", r.retention_days)),
+                    )
+                    .await?;
+                return Ok(pb::SetRetentionResponse {
+                    tenant_retention_days: done.state.settings.retention_days,
+                    pype_retention_days: None,
+                });
+            }
+            let pype = parse_id("pype_id", &r.pype_id)?;
+            let days = if r.inherit { None } else { Some(r.retention_days) };
+            let done = api.registry.execute::<Pype>(tenant, pype, PypeCommand::SetRetention { days }).await?;
+            api.audit
+                .record(
+                    Record::new("privacy.retention_set", "tenant", "ok")
+                        .tenant(tenant)
+                        .target(format!("pype:{pype}"))
+                        .detail(days.map_or("inherit".to_string(), |d| format!("days={d}"))),
+                )
+                .await?;
+            Ok(pb::SetRetentionResponse {
+                tenant_retention_days: t.settings.retention_days,
+                pype_retention_days: Some(done.state.retention_days.unwrap_or(t.settings.retention_days)),
+            })
+        })
+        .await
+    }
+
+    async fn cancel_tenant(&self, request: Request<pb::CancelTenantRequest>) -> Reply<pb::Offboarding> {
+        let api = &self.0;
+        api.timed("CancelTenant", async {
+            api.platform(request.metadata()).await?;
+            let tenant = parse_id("tenant_id", &request.get_ref().tenant_id)?;
+            let done = api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::Cancel).await?;
+            api.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(t, _), _| *t != tenant);
+            api.audit.record(Record::new("privacy.tenant_cancelled", "platform", "ok").tenant(tenant)).await?;
+            Ok(offboarding_out(tenant, &done.state, api.offboarding_grace_days))
+        })
+        .await
+    }
+
+    async fn get_offboarding(&self, request: Request<pb::CancelTenantRequest>) -> Reply<pb::Offboarding> {
+        let api = &self.0;
+        api.timed("GetOffboarding", async {
+            api.platform(request.metadata()).await?;
+            let tenant = parse_id("tenant_id", &request.get_ref().tenant_id)?;
+            let t = api.registry.read::<Tenant>(tenant, tenant).await?.state;
+            if t.id.is_none() {
+                return Err(domain::Rejection::NotFound { what: "tenant" }.into_api());
+            }
+            Ok(offboarding_out(tenant, &t, api.offboarding_grace_days))
         })
         .await
     }

@@ -124,6 +124,41 @@ fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
     Ok(Tls { grpc, http })
 }
 
+/// Development and test builds only (`debug_assertions`): the file named by
+/// `PYPES_DEV_CLOCK_OFFSET_FILE` holds seconds added to the wall clock,
+/// re-read every 50 ms, so integration tests can move time (retention,
+/// offboarding grace, timeouts) without waiting days. Release builds ignore
+/// the variable.
+pub const DEV_CLOCK_ENV: &str = "PYPES_DEV_CLOCK_OFFSET_FILE";
+
+struct OffsetClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl Clock for OffsetClock {
+    fn now_micros(&self) -> i64 {
+        SystemClock.now_micros() + self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn server_clock() -> Arc<dyn Clock> {
+    let Some(path) = std::env::var_os(DEV_CLOCK_ENV).filter(|_| cfg!(debug_assertions)) else {
+        return Arc::new(SystemClock);
+    };
+    tracing::warn!(file = ?path, "development clock: time is offset by the seconds in this file");
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let shared = offset.clone();
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(secs) = text.trim().parse::<i64>()
+            {
+                shared.store(secs.saturating_mul(1_000_000), std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    Arc::new(OffsetClock(offset))
+}
+
 /// Runs the server until `shutdown` resolves. Must run inside an actix System.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tls = match &config.tls {
@@ -131,7 +166,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         None => None,
     };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = server_clock();
     let root = std::env::var(ROOT_KEY_ENV).ok();
     let keys = open_embedded(&config.data_dir, root.as_deref(), clock.clone(), OpenMode::CreateIfEmpty)
         .context("opening the key store")?;
@@ -144,6 +179,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             .await?
             .context("opening the event log")?,
     );
+    let signing_for_scheduler = signing.clone();
     let audit = crate::audit_log::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
         .await
         .context("starting the audit log")?;
@@ -199,12 +235,24 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         analytics_k: config.analytics_k,
         audit: audit.clone(),
         auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), config.auth)?),
+        offboarding_grace_days: config.offboarding_grace_days,
         staff: Arc::new(
             crate::staff::Staff::open(log.clone(), clock.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("loading the staff directory: {e}"))?,
         ),
     }));
+    let scheduler = Arc::new(crate::retention::Scheduler {
+        registry: registry.clone(),
+        log: log.clone(),
+        keyring: api.0.keyring.clone(),
+        views: views.clone(),
+        audit: audit.clone(),
+        clock: clock.clone(),
+        signing: signing_for_scheduler,
+        grace_days: config.offboarding_grace_days,
+    });
+    tokio::spawn(scheduler.run(std::time::Duration::from_secs(config.sweep_secs)));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;

@@ -50,6 +50,10 @@ pub struct PrivacyFile {
     pub analytics_k: Option<u64>,
     /// Age in days at which an open erasure request is reported (default 20).
     pub erasure_warn_days: Option<u32>,
+    /// Seconds between runs of the retention and offboarding scheduler (default 600).
+    pub sweep_secs: Option<u64>,
+    /// Days between a tenant's cancellation and the shred of its KEK (default 30).
+    pub offboarding_grace_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +115,8 @@ pub struct Config {
     pub rotation_days: i64,
     pub analytics_k: u64,
     pub erasure_warn_days: u32,
+    pub sweep_secs: u64,
+    pub offboarding_grace_days: u32,
     pub auth: crate::end_user_auth::AuthConfig,
     /// (certificate chain, private key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -136,6 +142,8 @@ impl Config {
             rotation_days: file.keys.rotation_days.unwrap_or(7),
             analytics_k: file.privacy.analytics_k.unwrap_or(projections::analytics::DEFAULT_K),
             erasure_warn_days: file.privacy.erasure_warn_days.unwrap_or(20),
+            sweep_secs: file.privacy.sweep_secs.unwrap_or(600),
+            offboarding_grace_days: file.privacy.offboarding_grace_days.unwrap_or(30),
             tls: match (args.tls_cert.clone().or(file.tls.cert_file), args.tls_key.clone().or(file.tls.key_file)) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
@@ -158,6 +166,12 @@ impl Config {
                     );
                 }
             }
+        }
+        if !(1..=86_400).contains(&config.sweep_secs) {
+            anyhow::bail!("privacy.sweep_secs: {}; 1 to 86400", config.sweep_secs);
+        }
+        if config.offboarding_grace_days > 365 {
+            anyhow::bail!("privacy.offboarding_grace_days: {}; at most 365", config.offboarding_grace_days);
         }
         if !(60..=86_400).contains(&config.auth.idle_secs) {
             anyhow::bail!("auth.idle_secs: {}; 60 to 86400", config.auth.idle_secs);

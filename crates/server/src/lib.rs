@@ -16,6 +16,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod read_api;
+pub mod retention;
 pub mod staff;
 pub mod staff_api;
 pub mod views;

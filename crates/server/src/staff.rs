@@ -37,6 +37,8 @@ use Access::{Allowed as A, BreakGlass as G, Denied as D};
 pub const POLICY: &[(&str, [Access; 3])] = &[
     // Tenants.
     ("CreateTenant", [D, D, A]),
+    ("CancelTenant", [D, D, A]),
+    ("GetOffboarding", [A, A, A]),
     ("GetTenant", [A, A, A]),
     // Metadata: ids, states, counts, times.
     ("GetPype", [A, A, A]),

@@ -172,6 +172,9 @@ pub const RPCS: &[&str] = &[
     "GetTenant",
     "CreateApiKey",
     "RevokeApiKey",
+    "SetRetention",
+    "CancelTenant",
+    "GetOffboarding",
     "CreatePype",
     "GetPype",
     "AssignMember",
@@ -185,6 +188,7 @@ pub const RPCS: &[&str] = &[
     "GetSession",
     "ListSessions",
     "WatchSession",
+    "ShareLocation",
     "RegisterSubject",
     "InviteSubject",
     "OnboardSubject",
@@ -202,6 +206,12 @@ pub const RPCS: &[&str] = &[
     "QueryAnalytics",
     "RequestErasure",
     "GetErasure",
+    "ExportSubject",
+    "RectifySubject",
+    "RestrictProcessing",
+    "LiftRestriction",
+    "GrantConsent",
+    "WithdrawConsent",
     "AddStaff",
     "RotateStaffKey",
     "DisableStaff",
@@ -263,6 +273,98 @@ pub async fn call(
             let api_key_id = if ids.api_key_id.is_empty() { u.clone() } else { ids.api_key_id.clone() };
             go!(Te::new(c).revoke_api_key(req(key, tenant_header, pb::RevokeApiKeyRequest { api_key_id })))
         }
+        "SetRetention" => go!(Te::new(c).set_retention(req(
+            key,
+            tenant_header,
+            pb::SetRetentionRequest { pype_id: p.clone(), retention_days: 1, inherit: false }
+        ))),
+        "CancelTenant" => {
+            go!(Te::new(c).cancel_tenant(req(
+                key,
+                tenant_header,
+                pb::CancelTenantRequest { tenant_id: ids.tenant.clone() }
+            )))
+        }
+        "GetOffboarding" => go!(Te::new(c).get_offboarding(req(
+            key,
+            tenant_header,
+            pb::CancelTenantRequest { tenant_id: ids.tenant.clone() }
+        ))),
+        "ShareLocation" => go!(Se::new(c).share_location(req(
+            key,
+            tenant_header,
+            pb::ShareLocationRequest {
+                session_id: s.clone(),
+                participant_id: u.clone(),
+                latitude: 1.0,
+                longitude: 2.0,
+                accuracy_m: 5
+            }
+        ))),
+        "ExportSubject" => {
+            use pb::privacy_service_client::PrivacyServiceClient as Pr;
+            match Pr::new(c)
+                .export_subject(req(
+                    key,
+                    tenant_header,
+                    pb::ExportSubjectRequest { subject_id: u.clone(), tenant_id: ids.tenant.clone() },
+                ))
+                .await
+            {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    let mut all = Vec::new();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(chunk)) => all.extend_from_slice(&chunk.data),
+                            Ok(None) => break Ok(String::from_utf8_lossy(&all).into_owned()),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "RectifySubject" => go!(pb::privacy_service_client::PrivacyServiceClient::new(c).rectify_subject(req(
+            key,
+            tenant_header,
+            pb::RectifySubjectRequest {
+                subject_id: u.clone(),
+                tenant_id: ids.tenant.clone(),
+                email: Some("r@example.com".into()),
+                ..Default::default()
+            }
+        ))),
+        "RestrictProcessing" => go!(pb::privacy_service_client::PrivacyServiceClient::new(c).restrict_processing(req(
+            key,
+            tenant_header,
+            pb::SubjectRef { subject_id: u.clone(), tenant_id: ids.tenant.clone() }
+        ))),
+        "LiftRestriction" => go!(pb::privacy_service_client::PrivacyServiceClient::new(c).lift_restriction(req(
+            key,
+            tenant_header,
+            pb::SubjectRef { subject_id: u.clone(), tenant_id: ids.tenant.clone() }
+        ))),
+        "GrantConsent" => go!(pb::privacy_service_client::PrivacyServiceClient::new(c).grant_consent(req(
+            key,
+            tenant_header,
+            pb::ConsentRequest {
+                subject_id: u.clone(),
+                tenant_id: ids.tenant.clone(),
+                purpose: "geolocation".into(),
+                policy_version: "1".into()
+            }
+        ))),
+        "WithdrawConsent" => go!(pb::privacy_service_client::PrivacyServiceClient::new(c).withdraw_consent(req(
+            key,
+            tenant_header,
+            pb::ConsentRequest {
+                subject_id: u.clone(),
+                tenant_id: ids.tenant.clone(),
+                purpose: "geolocation".into(),
+                policy_version: String::new()
+            }
+        ))),
         "CreatePype" => go!(Py::new(c).create_pype(req(
             key,
             tenant_header,

@@ -1,0 +1,219 @@
+//! The privacy scheduler: every `privacy.sweep_secs` it
+//!
+//! - **retention**: finds closed Sessions (from the sessions view) whose
+//!   Pype's retention (or else the tenant's) has run out, shreds each one's
+//!   content key and records `SessionContentExpired` on the Session (plus an
+//!   audit entry `retention.purge`); messages then list as `[erased]`;
+//! - **offboarding**: finds cancelled tenants whose grace period is over,
+//!   shreds the tenant's KEK (every key of the tenant goes with it), records
+//!   `TenantKeysShredded` with the key fingerprints and a signed
+//!   certificate `TenantOffboardingCertified`.
+//!
+//! All its state is in the log and the views, so a restart simply runs the
+//! sweep again: each step is idempotent, and each shred happens before the
+//! event that records it (a crash in between shreds again, harmlessly).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::Registry;
+use domain::pype::Pype;
+use domain::session::{Session, SessionCommand};
+use domain::tenant::{Tenant, TenantCommand};
+use ed25519_dalek::{Signer, SigningKey};
+use eventlog::{Clock, EventFilter, EventLog};
+use keystore::{Keyring, ShredTarget};
+use uuid::Uuid;
+
+use crate::audit_log::{AuditLog, Record};
+use crate::erasure::{json_str, key_fingerprint};
+use crate::error::ApiError;
+
+const DAY_MICROS: i64 = 86_400_000_000;
+pub const CERTIFICATE_FORMAT: &str = "pypes-tenant-offboarding-certificate/v1";
+
+pub struct Scheduler {
+    pub registry: Arc<Registry>,
+    pub log: Arc<dyn EventLog>,
+    pub keyring: Keyring,
+    pub views: Arc<crate::views::Views>,
+    pub audit: AuditLog,
+    pub clock: Arc<dyn Clock>,
+    pub signing: SigningKey,
+    pub grace_days: u32,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub sessions_expired: usize,
+    pub tenants_shredded: usize,
+}
+
+impl Scheduler {
+    /// Sweeps every `every`, forever.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        loop {
+            match self.sweep().await {
+                Ok(s) if s != Swept::default() => tracing::info!(?s, "privacy sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "privacy sweep failed; retried at the next"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    pub async fn sweep(&self) -> Result<Swept, ApiError> {
+        let tenants_shredded = self.offboard().await?;
+        let sessions_expired = self.expire().await?;
+        Ok(Swept { sessions_expired, tenants_shredded })
+    }
+
+    async fn expire(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now_micros();
+        let mut tenants: HashMap<Uuid, Tenant> = HashMap::new();
+        let mut pypes: HashMap<(Uuid, Uuid), Option<u32>> = HashMap::new();
+        let mut expired = 0;
+        let mut after = None;
+        loop {
+            let view = self.views.read(projections::sessions::NAME).await?;
+            let page = projections::sessions::closed_with_content(&view, after, 1024)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            drop(view);
+            let Some(last) = page.last() else { break };
+            after = Some(last.1);
+            let full = page.len() == 1024;
+            for (tenant, session, pype, closed) in page {
+                let t = match tenants.entry(tenant) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(self.registry.read::<Tenant>(tenant, tenant).await?.state)
+                    }
+                };
+                if t.shredded.is_some() {
+                    continue;
+                }
+                let own = match pypes.get(&(tenant, pype)) {
+                    Some(d) => *d,
+                    None => {
+                        let d = self.registry.read::<Pype>(tenant, pype).await?.state.retention_days;
+                        pypes.insert((tenant, pype), d);
+                        d
+                    }
+                };
+                let days = own.unwrap_or(t.settings.retention_days);
+                if days == 0 || closed + i64::from(days) * DAY_MICROS > now {
+                    continue;
+                }
+                let report = self.keyring.shred(tenant, ShredTarget::Session { session }).await?;
+                match self
+                    .registry
+                    .execute::<Session>(tenant, session, SessionCommand::ExpireContent { retention_days: days })
+                    .await
+                {
+                    Ok(_) | Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.audit
+                    .record(
+                        Record::new("retention.purge", "pypes", "ok")
+                            .tenant(tenant)
+                            .target(format!("session:{session}"))
+                            .detail(format!("retention_days={days} keys={}", report.keys.len())),
+                    )
+                    .await?;
+                expired += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Cancelled tenants (from `$all`, tenant streams only).
+    async fn cancelled_tenants(&self) -> Result<Vec<Uuid>, ApiError> {
+        let filter =
+            EventFilter { stream_prefixes: vec!["tenant-".into()], event_types: vec!["TenantCancelled".into()] };
+        let mut out = Vec::new();
+        let mut from = 0;
+        loop {
+            let page = self.log.read_all(from, 4096, &filter).await?;
+            for e in &page.events {
+                if let Some(t) = e.event.tenant_id {
+                    out.push(t);
+                }
+            }
+            if page.next_position <= from || page.next_position >= page.head {
+                break;
+            }
+            from = page.next_position;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn offboard(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now_micros();
+        let mut done = 0;
+        for tenant in self.cancelled_tenants().await? {
+            let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+            if !t.cancelled || t.certificate.is_some() {
+                continue;
+            }
+            let due = t.cancelled_micros + i64::from(self.grace_days) * DAY_MICROS;
+            if now < due {
+                continue;
+            }
+            let fingerprints = match &t.shredded {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let keys = self.keyring.keys_of(tenant, ShredTarget::Tenant).await?;
+                    let fingerprints: Vec<String> = keys.into_iter().map(|k| key_fingerprint(tenant, k)).collect();
+                    self.keyring.shred(tenant, ShredTarget::Tenant).await?;
+                    self.registry
+                        .execute::<Tenant>(
+                            tenant,
+                            tenant,
+                            TenantCommand::RecordKeysShredded { key_fingerprints: fingerprints.clone() },
+                        )
+                        .await?;
+                    fingerprints
+                }
+            };
+            let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+            let shredded_at = t.shredded.as_ref().map_or(now, |(at, _)| *at);
+            let mut cert = String::new();
+            let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
+            let _ = write!(
+                cert,
+                "{{\"format\":{},\"tenant_id\":{},\"cancelled_at\":{},\"grace_days\":{},\"kek_shredded_at\":{},\"issued_at\":{},\"destroyed_key_fingerprints\":[{}],\"signing_public_key\":{}}}",
+                json_str(CERTIFICATE_FORMAT),
+                json_str(&tenant.to_string()),
+                json_str(&crate::audit::time_text(t.cancelled_micros)),
+                self.grace_days,
+                json_str(&crate::audit::time_text(shredded_at)),
+                json_str(&crate::audit::time_text(now)),
+                fps.join(","),
+                json_str(&hex::encode(self.signing.verifying_key().as_bytes())),
+            );
+            let signature = hex::encode(self.signing.sign(cert.as_bytes()).to_bytes());
+            self.registry
+                .execute::<Tenant>(tenant, tenant, TenantCommand::Certify { certificate: cert, signature })
+                .await?;
+            self.audit
+                .record(
+                    Record::new("privacy.tenant_offboarded", "pypes", "ok")
+                        .tenant(tenant)
+                        .detail(format!("keys={}", fingerprints.len())),
+                )
+                .await?;
+            tracing::info!(%tenant, keys = fingerprints.len(), "tenant offboarded: KEK shredded, certificate issued");
+            done += 1;
+        }
+        Ok(done)
+    }
+}
