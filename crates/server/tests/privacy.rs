@@ -301,6 +301,24 @@ async fn geolocation_needs_consent_and_withdrawal_erases_it() {
     );
     // The rest of the Session is untouched.
     c.sessions.post_message(authed(&s.key, post(&s, "still here"))).await.unwrap();
+    // No geo key of theirs is left in the key store (after the second shred).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    drop(server);
+    let keys = keystore::embedded::open_embedded(
+        data.path(),
+        None,
+        std::sync::Arc::new(eventlog::SystemClock),
+        keystore::embedded::OpenMode::MustExist,
+    )
+    .unwrap();
+    let (tenant, subject) = (uuid::Uuid::parse_str(&s.tenant).unwrap(), uuid::Uuid::parse_str(&s.user).unwrap());
+    let geo = keystore::ShredTarget::Subject { subject, group: Some(keystore::Group::Geo) };
+    assert!(keystore::KeyStore::keys_of(&*keys.store, tenant, &geo).unwrap().is_empty(), "a geo key survived");
+    let profile = keystore::ShredTarget::Subject { subject, group: Some(keystore::Group::Profile) };
+    assert!(
+        !keystore::KeyStore::keys_of(&*keys.store, tenant, &profile).unwrap().is_empty(),
+        "the profile key went too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,21 @@ async fn closed_sessions_lose_their_content_when_retention_runs_out() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ContentExpired") && text.contains("[erased]") && !text.contains("gone after"), "{text}");
+    // Both Sessions' content keys are gone; the end user's own keys are not.
+    let keys = keystore::embedded::open_embedded(
+        data.path(),
+        None,
+        std::sync::Arc::new(eventlog::SystemClock),
+        keystore::embedded::OpenMode::MustExist,
+    )
+    .unwrap();
+    let tenant = uuid::Uuid::parse_str(&s.tenant).unwrap();
+    for session in [&s.session, &second] {
+        let target = keystore::ShredTarget::Session { session: uuid::Uuid::parse_str(session).unwrap() };
+        assert!(keystore::KeyStore::keys_of(&*keys.store, tenant, &target).unwrap().is_empty(), "{session}");
+    }
+    let user = keystore::ShredTarget::Subject { subject: uuid::Uuid::parse_str(&s.user).unwrap(), group: None };
+    assert!(!keystore::KeyStore::keys_of(&*keys.store, tenant, &user).unwrap().is_empty());
 }
 
 fn s_clone(s: &common::Setup) -> common::Setup {
