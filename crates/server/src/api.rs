@@ -113,13 +113,13 @@ impl Api {
                 Ok(Caller::Admin)
             }
             Bearer::Tenant(token) => {
-                let actor = format!("tenant-key:{}", token.key_id);
+                let actor = || format!("tenant-key:{}", token.key_id);
                 let cache_key = (token.tenant, token.key_id);
                 let cached = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).is_some_and(
                     |(hash, at)| at.elapsed().as_secs() < AUTH_CACHE_SECS && auth::same(hash, &token.secret_sha256),
                 );
                 if cached {
-                    self.audit.note(Record::new("auth.api_key", actor, "ok").tenant(token.tenant)).await;
+                    self.audit.count_api_key_ok(token.tenant, token.key_id);
                     return Ok(Caller::Tenant(token.tenant));
                 }
                 let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.state;
@@ -127,7 +127,7 @@ impl Api {
                 if !known {
                     self.audit
                         .note(
-                            Record::new("auth.api_key", actor, "failed")
+                            Record::new("auth.api_key", actor(), "failed")
                                 .tenant(token.tenant)
                                 .detail("unknown_or_revoked"),
                         )
@@ -137,7 +137,7 @@ impl Api {
                 if tenant.cancelled {
                     self.audit
                         .note(
-                            Record::new("auth.api_key", actor, "refused")
+                            Record::new("auth.api_key", actor(), "refused")
                                 .tenant(token.tenant)
                                 .detail("tenant_cancelled"),
                         )
@@ -151,7 +151,7 @@ impl Api {
                     }
                     cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 }
-                self.audit.note(Record::new("auth.api_key", actor, "ok").tenant(token.tenant)).await;
+                self.audit.count_api_key_ok(token.tenant, token.key_id);
                 Ok(Caller::Tenant(token.tenant))
             }
         }

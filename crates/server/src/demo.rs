@@ -374,3 +374,121 @@ pub async fn export(
     }
     Ok(())
 }
+
+/// What `pypes privacy` asks for.
+pub enum PrivacyAction {
+    Rectify { email: Option<String>, phone: Option<String>, date_of_birth: Option<String> },
+    Restrict,
+    Lift,
+    Grant { purpose: String, policy_version: String },
+    Withdraw { purpose: String },
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+/// `pypes privacy ...`: one privacy request for a subject, then its state.
+pub async fn privacy(
+    grpc: &str,
+    admin_key: &str,
+    tenant: &str,
+    subject: &str,
+    action: PrivacyAction,
+) -> anyhow::Result<()> {
+    let channel =
+        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
+    let r = pb::SubjectRef { subject_id: subject.into(), tenant_id: tenant.into() };
+    let consent = |purpose: String, policy_version: String| pb::ConsentRequest {
+        subject_id: subject.into(),
+        tenant_id: tenant.into(),
+        purpose,
+        policy_version,
+    };
+    let (what, got) = match action {
+        PrivacyAction::Rectify { email, phone, date_of_birth } => (
+            "rectified",
+            client
+                .rectify_subject(authed(
+                    admin_key,
+                    pb::RectifySubjectRequest {
+                        subject_id: subject.into(),
+                        tenant_id: tenant.into(),
+                        email,
+                        phone,
+                        date_of_birth,
+                    },
+                )?)
+                .await,
+        ),
+        PrivacyAction::Restrict => ("processing restricted", client.restrict_processing(authed(admin_key, r)?).await),
+        PrivacyAction::Lift => ("restriction lifted", client.lift_restriction(authed(admin_key, r)?).await),
+        PrivacyAction::Grant { purpose, policy_version } => {
+            ("consent granted", client.grant_consent(authed(admin_key, consent(purpose, policy_version))?).await)
+        }
+        PrivacyAction::Withdraw { purpose } => {
+            ("consent withdrawn", client.withdraw_consent(authed(admin_key, consent(purpose, String::new()))?).await)
+        }
+    };
+    let s = got.map_err(status_error)?.into_inner();
+    let consents: Vec<String> = s
+        .consents
+        .iter()
+        .map(|c| {
+            format!("{} {} (policy {})", c.purpose, if c.granted { "granted" } else { "withdrawn" }, c.policy_version)
+        })
+        .collect();
+    println!(
+        "{what}: subject {} status {} restricted {} consents [{}]",
+        s.subject_id,
+        match pb::SubjectStatus::try_from(s.status) {
+            Ok(pb::SubjectStatus::Active) => "active",
+            Ok(pb::SubjectStatus::Invited) => "invited",
+            Ok(pb::SubjectStatus::Deactivated) => "deactivated",
+            _ => "unknown",
+        },
+        s.restricted,
+        consents.join(", ")
+    );
+    Ok(())
+}
+
+/// `pypes tenant cancel|offboarding`.
+pub async fn offboarding(
+    grpc: &str,
+    admin_key: &str,
+    tenant: &str,
+    cancel: bool,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let channel =
+        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let mut client = pb::tenant_service_client::TenantServiceClient::new(channel);
+    let req = pb::CancelTenantRequest { tenant_id: tenant.into() };
+    let o = if cancel {
+        client.cancel_tenant(authed(admin_key, req)?).await
+    } else {
+        client.get_offboarding(authed(admin_key, req)?).await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    let when = |m: i64| if m == 0 { "-".to_string() } else { crate::audit::time_text(m) };
+    println!(
+        "tenant {}: cancelled {}, KEK shred due {}, shredded {}",
+        o.tenant_id,
+        when(o.cancelled_at_micros),
+        when(o.shred_due_micros),
+        when(o.shredded_at_micros)
+    );
+    if !o.certificate.is_empty() {
+        println!("{}", o.certificate);
+        if let Some(p) = out {
+            std::fs::write(p, &o.certificate).with_context(|| format!("writing {}", p.display()))?;
+            let sig = std::path::PathBuf::from(format!("{}.sig", p.display()));
+            std::fs::write(&sig, &o.signature).with_context(|| format!("writing {}", sig.display()))?;
+            println!("certificate written to {} (signature {})", p.display(), sig.display());
+        }
+    }
+    Ok(())
+}

@@ -60,6 +60,87 @@ enum Command {
     /// Export everything pypes holds about an end user (GDPR Art. 15 and
     /// 20) as JSON, through a running server (docs/export-format.md).
     Export(ExportArgs),
+    /// Privacy requests for one end user through a running server, as the
+    /// platform operator (admin key): rectify, restrict, lift, consent.
+    Privacy(PrivacyArgs),
+    /// Tenant offboarding through a running server (admin key).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    grpc: String,
+    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true, global = true)]
+    admin_key: Option<String>,
+    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct PrivacyArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    subject: String,
+    #[command(subcommand)]
+    action: PrivacyAction,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Subcommand)]
+enum PrivacyAction {
+    /// Correct profile fields (only those given).
+    Rectify {
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        date_of_birth: Option<String>,
+    },
+    /// Restrict processing (GDPR Art. 18).
+    Restrict,
+    /// Lift a restriction.
+    Lift,
+    /// Record consent to a purpose ("geolocation") under a policy version.
+    Grant {
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        policy_version: String,
+    },
+    /// Withdraw consent (geolocation: the subject's locations are shredded).
+    Withdraw {
+        #[arg(long)]
+        purpose: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Cancel a tenant: its keys stop now; its KEK is shredded after the grace period.
+    Cancel {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a tenant's offboarding: dates, and the certificate once issued.
+    Offboarding {
+        #[arg(long)]
+        tenant: String,
+        /// Write the certificate here (and its signature to <file>.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(clap::Args)]
@@ -198,6 +279,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Erase(args) => erase(args),
+        Command::Privacy(args) => {
+            let key = read_admin_key(args.remote.admin_key.clone(), &args.remote.data_dir)?;
+            let action = match args.action {
+                PrivacyAction::Rectify { email, phone, date_of_birth } => {
+                    server::demo::PrivacyAction::Rectify { email, phone, date_of_birth }
+                }
+                PrivacyAction::Restrict => server::demo::PrivacyAction::Restrict,
+                PrivacyAction::Lift => server::demo::PrivacyAction::Lift,
+                PrivacyAction::Grant { purpose, policy_version } => {
+                    server::demo::PrivacyAction::Grant { purpose, policy_version }
+                }
+                PrivacyAction::Withdraw { purpose } => server::demo::PrivacyAction::Withdraw { purpose },
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(server::demo::privacy(&args.remote.grpc, &key, &args.tenant, &args.subject, action))
+        }
+        Command::Tenant { command } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match command {
+                TenantCommand::Cancel { tenant, remote } => {
+                    let key = read_admin_key(remote.admin_key.clone(), &remote.data_dir)?;
+                    rt.block_on(server::demo::offboarding(&remote.grpc, &key, &tenant, true, None))
+                }
+                TenantCommand::Offboarding { tenant, out, remote } => {
+                    let key = read_admin_key(remote.admin_key.clone(), &remote.data_dir)?;
+                    rt.block_on(server::demo::offboarding(&remote.grpc, &key, &tenant, false, out.as_deref()))
+                }
+            }
+        }
         Command::Export(args) => {
             let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

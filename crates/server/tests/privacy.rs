@@ -74,6 +74,41 @@ async fn rectification_reaches_the_read_models_and_is_recorded() {
     assert_eq!(doc["profile"]["email"], "rita.new@example.com");
     let history = doc["history"].to_string();
     assert!(history.contains("rectified: email, phone"), "{history}");
+    // An operator does the same from the command line (admin key).
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+            .args([
+                "privacy",
+                "--tenant",
+                &s.tenant,
+                "--subject",
+                &s.user,
+                "--grpc",
+                &server.grpc,
+                "--admin-key",
+                ADMIN,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = cli(&["rectify", "--phone", "+4915100000001"]);
+    assert!(ok && out.contains("rectified"), "{out}");
+    let (ok, out) = cli(&["restrict"]);
+    assert!(ok && out.contains("restricted true"), "{out}");
+    let (ok, out) = cli(&["lift"]);
+    assert!(ok && out.contains("restricted false"), "{out}");
+    let (ok, out) = cli(&["grant", "--purpose", "geolocation", "--policy-version", "v2"]);
+    assert!(ok && out.contains("geolocation granted (policy v2)"), "{out}");
+    let (ok, out) = cli(&["rectify", "--email", "nope"]);
+    assert!(!ok && out.contains("InvalidArgument") && out.contains("email"), "{out}");
+    let got =
+        c.subjects.get_subject(authed(&s.key, pb::GetSubjectRequest { subject_id: s.user.clone() })).await.unwrap();
+    assert_eq!(got.into_inner().phone, "+4915100000001");
     // Bad input is named; nothing named is refused.
     let e = privacy
         .rectify_subject(authed(

@@ -230,13 +230,20 @@ async fn a_cancelled_tenant_is_shredded_after_its_grace_period_with_a_certificat
     assert_eq!(cert["format"], "pypes-tenant-offboarding-certificate/v1");
     assert_eq!(cert["tenant_id"], s.tenant.as_str());
     assert!(!cert["destroyed_key_fingerprints"].as_array().unwrap().is_empty(), "{cert}");
-    drop(server);
 
-    // The certificate verifies with the log's public key; one changed byte does not.
+    // The operator's CLI shows it and writes the certificate out.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cert.json");
-    std::fs::write(&file, &off.certificate).unwrap();
-    std::fs::write(dir.path().join("cert.json.sig"), &off.signature).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["tenant", "offboarding", "--tenant", &s.tenant, "--grpc", &server.grpc, "--admin-key", ADMIN, "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("shredded 20"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), off.certificate);
+    drop(server);
+    // The certificate verifies with the log's public key; one changed byte does not.
     let verify = || {
         Command::new(env!("CARGO_BIN_EXE_pypes"))
             .args(["erase", "--verify"])
