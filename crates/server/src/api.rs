@@ -64,12 +64,24 @@ tokio::task_local! {
     /// The RPC being served (set by [`Api::timed`]): staff access is
     /// decided per RPC.
     static METHOD: &'static str;
+    /// Who is calling, as the audit trail names them (set once the bearer
+    /// key is verified): `admin`, `tenant-key:<key id>`, `staff:<id>`.
+    static ACTOR: std::cell::RefCell<String>;
+}
+
+/// The verified caller of the current RPC, for audit entries.
+pub(crate) fn current_actor() -> String {
+    ACTOR.try_with(|a| a.borrow().clone()).ok().filter(|a| !a.is_empty()).unwrap_or_else(|| "unknown".into())
+}
+
+fn set_actor(actor: impl FnOnce() -> String) {
+    let _ = ACTOR.try_with(|a| *a.borrow_mut() = actor());
 }
 
 /// Runs `f` as the RPC `method` (for calls that are not [`Api::timed`],
 /// such as server streams).
 pub(crate) async fn in_method<T>(method: &'static str, f: impl Future<Output = T>) -> T {
-    METHOD.scope(method, f).await
+    METHOD.scope(method, ACTOR.scope(std::cell::RefCell::new(String::new()), f)).await
 }
 
 /// Header naming the tenant a staff member's call is about.
@@ -97,6 +109,7 @@ impl Api {
                 let directory = self.staff.directory().await?;
                 match directory.members.get(&token.staff) {
                     Some(m) if !m.disabled && auth::same(&m.key_sha256, &token.secret_sha256) => {
+                        set_actor(|| format!("staff:{}", token.staff));
                         self.audit.note(Record::new("auth.staff_key", actor, "ok").detail(m.role.name())).await;
                         Ok(Caller::Staff { id: token.staff, role: m.role })
                     }
@@ -109,6 +122,7 @@ impl Api {
                 }
             }
             Bearer::Admin => {
+                set_actor(|| "admin".into());
                 self.audit.note(Record::new("auth.admin_key", "admin", "ok")).await;
                 Ok(Caller::Admin)
             }
@@ -119,6 +133,7 @@ impl Api {
                     |(hash, at)| at.elapsed().as_secs() < AUTH_CACHE_SECS && auth::same(hash, &token.secret_sha256),
                 );
                 if cached {
+                    set_actor(|| format!("tenant-key:{}", token.key_id));
                     self.audit.count_api_key_ok(token.tenant, token.key_id);
                     return Ok(Caller::Tenant(token.tenant));
                 }
@@ -151,6 +166,7 @@ impl Api {
                     }
                     cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 }
+                set_actor(|| format!("tenant-key:{}", token.key_id));
                 self.audit.count_api_key_ok(token.tenant, token.key_id);
                 Ok(Caller::Tenant(token.tenant))
             }
@@ -224,12 +240,19 @@ impl Api {
         f: impl Future<Output = Result<T, ApiError>>,
     ) -> Reply<T> {
         let started = Instant::now();
-        let result = METHOD.scope(method, f).await.map(Response::new).map_err(GrpcStatus::from);
+        let result = in_method(method, f).await.map(Response::new).map_err(GrpcStatus::from);
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(s) => s.code(),
         };
-        // Logins and token checks write entries of their own.
+        self.note_refusal(method, code).await;
+        self.metrics.observe(method, code, started.elapsed());
+        result
+    }
+
+    /// Every authorisation refusal is an audit entry (logins and token
+    /// checks write entries of their own).
+    pub(crate) async fn note_refusal(&self, method: &'static str, code: tonic::Code) {
         if matches!(code, tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
             && !matches!(method, "Login" | "Introspect")
         {
@@ -241,8 +264,6 @@ impl Api {
                 )
                 .await;
         }
-        self.metrics.observe(method, code, started.elapsed());
-        result
     }
 
     async fn session_of(&self, tenant: Uuid, session: Uuid) -> Result<Executed<Session>, ApiError> {
@@ -526,7 +547,7 @@ impl pb::tenant_service_server::TenantService for Handle {
                     api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::UpdateSettings { settings }).await?;
                 api.audit
                     .record(
-                        Record::new("privacy.retention_set", "tenant", "ok")
+                        Record::new("privacy.retention_set", current_actor(), "ok")
                             .tenant(tenant)
                             .detail(format!("days={}", r.retention_days)),
                     )
@@ -541,7 +562,7 @@ impl pb::tenant_service_server::TenantService for Handle {
             let done = api.registry.execute::<Pype>(tenant, pype, PypeCommand::SetRetention { days }).await?;
             api.audit
                 .record(
-                    Record::new("privacy.retention_set", "tenant", "ok")
+                    Record::new("privacy.retention_set", current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("pype:{pype}"))
                         .detail(days.map_or("inherit".to_string(), |d| format!("days={d}"))),
@@ -562,7 +583,7 @@ impl pb::tenant_service_server::TenantService for Handle {
             let tenant = parse_id("tenant_id", &request.get_ref().tenant_id)?;
             let done = api.registry.execute::<Tenant>(tenant, tenant, TenantCommand::Cancel).await?;
             api.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(t, _), _| *t != tenant);
-            api.audit.record(Record::new("privacy.tenant_cancelled", "platform", "ok").tenant(tenant)).await?;
+            api.audit.record(Record::new("privacy.tenant_cancelled", current_actor(), "ok").tenant(tenant)).await?;
             Ok(offboarding_out(tenant, &done.state, api.offboarding_grace_days))
         })
         .await
@@ -915,10 +936,11 @@ impl pb::session_service_server::SessionService for Handle {
             }
             Ok::<_, ApiError>((tenant, id, r.from_version))
         };
-        let (tenant, id, from) = match METHOD.scope("WatchSession", setup).await {
+        let (tenant, id, from) = match in_method("WatchSession", setup).await {
             Ok(v) => v,
             Err(e) => {
                 let status = GrpcStatus::from(e);
+                api.note_refusal("WatchSession", status.code()).await;
                 api.metrics.observe("WatchSession", status.code(), started.elapsed());
                 return Err(status);
             }
@@ -1049,7 +1071,7 @@ impl pb::subject_service_server::SubjectService for Handle {
             let ended = api.auth.revoke_subject(tenant, id);
             api.audit
                 .record(
-                    Record::new("access.deactivate", "tenant", "ok")
+                    Record::new("access.deactivate", current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("subject:{id}"))
                         .detail(format!("auth_sessions_ended={ended}")),
@@ -1067,7 +1089,11 @@ impl pb::subject_service_server::SubjectService for Handle {
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?;
             api.audit
-                .record(Record::new("access.reactivate", "tenant", "ok").tenant(tenant).target(format!("subject:{id}")))
+                .record(
+                    Record::new("access.reactivate", current_actor(), "ok")
+                        .tenant(tenant)
+                        .target(format!("subject:{id}")),
+                )
                 .await?;
             Ok(subject_out(&done.state))
         })
@@ -1087,7 +1113,7 @@ impl pb::subject_service_server::SubjectService for Handle {
             let ended = api.auth.revoke_subject(tenant, id);
             api.audit
                 .record(
-                    Record::new("auth.password_set", "tenant", "ok")
+                    Record::new("auth.password_set", current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("subject:{id}"))
                         .detail(format!("auth_sessions_ended={ended}")),
@@ -1228,7 +1254,7 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let ended = api.auth.logout(tenant, &request.get_ref().token);
             api.audit
-                .note(Record::new("auth.logout", "tenant", if ended { "ok" } else { "failed" }).tenant(tenant))
+                .note(Record::new("auth.logout", current_actor(), if ended { "ok" } else { "failed" }).tenant(tenant))
                 .await;
             Ok(pb::LogoutResponse { ended })
         })

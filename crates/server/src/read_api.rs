@@ -337,7 +337,7 @@ impl pb::erasure_service_server::ErasureService for Handle {
             api.auth.revoke_subject(tenant, subject);
             api.audit
                 .record(
-                    crate::audit_log::Record::new("privacy.erasure_requested", "tenant-or-admin", "ok")
+                    crate::audit_log::Record::new("privacy.erasure_requested", crate::api::current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("subject:{subject}")),
                 )
@@ -386,7 +386,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
             drop(view);
             api.audit
                 .record(
-                    crate::audit_log::Record::new("privacy.export", "tenant-or-staff", "ok")
+                    crate::audit_log::Record::new("privacy.export", crate::api::current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("subject:{subject}")),
                 )
@@ -397,6 +397,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
             Ok(v) => v,
             Err(e) => {
                 let status = GrpcStatus::from(e);
+                api.note_refusal("ExportSubject", status.code()).await;
                 api.metrics.observe("ExportSubject", status.code(), started.elapsed());
                 return Err(status);
             }
@@ -530,7 +531,7 @@ impl Handle {
         self.0
             .audit
             .record(
-                crate::audit_log::Record::new(action, "tenant-or-staff", "ok")
+                crate::audit_log::Record::new(action, crate::api::current_actor(), "ok")
                     .tenant(tenant)
                     .target(format!("subject:{subject}"))
                     .detail(detail),

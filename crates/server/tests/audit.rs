@@ -96,6 +96,19 @@ async fn the_audit_trail_records_attempts_and_a_cut_log_fails_verify() {
         let err =
             c.subjects.get_subject(tonic::Request::new(pb::GetSubjectRequest { subject_id: s.user.clone() })).await;
         assert_eq!(err.unwrap_err().code(), tonic::Code::Unauthenticated);
+        // Server streams are refused and recorded like any call.
+        let err = c
+            .sessions
+            .watch_session(tonic::Request::new(pb::WatchSessionRequest {
+                session_id: s.session.clone(),
+                from_version: 0,
+            }))
+            .await;
+        assert_eq!(err.unwrap_err().code(), tonic::Code::Unauthenticated);
+        c.subjects
+            .deactivate_subject(authed(&s.key, pb::DeactivateSubjectRequest { subject_id: s.user.clone() }))
+            .await
+            .unwrap();
         // A checkpoint is due within a second of the last entry.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         server.child.kill().unwrap();
@@ -110,6 +123,8 @@ async fn the_audit_trail_records_attempts_and_a_cut_log_fails_verify() {
     assert!(out.contains("unknown_or_revoked"), "{out}");
     assert!(out.contains("auth.bearer  anonymous") && out.contains("missing_or_malformed"), "{out}");
     assert!(out.contains("authz.refused") && out.contains("rpc:GetSubject"), "{out}");
+    assert!(out.contains("rpc:WatchSession"), "{out}");
+    assert!(out.contains("access.deactivate  tenant-key:"), "the real caller is named:\n{out}");
     assert!(!out.contains("trail.user"), "no username in the audit trail:\n{out}");
     let _ = s;
 

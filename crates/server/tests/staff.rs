@@ -133,9 +133,16 @@ async fn each_role_may_call_exactly_what_the_table_says() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    for needle in
-        ["staff.break_glass_open", "staff.break_glass_access", "rpc:ListMessages", "staff.disable", "staff.access"]
-    {
+    for needle in [
+        "staff.break_glass_open",
+        "staff.break_glass_access",
+        "rpc:ListMessages",
+        "staff.disable",
+        "staff.access",
+        "privacy.export  staff:",
+        "privacy.erasure_requested  staff:",
+        "privacy.tenant_cancelled  staff:",
+    ] {
         assert!(text.contains(needle), "no {needle} in the trail:\n{text}");
     }
 }
