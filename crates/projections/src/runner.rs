@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use eventlog::{EventFilter, EventLog, RecordedEvent};
+use eventlog::{AllPage, EventFilter, EventLog, LogError, RecordedEvent};
 use proto::views::{GenerationMeta, SkippedEvent};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -123,6 +123,8 @@ pub struct Runner {
     checkpoint: watch::Sender<u64>,
     /// When a page was last committed durably.
     last_durable: Mutex<Instant>,
+    /// Where `$all` is read from (shared with the other live runners).
+    pages: Arc<SharedPages>,
 }
 
 /// Pages commit without an fsync (visible at once, durable with the next
@@ -145,6 +147,59 @@ enum Step {
     Poisoned { skip: SkippedEvent },
 }
 
+/// Pages of `$all` read once and shared by the runners that follow the log
+/// together: at the head the live runners ask for the same positions, and
+/// the first to ask reads and decodes the page (with the union of their
+/// filters) for all of them; each applies only what its own filter passes.
+/// A runner elsewhere in the log (catching up, rebuilding a generation)
+/// simply reads its own pages.
+pub struct SharedPages {
+    filter: EventFilter,
+    recent: Mutex<std::collections::VecDeque<(u64, Arc<AllPage>)>>,
+}
+
+/// Pages kept for runners that are a little behind the first reader.
+const SHARED_PAGES: usize = 4;
+
+impl std::fmt::Debug for SharedPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPages").field("filter", &self.filter).finish()
+    }
+}
+
+impl SharedPages {
+    /// Pages for runners whose filters are `filters`.
+    pub fn new(filters: impl Iterator<Item = EventFilter>) -> Arc<Self> {
+        Arc::new(Self { filter: union_filter(filters), recent: Mutex::default() })
+    }
+
+    /// The page of `$all` from `from` (up to `max` events passing the union
+    /// filter), read now or by another runner a moment ago. A page read
+    /// earlier may end before the current head; the caller goes on from its
+    /// `next_position`, so nothing is skipped.
+    fn read(&self, log: &Arc<dyn EventLog>, rt: &Handle, from: u64, max: usize) -> Result<Arc<AllPage>, LogError> {
+        if let Some((_, page)) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(start, p)| *start == from && p.next_position > from)
+        {
+            return Ok(page.clone());
+        }
+        let page = Arc::new(rt.block_on(log.read_all(from, max, &self.filter))?);
+        if page.next_position > from {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.retain(|(start, _)| *start != from);
+            recent.push_back((from, page.clone()));
+            while recent.len() > SHARED_PAGES {
+                recent.pop_front();
+            }
+        }
+        Ok(page)
+    }
+}
+
 impl Runner {
     /// Opens the projection's generations and starts its thread.
     pub fn start(
@@ -153,6 +208,20 @@ impl Runner {
         log: Arc<dyn EventLog>,
         config: RunnerConfig,
         rt: Handle,
+    ) -> Result<Arc<Self>, ViewError> {
+        let pages = SharedPages::new(std::iter::once(projection.filter()));
+        Self::start_sharing(projection, store, log, config, rt, pages)
+    }
+
+    /// [`Runner::start`], reading `$all` through `pages`, shared with the
+    /// other runners of the same log (their filters must be in its union).
+    pub fn start_sharing(
+        projection: Arc<dyn Projection>,
+        store: Arc<ViewStore>,
+        log: Arc<dyn EventLog>,
+        config: RunnerConfig,
+        rt: Handle,
+        pages: Arc<SharedPages>,
     ) -> Result<Arc<Self>, ViewError> {
         let (serving, building) = store.generations()?;
         match (&serving, &building) {
@@ -193,6 +262,7 @@ impl Runner {
             control: Control::default(),
             checkpoint: watch::channel(serving.next_position).0,
             last_durable: Mutex::new(Instant::now()),
+            pages,
         });
         // Head changes wake the runner.
         let weak = Arc::downgrade(&runner);
@@ -417,7 +487,7 @@ impl Runner {
         lag_seconds: &mut Option<f64>,
     ) -> Result<Step, ViewError> {
         let filter = self.projection.filter();
-        let page = rt.block_on(log.read_all(meta.next_position, self.config.page_size, &filter))?;
+        let page = self.pages.read(log, rt, meta.next_position, self.config.page_size)?;
         if let Some(first) = page.events.first() {
             *lag_seconds = Some((now_micros() - first.recorded_at_micros).max(0) as f64 / 1e6);
         }
@@ -429,7 +499,8 @@ impl Runner {
         // second instead of three per page, next to the log's own.
         let mut last_durable = self.last_durable.lock().unwrap_or_else(|e| e.into_inner());
         let durable = last_durable.elapsed() >= DURABLE_EVERY;
-        let events: Vec<&RecordedEvent> = page.events.iter().collect();
+        let events: Vec<&RecordedEvent> =
+            page.events.iter().filter(|e| filter.matches(&e.stream, e.event_type())).collect();
         let step = apply_page(
             self.projection.as_ref(),
             &self.store,

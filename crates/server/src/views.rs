@@ -29,12 +29,21 @@ impl Views {
     pub fn start(data_dir: &Path, log: Arc<dyn EventLog>, ready: watch::Sender<bool>) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("views");
         let mut runners = Vec::new();
-        for p in projections::all() {
+        let all = projections::all();
+        // One read and decode of each new page of `$all` for every view.
+        let pages = projections::runner::SharedPages::new(all.iter().map(|p| p.filter()));
+        for p in all {
             let path = dir.join(format!("{}.redb", p.name()));
             let store = Arc::new(ViewStore::open(&path).with_context(|| format!("opening {}", path.display()))?);
-            let runner =
-                Runner::start(p, store, log.clone(), RunnerConfig::default(), tokio::runtime::Handle::current())
-                    .context("starting a projection")?;
+            let runner = Runner::start_sharing(
+                p,
+                store,
+                log.clone(),
+                RunnerConfig::default(),
+                tokio::runtime::Handle::current(),
+                pages.clone(),
+            )
+            .context("starting a projection")?;
             runners.push(runner);
         }
         let views = Arc::new(Self { runners, log: log.clone() });
