@@ -251,6 +251,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         clock: clock.clone(),
         signing: signing_for_scheduler,
         grace_days: config.offboarding_grace_days,
+        pending: Default::default(),
     });
     tokio::spawn(scheduler.run(std::time::Duration::from_secs(config.sweep_secs)));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)

@@ -9,7 +9,8 @@
 //!   `TenantKeysShredded` with the key fingerprints and a signed
 //!   certificate `TenantOffboardingCertified`.
 //!
-//! All its state is in the log and the views, so a restart simply runs the
+//! All its state is in the log and the views (in memory it keeps only how
+//! far it has read `$all` for cancellations), so a restart simply runs the
 //! sweep again: each step is idempotent, and each shred happens before the
 //! event that records it (a crash in between shreds again, harmlessly).
 
@@ -43,6 +44,16 @@ pub struct Scheduler {
     pub clock: Arc<dyn Clock>,
     pub signing: SigningKey,
     pub grace_days: u32,
+    /// Cancelled tenants not yet certified, and how far `$all` was read
+    /// for them: each sweep reads only what was appended since.
+    pub pending: tokio::sync::Mutex<Pending>,
+}
+
+/// The offboarding work the scheduler knows of.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub read_to: u64,
+    pub tenants: std::collections::BTreeSet<Uuid>,
 }
 
 /// What one sweep did.
@@ -133,27 +144,24 @@ impl Scheduler {
         Ok(expired)
     }
 
-    /// Cancelled tenants (from `$all`, tenant streams only).
+    /// Cancelled tenants not yet certified: those found before, plus any
+    /// cancellation appended to `$all` since the last sweep.
     async fn cancelled_tenants(&self) -> Result<Vec<Uuid>, ApiError> {
         let filter =
             EventFilter { stream_prefixes: vec!["tenant-".into()], event_types: vec!["TenantCancelled".into()] };
-        let mut out = Vec::new();
-        let mut from = 0;
+        let mut pending = self.pending.lock().await;
         loop {
-            let page = self.log.read_all(from, 4096, &filter).await?;
-            for e in &page.events {
-                if let Some(t) = e.event.tenant_id {
-                    out.push(t);
-                }
-            }
-            if page.next_position <= from || page.next_position >= page.head {
+            let page = self.log.read_all(pending.read_to, 4096, &filter).await?;
+            pending.tenants.extend(page.events.iter().filter_map(|e| e.event.tenant_id));
+            if page.next_position <= pending.read_to {
                 break;
             }
-            from = page.next_position;
+            pending.read_to = page.next_position;
+            if page.next_position >= page.head {
+                break;
+            }
         }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        Ok(pending.tenants.iter().copied().collect())
     }
 
     async fn offboard(&self) -> Result<usize, ApiError> {
@@ -162,6 +170,7 @@ impl Scheduler {
         for tenant in self.cancelled_tenants().await? {
             let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
             if !t.cancelled || t.certificate.is_some() {
+                self.pending.lock().await.tenants.remove(&tenant);
                 continue;
             }
             let due = t.cancelled_micros + i64::from(self.grace_days) * DAY_MICROS;
@@ -211,6 +220,7 @@ impl Scheduler {
                         .detail(format!("keys={}", fingerprints.len())),
                 )
                 .await?;
+            self.pending.lock().await.tenants.remove(&tenant);
             tracing::info!(%tenant, keys = fingerprints.len(), "tenant offboarded: KEK shredded, certificate issued");
             done += 1;
         }
