@@ -106,8 +106,8 @@ impl Api {
         match bearer {
             Bearer::Staff(token) => {
                 let actor = format!("staff:{}", token.staff);
-                let directory = self.staff.directory().await?;
-                match directory.members.get(&token.staff) {
+                let member = self.staff.with(|d| d.members.get(&token.staff).cloned()).await?;
+                match member {
                     Some(m) if !m.disabled && auth::same(&m.key_sha256, &token.secret_sha256) => {
                         set_actor(|| format!("staff:{}", token.staff));
                         self.audit.note(Record::new("auth.staff_key", actor, "ok").detail(m.role.name())).await;
@@ -208,8 +208,8 @@ impl Api {
             }
             Access::BreakGlass => {
                 let tenant = tenant.ok_or_else(|| ApiError::Forbidden(format!("{method} needs a tenant")))?;
-                let directory = self.staff.directory().await?;
-                let Some((grant, _)) = directory.live_grant(id, tenant, self.staff.now_micros()) else {
+                let now = self.staff.now_micros();
+                let Some(grant) = self.staff.with(|d| d.live_grant(id, tenant, now).map(|(g, _)| g)).await? else {
                     return Err(ApiError::Forbidden(format!(
                         "{method} reads the tenant's content: it needs a live break-glass grant \
                          (StaffService.OpenBreakGlass, with a reason)"
@@ -248,6 +248,25 @@ impl Api {
         self.note_refusal(method, code).await;
         self.metrics.observe(method, code, started.elapsed());
         result
+    }
+
+    /// An action on one subject by the verified caller, durable in the audit
+    /// trail before the call answers.
+    pub(crate) async fn record_subject(
+        &self,
+        action: &'static str,
+        tenant: Uuid,
+        subject: Uuid,
+        detail: impl Into<String>,
+    ) -> Result<(), ApiError> {
+        self.audit
+            .record(
+                Record::new(action, current_actor(), "ok")
+                    .tenant(tenant)
+                    .target(format!("subject:{subject}"))
+                    .detail(detail),
+            )
+            .await
     }
 
     /// Every authorisation refusal is an audit entry (logins and token
@@ -1069,14 +1088,7 @@ impl pb::subject_service_server::SubjectService for Handle {
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Deactivate).await?;
             let ended = api.auth.revoke_subject(tenant, id);
-            api.audit
-                .record(
-                    Record::new("access.deactivate", current_actor(), "ok")
-                        .tenant(tenant)
-                        .target(format!("subject:{id}"))
-                        .detail(format!("auth_sessions_ended={ended}")),
-                )
-                .await?;
+            api.record_subject("access.deactivate", tenant, id, format!("auth_sessions_ended={ended}")).await?;
             Ok(subject_out(&done.state))
         })
         .await
@@ -1088,13 +1100,7 @@ impl pb::subject_service_server::SubjectService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?;
-            api.audit
-                .record(
-                    Record::new("access.reactivate", current_actor(), "ok")
-                        .tenant(tenant)
-                        .target(format!("subject:{id}")),
-                )
-                .await?;
+            api.record_subject("access.reactivate", tenant, id, "").await?;
             Ok(subject_out(&done.state))
         })
         .await
@@ -1111,14 +1117,7 @@ impl pb::subject_service_server::SubjectService for Handle {
                 password_hash_of(&r.password).await?.ok_or_else(|| ApiError::invalid("password", "is required"))?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
             let ended = api.auth.revoke_subject(tenant, id);
-            api.audit
-                .record(
-                    Record::new("auth.password_set", current_actor(), "ok")
-                        .tenant(tenant)
-                        .target(format!("subject:{id}"))
-                        .detail(format!("auth_sessions_ended={ended}")),
-                )
-                .await?;
+            api.record_subject("auth.password_set", tenant, id, format!("auth_sessions_ended={ended}")).await?;
             Ok(subject_out(&done.state))
         })
         .await

@@ -292,9 +292,10 @@ impl pb::analytics_service_server::AnalyticsService for Handle {
 }
 
 impl Handle {
-    /// The tenant an erasure call acts for: the key's, or (admin key) the
-    /// request's `tenant_id`.
-    async fn erasure_tenant(&self, metadata: &tonic::metadata::MetadataMap, tenant_id: &str) -> Result<Uuid, ApiError> {
+    /// The tenant a privacy call (erasure, export, rectification, ...) acts
+    /// for: the key's, or (admin key, privacy officer) the request's
+    /// `tenant_id`.
+    async fn privacy_tenant(&self, metadata: &tonic::metadata::MetadataMap, tenant_id: &str) -> Result<Uuid, ApiError> {
         match self.0.caller(metadata).await? {
             Caller::Tenant(t) => {
                 if !tenant_id.is_empty() && parse_id("tenant_id", tenant_id)? != t {
@@ -331,17 +332,11 @@ impl pb::erasure_service_server::ErasureService for Handle {
         let api = &self.0;
         api.timed("RequestErasure", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             let status = api.erasures.request(tenant, subject).await?;
             api.auth.revoke_subject(tenant, subject);
-            api.audit
-                .record(
-                    crate::audit_log::Record::new("privacy.erasure_requested", crate::api::current_actor(), "ok")
-                        .tenant(tenant)
-                        .target(format!("subject:{subject}")),
-                )
-                .await?;
+            api.record_subject("privacy.erasure_requested", tenant, subject, "").await?;
             Ok(self.erasure_out(subject, status))
         })
         .await
@@ -351,7 +346,7 @@ impl pb::erasure_service_server::ErasureService for Handle {
         let api = &self.0;
         api.timed("GetErasure", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             match api.erasures.status(tenant, subject).await? {
                 Some(s) => Ok(self.erasure_out(subject, s)),
@@ -373,7 +368,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let started = std::time::Instant::now();
         let setup = crate::api::in_method("ExportSubject", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             api.registry
                 .read::<domain::subject::Subject>(tenant, subject)
@@ -384,13 +379,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
             let view = api.views.read(sessions::NAME).await?;
             let sessions = sessions::sessions_of_end_user(&view, tenant, subject).map_err(internal)?;
             drop(view);
-            api.audit
-                .record(
-                    crate::audit_log::Record::new("privacy.export", crate::api::current_actor(), "ok")
-                        .tenant(tenant)
-                        .target(format!("subject:{subject}")),
-                )
-                .await?;
+            api.record_subject("privacy.export", tenant, subject, "").await?;
             Ok::<_, ApiError>((tenant, subject, sessions))
         });
         let (tenant, subject, sessions) = match setup.await {
@@ -431,7 +420,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let api = &self.0;
         api.timed("RectifySubject", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             let birth = match &r.date_of_birth {
                 Some(d) => Some(crate::api::birth_in(d, false)?),
@@ -444,7 +433,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
                     .into_iter()
                     .filter_map(|(f, on)| on.then_some(f))
                     .collect();
-            self.privacy_record("privacy.rectify", tenant, subject, fields.join("+")).await?;
+            self.0.record_subject("privacy.rectify", tenant, subject, fields.join("+")).await?;
             Ok(crate::api::subject_out(&done.state))
         })
         .await
@@ -454,7 +443,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let api = &self.0;
         api.timed("RestrictProcessing", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             Ok(crate::api::subject_out(&self.set_restriction(tenant, subject, true).await?))
         })
@@ -465,7 +454,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let api = &self.0;
         api.timed("LiftRestriction", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             Ok(crate::api::subject_out(&self.set_restriction(tenant, subject, false).await?))
         })
@@ -476,12 +465,12 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let api = &self.0;
         api.timed("GrantConsent", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             let cmd =
                 SubjectCommand::GrantConsent { purpose: r.purpose.clone(), policy_version: r.policy_version.clone() };
             let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
-            self.privacy_record("privacy.consent_granted", tenant, subject, r.purpose.clone()).await?;
+            self.0.record_subject("privacy.consent_granted", tenant, subject, r.purpose.clone()).await?;
             Ok(crate::api::subject_out(&done.state))
         })
         .await
@@ -491,7 +480,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
         let api = &self.0;
         api.timed("WithdrawConsent", async {
             let r = request.get_ref();
-            let tenant = self.erasure_tenant(request.metadata(), &r.tenant_id).await?;
+            let tenant = self.privacy_tenant(request.metadata(), &r.tenant_id).await?;
             let subject = parse_id("subject_id", &r.subject_id)?;
             let cmd = SubjectCommand::WithdrawConsent { purpose: r.purpose.clone() };
             let done = api.registry.execute::<Subject>(tenant, subject, cmd).await?;
@@ -513,7 +502,7 @@ impl pb::privacy_service_server::PrivacyService for Handle {
                     }
                 });
             }
-            self.privacy_record("privacy.consent_withdrawn", tenant, subject, detail).await?;
+            self.0.record_subject("privacy.consent_withdrawn", tenant, subject, detail).await?;
             Ok(crate::api::subject_out(&done.state))
         })
         .await
@@ -521,24 +510,6 @@ impl pb::privacy_service_server::PrivacyService for Handle {
 }
 
 impl Handle {
-    async fn privacy_record(
-        &self,
-        action: &'static str,
-        tenant: Uuid,
-        subject: Uuid,
-        detail: String,
-    ) -> Result<(), ApiError> {
-        self.0
-            .audit
-            .record(
-                crate::audit_log::Record::new(action, crate::api::current_actor(), "ok")
-                    .tenant(tenant)
-                    .target(format!("subject:{subject}"))
-                    .detail(detail),
-            )
-            .await
-    }
-
     /// Restricts (or lifts the restriction of) a subject and marks each of
     /// their Sessions, so the Sessions refuse new processing and analytics
     /// stop counting them.
@@ -560,7 +531,7 @@ impl Handle {
             api.auth.revoke_subject(tenant, subject);
         }
         let action = if restrict { "privacy.restrict" } else { "privacy.lift_restriction" };
-        self.privacy_record(action, tenant, subject, format!("sessions={}", ids.len())).await?;
+        self.0.record_subject(action, tenant, subject, format!("sessions={}", ids.len())).await?;
         Ok(done.state)
     }
 }

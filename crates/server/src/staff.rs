@@ -236,13 +236,19 @@ impl Staff {
         Ok(())
     }
 
-    /// The directory, no older than [`REFRESH`].
-    pub async fn directory(&self) -> Result<StaffDirectory, ApiError> {
+    /// `f` of the directory, no older than [`REFRESH`] (without copying it:
+    /// every staff call looks its member up here).
+    pub async fn with<R>(&self, f: impl FnOnce(&StaffDirectory) -> R) -> Result<R, ApiError> {
         let mut l = self.loaded.lock().await;
         if l.read_at.elapsed() >= REFRESH {
             self.catch_up(&mut l).await?;
         }
-        Ok(l.state.clone())
+        Ok(f(&l.state))
+    }
+
+    /// The whole directory (listing).
+    pub async fn directory(&self) -> Result<StaffDirectory, ApiError> {
+        self.with(StaffDirectory::clone).await
     }
 
     pub fn now_micros(&self) -> i64 {

@@ -50,14 +50,6 @@ fn grant_out(id: Uuid, g: &Grant, now: i64) -> pb::BreakGlassGrant {
     }
 }
 
-fn actor_of(caller: Caller) -> String {
-    match caller {
-        Caller::Staff { id, .. } => format!("staff:{id}"),
-        Caller::Admin => "admin".into(),
-        Caller::Tenant(t) => format!("tenant:{t}"),
-    }
-}
-
 fn member(d: &StaffDirectory, id: Uuid) -> Result<&Member, ApiError> {
     d.members
         .get(&id)
@@ -73,13 +65,7 @@ fn staff_caller(caller: Caller) -> Result<Uuid, ApiError> {
 }
 
 impl Handle {
-    async fn issue_key(
-        &self,
-        method: &'static str,
-        caller: Caller,
-        staff: Uuid,
-        add: Option<Role>,
-    ) -> Result<pb::StaffKey, ApiError> {
+    async fn issue_key(&self, method: &'static str, staff: Uuid, add: Option<Role>) -> Result<pb::StaffKey, ApiError> {
         let api = &self.0;
         let (token, hash) = auth::new_staff_key(staff)?;
         let command = match add {
@@ -89,7 +75,11 @@ impl Handle {
         let (_, directory) = api.staff.execute(command).await?;
         let m = member(&directory, staff)?;
         api.audit
-            .record(Record::new(method, actor_of(caller), "ok").target(format!("staff:{staff}")).detail(m.role.name()))
+            .record(
+                Record::new(method, crate::api::current_actor(), "ok")
+                    .target(format!("staff:{staff}"))
+                    .detail(m.role.name()),
+            )
             .await?;
         Ok(pb::StaffKey { member: Some(member_out(staff, m)), api_key: token })
     }
@@ -100,9 +90,9 @@ impl pb::staff_service_server::StaffService for Handle {
     async fn add_staff(&self, request: Request<pb::AddStaffRequest>) -> Reply<pb::StaffKey> {
         let api = &self.0;
         api.timed("AddStaff", async {
-            let caller = api.platform(request.metadata()).await?;
+            api.platform(request.metadata()).await?;
             let role = role_in(request.get_ref().role)?;
-            self.issue_key("staff.add", caller, Uuid::now_v7(), Some(role)).await
+            self.issue_key("staff.add", Uuid::now_v7(), Some(role)).await
         })
         .await
     }
@@ -110,9 +100,9 @@ impl pb::staff_service_server::StaffService for Handle {
     async fn rotate_staff_key(&self, request: Request<pb::StaffRef>) -> Reply<pb::StaffKey> {
         let api = &self.0;
         api.timed("RotateStaffKey", async {
-            let caller = api.platform(request.metadata()).await?;
+            api.platform(request.metadata()).await?;
             let staff = parse_id("staff_id", &request.get_ref().staff_id)?;
-            self.issue_key("staff.rotate_key", caller, staff, None).await
+            self.issue_key("staff.rotate_key", staff, None).await
         })
         .await
     }
@@ -120,11 +110,13 @@ impl pb::staff_service_server::StaffService for Handle {
     async fn disable_staff(&self, request: Request<pb::StaffRef>) -> Reply<pb::StaffMember> {
         let api = &self.0;
         api.timed("DisableStaff", async {
-            let caller = api.platform(request.metadata()).await?;
+            api.platform(request.metadata()).await?;
             let staff = parse_id("staff_id", &request.get_ref().staff_id)?;
             let (_, directory) = api.staff.execute(StaffCommand::Disable { staff }).await?;
             api.audit
-                .record(Record::new("staff.disable", actor_of(caller), "ok").target(format!("staff:{staff}")))
+                .record(
+                    Record::new("staff.disable", crate::api::current_actor(), "ok").target(format!("staff:{staff}")),
+                )
                 .await?;
             Ok(member_out(staff, member(&directory, staff)?))
         })
@@ -164,7 +156,7 @@ impl pb::staff_service_server::StaffService for Handle {
             let g = d.grants.get(&grant).ok_or_else(|| ApiError::Internal("the new grant is missing".into()))?;
             api.audit
                 .record(
-                    Record::new("staff.break_glass_open", actor_of(caller), "ok")
+                    Record::new("staff.break_glass_open", crate::api::current_actor(), "ok")
                         .tenant(tenant)
                         .target(format!("grant:{grant}"))
                         .detail(format!("expires_micros={}", g.expires_micros)),
@@ -185,7 +177,7 @@ impl pb::staff_service_server::StaffService for Handle {
             let g = d.grants.get(&grant).ok_or_else(|| ApiError::Internal("the grant is missing".into()))?;
             api.audit
                 .record(
-                    Record::new("staff.break_glass_close", actor_of(caller), "ok")
+                    Record::new("staff.break_glass_close", crate::api::current_actor(), "ok")
                         .tenant(g.tenant)
                         .target(format!("grant:{grant}")),
                 )
