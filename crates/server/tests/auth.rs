@@ -107,18 +107,7 @@ async fn login_tokens_and_their_end() {
 
     // The password is nowhere under the data directory (only a sealed hash).
     drop(server);
-    let mut hits = Vec::new();
-    let mut stack = vec![data.path().to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).unwrap().windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()) {
-                hits.push(p);
-            }
-        }
-    }
+    let hits = common::containing(&common::files_under(data.path()), PASSWORD);
     assert!(hits.is_empty(), "password found in {hits:?}");
 }
 

@@ -10,21 +10,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN, authed, clients};
+use common::{ADMIN, authed, clients, files_under, start_logging};
 use proto::api as pb;
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_canary_reaches_any_file_or_log_line() {
@@ -42,17 +33,8 @@ async fn no_canary_reaches_any_file_or_log_line() {
         "1987-06-05".to_string(),                                                          // date of birth
         format!("cnry{tag}password"),                                                      // password
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(logs.reopen().unwrap()))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let grpc = format!("http://{}", line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).unwrap());
+    let mut server = start_logging(data.path(), logs.path());
+    let grpc = server.grpc.clone();
     let mut c = clients(&grpc).await;
 
     let t = c
@@ -319,8 +301,8 @@ async fn no_canary_reaches_any_file_or_log_line() {
         .into_inner();
     assert_eq!(cells.k, 5);
     assert!(!cells.cells.is_empty() && cells.cells.iter().all(|c| c.suppressed && c.sessions == 0), "{cells:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
 
     // No key of theirs remains in the key store.
     let keys = keystore::embedded::open_embedded(

@@ -160,6 +160,11 @@ async fn closed_sessions_lose_their_content_when_retention_runs_out() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ContentExpired") && text.contains("[erased]") && !text.contains("gone after"), "{text}");
+    // The purged words are in no file under the data directory.
+    for words in ["gone after 2 days", "keep me 30 days"] {
+        let hits = common::containing(&common::files_under(data.path()), words);
+        assert!(hits.is_empty(), "{words:?} found in {hits:?}");
+    }
     // Both Sessions' content keys are gone; the end user's own keys are not.
     let keys = keystore::embedded::open_embedded(
         data.path(),

@@ -33,13 +33,24 @@ pub fn start(data: &Path) -> Server {
 
 /// Starts the server with extra environment variables.
 pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
+    spawn(data, env, "warn", Stdio::inherit())
+}
+
+/// Starts the server logging at debug level into `logs` (to scan its log
+/// output for canaries).
+pub fn start_logging(data: &Path, logs: &Path) -> Server {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(logs).expect("open the log file");
+    spawn(data, &[], "debug", Stdio::from(file))
+}
+
+fn spawn(data: &Path, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
         .arg(data)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start pypes");
     let stdout = child.stdout.take().expect("stdout");
@@ -534,4 +545,23 @@ pub async fn call(
         }
         other => panic!("no call for {other}"),
     }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// Those of `files` whose bytes contain `needle` anywhere.
+pub fn containing(files: &[std::path::PathBuf], needle: &str) -> Vec<std::path::PathBuf> {
+    files
+        .iter()
+        .filter(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .cloned()
+        .collect()
 }
