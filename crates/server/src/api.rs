@@ -66,22 +66,38 @@ tokio::task_local! {
     static METHOD: &'static str;
     /// Who is calling, as the audit trail names them (set once the bearer
     /// key is verified): `admin`, `tenant-key:<key id>`, `staff:<id>`.
-    static ACTOR: std::cell::RefCell<String>;
+    static ACTOR: std::cell::Cell<Actor>;
+}
+
+/// Who a call's verified key belongs to; made into text only when an audit
+/// entry is written (not on every call).
+#[derive(Debug, Clone, Copy, Default)]
+enum Actor {
+    #[default]
+    Unknown,
+    Admin,
+    Staff(Uuid),
+    TenantKey(Uuid),
 }
 
 /// The verified caller of the current RPC, for audit entries.
 pub(crate) fn current_actor() -> String {
-    ACTOR.try_with(|a| a.borrow().clone()).ok().filter(|a| !a.is_empty()).unwrap_or_else(|| "unknown".into())
+    match ACTOR.try_with(std::cell::Cell::get).unwrap_or_default() {
+        Actor::Unknown => "unknown".into(),
+        Actor::Admin => "admin".into(),
+        Actor::Staff(id) => format!("staff:{id}"),
+        Actor::TenantKey(id) => format!("tenant-key:{id}"),
+    }
 }
 
-fn set_actor(actor: impl FnOnce() -> String) {
-    let _ = ACTOR.try_with(|a| *a.borrow_mut() = actor());
+fn set_actor(actor: Actor) {
+    let _ = ACTOR.try_with(|a| a.set(actor));
 }
 
 /// Runs `f` as the RPC `method` (for calls that are not [`Api::timed`],
 /// such as server streams).
 pub(crate) async fn in_method<T>(method: &'static str, f: impl Future<Output = T>) -> T {
-    METHOD.scope(method, ACTOR.scope(std::cell::RefCell::new(String::new()), f)).await
+    METHOD.scope(method, ACTOR.scope(std::cell::Cell::new(Actor::Unknown), f)).await
 }
 
 /// Header naming the tenant a staff member's call is about.
@@ -109,7 +125,7 @@ impl Api {
                 let member = self.staff.with(|d| d.members.get(&token.staff).cloned()).await?;
                 match member {
                     Some(m) if !m.disabled && auth::same(&m.key_sha256, &token.secret_sha256) => {
-                        set_actor(|| format!("staff:{}", token.staff));
+                        set_actor(Actor::Staff(token.staff));
                         self.audit.note(Record::new("auth.staff_key", actor, "ok").detail(m.role.name())).await;
                         Ok(Caller::Staff { id: token.staff, role: m.role })
                     }
@@ -122,7 +138,7 @@ impl Api {
                 }
             }
             Bearer::Admin => {
-                set_actor(|| "admin".into());
+                set_actor(Actor::Admin);
                 self.audit.note(Record::new("auth.admin_key", "admin", "ok")).await;
                 Ok(Caller::Admin)
             }
@@ -133,7 +149,7 @@ impl Api {
                     |(hash, at)| at.elapsed().as_secs() < AUTH_CACHE_SECS && auth::same(hash, &token.secret_sha256),
                 );
                 if cached {
-                    set_actor(|| format!("tenant-key:{}", token.key_id));
+                    set_actor(Actor::TenantKey(token.key_id));
                     self.audit.count_api_key_ok(token.tenant, token.key_id);
                     return Ok(Caller::Tenant(token.tenant));
                 }
@@ -166,7 +182,7 @@ impl Api {
                     }
                     cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 }
-                set_actor(|| format!("tenant-key:{}", token.key_id));
+                set_actor(Actor::TenantKey(token.key_id));
                 self.audit.count_api_key_ok(token.tenant, token.key_id);
                 Ok(Caller::Tenant(token.tenant))
             }

@@ -31,12 +31,11 @@ const PAGE: usize = 256;
 pub struct Sink {
     buf: String,
     tx: mpsc::Sender<Result<proto::api::ExportChunk, tonic::Status>>,
-    pub sent_bytes: u64,
 }
 
 impl Sink {
     pub fn new(tx: mpsc::Sender<Result<proto::api::ExportChunk, tonic::Status>>) -> Self {
-        Self { buf: String::with_capacity(CHUNK_BYTES + 4096), tx, sent_bytes: 0 }
+        Self { buf: String::with_capacity(CHUNK_BYTES + 4096), tx }
     }
 
     async fn push(&mut self, s: &str) -> Result<(), ApiError> {
@@ -52,7 +51,6 @@ impl Sink {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096)).into_bytes();
-        self.sent_bytes += chunk.len() as u64;
         self.tx
             .send(Ok(proto::api::ExportChunk { data: chunk }))
             .await
