@@ -26,9 +26,13 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// A channel to the running server at `grpc`, or an error naming it.
+async fn connect(grpc: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))
+}
+
 pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
-    let channel =
-        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel = connect(grpc).await?;
     let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
     let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
@@ -280,8 +284,7 @@ pub async fn erase(
     wait: bool,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let channel =
-        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel = connect(grpc).await?;
     let mut client = pb::erasure_service_client::ErasureServiceClient::new(channel);
     let get = pb::GetErasureRequest { subject_id: subject.into(), tenant_id: tenant.into() };
     let mut status = if status_only {
@@ -341,8 +344,7 @@ pub async fn export(
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
-    let channel =
-        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel = connect(grpc).await?;
     let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
     let mut stream = client
         .export_subject(authed(
@@ -396,8 +398,7 @@ pub async fn privacy(
     subject: &str,
     action: PrivacyAction,
 ) -> anyhow::Result<()> {
-    let channel =
-        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel = connect(grpc).await?;
     let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
     let r = pb::SubjectRef { subject_id: subject.into(), tenant_id: tenant.into() };
     let consent = |purpose: String, policy_version: String| pb::ConsentRequest {
@@ -462,8 +463,7 @@ pub async fn offboarding(
     cancel: bool,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let channel =
-        Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))?;
+    let channel = connect(grpc).await?;
     let mut client = pb::tenant_service_client::TenantServiceClient::new(channel);
     let req = pb::CancelTenantRequest { tenant_id: tenant.into() };
     let o = if cancel {
