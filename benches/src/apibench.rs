@@ -253,6 +253,7 @@ pub async fn send_message(
                             sender_id: w.user.clone(),
                             body: body.clone(),
                             device: String::new(),
+                            ..Default::default()
                         },
                     ))
                     .await?;
@@ -290,6 +291,7 @@ pub async fn send_message(
                         sender_id: w.user.clone(),
                         body,
                         device: String::new(),
+                        ..Default::default()
                     },
                 ))
                 .await?;

@@ -99,6 +99,7 @@ pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) 
                                         } else {
                                             pb::ParticipantKind::Agent as i32
                                         },
+                                        attachment_count: 0,
                                     },
                                 );
                                 m.sealed_fields = vec![body.clone()];

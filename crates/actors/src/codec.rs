@@ -69,9 +69,13 @@ impl<'a> Sealer<'a> {
         Self { keyring, tenant, stream, event }
     }
 
-    async fn seal(mut self, field: &str, value: &str, purpose: KeyPurpose) -> Result<Self, ActorError> {
+    async fn seal(self, field: &str, value: &str, purpose: KeyPurpose) -> Result<Self, ActorError> {
+        self.seal_bytes(field, value.as_bytes(), purpose).await
+    }
+
+    async fn seal_bytes(mut self, field: &str, value: &[u8], purpose: KeyPurpose) -> Result<Self, ActorError> {
         let aad = Aad { tenant: self.tenant, stream: self.stream, event_id: self.event.id };
-        let sealed = self.keyring.seal(field, value.as_bytes(), &purpose, &aad).await?;
+        let sealed = self.keyring.seal(field, value, &purpose, &aad).await?;
         self.event.sealed_fields.push(sealed);
         Ok(self)
     }
@@ -97,16 +101,22 @@ fn tenant_of(r: &RecordedEvent) -> Result<Uuid, ActorError> {
     r.event.tenant_id.ok_or_else(|| corrupt(r, "no tenant id"))
 }
 
-/// Opens a sealed text field: `None` when absent; an erased field reads as
-/// an empty string.
-async fn open_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<String>, ActorError> {
+/// Opens a sealed field: `None` when absent; an erased field reads as empty.
+async fn open_bytes(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<Vec<u8>>, ActorError> {
     let Some(sealed) = r.event.sealed_fields.iter().find(|s: &&SealedField| s.field == field) else { return Ok(None) };
     let aad = Aad { tenant: tenant_of(r)?, stream: &r.stream, event_id: r.event.id };
     match keyring.open(field, sealed, &aad).await? {
-        Opened::Plaintext(p) => {
-            String::from_utf8(p.to_vec()).map(Some).map_err(|_| corrupt(r, format!("{field} is not UTF-8")))
-        }
-        Opened::Erased => Ok(Some(String::new())),
+        Opened::Plaintext(p) => Ok(Some(p.to_vec())),
+        Opened::Erased => Ok(Some(Vec::new())),
+    }
+}
+
+/// Opens a sealed text field: `None` when absent; an erased field reads as
+/// an empty string.
+async fn open_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<String>, ActorError> {
+    match open_bytes(r, keyring, field).await? {
+        Some(p) => String::from_utf8(p).map(Some).map_err(|_| corrupt(r, format!("{field} is not UTF-8"))),
+        None => Ok(None),
     }
 }
 
@@ -367,7 +377,7 @@ impl Codec for Session {
                 tenant,
                 pb::ParticipantLeft { participant_id: id_bytes(*participant), at_micros: *at_micros },
             ),
-            SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => {
+            SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
                 let e = new_event(
                     "MessagePosted",
                     tenant,
@@ -377,16 +387,43 @@ impl Codec for Session {
                         sent_at_micros: *sent_at_micros,
                         has_device: device.is_some(),
                         sender_kind: self.participants.get(sender).map(|p| kind_pb(p.kind)).unwrap_or_default(),
+                        attachment_count: attachments.len() as u32,
                     },
                 );
-                let id = self.id.unwrap_or_default();
-                let mut s = Sealer::new(keyring, tenant, stream, e)
-                    .seal("body", body, KeyPurpose::SessionContent { session: id })
-                    .await?;
+                let content = KeyPurpose::SessionContent { session: self.id.unwrap_or_default() };
+                let mut s = Sealer::new(keyring, tenant, stream, e).seal("body", body, content).await?;
                 if let Some(d) = device {
                     s = s
                         .seal("device", d, KeyPurpose::Subject { subject: self.end_user, group: Group::Device })
                         .await?;
+                }
+                if !attachments.is_empty() {
+                    let list = pb::Attachments { items: attachments.iter().map(attachment_pb).collect() };
+                    s = s.seal_bytes("attachments", &list.encode_to_vec(), content).await?;
+                }
+                s.done()
+            }
+            SessionEvent::MediaUploaded { media, meta } => {
+                let e = new_event(
+                    "MediaUploaded",
+                    tenant,
+                    pb::MediaUploaded {
+                        media_id: id_bytes(*media),
+                        uploader_id: id_bytes(meta.uploader),
+                        size: meta.size,
+                        key_id: id_bytes(meta.key_id),
+                        at_micros: meta.at_micros,
+                        has_file_name: meta.file_name.is_some(),
+                    },
+                );
+                let content = KeyPurpose::SessionContent { session: self.id.unwrap_or_default() };
+                let mut s = Sealer::new(keyring, tenant, stream, e)
+                    .seal("content_type", &meta.content_type, content)
+                    .await?
+                    .seal_bytes("sha256", &meta.sha256, content)
+                    .await?;
+                if let Some(name) = &meta.file_name {
+                    s = s.seal("file_name", name, content).await?;
                 }
                 s.done()
             }
@@ -436,6 +473,19 @@ impl Codec for Session {
                 sent_at_micros,
                 body: required_text(r, keyring, "body").await?,
                 device: if device.is_some() { open_text(r, keyring, "device").await? } else { None },
+                attachments: match open_bytes(r, keyring, "attachments").await? {
+                    Some(bytes) => attachments_of(r, &bytes)?,
+                    None => Vec::new(),
+                },
+            },
+            SessionEvent::MediaUploaded { media, meta } => SessionEvent::MediaUploaded {
+                media,
+                meta: domain::session::MediaMeta {
+                    content_type: required_text(r, keyring, "content_type").await?,
+                    sha256: open_bytes(r, keyring, "sha256").await?.unwrap_or_default(),
+                    file_name: if meta.file_name.is_some() { open_text(r, keyring, "file_name").await? } else { None },
+                    ..meta
+                },
             },
             SessionEvent::LocationShared { participant, at_micros, .. } => SessionEvent::LocationShared {
                 participant,
@@ -492,6 +542,22 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 sent_at_micros: p.sent_at_micros,
                 body: String::new(),
                 device: p.has_device.then(String::new),
+                attachments: Vec::new(),
+            }
+        }
+        "MediaUploaded" => {
+            let p: pb::MediaUploaded = payload(r)?;
+            SessionEvent::MediaUploaded {
+                media: uuid(r, "media_id", &p.media_id)?,
+                meta: domain::session::MediaMeta {
+                    uploader: uuid(r, "uploader_id", &p.uploader_id)?,
+                    content_type: String::new(),
+                    size: p.size,
+                    sha256: Vec::new(),
+                    file_name: p.has_file_name.then(String::new),
+                    key_id: uuid(r, "key_id", &p.key_id)?,
+                    at_micros: p.at_micros,
+                },
             }
         }
         "ReadHorizonAdvanced" => {
@@ -536,6 +602,36 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
         }
         other => return Err(corrupt(r, format!("unknown session event type {other:?}"))),
     })
+}
+
+fn attachment_pb(a: &domain::session::Attachment) -> pb::Attachment {
+    pb::Attachment {
+        media_id: id_bytes(a.media),
+        content_type: a.content_type.clone(),
+        size: a.size,
+        sha256: Bytes::copy_from_slice(&a.sha256),
+        file_name: a.file_name.clone().unwrap_or_default(),
+    }
+}
+
+/// A message's sealed attachment list (empty once erased).
+fn attachments_of(r: &RecordedEvent, bytes: &[u8]) -> Result<Vec<domain::session::Attachment>, ActorError> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = pb::Attachments::decode(bytes).map_err(|e| corrupt(r, format!("attachments: {e}")))?;
+    list.items
+        .into_iter()
+        .map(|a| {
+            Ok(domain::session::Attachment {
+                media: uuid(r, "attachments.media_id", &a.media_id)?,
+                content_type: a.content_type,
+                size: a.size,
+                sha256: a.sha256.to_vec(),
+                file_name: (!a.file_name.is_empty()).then_some(a.file_name),
+            })
+        })
+        .collect()
 }
 
 fn birth_text(b: &Birth) -> String {

@@ -104,7 +104,7 @@ async fn conversation(r: &Registry, timers: Timers) -> Ids {
 }
 
 fn post(who: Uuid, body: &str) -> SessionCommand {
-    SessionCommand::PostMessage { sender: who, body: body.into(), device: Some("pixel-9".into()) }
+    SessionCommand::PostMessage { sender: who, body: body.into(), device: Some("pixel-9".into()), attachments: vec![] }
 }
 
 #[actix_rt::test]

@@ -12,6 +12,39 @@ use crate::common::{Aggregate, Ctx, FieldClass, PiiGroup, Rejection, Timers, che
 
 pub const MAX_BODY_CHARS: usize = 10_000;
 pub const MAX_DEVICE_CHARS: usize = 200;
+/// Attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Media one Session may hold (each is an event of its stream and an entry
+/// of the actor's state).
+pub const MAX_MEDIA_PER_SESSION: usize = 10_000;
+pub const MAX_FILE_NAME_CHARS: usize = 255;
+pub const MAX_CONTENT_TYPE_CHARS: usize = 127;
+
+/// What pypes knows of one uploaded blob. Content type, digest and file
+/// name are content (sealed under the Session's key); after a shred they
+/// read as empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaMeta {
+    pub uploader: Uuid,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 of the plaintext (empty once erased).
+    pub sha256: Vec<u8>,
+    pub file_name: Option<String>,
+    /// The media key's id (a keystore `KeyId`'s bytes).
+    pub key_id: Uuid,
+    pub at_micros: i64,
+}
+
+/// A message's reference to a blob of its Session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub media: Uuid,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: Vec<u8>,
+    pub file_name: Option<String>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ParticipantKind {
@@ -49,6 +82,14 @@ pub enum SessionCommand {
         sender: Uuid,
         body: String,
         device: Option<String>,
+        /// Media of this Session, by id.
+        attachments: Vec<Uuid>,
+    },
+    /// A blob is complete and durable in the blob store: from now on
+    /// messages may reference it.
+    RecordMedia {
+        media: Uuid,
+        meta: MediaMeta,
     },
     AdvanceReadHorizon {
         participant: Uuid,
@@ -118,6 +159,11 @@ pub enum SessionEvent {
         sent_at_micros: i64,
         body: String,
         device: Option<String>,
+        attachments: Vec<Attachment>,
+    },
+    MediaUploaded {
+        media: Uuid,
+        meta: MediaMeta,
     },
     ReadHorizonAdvanced {
         participant: Uuid,
@@ -163,6 +209,10 @@ pub enum SessionEvent {
 pub const FIELDS: &[(&str, &str, FieldClass)] = &[
     ("MessagePosted", "body", FieldClass::Content),
     ("MessagePosted", "device", FieldClass::Pii(PiiGroup::Device)),
+    ("MessagePosted", "attachments", FieldClass::Content),
+    ("MediaUploaded", "content_type", FieldClass::Content),
+    ("MediaUploaded", "sha256", FieldClass::Content),
+    ("MediaUploaded", "file_name", FieldClass::Content),
     ("LocationShared", "location", FieldClass::Pii(PiiGroup::Geo)),
 ];
 
@@ -202,6 +252,8 @@ pub struct Session {
     pub content_expired: bool,
     /// When it closed (0 while open).
     pub closed_micros: i64,
+    /// Blobs uploaded into the Session.
+    pub media: BTreeMap<Uuid, MediaMeta>,
 }
 
 impl Default for Session {
@@ -222,6 +274,7 @@ impl Default for Session {
             restricted: false,
             content_expired: false,
             closed_micros: 0,
+            media: BTreeMap::new(),
         }
     }
 }
@@ -257,6 +310,42 @@ impl Session {
     fn is_present(&self, who: Uuid) -> bool {
         self.participants.get(&who).is_some_and(|p| p.present)
     }
+
+    /// Whether `who` may upload into the Session now: a present
+    /// participant of a Session that takes new content. The server asks
+    /// before it accepts the first byte; the domain decides again when the
+    /// upload is recorded.
+    pub fn may_upload(&self, who: Uuid) -> Result<(), Rejection> {
+        self.require_writable()?;
+        if !self.is_present(who) {
+            return Err(Rejection::precondition("the uploader is not a participant of the session"));
+        }
+        if self.media.len() >= MAX_MEDIA_PER_SESSION {
+            return Err(Rejection::precondition(format!(
+                "the session holds {MAX_MEDIA_PER_SESSION} media already (the most one session may hold)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks an uploaded blob's description (the server checks it before the
+/// upload too, so a bad one never costs a byte of transfer).
+pub fn check_media_meta(meta: &MediaMeta) -> Result<(), Rejection> {
+    check_text("content_type", &meta.content_type, MAX_CONTENT_TYPE_CHARS, true)?;
+    if meta.size == 0 {
+        return Err(Rejection::invalid("size", "0: an upload holds at least one byte"));
+    }
+    if meta.sha256.len() != 32 {
+        return Err(Rejection::invalid("sha256", format!("{} bytes; a SHA-256 is 32", meta.sha256.len())));
+    }
+    if let Some(name) = &meta.file_name {
+        check_text("file_name", name, MAX_FILE_NAME_CHARS, false)?;
+        if name.contains(['/', '\\']) || name == "." || name == ".." {
+            return Err(Rejection::invalid("file_name", "a name without path separators, not . or .."));
+        }
+    }
+    Ok(())
 }
 
 impl Aggregate for Session {
@@ -283,14 +372,40 @@ impl Aggregate for Session {
                     at_micros: now,
                 }])
             }
-            SessionCommand::PostMessage { sender, body, device } => {
+            SessionCommand::PostMessage { sender, body, device, attachments } => {
                 self.require_writable()?;
                 if !self.is_present(*sender) {
                     return Err(Rejection::precondition("the sender is not a participant of the session"));
                 }
-                check_text("body", body, MAX_BODY_CHARS, true)?;
+                if attachments.len() > MAX_ATTACHMENTS {
+                    return Err(Rejection::invalid(
+                        "attachment_ids",
+                        format!("{} attachments; at most {MAX_ATTACHMENTS}", attachments.len()),
+                    ));
+                }
+                // A message is text, attachments, or both.
+                check_text("body", body, MAX_BODY_CHARS, attachments.is_empty())?;
                 if let Some(d) = device {
                     check_text("device", d, MAX_DEVICE_CHARS, true)?;
+                }
+                let mut refs = Vec::with_capacity(attachments.len());
+                for (i, media) in attachments.iter().enumerate() {
+                    if attachments[..i].contains(media) {
+                        return Err(Rejection::invalid("attachment_ids", format!("{media} is named twice")));
+                    }
+                    let Some(m) = self.media.get(media) else {
+                        return Err(Rejection::invalid(
+                            "attachment_ids",
+                            format!("{media} is no media of this session (upload it with MediaService.UploadMedia)"),
+                        ));
+                    };
+                    refs.push(Attachment {
+                        media: *media,
+                        content_type: m.content_type.clone(),
+                        size: m.size,
+                        sha256: m.sha256.clone(),
+                        file_name: m.file_name.clone(),
+                    });
                 }
                 let mut events = Vec::with_capacity(2);
                 if self.status == Status::Inactive {
@@ -302,8 +417,20 @@ impl Aggregate for Session {
                     sent_at_micros: now,
                     body: body.clone(),
                     device: device.clone(),
+                    attachments: refs,
                 });
                 Ok(events)
+            }
+            SessionCommand::RecordMedia { media, meta } => {
+                self.may_upload(meta.uploader)?;
+                check_media_meta(meta)?;
+                if self.media.contains_key(media) {
+                    return Err(Rejection::AlreadyExists { what: "media" });
+                }
+                Ok(vec![SessionEvent::MediaUploaded {
+                    media: *media,
+                    meta: MediaMeta { at_micros: now, ..meta.clone() },
+                }])
             }
             SessionCommand::AdvanceReadHorizon { participant, up_to, private } => {
                 self.require_writable()?;
@@ -486,6 +613,9 @@ impl Aggregate for Session {
             SessionEvent::Restricted { .. } => self.restricted = true,
             SessionEvent::RestrictionLifted { .. } => self.restricted = false,
             SessionEvent::LocationShared { .. } => {}
+            SessionEvent::MediaUploaded { media, meta } => {
+                self.media.insert(*media, meta.clone());
+            }
         }
     }
 }

@@ -22,8 +22,25 @@ fn session_command() -> impl Strategy<Value = SessionCommand> {
             pype_timers: Timers { inactive_after_secs: 60, close_after_secs: 120 },
             timers: None,
         }),
-        (who(), "[a-z ]{0,12}", proptest::option::of("[a-z]{1,5}"))
-            .prop_map(|(sender, body, device)| SessionCommand::PostMessage { sender, body, device }),
+        (who(), "[a-z ]{0,12}", proptest::option::of("[a-z]{1,5}"), proptest::collection::vec(0u128..3, 0..3))
+            .prop_map(|(sender, body, device, media)| SessionCommand::PostMessage {
+                sender,
+                body,
+                device,
+                attachments: media.into_iter().map(|m| Uuid::from_u128(500 + m)).collect(),
+            }),
+        (who(), 0u128..3, 1u64..5000).prop_map(|(uploader, m, size)| SessionCommand::RecordMedia {
+            media: Uuid::from_u128(500 + m),
+            meta: domain::session::MediaMeta {
+                uploader,
+                content_type: "image/png".into(),
+                size,
+                sha256: vec![1; 32],
+                file_name: (m == 1).then(|| "a.png".to_string()),
+                key_id: Uuid::from_u128(900 + m),
+                at_micros: 0,
+            },
+        }),
         (who(), 0u64..8, any::<bool>()).prop_map(|(participant, up_to, private)| SessionCommand::AdvanceReadHorizon {
             participant,
             up_to,

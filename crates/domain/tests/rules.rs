@@ -81,7 +81,15 @@ fn a_session_starts_with_its_end_user_and_the_pype_timers() {
 fn messages_are_numbered_and_only_participants_post() {
     let g = given::<Session>(&started());
     let events = g
-        .when(SessionCommand::PostMessage { sender: id(4), body: "hi".into(), device: Some("ios".into()) }, T0 + SEC)
+        .when(
+            SessionCommand::PostMessage {
+                sender: id(4),
+                body: "hi".into(),
+                device: Some("ios".into()),
+                attachments: vec![],
+            },
+            T0 + SEC,
+        )
         .unwrap();
     assert_eq!(
         events,
@@ -90,20 +98,26 @@ fn messages_are_numbered_and_only_participants_post() {
             sender: id(4),
             sent_at_micros: T0 + SEC,
             body: "hi".into(),
-            device: Some("ios".into())
+            device: Some("ios".into()),
+            attachments: vec![]
         }]
     );
     assert!(matches!(
-        g.when(SessionCommand::PostMessage { sender: id(9), body: "x".into(), device: None }, T0),
+        g.when(SessionCommand::PostMessage { sender: id(9), body: "x".into(), device: None, attachments: vec![] }, T0),
         Err(Rejection::FailedPrecondition { .. })
     ));
     assert_eq!(
-        invalid_field(g.when(SessionCommand::PostMessage { sender: id(4), body: "  ".into(), device: None }, T0)),
+        invalid_field(g.when(
+            SessionCommand::PostMessage { sender: id(4), body: "  ".into(), device: None, attachments: vec![] },
+            T0
+        )),
         "body"
     );
     let long = "x".repeat(10_001);
     assert_eq!(
-        invalid_field(g.when(SessionCommand::PostMessage { sender: id(4), body: long, device: None }, T0)),
+        invalid_field(
+            g.when(SessionCommand::PostMessage { sender: id(4), body: long, device: None, attachments: vec![] }, T0)
+        ),
         "body"
     );
     let mut history = started();
@@ -114,16 +128,20 @@ fn messages_are_numbered_and_only_participants_post() {
         sent_at_micros: T0,
         body: "a".into(),
         device: None,
+        attachments: vec![],
     });
     let events = given::<Session>(&history)
-        .when(SessionCommand::PostMessage { sender: id(5), body: "b".into(), device: None }, T0)
+        .when(SessionCommand::PostMessage { sender: id(5), body: "b".into(), device: None, attachments: vec![] }, T0)
         .unwrap();
     assert!(matches!(events[0], SessionEvent::MessagePosted { seq: 2, .. }));
     // After leaving, an agent cannot post.
     history.push(SessionEvent::ParticipantLeft { participant: id(5), at_micros: T0 });
     assert!(
         given::<Session>(&history)
-            .when(SessionCommand::PostMessage { sender: id(5), body: "c".into(), device: None }, T0)
+            .when(
+                SessionCommand::PostMessage { sender: id(5), body: "c".into(), device: None, attachments: vec![] },
+                T0
+            )
             .is_err()
     );
 }
@@ -140,7 +158,10 @@ fn timers_move_a_session_to_inactive_then_closed_and_a_message_revives_it() {
     assert_eq!(g.0.status, Status::Inactive);
     assert_eq!(g.0.next_deadline_micros(), Some(T0 + 660 * SEC));
     let revived = g
-        .when(SessionCommand::PostMessage { sender: id(4), body: "back".into(), device: None }, T0 + 100 * SEC)
+        .when(
+            SessionCommand::PostMessage { sender: id(4), body: "back".into(), device: None, attachments: vec![] },
+            T0 + 100 * SEC,
+        )
         .unwrap();
     assert_eq!(revived[0], SessionEvent::Reactivated { reason: Reason::Api, at_micros: T0 + 100 * SEC });
     assert_eq!(
@@ -167,7 +188,7 @@ fn a_closed_session_refuses_writes() {
     history.push(SessionEvent::Closed { reason: Reason::Api, at_micros: T0 });
     let g = given::<Session>(&history);
     for cmd in [
-        SessionCommand::PostMessage { sender: id(4), body: "x".into(), device: None },
+        SessionCommand::PostMessage { sender: id(4), body: "x".into(), device: None, attachments: vec![] },
         SessionCommand::Join { participant: id(5), kind: ParticipantKind::Agent },
         SessionCommand::AdvanceReadHorizon { participant: id(4), up_to: 0, private: false },
     ] {
@@ -189,6 +210,7 @@ fn read_horizons_only_move_forward() {
             sent_at_micros: T0,
             body: "m".into(),
             device: None,
+            attachments: vec![],
         });
     }
     history.push(SessionEvent::ReadHorizonAdvanced { participant: id(4), up_to: 2, private: false });

@@ -439,6 +439,34 @@ impl Keyring {
         off_runtime(move || store.active_key(tenant, &KeyPurpose::TenantIndex { tenant }).map(|k| k.material)).await
     }
 
+    /// A new media blob's key (made now, filed under its Session so a
+    /// shred of the Session takes it too). Its user seals each chunk once
+    /// with a random nonce; a blob has at most a few thousand chunks, far
+    /// below the retirement limit, so uses are not counted per seal.
+    pub async fn media_key(&self, tenant: Uuid, session: Uuid, media: Uuid) -> Result<(KeyId, Aes256Gcm), KeyError> {
+        let store = self.inner.store.clone();
+        off_runtime(move || {
+            let key = store.active_key(tenant, &KeyPurpose::Media { session, media })?;
+            Ok((key.id, key.material.cipher()))
+        })
+        .await
+    }
+
+    /// A media key by id; `None` once shredded. A key of another tenant,
+    /// or one that is not a media key, is refused.
+    pub async fn media_cipher(&self, tenant: Uuid, id: KeyId) -> Result<Option<Aes256Gcm>, KeyError> {
+        let store = self.inner.store.clone();
+        off_runtime(move || match store.key(tenant, id)? {
+            KeyLookup::Live(key) if key.tenant != tenant => Err(KeyError::WrongTenant { tenant, key: id }),
+            KeyLookup::Live(key) => match key.purpose {
+                KeyPurpose::Media { .. } => Ok(Some(key.material.cipher())),
+                other => Err(KeyError::Invalid { what: "media key", reason: format!("key {id} is a {other:?} key") }),
+            },
+            KeyLookup::Shredded => Ok(None),
+        })
+        .await
+    }
+
     /// Unwrapped keys held now.
     pub fn cached_keys(&self) -> usize {
         self.read().by_id.len()

@@ -64,13 +64,27 @@ pub async fn open_sealed(
     field: &str,
     sealed: Option<&SealedRef>,
 ) -> Result<OpenedField, ViewError> {
-    let Some(r) = sealed else { return Ok(OpenedField::Erased) };
+    Ok(match open_sealed_bytes(keyring, tenant, stream, field, sealed).await? {
+        Some(p) => OpenedField::Text(String::from_utf8_lossy(&p).into_owned()),
+        None => OpenedField::Erased,
+    })
+}
+
+/// [`open_sealed`] for a field that is not text; `None` when erased.
+pub async fn open_sealed_bytes(
+    keyring: &Keyring,
+    tenant: Uuid,
+    stream: &str,
+    field: &str,
+    sealed: Option<&SealedRef>,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, ViewError> {
+    let Some(r) = sealed else { return Ok(None) };
     let event_id =
         uuid_of(&r.event_id).ok_or_else(|| ViewError::Corrupt { table: field.into(), reason: "event id".into() })?;
     let sf = SealedField::decode(r.sealed.as_slice())
         .map_err(|e| ViewError::Corrupt { table: field.into(), reason: e.to_string() })?;
     match keyring.open(field, &sf, &Aad { tenant, stream, event_id }).await? {
-        Opened::Plaintext(p) => Ok(OpenedField::Text(String::from_utf8_lossy(&p).into_owned())),
-        Opened::Erased => Ok(OpenedField::Erased),
+        Opened::Plaintext(p) => Ok(Some(p)),
+        Opened::Erased => Ok(None),
     }
 }

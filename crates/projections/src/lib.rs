@@ -29,7 +29,7 @@ pub mod sessions;
 mod store;
 
 pub use error::ViewError;
-pub use keys::{OpenedField, open_sealed};
+pub use keys::{OpenedField, open_sealed, open_sealed_bytes};
 pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_all, rebuild_until};
 pub use store::{Generation, ReadView, Rows, ViewStore, WriteView};
 

@@ -410,6 +410,7 @@ pub async fn list_messages(
                 sent_at_micros: p.sent_at_micros,
                 body: if cursor.erased { None } else { field("body").map(|f| sealed_ref(r.id(), f)) },
                 device: if cursor.erased { None } else { field("device").map(|f| sealed_ref(r.id(), f)) },
+                attachments: if cursor.erased { None } else { field("attachments").map(|f| sealed_ref(r.id(), f)) },
                 erased: cursor.erased,
             });
             if out.len() >= limit {

@@ -121,6 +121,7 @@ impl World {
                     sent_at_micros: at + seq as i64 * 60_000_000,
                     has_device: false,
                     sender_kind: kind as i32,
+                    attachment_count: 0,
                 },
             );
             m.sealed_fields = vec![sealed("body", &format!("canary body {seq}"))];
@@ -501,6 +502,7 @@ async fn messages_page_from_the_log_through_the_sparse_index() {
                 sent_at_micros: T0 + seq as i64,
                 has_device: false,
                 sender_kind: pb::ParticipantKind::EndUser as i32,
+                attachment_count: 0,
             },
         );
         m.sealed_fields = vec![sealed("body", &format!("body {seq}"))];

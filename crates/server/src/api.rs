@@ -46,6 +46,7 @@ pub struct Api {
     pub auth: Arc<crate::end_user_auth::EndUserAuth>,
     pub staff: Arc<crate::staff::Staff>,
     pub offboarding_grace_days: u32,
+    pub media: Arc<crate::media::Media>,
 }
 
 fn offboarding_out(tenant: Uuid, t: &Tenant, grace_days: u32) -> pb::Offboarding {
@@ -301,7 +302,7 @@ impl Api {
         }
     }
 
-    async fn session_of(&self, tenant: Uuid, session: Uuid) -> Result<Executed<Session>, ApiError> {
+    pub(crate) async fn session_of(&self, tenant: Uuid, session: Uuid) -> Result<Executed<Session>, ApiError> {
         let s = self.registry.read::<Session>(tenant, session).await?;
         if s.state.id.is_none() {
             return Err(domain::Rejection::NotFound { what: "session" }.into_api());
@@ -440,7 +441,7 @@ fn reason_text(r: Reason) -> String {
     }
 }
 
-fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::SessionEvent {
+fn event_out(session: Uuid, version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::SessionEvent {
     use pb::session_event::Event;
     let state =
         |s: Status, r: Reason| Event::StateChanged(pb::StateChange { state: state_out(s), reason: reason_text(r) });
@@ -457,15 +458,21 @@ fn event_out(version: u64, recorded_at_micros: i64, e: SessionEvent) -> pb::Sess
             participant_id: participant.to_string(),
             kind: pb::ParticipantKind::Unspecified as i32,
         }),
-        SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => Event::Message(pb::Message {
-            seq,
-            sender_id: sender.to_string(),
-            sent_at_micros,
-            // A body is never empty when posted: empty means its key was shredded.
-            erased: body.is_empty(),
-            body,
-            device: device.unwrap_or_default(),
-        }),
+        SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
+            Event::Message(pb::Message {
+                seq,
+                sender_id: sender.to_string(),
+                sent_at_micros,
+                // A message has a body or attachments: neither means its key was shredded.
+                erased: body.is_empty() && attachments.is_empty(),
+                body,
+                device: device.unwrap_or_default(),
+                attachments: attachments.iter().map(|a| crate::media::attachment_out(session, a)).collect(),
+            })
+        }
+        SessionEvent::MediaUploaded { media, meta } => {
+            Event::MediaUploaded(crate::media::media_out(session, media, &meta))
+        }
         SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => Event::ReadHorizon(pb::ReadHorizon {
             participant_id: participant.to_string(),
             up_to: if private { 0 } else { up_to },
@@ -795,9 +802,21 @@ impl pb::session_service_server::SessionService for Handle {
             let id = parse_id("session_id", &r.session_id)?;
             let sender = parse_id("sender_id", &r.sender_id)?;
             let device = (!r.device.is_empty()).then_some(r.device);
+            if r.attachment_ids.len() > domain::session::MAX_ATTACHMENTS {
+                return Err(ApiError::invalid(
+                    "attachment_ids",
+                    format!("{} attachments; at most {}", r.attachment_ids.len(), domain::session::MAX_ATTACHMENTS),
+                ));
+            }
+            let attachments =
+                r.attachment_ids.iter().map(|a| parse_id("attachment_ids", a)).collect::<Result<Vec<_>, _>>()?;
             let done = api
                 .registry
-                .execute::<Session>(tenant, id, SessionCommand::PostMessage { sender, body: r.body, device })
+                .execute::<Session>(
+                    tenant,
+                    id,
+                    SessionCommand::PostMessage { sender, body: r.body, device, attachments },
+                )
                 .await?;
             let (seq, sent_at_micros) = done
                 .events
@@ -1009,7 +1028,7 @@ async fn watch(
         };
         for r in &page {
             let item = match <Session as Codec>::decode(r, &api.keyring).await {
-                Ok(e) => Ok(event_out(r.version, r.recorded_at_micros, e)),
+                Ok(e) => Ok(event_out(session, r.version, r.recorded_at_micros, e)),
                 Err(e) => Err(ApiError::Actor(e).into()),
             };
             if tx.send(item).await.is_err() {

@@ -207,6 +207,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let metrics = Arc::new(ApiMetrics::default());
     let (ready_tx, ready_rx) = watch::channel(false);
     let views = crate::views::Views::start(&config.data_dir, log.clone(), ready_tx)?;
+    let blobs = crate::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
     let erasures = crate::erasure::Erasures::new(
         registry.clone(),
         log.clone(),
@@ -214,6 +215,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         views.clone(),
         signing,
         crate::erasure::ErasureConfig { warn_after_days: config.erasure_warn_days },
+        blobs.clone(),
     );
     tokio::spawn(erasures.clone().recover());
     actix_rt::spawn(keystore::rotation_schedule(
@@ -236,6 +238,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         audit: audit.clone(),
         auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), config.auth)?),
         offboarding_grace_days: config.offboarding_grace_days,
+        media: Arc::new(crate::media::Media::new(blobs.clone(), config.media.clone())),
         staff: Arc::new(
             crate::staff::Staff::open(log.clone(), clock.clone())
                 .await
@@ -251,9 +254,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         clock: clock.clone(),
         signing: signing_for_scheduler,
         grace_days: config.offboarding_grace_days,
+        blobs: blobs.clone(),
         pending: Default::default(),
     });
     tokio::spawn(scheduler.run(std::time::Duration::from_secs(config.sweep_secs)));
+    // Nothing is in flight yet: settle everything a crash left.
+    api.0.media.reconcile(&api.0, true).await.map_err(|e| anyhow::anyhow!("settling interrupted uploads: {e}"))?;
+    tokio::spawn(crate::media::Media::sweep(api.0.clone()));
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
@@ -295,6 +302,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::end_user_auth_service_server::EndUserAuthServiceServer::new(api.clone()))
         .add_service(pb::staff_service_server::StaffServiceServer::new(api.clone()))
         .add_service(pb::privacy_service_server::PrivacyServiceServer::new(api.clone()))
+        .add_service(pb::media_service_server::MediaServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -24,9 +24,181 @@ pub struct FileConfig {
     pub auth: AuthFile,
     #[serde(default)]
     pub tls: TlsFile,
+    #[serde(default)]
+    pub media: MediaFile,
 }
 
 /// TLS for gRPC and HTTP: a PEM certificate chain and its PEM private key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaFile {
+    /// Largest upload in bytes.
+    pub max_bytes: Option<u64>,
+    /// Content types an upload may declare (lower case, no parameters).
+    pub allowed_types: Option<Vec<String>>,
+    /// A chunk must arrive within this many seconds of the last.
+    pub upload_idle_secs: Option<u64>,
+    /// How often incomplete uploads and unconfirmed blobs are swept.
+    pub sweep_secs: Option<u64>,
+    /// "file" (the data directory, the default) or "s3" (the `s3` build feature).
+    pub store: Option<String>,
+    #[serde(default)]
+    pub s3: S3File,
+    /// Per-tenant limits: `[[media.tenant]] id = "...", max_bytes = ...`.
+    #[serde(default)]
+    pub tenant: Vec<MediaTenantFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3File {
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaTenantFile {
+    pub id: String,
+    pub max_bytes: Option<u64>,
+    pub allowed_types: Option<Vec<String>>,
+}
+
+/// What a tenant may upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPolicy {
+    pub max_bytes: u64,
+    pub allowed_types: Vec<String>,
+}
+
+/// Where blobs are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobStoreConfig {
+    /// `<data dir>/blobs`.
+    File,
+    S3 {
+        bucket: String,
+        endpoint: String,
+        region: String,
+        prefix: String,
+        allow_http: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub default: MediaPolicy,
+    pub tenants: std::collections::HashMap<uuid::Uuid, MediaPolicy>,
+    pub upload_idle_secs: u64,
+    pub sweep_secs: u64,
+    pub store: BlobStoreConfig,
+}
+
+impl MediaConfig {
+    pub fn policy(&self, tenant: uuid::Uuid) -> &MediaPolicy {
+        self.tenants.get(&tenant).unwrap_or(&self.default)
+    }
+}
+
+/// Types allowed when the config names none: common pictures, video,
+/// audio and documents. Never HTML or SVG (script in a file a browser may
+/// open inline).
+pub const DEFAULT_MEDIA_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/heic",
+    "video/mp4",
+    "video/webm",
+    "video/quicktime",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/mp4",
+    "application/pdf",
+    "text/plain",
+];
+
+/// 500 MiB.
+pub const DEFAULT_MEDIA_MAX_BYTES: u64 = 500 << 20;
+/// The most any config may allow: 4 GiB (4096 chunks of 1 MiB).
+pub const MEDIA_MAX_BYTES_LIMIT: u64 = 4 << 30;
+
+fn media_types(what: &str, types: Option<Vec<String>>, default: &[String]) -> anyhow::Result<Vec<String>> {
+    let Some(types) = types else { return Ok(default.to_vec()) };
+    for t in &types {
+        let ok = t.len() <= 127
+            && t.split_once('/').is_some_and(|(a, b)| {
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"!#$&-^_.+".contains(&c))
+                };
+                token(a) && token(b)
+            });
+        if !ok {
+            anyhow::bail!("{what}: {t:?} is not a lower-case media type such as \"image/png\"");
+        }
+    }
+    Ok(types)
+}
+
+fn media_max(what: &str, max: Option<u64>, default: u64) -> anyhow::Result<u64> {
+    let max = max.unwrap_or(default);
+    if !(1..=MEDIA_MAX_BYTES_LIMIT).contains(&max) {
+        anyhow::bail!("{what}: {max}; 1 to {MEDIA_MAX_BYTES_LIMIT} (4 GiB)");
+    }
+    Ok(max)
+}
+
+fn media_config(file: MediaFile) -> anyhow::Result<MediaConfig> {
+    let defaults: Vec<String> = DEFAULT_MEDIA_TYPES.iter().map(|t| t.to_string()).collect();
+    let default = MediaPolicy {
+        max_bytes: media_max("media.max_bytes", file.max_bytes, DEFAULT_MEDIA_MAX_BYTES)?,
+        allowed_types: media_types("media.allowed_types", file.allowed_types, &defaults)?,
+    };
+    let mut tenants = std::collections::HashMap::new();
+    for t in file.tenant {
+        let id = uuid::Uuid::parse_str(&t.id)
+            .map_err(|_| anyhow::anyhow!("media.tenant: id {:?} is not a tenant id (a UUID)", t.id))?;
+        let policy = MediaPolicy {
+            max_bytes: media_max("media.tenant.max_bytes", t.max_bytes, default.max_bytes)?,
+            allowed_types: media_types("media.tenant.allowed_types", t.allowed_types, &default.allowed_types)?,
+        };
+        if tenants.insert(id, policy).is_some() {
+            anyhow::bail!("media.tenant: tenant {id} is listed twice");
+        }
+    }
+    let upload_idle_secs = file.upload_idle_secs.unwrap_or(60);
+    if !(1..=3600).contains(&upload_idle_secs) {
+        anyhow::bail!("media.upload_idle_secs: {upload_idle_secs}; 1 to 3600");
+    }
+    let sweep_secs = file.sweep_secs.unwrap_or(300);
+    if !(1..=86_400).contains(&sweep_secs) {
+        anyhow::bail!("media.sweep_secs: {sweep_secs}; 1 to 86400");
+    }
+    let store = match file.store.as_deref().unwrap_or("file") {
+        "file" => BlobStoreConfig::File,
+        "s3" => {
+            let bucket =
+                file.s3.bucket.filter(|b| !b.is_empty()).ok_or_else(|| {
+                    anyhow::anyhow!("media.s3.bucket: the bucket is needed when media.store = \"s3\"")
+                })?;
+            BlobStoreConfig::S3 {
+                bucket,
+                endpoint: file.s3.endpoint.unwrap_or_default(),
+                region: file.s3.region.unwrap_or_default(),
+                prefix: file.s3.prefix.unwrap_or_default(),
+                allow_http: file.s3.allow_http.unwrap_or(false),
+            }
+        }
+        other => anyhow::bail!("media.store: {other:?}; \"file\" or \"s3\""),
+    };
+    Ok(MediaConfig { default, tenants, upload_idle_secs, sweep_secs, store })
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
@@ -120,6 +292,7 @@ pub struct Config {
     pub auth: crate::end_user_auth::AuthConfig,
     /// (certificate chain, private key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub media: MediaConfig,
 }
 
 impl Config {
@@ -152,6 +325,7 @@ impl Config {
                     anyhow::bail!("tls: a key without a certificate; give tls.cert_file (or --tls-cert)")
                 }
             },
+            media: media_config(file.media)?,
             auth: crate::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),

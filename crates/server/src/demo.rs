@@ -148,7 +148,19 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                     format!("{} left", who(&p.participant_id, &user_id, &agent_id))
                 }
                 Some(pb::session_event::Event::Message(m)) => {
-                    format!("#{} {}: {:?}", m.seq, who(&m.sender_id, &user_id, &agent_id), m.body)
+                    let with = match m.attachments.len() {
+                        0 => String::new(),
+                        n => format!(" with {n} attachment(s)"),
+                    };
+                    format!("#{} {}: {:?}{with}", m.seq, who(&m.sender_id, &user_id, &agent_id), m.body)
+                }
+                Some(pb::session_event::Event::MediaUploaded(m)) => {
+                    format!(
+                        "{} uploaded {} ({} bytes)",
+                        who(&m.uploader_id, &user_id, &agent_id),
+                        m.content_type,
+                        m.size
+                    )
                 }
                 Some(pb::session_event::Event::ReadHorizon(h)) => {
                     format!("{} has read up to #{}", who(&h.participant_id, &user_id, &agent_id), h.up_to)
@@ -197,6 +209,7 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                     sender_id: sender.clone(),
                     body: body.into(),
                     device: device.into(),
+                    ..Default::default()
                 },
             )?)
             .await?
@@ -230,16 +243,18 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                 sender_id: user.subject_id.clone(),
                 body: "One more thing: thanks!".into(),
                 device: "iPhone 15".into(),
+                ..Default::default()
             },
         )?)
         .await?
         .into_inner();
     println!("7. a new message (#{}) makes it {} again", r.seq, state_name(r.state));
+    send_picture(&channel, &key, &session.session_id, &user.subject_id).await?;
     let closed = sessions
         .close_session(authed(&key, pb::CloseSessionRequest { session_id: session.session_id.clone() })?)
         .await?
         .into_inner();
-    println!("8. session closed: {}", state_name(closed.state));
+    println!("9. session closed: {}", state_name(closed.state));
     let refused = sessions
         .post_message(authed(
             &key,
@@ -248,12 +263,13 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
                 sender_id: agent.clone(),
                 body: "hello?".into(),
                 device: String::new(),
+                ..Default::default()
             },
         )?)
         .await;
     match refused {
         Err(status) => {
-            println!("9. writing to the closed session is refused: {:?} {}", status.code(), status.message())
+            println!("10. writing to the closed session is refused: {:?} {}", status.code(), status.message())
         }
         Ok(_) => anyhow::bail!("a closed session accepted a message"),
     }
@@ -261,6 +277,130 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
     watcher.abort();
     println!("demo finished");
     Ok(())
+}
+
+/// The end user sends a picture: uploaded in chunks, attached to a
+/// message, fetched back whole and by range.
+async fn send_picture(channel: &Channel, key: &str, session: &str, user: &str) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let picture = demo_png(48, 48);
+    let digest = sha2::Sha256::digest(&picture).to_vec();
+    let start = pb::UploadMediaRequest {
+        part: Some(pb::upload_media_request::Part::Start(pb::UploadStart {
+            session_id: session.into(),
+            uploader_id: user.into(),
+            content_type: "image/png".into(),
+            size: picture.len() as u64,
+            sha256: digest.clone(),
+            file_name: "receipt.png".into(),
+        })),
+    };
+    let chunks = picture.chunks(2048).scan(0u64, |offset, data| {
+        let chunk = pb::UploadChunk { offset: *offset, data: data.to_vec() };
+        *offset += data.len() as u64;
+        Some(pb::UploadMediaRequest { part: Some(pb::upload_media_request::Part::Chunk(chunk)) })
+    });
+    let messages: Vec<pb::UploadMediaRequest> = std::iter::once(start).chain(chunks).collect();
+    let mut media = pb::media_service_client::MediaServiceClient::new(channel.clone());
+    let uploaded = media
+        .upload_media(authed(key, tokio_stream::iter(messages))?)
+        .await
+        .context("uploading the picture")?
+        .into_inner();
+    let mut sessions = pb::session_service_client::SessionServiceClient::new(channel.clone());
+    let posted = sessions
+        .post_message(authed(
+            key,
+            pb::PostMessageRequest {
+                session_id: session.into(),
+                sender_id: user.into(),
+                body: "Here is the receipt.".into(),
+                attachment_ids: vec![uploaded.media_id.clone()],
+                ..Default::default()
+            },
+        )?)
+        .await?
+        .into_inner();
+    println!(
+        "8. the end user uploaded a picture ({} bytes, encrypted under its own key) and sent it as message #{}",
+        uploaded.size, posted.seq
+    );
+    let fetch = |offset: u64, length: u64| pb::DownloadMediaRequest {
+        session_id: session.into(),
+        media_id: uploaded.media_id.clone(),
+        participant_id: user.into(),
+        offset,
+        length,
+    };
+    let mut back = Vec::new();
+    let mut stream = media.download_media(authed(key, fetch(0, 0))?).await?.into_inner();
+    while let Some(chunk) = stream.message().await? {
+        back.extend_from_slice(&chunk.data);
+    }
+    let same = sha2::Sha256::digest(&back).to_vec() == digest;
+    println!("   fetched it back: {} bytes, SHA-256 {}", back.len(), if same { "matches" } else { "DIFFERS" });
+    anyhow::ensure!(same, "the picture came back different");
+    let mut head = Vec::new();
+    let mut stream = media.download_media(authed(key, fetch(1, 3))?).await?.into_inner();
+    while let Some(chunk) = stream.message().await? {
+        head.extend_from_slice(&chunk.data);
+    }
+    println!("   a range read of bytes 1..4 gives {:?} (the PNG signature)", String::from_utf8_lossy(&head));
+    Ok(())
+}
+
+/// A small PNG (an RGB gradient), made here so the demo needs no file.
+fn demo_png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut raw = Vec::new();
+    for y in 0..height {
+        raw.push(0); // filter: none
+        for x in 0..width {
+            raw.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, 160]);
+        }
+    }
+    // zlib with stored (uncompressed) deflate blocks.
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(!len).to_le_bytes());
+        z.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in &raw {
+        a = (a + u32::from(byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
 }
 
 fn who<'a>(id: &str, user: &str, agent: &str) -> &'a str {

@@ -59,6 +59,8 @@ pub struct Erasures {
     views: Arc<Views>,
     signing: SigningKey,
     config: ErasureConfig,
+    /// Media of the erased Sessions are deleted after their keys are shredded.
+    blobs: Arc<dyn media::BlobStore>,
     /// Open requests: (tenant, subject) → (requested µs, due µs).
     open: Mutex<HashMap<(Uuid, Uuid), (i64, i64)>>,
     running: Mutex<std::collections::HashSet<(Uuid, Uuid)>>,
@@ -145,6 +147,7 @@ impl Erasures {
         views: Arc<Views>,
         signing: SigningKey,
         config: ErasureConfig,
+        blobs: Arc<dyn media::BlobStore>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
@@ -153,6 +156,7 @@ impl Erasures {
             views,
             signing,
             config,
+            blobs,
             open: Mutex::default(),
             running: Mutex::default(),
         })
@@ -336,8 +340,14 @@ impl Erasures {
                 self.keyring.shred(tenant, ShredTarget::Session { session: *s }).await?;
             }
             crash_point("shredded");
+            // The keys are gone, so the blobs are noise already; delete them
+            // too (before the step is recorded, so a crash repeats it).
+            let mut blobs = 0;
+            for s in &sessions {
+                blobs += self.blobs.delete_session(tenant, *s).await?;
+            }
             self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RecordKeysShredded { request }).await?;
-            tracing::info!(%tenant, %subject, %request, keys = fingerprints.len(), sessions = sessions.len(), "erasure: keys shredded");
+            tracing::info!(%tenant, %subject, %request, keys = fingerprints.len(), sessions = sessions.len(), blobs, "erasure: keys shredded, media deleted");
             crash_point("recorded");
         }
 

@@ -24,6 +24,15 @@ pub enum ApiError {
     /// Not ready yet (e.g. a view still building); worth a retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Stored bytes are missing or do not match what the log recorded.
+    #[error("data loss: {0}")]
+    DataLoss(String),
+    /// A range past the end (e.g. of a blob).
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The caller gave up (a stalled upload).
+    #[error("deadline exceeded: {0}")]
+    Deadline(String),
 }
 
 impl ApiError {
@@ -35,6 +44,12 @@ impl ApiError {
 impl From<keystore::KeyError> for ApiError {
     fn from(e: keystore::KeyError) -> Self {
         Self::Actor(ActorError::Keys(e))
+    }
+}
+
+impl From<media::BlobError> for ApiError {
+    fn from(e: media::BlobError) -> Self {
+        Self::Internal(e.to_string())
     }
 }
 
@@ -68,6 +83,9 @@ impl From<ApiError> for Status {
             ApiError::Internal(m) => internal(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::TooMany(m) => Status::resource_exhausted(m),
+            ApiError::DataLoss(m) => Status::data_loss(m),
+            ApiError::OutOfRange(m) => Status::out_of_range(m),
+            ApiError::Deadline(m) => Status::deadline_exceeded(m),
         }
     }
 }

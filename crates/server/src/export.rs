@@ -283,7 +283,7 @@ async fn write_session(
                 SessionEvent::LocationShared { location, at_micros, .. } => {
                     locations.push(format!("{{\"at\":{},\"location\":{}}}", time(*at_micros), text(location)));
                 }
-                SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device } => {
+                SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
                     let from = if *sender == subject {
                         "\"you\"".to_string()
                     } else {
@@ -298,6 +298,22 @@ async fn write_session(
                     );
                     if let Some(d) = device {
                         let _ = write!(m, ",\"device\":{}", text(d));
+                    }
+                    if !attachments.is_empty() {
+                        let list: Vec<String> = attachments
+                            .iter()
+                            .map(|a| {
+                                format!(
+                                    "{{\"media_id\":{},\"content_type\":{},\"size\":{},\"sha256\":{},\"file_name\":{}}}",
+                                    json_str(&a.media.to_string()),
+                                    text(&a.content_type),
+                                    a.size,
+                                    json_str(&hex::encode(&a.sha256)),
+                                    json_str(a.file_name.as_deref().unwrap_or_default())
+                                )
+                            })
+                            .collect();
+                        let _ = write!(m, ",\"attachments\":[{}]", list.join(","));
                     }
                     m.push('}');
                     first = false;

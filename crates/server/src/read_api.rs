@@ -49,6 +49,27 @@ async fn text(
     })
 }
 
+/// A message's attachments from their sealed list (none once erased).
+fn attachments_out(session: Uuid, sealed: Option<zeroize::Zeroizing<Vec<u8>>>) -> Result<Vec<pb::Media>, ApiError> {
+    use prost::Message as _;
+    let Some(bytes) = sealed else { return Ok(Vec::new()) };
+    let list = proto::events::Attachments::decode(bytes.as_slice())
+        .map_err(|e| ApiError::Internal(format!("a message's attachments do not decode: {e}")))?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|a| pb::Media {
+            media_id: Uuid::from_slice(&a.media_id).map(|u| u.to_string()).unwrap_or_default(),
+            session_id: session.to_string(),
+            content_type: a.content_type,
+            size: a.size,
+            sha256: a.sha256.to_vec(),
+            file_name: a.file_name,
+            ..Default::default()
+        })
+        .collect())
+}
+
 #[tonic::async_trait]
 impl pb::view_service_server::ViewService for Handle {
     async fn get_session_view(&self, request: Request<pb::GetSessionViewRequest>) -> Reply<pb::SessionView> {
@@ -132,6 +153,15 @@ impl pb::view_service_server::ViewService for Handle {
                     None if m.erased => "[erased]".into(),
                     None => String::new(),
                 };
+                let attachments = match &m.attachments {
+                    Some(a) => attachments_out(
+                        session,
+                        projections::open_sealed_bytes(&api.keyring, tenant, &stream, "attachments", Some(a))
+                            .await
+                            .map_err(internal)?,
+                    )?,
+                    None => Vec::new(),
+                };
                 messages.push(pb::Message {
                     seq: m.seq,
                     sender_id: id_text(&m.sender_id),
@@ -139,6 +169,7 @@ impl pb::view_service_server::ViewService for Handle {
                     erased: m.erased || body == "[erased]",
                     body,
                     device,
+                    attachments,
                 });
             }
             let next_after_seq = if rows.len() > size { messages.last().map_or(0, |m| m.seq) } else { 0 };

@@ -44,6 +44,8 @@ pub struct Scheduler {
     pub clock: Arc<dyn Clock>,
     pub signing: SigningKey,
     pub grace_days: u32,
+    /// Expired Sessions' and offboarded tenants' media are deleted here.
+    pub blobs: Arc<dyn media::BlobStore>,
     /// Cancelled tenants not yet certified, and how far `$all` was read
     /// for them: each sweep reads only what was appended since.
     pub pending: tokio::sync::Mutex<Pending>,
@@ -119,6 +121,9 @@ impl Scheduler {
                     continue;
                 }
                 let report = self.keyring.shred(tenant, ShredTarget::Session { session }).await?;
+                // Before the event: once it is recorded the Session is not
+                // swept again.
+                let blobs = self.blobs.delete_session(tenant, session).await?;
                 match self
                     .registry
                     .execute::<Session>(tenant, session, SessionCommand::ExpireContent { retention_days: days })
@@ -132,7 +137,7 @@ impl Scheduler {
                         Record::new("retention.purge", "pypes", "ok")
                             .tenant(tenant)
                             .target(format!("session:{session}"))
-                            .detail(format!("retention_days={days} keys={}", report.keys.len())),
+                            .detail(format!("retention_days={days} keys={} blobs={blobs}", report.keys.len())),
                     )
                     .await?;
                 expired += 1;
@@ -193,6 +198,11 @@ impl Scheduler {
                     fingerprints
                 }
             };
+            // Idempotent: also after a crash between the shred and here.
+            let blobs = self.blobs.delete_tenant(tenant).await?;
+            if blobs > 0 {
+                tracing::info!(%tenant, blobs, "offboarding: the tenant's media deleted");
+            }
             let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
             let shredded_at = t.shredded.as_ref().map_or(now, |(at, _)| *at);
             let mut cert = String::new();

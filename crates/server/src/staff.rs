@@ -52,6 +52,7 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     ("WatchSession", [G, G, G]),
     ("GetSubject", [G, G, G]),
     ("ListEndUsers", [G, G, G]),
+    ("DownloadMedia", [G, G, G]),
     // Privacy requests.
     ("RequestErasure", [D, A, D]),
     ("GetErasure", [D, A, D]),

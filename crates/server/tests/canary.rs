@@ -106,6 +106,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                     sender_id: user.subject_id.clone(),
                     body: canaries[5].clone(),
                     device: canaries[6].clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -176,6 +177,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                 sender_id: kept.subject_id.clone(),
                 body: kept_body.clone(),
                 device: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -278,6 +280,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                 sender_id: user.subject_id.clone(),
                 body: "after erasure".into(),
                 device: String::new(),
+                ..Default::default()
             },
         ))
         .await

@@ -10,21 +10,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, authed, clients, post, setup, start, start_with};
+use common::{ADMIN, authed, clients, post, setup, start, start_with, wait_certified};
 use proto::api as pb;
 use tonic::Code;
-
-async fn wait_certified(c: &mut common::Clients, key: &str, subject: &str) -> pb::ErasureStatus {
-    let get = pb::GetErasureRequest { subject_id: subject.into(), ..Default::default() };
-    for _ in 0..500 {
-        let s = c.erasure.get_erasure(authed(key, get.clone())).await.unwrap().into_inner();
-        if s.step == "certified" {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never certified");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_completes_after_a_crash_at_every_step() {

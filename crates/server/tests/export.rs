@@ -215,15 +215,6 @@ async fn an_export_holds_every_kind_of_data() {
     assert!(text.contains("erasure requested") && text.contains("\"kind\":\"erasure\""), "{text}");
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 100,000 messages (10 Sessions of 10,000): the export streams them in
 /// chunks, and the server's peak memory grows by far less than the
 /// document's size.
@@ -262,6 +253,7 @@ async fn a_subject_with_100k_messages_exports_in_bounded_memory() {
                             sender_id: user.clone(),
                             body: body.clone(),
                             device: String::new(),
+                            ..Default::default()
                         },
                     ))
                     .await
@@ -273,9 +265,9 @@ async fn a_subject_with_100k_messages_exports_in_bounded_memory() {
         t.await.unwrap();
     }
     let pid = server.child.id();
-    let before = peak_rss_kib(pid);
+    let before = common::peak_rss_kib(pid);
     let (bytes, chunks) = export(&ch, &s.key, &s.user, "").await.unwrap();
-    let after = peak_rss_kib(pid);
+    let after = common::peak_rss_kib(pid);
     let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let total: usize =
         doc["sessions"].as_array().unwrap().iter().map(|x| x["messages"].as_array().unwrap().len()).sum();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN, Ids, RPCS, authed, call, clients, post, setup, start};
+use common::{ADMIN, Ids, RPCS, authed, call, clients, download, post, setup, start, upload, upload_messages};
 use proto::api as pb;
 use tonic::Code;
 
@@ -23,6 +23,12 @@ async fn every_rpc_keeps_tenants_apart() {
     let b = setup(&mut c, "bravo-canary-user").await;
     let body = "bravo canary body 7d1e";
     c.sessions.post_message(authed(&b.key, post(&b, body))).await.unwrap();
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let picture = b"bravo canary picture 5c2a";
+    let b_media = upload(&ch, &b.key, None, upload_messages(&b.session, &b.user, "image/png", picture, 7))
+        .await
+        .unwrap()
+        .media_id;
     let b_key_id = uuid::Uuid::parse_str(b.key.split('_').nth(2).unwrap()).unwrap().to_string();
     let b_ids = Ids {
         tenant: b.tenant.clone(),
@@ -30,10 +36,20 @@ async fn every_rpc_keeps_tenants_apart() {
         session: b.session.clone(),
         user: b.user.clone(),
         api_key_id: b_key_id.clone(),
+        media: b_media.clone(),
     };
     // What must never show in an answer to A.
-    let secrets = [b.tenant.as_str(), &b.pype, &b.session, &b.user, &b_key_id, "bravo-canary-user", body];
-    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let secrets = [
+        b.tenant.as_str(),
+        &b.pype,
+        &b.session,
+        &b.user,
+        &b_key_id,
+        &b_media,
+        "bravo-canary-user",
+        body,
+        "bravo canary picture",
+    ];
 
     // A revoked key of A's.
     let revoked = c.tenants.create_api_key(authed(&a.key, pb::CreateApiKeyRequest {})).await.unwrap().into_inner();
@@ -77,5 +93,7 @@ async fn every_rpc_keeps_tenants_apart() {
         .messages;
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].body, body);
+    let request = pb::DownloadMediaRequest { session_id: b.session.clone(), media_id: b_media, ..Default::default() };
+    assert_eq!(download(&ch, &b.key, None, request).await.unwrap().1, picture);
     let _ = ADMIN;
 }

@@ -162,7 +162,7 @@ pub fn post(s: &Setup, body: &str) -> pb::PostMessageRequest {
         session_id: s.session.clone(),
         sender_id: s.user.clone(),
         body: body.into(),
-        device: String::new(),
+        ..Default::default()
     }
 }
 
@@ -175,6 +175,8 @@ pub struct Ids {
     pub user: String,
     /// An API key id (RevokeApiKey); the user id when empty.
     pub api_key_id: String,
+    /// A media id of the session (DownloadMedia); a random one when empty.
+    pub media: String,
 }
 
 /// Every RPC of the API by name (the staff and login services included).
@@ -229,7 +231,70 @@ pub const RPCS: &[&str] = &[
     "ListStaff",
     "OpenBreakGlass",
     "CloseBreakGlass",
+    "UploadMedia",
+    "DownloadMedia",
 ];
+
+/// The messages of an upload of `data` into `session` by `uploader`.
+pub fn upload_messages(
+    session: &str,
+    uploader: &str,
+    content_type: &str,
+    data: &[u8],
+    piece: usize,
+) -> Vec<pb::UploadMediaRequest> {
+    use pb::upload_media_request::Part;
+    let start = pb::UploadStart {
+        session_id: session.into(),
+        uploader_id: uploader.into(),
+        content_type: content_type.into(),
+        size: data.len() as u64,
+        ..Default::default()
+    };
+    let mut out = vec![pb::UploadMediaRequest { part: Some(Part::Start(start)) }];
+    let mut offset = 0;
+    for chunk in data.chunks(piece.max(1)) {
+        out.push(pb::UploadMediaRequest { part: Some(Part::Chunk(pb::UploadChunk { offset, data: chunk.to_vec() })) });
+        offset += chunk.len() as u64;
+    }
+    out
+}
+
+/// Uploads `data` whole; the answer or the refusal.
+pub async fn upload(
+    ch: &Channel,
+    key: &str,
+    tenant_header: Option<&str>,
+    messages: Vec<pb::UploadMediaRequest>,
+) -> Result<pb::Media, tonic::Status> {
+    pb::media_service_client::MediaServiceClient::new(ch.clone())
+        .upload_media(req(key, tenant_header, tokio_stream::iter(messages)))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Downloads a range; the description and the bytes.
+pub async fn download(
+    ch: &Channel,
+    key: &str,
+    tenant_header: Option<&str>,
+    request: pb::DownloadMediaRequest,
+) -> Result<(Option<pb::Media>, Vec<u8>), tonic::Status> {
+    let from = request.offset;
+    let mut stream = pb::media_service_client::MediaServiceClient::new(ch.clone())
+        .download_media(req(key, tenant_header, request))
+        .await?
+        .into_inner();
+    let (mut media, mut bytes) = (None, Vec::new());
+    while let Some(chunk) = stream.message().await? {
+        if chunk.media.is_some() {
+            media = chunk.media;
+        }
+        assert_eq!(chunk.offset, from + bytes.len() as u64, "chunks arrive in order, without gaps");
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok((media, bytes))
+}
 
 /// A request with `key` (none if empty) and, if given, the staff tenant header.
 pub fn req<T>(key: &str, tenant_header: Option<&str>, msg: T) -> Request<T> {
@@ -312,6 +377,14 @@ pub async fn call(
                 accuracy_m: 5
             }
         ))),
+        "UploadMedia" => upload(&c, key, tenant_header, upload_messages(&s, &u, "image/png", b"\x89P", 1))
+            .await
+            .map(|m| format!("{m:?}")),
+        "DownloadMedia" => {
+            let media = if ids.media.is_empty() { uuid::Uuid::now_v7().to_string() } else { ids.media.clone() };
+            let r = pb::DownloadMediaRequest { session_id: s, media_id: media, ..Default::default() };
+            download(&c, key, tenant_header, r).await.map(|(m, bytes)| format!("{m:?} {bytes:?}"))
+        }
         "ExportSubject" => {
             use pb::privacy_service_client::PrivacyServiceClient as Pr;
             match Pr::new(c)
@@ -401,7 +474,7 @@ pub async fn call(
         "PostMessage" => go!(Se::new(c).post_message(req(
             key,
             tenant_header,
-            pb::PostMessageRequest { session_id: s, sender_id: u, body: "hi".into(), device: String::new() }
+            pb::PostMessageRequest { session_id: s, sender_id: u, body: "hi".into(), ..Default::default() }
         ))),
         "AdvanceReadHorizon" => go!(Se::new(c).advance_read_horizon(req(
             key,
@@ -555,6 +628,29 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
         if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
     }
     out
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Waits until the erasure of `subject` is certified.
+pub async fn wait_certified(c: &mut Clients, key: &str, subject: &str) -> pb::ErasureStatus {
+    let get = pb::GetErasureRequest { subject_id: subject.into(), ..Default::default() };
+    for _ in 0..500 {
+        let s = c.erasure.get_erasure(authed(key, get.clone())).await.unwrap().into_inner();
+        if s.step == "certified" {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("never certified");
 }
 
 /// Those of `files` whose bytes contain `needle` anywhere.
