@@ -130,10 +130,13 @@ fn count_blobs(dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Removes `dir` and all under it (nothing to do when it is not there);
+/// returns how many blobs it held.
 fn remove_tree(dir: &Path) -> std::io::Result<usize> {
     let n = count_blobs(dir)?;
-    gone_ok(fs::remove_dir_all(dir))?;
-    if let Some(parent) = dir.parent() {
+    if gone_ok(fs::remove_dir_all(dir))?
+        && let Some(parent) = dir.parent()
+    {
         sync_dir(parent)?;
     }
     Ok(n)

@@ -69,6 +69,10 @@ async fn session_and_tenant_deletes_take_everything_of_theirs() {
     assert_eq!(store.delete_session(t, s1).await.unwrap(), 0);
     assert!(inflight.commit().await.is_err(), "a deleted upload cannot be committed");
     assert_eq!(store.delete_tenant(t).await.unwrap(), 1);
+    // Deleting what never had blobs finds nothing, without error.
+    assert_eq!(store.delete_session(Uuid::new_v4(), Uuid::new_v4()).await.unwrap(), 0);
+    assert_eq!(store.delete_tenant(Uuid::new_v4()).await.unwrap(), 0);
+    assert!(!store.delete(id(Uuid::new_v4(), Uuid::new_v4())).await.unwrap());
     let left = files(dir.path());
     assert!(left.iter().all(|f| f.contains(&other.to_string())), "{left:?}");
     assert_eq!(left.iter().filter(|f| f.ends_with(".blob")).count(), 1, "{left:?}");

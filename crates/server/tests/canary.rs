@@ -23,15 +23,16 @@ async fn no_canary_reaches_any_file_or_log_line() {
     let logs = tempfile::NamedTempFile::new().unwrap();
     let tag = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
     let canaries = [
-        format!("cnry{tag}u"),                                                             // username
-        format!("cnry{tag}e@example.com"),                                                 // email
-        format!("+4917{}", &u64::from_str_radix(&tag[..8], 16).unwrap().to_string()[..9]), // phone
-        format!("cnry{tag}i@example.com"),                                                 // invitation email
-        format!("cnry{tag}o"),                                                             // onboarding username
-        format!("canary body {tag}"),                                                      // message body
-        format!("canary device {tag}"),                                                    // device
-        "1987-06-05".to_string(),                                                          // date of birth
-        format!("cnry{tag}password"),                                                      // password
+        format!("cnry{tag}u"),                                                              // username
+        format!("cnry{tag}e@example.com"),                                                  // email
+        format!("+4917{:09}", u64::from_str_radix(&tag[..8], 16).unwrap() % 1_000_000_000), // phone
+        format!("cnry{tag}i@example.com"),                                                  // invitation email
+        format!("cnry{tag}o"),                                                              // onboarding username
+        format!("canary body {tag}"),                                                       // message body
+        format!("canary device {tag}"),                                                     // device
+        "1987-06-05".to_string(),                                                           // date of birth
+        format!("cnry{tag}password"),                                                       // password
+        format!("canary picture {tag}"),                                                    // inside a picture
     ];
     let mut server = start_logging(data.path(), logs.path());
     let grpc = server.grpc.clone();
@@ -112,6 +113,32 @@ async fn no_canary_reaches_any_file_or_log_line() {
             .await
             .unwrap();
     }
+    // A picture with the canary in its bytes (the scan covers the blob store).
+    let mut picture = b"\x89PNG\r\n\x1a\n".to_vec();
+    picture.extend_from_slice(canaries[9].as_bytes());
+    picture.resize(3 << 20, 7);
+    picture.extend_from_slice(canaries[9].as_bytes());
+    let ch = tonic::transport::Channel::from_shared(grpc.clone()).unwrap().connect().await.unwrap();
+    let media = common::upload(
+        &ch,
+        &key,
+        None,
+        common::upload_messages(&session.session_id, &user.subject_id, "image/png", &picture, 1 << 20),
+    )
+    .await
+    .unwrap();
+    c.sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: session.session_id.clone(),
+                sender_id: user.subject_id.clone(),
+                attachment_ids: vec![media.media_id],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
     // Bad input that echoes personal data must not log it either.
     let _ = c
         .subjects
@@ -135,8 +162,9 @@ async fn no_canary_reaches_any_file_or_log_line() {
     assert_eq!(got.email, canaries[1]);
     let list = |session: &str| pb::ListMessagesRequest { session_id: session.to_string(), after_seq: 0, page_size: 0 };
     let messages = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
-    assert_eq!(messages.len(), 3);
-    assert!(messages.iter().all(|m| m.body == canaries[5] && m.device == canaries[6] && !m.erased));
+    assert_eq!(messages.len(), 4);
+    assert!(messages[..3].iter().all(|m| m.body == canaries[5] && m.device == canaries[6] && !m.erased));
+    assert_eq!(messages[3].attachments.len(), 1);
     let directory =
         c.views.list_end_users(authed(&key, pb::ListEndUsersRequest::default())).await.unwrap().into_inner().end_users;
     assert!(directory.iter().any(|u| u.email == canaries[1] && u.username == canaries[0]), "{directory:?}");
@@ -254,8 +282,12 @@ async fn no_canary_reaches_any_file_or_log_line() {
     }
     // The erased user's Session reads [erased]; the other one's still opens.
     let erased = c.views.list_messages(authed(&key, list(&session.session_id))).await.unwrap().into_inner().messages;
-    assert_eq!(erased.len(), 3);
-    assert!(erased.iter().all(|m| m.erased && m.body == "[erased]"), "{erased:?}");
+    assert_eq!(erased.len(), 4);
+    assert!(erased.iter().all(|m| m.erased && m.body == "[erased]" && m.attachments.is_empty()), "{erased:?}");
+    assert!(
+        !common::files_under(data.path()).iter().any(|f| f.extension().is_some_and(|e| e == "blob")),
+        "the erased session's blob is deleted"
+    );
     let still =
         c.views.list_messages(authed(&key, list(&kept_session.session_id))).await.unwrap().into_inner().messages;
     assert_eq!(still[0].body, kept_body);

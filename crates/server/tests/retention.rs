@@ -116,6 +116,12 @@ async fn closed_sessions_lose_their_content_when_retention_runs_out() {
         .session_id;
     let short_setup = common::Setup { session: second.clone(), ..s_clone(&s) };
     c.sessions.post_message(authed(&s.key, post(&short_setup, "gone after 2 days"))).await.unwrap();
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    common::upload(&ch, &s.key, None, common::upload_messages(&second, &s.user, "text/plain", b"a file, 2 days", 4))
+        .await
+        .unwrap();
+    let second_blobs = data.path().join("blobs").join(&s.tenant).join(&second);
+    assert_eq!(common::files_under(&second_blobs).len(), 1);
     // An open Session is never expired.
     env.advance_days(3);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -129,6 +135,8 @@ async fn closed_sessions_lose_their_content_when_retention_runs_out() {
     env.advance_days(2);
     eventually(async || bodies(&mut c, &s.key, &second).await == [("[erased]".to_string(), true)], "the 2-day purge")
         .await;
+    // The expired Session's media went with it.
+    assert!(!second_blobs.exists(), "the expired session's blobs are deleted");
     // The 30-day Pype keeps its content until its time is up.
     assert_eq!(bodies(&mut c, &s.key, &s.session).await, [("keep me 30 days".to_string(), false)]);
 
