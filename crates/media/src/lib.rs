@@ -12,6 +12,7 @@
 //!
 //! The format and the guarantees of each store are in `docs/media.md`.
 
+pub mod conformance;
 pub mod file;
 #[cfg(feature = "s3")]
 pub mod s3;

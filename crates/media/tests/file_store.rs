@@ -29,6 +29,14 @@ fn id(tenant: Uuid, session: Uuid) -> BlobId {
     BlobId { tenant, session, media: Uuid::new_v4() }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    media::conformance::run_all(&FileBlobStore::open(dir.path()).unwrap()).await;
+    let left = files(dir.path());
+    assert!(left.is_empty(), "the checks clean up after themselves: {left:?}");
+}
+
 #[tokio::test]
 async fn commit_confirm_read_delete() {
     let dir = tempfile::tempdir().unwrap();
