@@ -25,9 +25,9 @@ use tonic::transport::Channel;
 const ADMIN: &str = "bench-admin-key-0123456789abcdef0123456789abcdef";
 const ROUNDS: usize = 3;
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     /// The HTTP address, for servers that print one.
     http: Option<String>,
 }
@@ -42,7 +42,7 @@ impl Drop for Proc {
 impl Proc {
     /// Waits until the server's /readyz answers 200 (recovery done), as a
     /// load balancer would before sending traffic.
-    async fn ready(&self) -> Result<()> {
+    pub(crate) async fn ready(&self) -> Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let http = self.http.as_deref().context("no http address")?;
         for _ in 0..600 {
@@ -93,7 +93,7 @@ fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
     Ok(Proc { child, addr: format!("http://{addr}"), http })
 }
 
-fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
+pub(crate) fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
     let mut cmd = Command::new(sibling("pypes")?);
     cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
         .arg(data)
@@ -103,7 +103,7 @@ fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
     spawn(cmd, "grpc=")
 }
 
-fn authed<T>(key: &str, msg: T) -> Request<T> {
+pub(crate) fn authed<T>(key: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     if let Ok(v) = format!("Bearer {key}").parse() {
         r.metadata_mut().insert("authorization", v);
@@ -111,13 +111,13 @@ fn authed<T>(key: &str, msg: T) -> Request<T> {
     r
 }
 
-struct World {
-    key: String,
-    user: String,
-    sessions: Vec<String>,
+pub(crate) struct World {
+    pub key: String,
+    pub user: String,
+    pub sessions: Vec<String>,
 }
 
-async fn world(channel: Channel, sessions: usize, in_flight: usize) -> Result<World> {
+pub(crate) async fn world(channel: Channel, sessions: usize, in_flight: usize) -> Result<World> {
     let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
     let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());

@@ -13,6 +13,7 @@
 
 mod apibench;
 mod keybench;
+mod mediabench;
 mod rebuild;
 
 /// The allocator the `pypes` binary uses, so figures are the product's.
@@ -139,6 +140,20 @@ enum Command {
         #[arg(long)]
         log: Option<PathBuf>,
     },
+    /// Upload and download MiB/s of a large file through MediaService
+    /// against a plain file copy in the same run; small-upload latency.
+    Media {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// File size in MiB.
+        #[arg(long, default_value_t = 100)]
+        mib: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Small (64 KiB) uploads timed one at a time.
+        #[arg(long, default_value_t = 200)]
+        small: usize,
+    },
     /// The bare echo server (started by send-message).
     EchoServer,
     /// Opens an existing log and reports open time and resident memory
@@ -195,6 +210,10 @@ fn main() -> Result<()> {
         Command::ActorsMemory { dir, sessions, in_flight, samples } => {
             let dir = work_dir(dir)?;
             rt.block_on(apibench::actors_memory(dir.path(), sessions.max(1), in_flight.max(1), samples))
+        }
+        Command::Media { dir, mib, rounds, small } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(mediabench::run(dir.path(), mib.max(1), rounds.max(1), small))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),
         Command::LogOpen { dir, key_seed } => {

@@ -28,7 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // Stored formats use `Bytes` (zero-copy from the log's buffers); the
     // API keeps plain types.
-    config.bytes([".pypes.storage", ".pypes.log", ".pypes.keystore", ".pypes.events"]);
+    // So are media chunks of the API: decoded without a copy out of the
+    // receive buffer. (One call: a second `bytes` replaces the first.)
+    config.bytes([
+        ".pypes.storage",
+        ".pypes.log",
+        ".pypes.keystore",
+        ".pypes.events",
+        ".pypes.api.v1.UploadChunk.data",
+        ".pypes.api.v1.MediaChunk.data",
+    ]);
     // View rows are compared and hashed byte for byte: maps in key order.
     config.btree_map([".pypes.views"]);
     tonic_build::configure().build_server(true).build_client(true).compile_fds_with_config(config, fds)?;

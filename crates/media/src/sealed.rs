@@ -151,15 +151,24 @@ impl Header {
 
     /// Seals `plaintext` as chunk `index`: nonce ‖ ciphertext ‖ tag.
     pub fn seal_chunk(&self, cipher: &Aes256Gcm, index: u64, plaintext: &[u8]) -> Result<Vec<u8>, FormatError> {
-        let nonce = random_nonce().map_err(|e| FormatError::Random(e.to_string()))?;
         let mut out = Vec::with_capacity(plaintext.len() + CHUNK_OVERHEAD);
-        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&[0; NONCE_LEN]);
         out.extend_from_slice(plaintext);
-        let tag = cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index), out[NONCE_LEN..].as_mut().into())
-            .map_err(|_| FormatError::Chunk { index })?;
-        out.extend_from_slice(&tag);
+        self.seal_in_place(cipher, index, &mut out)?;
         Ok(out)
+    }
+
+    /// Seals chunk `index` in place: `buf` is `NONCE_LEN` bytes of room and
+    /// then the plaintext; it becomes nonce ‖ ciphertext ‖ tag (no copy of
+    /// the chunk).
+    pub fn seal_in_place(&self, cipher: &Aes256Gcm, index: u64, buf: &mut Vec<u8>) -> Result<(), FormatError> {
+        let nonce = random_nonce().map_err(|e| FormatError::Random(e.to_string()))?;
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let tag = cipher
+            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index), buf[NONCE_LEN..].as_mut().into())
+            .map_err(|_| FormatError::Chunk { index })?;
+        buf.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// Opens chunk `index` from its stored bytes, in place: the returned
@@ -192,6 +201,7 @@ impl Header {
 pub struct Encryptor {
     header: Header,
     cipher: Aes256Gcm,
+    /// Room for the nonce, then the plaintext of the chunk being filled.
     buffer: Vec<u8>,
     next_index: u64,
     received: u64,
@@ -206,18 +216,25 @@ impl std::fmt::Debug for Encryptor {
 
 impl Encryptor {
     pub fn new(header: Header, cipher: Aes256Gcm) -> Self {
-        Self {
-            buffer: Vec::with_capacity(header.chunk_size as usize),
-            header,
-            cipher,
-            next_index: 0,
-            received: 0,
-            hash: Sha256::new(),
-        }
+        Self { buffer: Self::fresh_buffer(&header), header, cipher, next_index: 0, received: 0, hash: Sha256::new() }
     }
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    fn fresh_buffer(header: &Header) -> Vec<u8> {
+        let mut buffer = Vec::with_capacity(header.chunk_size as usize + CHUNK_OVERHEAD);
+        buffer.extend_from_slice(&[0; NONCE_LEN]);
+        buffer
+    }
+
+    /// Seals the buffered chunk and starts the next.
+    fn seal_buffer(&mut self) -> Result<Vec<u8>, FormatError> {
+        let mut sealed = std::mem::replace(&mut self.buffer, Self::fresh_buffer(&self.header));
+        self.header.seal_in_place(&self.cipher, self.next_index, &mut sealed)?;
+        self.next_index += 1;
+        Ok(sealed)
     }
 
     /// Plaintext bytes taken so far.
@@ -234,15 +251,13 @@ impl Encryptor {
         self.received = got;
         self.hash.update(data);
         let mut out = Vec::new();
-        let chunk = self.header.chunk_size as usize;
+        let full = NONCE_LEN + self.header.chunk_size as usize;
         while !data.is_empty() {
-            let take = (chunk - self.buffer.len()).min(data.len());
+            let take = (full - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buffer.len() == chunk {
-                out.push(self.header.seal_chunk(&self.cipher, self.next_index, &self.buffer)?);
-                self.next_index += 1;
-                self.buffer.clear();
+            if self.buffer.len() == full {
+                out.push(self.seal_buffer()?);
             }
         }
         Ok(out)
@@ -254,12 +269,7 @@ impl Encryptor {
         if self.received != self.header.size {
             return Err(FormatError::TooShort { declared: self.header.size, got: self.received });
         }
-        let last = if self.buffer.is_empty() {
-            None
-        } else {
-            Some(self.header.seal_chunk(&self.cipher, self.next_index, &self.buffer)?)
-        };
-        self.buffer.fill(0);
+        let last = if self.buffer.len() == NONCE_LEN { None } else { Some(self.seal_buffer()?) };
         Ok((last, self.hash.finalize().into()))
     }
 }

@@ -296,7 +296,7 @@ async fn send_picture(channel: &Channel, key: &str, session: &str, user: &str) -
         })),
     };
     let chunks = picture.chunks(2048).scan(0u64, |offset, data| {
-        let chunk = pb::UploadChunk { offset: *offset, data: data.to_vec() };
+        let chunk = pb::UploadChunk { offset: *offset, data: bytes::Bytes::copy_from_slice(data) };
         *offset += data.len() as u64;
         Some(pb::UploadMediaRequest { part: Some(pb::upload_media_request::Part::Chunk(chunk)) })
     });

@@ -261,14 +261,73 @@ async fn next(
     }
 }
 
-/// Streams the chunks into `writer` through `enc`; returns the SHA-256.
+/// Writes what `rx` brings into `writer` (its own task, so the next chunk
+/// is received and sealed while this one is written); gives the writer
+/// back with the first error.
+async fn write_all(
+    mut writer: Box<dyn BlobWriter>,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> (Box<dyn BlobWriter>, Result<(), BlobError>) {
+    while let Some(sealed) = rx.recv().await {
+        if let Err(e) = writer.write(sealed).await {
+            return (writer, Err(e));
+        }
+    }
+    (writer, Ok(()))
+}
+
+/// Streams the chunks through `enc` into `writer`; gives the writer back
+/// with the SHA-256 of the plaintext, or the first error.
 async fn receive(
     stream: &mut Streaming<pb::UploadMediaRequest>,
-    writer: &mut Box<dyn BlobWriter>,
+    writer: Box<dyn BlobWriter>,
+    enc: Encryptor,
+    idle: Duration,
+) -> (Box<dyn BlobWriter>, Result<[u8; 32], ApiError>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let writing = tokio::spawn(write_all(writer, rx));
+    let fed = feed(stream, enc, idle, tx).await;
+    let (writer, written) = match writing.await {
+        Ok(done) => done,
+        Err(e) => {
+            // The task panicked: nothing is left to clean up with.
+            return (Box::new(Lost), Err(ApiError::Internal(format!("blob writer task: {e}"))));
+        }
+    };
+    // A write error explains a failed feed (the channel closed under it).
+    let result = match (written, fed) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), fed) => fed,
+    };
+    (writer, result)
+}
+
+/// A writer that was lost with a panicked task: the sweep removes its
+/// file.
+struct Lost;
+
+#[tonic::async_trait]
+impl BlobWriter for Lost {
+    async fn write(&mut self, _: Vec<u8>) -> Result<(), BlobError> {
+        Err(BlobError::Backend("the blob writer was lost".into()))
+    }
+    async fn commit(self: Box<Self>) -> Result<(), BlobError> {
+        Err(BlobError::Backend("the blob writer was lost".into()))
+    }
+    async fn abort(self: Box<Self>) -> Result<(), BlobError> {
+        Ok(())
+    }
+}
+
+/// Reads the upload's chunks, seals them and sends them to the writer.
+async fn feed(
+    stream: &mut Streaming<pb::UploadMediaRequest>,
     mut enc: Encryptor,
     idle: Duration,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<[u8; 32], ApiError> {
-    writer.write(enc.header().encode().to_vec()).await?;
+    let closed = || ApiError::Internal("the blob writer stopped".into());
+    tx.send(enc.header().encode().to_vec()).await.map_err(|_| closed())?;
     while let Some(message) = next(stream, idle, enc.received()).await? {
         let chunk = match message.part {
             Some(pb::upload_media_request::Part::Chunk(c)) => c,
@@ -294,12 +353,12 @@ async fn receive(
             ));
         }
         for sealed in enc.push(&chunk.data).map_err(format_error)? {
-            writer.write(sealed).await?;
+            tx.send(sealed).await.map_err(|_| closed())?;
         }
     }
     let (last, digest) = enc.finish().map_err(format_error)?;
     if let Some(last) = last {
-        writer.write(last).await?;
+        tx.send(last).await.map_err(|_| closed())?;
     }
     Ok(digest)
 }
@@ -320,7 +379,7 @@ impl Handle {
         let _live = api.media.live(id);
         let (key_id, cipher) = api.keyring.media_key(tenant, start.session, media).await?;
         let enc = Encryptor::new(Header::new(id, key_id.0, start.size), cipher);
-        let mut writer = match api.media.store.create(id).await {
+        let writer = match api.media.store.create(id).await {
             Ok(w) => w,
             Err(e) => {
                 api.media.discard(&api.keyring, id).await;
@@ -328,12 +387,9 @@ impl Handle {
             }
         };
         let idle = Duration::from_secs(api.media.config.upload_idle_secs);
-        let received = async {
-            let digest = receive(&mut stream, &mut writer, enc, idle).await?;
-            sealed::check_digest(&start.sha256, &digest).map_err(format_error)?;
-            Ok::<_, ApiError>(digest)
-        }
-        .await;
+        let (writer, received) = receive(&mut stream, writer, enc, idle).await;
+        let received = received
+            .and_then(|digest| sealed::check_digest(&start.sha256, &digest).map(|()| digest).map_err(format_error));
         let digest = match received {
             Ok(d) => d,
             Err(e) => {
@@ -385,6 +441,21 @@ impl Handle {
 
 type ChunkSender = tokio::sync::mpsc::Sender<Result<pb::MediaChunk, GrpcStatus>>;
 
+/// Reads the stored chunks of `indexes` ahead of their decryption.
+async fn read_ahead(
+    reader: Box<dyn media::BlobReader>,
+    ranges: Vec<(u64, usize)>,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, BlobError>>,
+) {
+    for (at, len) in ranges {
+        let read = reader.read_at(at, len).await;
+        let failed = read.is_err();
+        if tx.send(read).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Reads, decrypts and sends the chunks covering [offset, offset + len).
 async fn send_range(
     reader: Box<dyn media::BlobReader>,
@@ -396,14 +467,17 @@ async fn send_range(
 ) {
     let mut first = Some(first);
     let mut at = offset;
-    for index in dec.chunks_of(offset, len) {
-        let (stored_at, stored_len) = dec.stored_range(index);
-        let plain = match reader.read_at(stored_at, stored_len).await {
-            Ok(stored) => dec.open(index, stored, offset, len).map_err(|e| ApiError::DataLoss(e.to_string())),
-            Err(e) => Err(ApiError::from(e)),
+    let indexes = dec.chunks_of(offset, len);
+    let (read_tx, mut reads) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(read_ahead(reader, indexes.clone().map(|i| dec.stored_range(i)).collect(), read_tx));
+    for index in indexes {
+        let plain = match reads.recv().await {
+            Some(Ok(stored)) => dec.open(index, stored, offset, len).map_err(|e| ApiError::DataLoss(e.to_string())),
+            Some(Err(e)) => Err(ApiError::from(e)),
+            None => Err(ApiError::Internal("the blob reader stopped".into())),
         };
         let item = plain.map(|data| {
-            let chunk = pb::MediaChunk { media: first.take(), offset: at, data };
+            let chunk = pb::MediaChunk { media: first.take(), offset: at, data: data.into() };
             at += chunk.data.len() as u64;
             chunk
         });
@@ -414,7 +488,7 @@ async fn send_range(
     }
     if let Some(media) = first {
         // An empty range: the description alone.
-        let _ = tx.send(Ok(pb::MediaChunk { media: Some(media), offset, data: Vec::new() })).await;
+        let _ = tx.send(Ok(pb::MediaChunk { media: Some(media), offset, data: Default::default() })).await;
     }
 }
 

@@ -530,7 +530,10 @@ async fn a_hundred_mib_streams_through_in_bounded_memory() {
         })),
     };
     let chunks = (0..SIZE / PIECE as u64).map(move |i| pb::UploadMediaRequest {
-        part: Some(pb::upload_media_request::Part::Chunk(pb::UploadChunk { offset: i * PIECE as u64, data: piece(i) })),
+        part: Some(pb::upload_media_request::Part::Chunk(pb::UploadChunk {
+            offset: i * PIECE as u64,
+            data: piece(i).into(),
+        })),
     });
     let stream = tokio_stream::iter(std::iter::once(start).chain(chunks));
     let m = pb::media_service_client::MediaServiceClient::new(ch.clone())

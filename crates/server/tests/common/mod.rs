@@ -254,7 +254,9 @@ pub fn upload_messages(
     let mut out = vec![pb::UploadMediaRequest { part: Some(Part::Start(start)) }];
     let mut offset = 0;
     for chunk in data.chunks(piece.max(1)) {
-        out.push(pb::UploadMediaRequest { part: Some(Part::Chunk(pb::UploadChunk { offset, data: chunk.to_vec() })) });
+        out.push(pb::UploadMediaRequest {
+            part: Some(Part::Chunk(pb::UploadChunk { offset, data: chunk.to_vec().into() })),
+        });
         offset += chunk.len() as u64;
     }
     out
