@@ -7,6 +7,7 @@ messages both ways, watches them arrive, and checks that bad input gets
 INVALID_ARGUMENT naming the field. Exits non-zero on any surprise.
 """
 
+import hashlib
 import sys
 import time
 import uuid
@@ -80,6 +81,61 @@ except grpc.RpcError as e:
     assert e.details().startswith("session_id"), e.details()
     print(f"bad input refused: {e.code().name} {e.details()!r}")
 
+# Media: a 2.5 MiB file in 256 KiB chunks, attached to a message, fetched by range.
+media = rpc.MediaServiceStub(channel)
+pdf = b"%PDF-1.7 boarding pass " + bytes((i * 31 + 7) % 251 for i in range(2_621_440 - 23))
+digest = hashlib.sha256(pdf).digest()
+
+
+def upload_parts():
+    yield pb.UploadMediaRequest(
+        start=pb.UploadStart(
+            session_id=session.session_id,
+            uploader_id=agent,
+            content_type="application/pdf",
+            size=len(pdf),
+            sha256=digest,
+            file_name="boarding-pass.pdf",
+        )
+    )
+    for at in range(0, len(pdf), 262_144):
+        yield pb.UploadMediaRequest(chunk=pb.UploadChunk(offset=at, data=pdf[at : at + 262_144]))
+
+
+uploaded = media.UploadMedia(upload_parts(), metadata=auth(key))
+assert uploaded.size == len(pdf) and uploaded.sha256 == digest, uploaded
+sessions.PostMessage(
+    pb.PostMessageRequest(
+        session_id=session.session_id, sender_id=agent, body="Your boarding pass", attachment_ids=[uploaded.media_id]
+    ),
+    metadata=auth(key),
+)
+got = b"".join(
+    c.data
+    for c in media.DownloadMedia(
+        pb.DownloadMediaRequest(session_id=session.session_id, media_id=uploaded.media_id), metadata=auth(key)
+    )
+)
+assert hashlib.sha256(got).digest() == digest
+part = b"".join(
+    c.data
+    for c in media.DownloadMedia(
+        pb.DownloadMediaRequest(session_id=session.session_id, media_id=uploaded.media_id, offset=1_048_570, length=12),
+        metadata=auth(key),
+    )
+)
+assert part == pdf[1_048_570:1_048_582], part
+try:
+    list(media.DownloadMedia(
+        pb.DownloadMediaRequest(session_id=session.session_id, media_id=uploaded.media_id, offset=len(pdf) + 1),
+        metadata=auth(key),
+    ))
+    raise SystemExit("a range past the end was served")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e.code()
+print(f"media {uploaded.media_id}: {len(pdf)} bytes up and back, a 12-byte range across a chunk boundary, sha256 ok")
+lines.append((agent, "Your boarding pass"))
+
 closed = sessions.CloseSession(pb.CloseSessionRequest(session_id=session.session_id), metadata=auth(key))
 assert closed.state == pb.SESSION_STATE_CLOSED
 
@@ -110,5 +166,12 @@ assert status.step == "certified", status
 assert '"format":"pypes-erasure-certificate/v1"' in status.certificate, status.certificate
 msgs = views.ListMessages(pb.ListMessagesRequest(session_id=session.session_id), metadata=auth(key)).messages
 assert all(m.body == "[erased]" for m in msgs), msgs
-print(f"erasure {status.request_id}: certified; messages now read {msgs[0].body!r}")
+try:
+    list(media.DownloadMedia(
+        pb.DownloadMediaRequest(session_id=session.session_id, media_id=uploaded.media_id), metadata=auth(key)
+    ))
+    raise SystemExit("erased media was served")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e.code()
+print(f"erasure {status.request_id}: certified; messages now read {msgs[0].body!r}; the file is gone")
 print("python client: OK")
