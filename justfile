@@ -22,6 +22,15 @@ bench *ARGS:
     ./target/release/loadgen log-read
     ./target/release/loadgen seal
 
+# Media upload/download MiB/s against a plain file copy (starts target/release/pypes).
+bench-media *ARGS:
+    cargo build --release -p server -p benches
+    ./target/release/loadgen media {{ARGS}}
+
+# The S3 blob store against moto (as CI runs it).
+s3:
+    bash .ci/s3.sh
+
 # Fuzz the file log's record decoder (needs nightly and cargo-fuzz; not in CI).
 fuzz SECONDS="60":
     cd crates/eventlog/fuzz && cargo +nightly fuzz run frame_decode -- -max_total_time={{SECONDS}}
