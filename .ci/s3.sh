@@ -29,6 +29,7 @@ done
 curl -sf -X PUT "$endpoint/pypes-test" -o /dev/null || { echo "moto did not start"; cat "$work/moto.log"; exit 1; }
 
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+cargo clippy -p media --features s3 --all-targets -- -D warnings
 PYPES_TEST_S3_ENDPOINT="$endpoint" cargo nextest run -p media --features s3 --test s3 --no-fail-fast
 
 cargo build --quiet -p server --features s3 --bin pypes
