@@ -20,14 +20,6 @@ mkdir -p "$work/stubs"
 touch "$work/stubs/pypes/__init__.py" "$work/stubs/pypes/api/__init__.py" "$work/stubs/pypes/api/v1/__init__.py"
 
 cargo build --quiet -p server --bin pypes
-admin="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-RUST_LOG=warn ./target/debug/pypes serve --data-dir "$work/data" --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
-  --admin-key "$admin" > "$work/serve.out" &
-server_pid=$!
-for _ in $(seq 1 100); do
-  grep -q "pypes listening" "$work/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-grpc="$(grep -o 'grpc=[^ ]*' "$work/serve.out" | cut -d= -f2)"
-[ -n "$grpc" ] || { echo "pypes did not start"; cat "$work/serve.out"; exit 1; }
+. .ci/lib.sh
+start_pypes "$work"
 "$work/venv/bin/python" clients/python/client.py "$grpc" "$admin" "$work/stubs"

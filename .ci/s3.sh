@@ -43,16 +43,9 @@ region = "us-east-1"
 prefix = "e2e/"
 allow_http = true
 TOML
-admin="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-RUST_LOG=warn ./target/debug/pypes serve --config "$work/pypes.toml" --data-dir "$work/data" \
-  --grpc-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --admin-key "$admin" > "$work/serve.out" &
-pids+=($!)
-for _ in $(seq 1 100); do
-  grep -q "pypes listening" "$work/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-grpc="$(grep -o 'grpc=[^ ]*' "$work/serve.out" | cut -d= -f2)"
-[ -n "$grpc" ] || { echo "pypes did not start"; cat "$work/serve.out"; exit 1; }
+. .ci/lib.sh
+start_pypes "$work" --config "$work/pypes.toml"
+pids+=("$server_pid")
 ./target/debug/pypes demo --grpc "http://$grpc" --admin-key "$admin" | tee "$work/demo.out"
 grep -q "SHA-256 matches" "$work/demo.out"
 listing="$(curl -sf "$endpoint/pypes-test?list-type=2&prefix=e2e/")"

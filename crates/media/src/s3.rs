@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
@@ -28,6 +28,10 @@ use crate::store::{BlobError, BlobId, BlobReader, BlobStore, BlobWriter};
 
 /// Bytes per multipart part (S3's minimum is 5 MiB for all but the last).
 const PART: usize = 8 << 20;
+/// How often an upload in progress renews its `incoming/` mark, so the
+/// sweep (on any node) sees it as alive: a mark's age is since its last
+/// write.
+const MARK_REFRESH: Duration = Duration::from_secs(30);
 
 /// Where the store is.
 #[derive(Clone, Debug, Default)]
@@ -136,10 +140,20 @@ impl BlobStore for S3BlobStore {
         self.describe.clone()
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn create(&self, id: BlobId) -> Result<Box<dyn BlobWriter>, BlobError> {
         self.store.put(&self.path("incoming", &id), PutPayload::new()).await.map_err(backend)?;
         let upload = self.store.put_multipart(&self.path("blobs", &id)).await.map_err(backend)?;
-        Ok(Box::new(S3Writer { id, store: self.clone(), upload, buffer: Vec::with_capacity(PART) }))
+        Ok(Box::new(S3Writer {
+            id,
+            store: self.clone(),
+            upload,
+            buffer: Vec::with_capacity(PART),
+            marked: Instant::now(),
+        }))
     }
 
     async fn open(&self, id: BlobId) -> Result<Box<dyn BlobReader>, BlobError> {
@@ -204,6 +218,8 @@ struct S3Writer {
     store: S3BlobStore,
     upload: Box<dyn MultipartUpload>,
     buffer: Vec<u8>,
+    /// When the `incoming/` mark was last written.
+    marked: Instant,
 }
 
 impl S3Writer {
@@ -216,6 +232,10 @@ impl S3Writer {
 #[async_trait::async_trait]
 impl BlobWriter for S3Writer {
     async fn write(&mut self, data: Vec<u8>) -> Result<(), BlobError> {
+        if self.marked.elapsed() >= MARK_REFRESH {
+            self.store.store.put(&self.store.path("incoming", &self.id), PutPayload::new()).await.map_err(backend)?;
+            self.marked = Instant::now();
+        }
         self.buffer.extend_from_slice(&data);
         if self.buffer.len() >= PART {
             self.flush().await?;

@@ -58,6 +58,11 @@ impl BlobError {
 pub trait BlobStore: Send + Sync + fmt::Debug {
     /// e.g. `file:/var/lib/pypes/blobs`.
     fn describe(&self) -> String;
+    /// Whether other nodes write to this store too (then no node may
+    /// assume that nothing is in flight, not even at its own start).
+    fn shared(&self) -> bool {
+        false
+    }
     /// Starts an upload; nothing is readable until [`BlobWriter::commit`].
     async fn create(&self, id: BlobId) -> Result<Box<dyn BlobWriter>, BlobError>;
     /// A committed blob.
@@ -72,7 +77,8 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// Deletes every blob of a tenant.
     async fn delete_tenant(&self, tenant: Uuid) -> Result<usize, BlobError>;
     /// Removes incomplete uploads not written to for `idle` (all of them
-    /// when `idle` is zero) except those in `live`; returns their ids.
+    /// when `idle` is zero) except those in `live`; returns their ids. An
+    /// upload in progress counts as written to at least every 30 s.
     async fn sweep_incomplete(&self, idle: Duration, live: &HashSet<BlobId>) -> Result<Vec<BlobId>, BlobError>;
     /// Committed blobs not confirmed within `older_than`.
     async fn unconfirmed(&self, older_than: Duration) -> Result<Vec<BlobId>, BlobError>;

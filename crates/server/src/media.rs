@@ -105,8 +105,11 @@ impl Media {
     }
 
     /// Settles what a crash or a vanished client left. `all`: at start,
-    /// when nothing is in flight; else only what has been idle a while.
+    /// when nothing is in flight on this node (and the store is this
+    /// node's alone: in a shared store other nodes' uploads may be in
+    /// flight); else only what has been idle a while.
     pub async fn reconcile(&self, api: &Api, all: bool) -> Result<(usize, usize), ApiError> {
+        let all = all && !self.store.shared();
         let idle = if all { Duration::ZERO } else { Duration::from_secs(4 * self.config.upload_idle_secs.max(15)) };
         let live = self.live_now();
         let incomplete = self.store.sweep_incomplete(idle, &live).await?;

@@ -253,6 +253,11 @@ async fn every_bad_upload_is_named_and_leaves_nothing() {
         }
         m
     };
+    let edited = |f: &dyn Fn(&mut Vec<pb::UploadMediaRequest>)| {
+        let mut m = ok();
+        f(&mut m);
+        m
+    };
     let cases: Vec<(&str, Vec<pb::UploadMediaRequest>, Code, &str)> = vec![
         ("more bytes than declared", set_start(ok(), &|st| st.size = 200_000), Code::InvalidArgument, "more than the"),
         ("fewer bytes than declared", set_start(ok(), &|st| st.size = 400_000), Code::InvalidArgument, "were declared"),
@@ -287,38 +292,9 @@ async fn every_bad_upload_is_named_and_leaves_nothing() {
         ),
         ("chunks first", ok().into_iter().skip(1).collect(), Code::InvalidArgument, "first message"),
         ("nothing at all", Vec::new(), Code::InvalidArgument, "ended before its start"),
-        (
-            "a chunk out of order",
-            {
-                let mut m = ok();
-                m.swap(2, 3);
-                m
-            },
-            Code::InvalidArgument,
-            "expected 65536",
-        ),
-        (
-            "a chunk twice",
-            {
-                let mut m = ok();
-                let again = m[1].clone();
-                m.insert(2, again);
-                m
-            },
-            Code::InvalidArgument,
-            "chunk.offset",
-        ),
-        (
-            "two starts",
-            {
-                let mut m = ok();
-                let again = m[0].clone();
-                m.insert(2, again);
-                m
-            },
-            Code::InvalidArgument,
-            "sent twice",
-        ),
+        ("a chunk out of order", edited(&|m| m.swap(2, 3)), Code::InvalidArgument, "expected 65536"),
+        ("a chunk twice", edited(&|m| m.insert(2, m[1].clone())), Code::InvalidArgument, "chunk.offset"),
+        ("two starts", edited(&|m| m.insert(2, m[0].clone())), Code::InvalidArgument, "sent twice"),
         ("an empty message", vec![pb::UploadMediaRequest { part: None }], Code::InvalidArgument, "start"),
     ];
     for (what, messages, code, text) in cases {

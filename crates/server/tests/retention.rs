@@ -209,6 +209,11 @@ async fn a_cancelled_tenant_is_shredded_after_its_grace_period_with_a_certificat
     let s = setup(&mut c, "leaving").await;
     c.sessions.post_message(authed(&s.key, post(&s, "tenant canary 5c1f"))).await.unwrap();
     let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    common::upload(&ch, &s.key, None, common::upload_messages(&s.session, &s.user, "image/png", b"tenant picture", 5))
+        .await
+        .unwrap();
+    let tenant_blobs = data.path().join("blobs").join(&s.tenant);
+    assert_eq!(common::files_under(&tenant_blobs).len(), 1);
     let mut tenants = pb::tenant_service_client::TenantServiceClient::new(ch);
     let e = tenants
         .cancel_tenant(authed(&s.key, pb::CancelTenantRequest { tenant_id: s.tenant.clone() }))
@@ -243,6 +248,7 @@ async fn a_cancelled_tenant_is_shredded_after_its_grace_period_with_a_certificat
     assert_eq!(cert["format"], "pypes-tenant-offboarding-certificate/v1");
     assert_eq!(cert["tenant_id"], s.tenant.as_str());
     assert!(!cert["destroyed_key_fingerprints"].as_array().unwrap().is_empty(), "{cert}");
+    assert!(!tenant_blobs.exists(), "the tenant's media are deleted");
 
     // The operator's CLI shows it and writes the certificate out.
     let dir = tempfile::tempdir().unwrap();
