@@ -59,6 +59,9 @@ pub enum KeyError {
     #[error("key store refuses writes after an earlier failure ({reason}); reopen it")]
     Poisoned { reason: String },
     /// The operating system's random source failed.
+    #[error("key store database {store}: {detail}")]
+    Database { store: String, detail: String },
+
     #[error("random source failed: {0}")]
     Random(String),
     /// A blocking task of the keyring did not finish (runtime shut down).

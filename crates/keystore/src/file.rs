@@ -356,7 +356,7 @@ fn group_to_pb(group: Group) -> pb::KeyGroup {
     }
 }
 
-fn encode_record(record: &Record) -> pb::ShardRecord {
+pub(crate) fn encode_record(record: &Record) -> pb::ShardRecord {
     use pb::shard_record::Record as R;
     let id_bytes = |id: &KeyId| id.as_bytes().to_vec().into();
     let inner = match record {
@@ -387,7 +387,7 @@ fn encode_record(record: &Record) -> pb::ShardRecord {
     pb::ShardRecord { record: Some(inner) }
 }
 
-fn decode_record(path: &Path, body: &[u8]) -> Result<Record, KeyError> {
+pub(crate) fn decode_record(path: &Path, body: &[u8]) -> Result<Record, KeyError> {
     use pb::shard_record::Record as R;
     let msg = pb::ShardRecord::decode(body).map_err(|e| KeyError::corrupt(path, format!("undecodable record: {e}")))?;
     let key_id = |bytes: &[u8]| files::uuid_field(path, "key id", bytes).map(KeyId);

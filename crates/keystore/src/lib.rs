@@ -18,6 +18,7 @@ mod error;
 pub mod file;
 mod files;
 mod keyring;
+pub mod postgres;
 pub mod provider;
 mod store;
 mod types;

@@ -1,0 +1,213 @@
+//! A throw-away PostgreSQL cluster for tests: `initdb` into a temp dir,
+//! `postgres` on a free loopback port, stopped and removed on drop.
+//!
+//! The binaries come from `PYPES_PG_BIN`, else `pg_config --bindir`, else
+//! the PATH, else `/usr/lib/postgresql/<newest>/bin`. PostgreSQL refuses
+//! to run as root: as root the cluster runs as the `postgres` user (or
+//! `nobody`) through `setpriv`. The server gets `--pdeathsig`, so it dies
+//! with the test process even if a test panics past the drop.
+//!
+//! Without PostgreSQL, [`Cluster::start`] returns `None` and the caller
+//! reports the suite as not run; with `PYPES_REQUIRE_POSTGRES` set (CI
+//! sets it) a missing PostgreSQL is a failure instead.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running throw-away cluster.
+pub struct Cluster {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("port", &self.port).field("dir", &self.dir.path()).finish()
+    }
+}
+
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PYPES_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        assert!(dir.join("initdb").exists(), "PYPES_PG_BIN={}: no initdb there", dir.display());
+        return Some(dir);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            if dir.join("initdb").exists() && dir.join("postgres").exists() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|d| d.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The user to run as when we are root.
+fn run_as() -> &'static str {
+    if Command::new("id").arg("postgres").output().is_ok_and(|o| o.status.success()) { "postgres" } else { "nobody" }
+}
+
+/// A command that runs `program` as an unprivileged user when we are root.
+fn command(bin: &Path, program: &str, root: bool) -> Command {
+    let mut c = Command::new("setpriv");
+    if root {
+        let user = run_as();
+        c.args(["--reuid", user, "--regid", user, "--init-groups"]);
+    }
+    c.args(["--pdeathsig", "KILL", "--"]).arg(bin.join(program));
+    c
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until the server answers (false if it exits or takes 30 s).
+fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "pypes", "-q"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Cluster {
+    /// Starts a cluster, or `None` when PostgreSQL is not installed (a
+    /// panic instead when `PYPES_REQUIRE_POSTGRES` is set). Panics with the
+    /// server's log when it is installed but does not start.
+    pub fn start() -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            assert!(
+                std::env::var_os("PYPES_REQUIRE_POSTGRES").is_none(),
+                "PYPES_REQUIRE_POSTGRES is set but no PostgreSQL was found (initdb: PYPES_PG_BIN, pg_config, PATH, \
+                 /usr/lib/postgresql/*/bin)"
+            );
+            eprintln!(
+                "PostgreSQL not found: this PostgreSQL suite DID NOT RUN (its checks ran on the in-memory store \
+                 instead, or were skipped); set PYPES_PG_BIN, and PYPES_REQUIRE_POSTGRES to make this a failure"
+            );
+            return None;
+        };
+        let root = is_root();
+        let dir = tempfile::Builder::new().prefix("pypes-pg-").tempdir().expect("temp dir");
+        if root {
+            let status = Command::new("chown").arg(format!("{}:", run_as())).arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "chown of the cluster's directory failed");
+        }
+        let data = dir.path().join("data");
+        let out = command(&bin, "initdb", root)
+            .args(["-U", "pypes", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        for _ in 0..5 {
+            let port = free_port().expect("a free port");
+            let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+            let mut child = command(&bin, "postgres", root)
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"])
+                .arg("-k")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start postgres");
+            if wait_ready(&mut child, &bin, port) {
+                return Some(Cluster { child, port, dir, bin });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
+            if !log.contains("could not bind") && !log.contains("Address already in use") {
+                panic!("postgres did not start:\n{log}");
+            }
+        }
+        panic!("postgres did not find a free port in 5 tries")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A libpq-style connection string to database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user=pypes dbname={db}", self.port)
+    }
+
+    /// Creates a fresh database and returns its connection string.
+    pub fn fresh_database(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!("t{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let out = Command::new(self.bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pypes", &name])
+            .output()
+            .expect("run createdb");
+        assert!(out.status.success(), "createdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.url(&name)
+    }
+
+    /// Runs SQL with psql (for tests that look under the hood).
+    pub fn psql(&self, db_url: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([db_url, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The cluster's data directory (for byte scans).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGQUIT: an immediate shutdown; the files go with the temp dir.
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
