@@ -93,6 +93,11 @@ pub enum LogError {
     /// The log was closed.
     #[error("log is closed")]
     Closed,
+
+    /// The database of a database backend failed or refused (the message
+    /// names the database, never its password).
+    #[error("event log database: {detail}")]
+    Database { detail: String },
 }
 
 impl LogError {

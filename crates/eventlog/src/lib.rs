@@ -13,6 +13,7 @@ pub mod file;
 pub mod hash;
 pub mod mem;
 mod model;
+pub mod postgres;
 mod subscription;
 
 pub mod conformance;

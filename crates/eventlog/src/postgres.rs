@@ -1,0 +1,581 @@
+//! The `EventLog` port on PostgreSQL (docs/backends.md).
+//!
+//! ```sql
+//! pypes_log_meta    (format_version)
+//! pypes_log_head    (next_position)                       -- one row
+//! pypes_log_streams (stream PK, next_version, deletion, deleted_before,
+//!                    max_age_secs, max_count, truncate_before)
+//! pypes_log_events  (position PK, stream, version, event_id UNIQUE,
+//!                    event_type, recorded_at_micros, stored)  UNIQUE (stream, version)
+//! ```
+//!
+//! `stored` is the `pypes.storage.v1.StoredEvent` envelope, exactly as the
+//! file log frames it. Every append is one transaction that first takes a
+//! transaction-level advisory lock: appends (from any number of nodes) are
+//! serialised, so global positions are assigned in commit order with no
+//! gaps, and a reader that sees position `p` has every position below it
+//! (PostgreSQL makes a transaction visible before it releases its locks).
+//! The expected-version check runs inside that transaction, so two nodes
+//! writing one stream cannot both win. Each commit `NOTIFY`s the new head;
+//! every node `LISTEN`s, so subscriptions go live on appends made anywhere.
+//!
+//! The stream rules (versions, soft and hard deletes, metadata limits,
+//! visibility, idempotency by event id) are the file and memory backends'
+//! own (`model::StreamRules`, `check_repeat`), so the three cannot drift.
+//! What this backend does not do: the file log's hash chain and signed
+//! checkpoints (PostgreSQL's own integrity and access control stand in
+//! for them; `pypes audit verify` reads only the file log).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::{Mutex, watch};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use uuid::Uuid;
+
+use crate::model::{Deletion, Earlier, StreamRules, check_repeat, readable_metadata, validate_appends, whole_repeat};
+use crate::{
+    AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
+    ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, validate_stream_name,
+};
+
+pub const FORMAT_VERSION: i32 = 1;
+/// The advisory lock every append and delete takes (any constant works:
+/// it only has to be the same on every node).
+const APPEND_LOCK: i64 = 0x7079_7065_735f_6c67; // "pypes_lg"
+const CHANNEL: &str = "pypes_log";
+/// Rows fetched per query while scanning `$all`.
+const SCAN: i64 = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS pypes_log_meta (format_version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS pypes_log_head (one boolean PRIMARY KEY DEFAULT true CHECK (one), next_position bigint NOT NULL);
+INSERT INTO pypes_log_head (next_position) VALUES (0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS pypes_log_streams (
+    stream text PRIMARY KEY,
+    next_version bigint NOT NULL,
+    deletion smallint NOT NULL,
+    deleted_before bigint NOT NULL,
+    max_age_secs bigint,
+    max_count bigint,
+    truncate_before bigint
+);
+CREATE TABLE IF NOT EXISTS pypes_log_events (
+    position bigint PRIMARY KEY,
+    stream text NOT NULL,
+    version bigint NOT NULL,
+    event_id bytea NOT NULL UNIQUE,
+    event_type text NOT NULL,
+    recorded_at_micros bigint NOT NULL,
+    stored bytea NOT NULL,
+    UNIQUE (stream, version)
+);
+";
+
+/// The PostgreSQL event log.
+pub struct PgLog {
+    /// Appends, deletes, metadata and scavenges (serialised anyway by the
+    /// advisory lock).
+    writer: Mutex<Client>,
+    /// Reads (tokio-postgres pipelines concurrent queries on one connection).
+    reader: Client,
+    /// Kept for its connection, which receives other nodes' NOTIFYs
+    /// (dropping the log closes it).
+    _listener: Client,
+    head: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
+    name: String,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog").field("db", &self.name).field("head", &*self.head.borrow()).finish()
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> LogError {
+    LogError::Database { detail: e.to_string() }
+}
+
+fn corrupt(reason: impl Into<String>) -> LogError {
+    LogError::Database { detail: format!("corrupt row: {}", reason.into()) }
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    let no_kv = url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ");
+    no_kv.split('@').next_back().unwrap_or_default().to_string()
+}
+
+fn deletion_code(d: Deletion) -> i16 {
+    match d {
+        Deletion::None => 0,
+        Deletion::Soft => 1,
+        Deletion::Hard => 2,
+    }
+}
+
+fn rules_of(row: &tokio_postgres::Row, at: usize) -> Result<StreamRules> {
+    let u = |i: usize| -> Result<u64> {
+        let v: i64 = row.try_get(at + i).map_err(db)?;
+        u64::try_from(v).map_err(|_| corrupt(format!("negative count {v}")))
+    };
+    let opt = |i: usize| -> Result<Option<u64>> {
+        let v: Option<i64> = row.try_get(at + i).map_err(db)?;
+        v.map(|v| u64::try_from(v).map_err(|_| corrupt(format!("negative limit {v}")))).transpose()
+    };
+    let deletion = match row.try_get::<_, i16>(at + 1).map_err(db)? {
+        0 => Deletion::None,
+        1 => Deletion::Soft,
+        2 => Deletion::Hard,
+        other => return Err(corrupt(format!("deletion code {other}"))),
+    };
+    Ok(StreamRules {
+        next_version: u(0)?,
+        deletion,
+        deleted_before: u(2)?,
+        metadata: StreamMetadata { max_age_secs: opt(3)?, max_count: opt(4)?, truncate_before: opt(5)? },
+    })
+}
+
+const RULES: &str = "next_version, deletion, deleted_before, max_age_secs, max_count, truncate_before";
+
+fn event_of(row: &tokio_postgres::Row, stream: Arc<str>) -> Result<RecordedEvent> {
+    let bytes: &[u8] = row.try_get("stored").map_err(db)?;
+    let stored = proto::storage::StoredEvent::decode(bytes).map_err(|e| corrupt(format!("stored event: {e}")))?;
+    RecordedEvent::from_stored(stored, stream).map_err(corrupt)
+}
+
+fn i64_of(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| LogError::InvalidBatch { reason: format!("{v} is out of range") })
+}
+
+async fn load_rules(c: &impl tokio_postgres::GenericClient, streams: &[&str]) -> Result<HashMap<String, StreamRules>> {
+    let rows = c
+        .query(&format!("SELECT stream, {RULES} FROM pypes_log_streams WHERE stream = ANY($1)"), &[&streams])
+        .await
+        .map_err(db)?;
+    rows.iter().map(|r| Ok((r.try_get::<_, String>(0).map_err(db)?, rules_of(r, 1)?))).collect()
+}
+
+async fn save_rules(c: &impl tokio_postgres::GenericClient, stream: &str, r: &StreamRules) -> Result<()> {
+    let opt = |v: Option<u64>| v.map(i64_of).transpose();
+    c.execute(
+        &format!(
+            "INSERT INTO pypes_log_streams (stream, {RULES}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (stream) DO UPDATE SET next_version = $2, deletion = $3, deleted_before = $4,
+             max_age_secs = $5, max_count = $6, truncate_before = $7"
+        ),
+        &[
+            &stream,
+            &i64_of(r.next_version)?,
+            &deletion_code(r.deletion),
+            &i64_of(r.deleted_before)?,
+            &opt(r.metadata.max_age_secs)?,
+            &opt(r.metadata.max_count)?,
+            &opt(r.metadata.truncate_before)?,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn head_in(c: &impl tokio_postgres::GenericClient) -> Result<u64> {
+    let row = c.query_one("SELECT next_position FROM pypes_log_head", &[]).await.map_err(db)?;
+    let v: i64 = row.try_get(0).map_err(db)?;
+    u64::try_from(v).map_err(|_| corrupt("negative head"))
+}
+
+impl PgLog {
+    /// Connects to the database at `url` (a libpq connection string or
+    /// URL), creates the tables on first use, and starts listening for
+    /// other nodes' commits.
+    pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let name = redact(url);
+        let named = |e: tokio_postgres::Error| LogError::Database { detail: format!("{name}: {e}") };
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(named)?;
+            Ok::<_, LogError>((client, connection))
+        };
+        let (writer, w_conn) = connect().await?;
+        tokio::spawn(async move {
+            if let Err(e) = w_conn.await {
+                tracing::error!(error = %e, "event log database connection (writer) ended");
+            }
+        });
+        let (reader, r_conn) = connect().await?;
+        tokio::spawn(async move {
+            if let Err(e) = r_conn.await {
+                tracing::error!(error = %e, "event log database connection (reader) ended");
+            }
+        });
+        // Several nodes may start at once: one creates the tables.
+        writer
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock({APPEND_LOCK}); {SCHEMA} SELECT pg_advisory_unlock({APPEND_LOCK});"
+            ))
+            .await
+            .map_err(named)?;
+        let versions: Vec<i32> = writer
+            .query("SELECT format_version FROM pypes_log_meta", &[])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        match versions.as_slice() {
+            [] => {
+                writer
+                    .execute("INSERT INTO pypes_log_meta (format_version) VALUES ($1)", &[&FORMAT_VERSION])
+                    .await
+                    .map_err(db)?;
+            }
+            [v] if *v == FORMAT_VERSION => {}
+            other => {
+                return Err(LogError::Database {
+                    detail: format!("{name}: log format version {other:?}; this build reads {FORMAT_VERSION}"),
+                });
+            }
+        }
+        let head = watch::channel(head_in(&reader).await?).0;
+        // Other nodes' commits arrive as notifications carrying their head.
+        let (listener, mut l_conn) = connect().await?;
+        let notify = head.clone();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| l_conn.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if let Ok(h) = n.payload().parse::<u64>() {
+                            notify.send_if_modified(|cur| {
+                                let grew = h > *cur;
+                                if grew {
+                                    *cur = h;
+                                }
+                                grew
+                            });
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "event log database listener ended; live reads fall back to this node's own commits");
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        });
+        listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(named)?;
+        Ok(Self { writer: Mutex::new(writer), reader, _listener: listener, head, clock, name })
+    }
+
+    fn publish(&self, head: u64) {
+        self.head.send_if_modified(|cur| {
+            let grew = head > *cur;
+            if grew {
+                *cur = head;
+            }
+            grew
+        });
+    }
+}
+
+impl EventLog for PgLog {
+    fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
+        Box::pin(async move {
+            validate_appends(&appends)?;
+            let mut writer = self.writer.lock().await;
+            let tx = writer.transaction().await.map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+            // Idempotency: the events whose ids were appended before.
+            let ids: Vec<&[u8]> =
+                appends.iter().flat_map(|a| a.events.iter().map(|e| e.id.as_bytes().as_slice())).collect();
+            let mut earlier: HashMap<Uuid, Earlier> = HashMap::new();
+            for row in tx
+                .query(
+                    "SELECT stream, version, position, stored FROM pypes_log_events WHERE event_id = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(db)?
+            {
+                let stream: Arc<str> = Arc::from(row.try_get::<_, &str>(0).map_err(db)?);
+                let e = event_of(&row, stream.clone())?;
+                earlier.insert(e.id(), Earlier { stream, version: e.version, position: e.position, event: e.event });
+            }
+            let mut repeats = Vec::new();
+            for append in &appends {
+                if let Some(r) = check_repeat(append, |id| {
+                    Ok(earlier.get(id).map(|e| Earlier {
+                        stream: e.stream.clone(),
+                        version: e.version,
+                        position: e.position,
+                        event: e.event.clone(),
+                    }))
+                })? {
+                    repeats.push(r);
+                }
+            }
+            if let Some(results) = whole_repeat(&appends, repeats)? {
+                return Ok(results);
+            }
+            let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+            let mut rules = load_rules(&tx, &names).await?;
+            for append in &appends {
+                rules
+                    .get(&append.stream)
+                    .cloned()
+                    .unwrap_or_default()
+                    .check_expected(&append.stream, append.expected)?;
+            }
+            let now = self.clock.now_micros();
+            let mut position = head_in(&tx).await?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO pypes_log_events (position, stream, version, event_id, event_type, recorded_at_micros, stored)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .await
+                .map_err(db)?;
+            let mut results = Vec::with_capacity(appends.len());
+            for append in &appends {
+                let r = rules.entry(append.stream.clone()).or_default();
+                let first_position = position;
+                let mut version = r.next_version;
+                for event in &append.events {
+                    let stored = event.to_stored(&append.stream, version, position, now).encode_to_vec();
+                    tx.execute(
+                        &insert,
+                        &[
+                            &i64_of(position)?,
+                            &append.stream,
+                            &i64_of(version)?,
+                            &event.id.as_bytes().as_slice(),
+                            &event.event_type,
+                            &now,
+                            &stored,
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                    position += 1;
+                    version += 1;
+                }
+                let count = append.events.len() as u64;
+                r.apply_append(count);
+                save_rules(&tx, &append.stream, r).await?;
+                results.push(AppendResult {
+                    next_expected_version: version - 1,
+                    first_position,
+                    last_position: first_position + count - 1,
+                });
+            }
+            tx.execute("UPDATE pypes_log_head SET next_position = $1", &[&i64_of(position)?]).await.map_err(db)?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            drop(writer);
+            self.publish(position);
+            Ok(results)
+        })
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a str,
+        from: ReadFrom,
+        direction: Direction,
+        max_count: usize,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
+        Box::pin(async move {
+            validate_stream_name(stream)?;
+            let Some(rules) = load_rules(&self.reader, &[stream]).await?.remove(stream) else {
+                return Err(LogError::StreamNotFound { stream: stream.to_owned() });
+            };
+            rules.check_readable(stream)?;
+            let now = self.clock.now_micros();
+            let versions: Vec<u64> = rules.read_range(from, direction).collect();
+            let (Some(&a), Some(&b)) = (versions.first(), versions.last()) else { return Ok(Vec::new()) };
+            let (lo, hi) = (a.min(b), a.max(b));
+            let order = if matches!(direction, Direction::Forward) { "ASC" } else { "DESC" };
+            let rows = self
+                .reader
+                .query(
+                    &format!(
+                        "SELECT stored FROM pypes_log_events WHERE stream = $1 AND version BETWEEN $2 AND $3
+                         ORDER BY version {order}"
+                    ),
+                    &[&stream, &i64_of(lo)?, &i64_of(hi)?],
+                )
+                .await
+                .map_err(db)?;
+            let name: Arc<str> = Arc::from(stream);
+            let mut out = Vec::new();
+            for row in &rows {
+                if out.len() >= max_count {
+                    break;
+                }
+                let e = event_of(row, name.clone())?;
+                if rules.is_visible(e.version, e.recorded_at_micros, now) {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>> {
+        Box::pin(async move {
+            let head = head_in(&self.reader).await?;
+            let now = self.clock.now_micros();
+            let mut page = AllPage { events: Vec::new(), next_position: from, head };
+            let mut position = from;
+            let mut rules: HashMap<String, StreamRules> = HashMap::new();
+            while position < head && page.events.len() < max_count {
+                let rows = self
+                    .reader
+                    .query(
+                        "SELECT position, stream, event_type, stored FROM pypes_log_events
+                         WHERE position >= $1 AND position < $2 ORDER BY position LIMIT $3",
+                        &[&i64_of(position)?, &i64_of(head)?, &SCAN],
+                    )
+                    .await
+                    .map_err(db)?;
+                if rows.is_empty() {
+                    position = head;
+                    break;
+                }
+                let unknown: Vec<&str> = rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<_, &str>(1).ok())
+                    .filter(|s| !rules.contains_key(*s))
+                    .collect();
+                if !unknown.is_empty() {
+                    rules.extend(load_rules(&self.reader, &unknown).await?);
+                }
+                for row in &rows {
+                    let at: i64 = row.try_get(0).map_err(db)?;
+                    let stream: &str = row.try_get(1).map_err(db)?;
+                    let event_type: &str = row.try_get(2).map_err(db)?;
+                    position = u64::try_from(at).map_err(|_| corrupt("negative position"))? + 1;
+                    if !filter.matches(stream, event_type) {
+                        continue;
+                    }
+                    let e = event_of(row, Arc::from(stream))?;
+                    let visible = rules.get(stream).is_some_and(|r| r.is_visible(e.version, e.recorded_at_micros, now));
+                    if visible {
+                        page.events.push(e);
+                        if page.events.len() >= max_count {
+                            break;
+                        }
+                    }
+                }
+                if rows.len() < SCAN as usize && page.events.len() < max_count {
+                    position = head;
+                }
+            }
+            page.next_position = position.max(from);
+            Ok(page)
+        })
+    }
+
+    fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            validate_stream_name(stream)?;
+            metadata.validate(stream)?;
+            let mut writer = self.writer.lock().await;
+            let tx = writer.transaction().await.map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+            let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
+            if r.deletion == Deletion::Hard {
+                return Err(LogError::StreamDeleted { stream: stream.to_owned() });
+            }
+            r.metadata = metadata;
+            save_rules(&tx, stream, &r).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn stream_metadata<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<StreamMetadata>> {
+        Box::pin(async move {
+            validate_stream_name(stream)?;
+            let rules = load_rules(&self.reader, &[stream]).await?;
+            readable_metadata(stream, rules.get(stream))
+        })
+    }
+
+    fn delete_stream<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: ExpectedVersion,
+        mode: DeleteMode,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            validate_stream_name(stream)?;
+            let mut writer = self.writer.lock().await;
+            let tx = writer.transaction().await.map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+            let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
+            r.check_expected(stream, expected)?;
+            r.apply_delete(mode);
+            save_rules(&tx, stream, &r).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn scavenge(&self) -> BoxFuture<'_, Result<ScavengeReport>> {
+        Box::pin(async move {
+            let now = self.clock.now_micros();
+            let mut writer = self.writer.lock().await;
+            let tx = writer.transaction().await.map_err(db)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+            let limited = tx
+                .query(
+                    &format!(
+                        "SELECT stream, {RULES} FROM pypes_log_streams WHERE deletion <> 0 OR deleted_before > 0
+                         OR max_age_secs IS NOT NULL OR max_count IS NOT NULL OR truncate_before IS NOT NULL"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            let mut report = ScavengeReport::default();
+            for row in &limited {
+                let stream: String = row.try_get(0).map_err(db)?;
+                let rules = rules_of(row, 1)?;
+                let events = tx
+                    .query(
+                        "SELECT position, version, recorded_at_micros, stored FROM pypes_log_events WHERE stream = $1",
+                        &[&stream],
+                    )
+                    .await
+                    .map_err(db)?;
+                let mut doomed = Vec::new();
+                for e in &events {
+                    let version: i64 = e.try_get(1).map_err(db)?;
+                    let at: i64 = e.try_get(2).map_err(db)?;
+                    if rules.is_reclaimable(u64::try_from(version).map_err(|_| corrupt("negative version"))?, at, now) {
+                        doomed.push(e.try_get::<_, i64>(0).map_err(db)?);
+                        report.bytes_reclaimed += event_of(e, Arc::from(stream.as_str()))?.event.payload.len() as u64;
+                    }
+                }
+                if !doomed.is_empty() {
+                    tx.execute("DELETE FROM pypes_log_events WHERE position = ANY($1)", &[&doomed])
+                        .await
+                        .map_err(db)?;
+                    report.events_removed += doomed.len() as u64;
+                }
+            }
+            tx.commit().await.map_err(db)?;
+            Ok(report)
+        })
+    }
+}
