@@ -60,6 +60,10 @@ enum Command {
         /// Payload bytes per event.
         #[arg(long, default_value_t = 256)]
         event_bytes: usize,
+        /// Also run each point against the PostgreSQL event log (a
+        /// throw-away cluster started here) and print the ratio.
+        #[arg(long)]
+        postgres: bool,
     },
     /// `$all` read and catch-up rates, and the time to open a log of N events.
     LogRead {
@@ -171,9 +175,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
-        Command::LogAppend { dir, seconds, writers, event_bytes } => {
+        Command::LogAppend { dir, seconds, writers, event_bytes, postgres } => {
             let dir = work_dir(dir)?;
-            let result = rt.block_on(log_append(dir.path(), Duration::from_secs_f64(seconds), &writers, event_bytes));
+            let result =
+                rt.block_on(log_append(dir.path(), Duration::from_secs_f64(seconds), &writers, event_bytes, postgres));
             drop(dir);
             result
         }
@@ -325,6 +330,14 @@ async fn raw_group_commit(path: &Path, writers: usize, record: usize, run: Durat
 
 async fn file_log_appends(dir: &Path, writers: usize, event_bytes: usize, run: Duration) -> Result<Point> {
     let log = Arc::new(FileLog::open(dir, config())?);
+    let point = log_appends(log.clone(), writers, event_bytes, run).await?;
+    log.close();
+    Ok(point)
+}
+
+/// `writers` loops appending one event each to a stream of their own
+/// until `run` is over.
+async fn log_appends(log: Arc<dyn EventLog>, writers: usize, event_bytes: usize, run: Duration) -> Result<Point> {
     let payload = bytes::Bytes::from(vec![0x5Au8; event_bytes]);
     let started = Instant::now();
     let deadline = started + run;
@@ -361,9 +374,7 @@ async fn file_log_appends(dir: &Path, writers: usize, event_bytes: usize, run: D
     for t in tasks {
         all.extend(t.await??);
     }
-    let elapsed = started.elapsed();
-    log.close();
-    Ok(summarize(all, elapsed))
+    Ok(summarize(all, started.elapsed()))
 }
 
 /// Bytes one event of `event_bytes` payload occupies in a segment, so the
@@ -385,10 +396,24 @@ fn stored_record_len(event_bytes: usize) -> usize {
     eventlog::file::format::encode_frame(&frame, &mut out)
 }
 
-async fn log_append(dir: &Path, run: Duration, writer_counts: &[usize], event_bytes: usize) -> Result<()> {
+async fn log_append(
+    dir: &Path,
+    run: Duration,
+    writer_counts: &[usize],
+    event_bytes: usize,
+    postgres: bool,
+) -> Result<()> {
     if writer_counts.is_empty() || writer_counts.contains(&0) {
         bail!("--writers needs positive counts");
     }
+    // A throw-away PostgreSQL cluster on the same disk (fsync on,
+    // synchronous_commit on: every acknowledged append is durable).
+    let pg = if postgres {
+        let started = tokio::task::block_in_place(|| pgtest::Cluster::start_in(dir));
+        Some(started.context("--postgres: no PostgreSQL found (initdb and postgres: PYPES_PG_BIN, pg_config, PATH)")?)
+    } else {
+        None
+    };
     let record = stored_record_len(event_bytes);
     println!(
         "# log-append: {event_bytes}-byte payloads ({record} bytes per stored frame), one event per append, {:.1}s per point, dir {}",
@@ -411,6 +436,19 @@ async fn log_append(dir: &Path, run: Duration, writer_counts: &[usize], event_by
             log.p99_us
         );
         println!("# raw baseline writers={writers}: p50_us={} p99_us={}", raw.p50_us, raw.p99_us);
+        if let Some(pg) = &pg {
+            let url = tokio::task::block_in_place(|| pg.fresh_database());
+            let pg_log = Arc::new(eventlog::postgres::PgLog::open(&url, Arc::new(eventlog::SystemClock)).await?);
+            let p = log_appends(pg_log, writers, event_bytes, run).await?;
+            println!(
+                "BENCH log_append_postgres writers={writers} events_per_s={:.0} p50_us={} p99_us={} file_events_per_s={:.0} file_to_postgres={:.1}",
+                p.events_per_s,
+                p.p50_us,
+                p.p99_us,
+                log.events_per_s,
+                log.events_per_s / p.events_per_s
+            );
+        }
     }
     Ok(())
 }

@@ -108,6 +108,12 @@ impl Cluster {
     /// panic instead when `PYPES_REQUIRE_POSTGRES` is set). Panics with the
     /// server's log when it is installed but does not start.
     pub fn start() -> Option<Cluster> {
+        Self::start_in(&std::env::temp_dir())
+    }
+
+    /// [`Cluster::start`] with the cluster's files under `base` (e.g. on
+    /// the disk a benchmark measures).
+    pub fn start_in(base: &Path) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("PYPES_REQUIRE_POSTGRES").is_none(),
@@ -121,7 +127,7 @@ impl Cluster {
             return None;
         };
         let root = is_root();
-        let dir = tempfile::Builder::new().prefix("pypes-pg-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("pypes-pg-").tempdir_in(base).expect("temp dir");
         if root {
             let status = Command::new("chown").arg(format!("{}:", run_as())).arg(dir.path()).status().expect("chown");
             assert!(status.success(), "chown of the cluster's directory failed");
