@@ -16,7 +16,10 @@
 //! gaps, and a reader that sees position `p` has every position below it
 //! (PostgreSQL makes a transaction visible before it releases its locks).
 //! The expected-version check runs inside that transaction, so two nodes
-//! writing one stream cannot both win. Each commit `NOTIFY`s the new head;
+//! writing one stream cannot both win. On one node, appends that wait
+//! while a transaction runs go together into the next one, each under a
+//! savepoint (group commit: one WAL flush for the group; a refused append
+//! fails alone). Each commit `NOTIFY`s the new head;
 //! every node `LISTEN`s, so subscriptions go live on appends made anywhere.
 //!
 //! The stream rules (versions, soft and hard deletes, metadata limits,
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
@@ -47,6 +50,14 @@ const APPEND_LOCK: i64 = 0x7079_7065_735f_6c67; // "pypes_lg"
 const CHANNEL: &str = "pypes_log";
 /// Rows fetched per query while scanning `$all`.
 const SCAN: i64 = 1024;
+/// Appends committed together at most (one transaction, one WAL flush).
+const GROUP: usize = 256;
+
+/// One append waiting for its group's commit.
+struct Job {
+    appends: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pypes_log_meta (format_version integer NOT NULL);
@@ -75,8 +86,10 @@ CREATE TABLE IF NOT EXISTS pypes_log_events (
 
 /// The PostgreSQL event log.
 pub struct PgLog {
-    /// Appends, deletes, metadata and scavenges (serialised anyway by the
-    /// advisory lock).
+    /// Appends go to the group-commit task ([`commit_groups`]).
+    appends: mpsc::Sender<Job>,
+    /// Deletes, metadata and scavenges (serialised with appends anyway by
+    /// the advisory lock).
     writer: Mutex<Client>,
     /// Reads (tokio-postgres pipelines concurrent queries on one connection).
     reader: Client,
@@ -106,6 +119,18 @@ fn corrupt(reason: impl Into<String>) -> LogError {
 fn redact(url: &str) -> String {
     let no_kv = url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ");
     no_kv.split('@').next_back().unwrap_or_default().to_string()
+}
+
+/// Moves the head forward (never back: commits of this node and other
+/// nodes' notifications may arrive in any order).
+fn raise(head: &watch::Sender<u64>, to: u64) {
+    head.send_if_modified(|cur| {
+        let grew = to > *cur;
+        if grew {
+            *cur = to;
+        }
+        grew
+    });
 }
 
 fn deletion_code(d: Deletion) -> i16 {
@@ -248,13 +273,7 @@ impl PgLog {
                 match std::future::poll_fn(|cx| l_conn.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         if let Ok(h) = n.payload().parse::<u64>() {
-                            notify.send_if_modified(|cur| {
-                                let grew = h > *cur;
-                                if grew {
-                                    *cur = h;
-                                }
-                                grew
-                            });
+                            raise(&notify, h);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -267,116 +286,182 @@ impl PgLog {
             }
         });
         listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(named)?;
-        Ok(Self { writer: Mutex::new(writer), reader, _listener: listener, head, clock, name })
-    }
-
-    fn publish(&self, head: u64) {
-        self.head.send_if_modified(|cur| {
-            let grew = head > *cur;
-            if grew {
-                *cur = head;
+        let (appender, a_conn) = connect().await?;
+        tokio::spawn(async move {
+            if let Err(e) = a_conn.await {
+                tracing::error!(error = %e, "event log database connection (appender) ended");
             }
-            grew
+        });
+        let (tx, rx) = mpsc::channel(4 * GROUP);
+        tokio::spawn(commit_groups(appender, rx, head.clone(), clock.clone()));
+        Ok(Self { appends: tx, writer: Mutex::new(writer), reader, _listener: listener, head, clock, name })
+    }
+}
+
+/// The appends of every node are serialised by the advisory lock; on this
+/// node they are also grouped: every append waiting when a transaction
+/// starts goes into it, each under a savepoint (so one append's wrong
+/// expected version fails that append alone), and one COMMIT (one WAL
+/// flush) acknowledges them all.
+async fn commit_groups(
+    mut client: Client,
+    mut jobs: mpsc::Receiver<Job>,
+    head: watch::Sender<u64>,
+    clock: Arc<dyn Clock>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut answers: Vec<Option<Result<Vec<AppendResult>>>> = Vec::with_capacity(group.len());
+        let committed = commit_group(&mut client, &group, &mut answers, clock.now_micros()).await;
+        match committed {
+            Ok(new_head) => {
+                raise(&head, new_head);
+                for (job, answer) in group.into_iter().zip(answers) {
+                    let _ = job.reply.send(answer.unwrap_or(Err(LogError::Closed)));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was written: every append fails.
+                for job in group {
+                    let _ = job.reply.send(Err(LogError::Database { detail: e.to_string() }));
+                }
+            }
+        }
+    }
+}
+
+/// One group's transaction; each job's answer goes into `answers`. The
+/// new head on commit.
+async fn commit_group(
+    client: &mut Client,
+    group: &[Job],
+    answers: &mut Vec<Option<Result<Vec<AppendResult>>>>,
+    now: i64,
+) -> Result<u64> {
+    let mut tx = client.transaction().await.map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+    let mut position = head_in(&tx).await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO pypes_log_events (position, stream, version, event_id, event_type, recorded_at_micros, stored)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .await
+        .map_err(db)?;
+    for job in group {
+        let savepoint = tx.savepoint("job").await.map_err(db)?;
+        match append_in(&savepoint, &insert, &job.appends, position, now).await {
+            Ok((results, next)) => {
+                savepoint.commit().await.map_err(db)?;
+                position = next;
+                answers.push(Some(Ok(results)));
+            }
+            // A database error (not a refusal) aborts the whole group.
+            Err(LogError::Database { detail }) => return Err(LogError::Database { detail }),
+            Err(refused) => {
+                savepoint.rollback().await.map_err(db)?;
+                answers.push(Some(Err(refused)));
+            }
+        }
+    }
+    tx.execute("UPDATE pypes_log_head SET next_position = $1", &[&i64_of(position)?]).await.map_err(db)?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await.map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(position)
+}
+
+/// One append inside the group's transaction, from `position`: its
+/// results and the next free position (or a refusal, or a repeat's
+/// original results without writing).
+async fn append_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    insert: &tokio_postgres::Statement,
+    appends: &[StreamAppend],
+    mut position: u64,
+    now: i64,
+) -> Result<(Vec<AppendResult>, u64)> {
+    // Idempotency: the events whose ids were appended before.
+    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter().map(|e| e.id.as_bytes().as_slice())).collect();
+    let mut earlier: HashMap<Uuid, Earlier> = HashMap::new();
+    for row in tx
+        .query("SELECT stream, version, position, stored FROM pypes_log_events WHERE event_id = ANY($1)", &[&ids])
+        .await
+        .map_err(db)?
+    {
+        let stream: Arc<str> = Arc::from(row.try_get::<_, &str>(0).map_err(db)?);
+        let e = event_of(&row, stream.clone())?;
+        earlier.insert(e.id(), Earlier { stream, version: e.version, position: e.position, event: e.event });
+    }
+    let mut repeats = Vec::new();
+    for append in appends {
+        if let Some(r) = check_repeat(append, |id| {
+            Ok(earlier.get(id).map(|e| Earlier {
+                stream: e.stream.clone(),
+                version: e.version,
+                position: e.position,
+                event: e.event.clone(),
+            }))
+        })? {
+            repeats.push(r);
+        }
+    }
+    if let Some(results) = whole_repeat(appends, repeats)? {
+        return Ok((results, position));
+    }
+    let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+    let mut rules = load_rules(tx, &names).await?;
+    for append in appends {
+        rules.get(&append.stream).cloned().unwrap_or_default().check_expected(&append.stream, append.expected)?;
+    }
+    let mut results = Vec::with_capacity(appends.len());
+    for append in appends {
+        let r = rules.entry(append.stream.clone()).or_default();
+        let first_position = position;
+        let mut version = r.next_version;
+        for event in &append.events {
+            let stored = event.to_stored(&append.stream, version, position, now).encode_to_vec();
+            tx.execute(
+                insert,
+                &[
+                    &i64_of(position)?,
+                    &append.stream,
+                    &i64_of(version)?,
+                    &event.id.as_bytes().as_slice(),
+                    &event.event_type,
+                    &now,
+                    &stored,
+                ],
+            )
+            .await
+            .map_err(db)?;
+            position += 1;
+            version += 1;
+        }
+        let count = append.events.len() as u64;
+        r.apply_append(count);
+        save_rules(tx, &append.stream, r).await?;
+        results.push(AppendResult {
+            next_expected_version: version - 1,
+            first_position,
+            last_position: first_position + count - 1,
         });
     }
+    Ok((results, position))
 }
 
 impl EventLog for PgLog {
     fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
         Box::pin(async move {
             validate_appends(&appends)?;
-            let mut writer = self.writer.lock().await;
-            let tx = writer.transaction().await.map_err(db)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
-            // Idempotency: the events whose ids were appended before.
-            let ids: Vec<&[u8]> =
-                appends.iter().flat_map(|a| a.events.iter().map(|e| e.id.as_bytes().as_slice())).collect();
-            let mut earlier: HashMap<Uuid, Earlier> = HashMap::new();
-            for row in tx
-                .query(
-                    "SELECT stream, version, position, stored FROM pypes_log_events WHERE event_id = ANY($1)",
-                    &[&ids],
-                )
-                .await
-                .map_err(db)?
-            {
-                let stream: Arc<str> = Arc::from(row.try_get::<_, &str>(0).map_err(db)?);
-                let e = event_of(&row, stream.clone())?;
-                earlier.insert(e.id(), Earlier { stream, version: e.version, position: e.position, event: e.event });
-            }
-            let mut repeats = Vec::new();
-            for append in &appends {
-                if let Some(r) = check_repeat(append, |id| {
-                    Ok(earlier.get(id).map(|e| Earlier {
-                        stream: e.stream.clone(),
-                        version: e.version,
-                        position: e.position,
-                        event: e.event.clone(),
-                    }))
-                })? {
-                    repeats.push(r);
-                }
-            }
-            if let Some(results) = whole_repeat(&appends, repeats)? {
-                return Ok(results);
-            }
-            let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
-            let mut rules = load_rules(&tx, &names).await?;
-            for append in &appends {
-                rules
-                    .get(&append.stream)
-                    .cloned()
-                    .unwrap_or_default()
-                    .check_expected(&append.stream, append.expected)?;
-            }
-            let now = self.clock.now_micros();
-            let mut position = head_in(&tx).await?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO pypes_log_events (position, stream, version, event_id, event_type, recorded_at_micros, stored)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .await
-                .map_err(db)?;
-            let mut results = Vec::with_capacity(appends.len());
-            for append in &appends {
-                let r = rules.entry(append.stream.clone()).or_default();
-                let first_position = position;
-                let mut version = r.next_version;
-                for event in &append.events {
-                    let stored = event.to_stored(&append.stream, version, position, now).encode_to_vec();
-                    tx.execute(
-                        &insert,
-                        &[
-                            &i64_of(position)?,
-                            &append.stream,
-                            &i64_of(version)?,
-                            &event.id.as_bytes().as_slice(),
-                            &event.event_type,
-                            &now,
-                            &stored,
-                        ],
-                    )
-                    .await
-                    .map_err(db)?;
-                    position += 1;
-                    version += 1;
-                }
-                let count = append.events.len() as u64;
-                r.apply_append(count);
-                save_rules(&tx, &append.stream, r).await?;
-                results.push(AppendResult {
-                    next_expected_version: version - 1,
-                    first_position,
-                    last_position: first_position + count - 1,
-                });
-            }
-            tx.execute("UPDATE pypes_log_head SET next_position = $1", &[&i64_of(position)?]).await.map_err(db)?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await.map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            drop(writer);
-            self.publish(position);
-            Ok(results)
+            let (reply, answer) = oneshot::channel();
+            self.appends.send(Job { appends, reply }).await.map_err(|_| LogError::Closed)?;
+            answer.await.map_err(|_| LogError::Closed)?
         })
     }
 
