@@ -479,30 +479,40 @@ impl EventLog for PgLog {
             };
             rules.check_readable(stream)?;
             let now = self.clock.now_micros();
-            let versions: Vec<u64> = rules.read_range(from, direction).collect();
-            let (Some(&a), Some(&b)) = (versions.first(), versions.last()) else { return Ok(Vec::new()) };
-            let (lo, hi) = (a.min(b), a.max(b));
-            let order = if matches!(direction, Direction::Forward) { "ASC" } else { "DESC" };
-            let rows = self
-                .reader
-                .query(
-                    &format!(
-                        "SELECT stored FROM pypes_log_events WHERE stream = $1 AND version BETWEEN $2 AND $3
-                         ORDER BY version {order}"
-                    ),
-                    &[&stream, &i64_of(lo)?, &i64_of(hi)?],
-                )
-                .await
-                .map_err(db)?;
+            let mut range = rules.read_range(from, direction);
+            let Some(a) = range.next() else { return Ok(Vec::new()) };
+            let b = range.last().unwrap_or(a);
+            let (mut lo, mut hi) = (a.min(b), a.max(b));
+            let forward = matches!(direction, Direction::Forward);
+            let order = if forward { "ASC" } else { "DESC" };
+            let query = format!(
+                "SELECT stored FROM pypes_log_events WHERE stream = $1 AND version BETWEEN $2 AND $3
+                 ORDER BY version {order} LIMIT $4"
+            );
             let name: Arc<str> = Arc::from(stream);
             let mut out = Vec::new();
-            for row in &rows {
-                if out.len() >= max_count {
-                    break;
+            // Pages of the range until `max_count` visible events (hidden
+            // ones, e.g. past their max age, are skipped, not counted).
+            let page = (max_count as i64).clamp(1, SCAN);
+            while out.len() < max_count && lo <= hi {
+                let rows =
+                    self.reader.query(&query, &[&stream, &i64_of(lo)?, &i64_of(hi)?, &page]).await.map_err(db)?;
+                for row in &rows {
+                    let e = event_of(row, name.clone())?;
+                    if forward {
+                        lo = e.version + 1;
+                    } else if e.version == 0 {
+                        lo = 1;
+                        hi = 0;
+                    } else {
+                        hi = e.version - 1;
+                    }
+                    if out.len() < max_count && rules.is_visible(e.version, e.recorded_at_micros, now) {
+                        out.push(e);
+                    }
                 }
-                let e = event_of(row, name.clone())?;
-                if rules.is_visible(e.version, e.recorded_at_micros, now) {
-                    out.push(e);
+                if (rows.len() as i64) < page {
+                    break;
                 }
             }
             Ok(out)

@@ -106,3 +106,27 @@ async fn an_unreachable_database_is_named_without_its_password() {
     assert!(text.contains("event log database") && text.contains("port=1"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// A stream longer than one page of rows reads in pages, in both
+/// directions, and hidden events are skipped, not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_streams_read_in_pages() {
+    use eventlog::StreamMetadata;
+    let Some(pg) = pgtest::Cluster::start() else { return };
+    let log = PgLog::open(&pg.fresh_database(), Arc::new(SystemClock)).await.unwrap();
+    for chunk in 0..7 {
+        let events = (0..100).map(|i| NewEvent::new("E", format!("{}", chunk * 100 + i).into_bytes())).collect();
+        log.append("long", ExpectedVersion::Any, events).await.unwrap();
+    }
+    let versions = |events: Vec<eventlog::RecordedEvent>| events.iter().map(|e| e.version).collect::<Vec<_>>();
+    let forward = log.read_stream("long", ReadFrom::Version(100), Direction::Forward, 1500).await.unwrap();
+    assert_eq!(versions(forward), (100..700).collect::<Vec<_>>());
+    let backward = log.read_stream("long", ReadFrom::End, Direction::Backward, 300).await.unwrap();
+    assert_eq!(versions(backward), (400..700).rev().collect::<Vec<_>>());
+    let all_back = log.read_stream("long", ReadFrom::End, Direction::Backward, 5000).await.unwrap();
+    assert_eq!(all_back.len(), 700);
+    assert_eq!(all_back.last().unwrap().version, 0);
+    log.set_stream_metadata("long", StreamMetadata { max_count: Some(10), ..Default::default() }).await.unwrap();
+    let last = log.read_stream("long", ReadFrom::Start, Direction::Forward, 5).await.unwrap();
+    assert_eq!(versions(last), (690..695).collect::<Vec<_>>());
+}
