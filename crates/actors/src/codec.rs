@@ -616,15 +616,23 @@ fn attachment_pb(a: &domain::session::Attachment) -> pb::Attachment {
 
 /// A message's sealed attachment list (empty once erased).
 fn attachments_of(r: &RecordedEvent, bytes: &[u8]) -> Result<Vec<domain::session::Attachment>, ActorError> {
+    decode_attachments(bytes).map_err(|e| corrupt(r, e))
+}
+
+/// The plaintext of a message's sealed "attachments" field (empty: none,
+/// or erased); `Err` names what is malformed.
+pub fn decode_attachments(bytes: &[u8]) -> Result<Vec<domain::session::Attachment>, String> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let list = pb::Attachments::decode(bytes).map_err(|e| corrupt(r, format!("attachments: {e}")))?;
+    let list = pb::Attachments::decode(bytes).map_err(|e| format!("attachments: {e}"))?;
     list.items
         .into_iter()
         .map(|a| {
+            let media = Uuid::from_slice(&a.media_id)
+                .map_err(|_| format!("attachments.media_id is {} bytes, not a uuid", a.media_id.len()))?;
             Ok(domain::session::Attachment {
-                media: uuid(r, "attachments.media_id", &a.media_id)?,
+                media,
                 content_type: a.content_type,
                 size: a.size,
                 sha256: a.sha256.to_vec(),

@@ -115,8 +115,9 @@ fn corrupt(reason: impl Into<String>) -> LogError {
     LogError::Database { detail: format!("corrupt row: {}", reason.into()) }
 }
 
-/// `url` without its password, for messages.
-fn redact(url: &str) -> String {
+/// A connection string or URL without its password, for messages (the
+/// key store's PostgreSQL backend names its database the same way).
+pub fn redact_url(url: &str) -> String {
     let no_kv = url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ");
     no_kv.split('@').next_back().unwrap_or_default().to_string()
 }
@@ -218,7 +219,7 @@ impl PgLog {
     /// URL), creates the tables on first use, and starts listening for
     /// other nodes' commits.
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
-        let name = redact(url);
+        let name = redact_url(url);
         let named = |e: tokio_postgres::Error| LogError::Database { detail: format!("{name}: {e}") };
         let connect = || async {
             let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(named)?;

@@ -75,18 +75,6 @@ struct PgPersist {
     client: Mutex<Option<Client>>,
 }
 
-/// `url` without anything after a password marker, for messages.
-fn redact(url: &str) -> String {
-    url.split_whitespace()
-        .filter(|part| !part.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
-        .split('@')
-        .next_back()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn id(bytes: &[u8], what: &str, store: &str) -> Result<Uuid, KeyError> {
     Uuid::from_slice(bytes).map_err(|_| KeyError::Database {
         store: store.to_string(),
@@ -96,7 +84,8 @@ fn id(bytes: &[u8], what: &str, store: &str) -> Result<Uuid, KeyError> {
 
 impl PgPersist {
     fn open(url: &str) -> Result<(Self, HashMap<Uuid, TenantState>), KeyError> {
-        let persist = Self { url: url.to_string(), name: redact(url), client: Mutex::new(None) };
+        let persist =
+            Self { url: url.to_string(), name: eventlog::postgres::redact_url(url), client: Mutex::new(None) };
         let tenants = persist.with(|c, name| {
             c.batch_execute(SCHEMA)?;
             let versions: Vec<i32> =

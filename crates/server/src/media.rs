@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use domain::session::{Attachment, MediaMeta, Session, SessionCommand, SessionEvent};
+use domain::session::{Attachment, MediaMeta, Session, SessionCommand};
 use keystore::{KeyId, Keyring, ShredTarget};
 use media::sealed::{self, Decryptor, Encryptor, FormatError, HEADER_LEN, Header};
 use media::{BlobError, BlobId, BlobStore, BlobWriter};
@@ -382,61 +382,51 @@ impl Handle {
         let _live = api.media.live(id);
         let (key_id, cipher) = api.keyring.media_key(tenant, start.session, media).await?;
         let enc = Encryptor::new(Header::new(id, key_id.0, start.size), cipher);
-        let writer = match api.media.store.create(id).await {
-            Ok(w) => w,
-            Err(e) => {
-                api.media.discard(&api.keyring, id).await;
-                return Err(e.into());
-            }
-        };
         let idle = Duration::from_secs(api.media.config.upload_idle_secs);
-        let (writer, received) = receive(&mut stream, writer, enc, idle).await;
-        let received = received
-            .and_then(|digest| sealed::check_digest(&start.sha256, &digest).map(|()| digest).map_err(format_error));
-        let digest = match received {
-            Ok(d) => d,
-            Err(e) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(blob = %id, error = %abort, "aborting an upload");
+        let stored = async {
+            let writer = api.media.store.create(id).await?;
+            let (writer, received) = receive(&mut stream, writer, enc, idle).await;
+            let checked = received
+                .and_then(|digest| sealed::check_digest(&start.sha256, &digest).map(|()| digest).map_err(format_error));
+            let digest = match checked {
+                Ok(d) => d,
+                Err(e) => {
+                    if let Err(abort) = writer.abort().await {
+                        tracing::warn!(blob = %id, error = %abort, "aborting an upload");
+                    }
+                    return Err(e);
                 }
-                api.media.discard(&api.keyring, id).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = writer.commit().await {
-            api.media.discard(&api.keyring, id).await;
-            return Err(e.into());
+            };
+            writer.commit().await?;
+            let meta = MediaMeta {
+                uploader: start.uploader,
+                content_type: start.content_type.clone(),
+                size: start.size,
+                sha256: digest.to_vec(),
+                file_name: start.file_name.clone(),
+                key_id: key_id.0,
+                at_micros: 0,
+            };
+            let command = SessionCommand::RecordMedia { media, meta };
+            Ok::<_, ApiError>(api.registry.execute::<Session>(tenant, start.session, command).await?)
         }
-        let meta = MediaMeta {
-            uploader: start.uploader,
-            content_type: start.content_type,
-            size: start.size,
-            sha256: digest.to_vec(),
-            file_name: start.file_name,
-            key_id: key_id.0,
-            at_micros: 0,
-        };
-        let done = match api
-            .registry
-            .execute::<Session>(tenant, start.session, SessionCommand::RecordMedia { media, meta })
-            .await
-        {
+        .await;
+        // Anything short of a recorded blob leaves nothing: no file, no key.
+        let done = match stored {
             Ok(done) => done,
             Err(e) => {
                 api.media.discard(&api.keyring, id).await;
-                return Err(e.into());
+                return Err(e);
             }
         };
         // Recorded: a failed confirm only leaves the mark for the sweep.
         if let Err(e) = api.media.store.confirm(id).await {
             tracing::warn!(blob = %id, error = %e, "confirming a recorded blob; the sweep will");
         }
-        let recorded = done.events.iter().find_map(|e| match e {
-            SessionEvent::MediaUploaded { media: m, meta } if *m == media => Some(meta),
-            _ => None,
-        });
-        let meta = recorded
-            .or_else(|| done.state.media.get(&media))
+        let meta = done
+            .state
+            .media
+            .get(&media)
             .ok_or_else(|| ApiError::Internal(format!("media {media} recorded but not in the session's state")))?;
         Ok(media_out(start.session, media, meta))
     }

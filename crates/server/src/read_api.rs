@@ -51,23 +51,10 @@ async fn text(
 
 /// A message's attachments from their sealed list (none once erased).
 fn attachments_out(session: Uuid, sealed: Option<zeroize::Zeroizing<Vec<u8>>>) -> Result<Vec<pb::Media>, ApiError> {
-    use prost::Message as _;
     let Some(bytes) = sealed else { return Ok(Vec::new()) };
-    let list = proto::events::Attachments::decode(bytes.as_slice())
+    let list = actors::codec::decode_attachments(&bytes)
         .map_err(|e| ApiError::Internal(format!("a message's attachments do not decode: {e}")))?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|a| pb::Media {
-            media_id: Uuid::from_slice(&a.media_id).map(|u| u.to_string()).unwrap_or_default(),
-            session_id: session.to_string(),
-            content_type: a.content_type,
-            size: a.size,
-            sha256: a.sha256.to_vec(),
-            file_name: a.file_name,
-            ..Default::default()
-        })
-        .collect())
+    Ok(list.iter().map(|a| crate::media::attachment_out(session, a)).collect())
 }
 
 #[tonic::async_trait]
