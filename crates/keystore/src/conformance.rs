@@ -175,6 +175,20 @@ pub fn reservations_and_retirement(new: Factory<'_>) {
     assert!(matches!(store.reserve_uses(t, crate::KeyId::random(), 10), Err(KeyError::UnknownKey { .. })));
 }
 
+pub fn blocks_follow_every_reservation(new: Factory<'_>) {
+    let store = new();
+    let t = Uuid::now_v7();
+    let k = store.active_key(t, &KeyPurpose::SessionContent { session: Uuid::now_v7() }).unwrap();
+    let first = crate::INITIAL_RESERVATION;
+    assert_eq!(store.reserve_block(t, k.id, 100).unwrap(), Some(first..first + 100));
+    assert_eq!(store.reserve_block(t, k.id, 10).unwrap(), Some(first + 100..first + 110), "never the same seals twice");
+    assert_eq!(store.reserve_uses(t, k.id, first + 500).unwrap(), Some(first + 500));
+    assert_eq!(store.reserve_block(t, k.id, 1).unwrap(), Some(first + 500..first + 501));
+    store.retire(t, k.id).unwrap();
+    assert_eq!(store.reserve_block(t, k.id, 1).unwrap(), None);
+    assert!(matches!(store.reserve_block(t, crate::KeyId::random(), 1), Err(KeyError::UnknownKey { .. })));
+}
+
 pub fn rotation_rewraps_and_destroys_old_epoch(new: Factory<'_>) {
     let store = new();
     let before = store.status().unwrap().epochs;
@@ -336,6 +350,7 @@ macro_rules! keystore_conformance_tests {
             shred_key_by_id,
             shred_tenant_destroys_everything_of_it,
             reservations_and_retirement,
+            blocks_follow_every_reservation,
             rotation_rewraps_and_destroys_old_epoch,
             seal_open_round_trip_and_erasure,
             tampered_or_moved_ciphertext_does_not_open,

@@ -233,9 +233,13 @@ impl Keyring {
         let policy = self.inner.policy;
         let used = key.uses.load(Ordering::Acquire);
         if !key.retired.load(Ordering::Acquire) && used < policy.retire_after_uses {
-            let want = used.saturating_add(policy.reserve_block).min(policy.retire_after_uses);
-            if let Some(reserved) = self.inner.store.reserve_uses(key.tenant, key.id, want)? {
-                key.reserved.fetch_max(reserved, Ordering::AcqRel);
+            let block = policy.reserve_block.min(policy.retire_after_uses - used);
+            // The block comes after every reservation so far, this node's
+            // or another's (a shared store): the count moves to its start,
+            // so two nodes never count the same seals.
+            if let Some(range) = self.inner.store.reserve_block(key.tenant, key.id, block)? {
+                key.uses.fetch_max(range.start, Ordering::AcqRel);
+                key.reserved.fetch_max(range.end, Ordering::AcqRel);
                 return Ok(());
             }
         } else {
@@ -385,18 +389,38 @@ impl Keyring {
     /// Shreds keys in the store (durable when this returns) and forgets them here.
     pub fn shred_blocking(&self, tenant: Uuid, target: &ShredTarget) -> Result<ShredReport, KeyError> {
         let report = self.inner.store.shred(tenant, target)?;
+        self.forget(tenant, matches!(target, ShredTarget::Tenant), &report.keys);
+        Ok(report)
+    }
+
+    /// Drops the unwrapped copies of shredded keys.
+    fn forget(&self, tenant: Uuid, whole_tenant: bool, keys: &[KeyId]) {
         let mut cache = self.write();
         self.inner.shreds.fetch_add(1, Ordering::SeqCst);
-        if matches!(target, ShredTarget::Tenant) {
+        if whole_tenant {
             cache.by_id.retain(|_, k| k.tenant != tenant);
             cache.active.retain(|(t, _), _| *t != tenant);
         } else {
-            for id in &report.keys {
+            for id in keys {
                 cache.by_id.remove(id);
             }
-            cache.active.retain(|_, k| !report.keys.contains(&k.id));
+            cache.active.retain(|_, k| !keys.contains(&k.id));
         }
-        Ok(report)
+    }
+
+    /// Takes in what other nodes changed in a shared key store and drops
+    /// the unwrapped copies of the keys they shredded; returns how many
+    /// keys that was. The server calls it every second or so, which bounds
+    /// how long another node's copy of a shredded key can still open data.
+    pub async fn sync(&self) -> Result<usize, KeyError> {
+        let store = self.inner.store.clone();
+        let shreds = off_runtime(move || store.sync()).await?;
+        let mut keys = 0;
+        for shred in shreds {
+            keys += shred.keys.len();
+            self.forget(shred.tenant, shred.tenant_shredded, &shred.keys);
+        }
+        Ok(keys)
     }
 
     pub async fn shred(&self, tenant: Uuid, target: ShredTarget) -> Result<ShredReport, KeyError> {

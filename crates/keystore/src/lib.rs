@@ -26,7 +26,7 @@ mod types;
 pub use error::KeyError;
 pub use keyring::{Aad, KeyPolicy, Keyring, Opened, rotation_schedule};
 pub use provider::{EmbeddedRootProvider, RootKeyProvider};
-pub use store::{INITIAL_RESERVATION, KeyStore, LocalKeyStore, SHARDS, VerifyReport, rotation_due};
+pub use store::{INITIAL_RESERVATION, KeyStore, LocalKeyStore, RemoteShred, SHARDS, VerifyReport, rotation_due};
 pub use types::{
     DataKey, EpochInfo, Group, KeyId, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
 };

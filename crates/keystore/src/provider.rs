@@ -55,13 +55,65 @@ struct State {
     check: WrappedKey,
 }
 
+/// Where the embedded provider keeps its state (the epoch KEKs wrapped
+/// under the root key, one small blob): a file of the data directory, or a
+/// database row that several nodes share.
+pub trait ProviderStorage: Send + Sync {
+    fn describe(&self) -> String;
+    /// Where the state is, for errors: a file path, or a table name.
+    fn location(&self) -> PathBuf;
+    /// The stored state, `None` when there is none yet.
+    fn read(&self) -> Result<Option<Vec<u8>>, KeyError>;
+    /// Replaces the state, durable before it returns. A shared storage
+    /// refuses the write when another node changed the state since this
+    /// one last read it.
+    fn write(&self, bytes: &[u8]) -> Result<(), KeyError>;
+    /// Whether other processes may change the state (it is then read again
+    /// before a change and when an epoch is not known here).
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+struct FileStorage {
+    vfs: Arc<dyn Vfs>,
+    dir: PathBuf,
+}
+
+impl ProviderStorage for FileStorage {
+    fn describe(&self) -> String {
+        format!("embedded root-key provider at {}", self.dir.display())
+    }
+
+    fn location(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    fn read(&self) -> Result<Option<Vec<u8>>, KeyError> {
+        let path = self.dir.join(STATE_FILE);
+        if self.vfs.exists(&files::tmp_path(&path)) {
+            files::remove_file(&self.vfs, &files::tmp_path(&path))?;
+        }
+        if !self.vfs.exists(&path) {
+            return Ok(None);
+        }
+        files::read_file(&self.vfs, &path).map(Some)
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), KeyError> {
+        self.vfs.create_dir_all(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
+        files::replace_file(&self.vfs, &self.dir.join(STATE_FILE), bytes)
+    }
+}
+
 /// The embedded provider: root key given by the caller (from an environment
 /// variable or a 0600 file, see [`crate::embedded`]), epoch KEKs wrapped
-/// under it in `<dir>/epochs`, or only in memory for tests.
+/// under it in `<dir>/epochs` (or a shared [`ProviderStorage`]), or only in
+/// memory for tests.
 pub struct EmbeddedRootProvider {
     root: SecretKey,
     state: Mutex<State>,
-    storage: Option<(Arc<dyn Vfs>, PathBuf)>,
+    storage: Option<Box<dyn ProviderStorage>>,
 }
 
 impl std::fmt::Debug for EmbeddedRootProvider {
@@ -86,23 +138,41 @@ impl EmbeddedRootProvider {
     /// absent and `create` is true. A root key that does not open the state
     /// is refused: never is a new state made over an existing one.
     pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, root: SecretKey, create: bool, now_unix: i64) -> Result<Self, KeyError> {
-        let path = dir.join(STATE_FILE);
-        if vfs.exists(&files::tmp_path(&path)) {
-            files::remove_file(&vfs, &files::tmp_path(&path))?;
-        }
-        let state = if vfs.exists(&path) {
-            read_state(&vfs, &path, &root)?
-        } else if create {
-            vfs.create_dir_all(dir).map_err(|e| KeyError::io(dir, e))?;
-            let state = fresh_state(&root, now_unix)?;
-            files::replace_file(&vfs, &path, &encode_state(&state))?;
-            state
-        } else {
-            return Err(KeyError::RootKeyMissing {
-                detail: format!("{} does not exist and creating it was not allowed", path.display()),
-            });
+        Self::open_in(Box::new(FileStorage { vfs, dir: dir.to_path_buf() }), root, create, now_unix)
+    }
+
+    /// Opens the provider state kept in `storage` (see [`Self::open`]).
+    pub fn open_in(
+        storage: Box<dyn ProviderStorage>,
+        root: SecretKey,
+        create: bool,
+        now_unix: i64,
+    ) -> Result<Self, KeyError> {
+        let state = match storage.read()? {
+            Some(bytes) => read_state(&storage.location(), &bytes, &root)?,
+            None if create => {
+                let state = fresh_state(&root, now_unix)?;
+                storage.write(&encode_state(&state))?;
+                state
+            }
+            None => {
+                return Err(KeyError::RootKeyMissing {
+                    detail: format!("{} holds no provider state and creating it was not allowed", storage.describe()),
+                });
+            }
         };
-        Ok(Self { root, state: Mutex::new(state), storage: Some((vfs, dir.to_path_buf())) })
+        Ok(Self { root, state: Mutex::new(state), storage: Some(storage) })
+    }
+
+    /// Reads a shared storage's state again (another node may have made or
+    /// destroyed an epoch); a no-op for a storage only this process writes.
+    fn refresh(&self, state: &mut State) -> Result<(), KeyError> {
+        if let Some(storage) = self.storage.as_ref().filter(|s| s.shared())
+            && let Some(bytes) = storage.read()?
+        {
+            *state = read_state(&storage.location(), &bytes, &self.root)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -112,8 +182,8 @@ impl EmbeddedRootProvider {
     /// Writes the state that `change` produces; memory changes only once
     /// the file is durable.
     fn commit(&self, state: &mut State, next: State) -> Result<(), KeyError> {
-        if let Some((vfs, dir)) = &self.storage {
-            files::replace_file(vfs, &dir.join(STATE_FILE), &encode_state(&next))?;
+        if let Some(storage) = &self.storage {
+            storage.write(&encode_state(&next))?;
         }
         *state = next;
         Ok(())
@@ -176,9 +246,8 @@ fn encode_state(state: &State) -> Vec<u8> {
     files::single_frame_file(MAGIC, &msg.encode_to_vec())
 }
 
-fn read_state(vfs: &Arc<dyn Vfs>, path: &Path, root: &SecretKey) -> Result<State, KeyError> {
-    let bytes = files::read_file(vfs, path)?;
-    let body = files::single_frame_body(path, &bytes, MAGIC, MAX_STATE)?;
+fn read_state(path: &Path, bytes: &[u8], root: &SecretKey) -> Result<State, KeyError> {
+    let body = files::single_frame_body(path, bytes, MAGIC, MAX_STATE)?;
     let msg =
         pb::ProviderState::decode(body).map_err(|e| KeyError::corrupt(path, format!("undecodable state: {e}")))?;
     let check = WrappedKey::from_parts(&msg.root_check_nonce, &msg.root_check)
@@ -206,18 +275,20 @@ fn read_state(vfs: &Arc<dyn Vfs>, path: &Path, root: &SecretKey) -> Result<State
 impl RootKeyProvider for EmbeddedRootProvider {
     fn describe(&self) -> String {
         match &self.storage {
-            Some((_, dir)) => format!("embedded root-key provider at {}", dir.display()),
+            Some(storage) => storage.describe(),
             None => "in-memory root-key provider".to_string(),
         }
     }
 
     fn epochs(&self) -> Result<Vec<EpochInfo>, KeyError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        self.refresh(&mut state)?;
         Ok(state.epochs.iter().map(|(&epoch, e)| EpochInfo { epoch, created_at_unix: e.created_at_unix }).collect())
     }
 
     fn create_epoch(&self, now_unix: i64) -> Result<u32, KeyError> {
         let mut state = self.lock();
+        self.refresh(&mut state)?;
         let epoch = state.next_epoch;
         let kek = SecretKey::random()?;
         let wrapped = crypto::wrap(&self.root, &epoch_aad(epoch), &kek)?;
@@ -231,6 +302,7 @@ impl RootKeyProvider for EmbeddedRootProvider {
 
     fn destroy_epoch(&self, epoch: u32, now_unix: i64) -> Result<(), KeyError> {
         let mut state = self.lock();
+        self.refresh(&mut state)?;
         if !state.epochs.contains_key(&epoch) {
             return Ok(());
         }
@@ -246,13 +318,19 @@ impl RootKeyProvider for EmbeddedRootProvider {
     }
 
     fn wrap(&self, epoch: u32, aad: &[u8], key: &SecretKey) -> Result<WrappedKey, KeyError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        if !state.epochs.contains_key(&epoch) {
+            self.refresh(&mut state)?;
+        }
         let e = state.epochs.get(&epoch).ok_or_else(|| Self::unavailable(&state, epoch))?;
         crypto::wrap(&e.kek, aad, key)
     }
 
     fn unwrap(&self, epoch: u32, aad: &[u8], wrapped: &WrappedKey) -> Result<SecretKey, KeyError> {
-        let state = self.lock();
+        let mut state = self.lock();
+        if !state.epochs.contains_key(&epoch) {
+            self.refresh(&mut state)?;
+        }
         let e = state.epochs.get(&epoch).ok_or_else(|| Self::unavailable(&state, epoch))?;
         crypto::unwrap(&e.kek, aad, wrapped).ok_or_else(|| KeyError::Integrity {
             what: format!("a key wrapped under epoch {epoch} does not open (another root, or altered)"),

@@ -30,6 +30,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Raises the key's reserved seal count to at least `up_to`; returns the
     /// count now reserved, or `None` when the key is retired or shredded.
     fn reserve_uses(&self, tenant: Uuid, id: KeyId, up_to: u64) -> Result<Option<u64>, KeyError>;
+    /// Reserves the next `block` seals of the key for this caller alone:
+    /// the range after every reservation made so far, by any node of a
+    /// shared store. `None` when the key is retired or shredded.
+    fn reserve_block(&self, tenant: Uuid, id: KeyId, block: u64) -> Result<Option<std::ops::Range<u64>>, KeyError>;
     /// Stops a key from sealing; it still opens what it sealed.
     fn retire(&self, tenant: Uuid, id: KeyId) -> Result<(), KeyError>;
     /// Destroys keys. Idempotent: what is already gone is not reported again.
@@ -42,6 +46,21 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// found.
     fn rotate_epoch(&self) -> Result<RotationReport, KeyError>;
     fn status(&self) -> Result<StoreStatus, KeyError>;
+    /// For a store several nodes share: takes in what other nodes changed
+    /// and reports the keys they shredded, so that the caller drops its
+    /// unwrapped copies. A store only this process writes has nothing to
+    /// report.
+    fn sync(&self) -> Result<Vec<RemoteShred>, KeyError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Keys another node shredded (all of the tenant's when `tenant_shredded`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteShred {
+    pub tenant: Uuid,
+    pub keys: Vec<KeyId>,
+    pub tenant_shredded: bool,
 }
 
 /// Shards per tenant: a shred rewrites one shard file, so its cost is the
@@ -111,7 +130,11 @@ impl TenantState {
                 if s.shredded.contains(&id) {
                     return;
                 }
-                self.by_anchor.entry(entry.purpose.anchor()).or_default().push(id);
+                // A shard rewritten by another node comes back whole: a key
+                // seen before is replaced (re-wrapped), not listed twice.
+                if !s.keys.contains_key(&id) {
+                    self.by_anchor.entry(entry.purpose.anchor()).or_default().push(id);
+                }
                 self.index.insert(id, shard);
                 s.keys.insert(id, entry);
             }
@@ -182,6 +205,45 @@ pub(crate) trait Persist: Send + Sync {
     fn rewrite_shard(&self, tenant: Uuid, shard: u16, records: &[Record]) -> Result<(), KeyError>;
     /// Marks the tenant shredded, then removes its KEKs and shards.
     fn shred_tenant(&self, tenant: Uuid) -> Result<(), KeyError>;
+    /// Whether other processes write the same store. Such a store is read
+    /// again before each change and on a miss, and a failed write does not
+    /// poison it (the change is one transaction that was rolled back).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// For a shared store: takes this process's exclusive hold on `tenant`
+    /// until [`Persist::release`] (the writes in between are one
+    /// transaction) and returns what others changed since this process
+    /// last looked.
+    fn hold(&self, _tenant: Uuid) -> Result<Option<Delta>, KeyError> {
+        Ok(None)
+    }
+    /// Ends the hold: commits the writes made under it, or rolls them back.
+    fn release(&self, _commit: bool) -> Result<(), KeyError> {
+        Ok(())
+    }
+    /// Forgets what this process knew of `tenant`: its next look reads the
+    /// tenant whole (after a change that was rolled back).
+    fn forget(&self, _tenant: Uuid) {}
+    /// For a shared store: what others changed, in `tenant` or in all
+    /// tenants, without a hold.
+    fn changes(&self, _tenant: Option<Uuid>) -> Result<Vec<Delta>, KeyError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What other processes changed in one tenant of a shared store.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    pub tenant: Uuid,
+    /// The records are the tenant's whole state, not what came after the
+    /// last look (first look, or this process lost track).
+    pub full: bool,
+    pub shredded: bool,
+    /// The tenant's KEKs as stored now.
+    pub keks: BTreeMap<u32, WrappedKey>,
+    /// Records written since the last look, in the order written.
+    pub records: Vec<(u16, Record)>,
 }
 
 /// The in-memory backend's persistence: nothing.
@@ -248,6 +310,8 @@ struct Inner {
     /// Unwrapped tenant KEKs by (tenant, epoch).
     keks: HashMap<(Uuid, u32), SecretKey>,
     poisoned: Option<String>,
+    /// Shreds by other nodes taken in but not yet reported by `sync`.
+    remote_shreds: Vec<RemoteShred>,
 }
 
 /// The store behind the in-memory and file backends.
@@ -269,7 +333,12 @@ impl LocalKeyStore {
     /// The in-memory backend: same rules, nothing survives the process.
     pub fn in_memory(provider: Arc<dyn RootKeyProvider>, clock: Arc<dyn Clock>) -> Self {
         Self {
-            inner: Mutex::new(Inner { tenants: HashMap::new(), keks: HashMap::new(), poisoned: None }),
+            inner: Mutex::new(Inner {
+                tenants: HashMap::new(),
+                keks: HashMap::new(),
+                poisoned: None,
+                remote_shreds: Vec::new(),
+            }),
             rotation: Mutex::new(()),
             provider,
             persist: Box::new(NoPersist),
@@ -306,7 +375,7 @@ impl LocalKeyStore {
             }
         }
         Ok(Self {
-            inner: Mutex::new(Inner { tenants, keks, poisoned: None }),
+            inner: Mutex::new(Inner { tenants, keks, poisoned: None, remote_shreds: Vec::new() }),
             rotation: Mutex::new(()),
             provider,
             persist,
@@ -356,12 +425,130 @@ impl LocalKeyStore {
         inner: &mut Inner,
         step: impl FnOnce(&dyn Persist) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
+        if self.persist.shared() {
+            // One transaction, rolled back by `change` on failure.
+            return step(self.persist.as_ref());
+        }
         if let Some(reason) = &inner.poisoned {
             return Err(KeyError::Poisoned { reason: reason.clone() });
         }
         step(self.persist.as_ref()).inspect_err(|e| {
             tracing::error!(error = %e, "key store write failed; refusing writes until reopened");
             inner.poisoned = Some(e.to_string());
+        })
+    }
+
+    /// Runs a change to `tenant`. On a shared store it runs under the
+    /// store's hold on the tenant, after taking in what other nodes
+    /// changed, and its writes are one transaction; when it fails, this
+    /// process reads the tenant whole next time (memory may hold part of a
+    /// change that was rolled back).
+    fn change<T>(&self, tenant: Uuid, f: impl FnOnce(&mut Inner) -> Result<T, KeyError>) -> Result<T, KeyError> {
+        let mut inner = self.lock();
+        if !self.persist.shared() {
+            return f(&mut inner);
+        }
+        if let Some(delta) = self.persist.hold(tenant)? {
+            Self::take_in(&mut inner, delta);
+        }
+        let result = f(&mut inner);
+        let released = self.persist.release(result.is_ok());
+        if result.is_err() || released.is_err() {
+            self.persist.forget(tenant);
+        }
+        released?;
+        result
+    }
+
+    /// Takes in what other nodes changed (in `tenant`, or everywhere).
+    fn refresh(&self, inner: &mut Inner, tenant: Option<Uuid>) -> Result<(), KeyError> {
+        if self.persist.shared() {
+            for delta in self.persist.changes(tenant)? {
+                Self::take_in(inner, delta);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies another node's changes to one tenant, noting the keys they
+    /// shredded that this process knew as live.
+    fn take_in(inner: &mut Inner, delta: Delta) {
+        let tenant = delta.tenant;
+        let live = |t: &TenantState| -> Vec<KeyId> { t.shards.values().flat_map(|s| s.keys.keys().copied()).collect() };
+        let mut report = RemoteShred { tenant, ..RemoteShred::default() };
+        if delta.shredded {
+            if let Some(old) = inner.tenants.get(&tenant).filter(|t| !t.shredded) {
+                report.keys = live(old);
+                report.tenant_shredded = true;
+                inner.remote_shreds.push(report);
+            }
+            inner.tenants.insert(tenant, TenantState { shredded: true, ..TenantState::default() });
+            inner.keks.retain(|(t, _), _| *t != tenant);
+            return;
+        }
+        if delta.full {
+            let mut state = TenantState::default();
+            for (shard, record) in delta.records {
+                state.apply(shard, record);
+            }
+            if let Some(old) = inner.tenants.get(&tenant) {
+                report.keys = live(old).into_iter().filter(|id| state.entry(*id).is_none()).collect();
+            }
+            inner.tenants.insert(tenant, state);
+            // An unwrapped KEK may be one of a change that was rolled back.
+            inner.keks.retain(|(t, _), _| *t != tenant);
+        } else {
+            let state = inner.tenants.entry(tenant).or_default();
+            for (shard, record) in delta.records {
+                if let Record::Shredded { id } = &record
+                    && state.entry(*id).is_some()
+                {
+                    report.keys.push(*id);
+                }
+                state.apply(shard, record);
+            }
+        }
+        let state = inner.tenants.entry(tenant).or_default();
+        state.keks = delta.keks;
+        let epochs: BTreeSet<u32> = state.keks.keys().copied().collect();
+        inner.keks.retain(|(t, e), _| *t != tenant || epochs.contains(e));
+        if !report.keys.is_empty() {
+            report.keys.sort();
+            inner.remote_shreds.push(report);
+        }
+    }
+
+    /// Raises the key's reservation to `target(reserved now)`; the range
+    /// between the two, or `None` for a retired or shredded key.
+    fn reserve(
+        &self,
+        tenant: Uuid,
+        id: KeyId,
+        target: impl FnOnce(u64) -> u64,
+    ) -> Result<Option<std::ops::Range<u64>>, KeyError> {
+        self.change(tenant, |inner| {
+            let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
+            let Some(entry) = state.entry(id) else {
+                return if state.index.contains_key(&id) || state.shredded {
+                    Ok(None)
+                } else {
+                    Err(KeyError::UnknownKey { tenant, key: id })
+                };
+            };
+            if entry.retired {
+                return Ok(None);
+            }
+            let (from, up_to) = (entry.reserved, target(entry.reserved));
+            if from >= up_to {
+                return Ok(Some(from..from));
+            }
+            let shard = state.index[&id];
+            let record = Record::Uses { id, up_to };
+            self.persist(inner, |p| p.append(tenant, shard, &record))?;
+            if let Some(t) = inner.tenants.get_mut(&tenant) {
+                t.apply(shard, record);
+            }
+            Ok(Some(from..up_to))
         })
     }
 
@@ -415,108 +602,119 @@ impl LocalKeyStore {
     }
 
     fn rotate_tenant(&self, tenant: Uuid, target: u32) -> Result<usize, KeyError> {
-        let mut inner = self.lock();
-        let Some(state) = inner.tenants.get(&tenant) else { return Ok(0) };
-        if state.shredded {
-            return Ok(0);
-        }
-        if !state.keks.contains_key(&target) {
-            self.add_tenant_kek(&mut inner, tenant, target)?;
-        }
-        let new_kek = self.tenant_kek(&mut inner, tenant, target)?;
-        let stale: Vec<u16> = inner.tenants[&tenant]
-            .shards
-            .iter()
-            .filter(|(_, s)| s.keys.values().any(|e| e.kek_epoch != target))
-            .map(|(&n, _)| n)
-            .collect();
-        let mut rewrapped = 0;
-        for shard in stale {
-            let entries: Vec<(KeyId, KeyEntry)> =
-                inner.tenants[&tenant].shards[&shard].keys.iter().map(|(&id, e)| (id, e.clone())).collect();
-            let mut keys = HashMap::with_capacity(entries.len());
-            for (id, mut entry) in entries {
-                if entry.kek_epoch != target {
-                    let key = self.unwrap_entry(&mut inner, tenant, id, &entry)?;
-                    entry.wrapped =
-                        crypto::wrap(&new_kek, &data_key_aad(tenant, id, &entry.purpose, target), &key.material)?;
-                    entry.kek_epoch = target;
-                    rewrapped += 1;
+        self.change(tenant, |inner| {
+            let Some(state) = inner.tenants.get(&tenant) else { return Ok(0) };
+            if state.shredded {
+                return Ok(0);
+            }
+            if !state.keks.contains_key(&target) {
+                self.add_tenant_kek(inner, tenant, target)?;
+            }
+            let new_kek = self.tenant_kek(inner, tenant, target)?;
+            let stale: Vec<u16> = inner.tenants[&tenant]
+                .shards
+                .iter()
+                .filter(|(_, s)| s.keys.values().any(|e| e.kek_epoch != target))
+                .map(|(&n, _)| n)
+                .collect();
+            let mut rewrapped = 0;
+            for shard in stale {
+                let entries: Vec<(KeyId, KeyEntry)> =
+                    inner.tenants[&tenant].shards[&shard].keys.iter().map(|(&id, e)| (id, e.clone())).collect();
+                let mut keys = HashMap::with_capacity(entries.len());
+                for (id, mut entry) in entries {
+                    if entry.kek_epoch != target {
+                        let key = self.unwrap_entry(inner, tenant, id, &entry)?;
+                        entry.wrapped =
+                            crypto::wrap(&new_kek, &data_key_aad(tenant, id, &entry.purpose, target), &key.material)?;
+                        entry.kek_epoch = target;
+                        rewrapped += 1;
+                    }
+                    keys.insert(id, entry);
                 }
-                keys.insert(id, entry);
+                let shredded = inner.tenants[&tenant].shards[&shard].shredded.clone();
+                let next = Shard { keys, shredded };
+                let records = next.records();
+                self.persist(inner, |p| p.rewrite_shard(tenant, shard, &records))?;
+                if let Some(t) = inner.tenants.get_mut(&tenant) {
+                    t.shards.insert(shard, next);
+                }
             }
-            let shredded = inner.tenants[&tenant].shards[&shard].shredded.clone();
-            let next = Shard { keys, shredded };
-            let records = next.records();
-            self.persist(&mut inner, |p| p.rewrite_shard(tenant, shard, &records))?;
-            if let Some(t) = inner.tenants.get_mut(&tenant) {
-                t.shards.insert(shard, next);
+            let old: Vec<u32> = inner.tenants[&tenant].keks.keys().copied().filter(|e| *e != target).collect();
+            for epoch in old {
+                self.persist(inner, |p| p.remove_kek(tenant, epoch))?;
+                if let Some(t) = inner.tenants.get_mut(&tenant) {
+                    t.keks.remove(&epoch);
+                }
+                inner.keks.remove(&(tenant, epoch));
             }
-        }
-        let old: Vec<u32> = inner.tenants[&tenant].keks.keys().copied().filter(|e| *e != target).collect();
-        for epoch in old {
-            self.persist(&mut inner, |p| p.remove_kek(tenant, epoch))?;
-            if let Some(t) = inner.tenants.get_mut(&tenant) {
-                t.keks.remove(&epoch);
-            }
-            inner.keks.remove(&(tenant, epoch));
-        }
-        Ok(rewrapped)
+            Ok(rewrapped)
+        })
     }
 }
 
 impl KeyStore for LocalKeyStore {
     fn active_key(&self, tenant: Uuid, purpose: &KeyPurpose) -> Result<DataKey, KeyError> {
-        let mut inner = self.lock();
-        if let Some(state) = inner.tenants.get(&tenant) {
-            if state.shredded {
-                return Err(KeyError::TenantShredded { tenant });
+        self.change(tenant, |inner| {
+            if let Some(state) = inner.tenants.get(&tenant) {
+                if state.shredded {
+                    return Err(KeyError::TenantShredded { tenant });
+                }
+                if let Some(id) = state.active(purpose) {
+                    let entry = state.entry(id).cloned().ok_or(KeyError::UnknownKey { tenant, key: id })?;
+                    return self.unwrap_entry(inner, tenant, id, &entry);
+                }
             }
-            if let Some(id) = state.active(purpose) {
-                let entry = state.entry(id).cloned().ok_or(KeyError::UnknownKey { tenant, key: id })?;
-                return self.unwrap_entry(&mut inner, tenant, id, &entry);
+            let epoch = match inner.tenants.get(&tenant).and_then(TenantState::newest_kek_epoch) {
+                Some(epoch) => epoch,
+                None => {
+                    let epochs = self.provider.epochs()?;
+                    let newest = epochs.last().map(|e| e.epoch).ok_or_else(|| KeyError::EpochUnavailable {
+                        epoch: 0,
+                        detail: "the provider has no live epoch".into(),
+                    })?;
+                    self.add_tenant_kek(inner, tenant, newest)?;
+                    newest
+                }
+            };
+            let kek = self.tenant_kek(inner, tenant, epoch)?;
+            let mut id = KeyId::random();
+            while inner.tenants.values().any(|t| t.index.contains_key(&id)) {
+                id = KeyId::random();
             }
-        }
-        let epoch = match inner.tenants.get(&tenant).and_then(TenantState::newest_kek_epoch) {
-            Some(epoch) => epoch,
-            None => {
-                let epochs = self.provider.epochs()?;
-                let newest = epochs.last().map(|e| e.epoch).ok_or_else(|| KeyError::EpochUnavailable {
-                    epoch: 0,
-                    detail: "the provider has no live epoch".into(),
-                })?;
-                self.add_tenant_kek(&mut inner, tenant, newest)?;
-                newest
-            }
-        };
-        let kek = self.tenant_kek(&mut inner, tenant, epoch)?;
-        let mut id = KeyId::random();
-        while inner.tenants.values().any(|t| t.index.contains_key(&id)) {
-            id = KeyId::random();
-        }
-        let material = SecretKey::random()?;
-        let wrapped = crypto::wrap(&kek, &data_key_aad(tenant, id, purpose, epoch), &material)?;
-        // The first block of seals is reserved in the creation record itself,
-        // so a new key costs one fsync, not two.
-        let entry =
-            KeyEntry { purpose: *purpose, kek_epoch: epoch, wrapped, reserved: INITIAL_RESERVATION, retired: false };
-        let shard = shard_of(purpose.anchor());
-        let record = Record::Key { id, entry };
-        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
-        inner.tenants.entry(tenant).or_default().apply(shard, record);
-        Ok(DataKey {
-            id,
-            tenant,
-            purpose: *purpose,
-            material,
-            uses_reserved: INITIAL_RESERVATION,
-            retired: false,
-            fresh: true,
+            let material = SecretKey::random()?;
+            let wrapped = crypto::wrap(&kek, &data_key_aad(tenant, id, purpose, epoch), &material)?;
+            // The first block of seals is reserved in the creation record itself,
+            // so a new key costs one fsync, not two.
+            let entry = KeyEntry {
+                purpose: *purpose,
+                kek_epoch: epoch,
+                wrapped,
+                reserved: INITIAL_RESERVATION,
+                retired: false,
+            };
+            let shard = shard_of(purpose.anchor());
+            let record = Record::Key { id, entry };
+            self.persist(inner, |p| p.append(tenant, shard, &record))?;
+            inner.tenants.entry(tenant).or_default().apply(shard, record);
+            Ok(DataKey {
+                id,
+                tenant,
+                purpose: *purpose,
+                material,
+                uses_reserved: INITIAL_RESERVATION,
+                retired: false,
+                fresh: true,
+            })
         })
     }
 
     fn key(&self, tenant: Uuid, id: KeyId) -> Result<KeyLookup, KeyError> {
         let mut inner = self.lock();
+        if !inner.tenants.get(&tenant).is_some_and(|t| t.shredded || t.index.contains_key(&id)) {
+            // Perhaps made by another node since this one last looked.
+            self.refresh(&mut inner, Some(tenant))?;
+        }
         let found = inner.tenants.get(&tenant).map(|t| (t.shredded, t.index.contains_key(&id), t.entry(id).cloned()));
         match found {
             Some((true, _, _)) => Ok(KeyLookup::Shredded),
@@ -530,92 +728,83 @@ impl KeyStore for LocalKeyStore {
     }
 
     fn reserve_uses(&self, tenant: Uuid, id: KeyId, up_to: u64) -> Result<Option<u64>, KeyError> {
-        let mut inner = self.lock();
-        let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
-        let Some(entry) = state.entry(id) else {
-            return if state.index.contains_key(&id) || state.shredded {
-                Ok(None)
-            } else {
-                Err(KeyError::UnknownKey { tenant, key: id })
-            };
-        };
-        if entry.retired {
-            return Ok(None);
-        }
-        if entry.reserved >= up_to {
-            return Ok(Some(entry.reserved));
-        }
-        let shard = state.index[&id];
-        let record = Record::Uses { id, up_to };
-        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
-        if let Some(t) = inner.tenants.get_mut(&tenant) {
-            t.apply(shard, record);
-        }
-        Ok(Some(up_to))
+        Ok(self.reserve(tenant, id, |reserved| reserved.max(up_to))?.map(|r| r.end))
+    }
+
+    fn reserve_block(&self, tenant: Uuid, id: KeyId, block: u64) -> Result<Option<std::ops::Range<u64>>, KeyError> {
+        self.reserve(tenant, id, |reserved| reserved.saturating_add(block))
     }
 
     fn retire(&self, tenant: Uuid, id: KeyId) -> Result<(), KeyError> {
-        let mut inner = self.lock();
-        let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
-        let Some(entry) = state.entry(id) else {
-            return if state.index.contains_key(&id) || state.shredded {
-                Ok(())
-            } else {
-                Err(KeyError::UnknownKey { tenant, key: id })
+        self.change(tenant, |inner| {
+            let Some(state) = inner.tenants.get(&tenant) else { return Err(KeyError::UnknownKey { tenant, key: id }) };
+            let Some(entry) = state.entry(id) else {
+                return if state.index.contains_key(&id) || state.shredded {
+                    Ok(())
+                } else {
+                    Err(KeyError::UnknownKey { tenant, key: id })
+                };
             };
-        };
-        if entry.retired {
-            return Ok(());
-        }
-        let shard = state.index[&id];
-        let record = Record::Retired { id };
-        self.persist(&mut inner, |p| p.append(tenant, shard, &record))?;
-        if let Some(t) = inner.tenants.get_mut(&tenant) {
-            t.apply(shard, record);
-        }
-        Ok(())
+            if entry.retired {
+                return Ok(());
+            }
+            let shard = state.index[&id];
+            let record = Record::Retired { id };
+            self.persist(inner, |p| p.append(tenant, shard, &record))?;
+            if let Some(t) = inner.tenants.get_mut(&tenant) {
+                t.apply(shard, record);
+            }
+            Ok(())
+        })
     }
 
     fn shred(&self, tenant: Uuid, target: &ShredTarget) -> Result<ShredReport, KeyError> {
-        let mut inner = self.lock();
-        if matches!(target, ShredTarget::Tenant) {
-            if inner.tenants.get(&tenant).is_some_and(|t| t.shredded) {
+        self.change(tenant, |inner| {
+            if matches!(target, ShredTarget::Tenant) {
+                if inner.tenants.get(&tenant).is_some_and(|t| t.shredded) {
+                    return Ok(ShredReport::default());
+                }
+                self.persist(inner, |p| p.shred_tenant(tenant))?;
+                let state = inner.tenants.entry(tenant).or_default();
+                let mut keys: Vec<KeyId> = state.shards.values().flat_map(|s| s.keys.keys().copied()).collect();
+                keys.sort();
+                let epochs: Vec<u32> = state.keks.keys().copied().collect();
+                *state = TenantState { shredded: true, ..TenantState::default() };
+                for epoch in epochs {
+                    inner.keks.remove(&(tenant, epoch));
+                }
+                return Ok(ShredReport { keys, tenant_kek: true });
+            }
+            let Some(state) = inner.tenants.get(&tenant).filter(|t| !t.shredded) else {
                 return Ok(ShredReport::default());
+            };
+            let doomed = state.doomed(target);
+            let Some(&first) = doomed.first() else { return Ok(ShredReport::default()) };
+            let shard = state.index[&first];
+            let current = &state.shards[&shard];
+            let next = Shard {
+                keys: current
+                    .keys
+                    .iter()
+                    .filter(|(id, _)| !doomed.contains(id))
+                    .map(|(&id, e)| (id, e.clone()))
+                    .collect(),
+                shredded: current.shredded.iter().copied().chain(doomed.iter().copied()).collect(),
+            };
+            let records = next.records();
+            self.persist(inner, |p| p.rewrite_shard(tenant, shard, &records))?;
+            if let Some(t) = inner.tenants.get_mut(&tenant) {
+                for &id in &doomed {
+                    t.apply(shard, Record::Shredded { id });
+                }
             }
-            self.persist(&mut inner, |p| p.shred_tenant(tenant))?;
-            let state = inner.tenants.entry(tenant).or_default();
-            let mut keys: Vec<KeyId> = state.shards.values().flat_map(|s| s.keys.keys().copied()).collect();
-            keys.sort();
-            let epochs: Vec<u32> = state.keks.keys().copied().collect();
-            *state = TenantState { shredded: true, ..TenantState::default() };
-            for epoch in epochs {
-                inner.keks.remove(&(tenant, epoch));
-            }
-            return Ok(ShredReport { keys, tenant_kek: true });
-        }
-        let Some(state) = inner.tenants.get(&tenant).filter(|t| !t.shredded) else {
-            return Ok(ShredReport::default());
-        };
-        let doomed = state.doomed(target);
-        let Some(&first) = doomed.first() else { return Ok(ShredReport::default()) };
-        let shard = state.index[&first];
-        let current = &state.shards[&shard];
-        let next = Shard {
-            keys: current.keys.iter().filter(|(id, _)| !doomed.contains(id)).map(|(&id, e)| (id, e.clone())).collect(),
-            shredded: current.shredded.iter().copied().chain(doomed.iter().copied()).collect(),
-        };
-        let records = next.records();
-        self.persist(&mut inner, |p| p.rewrite_shard(tenant, shard, &records))?;
-        if let Some(t) = inner.tenants.get_mut(&tenant) {
-            for &id in &doomed {
-                t.apply(shard, Record::Shredded { id });
-            }
-        }
-        Ok(ShredReport { keys: doomed, tenant_kek: false })
+            Ok(ShredReport { keys: doomed, tenant_kek: false })
+        })
     }
 
     fn keys_of(&self, tenant: Uuid, target: &ShredTarget) -> Result<Vec<KeyId>, KeyError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.refresh(&mut inner, Some(tenant))?;
         Ok(match inner.tenants.get(&tenant).filter(|t| !t.shredded) {
             None => Vec::new(),
             Some(state) if matches!(target, ShredTarget::Tenant) => {
@@ -637,7 +826,8 @@ impl KeyStore for LocalKeyStore {
         let mut report = RotationReport { epoch: target, resumed, ..RotationReport::default() };
         loop {
             let behind: Vec<Uuid> = {
-                let inner = self.lock();
+                let mut inner = self.lock();
+                self.refresh(&mut inner, None)?;
                 inner
                     .tenants
                     .iter()
@@ -666,7 +856,8 @@ impl KeyStore for LocalKeyStore {
     }
 
     fn status(&self) -> Result<StoreStatus, KeyError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.refresh(&mut inner, None)?;
         let mut status = StoreStatus { epochs: self.provider.epochs()?, ..StoreStatus::default() };
         for t in inner.tenants.values() {
             if t.shredded {
@@ -681,6 +872,12 @@ impl KeyStore for LocalKeyStore {
             }
         }
         Ok(status)
+    }
+
+    fn sync(&self) -> Result<Vec<RemoteShred>, KeyError> {
+        let mut inner = self.lock();
+        self.refresh(&mut inner, None)?;
+        Ok(std::mem::take(&mut inner.remote_shreds))
     }
 }
 

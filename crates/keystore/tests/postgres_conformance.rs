@@ -83,3 +83,79 @@ fn an_unreachable_database_is_named() {
     assert!(text.contains("key store database") && text.contains("port=1"), "{text}");
     assert!(!text.contains("secret-pw"), "the password is not in the error: {text}");
 }
+
+/// Two nodes (two stores, one database, one provider state in the
+/// database): what one makes the other finds, a shred by one reaches the
+/// other's sync, reservations never overlap, and a rotation by one is
+/// seen by the other.
+#[test]
+fn two_nodes_share_one_key_store() {
+    let Some(pg) = pgtest::Cluster::start() else { return };
+    let url = pg.fresh_database();
+    let root = SecretKey::random().unwrap();
+    let node = |create: bool| {
+        let storage = keystore::postgres::PgProviderStorage::open(&url).unwrap();
+        let provider =
+            Arc::new(EmbeddedRootProvider::open_in(Box::new(storage), root.clone(), create, 1_700_000_000).unwrap());
+        Arc::new(open_postgres_store(&url, provider, Arc::new(SystemClock)).unwrap())
+    };
+    let a = node(true);
+    let b = node(false);
+    let (t, s) = (Uuid::now_v7(), Uuid::now_v7());
+    let purpose = KeyPurpose::SessionContent { session: s };
+    let ka = a.active_key(t, &purpose).unwrap();
+    let kb = b.active_key(t, &purpose).unwrap();
+    assert_eq!((ka.id, &ka.material), (kb.id, &kb.material), "one active key per purpose across nodes");
+    let media = b.active_key(t, &KeyPurpose::Media { session: s, media: Uuid::now_v7() }).unwrap();
+    match a.key(t, media.id).unwrap() {
+        keystore::KeyLookup::Live(k) => assert_eq!(k.material, media.material, "a key made by the other node opens"),
+        other => panic!("{other:?}"),
+    }
+    // Reservations from both nodes, interleaved, never overlap.
+    let mut ranges = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        ranges.push(store.reserve_block(t, ka.id, 1000).unwrap().unwrap());
+    }
+    ranges.sort_by_key(|r| r.start);
+    for pair in ranges.windows(2) {
+        assert!(pair[0].end <= pair[1].start, "overlapping reservations {pair:?}");
+    }
+    // Racing key creation on many purposes from two threads.
+    let purposes: Vec<KeyPurpose> = (0..30).map(|_| KeyPurpose::SessionContent { session: Uuid::now_v7() }).collect();
+    let (pa, pb) = (purposes.clone(), purposes.clone());
+    let (a2, b2) = (a.clone(), b.clone());
+    let ta = std::thread::spawn(move || pa.iter().map(|p| a2.active_key(t, p).unwrap().id).collect::<Vec<_>>());
+    let tb = std::thread::spawn(move || pb.iter().map(|p| b2.active_key(t, p).unwrap().id).collect::<Vec<_>>());
+    assert_eq!(ta.join().unwrap(), tb.join().unwrap(), "both nodes got the same key for each purpose");
+    // A shred on one node reaches the other's sync.
+    assert_eq!(b.sync().unwrap(), vec![], "nothing shredded yet");
+    let shred = a.shred(t, &ShredTarget::Session { session: s }).unwrap();
+    assert_eq!(shred.keys.len(), 2);
+    let seen = b.sync().unwrap();
+    assert_eq!(seen.len(), 1);
+    let mut expected = shred.keys.clone();
+    expected.sort();
+    assert_eq!(seen[0].keys, expected, "the other node learns which keys went");
+    assert!(matches!(b.key(t, ka.id), Ok(keystore::KeyLookup::Shredded)));
+    assert_eq!(b.keys_of(t, &ShredTarget::Session { session: s }).unwrap(), vec![]);
+    // A rotation on one node: the other opens keys under the new epoch.
+    let other = b.active_key(t, &purposes[0]).unwrap();
+    let report = a.rotate_epoch().unwrap();
+    assert_eq!(report.destroyed_epochs, vec![1]);
+    let fresh = node(false);
+    match fresh.key(t, other.id).unwrap() {
+        keystore::KeyLookup::Live(k) => assert_eq!(k.material, other.material),
+        other => panic!("{other:?}"),
+    }
+    let made_by_b = b.active_key(t, &KeyPurpose::SessionContent { session: Uuid::now_v7() }).unwrap();
+    match a.key(t, made_by_b.id).unwrap() {
+        keystore::KeyLookup::Live(k) => assert_eq!(k.material, made_by_b.material, "a key made after the rotation"),
+        other => panic!("{other:?}"),
+    }
+    // A tenant shred on one node: the other refuses new keys.
+    b.shred(t, &ShredTarget::Tenant).unwrap();
+    let seen = a.sync().unwrap();
+    assert!(seen.iter().any(|r| r.tenant == t && r.tenant_shredded));
+    assert!(matches!(a.active_key(t, &purpose), Err(keystore::KeyError::TenantShredded { .. })));
+}
