@@ -9,6 +9,11 @@ check:
 test:
     cargo nextest run --workspace --no-fail-fast
 
+# The server's gRPC integration tests with the server on PostgreSQL (event
+# log and key store on a throw-away cluster per test), as CI runs them.
+test-postgres:
+    PYPES_TEST_BACKEND=postgres cargo nextest run -p server --no-fail-fast --test grpc --test isolation --test auth --test media
+
 # Everything CI runs.
 ci:
     bash .ci/run

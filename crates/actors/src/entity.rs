@@ -17,7 +17,7 @@ use crate::error::ActorError;
 use crate::{Shared, timers::TimerRequest};
 
 /// Attempts of a command when other writers keep moving the stream.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 8;
 const PAGE: usize = 512;
 
 /// What a command did.
@@ -159,6 +159,11 @@ async fn execute<A: Codec>(
             Err(LogError::WrongExpectedVersion { .. }) => {
                 shared.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(stream = %stream, attempt, "version conflict; reloading");
+                // Another node writes the same stream: back off a random
+                // moment (growing with each attempt) so the writers spread
+                // out instead of colliding again.
+                let jitter = (Uuid::new_v4().as_u128() % (1u128 << attempt.min(6))) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
                 continue;
             }
             Err(e) => return fail(state, version, loaded, e.into()),

@@ -100,6 +100,67 @@ fn create_root_file(path: &Path) -> Result<SecretKey, KeyError> {
     Ok(key)
 }
 
+/// The root key: from the environment, else from `<data>/root.key`, else
+/// (only when no key material exists that an old root key protected) a new
+/// one made into that file.
+fn resolve_root(
+    data_dir: &Path,
+    root_from_env: Option<&str>,
+    material_in: Option<String>,
+) -> Result<(SecretKey, RootKeyOrigin), KeyError> {
+    let root_path = data_dir.join(ROOT_KEY_FILE);
+    Ok(match root_from_env {
+        Some(text) => (
+            parse_root_key(text).map_err(|e| match e {
+                KeyError::Invalid { reason, .. } => {
+                    KeyError::Invalid { what: "root key", reason: format!("{ROOT_KEY_ENV}: {reason}") }
+                }
+                other => other,
+            })?,
+            RootKeyOrigin::Environment,
+        ),
+        None if root_path.exists() => (read_root_file(&root_path)?, RootKeyOrigin::File(root_path.clone())),
+        None if let Some(place) = material_in => {
+            return Err(KeyError::RootKeyMissing {
+                detail: format!(
+                    "{place} holds key material but neither {ROOT_KEY_ENV} nor {} is there; set {ROOT_KEY_ENV} or \
+                     restore the root key file. A new root key is never made over existing data",
+                    root_path.display()
+                ),
+            });
+        }
+        None => (create_root_file(&root_path)?, RootKeyOrigin::Created(root_path.clone())),
+    })
+}
+
+/// Opens the key store and the provider's epochs in the PostgreSQL database
+/// at `url`, shared by every node that uses it. The root key comes from
+/// [`ROOT_KEY_ENV`] (the same on every node), or for a single node from
+/// `<data>/root.key` as with the embedded default.
+pub fn open_postgres(
+    url: &str,
+    data_dir: &Path,
+    root_from_env: Option<&str>,
+    clock: Arc<dyn Clock>,
+    mode: OpenMode,
+) -> Result<Embedded, KeyError> {
+    let storage = crate::postgres::PgProviderStorage::open(url)?;
+    use crate::provider::ProviderStorage;
+    let has_material = storage.read()?.is_some();
+    if mode == OpenMode::MustExist && !has_material {
+        return Err(KeyError::NotAKeyStore {
+            dir: storage.location(),
+            reason: "the database holds no key store yet (the server sets one up on its first start)".into(),
+        });
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| KeyError::io(data_dir, e))?;
+    let (root, origin) = resolve_root(data_dir, root_from_env, has_material.then(|| storage.describe()))?;
+    let now = clock.now_micros() / 1_000_000;
+    let provider = Arc::new(EmbeddedRootProvider::open_in(Box::new(storage), root, !has_material, now)?);
+    let store = crate::postgres::open_postgres_store(url, provider.clone() as Arc<dyn RootKeyProvider>, clock)?;
+    Ok(Embedded { provider, store: Arc::new(store), origin })
+}
+
 /// Whether opening may set up a new key store (the server's first start)
 /// or must find one (operator tools).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,32 +188,13 @@ pub fn open_embedded(
     std::fs::create_dir_all(data_dir).map_err(|e| KeyError::io(data_dir, e))?;
     let keys_dir = data_dir.join(KEYS_DIR);
     let provider_dir = data_dir.join(PROVIDER_DIR);
-    let root_path = data_dir.join(ROOT_KEY_FILE);
     let store_has_keys = holds_keys(&vfs, &keys_dir);
     let provider_exists = EmbeddedRootProvider::exists(&vfs, &provider_dir);
-    let (root, origin) = match root_from_env {
-        Some(text) => (
-            parse_root_key(text).map_err(|e| match e {
-                KeyError::Invalid { reason, .. } => {
-                    KeyError::Invalid { what: "root key", reason: format!("{ROOT_KEY_ENV}: {reason}") }
-                }
-                other => other,
-            })?,
-            RootKeyOrigin::Environment,
-        ),
-        None if root_path.exists() => (read_root_file(&root_path)?, RootKeyOrigin::File(root_path.clone())),
-        None if store_has_keys || provider_exists => {
-            return Err(KeyError::RootKeyMissing {
-                detail: format!(
-                    "{} holds key material but neither {ROOT_KEY_ENV} nor {} is there; set {ROOT_KEY_ENV} or \
-                     restore the root key file. A new root key is never made over existing data",
-                    data_dir.display(),
-                    root_path.display()
-                ),
-            });
-        }
-        None => (create_root_file(&root_path)?, RootKeyOrigin::Created(root_path.clone())),
-    };
+    let (root, origin) = resolve_root(
+        data_dir,
+        root_from_env,
+        (store_has_keys || provider_exists).then(|| data_dir.display().to_string()),
+    )?;
     let now = clock.now_micros() / 1_000_000;
     let provider = Arc::new(EmbeddedRootProvider::open(vfs.clone(), &provider_dir, root, !store_has_keys, now)?);
     let store = open_file_store(vfs, &keys_dir, provider.clone() as Arc<dyn RootKeyProvider>, clock)?;

@@ -165,6 +165,25 @@ impl Cluster {
         panic!("postgres did not find a free port in 5 tries")
     }
 
+    /// Keeps the cluster for the rest of the test process (for helpers that
+    /// hand out databases from one cluster to many servers). A watcher
+    /// process removes its files once the test process is gone, and
+    /// postgres itself dies with it (`--pdeathsig`).
+    pub fn for_this_process(self) -> &'static Cluster {
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 0.5; done; sleep 1; rm -rf '{}'",
+            std::process::id(),
+            self.dir.path().display()
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        Box::leak(Box::new(self))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

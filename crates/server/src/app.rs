@@ -17,7 +17,7 @@ use proto::api as pb;
 use tokio::sync::watch;
 
 use crate::api::{Api, Handle};
-use crate::config::Config;
+use crate::config::{Config, KeysBackend, LogBackend};
 use crate::http::{self, HttpState};
 use crate::metrics::ApiMetrics;
 
@@ -159,6 +159,46 @@ fn server_clock() -> Arc<dyn Clock> {
     Arc::new(OffsetClock(offset))
 }
 
+/// Takes in other nodes' shreds of a shared key store, every second.
+async fn sync_keys(keyring: Keyring) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match keyring.sync().await {
+            Ok(0) => {}
+            Ok(keys) => tracing::info!(keys, "dropped keys shredded by another node"),
+            Err(e) => tracing::warn!(error = %e, "key store sync failed; trying again"),
+        }
+    }
+}
+
+/// Opens the configured event log.
+async fn open_log(
+    config: &Config,
+    signing: ed25519_dalek::SigningKey,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn EventLog>> {
+    Ok(match &config.log {
+        LogBackend::File => {
+            let log_config = FileLogConfig::new(signing);
+            let log_dir = config.data_dir.join("log");
+            Arc::new(tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config)).await??)
+        }
+        LogBackend::Postgres { url } => Arc::new(eventlog::postgres::PgLog::open(url, clock).await?),
+        #[cfg(feature = "kurrentdb")]
+        LogBackend::KurrentDb { url } => Arc::new(eventlog_kurrentdb::KurrentLog::open(url, clock).await?),
+        #[cfg(not(feature = "kurrentdb"))]
+        LogBackend::KurrentDb { .. } => {
+            let _ = clock;
+            anyhow::bail!(
+                "log.backend = \"kurrentdb\": this build has no KurrentDB backend; build pypes with \
+                 `--features kurrentdb`"
+            )
+        }
+    })
+}
+
 /// Runs the server until `shutdown` resolves. Must run inside an actix System.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tls = match &config.tls {
@@ -168,17 +208,30 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let clock: Arc<dyn Clock> = server_clock();
     let root = std::env::var(ROOT_KEY_ENV).ok();
-    let keys = open_embedded(&config.data_dir, root.as_deref(), clock.clone(), OpenMode::CreateIfEmpty)
-        .context("opening the key store")?;
-    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
-    let signing = log_signing_key(&config.data_dir)?;
-    let log_config = FileLogConfig::new(signing.clone());
-    let log_dir = config.data_dir.join("log");
-    let log: Arc<dyn EventLog> = Arc::new(
-        tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config))
+    let keys = match &config.keys {
+        KeysBackend::File => {
+            let (dir, root, clock) = (config.data_dir.clone(), root.clone(), clock.clone());
+            tokio::task::spawn_blocking(move || open_embedded(&dir, root.as_deref(), clock, OpenMode::CreateIfEmpty))
+                .await?
+        }
+        KeysBackend::Postgres { url } => {
+            let (url, dir, root, clock) = (url.clone(), config.data_dir.clone(), root.clone(), clock.clone());
+            tokio::task::spawn_blocking(move || {
+                keystore::embedded::open_postgres(&url, &dir, root.as_deref(), clock, OpenMode::CreateIfEmpty)
+            })
             .await?
-            .context("opening the event log")?,
-    );
+        }
+    }
+    .with_context(|| format!("opening the key store ({:?})", config.keys))?;
+    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
+    if matches!(config.keys, KeysBackend::Postgres { .. }) {
+        // Other nodes shred keys too: drop this node's copies within a second.
+        tokio::spawn(sync_keys(keyring.clone()));
+    }
+    let signing = log_signing_key(&config.data_dir)?;
+    let log = open_log(&config, signing.clone(), clock.clone())
+        .await
+        .with_context(|| format!("opening the event log ({:?})", config.log))?;
     let signing_for_scheduler = signing.clone();
     let audit = crate::audit_log::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
         .await
@@ -333,6 +386,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         config.data_dir.display()
     );
     let _ = writeln!(out, "admin key {admin_where}; root key: {:?}", keys.origin);
+    let _ = writeln!(out, "event log: {:?}; key store: {:?}", config.log, config.keys);
     let _ = out.flush();
     drop(out);
     tracing::info!(%grpc_addr, %http_addr, data = %config.data_dir.display(), "pypes started");

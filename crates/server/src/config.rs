@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub tls: TlsFile,
     #[serde(default)]
     pub media: MediaFile,
+    #[serde(default)]
+    pub log: LogFile,
 }
 
 /// TLS for gRPC and HTTP: a PEM certificate chain and its PEM private key.
@@ -240,6 +242,90 @@ pub struct ActorsFile {
 #[serde(deny_unknown_fields)]
 pub struct KeysFile {
     pub rotation_days: Option<i64>,
+    /// "file" (default) or "postgres" (the default when the log is on
+    /// PostgreSQL).
+    pub backend: Option<String>,
+    /// The key store's database (default: `log.url` when both are on
+    /// PostgreSQL).
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// "file" (default), "postgres" or "kurrentdb".
+    pub backend: Option<String>,
+    /// The database: a PostgreSQL URL or libpq string, or a KurrentDB
+    /// connection string (`esdb://` or `kurrentdb://`).
+    pub url: Option<String>,
+}
+
+/// Where the event log lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LogBackend {
+    /// The embedded file log in `<data>/log`.
+    File,
+    Postgres { url: String },
+    KurrentDb { url: String },
+}
+
+/// Where the key store lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeysBackend {
+    /// The embedded store in `<data>/keys` and `<data>/provider`.
+    File,
+    /// Key store and provider epochs in PostgreSQL, shared by every node.
+    Postgres { url: String },
+}
+
+// URLs may hold passwords: debug output shows them redacted.
+impl std::fmt::Debug for LogBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File => f.write_str("file"),
+            Self::Postgres { url } => write!(f, "postgres ({})", eventlog::postgres::redact_url(url)),
+            Self::KurrentDb { url } => write!(f, "kurrentdb ({})", eventlog::postgres::redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeysBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File => f.write_str("file"),
+            Self::Postgres { url } => write!(f, "postgres ({})", eventlog::postgres::redact_url(url)),
+        }
+    }
+}
+
+fn backends(args: &ServeArgs, log: LogFile, keys: &KeysFile) -> anyhow::Result<(LogBackend, KeysBackend)> {
+    let url = |what: &str, given: Option<String>, example: &str| -> anyhow::Result<String> {
+        given.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+            anyhow::anyhow!("{what}.url: needed for this backend (e.g. {example}); or set PYPES_{}_URL", what.to_uppercase())
+        })
+    };
+    let log_url = args.log_url.clone().or(log.url);
+    let log_backend = match args.log_backend.clone().or(log.backend).as_deref().unwrap_or("file") {
+        "file" => LogBackend::File,
+        "postgres" => LogBackend::Postgres { url: url("log", log_url.clone(), "\"postgres://pypes@db/pypes\"")? },
+        "kurrentdb" => LogBackend::KurrentDb { url: url("log", log_url.clone(), "\"esdb://db:2113?tls=false\"")? },
+        other => anyhow::bail!("log.backend: {other:?}; \"file\", \"postgres\" or \"kurrentdb\""),
+    };
+    let keys_default = if matches!(log_backend, LogBackend::Postgres { .. }) { "postgres" } else { "file" };
+    let keys_backend = match args.keys_backend.clone().or(keys.backend.clone()).as_deref().unwrap_or(keys_default) {
+        "file" => KeysBackend::File,
+        "postgres" => {
+            let given = args.keys_url.clone().or(keys.url.clone());
+            let fallback = matches!(log_backend, LogBackend::Postgres { .. }).then_some(log_url).flatten();
+            KeysBackend::Postgres { url: url("keys", given.or(fallback), "\"postgres://pypes@db/pypes\"")? }
+        }
+        "kurrentdb" => anyhow::bail!(
+            "keys.backend: \"kurrentdb\" is not offered: an erasure must destroy a key at once, and an event \
+             store deletes only by scavenging later; use \"file\" or \"postgres\""
+        ),
+        other => anyhow::bail!("keys.backend: {other:?}; \"file\" or \"postgres\""),
+    };
+    Ok((log_backend, keys_backend))
 }
 
 /// `pypes serve` flags (each also read from the environment).
@@ -272,6 +358,18 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "PYPES_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Event log backend: file (default), postgres or kurrentdb.
+    #[arg(long, env = "PYPES_LOG_BACKEND")]
+    pub log_backend: Option<String>,
+    /// The event log's database URL (for postgres and kurrentdb).
+    #[arg(long, env = "PYPES_LOG_URL", hide_env_values = true)]
+    pub log_url: Option<String>,
+    /// Key store backend: file, or postgres (the default with a postgres log).
+    #[arg(long, env = "PYPES_KEYS_BACKEND")]
+    pub keys_backend: Option<String>,
+    /// The key store's database URL (default: the log's, when both are postgres).
+    #[arg(long, env = "PYPES_KEYS_URL", hide_env_values = true)]
+    pub keys_url: Option<String>,
 }
 
 /// The resolved configuration.
@@ -293,6 +391,8 @@ pub struct Config {
     /// (certificate chain, private key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub media: MediaConfig,
+    pub log: LogBackend,
+    pub keys: KeysBackend,
 }
 
 impl Config {
@@ -301,7 +401,10 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let (log, keys) = backends(args, file.log, &file.keys)?;
         let config = Config {
+            log,
+            keys,
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
             grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -43,10 +43,38 @@ pub fn start_logging(data: &Path, logs: &Path) -> Server {
     spawn(data, &[], "debug", Stdio::from(file))
 }
 
+/// With `PYPES_TEST_BACKEND=postgres` every server of the test runs on
+/// PostgreSQL (event log and key store): one throw-away cluster per test
+/// process, one database per data directory (a restart on the same data
+/// directory finds its database again).
+fn backend_env(data: &Path) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    match std::env::var("PYPES_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("file") => return Vec::new(),
+        Ok("postgres") => {}
+        Ok(other) => panic!("PYPES_TEST_BACKEND={other}: \"file\" or \"postgres\""),
+    }
+    static CLUSTER: OnceLock<&'static pgtest::Cluster> = OnceLock::new();
+    static DATABASES: OnceLock<Mutex<HashMap<std::path::PathBuf, String>>> = OnceLock::new();
+    let cluster = CLUSTER.get_or_init(|| {
+        pgtest::Cluster::start().expect("PYPES_TEST_BACKEND=postgres needs PostgreSQL").for_this_process()
+    });
+    let url = DATABASES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(data.to_path_buf())
+        .or_insert_with(|| cluster.fresh_database())
+        .clone();
+    vec![("PYPES_LOG_BACKEND".into(), "postgres".into()), ("PYPES_LOG_URL".into(), url)]
+}
+
 fn spawn(data: &Path, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
         .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
         .arg(data)
+        .envs(backend_env(data))
         .envs(env.iter().copied())
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
@@ -57,6 +85,15 @@ fn spawn(data: &Path, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Serve
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     reader.read_line(&mut line).expect("read the listen line");
+    if std::env::var("PYPES_TEST_BACKEND").as_deref() == Ok("postgres") {
+        // Prove the server really runs on PostgreSQL.
+        let mut backends = String::new();
+        while !backends.starts_with("event log:") {
+            backends.clear();
+            assert!(reader.read_line(&mut backends).expect("read stdout") > 0, "no backend line");
+        }
+        assert!(backends.contains("event log: postgres") && backends.contains("key store: postgres"), "{backends}");
+    }
     // Keep reading, as a terminal would (the server must also survive a reader that stops).
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let field = |name: &str| {
