@@ -26,7 +26,7 @@ pub use error::{CurrentVersion, LogError};
 pub use model::{
     AllPage, AppendResult, DeleteMode, Direction, EventFilter, ExpectedVersion, MAX_BATCH_BYTES, MAX_EVENT_BYTES,
     MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend,
-    StreamMetadata, validate_stream_name,
+    StreamMetadata, validate_appends, validate_stream_name,
 };
 pub use proto::storage::SealedField;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all};

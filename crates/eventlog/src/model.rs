@@ -292,7 +292,7 @@ fn truncate_for_message(s: &str) -> String {
 /// Checks a whole append before it is queued: names, event shapes, sizes,
 /// ids unique within the append. Returns an upper bound of the bytes the
 /// events take in a batch frame (encoded envelopes plus entry framing).
-pub(crate) fn validate_appends(appends: &[StreamAppend]) -> Result<usize, LogError> {
+pub fn validate_appends(appends: &[StreamAppend]) -> Result<usize, LogError> {
     if appends.is_empty() {
         return Err(LogError::InvalidBatch { reason: "no streams to append to".into() });
     }

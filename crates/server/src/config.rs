@@ -265,8 +265,12 @@ pub struct LogFile {
 pub enum LogBackend {
     /// The embedded file log in `<data>/log`.
     File,
-    Postgres { url: String },
-    KurrentDb { url: String },
+    Postgres {
+        url: String,
+    },
+    KurrentDb {
+        url: String,
+    },
 }
 
 /// Where the key store lives.
@@ -301,7 +305,10 @@ impl std::fmt::Debug for KeysBackend {
 fn backends(args: &ServeArgs, log: LogFile, keys: &KeysFile) -> anyhow::Result<(LogBackend, KeysBackend)> {
     let url = |what: &str, given: Option<String>, example: &str| -> anyhow::Result<String> {
         given.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-            anyhow::anyhow!("{what}.url: needed for this backend (e.g. {example}); or set PYPES_{}_URL", what.to_uppercase())
+            anyhow::anyhow!(
+                "{what}.url: needed for this backend (e.g. {example}); or set PYPES_{}_URL",
+                what.to_uppercase()
+            )
         })
     };
     let log_url = args.log_url.clone().or(log.url);

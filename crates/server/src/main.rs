@@ -231,6 +231,10 @@ fn init_logs() {
 
 fn main() -> std::process::ExitCode {
     init_logs();
+    // One process-wide TLS provider: with the kurrentdb or s3 feature a
+    // second one (aws-lc) is in the build, and rustls then refuses to
+    // guess (ring is the one pypes' own listeners use).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -170,7 +170,11 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
     }
     let elapsed = started.elapsed();
     eprintln!("{} messages acknowledged, {aborted} refused as contended, in {elapsed:?}", acked.len());
-    assert!(acked.len() > WRITERS * POSTS_PER_WRITER / 2, "most posts succeed: {} acked, {aborted} aborted", acked.len());
+    assert!(
+        acked.len() > WRITERS * POSTS_PER_WRITER / 2,
+        "most posts succeed: {} acked, {aborted} aborted",
+        acked.len()
+    );
 
     // Every node shows every Session the same, with every acknowledged
     // message exactly once at the sequence number it was acknowledged with.
