@@ -26,6 +26,7 @@ mod error;
 mod keys;
 pub mod runner;
 pub mod sessions;
+pub mod sql;
 mod store;
 
 pub use error::ViewError;

@@ -232,6 +232,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let log = open_log(&config, signing.clone(), clock.clone())
         .await
         .with_context(|| format!("opening the event log ({:?})", config.log))?;
+    if let Some(url) = &config.sql_url {
+        let sink = projections::sql::SqlSink::open(url).await.context("starting the SQL read models (sql.url)")?;
+        tokio::spawn(sink.run(log.clone()));
+    }
     let signing_for_scheduler = signing.clone();
     let audit = crate::audit_log::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
         .await

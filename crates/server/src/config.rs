@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub media: MediaFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub sql: SqlFile,
 }
 
 /// TLS for gRPC and HTTP: a PEM certificate chain and its PEM private key.
@@ -252,6 +254,14 @@ pub struct KeysFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SqlFile {
+    /// PostgreSQL database for the SQL read models (docs/sql.md); none
+    /// when unset.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// "file" (default), "postgres" or "kurrentdb".
     pub backend: Option<String>,
@@ -377,6 +387,9 @@ pub struct ServeArgs {
     /// The key store's database URL (default: the log's, when both are postgres).
     #[arg(long, env = "PYPES_KEYS_URL", hide_env_values = true)]
     pub keys_url: Option<String>,
+    /// PostgreSQL database to keep the SQL read models in (docs/sql.md).
+    #[arg(long, env = "PYPES_SQL_URL", hide_env_values = true)]
+    pub sql_url: Option<String>,
 }
 
 /// The resolved configuration.
@@ -400,6 +413,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub log: LogBackend,
     pub keys: KeysBackend,
+    /// The SQL read models' database, if any.
+    pub sql_url: Option<String>,
 }
 
 impl Config {
@@ -412,6 +427,7 @@ impl Config {
         let config = Config {
             log,
             keys,
+            sql_url: args.sql_url.clone().or(file.sql.url).filter(|u| !u.trim().is_empty()),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
             grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -60,8 +60,12 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
     let root = "7e".repeat(32);
     let env = [("PYPES_LOG_BACKEND", "postgres"), ("PYPES_LOG_URL", url.as_str()), ("PYPES_ROOT_KEY", root.as_str())];
     let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    // The first node sets the database up; the other two start together.
-    let mut servers = vec![start_with(dirs[0].path(), &env)];
+    // The first node sets the database up (and keeps the SQL read models
+    // in a database of their own); the other two start together.
+    let sql = pg.fresh_database();
+    let mut first_env = env.to_vec();
+    first_env.push(("PYPES_SQL_URL", sql.as_str()));
+    let mut servers = vec![start_with(dirs[0].path(), &first_env)];
     let (d1, d2) = (dirs[1].path().to_path_buf(), dirs[2].path().to_path_buf());
     let (e1, e2) = (env.map(|(k, v)| (k, v.to_string())), env.map(|(k, v)| (k, v.to_string())));
     let start = |d: std::path::PathBuf, e: [(&'static str, String); 3]| {
@@ -210,6 +214,23 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
         let want = expected.remove(session).unwrap_or_default();
         assert_eq!(shown, want, "Session {session}: what was acknowledged is what is stored");
     }
+
+    // The SQL read models (fed by node 0 from the shared log) count every
+    // acknowledged message once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counted = pg.psql(&sql, "SELECT coalesce(sum(messages), 0) FROM pypes_sql_sessions");
+        if counted == acked.len().to_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SQL read models count {counted} messages, {} were acknowledged",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pg.psql(&sql, "SELECT count(*) FROM pypes_sql_sessions"), SESSIONS.to_string());
 
     // In the log itself: each event once, versions dense in every stream.
     let events = pg.psql(&url, "SELECT count(*) || ' ' || count(DISTINCT event_id) FROM pypes_log_events");
