@@ -240,7 +240,8 @@ impl PgLog {
         // Several nodes may start at once: one creates the tables.
         writer
             .batch_execute(&format!(
-                "SELECT pg_advisory_lock({APPEND_LOCK}); {SCHEMA} SELECT pg_advisory_unlock({APPEND_LOCK});"
+                "SET client_min_messages TO warning; SELECT pg_advisory_lock({APPEND_LOCK}); {SCHEMA} \
+                 SELECT pg_advisory_unlock({APPEND_LOCK});"
             ))
             .await
             .map_err(named)?;

@@ -107,6 +107,27 @@ pub fn open_postgres_store(
     LocalKeyStore::from_loaded(loaded, provider, Box::new(persist), clock)
 }
 
+/// Drops a connection on a thread of its own: closing a blocking client
+/// blocks on a runtime of its own, which panics inside an async runtime
+/// (a server shutting down, a tool's `main`).
+fn close_off_runtime(client: Option<Client>) {
+    if let Some(c) = client {
+        let _ = std::thread::Builder::new().name("pg-close".into()).spawn(move || drop(c));
+    }
+}
+
+impl Drop for PgPersist {
+    fn drop(&mut self) {
+        close_off_runtime(self.lock().client.take());
+    }
+}
+
+impl Drop for PgProviderStorage {
+    fn drop(&mut self) {
+        close_off_runtime(self.state.lock().unwrap_or_else(|e| e.into_inner()).0.take());
+    }
+}
+
 /// What this process last saw of a tenant.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
@@ -146,6 +167,8 @@ fn tenant_lock(tenant: Uuid) -> i64 {
 fn connect(url: &str, name: &str) -> Result<Client, KeyError> {
     let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: e.to_string() };
     let mut c = Client::connect(url, NoTls).map_err(db)?;
+    // "already exists, skipping" notices are not news.
+    c.batch_execute("SET client_min_messages TO warning").map_err(db)?;
     let mut tx = c.transaction().map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).map_err(db)?;
     tx.batch_execute(SCHEMA).map_err(db)?;

@@ -143,7 +143,10 @@ impl SqlSink {
             }
         });
         client
-            .batch_execute(&format!("SELECT pg_advisory_lock({}); {SCHEMA}", 0x7079_7065_735f_7371_i64))
+            .batch_execute(&format!(
+                "SET client_min_messages TO warning; SELECT pg_advisory_lock({}); {SCHEMA}",
+                0x7079_7065_735f_7371_i64
+            ))
             .await
             .map_err(err)?;
         client

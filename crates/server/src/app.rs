@@ -44,7 +44,25 @@ fn random_hex() -> anyhow::Result<String> {
 }
 
 /// The log's checkpoint signing key: made with the log, never over one.
+/// The environment variable that gives the log's Ed25519 signing key (64
+/// hex digits) instead of `<data>/log-signing.key`: several nodes sharing
+/// one database then sign their audit trails with one key, which an
+/// auditor checks with one public key.
+pub const LOG_SIGNING_KEY_ENV: &str = "PYPES_LOG_SIGNING_KEY";
+
+/// A signing key from 64 hex digits.
+pub fn parse_signing_key(text: &str, from: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{from} is not 64 hex digits"))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+}
+
 fn log_signing_key(data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    if let Ok(text) = std::env::var(LOG_SIGNING_KEY_ENV) {
+        return parse_signing_key(&text, LOG_SIGNING_KEY_ENV);
+    }
     let path = data.join(LOG_KEY_FILE);
     if !path.exists() {
         let log_dir = data.join("log");
@@ -58,11 +76,17 @@ fn log_signing_key(data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
         write_secret_file(&path, &format!("{}\n", random_hex()?))?;
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{} is not 64 hex digits", path.display()))?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+    parse_signing_key(&text, &path.display().to_string())
+}
+
+/// The signing key a tool reads for a stopped server (never made).
+pub fn read_signing_key(data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    if let Ok(text) = std::env::var(LOG_SIGNING_KEY_ENV) {
+        return parse_signing_key(&text, LOG_SIGNING_KEY_ENV);
+    }
+    let path = data.join(LOG_KEY_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_signing_key(&text, &path.display().to_string())
 }
 
 fn admin_key(config: &Config) -> anyhow::Result<(String, String)> {
@@ -173,30 +197,67 @@ async fn sync_keys(keyring: Keyring) {
     }
 }
 
-/// Opens the configured event log.
-async fn open_log(
-    config: &Config,
-    signing: ed25519_dalek::SigningKey,
+/// Opens the configured key store (the server, and the tools that read a
+/// stopped server's data).
+pub async fn open_keys(
+    backend: &KeysBackend,
+    data_dir: &Path,
+    clock: Arc<dyn Clock>,
+    mode: OpenMode,
+) -> anyhow::Result<keystore::embedded::Embedded> {
+    let root = std::env::var(ROOT_KEY_ENV).ok();
+    let dir = data_dir.to_path_buf();
+    match backend {
+        KeysBackend::File => {
+            tokio::task::spawn_blocking(move || open_embedded(&dir, root.as_deref(), clock, mode)).await?
+        }
+        KeysBackend::Postgres { url } => {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                keystore::embedded::open_postgres(&url, &dir, root.as_deref(), clock, mode)
+            })
+            .await?
+        }
+    }
+    .with_context(|| format!("opening the key store ({backend:?})"))
+}
+
+/// Opens the configured event log; `signing` gives the file log's
+/// checkpoint key (not asked for on the other backends).
+pub async fn open_log(
+    backend: &LogBackend,
+    data_dir: &Path,
+    signing: impl FnOnce() -> anyhow::Result<ed25519_dalek::SigningKey>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
-    Ok(match &config.log {
+    let log: anyhow::Result<Arc<dyn EventLog>> = match backend {
         LogBackend::File => {
-            let log_config = FileLogConfig::new(signing);
-            let log_dir = config.data_dir.join("log");
-            Arc::new(tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config)).await??)
+            let log_config = FileLogConfig::new(signing()?);
+            let log_dir = data_dir.join("log");
+            match tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config)).await? {
+                Ok(log) => Ok(Arc::new(log)),
+                Err(e) => Err(e.into()),
+            }
         }
-        LogBackend::Postgres { url } => Arc::new(eventlog::postgres::PgLog::open(url, clock).await?),
+        LogBackend::Postgres { url } => match eventlog::postgres::PgLog::open(url, clock).await {
+            Ok(log) => Ok(Arc::new(log)),
+            Err(e) => Err(e.into()),
+        },
         #[cfg(feature = "kurrentdb")]
-        LogBackend::KurrentDb { url } => Arc::new(eventlog_kurrentdb::KurrentLog::open(url, clock).await?),
+        LogBackend::KurrentDb { url } => match eventlog_kurrentdb::KurrentLog::open(url, clock).await {
+            Ok(log) => Ok(Arc::new(log)),
+            Err(e) => Err(e.into()),
+        },
         #[cfg(not(feature = "kurrentdb"))]
         LogBackend::KurrentDb { .. } => {
             let _ = clock;
-            anyhow::bail!(
+            Err(anyhow::anyhow!(
                 "log.backend = \"kurrentdb\": this build has no KurrentDB backend; build pypes with \
                  `--features kurrentdb`"
-            )
+            ))
         }
-    })
+    };
+    log.with_context(|| format!("opening the event log ({backend:?})"))
 }
 
 /// Runs the server until `shutdown` resolves. Must run inside an actix System.
@@ -207,31 +268,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     };
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let clock: Arc<dyn Clock> = server_clock();
-    let root = std::env::var(ROOT_KEY_ENV).ok();
-    let keys = match &config.keys {
-        KeysBackend::File => {
-            let (dir, root, clock) = (config.data_dir.clone(), root.clone(), clock.clone());
-            tokio::task::spawn_blocking(move || open_embedded(&dir, root.as_deref(), clock, OpenMode::CreateIfEmpty))
-                .await?
-        }
-        KeysBackend::Postgres { url } => {
-            let (url, dir, root, clock) = (url.clone(), config.data_dir.clone(), root.clone(), clock.clone());
-            tokio::task::spawn_blocking(move || {
-                keystore::embedded::open_postgres(&url, &dir, root.as_deref(), clock, OpenMode::CreateIfEmpty)
-            })
-            .await?
-        }
-    }
-    .with_context(|| format!("opening the key store ({:?})", config.keys))?;
+    let keys = open_keys(&config.keys, &config.data_dir, clock.clone(), OpenMode::CreateIfEmpty).await?;
     let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
     if matches!(config.keys, KeysBackend::Postgres { .. }) {
         // Other nodes shred keys too: drop this node's copies within a second.
         tokio::spawn(sync_keys(keyring.clone()));
     }
     let signing = log_signing_key(&config.data_dir)?;
-    let log = open_log(&config, signing.clone(), clock.clone())
-        .await
-        .with_context(|| format!("opening the event log ({:?})", config.log))?;
+    let for_log = signing.clone();
+    let log = open_log(&config.log, &config.data_dir, move || Ok(for_log), clock.clone()).await?;
     if let Some(url) = &config.sql_url {
         let sink = projections::sql::SqlSink::open(url).await.context("starting the SQL read models (sql.url)")?;
         tokio::spawn(sink.run(log.clone()));

@@ -14,11 +14,13 @@ use domain::session::{Session, SessionEvent};
 use domain::subject::{Subject, SubjectEvent};
 use domain::tenant::Tenant;
 use eventlog::file::vfs::OsVfs;
-use eventlog::file::{FileLog, FileLogConfig, PUBLIC_KEY_FILE, verify_log_visiting};
+use eventlog::file::{PUBLIC_KEY_FILE, verify_log_visiting};
 use eventlog::{Direction, EventLog, ReadFrom, RecordedEvent, SystemClock};
-use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
+use keystore::embedded::OpenMode;
 use keystore::{KeyPolicy, Keyring};
 use uuid::Uuid;
+
+use crate::config::{KeysBackend, LogBackend};
 
 /// Verifies the log of `data_dir`; the public key comes from `public_key`
 /// (hex) or, failing that, from the log's own `signing.pub` (an auditor
@@ -76,6 +78,80 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
         out,
         "  signed head       {}",
         if audit.heads_checked > 0 { "checked (audit.head)" } else { "absent" }
+    );
+    if trail {
+        let _ =
+            writeln!(out, "\ntime (UTC)           stream seq  action  actor  tenant  target  outcome  detail  [count]");
+        out.push_str(&lines);
+    }
+    Ok(out)
+}
+
+/// Verifies the audit trail on a database backend (PostgreSQL, KurrentDB):
+/// every audit stream's hash links and signed checkpoints, read through
+/// the log. The file log's own checksums and hash chain have no
+/// counterpart there (the database's integrity is its own). The public
+/// key is given, or derived from this node's signing key.
+pub async fn verify_database(
+    data_dir: &Path,
+    backend: &LogBackend,
+    public_key: Option<&str>,
+    trail: bool,
+) -> anyhow::Result<String> {
+    let (key, from) = match public_key {
+        Some(k) => {
+            let bytes: [u8; 32] = hex::decode(k.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("the public key is not 64 hex digits")?;
+            (
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")?,
+                "given on the command line",
+            )
+        }
+        None => (
+            crate::app::read_signing_key(data_dir)?.verifying_key(),
+            "derived from this node's signing key (pass --public-key from a trusted copy for a real audit)",
+        ),
+    };
+    let dir = data_dir.to_path_buf();
+    let log =
+        crate::app::open_log(backend, data_dir, move || crate::app::read_signing_key(&dir), Arc::new(SystemClock))
+            .await?;
+    let mut audit = crate::audit_log::AuditChecker::new(key);
+    let mut lines = String::new();
+    let filter = eventlog::EventFilter::stream_prefix(crate::audit_log::STREAM_PREFIX);
+    let (mut from_position, mut events) = (0, 0u64);
+    loop {
+        let page = log.read_all(from_position, 4096, &filter).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        for e in &page.events {
+            audit.visit(e).map_err(|e| anyhow::anyhow!("{e}"))?;
+            events += 1;
+            if trail {
+                lines.push_str(&crate::audit_log::describe(e));
+                lines.push('\n');
+            }
+        }
+        if page.next_position == from_position || page.next_position >= page.head {
+            break;
+        }
+        from_position = page.next_position;
+    }
+    let head = crate::audit_log::read_head(data_dir)?;
+    let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "log {backend:?}: the database's own integrity (no file hash chain on this backend)");
+    let _ = writeln!(out, "  public key        {} ({from})", hex::encode(key.as_bytes()));
+    let _ = writeln!(out, "  audit events read {events}");
+    let _ = writeln!(out, "audit streams: OK");
+    let _ = writeln!(out, "  streams           {}", audit.streams);
+    let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
+    let _ = writeln!(out, "  signed checkpoints {}", audit.checkpoints);
+    let _ = writeln!(out, "  unsigned tail     {} entries", audit.unsigned_tail);
+    let _ = writeln!(
+        out,
+        "  signed head       {}",
+        if audit.heads_checked > 0 { "checked (this node's audit.head)" } else { "absent" }
     );
     if trail {
         let _ =
@@ -173,24 +249,31 @@ async fn fold<A: Codec>(
     Ok(state)
 }
 
+/// The key store and the log of a stopped server, on its backends.
+async fn open_stopped(
+    data_dir: &Path,
+    backends: &(LogBackend, KeysBackend),
+) -> anyhow::Result<(Keyring, Arc<dyn EventLog>)> {
+    let clock: Arc<dyn eventlog::Clock> = Arc::new(SystemClock);
+    let keys = crate::app::open_keys(&backends.1, data_dir, clock.clone(), OpenMode::MustExist)
+        .await
+        .context("is the server stopped?")?;
+    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
+    let dir = data_dir.to_path_buf();
+    let signing = move || crate::app::read_signing_key(&dir);
+    let log = crate::app::open_log(&backends.0, data_dir, signing, clock).await.context("is the server stopped?")?;
+    Ok((keyring, log))
+}
+
 /// The timeline and state of `stream` as of `as_of_micros`. Needs the
 /// server stopped (the log and key store are opened for reading).
-pub async fn replay_stream(data_dir: &Path, stream: &str, as_of_micros: i64) -> anyhow::Result<String> {
-    let root = std::env::var(ROOT_KEY_ENV).ok();
-    let keys = open_embedded(data_dir, root.as_deref(), Arc::new(SystemClock), OpenMode::MustExist)
-        .context("opening the key store (is the server stopped?)")?;
-    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
-    let signing = std::fs::read_to_string(data_dir.join("log-signing.key")).context("reading log-signing.key")?;
-    let bytes: [u8; 32] = hex::decode(signing.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .context("log-signing.key is not 64 hex digits")?;
-    let log_dir = data_dir.join("log");
-    let log = tokio::task::spawn_blocking(move || {
-        FileLog::open(&log_dir, FileLogConfig::new(ed25519_dalek::SigningKey::from_bytes(&bytes)))
-    })
-    .await?
-    .context("opening the event log (is the server stopped?)")?;
+pub async fn replay_stream(
+    data_dir: &Path,
+    backends: &(LogBackend, KeysBackend),
+    stream: &str,
+    as_of_micros: i64,
+) -> anyhow::Result<String> {
+    let (keyring, log) = open_stopped(data_dir, backends).await?;
     let mut events = Vec::new();
     let mut from = 0;
     loop {
@@ -290,29 +373,18 @@ impl Progress {
 /// shown as `[sealed]` (its key is live; the report never writes personal
 /// data or content in clear to disk) or `[erased]`. Needs the server
 /// stopped (the log and key store are opened for reading).
-pub async fn replay_into(data_dir: &Path, into: &Path, as_of_micros: i64) -> anyhow::Result<String> {
+pub async fn replay_into(
+    data_dir: &Path,
+    backends: &(LogBackend, KeysBackend),
+    into: &Path,
+    as_of_micros: i64,
+) -> anyhow::Result<String> {
     use projections::{ViewStore, directory, rebuild_all, sessions};
     if into.exists() && std::fs::read_dir(into)?.next().is_some() {
         bail!("{} is not empty: replay into a new directory", into.display());
     }
     std::fs::create_dir_all(into).with_context(|| format!("creating {}", into.display()))?;
-    let root = std::env::var(ROOT_KEY_ENV).ok();
-    let keys = open_embedded(data_dir, root.as_deref(), Arc::new(SystemClock), OpenMode::MustExist)
-        .context("opening the key store (is the server stopped?)")?;
-    let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
-    let signing = std::fs::read_to_string(data_dir.join("log-signing.key")).context("reading log-signing.key")?;
-    let bytes: [u8; 32] = hex::decode(signing.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .context("log-signing.key is not 64 hex digits")?;
-    let log_dir = data_dir.join("log");
-    let log: Arc<dyn eventlog::EventLog> = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            FileLog::open(&log_dir, FileLogConfig::new(ed25519_dalek::SigningKey::from_bytes(&bytes)))
-        })
-        .await?
-        .context("opening the event log (is the server stopped?)")?,
-    );
+    let (keyring, log) = open_stopped(data_dir, backends).await?;
     let mut out = format!("read models as of {} into {}\n", time_text(as_of_micros), into.display());
     let rt = tokio::runtime::Handle::current();
     let built = projections::all();

@@ -312,7 +312,8 @@ impl std::fmt::Debug for KeysBackend {
     }
 }
 
-fn backends(args: &ServeArgs, log: LogFile, keys: &KeysFile) -> anyhow::Result<(LogBackend, KeysBackend)> {
+/// The backends from flags and environment, then the config file.
+pub fn backends(args: &BackendArgs, log: LogFile, keys: &KeysFile) -> anyhow::Result<(LogBackend, KeysBackend)> {
     let url = |what: &str, given: Option<String>, example: &str| -> anyhow::Result<String> {
         given.filter(|u| !u.trim().is_empty()).ok_or_else(|| {
             anyhow::anyhow!(
@@ -345,6 +346,24 @@ fn backends(args: &ServeArgs, log: LogFile, keys: &KeysFile) -> anyhow::Result<(
     Ok((log_backend, keys_backend))
 }
 
+/// Where the log and the keys are (flags of `serve`, `replay` and `audit`;
+/// each also read from the environment).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// Event log backend: file (default), postgres or kurrentdb.
+    #[arg(long, env = "PYPES_LOG_BACKEND")]
+    pub log_backend: Option<String>,
+    /// The event log's database URL (for postgres and kurrentdb).
+    #[arg(long, env = "PYPES_LOG_URL", hide_env_values = true)]
+    pub log_url: Option<String>,
+    /// Key store backend: file, or postgres (the default with a postgres log).
+    #[arg(long, env = "PYPES_KEYS_BACKEND")]
+    pub keys_backend: Option<String>,
+    /// The key store's database URL (default: the log's, when both are postgres).
+    #[arg(long, env = "PYPES_KEYS_URL", hide_env_values = true)]
+    pub keys_url: Option<String>,
+}
+
 /// `pypes serve` flags (each also read from the environment).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -375,18 +394,8 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "PYPES_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// Event log backend: file (default), postgres or kurrentdb.
-    #[arg(long, env = "PYPES_LOG_BACKEND")]
-    pub log_backend: Option<String>,
-    /// The event log's database URL (for postgres and kurrentdb).
-    #[arg(long, env = "PYPES_LOG_URL", hide_env_values = true)]
-    pub log_url: Option<String>,
-    /// Key store backend: file, or postgres (the default with a postgres log).
-    #[arg(long, env = "PYPES_KEYS_BACKEND")]
-    pub keys_backend: Option<String>,
-    /// The key store's database URL (default: the log's, when both are postgres).
-    #[arg(long, env = "PYPES_KEYS_URL", hide_env_values = true)]
-    pub keys_url: Option<String>,
+    #[command(flatten)]
+    pub backends: BackendArgs,
     /// PostgreSQL database to keep the SQL read models in (docs/sql.md).
     #[arg(long, env = "PYPES_SQL_URL", hide_env_values = true)]
     pub sql_url: Option<String>,
@@ -423,7 +432,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let (log, keys) = backends(args, file.log, &file.keys)?;
+        let (log, keys) = backends(&args.backends, file.log, &file.keys)?;
         let config = Config {
             log,
             keys,

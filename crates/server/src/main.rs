@@ -39,6 +39,8 @@ enum Command {
     },
     /// One stream's timeline and state as of a time (stop the server first).
     Replay {
+        #[command(flatten)]
+        backends: server::config::BackendArgs,
         /// The stream, e.g. session-<tenant>-<session>: its timeline and state.
         #[arg(long, required_unless_present = "into", conflicts_with = "into")]
         stream: Option<String>,
@@ -202,6 +204,8 @@ enum AuditCommand {
         /// The log's Ed25519 public key (hex), from a trusted copy; default: the log's signing.pub.
         #[arg(long)]
         public_key: Option<String>,
+        #[command(flatten)]
+        backends: server::config::BackendArgs,
     },
     /// Verifies like `verify`, then prints the audit streams' entries
     /// (authentication attempts, refusals, privileged and privacy actions).
@@ -210,6 +214,8 @@ enum AuditCommand {
         data_dir: PathBuf,
         #[arg(long)]
         public_key: Option<String>,
+        #[command(flatten)]
+        backends: server::config::BackendArgs,
     },
 }
 
@@ -260,23 +266,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = read_admin_key(admin_key, &data_dir)?;
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(server::demo::run(&grpc, &key))
         }
-        Command::Audit { command: AuditCommand::Verify { data_dir, public_key } } => {
-            print!("{}", server::audit::verify(&data_dir, public_key.as_deref(), false)?);
+        Command::Audit { command } => {
+            let (data_dir, public_key, backends, trail) = match command {
+                AuditCommand::Verify { data_dir, public_key, backends } => (data_dir, public_key, backends, false),
+                AuditCommand::Trail { data_dir, public_key, backends } => (data_dir, public_key, backends, true),
+            };
+            let (log, _) = tool_backends(&backends)?;
+            let text = match log {
+                server::config::LogBackend::File => server::audit::verify(&data_dir, public_key.as_deref(), trail)?,
+                other => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(server::audit::verify_database(&data_dir, &other, public_key.as_deref(), trail))?,
+            };
+            print!("{text}");
             Ok(())
         }
-        Command::Audit { command: AuditCommand::Trail { data_dir, public_key } } => {
-            print!("{}", server::audit::verify(&data_dir, public_key.as_deref(), true)?);
-            Ok(())
-        }
-        Command::Replay { stream, into, as_of, data_dir } => {
+        Command::Replay { stream, into, as_of, data_dir, backends } => {
+            let backends = tool_backends(&backends)?;
             let as_of = match as_of {
                 Some(t) => server::audit::parse_as_of(&t)?,
                 None => eventlog::Clock::now_micros(&eventlog::SystemClock),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let text = match (stream, into) {
-                (Some(stream), _) => rt.block_on(server::audit::replay_stream(&data_dir, &stream, as_of))?,
-                (None, Some(into)) => rt.block_on(server::audit::replay_into(&data_dir, &into, as_of))?,
+                (Some(stream), _) => rt.block_on(server::audit::replay_stream(&data_dir, &backends, &stream, as_of))?,
+                (None, Some(into)) => rt.block_on(server::audit::replay_into(&data_dir, &backends, &into, as_of))?,
                 (None, None) => anyhow::bail!("give --stream S or --into DIR"),
             };
             print!("{text}");
@@ -333,6 +348,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The backends a tool reads (flags and environment, as `serve` takes them).
+fn tool_backends(
+    args: &server::config::BackendArgs,
+) -> anyhow::Result<(server::config::LogBackend, server::config::KeysBackend)> {
+    server::config::backends(args, Default::default(), &Default::default())
 }
 
 fn read_admin_key(admin_key: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
