@@ -20,8 +20,11 @@ from pypes.api.v1 import api_pb2 as pb  # noqa: E402
 from pypes.api.v1 import api_pb2_grpc as rpc  # noqa: E402
 
 
-def auth(key):
-    return [("authorization", f"Bearer {key}")]
+def auth(key, session_id=None):
+    # Behind the Envoy of deploy/k8s, x-pypes-session-id pins a Session's
+    # calls to one node (docs/scaling.md); a single server ignores it.
+    routing = [("x-pypes-session-id", session_id)] if session_id else []
+    return [("authorization", f"Bearer {key}")] + routing
 
 
 channel = grpc.insecure_channel(addr)
@@ -60,7 +63,7 @@ lines = [
 for sender, body in lines:
     r = sessions.PostMessage(
         pb.PostMessageRequest(session_id=session.session_id, sender_id=sender, body=body, device="python"),
-        metadata=auth(key),
+        metadata=auth(key, session.session_id),
     )
     print(f"posted #{r.seq}")
 

@@ -133,18 +133,22 @@ fn resolve_root(
     })
 }
 
-/// Opens the key store and the provider's epochs in the PostgreSQL database
-/// at `url`, shared by every node that uses it. The root key comes from
-/// [`ROOT_KEY_ENV`] (the same on every node), or for a single node from
-/// `<data>/root.key` as with the embedded default.
+/// Opens the key store in the PostgreSQL database at `url` and the
+/// provider's epochs in the one at `provider_url` (may be the same), shared
+/// by every node that uses them. The root key comes from [`ROOT_KEY_ENV`]
+/// (the same on every node), or for a single node from `<data>/root.key`
+/// as with the embedded default. The provider's database must not be
+/// backed up or WAL-archived for longer than a rotation period (an old
+/// copy keeps destroyed epochs alive): see docs/backends.md.
 pub fn open_postgres(
     url: &str,
+    provider_url: &str,
     data_dir: &Path,
     root_from_env: Option<&str>,
     clock: Arc<dyn Clock>,
     mode: OpenMode,
 ) -> Result<Embedded, KeyError> {
-    let storage = crate::postgres::PgProviderStorage::open(url)?;
+    let storage = crate::postgres::PgProviderStorage::open(provider_url)?;
     use crate::provider::ProviderStorage;
     let has_material = storage.read()?.is_some();
     if mode == OpenMode::MustExist && !has_material {

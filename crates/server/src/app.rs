@@ -211,10 +211,17 @@ pub async fn open_keys(
         KeysBackend::File => {
             tokio::task::spawn_blocking(move || open_embedded(&dir, root.as_deref(), clock, mode)).await?
         }
-        KeysBackend::Postgres { url } => {
-            let url = url.clone();
+        KeysBackend::Postgres { url, provider_url } => {
+            if url == provider_url {
+                tracing::warn!(
+                    "the root-key provider's epochs are in the key store's database: its backups and archived WAL \
+                     keep destroyed epochs, so an erasure reaches them only when they expire; set \
+                     keys.provider_url to a cluster without backups (docs/backends.md)"
+                );
+            }
+            let (url, provider_url) = (url.clone(), provider_url.clone());
             tokio::task::spawn_blocking(move || {
-                keystore::embedded::open_postgres(&url, &dir, root.as_deref(), clock, mode)
+                keystore::embedded::open_postgres(&url, &provider_url, &dir, root.as_deref(), clock, mode)
             })
             .await?
         }

@@ -250,6 +250,9 @@ pub struct KeysFile {
     /// The key store's database (default: `log.url` when both are on
     /// PostgreSQL).
     pub url: Option<String>,
+    /// The root-key provider's epochs (default: `keys.url`). Put them on a
+    /// cluster that is not backed up or WAL-archived (docs/backends.md).
+    pub provider_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,7 +292,7 @@ pub enum KeysBackend {
     /// The embedded store in `<data>/keys` and `<data>/provider`.
     File,
     /// Key store and provider epochs in PostgreSQL, shared by every node.
-    Postgres { url: String },
+    Postgres { url: String, provider_url: String },
 }
 
 // URLs may hold passwords: debug output shows them redacted.
@@ -307,7 +310,15 @@ impl std::fmt::Debug for KeysBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File => f.write_str("file"),
-            Self::Postgres { url } => write!(f, "postgres ({})", eventlog::postgres::redact_url(url)),
+            Self::Postgres { url, provider_url } if url == provider_url => {
+                write!(f, "postgres ({})", eventlog::postgres::redact_url(url))
+            }
+            Self::Postgres { url, provider_url } => write!(
+                f,
+                "postgres ({}; epochs in {})",
+                eventlog::postgres::redact_url(url),
+                eventlog::postgres::redact_url(provider_url)
+            ),
         }
     }
 }
@@ -335,7 +346,14 @@ pub fn backends(args: &BackendArgs, log: LogFile, keys: &KeysFile) -> anyhow::Re
         "postgres" => {
             let given = args.keys_url.clone().or(keys.url.clone());
             let fallback = matches!(log_backend, LogBackend::Postgres { .. }).then_some(log_url).flatten();
-            KeysBackend::Postgres { url: url("keys", given.or(fallback), "\"postgres://pypes@db/pypes\"")? }
+            let url = url("keys", given.or(fallback), "\"postgres://pypes@db/pypes\"")?;
+            let provider_url = args
+                .keys_provider_url
+                .clone()
+                .or(keys.provider_url.clone())
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| url.clone());
+            KeysBackend::Postgres { url, provider_url }
         }
         "kurrentdb" => anyhow::bail!(
             "keys.backend: \"kurrentdb\" is not offered: an erasure must destroy a key at once, and an event \
@@ -362,6 +380,10 @@ pub struct BackendArgs {
     /// The key store's database URL (default: the log's, when both are postgres).
     #[arg(long, env = "PYPES_KEYS_URL", hide_env_values = true)]
     pub keys_url: Option<String>,
+    /// Where the root-key provider's epochs live (default: the key store's
+    /// database); a cluster without backups or WAL archiving.
+    #[arg(long, env = "PYPES_KEYS_PROVIDER_URL", hide_env_values = true)]
+    pub keys_provider_url: Option<String>,
 }
 
 /// `pypes serve` flags (each also read from the environment).
@@ -518,4 +540,59 @@ impl Config {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(config: &Path, backends: BackendArgs) -> anyhow::Result<Config> {
+        Config::resolve(&ServeArgs { config: Some(config.to_path_buf()), backends, ..ServeArgs::default() })
+    }
+
+    /// The configuration deploy/k8s ships is one the server accepts, and
+    /// it selects the PostgreSQL backends with the URLs from the Secret.
+    #[test]
+    fn deploy_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/pypes.toml");
+        let urls = BackendArgs {
+            log_url: Some("host=db password=pw dbname=pypes".into()),
+            keys_provider_url: Some("host=epochs dbname=epochs".into()),
+            ..BackendArgs::default()
+        };
+        let config = with(&path, urls).unwrap();
+        assert!(matches!(&config.log, LogBackend::Postgres { url } if url.contains("host=db")));
+        match &config.keys {
+            KeysBackend::Postgres { url, provider_url } => {
+                assert!(url.contains("host=db"), "the key store defaults to the log's database");
+                assert!(provider_url.contains("host=epochs"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(config.tls.is_some(), "non-loopback nodes need TLS");
+        assert!(!format!("{:?}", config.log).contains("pw"), "no password in debug output");
+    }
+
+    #[test]
+    fn backends_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        let cases = [
+            ("[log]\nbackend = \"postgres\"\n", "log.url: needed"),
+            ("[log]\nbackend = \"oracle\"\n", "log.backend: \"oracle\""),
+            ("[keys]\nbackend = \"kurrentdb\"\n", "is not offered"),
+            ("[log]\nbackend = \"kurrentdb\"\n", "log.url: needed"),
+        ];
+        for (text, expected) in cases {
+            std::fs::write(&file, text).unwrap();
+            let e = with(&file, BackendArgs::default()).unwrap_err().to_string();
+            assert!(e.contains(expected), "{text}: {e}");
+        }
+        std::fs::write(&file, "[keys]\nbackend = \"postgres\"\n").unwrap();
+        let e = with(&file, BackendArgs::default()).unwrap_err().to_string();
+        assert!(e.contains("keys.url: needed"), "{e}");
+        std::fs::write(&file, "").unwrap();
+        let config = with(&file, BackendArgs::default()).unwrap();
+        assert_eq!((config.log, config.keys), (LogBackend::File, KeysBackend::File), "embedded by default");
+    }
 }

@@ -58,9 +58,13 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
     let Some(pg) = pgtest::Cluster::start() else { return };
     let url = pg.fresh_database();
     let (root, signing) = ("7e".repeat(32), "5a".repeat(32));
+    // The provider's epochs in a database of their own (as in production:
+    // one that is not backed up).
+    let epochs = pg.fresh_database();
     let env = [
         ("PYPES_LOG_BACKEND", "postgres"),
         ("PYPES_LOG_URL", url.as_str()),
+        ("PYPES_KEYS_PROVIDER_URL", epochs.as_str()),
         ("PYPES_ROOT_KEY", root.as_str()),
         ("PYPES_LOG_SIGNING_KEY", signing.as_str()),
     ];
@@ -73,7 +77,7 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
     let mut servers = vec![start_with(dirs[0].path(), &first_env)];
     let (d1, d2) = (dirs[1].path().to_path_buf(), dirs[2].path().to_path_buf());
     let (e1, e2) = (env.map(|(k, v)| (k, v.to_string())), env.map(|(k, v)| (k, v.to_string())));
-    let start = |d: std::path::PathBuf, e: [(&'static str, String); 4]| {
+    let start = |d: std::path::PathBuf, e: [(&'static str, String); 5]| {
         std::thread::spawn(move || {
             let env: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
             start_with(&d, &env)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Offline checks of deploy/ (no container engine or cluster here):
+# every Kubernetes manifest against the API schemas bundled in
+# kubernetes-validate (PyPI), strictly (unknown fields refused); the Envoy
+# configuration for what the routing relies on; the Containerfile for the
+# build it must do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0" "PyYAML==6.*"
+
+manifests=(deploy/k8s/namespace.yaml deploy/k8s/secrets.example.yaml \
+           deploy/k8s/postgres.yaml deploy/k8s/pypes.yaml deploy/k8s/envoy.yaml)
+"$work/venv/bin/kubernetes-validate" --strict --kubernetes-version 1.31.0 "${manifests[@]}"
+"$work/venv/bin/python" deploy/check.py
+echo "deploy/: manifests, Envoy routing and Containerfile checked"
