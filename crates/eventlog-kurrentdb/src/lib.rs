@@ -177,11 +177,12 @@ impl KurrentLog {
         let r = self.resume.lock().unwrap_or_else(|e| e.into_inner());
         match r.iter().rev().find(|(next, _)| *next == from) {
             Some((_, exact)) => StreamPosition::Position(*exact),
-            // Not a point this process handed out (e.g. after a restart):
-            // the event just before `from`, if its commit and prepare
-            // positions agree (a one-event append); events below `from`
-            // are skipped below.
-            None => StreamPosition::Position(Position { commit: from - 1, prepare: from - 1 }),
+            // Not a point this process handed out (a checkpoint from before
+            // a restart): KurrentDB reads `$all` only from an exact record
+            // position, which `from` alone does not give, so this read
+            // starts at the beginning and skips what lies below `from`
+            // (once per reader and restart; later pages resume exactly).
+            None => StreamPosition::Start,
         }
     }
 
@@ -325,7 +326,11 @@ impl EventLog for KurrentLog {
     fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>> {
         Box::pin(async move {
             let head = *self.head.borrow();
-            let mut options = ReadAllOptions::default().forwards().position(self.resume_point(from));
+            let start = self.resume_point(from);
+            // From the beginning, the events below `from` do not count
+            // towards the page: read on until the page is full.
+            let limit = if from > 0 && start == StreamPosition::Start { usize::MAX } else { max_count.max(1) };
+            let mut options = ReadAllOptions::default().forwards().position(start);
             // One server-side filter: by stream prefix, or else by type.
             if !filter.stream_prefixes.is_empty() {
                 let mut f = SubscriptionFilter::on_stream_name();
@@ -342,7 +347,7 @@ impl EventLog for KurrentLog {
             } else {
                 options = options.filter(SubscriptionFilter::on_event_type().exclude_system_events());
             }
-            let options = options.max_count(max_count.max(1));
+            let options = options.max_count(limit);
             let mut read = self.client.read_all(&options).await.map_err(|e| db(&self.name, e))?;
             let mut page = AllPage { events: Vec::new(), next_position: from, head };
             while let Some(e) = read.next().await.map_err(|e| db(&self.name, e))? {

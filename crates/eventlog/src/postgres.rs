@@ -17,9 +17,11 @@
 //! (PostgreSQL makes a transaction visible before it releases its locks).
 //! The expected-version check runs inside that transaction, so two nodes
 //! writing one stream cannot both win. On one node, appends that wait
-//! while a transaction runs go together into the next one, each under a
-//! savepoint (group commit: one WAL flush for the group; a refused append
-//! fails alone). Each commit `NOTIFY`s the new head;
+//! while a transaction runs go together into the next one (group commit:
+//! one WAL flush for the group). The group is decided in memory, append
+//! by append, against the stream rows and event ids read once for the
+//! whole group, so a refused append fails alone and the group's events go
+//! in one multi-row INSERT. Each commit `NOTIFY`s the new head;
 //! every node `LISTEN`s, so subscriptions go live on appends made anywhere.
 //!
 //! The stream rules (versions, soft and hard deletes, metadata limits,
@@ -27,7 +29,8 @@
 //! own (`model::StreamRules`, `check_repeat`), so the three cannot drift.
 //! What this backend does not do: the file log's hash chain and signed
 //! checkpoints (PostgreSQL's own integrity and access control stand in
-//! for them; `pypes audit verify` reads only the file log).
+//! for them; `pypes audit verify` checks the audit trail's own links and
+//! signatures on this backend).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -302,9 +305,9 @@ impl PgLog {
 
 /// The appends of every node are serialised by the advisory lock; on this
 /// node they are also grouped: every append waiting when a transaction
-/// starts goes into it, each under a savepoint (so one append's wrong
-/// expected version fails that append alone), and one COMMIT (one WAL
-/// flush) acknowledges them all.
+/// starts goes into it, decided one after the other in memory (so one
+/// append's wrong expected version fails that append alone), and one
+/// COMMIT (one WAL flush) acknowledges them all.
 async fn commit_groups(
     mut client: Client,
     mut jobs: mpsc::Receiver<Job>,
@@ -339,57 +342,25 @@ async fn commit_groups(
 }
 
 /// One group's transaction; each job's answer goes into `answers`. The
-/// new head on commit.
+/// new head on commit. The whole group costs a fixed number of round
+/// trips: the ids it names and the streams it touches are read once, each
+/// append is decided in memory in order (so a later append sees what an
+/// earlier one of the group wrote), and the events and stream rows go in
+/// one multi-row statement each.
 async fn commit_group(
     client: &mut Client,
     group: &[Job],
     answers: &mut Vec<Option<Result<Vec<AppendResult>>>>,
     now: i64,
 ) -> Result<u64> {
-    let mut tx = client.transaction().await.map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
     let mut position = head_in(&tx).await?;
-    let insert = tx
-        .prepare(
-            "INSERT INTO pypes_log_events (position, stream, version, event_id, event_type, recorded_at_micros, stored)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await
-        .map_err(db)?;
-    for job in group {
-        let savepoint = tx.savepoint("job").await.map_err(db)?;
-        match append_in(&savepoint, &insert, &job.appends, position, now).await {
-            Ok((results, next)) => {
-                savepoint.commit().await.map_err(db)?;
-                position = next;
-                answers.push(Some(Ok(results)));
-            }
-            // A database error (not a refusal) aborts the whole group.
-            Err(LogError::Database { detail }) => return Err(LogError::Database { detail }),
-            Err(refused) => {
-                savepoint.rollback().await.map_err(db)?;
-                answers.push(Some(Err(refused)));
-            }
-        }
-    }
-    tx.execute("UPDATE pypes_log_head SET next_position = $1", &[&i64_of(position)?]).await.map_err(db)?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await.map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(position)
-}
-
-/// One append inside the group's transaction, from `position`: its
-/// results and the next free position (or a refusal, or a repeat's
-/// original results without writing).
-async fn append_in(
-    tx: &tokio_postgres::Transaction<'_>,
-    insert: &tokio_postgres::Statement,
-    appends: &[StreamAppend],
-    mut position: u64,
-    now: i64,
-) -> Result<(Vec<AppendResult>, u64)> {
-    // Idempotency: the events whose ids were appended before.
-    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter().map(|e| e.id.as_bytes().as_slice())).collect();
+    // Idempotency: the events of the group whose ids were appended before.
+    let ids: Vec<&[u8]> = group
+        .iter()
+        .flat_map(|j| j.appends.iter().flat_map(|a| a.events.iter().map(|e| e.id.as_bytes().as_slice())))
+        .collect();
     let mut earlier: HashMap<Uuid, Earlier> = HashMap::new();
     for row in tx
         .query("SELECT stream, version, position, stored FROM pypes_log_events WHERE event_id = ANY($1)", &[&ids])
@@ -400,6 +371,94 @@ async fn append_in(
         let e = event_of(&row, stream.clone())?;
         earlier.insert(e.id(), Earlier { stream, version: e.version, position: e.position, event: e.event });
     }
+    let mut names: Vec<&str> = group.iter().flat_map(|j| j.appends.iter().map(|a| a.stream.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut rules = load_rules(&tx, &names).await?;
+    let mut staged = Staged::default();
+    let mut changed: Vec<String> = Vec::new();
+    for job in group {
+        let answer = decide(&job.appends, &mut earlier, &mut rules, &mut staged, &mut changed, position, now);
+        if let Ok((_, next)) = &answer {
+            position = *next;
+        }
+        answers.push(Some(answer.map(|(results, _)| results)));
+    }
+    staged.insert(&tx).await?;
+    changed.sort_unstable();
+    changed.dedup();
+    save_all_rules(&tx, &changed, &rules).await?;
+    tx.execute("UPDATE pypes_log_head SET next_position = $1", &[&i64_of(position)?]).await.map_err(db)?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &position.to_string()]).await.map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(position)
+}
+
+/// The rows a group writes, column by column (for `unnest`).
+#[derive(Default)]
+struct Staged {
+    positions: Vec<i64>,
+    streams: Vec<String>,
+    versions: Vec<i64>,
+    ids: Vec<Vec<u8>>,
+    types: Vec<String>,
+    times: Vec<i64>,
+    stored: Vec<Vec<u8>>,
+}
+
+/// Rows per INSERT at most, and bytes: a statement stays well below
+/// PostgreSQL's 1 GB message limit.
+const ROWS_PER_INSERT: usize = 4096;
+const BYTES_PER_INSERT: usize = 64 << 20;
+
+impl Staged {
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+        let sql = "INSERT INTO pypes_log_events (position, stream, version, event_id, event_type, recorded_at_micros, stored)
+                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::bigint[], $7::bytea[])";
+        let (mut from, mut bytes) = (0, 0);
+        for i in 0..=self.positions.len() {
+            let end = i == self.positions.len();
+            if !end {
+                bytes += self.stored[i].len();
+            }
+            if end || i + 1 - from >= ROWS_PER_INSERT || bytes >= BYTES_PER_INSERT {
+                let to = if end { i } else { i + 1 };
+                if to > from {
+                    tx.execute(
+                        sql,
+                        &[
+                            &&self.positions[from..to],
+                            &&self.streams[from..to],
+                            &&self.versions[from..to],
+                            &&self.ids[from..to],
+                            &&self.types[from..to],
+                            &&self.times[from..to],
+                            &&self.stored[from..to],
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+                (from, bytes) = (to, 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One append of the group, decided in memory from `position`: its results
+/// and the next free position (or a refusal, or a repeat's original
+/// results without writing). What it writes is staged, and remembered in
+/// `earlier` and `rules` for the appends after it.
+fn decide(
+    appends: &[StreamAppend],
+    earlier: &mut HashMap<Uuid, Earlier>,
+    rules: &mut HashMap<String, StreamRules>,
+    staged: &mut Staged,
+    changed: &mut Vec<String>,
+    mut position: u64,
+    now: i64,
+) -> Result<(Vec<AppendResult>, u64)> {
     let mut repeats = Vec::new();
     for append in appends {
         if let Some(r) = check_repeat(append, |id| {
@@ -416,8 +475,6 @@ async fn append_in(
     if let Some(results) = whole_repeat(appends, repeats)? {
         return Ok((results, position));
     }
-    let names: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
-    let mut rules = load_rules(tx, &names).await?;
     for append in appends {
         rules.get(&append.stream).cloned().unwrap_or_default().check_expected(&append.stream, append.expected)?;
     }
@@ -426,28 +483,23 @@ async fn append_in(
         let r = rules.entry(append.stream.clone()).or_default();
         let first_position = position;
         let mut version = r.next_version;
+        let stream: Arc<str> = Arc::from(append.stream.as_str());
         for event in &append.events {
             let stored = event.to_stored(&append.stream, version, position, now).encode_to_vec();
-            tx.execute(
-                insert,
-                &[
-                    &i64_of(position)?,
-                    &append.stream,
-                    &i64_of(version)?,
-                    &event.id.as_bytes().as_slice(),
-                    &event.event_type,
-                    &now,
-                    &stored,
-                ],
-            )
-            .await
-            .map_err(db)?;
+            staged.positions.push(i64_of(position)?);
+            staged.streams.push(append.stream.clone());
+            staged.versions.push(i64_of(version)?);
+            staged.ids.push(event.id.as_bytes().to_vec());
+            staged.types.push(event.event_type.clone());
+            staged.times.push(now);
+            staged.stored.push(stored);
+            earlier.insert(event.id, Earlier { stream: stream.clone(), version, position, event: event.clone() });
             position += 1;
             version += 1;
         }
         let count = append.events.len() as u64;
         r.apply_append(count);
-        save_rules(tx, &append.stream, r).await?;
+        changed.push(append.stream.clone());
         results.push(AppendResult {
             next_expected_version: version - 1,
             first_position,
@@ -455,6 +507,42 @@ async fn append_in(
         });
     }
     Ok((results, position))
+}
+
+/// Writes the rules of every stream the group changed, in one statement.
+async fn save_all_rules(
+    tx: &tokio_postgres::Transaction<'_>,
+    streams: &[String],
+    rules: &HashMap<String, StreamRules>,
+) -> Result<()> {
+    if streams.is_empty() {
+        return Ok(());
+    }
+    let opt = |v: Option<u64>| v.map(i64_of).transpose();
+    let (mut next, mut deletion, mut before, mut age, mut count, mut truncate) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in streams {
+        let r = rules.get(s).cloned().unwrap_or_default();
+        next.push(i64_of(r.next_version)?);
+        deletion.push(deletion_code(r.deletion));
+        before.push(i64_of(r.deleted_before)?);
+        age.push(opt(r.metadata.max_age_secs)?);
+        count.push(opt(r.metadata.max_count)?);
+        truncate.push(opt(r.metadata.truncate_before)?);
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO pypes_log_streams (stream, {RULES})
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+             ON CONFLICT (stream) DO UPDATE SET next_version = EXCLUDED.next_version, deletion = EXCLUDED.deletion,
+             deleted_before = EXCLUDED.deleted_before, max_age_secs = EXCLUDED.max_age_secs,
+             max_count = EXCLUDED.max_count, truncate_before = EXCLUDED.truncate_before"
+        ),
+        &[&streams, &next, &deletion, &before, &age, &count, &truncate],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 impl EventLog for PgLog {

@@ -130,3 +130,37 @@ async fn long_streams_read_in_pages() {
     let last = log.read_stream("long", ReadFrom::Start, Direction::Forward, 5).await.unwrap();
     assert_eq!(versions(last), (690..695).collect::<Vec<_>>());
 }
+
+/// Appends that arrive together share one transaction (group commit) and
+/// are decided one after the other in memory: a retry of an append of the
+/// same group answers with the first result, a wrong expected version
+/// fails alone, a later append sees what an earlier one of the group
+/// wrote, and a retry that reuses an id for other content is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_of_one_group_are_decided_in_order() {
+    let Some(pg) = pgtest::Cluster::start() else { return };
+    let url = pg.fresh_database();
+    let log = Arc::new(PgLog::open(&url, Arc::new(SystemClock)).await.unwrap());
+    for round in 0..20 {
+        let (s1, s2) = (format!("a-{round}"), format!("b-{round}"));
+        let x = NewEvent::new("X", b"x".to_vec());
+        let mut other = x.clone();
+        other.payload = b"not x".to_vec().into();
+        let (first, retry, wrong, chained, reused) = tokio::join!(
+            log.append(&s1, ExpectedVersion::NoStream, vec![x.clone()]),
+            log.append(&s1, ExpectedVersion::NoStream, vec![x.clone()]),
+            log.append(&s2, ExpectedVersion::Exact(5), vec![NewEvent::new("Y", b"y".to_vec())]),
+            log.append(&s2, ExpectedVersion::Any, vec![NewEvent::new("Z", b"z".to_vec())]),
+            log.append(&s1, ExpectedVersion::Any, vec![other]),
+        );
+        let first = first.unwrap();
+        assert_eq!(retry.unwrap(), first, "a retry answers with the first result");
+        assert!(matches!(wrong, Err(LogError::WrongExpectedVersion { .. })), "{wrong:?}");
+        assert_eq!(chained.unwrap().next_expected_version, 0);
+        assert!(matches!(reused, Err(LogError::EventIdReused { .. })), "{reused:?}");
+        let events = log.read_stream(&s1, ReadFrom::Start, Direction::Forward, 10).await.unwrap();
+        assert_eq!(events.len(), 1, "x is stored once");
+    }
+    let positions = pg.psql(&url, "SELECT count(*) = max(position) + 1 FROM pypes_log_events");
+    assert_eq!(positions, "t", "gap-free positions");
+}
