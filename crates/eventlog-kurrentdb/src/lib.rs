@@ -382,6 +382,7 @@ impl EventLog for KurrentLog {
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             validate_stream_name(stream)?;
+            metadata.validate(stream)?;
             let mut m = kurrentdb::StreamMetadata::builder();
             if let Some(n) = metadata.max_count {
                 m = m.max_count(n);

@@ -30,32 +30,9 @@ fn make() -> MakeLog {
     })
 }
 
-macro_rules! kurrentdb_suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "needs a KurrentDB server: set PYPES_TEST_KURRENTDB_URL and run with --run-ignored all"]
-            async fn $name() {
-                eventlog::conformance::$name(make()).await;
-            }
-        )*
-    };
-}
-
-kurrentdb_suite!(
-    append_then_read_forward_and_backward,
-    expected_version_rules,
-    idempotent_append_by_event_id,
-    multi_stream_append_is_atomic,
-    read_all_with_filters_and_paging,
-    racing_writers_on_one_stream,
-    subscription_catches_up_then_goes_live,
-    subscription_from_checkpoint_and_falling_behind,
-    metadata_limits_hide_events,
-    soft_delete_then_write_again,
-    hard_delete_is_final,
-    scavenge_removes_hidden_events,
-    bad_input_is_refused_with_clear_errors,
+eventlog::conformance_tests!(
+    ignored: "needs a KurrentDB server: set PYPES_TEST_KURRENTDB_URL and run with --run-ignored all",
+    make()
 );
 
 /// What can be checked without a server: a bad connection string is

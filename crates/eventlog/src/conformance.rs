@@ -28,8 +28,16 @@ pub type MakeLog = Arc<dyn Fn(Arc<dyn Clock>) -> BoxFuture<'static, Fixture> + S
 /// Generates one `#[tokio::test]` per contract point for a backend.
 #[macro_export]
 macro_rules! conformance_tests {
+    // For a backend whose server cannot run here: every test is generated
+    // `#[ignore]`d with `reason` (listed as skipped, never as passed).
+    (ignored: $reason:literal, $make:expr) => {
+        $crate::conformance_tests!(@list ignore = $reason, $make);
+    };
     ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
+        $crate::conformance_tests!(@list allow(unused_attributes), $make);
+    };
+    (@list $attr:meta, $make:expr) => {
+        $crate::conformance_tests!(@each $attr, $make;
             append_then_read_forward_and_backward,
             expected_version_rules,
             idempotent_append_by_event_id,
@@ -45,9 +53,10 @@ macro_rules! conformance_tests {
             bad_input_is_refused_with_clear_errors
         );
     };
-    (@each $make:expr; $($name:ident),* $(,)?) => {
+    (@each $attr:meta, $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[$attr]
             async fn $name() {
                 $crate::conformance::$name($make).await;
             }

@@ -228,7 +228,8 @@ pub struct StreamMetadata {
 }
 
 impl StreamMetadata {
-    pub(crate) fn validate(&self, stream: &str) -> Result<(), LogError> {
+    /// Refuses limits that make no sense (a max count of 0, ...), naming the stream.
+    pub fn validate(&self, stream: &str) -> Result<(), LogError> {
         let bad =
             |reason: &str| Err(LogError::InvalidBatch { reason: format!("metadata for stream {stream:?}: {reason}") });
         if self.max_count == Some(0) {

@@ -69,6 +69,13 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
         report.unsigned_tail_frames
     );
     let _ = writeln!(out, "  signed head       {}", if report.signed_head_checked { "checked" } else { "absent" });
+    audit_summary(&mut out, &audit, trail.then_some(lines.as_str()));
+    Ok(out)
+}
+
+/// The audit trail's part of a verification report (and the entries, for
+/// `audit trail`).
+fn audit_summary(out: &mut String, audit: &crate::audit_log::AuditReport, entries: Option<&str>) {
     let _ = writeln!(out, "audit streams: OK");
     let _ = writeln!(out, "  streams           {}", audit.streams);
     let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
@@ -79,12 +86,11 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
         "  signed head       {}",
         if audit.heads_checked > 0 { "checked (audit.head)" } else { "absent" }
     );
-    if trail {
+    if let Some(entries) = entries {
         let _ =
             writeln!(out, "\ntime (UTC)           stream seq  action  actor  tenant  target  outcome  detail  [count]");
-        out.push_str(&lines);
+        out.push_str(entries);
     }
-    Ok(out)
 }
 
 /// Verifies the audit trail on a database backend (PostgreSQL, KurrentDB):
@@ -143,21 +149,7 @@ pub async fn verify_database(
     let _ = writeln!(out, "log {backend:?}: the database's own integrity (no file hash chain on this backend)");
     let _ = writeln!(out, "  public key        {} ({from})", hex::encode(key.as_bytes()));
     let _ = writeln!(out, "  audit events read {events}");
-    let _ = writeln!(out, "audit streams: OK");
-    let _ = writeln!(out, "  streams           {}", audit.streams);
-    let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
-    let _ = writeln!(out, "  signed checkpoints {}", audit.checkpoints);
-    let _ = writeln!(out, "  unsigned tail     {} entries", audit.unsigned_tail);
-    let _ = writeln!(
-        out,
-        "  signed head       {}",
-        if audit.heads_checked > 0 { "checked (this node's audit.head)" } else { "absent" }
-    );
-    if trail {
-        let _ =
-            writeln!(out, "\ntime (UTC)           stream seq  action  actor  tenant  target  outcome  detail  [count]");
-        out.push_str(&lines);
-    }
+    audit_summary(&mut out, &audit, trail.then_some(lines.as_str()));
     Ok(out)
 }
 
