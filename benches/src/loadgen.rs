@@ -14,6 +14,7 @@
 mod apibench;
 mod keybench;
 mod mediabench;
+mod peers;
 mod rebuild;
 
 /// The allocator the `pypes` binary uses, so figures are the product's.
@@ -158,6 +159,39 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         small: usize,
     },
+    /// pypes' file log side by side with the event stores people pick
+    /// instead (a PostgreSQL events table, Python eventsourcing), equal
+    /// durability, alternating rounds; BENCH lines and a JSON file.
+    Peers {
+        /// Directory for the test files (default: the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds measured per round.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Seconds of warm-up before each round's measurement.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// Rounds per point (the median is reported; every round is in the JSON).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,256")]
+        writers: Vec<usize>,
+        /// Streams the events are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        /// Stream choice: uniform, zipf or both.
+        #[arg(long, value_delimiter = ',', default_value = "uniform,zipf")]
+        distributions: Vec<String>,
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+        /// The JSON file of the whole run.
+        #[arg(long, default_value = "target/bench/peers.json")]
+        out: PathBuf,
+        /// The Python with `eventsourcing` installed (benches/peers/install.sh).
+        #[arg(long, default_value = "target/bench/venv/bin/python")]
+        python: PathBuf,
+    },
     /// The bare echo server (started by send-message).
     EchoServer,
     /// Opens an existing log and reports open time and resident memory
@@ -219,6 +253,24 @@ fn main() -> Result<()> {
         Command::Media { dir, mib, rounds, small } => {
             let dir = work_dir(dir)?;
             rt.block_on(mediabench::run(dir.path(), mib.max(1), rounds.max(1), small))
+        }
+        Command::Peers { dir, seconds, warmup, rounds, writers, streams, distributions, seed, out, python } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => std::env::current_dir()?,
+            };
+            rt.block_on(peers::run(peers::Options {
+                dir,
+                seconds,
+                warmup,
+                rounds: rounds.max(1),
+                writers,
+                streams: streams.max(1),
+                distributions,
+                seed,
+                out,
+                python: Some(python),
+            }))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),
         Command::LogOpen { dir, key_seed } => {

@@ -1,0 +1,395 @@
+//! `loadgen peers`: pypes' event log side by side with the event stores its
+//! users would pick instead, on this machine, at equal durability (every
+//! acknowledged append fsync'd), with the same workload, in one run, the
+//! systems alternating round by round. Each point prints a `BENCH` line;
+//! the whole run (machine, configuration, every round) goes to a JSON file
+//! from which `benches/report.py` makes the table in docs/benchmarks.md.
+//!
+//! Systems (each skipped with a printed reason when it cannot run):
+//! - `pypes_file`: the embedded file log, appends to the chosen stream;
+//! - `postgres_table`: one `events` table with a unique (stream, version),
+//!   appended as Message DB does (one function call per append: a per-stream
+//!   advisory lock, the next version, one INSERT), `synchronous_commit = on`,
+//!   on a throw-away cluster on the same disk; 64 connections at most;
+//! - `python_eventsourcing`: the Python `eventsourcing` library on SQLite
+//!   (WAL, synchronous=FULL) with its AES cipher, one writer (the library
+//!   serialises saves), through `benches/peers/eventsourcing_bench.py` in
+//!   the virtualenv `benches/peers/install.sh` makes.
+//!
+//! Workload: 256-byte events, one per append, to one of `streams` streams
+//! chosen uniformly or Zipf-skewed (s = 1) by a seeded generator, from 1,
+//! 4, 16 and 256 concurrent writers.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use eventlog::file::FileLog;
+use eventlog::{EventLog, ExpectedVersion, NewEvent};
+use hdrhistogram::Histogram;
+
+/// The options of `loadgen peers`.
+pub struct Options {
+    pub dir: PathBuf,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub rounds: usize,
+    pub writers: Vec<usize>,
+    pub streams: usize,
+    pub distributions: Vec<String>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub python: Option<PathBuf>,
+}
+
+/// A seeded xorshift generator (the same streams in every run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks stream indexes uniformly or by Zipf's law (s = 1).
+#[derive(Clone)]
+enum Picker {
+    Uniform(usize),
+    Zipf(Arc<Vec<f64>>),
+}
+
+impl Picker {
+    fn new(distribution: &str, streams: usize) -> Result<Self> {
+        match distribution {
+            "uniform" => Ok(Picker::Uniform(streams)),
+            "zipf" => {
+                let mut cdf = Vec::with_capacity(streams);
+                let mut sum = 0.0;
+                for k in 1..=streams {
+                    sum += 1.0 / k as f64;
+                    cdf.push(sum);
+                }
+                for c in &mut cdf {
+                    *c /= sum;
+                }
+                Ok(Picker::Zipf(Arc::new(cdf)))
+            }
+            other => anyhow::bail!("--distributions: {other:?}; \"uniform\" or \"zipf\""),
+        }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> usize {
+        match self {
+            Picker::Uniform(n) => (rng.next() % *n as u64) as usize,
+            Picker::Zipf(cdf) => {
+                let u = rng.unit();
+                cdf.partition_point(|c| *c < u).min(cdf.len() - 1)
+            }
+        }
+    }
+}
+
+/// One measured round of one system.
+#[derive(Clone)]
+struct Round {
+    events_per_s: f64,
+    p50_us: u64,
+    p95_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
+}
+
+fn round_of(h: &Histogram<u64>, elapsed: Duration) -> Round {
+    Round {
+        events_per_s: h.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: h.value_at_quantile(0.50),
+        p95_us: h.value_at_quantile(0.95),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+    }
+}
+
+/// Something that appends one event to a stream, durably.
+trait Appender: Send + Sync + 'static {
+    fn append(&self, writer: usize, stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>>;
+}
+
+struct FileAppender(Arc<FileLog>);
+
+impl Appender for FileAppender {
+    fn append(&self, _writer: usize, stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        let event = NewEvent::new("Posted", payload.to_vec());
+        Box::pin(async move {
+            self.0.append(&format!("session-{stream}"), ExpectedVersion::Any, vec![event]).await?;
+            Ok(())
+        })
+    }
+}
+
+/// The events table in the pattern Marten and Message DB use.
+struct TableAppender {
+    clients: Vec<tokio_postgres::Client>,
+}
+
+const TABLE_SCHEMA: &str = "
+DROP TABLE IF EXISTS events;
+CREATE TABLE events (
+    global_position bigserial PRIMARY KEY,
+    stream_id text NOT NULL,
+    version bigint NOT NULL,
+    type text NOT NULL,
+    data bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (stream_id, version)
+);
+CREATE OR REPLACE FUNCTION write_event(s text, t text, d bytea) RETURNS bigint AS $$
+DECLARE v bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(s, 0));
+    SELECT coalesce(max(version) + 1, 0) INTO v FROM events WHERE stream_id = s;
+    INSERT INTO events (stream_id, version, type, data) VALUES (s, v, t, d);
+    RETURN v;
+END $$ LANGUAGE plpgsql;
+";
+
+impl TableAppender {
+    async fn connect(url: &str, connections: usize) -> Result<Self> {
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            clients.push(client);
+        }
+        let sync: String = clients[0].query_one("SHOW synchronous_commit", &[]).await?.get(0);
+        let fsync: String = clients[0].query_one("SHOW fsync", &[]).await?.get(0);
+        anyhow::ensure!(sync == "on" && fsync == "on", "postgres durability: synchronous_commit={sync} fsync={fsync}");
+        Ok(Self { clients })
+    }
+}
+
+impl Appender for TableAppender {
+    fn append(&self, writer: usize, stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        let client = &self.clients[writer % self.clients.len()];
+        let (stream, payload) = (format!("session-{stream}"), payload.to_vec());
+        Box::pin(async move {
+            client.query_one("SELECT write_event($1, 'Posted', $2)", &[&stream, &payload]).await?;
+            Ok(())
+        })
+    }
+}
+
+/// `writers` loops, each appending to streams its seeded picker chooses,
+/// for `warmup` then `run`; latencies of the measured part only.
+async fn drive(appender: Arc<dyn Appender>, o: &Options, writers: usize, picker: &Picker) -> Result<Round> {
+    let warm_until = Instant::now() + Duration::from_secs_f64(o.warmup);
+    let payload: Arc<[u8]> = (0..256u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+    let mut tasks = Vec::with_capacity(writers);
+    let start = warm_until;
+    let end = start + Duration::from_secs_f64(o.seconds);
+    for w in 0..writers {
+        let (appender, picker, payload) = (appender.clone(), picker.clone(), payload.clone());
+        let mut rng = Rng(o.seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    return Ok::<_, anyhow::Error>(h);
+                }
+                let stream = picker.pick(&mut rng);
+                appender.append(w, stream, &payload).await?;
+                if now >= start {
+                    h.record((now.elapsed().as_micros() as u64).max(1))?;
+                }
+            }
+        }));
+    }
+    let mut all = histogram()?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok(round_of(&all, Duration::from_secs_f64(o.seconds)))
+}
+
+/// The Python peer: one round through the script.
+fn python_round(python: &Path, dir: &Path, seconds: f64) -> Result<Round> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/eventsourcing_bench.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .arg(seconds.to_string())
+        .arg("single")
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {line:?}"))
+    };
+    anyhow::ensure!(line.contains("synchronous=FULL"), "SQLite is not at synchronous=FULL: {line}");
+    Ok(Round {
+        events_per_s: field("events_per_s=")?,
+        p50_us: field("p50_us=")? as u64,
+        p95_us: field("p95_us=")? as u64,
+        p99_us: field("p99_us=")? as u64,
+        p999_us: field("p999_us=")? as u64,
+    })
+}
+
+fn median(rounds: &[Round]) -> Round {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    sorted[sorted.len() / 2].clone()
+}
+
+/// What this machine is, for the record.
+pub fn machine(dir: &Path) -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or_else(|| "unknown".to_string(), |v| v.trim_start_matches([' ', '\t', ':']).trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    // The filesystem under `dir`: the longest mount point that prefixes it.
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let fs = read("/proc/mounts")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && canonical.starts_with(f[1])).then(|| (f[1].len(), format!("{} on {}", f[2], f[1])))
+        })
+        .max()
+        .map_or_else(|| "unknown".to_string(), |(_, s)| s);
+    format!(
+        "{{\"cpu\": {cpu:?}, \"cores\": {cores}, \"memory_gib\": {:.1}, \"kernel\": {kernel:?}, \"filesystem\": {fs:?}}}",
+        memory_kb as f64 / (1 << 20) as f64
+    )
+}
+
+fn round_json(r: &Round) -> String {
+    format!(
+        "{{\"events_per_s\": {:.1}, \"p50_us\": {}, \"p95_us\": {}, \"p99_us\": {}, \"p999_us\": {}}}",
+        r.events_per_s, r.p50_us, r.p95_us, r.p99_us, r.p999_us
+    )
+}
+
+pub async fn run(o: Options) -> Result<()> {
+    std::fs::create_dir_all(&o.dir)?;
+    let work = tempfile::Builder::new().prefix("peers-").tempdir_in(&o.dir)?;
+    let machine = machine(work.path());
+    println!(
+        "# peers: 256-byte events, one per append, {} streams, {:.1} s warm-up, {} rounds of {:.1} s, seed {}",
+        o.streams, o.warmup, o.rounds, o.seconds, o.seed
+    );
+    println!("# machine: {machine}");
+    // The PostgreSQL peer: a throw-away cluster on the same disk.
+    let cluster = pgtest::Cluster::start_in(work.path());
+    let table_url = match &cluster {
+        Some(pg) => Some(pg.fresh_database()),
+        None => {
+            println!("# postgres_table skipped: PostgreSQL not found");
+            None
+        }
+    };
+    let python = o.python.clone().filter(|p| {
+        let ok = p.exists();
+        if !ok {
+            println!("# python_eventsourcing skipped: {} not found (run benches/peers/install.sh)", p.display());
+        }
+        ok
+    });
+    let mut points = String::new();
+    for distribution in &o.distributions {
+        let picker = Picker::new(distribution, o.streams)?;
+        for &writers in &o.writers {
+            let mut results: Vec<(&str, Vec<Round>)> =
+                vec![("pypes_file", Vec::new()), ("postgres_table", Vec::new()), ("python_eventsourcing", Vec::new())];
+            for round in 0..o.rounds {
+                // pypes: a fresh log each round.
+                let dir = work.path().join(format!("file-{distribution}-{writers}-{round}"));
+                let log = Arc::new(FileLog::open(&dir, crate::config())?);
+                let r = drive(Arc::new(FileAppender(log.clone())), &o, writers, &picker).await?;
+                log.close();
+                std::fs::remove_dir_all(&dir)?;
+                results[0].1.push(r);
+                if let Some(url) = &table_url {
+                    let setup = TableAppender::connect(url, 1).await?;
+                    setup.clients[0].batch_execute(TABLE_SCHEMA).await?;
+                    drop(setup);
+                    let table = TableAppender::connect(url, writers.min(64)).await?;
+                    results[1].1.push(drive(Arc::new(table), &o, writers, &picker).await?);
+                }
+                if let (Some(python), 1, "uniform") = (&python, writers, distribution.as_str()) {
+                    results[2].1.push(python_round(python, work.path(), o.seconds)?);
+                }
+            }
+            let pypes = median(&results[0].1);
+            for (system, rounds) in &results {
+                if rounds.is_empty() {
+                    continue;
+                }
+                let m = median(rounds);
+                let ratio = pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE);
+                println!(
+                    "BENCH peers system={system} distribution={distribution} writers={writers} events_per_s={:.0} \
+                     p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2} rounds={}",
+                    m.events_per_s,
+                    m.p50_us,
+                    m.p95_us,
+                    m.p99_us,
+                    m.p999_us,
+                    rounds.len()
+                );
+                let all: Vec<String> = rounds.iter().map(round_json).collect();
+                let _ = write!(
+                    points,
+                    "{}    {{\"workload\": \"append\", \"system\": \"{system}\", \"distribution\": \"{distribution}\", \
+                     \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
+                    if points.is_empty() { "" } else { ",\n" },
+                    round_json(&m),
+                    all.join(", ")
+                );
+            }
+        }
+    }
+    let json = format!(
+        "{{\n  \"run_at_unix\": {},\n  \"machine\": {machine},\n  \"config\": {{\"event_bytes\": 256, \"streams\": {}, \"warmup_s\": {}, \
+         \"seconds\": {}, \"rounds\": {}, \"seed\": {}, \"postgres\": \"synchronous_commit=on, fsync=on, Message DB pattern, \
+         <=64 connections\", \"eventsourcing\": \"SQLite WAL synchronous=FULL, AESCipher, 1 writer\"}},\n  \"points\": [\n{points}\n  ]\n}}\n",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        o.streams,
+        o.warmup,
+        o.seconds,
+        o.rounds,
+        o.seed
+    );
+    if let Some(parent) = o.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&o.out, json).with_context(|| format!("writing {}", o.out.display()))?;
+    println!("# results: {}", o.out.display());
+    drop(cluster);
+    Ok(())
+}
