@@ -22,6 +22,7 @@ out.mkdir(parents=True, exist_ok=True)
 shutil.copyfile(source, out / "peers.json")
 
 points = run["points"]
+appends = [p for p in points if p.get("workload", "append") == "append"]
 systems = ["pypes_file", "postgres_table", "python_eventsourcing"]
 label = {
     "pypes_file": "pypes (file log)",
@@ -44,13 +45,21 @@ lines = [
     f"{c['rounds']} alternating rounds of {c['seconds']} s after {c['warmup_s']} s of warm-up (medians), seed {c['seed']}.",
     f"PostgreSQL: {c['postgres']}. eventsourcing: {c['eventsourcing']}.",
     "",
-    "| streams | writers | system | events/s | p50 µs | p95 µs | p99 µs | p99.9 µs | pypes ÷ system |",
-    "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    "Workloads: `append` (one event per durable append), `read` (whole streams of "
+    f"{c.get('events_per_stream', '?')} events out of {c.get('read_streams', '?'):,} streams; events/s counts events read), "
+    "`mixed70` (70 % whole-stream reads, 30 % appends; events read plus appended). Clients are writers, readers or both.",
+    "",
+    "| workload | streams | clients | system | events/s | p50 µs | p95 µs | p99 µs | p99.9 µs | pypes ÷ system |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
 ]
-for p in sorted(points, key=lambda p: (p["distribution"], p["writers"], systems.index(p["system"]))):
+order = {"append": 0, "read": 1, "mixed70": 2}
+for p in sorted(
+    points,
+    key=lambda p: (order.get(p.get("workload", "append"), 9), p["distribution"], p["writers"], systems.index(p["system"])),
+):
     r = p["median"]
     lines.append(
-        f"| {p['distribution']} | {p['writers']} | {label[p['system']]} | {fmt(r['events_per_s'])} | "
+        f"| {p.get('workload', 'append')} | {p['distribution']} | {p['writers']} | {label[p['system']]} | {fmt(r['events_per_s'])} | "
         f"{fmt(r['p50_us'])} | {fmt(r['p95_us'])} | {fmt(r['p99_us'])} | {fmt(r['p999_us'])} | "
         f"{p['pypes_ratio']:.2f} |"
     )
@@ -64,8 +73,8 @@ try:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, dist in zip(axes, ["uniform", "zipf"]):
         for system in systems:
-            xs = [p["writers"] for p in points if p["system"] == system and p["distribution"] == dist]
-            ys = [p["median"]["events_per_s"] for p in points if p["system"] == system and p["distribution"] == dist]
+            xs = [p["writers"] for p in appends if p["system"] == system and p["distribution"] == dist]
+            ys = [p["median"]["events_per_s"] for p in appends if p["system"] == system and p["distribution"] == dist]
             if xs:
                 ax.plot(xs, ys, marker="o", label=label[system])
         ax.set_xscale("log", base=2)
@@ -79,7 +88,7 @@ try:
     fig.savefig(out / "peers-throughput.png", dpi=110)
 
     fig, ax = plt.subplots(figsize=(11, 4.2))
-    uniform = [p for p in points if p["distribution"] == "uniform"]
+    uniform = [p for p in appends if p["distribution"] == "uniform"]
     writers = sorted({p["writers"] for p in uniform})
     width = 0.8 / len(systems)
     for i, system in enumerate(systems):
@@ -95,7 +104,7 @@ try:
     ax.set_xticks([k + width for k in range(len(writers))], [f"{w} writers" for w in writers])
     ax.set_yscale("log")
     ax.set_ylabel("append latency, ms (log)")
-    ax.set_title("latency percentiles, uniform streams (p50 solid, p99 and p99.9 lighter)")
+    ax.set_title("append latency percentiles, uniform streams (p50 solid, p99 and p99.9 lighter)")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(out / "peers-latency.png", dpi=110)

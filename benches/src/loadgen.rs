@@ -191,6 +191,17 @@ enum Command {
         /// The Python with `eventsourcing` installed (benches/peers/install.sh).
         #[arg(long, default_value = "target/bench/venv/bin/python")]
         python: PathBuf,
+        /// Concurrent readers of whole streams (empty: no read workload).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        readers: Vec<usize>,
+        /// Streams, and events in each, that the read and mixed workloads start from.
+        #[arg(long, default_value_t = 1000)]
+        read_streams: usize,
+        #[arg(long, default_value_t = 100)]
+        events_per_stream: usize,
+        /// Clients of the mixed workload: 70 % whole-stream reads, 30 % appends (0: none).
+        #[arg(long, default_value_t = 16)]
+        mixed_clients: usize,
     },
     /// The bare echo server (started by send-message).
     EchoServer,
@@ -254,7 +265,22 @@ fn main() -> Result<()> {
             let dir = work_dir(dir)?;
             rt.block_on(mediabench::run(dir.path(), mib.max(1), rounds.max(1), small))
         }
-        Command::Peers { dir, seconds, warmup, rounds, writers, streams, distributions, seed, out, python } => {
+        Command::Peers {
+            dir,
+            seconds,
+            warmup,
+            rounds,
+            writers,
+            streams,
+            distributions,
+            seed,
+            out,
+            python,
+            readers,
+            read_streams,
+            events_per_stream,
+            mixed_clients,
+        } => {
             let dir = match dir {
                 Some(d) => d,
                 None => std::env::current_dir()?,
@@ -270,6 +296,10 @@ fn main() -> Result<()> {
                 seed,
                 out,
                 python: Some(python),
+                readers,
+                read_streams: read_streams.max(1),
+                events_per_stream: events_per_stream.max(1),
+                mixed_clients,
             }))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),

@@ -16,9 +16,11 @@
 //!   serialises saves), through `benches/peers/eventsourcing_bench.py` in
 //!   the virtualenv `benches/peers/install.sh` makes.
 //!
-//! Workload: 256-byte events, one per append, to one of `streams` streams
-//! chosen uniformly or Zipf-skewed (s = 1) by a seeded generator, from 1,
-//! 4, 16 and 256 concurrent writers.
+//! Workloads: `append`, 256-byte events, one per append, to one of
+//! `streams` streams chosen uniformly or Zipf-skewed (s = 1) by a seeded
+//! generator, from 1, 4, 16 and 256 concurrent writers; `read`, whole
+//! streams (of `events_per_stream` events) by 1, 4 and 16 readers; and
+//! `mixed70`, 70 % whole-stream reads and 30 % appends by 16 clients.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,13 @@ pub struct Options {
     pub seed: u64,
     pub out: PathBuf,
     pub python: Option<PathBuf>,
+    /// Concurrent readers of the read workload (whole streams).
+    pub readers: Vec<usize>,
+    /// Streams and events per stream the read and mixed workloads start from.
+    pub read_streams: usize,
+    pub events_per_stream: usize,
+    /// Clients of the mixed workload (70 % whole-stream reads, 30 % appends).
+    pub mixed_clients: usize,
 }
 
 /// A seeded xorshift generator (the same streams in every run).
@@ -122,9 +131,15 @@ fn round_of(h: &Histogram<u64>, elapsed: Duration) -> Round {
     }
 }
 
-/// Something that appends one event to a stream, durably.
+/// Something that appends one event to a stream, durably, and reads a
+/// whole stream back.
 trait Appender: Send + Sync + 'static {
     fn append(&self, writer: usize, stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>>;
+    /// Reads every event of the stream; returns how many.
+    fn read(&self, reader: usize, stream: usize) -> eventlog::BoxFuture<'_, Result<usize>>;
+    /// Puts `per_stream` events into each of `streams` streams, fast (not
+    /// measured).
+    fn seed(&self, streams: usize, per_stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>>;
 }
 
 struct FileAppender(Arc<FileLog>);
@@ -134,6 +149,32 @@ impl Appender for FileAppender {
         let event = NewEvent::new("Posted", payload.to_vec());
         Box::pin(async move {
             self.0.append(&format!("session-{stream}"), ExpectedVersion::Any, vec![event]).await?;
+            Ok(())
+        })
+    }
+
+    fn read(&self, _reader: usize, stream: usize) -> eventlog::BoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let events = self
+                .0
+                .read_stream(
+                    &format!("session-{stream}"),
+                    eventlog::ReadFrom::Start,
+                    eventlog::Direction::Forward,
+                    100_000,
+                )
+                .await?;
+            Ok(events.len())
+        })
+    }
+
+    fn seed(&self, streams: usize, per_stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        let payload = payload.to_vec();
+        Box::pin(async move {
+            for s in 0..streams {
+                let events = (0..per_stream).map(|_| NewEvent::new("Posted", payload.clone())).collect();
+                self.0.append(&format!("session-{s}"), ExpectedVersion::Any, events).await?;
+            }
             Ok(())
         })
     }
@@ -189,11 +230,50 @@ impl Appender for TableAppender {
             Ok(())
         })
     }
+
+    fn read(&self, reader: usize, stream: usize) -> eventlog::BoxFuture<'_, Result<usize>> {
+        let client = &self.clients[reader % self.clients.len()];
+        let stream = format!("session-{stream}");
+        Box::pin(async move {
+            let rows = client
+                .query("SELECT version, data FROM events WHERE stream_id = $1 ORDER BY version", &[&stream])
+                .await?;
+            Ok(rows.len())
+        })
+    }
+
+    fn seed(&self, streams: usize, per_stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        let payload = payload.to_vec();
+        Box::pin(async move {
+            self.clients[0]
+                .execute(
+                    "INSERT INTO events (stream_id, version, type, data)
+                     SELECT 'session-' || s, v, 'Posted', $3
+                     FROM generate_series(0, $1 - 1) s, generate_series(0, $2 - 1) v ORDER BY s, v",
+                    &[&(streams as i32), &(per_stream as i32), &payload],
+                )
+                .await?;
+            Ok(())
+        })
+    }
 }
 
 /// `writers` loops, each appending to streams its seeded picker chooses,
 /// for `warmup` then `run`; latencies of the measured part only.
 async fn drive(appender: Arc<dyn Appender>, o: &Options, writers: usize, picker: &Picker) -> Result<Round> {
+    drive_mix(appender, o, writers, picker, 0).await
+}
+
+/// `clients` loops; each operation is a whole-stream read with
+/// probability `read_percent`/100, else an append. Events/s counts events
+/// appended plus events read.
+async fn drive_mix(
+    appender: Arc<dyn Appender>,
+    o: &Options,
+    writers: usize,
+    picker: &Picker,
+    read_percent: u64,
+) -> Result<Round> {
     let warm_until = Instant::now() + Duration::from_secs_f64(o.warmup);
     let payload: Arc<[u8]> = (0..256u32).map(|i| i as u8).collect::<Vec<u8>>().into();
     let mut tasks = Vec::with_capacity(writers);
@@ -204,24 +284,36 @@ async fn drive(appender: Arc<dyn Appender>, o: &Options, writers: usize, picker:
         let mut rng = Rng(o.seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         tasks.push(tokio::spawn(async move {
             let mut h = histogram()?;
+            let mut counted = 0u64;
             loop {
                 let now = Instant::now();
                 if now >= end {
-                    return Ok::<_, anyhow::Error>(h);
+                    return Ok::<_, anyhow::Error>((h, counted));
                 }
                 let stream = picker.pick(&mut rng);
-                appender.append(w, stream, &payload).await?;
+                let events = if rng.next() % 100 < read_percent {
+                    appender.read(w, stream).await? as u64
+                } else {
+                    appender.append(w, stream, &payload).await?;
+                    1
+                };
                 if now >= start {
                     h.record((now.elapsed().as_micros() as u64).max(1))?;
+                    counted += events;
                 }
             }
         }));
     }
     let mut all = histogram()?;
+    let mut events = 0;
     for t in tasks {
-        all.add(t.await??)?;
+        let (h, n) = t.await??;
+        all.add(h)?;
+        events += n;
     }
-    Ok(round_of(&all, Duration::from_secs_f64(o.seconds)))
+    let mut round = round_of(&all, Duration::from_secs_f64(o.seconds));
+    round.events_per_s = events as f64 / o.seconds;
+    Ok(round)
 }
 
 /// The Python peer: one round through the script.
@@ -345,45 +437,56 @@ pub async fn run(o: Options) -> Result<()> {
                     results[2].1.push(python_round(python, work.path(), o.seconds)?);
                 }
             }
-            let pypes = median(&results[0].1);
-            for (system, rounds) in &results {
-                if rounds.is_empty() {
-                    continue;
-                }
-                let m = median(rounds);
-                let ratio = pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE);
-                println!(
-                    "BENCH peers system={system} distribution={distribution} writers={writers} events_per_s={:.0} \
-                     p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2} rounds={}",
-                    m.events_per_s,
-                    m.p50_us,
-                    m.p95_us,
-                    m.p99_us,
-                    m.p999_us,
-                    rounds.len()
-                );
-                let all: Vec<String> = rounds.iter().map(round_json).collect();
-                let _ = write!(
-                    points,
-                    "{}    {{\"workload\": \"append\", \"system\": \"{system}\", \"distribution\": \"{distribution}\", \
-                     \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
-                    if points.is_empty() { "" } else { ",\n" },
-                    round_json(&m),
-                    all.join(", ")
-                );
-            }
+            emit(&mut points, "append", distribution, writers, &results);
         }
+    }
+    // Reads of whole streams, and a 70/30 read/append mix, from a seeded
+    // starting state (the same in both systems).
+    if !o.readers.is_empty() || o.mixed_clients > 0 {
+        let payload: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
+        let dir = work.path().join("file-read");
+        let log = Arc::new(FileLog::open(&dir, crate::config())?);
+        let file: Arc<dyn Appender> = Arc::new(FileAppender(log.clone()));
+        file.seed(o.read_streams, o.events_per_stream, &payload).await?;
+        let table: Option<Arc<dyn Appender>> = match &table_url {
+            Some(url) => {
+                let setup = TableAppender::connect(url, 1).await?;
+                setup.clients[0].batch_execute(TABLE_SCHEMA).await?;
+                setup.seed(o.read_streams, o.events_per_stream, &payload).await?;
+                setup.clients[0].batch_execute("VACUUM ANALYZE events").await?;
+                Some(Arc::new(TableAppender::connect(url, 64).await?))
+            }
+            None => None,
+        };
+        let picker = Picker::new("uniform", o.read_streams)?;
+        let mut workloads: Vec<(&str, usize, u64)> = o.readers.iter().map(|&r| ("read", r, 100)).collect();
+        if o.mixed_clients > 0 {
+            workloads.push(("mixed70", o.mixed_clients, 70));
+        }
+        for (workload, clients, read_percent) in workloads {
+            let mut results: Vec<(&str, Vec<Round>)> = vec![("pypes_file", Vec::new()), ("postgres_table", Vec::new())];
+            for _ in 0..o.rounds {
+                results[0].1.push(drive_mix(file.clone(), &o, clients, &picker, read_percent).await?);
+                if let Some(table) = &table {
+                    results[1].1.push(drive_mix(table.clone(), &o, clients, &picker, read_percent).await?);
+                }
+            }
+            emit(&mut points, workload, "uniform", clients, &results);
+        }
+        log.close();
     }
     let json = format!(
         "{{\n  \"run_at_unix\": {},\n  \"machine\": {machine},\n  \"config\": {{\"event_bytes\": 256, \"streams\": {}, \"warmup_s\": {}, \
-         \"seconds\": {}, \"rounds\": {}, \"seed\": {}, \"postgres\": \"synchronous_commit=on, fsync=on, Message DB pattern, \
+         \"seconds\": {}, \"rounds\": {}, \"seed\": {}, \"read_streams\": {}, \"events_per_stream\": {}, \"postgres\": \"synchronous_commit=on, fsync=on, Message DB pattern, \
          <=64 connections\", \"eventsourcing\": \"SQLite WAL synchronous=FULL, AESCipher, 1 writer\"}},\n  \"points\": [\n{points}\n  ]\n}}\n",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         o.streams,
         o.warmup,
         o.seconds,
         o.rounds,
-        o.seed
+        o.seed,
+        o.read_streams,
+        o.events_per_stream
     );
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -392,4 +495,35 @@ pub async fn run(o: Options) -> Result<()> {
     println!("# results: {}", o.out.display());
     drop(cluster);
     Ok(())
+}
+
+/// Prints a point's BENCH lines and adds it to the JSON.
+fn emit(points: &mut String, workload: &str, distribution: &str, writers: usize, results: &[(&str, Vec<Round>)]) {
+    let pypes = median(&results[0].1);
+    for (system, rounds) in results {
+        if rounds.is_empty() {
+            continue;
+        }
+        let m = median(rounds);
+        let ratio = pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE);
+        println!(
+            "BENCH peers workload={workload} system={system} distribution={distribution} clients={writers} \
+             events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2} rounds={}",
+            m.events_per_s,
+            m.p50_us,
+            m.p95_us,
+            m.p99_us,
+            m.p999_us,
+            rounds.len()
+        );
+        let all: Vec<String> = rounds.iter().map(round_json).collect();
+        let _ = write!(
+            points,
+            "{}    {{\"workload\": \"{workload}\", \"system\": \"{system}\", \"distribution\": \"{distribution}\", \
+             \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
+            if points.is_empty() { "" } else { ",\n" },
+            round_json(&m),
+            all.join(", ")
+        );
+    }
 }
