@@ -189,11 +189,14 @@ async fn projections_admin_endpoint() {
     for name in ["sessions", "directory", "analytics"] {
         assert!(body.contains(&format!("\"name\":\"{name}\"")), "{body}");
     }
+    // The view has the Session before it is paused (a read waits for the
+    // view to reach the log's head as of the call; a paused one never would).
+    let list = pb::ListMessagesRequest { session_id: s.session.clone(), ..Default::default() };
+    assert!(c.views.list_messages(authed(&s.key, list.clone())).await.unwrap().into_inner().messages.is_empty());
     // Pause the sessions view: new messages do not reach it until resumed.
     assert_eq!(http(&server.http, "POST", "/admin/projections/sessions/pause", Some(ADMIN)).await.0, 200);
     tokio::time::sleep(Duration::from_millis(50)).await;
     c.sessions.post_message(authed(&s.key, post(&s, "while paused"))).await.unwrap();
-    let list = pb::ListMessagesRequest { session_id: s.session.clone(), ..Default::default() };
     let paused = c.views.list_messages(authed(&s.key, list.clone())).await.unwrap().into_inner().messages;
     assert!(paused.is_empty(), "a paused view moved: {paused:?}");
     let (_, body) = http(&server.http, "GET", "/admin/projections", Some(ADMIN)).await;
