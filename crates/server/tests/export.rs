@@ -264,6 +264,9 @@ async fn a_subject_with_100k_messages_exports_in_bounded_memory() {
     for t in tasks {
         t.await.unwrap();
     }
+    // The read models digest the 100,000 messages in the background; the
+    // measurement starts once they are done, so only the export is in it.
+    common::wait_projections_caught_up(&server.http).await;
     let pid = server.child.id();
     let before = common::peak_rss_kib(pid);
     let (bytes, chunks) = export(&ch, &s.key, &s.user, "").await.unwrap();

@@ -670,6 +670,30 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The peak resident memory of process `pid` (VmHWM), in KiB.
+/// Waits until every projection has applied the whole log (its lag in
+/// `/metrics` is 0 for each), so a measurement that follows is not mixed
+/// with the catch-up of the read models.
+pub async fn wait_projections_caught_up(http: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        let lags: Vec<u64> = body
+            .lines()
+            .filter(|l| l.starts_with("pypes_projection_lag_positions{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|&l| l == 0) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "projections still behind after 120 s: {lags:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
