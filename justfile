@@ -33,12 +33,10 @@ bench-media *ARGS:
     ./target/release/loadgen media {{ARGS}}
 
 # pypes beside the event stores people pick instead (installs the peers
-# from PyPI), then the table and plots in docs/benchmarks.md from the JSON.
+# from PyPI and crates.io), then the table and plots in docs/benchmarks.md
+# from the JSON.
 bench-peers *ARGS:
-    bash benches/peers/install.sh
-    cargo build --release -p benches
-    ./target/release/loadgen peers {{ARGS}}
-    target/bench/venv/bin/python benches/report.py target/bench/peers.json
+    bash benches/peers/run.sh {{ARGS}}
 
 # The S3 blob store against moto (as CI runs it).
 s3:

@@ -23,11 +23,23 @@ shutil.copyfile(source, out / "peers.json")
 
 points = run["points"]
 appends = [p for p in points if p.get("workload", "append") == "append"]
-systems = ["pypes_file", "postgres_table", "python_eventsourcing"]
+systems = [
+    "pypes_file",
+    "pypes_grpc",
+    "umadb",
+    "postgres_table",
+    "python_eventsourcing",
+    "python_eventsourcing_batched",
+    "tonic_echo",
+]
 label = {
     "pypes_file": "pypes (file log)",
+    "pypes_grpc": "pypes (gRPC API)",
+    "umadb": "UmaDB (gRPC)",
     "postgres_table": "PostgreSQL events table",
     "python_eventsourcing": "Python eventsourcing (SQLite)",
+    "python_eventsourcing_batched": "Python eventsourcing, batched saves",
+    "tonic_echo": "bare tonic echo (baseline)",
 }
 
 
@@ -44,25 +56,82 @@ lines = [
     f"{c['event_bytes']}-byte events, one per durable append, {c['streams']:,} streams, "
     f"{c['rounds']} alternating rounds of {c['seconds']} s after {c['warmup_s']} s of warm-up (medians), seed {c['seed']}.",
     f"PostgreSQL: {c['postgres']}. eventsourcing: {c['eventsourcing']}.",
+    f"UmaDB: {c.get('umadb', 'not run')}. pypes over gRPC: {c.get('pypes_grpc', 'not run')}.",
     "",
     "Workloads: `append` (one event per durable append), `read` (whole streams of "
     f"{c.get('events_per_stream', '?')} events out of {c.get('read_streams', '?'):,} streams; events/s counts events read), "
-    "`mixed70` (70 % whole-stream reads, 30 % appends; events read plus appended). Clients are writers, readers or both.",
+    "`mixed70` (70 % whole-stream reads, 30 % appends; events read plus appended), "
+    f"`catchup` (one subscriber reads a log of {c.get('catchup_events', 0):,} events from the start, pages of 1,000; "
+    "the percentiles are of page reads), `messaging` "
+    f"({c.get('messaging_sessions', 0):,} Sessions, 1,000 end users and 20 agents over gRPC; each turn: the end user posts, "
+    "the agent replies and moves its read horizon; events/s counts messages, the percentiles are of posts; "
+    "the baseline is a bare tonic echo of the same body from as many clients). Clients are writers, readers or both. "
+    "`pypes ÷ system` is pypes' file log over the system; `gRPC ratio` is pypes through its gRPC API over UmaDB "
+    "(events/s, and p99 ÷ p99); `÷ echo` is the messaging scenario over the echo.",
     "",
-    "| workload | streams | clients | system | events/s | p50 µs | p95 µs | p99 µs | p99.9 µs | pypes ÷ system |",
-    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    "| workload | streams | clients | system | events/s | p50 µs | p95 µs | p99 µs | p99.9 µs | pypes ÷ system | gRPC ratio |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
 ]
-order = {"append": 0, "read": 1, "mixed70": 2}
+order = {"append": 0, "read": 1, "mixed70": 2, "catchup": 3, "messaging": 4}
 for p in sorted(
     points,
     key=lambda p: (order.get(p.get("workload", "append"), 9), p["distribution"], p["writers"], systems.index(p["system"])),
 ):
     r = p["median"]
+    if "pypes_ratio" in p:
+        ratio = f"{p['pypes_ratio']:.2f}"
+    else:
+        ratio = f"÷ echo {p['echo_ratio']:.2f}" if p["system"] == "pypes_grpc" else ""
+    grpc = f"{p['grpc_ratio']:.2f} (p99 {p['grpc_p99_ratio']:.2f})" if "grpc_ratio" in p else ""
+    # UmaDB streams a catch-up in one call: no page latencies.
+    lat = [fmt(r[q]) if r[q] else "—" for q in ("p50_us", "p95_us", "p99_us", "p999_us")]
     lines.append(
         f"| {p.get('workload', 'append')} | {p['distribution']} | {p['writers']} | {label[p['system']]} | {fmt(r['events_per_s'])} | "
-        f"{fmt(r['p50_us'])} | {fmt(r['p95_us'])} | {fmt(r['p99_us'])} | {fmt(r['p999_us'])} | "
-        f"{p['pypes_ratio']:.2f} |"
+        f"{' | '.join(lat)} | {ratio} | {grpc} |"
     )
+
+
+# The targets of issue 9, each computed from this run's points.
+def point(workload, system, dist, writers):
+    for p in points:
+        if (p.get("workload"), p["system"], p["distribution"], p["writers"]) == (workload, system, dist, writers):
+            return p
+    return None
+
+
+targets = []
+top = max((p["writers"] for p in appends), default=0)
+for dist in ["uniform", "zipf"]:
+    for peer, need in [("postgres_table", 20), ("umadb", 20)]:
+        p = point("append", peer, dist, top)
+        if p:
+            targets.append((f"file log ÷ {label[peer]}, {top} writers, {dist}", f"≥ {need}", p["pypes_ratio"], p["pypes_ratio"] >= need))
+    p = point("append", "umadb", dist, top)
+    if p and "grpc_ratio" in p:
+        targets.append((f"pypes gRPC ÷ UmaDB events/s, {top} writers, {dist}", "≥ 2", p["grpc_ratio"], p["grpc_ratio"] >= 2))
+        targets.append(
+            (f"pypes gRPC p99 ÷ UmaDB p99, {top} writers, {dist}", "≤ 0.5", p["grpc_p99_ratio"], p["grpc_p99_ratio"] <= 0.5)
+        )
+single = point("append", "python_eventsourcing", "uniform", 1)
+best = point("append", "pypes_file", "uniform", top)
+if single and best:
+    r = best["median"]["events_per_s"] / single["median"]["events_per_s"]
+    targets.append((f"file log at {top} writers ÷ eventsourcing (its one writer)", "≥ 50", r, r >= 50))
+batched = point("append", "python_eventsourcing_batched", "uniform", top)
+if batched:
+    targets.append((f"file log ÷ eventsourcing batched {top} per save", "≥ 50", batched["pypes_ratio"], batched["pypes_ratio"] >= 50))
+if single:
+    targets.append(("file log ÷ eventsourcing, 1 writer each", "≥ 50", single["pypes_ratio"], single["pypes_ratio"] >= 50))
+if targets:
+    lines += [
+        "",
+        "Issue 9's targets in this run (computed here from the points above):",
+        "",
+        "| target | needed | this run | met |",
+        "|---|---:|---:|---|",
+    ]
+    for name, need, got, met in targets:
+        lines.append(f"| {name} | {need} | {got:.2f} | {'yes' if met else '**no**'} |")
 
 try:
     import matplotlib
@@ -73,6 +142,8 @@ try:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, dist in zip(axes, ["uniform", "zipf"]):
         for system in systems:
+            if system == "python_eventsourcing":
+                continue
             xs = [p["writers"] for p in appends if p["system"] == system and p["distribution"] == dist]
             ys = [p["median"]["events_per_s"] for p in appends if p["system"] == system and p["distribution"] == dist]
             if xs:
@@ -90,8 +161,9 @@ try:
     fig, ax = plt.subplots(figsize=(11, 4.2))
     uniform = [p for p in appends if p["distribution"] == "uniform"]
     writers = sorted({p["writers"] for p in uniform})
-    width = 0.8 / len(systems)
-    for i, system in enumerate(systems):
+    shown = [s for s in systems if any(p["system"] == s for p in uniform)]
+    width = 0.8 / max(1, len(shown))
+    for i, system in enumerate(shown):
         for q, alpha in [("p50_us", 1.0), ("p99_us", 0.6), ("p999_us", 0.3)]:
             xs, ys = [], []
             for k, w in enumerate(writers):

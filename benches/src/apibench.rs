@@ -22,7 +22,7 @@ use proto::bench as echo;
 use tonic::Request;
 use tonic::transport::Channel;
 
-const ADMIN: &str = "bench-admin-key-0123456789abcdef0123456789abcdef";
+pub(crate) const ADMIN: &str = "bench-admin-key-0123456789abcdef0123456789abcdef";
 const ROUNDS: usize = 3;
 
 pub(crate) struct Proc {
@@ -79,7 +79,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 /// Starts a process and waits for its first stdout line containing `key=`.
-fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
+pub(crate) fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut line = String::new();

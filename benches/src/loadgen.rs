@@ -12,6 +12,7 @@
 //! `loadgen actors-memory`: RSS per live Session actor, activation latency.
 
 mod apibench;
+mod grpc_peers;
 mod keybench;
 mod mediabench;
 mod peers;
@@ -202,6 +203,21 @@ enum Command {
         /// Clients of the mixed workload: 70 % whole-stream reads, 30 % appends (0: none).
         #[arg(long, default_value_t = 16)]
         mixed_clients: usize,
+        /// UmaDB's server (benches/peers/install.sh builds it from crates.io).
+        #[arg(long, default_value = "target/bench/umadb/bin/umadb")]
+        umadb: PathBuf,
+        /// Leave out pypes through its gRPC API (the `pypes` server).
+        #[arg(long)]
+        no_grpc: bool,
+        /// Events the catch-up subscriber reads from the start (0: none).
+        #[arg(long, default_value_t = 1_000_000)]
+        catchup_events: usize,
+        /// Sessions of the messaging scenario over gRPC (0: none).
+        #[arg(long, default_value_t = 10_000)]
+        messaging_sessions: usize,
+        /// Concurrent clients of the messaging scenario (each plays whole turns).
+        #[arg(long, default_value_t = 64)]
+        messaging_clients: usize,
     },
     /// The bare echo server (started by send-message).
     EchoServer,
@@ -280,6 +296,11 @@ fn main() -> Result<()> {
             read_streams,
             events_per_stream,
             mixed_clients,
+            umadb,
+            no_grpc,
+            catchup_events,
+            messaging_sessions,
+            messaging_clients,
         } => {
             let dir = match dir {
                 Some(d) => d,
@@ -300,6 +321,11 @@ fn main() -> Result<()> {
                 read_streams: read_streams.max(1),
                 events_per_stream: events_per_stream.max(1),
                 mixed_clients,
+                umadb: Some(umadb),
+                grpc: !no_grpc,
+                catchup_events,
+                messaging_sessions,
+                messaging_clients,
             }))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),

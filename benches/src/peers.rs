@@ -51,6 +51,16 @@ pub struct Options {
     pub events_per_stream: usize,
     /// Clients of the mixed workload (70 % whole-stream reads, 30 % appends).
     pub mixed_clients: usize,
+    /// UmaDB's server binary (`benches/peers/install.sh`).
+    pub umadb: Option<PathBuf>,
+    /// Also measure pypes through its gRPC API (the `pypes` binary next to
+    /// `loadgen`).
+    pub grpc: bool,
+    /// Events a subscriber catches up over (0: no catch-up workload).
+    pub catchup_events: usize,
+    /// Sessions of the messaging scenario (0: none) and its clients.
+    pub messaging_sessions: usize,
+    pub messaging_clients: usize,
 }
 
 /// A seeded xorshift generator (the same streams in every run).
@@ -109,19 +119,19 @@ impl Picker {
 
 /// One measured round of one system.
 #[derive(Clone)]
-struct Round {
-    events_per_s: f64,
-    p50_us: u64,
-    p95_us: u64,
-    p99_us: u64,
-    p999_us: u64,
+pub(crate) struct Round {
+    pub(crate) events_per_s: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p95_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
 }
 
-fn round_of(h: &Histogram<u64>, elapsed: Duration) -> Round {
+pub(crate) fn round_of(h: &Histogram<u64>, elapsed: Duration) -> Round {
     Round {
         events_per_s: h.len() as f64 / elapsed.as_secs_f64(),
         p50_us: h.value_at_quantile(0.50),
@@ -133,7 +143,7 @@ fn round_of(h: &Histogram<u64>, elapsed: Duration) -> Round {
 
 /// Something that appends one event to a stream, durably, and reads a
 /// whole stream back.
-trait Appender: Send + Sync + 'static {
+pub(crate) trait Appender: Send + Sync + 'static {
     fn append(&self, writer: usize, stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>>;
     /// Reads every event of the stream; returns how many.
     fn read(&self, reader: usize, stream: usize) -> eventlog::BoxFuture<'_, Result<usize>>;
@@ -316,14 +326,16 @@ async fn drive_mix(
     Ok(round)
 }
 
-/// The Python peer: one round through the script.
-fn python_round(python: &Path, dir: &Path, seconds: f64) -> Result<Round> {
+/// The Python peer: one round through the script; `batch` aggregates per
+/// save (one durable transaction), "single" mode when 1.
+fn python_round(python: &Path, dir: &Path, seconds: f64, batch: usize) -> Result<Round> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/eventsourcing_bench.py");
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg(dir)
         .arg(seconds.to_string())
-        .arg("single")
+        .arg(if batch == 1 { "single" } else { "batched" })
+        .arg(batch.to_string())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     anyhow::ensure!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
@@ -344,7 +356,7 @@ fn python_round(python: &Path, dir: &Path, seconds: f64) -> Result<Round> {
     })
 }
 
-fn median(rounds: &[Round]) -> Round {
+pub(crate) fn median(rounds: &[Round]) -> Round {
     let mut sorted = rounds.to_vec();
     sorted.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
     sorted[sorted.len() / 2].clone()
@@ -380,11 +392,70 @@ pub fn machine(dir: &Path) -> String {
     )
 }
 
-fn round_json(r: &Round) -> String {
+pub(crate) fn round_json(r: &Round) -> String {
     format!(
         "{{\"events_per_s\": {:.1}, \"p50_us\": {}, \"p95_us\": {}, \"p99_us\": {}, \"p999_us\": {}}}",
         r.events_per_s, r.p50_us, r.p95_us, r.p99_us, r.p999_us
     )
+}
+
+/// The systems of one workload, in report order; `pypes_file` first (the
+/// ratios are against it), `pypes_grpc` second (UmaDB's gRPC ratio is
+/// against it).
+const SYSTEMS: [&str; 6] =
+    ["pypes_file", "pypes_grpc", "umadb", "postgres_table", "python_eventsourcing", "python_eventsourcing_batched"];
+
+fn empty_results() -> Vec<(&'static str, Vec<Round>)> {
+    SYSTEMS.iter().map(|s| (*s, Vec::new())).collect()
+}
+
+/// The peers that could start, with the reasons of those that could not.
+struct Peers {
+    cluster: Option<pgtest::Cluster>,
+    table_url: Option<String>,
+    python: Option<PathBuf>,
+    umadb: Option<PathBuf>,
+    grpc: bool,
+}
+
+fn skipped(system: &str, why: impl std::fmt::Display) {
+    println!("# {system} skipped: {why}");
+}
+
+impl Peers {
+    fn find(o: &Options, work: &Path) -> Self {
+        let cluster = pgtest::Cluster::start_in(work);
+        let table_url = match &cluster {
+            Some(pg) => Some(pg.fresh_database()),
+            None => {
+                skipped("postgres_table", "PostgreSQL not found");
+                None
+            }
+        };
+        let python = o.python.clone().filter(|p| {
+            let ok = p.exists();
+            if !ok {
+                skipped("python_eventsourcing", format!("{} not found (run benches/peers/install.sh)", p.display()));
+            }
+            ok
+        });
+        let umadb = o.umadb.clone().filter(|p| {
+            let ok = p.exists();
+            if !ok {
+                skipped("umadb", format!("{} not found (run benches/peers/install.sh)", p.display()));
+            }
+            ok
+        });
+        let grpc = o.grpc
+            && match std::env::current_exe().map(|e| e.with_file_name("pypes")) {
+                Ok(p) if p.exists() => true,
+                _ => {
+                    skipped("pypes_grpc", "no `pypes` binary next to loadgen (cargo build --release -p server)");
+                    false
+                }
+            };
+        Self { cluster, table_url, python, umadb, grpc }
+    }
 }
 
 pub async fn run(o: Options) -> Result<()> {
@@ -396,28 +467,23 @@ pub async fn run(o: Options) -> Result<()> {
         o.streams, o.warmup, o.rounds, o.seconds, o.seed
     );
     println!("# machine: {machine}");
-    // The PostgreSQL peer: a throw-away cluster on the same disk.
-    let cluster = pgtest::Cluster::start_in(work.path());
-    let table_url = match &cluster {
-        Some(pg) => Some(pg.fresh_database()),
-        None => {
-            println!("# postgres_table skipped: PostgreSQL not found");
-            None
-        }
-    };
-    let python = o.python.clone().filter(|p| {
-        let ok = p.exists();
-        if !ok {
-            println!("# python_eventsourcing skipped: {} not found (run benches/peers/install.sh)", p.display());
-        }
-        ok
-    });
+    let peers = Peers::find(&o, work.path());
     let mut points = String::new();
+    // pypes over gRPC: one server for all the append rounds, with a Session
+    // per stream (made, and its content key with its first message, before
+    // anything is measured).
+    let api = if peers.grpc && !o.writers.is_empty() {
+        let started = Instant::now();
+        let api = crate::grpc_peers::PypesGrpc::start(&work.path().join("pypes-append"), o.streams).await?;
+        println!("# pypes_grpc: {} Sessions ready in {:.1} s", o.streams, started.elapsed().as_secs_f64());
+        Some(Arc::new(api))
+    } else {
+        None
+    };
     for distribution in &o.distributions {
         let picker = Picker::new(distribution, o.streams)?;
         for &writers in &o.writers {
-            let mut results: Vec<(&str, Vec<Round>)> =
-                vec![("pypes_file", Vec::new()), ("postgres_table", Vec::new()), ("python_eventsourcing", Vec::new())];
+            let mut results = empty_results();
             for round in 0..o.rounds {
                 // pypes: a fresh log each round.
                 let dir = work.path().join(format!("file-{distribution}-{writers}-{round}"));
@@ -426,59 +492,101 @@ pub async fn run(o: Options) -> Result<()> {
                 log.close();
                 std::fs::remove_dir_all(&dir)?;
                 results[0].1.push(r);
-                if let Some(url) = &table_url {
+                if let Some(api) = &api {
+                    results[1].1.push(drive(api.clone(), &o, writers, &picker).await?);
+                }
+                if let Some(binary) = &peers.umadb {
+                    let dir = work.path().join(format!("uma-{distribution}-{writers}-{round}"));
+                    let server = crate::grpc_peers::UmaDb::start(binary, &dir).await?;
+                    results[2].1.push(drive(Arc::new(server.client().await?), &o, writers, &picker).await?);
+                    drop(server);
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                if let Some(url) = &peers.table_url {
                     let setup = TableAppender::connect(url, 1).await?;
                     setup.clients[0].batch_execute(TABLE_SCHEMA).await?;
                     drop(setup);
                     let table = TableAppender::connect(url, writers.min(64)).await?;
-                    results[1].1.push(drive(Arc::new(table), &o, writers, &picker).await?);
+                    results[3].1.push(drive(Arc::new(table), &o, writers, &picker).await?);
                 }
-                if let (Some(python), 1, "uniform") = (&python, writers, distribution.as_str()) {
-                    results[2].1.push(python_round(python, work.path(), o.seconds)?);
+                // The library saves one aggregate at a time (one writer);
+                // "batched" gives it as many events per save as there are
+                // writers, the most a group commit of pypes could gather.
+                if let (Some(python), "uniform") = (&peers.python, distribution.as_str()) {
+                    let slot = if writers == 1 { 4 } else { 5 };
+                    results[slot].1.push(python_round(python, work.path(), o.seconds, writers)?);
                 }
             }
             emit(&mut points, "append", distribution, writers, &results);
         }
     }
+    drop(api);
     // Reads of whole streams, and a 70/30 read/append mix, from a seeded
-    // starting state (the same in both systems).
+    // starting state (the same in every system).
     if !o.readers.is_empty() || o.mixed_clients > 0 {
         let payload: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
-        let dir = work.path().join("file-read");
-        let log = Arc::new(FileLog::open(&dir, crate::config())?);
-        let file: Arc<dyn Appender> = Arc::new(FileAppender(log.clone()));
-        file.seed(o.read_streams, o.events_per_stream, &payload).await?;
-        let table: Option<Arc<dyn Appender>> = match &table_url {
-            Some(url) => {
-                let setup = TableAppender::connect(url, 1).await?;
-                setup.clients[0].batch_execute(TABLE_SCHEMA).await?;
-                setup.seed(o.read_streams, o.events_per_stream, &payload).await?;
-                setup.clients[0].batch_execute("VACUUM ANALYZE events").await?;
-                Some(Arc::new(TableAppender::connect(url, 64).await?))
-            }
-            None => None,
-        };
+        let seeded =
+            Seeded::start(&peers, work.path(), "read", true, (o.read_streams, o.events_per_stream), &payload).await?;
         let picker = Picker::new("uniform", o.read_streams)?;
         let mut workloads: Vec<(&str, usize, u64)> = o.readers.iter().map(|&r| ("read", r, 100)).collect();
         if o.mixed_clients > 0 {
             workloads.push(("mixed70", o.mixed_clients, 70));
         }
         for (workload, clients, read_percent) in workloads {
-            let mut results: Vec<(&str, Vec<Round>)> = vec![("pypes_file", Vec::new()), ("postgres_table", Vec::new())];
+            let mut results = empty_results();
             for _ in 0..o.rounds {
-                results[0].1.push(drive_mix(file.clone(), &o, clients, &picker, read_percent).await?);
-                if let Some(table) = &table {
-                    results[1].1.push(drive_mix(table.clone(), &o, clients, &picker, read_percent).await?);
+                for (i, system) in seeded.systems.iter().enumerate() {
+                    if let Some(system) = system {
+                        results[i].1.push(drive_mix(system.clone(), &o, clients, &picker, read_percent).await?);
+                    }
                 }
             }
             emit(&mut points, workload, "uniform", clients, &results);
         }
-        log.close();
+        seeded.close();
+    }
+    // Catch-up: one subscriber reads the whole log from the start.
+    if o.catchup_events > 0 {
+        catch_up(&o, &peers, work.path(), &mut points).await?;
+    }
+    // End users and agents talking in many Sessions, against a bare echo.
+    if peers.grpc && o.messaging_sessions > 0 {
+        let (talk, echo, talk_rounds, echo_rounds) =
+            crate::grpc_peers::messaging(work.path(), o.messaging_sessions, o.messaging_clients, &o).await?;
+        let ratio = talk.events_per_s / echo.events_per_s.max(f64::MIN_POSITIVE);
+        for (system, m, rounds) in [("pypes_grpc", &talk, &talk_rounds), ("tonic_echo", &echo, &echo_rounds)] {
+            println!(
+                "BENCH peers workload=messaging system={system} distribution=uniform clients={} sessions={} \
+                 events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} echo_ratio={ratio:.2} rounds={}",
+                o.messaging_clients,
+                o.messaging_sessions,
+                m.events_per_s,
+                m.p50_us,
+                m.p95_us,
+                m.p99_us,
+                m.p999_us,
+                rounds.len()
+            );
+            let all: Vec<String> = rounds.iter().map(round_json).collect();
+            let _ = write!(
+                points,
+                "{}    {{\"workload\": \"messaging\", \"system\": \"{system}\", \"distribution\": \"uniform\", \
+                 \"writers\": {}, \"sessions\": {}, \"median\": {}, \"echo_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
+                if points.is_empty() { "" } else { ",\n" },
+                o.messaging_clients,
+                o.messaging_sessions,
+                round_json(m),
+                all.join(", ")
+            );
+        }
     }
     let json = format!(
         "{{\n  \"run_at_unix\": {},\n  \"machine\": {machine},\n  \"config\": {{\"event_bytes\": 256, \"streams\": {}, \"warmup_s\": {}, \
-         \"seconds\": {}, \"rounds\": {}, \"seed\": {}, \"read_streams\": {}, \"events_per_stream\": {}, \"postgres\": \"synchronous_commit=on, fsync=on, Message DB pattern, \
-         <=64 connections\", \"eventsourcing\": \"SQLite WAL synchronous=FULL, AESCipher, 1 writer\"}},\n  \"points\": [\n{points}\n  ]\n}}\n",
+         \"seconds\": {}, \"rounds\": {}, \"seed\": {}, \"read_streams\": {}, \"events_per_stream\": {}, \"catchup_events\": {}, \"messaging_sessions\": {}, \"messaging_clients\": {}, \
+         \"postgres\": \"synchronous_commit=on, fsync=on, Message DB pattern, <=64 connections\", \
+         \"eventsourcing\": \"SQLite WAL synchronous=FULL, AESCipher, 1 writer; batched: as many aggregates per save as pypes has writers\", \
+         \"umadb\": \"umadb 0.7.8 server on loopback (fdatasync per commit), {} HTTP/2 connections, no append condition\", \
+         \"pypes_grpc\": \"pypes serve on the file log, PostMessage to a Session per stream, ListMessages pages of 500, {} HTTP/2 connections\"}},\n  \"points\": [\n{points}\n  ]\n}}\n",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         o.streams,
         o.warmup,
@@ -486,29 +594,182 @@ pub async fn run(o: Options) -> Result<()> {
         o.rounds,
         o.seed,
         o.read_streams,
-        o.events_per_stream
+        o.events_per_stream,
+        o.catchup_events,
+        o.messaging_sessions,
+        o.messaging_clients,
+        crate::grpc_peers::CONNECTIONS,
+        crate::grpc_peers::CONNECTIONS,
     );
     if let Some(parent) = o.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&o.out, json).with_context(|| format!("writing {}", o.out.display()))?;
     println!("# results: {}", o.out.display());
-    drop(cluster);
+    drop(peers.cluster);
     Ok(())
 }
 
-/// Prints a point's BENCH lines and adds it to the JSON.
+/// Every system that can run, each seeded with the same streams (in
+/// `SYSTEMS` order; `None` where a system is absent or has no such API).
+struct Seeded {
+    systems: Vec<Option<Arc<dyn Appender>>>,
+    log: Arc<FileLog>,
+    table_url: Option<String>,
+    uma: Option<crate::grpc_peers::UmaDb>,
+}
+
+impl Seeded {
+    /// `with_grpc`: also pypes through its API (a Session per stream).
+    async fn start(
+        peers: &Peers,
+        work: &Path,
+        name: &str,
+        with_grpc: bool,
+        (streams, per_stream): (usize, usize),
+        payload: &[u8],
+    ) -> Result<Self> {
+        let mut systems: Vec<Option<Arc<dyn Appender>>> = SYSTEMS.iter().map(|_| None).collect();
+        let log = Arc::new(FileLog::open(work.join(format!("file-{name}")), crate::config())?);
+        let file: Arc<dyn Appender> = Arc::new(FileAppender(log.clone()));
+        file.seed(streams, per_stream, payload).await?;
+        systems[0] = Some(file);
+        if peers.grpc && with_grpc {
+            let started = Instant::now();
+            let api = crate::grpc_peers::PypesGrpc::start(&work.join(format!("pypes-{name}")), streams).await?;
+            // `start` posted one message per Session already.
+            if per_stream > 1 {
+                api.seed(streams, per_stream - 1, payload).await?;
+            }
+            println!(
+                "# pypes_grpc: {streams} Sessions of {per_stream} messages in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            systems[1] = Some(Arc::new(api));
+        }
+        let uma = match &peers.umadb {
+            Some(binary) => {
+                let server = crate::grpc_peers::UmaDb::start(binary, &work.join(format!("uma-{name}"))).await?;
+                let client = server.client().await?;
+                client.seed(streams, per_stream, payload).await?;
+                systems[2] = Some(Arc::new(client));
+                Some(server)
+            }
+            None => None,
+        };
+        if let Some(url) = &peers.table_url {
+            let setup = TableAppender::connect(url, 1).await?;
+            setup.clients[0].batch_execute(TABLE_SCHEMA).await?;
+            setup.seed(streams, per_stream, payload).await?;
+            setup.clients[0].batch_execute("VACUUM ANALYZE events").await?;
+            systems[3] = Some(Arc::new(TableAppender::connect(url, 64).await?));
+        }
+        Ok(Self { systems, log, table_url: peers.table_url.clone(), uma })
+    }
+
+    fn close(self) {
+        self.log.close();
+    }
+}
+
+/// A subscriber that starts at the beginning of a log of
+/// `o.catchup_events` events (100 per stream) and reads to its end, in
+/// pages of 1,000, the way a projection catches up: the file log's
+/// `read_all`, UmaDB's `Read` of everything, and the table in
+/// `global_position` order (keyset pages). pypes' gRPC API has no
+/// whole-log read (its projections run inside the server).
+async fn catch_up(o: &Options, peers: &Peers, work: &Path, points: &mut String) -> Result<()> {
+    let payload: Vec<u8> = (0..256u32).map(|i| i as u8).collect();
+    let per_stream = 100;
+    let streams = o.catchup_events.div_ceil(per_stream);
+    let total = streams * per_stream;
+    let started = Instant::now();
+    let seeded = Seeded::start(peers, work, "catchup", false, (streams, per_stream), &payload).await?;
+    println!("# catch-up: {total} events seeded in every system in {:.1} s", started.elapsed().as_secs_f64());
+    let mut results = empty_results();
+    for _ in 0..o.rounds {
+        let t = Instant::now();
+        let mut from = 0;
+        let mut n = 0usize;
+        let filter = eventlog::EventFilter::all();
+        let mut h = histogram()?;
+        while n < total {
+            let t0 = Instant::now();
+            let page = seeded.log.read_all(from, 1000, &filter).await?;
+            h.record((t0.elapsed().as_micros() as u64).max(1))?;
+            anyhow::ensure!(!page.events.is_empty(), "pypes_file: the log ended at {n} of {total}");
+            n += page.events.len();
+            from = page.next_position;
+        }
+        results[0].1.push(caught_up(&h, n, t.elapsed()));
+        if let Some(server) = &seeded.uma {
+            let client = server.client().await?;
+            let t = Instant::now();
+            let n = client.read_count(0, None, 1000).await?;
+            anyhow::ensure!(n == total, "umadb: read {n} of {total}");
+            let h = histogram()?;
+            results[2].1.push(caught_up(&h, n, t.elapsed()));
+        }
+        if let Some(url) = &seeded.table_url {
+            let table = TableAppender::connect(url, 1).await?;
+            let client = &table.clients[0];
+            let t = Instant::now();
+            let (mut after, mut n) = (0i64, 0usize);
+            let mut h = histogram()?;
+            loop {
+                let t0 = Instant::now();
+                let rows = client
+                    .query(
+                        "SELECT global_position, stream_id, version, type, data FROM events \
+                         WHERE global_position > $1 ORDER BY global_position LIMIT 1000",
+                        &[&after],
+                    )
+                    .await?;
+                h.record((t0.elapsed().as_micros() as u64).max(1))?;
+                let Some(last) = rows.last() else { break };
+                after = last.get(0);
+                n += rows.len();
+            }
+            anyhow::ensure!(n == total, "postgres_table: read {n} of {total}");
+            results[3].1.push(caught_up(&h, n, t.elapsed()));
+        }
+    }
+    emit(points, "catchup", "all", 1, &results);
+    seeded.close();
+    Ok(())
+}
+
+/// A catch-up round: events/s over the whole read; the percentiles are of
+/// the page reads (UmaDB streams its pages: none recorded).
+fn caught_up(pages: &Histogram<u64>, events: usize, took: Duration) -> Round {
+    let mut r = round_of(pages, took);
+    r.events_per_s = events as f64 / took.as_secs_f64();
+    r
+}
+
+/// Prints a point's BENCH lines and adds it to the JSON. `pypes_ratio` is
+/// pypes' file log over the system; for UmaDB (pypes' gRPC peer) the line
+/// also gives `grpc_ratio` (pypes over gRPC ÷ UmaDB) and `grpc_p99_ratio`
+/// (pypes' p99 over gRPC ÷ UmaDB's).
 fn emit(points: &mut String, workload: &str, distribution: &str, writers: usize, results: &[(&str, Vec<Round>)]) {
     let pypes = median(&results[0].1);
+    let grpc = (!results[1].1.is_empty()).then(|| median(&results[1].1));
     for (system, rounds) in results {
         if rounds.is_empty() {
             continue;
         }
         let m = median(rounds);
         let ratio = pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE);
+        let grpc_ratios = match (&grpc, *system) {
+            (Some(g), "umadb") => {
+                Some((g.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE), g.p99_us as f64 / m.p99_us.max(1) as f64))
+            }
+            _ => None,
+        };
+        let grpc_text = grpc_ratios.map_or(String::new(), |(r, p)| format!(" grpc_ratio={r:.2} grpc_p99_ratio={p:.2}"));
         println!(
             "BENCH peers workload={workload} system={system} distribution={distribution} clients={writers} \
-             events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2} rounds={}",
+             events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2}{grpc_text} rounds={}",
             m.events_per_s,
             m.p50_us,
             m.p95_us,
@@ -517,10 +778,12 @@ fn emit(points: &mut String, workload: &str, distribution: &str, writers: usize,
             rounds.len()
         );
         let all: Vec<String> = rounds.iter().map(round_json).collect();
+        let grpc_json =
+            grpc_ratios.map_or(String::new(), |(r, p)| format!(", \"grpc_ratio\": {r:.3}, \"grpc_p99_ratio\": {p:.3}"));
         let _ = write!(
             points,
             "{}    {{\"workload\": \"{workload}\", \"system\": \"{system}\", \"distribution\": \"{distribution}\", \
-             \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
+             \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}{grpc_json}, \"rounds\": [{}]}}",
             if points.is_empty() { "" } else { ",\n" },
             round_json(&m),
             all.join(", ")

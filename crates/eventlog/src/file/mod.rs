@@ -171,8 +171,11 @@ impl IdWindow {
     fn from_recent(cap: usize, recent: VecDeque<(uuid::Uuid, Arc<str>, u64, u64)>) -> Self {
         let mut w = IdWindow {
             cap,
-            map: IdMap::with_capacity_and_hasher(recent.len(), crate::hash::KeyedHash::default()),
-            order: VecDeque::with_capacity(recent.len()),
+            // Sized for a full window at once: growing rehashes every id
+            // on the stager thread (a pause of milliseconds at 100k ids),
+            // and untouched capacity is only address space.
+            map: IdMap::with_capacity_and_hasher(cap.max(recent.len()), crate::hash::KeyedHash::default()),
+            order: VecDeque::with_capacity(cap.max(recent.len()) + 1),
         };
         for (id, stream, version, position) in recent {
             w.insert(id, stream, version, position);

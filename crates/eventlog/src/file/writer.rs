@@ -452,8 +452,12 @@ impl Stager {
             rolls.into_iter().for_each(|r| drop(r.send(Err(clone_error(&e)))));
             return shutdown;
         }
+        // A group is at most `max_group_bytes` plus one request and its
+        // frames: a buffer sized for that once never grows while encoding
+        // (growing reallocates into fresh, page-faulting memory).
         let mut buf = self.recycled.try_recv().unwrap_or_default();
         buf.clear();
+        buf.reserve(self.config.max_group_bytes + (64 << 10));
         let mut txn = Txn {
             start: self.tail.active_len,
             durable_floor: self.durable_floor(),
