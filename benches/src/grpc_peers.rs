@@ -589,3 +589,42 @@ where
     }
     Ok(crate::peers::round_of(&all, Duration::from_secs_f64(o.seconds)))
 }
+
+/// A bare tonic unary echo server (`loadgen echo-server`, its own process):
+/// the ceiling of any unary gRPC append on this machine with this client.
+/// Its "append" echoes the 256-byte payload; it stores nothing.
+pub(crate) struct Echo {
+    _proc: crate::apibench::Proc,
+    channels: Vec<Channel>,
+}
+
+impl Echo {
+    pub(crate) async fn start() -> Result<Self> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("echo-server");
+        let proc = crate::apibench::spawn(cmd, "echo=")?;
+        let channels = channels(&proc.addr).await?;
+        Ok(Self { _proc: proc, channels })
+    }
+}
+
+impl Appender for Echo {
+    fn append(&self, writer: usize, _stream: usize, payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        let payload = payload.to_vec();
+        let ch = self.channels[writer % self.channels.len()].clone();
+        Box::pin(async move {
+            proto::bench::echo_service_client::EchoServiceClient::new(ch)
+                .echo(proto::bench::EchoRequest { payload })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn read(&self, _reader: usize, _stream: usize) -> eventlog::BoxFuture<'_, Result<usize>> {
+        Box::pin(async { anyhow::bail!("the echo baseline has no reads") })
+    }
+
+    fn seed(&self, _streams: usize, _per_stream: usize, _payload: &[u8]) -> eventlog::BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}

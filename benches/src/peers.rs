@@ -402,8 +402,15 @@ pub(crate) fn round_json(r: &Round) -> String {
 /// The systems of one workload, in report order; `pypes_file` first (the
 /// ratios are against it), `pypes_grpc` second (UmaDB's gRPC ratio is
 /// against it).
-const SYSTEMS: [&str; 6] =
-    ["pypes_file", "pypes_grpc", "umadb", "postgres_table", "python_eventsourcing", "python_eventsourcing_batched"];
+const SYSTEMS: [&str; 7] = [
+    "pypes_file",
+    "pypes_grpc",
+    "umadb",
+    "postgres_table",
+    "python_eventsourcing",
+    "python_eventsourcing_batched",
+    "tonic_echo",
+];
 
 fn empty_results() -> Vec<(&'static str, Vec<Round>)> {
     SYSTEMS.iter().map(|s| (*s, Vec::new())).collect()
@@ -480,6 +487,8 @@ pub async fn run(o: Options) -> Result<()> {
     } else {
         None
     };
+    // The ceiling of a unary gRPC call here: a bare echo, same clients.
+    let echo = if api.is_some() { Some(Arc::new(crate::grpc_peers::Echo::start().await?)) } else { None };
     for distribution in &o.distributions {
         let picker = Picker::new(distribution, o.streams)?;
         for &writers in &o.writers {
@@ -494,6 +503,9 @@ pub async fn run(o: Options) -> Result<()> {
                 results[0].1.push(r);
                 if let Some(api) = &api {
                     results[1].1.push(drive(api.clone(), &o, writers, &picker).await?);
+                }
+                if let Some(echo) = &echo {
+                    results[6].1.push(drive(echo.clone(), &o, writers, &picker).await?);
                 }
                 if let Some(binary) = &peers.umadb {
                     let dir = work.path().join(format!("uma-{distribution}-{writers}-{round}"));
@@ -520,7 +532,7 @@ pub async fn run(o: Options) -> Result<()> {
             emit(&mut points, "append", distribution, writers, &results);
         }
     }
-    drop(api);
+    drop((api, echo));
     // Reads of whole streams, and a 70/30 read/append mix, from a seeded
     // starting state (the same in every system).
     if !o.readers.is_empty() || o.mixed_clients > 0 {
