@@ -12,7 +12,7 @@
 //! transaction once it has caught up with it.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,13 @@ pub struct Runner {
     last_durable: Mutex<Instant>,
     /// Where `$all` is read from (shared with the other live runners).
     pages: Arc<SharedPages>,
+    /// Events in the last page read (to linger after a short one).
+    last_page: AtomicUsize,
 }
+
+/// How long a runner that just applied a short page waits before it looks
+/// again (see `run`).
+const LINGER: Duration = Duration::from_millis(5);
 
 /// Pages commit without an fsync (visible at once, durable with the next
 /// durable commit) except about once per this long and for purges; a crash
@@ -263,6 +269,7 @@ impl Runner {
             checkpoint: watch::channel(serving.next_position).0,
             last_durable: Mutex::new(Instant::now()),
             pages,
+            last_page: AtomicUsize::new(0),
         });
         // Head changes wake the runner.
         let weak = Arc::downgrade(&runner);
@@ -349,6 +356,16 @@ impl Runner {
             match self.tick(&log, &rt, &mut stalled) {
                 Ok(true) => {
                     backoff = Duration::from_millis(100);
+                    // Caught up with a short page: under a steady load the
+                    // head moves every group commit, and a page (one view
+                    // commit) per group costs more than the events in it.
+                    // Lingering a moment gathers the next groups into one
+                    // page; an idle runner still answers the first event
+                    // at once (it was waiting), and reads that wait for
+                    // the view wait at most this much longer.
+                    if self.last_page.load(Ordering::Relaxed) < self.config.page_size / 8 {
+                        std::thread::sleep(LINGER);
+                    }
                     continue;
                 }
                 Ok(false) => backoff = Duration::from_millis(100),
@@ -488,6 +505,7 @@ impl Runner {
     ) -> Result<Step, ViewError> {
         let filter = self.projection.filter();
         let page = self.pages.read(log, rt, meta.next_position, self.config.page_size)?;
+        self.last_page.store(page.events.len(), Ordering::Relaxed);
         if let Some(first) = page.events.first() {
             *lag_seconds = Some((now_micros() - first.recorded_at_micros).max(0) as f64 / 1e6);
         }
