@@ -132,6 +132,7 @@ pub struct Runner {
 /// How long a runner that just applied a short page waits before it looks
 /// again (see `run`).
 const LINGER: Duration = Duration::from_millis(5);
+const LINGER_STEP: Duration = Duration::from_micros(500);
 
 /// Pages commit without an fsync (visible at once, durable with the next
 /// durable commit) except about once per this long and for purges; a crash
@@ -360,11 +361,13 @@ impl Runner {
                     // head moves every group commit, and a page (one view
                     // commit) per group costs more than the events in it.
                     // Lingering a moment gathers the next groups into one
-                    // page; an idle runner still answers the first event
-                    // at once (it was waiting), and reads that wait for
-                    // the view wait at most this much longer.
+                    // page. Not while a reader waits for this view to
+                    // reach its own write (`wait_for`): it is served at once.
                     if self.last_page.load(Ordering::Relaxed) < self.config.page_size / 8 {
-                        std::thread::sleep(LINGER);
+                        let until = Instant::now() + LINGER;
+                        while Instant::now() < until && self.checkpoint.receiver_count() == 0 {
+                            std::thread::sleep(LINGER_STEP);
+                        }
                     }
                     continue;
                 }
