@@ -567,29 +567,9 @@ pub async fn run(o: Options) -> Result<()> {
             crate::grpc_peers::messaging(work.path(), o.messaging_sessions, o.messaging_clients, &o).await?;
         let ratio = talk.events_per_s / echo.events_per_s.max(f64::MIN_POSITIVE);
         for (system, m, rounds) in [("pypes_grpc", &talk, &talk_rounds), ("tonic_echo", &echo, &echo_rounds)] {
-            println!(
-                "BENCH peers workload=messaging system={system} distribution=uniform clients={} sessions={} \
-                 events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} echo_ratio={ratio:.2} rounds={}",
-                o.messaging_clients,
-                o.messaging_sessions,
-                m.events_per_s,
-                m.p50_us,
-                m.p95_us,
-                m.p99_us,
-                m.p999_us,
-                rounds.len()
-            );
-            let all: Vec<String> = rounds.iter().map(round_json).collect();
-            let _ = write!(
-                points,
-                "{}    {{\"workload\": \"messaging\", \"system\": \"{system}\", \"distribution\": \"uniform\", \
-                 \"writers\": {}, \"sessions\": {}, \"median\": {}, \"echo_ratio\": {ratio:.3}, \"rounds\": [{}]}}",
-                if points.is_empty() { "" } else { ",\n" },
-                o.messaging_clients,
-                o.messaging_sessions,
-                round_json(m),
-                all.join(", ")
-            );
+            let point = Point { workload: "messaging", system, distribution: "uniform", clients: o.messaging_clients };
+            let extra = [("sessions", o.messaging_sessions as f64, 0), ("echo_ratio", ratio, 3)];
+            point.emit(&mut points, m, rounds, &extra);
         }
     }
     let json = format!(
@@ -771,17 +751,32 @@ fn emit(points: &mut String, workload: &str, distribution: &str, writers: usize,
             continue;
         }
         let m = median(rounds);
-        let ratio = pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE);
-        let grpc_ratios = match (&grpc, *system) {
-            (Some(g), "umadb") => {
-                Some((g.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE), g.p99_us as f64 / m.p99_us.max(1) as f64))
-            }
-            _ => None,
-        };
-        let grpc_text = grpc_ratios.map_or(String::new(), |(r, p)| format!(" grpc_ratio={r:.2} grpc_p99_ratio={p:.2}"));
+        let mut extra = vec![("pypes_ratio", pypes.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE), 3)];
+        if let (Some(g), "umadb") = (&grpc, *system) {
+            extra.push(("grpc_ratio", g.events_per_s / m.events_per_s.max(f64::MIN_POSITIVE), 3));
+            extra.push(("grpc_p99_ratio", g.p99_us as f64 / m.p99_us.max(1) as f64, 3));
+        }
+        Point { workload, system, distribution, clients: writers }.emit(points, &m, rounds, &extra);
+    }
+}
+
+/// One figure: a system on a workload.
+struct Point<'a> {
+    workload: &'a str,
+    system: &'a str,
+    distribution: &'a str,
+    clients: usize,
+}
+
+impl Point<'_> {
+    /// Prints its `BENCH` line and adds it to the JSON `points`, with the
+    /// median `m` of `rounds` and `extra` figures (name, value, decimals).
+    fn emit(&self, points: &mut String, m: &Round, rounds: &[Round], extra: &[(&str, f64, usize)]) {
+        let Point { workload, system, distribution, clients } = self;
+        let text: String = extra.iter().map(|(k, v, d)| format!(" {k}={v:.0$}", (*d).min(2))).collect();
         println!(
-            "BENCH peers workload={workload} system={system} distribution={distribution} clients={writers} \
-             events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={} pypes_ratio={ratio:.2}{grpc_text} rounds={}",
+            "BENCH peers workload={workload} system={system} distribution={distribution} clients={clients} \
+             events_per_s={:.0} p50_us={} p95_us={} p99_us={} p999_us={}{text} rounds={}",
             m.events_per_s,
             m.p50_us,
             m.p95_us,
@@ -789,15 +784,14 @@ fn emit(points: &mut String, workload: &str, distribution: &str, writers: usize,
             m.p999_us,
             rounds.len()
         );
+        let json: String = extra.iter().map(|(k, v, d)| format!(", \"{k}\": {v:.0$}", *d)).collect();
         let all: Vec<String> = rounds.iter().map(round_json).collect();
-        let grpc_json =
-            grpc_ratios.map_or(String::new(), |(r, p)| format!(", \"grpc_ratio\": {r:.3}, \"grpc_p99_ratio\": {p:.3}"));
         let _ = write!(
             points,
             "{}    {{\"workload\": \"{workload}\", \"system\": \"{system}\", \"distribution\": \"{distribution}\", \
-             \"writers\": {writers}, \"median\": {}, \"pypes_ratio\": {ratio:.3}{grpc_json}, \"rounds\": [{}]}}",
+             \"writers\": {clients}, \"median\": {}{json}, \"rounds\": [{}]}}",
             if points.is_empty() { "" } else { ",\n" },
-            round_json(&m),
+            round_json(m),
             all.join(", ")
         );
     }
