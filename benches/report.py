@@ -19,7 +19,8 @@ source = pathlib.Path(sys.argv[1])
 run = json.loads(source.read_text())
 out = root / "docs" / "benchmarks"
 out.mkdir(parents=True, exist_ok=True)
-shutil.copyfile(source, out / "peers.json")
+if source.resolve() != (out / "peers.json").resolve():
+    shutil.copyfile(source, out / "peers.json")
 
 points = run["points"]
 appends = [p for p in points if p.get("workload", "append") == "append"]
@@ -152,14 +153,16 @@ try:
             xs = [p["writers"] for p in appends if p["system"] == system and p["distribution"] == dist]
             ys = [p["median"]["events_per_s"] for p in appends if p["system"] == system and p["distribution"] == dist]
             if xs:
-                ax.plot(xs, ys, marker="o", label=label[system])
+                # One colour per system in both panels.
+                ax.plot(xs, ys, marker="o", label=label[system], color=f"C{systems.index(system)}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent writers")
         ax.set_title(f"durable appends, {dist} streams")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("events/s (log)")
-    axes[0].legend()
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
+    axes[0].legend(handles.values(), handles.keys(), fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "peers-throughput.png", dpi=110)
 
@@ -167,8 +170,13 @@ try:
     uniform = [p for p in appends if p["distribution"] == "uniform"]
     writers = sorted({p["writers"] for p in uniform})
     shown = [s for s in systems if any(p["system"] == s for p in uniform)]
-    width = 0.8 / max(1, len(shown))
-    for i, system in enumerate(shown):
+    # eventsourcing runs single saves at 1 writer and batched ones above:
+    # one slot for both.
+    slots = [s for s in shown if s != "python_eventsourcing_batched" or "python_eventsourcing" not in shown]
+    slot = {s: slots.index("python_eventsourcing" if s == "python_eventsourcing_batched" and s not in slots else s) for s in shown}
+    width = 0.8 / max(1, len(slots))
+    for system in shown:
+        i = slot[system]
         for q, alpha in [("p50_us", 1.0), ("p99_us", 0.6), ("p999_us", 0.3)]:
             xs, ys = [], []
             for k, w in enumerate(writers):
@@ -177,8 +185,8 @@ try:
                     xs.append(k + i * width)
                     ys.append(found[0]["median"][q] / 1000)
             if xs:
-                ax.bar(xs, ys, width, alpha=alpha, color=f"C{i}", label=f"{label[system]} {q[:-3]}")
-    ax.set_xticks([k + width for k in range(len(writers))], [f"{w} writers" for w in writers])
+                ax.bar(xs, ys, width, alpha=alpha, color=f"C{systems.index(system)}", label=f"{label[system]} {q[:-3]}")
+    ax.set_xticks([k + width * (len(slots) - 1) / 2 for k in range(len(writers))], [f"{w} writers" for w in writers])
     ax.set_yscale("log")
     ax.set_ylabel("append latency, ms (log)")
     ax.set_title("append latency percentiles, uniform streams (p50 solid, p99 and p99.9 lighter)")
