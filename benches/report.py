@@ -117,6 +117,9 @@ for dist in ["uniform", "zipf"]:
         targets.append(
             (f"pypes gRPC p99 ÷ UmaDB p99, {top} writers, {dist}", "≤ 0.5", p["grpc_p99_ratio"], p["grpc_p99_ratio"] <= 0.5)
         )
+        if echo:
+            r = echo["median"]["p99_us"] / max(1, p["median"]["p99_us"])
+            targets.append((f"(ceiling) bare tonic echo p99 ÷ UmaDB p99, {top} writers, {dist}", "—", r, None))
 single = point("append", "python_eventsourcing", "uniform", 1)
 best = point("append", "pypes_file", "uniform", top)
 if single and best:
