@@ -40,6 +40,11 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Takes charge of a started child (killed when dropped) serving at `addr`.
+    pub(crate) fn adopt(child: Child, addr: String) -> Self {
+        Self { child, addr, http: None }
+    }
+
     /// Waits until the server's /readyz answers 200 (recovery done), as a
     /// load balancer would before sending traffic.
     pub(crate) async fn ready(&self) -> Result<()> {

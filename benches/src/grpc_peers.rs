@@ -15,7 +15,7 @@
 //! client crate is built on a tonic release the workspace does not use.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,24 +102,13 @@ async fn channels(url: &str) -> Result<Vec<Channel>> {
     Ok(out)
 }
 
-/// A child process killed when dropped.
-pub(crate) struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// UmaDB's server on a fresh database under `dir`.
 pub(crate) struct UmaDb {
-    _proc: Proc,
-    url: String,
+    proc: crate::apibench::Proc,
 }
 
 impl UmaDb {
@@ -133,8 +122,8 @@ impl UmaDb {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let proc = Proc(child);
         let url = format!("http://127.0.0.1:{port}");
+        let proc = crate::apibench::Proc::adopt(child, url.clone());
         for _ in 0..300 {
             if let Ok(ch) = Channel::from_shared(url.clone())?.connect().await {
                 // Answering a read means the database is open.
@@ -144,13 +133,13 @@ impl UmaDb {
                     if grpc
                         .server_streaming(
                             tonic::Request::new(request),
-                            path("Read"),
+                            path(READ),
                             codec::<uma::ReadRequest, uma::ReadResponse>(),
                         )
                         .await
                         .is_ok()
                     {
-                        return Ok(Self { _proc: proc, url });
+                        return Ok(Self { proc });
                     }
                 }
             }
@@ -160,15 +149,15 @@ impl UmaDb {
     }
 
     pub(crate) async fn client(&self) -> Result<UmaAppender> {
-        Ok(UmaAppender { channels: channels(&self.url).await? })
+        Ok(UmaAppender { channels: channels(&self.proc.addr).await? })
     }
 }
 
-fn path(method: &'static str) -> tonic::codegen::http::uri::PathAndQuery {
-    match method {
-        "Read" => tonic::codegen::http::uri::PathAndQuery::from_static("/umadb.v1.DCB/Read"),
-        _ => tonic::codegen::http::uri::PathAndQuery::from_static("/umadb.v1.DCB/Append"),
-    }
+const READ: &str = "/umadb.v1.DCB/Read";
+const APPEND: &str = "/umadb.v1.DCB/Append";
+
+fn path(path: &'static str) -> tonic::codegen::http::uri::PathAndQuery {
+    tonic::codegen::http::uri::PathAndQuery::from_static(path)
 }
 
 fn codec<Req, Resp>() -> tonic::codec::ProstCodec<Req, Resp>
@@ -188,11 +177,7 @@ impl UmaAppender {
         let mut grpc = tonic::client::Grpc::new(self.channels[client % self.channels.len()].clone());
         grpc.ready().await?;
         let r = grpc
-            .unary(
-                tonic::Request::new(uma::AppendRequest { events }),
-                path("Append"),
-                codec::<_, uma::AppendResponse>(),
-            )
+            .unary(tonic::Request::new(uma::AppendRequest { events }), path(APPEND), codec::<_, uma::AppendResponse>())
             .await?;
         Ok(r.into_inner().position)
     }
@@ -204,7 +189,7 @@ impl UmaAppender {
         grpc.ready().await?;
         let request = uma::ReadRequest { query, batch_size: Some(batch), ..Default::default() };
         let mut stream = grpc
-            .server_streaming(tonic::Request::new(request), path("Read"), codec::<_, uma::ReadResponse>())
+            .server_streaming(tonic::Request::new(request), path(READ), codec::<_, uma::ReadResponse>())
             .await?
             .into_inner();
         let mut n = 0;

@@ -669,7 +669,6 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The peak resident memory of process `pid` (VmHWM), in KiB.
 /// Waits until every projection has applied the whole log (its lag in
 /// `/metrics` is 0 for each), so a measurement that follows is not mixed
 /// with the catch-up of the read models.
@@ -694,6 +693,7 @@ pub async fn wait_projections_caught_up(http: &str) {
     }
 }
 
+/// The peak resident memory of process `pid` (VmHWM), in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
