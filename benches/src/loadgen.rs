@@ -546,7 +546,7 @@ async fn log_append(
         println!("# raw baseline writers={writers}: p50_us={} p99_us={}", raw.p50_us, raw.p99_us);
         if let Some(pg) = &pg {
             let url = tokio::task::block_in_place(|| pg.fresh_database());
-            let pg_log = Arc::new(eventlog::postgres::PgLog::open(&url, Arc::new(eventlog::SystemClock)).await?);
+            let pg_log = Arc::new(eventlog_postgres::PgLog::open(&url, Arc::new(eventlog::SystemClock)).await?);
             let p = log_appends(pg_log, writers, event_bytes, run).await?;
             println!(
                 "BENCH log_append_postgres writers={writers} events_per_s={:.0} p50_us={} p99_us={} file_events_per_s={:.0} file_to_postgres={:.1}",

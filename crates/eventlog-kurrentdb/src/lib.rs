@@ -95,7 +95,7 @@ impl KurrentLog {
     /// Connects to `url` (`esdb://…`, `kurrentdb://…` or `esdb+discover://…`)
     /// and starts following the head of `$all`. Needs a tokio runtime.
     pub async fn open(url: &str, _clock: Arc<dyn Clock>) -> Result<Self> {
-        let name = eventlog::postgres::redact_url(url);
+        let name = eventlog::redact_url(url);
         let settings: ClientSettings = url.parse().map_err(|e| db(&name, format!("connection string: {e}")))?;
         let client = Client::new(settings.clone()).map_err(|e| db(&name, e))?;
         // The head: one past the newest event, then followed live.

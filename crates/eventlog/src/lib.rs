@@ -1,7 +1,9 @@
 //! The `EventLog` port: an append-only log of streams with one global order
 //! (`$all`), matched to KurrentDB's contract, plus its two built-in backends
 //! (`mem` for tests, `file` the embedded default) and the conformance suite
-//! every backend runs.
+//! every backend runs. The backends on database servers live in their own
+//! crates (`eventlog-postgres`, `eventlog-kurrentdb`) and share the stream
+//! rules through [`rules`].
 //!
 //! Architecture Invariant: this crate knows nothing of tenants, keys or the
 //! domain. It stores `pypes.storage.v1.StoredEvent` envelopes and treats
@@ -13,7 +15,6 @@ pub mod file;
 pub mod hash;
 pub mod mem;
 mod model;
-pub mod postgres;
 mod subscription;
 
 pub mod conformance;
@@ -30,6 +31,20 @@ pub use model::{
 };
 pub use proto::storage::SealedField;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all};
+
+/// The stream rules every backend applies (versions, soft and hard deletes,
+/// metadata limits, visibility, idempotency by event id), so a backend in
+/// another crate cannot drift from the embedded ones.
+pub mod rules {
+    pub use crate::model::{Deletion, Earlier, StreamRules, check_repeat, readable_metadata, whole_repeat};
+}
+
+/// A connection string or URL without its password, for messages (every
+/// backend on a database server names its database this way).
+pub fn redact_url(url: &str) -> String {
+    let no_kv = url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ");
+    no_kv.split('@').next_back().unwrap_or_default().to_string()
+}
 
 /// A boxed, sendable future: the return type of the port's async methods, so
 /// that `dyn EventLog` works and backends can be chosen at run time.

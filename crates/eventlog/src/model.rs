@@ -370,7 +370,7 @@ pub fn validate_appends(appends: &[StreamAppend]) -> Result<usize, LogError> {
 
 /// How a stream was deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Deletion {
+pub enum Deletion {
     #[default]
     None,
     Soft,
@@ -380,7 +380,7 @@ pub(crate) enum Deletion {
 /// The rules of one stream, shared by the backends: versions, deletion,
 /// metadata and which events are visible.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct StreamRules {
+pub struct StreamRules {
     /// Version the next event gets (= number of events ever written).
     pub next_version: u64,
     pub deletion: Deletion,
@@ -509,7 +509,7 @@ impl StreamRules {
 }
 
 /// An earlier event found by id: its stream, version, position, content.
-pub(crate) struct Earlier {
+pub struct Earlier {
     pub stream: Arc<str>,
     pub version: u64,
     pub position: u64,
@@ -522,7 +522,7 @@ pub(crate) struct Earlier {
 /// result); `Ok(None)` when none was; an error for anything in between.
 /// `earlier` looks an id up among stored events (`None` if unknown or
 /// scavenged).
-pub(crate) fn check_repeat(
+pub fn check_repeat(
     append: &StreamAppend,
     mut earlier: impl FnMut(&Uuid) -> Result<Option<Earlier>, LogError>,
 ) -> Result<Option<AppendResult>, LogError> {
@@ -555,7 +555,7 @@ pub(crate) fn check_repeat(
 
 /// Combines the per-stream repeat checks of a (multi-stream) append:
 /// `Some` when the whole append is a retry, an error when only part is.
-pub(crate) fn whole_repeat(
+pub fn whole_repeat(
     appends: &[StreamAppend],
     repeats: Vec<AppendResult>,
 ) -> Result<Option<Vec<AppendResult>>, LogError> {
@@ -572,7 +572,7 @@ pub(crate) fn whole_repeat(
 }
 
 /// The metadata of a stream as reads report it.
-pub(crate) fn readable_metadata(stream: &str, rules: Option<&StreamRules>) -> Result<StreamMetadata, LogError> {
+pub fn readable_metadata(stream: &str, rules: Option<&StreamRules>) -> Result<StreamMetadata, LogError> {
     match rules {
         Some(r) if r.deletion == Deletion::Hard => Err(LogError::StreamDeleted { stream: stream.to_owned() }),
         Some(r) => Ok(r.metadata),

@@ -197,7 +197,7 @@ fn connect(url: &str, name: &str) -> Result<Client, KeyError> {
 
 impl PgPersist {
     fn open(url: &str) -> Result<Self, KeyError> {
-        let name = eventlog::postgres::redact_url(url);
+        let name = eventlog::redact_url(url);
         let client = connect(url, &name)?;
         Ok(Self {
             url: url.to_string(),
@@ -509,7 +509,7 @@ pub struct PgProviderStorage {
 
 impl PgProviderStorage {
     pub fn open(url: &str) -> Result<Self, KeyError> {
-        let name = eventlog::postgres::redact_url(url);
+        let name = eventlog::redact_url(url);
         let client = connect(url, &name)?;
         Ok(Self { url: url.to_string(), name, state: Mutex::new((Some(client), 0)) })
     }

@@ -133,7 +133,7 @@ impl SqlSink {
     /// Connects, creates the tables if needed, and reads the checkpoint
     /// (starting over when the tables are of another schema version).
     pub async fn open(url: &str) -> Result<Self, SinkError> {
-        let db = eventlog::postgres::redact_url(url);
+        let db = eventlog::redact_url(url);
         let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: e.to_string() };
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(err)?;
         let conn_db = db.clone();

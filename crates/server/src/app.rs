@@ -246,7 +246,7 @@ pub async fn open_log(
                 Err(e) => Err(e.into()),
             }
         }
-        LogBackend::Postgres { url } => match eventlog::postgres::PgLog::open(url, clock).await {
+        LogBackend::Postgres { url } => match eventlog_postgres::PgLog::open(url, clock).await {
             Ok(log) => Ok(Arc::new(log)),
             Err(e) => Err(e.into()),
         },

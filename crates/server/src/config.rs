@@ -300,8 +300,8 @@ impl std::fmt::Debug for LogBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File => f.write_str("file"),
-            Self::Postgres { url } => write!(f, "postgres ({})", eventlog::postgres::redact_url(url)),
-            Self::KurrentDb { url } => write!(f, "kurrentdb ({})", eventlog::postgres::redact_url(url)),
+            Self::Postgres { url } => write!(f, "postgres ({})", eventlog::redact_url(url)),
+            Self::KurrentDb { url } => write!(f, "kurrentdb ({})", eventlog::redact_url(url)),
         }
     }
 }
@@ -311,14 +311,11 @@ impl std::fmt::Debug for KeysBackend {
         match self {
             Self::File => f.write_str("file"),
             Self::Postgres { url, provider_url } if url == provider_url => {
-                write!(f, "postgres ({})", eventlog::postgres::redact_url(url))
+                write!(f, "postgres ({})", eventlog::redact_url(url))
             }
-            Self::Postgres { url, provider_url } => write!(
-                f,
-                "postgres ({}; epochs in {})",
-                eventlog::postgres::redact_url(url),
-                eventlog::postgres::redact_url(provider_url)
-            ),
+            Self::Postgres { url, provider_url } => {
+                write!(f, "postgres ({}; epochs in {})", eventlog::redact_url(url), eventlog::redact_url(provider_url))
+            }
         }
     }
 }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use eventlog::conformance::{Fixture, MakeLog};
-use eventlog::postgres::PgLog;
 use eventlog::{Clock, Direction, EventFilter, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, SystemClock};
+use eventlog_postgres::PgLog;
 
 /// Fresh logs, each in a new database of one cluster that lives as long as
 /// the logs. Without PostgreSQL (and without PYPES_REQUIRE_POSTGRES) the

@@ -40,10 +40,12 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
-use crate::model::{Deletion, Earlier, StreamRules, check_repeat, readable_metadata, validate_appends, whole_repeat};
-use crate::{
+pub use eventlog::redact_url;
+use eventlog::rules::{Deletion, Earlier, StreamRules, check_repeat, readable_metadata, whole_repeat};
+use eventlog::{
     AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
-    ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, validate_stream_name,
+    ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, validate_appends,
+    validate_stream_name,
 };
 
 pub const FORMAT_VERSION: i32 = 1;
@@ -116,13 +118,6 @@ fn db(e: tokio_postgres::Error) -> LogError {
 
 fn corrupt(reason: impl Into<String>) -> LogError {
     LogError::Database { detail: format!("corrupt row: {}", reason.into()) }
-}
-
-/// A connection string or URL without its password, for messages (the
-/// key store's PostgreSQL backend names its database the same way).
-pub fn redact_url(url: &str) -> String {
-    let no_kv = url.split_whitespace().filter(|p| !p.starts_with("password=")).collect::<Vec<_>>().join(" ");
-    no_kv.split('@').next_back().unwrap_or_default().to_string()
 }
 
 /// Moves the head forward (never back: commits of this node and other
