@@ -75,9 +75,18 @@ impl<A: Codec + Unpin> EntityActor<A> {
 
 /// Reads a whole stream and folds it.
 pub(crate) async fn load<A: Codec>(shared: &Shared, stream: &str) -> Result<(A, Option<u64>), ActorError> {
-    let mut state = A::default();
-    let mut version = None;
-    let mut from = 0u64;
+    load_after(shared, stream, A::default(), None).await
+}
+
+/// Folds into `state` (the stream folded up to `version`) the events
+/// written after `version`.
+async fn load_after<A: Codec>(
+    shared: &Shared,
+    stream: &str,
+    mut state: A,
+    mut version: Option<u64>,
+) -> Result<(A, Option<u64>), ActorError> {
+    let mut from = version.map_or(0, |v| v + 1);
     loop {
         let page = match shared.log.read_stream(stream, ReadFrom::Version(from), Direction::Forward, PAGE).await {
             Ok(page) => page,
@@ -113,7 +122,8 @@ async fn execute<A: Codec>(
 ) -> Run<A> {
     let fail = |state, version, loaded, e: ActorError| Run { state, version, loaded, result: Err(e) };
     for attempt in 0..MAX_ATTEMPTS {
-        if !loaded || attempt > 0 {
+        let just_loaded = !loaded || attempt > 0;
+        if just_loaded {
             match load::<A>(&shared, &stream).await {
                 Ok((s, v)) => {
                     state = s;
@@ -124,6 +134,19 @@ async fn execute<A: Codec>(
             }
         }
         let Some(command) = &command else {
+            // A read: another node sharing the log may have written the
+            // stream since this actor loaded it, so fold what is new (one
+            // index lookup when nothing is; a command needs no such step,
+            // its expected version catches a stale state).
+            if !just_loaded {
+                match load_after::<A>(&shared, &stream, state, version).await {
+                    Ok((s, v)) => {
+                        state = s;
+                        version = v;
+                    }
+                    Err(e) => return fail(A::default(), None, false, e),
+                }
+            }
             return Run {
                 result: Ok(Executed { events: vec![], version, state: state.clone() }),
                 state,

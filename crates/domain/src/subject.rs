@@ -246,8 +246,12 @@ pub struct Subject {
     pub birth: Option<Birth>,
     /// Argon2id hash of the login password; empty when none was set.
     pub password_hash: String,
-    /// When the password last changed (auth sessions from before end).
+    /// When the password last changed.
     pub password_set_micros: i64,
+    /// Auth sessions started before this are over: the last password
+    /// change, deactivation, restriction or erasure request. (A
+    /// reactivation or a lifted restriction does not bring them back.)
+    pub logins_revoked_micros: i64,
     /// Processing is restricted (Art. 18).
     pub restricted: bool,
     /// Purpose → consent.
@@ -553,11 +557,15 @@ impl Aggregate for Subject {
                 self.birth = Some(birth.clone());
                 self.status = Some(SubjectStatus::Active);
             }
-            SubjectEvent::Deactivated { .. } => self.status = Some(SubjectStatus::Deactivated),
+            SubjectEvent::Deactivated { at_micros } => {
+                self.status = Some(SubjectStatus::Deactivated);
+                self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
+            }
             SubjectEvent::Reactivated { .. } => self.status = Some(SubjectStatus::Active),
             SubjectEvent::PasswordSet { hash, at_micros } => {
                 self.password_hash = hash.clone();
                 self.password_set_micros = *at_micros;
+                self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
             }
             SubjectEvent::Rectified { email, phone, birth, .. } => {
                 if let Some(e) = email {
@@ -570,7 +578,10 @@ impl Aggregate for Subject {
                     self.birth = Some(b.clone());
                 }
             }
-            SubjectEvent::ProcessingRestricted { .. } => self.restricted = true,
+            SubjectEvent::ProcessingRestricted { at_micros } => {
+                self.restricted = true;
+                self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
+            }
             SubjectEvent::RestrictionLifted { .. } => self.restricted = false,
             SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => {
                 self.consents.insert(
@@ -585,6 +596,7 @@ impl Aggregate for Subject {
                 }
             }
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => {
+                self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
                 self.erasure = Some(Erasure {
                     request: *request,
                     requested_micros: *at_micros,

@@ -1122,8 +1122,9 @@ impl pb::subject_service_server::SubjectService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let id = parse_id("subject_id", &request.get_ref().subject_id)?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::Deactivate).await?;
-            let ended = api.auth.revoke_subject(tenant, id);
-            api.record_subject("access.deactivate", tenant, id, format!("auth_sessions_ended={ended}")).await?;
+            // The subject's new state refuses its auth sessions on every node.
+            api.auth.revoke_subject(tenant, id);
+            api.record_subject("access.deactivate", tenant, id, "auth_sessions=revoked").await?;
             Ok(subject_out(&done.state))
         })
         .await
@@ -1151,8 +1152,9 @@ impl pb::subject_service_server::SubjectService for Handle {
             let hash =
                 password_hash_of(&r.password).await?.ok_or_else(|| ApiError::invalid("password", "is required"))?;
             let done = api.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
-            let ended = api.auth.revoke_subject(tenant, id);
-            api.record_subject("auth.password_set", tenant, id, format!("auth_sessions_ended={ended}")).await?;
+            // The subject's new state refuses its auth sessions on every node.
+            api.auth.revoke_subject(tenant, id);
+            api.record_subject("auth.password_set", tenant, id, "auth_sessions=revoked").await?;
             Ok(subject_out(&done.state))
         })
         .await
@@ -1221,7 +1223,9 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
             let account = account_of(api, tenant, &username).await?;
             let known = account.as_ref().map(|a| a.subject);
             let actor = known.map_or_else(|| "anonymous".to_string(), |s| format!("subject:{s}"));
-            let outcome = api.auth.login(tenant, &username, &r.password, account).await;
+            let secret = api.keyring.tenant_index_secret(tenant).await?;
+            let lockout = crate::end_user_auth::lockout_stream(secret.expose(), tenant, &username);
+            let outcome = api.auth.login(tenant, &lockout, &r.password, account).await?;
             let (result, code) = match outcome {
                 LoginOutcome::Ok { token, session } => {
                     Ok(pb::LoginResponse { token, session: Some(session_info(&session, &api.auth.config)) })
@@ -1252,17 +1256,18 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let token = &request.get_ref().token;
             let invalid = || ApiError::Unauthenticated("the token is unknown, expired or revoked".into());
-            let Some(session) = api.auth.touch(tenant, token) else {
+            let Some(session) = api.auth.touch(tenant, token).await? else {
                 api.audit.note(Record::new("auth.token", "anonymous", "failed").tenant(tenant)).await;
                 return Err(invalid());
             };
             // Another node may have deactivated the user or changed the
-            // password: the subject's state decides.
+            // password: the subject's state (read fresh from the log)
+            // decides, and what ended an auth session stays ended.
             let s = api.registry.read::<Subject>(tenant, session.subject).await?.state;
             let live = s.status == Some(SubjectStatus::Active)
                 && !s.restricted
                 && s.erasure.is_none()
-                && s.password_set_micros <= session.created_micros;
+                && s.logins_revoked_micros <= session.created_micros;
             if !live {
                 api.auth.revoke_subject(tenant, session.subject);
                 api.audit
@@ -1286,7 +1291,7 @@ impl pb::end_user_auth_service_server::EndUserAuthService for Handle {
         let api = &self.0;
         api.timed("Logout", async {
             let tenant = api.tenant(request.metadata()).await?;
-            let ended = api.auth.logout(tenant, &request.get_ref().token);
+            let ended = api.auth.logout(tenant, &request.get_ref().token).await?;
             api.audit
                 .note(Record::new("auth.logout", current_actor(), if ended { "ok" } else { "failed" }).tenant(tenant))
                 .await;

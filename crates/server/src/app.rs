@@ -345,7 +345,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         erasures: erasures.clone(),
         analytics_k: config.analytics_k,
         audit: audit.clone(),
-        auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), config.auth)?),
+        auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), log.clone(), config.auth)?),
         offboarding_grace_days: config.offboarding_grace_days,
         media: Arc::new(crate::media::Media::new(blobs.clone(), config.media.clone())),
         staff: Arc::new(

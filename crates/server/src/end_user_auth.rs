@@ -2,18 +2,38 @@
 //! idle timeout and an absolute lifetime, and a soft lockout whose delay
 //! grows with consecutive failures. See docs/security.md for the limits.
 //!
-//! Tokens are 256 random bits from the OS; only their SHA-256 is held, in
-//! this node's memory (a restart ends every auth session: users log in
-//! again). The lockout counts failures per tenant and username, known or
-//! not, so an unknown username gets the same answers, and an Argon2id run
-//! against a dummy hash gives it the same timing.
+//! Every node sees the same auth sessions and the same lockout, because
+//! both live in the event log, not in a node's memory:
+//! - an auth session is the stream `authsession-<tenant>-<hex SHA-256 of
+//!   the token>` (`AuthSessionStarted`, `AuthSessionUsed`,
+//!   `AuthSessionEnded`); its max-age hides it after its lifetime. A token
+//!   is 256 random bits from the OS and is never stored; the stream name
+//!   is its hash. Every check reads the stream's last event, so a logout on
+//!   one node holds on all of them at once. A use is written down at most
+//!   once per 1/30 of the idle timeout, so another node may end an idle
+//!   session up to that much early (never late);
+//! - failed logins of a username are the stream `loginfail-<tenant>-<keyed
+//!   hash of the username>` (like a username reservation: without the
+//!   tenant's secret the name says nothing); max-age one day, max-count 32.
+//!   Unknown usernames count alike, and an Argon2id run against a dummy
+//!   hash gives them the same timing.
+//!
+//! Revocation by the account's state (deactivated, restricted, erasure
+//! requested, password changed after the login) is checked against the
+//! subject's stream by the caller on every use, so it too holds on every
+//! node. A restart of a node ends nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use eventlog::Clock;
+use bytes::Bytes;
+use eventlog::{
+    Clock, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent, StreamMetadata,
+};
+use prost::Message;
+use proto::events as ev;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -29,10 +49,19 @@ const HASH_LEN: usize = 32;
 pub const FREE_FAILURES: u32 = 5;
 /// Longest delay between attempts once locked.
 pub const MAX_DELAY_SECS: i64 = 900;
-/// A lockout record is forgotten this long after its last failure.
+/// A failure is forgotten this long after the one after it (or now).
 const FORGET_AFTER_SECS: i64 = 24 * 3600;
-/// Auth sessions one subject may hold; the oldest goes first.
-const MAX_SESSIONS_PER_SUBJECT: usize = 64;
+/// Failures read back to decide a lockout: past this many the delay is at
+/// its longest anyway.
+const FAILURES_READ: usize = 16;
+/// Auth sessions this node keeps decoded (a cache: the log is the truth).
+const CACHE_CAP: usize = 100_000;
+/// Room past an auth session's lifetime before its stream is hidden
+/// (nodes' clocks may disagree a little).
+const SESSION_STREAM_SLACK_SECS: u64 = 3600;
+/// Attempts at writing a use down when another node writes the same
+/// auth session at that moment.
+const ATTEMPTS: usize = 4;
 
 const MICROS: i64 = 1_000_000;
 
@@ -66,37 +95,13 @@ impl AuthSession {
     }
 }
 
-#[derive(Default)]
-struct Sessions {
-    by_token: HashMap<[u8; 32], AuthSession>,
-    by_subject: HashMap<(Uuid, Uuid), HashSet<[u8; 32]>>,
-}
-
-impl Sessions {
-    fn remove(&mut self, token: &[u8; 32]) -> Option<AuthSession> {
-        let s = self.by_token.remove(token)?;
-        if let Some(set) = self.by_subject.get_mut(&(s.tenant, s.subject)) {
-            set.remove(token);
-            if set.is_empty() {
-                self.by_subject.remove(&(s.tenant, s.subject));
-            }
-        }
-        Some(s)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    last_micros: i64,
-    blocked_until_micros: i64,
-}
-
 pub struct EndUserAuth {
     clock: Arc<dyn Clock>,
+    log: Arc<dyn EventLog>,
     pub config: AuthConfig,
-    sessions: Mutex<Sessions>,
-    failures: Mutex<HashMap<[u8; 32], Failures>>,
+    /// Auth sessions seen here: their subject and start (which never
+    /// change) and the last use on this node.
+    cache: Mutex<HashMap<[u8; 32], AuthSession>>,
     /// A hash of a random password: what an unknown user is checked against.
     dummy_hash: String,
     /// Argon2id evaluations so far (a metric; tests use it to see that an
@@ -187,169 +192,318 @@ pub struct Account {
     pub active: bool,
 }
 
+fn hex_of(digest: &[u8]) -> String {
+    hex::encode(digest)
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The stream of the auth session a token stands for.
+pub fn session_stream(tenant: Uuid, token: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"pypes/authsession/v1");
+    h.update(token.as_bytes());
+    format!("authsession-{tenant}-{}", hex_of(&h.finalize()))
+}
+
+/// The stream of a username's failed logins: `loginfail-<tenant>-<hex of
+/// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`.
+pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"pypes/lockout/v2");
+    h.update(secret);
+    h.update(tenant.as_bytes());
+    h.update(username.as_bytes());
+    format!("loginfail-{tenant}-{}", hex_of(&h.finalize()))
+}
+
+fn stored(e: LogError) -> ApiError {
+    ApiError::from(e)
+}
+
+fn undecodable(stream: &str, what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(format!("{stream}: {what} does not decode: {e}"))
+}
+
+/// The seconds to wait after `count` consecutive failures.
+fn delay_secs(count: u32) -> i64 {
+    if count < FREE_FAILURES {
+        return 0;
+    }
+    1i64.checked_shl(count - FREE_FAILURES).unwrap_or(i64::MAX).min(MAX_DELAY_SECS)
+}
+
 impl EndUserAuth {
-    pub fn new(clock: Arc<dyn Clock>, config: AuthConfig) -> Result<Self, ApiError> {
+    pub fn new(clock: Arc<dyn Clock>, log: Arc<dyn EventLog>, config: AuthConfig) -> Result<Self, ApiError> {
         let dummy = hex::encode(random::<16>()?);
         Ok(Self {
             clock,
+            log,
             config,
-            sessions: Mutex::default(),
-            failures: Mutex::default(),
+            cache: Mutex::default(),
             dummy_hash: hash_password(&dummy)?,
             argon2_runs: AtomicU64::new(0),
         })
     }
 
-    fn lockout_key(tenant: Uuid, username: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(b"pypes/lockout/v1");
-        h.update(tenant.as_bytes());
-        h.update(username.as_bytes());
-        h.finalize().into()
-    }
-
-    /// Seconds to wait before the next attempt on this username, if any.
-    fn locked_for(&self, key: &[u8; 32], now: i64) -> Option<i64> {
-        let f = lock(&self.failures).get(key).copied()?;
-        (f.blocked_until_micros > now).then(|| (f.blocked_until_micros - now + MICROS - 1) / MICROS)
-    }
-
-    fn record_failure(&self, key: [u8; 32], now: i64) {
-        let mut map = lock(&self.failures);
-        if map.len() > 1_000_000 {
-            map.retain(|_, f| now - f.last_micros < FORGET_AFTER_SECS * MICROS);
-        }
-        let f = map.entry(key).or_insert(Failures { count: 0, last_micros: now, blocked_until_micros: 0 });
-        if now - f.last_micros >= FORGET_AFTER_SECS * MICROS {
-            f.count = 0;
-        }
-        f.count += 1;
-        f.last_micros = now;
-        if f.count >= FREE_FAILURES {
-            let delay = 1i64.checked_shl(f.count - FREE_FAILURES).unwrap_or(i64::MAX).min(MAX_DELAY_SECS);
-            f.blocked_until_micros = now + delay * MICROS;
+    /// The newest events of `stream`, newest first (none when it does not
+    /// exist, was deleted or has aged out).
+    async fn newest(&self, stream: &str, count: usize) -> Result<Vec<RecordedEvent>, ApiError> {
+        match self.log.read_stream(stream, ReadFrom::End, Direction::Backward, count).await {
+            Ok(events) => Ok(events),
+            Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => Ok(Vec::new()),
+            Err(e) => Err(stored(e)),
         }
     }
 
-    /// Checks a password for `username` of `tenant`. `account` is what the
-    /// username names (`None`: no such user, or one without a password).
-    /// Runs Argon2id exactly once whatever the case (except when locked),
-    /// on a blocking thread.
-    pub async fn login(&self, tenant: Uuid, username: &str, password: &str, account: Option<Account>) -> LoginOutcome {
-        let key = Self::lockout_key(tenant, username);
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        event_type: &str,
+        tenant: Uuid,
+        payload: Vec<u8>,
+    ) -> Result<u64, LogError> {
+        let mut e = NewEvent::new(event_type, payload);
+        e.tenant_id = Some(tenant);
+        Ok(self.log.append(stream, expected, vec![e]).await?.next_expected_version)
+    }
+
+    /// Consecutive failures on a lockout stream, and until when the next
+    /// attempt must wait.
+    async fn failures(&self, stream: &str, now: i64) -> Result<(u32, i64, bool), ApiError> {
+        let events = self.newest(stream, FAILURES_READ).await?;
+        let exists = !events.is_empty();
+        let (mut count, mut newest, mut after) = (0u32, None, now);
+        for e in &events {
+            match e.event_type() {
+                "LoginSucceeded" => break,
+                "LoginFailed" => {
+                    let at = ev::LoginFailed::decode(e.event.payload.clone())
+                        .map_err(|x| undecodable(stream, "LoginFailed", x))?
+                        .at_micros;
+                    if after - at >= FORGET_AFTER_SECS * MICROS {
+                        break;
+                    }
+                    newest.get_or_insert(at);
+                    count += 1;
+                    after = at;
+                }
+                other => return Err(ApiError::Internal(format!("{stream}: unexpected event {other}"))),
+            }
+        }
+        let blocked_until = newest.map_or(0, |at| at + delay_secs(count) * MICROS);
+        Ok((count, blocked_until, exists))
+    }
+
+    /// Checks a password for a username of `tenant` whose failures go to
+    /// `lockout` ([`lockout_stream`]). `account` is what the username names
+    /// (`None`: no such user, or one without a password). Runs Argon2id
+    /// exactly once whatever the case (except when locked), on a blocking
+    /// thread.
+    pub async fn login(
+        &self,
+        tenant: Uuid,
+        lockout: &str,
+        password: &str,
+        account: Option<Account>,
+    ) -> Result<LoginOutcome, ApiError> {
         let now = self.clock.now_micros();
-        if let Some(retry_after_secs) = self.locked_for(&key, now) {
-            return LoginOutcome::Locked { retry_after_secs };
+        let (count, blocked_until, exists) = self.failures(lockout, now).await?;
+        if blocked_until > now {
+            return Ok(LoginOutcome::Locked { retry_after_secs: (blocked_until - now + MICROS - 1) / MICROS });
         }
-        let stored = match &account {
+        let stored_hash = match &account {
             Some(a) if !a.password_hash.is_empty() => a.password_hash.clone(),
             _ => self.dummy_hash.clone(),
         };
         let password = password.to_owned();
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &stored)).await.unwrap_or(false);
+        let matches =
+            tokio::task::spawn_blocking(move || verify_password(&password, &stored_hash)).await.unwrap_or(false);
         let now = self.clock.now_micros();
         match account {
             Some(a) if matches && !a.password_hash.is_empty() => {
-                lock(&self.failures).remove(&key);
+                if count > 0 {
+                    let payload = ev::LoginSucceeded { at_micros: now }.encode_to_vec();
+                    self.append(lockout, ExpectedVersion::Any, "LoginSucceeded", tenant, payload)
+                        .await
+                        .map_err(stored)?;
+                }
                 if !a.active {
-                    return LoginOutcome::Deactivated;
+                    return Ok(LoginOutcome::Deactivated);
                 }
-                match self.issue(a.tenant, a.subject, now) {
-                    Ok(token) => {
-                        let session = AuthSession {
-                            tenant: a.tenant,
-                            subject: a.subject,
-                            created_micros: now,
-                            last_used_micros: now,
-                        };
-                        LoginOutcome::Ok { token, session }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "issuing an auth session");
-                        LoginOutcome::Failed
-                    }
-                }
+                let (token, session) = self.issue(a.tenant, a.subject, now).await?;
+                Ok(LoginOutcome::Ok { token, session })
             }
             _ => {
-                self.record_failure(key, now);
-                LoginOutcome::Failed
+                let payload = ev::LoginFailed { at_micros: now }.encode_to_vec();
+                self.append(lockout, ExpectedVersion::Any, "LoginFailed", tenant, payload).await.map_err(stored)?;
+                if !exists {
+                    let limits = StreamMetadata {
+                        max_age_secs: Some(FORGET_AFTER_SECS as u64),
+                        max_count: Some(2 * FAILURES_READ as u64),
+                        truncate_before: None,
+                    };
+                    self.log.set_stream_metadata(lockout, limits).await.map_err(stored)?;
+                }
+                Ok(LoginOutcome::Failed)
             }
         }
     }
 
-    fn issue(&self, tenant: Uuid, subject: Uuid, now: i64) -> Result<String, ApiError> {
-        let secret = random::<32>()?;
-        let token = format!("pypes_eu_{}", hex::encode(secret));
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut s = lock(&self.sessions);
-        if s.by_token.len().is_multiple_of(1024) {
-            self.sweep(&mut s, now);
-        }
-        let mine = s.by_subject.entry((tenant, subject)).or_default();
-        mine.insert(digest);
-        if mine.len() > MAX_SESSIONS_PER_SUBJECT {
-            let tokens: Vec<[u8; 32]> = mine.iter().copied().collect();
-            if let Some(oldest) = tokens.into_iter().min_by_key(|t| s.by_token.get(t).map_or(0, |x| x.created_micros)) {
-                s.remove(&oldest);
-            }
-        }
-        s.by_token.insert(digest, AuthSession { tenant, subject, created_micros: now, last_used_micros: now });
-        Ok(token)
+    async fn issue(&self, tenant: Uuid, subject: Uuid, now: i64) -> Result<(String, AuthSession), ApiError> {
+        let token = format!("pypes_eu_{}", hex::encode(random::<32>()?));
+        let stream = session_stream(tenant, &token);
+        let payload =
+            ev::AuthSessionStarted { subject_id: Bytes::copy_from_slice(subject.as_bytes()), created_micros: now }
+                .encode_to_vec();
+        // The lifetime limit goes on first: a stream without it is never written.
+        let limits = StreamMetadata {
+            max_age_secs: Some(self.config.lifetime_secs.max(0) as u64 + SESSION_STREAM_SLACK_SECS),
+            max_count: None,
+            truncate_before: None,
+        };
+        self.log.set_stream_metadata(&stream, limits).await.map_err(stored)?;
+        self.append(&stream, ExpectedVersion::NoStream, "AuthSessionStarted", tenant, payload).await.map_err(stored)?;
+        let session = AuthSession { tenant, subject, created_micros: now, last_used_micros: now };
+        self.remember(token_digest(&token), session);
+        Ok((token, session))
     }
 
-    fn sweep(&self, s: &mut Sessions, now: i64) {
-        let c = self.config;
-        let dead: Vec<[u8; 32]> =
-            s.by_token.iter().filter(|(_, a)| a.idle_expires_micros(&c) <= now).map(|(t, _)| *t).collect();
-        for t in dead {
-            s.remove(&t);
+    fn remember(&self, key: [u8; 32], session: AuthSession) {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE_CAP && !cache.contains_key(&key) {
+            let (c, now) = (self.config, self.clock.now_micros());
+            cache.retain(|_, x| x.idle_expires_micros(&c) > now);
+            if cache.len() >= CACHE_CAP {
+                cache.clear();
+            }
         }
+        cache.insert(key, session);
+    }
+
+    fn forget(&self, key: &[u8; 32]) {
+        lock(&self.cache).remove(key);
     }
 
     /// The live auth session of `token` for `tenant`, its idle time reset;
-    /// `None` when unknown, expired, revoked or another tenant's.
-    pub fn touch(&self, tenant: Uuid, token: &str) -> Option<AuthSession> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = self.clock.now_micros();
-        let mut s = lock(&self.sessions);
-        let a = *s.by_token.get(&digest)?;
-        if a.tenant != tenant {
-            return None;
+    /// `None` when unknown, expired, logged out or another tenant's. Whether
+    /// the account still may log in is the caller's check.
+    pub async fn touch(&self, tenant: Uuid, token: &str) -> Result<Option<AuthSession>, ApiError> {
+        let stream = session_stream(tenant, token);
+        let key = token_digest(token);
+        for _ in 0..ATTEMPTS {
+            let now = self.clock.now_micros();
+            let Some(last) = self.newest(&stream, 1).await?.into_iter().next() else {
+                self.forget(&key);
+                return Ok(None);
+            };
+            let written = match last.event_type() {
+                "AuthSessionEnded" => {
+                    self.forget(&key);
+                    return Ok(None);
+                }
+                "AuthSessionUsed" => {
+                    ev::AuthSessionUsed::decode(last.event.payload.clone())
+                        .map_err(|e| undecodable(&stream, "AuthSessionUsed", e))?
+                        .at_micros
+                }
+                "AuthSessionStarted" => {
+                    ev::AuthSessionStarted::decode(last.event.payload.clone())
+                        .map_err(|e| undecodable(&stream, "AuthSessionStarted", e))?
+                        .created_micros
+                }
+                other => return Err(ApiError::Internal(format!("{stream}: unexpected event {other}"))),
+            };
+            let cached = lock(&self.cache).get(&key).copied();
+            let session = match cached {
+                Some(c) => AuthSession { last_used_micros: c.last_used_micros.max(written), ..c },
+                None => {
+                    let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
+                        Ok(events) => events.into_iter().next(),
+                        Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => None,
+                        Err(e) => return Err(stored(e)),
+                    };
+                    let Some(first) = first.filter(|f| f.event_type() == "AuthSessionStarted") else {
+                        // Its start has aged out: so has the session.
+                        return Ok(None);
+                    };
+                    let started = ev::AuthSessionStarted::decode(first.event.payload.clone())
+                        .map_err(|e| undecodable(&stream, "AuthSessionStarted", e))?;
+                    let subject = Uuid::from_slice(&started.subject_id)
+                        .map_err(|e| undecodable(&stream, "AuthSessionStarted.subject_id", e))?;
+                    AuthSession { tenant, subject, created_micros: started.created_micros, last_used_micros: written }
+                }
+            };
+            if session.idle_expires_micros(&self.config) <= now {
+                self.forget(&key);
+                return Ok(None);
+            }
+            let session = AuthSession { last_used_micros: now, ..session };
+            if now - written >= self.use_interval_micros() {
+                let payload = ev::AuthSessionUsed { at_micros: now }.encode_to_vec();
+                match self
+                    .append(&stream, ExpectedVersion::Exact(last.version), "AuthSessionUsed", tenant, payload)
+                    .await
+                {
+                    Ok(_) => {}
+                    // Another node wrote it at this moment (a use, or a logout): read again.
+                    Err(LogError::WrongExpectedVersion { .. }) => continue,
+                    Err(e) => return Err(stored(e)),
+                }
+            }
+            self.remember(key, session);
+            return Ok(Some(session));
         }
-        if a.idle_expires_micros(&self.config) <= now {
-            s.remove(&digest);
-            return None;
-        }
-        let a = AuthSession { last_used_micros: now, ..a };
-        s.by_token.insert(digest, a);
-        Some(a)
+        Err(ApiError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
     }
 
-    /// Ends the auth session of `token` (of `tenant`); whether there was one.
-    pub fn logout(&self, tenant: Uuid, token: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut s = lock(&self.sessions);
-        if s.by_token.get(&digest).is_none_or(|a| a.tenant != tenant) {
-            return false;
-        }
-        s.remove(&digest).is_some()
+    /// How often a use is written down: 1/30 of the idle timeout (at least
+    /// a second).
+    fn use_interval_micros(&self) -> i64 {
+        (self.config.idle_secs * MICROS / 30).max(MICROS)
     }
 
-    /// Ends every auth session of a subject at once; how many there were.
+    /// Ends the auth session of `token` (of `tenant`) on every node;
+    /// whether there was a live one.
+    pub async fn logout(&self, tenant: Uuid, token: &str) -> Result<bool, ApiError> {
+        let stream = session_stream(tenant, token);
+        let key = token_digest(token);
+        self.forget(&key);
+        for _ in 0..ATTEMPTS {
+            let Some(last) = self.newest(&stream, 1).await?.into_iter().next() else { return Ok(false) };
+            if last.event_type() == "AuthSessionEnded" {
+                return Ok(false);
+            }
+            let payload =
+                ev::AuthSessionEnded { at_micros: self.clock.now_micros(), reason: "logout".into() }.encode_to_vec();
+            match self.append(&stream, ExpectedVersion::Exact(last.version), "AuthSessionEnded", tenant, payload).await
+            {
+                Ok(_) => return Ok(true),
+                Err(LogError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(stored(e)),
+            }
+        }
+        Err(ApiError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
+    }
+
+    /// Drops what this node keeps of a subject's auth sessions (after a
+    /// deactivation, a password change, a restriction or an erasure
+    /// request: the subject's state refuses them on every node from then
+    /// on); how many this node had.
     pub fn revoke_subject(&self, tenant: Uuid, subject: Uuid) -> usize {
-        let mut s = lock(&self.sessions);
-        let tokens: Vec<[u8; 32]> =
-            s.by_subject.get(&(tenant, subject)).map(|t| t.iter().copied().collect()).unwrap_or_default();
-        for t in &tokens {
-            s.remove(t);
-        }
-        tokens.len()
+        let mut cache = lock(&self.cache);
+        let before = cache.len();
+        cache.retain(|_, c| !(c.tenant == tenant && c.subject == subject));
+        before - cache.len()
     }
 
-    /// Live auth sessions on this node (a metric).
-    pub fn live_sessions(&self) -> usize {
-        lock(&self.sessions).by_token.len()
+    /// Auth sessions this node has decoded (a metric).
+    pub fn cached_sessions(&self) -> usize {
+        lock(&self.cache).len()
     }
 }
 
@@ -363,7 +517,13 @@ mod tests {
 
     fn auth() -> (EndUserAuth, ManualClock) {
         let clock = ManualClock::new(T0);
-        (EndUserAuth::new(Arc::new(clock.clone()), AuthConfig::default()).unwrap(), clock)
+        let log = Arc::new(eventlog::mem::MemLog::with_clock(Arc::new(clock.clone())));
+        (EndUserAuth::new(Arc::new(clock.clone()), log, AuthConfig::default()).unwrap(), clock)
+    }
+
+    /// The lockout stream of a username (tenant 1's secret is all sevens).
+    fn ls(name: &str) -> String {
+        lockout_stream(&[7; 32], Uuid::from_u128(1), name)
     }
 
     fn account(hash: &str, active: bool) -> Option<Account> {
@@ -393,7 +553,7 @@ mod tests {
         let (a, clock) = auth();
         let h = hash_password("s3cret-enough").unwrap();
         let LoginOutcome::Ok { token, session } =
-            a.login(Uuid::from_u128(1), "ann", "s3cret-enough", account(&h, true)).await
+            a.login(Uuid::from_u128(1), &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
         else {
             panic!("login failed")
         };
@@ -403,44 +563,129 @@ mod tests {
         // Used every 29 minutes, it lives until the absolute lifetime.
         for _ in 0..(12 * 60 / 29) {
             clock.advance_secs(29 * 60);
-            assert!(a.touch(tenant, &token).is_some());
+            assert!(a.touch(tenant, &token).await.unwrap().is_some());
         }
         clock.advance_secs(29 * 60);
-        assert!(a.touch(tenant, &token).is_none(), "past 12 h");
+        assert!(a.touch(tenant, &token).await.unwrap().is_none(), "past 12 h");
         // Idle for 30 minutes, it ends.
-        let LoginOutcome::Ok { token, .. } = a.login(tenant, "ann", "s3cret-enough", account(&h, true)).await else {
+        let LoginOutcome::Ok { token, .. } =
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
+        else {
             panic!()
         };
         clock.advance_secs(29 * 60 + 59);
-        assert!(a.touch(tenant, &token).is_some());
+        assert!(a.touch(tenant, &token).await.unwrap().is_some());
         clock.advance_secs(30 * 60);
-        assert!(a.touch(tenant, &token).is_none(), "idle 30 min");
+        assert!(a.touch(tenant, &token).await.unwrap().is_none(), "idle 30 min");
         // Another tenant's key never sees it.
-        let LoginOutcome::Ok { token, .. } = a.login(tenant, "ann", "s3cret-enough", account(&h, true)).await else {
+        let LoginOutcome::Ok { token, .. } =
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
+        else {
             panic!()
         };
-        assert!(a.touch(Uuid::from_u128(9), &token).is_none());
-        assert!(a.touch(tenant, &token).is_some());
+        assert!(a.touch(Uuid::from_u128(9), &token).await.unwrap().is_none());
+        assert!(a.touch(tenant, &token).await.unwrap().is_some());
+    }
+
+    /// Two nodes: two `EndUserAuth`s over one log.
+    fn two_nodes() -> (EndUserAuth, EndUserAuth, ManualClock, Arc<eventlog::mem::MemLog>) {
+        let clock = ManualClock::new(T0);
+        let log = Arc::new(eventlog::mem::MemLog::with_clock(Arc::new(clock.clone())));
+        let node = || EndUserAuth::new(Arc::new(clock.clone()), log.clone(), AuthConfig::default()).unwrap();
+        (node(), node(), clock, log)
     }
 
     #[tokio::test]
-    async fn revoking_a_subject_ends_all_its_sessions_at_once() {
-        let (a, _) = auth();
+    async fn every_node_sees_a_login_its_uses_and_its_logout() {
+        let (a, b, clock, log) = two_nodes();
         let h = hash_password("s3cret-enough").unwrap();
         let tenant = Uuid::from_u128(1);
-        let mut tokens = Vec::new();
-        for _ in 0..3 {
-            let LoginOutcome::Ok { token, .. } = a.login(tenant, "ann", "s3cret-enough", account(&h, true)).await
-            else {
-                panic!()
-            };
-            tokens.push(token);
+        let LoginOutcome::Ok { token, session } =
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
+        else {
+            panic!()
+        };
+        // The other node knows it, with its subject and start.
+        let seen = b.touch(tenant, &token).await.unwrap().expect("b sees a's login");
+        assert_eq!((seen.subject, seen.created_micros), (session.subject, session.created_micros));
+        // Used on a every 20 minutes, it stays alive for b, which never
+        // sees it in between: the uses are in the log.
+        for _ in 0..4 {
+            clock.advance_secs(20 * 60);
+            assert!(a.touch(tenant, &token).await.unwrap().is_some());
         }
-        assert_eq!(a.revoke_subject(tenant, Uuid::from_u128(2)), 3);
-        assert!(tokens.iter().all(|t| a.touch(tenant, t).is_none()));
-        assert_eq!(a.live_sessions(), 0);
+        clock.advance_secs(20 * 60);
+        assert!(b.touch(tenant, &token).await.unwrap().is_some(), "idle 20 min, used before on a");
+        // Uses are written at most once a minute: 60 uses in a second, one write.
+        let stream = session_stream(tenant, &token);
+        let before = log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1000).await.unwrap().len();
+        for _ in 0..60 {
+            assert!(a.touch(tenant, &token).await.unwrap().is_some());
+        }
+        let after = log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1000).await.unwrap().len();
+        assert!(after - before <= 1, "{before} -> {after} events for 60 uses");
+        // Logged out on b: over on a at once, though a has it cached.
+        assert!(b.logout(tenant, &token).await.unwrap());
+        assert!(a.touch(tenant, &token).await.unwrap().is_none());
+        assert!(!a.logout(tenant, &token).await.unwrap(), "already ended");
+        // A node started later (a restart) knows a live session too.
+        let LoginOutcome::Ok { token, .. } =
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
+        else {
+            panic!()
+        };
+        let restarted = EndUserAuth::new(Arc::new(clock.clone()), log.clone(), AuthConfig::default()).unwrap();
+        assert!(restarted.touch(tenant, &token).await.unwrap().is_some());
+        // Past its lifetime the stream is hidden (and scavenged in time).
+        clock.advance_secs(13 * 3600 + 3600);
+        assert!(restarted.touch(tenant, &token).await.unwrap().is_none());
+        assert!(
+            log.read_stream(&session_stream(tenant, &token), ReadFrom::Start, Direction::Forward, 10)
+                .await
+                .map_or(true, |e| e.is_empty())
+        );
+        // Dropping a subject's cached sessions does not end them (the
+        // subject's state does that, on every node).
+        let LoginOutcome::Ok { token, .. } =
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.revoke_subject(tenant, Uuid::from_u128(2)), 2, "this login and the one before");
+        assert_eq!(a.cached_sessions(), 0);
+        assert!(a.touch(tenant, &token).await.unwrap().is_some(), "read back from the log");
         // A deactivated account with the right password gets in nowhere.
-        assert_eq!(a.login(tenant, "ann", "s3cret-enough", account(&h, false)).await, LoginOutcome::Deactivated);
+        assert_eq!(
+            b.login(tenant, &ls("ann"), "s3cret-enough", account(&h, false)).await.unwrap(),
+            LoginOutcome::Deactivated
+        );
+    }
+
+    #[tokio::test]
+    async fn the_lockout_counts_failures_made_on_every_node() {
+        let (a, b, _clock, _log) = two_nodes();
+        let h = hash_password("s3cret-enough").unwrap();
+        let tenant = Uuid::from_u128(1);
+        for i in 0..FREE_FAILURES {
+            let node = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(node.login(tenant, &ls("ann"), "wrong", account(&h, true)).await.unwrap(), LoginOutcome::Failed);
+        }
+        for node in [&a, &b] {
+            assert_eq!(
+                node.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap(),
+                LoginOutcome::Locked { retry_after_secs: 1 }
+            );
+        }
+        // Another username, and the same one in another tenant, are free.
+        assert!(matches!(
+            a.login(tenant, &ls("bo"), "s3cret-enough", account(&h, true)).await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
+        let other = lockout_stream(&[7; 32], Uuid::from_u128(5), "ann");
+        assert!(matches!(
+            a.login(Uuid::from_u128(5), &other, "s3cret-enough", account(&h, true)).await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
     }
 
     #[tokio::test]
@@ -452,22 +697,23 @@ mod tests {
             let acct = || if name == "ann" { account(&h, true) } else { None };
             let runs = a.argon2_runs.load(Ordering::Relaxed);
             for _ in 0..FREE_FAILURES {
-                assert_eq!(a.login(tenant, name, "wrong-password", acct()).await, LoginOutcome::Failed);
+                assert_eq!(a.login(tenant, &ls(name), "wrong-password", acct()).await.unwrap(), LoginOutcome::Failed);
             }
             assert_eq!(a.argon2_runs.load(Ordering::Relaxed) - runs, u64::from(FREE_FAILURES), "same work");
             // Locked: even the right password waits.
             assert_eq!(
-                a.login(tenant, name, "s3cret-enough", acct()).await,
+                a.login(tenant, &ls(name), "s3cret-enough", acct()).await.unwrap(),
                 LoginOutcome::Locked { retry_after_secs: 1 }
             );
             let mut delays = Vec::new();
             for _ in 0..12 {
-                let LoginOutcome::Locked { retry_after_secs } = a.login(tenant, name, "x", acct()).await else {
+                let LoginOutcome::Locked { retry_after_secs } = a.login(tenant, &ls(name), "x", acct()).await.unwrap()
+                else {
                     panic!()
                 };
                 delays.push(retry_after_secs);
                 clock.advance_secs(retry_after_secs as u64);
-                assert_eq!(a.login(tenant, name, "wrong-password", acct()).await, LoginOutcome::Failed);
+                assert_eq!(a.login(tenant, &ls(name), "wrong-password", acct()).await.unwrap(), LoginOutcome::Failed);
             }
             assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900], "{name}");
             clock.advance_secs(900);
@@ -476,7 +722,7 @@ mod tests {
         let (a, clock) = auth();
         let (mut failures, mut elapsed) = (0, 0);
         while elapsed < 3600 {
-            match a.login(tenant, "ann", "wrong-password", account(&h, true)).await {
+            match a.login(tenant, &ls("ann"), "wrong-password", account(&h, true)).await.unwrap() {
                 LoginOutcome::Failed => failures += 1,
                 LoginOutcome::Locked { retry_after_secs } => {
                     clock.advance_secs(retry_after_secs as u64);
@@ -488,7 +734,13 @@ mod tests {
         assert!(failures <= 20, "{failures} failures in an hour");
         // A success clears the count.
         clock.advance_secs(900);
-        assert!(matches!(a.login(tenant, "ann", "s3cret-enough", account(&h, true)).await, LoginOutcome::Ok { .. }));
-        assert_eq!(a.login(tenant, "ann", "wrong-password", account(&h, true)).await, LoginOutcome::Failed);
+        assert!(matches!(
+            a.login(tenant, &ls("ann"), "s3cret-enough", account(&h, true)).await.unwrap(),
+            LoginOutcome::Ok { .. }
+        ));
+        assert_eq!(
+            a.login(tenant, &ls("ann"), "wrong-password", account(&h, true)).await.unwrap(),
+            LoginOutcome::Failed
+        );
     }
 }

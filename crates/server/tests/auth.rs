@@ -105,10 +105,20 @@ async fn login_tokens_and_their_end() {
     assert!(out.into_inner().ended);
     assert_eq!(introspect(&mut c, &s.key, &token).await.unwrap_err().code(), Code::Unauthenticated);
 
-    // The password is nowhere under the data directory (only a sealed hash).
+    // A token outlives a restart of the server (auth sessions are in the log).
+    let token = login(&mut c, &s.key, "lena", &format!("{PASSWORD}-2")).await.unwrap();
+
+    // Neither the password nor a token is anywhere under the data
+    // directory (only a sealed hash of the one, a hash of the other).
     drop(server);
-    let hits = common::containing(&common::files_under(data.path()), PASSWORD);
+    let files = common::files_under(data.path());
+    let hits = common::containing(&files, PASSWORD);
     assert!(hits.is_empty(), "password found in {hits:?}");
+    let hits = common::containing(&files, &token);
+    assert!(hits.is_empty(), "token found in {hits:?}");
+    let server = start(data.path());
+    let mut c = clients(&server.grpc).await;
+    assert_eq!(introspect(&mut c, &s.key, &token).await.unwrap().subject_id, s.user, "a token after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,20 @@ async fn all_messages(c: &mut Clients, key: &str, session: &str) -> Vec<(u64, St
     }
 }
 
+async fn login(c: &mut Clients, key: &str, username: &str, password: &str) -> Result<String, tonic::Status> {
+    let request = pb::LoginRequest { username: username.into(), password: password.into() };
+    c.logins.login(authed(key, request)).await.map(|r| r.into_inner().token)
+}
+
+async fn introspect(c: &mut Clients, key: &str, token: &str) -> Result<pb::AuthSessionInfo, tonic::Status> {
+    c.logins.introspect(authed(key, pb::IntrospectRequest { token: token.into() })).await.map(|r| r.into_inner())
+}
+
+async fn set_password(c: &mut Clients, key: &str, subject: &str, password: &str) {
+    let request = pb::SetPasswordRequest { subject_id: subject.into(), password: password.into() };
+    c.subjects.set_password(authed(key, request)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_share_one_postgres_log_and_key_store() {
     let Some(pg) = pgtest::Cluster::start() else { return };
@@ -240,6 +254,44 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(pg.psql(&sql, "SELECT count(*) FROM pypes_sql_sessions"), SESSIONS.to_string());
+
+    // End users' logins hold on every node (they live in the shared log).
+    const PASSWORD: &str = "a good long password";
+    let user = first.user.clone();
+    set_password(&mut nodes[1], &key, &user, PASSWORD).await;
+    let token = login(&mut nodes[0], &key, "first", PASSWORD).await.unwrap();
+    for c in nodes.iter_mut() {
+        assert_eq!(introspect(c, &key, &token).await.unwrap().subject_id, user, "a token from node 0 on every node");
+    }
+    let out = nodes[2].logins.logout(authed(&key, pb::LogoutRequest { token: token.clone() })).await.unwrap();
+    assert!(out.into_inner().ended);
+    for c in nodes.iter_mut() {
+        let e = introspect(c, &key, &token).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "logged out on node 2, still valid elsewhere: {e:?}");
+    }
+    // Failures made on different nodes add up: the username is locked on all.
+    for i in 0..5 {
+        let e = login(&mut nodes[i % NODES], &key, "first", "wrong password!").await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    for c in nodes.iter_mut() {
+        let e = login(c, &key, "first", PASSWORD).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "five failures over three nodes lock every node: {e:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = login(&mut nodes[0], &key, "first", PASSWORD).await.unwrap();
+    for c in nodes.iter_mut() {
+        introspect(c, &key, &token).await.unwrap();
+    }
+    // A password change on node 2 ends the older token on nodes 0 and 1,
+    // whose actors of the subject were live (they read it fresh).
+    set_password(&mut nodes[2], &key, &user, &format!("{PASSWORD} 2")).await;
+    for c in nodes.iter_mut() {
+        let e = introspect(c, &key, &token).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "a token from before a password change: {e:?}");
+    }
+    assert_eq!(login(&mut nodes[1], &key, "first", PASSWORD).await.unwrap_err().code(), Code::Unauthenticated);
+    login(&mut nodes[1], &key, "first", &format!("{PASSWORD} 2")).await.unwrap();
 
     // In the log itself: each event once, versions dense in every stream.
     let events = pg.psql(&url, "SELECT count(*) || ' ' || count(DISTINCT event_id) FROM pypes_log_events");
