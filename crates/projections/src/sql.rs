@@ -166,12 +166,27 @@ impl SqlSink {
                     "read-model tables of another version: rebuilding"
                 );
                 client
-                    .batch_execute("TRUNCATE pypes_sql_sessions, pypes_sql_messages, pypes_sql_skipped")
+                    .batch_execute(&format!(
+                        "BEGIN; TRUNCATE pypes_sql_sessions, pypes_sql_messages, pypes_sql_skipped;
+                         UPDATE pypes_sql_checkpoint SET position = 0, schema_version = {SCHEMA_VERSION},
+                             updated_at = now() WHERE name = '{NAME}'; COMMIT"
+                    ))
                     .await
                     .map_err(err)?;
                 0
             }
-            None => 0,
+            None => {
+                // The row every page locks (so it must exist before the first).
+                client
+                    .execute(
+                        "INSERT INTO pypes_sql_checkpoint (name, position, schema_version) VALUES ($1, 0, $2)
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&NAME, &SCHEMA_VERSION],
+                    )
+                    .await
+                    .map_err(err)?;
+                0
+            }
         };
         Ok(Self { client, db, position })
     }
@@ -197,7 +212,7 @@ impl SqlSink {
                 return Ok(self.position);
             }
             self.apply_page(&page.events, page.next_position).await?;
-            if page.next_position >= page.head {
+            if self.position >= page.head {
                 return Ok(self.position);
             }
         }
@@ -222,11 +237,26 @@ impl SqlSink {
         }
     }
 
-    /// One transaction: the page's events, then the checkpoint.
+    /// One transaction: the page's events, then the checkpoint. The
+    /// checkpoint row is locked first and must still be where this sink
+    /// left it: when another feeder (a second node, an overlap during a
+    /// rolling update) applied the page already, nothing is applied twice;
+    /// this sink moves to where the other one got and reads on from there.
     async fn apply_page(&mut self, events: &[RecordedEvent], next: u64) -> Result<(), SinkError> {
         let db = self.db.clone();
         let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: e.to_string() };
         let tx = self.client.transaction().await.map_err(err)?;
+        let row = tx
+            .query_opt("SELECT position FROM pypes_sql_checkpoint WHERE name = $1 FOR UPDATE", &[&NAME])
+            .await
+            .map_err(err)?;
+        let at = row.map_or(0, |r| r.get::<_, i64>(0) as u64);
+        if at != self.position {
+            tracing::debug!(mine = self.position, theirs = at, "another feeder moved the SQL read models");
+            tx.rollback().await.map_err(err)?;
+            self.position = at;
+            return Ok(());
+        }
         for r in events {
             if let Err(reason) = apply(&tx, r).await.map_err(err)? {
                 tracing::error!(position = r.position, stream = %r.stream, %reason, "SQL read models skip an event");

@@ -152,6 +152,48 @@ async fn sessions_and_messages_reach_sql_exactly_once_and_erasure_reaches_them()
     }
 }
 
+/// Two feeders on one SQL database (two nodes with `[sql] url`, or an
+/// overlap in a rolling update): every event is applied once, whichever
+/// feeder gets to a page first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_feeders_on_one_database_apply_each_event_once() {
+    let Some(pg) = pgtest::Cluster::start() else { return };
+    let url = pg.fresh_database();
+    let log: Arc<dyn EventLog> = Arc::new(MemLog::new());
+    let (tenant, pype, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // More events than several pages of the sink; each Session with an
+    // upload (its counters only add, so a page applied twice shows).
+    let session_with_upload = |session: Uuid| {
+        let log = log.clone();
+        async move {
+            conversation(&log, tenant, pype, session, user, 50).await;
+            let upload = pb::MediaUploaded { media_id: id(Uuid::now_v7()), size: 1000, ..Default::default() };
+            let e = ev("MediaUploaded", tenant, upload);
+            log.append(&format!("session-{tenant}-{session}"), ExpectedVersion::Any, vec![e]).await.unwrap();
+        }
+    };
+    for _ in 0..60 {
+        session_with_upload(Uuid::now_v7()).await;
+    }
+    let (mut a, mut b) = (SqlSink::open(&url).await.unwrap(), SqlSink::open(&url).await.unwrap());
+    let (ra, rb) = tokio::join!(a.catch_up(&log), b.catch_up(&log));
+    assert_eq!((ra.unwrap(), rb.unwrap()), (log.head(), log.head()));
+    let q = |sql: &str| pg.psql(&url, sql);
+    let totals = "SELECT count(*) || ' ' || sum(messages) || ' ' || sum(media_uploads) FROM pypes_sql_sessions";
+    assert_eq!(q(totals), "60 3000 60");
+    assert_eq!(q("SELECT count(*) FROM pypes_sql_messages"), "3000");
+    // One behind the other: a feeder opened before the other applied
+    // everything applies nothing again.
+    for _ in 0..10 {
+        session_with_upload(Uuid::now_v7()).await;
+    }
+    let mut late = SqlSink::open(&url).await.unwrap();
+    a.catch_up(&log).await.unwrap();
+    assert_eq!(late.catch_up(&log).await.unwrap(), log.head());
+    assert_eq!(q(totals), "70 3500 70");
+    assert_eq!(q("SELECT count(*) FROM pypes_sql_messages"), "3500");
+}
+
 #[tokio::test]
 async fn an_unreachable_database_is_named_without_its_password() {
     let Err(e) = SqlSink::open("host=127.0.0.1 port=1 user=pypes password=hunter2 dbname=x connect_timeout=2").await
