@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use uuid::Uuid;
 
 pub use eventlog::redact_url;
@@ -113,7 +113,7 @@ impl std::fmt::Debug for PgLog {
 }
 
 fn db(e: tokio_postgres::Error) -> LogError {
-    LogError::Database { detail: e.to_string() }
+    LogError::Database { detail: pgconn::describe(&e) }
 }
 
 fn corrupt(reason: impl Into<String>) -> LogError {
@@ -218,9 +218,11 @@ impl PgLog {
     /// other nodes' commits.
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         let name = redact_url(url);
-        let named = |e: tokio_postgres::Error| LogError::Database { detail: format!("{name}: {e}") };
+        let named =
+            |e: tokio_postgres::Error| LogError::Database { detail: format!("{name}: {}", pgconn::describe(&e)) };
+        let target = pgconn::target(url).map_err(|e| LogError::Database { detail: format!("{name}: {e}") })?;
         let connect = || async {
-            let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(named)?;
+            let (client, connection) = target.config.connect(target.tls.clone()).await.map_err(named)?;
             Ok::<_, LogError>((client, connection))
         };
         let (writer, w_conn) = connect().await?;

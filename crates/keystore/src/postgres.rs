@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use eventlog::Clock;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use prost::Message;
 use uuid::Uuid;
 
@@ -165,8 +165,9 @@ fn tenant_lock(tenant: Uuid) -> i64 {
 /// Connects (or reconnects after a broken connection) and creates the
 /// tables under a lock, so nodes starting together do not race.
 fn connect(url: &str, name: &str) -> Result<Client, KeyError> {
-    let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: e.to_string() };
-    let mut c = Client::connect(url, NoTls).map_err(db)?;
+    let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: pgconn::describe(&e) };
+    let target = pgconn::target(url).map_err(|detail| KeyError::Database { store: name.to_string(), detail })?;
+    let mut c = postgres::Config::from(target.config).connect(target.tls).map_err(db)?;
     // "already exists, skipping" notices are not news.
     c.batch_execute("SET client_min_messages TO warning").map_err(db)?;
     let mut tx = c.transaction().map_err(db)?;
@@ -211,7 +212,7 @@ impl PgPersist {
     }
 
     fn db(&self) -> impl Fn(postgres::Error) -> KeyError + '_ {
-        |e| KeyError::Database { store: self.name.clone(), detail: e.to_string() }
+        |e| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) }
     }
 
     /// The connection, (re)connected if there is none or it broke. A
@@ -281,7 +282,7 @@ impl PgPersist {
         seen: Option<Seen>,
         name: &str,
     ) -> Result<(Delta, Seen), KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: e.to_string() };
+        let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: pgconn::describe(&e) };
         let t = tenant.as_bytes().as_slice();
         let mut delta = Delta { tenant, full: seen.is_none(), shredded, ..Delta::default() };
         let mut now = Seen { version, seq: seen.map_or(0, |s| s.seq) };
@@ -539,7 +540,7 @@ impl ProviderStorage for PgProviderStorage {
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: e.to_string() };
+        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) };
         self.with(|c, version| {
             let row = c.query_opt("SELECT version, state FROM pypes_key_provider WHERE id = 1", &[]).map_err(db)?;
             Ok(row.map(|r| {
@@ -550,7 +551,7 @@ impl ProviderStorage for PgProviderStorage {
     }
 
     fn write(&self, bytes: &[u8]) -> Result<(), KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: e.to_string() };
+        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) };
         self.with(|c, version| {
             let changed = if *version == 0 {
                 c.execute(

@@ -103,6 +103,26 @@ fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> bool {
     false
 }
 
+/// A test CA and a server certificate it signed (PEM).
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A fresh CA and a server certificate it signed for `names` (host names
+/// or IP addresses), for [`Cluster::start_with_tls`].
+pub fn pki(names: &[&str]) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key")).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names).expect("names").signed_by(&key, &ca).expect("server certificate");
+    Pki { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+}
+
 impl Cluster {
     /// Starts a cluster, or `None` when PostgreSQL is not installed (a
     /// panic instead when `PYPES_REQUIRE_POSTGRES` is set). Panics with the
@@ -114,6 +134,17 @@ impl Cluster {
     /// [`Cluster::start`] with the cluster's files under `base` (e.g. on
     /// the disk a benchmark measures).
     pub fn start_in(base: &Path) -> Option<Cluster> {
+        Self::start_with(base, None)
+    }
+
+    /// [`Cluster::start`] with TLS on (`ssl=on`), serving the PEM
+    /// certificate chain and key given. Clients may still connect in the
+    /// clear; `pg_stat_ssl` tells which a session is.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Option<Cluster> {
+        Self::start_with(&std::env::temp_dir(), Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(base: &Path, tls: Option<(&str, &str)>) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("PYPES_REQUIRE_POSTGRES").is_none(),
@@ -139,13 +170,29 @@ impl Cluster {
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut settings = vec!["listen_addresses=127.0.0.1".to_string(), "fsync=on".to_string()];
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write a TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+                if root {
+                    let status =
+                        Command::new("chown").arg(format!("{}:", run_as())).arg(&path).status().expect("chown");
+                    assert!(status.success(), "chown of {name} failed");
+                }
+            }
+            settings.extend(["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"].map(String::from));
+        }
         for _ in 0..5 {
             let port = free_port().expect("a free port");
             let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
             let mut child = command(&bin, "postgres", root)
                 .arg("-D")
                 .arg(&data)
-                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"])
+                .args(["-p", &port.to_string()])
+                .args(settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
                 .arg("-k")
                 .arg(dir.path())
                 .stdout(Stdio::null())

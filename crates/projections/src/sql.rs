@@ -17,7 +17,7 @@ use std::time::Duration;
 use eventlog::{EventFilter, EventLog, RecordedEvent};
 use proto::Message;
 use proto::events as pb;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::sessions::parse_stream;
@@ -134,8 +134,9 @@ impl SqlSink {
     /// (starting over when the tables are of another schema version).
     pub async fn open(url: &str) -> Result<Self, SinkError> {
         let db = eventlog::redact_url(url);
-        let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: e.to_string() };
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(err)?;
+        let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: pgconn::describe(&e) };
+        let target = pgconn::target(url).map_err(|detail| SinkError::Database { db: db.clone(), detail })?;
+        let (client, connection) = target.config.connect(target.tls).await.map_err(err)?;
         let conn_db = db.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -244,7 +245,7 @@ impl SqlSink {
     /// this sink moves to where the other one got and reads on from there.
     async fn apply_page(&mut self, events: &[RecordedEvent], next: u64) -> Result<(), SinkError> {
         let db = self.db.clone();
-        let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: e.to_string() };
+        let err = |e: tokio_postgres::Error| SinkError::Database { db: db.clone(), detail: pgconn::describe(&e) };
         let tx = self.client.transaction().await.map_err(err)?;
         let row = tx
             .query_opt("SELECT position FROM pypes_sql_checkpoint WHERE name = $1 FOR UPDATE", &[&NAME])
