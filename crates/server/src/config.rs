@@ -383,6 +383,28 @@ pub struct BackendArgs {
     pub keys_provider_url: Option<String>,
 }
 
+/// The backends an offline tool (`replay`, `audit verify|trail`) reads:
+/// the flags and environment `serve` takes, over the `[log]` and `[keys]`
+/// sections of the same configuration file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ToolBackendArgs {
+    /// TOML configuration file (its [log] and [keys] sections).
+    #[arg(long, env = "PYPES_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub backends: BackendArgs,
+}
+
+impl ToolBackendArgs {
+    pub fn resolve(&self) -> anyhow::Result<(LogBackend, KeysBackend)> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        backends(&self.backends, file.log, &file.keys)
+    }
+}
+
 /// `pypes serve` flags (each also read from the environment).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {

@@ -40,7 +40,7 @@ enum Command {
     /// One stream's timeline and state as of a time (stop the server first).
     Replay {
         #[command(flatten)]
-        backends: server::config::BackendArgs,
+        backends: server::config::ToolBackendArgs,
         /// The stream, e.g. session-<tenant>-<session>: its timeline and state.
         #[arg(long, required_unless_present = "into", conflicts_with = "into")]
         stream: Option<String>,
@@ -205,7 +205,7 @@ enum AuditCommand {
         #[arg(long)]
         public_key: Option<String>,
         #[command(flatten)]
-        backends: server::config::BackendArgs,
+        backends: server::config::ToolBackendArgs,
     },
     /// Verifies like `verify`, then prints the audit streams' entries
     /// (authentication attempts, refusals, privileged and privacy actions).
@@ -215,7 +215,7 @@ enum AuditCommand {
         #[arg(long)]
         public_key: Option<String>,
         #[command(flatten)]
-        backends: server::config::BackendArgs,
+        backends: server::config::ToolBackendArgs,
     },
 }
 
@@ -271,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 AuditCommand::Verify { data_dir, public_key, backends } => (data_dir, public_key, backends, false),
                 AuditCommand::Trail { data_dir, public_key, backends } => (data_dir, public_key, backends, true),
             };
-            let (log, _) = tool_backends(&backends)?;
+            let (log, _) = backends.resolve()?;
             let text = match log {
                 server::config::LogBackend::File => server::audit::verify(&data_dir, public_key.as_deref(), trail)?,
                 other => tokio::runtime::Builder::new_multi_thread()
@@ -283,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { stream, into, as_of, data_dir, backends } => {
-            let backends = tool_backends(&backends)?;
+            let backends = backends.resolve()?;
             let as_of = match as_of {
                 Some(t) => server::audit::parse_as_of(&t)?,
                 None => eventlog::Clock::now_micros(&eventlog::SystemClock),
@@ -348,13 +348,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The backends a tool reads (flags and environment, as `serve` takes them).
-fn tool_backends(
-    args: &server::config::BackendArgs,
-) -> anyhow::Result<(server::config::LogBackend, server::config::KeysBackend)> {
-    server::config::backends(args, Default::default(), &Default::default())
 }
 
 fn read_admin_key(admin_key: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {

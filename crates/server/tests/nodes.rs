@@ -329,4 +329,25 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
     assert!(replay.contains(&format!("{count} messages")), "{replay}");
     let verify = pypes(&["audit", "verify"]);
     assert!(verify.contains("audit streams: OK") && verify.contains("streams           3"), "{verify}");
+    // The same from the servers' configuration file instead of variables.
+    let config = dirs[0].path().join("pypes.toml");
+    std::fs::write(
+        &config,
+        format!("[log]\nbackend = \"postgres\"\nurl = \"{url}\"\n\n[keys]\nprovider_url = \"{epochs}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["audit", "verify", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dirs[0].path())
+        .envs([("PYPES_ROOT_KEY", root.as_str()), ("PYPES_LOG_SIGNING_KEY", signing.as_str())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("streams           3"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
