@@ -104,6 +104,7 @@ fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> bool {
 }
 
 /// A test CA and a server certificate it signed (PEM).
+#[cfg(feature = "tls")]
 pub struct Pki {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -112,6 +113,7 @@ pub struct Pki {
 
 /// A fresh CA and a server certificate it signed for `names` (host names
 /// or IP addresses), for [`Cluster::start_with_tls`].
+#[cfg(feature = "tls")]
 pub fn pki(names: &[&str]) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
