@@ -330,13 +330,19 @@ impl Registry {
 /// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`; without the tenant's
 /// secret the name says nothing about the username.
 pub fn username_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
+    keyed_stream("username", b"pypes/username/v1", secret, tenant, username)
+}
+
+/// A stream named for a piece of personal text without revealing it:
+/// `<kind>-<tenant>-<hex of SHA-256(label ‖ tenant secret ‖ tenant ‖ text)>`.
+pub fn keyed_stream(kind: &str, label: &[u8], secret: &[u8; 32], tenant: Uuid, text: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(b"pypes/username/v1");
+    h.update(label);
     h.update(secret);
     h.update(tenant.as_bytes());
-    h.update(username.as_bytes());
+    h.update(text.as_bytes());
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("username-{tenant}-{hex}")
+    format!("{kind}-{tenant}-{hex}")
 }

@@ -192,10 +192,6 @@ pub struct Account {
     pub active: bool,
 }
 
-fn hex_of(digest: &[u8]) -> String {
-    hex::encode(digest)
-}
-
 fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -205,18 +201,13 @@ pub fn session_stream(tenant: Uuid, token: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"pypes/authsession/v1");
     h.update(token.as_bytes());
-    format!("authsession-{tenant}-{}", hex_of(&h.finalize()))
+    format!("authsession-{tenant}-{}", hex::encode(h.finalize()))
 }
 
 /// The stream of a username's failed logins: `loginfail-<tenant>-<hex of
 /// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`.
 pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"pypes/lockout/v2");
-    h.update(secret);
-    h.update(tenant.as_bytes());
-    h.update(username.as_bytes());
-    format!("loginfail-{tenant}-{}", hex_of(&h.finalize()))
+    actors::registry::keyed_stream("loginfail", b"pypes/lockout/v2", secret, tenant, username)
 }
 
 fn stored(e: LogError) -> ApiError {
