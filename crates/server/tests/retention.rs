@@ -259,7 +259,13 @@ async fn a_cancelled_tenant_is_shredded_after_its_grace_period_with_a_certificat
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("shredded 20"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // It names the tenant and the time of the KEK shred the server reports.
+    let shredded = format!("shredded {}", server::audit::time_text(off.shredded_at_micros));
+    assert!(
+        out.status.success() && text.contains(&format!("tenant {}:", s.tenant)) && text.contains(&shredded),
+        "{shredded} in {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), off.certificate);
     drop(server);
     // The certificate verifies with the log's public key; one changed byte does not.
