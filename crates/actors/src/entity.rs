@@ -16,8 +16,9 @@ use crate::codec::{Codec, stream_name};
 use crate::error::ActorError;
 use crate::{Shared, timers::TimerRequest};
 
-/// Attempts of a command when other writers keep moving the stream.
-const MAX_ATTEMPTS: u32 = 8;
+/// Attempts of a command when other writers keep moving the stream (with
+/// the backoff below, about 1.5 s of waiting at most before ABORTED).
+const MAX_ATTEMPTS: u32 = 12;
 const PAGE: usize = 512;
 
 /// What a command did.
@@ -122,31 +123,35 @@ async fn execute<A: Codec>(
 ) -> Run<A> {
     let fail = |state, version, loaded, e: ActorError| Run { state, version, loaded, result: Err(e) };
     for attempt in 0..MAX_ATTEMPTS {
-        let just_loaded = !loaded || attempt > 0;
-        if just_loaded {
-            match load::<A>(&shared, &stream).await {
-                Ok((s, v)) => {
-                    state = s;
-                    version = v;
-                    loaded = true;
-                }
-                Err(e) => return fail(A::default(), None, false, e),
+        // The first use folds the whole stream. After that only what was
+        // written since this actor last saw the stream: on a retry after a
+        // version conflict (another node wrote it), and for a read (on a
+        // shared log another node may have written it; one index lookup
+        // when nothing is new). A command's first attempt needs no such
+        // step: its expected version refuses a stale state.
+        let folded = if !loaded {
+            Some(load::<A>(&shared, &stream).await)
+        } else if attempt > 0 || command.is_none() {
+            let before = version;
+            match load_after::<A>(&shared, &stream, std::mem::take(&mut state), version).await {
+                // A conflict with nothing new after our version (the stream
+                // was cut back): fold it all again.
+                Ok((_, v)) if attempt > 0 && v == before => Some(load::<A>(&shared, &stream).await),
+                folded => Some(folded),
             }
+        } else {
+            None
+        };
+        match folded {
+            Some(Ok((s, v))) => {
+                state = s;
+                version = v;
+                loaded = true;
+            }
+            Some(Err(e)) => return fail(A::default(), None, false, e),
+            None => {}
         }
         let Some(command) = &command else {
-            // A read: another node sharing the log may have written the
-            // stream since this actor loaded it, so fold what is new (one
-            // index lookup when nothing is; a command needs no such step,
-            // its expected version catches a stale state).
-            if !just_loaded {
-                match load_after::<A>(&shared, &stream, state, version).await {
-                    Ok((s, v)) => {
-                        state = s;
-                        version = v;
-                    }
-                    Err(e) => return fail(A::default(), None, false, e),
-                }
-            }
             return Run {
                 result: Ok(Executed { events: vec![], version, state: state.clone() }),
                 state,
@@ -183,9 +188,10 @@ async fn execute<A: Codec>(
                 shared.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(stream = %stream, attempt, "version conflict; reloading");
                 // Another node writes the same stream: back off a random
-                // moment (growing with each attempt) so the writers spread
-                // out instead of colliding again.
-                let jitter = (Uuid::new_v4().as_u128() % (1u128 << attempt.min(6))) as u64;
+                // moment (up to 2, 4, … 256 ms, doubling with each attempt;
+                // an append to a database log takes milliseconds) so the
+                // writers spread out instead of colliding again.
+                let jitter = (Uuid::new_v4().as_u128() % (2u128 << attempt.min(7))) as u64;
                 tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
                 continue;
             }

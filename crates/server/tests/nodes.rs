@@ -196,7 +196,16 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
         aborted += n;
     }
     let elapsed = started.elapsed();
-    eprintln!("{} messages acknowledged, {aborted} refused as contended, in {elapsed:?}", acked.len());
+    let mut conflicts = 0;
+    for s in &servers {
+        conflicts += metric(&metrics_text(&s.http).await, "pypes_version_conflicts_total");
+    }
+    eprintln!(
+        "{} messages acknowledged, {aborted} refused as contended, {conflicts} version conflicts retried, in {elapsed:?}",
+        acked.len()
+    );
+    // Without collisions this test would not test the expected-version check.
+    assert!(conflicts > 0, "no version conflict: the nodes never wrote one Session at once");
     assert!(
         acked.len() > WRITERS * POSTS_PER_WRITER / 2,
         "most posts succeed: {} acked, {aborted} aborted",

@@ -669,17 +669,30 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The server's `/metrics` answer (headers and Prometheus text).
+pub async fn metrics_text(http: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// One counter or gauge without labels from a `/metrics` text.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// Waits until every projection has applied the whole log (its lag in
 /// `/metrics` is 0 for each), so a measurement that follows is not mixed
 /// with the catch-up of the read models.
 pub async fn wait_projections_caught_up(http: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
+        let body = metrics_text(http).await;
         let lags: Vec<u64> = body
             .lines()
             .filter(|l| l.starts_with("pypes_projection_lag_positions{"))
