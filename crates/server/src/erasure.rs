@@ -7,7 +7,10 @@
 //! 2. `SubjectErasureShredPlanned`: once the sessions view has seen the
 //!    request, the Sessions the subject took part in as end user are closed
 //!    for good (`SessionErased`, so nothing new is sealed under a key about
-//!    to go), and the fingerprints of every key to destroy are recorded.
+//!    to go), the username's reservation is soft-deleted while the name
+//!    can still be read (if it is still this subject's), so the name can
+//!    be registered again, and the fingerprints of every key to destroy
+//!    are recorded.
 //! 3. The keys are shredded (the subject's profile/device/geo keys, each
 //!    Session's content and media keys), then `SubjectErasureKeysShredded`.
 //! 4. Every projection purges the subject's rows on that event and
@@ -282,6 +285,35 @@ impl Erasures {
         }
     }
 
+    /// Soft-deletes the reservation of `username` if it is still this
+    /// subject's (a crash and a new registration of the name in between
+    /// leave the new owner's alone); the log's scavenging then drops the
+    /// reservation event, and the name can be registered again.
+    async fn release_username(&self, tenant: Uuid, subject: Uuid, username: &str) -> Result<(), ApiError> {
+        if username.is_empty() {
+            return Ok(());
+        }
+        let secret = self.keyring.tenant_index_secret(tenant).await?;
+        let stream = actors::registry::username_stream(secret.expose(), tenant, username);
+        let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
+            Ok(events) => events.into_iter().next(),
+            Err(eventlog::LogError::StreamNotFound { .. } | eventlog::LogError::StreamDeleted { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(first) = first else { return Ok(()) };
+        let owner = proto::events::UsernameReserved::decode(first.event.payload.as_ref())
+            .map_err(|e| ApiError::Internal(format!("{stream}: reservation does not decode: {e}")))?;
+        if owner.subject_id.as_ref() != subject.as_bytes() {
+            return Ok(());
+        }
+        let expected = eventlog::ExpectedVersion::Exact(first.version);
+        match self.log.delete_stream(&stream, expected, eventlog::DeleteMode::Soft).await {
+            // Taken over at this moment by a new registration: leave it.
+            Ok(()) | Err(eventlog::LogError::WrongExpectedVersion { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Runs every step not done yet.
     async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), ApiError> {
         let state = self.registry.read::<Subject>(tenant, subject).await?.state;
@@ -317,6 +349,9 @@ impl Erasures {
                     keys.extend(self.keyring.keys_of(tenant, ShredTarget::Session { session: *s }).await?);
                 }
                 let fingerprints: Vec<String> = keys.into_iter().map(|k| key_fingerprint(tenant, k)).collect();
+                // The username goes back to the pool while it can still be
+                // read (its reservation is named by a keyed hash of it).
+                self.release_username(tenant, subject, &state.username).await?;
                 self.registry
                     .execute::<Subject>(
                         tenant,

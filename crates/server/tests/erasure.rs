@@ -72,6 +72,21 @@ async fn erasure_completes_after_a_crash_at_every_step() {
             .unwrap()
             .into_inner();
         assert!(v.erased, "not purged after a crash at {step}");
+        // The username is free again, for someone new.
+        let again = c
+            .subjects
+            .register_subject(authed(
+                &s.key,
+                pb::RegisterSubjectRequest {
+                    username: format!("crash{step}"),
+                    email: "new@example.com".into(),
+                    attested_at_least_13: true,
+                    ..Default::default()
+                },
+            ))
+            .await;
+        assert!(again.is_ok(), "the erased user's username after a crash at {step}: {again:?}");
+        assert_ne!(again.unwrap().into_inner().subject_id, subject);
     }
 }
 
@@ -139,6 +154,24 @@ async fn erasure_requests_by_admin_and_tenant_and_bad_input() {
         .into_inner();
     assert_eq!(first.request_id, again.request_id, "a second request is the first one");
     wait_certified(&mut c, &s.key, &s.user).await;
+    // Its username is free again: a new end user registers it and logs in
+    // with it; the erased one is nowhere in that.
+    let register = |name: &str| pb::RegisterSubjectRequest {
+        username: name.into(),
+        email: "next@example.com".into(),
+        attested_at_least_13: true,
+        password: "the next user's password".into(),
+        ..Default::default()
+    };
+    let next = c.subjects.register_subject(authed(&s.key, register("adminerase"))).await.unwrap().into_inner();
+    assert_ne!(next.subject_id, s.user);
+    let login = pb::LoginRequest { username: "adminerase".into(), password: "the next user's password".into() };
+    let token = c.logins.login(authed(&s.key, login)).await.unwrap().into_inner().token;
+    let who = c.logins.introspect(authed(&s.key, pb::IntrospectRequest { token })).await.unwrap().into_inner();
+    assert_eq!(who.subject_id, next.subject_id);
+    // Taken again, it is refused as before.
+    let taken = c.subjects.register_subject(authed(&s.key, register("adminerase"))).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
     // The erased subject takes nothing more.
     let refused = c
         .subjects
