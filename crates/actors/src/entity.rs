@@ -125,13 +125,13 @@ async fn execute<A: Codec>(
     for attempt in 0..MAX_ATTEMPTS {
         // The first use folds the whole stream. After that only what was
         // written since this actor last saw the stream: on a retry after a
-        // version conflict (another node wrote it), and for a read (on a
-        // shared log another node may have written it; one index lookup
-        // when nothing is new). A command's first attempt needs no such
-        // step: its expected version refuses a stale state.
+        // version conflict (another node wrote it), and for a read on a log
+        // other processes write (not on one this process owns). A
+        // command's first attempt needs no such step: its expected version
+        // refuses a stale state.
         let folded = if !loaded {
             Some(load::<A>(&shared, &stream).await)
-        } else if attempt > 0 || command.is_none() {
+        } else if attempt > 0 || (command.is_none() && !shared.log.exclusive()) {
             let before = version;
             match load_after::<A>(&shared, &stream, std::mem::take(&mut state), version).await {
                 // A conflict with nothing new after our version (the stream

@@ -307,6 +307,30 @@ impl Registry {
         }
     }
 
+    /// Who holds `username` in `tenant`: the subject its reservation names
+    /// and the reservation stream's name and version (`None` when the name
+    /// is free).
+    pub async fn username_owner(
+        &self,
+        tenant: Uuid,
+        username: &str,
+    ) -> Result<Option<(Uuid, String, u64)>, ActorError> {
+        use eventlog::{Direction, LogError, ReadFrom};
+        let secret = self.shared.keyring.tenant_index_secret(tenant).await?;
+        let stream = username_stream(secret.expose(), tenant, username);
+        let first = match self.shared.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
+            Ok(events) => events.into_iter().next(),
+            Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let Some(first) = first else { return Ok(None) };
+        let corrupt = |reason: String| ActorError::Corrupt { stream: stream.clone(), version: first.version, reason };
+        let reserved = <proto::events::UsernameReserved as prost::Message>::decode(first.event.payload.clone())
+            .map_err(|e| corrupt(e.to_string()))?;
+        let subject = Uuid::from_slice(&reserved.subject_id).map_err(|_| corrupt("no subject id".into()))?;
+        Ok(Some((subject, stream.clone(), first.version)))
+    }
+
     /// Stops the entity's actor if live (its state is stale after a write
     /// made outside it); the next use loads it again.
     pub fn forget<A: Registered>(&self, tenant: Uuid, id: Uuid) {

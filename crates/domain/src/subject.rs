@@ -246,8 +246,6 @@ pub struct Subject {
     pub birth: Option<Birth>,
     /// Argon2id hash of the login password; empty when none was set.
     pub password_hash: String,
-    /// When the password last changed.
-    pub password_set_micros: i64,
     /// Auth sessions started before this are over: the last password
     /// change, deactivation, restriction or erasure request. (A
     /// reactivation or a lifted restriction does not bring them back.)
@@ -564,7 +562,6 @@ impl Aggregate for Subject {
             SubjectEvent::Reactivated { .. } => self.status = Some(SubjectStatus::Active),
             SubjectEvent::PasswordSet { hash, at_micros } => {
                 self.password_hash = hash.clone();
-                self.password_set_micros = *at_micros;
                 self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
             }
             SubjectEvent::Rectified { email, phone, birth, .. } => {

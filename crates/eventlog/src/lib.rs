@@ -120,6 +120,13 @@ pub trait EventLog: Send + Sync + 'static {
     /// A watch of [`EventLog::head`] that changes after every commit.
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// Whether this process is the log's only writer (the file log holds
+    /// its directory's lock), so what it read of a stream cannot have been
+    /// changed by anyone else. `false` for logs other processes may write.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     /// Replaces the metadata of `stream` (which need not exist yet).
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>>;
 

@@ -1177,17 +1177,7 @@ async fn password_hash_of(password: &str) -> Result<Option<String>, ApiError> {
 
 /// The subject a username names in `tenant`, as a login sees it.
 async fn account_of(api: &Api, tenant: Uuid, username: &str) -> Result<Option<Account>, ApiError> {
-    let secret = api.keyring.tenant_index_secret(tenant).await?;
-    let stream = actors::registry::username_stream(secret.expose(), tenant, username);
-    let first = match api.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
-        Ok(events) => events.into_iter().next(),
-        Err(LogError::StreamNotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let Some(first) = first else { return Ok(None) };
-    let reserved = <proto::events::UsernameReserved as proto::Message>::decode(first.event.payload.clone())
-        .map_err(|e| ApiError::Internal(format!("username reservation does not decode: {e}")))?;
-    let Ok(subject) = Uuid::from_slice(&reserved.subject_id) else { return Ok(None) };
+    let Some((subject, _, _)) = api.registry.username_owner(tenant, username).await? else { return Ok(None) };
     let s = api.registry.read::<Subject>(tenant, subject).await?.state;
     if s.status.is_none() || s.erasure.is_some() {
         return Ok(None);

@@ -210,10 +210,6 @@ pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String
     actors::registry::keyed_stream("loginfail", b"pypes/lockout/v2", secret, tenant, username)
 }
 
-fn stored(e: LogError) -> ApiError {
-    ApiError::from(e)
-}
-
 fn undecodable(stream: &str, what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(format!("{stream}: {what} does not decode: {e}"))
 }
@@ -245,7 +241,7 @@ impl EndUserAuth {
         match self.log.read_stream(stream, ReadFrom::End, Direction::Backward, count).await {
             Ok(events) => Ok(events),
             Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => Ok(Vec::new()),
-            Err(e) => Err(stored(e)),
+            Err(e) => Err(ApiError::from(e)),
         }
     }
 
@@ -256,10 +252,10 @@ impl EndUserAuth {
         event_type: &str,
         tenant: Uuid,
         payload: Vec<u8>,
-    ) -> Result<u64, LogError> {
+    ) -> Result<(), LogError> {
         let mut e = NewEvent::new(event_type, payload);
         e.tenant_id = Some(tenant);
-        Ok(self.log.append(stream, expected, vec![e]).await?.next_expected_version)
+        self.log.append(stream, expected, vec![e]).await.map(|_| ())
     }
 
     /// Consecutive failures on a lockout stream, and until when the next
@@ -321,7 +317,7 @@ impl EndUserAuth {
                     let payload = ev::LoginSucceeded { at_micros: now }.encode_to_vec();
                     self.append(lockout, ExpectedVersion::Any, "LoginSucceeded", tenant, payload)
                         .await
-                        .map_err(stored)?;
+                        .map_err(ApiError::from)?;
                 }
                 if !a.active {
                     return Ok(LoginOutcome::Deactivated);
@@ -331,14 +327,16 @@ impl EndUserAuth {
             }
             _ => {
                 let payload = ev::LoginFailed { at_micros: now }.encode_to_vec();
-                self.append(lockout, ExpectedVersion::Any, "LoginFailed", tenant, payload).await.map_err(stored)?;
+                self.append(lockout, ExpectedVersion::Any, "LoginFailed", tenant, payload)
+                    .await
+                    .map_err(ApiError::from)?;
                 if !exists {
                     let limits = StreamMetadata {
                         max_age_secs: Some(FORGET_AFTER_SECS as u64),
                         max_count: Some(2 * FAILURES_READ as u64),
                         truncate_before: None,
                     };
-                    self.log.set_stream_metadata(lockout, limits).await.map_err(stored)?;
+                    self.log.set_stream_metadata(lockout, limits).await.map_err(ApiError::from)?;
                 }
                 Ok(LoginOutcome::Failed)
             }
@@ -357,8 +355,10 @@ impl EndUserAuth {
             max_count: None,
             truncate_before: None,
         };
-        self.log.set_stream_metadata(&stream, limits).await.map_err(stored)?;
-        self.append(&stream, ExpectedVersion::NoStream, "AuthSessionStarted", tenant, payload).await.map_err(stored)?;
+        self.log.set_stream_metadata(&stream, limits).await.map_err(ApiError::from)?;
+        self.append(&stream, ExpectedVersion::NoStream, "AuthSessionStarted", tenant, payload)
+            .await
+            .map_err(ApiError::from)?;
         let session = AuthSession { tenant, subject, created_micros: now, last_used_micros: now };
         self.remember(token_digest(&token), session);
         Ok((token, session))
@@ -416,7 +416,7 @@ impl EndUserAuth {
                     let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
                         Ok(events) => events.into_iter().next(),
                         Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => None,
-                        Err(e) => return Err(stored(e)),
+                        Err(e) => return Err(ApiError::from(e)),
                     };
                     let Some(first) = first.filter(|f| f.event_type() == "AuthSessionStarted") else {
                         // Its start has aged out: so has the session.
@@ -443,7 +443,7 @@ impl EndUserAuth {
                     Ok(_) => {}
                     // Another node wrote it at this moment (a use, or a logout): read again.
                     Err(LogError::WrongExpectedVersion { .. }) => continue,
-                    Err(e) => return Err(stored(e)),
+                    Err(e) => return Err(ApiError::from(e)),
                 }
             }
             self.remember(key, session);
@@ -475,7 +475,7 @@ impl EndUserAuth {
             {
                 Ok(_) => return Ok(true),
                 Err(LogError::WrongExpectedVersion { .. }) => continue,
-                Err(e) => return Err(stored(e)),
+                Err(e) => return Err(ApiError::from(e)),
             }
         }
         Err(ApiError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))

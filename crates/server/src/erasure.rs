@@ -293,24 +293,16 @@ impl Erasures {
         if username.is_empty() {
             return Ok(());
         }
-        let secret = self.keyring.tenant_index_secret(tenant).await?;
-        let stream = actors::registry::username_stream(secret.expose(), tenant, username);
-        let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
-            Ok(events) => events.into_iter().next(),
-            Err(eventlog::LogError::StreamNotFound { .. } | eventlog::LogError::StreamDeleted { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
-        let Some(first) = first else { return Ok(()) };
-        let owner = proto::events::UsernameReserved::decode(first.event.payload.as_ref())
-            .map_err(|e| ApiError::Internal(format!("{stream}: reservation does not decode: {e}")))?;
-        if owner.subject_id.as_ref() != subject.as_bytes() {
-            return Ok(());
-        }
-        let expected = eventlog::ExpectedVersion::Exact(first.version);
-        match self.log.delete_stream(&stream, expected, eventlog::DeleteMode::Soft).await {
-            // Taken over at this moment by a new registration: leave it.
-            Ok(()) | Err(eventlog::LogError::WrongExpectedVersion { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        match self.registry.username_owner(tenant, username).await? {
+            Some((owner, stream, version)) if owner == subject => {
+                let expected = eventlog::ExpectedVersion::Exact(version);
+                match self.log.delete_stream(&stream, expected, eventlog::DeleteMode::Soft).await {
+                    // Taken over at this moment by a new registration: leave it.
+                    Ok(()) | Err(eventlog::LogError::WrongExpectedVersion { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 

@@ -397,6 +397,10 @@ impl Drop for FileLog {
 }
 
 impl EventLog for FileLog {
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
         Box::pin(async move {
             let bytes = validate_appends(&appends)?;
