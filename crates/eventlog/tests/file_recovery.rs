@@ -244,9 +244,11 @@ fn random_bit_flips_are_detected_never_served() {
             .unwrap();
         let disk = vfs.crash(CrashMode::KeepUnsynced);
         disk.flip_bit(file, bit).unwrap();
+        let damaged = disk.all_file_bytes();
         match FileLog::open("/d/log", sim_config(&disk)) {
             Err(LogError::Corrupt { file: named, .. }) => {
                 assert!(named.starts_with("/d/log"), "trial {trial}: error names a file of the log");
+                assert_eq!(disk.all_file_bytes(), damaged, "trial {trial}: a refused open wrote");
                 detected_at_open += 1;
             }
             Err(other) => {
@@ -256,6 +258,7 @@ fn random_bit_flips_are_detected_never_served() {
                 // Opened: whatever it serves must be exactly what was written,
                 // and verification must flag the change.
                 let served = rt.block_on(everything(&log));
+                assert_eq!(served.len(), original.len(), "trial {trial}: an acknowledged event was cut");
                 for e in &served {
                     let o = original.iter().find(|o| o.id() == e.id()).expect("served an event nobody wrote");
                     assert_eq!(o, e, "trial {trial}: served altered bytes");

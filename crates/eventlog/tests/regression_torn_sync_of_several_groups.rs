@@ -30,8 +30,11 @@ async fn a_torn_group_followed_by_a_whole_group_of_the_same_sync_is_a_torn_tail(
     let synced_end = bytes.len() as u64;
     let torn_at = bytes.len();
     batch_frame(&mut bytes, synced_end, 1); // group A of the last sync
+    let b_at = bytes.len();
     batch_frame(&mut bytes, synced_end, 2); // group B of the same sync
-    bytes[torn_at + format::FRAME_HEADER_LEN + 3] ^= 0xFF; // A torn by the power cut
+    // A torn by the power cut: its write's sectors never reached the disk
+    // (they read as zeros) while B's did.
+    bytes[torn_at..b_at].fill(0);
     std::fs::write(segments.join("0000000000.seg"), &bytes).unwrap();
 
     let log = FileLog::open(dir.path(), FileLogConfig::new(SigningKey::from_bytes(&[1; 32])))

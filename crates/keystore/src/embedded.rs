@@ -165,6 +165,44 @@ pub fn open_postgres(
     Ok(Embedded { provider, store: Arc::new(store), origin })
 }
 
+impl Embedded {
+    /// What opening found in the provider's state and the key store:
+    /// damaged copies repaired, torn appends cut, old formats migrated,
+    /// leftovers removed (or, from [`check_embedded`], what an open would do).
+    pub fn findings(&self) -> Vec<crate::files::Finding> {
+        let mut out = self.provider.findings();
+        out.extend(self.store.findings());
+        out
+    }
+}
+
+/// Reads and checks the provider state and key store of `data_dir` without
+/// writing a byte (for `pypes-keys verify`); the root key must exist.
+pub fn check_embedded(
+    data_dir: &Path,
+    root_from_env: Option<&str>,
+    clock: Arc<dyn Clock>,
+) -> Result<Embedded, KeyError> {
+    let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
+    let provider_dir = data_dir.join(PROVIDER_DIR);
+    if !EmbeddedRootProvider::exists(&vfs, &provider_dir) {
+        return Err(KeyError::NotAKeyStore {
+            dir: data_dir.to_path_buf(),
+            reason: format!("there is no {PROVIDER_DIR}/ in it (the server sets one up on its first start)"),
+        });
+    }
+    let (root, origin) = resolve_root(data_dir, root_from_env, Some(data_dir.display().to_string()))?;
+    let now = clock.now_micros() / 1_000_000;
+    let provider = Arc::new(EmbeddedRootProvider::check(vfs.clone(), &provider_dir, root, now)?);
+    let store = crate::file::check_file_store(
+        vfs,
+        &data_dir.join(KEYS_DIR),
+        provider.clone() as Arc<dyn RootKeyProvider>,
+        clock,
+    )?;
+    Ok(Embedded { provider, store: Arc::new(store), origin })
+}
+
 /// Whether opening may set up a new key store (the server's first start)
 /// or must find one (operator tools).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

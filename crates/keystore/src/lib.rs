@@ -24,6 +24,7 @@ mod store;
 mod types;
 
 pub use error::KeyError;
+pub use files::{Finding, FindingAction};
 pub use keyring::{Aad, KeyPolicy, Keyring, Opened, rotation_schedule};
 pub use provider::{EmbeddedRootProvider, RootKeyProvider};
 pub use store::{INITIAL_RESERVATION, KeyStore, LocalKeyStore, RemoteShred, SHARDS, VerifyReport, rotation_due};

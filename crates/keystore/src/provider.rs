@@ -33,7 +33,10 @@ pub trait RootKeyProvider: Send + Sync + std::fmt::Debug {
     fn unwrap(&self, epoch: u32, aad: &[u8], wrapped: &WrappedKey) -> Result<SecretKey, KeyError>;
 }
 
-const MAGIC: &[u8; 8] = b"PYPESRK1";
+const MAGIC_V1: &[u8; 8] = b"PYPESRK1";
+/// Format 2: the state is written twice (a twin, as the key store's files),
+/// so a damaged byte is repaired from the other copy at open.
+const MAGIC: &[u8; 8] = b"pypesrk2";
 const STATE_FILE: &str = "epochs";
 const MAX_STATE: usize = 16 << 20;
 const ROOT_CHECK_AAD: &str = "pypes/root-check/v1";
@@ -73,11 +76,16 @@ pub trait ProviderStorage: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Whether this storage is opened only to be checked (no writes).
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 struct FileStorage {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
+    read_only: bool,
 }
 
 impl ProviderStorage for FileStorage {
@@ -89,9 +97,13 @@ impl ProviderStorage for FileStorage {
         self.dir.join(STATE_FILE)
     }
 
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn read(&self) -> Result<Option<Vec<u8>>, KeyError> {
         let path = self.dir.join(STATE_FILE);
-        if self.vfs.exists(&files::tmp_path(&path)) {
+        if !self.read_only && self.vfs.exists(&files::tmp_path(&path)) {
             files::remove_file(&self.vfs, &files::tmp_path(&path))?;
         }
         if !self.vfs.exists(&path) {
@@ -101,6 +113,9 @@ impl ProviderStorage for FileStorage {
     }
 
     fn write(&self, bytes: &[u8]) -> Result<(), KeyError> {
+        if self.read_only {
+            return Err(KeyError::Invalid { what: "provider state", reason: "opened read-only to be checked".into() });
+        }
         self.vfs.create_dir_all(&self.dir).map_err(|e| KeyError::io(&self.dir, e))?;
         files::replace_file(&self.vfs, &self.dir.join(STATE_FILE), bytes)
     }
@@ -114,6 +129,7 @@ pub struct EmbeddedRootProvider {
     root: SecretKey,
     state: Mutex<State>,
     storage: Option<Box<dyn ProviderStorage>>,
+    findings: Vec<crate::files::Finding>,
 }
 
 impl std::fmt::Debug for EmbeddedRootProvider {
@@ -126,7 +142,7 @@ impl EmbeddedRootProvider {
     /// A provider that keeps its epochs in memory only (tests, benches).
     pub fn in_memory(root: SecretKey, now_unix: i64) -> Result<Self, KeyError> {
         let state = fresh_state(&root, now_unix)?;
-        Ok(Self { root, state: Mutex::new(state), storage: None })
+        Ok(Self { root, state: Mutex::new(state), storage: None, findings: Vec::new() })
     }
 
     /// Whether `dir` already holds provider state.
@@ -138,18 +154,48 @@ impl EmbeddedRootProvider {
     /// absent and `create` is true. A root key that does not open the state
     /// is refused: never is a new state made over an existing one.
     pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, root: SecretKey, create: bool, now_unix: i64) -> Result<Self, KeyError> {
-        Self::open_in(Box::new(FileStorage { vfs, dir: dir.to_path_buf() }), root, create, now_unix)
+        Self::open_in(Box::new(FileStorage { vfs, dir: dir.to_path_buf(), read_only: false }), root, create, now_unix)
     }
 
-    /// Opens the provider state kept in `storage` (see [`Self::open`]).
+    /// Reads and checks the provider state in `dir` without writing
+    /// anything (for verifiers); what an open would repair is in
+    /// [`Self::findings`].
+    pub fn check(vfs: Arc<dyn Vfs>, dir: &Path, root: SecretKey, now_unix: i64) -> Result<Self, KeyError> {
+        Self::open_in(Box::new(FileStorage { vfs, dir: dir.to_path_buf(), read_only: true }), root, false, now_unix)
+    }
+
+    /// Opens the provider state kept in `storage` (see [`Self::open`]). A
+    /// damaged copy of the state (or the old one-copy format) is rewritten
+    /// once the root key has opened the state, never before.
     pub fn open_in(
         storage: Box<dyn ProviderStorage>,
         root: SecretKey,
         create: bool,
         now_unix: i64,
     ) -> Result<Self, KeyError> {
+        let mut findings = Vec::new();
         let state = match storage.read()? {
-            Some(bytes) => read_state(&storage.location(), &bytes, &root)?,
+            Some(bytes) => {
+                let (state, damaged) = read_state(&storage.location(), &bytes, &root)?;
+                if let Some(what) = damaged {
+                    let action = if what.starts_with("format v1") {
+                        crate::files::FindingAction::Migrated
+                    } else {
+                        crate::files::FindingAction::Repaired
+                    };
+                    findings.push(crate::files::Finding {
+                        path: storage.location(),
+                        offset: 0,
+                        action,
+                        what: what.into(),
+                    });
+                    if !storage.shared() && !storage.read_only() {
+                        tracing::warn!(path = %storage.location().display(), what, "rewriting the provider state from its intact copy");
+                        storage.write(&encode_state(&state))?;
+                    }
+                }
+                state
+            }
             None if create => {
                 let state = fresh_state(&root, now_unix)?;
                 storage.write(&encode_state(&state))?;
@@ -161,7 +207,13 @@ impl EmbeddedRootProvider {
                 });
             }
         };
-        Ok(Self { root, state: Mutex::new(state), storage: Some(storage) })
+        Ok(Self { root, state: Mutex::new(state), storage: Some(storage), findings })
+    }
+
+    /// What opening found damaged or in the old format (and, unless
+    /// read-only, rewrote).
+    pub fn findings(&self) -> Vec<crate::files::Finding> {
+        self.findings.clone()
     }
 
     /// Reads a shared storage's state again (another node may have made or
@@ -170,7 +222,7 @@ impl EmbeddedRootProvider {
         if let Some(storage) = self.storage.as_ref().filter(|s| s.shared())
             && let Some(bytes) = storage.read()?
         {
-            *state = read_state(&storage.location(), &bytes, &self.root)?;
+            *state = read_state(&storage.location(), &bytes, &self.root)?.0;
         }
         Ok(())
     }
@@ -243,11 +295,12 @@ fn encode_state(state: &State) -> Vec<u8> {
             .collect(),
         next_epoch: state.next_epoch,
     };
-    files::single_frame_file(MAGIC, &msg.encode_to_vec())
+    files::single_twin_file(MAGIC, &msg.encode_to_vec())
 }
 
-fn read_state(path: &Path, bytes: &[u8], root: &SecretKey) -> Result<State, KeyError> {
-    let body = files::single_frame_body(path, bytes, MAGIC, MAX_STATE)?;
+/// The state, and what needs rewriting (a damaged copy, or format 1).
+fn read_state(path: &Path, bytes: &[u8], root: &SecretKey) -> Result<(State, Option<&'static str>), KeyError> {
+    let (body, damaged) = files::read_single(path, bytes, MAGIC_V1, MAGIC, MAX_STATE)?;
     let msg =
         pb::ProviderState::decode(body).map_err(|e| KeyError::corrupt(path, format!("undecodable state: {e}")))?;
     let check = WrappedKey::from_parts(&msg.root_check_nonce, &msg.root_check)
@@ -269,7 +322,7 @@ fn read_state(path: &Path, bytes: &[u8], root: &SecretKey) -> Result<State, KeyE
     }
     let destroyed = msg.destroyed.iter().map(|d| (d.epoch, d.destroyed_at_unix)).collect();
     let next_epoch = msg.next_epoch.max(epochs.keys().last().map_or(1, |e| e + 1));
-    Ok(State { epochs, destroyed, next_epoch, check })
+    Ok((State { epochs, destroyed, next_epoch, check }, damaged))
 }
 
 impl RootKeyProvider for EmbeddedRootProvider {

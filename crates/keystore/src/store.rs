@@ -197,6 +197,16 @@ impl TenantState {
 /// How the local store makes changes durable.
 pub(crate) trait Persist: Send + Sync {
     fn describe(&self) -> String;
+    /// Writes what the open decided after checking (repairs, migration,
+    /// torn tails cut, leftovers removed); called once every tenant KEK has
+    /// unwrapped, so a refused open changes nothing.
+    fn settle(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
+    /// What the open found damaged, migrated or left over.
+    fn findings(&self) -> Vec<crate::files::Finding> {
+        Vec::new()
+    }
     fn write_kek(&self, tenant: Uuid, epoch: u32, kek: &WrappedKey) -> Result<(), KeyError>;
     fn remove_kek(&self, tenant: Uuid, epoch: u32) -> Result<(), KeyError>;
     fn append(&self, tenant: Uuid, shard: u16, record: &Record) -> Result<(), KeyError>;
@@ -374,6 +384,7 @@ impl LocalKeyStore {
                 keks.insert((tenant, epoch), kek);
             }
         }
+        persist.settle()?;
         Ok(Self {
             inner: Mutex::new(Inner { tenants, keks, poisoned: None, remote_shreds: Vec::new() }),
             rotation: Mutex::new(()),
@@ -404,6 +415,14 @@ impl LocalKeyStore {
             }
         }
         report
+    }
+
+    /// What opening the store found: copies repaired from their twin,
+    /// torn last appends cut off, files migrated from format 1, leftovers
+    /// of interrupted writes removed (a read-only check lists what an open
+    /// would do).
+    pub fn findings(&self) -> Vec<crate::files::Finding> {
+        self.persist.findings()
     }
 
     pub fn provider(&self) -> &Arc<dyn RootKeyProvider> {

@@ -94,7 +94,7 @@ fn a_key_store_of_another_provider_is_refused() {
 }
 
 #[test]
-fn damaged_files_are_refused_by_name() {
+fn damage_to_both_copies_is_refused_by_name() {
     let root = SecretKey::random().unwrap();
     let setup = || {
         let vfs = SimVfs::new();
@@ -106,32 +106,43 @@ fn damaged_files_are_refused_by_name() {
         drop(store);
         let shard = vfs.all_file_bytes().into_iter().find(|(p, _)| p.to_string_lossy().contains("shard-")).unwrap();
         let kek = vfs.all_file_bytes().into_iter().find(|(p, _)| p.to_string_lossy().contains("kek-")).unwrap();
-        (vfs, shard.0, kek.0)
+        (vfs, shard, kek)
     };
-    // A bit flipped in the first data-key record: later records are whole,
-    // so this is damage, not a torn append.
-    let (vfs, shard, _) = setup();
-    vfs.flip_bit(&shard, 8 * 60).unwrap();
+    // The same byte of both copies of a record (the copies of a record are
+    // back to back: the twin starts one frame length later).
+    let flip_both = |vfs: &SimVfs, path: &Path, bytes: &[u8], record_at: usize, within: usize| {
+        let len = u32::from_le_bytes(bytes[record_at..record_at + 4].try_into().unwrap()) as usize;
+        vfs.flip_bit(path, 8 * (record_at + within) as u64).unwrap();
+        vfs.flip_bit(path, 8 * (record_at + 8 + len + within) as u64).unwrap();
+    };
+    // The first data-key record (after the magic and the header's twin):
+    // later records are whole, so this is damage, not a torn append.
+    let (vfs, (shard, bytes), _) = setup();
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    flip_both(&vfs, &shard, &bytes, 8 + 2 * (8 + header_len), 20);
+    let before = vfs.all_file_bytes();
     let err = open(&vfs, &root).unwrap_err();
     assert!(matches!(&err, KeyError::Corrupt { path, .. } if *path == shard), "{err}");
-    assert!(err.to_string().contains("shard-"), "{err}");
+    assert!(err.to_string().contains("both copies"), "{err}");
+    assert_eq!(vfs.all_file_bytes(), before, "a refused open wrote");
     // The shard header.
-    let (vfs, shard, _) = setup();
-    vfs.flip_bit(&shard, 8 * 3).unwrap();
+    let (vfs, (shard, bytes), _) = setup();
+    flip_both(&vfs, &shard, &bytes, 8, 9);
     assert!(matches!(open(&vfs, &root), Err(KeyError::Corrupt { path, .. }) if path == shard));
     // A tenant KEK file.
-    let (vfs, _, kek) = setup();
-    vfs.flip_bit(&kek, 8 * 40).unwrap();
+    let (vfs, _, (kek, bytes)) = setup();
+    flip_both(&vfs, &kek, &bytes, 8, 30);
     assert!(matches!(open(&vfs, &root), Err(KeyError::Corrupt { path, .. }) if path == kek));
     // The provider's state and the key store's identity file.
     for file in [format!("{PROVIDER}/epochs"), format!("{KEYS}/keystore.meta")] {
         let (vfs, _, _) = setup();
-        vfs.flip_bit(Path::new(&file), 8 * 12 + 1).unwrap();
+        let bytes = vfs.all_file_bytes().into_iter().find(|(p, _)| p == Path::new(&file)).unwrap().1;
+        flip_both(&vfs, Path::new(&file), &bytes, 8, 9);
         let err = open(&vfs, &root).unwrap_err();
         assert!(matches!(&err, KeyError::Corrupt { path, .. } if path == Path::new(&file)), "{file}: {err}");
     }
     // An unexpected file in a tenant directory.
-    let (vfs, shard, _) = setup();
+    let (vfs, (shard, _), _) = setup();
     vfs.open(&shard.with_file_name("notes.txt"), true).unwrap().write_at(0, b"hello").unwrap();
     assert!(matches!(open(&vfs, &root), Err(KeyError::Corrupt { .. })));
 }
@@ -186,8 +197,10 @@ fn after_a_shred_no_file_holds_the_key_in_any_form() {
     for k in &keys {
         store.reserve_uses(t, k.id, 1 << 16).unwrap();
     }
-    let wrapped: Vec<Vec<u8>> = keys.iter().flat_map(|k| wrapped_bytes_of(&vfs, k.id.as_bytes())).collect();
-    assert_eq!(wrapped.len(), 6, "the scan finds the wrapped keys before the shred");
+    let mut wrapped: Vec<Vec<u8>> = keys.iter().flat_map(|k| wrapped_bytes_of(&vfs, k.id.as_bytes())).collect();
+    wrapped.sort();
+    wrapped.dedup();
+    assert_eq!(wrapped.len(), 6, "the scan finds the wrapped keys (each in two copies) before the shred");
     for w in &wrapped {
         assert!(!files_containing(&vfs, w).is_empty());
     }
@@ -266,7 +279,8 @@ fn a_backup_cannot_bring_back_a_shredded_subject_after_rotation() {
     // Not even by hand: the backup's tenant KEK does not unwrap under any live epoch.
     let kek_path = backup.path().join("tenants").join(t.to_string()).join("kek-00000001");
     let kek_file = std::fs::read(&kek_path).unwrap();
-    let msg = <proto::keystore::TenantKek as prost::Message>::decode(&kek_file[16..]).unwrap();
+    let len = u32::from_le_bytes(kek_file[8..12].try_into().unwrap()) as usize;
+    let msg = <proto::keystore::TenantKek as prost::Message>::decode(&kek_file[16..16 + len]).unwrap();
     let wrapped = keystore::crypto::WrappedKey::from_parts(&msg.nonce, &msg.wrapped).unwrap();
     for epoch in 0..=report.epoch + 1 {
         let aad = keystore::crypto::associated_data("pypes/tenant-kek/v1", &[t.as_bytes(), &epoch.to_le_bytes()]);

@@ -29,7 +29,7 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-pub use self::verify::{VerifyReport, verify_log, verify_log_visiting};
+pub use self::verify::{VerifyOptions, VerifyReport, verify_log, verify_log_visiting, verify_log_with};
 use self::vfs::{StorageFile, Vfs};
 use self::writer::{MetaOp, Request};
 use crate::model::{StreamRules, validate_appends};
@@ -42,6 +42,15 @@ use crate::{
 const SPARSE_EVERY: u64 = 32;
 /// Name of the file holding the latest signed checkpoint.
 pub const HEAD_FILE: &str = "head.sig";
+
+/// The name of a log's signed head in a witness directory.
+pub fn witness_file_name(key: &ed25519_dalek::VerifyingKey) -> String {
+    format!("pypes-log-head-{}.sig", &hex_lower(key.as_bytes())[..16])
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 /// Name of the (informational) public key file; auditors pin their own copy.
 pub const PUBLIC_KEY_FILE: &str = "signing.pub";
 /// Largest segment size: frame offsets are u32 and a segment may overrun
@@ -67,6 +76,11 @@ pub struct FileLogConfig {
     pub signing_key: SigningKey,
     pub clock: Arc<dyn Clock>,
     pub vfs: Arc<dyn Vfs>,
+    /// A directory outside the log's (another volume, say) that keeps a
+    /// second copy of the signed head: open refuses a log shorter than
+    /// either copy, so deleting or rolling back `head.sig` with the log
+    /// is seen. `None`: `head.sig` only.
+    pub witness_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FileLogConfig {
@@ -91,7 +105,14 @@ impl FileLogConfig {
             signing_key,
             clock: Arc::new(SystemClock),
             vfs: Arc::new(vfs::OsVfs),
+            witness_dir: None,
         }
+    }
+
+    /// The witness's copy of this log's signed head: a file named by the
+    /// log's public key, so one witness directory can serve several logs.
+    pub fn witness_path(&self) -> Option<PathBuf> {
+        self.witness_dir.as_ref().map(|d| d.join(witness_file_name(&self.signing_key.verifying_key())))
     }
 }
 
@@ -247,6 +268,8 @@ struct Shared {
     scavenging: Mutex<()>,
     /// Set when the log cannot roll back a failed write; refuses writes.
     poisoned: Mutex<Option<String>>,
+    /// The witness's copy of `head.sig`, written after it.
+    witness: Option<PathBuf>,
 }
 
 impl Shared {
@@ -312,6 +335,10 @@ impl FileLog {
             std::io::ErrorKind::WouldBlock => LogError::Locked { dir: dir.clone() },
             _ => LogError::io(format!("locking {}", lock_path.display()), e),
         })?;
+        if let Some(w) = &config.witness_dir {
+            vfs.create_dir_all(w)
+                .map_err(|e| LogError::io(format!("creating the witness directory {}", w.display()), e))?;
+        }
         let started = Instant::now();
         let recovered = recover::recover(&dir, &segments_dir, &config)?;
         info!(
@@ -334,6 +361,7 @@ impl FileLog {
             head: head_tx,
             scavenging: Mutex::new(()),
             poisoned: Mutex::new(None),
+            witness: config.witness_path(),
         });
         write_public_key(&*vfs, &dir, &config.signing_key);
         let (tx, rx) = mpsc::channel();

@@ -157,14 +157,28 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
     Ok(())
 }
 
+/// A write that recovery decided on; made only after every check passed.
+enum Fix {
+    RemoveLeftover(std::path::PathBuf),
+    RewriteHeader { number: u64 },
+    CutTornTail { number: u64, offset: u64, len: u64, reason: String },
+}
+
+/// Opens the log's files, checks everything, and only then writes: a
+/// refused open leaves every file as it found it. The order is: scan every
+/// segment (read only) and decide where a torn tail starts; check the
+/// signed heads (`head.sig` and the witness's copy) against the frames that
+/// would remain; then remove leftovers, rewrite an unused header, cut the
+/// torn tail.
 pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -> Result<Recovered> {
     let vfs = &*config.vfs;
     let names = vfs.list(segments_dir).map_err(|e| LogError::io(format!("listing {}", segments_dir.display()), e))?;
+    let mut fixes = Vec::new();
     let mut numbers = Vec::new();
     for name in &names {
         if name.ends_with(".tmp") {
             // An interrupted scavenge; the original segment is intact.
-            let _ = vfs.remove(&segments_dir.join(name));
+            fixes.push(Fix::RemoveLeftover(segments_dir.join(name)));
         } else if let Some(n) = format::parse_segment_file_name(name) {
             numbers.push(n);
         } else {
@@ -173,6 +187,11 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     }
     numbers.sort_unstable();
     if numbers.is_empty() {
+        // A new log, unless a signed head says frames were written.
+        check_signed_head(dir, config, 0, None)?;
+        for fix in fixes.drain(..) {
+            apply_fix(vfs, segments_dir, &mut Default::default(), fix)?;
+        }
         create_segment(vfs, segments_dir, 0)?;
         numbers.push(0);
     }
@@ -190,6 +209,7 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
     let mut chain = format::GENESIS_CHAIN;
     // `numbers` is 0..n without gaps (checked above) and never empty.
     let last = numbers.len() as u64 - 1;
+    let mut cut_at = None;
     for &number in &numbers {
         let path = segments_dir.join(format::segment_file_name(number));
         let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
@@ -201,10 +221,8 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
         if let Err(reason) = format::check_segment_header(&header, number) {
             if is_last && len <= SEGMENT_HEADER_LEN {
                 // Created but never used (a crash while rolling): rewrite it.
-                warn!(file = %path.display(), %reason, "rewriting the header of an unused last segment");
-                file.set_len(0).map_err(|e| io("truncating", e))?;
-                file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing", e))?;
-                file.sync_data().map_err(|e| io("syncing", e))?;
+                warn!(file = %path.display(), %reason, "the header of an unused last segment will be rewritten");
+                fixes.push(Fix::RewriteHeader { number });
             } else {
                 return Err(LogError::Corrupt { file: path, offset: 0, reason });
             }
@@ -238,7 +256,9 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
             if !is_last {
                 return Err(LogError::Corrupt { file: path, offset, reason: failure });
             }
-            repair_tail(&*file, &path, offset, len, &failure)?;
+            check_torn_tail(&*file, &path, offset, len, &failure)?;
+            cut_at = Some((path.clone(), offset, index.frames.len() as u64));
+            fixes.push(Fix::CutTornTail { number, offset, len, reason: failure });
             break;
         }
         if is_last {
@@ -248,20 +268,70 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
         index.segments.insert(number, file);
     }
     index.chain = chain;
-    check_signed_head(dir, config, index.frames.len() as u64)?;
+    check_signed_head(dir, config, index.frames.len() as u64, cut_at.as_ref().map(|(p, o, _)| (p.as_path(), *o)))?;
+    for fix in fixes {
+        apply_fix(vfs, segments_dir, &mut index.segments, fix)?;
+    }
     let active = index.segments[&last].clone();
     let ids = ids.into_window();
     Ok(Recovered { index, ids, active })
 }
 
+fn apply_fix(
+    vfs: &dyn Vfs,
+    segments_dir: &Path,
+    segments: &mut std::collections::BTreeMap<u64, Arc<dyn StorageFile>>,
+    fix: Fix,
+) -> Result<()> {
+    match fix {
+        Fix::RemoveLeftover(path) => {
+            let _ = vfs.remove(&path);
+        }
+        Fix::RewriteHeader { number } => {
+            let path = segments_dir.join(format::segment_file_name(number));
+            let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+            warn!(file = %path.display(), "rewriting the header of an unused last segment");
+            let file = match segments.get(&number) {
+                Some(f) => f.clone(),
+                None => vfs.open(&path, false).map_err(|e| io("opening", e))?,
+            };
+            file.set_len(0).map_err(|e| io("truncating", e))?;
+            file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing", e))?;
+            file.sync_data().map_err(|e| io("syncing", e))?;
+        }
+        Fix::CutTornTail { number, offset, len, reason } => {
+            let path = segments_dir.join(format::segment_file_name(number));
+            let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+            let file = segments.get(&number).cloned().ok_or_else(|| LogError::Corrupt {
+                file: path.clone(),
+                offset,
+                reason: "segment vanished during recovery".into(),
+            })?;
+            warn!(file = %path.display(), offset, dropped_bytes = len - offset, %reason, "repairing torn tail");
+            file.set_len(offset).map_err(|e| io("truncating", e))?;
+            file.sync_data().map_err(|e| io("syncing", e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Decides whether the bad bytes at `offset` of the last segment are a torn
-/// tail (truncate) or corruption of synced data (refuse). A valid frame
-/// after `offset` whose durable floor (`group_start`) is above `offset` was
-/// staged after the bytes at `offset` were durable, so they are corrupt.
-fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failure: &str) -> Result<()> {
+/// tail (to be cut) or damage to written data (refused); reads only.
+///
+/// A torn tail is what an interrupted write leaves: the file ends inside
+/// the frame, or a sector of the frame was never written (reads as zeros).
+/// Refused instead: a valid frame after `offset` whose durable floor
+/// (`group_start`) is above `offset` (the bytes were durable before it was
+/// staged); a frame whose checksum matches a shorter or longer body than
+/// its length field says, or whose header alone is wrong (the frame is
+/// whole: its header was damaged); a whole frame with every sector written
+/// whose checksum fails (a byte changed after it was written).
+fn check_torn_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failure: &str) -> Result<()> {
     let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
     let mut rest = vec![0u8; (len - offset) as usize];
     file.read_at(offset, &mut rest).map_err(|e| io("reading the tail of", e))?;
+    let refuse =
+        |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset, reason: format!("{failure}; {reason}") };
     let magic = format::FRAME_MAGIC.to_le_bytes();
     let mut at = 1;
     while at + format::FRAME_HEADER_LEN <= rest.len() {
@@ -269,21 +339,58 @@ fn repair_tail(file: &dyn StorageFile, path: &Path, offset: u64, len: u64, failu
             && let FrameParse::Frame { frame, .. } = format::parse_frame(&rest[at..])
             && frame.group_start > offset
         {
-            return Err(LogError::Corrupt {
-                file: path.to_path_buf(),
-                offset,
-                reason: format!(
-                    "{failure}; a valid frame written after these bytes were durable follows at offset {}, so this is not a torn tail",
-                    offset + at as u64
-                ),
-            });
+            return Err(refuse(format!(
+                "a valid frame written after these bytes were durable follows at offset {}, so this is not a torn tail",
+                offset + at as u64
+            )));
         }
         at += 1;
     }
-    warn!(file = %path.display(), offset, dropped_bytes = len - offset, reason = failure, "repairing torn tail");
-    file.set_len(offset).map_err(|e| io("truncating", e))?;
-    file.sync_data().map_err(|e| io("syncing", e))?;
-    Ok(())
+    torn_shape(&rest, offset).map_err(refuse)
+}
+
+/// Whether `rest` (the bytes from a bad frame at `offset` to the end of the
+/// file) has the shape an interrupted write leaves; `Err` says why not.
+pub(super) fn torn_shape(rest: &[u8], offset: u64) -> std::result::Result<(), String> {
+    const SECTOR: u64 = 512;
+    let header = format::FRAME_HEADER_LEN;
+    if rest.len() < header {
+        return Ok(()); // the file ends inside the frame's header
+    }
+    let body_len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+    let crc = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
+    let body = &rest[header..];
+    // The checksum of some prefix of what follows matches: the body is
+    // whole, and the magic or length beside it was damaged.
+    let mut running = 0u32;
+    for (i, byte) in body.iter().enumerate().take(format::MAX_FRAME_BODY) {
+        running = crc32c::crc32c_append(running, std::slice::from_ref(byte));
+        if running == crc {
+            return Err(format!(
+                "the checksum matches a body of {} bytes that is all there, so the frame header was damaged after it was written",
+                i + 1
+            ));
+        }
+    }
+    let sane = (1..=format::MAX_FRAME_BODY).contains(&body_len);
+    if sane && header + body_len > rest.len() {
+        return Ok(()); // the file ends inside the frame
+    }
+    // Without a usable length the frame's extent is unknown: its header
+    // alone must show the unwritten sector.
+    let extent = if sane { header + body_len } else { header };
+    // A sector (or the frame's part of one) that holds only zeros was
+    // never written.
+    let mut start = 0usize;
+    while start < extent {
+        let sector_end = (((offset + start as u64) / SECTOR + 1) * SECTOR - offset) as usize;
+        let end = sector_end.min(extent);
+        if rest[start..end].iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        start = end;
+    }
+    Err("the frame is whole and every sector of it was written, yet its checksum fails: it was damaged after it was written (an acknowledged frame is never cut)".into())
 }
 
 /// Refuses a signing key other than the one the log was created with (as
@@ -306,34 +413,91 @@ fn check_recorded_key(dir: &Path, config: &FileLogConfig) -> Result<()> {
     Ok(())
 }
 
-/// Refuses to open a log shorter than its latest signed head: the head is
-/// written only after its checkpoint frame is durable, so a shorter log was
-/// truncated, not torn.
-fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64) -> Result<()> {
-    let path = dir.join(HEAD_FILE);
-    if !config.vfs.exists(&path) {
-        return Ok(());
+/// Reads and checks one signed head file (`head.sig` or the witness's
+/// copy): `Ok(None)` when absent.
+pub(super) fn read_signed_head(
+    vfs: &dyn Vfs,
+    path: &Path,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Option<proto::log::Checkpoint>> {
+    if !vfs.exists(path) {
+        return Ok(None);
     }
-    let corrupt = |reason: String| LogError::Corrupt { file: path.clone(), offset: 0, reason };
+    let corrupt = |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset: 0, reason };
     let io = |e| LogError::io(format!("reading {}", path.display()), e);
-    let file = config.vfs.open(&path, false).map_err(io)?;
+    let file = vfs.open(path, false).map_err(io)?;
     let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
     file.read_at(0, &mut bytes).map_err(io)?;
     let head = format::decode_head(&bytes).map_err(corrupt)?;
-    check_recorded_key(dir, config)?;
     let message = format::checkpoint_message(&head.chain, head.frame_count, head.next_position, head.signed_at_micros);
     let signature =
         ed25519_dalek::Signature::from_slice(&head.signature).map_err(|e| corrupt(format!("bad signature: {e}")))?;
-    config
-        .signing_key
-        .verifying_key()
-        .verify(&message, &signature)
-        .map_err(|_| corrupt("signature does not verify with this log's key".into()))?;
-    if head.frame_count >= frame_count {
-        return Err(corrupt(format!(
-            "the signed head covers {} frames but the log holds only {frame_count}: the log was truncated",
-            head.frame_count + 1
-        )));
+    key.verify(&message, &signature).map_err(|_| corrupt("signature does not verify with this log's key".into()))?;
+    Ok(Some(head))
+}
+
+/// Refuses to open a log shorter than its latest signed head (from
+/// `head.sig` or the witness, whichever covers more): the head is written
+/// only after its checkpoint frame is durable, so a shorter log was
+/// truncated or damaged, not torn. `cut` is where recovery would cut a torn
+/// tail: a head covering frames there means the bytes are not a torn tail
+/// but damage to signed frames, and the error names that place.
+fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64, cut: Option<(&Path, u64)>) -> Result<()> {
+    let key = config.signing_key.verifying_key();
+    let path = dir.join(HEAD_FILE);
+    if config.vfs.exists(&path) {
+        check_recorded_key(dir, config)?;
+    }
+    let local = match read_signed_head(&*config.vfs, &path, &key) {
+        Ok(head) => head,
+        Err(e) => match config.witness_path() {
+            // A damaged head.sig with a witness: the witness's copy stands in.
+            Some(w) if matches!(read_signed_head(&*config.vfs, &w, &key), Ok(Some(_))) => {
+                warn!(error = %e, witness = %w.display(), "head.sig is damaged; checking against the witness's copy");
+                None
+            }
+            _ => {
+                return Err(match e {
+                    LogError::Corrupt { file, offset, reason } => LogError::Corrupt {
+                        file,
+                        offset,
+                        reason: format!(
+                            "{reason}; the log cannot be checked for truncation without it (configure a witness, or move head.sig aside to open without that check)"
+                        ),
+                    },
+                    other => other,
+                });
+            }
+        },
+    };
+    let witness = match config.witness_path() {
+        Some(w) => read_signed_head(&*config.vfs, &w, &key)?.map(|h| (w, h)),
+        None => None,
+    };
+    let mut heads: Vec<(std::path::PathBuf, proto::log::Checkpoint)> =
+        local.map(|h| (path.clone(), h)).into_iter().collect();
+    heads.extend(witness);
+    for (file, head) in heads {
+        if head.frame_count >= frame_count {
+            let covered = head.frame_count + 1;
+            return Err(match cut {
+                Some((segment, offset)) => LogError::Corrupt {
+                    file: segment.to_path_buf(),
+                    offset,
+                    reason: format!(
+                        "bad bytes inside signed frames: the signed head in {} covers {covered} frames but only {frame_count} are intact before this offset; nothing was cut",
+                        file.display()
+                    ),
+                },
+                None => LogError::Corrupt {
+                    file,
+                    offset: 0,
+                    reason: format!(
+                        "the signed head covers {covered} frames but the log holds only {frame_count}: the log was truncated or rolled back"
+                    ),
+                },
+            });
+        }
     }
     Ok(())
 }

@@ -26,6 +26,22 @@ pub struct VerifyReport {
     pub unsigned_tail_frames: u64,
     /// Whether `head.sig` was present and the log reaches it.
     pub signed_head_checked: bool,
+    /// Whether the witness's copy of the signed head was present and the
+    /// log reaches it.
+    pub witness_checked: bool,
+}
+
+/// What a verification demands beyond the log itself.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// The witness's copy of the signed head (see
+    /// [`super::FileLogConfig::witness_path`]); checked like `head.sig`, and
+    /// its absence is a failure unless `allow_missing_head`.
+    pub witness: Option<std::path::PathBuf>,
+    /// Demand `head.sig` (and the witness's copy, when given) on a log that
+    /// holds frames: without it a truncated log cannot be told from a
+    /// whole one.
+    pub require_head: bool,
 }
 
 fn corrupt(file: &Path, offset: u64, reason: impl Into<String>) -> LogError {
@@ -53,6 +69,17 @@ pub fn verify_log_visiting(
     vfs: &dyn Vfs,
     dir: &Path,
     key: &VerifyingKey,
+    visit: Option<&mut dyn FnMut(crate::RecordedEvent) -> Result<(), String>>,
+) -> Result<VerifyReport, LogError> {
+    verify_log_with(vfs, dir, key, &VerifyOptions::default(), visit)
+}
+
+/// [`verify_log_visiting`] with [`VerifyOptions`]. Reads only.
+pub fn verify_log_with(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    key: &VerifyingKey,
+    options: &VerifyOptions,
     mut visit: Option<&mut dyn FnMut(crate::RecordedEvent) -> Result<(), String>>,
 ) -> Result<VerifyReport, LogError> {
     let segments_dir = dir.join("segments");
@@ -147,34 +174,60 @@ pub fn verify_log_visiting(
         report.segments += 1;
     }
     let head_path = dir.join(HEAD_FILE);
-    if vfs.exists(&head_path) {
-        let io = |e| LogError::io(format!("reading {}", head_path.display()), e);
-        let file = vfs.open(&head_path, false).map_err(io)?;
-        let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
-        file.read_at(0, &mut bytes).map_err(io)?;
-        let head = format::decode_head(&bytes).map_err(|r| corrupt(&head_path, 0, r))?;
-        check_signature(key, &head, &head_path, 0)?;
+    let mut places = vec![(head_path, false)];
+    if let Some(w) = &options.witness {
+        places.push((w.clone(), true));
+    }
+    for (path, is_witness) in places {
+        let Some(head) = read_head(vfs, &path, key)? else {
+            if options.require_head && report.frames > 0 {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    "the signed head is missing although the log holds frames: a truncation could not be seen \
+                     (pass --allow-missing-head to verify without it)",
+                ));
+            }
+            continue;
+        };
         match checkpoint_chains.get(&head.frame_count) {
             Some(c) if c[..] == head.chain[..] => {}
             Some(_) => {
-                return Err(corrupt(&head_path, 0, "signed head does not match the log's checkpoint"));
+                return Err(corrupt(&path, 0, "signed head does not match the log's checkpoint"));
             }
             None if head.frame_count >= report.frames => {
                 return Err(corrupt(
-                    &head_path,
+                    &path,
                     0,
                     format!(
-                        "signed head covers {} frames but the log holds {}: the log was truncated",
+                        "signed head covers {} frames but the log holds {}: the log was truncated or rolled back",
                         head.frame_count + 1,
                         report.frames
                     ),
                 ));
             }
             None => {
-                return Err(corrupt(&head_path, 0, "signed head matches no checkpoint in the log"));
+                return Err(corrupt(&path, 0, "signed head matches no checkpoint in the log"));
             }
         }
-        report.signed_head_checked = true;
+        if is_witness {
+            report.witness_checked = true;
+        } else {
+            report.signed_head_checked = true;
+        }
     }
     Ok(report)
+}
+
+fn read_head(vfs: &dyn Vfs, path: &Path, key: &VerifyingKey) -> Result<Option<Checkpoint>, LogError> {
+    if !vfs.exists(path) {
+        return Ok(None);
+    }
+    let io = |e| LogError::io(format!("reading {}", path.display()), e);
+    let file = vfs.open(path, false).map_err(io)?;
+    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
+    file.read_at(0, &mut bytes).map_err(io)?;
+    let head = format::decode_head(&bytes).map_err(|r| corrupt(path, 0, r))?;
+    check_signature(key, &head, path, 0)?;
+    Ok(Some(head))
 }

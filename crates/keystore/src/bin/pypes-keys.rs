@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventlog::{Clock, SystemClock};
-use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV, check_embedded, open_embedded};
 use keystore::{KeyStore, RootKeyProvider};
 
 #[derive(Parser)]
@@ -25,7 +25,9 @@ struct Cli {
 enum Command {
     /// Tenants, keys and epochs.
     Status,
-    /// Unwraps every live key; exits non-zero if any does not.
+    /// Reads every file and both copies of every record without writing,
+    /// then unwraps every live key; exits non-zero on any damaged copy,
+    /// torn append or key that does not unwrap.
     Verify,
     /// Re-wraps every live key under a new epoch KEK and destroys the old one.
     Rotate {
@@ -53,10 +55,14 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = std::env::var(ROOT_KEY_ENV).ok();
     let clock = Arc::new(SystemClock);
-    let keys = open_embedded(&cli.data, root.as_deref(), clock.clone(), OpenMode::MustExist)
-        .with_context(|| format!("opening the key store of {}", cli.data.display()))?;
+    let open = || {
+        open_embedded(&cli.data, root.as_deref(), clock.clone(), OpenMode::MustExist)
+            .with_context(|| format!("opening the key store of {}", cli.data.display()))
+    };
     match cli.command {
+        Command::Verify => verify(&cli, root.as_deref(), clock.clone())?,
         Command::Status => {
+            let keys = open()?;
             let s = keys.store.status()?;
             println!("root key:          {:?}", keys.origin);
             println!("tenants:           {} live, {} shredded", s.tenants, s.shredded_tenants);
@@ -71,17 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("a rotation was interrupted; run `pypes-keys rotate` to finish it");
             }
         }
-        Command::Verify => {
-            let r = keys.store.verify();
-            println!("tenants: {}, keys unwrapped: {}, failures: {}", r.tenants, r.keys_ok, r.failures.len());
-            for f in &r.failures {
-                println!("FAILED {f}");
-            }
-            if !r.failures.is_empty() {
-                anyhow::bail!("{} keys do not unwrap", r.failures.len());
-            }
-        }
         Command::Rotate { if_due, period_days } => {
+            let keys = open()?;
             let period = keystore::validate_rotation_period(period_days.saturating_mul(86_400))?;
             let now = clock.now_micros() / 1_000_000;
             if if_due && !keystore::rotation_due(keys.provider.as_ref() as &dyn RootKeyProvider, now, period)? {
@@ -98,6 +95,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if r.resumed { ", finished an interrupted rotation" } else { "" }
             );
         }
+    }
+    Ok(())
+}
+
+/// `verify`: reads without writing. Every finding is printed; damage (a
+/// copy that needed its twin, a torn append) or a key that does not unwrap
+/// makes the exit non-zero.
+fn verify(cli: &Cli, root: Option<&str>, clock: Arc<SystemClock>) -> anyhow::Result<()> {
+    let keys = check_embedded(&cli.data, root, clock)
+        .with_context(|| format!("checking the key store of {}", cli.data.display()))?;
+    let findings = keys.findings();
+    for f in &findings {
+        let tag = if f.action.is_damage() { "DAMAGED" } else { "NOTE" };
+        println!("{tag} {f}");
+    }
+    let r = keys.store.verify();
+    let damaged = findings.iter().filter(|f| f.action.is_damage()).count();
+    println!(
+        "tenants: {}, keys unwrapped: {}, failures: {}, damaged records: {damaged}",
+        r.tenants,
+        r.keys_ok,
+        r.failures.len()
+    );
+    for f in &r.failures {
+        println!("FAILED {f}");
+    }
+    if !r.failures.is_empty() || damaged > 0 {
+        anyhow::bail!(
+            "{} keys do not unwrap and {damaged} records are damaged (the server repairs damaged copies from their twin at its next start)",
+            r.failures.len()
+        );
     }
     Ok(())
 }
