@@ -26,6 +26,19 @@ pub enum Rejection {
     FailedPrecondition { reason: String },
 }
 
+/// How much of a caller's value an error message may quote.
+pub const QUOTE_CHARS: usize = 40;
+
+/// A caller's value as an error message quotes it: in quotes, cut to
+/// [`QUOTE_CHARS`] characters with its size named when longer, so that no
+/// input makes an error (and the gRPC trailer carrying it) large.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
 impl Rejection {
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field, reason: reason.into() }

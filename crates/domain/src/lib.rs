@@ -15,4 +15,4 @@ pub mod staff;
 pub mod subject;
 pub mod tenant;
 
-pub use common::{Aggregate, Ctx, FieldClass, PiiGroup, Rejection, Timers, check_text};
+pub use common::{Aggregate, Ctx, FieldClass, PiiGroup, QUOTE_CHARS, Rejection, Timers, check_text, quote};

@@ -275,7 +275,7 @@ fn check_purpose(purpose: &str) -> Result<(), Rejection> {
     if PURPOSES.contains(&purpose) {
         Ok(())
     } else {
-        Err(Rejection::invalid("purpose", format!("{purpose:?}; one of {}", PURPOSES.join(", "))))
+        Err(Rejection::invalid("purpose", format!("{}; one of {}", crate::quote(purpose), PURPOSES.join(", "))))
     }
 }
 

@@ -81,7 +81,7 @@ pub enum LogError {
     /// The configured checkpoint signing key is not the one the log was
     /// created with.
     #[error(
-        "log {} was created with signing key {recorded}, but it is being opened with {configured}",
+        "log {} was created with signing key {recorded} (as its signing.pub records it), but it is being opened with {configured} (from the data directory's log-signing.key or PYPES_LOG_SIGNING_KEY)",
         dir.display()
     )]
     WrongSigningKey { dir: PathBuf, configured: String, recorded: String },

@@ -31,7 +31,9 @@ pub enum KeyError {
     #[error("tenant {tenant} was shredded; no new keys can be made for it")]
     TenantShredded { tenant: Uuid },
     /// The root key does not open the provider's state.
-    #[error("root key does not match {path}: it was made with another root key; refusing to start")]
+    #[error(
+        "root key does not match {path}: it was made with another root key (check the data directory's root.key or PYPES_ROOT_KEY); refusing to start"
+    )]
     RootKeyMismatch { path: PathBuf },
     /// Key material exists but no root key was given.
     #[error("no root key: {detail}")]

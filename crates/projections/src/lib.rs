@@ -32,7 +32,7 @@ mod store;
 pub use error::ViewError;
 pub use keys::{OpenedField, open_sealed, open_sealed_bytes};
 pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_all, rebuild_until};
-pub use store::{Generation, ReadView, Rows, ViewStore, WriteView};
+pub use store::{Generation, ReadView, Rows, SetAside, ViewStore, WriteView, set_aside as store_set_aside};
 
 use eventlog::{EventFilter, RecordedEvent};
 

@@ -70,12 +70,18 @@ impl std::fmt::Debug for ViewStore {
 
 impl ViewStore {
     /// Opens (or creates) the store at `path`.
+    ///
+    /// Every page's checksum is verified at open (redb's integrity check,
+    /// one read of the file), so a file damaged since it was written is
+    /// refused here instead of being served; see [`Self::open_or_set_aside`].
     pub fn open(path: &Path) -> Result<Self, ViewError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ViewError::Store(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = Database::create(path)
+        let db = redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .create(path)
             .map_err(|e| ViewError::Db { path: path.display().to_string(), source: Box::new(e.into()) })?;
         let store = Self { db, path: path.to_path_buf() };
         let txn = store.db.begin_write()?;
@@ -91,6 +97,45 @@ impl ViewStore {
         &self.path
     }
 
+    /// Opens the store at `path`; a file that does not open (damaged,
+    /// or not a view store) is moved aside to `<file>.damaged-<unix µs>`,
+    /// kept for inspection, and a new empty store takes its place, to be
+    /// rebuilt from the log. Views are derived data: the log has everything.
+    pub fn open_or_set_aside(path: &Path) -> Result<(Self, Option<SetAside>), ViewError> {
+        let first = match Self::open(path) {
+            Ok(store) => return Ok((store, None)),
+            Err(e) if path.exists() => e,
+            Err(e) => return Err(e),
+        };
+        let aside = set_aside(path, &first.to_string())?;
+        Ok((Self::open(path)?, Some(aside)))
+    }
+}
+
+/// A damaged view file moved out of the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub moved_to: PathBuf,
+    pub reason: String,
+}
+
+/// Moves a view file aside (rename, then fsync of the directory).
+pub fn set_aside(path: &Path, reason: &str) -> Result<SetAside, ViewError> {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".damaged-{micros}"));
+    let moved_to = path.with_file_name(name);
+    std::fs::rename(path, &moved_to)
+        .map_err(|e| ViewError::Store(format!("cannot move {} aside: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ViewError::Store(format!("cannot sync {}: {e}", dir.display())))?;
+    }
+    Ok(SetAside { moved_to, reason: reason.to_string() })
+}
+
+impl ViewStore {
     fn control(txn: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, ViewError> {
         let t = txn.open_table(CONTROL)?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))

@@ -982,12 +982,14 @@ impl pb::session_service_server::SessionService for Handle {
             let tenant = api.tenant(request.metadata()).await?;
             let r = request.get_ref();
             let id = parse_id("session_id", &r.session_id)?;
-            if api.session_of(tenant, id).await?.state.restricted {
+            let session = api.session_of(tenant, id).await?;
+            if session.state.restricted {
                 return Err(domain::Rejection::precondition(
                     "processing of the end user's data is restricted: the session cannot be watched",
                 )
                 .into_api());
             }
+            check_watch_start(r.from_version, session.version)?;
             Ok::<_, ApiError>((tenant, id, r.from_version))
         };
         let (tenant, id, from) = match in_method("WatchSession", setup).await {
@@ -1004,6 +1006,19 @@ impl pb::session_service_server::SessionService for Handle {
         tokio::spawn(watch(api, tenant, id, from, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// A watch may start at any version up to the Session's next one (the
+/// resume point after the last event seen); a start past that names the
+/// end instead of waiting for events that may never be written.
+fn check_watch_start(from: u64, last_version: Option<u64>) -> Result<(), ApiError> {
+    let next = last_version.map_or(0, |v| v + 1);
+    if from > next {
+        return Err(ApiError::OutOfRange(format!(
+            "from_version {from} is past the session's end: it has {next} events, so resume from at most {next}"
+        )));
+    }
+    Ok(())
 }
 
 /// Streams a Session's events from `from`, then follows the log until the

@@ -183,6 +183,42 @@ fn server_clock() -> Arc<dyn Clock> {
     Arc::new(OffsetClock(offset))
 }
 
+/// Puts what opening the key store found (copies repaired from their twin,
+/// torn appends cut, format 1 migrated) into the log, `/metrics` and the
+/// audit trail. Paths are named relative to the data directory; they hold
+/// tenant ids (opaque) and nothing personal.
+async fn report_key_store_findings(
+    keys: &keystore::embedded::Embedded,
+    data_dir: &Path,
+    metrics: &ApiMetrics,
+    audit: &crate::audit_log::AuditLog,
+) -> anyhow::Result<()> {
+    for f in keys.findings() {
+        let action = match f.action {
+            keystore::FindingAction::Repaired => "repaired",
+            keystore::FindingAction::TornTailCut => "torn_tail_cut",
+            keystore::FindingAction::Migrated => "migrated",
+            keystore::FindingAction::LeftoverRemoved => "leftover_removed",
+        };
+        let file = f.path.strip_prefix(data_dir).unwrap_or(&f.path).display().to_string();
+        if f.action.is_damage() {
+            tracing::warn!(file = %file, offset = f.offset, what = %f.what, action, "key store damage settled at start");
+        } else {
+            tracing::info!(file = %file, offset = f.offset, what = %f.what, action, "key store file settled at start");
+        }
+        metrics.count_integrity("keys", action);
+        audit
+            .record(
+                crate::audit_log::Record::new("integrity.keys", "pypes", action)
+                    .target(file)
+                    .detail(format!("offset {}: {}", f.offset, f.what)),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 /// Takes in other nodes' shreds of a shared key store, every second.
 async fn sync_keys(keyring: Keyring) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -238,8 +274,9 @@ pub async fn open_log(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
     let log: anyhow::Result<Arc<dyn EventLog>> = match backend {
-        LogBackend::File => {
-            let log_config = FileLogConfig::new(signing()?);
+        LogBackend::File { witness_dir } => {
+            let mut log_config = FileLogConfig::new(signing()?);
+            log_config.witness_dir = witness_dir.clone();
             let log_dir = data_dir.join("log");
             match tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config)).await? {
                 Ok(log) => Ok(Arc::new(log)),
@@ -314,8 +351,25 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     .context("starting the actors")?;
     let (admin, admin_where) = admin_key(&config)?;
     let metrics = Arc::new(ApiMetrics::default());
+    report_key_store_findings(&keys, &config.data_dir, &metrics, &audit).await?;
     let (ready_tx, ready_rx) = watch::channel(false);
     let views = crate::views::Views::start(&config.data_dir, log.clone(), ready_tx)?;
+    for r in &views.rebuilding {
+        let action = if r.moved_to.is_some() { "set_aside_rebuilding" } else { "missing_rebuilding" };
+        metrics.count_integrity("views", action);
+        let moved = r.moved_to.as_ref().map(|p| p.strip_prefix(&config.data_dir).unwrap_or(p).display().to_string());
+        audit
+            .record(
+                crate::audit_log::Record::new("integrity.views", "pypes", action)
+                    .target(format!("views/{}.redb", r.name))
+                    .detail(match moved {
+                        Some(m) => format!("moved aside to {m}; rebuilding from the log up to position {}", r.until),
+                        None => format!("rebuilding from the log up to position {}", r.until),
+                    }),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let blobs = crate::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
     let erasures = crate::erasure::Erasures::new(
         registry.clone(),

@@ -14,7 +14,7 @@ use domain::session::{Session, SessionEvent};
 use domain::subject::{Subject, SubjectEvent};
 use domain::tenant::Tenant;
 use eventlog::file::vfs::OsVfs;
-use eventlog::file::{PUBLIC_KEY_FILE, verify_log_visiting};
+use eventlog::file::{PUBLIC_KEY_FILE, VerifyOptions, verify_log_with};
 use eventlog::{Direction, EventLog, ReadFrom, RecordedEvent, SystemClock};
 use keystore::embedded::OpenMode;
 use keystore::{KeyPolicy, Keyring};
@@ -26,7 +26,16 @@ use crate::config::{KeysBackend, LogBackend};
 /// (hex) or, failing that, from the log's own `signing.pub` (an auditor
 /// should pass the key from a trusted place instead).
 /// With `trail`, the audit entries are printed after the summary.
-pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow::Result<String> {
+/// What `audit verify` demands of the signed heads.
+#[derive(Debug, Clone, Default)]
+pub struct HeadPolicy {
+    /// The witness directory holding a second copy of the log's signed head.
+    pub witness_dir: Option<std::path::PathBuf>,
+    /// Accept a log (or audit trail) that holds records but no signed head.
+    pub allow_missing_head: bool,
+}
+
+pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, trail: bool) -> anyhow::Result<String> {
     let log_dir = data_dir.join("log");
     let (hex_key, from) = match public_key {
         Some(k) => (k.trim().to_string(), "given on the command line".to_string()),
@@ -34,6 +43,13 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
             let path = log_dir.join(PUBLIC_KEY_FILE);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {} (or pass --public-key)", path.display()))?;
+            // Exactly as the log writes it: 64 lower-case hex digits and a newline.
+            if text.len() != 65
+                || !text.ends_with('\n')
+                || text[..64].bytes().any(|b| !b.is_ascii_digit() && !(b'a'..=b'f').contains(&b))
+            {
+                bail!("{}: not 64 lower-case hex digits and a newline (altered or damaged)", path.display());
+            }
             (
                 text.trim().to_string(),
                 format!("read from {} (pass --public-key from a trusted copy for a real audit)", path.display()),
@@ -53,9 +69,22 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
         }
         Ok(())
     };
-    let report = verify_log_visiting(&OsVfs, &log_dir, &key, Some(&mut visit)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let options = VerifyOptions {
+        witness: heads.witness_dir.as_ref().map(|d| d.join(eventlog::file::witness_file_name(&key))),
+        require_head: !heads.allow_missing_head,
+    };
+    let report =
+        verify_log_with(&OsVfs, &log_dir, &key, &options, Some(&mut visit)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let head = crate::audit_log::read_head(data_dir)?;
     let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if head.is_none() && audit.entries > 0 && !heads.allow_missing_head {
+        bail!(
+            "{}: the audit trail's signed head is missing although the trail holds {} entries: a cut tail could \
+             not be seen (pass --allow-missing-head to verify without it)",
+            data_dir.join(crate::audit_log::HEAD_FILE).display(),
+            audit.entries
+        );
+    }
     let mut out = String::new();
     let _ = writeln!(out, "log {}: OK", log_dir.display());
     let _ = writeln!(out, "  public key        {hex_key} ({from})");
@@ -69,6 +98,15 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, trail: bool) -> anyhow:
         report.unsigned_tail_frames
     );
     let _ = writeln!(out, "  signed head       {}", if report.signed_head_checked { "checked" } else { "absent" });
+    let _ = writeln!(
+        out,
+        "  witness           {}",
+        match (&options.witness, report.witness_checked) {
+            (Some(w), true) => format!("checked ({})", w.display()),
+            (Some(w), false) => format!("absent ({})", w.display()),
+            (None, _) => "none configured (log.witness_dir)".to_string(),
+        }
+    );
     audit_summary(&mut out, &audit, trail.then_some(lines.as_str()));
     Ok(out)
 }

@@ -34,7 +34,7 @@ pub const STREAM_PREFIX: &str = "audit-";
 pub const EVENT_TYPE: &str = "AuditEntry";
 pub const CHECKPOINT: &str = "audit.checkpoint";
 pub const HEAD_FILE: &str = "audit.head";
-const NODE_FILE: &str = "node.id";
+pub const NODE_FILE: &str = "node.id";
 const SIGNATURE_LABEL: &[u8] = b"pypes-audit-checkpoint-v1\0";
 /// A checkpoint after this many entries or this long, whichever is first.
 const CHECKPOINT_EVERY: u64 = 256;
@@ -475,6 +475,11 @@ impl AuditChecker {
                 return Err(format!("{HEAD_FILE} is not two lines (stream, entry)"));
             };
             let payload = hex::decode(hex_entry.trim()).map_err(|_| format!("{HEAD_FILE}: the entry is not hex"))?;
+            // Exactly the bytes the writer writes: any other spelling of the
+            // same value (upper-case hex, other white space) is a changed file.
+            if text != format!("{stream}\n{}\n", hex::encode(&payload)) {
+                return Err(format!("{HEAD_FILE} is not as the audit writer writes it (altered or damaged)"));
+            }
             let entry =
                 AuditEntry::decode(payload.as_slice()).map_err(|e| format!("{HEAD_FILE}: does not decode: {e}"))?;
             let signature = ed25519_dalek::Signature::from_slice(&entry.signature)

@@ -271,13 +271,19 @@ pub struct LogFile {
     /// The database: a PostgreSQL URL or libpq string, or a KurrentDB
     /// connection string (`esdb://` or `kurrentdb://`).
     pub url: Option<String>,
+    /// The file log's witness: a directory on another volume that keeps a
+    /// second copy of the signed head (docs/security.md).
+    pub witness_dir: Option<PathBuf>,
 }
 
 /// Where the event log lives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum LogBackend {
-    /// The embedded file log in `<data>/log`.
-    File,
+    /// The embedded file log in `<data>/log`, with the witness's copy of
+    /// its signed head in `witness_dir` when one is configured.
+    File {
+        witness_dir: Option<PathBuf>,
+    },
     Postgres {
         url: String,
     },
@@ -299,7 +305,8 @@ pub enum KeysBackend {
 impl std::fmt::Debug for LogBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::File => f.write_str("file"),
+            Self::File { witness_dir: None } => f.write_str("file"),
+            Self::File { witness_dir: Some(w) } => write!(f, "file (witness in {})", w.display()),
             Self::Postgres { url } => write!(f, "postgres ({})", eventlog::redact_url(url)),
             Self::KurrentDb { url } => write!(f, "kurrentdb ({})", eventlog::redact_url(url)),
         }
@@ -332,7 +339,7 @@ pub fn backends(args: &BackendArgs, log: LogFile, keys: &KeysFile) -> anyhow::Re
     };
     let log_url = args.log_url.clone().or(log.url);
     let log_backend = match args.log_backend.clone().or(log.backend).as_deref().unwrap_or("file") {
-        "file" => LogBackend::File,
+        "file" => LogBackend::File { witness_dir: args.log_witness_dir.clone().or(log.witness_dir) },
         "postgres" => LogBackend::Postgres { url: url("log", log_url.clone(), "\"postgres://pypes@db/pypes\"")? },
         "kurrentdb" => LogBackend::KurrentDb { url: url("log", log_url.clone(), "\"esdb://db:2113?tls=false\"")? },
         other => anyhow::bail!("log.backend: {other:?}; \"file\", \"postgres\" or \"kurrentdb\""),
@@ -371,6 +378,10 @@ pub struct BackendArgs {
     /// The event log's database URL (for postgres and kurrentdb).
     #[arg(long, env = "PYPES_LOG_URL", hide_env_values = true)]
     pub log_url: Option<String>,
+    /// The file log's witness directory (on another volume): a second copy
+    /// of the signed head, checked at open and by `audit verify`.
+    #[arg(long, env = "PYPES_LOG_WITNESS_DIR")]
+    pub log_witness_dir: Option<PathBuf>,
     /// Key store backend: file, or postgres (the default with a postgres log).
     #[arg(long, env = "PYPES_KEYS_BACKEND")]
     pub keys_backend: Option<String>,
@@ -612,6 +623,10 @@ mod tests {
         assert!(e.contains("keys.url: needed"), "{e}");
         std::fs::write(&file, "").unwrap();
         let config = with(&file, BackendArgs::default()).unwrap();
-        assert_eq!((config.log, config.keys), (LogBackend::File, KeysBackend::File), "embedded by default");
+        assert_eq!(
+            (config.log, config.keys),
+            (LogBackend::File { witness_dir: None }, KeysBackend::File),
+            "embedded by default"
+        );
     }
 }

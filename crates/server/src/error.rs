@@ -59,8 +59,29 @@ impl From<eventlog::LogError> for ApiError {
     }
 }
 
+/// The longest message a status carries: clients cap the trailers at
+/// 16 KiB (grpc-go, grpcio and tonic by default), and a longer message
+/// turns the real error into RESOURCE_EXHAUSTED on their side.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        let status = status_of(e);
+        if status.message().len() <= MAX_STATUS_MESSAGE {
+            return status;
+        }
+        // Every caller value is quoted through `domain::quote`; this only
+        // guards against a message that grew some other way.
+        let mut cut = MAX_STATUS_MESSAGE;
+        while !status.message().is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Status::new(status.code(), format!("{}… (message cut)", &status.message()[..cut]))
+    }
+}
+
+fn status_of(e: ApiError) -> Status {
+    {
         match e {
             ApiError::Invalid { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),

@@ -31,10 +31,23 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    let mut rebuilding = String::new();
+    for r in &state.views.rebuilding {
+        if state.views.rebuild_of(r.name).is_some() {
+            let at = state.views.runner(r.name).map_or(0, |x| x.status().next_position);
+            let _ = writeln!(
+                rebuilding,
+                "view {} is being rebuilt from the log ({}): position {at} of {}",
+                r.name,
+                if r.moved_to.is_some() { "its file was damaged and moved aside" } else { "its file was missing" },
+                r.until
+            );
+        }
+    }
     if *state.ready.borrow() {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
     } else {
-        HttpResponse::ServiceUnavailable().content_type("text/plain").body("recovering\n")
+        HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("recovering\n{rebuilding}"))
     }
 }
 
@@ -103,8 +116,18 @@ async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> Http
             Some((g, p)) => format!("{{\"generation\":{g},\"next_position\":{p}}}"),
             None => "null".into(),
         };
+        let recovered = match state.views.rebuilding.iter().find(|x| x.name == s.name) {
+            Some(x) => format!(
+                "{{\"reason\":{},\"moved_to\":{},\"until\":{},\"done\":{}}}",
+                crate::erasure::json_str(&x.reason),
+                x.moved_to.as_ref().map_or("null".into(), |p| crate::erasure::json_str(&p.display().to_string())),
+                x.until,
+                state.views.rebuild_of(s.name).is_none()
+            ),
+            None => "null".into(),
+        };
         items.push(format!(
-            "{{\"name\":\"{}\",\"version\":{},\"state\":\"{}\",\"stalled_at\":{stalled_at},\"error\":{error},\"serving_generation\":{},\"next_position\":{},\"head\":{},\"lag_positions\":{},\"lag_seconds\":{:.3},\"events_applied\":{},\"building\":{building},\"skipped_events\":{}}}",
+            "{{\"name\":\"{}\",\"version\":{},\"state\":\"{}\",\"stalled_at\":{stalled_at},\"error\":{error},\"serving_generation\":{},\"next_position\":{},\"head\":{},\"lag_positions\":{},\"lag_seconds\":{:.3},\"events_applied\":{},\"building\":{building},\"skipped_events\":{},\"rebuilt_at_start\":{recovered}}}",
             s.name,
             s.version,
             s.state.name(),

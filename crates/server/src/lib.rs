@@ -14,6 +14,7 @@ pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod integrity;
 pub mod media;
 pub mod metrics;
 pub mod read_api;

@@ -53,6 +53,15 @@ enum Command {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Opens a stopped server's data directory as a start would (repairs
+    /// from redundancy, refuses damage naming the file), then reads every
+    /// event, media blob and view; prints counts, what was settled and a
+    /// digest of all answers (no personal data). Non-zero exit when a start
+    /// would be refused or a blob is damaged.
+    Check {
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
     /// Key store operations on a stopped server's data directory.
     Keys {
         #[command(subcommand)]
@@ -204,6 +213,10 @@ enum AuditCommand {
         /// The log's Ed25519 public key (hex), from a trusted copy; default: the log's signing.pub.
         #[arg(long)]
         public_key: Option<String>,
+        /// Accept a missing log/head.sig or audit.head (and witness copy)
+        /// on a log that holds frames; without it that is a failure.
+        #[arg(long)]
+        allow_missing_head: bool,
         #[command(flatten)]
         backends: server::config::ToolBackendArgs,
     },
@@ -214,6 +227,8 @@ enum AuditCommand {
         data_dir: PathBuf,
         #[arg(long)]
         public_key: Option<String>,
+        #[arg(long)]
+        allow_missing_head: bool,
         #[command(flatten)]
         backends: server::config::ToolBackendArgs,
     },
@@ -267,19 +282,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(server::demo::run(&grpc, &key))
         }
         Command::Audit { command } => {
-            let (data_dir, public_key, backends, trail) = match command {
-                AuditCommand::Verify { data_dir, public_key, backends } => (data_dir, public_key, backends, false),
-                AuditCommand::Trail { data_dir, public_key, backends } => (data_dir, public_key, backends, true),
+            let (data_dir, public_key, allow_missing_head, backends, trail) = match command {
+                AuditCommand::Verify { data_dir, public_key, allow_missing_head, backends } => {
+                    (data_dir, public_key, allow_missing_head, backends, false)
+                }
+                AuditCommand::Trail { data_dir, public_key, allow_missing_head, backends } => {
+                    (data_dir, public_key, allow_missing_head, backends, true)
+                }
             };
             let (log, _) = backends.resolve()?;
             let text = match log {
-                server::config::LogBackend::File => server::audit::verify(&data_dir, public_key.as_deref(), trail)?,
+                server::config::LogBackend::File { witness_dir } => server::audit::verify(
+                    &data_dir,
+                    public_key.as_deref(),
+                    &server::audit::HeadPolicy { witness_dir, allow_missing_head },
+                    trail,
+                )?,
                 other => tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
                     .block_on(server::audit::verify_database(&data_dir, &other, public_key.as_deref(), trail))?,
             };
             print!("{text}");
+            Ok(())
+        }
+        Command::Check { data_dir } => {
+            let answers = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::integrity::check(&data_dir))?;
+            print!("{}", answers.summary());
+            let lost = answers.media.iter().filter(|m| m.contains("DATA_LOSS")).count();
+            if lost > 0 {
+                anyhow::bail!("{lost} media blobs are damaged (downloads answer DATA_LOSS naming them)");
+            }
             Ok(())
         }
         Command::Replay { stream, into, as_of, data_dir, backends } => {

@@ -209,7 +209,7 @@ fn start_in(config: &MediaConfig, tenant: Uuid, s: pb::UploadStart) -> Result<St
     if !policy.allowed_types.contains(&content_type) {
         return Err(ApiError::invalid(
             "start.content_type",
-            format!("{content_type:?} is not allowed; allowed: {}", policy.allowed_types.join(", ")),
+            format!("{} is not allowed; allowed: {}", domain::quote(&content_type), policy.allowed_types.join(", ")),
         ));
     }
     if s.size == 0 {
@@ -458,6 +458,7 @@ async fn send_range(
     len: u64,
     tx: ChunkSender,
 ) {
+    let media_id = first.media_id.clone();
     let mut first = Some(first);
     let mut at = offset;
     let indexes = dec.chunks_of(offset, len);
@@ -465,7 +466,15 @@ async fn send_range(
     tokio::spawn(read_ahead(reader, indexes.clone().map(|i| dec.stored_range(i)).collect(), read_tx));
     for index in indexes {
         let plain = match reads.recv().await {
-            Some(Ok(stored)) => dec.open(index, stored, offset, len).map_err(|e| ApiError::DataLoss(e.to_string())),
+            // A chunk that fails authentication, or a blob shorter than its
+            // header says, is damage: DATA_LOSS naming the media, never
+            // other bytes.
+            Some(Ok(stored)) => dec
+                .open(index, stored, offset, len)
+                .map_err(|e| ApiError::DataLoss(format!("media {media_id}: chunk {index} is damaged: {e}"))),
+            Some(Err(e @ (BlobError::OutOfRange { .. } | BlobError::Io { .. }))) => {
+                Err(ApiError::DataLoss(format!("media {media_id}: the stored blob cannot be read whole: {e}")))
+            }
             Some(Err(e)) => Err(ApiError::from(e)),
             None => Err(ApiError::Internal("the blob reader stopped".into())),
         };

@@ -21,6 +21,8 @@ struct Method {
 #[derive(Default)]
 pub struct ApiMetrics {
     methods: Mutex<BTreeMap<&'static str, Method>>,
+    /// Damage found and settled in stored files, by store and what was done.
+    integrity: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl ApiMetrics {
@@ -38,8 +40,18 @@ impl ApiMetrics {
         m.count += 1;
     }
 
+    /// Counts damage found in a store (`keys`, `views`, `media`) and what
+    /// was done about it (`repaired`, `torn_tail_cut`, `rebuilt`, ...).
+    pub fn count_integrity(&self, store: &'static str, action: &'static str) {
+        *self.integrity.lock().unwrap_or_else(|e| e.into_inner()).entry((store, action)).or_default() += 1;
+    }
+
     pub fn render(&self, actors: &actors::Metrics, live: usize) -> String {
         let mut out = String::new();
+        out.push_str("# HELP pypes_integrity_events_total Damage found in stored files since start, by store and what was done.\n# TYPE pypes_integrity_events_total counter\n");
+        for ((store, action), n) in self.integrity.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "pypes_integrity_events_total{{store=\"{store}\",action=\"{action}\"}} {n}");
+        }
         let methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
         out.push_str("# HELP pypes_grpc_requests_total gRPC requests by method and status code.\n# TYPE pypes_grpc_requests_total counter\n");
         for (name, m) in methods.iter() {

@@ -247,6 +247,73 @@ impl pb::view_service_server::ViewService for Handle {
 
 /// Longest range an analytics query may cover: a year of hours.
 const MAX_BUCKETS: i64 = 366 * 24;
+/// The last microsecond of the year 9999: analytics times lie between the
+/// Unix epoch and this, so no bucket arithmetic can overflow.
+const MAX_ANALYTICS_MICROS: i64 = 253_402_300_799_999_999;
+
+/// Checks an analytics query's range without arithmetic that can overflow,
+/// for any pair of `i64`s a client sends.
+pub(crate) fn check_analytics_range(from: i64, to: i64, bucket_micros: i64) -> Result<(), ApiError> {
+    let in_range = |t: i64| (0..=MAX_ANALYTICS_MICROS).contains(&t);
+    if !in_range(from) {
+        return Err(ApiError::invalid("from_micros", format!("{from}; 0 (1970) to {MAX_ANALYTICS_MICROS} (9999)")));
+    }
+    if !in_range(to) {
+        return Err(ApiError::invalid("to_micros", format!("{to}; 0 (1970) to {MAX_ANALYTICS_MICROS} (9999)")));
+    }
+    if to <= from {
+        return Err(ApiError::invalid("to_micros", "must be after from_micros"));
+    }
+    // Both are in [0, MAX]: the difference cannot overflow.
+    if (to - from) / bucket_micros > MAX_BUCKETS {
+        return Err(ApiError::invalid("to_micros", format!("the range spans more than {MAX_BUCKETS} buckets")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod range_tests {
+    //! Regression: `from_micros = i64::MIN, to_micros = i64::MAX` overflowed
+    //! the span check (a panic in debug builds, OK with 0 cells in release),
+    //! and a narrow range near `i64::MIN` overflowed the bucket arithmetic.
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXTREMES: [i64; 9] =
+        [i64::MIN, i64::MIN + 1, -1, 0, 1, MAX_ANALYTICS_MICROS, i64::MAX - 1, i64::MAX, 3_600_000_000];
+
+    fn any_time() -> impl Strategy<Value = i64> {
+        prop_oneof![any::<i64>(), prop::sample::select(EXTREMES.to_vec()), 0..=MAX_ANALYTICS_MICROS]
+    }
+
+    proptest! {
+        #[test]
+        fn any_pair_is_answered_without_overflow(from in any_time(), to in any_time(), hourly in any::<bool>()) {
+            let g = if hourly { 3_600_000_000 } else { 86_400_000_000 };
+            match check_analytics_range(from, to, g) {
+                Ok(()) => {
+                    prop_assert!(0 <= from && from < to && to <= MAX_ANALYTICS_MICROS);
+                    // What the query then computes stays in range.
+                    prop_assert!(from.checked_div(g).and_then(|b| b.checked_mul(g)).is_some());
+                    prop_assert!((to - from) / g <= MAX_BUCKETS);
+                }
+                Err(ApiError::Invalid { field, .. }) => prop_assert!(field == "from_micros" || field == "to_micros"),
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_reported_extremes_are_invalid_argument() {
+        for (from, to) in [(i64::MIN, i64::MAX), (i64::MIN, 0), (0, i64::MAX), (i64::MIN, i64::MIN + 3_600_000_000)] {
+            assert!(
+                matches!(check_analytics_range(from, to, 3_600_000_000), Err(ApiError::Invalid { .. })),
+                "{from} {to}"
+            );
+        }
+        assert!(check_analytics_range(0, 3_600_000_000, 3_600_000_000).is_ok());
+    }
+}
 
 #[tonic::async_trait]
 impl pb::analytics_service_server::AnalyticsService for Handle {
@@ -261,12 +328,7 @@ impl pb::analytics_service_server::AnalyticsService for Handle {
                 Ok(pb::Granularity::Day) => analytics::Granularity::Day,
                 _ => return Err(ApiError::invalid("granularity", "GRANULARITY_HOUR or GRANULARITY_DAY")),
             };
-            if r.to_micros <= r.from_micros {
-                return Err(ApiError::invalid("to_micros", "must be after from_micros"));
-            }
-            if (r.to_micros - r.from_micros) / g.micros() > MAX_BUCKETS {
-                return Err(ApiError::invalid("to_micros", format!("the range spans more than {MAX_BUCKETS} buckets")));
-            }
+            check_analytics_range(r.from_micros, r.to_micros, g.micros())?;
             if api.registry.read::<domain::pype::Pype>(tenant, pype).await?.state.id.is_none() {
                 return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound {
                     what: "pype",

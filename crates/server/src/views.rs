@@ -21,42 +21,109 @@ const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
 pub struct Views {
     pub runners: Vec<Arc<Runner>>,
     log: Arc<dyn EventLog>,
+    /// Views whose file was damaged (or missing) at start and are being
+    /// rebuilt from the log: they answer UNAVAILABLE until they reach the
+    /// head the log had at start.
+    pub rebuilding: Vec<Rebuild>,
+}
+
+/// A view rebuilt from the log at start.
+#[derive(Debug, Clone)]
+pub struct Rebuild {
+    pub name: &'static str,
+    /// Where the damaged file was moved (kept for inspection); `None` when
+    /// the file was missing.
+    pub moved_to: Option<std::path::PathBuf>,
+    pub reason: String,
+    /// The log's head at start: the view serves again from there on.
+    pub until: u64,
 }
 
 impl Views {
     /// Opens every projection's store and starts its runner; `ready` turns
-    /// true when all have reached the head the log had at start.
+    /// true when all have reached the head the log had at start. A view
+    /// file that does not open, or whose runner cannot start on it, is
+    /// moved aside and the view rebuilt from the log in the background;
+    /// the server serves everything else meanwhile.
     pub fn start(data_dir: &Path, log: Arc<dyn EventLog>, ready: watch::Sender<bool>) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("views");
+        // A data directory that never had views (the first start) is not
+        // "missing" them.
+        let had_views = dir.exists();
         let mut runners = Vec::new();
+        let mut rebuilding = Vec::new();
         let all = projections::all();
+        let head = log.head();
         // One read and decode of each new page of `$all` for every view.
         let pages = projections::runner::SharedPages::new(all.iter().map(|p| p.filter()));
         for p in all {
-            let path = dir.join(format!("{}.redb", p.name()));
-            let store = Arc::new(ViewStore::open(&path).with_context(|| format!("opening {}", path.display()))?);
-            let runner = Runner::start_sharing(
-                p,
-                store,
-                log.clone(),
-                RunnerConfig::default(),
-                tokio::runtime::Handle::current(),
-                pages.clone(),
-            )
-            .context("starting a projection")?;
+            let name = p.name();
+            let path = dir.join(format!("{name}.redb"));
+            let existed = path.exists();
+            let (store, mut aside) =
+                ViewStore::open_or_set_aside(&path).with_context(|| format!("opening {}", path.display()))?;
+            let start = |store: ViewStore, p| {
+                Runner::start_sharing(
+                    p,
+                    Arc::new(store),
+                    log.clone(),
+                    RunnerConfig::default(),
+                    tokio::runtime::Handle::current(),
+                    pages.clone(),
+                )
+            };
+            let runner = match start(store, p) {
+                Ok(runner) => runner,
+                Err(e) if aside.is_none() => {
+                    // The file opened but its contents do not make sense.
+                    let moved = projections::store_set_aside(&path, &e.to_string())
+                        .with_context(|| format!("moving {} aside", path.display()))?;
+                    aside = Some(moved);
+                    let store = ViewStore::open(&path).with_context(|| format!("opening {}", path.display()))?;
+                    let p = projections::all().into_iter().find(|q| q.name() == name).context("no such projection")?;
+                    start(store, p).context("starting a projection")?
+                }
+                Err(e) => return Err(e).context("starting a projection"),
+            };
+            match aside {
+                Some(a) => {
+                    tracing::error!(
+                        view = name,
+                        moved_to = %a.moved_to.display(),
+                        reason = %a.reason,
+                        until = head,
+                        "view store damaged: moved aside, rebuilding it from the log"
+                    );
+                    rebuilding.push(Rebuild { name, moved_to: Some(a.moved_to), reason: a.reason, until: head });
+                }
+                None if !existed && had_views => {
+                    tracing::warn!(view = name, until = head, "view store missing: rebuilding it from the log");
+                    rebuilding.push(Rebuild { name, moved_to: None, reason: "missing".into(), until: head });
+                }
+                None => {}
+            }
             runners.push(runner);
         }
-        let views = Arc::new(Self { runners, log: log.clone() });
-        let head = log.head();
+        let views = Arc::new(Self { runners, log: log.clone(), rebuilding });
         let waiting = views.clone();
         tokio::spawn(async move {
             for r in &waiting.runners {
                 r.wait_for(head).await;
             }
+            for r in &waiting.rebuilding {
+                tracing::info!(view = r.name, until = r.until, "view rebuilt from the log");
+            }
             tracing::info!(head, "views caught up with the log");
             let _ = ready.send(true);
         });
         Ok(views)
+    }
+
+    /// The rebuild still under way for view `name`, if any.
+    pub fn rebuild_of(&self, name: &str) -> Option<&Rebuild> {
+        let r = self.rebuilding.iter().find(|r| r.name == name)?;
+        let runner = self.runner(name)?;
+        (runner.status().next_position < r.until).then_some(r)
     }
 
     pub fn runner(&self, name: &str) -> Option<&Arc<Runner>> {
@@ -67,6 +134,14 @@ impl Views {
     /// reach the log's current head.
     pub async fn read(&self, name: &str) -> Result<ReadView, ApiError> {
         let runner = self.runner(name).ok_or_else(|| ApiError::Internal(format!("no projection {name}")))?;
+        if let Some(r) = self.rebuild_of(name) {
+            return Err(ApiError::Unavailable(format!(
+                "the {name} view is being rebuilt from the log after its file was found {} (at position {} of {})",
+                if r.moved_to.is_some() { "damaged" } else { "missing" },
+                runner.status().next_position,
+                r.until
+            )));
+        }
         let head = self.log.head();
         let _ = tokio::time::timeout(READ_YOUR_WRITES, runner.wait_for(head)).await;
         let store = runner.store().clone();
