@@ -127,6 +127,12 @@ pub trait EventLog: Send + Sync + 'static {
         false
     }
 
+    /// Ends this process's writing at a clean stop: the file log writes a
+    /// final signed checkpoint (so `head.sig` covers every frame) and
+    /// releases its directory; later writes fail with `Closed`. Blocks
+    /// until done. Databases need nothing.
+    fn close_for_shutdown(&self) {}
+
     /// Replaces the metadata of `stream` (which need not exist yet).
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>>;
 

@@ -203,6 +203,32 @@ pub fn check_embedded(
     Ok(Embedded { provider, store: Arc::new(store), origin })
 }
 
+/// What a read-only check found: the report's lines, the damaged records
+/// and the keys that do not unwrap (for `pypes-keys verify` and
+/// `pypes keys verify`; either count non-zero fails them).
+pub fn verify_report(keys: &Embedded) -> (String, usize, usize) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let findings = keys.findings();
+    for f in &findings {
+        let tag = if f.action.is_damage() { "DAMAGED" } else { "NOTE" };
+        let _ = writeln!(out, "{tag} {f}");
+    }
+    let r = keys.store.verify();
+    let damaged = findings.iter().filter(|f| f.action.is_damage()).count();
+    let _ = writeln!(
+        out,
+        "tenants: {}, keys unwrapped: {}, failures: {}, damaged records: {damaged}",
+        r.tenants,
+        r.keys_ok,
+        r.failures.len()
+    );
+    for f in &r.failures {
+        let _ = writeln!(out, "FAILED {f}");
+    }
+    (out, damaged, r.failures.len())
+}
+
 /// Whether opening may set up a new key store (the server's first start)
 /// or must find one (operator tools).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

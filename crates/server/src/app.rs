@@ -514,5 +514,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     }
     registry.shutdown();
     views.stop();
+    // A clean stop leaves every frame under a signed head.
+    let closing = log.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || closing.close_for_shutdown()).await {
+        tracing::error!(error = %e, "closing the event log at shutdown");
+    }
     Ok(())
 }

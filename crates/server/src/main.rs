@@ -236,6 +236,13 @@ enum AuditCommand {
 
 #[derive(Subcommand)]
 enum KeysCommand {
+    /// Reads every file and both copies of every record of a stopped
+    /// server's key store without writing; exits non-zero on a damaged copy,
+    /// a torn append or a key that does not unwrap.
+    Verify {
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
     /// Re-wraps every live key under a new epoch KEK and destroys the old one.
     Rotate {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
@@ -367,6 +374,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(server::demo::export(&args.grpc, &key, &args.tenant, &args.subject, args.out.as_deref()))
+        }
+        Command::Keys { command: KeysCommand::Verify { data_dir } } => {
+            let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
+            let keys = keystore::embedded::check_embedded(
+                &data_dir,
+                root.as_deref(),
+                std::sync::Arc::new(eventlog::SystemClock),
+            )
+            .with_context(|| format!("checking the key store of {}", data_dir.display()))?;
+            let (text, damaged, failures) = keystore::embedded::verify_report(&keys);
+            print!("{text}");
+            if failures > 0 || damaged > 0 {
+                anyhow::bail!(
+                    "{failures} keys do not unwrap and {damaged} records are damaged (a start repairs damaged copies from their twin)"
+                );
+            }
+            Ok(())
         }
         Command::Keys { command: KeysCommand::Rotate { data_dir } } => {
             let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();

@@ -271,49 +271,6 @@ pub(crate) fn check_analytics_range(from: i64, to: i64, bucket_micros: i64) -> R
     Ok(())
 }
 
-#[cfg(test)]
-mod range_tests {
-    //! Regression: `from_micros = i64::MIN, to_micros = i64::MAX` overflowed
-    //! the span check (a panic in debug builds, OK with 0 cells in release),
-    //! and a narrow range near `i64::MIN` overflowed the bucket arithmetic.
-    use super::*;
-    use proptest::prelude::*;
-
-    const EXTREMES: [i64; 9] =
-        [i64::MIN, i64::MIN + 1, -1, 0, 1, MAX_ANALYTICS_MICROS, i64::MAX - 1, i64::MAX, 3_600_000_000];
-
-    fn any_time() -> impl Strategy<Value = i64> {
-        prop_oneof![any::<i64>(), prop::sample::select(EXTREMES.to_vec()), 0..=MAX_ANALYTICS_MICROS]
-    }
-
-    proptest! {
-        #[test]
-        fn any_pair_is_answered_without_overflow(from in any_time(), to in any_time(), hourly in any::<bool>()) {
-            let g = if hourly { 3_600_000_000 } else { 86_400_000_000 };
-            match check_analytics_range(from, to, g) {
-                Ok(()) => {
-                    prop_assert!(0 <= from && from < to && to <= MAX_ANALYTICS_MICROS);
-                    // What the query then computes stays in range.
-                    prop_assert!(from.checked_div(g).and_then(|b| b.checked_mul(g)).is_some());
-                    prop_assert!((to - from) / g <= MAX_BUCKETS);
-                }
-                Err(ApiError::Invalid { field, .. }) => prop_assert!(field == "from_micros" || field == "to_micros"),
-                Err(other) => prop_assert!(false, "{other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_reported_extremes_are_invalid_argument() {
-        for (from, to) in [(i64::MIN, i64::MAX), (i64::MIN, 0), (0, i64::MAX), (i64::MIN, i64::MIN + 3_600_000_000)] {
-            assert!(
-                matches!(check_analytics_range(from, to, 3_600_000_000), Err(ApiError::Invalid { .. })),
-                "{from} {to}"
-            );
-        }
-        assert!(check_analytics_range(0, 3_600_000_000, 3_600_000_000).is_ok());
-    }
-}
 
 #[tonic::async_trait]
 impl pb::analytics_service_server::AnalyticsService for Handle {
@@ -613,5 +570,49 @@ impl Handle {
         let action = if restrict { "privacy.restrict" } else { "privacy.lift_restriction" };
         self.0.record_subject(action, tenant, subject, format!("sessions={}", ids.len())).await?;
         Ok(done.state)
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    //! Regression: `from_micros = i64::MIN, to_micros = i64::MAX` overflowed
+    //! the span check (a panic in debug builds, OK with 0 cells in release),
+    //! and a narrow range near `i64::MIN` overflowed the bucket arithmetic.
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXTREMES: [i64; 9] =
+        [i64::MIN, i64::MIN + 1, -1, 0, 1, MAX_ANALYTICS_MICROS, i64::MAX - 1, i64::MAX, 3_600_000_000];
+
+    fn any_time() -> impl Strategy<Value = i64> {
+        prop_oneof![any::<i64>(), prop::sample::select(EXTREMES.to_vec()), 0..=MAX_ANALYTICS_MICROS]
+    }
+
+    proptest! {
+        #[test]
+        fn any_pair_is_answered_without_overflow(from in any_time(), to in any_time(), hourly in any::<bool>()) {
+            let g = if hourly { 3_600_000_000 } else { 86_400_000_000 };
+            match check_analytics_range(from, to, g) {
+                Ok(()) => {
+                    prop_assert!(0 <= from && from < to && to <= MAX_ANALYTICS_MICROS);
+                    // What the query then computes stays in range.
+                    prop_assert!(from.checked_div(g).and_then(|b| b.checked_mul(g)).is_some());
+                    prop_assert!((to - from) / g <= MAX_BUCKETS);
+                }
+                Err(ApiError::Invalid { field, .. }) => prop_assert!(field == "from_micros" || field == "to_micros"),
+                Err(other) => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_reported_extremes_are_invalid_argument() {
+        for (from, to) in [(i64::MIN, i64::MAX), (i64::MIN, 0), (0, i64::MAX), (i64::MIN, i64::MIN + 3_600_000_000)] {
+            assert!(
+                matches!(check_analytics_range(from, to, 3_600_000_000), Err(ApiError::Invalid { .. })),
+                "{from} {to}"
+            );
+        }
+        assert!(check_analytics_range(0, 3_600_000_000, 3_600_000_000).is_ok());
     }
 }

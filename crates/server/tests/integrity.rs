@@ -125,7 +125,6 @@ fn stop_cleanly(mut server: Server) {
 /// The byte range of the last record of a file, by its kind.
 fn last_record(rel: &Path, bytes: &[u8]) -> std::ops::Range<usize> {
     let s = rel.to_string_lossy();
-    let whole = 0..bytes.len();
     if s.starts_with("keys/") || s.starts_with("provider/") {
         // Twin frames after an 8-byte magic: the last twin.
         let (mut at, mut last) = (8, 8);

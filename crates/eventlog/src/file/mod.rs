@@ -429,6 +429,10 @@ impl EventLog for FileLog {
         true
     }
 
+    fn close_for_shutdown(&self) {
+        self.close();
+    }
+
     fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
         Box::pin(async move {
             let bytes = validate_appends(&appends)?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use eventlog::{Clock, SystemClock};
-use keystore::embedded::{OpenMode, ROOT_KEY_ENV, check_embedded, open_embedded};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV, check_embedded, open_embedded, verify_report};
 use keystore::{KeyStore, RootKeyProvider};
 
 #[derive(Parser)]
@@ -105,26 +105,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn verify(cli: &Cli, root: Option<&str>, clock: Arc<SystemClock>) -> anyhow::Result<()> {
     let keys = check_embedded(&cli.data, root, clock)
         .with_context(|| format!("checking the key store of {}", cli.data.display()))?;
-    let findings = keys.findings();
-    for f in &findings {
-        let tag = if f.action.is_damage() { "DAMAGED" } else { "NOTE" };
-        println!("{tag} {f}");
-    }
-    let r = keys.store.verify();
-    let damaged = findings.iter().filter(|f| f.action.is_damage()).count();
-    println!(
-        "tenants: {}, keys unwrapped: {}, failures: {}, damaged records: {damaged}",
-        r.tenants,
-        r.keys_ok,
-        r.failures.len()
-    );
-    for f in &r.failures {
-        println!("FAILED {f}");
-    }
-    if !r.failures.is_empty() || damaged > 0 {
+    let (text, damaged, failures) = verify_report(&keys);
+    print!("{text}");
+    if failures > 0 || damaged > 0 {
         anyhow::bail!(
-            "{} keys do not unwrap and {damaged} records are damaged (the server repairs damaged copies from their twin at its next start)",
-            r.failures.len()
+            "{failures} keys do not unwrap and {damaged} records are damaged (the server repairs damaged copies from their twin at its next start)"
         );
     }
     Ok(())
