@@ -93,10 +93,10 @@ impl FindingAction {
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let action = match self.action {
-            FindingAction::Repaired => "damaged copy, repaired from its twin",
-            FindingAction::TornTailCut => "torn last append, cut off",
-            FindingAction::Migrated => "format 1, rewritten as format 2",
-            FindingAction::LeftoverRemoved => "leftover of an interrupted write, removed",
+            FindingAction::Repaired => "one copy damaged, the other whole: rewritten from it at open",
+            FindingAction::TornTailCut => "torn last append, never acknowledged: cut off at open",
+            FindingAction::Migrated => "format 1: rewritten as format 2 at open",
+            FindingAction::LeftoverRemoved => "leftover of an interrupted write: removed at open",
         };
         write!(f, "{} at offset {}: {} ({action})", self.path.display(), self.offset, self.what)
     }
@@ -140,11 +140,10 @@ pub fn twin_at(bytes: &[u8], at: usize, max_body: usize) -> Twin {
                 }
                 Frame::Whole { .. } => Twin::Conflict,
                 Frame::End => Twin::Whole { body, next: bytes.len(), damaged: Some("second copy missing") },
-                Frame::Bad(why) if twin_end > bytes.len() => {
-                    let _ = why;
+                Frame::Bad(_) if twin_end > bytes.len() => {
                     Twin::Whole { body, next: bytes.len(), damaged: Some("second copy cut short") }
                 }
-                Frame::Bad(why) => Twin::Whole { body, next: twin_end, damaged: Some(why) },
+                Frame::Bad(why) => Twin::Whole { body, next: twin_end, damaged: Some(second_copy_reason(why)) },
             }
         }
         Frame::Bad(why) => {
@@ -164,6 +163,13 @@ pub fn twin_at(bytes: &[u8], at: usize, max_body: usize) -> Twin {
             }
             Twin::Bad(why)
         }
+    }
+}
+
+fn second_copy_reason(why: &'static str) -> &'static str {
+    match why {
+        "frame length out of range" | "frame body cut short" => "second copy: length damaged",
+        _ => "second copy: checksum mismatch",
     }
 }
 

@@ -271,7 +271,6 @@ pub(crate) fn check_analytics_range(from: i64, to: i64, bucket_micros: i64) -> R
     Ok(())
 }
 
-
 #[tonic::async_trait]
 impl pb::analytics_service_server::AnalyticsService for Handle {
     async fn query_analytics(&self, request: Request<pb::QueryAnalyticsRequest>) -> Reply<pb::QueryAnalyticsResponse> {
