@@ -29,12 +29,6 @@ fn pypes(args: &[&str], data: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pypes")).args(args).arg("--data-dir").arg(data).output().unwrap()
 }
 
-fn stop_cleanly(mut server: Server) {
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(server.child.wait().unwrap().success());
-}
-
 fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     files_under(dir).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
 }

@@ -115,13 +115,6 @@ fn build(dir: &Path) {
     assert!(out.status.success(), "rotate: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn stop_cleanly(mut server: Server) {
-    let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "the server stopped with {status}");
-}
-
 /// The byte range of the last record of a file, by its kind.
 fn last_record(rel: &Path, bytes: &[u8]) -> std::ops::Range<usize> {
     let s = rel.to_string_lossy();

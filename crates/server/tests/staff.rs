@@ -19,7 +19,7 @@ fn refused(r: &Result<String, tonic::Status>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_may_call_exactly_what_the_table_says() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = start(data.path());
+    let server = start(data.path());
     let mut c = clients(&server.grpc).await;
     let s = setup(&mut c, "stella").await;
     let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
@@ -126,9 +126,7 @@ async fn each_role_may_call_exactly_what_the_table_says() {
     // The audit trail has the grants and the content reads under them
     // (after a clean stop: a killed young log may have no signed head yet,
     // which `audit trail` refuses without --allow-missing-head).
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    assert!(server.child.wait().unwrap().success());
+    common::stop_cleanly(server);
     let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
         .args(["audit", "trail", "--data-dir"])
         .arg(data.path())

@@ -105,6 +105,14 @@ fn spawn(data: &Path, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Serve
     Server { grpc: format!("http://{}", field("grpc=")), http: field("http="), child }
 }
 
+/// Stops the server as an operator does (SIGTERM) and waits for a clean exit.
+pub fn stop_cleanly(mut server: Server) {
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "the server stopped with {status}");
+}
+
 pub fn authed<T>(key: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
