@@ -189,3 +189,23 @@ fn a_damaged_head_sig_is_covered_by_the_witness_and_refused_without_one() {
     assert_eq!(files(&vfs), before, "the refused open changed a file");
     assert_eq!(events(&vfs, true).unwrap(), 3, "with the witness the log opens");
 }
+
+#[test]
+fn the_witness_holds_a_signed_note_and_a_damaged_one_is_named() {
+    let pristine = log_with(3, true, true);
+    let (path, note) = files(&pristine).into_iter().find(|(p, _)| p.starts_with(WITNESS)).unwrap();
+    let text = String::from_utf8(note.clone()).unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]).verifying_key();
+    assert!(text.starts_with(&format!("{}\n", eventlog::file::note::origin(&key))), "{text}");
+    assert!(text.contains("\n\n\u{2014} pypes.log/"), "a C2SP signed note: {text}");
+    let head = eventlog::file::note::decode(&note, &key).unwrap();
+    assert_eq!(head.next_position, 3);
+    for byte in [0, note.len() / 2, note.len() - 2] {
+        let vfs = pristine.crash(CrashMode::KeepUnsynced);
+        vfs.flip_bit(&path, byte as u64 * 8).unwrap();
+        let before = files(&vfs);
+        let err = events(&vfs, true).unwrap_err();
+        assert!(matches!(&err, LogError::Corrupt { file, .. } if *file == path), "byte {byte}: {err}");
+        assert_eq!(files(&vfs), before);
+    }
+}

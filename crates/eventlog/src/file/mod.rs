@@ -10,6 +10,7 @@
 //! event only after that, because the index is published after the sync.
 
 pub mod format;
+pub mod note;
 mod read;
 mod recover;
 mod scavenge;
@@ -43,9 +44,10 @@ const SPARSE_EVERY: u64 = 32;
 /// Name of the file holding the latest signed checkpoint.
 pub const HEAD_FILE: &str = "head.sig";
 
-/// The name of a log's signed head in a witness directory.
+/// The name of a log's signed head in a witness directory (a C2SP signed
+/// note, see [`note`]).
 pub fn witness_file_name(key: &ed25519_dalek::VerifyingKey) -> String {
-    format!("pypes-log-head-{}.sig", &hex_lower(key.as_bytes())[..16])
+    format!("pypes-log-head-{}.note", &hex_lower(key.as_bytes())[..16])
 }
 
 fn hex_lower(bytes: &[u8]) -> String {

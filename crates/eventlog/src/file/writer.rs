@@ -955,29 +955,28 @@ impl Syncer {
     }
 
     /// Replaces `head.sig` atomically (write temp, sync, rename, sync dir),
-    /// then the witness's copy the same way.
+    /// then the witness's copy (a signed note) the same way.
     fn write_head(&self, cp: &Checkpoint) {
         let vfs = &self.shared.vfs;
-        let bytes = format::encode_head(cp);
-        let replace = |path: &std::path::Path| -> std::io::Result<()> {
+        let replace = |path: &std::path::Path, bytes: &[u8]| -> std::io::Result<()> {
             let dir = super::vfs::parent(path);
             let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
             tmp_name.push(".tmp");
             let tmp = path.with_file_name(tmp_name);
             let f = vfs.open(&tmp, true)?;
             f.set_len(0)?;
-            f.write_at(0, &bytes)?;
+            f.write_at(0, bytes)?;
             f.sync_data()?;
             drop(f);
             vfs.rename(&tmp, path)?;
             vfs.sync_dir(&dir)
         };
-        if let Err(e) = replace(&self.shared.dir.join(HEAD_FILE)) {
+        if let Err(e) = replace(&self.shared.dir.join(HEAD_FILE), &format::encode_head(cp)) {
             warn!(error = %e, "could not update the signed head; the checkpoint frame in the log still stands");
             return;
         }
         if let Some(witness) = &self.shared.witness
-            && let Err(e) = replace(witness)
+            && let Err(e) = replace(witness, &super::note::encode(cp, &self.signing_key))
         {
             warn!(error = %e, witness = %witness.display(), "could not update the witness's copy of the signed head");
         }
