@@ -184,8 +184,8 @@ fn server_clock() -> Arc<dyn Clock> {
 }
 
 /// Puts what opening the key store found (copies repaired from their twin,
-/// torn appends cut, format 1 migrated) into the log, `/metrics` and the
-/// audit trail. Paths are named relative to the data directory; they hold
+/// torn appends cut, format 1 migrated) into `/metrics` and the audit
+/// trail (the key store logged each when it settled it). Paths are named relative to the data directory; they hold
 /// tenant ids (opaque) and nothing personal.
 async fn report_key_store_findings(
     keys: &keystore::embedded::Embedded,
@@ -200,12 +200,8 @@ async fn report_key_store_findings(
             keystore::FindingAction::Migrated => "migrated",
             keystore::FindingAction::LeftoverRemoved => "leftover_removed",
         };
+        // The key store logged each finding when it settled it.
         let file = f.path.strip_prefix(data_dir).unwrap_or(&f.path).display().to_string();
-        if f.action.is_damage() {
-            tracing::warn!(file = %file, offset = f.offset, what = %f.what, action, "key store damage settled at start");
-        } else {
-            tracing::info!(file = %file, offset = f.offset, what = %f.what, action, "key store file settled at start");
-        }
         metrics.count_integrity("keys", action);
         audit
             .record(

@@ -271,3 +271,49 @@ async fn bad_input_gets_a_short_clear_error() {
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(next.version, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_media_blob_answers_data_loss_naming_the_media() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let mut c = clients(&server.grpc).await;
+    let s = setup(&mut c, "finn").await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    // Three chunks of 1 MiB: damage lands in the middle one.
+    let picture: Vec<u8> = (0..(3u32 << 20) - 100).map(|i| (i % 251) as u8).collect();
+    let media = upload(&ch, &s.key, None, upload_messages(&s.session, &s.user, "image/png", &picture, 256 << 10))
+        .await
+        .unwrap();
+    stop_cleanly(server);
+    let blob = files_under(&data.path().join("blobs"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(&format!("{}.blob", media.media_id)))
+        .expect("the blob file");
+    let len = std::fs::metadata(&blob).unwrap().len() as usize;
+    flip(&blob, len / 2);
+    let server = start(data.path());
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let whole = pb::DownloadMediaRequest {
+        session_id: s.session.clone(),
+        media_id: media.media_id.clone(),
+        ..Default::default()
+    };
+    let e = download(&ch, &s.key, None, whole).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(e.message().contains(&media.media_id), "{}", e.message());
+    // The undamaged first chunk still reads back exactly.
+    let head = pb::DownloadMediaRequest {
+        session_id: s.session.clone(),
+        media_id: media.media_id.clone(),
+        offset: 0,
+        length: 1000,
+        ..Default::default()
+    };
+    let (_, bytes) = download(&ch, &s.key, None, head).await.unwrap();
+    assert_eq!(bytes, picture[..1000]);
+    // `pypes check` on the stopped server names it too, and exits non-zero.
+    stop_cleanly(server);
+    let out = pypes(&["check"], data.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains(&media.media_id) && text.contains("DATA_LOSS"), "{text}");
+}

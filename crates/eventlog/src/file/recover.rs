@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ed25519_dalek::Verifier;
 use prost::Message;
 use proto::log::{Frame, StreamMetadataChange, entry, frame};
 use tracing::warn;
 use uuid::Uuid;
 
 use super::format::{self, FrameParse, SEGMENT_HEADER_LEN};
+use super::verify::{HeadForm, read_signed_head};
 use super::vfs::{StorageFile, Vfs};
 use super::writer::apply_metadata_change;
 use super::{FileLogConfig, FileStream, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
@@ -413,53 +413,6 @@ fn check_recorded_key(dir: &Path, config: &FileLogConfig) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks one signed head file (`head.sig` or the witness's
-/// copy): `Ok(None)` when absent.
-pub(super) fn read_signed_head(
-    vfs: &dyn Vfs,
-    path: &Path,
-    key: &ed25519_dalek::VerifyingKey,
-) -> Result<Option<proto::log::Checkpoint>> {
-    if !vfs.exists(path) {
-        return Ok(None);
-    }
-    let corrupt = |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset: 0, reason };
-    let io = |e| LogError::io(format!("reading {}", path.display()), e);
-    let file = vfs.open(path, false).map_err(io)?;
-    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
-    file.read_at(0, &mut bytes).map_err(io)?;
-    let head = format::decode_head(&bytes).map_err(corrupt)?;
-    let message = format::checkpoint_message(&head.chain, head.frame_count, head.next_position, head.signed_at_micros);
-    let signature =
-        ed25519_dalek::Signature::from_slice(&head.signature).map_err(|e| corrupt(format!("bad signature: {e}")))?;
-    key.verify(&message, &signature).map_err(|_| corrupt("signature does not verify with this log's key".into()))?;
-    Ok(Some(head))
-}
-
-/// Reads and checks the witness's copy of the signed head (a signed note,
-/// [`super::note`]): its note signature and the checkpoint's own.
-pub(super) fn read_witness_note(
-    vfs: &dyn Vfs,
-    path: &Path,
-    key: &ed25519_dalek::VerifyingKey,
-) -> Result<Option<proto::log::Checkpoint>> {
-    if !vfs.exists(path) {
-        return Ok(None);
-    }
-    let corrupt = |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset: 0, reason };
-    let io = |e| LogError::io(format!("reading {}", path.display()), e);
-    let file = vfs.open(path, false).map_err(io)?;
-    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
-    file.read_at(0, &mut bytes).map_err(io)?;
-    let head = super::note::decode(&bytes, key).map_err(corrupt)?;
-    let message = format::checkpoint_message(&head.chain, head.frame_count, head.next_position, head.signed_at_micros);
-    let signature =
-        ed25519_dalek::Signature::from_slice(&head.signature).map_err(|e| corrupt(format!("bad signature: {e}")))?;
-    key.verify(&message, &signature)
-        .map_err(|_| corrupt("the checkpoint in the note does not verify with this log's key".into()))?;
-    Ok(Some(head))
-}
-
 /// Refuses to open a log shorter than its latest signed head (from
 /// `head.sig` or the witness, whichever covers more): the head is written
 /// only after its checkpoint frame is durable, so a shorter log was
@@ -472,11 +425,11 @@ fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64, cut: 
     if config.vfs.exists(&path) {
         check_recorded_key(dir, config)?;
     }
-    let local = match read_signed_head(&*config.vfs, &path, &key) {
+    let local = match read_signed_head(&*config.vfs, &path, &key, HeadForm::HeadSig) {
         Ok(head) => head,
         Err(e) => match config.witness_path() {
             // A damaged head.sig with a witness: the witness's copy stands in.
-            Some(w) if matches!(read_witness_note(&*config.vfs, &w, &key), Ok(Some(_))) => {
+            Some(w) if matches!(read_signed_head(&*config.vfs, &w, &key, HeadForm::Note), Ok(Some(_))) => {
                 warn!(error = %e, witness = %w.display(), "head.sig is damaged; checking against the witness's copy");
                 None
             }
@@ -495,7 +448,7 @@ fn check_signed_head(dir: &Path, config: &FileLogConfig, frame_count: u64, cut: 
         },
     };
     let witness = match config.witness_path() {
-        Some(w) => read_witness_note(&*config.vfs, &w, &key)?.map(|h| (w, h)),
+        Some(w) => read_signed_head(&*config.vfs, &w, &key, HeadForm::Note)?.map(|h| (w, h)),
         None => None,
     };
     let mut heads: Vec<(std::path::PathBuf, proto::log::Checkpoint)> =

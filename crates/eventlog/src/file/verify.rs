@@ -179,8 +179,8 @@ pub fn verify_log_with(
         places.push((w.clone(), true));
     }
     for (path, is_witness) in places {
-        let read = if is_witness { read_note } else { read_head };
-        let Some(head) = read(vfs, &path, key)? else {
+        let form = if is_witness { HeadForm::Note } else { HeadForm::HeadSig };
+        let Some(head) = read_signed_head(vfs, &path, key, form)? else {
             if options.require_head && report.frames > 0 {
                 return Err(corrupt(
                     &path,
@@ -220,21 +220,22 @@ pub fn verify_log_with(
     Ok(report)
 }
 
-/// The witness's signed note: its note signature, then the checkpoint's.
-fn read_note(vfs: &dyn Vfs, path: &Path, key: &VerifyingKey) -> Result<Option<Checkpoint>, LogError> {
-    if !vfs.exists(path) {
-        return Ok(None);
-    }
-    let io = |e| LogError::io(format!("reading {}", path.display()), e);
-    let file = vfs.open(path, false).map_err(io)?;
-    let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
-    file.read_at(0, &mut bytes).map_err(io)?;
-    let head = super::note::decode(&bytes, key).map_err(|r| corrupt(path, 0, r))?;
-    check_signature(key, &head, path, 0)?;
-    Ok(Some(head))
+/// How a signed head is stored: `head.sig`, or the witness's signed note.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum HeadForm {
+    HeadSig,
+    Note,
 }
 
-fn read_head(vfs: &dyn Vfs, path: &Path, key: &VerifyingKey) -> Result<Option<Checkpoint>, LogError> {
+/// Reads a signed head file and checks it with `key` (for a note, its
+/// note signature first), then the checkpoint's own signature: `Ok(None)`
+/// when absent. The one reader of heads, for open and for verification.
+pub(super) fn read_signed_head(
+    vfs: &dyn Vfs,
+    path: &Path,
+    key: &VerifyingKey,
+    form: HeadForm,
+) -> Result<Option<Checkpoint>, LogError> {
     if !vfs.exists(path) {
         return Ok(None);
     }
@@ -242,7 +243,11 @@ fn read_head(vfs: &dyn Vfs, path: &Path, key: &VerifyingKey) -> Result<Option<Ch
     let file = vfs.open(path, false).map_err(io)?;
     let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
     file.read_at(0, &mut bytes).map_err(io)?;
-    let head = format::decode_head(&bytes).map_err(|r| corrupt(path, 0, r))?;
+    let head = match form {
+        HeadForm::HeadSig => format::decode_head(&bytes),
+        HeadForm::Note => super::note::decode(&bytes, key),
+    }
+    .map_err(|r| corrupt(path, 0, r))?;
     check_signature(key, &head, path, 0)?;
     Ok(Some(head))
 }
