@@ -26,7 +26,7 @@ use domain::tenant::Tenant;
 use eventlog::{EventFilter, EventLog, RecordedEvent};
 use keystore::embedded::OpenMode;
 use keystore::{KeyId, KeyPolicy, Keyring};
-use media::{BlobId, BlobStore, Decryptor, Header};
+use media::{BlobId, Decryptor};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -178,19 +178,9 @@ async fn read_blob(
         Ok(None) => return format!("{name}: erased"),
         Err(e) => return format!("{name}: key error: {e}"),
     };
-    let reader = match blobs.open(id).await {
-        Ok(r) => r,
-        Err(media::BlobError::NotFound(_)) => return format!("{name}: erased or never confirmed (no blob)"),
-        Err(e) => return format!("{name}: DATA_LOSS: {e}"),
-    };
-    let header = match reader
-        .read_at(0, media::sealed::HEADER_LEN)
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|b| Header::decode(&b).map_err(|e| e.to_string()))
-    {
-        Ok(h) if h.id == id && h.key_id == meta.key_id && h.size == meta.size => h,
-        Ok(_) => return format!("{name}: DATA_LOSS: the blob's header does not match the log"),
+    let (reader, header) = match crate::media::open_blob(blobs, id, meta).await {
+        Ok(opened) => opened,
+        // What a download answers (a missing blob of a live key included).
         Err(e) => return format!("{name}: DATA_LOSS: {e}"),
     };
     let dec = Decryptor::new(header, cipher);

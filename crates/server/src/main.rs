@@ -282,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .build()
                     .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
             })
-            .block_on(server::app::serve(config, shutdown_signal()))
+            .block_on(async { server::app::serve(config, shutdown_signal()?).await })
         }
         Command::Demo { grpc, admin_key, data_dir } => {
             let key = read_admin_key(admin_key, &data_dir)?;
@@ -460,17 +460,17 @@ fn erase(args: EraseArgs) -> anyhow::Result<()> {
     ))
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers SIGTERM and SIGINT at once (before the server announces its
+/// addresses), so a stop asked for during start-up is a clean stop, not
+/// the signal's default action; the future resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }

@@ -449,6 +449,36 @@ async fn read_ahead(
     }
 }
 
+/// Opens a media blob for reading and checks its header against what the
+/// log recorded (`meta`): a missing blob, an unreadable or foreign header
+/// is DATA_LOSS naming the media. Downloads and `pypes check` both read
+/// blobs through here.
+pub(crate) async fn open_blob(
+    store: &dyn BlobStore,
+    id: BlobId,
+    meta: &domain::session::MediaMeta,
+) -> Result<(Box<dyn media::BlobReader>, Header), ApiError> {
+    let media_id = id.media;
+    let reader = match store.open(id).await {
+        Ok(r) => r,
+        Err(BlobError::NotFound(_)) => {
+            return Err(ApiError::DataLoss(format!("the blob of media {media_id} is missing from the blob store")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let header = match reader.read_at(0, HEADER_LEN).await {
+        Ok(bytes) => Header::decode(&bytes).map_err(|e| ApiError::DataLoss(format!("media {media_id}: {e}")))?,
+        Err(e @ (BlobError::OutOfRange { .. } | BlobError::Io { .. })) => {
+            return Err(ApiError::DataLoss(format!("media {media_id}: the stored blob cannot be read whole: {e}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if header.id != id || header.key_id != meta.key_id || header.size != meta.size {
+        return Err(ApiError::DataLoss(format!("media {media_id}: the blob's header does not match the log")));
+    }
+    Ok((reader, header))
+}
+
 /// Reads, decrypts and sends the chunks covering [offset, offset + len).
 async fn send_range(
     reader: Box<dyn media::BlobReader>,
@@ -564,20 +594,7 @@ impl pb::media_service_server::MediaService for Handle {
                 return Err(erased());
             };
             let id = BlobId { tenant, session: session_id, media: media_id };
-            let reader = match api.media.store.open(id).await {
-                Ok(r) => r,
-                Err(BlobError::NotFound(_)) => {
-                    return Err(ApiError::DataLoss(format!(
-                        "the blob of media {media_id} is missing from the blob store"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let header = Header::decode(&reader.read_at(0, HEADER_LEN).await?)
-                .map_err(|e| ApiError::DataLoss(format!("media {media_id}: {e}")))?;
-            if header.id != id || header.key_id != meta.key_id || header.size != meta.size {
-                return Err(ApiError::DataLoss(format!("media {media_id}: the blob's header does not match the log")));
-            }
+            let (reader, header) = open_blob(api.media.store.as_ref(), id, meta).await?;
             let (offset, size) = (r.offset, meta.size);
             if offset > size {
                 return Err(ApiError::OutOfRange(format!("offset {offset} is past the end ({size} bytes)")));
