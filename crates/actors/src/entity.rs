@@ -12,9 +12,9 @@ use domain::{Aggregate, Ctx};
 use eventlog::{Direction, ExpectedVersion, LogError, ReadFrom};
 use uuid::Uuid;
 
-use crate::codec::{Codec, stream_name};
 use crate::error::ActorError;
 use crate::{Shared, timers::TimerRequest};
+use events::{Codec, stream_name};
 
 /// Attempts of a command when other writers keep moving the stream (with
 /// the backoff below, about 1.5 s of waiting at most before ABORTED).
@@ -171,7 +171,7 @@ async fn execute<A: Codec>(
         for e in &events {
             match state.encode(e, tenant, &stream, &shared.keyring).await {
                 Ok(n) => stored.push(n),
-                Err(err) => return fail(state, version, loaded, err),
+                Err(err) => return fail(state, version, loaded, err.into()),
             }
         }
         let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);

@@ -22,3 +22,13 @@ pub enum ActorError {
     #[error("actor unavailable: {0}")]
     Unavailable(String),
 }
+
+impl From<events::CodecError> for ActorError {
+    fn from(e: events::CodecError) -> Self {
+        match e {
+            events::CodecError::Keys(k) => Self::Keys(k),
+            events::CodecError::Corrupt { stream, version, reason } => Self::Corrupt { stream, version, reason },
+            other => Self::Corrupt { stream: String::new(), version: 0, reason: other.to_string() },
+        }
+    }
+}

@@ -6,7 +6,6 @@
 //! idle ones and caps how many live; Session timers live in one task,
 //! re-armed from the log at start.
 
-pub mod codec;
 pub mod entity;
 mod error;
 pub mod registry;
@@ -18,9 +17,9 @@ use std::sync::atomic::AtomicU64;
 use eventlog::{Clock, EventLog};
 use keystore::Keyring;
 
-pub use codec::{Codec, stream_name};
 pub use entity::Executed;
 pub use error::ActorError;
+pub use events::{Codec, Kind, StreamName, stream_name};
 pub use registry::{Registry, RegistryConfig};
 
 /// Counters for `/metrics`.

@@ -17,10 +17,11 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Shared;
-use crate::codec::Codec;
 use crate::entity::{EntityActor, Execute, Executed, Passivate, Read};
 use crate::error::ActorError;
 use crate::timers::{Fired, TimerRequest, deadlines_from_log, run_timers};
+use events::stream::username_stream;
+use events::{Codec, stream_name};
 
 /// Limits of the registry.
 #[derive(Clone, Copy, Debug)]
@@ -223,7 +224,7 @@ impl Registry {
             }
         }
         let arbiter = &self.arbiters[arbiter_index(id, self.arbiters.len())];
-        let (shared, timers) = (self.shared.clone(), (A::KIND == "session").then(|| self.timers.clone()));
+        let (shared, timers) = (self.shared.clone(), (A::KIND == events::Kind::Session).then(|| self.timers.clone()));
         let addr = EntityActor::<A>::start_in_arbiter(arbiter, move |_| EntityActor::new(shared, tenant, id, timers));
         slots.insert((tenant, id), Slot { addr: addr.clone(), used: now });
         addr
@@ -259,9 +260,9 @@ impl Registry {
         command: domain::subject::SubjectCommand,
     ) -> Result<Executed<Subject>, ActorError> {
         use domain::{Aggregate, Ctx};
-        use eventlog::{ExpectedVersion, LogError, NewEvent, StreamAppend};
+        use eventlog::{ExpectedVersion, LogError, StreamAppend};
         let shared = &self.shared;
-        let stream = crate::codec::stream_name(Subject::KIND, tenant, subject);
+        let stream = stream_name(Subject::KIND, tenant, subject);
         let (state, version) = crate::entity::load::<Subject>(shared, &stream).await?;
         let events = state.decide(&command, &Ctx { now_micros: shared.clock.now_micros() })?;
         let username = events.iter().find_map(|e| match e {
@@ -279,11 +280,7 @@ impl Registry {
         if let Some(username) = &username {
             let secret = shared.keyring.tenant_index_secret(tenant).await?;
             let name = username_stream(secret.expose(), tenant, username);
-            let payload = prost::Message::encode_to_vec(&proto::events::UsernameReserved {
-                subject_id: bytes::Bytes::copy_from_slice(subject.as_bytes()),
-            });
-            let mut e = NewEvent::new("UsernameReserved", payload);
-            e.tenant_id = Some(tenant);
+            let e = events::codec::username_reserved(tenant, subject);
             appends.push(StreamAppend { stream: name.clone(), expected: ExpectedVersion::NoStream, events: vec![e] });
             reservation = Some(name);
         }
@@ -324,10 +321,7 @@ impl Registry {
             Err(e) => return Err(e.into()),
         };
         let Some(first) = first else { return Ok(None) };
-        let corrupt = |reason: String| ActorError::Corrupt { stream: stream.clone(), version: first.version, reason };
-        let reserved = <proto::events::UsernameReserved as prost::Message>::decode(first.event.payload.clone())
-            .map_err(|e| corrupt(e.to_string()))?;
-        let subject = Uuid::from_slice(&reserved.subject_id).map_err(|_| corrupt("no subject id".into()))?;
+        let subject = events::codec::decode_username_reserved(&first)?;
         Ok(Some((subject, stream.clone(), first.version)))
     }
 
@@ -348,25 +342,4 @@ impl Registry {
             a.stop();
         }
     }
-}
-
-/// The reservation stream of a username: `username-<tenant>-<hex of
-/// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`; without the tenant's
-/// secret the name says nothing about the username.
-pub fn username_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
-    keyed_stream("username", b"pypes/username/v1", secret, tenant, username)
-}
-
-/// A stream named for a piece of personal text without revealing it:
-/// `<kind>-<tenant>-<hex of SHA-256(label ‖ tenant secret ‖ tenant ‖ text)>`.
-pub fn keyed_stream(kind: &str, label: &[u8], secret: &[u8; 32], tenant: Uuid, text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(label);
-    h.update(secret);
-    h.update(tenant.as_bytes());
-    h.update(text.as_bytes());
-    let digest = h.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{kind}-{tenant}-{hex}")
 }

@@ -12,8 +12,8 @@ use eventlog::{Clock, EventFilter, EventLog};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::codec::decode_session_clear;
 use crate::error::ActorError;
+use events::codec::decode_session_clear;
 
 /// Arms (or, with `None`, disarms) the timer of a Session.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +73,7 @@ pub async fn run_timers(
 
 /// The deadline of every Session in the log, from Clear fields alone.
 pub async fn deadlines_from_log(log: &dyn EventLog) -> Result<Vec<TimerRequest>, ActorError> {
-    let filter = EventFilter { stream_prefixes: vec!["session-".into()], ..EventFilter::default() };
+    let filter = EventFilter { stream_prefixes: vec![events::Kind::Session.prefix().into()], ..EventFilter::default() };
     let mut sessions: HashMap<std::sync::Arc<str>, Session> = HashMap::new();
     let mut from = 0;
     loop {

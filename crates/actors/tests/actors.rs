@@ -191,7 +191,7 @@ async fn timers_are_rearmed_from_the_log_after_a_restart() {
         .await
         .unwrap();
     let decoded: Vec<SessionEvent> =
-        page.events.iter().map(|e| actors::codec::decode_session_clear(e).unwrap()).collect();
+        page.events.iter().map(|e| events::codec::decode_session_clear(e).unwrap()).collect();
     assert_eq!(
         decoded,
         vec![

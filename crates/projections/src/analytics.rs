@@ -107,7 +107,10 @@ impl Projection for AnalyticsProjection {
     fn filter(&self) -> EventFilter {
         // `subject-` only for the purge acknowledgement: nothing of a subject
         // is stored here.
-        EventFilter { stream_prefixes: vec!["session-".into(), "subject-".into()], event_types: vec![] }
+        EventFilter {
+            stream_prefixes: vec![events::Kind::Session.prefix().into(), events::Kind::Subject.prefix().into()],
+            event_types: vec![],
+        }
     }
 
     fn apply(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
@@ -127,14 +130,14 @@ impl Projection for AnalyticsProjection {
 }
 
 fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-    if !r.stream.starts_with("session-") {
+    if !events::Kind::Session.owns(&r.stream) {
         return Ok(());
     }
-    let Some((tenant, session)) = page.streams.parse(r, "session") else {
+    let Some((tenant, session)) = page.streams.parse(r, events::Kind::Session) else {
         return Err(ApplyError::Poison(format!("{} at {}: stream is not session-<tenant>-<id>", r.stream, r.position)));
     };
     let skey = *session.as_bytes();
-    if r.event_type() == "SessionStarted" {
+    if r.event_type() == events::types::SESSION_STARTED {
         let p: pb::SessionStarted = payload(r)?;
         if uuid_of(&p.pype_id).is_none() {
             return Err(ApplyError::Poison(format!("SessionStarted at {}: pype_id is not a uuid", r.position)));
@@ -153,7 +156,7 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
     }
     let Some(s) = page.open.get(page.w, &skey)? else { return Ok(()) };
     match r.event_type() {
-        "MessagePosted" => {
+        events::types::MESSAGE_POSTED => {
             let p: pb::MessagePosted = payload(r)?;
             let kind = pb::ParticipantKind::try_from(p.sender_kind).unwrap_or(pb::ParticipantKind::Unspecified);
             let first = kind == pb::ParticipantKind::Agent && !s.first_response_seen;
@@ -174,15 +177,15 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
                 }
             })?;
         }
-        "SessionBecameInactive" => {
+        events::types::SESSION_BECAME_INACTIVE => {
             let p: pb::SessionStateChanged = payload(r)?;
             touch(&mut page.cells, page.w, s, p.at_micros, |c| c.inactive_periods += 1)?;
         }
-        "SessionReactivated" => {
+        events::types::SESSION_REACTIVATED => {
             let p: pb::SessionStateChanged = payload(r)?;
             touch(&mut page.cells, page.w, s, p.at_micros, |_| {})?;
         }
-        "SessionClosed" => {
+        events::types::SESSION_CLOSED => {
             let p: pb::SessionStateChanged = payload(r)?;
             let handle = (p.at_micros - s.started_micros).max(0) as u64;
             let timer = p.reason == pb::ChangeReason::Timer as i32;
@@ -199,7 +202,7 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
         }
         // Restricted processing: the Session counts no further (its end
         // user's data is left out of analytics from here on).
-        "SessionErased" | "SessionRestricted" => page.open.remove(&skey),
+        events::types::SESSION_ERASED | events::types::SESSION_RESTRICTED => page.open.remove(&skey),
         _ => {}
     }
     Ok(())

@@ -29,11 +29,11 @@ impl Projection for DirectoryProjection {
     }
 
     fn filter(&self) -> EventFilter {
-        EventFilter { stream_prefixes: vec!["subject-".into()], event_types: vec![] }
+        EventFilter { stream_prefixes: vec![events::Kind::Subject.prefix().into()], event_types: vec![] }
     }
 
     fn apply(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-        let Some((tenant, subject)) = parse_stream(&r.stream, "subject") else {
+        let Some((tenant, subject)) = parse_stream(&r.stream, events::Kind::Subject) else {
             return Err(ApplyError::Poison(format!(
                 "{} at {}: stream is not subject-<tenant>-<id>",
                 r.stream, r.position
@@ -51,16 +51,18 @@ impl Projection for DirectoryProjection {
             ..SubjectRow::default()
         });
         let state = match r.event_type() {
-            "SubjectRegistered" | "SubjectOnboarded" | "SubjectReactivated" => Some(SubjectState::Active),
-            "SubjectInvited" => Some(SubjectState::Invited),
-            "SubjectDeactivated" => Some(SubjectState::Deactivated),
-            "SubjectErasureRequested" => Some(SubjectState::ErasureRequested),
-            "SubjectRectified" => None,
-            "SubjectProcessingRestricted" => {
+            events::types::SUBJECT_REGISTERED
+            | events::types::SUBJECT_ONBOARDED
+            | events::types::SUBJECT_REACTIVATED => Some(SubjectState::Active),
+            events::types::SUBJECT_INVITED => Some(SubjectState::Invited),
+            events::types::SUBJECT_DEACTIVATED => Some(SubjectState::Deactivated),
+            events::types::SUBJECT_ERASURE_REQUESTED => Some(SubjectState::ErasureRequested),
+            events::types::SUBJECT_RECTIFIED => None,
+            events::types::SUBJECT_PROCESSING_RESTRICTED => {
                 row.restricted = true;
                 None
             }
-            "SubjectRestrictionLifted" => {
+            events::types::SUBJECT_RESTRICTION_LIFTED => {
                 row.restricted = false;
                 None
             }

@@ -37,7 +37,7 @@ pub use store::{Generation, ReadView, Rows, SetAside, ViewStore, WriteView, set_
 use eventlog::{EventFilter, RecordedEvent};
 
 /// Event type on which every projection purges an erased subject's rows.
-pub const PURGE_EVENT: &str = "SubjectErasureKeysShredded";
+pub const PURGE_EVENT: &str = events::types::SUBJECT_ERASURE_KEYS_SHREDDED;
 
 /// What a projection's `apply` can fail with.
 #[derive(Debug)]

@@ -39,12 +39,8 @@ pub const INDEX_EVERY: u64 = 64;
 pub struct SessionsProjection;
 
 /// `<kind>-<tenant>-<id>` → (tenant, id).
-pub fn parse_stream(stream: &str, kind: &str) -> Option<(Uuid, Uuid)> {
-    let rest = stream.strip_prefix(kind)?.strip_prefix('-')?;
-    if rest.len() != 73 || rest.as_bytes()[36] != b'-' {
-        return None;
-    }
-    Some((Uuid::parse_str(&rest[..36]).ok()?, Uuid::parse_str(&rest[37..]).ok()?))
+pub fn parse_stream(stream: &str, kind: events::Kind) -> Option<(Uuid, Uuid)> {
+    events::StreamName::parse_as(stream, kind).map(|n| (n.tenant, n.id))
 }
 
 /// [`parse_stream`] once per run of events sharing a stream name (a log
@@ -58,7 +54,7 @@ pub(crate) struct StreamIds {
 type TenantAndId = (Uuid, Uuid);
 
 impl StreamIds {
-    pub(crate) fn parse(&mut self, r: &RecordedEvent, kind: &str) -> Option<(Uuid, Uuid)> {
+    pub(crate) fn parse(&mut self, r: &RecordedEvent, kind: events::Kind) -> Option<(Uuid, Uuid)> {
         match &self.last {
             Some((name, ids)) if std::sync::Arc::ptr_eq(name, &r.stream) => *ids,
             _ => {
@@ -136,7 +132,10 @@ impl Projection for SessionsProjection {
     }
 
     fn filter(&self) -> EventFilter {
-        EventFilter { stream_prefixes: vec!["session-".into(), "subject-".into()], event_types: vec![] }
+        EventFilter {
+            stream_prefixes: vec![events::Kind::Session.prefix().into(), events::Kind::Subject.prefix().into()],
+            event_types: vec![],
+        }
     }
 
     fn apply(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
@@ -158,17 +157,17 @@ impl Projection for SessionsProjection {
 }
 
 fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-    if r.stream.starts_with("subject-") {
+    if events::Kind::Subject.owns(&r.stream) {
         if r.event_type() == PURGE_EVENT {
             purge(page, r)?;
         }
         return Ok(());
     }
-    let Some((tenant, session)) = page.streams.parse(r, "session") else {
+    let Some((tenant, session)) = page.streams.parse(r, events::Kind::Session) else {
         return Err(poison(r, "stream name is not session-<tenant>-<id>"));
     };
     let skey = *session.as_bytes();
-    if r.event_type() == "SessionStarted" {
+    if r.event_type() == events::types::SESSION_STARTED {
         let p: pb::SessionStarted = payload(r)?;
         let pype = id(r, "pype_id", &p.pype_id)?;
         let end_user = id(r, "end_user_id", &p.end_user_id)?;
@@ -205,7 +204,7 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
     let mut activity = None;
     let mut index = None;
     match r.event_type() {
-        "ParticipantJoined" => {
+        events::types::PARTICIPANT_JOINED => {
             let p: pb::ParticipantJoined = payload(r)?;
             row.participants.retain(|x| x.participant_id != p.participant_id.as_ref());
             row.participants.push(ParticipantRow {
@@ -215,13 +214,13 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
                 joined_micros: p.at_micros,
             });
         }
-        "ParticipantLeft" => {
+        events::types::PARTICIPANT_LEFT => {
             let p: pb::ParticipantLeft = payload(r)?;
             for x in row.participants.iter_mut().filter(|x| x.participant_id == p.participant_id.as_ref()) {
                 x.present = false;
             }
         }
-        "MessagePosted" => {
+        events::types::MESSAGE_POSTED => {
             let p: pb::MessagePosted = payload(r)?;
             if row.messages == 0 || row.last_seq / INDEX_EVERY != p.seq / INDEX_EVERY {
                 index = Some(index_key(&skey, p.seq));
@@ -231,7 +230,7 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
             row.last_activity_micros = p.sent_at_micros;
             activity = Some(p.sent_at_micros);
         }
-        "ReadHorizonAdvanced" => {
+        events::types::READ_HORIZON_ADVANCED => {
             let p: pb::ReadHorizonAdvanced = payload(r)?;
             row.horizons.retain(|h| h.participant_id != p.participant_id.as_ref());
             row.horizons.push(HorizonRow {
@@ -240,11 +239,11 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
                 private: p.private,
             });
         }
-        "SessionBecameInactive" | "SessionReactivated" | "SessionClosed" => {
+        events::types::SESSION_BECAME_INACTIVE | events::types::SESSION_REACTIVATED | events::types::SESSION_CLOSED => {
             let p: pb::SessionStateChanged = payload(r)?;
             row.state = match r.event_type() {
-                "SessionBecameInactive" => SessionState::Inactive,
-                "SessionReactivated" => {
+                events::types::SESSION_BECAME_INACTIVE => SessionState::Inactive,
+                events::types::SESSION_REACTIVATED => {
                     row.last_activity_micros = p.at_micros;
                     activity = Some(p.at_micros);
                     SessionState::Active
@@ -256,10 +255,10 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
                 }
             } as i32;
         }
-        "SessionRestricted" => row.restricted = true,
-        "SessionContentExpired" => row.content_expired = true,
-        "SessionRestrictionLifted" => row.restricted = false,
-        "SessionErased" => {
+        events::types::SESSION_RESTRICTED => row.restricted = true,
+        events::types::SESSION_CONTENT_EXPIRED => row.content_expired = true,
+        events::types::SESSION_RESTRICTION_LIFTED => row.restricted = false,
+        events::types::SESSION_ERASED => {
             let p: pb::SessionErased = payload(r)?;
             if before != SessionState::Closed {
                 row.closed_micros = p.at_micros;
@@ -303,7 +302,7 @@ fn count(o: &mut PypeOverviewRow, state: SessionState, by: i64) {
 fn purge(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyError> {
     let p: pb::SubjectErasureKeysShredded = payload(r)?;
     let subject = id(r, "subject_id", &p.subject_id)?;
-    let Some((tenant, _)) = parse_stream(&r.stream, "subject") else {
+    let Some((tenant, _)) = parse_stream(&r.stream, events::Kind::Subject) else {
         return Err(poison(r, "stream name is not subject-<tenant>-<id>"));
     };
     let subject_bytes = subject.as_bytes().as_slice();
@@ -387,7 +386,7 @@ pub async fn list_messages(
         };
         for r in &events {
             from = r.version + 1;
-            if r.event_type() != "MessagePosted" {
+            if r.event_type() != events::types::MESSAGE_POSTED {
                 continue;
             }
             // The projection skipped what does not decode; so does listing.

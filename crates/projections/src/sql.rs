@@ -199,7 +199,11 @@ impl SqlSink {
 
     fn filter() -> EventFilter {
         EventFilter {
-            stream_prefixes: vec!["session-".into(), "subject-".into(), "tenant-".into()],
+            stream_prefixes: vec![
+                events::Kind::Session.prefix().into(),
+                events::Kind::Subject.prefix().into(),
+                events::Kind::Tenant.prefix().into(),
+            ],
             event_types: vec![],
         }
     }
@@ -287,11 +291,11 @@ impl SqlSink {
 /// Applies one event. The outer error is the database's; the inner one a
 /// malformed event (recorded in `pypes_sql_skipped`, never applied).
 async fn apply(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
-    if r.stream.starts_with("session-") {
+    if events::Kind::Session.owns(&r.stream) {
         session_event(tx, r).await
-    } else if r.stream.starts_with("subject-") && r.event_type() == crate::PURGE_EVENT {
+    } else if events::Kind::Subject.owns(&r.stream) && r.event_type() == crate::PURGE_EVENT {
         purge(tx, r).await
-    } else if r.stream.starts_with("tenant-") && r.event_type() == "TenantKeysShredded" {
+    } else if events::Kind::Tenant.owns(&r.stream) && r.event_type() == events::types::TENANT_KEYS_SHREDDED {
         match r.event.tenant_id {
             Some(t) => offboard(tx, t).await,
             None => Ok(Err("TenantKeysShredded without a tenant id".into())),
@@ -304,11 +308,11 @@ async fn apply(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
 type Step = Result<Result<(), String>, tokio_postgres::Error>;
 
 async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
-    let Some((tenant, session)) = parse_stream(&r.stream, "session") else {
+    let Some((tenant, session)) = parse_stream(&r.stream, events::Kind::Session) else {
         return Ok(Err("stream name is not session-<tenant>-<id>".into()));
     };
     match r.event_type() {
-        "SessionStarted" => {
+        events::types::SESSION_STARTED => {
             let p: pb::SessionStarted = match decode(r) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
@@ -326,7 +330,7 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
             )
             .await?;
         }
-        "MessagePosted" => {
+        events::types::MESSAGE_POSTED => {
             let p: pb::MessagePosted = match decode(r) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
@@ -355,7 +359,7 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
                 .await?;
             }
         }
-        "MediaUploaded" => {
+        events::types::MEDIA_UPLOADED => {
             let p: pb::MediaUploaded = match decode(r) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
@@ -367,7 +371,7 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
             )
             .await?;
         }
-        "SessionBecameInactive" | "SessionReactivated" | "SessionClosed" => {
+        events::types::SESSION_BECAME_INACTIVE | events::types::SESSION_REACTIVATED | events::types::SESSION_CLOSED => {
             let p: pb::SessionStateChanged = match decode(r) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
@@ -378,11 +382,11 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
                 pb::ChangeReason::Unspecified => "unknown",
             };
             match r.event_type() {
-                "SessionBecameInactive" => {
+                events::types::SESSION_BECAME_INACTIVE => {
                     tx.execute("UPDATE pypes_sql_sessions SET state = 'inactive' WHERE session_id = $1", &[&session])
                         .await?
                 }
-                "SessionReactivated" => {
+                events::types::SESSION_REACTIVATED => {
                     tx.execute(
                         "UPDATE pypes_sql_sessions SET state = 'active',
                              last_activity_at = greatest(last_activity_at, to_timestamp($2))
@@ -401,7 +405,7 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
                 }
             };
         }
-        "SessionErased" => {
+        events::types::SESSION_ERASED => {
             let p: pb::SessionErased = match decode(r) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
@@ -414,14 +418,14 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
             )
             .await?;
         }
-        "SessionRestricted" | "SessionRestrictionLifted" => {
+        events::types::SESSION_RESTRICTED | events::types::SESSION_RESTRICTION_LIFTED => {
             tx.execute(
                 "UPDATE pypes_sql_sessions SET restricted = $2 WHERE session_id = $1",
-                &[&session, &(r.event_type() == "SessionRestricted")],
+                &[&session, &(r.event_type() == events::types::SESSION_RESTRICTED)],
             )
             .await?;
         }
-        "SessionContentExpired" => {
+        events::types::SESSION_CONTENT_EXPIRED => {
             tx.execute("UPDATE pypes_sql_sessions SET content_expired = true WHERE session_id = $1", &[&session])
                 .await?;
         }

@@ -1044,7 +1044,7 @@ async fn watch(
         for r in &page {
             let item = match <Session as Codec>::decode(r, &api.keyring).await {
                 Ok(e) => Ok(event_out(session, r.version, r.recorded_at_micros, e)),
-                Err(e) => Err(ApiError::Actor(e).into()),
+                Err(e) => Err(ApiError::Actor(e.into()).into()),
             };
             if tx.send(item).await.is_err() {
                 return;

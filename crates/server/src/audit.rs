@@ -465,7 +465,7 @@ pub async fn replay_into(
                 if row.erased { " (end user erased)" } else { "" },
                 row.messages
             );
-            let stream = actors::stream_name("session", tenant, session);
+            let stream = actors::stream_name(events::Kind::Session, tenant, session);
             let cursor = sessions::message_cursor(&view, &row, 0)?;
             for m in sessions::list_messages(log.as_ref(), &cursor, usize::MAX).await? {
                 let body = projections::open_sealed(&keyring, tenant, &stream, "body", m.body.as_ref()).await?;
@@ -490,7 +490,7 @@ pub async fn replay_into(
             else {
                 continue;
             };
-            let stream = actors::stream_name("subject", tenant, subject);
+            let stream = actors::stream_name(events::Kind::Subject, tenant, subject);
             let mut line = format!("  {subject} tenant {tenant}");
             for name in directory::FIELDS {
                 if let Some(r) = row.fields.get(name) {

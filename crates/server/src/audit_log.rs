@@ -30,8 +30,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub const STREAM_PREFIX: &str = "audit-";
-pub const EVENT_TYPE: &str = "AuditEntry";
+pub const STREAM_PREFIX: &str = events::stream::AUDIT_PREFIX;
+pub const EVENT_TYPE: &str = events::types::AUDIT_ENTRY;
 pub const CHECKPOINT: &str = "audit.checkpoint";
 pub const HEAD_FILE: &str = "audit.head";
 pub const NODE_FILE: &str = "node.id";
@@ -105,7 +105,7 @@ impl AuditLog {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let node = node_id(data_dir)?;
-        let stream: Arc<str> = format!("{STREAM_PREFIX}{node}").into();
+        let stream: Arc<str> = events::stream::audit_stream(&node.to_string()).into();
         let (next_seq, prev_hash) = tail_of(&*log, &stream).await?;
         let (tx, rx) = mpsc::channel(16 * 1024);
         let api_key_ok = Arc::new(std::sync::Mutex::new(HashMap::new()));

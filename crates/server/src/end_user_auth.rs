@@ -198,16 +198,12 @@ fn token_digest(token: &str) -> [u8; 32] {
 
 /// The stream of the auth session a token stands for.
 pub fn session_stream(tenant: Uuid, token: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"pypes/authsession/v1");
-    h.update(token.as_bytes());
-    format!("authsession-{tenant}-{}", hex::encode(h.finalize()))
+    events::stream::auth_session_stream(tenant, token)
 }
 
-/// The stream of a username's failed logins: `loginfail-<tenant>-<hex of
-/// SHA-256(label ‖ tenant secret ‖ tenant ‖ username)>`.
+/// The stream of a username's failed logins.
 pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String {
-    actors::registry::keyed_stream("loginfail", b"pypes/lockout/v2", secret, tenant, username)
+    events::stream::lockout_stream(secret, tenant, username)
 }
 
 fn undecodable(stream: &str, what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -266,10 +262,10 @@ impl EndUserAuth {
         let (mut count, mut newest, mut after) = (0u32, None, now);
         for e in &events {
             match e.event_type() {
-                "LoginSucceeded" => break,
-                "LoginFailed" => {
+                events::types::LOGIN_SUCCEEDED => break,
+                events::types::LOGIN_FAILED => {
                     let at = ev::LoginFailed::decode(e.event.payload.clone())
-                        .map_err(|x| undecodable(stream, "LoginFailed", x))?
+                        .map_err(|x| undecodable(stream, events::types::LOGIN_FAILED, x))?
                         .at_micros;
                     if after - at >= FORGET_AFTER_SECS * MICROS {
                         break;
@@ -315,7 +311,7 @@ impl EndUserAuth {
             Some(a) if matches && !a.password_hash.is_empty() => {
                 if count > 0 {
                     let payload = ev::LoginSucceeded { at_micros: now }.encode_to_vec();
-                    self.append(lockout, ExpectedVersion::Any, "LoginSucceeded", tenant, payload)
+                    self.append(lockout, ExpectedVersion::Any, events::types::LOGIN_SUCCEEDED, tenant, payload)
                         .await
                         .map_err(ApiError::from)?;
                 }
@@ -327,7 +323,7 @@ impl EndUserAuth {
             }
             _ => {
                 let payload = ev::LoginFailed { at_micros: now }.encode_to_vec();
-                self.append(lockout, ExpectedVersion::Any, "LoginFailed", tenant, payload)
+                self.append(lockout, ExpectedVersion::Any, events::types::LOGIN_FAILED, tenant, payload)
                     .await
                     .map_err(ApiError::from)?;
                 if !exists {
@@ -356,7 +352,7 @@ impl EndUserAuth {
             truncate_before: None,
         };
         self.log.set_stream_metadata(&stream, limits).await.map_err(ApiError::from)?;
-        self.append(&stream, ExpectedVersion::NoStream, "AuthSessionStarted", tenant, payload)
+        self.append(&stream, ExpectedVersion::NoStream, events::types::AUTH_SESSION_STARTED, tenant, payload)
             .await
             .map_err(ApiError::from)?;
         let session = AuthSession { tenant, subject, created_micros: now, last_used_micros: now };
@@ -393,18 +389,18 @@ impl EndUserAuth {
                 return Ok(None);
             };
             let written = match last.event_type() {
-                "AuthSessionEnded" => {
+                events::types::AUTH_SESSION_ENDED => {
                     self.forget(&key);
                     return Ok(None);
                 }
-                "AuthSessionUsed" => {
+                events::types::AUTH_SESSION_USED => {
                     ev::AuthSessionUsed::decode(last.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, "AuthSessionUsed", e))?
+                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_USED, e))?
                         .at_micros
                 }
-                "AuthSessionStarted" => {
+                events::types::AUTH_SESSION_STARTED => {
                     ev::AuthSessionStarted::decode(last.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, "AuthSessionStarted", e))?
+                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_STARTED, e))?
                         .created_micros
                 }
                 other => return Err(ApiError::Internal(format!("{stream}: unexpected event {other}"))),
@@ -418,12 +414,12 @@ impl EndUserAuth {
                         Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => None,
                         Err(e) => return Err(ApiError::from(e)),
                     };
-                    let Some(first) = first.filter(|f| f.event_type() == "AuthSessionStarted") else {
+                    let Some(first) = first.filter(|f| f.event_type() == events::types::AUTH_SESSION_STARTED) else {
                         // Its start has aged out: so has the session.
                         return Ok(None);
                     };
                     let started = ev::AuthSessionStarted::decode(first.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, "AuthSessionStarted", e))?;
+                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_STARTED, e))?;
                     let subject = Uuid::from_slice(&started.subject_id)
                         .map_err(|e| undecodable(&stream, "AuthSessionStarted.subject_id", e))?;
                     AuthSession { tenant, subject, created_micros: started.created_micros, last_used_micros: written }
@@ -437,7 +433,13 @@ impl EndUserAuth {
             if now - written >= self.use_interval_micros() {
                 let payload = ev::AuthSessionUsed { at_micros: now }.encode_to_vec();
                 match self
-                    .append(&stream, ExpectedVersion::Exact(last.version), "AuthSessionUsed", tenant, payload)
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(last.version),
+                        events::types::AUTH_SESSION_USED,
+                        tenant,
+                        payload,
+                    )
                     .await
                 {
                     Ok(_) => {}
@@ -466,12 +468,20 @@ impl EndUserAuth {
         self.forget(&key);
         for _ in 0..ATTEMPTS {
             let Some(last) = self.newest(&stream, 1).await?.into_iter().next() else { return Ok(false) };
-            if last.event_type() == "AuthSessionEnded" {
+            if last.event_type() == events::types::AUTH_SESSION_ENDED {
                 return Ok(false);
             }
             let payload =
                 ev::AuthSessionEnded { at_micros: self.clock.now_micros(), reason: "logout".into() }.encode_to_vec();
-            match self.append(&stream, ExpectedVersion::Exact(last.version), "AuthSessionEnded", tenant, payload).await
+            match self
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(last.version),
+                    events::types::AUTH_SESSION_ENDED,
+                    tenant,
+                    payload,
+                )
+                .await
             {
                 Ok(_) => return Ok(true),
                 Err(LogError::WrongExpectedVersion { .. }) => continue,

@@ -222,8 +222,11 @@ impl Erasures {
     /// reports overdue ones every hour.
     pub async fn recover(self: Arc<Self>) {
         let filter = EventFilter {
-            stream_prefixes: vec!["subject-".into()],
-            event_types: vec!["SubjectErasureRequested".into(), "SubjectErasureCertified".into()],
+            stream_prefixes: vec![events::Kind::Subject.prefix().into()],
+            event_types: vec![
+                events::types::SUBJECT_ERASURE_REQUESTED.into(),
+                events::types::SUBJECT_ERASURE_CERTIFIED.into(),
+            ],
         };
         let mut open: HashMap<(Uuid, Uuid), bool> = HashMap::new();
         let mut from = 0;
@@ -237,8 +240,8 @@ impl Erasures {
                 }
             };
             for r in &page.events {
-                if let Some((t, s)) = projections::sessions::parse_stream(&r.stream, "subject") {
-                    open.insert((t, s), r.event_type() == "SubjectErasureRequested");
+                if let Some((t, s)) = projections::sessions::parse_stream(&r.stream, events::Kind::Subject) {
+                    open.insert((t, s), r.event_type() == events::types::SUBJECT_ERASURE_REQUESTED);
                 }
             }
             if page.next_position <= from {
@@ -409,11 +412,11 @@ impl Erasures {
         crash_point("tombstone");
 
         // Step 5: the certificate.
-        let stream = actors::stream_name("subject", tenant, subject);
+        let stream = actors::stream_name(events::Kind::Subject, tenant, subject);
         let tail = self.log.read_stream(&stream, ReadFrom::End, Direction::Backward, 16).await?;
         let tombstone = tail
             .iter()
-            .find(|r| r.event_type() == "SubjectErased")
+            .find(|r| r.event_type() == events::types::SUBJECT_ERASED)
             .ok_or_else(|| ApiError::Internal("tombstone not found in the subject's stream".into()))?;
         let erased_at = proto::events::SubjectErased::decode(tombstone.event.payload.as_ref())
             .map(|p| p.at_micros)

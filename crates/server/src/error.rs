@@ -124,3 +124,9 @@ pub fn parse_id(field: &'static str, value: &str) -> Result<uuid::Uuid, ApiError
     }
     uuid::Uuid::parse_str(value).map_err(|_| ApiError::invalid(field, "is not a UUID"))
 }
+
+impl From<events::CodecError> for ApiError {
+    fn from(e: events::CodecError) -> Self {
+        Self::Actor(e.into())
+    }
+}

@@ -52,7 +52,7 @@ async fn text(
 /// A message's attachments from their sealed list (none once erased).
 fn attachments_out(session: Uuid, sealed: Option<zeroize::Zeroizing<Vec<u8>>>) -> Result<Vec<pb::Media>, ApiError> {
     let Some(bytes) = sealed else { return Ok(Vec::new()) };
-    let list = actors::codec::decode_attachments(&bytes)
+    let list = events::codec::decode_attachments(&bytes)
         .map_err(|e| ApiError::Internal(format!("a message's attachments do not decode: {e}")))?;
     Ok(list.iter().map(|a| crate::media::attachment_out(session, a)).collect())
 }
@@ -131,7 +131,7 @@ impl pb::view_service_server::ViewService for Handle {
             let cursor = sessions::message_cursor(&view, &row, r.after_seq).map_err(internal)?;
             drop(view);
             let rows = sessions::list_messages(api.log.as_ref(), &cursor, size + 1).await.map_err(internal)?;
-            let stream = actors::stream_name("session", tenant, session);
+            let stream = actors::stream_name(events::Kind::Session, tenant, session);
             let mut messages = Vec::with_capacity(rows.len().min(size));
             for m in rows.iter().take(size) {
                 let body = text(&api.keyring, tenant, &stream, "body", m.body.as_ref()).await?;
@@ -185,7 +185,7 @@ impl pb::view_service_server::ViewService for Handle {
             let mut end_users = Vec::with_capacity(rows.len().min(size));
             for row in rows.iter().take(size) {
                 let subject = Uuid::from_slice(&row.subject_id).map_err(internal)?;
-                let stream = actors::stream_name("subject", tenant, subject);
+                let stream = actors::stream_name(events::Kind::Subject, tenant, subject);
                 let mut fields = [String::new(), String::new(), String::new()];
                 for (slot, name) in fields.iter_mut().zip(directory::FIELDS) {
                     // A restricted subject's profile is stored, not shown.

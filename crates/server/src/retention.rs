@@ -152,8 +152,10 @@ impl Scheduler {
     /// Cancelled tenants not yet certified: those found before, plus any
     /// cancellation appended to `$all` since the last sweep.
     async fn cancelled_tenants(&self) -> Result<Vec<Uuid>, ApiError> {
-        let filter =
-            EventFilter { stream_prefixes: vec!["tenant-".into()], event_types: vec!["TenantCancelled".into()] };
+        let filter = EventFilter {
+            stream_prefixes: vec![events::Kind::Tenant.prefix().into()],
+            event_types: vec![events::types::TENANT_CANCELLED.into()],
+        };
         let mut pending = self.pending.lock().await;
         loop {
             let page = self.log.read_all(pending.read_to, 4096, &filter).await?;

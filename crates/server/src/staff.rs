@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub const STREAM: &str = "staff-directory";
+pub const STREAM: &str = events::stream::STAFF_DIRECTORY;
 /// How old this node's copy of the directory may be before a check reads
 /// what other nodes appended (a disabled key stops within this time).
 const REFRESH: Duration = Duration::from_secs(5);
@@ -95,7 +95,7 @@ fn id_bytes(id: Uuid) -> bytes::Bytes {
 fn encode(e: &StaffEvent) -> NewEvent {
     let (kind, payload) = match e {
         StaffEvent::Added { staff, role, key_sha256, at_micros } => (
-            "StaffAdded",
+            events::types::STAFF_ADDED,
             ev::StaffAdded {
                 staff_id: id_bytes(*staff),
                 role: role.name().into(),
@@ -105,7 +105,7 @@ fn encode(e: &StaffEvent) -> NewEvent {
             .encode_to_vec(),
         ),
         StaffEvent::KeyRotated { staff, key_sha256, at_micros } => (
-            "StaffKeyRotated",
+            events::types::STAFF_KEY_ROTATED,
             ev::StaffKeyRotated {
                 staff_id: id_bytes(*staff),
                 key_sha256: bytes::Bytes::copy_from_slice(key_sha256),
@@ -113,11 +113,12 @@ fn encode(e: &StaffEvent) -> NewEvent {
             }
             .encode_to_vec(),
         ),
-        StaffEvent::Disabled { staff, at_micros } => {
-            ("StaffDisabled", ev::StaffDisabled { staff_id: id_bytes(*staff), at_micros: *at_micros }.encode_to_vec())
-        }
+        StaffEvent::Disabled { staff, at_micros } => (
+            events::types::STAFF_DISABLED,
+            ev::StaffDisabled { staff_id: id_bytes(*staff), at_micros: *at_micros }.encode_to_vec(),
+        ),
         StaffEvent::BreakGlassOpened { grant, staff, tenant, reason, at_micros, expires_micros } => (
-            "BreakGlassOpened",
+            events::types::BREAK_GLASS_OPENED,
             ev::BreakGlassOpened {
                 grant_id: id_bytes(*grant),
                 staff_id: id_bytes(*staff),
@@ -129,7 +130,7 @@ fn encode(e: &StaffEvent) -> NewEvent {
             .encode_to_vec(),
         ),
         StaffEvent::BreakGlassClosed { grant, by, at_micros } => (
-            "BreakGlassClosed",
+            events::types::BREAK_GLASS_CLOSED,
             ev::BreakGlassClosed { grant_id: id_bytes(*grant), by_staff_id: id_bytes(*by), at_micros: *at_micros }
                 .encode_to_vec(),
         ),
@@ -144,7 +145,7 @@ fn decode(r: &RecordedEvent) -> Result<StaffEvent, String> {
     let p = r.event.payload.clone();
     let dec = |e: prost::DecodeError| bad(&e.to_string());
     Ok(match r.event_type() {
-        "StaffAdded" => {
+        events::types::STAFF_ADDED => {
             let m = ev::StaffAdded::decode(p).map_err(dec)?;
             StaffEvent::Added {
                 staff: id(&m.staff_id, "staff_id")?,
@@ -153,7 +154,7 @@ fn decode(r: &RecordedEvent) -> Result<StaffEvent, String> {
                 at_micros: m.at_micros,
             }
         }
-        "StaffKeyRotated" => {
+        events::types::STAFF_KEY_ROTATED => {
             let m = ev::StaffKeyRotated::decode(p).map_err(dec)?;
             StaffEvent::KeyRotated {
                 staff: id(&m.staff_id, "staff_id")?,
@@ -161,11 +162,11 @@ fn decode(r: &RecordedEvent) -> Result<StaffEvent, String> {
                 at_micros: m.at_micros,
             }
         }
-        "StaffDisabled" => {
+        events::types::STAFF_DISABLED => {
             let m = ev::StaffDisabled::decode(p).map_err(dec)?;
             StaffEvent::Disabled { staff: id(&m.staff_id, "staff_id")?, at_micros: m.at_micros }
         }
-        "BreakGlassOpened" => {
+        events::types::BREAK_GLASS_OPENED => {
             let m = ev::BreakGlassOpened::decode(p).map_err(dec)?;
             StaffEvent::BreakGlassOpened {
                 grant: id(&m.grant_id, "grant_id")?,
@@ -176,7 +177,7 @@ fn decode(r: &RecordedEvent) -> Result<StaffEvent, String> {
                 expires_micros: m.expires_micros,
             }
         }
-        "BreakGlassClosed" => {
+        events::types::BREAK_GLASS_CLOSED => {
             let m = ev::BreakGlassClosed::decode(p).map_err(dec)?;
             StaffEvent::BreakGlassClosed {
                 grant: id(&m.grant_id, "grant_id")?,

@@ -18,12 +18,13 @@ use prost::Message;
 use proto::events as pb;
 use uuid::Uuid;
 
-use crate::error::ActorError;
+use crate::stream::Kind;
+use crate::types as ty;
 
 /// How an entity's events are stored.
 pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static> + Send + Sync + 'static {
-    /// Stream-name prefix, e.g. "session".
-    const KIND: &'static str;
+    /// The kind of stream the entity's events go to.
+    const KIND: Kind;
 
     /// Encodes `event` (decided on `self`, the state before it) as a new
     /// stored event of `stream`.
@@ -33,12 +34,12 @@ pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static
         tenant: Uuid,
         stream: &str,
         keyring: &Keyring,
-    ) -> impl Future<Output = Result<NewEvent, ActorError>> + Send;
+    ) -> impl Future<Output = Result<NewEvent, CodecError>> + Send;
 
     fn decode(
         recorded: &RecordedEvent,
         keyring: &Keyring,
-    ) -> impl Future<Output = Result<Self::Event, ActorError>> + Send;
+    ) -> impl Future<Output = Result<Self::Event, CodecError>> + Send;
 
     /// When this entity's next timer goes off (Sessions only).
     fn deadline(&self) -> Option<i64> {
@@ -46,9 +47,15 @@ pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static
     }
 }
 
-/// The stream of an entity: kind, tenant and id (opaque ids only).
-pub fn stream_name(kind: &str, tenant: Uuid, id: Uuid) -> String {
-    format!("{kind}-{tenant}-{id}")
+/// What encoding or decoding a stored event can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    #[error("key store: {0}")]
+    Keys(#[from] keystore::KeyError),
+    /// A stored event that does not decode: names the stream, version and why.
+    #[error("stored event {stream}@{version} does not decode: {reason}")]
+    Corrupt { stream: String, version: u64, reason: String },
 }
 
 fn new_event(event_type: &str, tenant: Uuid, payload: impl Message) -> NewEvent {
@@ -69,11 +76,11 @@ impl<'a> Sealer<'a> {
         Self { keyring, tenant, stream, event }
     }
 
-    async fn seal(self, field: &str, value: &str, purpose: KeyPurpose) -> Result<Self, ActorError> {
+    async fn seal(self, field: &str, value: &str, purpose: KeyPurpose) -> Result<Self, CodecError> {
         self.seal_bytes(field, value.as_bytes(), purpose).await
     }
 
-    async fn seal_bytes(mut self, field: &str, value: &[u8], purpose: KeyPurpose) -> Result<Self, ActorError> {
+    async fn seal_bytes(mut self, field: &str, value: &[u8], purpose: KeyPurpose) -> Result<Self, CodecError> {
         let aad = Aad { tenant: self.tenant, stream: self.stream, event_id: self.event.id };
         let sealed = self.keyring.seal(field, value, &purpose, &aad).await?;
         self.event.sealed_fields.push(sealed);
@@ -85,24 +92,24 @@ impl<'a> Sealer<'a> {
     }
 }
 
-fn corrupt(r: &RecordedEvent, reason: impl Into<String>) -> ActorError {
-    ActorError::Corrupt { stream: r.stream.to_string(), version: r.version, reason: reason.into() }
+fn corrupt(r: &RecordedEvent, reason: impl Into<String>) -> CodecError {
+    CodecError::Corrupt { stream: r.stream.to_string(), version: r.version, reason: reason.into() }
 }
 
-fn payload<M: Message + Default>(r: &RecordedEvent) -> Result<M, ActorError> {
+fn payload<M: Message + Default>(r: &RecordedEvent) -> Result<M, CodecError> {
     M::decode(r.event.payload.as_ref()).map_err(|e| corrupt(r, format!("payload: {e}")))
 }
 
-fn uuid(r: &RecordedEvent, field: &str, bytes: &[u8]) -> Result<Uuid, ActorError> {
+fn uuid(r: &RecordedEvent, field: &str, bytes: &[u8]) -> Result<Uuid, CodecError> {
     Uuid::from_slice(bytes).map_err(|_| corrupt(r, format!("{field} is {} bytes, not a uuid", bytes.len())))
 }
 
-fn tenant_of(r: &RecordedEvent) -> Result<Uuid, ActorError> {
+fn tenant_of(r: &RecordedEvent) -> Result<Uuid, CodecError> {
     r.event.tenant_id.ok_or_else(|| corrupt(r, "no tenant id"))
 }
 
 /// Opens a sealed field: `None` when absent; an erased field reads as empty.
-async fn open_bytes(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<Vec<u8>>, ActorError> {
+async fn open_bytes(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<Vec<u8>>, CodecError> {
     let Some(sealed) = r.event.sealed_fields.iter().find(|s: &&SealedField| s.field == field) else { return Ok(None) };
     let aad = Aad { tenant: tenant_of(r)?, stream: &r.stream, event_id: r.event.id };
     match keyring.open(field, sealed, &aad).await? {
@@ -113,14 +120,14 @@ async fn open_bytes(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result
 
 /// Opens a sealed text field: `None` when absent; an erased field reads as
 /// an empty string.
-async fn open_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<String>, ActorError> {
+async fn open_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<Option<String>, CodecError> {
     match open_bytes(r, keyring, field).await? {
         Some(p) => String::from_utf8(p).map(Some).map_err(|_| corrupt(r, format!("{field} is not UTF-8"))),
         None => Ok(None),
     }
 }
 
-async fn required_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<String, ActorError> {
+async fn required_text(r: &RecordedEvent, keyring: &Keyring, field: &str) -> Result<String, CodecError> {
     open_text(r, keyring, field).await?.ok_or_else(|| corrupt(r, format!("sealed field {field} missing")))
 }
 
@@ -149,12 +156,12 @@ fn id_bytes(id: Uuid) -> Bytes {
 }
 
 impl Codec for Tenant {
-    const KIND: &'static str = "tenant";
+    const KIND: Kind = Kind::Tenant;
 
-    async fn encode(&self, event: &TenantEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, ActorError> {
+    async fn encode(&self, event: &TenantEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, CodecError> {
         Ok(match event {
             TenantEvent::Created { tenant: id, name, settings, at_micros } => new_event(
-                "TenantCreated",
+                ty::TENANT_CREATED,
                 tenant,
                 pb::TenantCreated {
                     tenant_id: id_bytes(*id),
@@ -164,12 +171,12 @@ impl Codec for Tenant {
                 },
             ),
             TenantEvent::SettingsUpdated { settings } => new_event(
-                "TenantSettingsUpdated",
+                ty::TENANT_SETTINGS_UPDATED,
                 tenant,
                 pb::TenantSettingsUpdated { settings: Some(settings_pb(settings)) },
             ),
             TenantEvent::ApiKeyIssued { key_id, secret_sha256, at_micros } => new_event(
-                "TenantApiKeyIssued",
+                ty::TENANT_API_KEY_ISSUED,
                 tenant,
                 pb::TenantApiKeyIssued {
                     key_id: id_bytes(*key_id),
@@ -178,29 +185,29 @@ impl Codec for Tenant {
                 },
             ),
             TenantEvent::ApiKeyRevoked { key_id, at_micros } => new_event(
-                "TenantApiKeyRevoked",
+                ty::TENANT_API_KEY_REVOKED,
                 tenant,
                 pb::TenantApiKeyRevoked { key_id: id_bytes(*key_id), at_micros: *at_micros },
             ),
             TenantEvent::Cancelled { at_micros } => {
-                new_event("TenantCancelled", tenant, pb::TenantCancelled { at_micros: *at_micros })
+                new_event(ty::TENANT_CANCELLED, tenant, pb::TenantCancelled { at_micros: *at_micros })
             }
             TenantEvent::KeysShredded { key_fingerprints, at_micros } => new_event(
-                "TenantKeysShredded",
+                ty::TENANT_KEYS_SHREDDED,
                 tenant,
                 pb::TenantKeysShredded { key_fingerprints: key_fingerprints.clone(), at_micros: *at_micros },
             ),
             TenantEvent::OffboardingCertified { certificate, signature } => new_event(
-                "TenantOffboardingCertified",
+                ty::TENANT_OFFBOARDING_CERTIFIED,
                 tenant,
                 pb::TenantOffboardingCertified { certificate: certificate.clone(), signature: signature.clone() },
             ),
         })
     }
 
-    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<TenantEvent, ActorError> {
+    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<TenantEvent, CodecError> {
         Ok(match r.event_type() {
-            "TenantCreated" => {
+            ty::TENANT_CREATED => {
                 let p: pb::TenantCreated = payload(r)?;
                 TenantEvent::Created {
                     tenant: uuid(r, "tenant_id", &p.tenant_id)?,
@@ -209,10 +216,10 @@ impl Codec for Tenant {
                     at_micros: p.at_micros,
                 }
             }
-            "TenantSettingsUpdated" => TenantEvent::SettingsUpdated {
+            ty::TENANT_SETTINGS_UPDATED => TenantEvent::SettingsUpdated {
                 settings: settings_of(payload::<pb::TenantSettingsUpdated>(r)?.settings),
             },
-            "TenantApiKeyIssued" => {
+            ty::TENANT_API_KEY_ISSUED => {
                 let p: pb::TenantApiKeyIssued = payload(r)?;
                 let secret_sha256 =
                     p.secret_sha256.as_ref().try_into().map_err(|_| corrupt(r, "secret_sha256 is not 32 bytes"))?;
@@ -222,16 +229,16 @@ impl Codec for Tenant {
                     at_micros: p.at_micros,
                 }
             }
-            "TenantApiKeyRevoked" => {
+            ty::TENANT_API_KEY_REVOKED => {
                 let p: pb::TenantApiKeyRevoked = payload(r)?;
                 TenantEvent::ApiKeyRevoked { key_id: uuid(r, "key_id", &p.key_id)?, at_micros: p.at_micros }
             }
-            "TenantCancelled" => TenantEvent::Cancelled { at_micros: payload::<pb::TenantCancelled>(r)?.at_micros },
-            "TenantKeysShredded" => {
+            ty::TENANT_CANCELLED => TenantEvent::Cancelled { at_micros: payload::<pb::TenantCancelled>(r)?.at_micros },
+            ty::TENANT_KEYS_SHREDDED => {
                 let p: pb::TenantKeysShredded = payload(r)?;
                 TenantEvent::KeysShredded { key_fingerprints: p.key_fingerprints, at_micros: p.at_micros }
             }
-            "TenantOffboardingCertified" => {
+            ty::TENANT_OFFBOARDING_CERTIFIED => {
                 let p: pb::TenantOffboardingCertified = payload(r)?;
                 TenantEvent::OffboardingCertified { certificate: p.certificate, signature: p.signature }
             }
@@ -241,13 +248,13 @@ impl Codec for Tenant {
 }
 
 impl Codec for Pype {
-    const KIND: &'static str = "pype";
+    const KIND: Kind = Kind::Pype;
 
-    async fn encode(&self, event: &PypeEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, ActorError> {
+    async fn encode(&self, event: &PypeEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, CodecError> {
         let member = |t: &str, id: &Uuid| new_event(t, tenant, pb::PypeMemberChanged { member_id: id_bytes(*id) });
         Ok(match event {
             PypeEvent::Created { pype, tenant: t, name, description, timers, at_micros } => new_event(
-                "PypeCreated",
+                ty::PYPE_CREATED,
                 tenant,
                 pb::PypeCreated {
                     pype_id: id_bytes(*pype),
@@ -258,31 +265,31 @@ impl Codec for Pype {
                     at_micros: *at_micros,
                 },
             ),
-            PypeEvent::AgentAssigned { agent } => member("PypeAgentAssigned", agent),
-            PypeEvent::AgentUnassigned { agent } => member("PypeAgentUnassigned", agent),
-            PypeEvent::BotAssigned { bot } => member("PypeBotAssigned", bot),
-            PypeEvent::BotUnassigned { bot } => member("PypeBotUnassigned", bot),
+            PypeEvent::AgentAssigned { agent } => member(ty::PYPE_AGENT_ASSIGNED, agent),
+            PypeEvent::AgentUnassigned { agent } => member(ty::PYPE_AGENT_UNASSIGNED, agent),
+            PypeEvent::BotAssigned { bot } => member(ty::PYPE_BOT_ASSIGNED, bot),
+            PypeEvent::BotUnassigned { bot } => member(ty::PYPE_BOT_UNASSIGNED, bot),
             PypeEvent::TimersSet { timers } => {
-                new_event("PypeTimersSet", tenant, pb::PypeTimersSet { timers: Some(timers_pb(*timers)) })
+                new_event(ty::PYPE_TIMERS_SET, tenant, pb::PypeTimersSet { timers: Some(timers_pb(*timers)) })
             }
             PypeEvent::RetentionSet { days } => new_event(
-                "PypeRetentionSet",
+                ty::PYPE_RETENTION_SET,
                 tenant,
                 pb::PypeRetentionSet { inherit: days.is_none(), days: days.unwrap_or(0) },
             ),
             PypeEvent::Archived { at_micros } => {
-                new_event("PypeArchived", tenant, pb::PypeArchived { at_micros: *at_micros })
+                new_event(ty::PYPE_ARCHIVED, tenant, pb::PypeArchived { at_micros: *at_micros })
             }
         })
     }
 
-    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<PypeEvent, ActorError> {
-        let member = || -> Result<Uuid, ActorError> {
+    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<PypeEvent, CodecError> {
+        let member = || -> Result<Uuid, CodecError> {
             let p: pb::PypeMemberChanged = payload(r)?;
             uuid(r, "member_id", &p.member_id)
         };
         Ok(match r.event_type() {
-            "PypeCreated" => {
+            ty::PYPE_CREATED => {
                 let p: pb::PypeCreated = payload(r)?;
                 PypeEvent::Created {
                     pype: uuid(r, "pype_id", &p.pype_id)?,
@@ -293,13 +300,13 @@ impl Codec for Pype {
                     at_micros: p.at_micros,
                 }
             }
-            "PypeAgentAssigned" => PypeEvent::AgentAssigned { agent: member()? },
-            "PypeAgentUnassigned" => PypeEvent::AgentUnassigned { agent: member()? },
-            "PypeBotAssigned" => PypeEvent::BotAssigned { bot: member()? },
-            "PypeBotUnassigned" => PypeEvent::BotUnassigned { bot: member()? },
-            "PypeTimersSet" => PypeEvent::TimersSet { timers: timers_of(payload::<pb::PypeTimersSet>(r)?.timers) },
-            "PypeArchived" => PypeEvent::Archived { at_micros: payload::<pb::PypeArchived>(r)?.at_micros },
-            "PypeRetentionSet" => {
+            ty::PYPE_AGENT_ASSIGNED => PypeEvent::AgentAssigned { agent: member()? },
+            ty::PYPE_AGENT_UNASSIGNED => PypeEvent::AgentUnassigned { agent: member()? },
+            ty::PYPE_BOT_ASSIGNED => PypeEvent::BotAssigned { bot: member()? },
+            ty::PYPE_BOT_UNASSIGNED => PypeEvent::BotUnassigned { bot: member()? },
+            ty::PYPE_TIMERS_SET => PypeEvent::TimersSet { timers: timers_of(payload::<pb::PypeTimersSet>(r)?.timers) },
+            ty::PYPE_ARCHIVED => PypeEvent::Archived { at_micros: payload::<pb::PypeArchived>(r)?.at_micros },
+            ty::PYPE_RETENTION_SET => {
                 let p: pb::PypeRetentionSet = payload(r)?;
                 PypeEvent::RetentionSet { days: (!p.inherit).then_some(p.days) }
             }
@@ -323,7 +330,7 @@ fn reason_pb(r: Reason) -> i32 {
     }) as i32
 }
 
-fn state_changed(r: &RecordedEvent) -> Result<(Reason, i64), ActorError> {
+fn state_changed(r: &RecordedEvent) -> Result<(Reason, i64), CodecError> {
     let p: pb::SessionStateChanged = payload(r)?;
     let reason = match pb::ChangeReason::try_from(p.reason) {
         Ok(pb::ChangeReason::Api) => Reason::Api,
@@ -334,7 +341,7 @@ fn state_changed(r: &RecordedEvent) -> Result<(Reason, i64), ActorError> {
 }
 
 impl Codec for Session {
-    const KIND: &'static str = "session";
+    const KIND: Kind = Kind::Session;
 
     fn deadline(&self) -> Option<i64> {
         self.next_deadline_micros()
@@ -346,13 +353,13 @@ impl Codec for Session {
         tenant: Uuid,
         stream: &str,
         keyring: &Keyring,
-    ) -> Result<NewEvent, ActorError> {
+    ) -> Result<NewEvent, CodecError> {
         let changed = |t: &str, reason: &Reason, at: &i64| {
             new_event(t, tenant, pb::SessionStateChanged { reason: reason_pb(*reason), at_micros: *at })
         };
         Ok(match event {
             SessionEvent::Started { session, tenant: t, pype, end_user, timers, at_micros } => new_event(
-                "SessionStarted",
+                ty::SESSION_STARTED,
                 tenant,
                 pb::SessionStarted {
                     session_id: id_bytes(*session),
@@ -364,7 +371,7 @@ impl Codec for Session {
                 },
             ),
             SessionEvent::ParticipantJoined { participant, kind, at_micros } => new_event(
-                "ParticipantJoined",
+                ty::PARTICIPANT_JOINED,
                 tenant,
                 pb::ParticipantJoined {
                     participant_id: id_bytes(*participant),
@@ -373,13 +380,13 @@ impl Codec for Session {
                 },
             ),
             SessionEvent::ParticipantLeft { participant, at_micros } => new_event(
-                "ParticipantLeft",
+                ty::PARTICIPANT_LEFT,
                 tenant,
                 pb::ParticipantLeft { participant_id: id_bytes(*participant), at_micros: *at_micros },
             ),
             SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
                 let e = new_event(
-                    "MessagePosted",
+                    ty::MESSAGE_POSTED,
                     tenant,
                     pb::MessagePosted {
                         seq: *seq,
@@ -405,7 +412,7 @@ impl Codec for Session {
             }
             SessionEvent::MediaUploaded { media, meta } => {
                 let e = new_event(
-                    "MediaUploaded",
+                    ty::MEDIA_UPLOADED,
                     tenant,
                     pb::MediaUploaded {
                         media_id: id_bytes(*media),
@@ -428,32 +435,34 @@ impl Codec for Session {
                 s.done()
             }
             SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => new_event(
-                "ReadHorizonAdvanced",
+                ty::READ_HORIZON_ADVANCED,
                 tenant,
                 pb::ReadHorizonAdvanced { participant_id: id_bytes(*participant), up_to: *up_to, private: *private },
             ),
-            SessionEvent::BecameInactive { reason, at_micros } => changed("SessionBecameInactive", reason, at_micros),
-            SessionEvent::Reactivated { reason, at_micros } => changed("SessionReactivated", reason, at_micros),
-            SessionEvent::Closed { reason, at_micros } => changed("SessionClosed", reason, at_micros),
+            SessionEvent::BecameInactive { reason, at_micros } => {
+                changed(ty::SESSION_BECAME_INACTIVE, reason, at_micros)
+            }
+            SessionEvent::Reactivated { reason, at_micros } => changed(ty::SESSION_REACTIVATED, reason, at_micros),
+            SessionEvent::Closed { reason, at_micros } => changed(ty::SESSION_CLOSED, reason, at_micros),
             SessionEvent::Erased { request, at_micros } => new_event(
-                "SessionErased",
+                ty::SESSION_ERASED,
                 tenant,
                 pb::SessionErased { request_id: id_bytes(*request), at_micros: *at_micros },
             ),
             SessionEvent::ContentExpired { retention_days, at_micros } => new_event(
-                "SessionContentExpired",
+                ty::SESSION_CONTENT_EXPIRED,
                 tenant,
                 pb::SessionContentExpired { retention_days: *retention_days, at_micros: *at_micros },
             ),
             SessionEvent::Restricted { at_micros } => {
-                new_event("SessionRestricted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+                new_event(ty::SESSION_RESTRICTED, tenant, pb::RestrictionChanged { at_micros: *at_micros })
             }
             SessionEvent::RestrictionLifted { at_micros } => {
-                new_event("SessionRestrictionLifted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+                new_event(ty::SESSION_RESTRICTION_LIFTED, tenant, pb::RestrictionChanged { at_micros: *at_micros })
             }
             SessionEvent::LocationShared { participant, location, at_micros } => {
                 let e = new_event(
-                    "LocationShared",
+                    ty::LOCATION_SHARED,
                     tenant,
                     pb::LocationShared { participant_id: id_bytes(*participant), at_micros: *at_micros },
                 );
@@ -465,7 +474,7 @@ impl Codec for Session {
         })
     }
 
-    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SessionEvent, ActorError> {
+    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SessionEvent, CodecError> {
         Ok(match decode_session_clear(r)? {
             SessionEvent::MessagePosted { seq, sender, sent_at_micros, device, .. } => SessionEvent::MessagePosted {
                 seq,
@@ -500,9 +509,9 @@ impl Codec for Session {
 /// A Session event from its Clear fields alone: a message's body reads as
 /// empty and its device as `Some("")` when one was given. Enough for
 /// timers, and needs no key.
-pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorError> {
+pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, CodecError> {
     Ok(match r.event_type() {
-        "SessionStarted" => {
+        ty::SESSION_STARTED => {
             let p: pb::SessionStarted = payload(r)?;
             SessionEvent::Started {
                 session: uuid(r, "session_id", &p.session_id)?,
@@ -513,7 +522,7 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 at_micros: p.at_micros,
             }
         }
-        "ParticipantJoined" => {
+        ty::PARTICIPANT_JOINED => {
             let p: pb::ParticipantJoined = payload(r)?;
             let kind = match pb::ParticipantKind::try_from(p.kind) {
                 Ok(pb::ParticipantKind::EndUser) => ParticipantKind::EndUser,
@@ -527,14 +536,14 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 at_micros: p.at_micros,
             }
         }
-        "ParticipantLeft" => {
+        ty::PARTICIPANT_LEFT => {
             let p: pb::ParticipantLeft = payload(r)?;
             SessionEvent::ParticipantLeft {
                 participant: uuid(r, "participant_id", &p.participant_id)?,
                 at_micros: p.at_micros,
             }
         }
-        "MessagePosted" => {
+        ty::MESSAGE_POSTED => {
             let p: pb::MessagePosted = payload(r)?;
             SessionEvent::MessagePosted {
                 seq: p.seq,
@@ -545,7 +554,7 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 attachments: Vec::new(),
             }
         }
-        "MediaUploaded" => {
+        ty::MEDIA_UPLOADED => {
             let p: pb::MediaUploaded = payload(r)?;
             SessionEvent::MediaUploaded {
                 media: uuid(r, "media_id", &p.media_id)?,
@@ -560,7 +569,7 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 },
             }
         }
-        "ReadHorizonAdvanced" => {
+        ty::READ_HORIZON_ADVANCED => {
             let p: pb::ReadHorizonAdvanced = payload(r)?;
             SessionEvent::ReadHorizonAdvanced {
                 participant: uuid(r, "participant_id", &p.participant_id)?,
@@ -568,31 +577,33 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, ActorErro
                 private: p.private,
             }
         }
-        "SessionBecameInactive" => {
+        ty::SESSION_BECAME_INACTIVE => {
             let (reason, at_micros) = state_changed(r)?;
             SessionEvent::BecameInactive { reason, at_micros }
         }
-        "SessionReactivated" => {
+        ty::SESSION_REACTIVATED => {
             let (reason, at_micros) = state_changed(r)?;
             SessionEvent::Reactivated { reason, at_micros }
         }
-        "SessionClosed" => {
+        ty::SESSION_CLOSED => {
             let (reason, at_micros) = state_changed(r)?;
             SessionEvent::Closed { reason, at_micros }
         }
-        "SessionErased" => {
+        ty::SESSION_ERASED => {
             let p: pb::SessionErased = payload(r)?;
             SessionEvent::Erased { request: uuid(r, "request_id", &p.request_id)?, at_micros: p.at_micros }
         }
-        "SessionRestricted" => SessionEvent::Restricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros },
-        "SessionContentExpired" => {
+        ty::SESSION_RESTRICTED => {
+            SessionEvent::Restricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
+        }
+        ty::SESSION_CONTENT_EXPIRED => {
             let p: pb::SessionContentExpired = payload(r)?;
             SessionEvent::ContentExpired { retention_days: p.retention_days, at_micros: p.at_micros }
         }
-        "SessionRestrictionLifted" => {
+        ty::SESSION_RESTRICTION_LIFTED => {
             SessionEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
         }
-        "LocationShared" => {
+        ty::LOCATION_SHARED => {
             let p: pb::LocationShared = payload(r)?;
             SessionEvent::LocationShared {
                 participant: uuid(r, "participant_id", &p.participant_id)?,
@@ -615,7 +626,7 @@ fn attachment_pb(a: &domain::session::Attachment) -> pb::Attachment {
 }
 
 /// A message's sealed attachment list (empty once erased).
-fn attachments_of(r: &RecordedEvent, bytes: &[u8]) -> Result<Vec<domain::session::Attachment>, ActorError> {
+fn attachments_of(r: &RecordedEvent, bytes: &[u8]) -> Result<Vec<domain::session::Attachment>, CodecError> {
     decode_attachments(bytes).map_err(|e| corrupt(r, e))
 }
 
@@ -649,7 +660,7 @@ fn birth_text(b: &Birth) -> String {
     }
 }
 
-fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, ActorError> {
+fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, CodecError> {
     if s == "attested:13+" || s.is_empty() {
         // An erased birth field reads as the attestation: the person was of age.
         return Ok(Birth::AttestedAtLeast13);
@@ -665,7 +676,7 @@ fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, ActorError> {
 }
 
 impl Codec for Subject {
-    const KIND: &'static str = "subject";
+    const KIND: Kind = Kind::Subject;
 
     async fn encode(
         &self,
@@ -673,12 +684,12 @@ impl Codec for Subject {
         tenant: Uuid,
         stream: &str,
         keyring: &Keyring,
-    ) -> Result<NewEvent, ActorError> {
+    ) -> Result<NewEvent, CodecError> {
         let profile = |subject: Uuid| KeyPurpose::Subject { subject, group: Group::Profile };
         Ok(match event {
             SubjectEvent::Registered { subject, tenant: t, username, email, phone, birth, at_micros } => {
                 let e = new_event(
-                    "SubjectRegistered",
+                    ty::SUBJECT_REGISTERED,
                     tenant,
                     pb::SubjectRegistered {
                         subject_id: id_bytes(*subject),
@@ -699,7 +710,7 @@ impl Codec for Subject {
             }
             SubjectEvent::Invited { subject, tenant: t, email, at_micros } => {
                 let e = new_event(
-                    "SubjectInvited",
+                    ty::SUBJECT_INVITED,
                     tenant,
                     pb::SubjectInvited {
                         subject_id: id_bytes(*subject),
@@ -711,7 +722,7 @@ impl Codec for Subject {
             }
             SubjectEvent::Onboarded { username, phone, birth, at_micros } => {
                 let subject = self.id.unwrap_or_default();
-                let e = new_event("SubjectOnboarded", tenant, pb::SubjectOnboarded { at_micros: *at_micros });
+                let e = new_event(ty::SUBJECT_ONBOARDED, tenant, pb::SubjectOnboarded { at_micros: *at_micros });
                 Sealer::new(keyring, tenant, stream, e)
                     .seal("username", username, profile(subject))
                     .await?
@@ -722,14 +733,14 @@ impl Codec for Subject {
                     .done()
             }
             SubjectEvent::Deactivated { at_micros } => {
-                new_event("SubjectDeactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
+                new_event(ty::SUBJECT_DEACTIVATED, tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
             }
             SubjectEvent::Reactivated { at_micros } => {
-                new_event("SubjectReactivated", tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
+                new_event(ty::SUBJECT_REACTIVATED, tenant, pb::SubjectStatusChanged { at_micros: *at_micros })
             }
             SubjectEvent::PasswordSet { hash, at_micros } => {
                 let subject = self.id.unwrap_or_default();
-                let e = new_event("SubjectPasswordSet", tenant, pb::SubjectStatusChanged { at_micros: *at_micros });
+                let e = new_event(ty::SUBJECT_PASSWORD_SET, tenant, pb::SubjectStatusChanged { at_micros: *at_micros });
                 Sealer::new(keyring, tenant, stream, e).seal("password_hash", hash, profile(subject)).await?.done()
             }
             SubjectEvent::Rectified { email, phone, birth, at_micros } => {
@@ -744,7 +755,8 @@ impl Codec for Subject {
                 if birth.is_some() {
                     fields.push("birth".to_string());
                 }
-                let e = new_event("SubjectRectified", tenant, pb::SubjectRectified { fields, at_micros: *at_micros });
+                let e =
+                    new_event(ty::SUBJECT_RECTIFIED, tenant, pb::SubjectRectified { fields, at_micros: *at_micros });
                 let mut s = Sealer::new(keyring, tenant, stream, e);
                 if let Some(v) = email {
                     s = s.seal("email", v, profile(subject)).await?;
@@ -758,13 +770,13 @@ impl Codec for Subject {
                 s.done()
             }
             SubjectEvent::ProcessingRestricted { at_micros } => {
-                new_event("SubjectProcessingRestricted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+                new_event(ty::SUBJECT_PROCESSING_RESTRICTED, tenant, pb::RestrictionChanged { at_micros: *at_micros })
             }
             SubjectEvent::RestrictionLifted { at_micros } => {
-                new_event("SubjectRestrictionLifted", tenant, pb::RestrictionChanged { at_micros: *at_micros })
+                new_event(ty::SUBJECT_RESTRICTION_LIFTED, tenant, pb::RestrictionChanged { at_micros: *at_micros })
             }
             SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => new_event(
-                "ConsentGranted",
+                ty::CONSENT_GRANTED,
                 tenant,
                 pb::ConsentGranted {
                     purpose: purpose.clone(),
@@ -773,12 +785,12 @@ impl Codec for Subject {
                 },
             ),
             SubjectEvent::ConsentWithdrawn { purpose, at_micros } => new_event(
-                "ConsentWithdrawn",
+                ty::CONSENT_WITHDRAWN,
                 tenant,
                 pb::ConsentWithdrawn { purpose: purpose.clone(), at_micros: *at_micros },
             ),
             SubjectEvent::ErasureRequested { request, at_micros, due_micros } => new_event(
-                "SubjectErasureRequested",
+                ty::SUBJECT_ERASURE_REQUESTED,
                 tenant,
                 pb::SubjectErasureRequested {
                     subject_id: id_bytes(self.id.unwrap_or_default()),
@@ -788,7 +800,7 @@ impl Codec for Subject {
                 },
             ),
             SubjectEvent::ErasureShredPlanned { request, sessions, key_fingerprints } => new_event(
-                "SubjectErasureShredPlanned",
+                ty::SUBJECT_ERASURE_SHRED_PLANNED,
                 tenant,
                 pb::SubjectErasureShredPlanned {
                     subject_id: id_bytes(self.id.unwrap_or_default()),
@@ -798,7 +810,7 @@ impl Codec for Subject {
                 },
             ),
             SubjectEvent::ErasureKeysShredded { request, sessions, at_micros } => new_event(
-                "SubjectErasureKeysShredded",
+                ty::SUBJECT_ERASURE_KEYS_SHREDDED,
                 tenant,
                 pb::SubjectErasureKeysShredded {
                     subject_id: id_bytes(self.id.unwrap_or_default()),
@@ -808,7 +820,7 @@ impl Codec for Subject {
                 },
             ),
             SubjectEvent::Erased { request, acknowledged_by, at_micros } => new_event(
-                "SubjectErased",
+                ty::SUBJECT_ERASED,
                 tenant,
                 pb::SubjectErased {
                     subject_id: id_bytes(self.id.unwrap_or_default()),
@@ -818,7 +830,7 @@ impl Codec for Subject {
                 },
             ),
             SubjectEvent::ErasureCertified { request, certificate, signature } => new_event(
-                "SubjectErasureCertified",
+                ty::SUBJECT_ERASURE_CERTIFIED,
                 tenant,
                 pb::SubjectErasureCertified {
                     subject_id: id_bytes(self.id.unwrap_or_default()),
@@ -830,9 +842,9 @@ impl Codec for Subject {
         })
     }
 
-    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SubjectEvent, ActorError> {
+    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<SubjectEvent, CodecError> {
         Ok(match r.event_type() {
-            "SubjectRegistered" => {
+            ty::SUBJECT_REGISTERED => {
                 let p: pb::SubjectRegistered = payload(r)?;
                 let birth = required_text(r, keyring, "birth").await?;
                 SubjectEvent::Registered {
@@ -845,7 +857,7 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "SubjectInvited" => {
+            ty::SUBJECT_INVITED => {
                 let p: pb::SubjectInvited = payload(r)?;
                 SubjectEvent::Invited {
                     subject: uuid(r, "subject_id", &p.subject_id)?,
@@ -854,7 +866,7 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "SubjectOnboarded" => {
+            ty::SUBJECT_ONBOARDED => {
                 let p: pb::SubjectOnboarded = payload(r)?;
                 let birth = required_text(r, keyring, "birth").await?;
                 SubjectEvent::Onboarded {
@@ -864,18 +876,18 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "SubjectDeactivated" => {
+            ty::SUBJECT_DEACTIVATED => {
                 SubjectEvent::Deactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
             }
-            "SubjectReactivated" => {
+            ty::SUBJECT_REACTIVATED => {
                 SubjectEvent::Reactivated { at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros }
             }
-            "SubjectPasswordSet" => SubjectEvent::PasswordSet {
+            ty::SUBJECT_PASSWORD_SET => SubjectEvent::PasswordSet {
                 // Erased (shredded) reads as no password: nobody can log in.
                 hash: open_text(r, keyring, "password_hash").await?.unwrap_or_default(),
                 at_micros: payload::<pb::SubjectStatusChanged>(r)?.at_micros,
             },
-            "SubjectRectified" => {
+            ty::SUBJECT_RECTIFIED => {
                 let p: pb::SubjectRectified = payload(r)?;
                 let named = |f: &str| p.fields.iter().any(|x| x == f);
                 let email = if named("email") { Some(required_text(r, keyring, "email").await?) } else { None };
@@ -888,13 +900,13 @@ impl Codec for Subject {
                 };
                 SubjectEvent::Rectified { email, phone, birth, at_micros: p.at_micros }
             }
-            "SubjectProcessingRestricted" => {
+            ty::SUBJECT_PROCESSING_RESTRICTED => {
                 SubjectEvent::ProcessingRestricted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
             }
-            "SubjectRestrictionLifted" => {
+            ty::SUBJECT_RESTRICTION_LIFTED => {
                 SubjectEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
             }
-            "ConsentGranted" => {
+            ty::CONSENT_GRANTED => {
                 let p: pb::ConsentGranted = payload(r)?;
                 SubjectEvent::ConsentGranted {
                     purpose: p.purpose,
@@ -902,11 +914,11 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "ConsentWithdrawn" => {
+            ty::CONSENT_WITHDRAWN => {
                 let p: pb::ConsentWithdrawn = payload(r)?;
                 SubjectEvent::ConsentWithdrawn { purpose: p.purpose, at_micros: p.at_micros }
             }
-            "SubjectErasureRequested" => {
+            ty::SUBJECT_ERASURE_REQUESTED => {
                 let p: pb::SubjectErasureRequested = payload(r)?;
                 SubjectEvent::ErasureRequested {
                     request: uuid(r, "request_id", &p.request_id)?,
@@ -914,7 +926,7 @@ impl Codec for Subject {
                     due_micros: p.due_micros,
                 }
             }
-            "SubjectErasureShredPlanned" => {
+            ty::SUBJECT_ERASURE_SHRED_PLANNED => {
                 let p: pb::SubjectErasureShredPlanned = payload(r)?;
                 SubjectEvent::ErasureShredPlanned {
                     request: uuid(r, "request_id", &p.request_id)?,
@@ -922,7 +934,7 @@ impl Codec for Subject {
                     key_fingerprints: p.key_fingerprints,
                 }
             }
-            "SubjectErasureKeysShredded" => {
+            ty::SUBJECT_ERASURE_KEYS_SHREDDED => {
                 let p: pb::SubjectErasureKeysShredded = payload(r)?;
                 SubjectEvent::ErasureKeysShredded {
                     request: uuid(r, "request_id", &p.request_id)?,
@@ -930,7 +942,7 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "SubjectErased" => {
+            ty::SUBJECT_ERASED => {
                 let p: pb::SubjectErased = payload(r)?;
                 SubjectEvent::Erased {
                     request: uuid(r, "request_id", &p.request_id)?,
@@ -938,7 +950,7 @@ impl Codec for Subject {
                     at_micros: p.at_micros,
                 }
             }
-            "SubjectErasureCertified" => {
+            ty::SUBJECT_ERASURE_CERTIFIED => {
                 let p: pb::SubjectErasureCertified = payload(r)?;
                 SubjectEvent::ErasureCertified {
                     request: uuid(r, "request_id", &p.request_id)?,
@@ -949,4 +961,16 @@ impl Codec for Subject {
             other => return Err(corrupt(r, format!("unknown subject event type {other:?}"))),
         })
     }
+}
+
+/// The reservation of a username by `subject` (the first event of the
+/// name's stream, [`crate::stream::username_stream`]).
+pub fn username_reserved(tenant: Uuid, subject: Uuid) -> NewEvent {
+    new_event(ty::USERNAME_RESERVED, tenant, pb::UsernameReserved { subject_id: id_bytes(subject) })
+}
+
+/// The subject a username's reservation names.
+pub fn decode_username_reserved(r: &RecordedEvent) -> Result<Uuid, CodecError> {
+    let p: pb::UsernameReserved = payload(r)?;
+    uuid(r, "subject_id", &p.subject_id)
 }

@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use actors::Codec;
-use actors::codec::decode_session_clear;
 use domain::pype::{Pype, PypeEvent};
 use domain::session::{Reason, Session, SessionEvent};
 use domain::subject::{Birth, Subject, SubjectEvent};
@@ -13,6 +11,8 @@ use domain::tenant::{Tenant, TenantEvent};
 use domain::{Aggregate, Timers};
 use eventlog::mem::MemLog;
 use eventlog::{Direction, EventLog, ExpectedVersion, ReadFrom};
+use events::Codec;
+use events::codec::decode_session_clear;
 use keystore::crypto::SecretKey;
 use keystore::{EmbeddedRootProvider, KeyPolicy, Keyring, LocalKeyStore};
 use uuid::Uuid;
