@@ -18,11 +18,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status as GrpcStatus};
 use uuid::Uuid;
 
-use crate::audit_log::Record;
 use crate::auth::{self, Bearer, Caller};
 use crate::end_user_auth::{Account, AuthSession, LoginOutcome};
 use crate::error::{ApiError, parse_id};
 use crate::metrics::ApiMetrics;
+use audit::Record;
 
 /// How long a verified API key is trusted without asking the tenant's actor
 /// again. A revocation clears this node's cache at once; other nodes follow
@@ -42,7 +42,7 @@ pub struct Api {
     pub views: Arc<crate::views::Views>,
     pub erasures: Arc<crate::erasure::Erasures>,
     pub analytics_k: u64,
-    pub audit: crate::audit_log::AuditLog,
+    pub audit: audit::AuditLog,
     pub auth: Arc<crate::end_user_auth::EndUserAuth>,
     pub staff: Arc<crate::staff::Staff>,
     pub offboarding_grace_days: u32,
@@ -112,7 +112,7 @@ type Reply<T> = Result<Response<T>, GrpcStatus>;
 
 impl Api {
     pub(crate) async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
-        use crate::audit_log::Record;
+        use audit::Record;
         let bearer = match auth::bearer(metadata, &self.admin_sha256) {
             Ok(b) => b,
             Err(e) => {
@@ -235,7 +235,7 @@ impl Api {
                 record = Record { action: "staff.break_glass_access", ..record }.detail(format!("grant:{grant}"));
             }
         }
-        self.audit.record(record).await
+        Ok(self.audit.record(record).await?)
     }
 
     /// The platform admin key, or a staff member whose role may make the
@@ -283,7 +283,8 @@ impl Api {
                     .target(format!("subject:{subject}"))
                     .detail(detail),
             )
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Every authorisation refusal is an audit entry (logins and token
@@ -294,7 +295,7 @@ impl Api {
         {
             self.audit
                 .note(
-                    crate::audit_log::Record::new("authz.refused", "caller", "refused")
+                    audit::Record::new("authz.refused", "caller", "refused")
                         .target(format!("rpc:{method}"))
                         .detail(format!("{code:?}")),
                 )

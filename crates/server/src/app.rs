@@ -191,7 +191,7 @@ async fn report_key_store_findings(
     keys: &keystore::embedded::Embedded,
     data_dir: &Path,
     metrics: &ApiMetrics,
-    audit: &crate::audit_log::AuditLog,
+    audit: &audit::AuditLog,
 ) -> anyhow::Result<()> {
     for f in keys.findings() {
         let action = match f.action {
@@ -205,7 +205,7 @@ async fn report_key_store_findings(
         metrics.count_integrity("keys", action);
         audit
             .record(
-                crate::audit_log::Record::new("integrity.keys", "pypes", action)
+                audit::Record::new("integrity.keys", "pypes", action)
                     .target(file)
                     .detail(format!("offset {}: {}", f.offset, f.what)),
             )
@@ -322,13 +322,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         tokio::spawn(sink.run(log.clone()));
     }
     let signing_for_scheduler = signing.clone();
-    let audit = crate::audit_log::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
+    let audit = audit::AuditLog::start(&config.data_dir, log.clone(), signing.clone(), clock.clone())
         .await
         .context("starting the audit log")?;
-    audit
-        .record(crate::audit_log::Record::new("server.start", "pypes", "ok"))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    audit.record(audit::Record::new("server.start", "pypes", "ok")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let shared = Arc::new(actors::Shared {
         log: log.clone(),
         keyring: keyring.clone(),
@@ -356,12 +353,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         let moved = r.moved_to.as_ref().map(|p| p.strip_prefix(&config.data_dir).unwrap_or(p).display().to_string());
         audit
             .record(
-                crate::audit_log::Record::new("integrity.views", "pypes", action)
-                    .target(format!("views/{}.redb", r.name))
-                    .detail(match moved {
+                audit::Record::new("integrity.views", "pypes", action).target(format!("views/{}.redb", r.name)).detail(
+                    match moved {
                         Some(m) => format!("moved aside to {m}; rebuilding from the log up to position {}", r.until),
                         None => format!("rebuilding from the log up to position {}", r.until),
-                    }),
+                    },
+                ),
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -502,7 +499,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let _ = stop_grpc.send(());
     http.stop(true).await;
     let _ = grpc_task.await;
-    if let Err(e) = audit.record(crate::audit_log::Record::new("server.stop", "pypes", "ok")).await {
+    if let Err(e) = audit.record(audit::Record::new("server.stop", "pypes", "ok")).await {
         tracing::error!(error = %e, "audit record at shutdown");
     }
     if let Err(e) = audit.checkpoint().await {

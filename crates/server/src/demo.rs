@@ -440,12 +440,12 @@ pub async fn erase(
             .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
     }
     .into_inner();
-    let due = crate::audit::time_text(status.due_micros);
+    let due = audit::time::time_text(status.due_micros);
     println!(
         "erasure {} of subject {subject}: {} (requested {}, due {due})",
         status.request_id,
         status.step,
-        crate::audit::time_text(status.requested_micros)
+        audit::time::time_text(status.requested_micros)
     );
     if wait && !status_only {
         let started = std::time::Instant::now();
@@ -613,7 +613,7 @@ pub async fn offboarding(
     }
     .map_err(status_error)?
     .into_inner();
-    let when = |m: i64| if m == 0 { "-".to_string() } else { crate::audit::time_text(m) };
+    let when = |m: i64| if m == 0 { "-".to_string() } else { audit::time::time_text(m) };
     println!(
         "tenant {}: cancelled {}, KEK shred due {}, shredded {}",
         o.tenant_id,

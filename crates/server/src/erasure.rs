@@ -430,11 +430,11 @@ impl Erasures {
             json_str(&request.to_string()),
             json_str(&tenant.to_string()),
             json_str(&subject.to_string()),
-            json_str(&crate::audit::time_text(erased.requested_micros)),
-            json_str(&crate::audit::time_text(erased.due_micros)),
-            json_str(&crate::audit::time_text(shredded_at)),
-            json_str(&crate::audit::time_text(erased_at)),
-            json_str(&crate::audit::time_text(now_micros())),
+            json_str(&audit::time::time_text(erased.requested_micros)),
+            json_str(&audit::time::time_text(erased.due_micros)),
+            json_str(&audit::time::time_text(shredded_at)),
+            json_str(&audit::time::time_text(erased_at)),
+            json_str(&audit::time::time_text(now_micros())),
         );
         let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
         let ss: Vec<String> = sessions.iter().map(|s| json_str(&s.to_string())).collect();

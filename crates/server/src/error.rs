@@ -130,3 +130,12 @@ impl From<events::CodecError> for ApiError {
         Self::Actor(e.into())
     }
 }
+
+impl From<audit::AuditError> for ApiError {
+    fn from(e: audit::AuditError) -> Self {
+        match e {
+            audit::AuditError::Unavailable(m) => Self::Unavailable(m.into()),
+            audit::AuditError::Write(m) => Self::Internal(m),
+        }
+    }
+}

@@ -16,9 +16,9 @@ use keystore::Keyring;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::audit::time_text;
 use crate::erasure::json_str;
 use crate::error::ApiError;
+use audit::time::time_text;
 
 pub const FORMAT: &str = "pypes-subject-export";
 pub const VERSION: u32 = 1;

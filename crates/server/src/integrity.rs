@@ -88,7 +88,7 @@ pub async fn check(data_dir: &Path) -> anyhow::Result<Answers> {
     }
     let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
     // The audit writer's node id, read as a start reads it.
-    let node = data_dir.join(crate::audit_log::NODE_FILE);
+    let node = data_dir.join(audit::NODE_FILE);
     if node.exists() {
         let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
         Uuid::parse_str(text.trim()).with_context(|| format!("{} does not hold a UUID", node.display()))?;

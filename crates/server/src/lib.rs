@@ -4,8 +4,7 @@
 
 pub mod api;
 pub mod app;
-pub mod audit;
-pub mod audit_log;
+pub mod audit_tool;
 pub mod auth;
 pub mod config;
 pub mod demo;

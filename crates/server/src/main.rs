@@ -299,16 +299,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (log, _) = backends.resolve()?;
             let text = match log {
-                server::config::LogBackend::File { witness_dir } => server::audit::verify(
+                server::config::LogBackend::File { witness_dir } => server::audit_tool::verify(
                     &data_dir,
                     public_key.as_deref(),
-                    &server::audit::HeadPolicy { witness_dir, allow_missing_head },
+                    &server::audit_tool::HeadPolicy { witness_dir, allow_missing_head },
                     trail,
                 )?,
                 other => tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
                     .build()?
-                    .block_on(server::audit::verify_database(&data_dir, &other, public_key.as_deref(), trail))?,
+                    .block_on(server::audit_tool::verify_database(&data_dir, &other, public_key.as_deref(), trail))?,
             };
             print!("{text}");
             Ok(())
@@ -328,13 +328,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay { stream, into, as_of, data_dir, backends } => {
             let backends = backends.resolve()?;
             let as_of = match as_of {
-                Some(t) => server::audit::parse_as_of(&t)?,
+                Some(t) => server::audit_tool::parse_as_of(&t)?,
                 None => eventlog::Clock::now_micros(&eventlog::SystemClock),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let text = match (stream, into) {
-                (Some(stream), _) => rt.block_on(server::audit::replay_stream(&data_dir, &backends, &stream, as_of))?,
-                (None, Some(into)) => rt.block_on(server::audit::replay_into(&data_dir, &backends, &into, as_of))?,
+                (Some(stream), _) => {
+                    rt.block_on(server::audit_tool::replay_stream(&data_dir, &backends, &stream, as_of))?
+                }
+                (None, Some(into)) => {
+                    rt.block_on(server::audit_tool::replay_into(&data_dir, &backends, &into, as_of))?
+                }
                 (None, None) => anyhow::bail!("give --stream S or --into DIR"),
             };
             print!("{text}");

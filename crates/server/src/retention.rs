@@ -28,9 +28,9 @@ use eventlog::{Clock, EventFilter, EventLog};
 use keystore::{Keyring, ShredTarget};
 use uuid::Uuid;
 
-use crate::audit_log::{AuditLog, Record};
 use crate::erasure::{json_str, key_fingerprint};
 use crate::error::ApiError;
+use audit::{AuditLog, Record};
 
 const DAY_MICROS: i64 = 86_400_000_000;
 pub const CERTIFICATE_FORMAT: &str = "pypes-tenant-offboarding-certificate/v1";
@@ -214,10 +214,10 @@ impl Scheduler {
                 "{{\"format\":{},\"tenant_id\":{},\"cancelled_at\":{},\"grace_days\":{},\"kek_shredded_at\":{},\"issued_at\":{},\"destroyed_key_fingerprints\":[{}],\"signing_public_key\":{}}}",
                 json_str(CERTIFICATE_FORMAT),
                 json_str(&tenant.to_string()),
-                json_str(&crate::audit::time_text(t.cancelled_micros)),
+                json_str(&audit::time::time_text(t.cancelled_micros)),
                 self.grace_days,
-                json_str(&crate::audit::time_text(shredded_at)),
-                json_str(&crate::audit::time_text(now)),
+                json_str(&audit::time::time_text(shredded_at)),
+                json_str(&audit::time::time_text(now)),
                 fps.join(","),
                 json_str(&hex::encode(self.signing.verifying_key().as_bytes())),
             );

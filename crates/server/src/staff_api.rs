@@ -6,9 +6,9 @@ use tonic::Request;
 use uuid::Uuid;
 
 use crate::api::Handle;
-use crate::audit_log::Record;
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, parse_id};
+use audit::Record;
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 

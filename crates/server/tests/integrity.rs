@@ -157,8 +157,8 @@ async fn verifiers_fail(dir: &Path, rel: &Path) -> bool {
     // `audit verify` reads the log and audit.head with the public key only;
     // the private signing key is no file it covers.
     if s.starts_with("log/") || s == "audit.head" {
-        let heads = server::audit::HeadPolicy { witness_dir: None, allow_missing_head: false };
-        return server::audit::verify(dir, None, &heads, false).is_err();
+        let heads = server::audit_tool::HeadPolicy { witness_dir: None, allow_missing_head: false };
+        return server::audit_tool::verify(dir, None, &heads, false).is_err();
     }
     if s.starts_with("keys/") || s.starts_with("provider/") || s == "root.key" {
         return match keystore::embedded::check_embedded(dir, None, std::sync::Arc::new(eventlog::SystemClock)) {

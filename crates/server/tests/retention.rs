@@ -260,7 +260,7 @@ async fn a_cancelled_tenant_is_shredded_after_its_grace_period_with_a_certificat
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     // It names the tenant and the time of the KEK shred the server reports.
-    let shredded = format!("shredded {}", server::audit::time_text(off.shredded_at_micros));
+    let shredded = format!("shredded {}", server::audit_tool::time_text(off.shredded_at_micros));
     assert!(
         out.status.success() && text.contains(&format!("tenant {}:", s.tenant)) && text.contains(&shredded),
         "{shredded} in {text}{}",

@@ -59,12 +59,12 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, tra
     let bytes: [u8; 32] =
         hex::decode(&hex_key).ok().and_then(|b| b.try_into().ok()).context("the public key is not 64 hex digits")?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")?;
-    let mut audit = crate::audit_log::AuditChecker::new(key);
+    let mut audit = audit::AuditChecker::new(key);
     let mut lines = String::new();
     let mut visit = |e: RecordedEvent| {
         audit.visit(&e)?;
-        if trail && e.stream.starts_with(crate::audit_log::STREAM_PREFIX) {
-            lines.push_str(&crate::audit_log::describe(&e));
+        if trail && e.stream.starts_with(audit::STREAM_PREFIX) {
+            lines.push_str(&audit::describe(&e));
             lines.push('\n');
         }
         Ok(())
@@ -75,13 +75,13 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, tra
     };
     let report =
         verify_log_with(&OsVfs, &log_dir, &key, &options, Some(&mut visit)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let head = crate::audit_log::read_head(data_dir)?;
+    let head = audit::read_head(data_dir)?;
     let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     if head.is_none() && audit.entries > 0 && !heads.allow_missing_head {
         bail!(
             "{}: the audit trail's signed head is missing although the trail holds {} entries: a cut tail could \
              not be seen (pass --allow-missing-head to verify without it)",
-            data_dir.join(crate::audit_log::HEAD_FILE).display(),
+            data_dir.join(audit::HEAD_FILE).display(),
             audit.entries
         );
     }
@@ -113,7 +113,7 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, tra
 
 /// The audit trail's part of a verification report (and the entries, for
 /// `audit trail`).
-fn audit_summary(out: &mut String, audit: &crate::audit_log::AuditReport, entries: Option<&str>) {
+fn audit_summary(out: &mut String, audit: &audit::AuditReport, entries: Option<&str>) {
     let _ = writeln!(out, "audit streams: OK");
     let _ = writeln!(out, "  streams           {}", audit.streams);
     let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
@@ -162,9 +162,9 @@ pub async fn verify_database(
     let log =
         crate::app::open_log(backend, data_dir, move || crate::app::read_signing_key(&dir), Arc::new(SystemClock))
             .await?;
-    let mut audit = crate::audit_log::AuditChecker::new(key);
+    let mut audit = audit::AuditChecker::new(key);
     let mut lines = String::new();
-    let filter = eventlog::EventFilter::stream_prefix(crate::audit_log::STREAM_PREFIX);
+    let filter = eventlog::EventFilter::stream_prefix(audit::STREAM_PREFIX);
     let (mut from_position, mut events) = (0, 0u64);
     loop {
         let page = log.read_all(from_position, 4096, &filter).await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -172,7 +172,7 @@ pub async fn verify_database(
             audit.visit(e).map_err(|e| anyhow::anyhow!("{e}"))?;
             events += 1;
             if trail {
-                lines.push_str(&crate::audit_log::describe(e));
+                lines.push_str(&audit::describe(e));
                 lines.push('\n');
             }
         }
@@ -181,7 +181,7 @@ pub async fn verify_database(
         }
         from_position = page.next_position;
     }
-    let head = crate::audit_log::read_head(data_dir)?;
+    let head = audit::read_head(data_dir)?;
     let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = String::new();
     let _ = writeln!(out, "log {backend:?}: the database's own integrity (no file hash chain on this backend)");
@@ -193,48 +193,10 @@ pub async fn verify_database(
 
 /// Parses `--as-of`: unix seconds, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 pub fn parse_as_of(text: &str) -> anyhow::Result<i64> {
-    if let Ok(secs) = text.parse::<i64>() {
-        return Ok(secs.saturating_mul(1_000_000));
-    }
-    let bad = || anyhow::anyhow!("--as-of {text:?}: give unix seconds or YYYY-MM-DDTHH:MM:SSZ");
-    let t = text.strip_suffix('Z').ok_or_else(bad)?;
-    let (date, time) = t.split_once('T').ok_or_else(bad)?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    let h: Vec<i64> = time.split(':').map(|p| p.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
-    let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), h.as_slice()) else { return Err(bad()) };
-    if !(1..=12).contains(m)
-        || !(1..=31).contains(day)
-        || !(0..24).contains(hh)
-        || !(0..60).contains(mm)
-        || !(0..61).contains(ss)
-    {
-        return Err(bad());
-    }
-    // Days from civil (Howard Hinnant).
-    let y = if *m <= 2 { y - 1 } else { *y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1_000_000)
+    audit::time::parse_time(text).map_err(|e| anyhow::anyhow!("--as-of {e}"))
 }
 
-pub fn time_text(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
+pub use audit::time::time_text;
 
 fn shown(text: &str) -> String {
     if text.is_empty() { "[erased]".into() } else { format!("{text:?}") }

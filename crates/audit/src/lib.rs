@@ -14,6 +14,8 @@
 //! and only then answers the callers that wait ([`AuditLog::record`]: a
 //! privileged action is not done before its record is durable).
 
+pub mod time;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +30,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-
 pub const STREAM_PREFIX: &str = events::stream::AUDIT_PREFIX;
 pub const EVENT_TYPE: &str = events::types::AUDIT_ENTRY;
 pub const CHECKPOINT: &str = "audit.checkpoint";
@@ -43,6 +43,17 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const COUNT_FLUSH: Duration = Duration::from_secs(1);
 /// Entries in one append at most.
 const MAX_BATCH: usize = 1024;
+
+/// Why an audit record could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The writer has stopped (the server is shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(&'static str),
+    /// The log refused or failed the append.
+    #[error("{0}")]
+    Write(String),
+}
 
 /// One thing to audit. Every field is a fixed code or an opaque id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -130,16 +141,16 @@ impl AuditLog {
     }
 
     /// Appends `record` and waits until it is durable.
-    pub async fn record(&self, record: Record) -> Result<(), ApiError> {
+    pub async fn record(&self, record: Record) -> Result<(), AuditError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Record(record, Some(tx)))
             .await
-            .map_err(|_| ApiError::Unavailable("the audit log is shutting down".into()))?;
+            .map_err(|_| AuditError::Unavailable("the audit log is shutting down"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ApiError::Internal(format!("the audit log could not be written: {e}"))),
-            Err(_) => Err(ApiError::Unavailable("the audit log is shutting down".into())),
+            Ok(Err(e)) => Err(AuditError::Write(format!("the audit log could not be written: {e}"))),
+            Err(_) => Err(AuditError::Unavailable("the audit log is shutting down")),
         }
     }
 
@@ -158,13 +169,13 @@ impl AuditLog {
     }
 
     /// Writes a signed checkpoint of everything so far (at shutdown).
-    pub async fn checkpoint(&self) -> Result<(), ApiError> {
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Checkpoint(tx)).await.map_err(|_| ApiError::Unavailable("audit writer stopped".into()))?;
+        self.tx.send(Msg::Checkpoint(tx)).await.map_err(|_| AuditError::Unavailable("audit writer stopped"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ApiError::Internal(format!("audit checkpoint: {e}"))),
-            Err(_) => Err(ApiError::Unavailable("audit writer stopped".into())),
+            Ok(Err(e)) => Err(AuditError::Write(format!("audit checkpoint: {e}"))),
+            Err(_) => Err(AuditError::Unavailable("audit writer stopped")),
         }
     }
 }
@@ -514,7 +525,7 @@ pub fn describe(r: &RecordedEvent) -> String {
     };
     let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
     let tenant = Uuid::from_slice(&e.tenant_id).map_or_else(|_| "-".to_string(), |t| t.to_string());
-    let time = crate::audit::time_text(e.at_micros);
+    let time = crate::time::time_text(e.at_micros);
     let count = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
     format!(
         "{time}  {} #{}  {}  {}  {tenant}  {}  {}  {}{count}",
