@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use domain::{Aggregate, Ctx};
-use eventlog::{Direction, ExpectedVersion, LogError, ReadFrom};
+use eventlog::{Direction, ExpectedVersion, LogError, ReadFrom, StreamAppend};
 use uuid::Uuid;
 
 use crate::error::ActorError;
@@ -174,8 +174,23 @@ async fn execute<A: Codec>(
                 Err(err) => return fail(state, version, loaded, err.into()),
             }
         }
+        let claims = match state.claims(&events, tenant, &shared.keyring).await {
+            Ok(c) => c,
+            Err(err) => return fail(state, version, loaded, err.into()),
+        };
         let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        match shared.log.append(&stream, expected, stored).await {
+        let appended = if claims.is_empty() {
+            shared.log.append(&stream, expected, stored).await
+        } else {
+            let mut appends = vec![StreamAppend { stream: stream.clone(), expected, events: stored }];
+            appends.extend(claims.iter().map(|c| StreamAppend {
+                stream: c.stream.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: c.events.clone(),
+            }));
+            shared.log.append_multi(appends).await.map(|mut r| r.remove(0))
+        };
+        match appended {
             Ok(appended) => {
                 shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for e in &events {
@@ -183,6 +198,13 @@ async fn execute<A: Codec>(
                 }
                 version = Some(appended.next_expected_version);
                 return Run { result: Ok(Executed { events, version, state: state.clone() }), state, version, loaded };
+            }
+            // A claimed stream exists: taken (by this entity or another).
+            Err(LogError::WrongExpectedVersion { stream: s, .. })
+                if let Some(c) = claims.iter().find(|c| c.stream == s) =>
+            {
+                let what = c.what;
+                return fail(state, version, loaded, domain::Rejection::AlreadyExists { what }.into());
             }
             Err(LogError::WrongExpectedVersion { .. }) => {
                 shared.metrics.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -10,6 +10,7 @@ pub mod entity;
 mod error;
 pub mod registry;
 pub mod timers;
+pub mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use domain::pype::Pype;
 use domain::session::{Session, SessionCommand};
+use domain::staff::StaffDirectory;
 use domain::subject::Subject;
 use domain::tenant::Tenant;
 use tokio::sync::mpsc;
@@ -20,8 +21,8 @@ use crate::Shared;
 use crate::entity::{EntityActor, Execute, Executed, Passivate, Read};
 use crate::error::ActorError;
 use crate::timers::{Fired, TimerRequest, deadlines_from_log, run_timers};
+use events::Codec;
 use events::stream::username_stream;
-use events::{Codec, stream_name};
 
 /// Limits of the registry.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +92,7 @@ pub struct Registry {
     pypes: Pool<Pype>,
     sessions: Pool<Session>,
     subjects: Pool<Subject>,
+    staff: Pool<StaffDirectory>,
     timers: mpsc::UnboundedSender<TimerRequest>,
 }
 
@@ -127,6 +129,11 @@ impl Registered for Subject {
         &r.subjects
     }
 }
+impl Registered for StaffDirectory {
+    fn pool(r: &Registry) -> &Pool<Self> {
+        &r.staff
+    }
+}
 
 fn arbiter_index(id: Uuid, n: usize) -> usize {
     // The id's last 8 bytes are random in v4 and v7 alike.
@@ -153,6 +160,7 @@ impl Registry {
             pypes: Pool::new(),
             sessions: Pool::new(),
             subjects: Pool::new(),
+            staff: Pool::new(),
             timers: timer_tx.clone(),
         });
         let rearmed = deadlines_from_log(shared.log.as_ref()).await?;
@@ -184,7 +192,8 @@ impl Registry {
                 let stopped = r.tenants.sweep(cutoff)
                     + r.pypes.sweep(cutoff)
                     + r.sessions.sweep(cutoff)
-                    + r.subjects.sweep(cutoff);
+                    + r.subjects.sweep(cutoff)
+                    + r.staff.sweep(cutoff);
                 if stopped > 0 {
                     tracing::debug!(stopped, "passivated idle actors");
                 }
@@ -199,7 +208,7 @@ impl Registry {
 
     /// Live actors of every kind.
     pub fn live_actors(&self) -> usize {
-        self.tenants.len() + self.pypes.len() + self.sessions.len() + self.subjects.len()
+        self.tenants.len() + self.pypes.len() + self.sessions.len() + self.subjects.len() + self.staff.len()
     }
 
     fn addr<A: Registered>(&self, tenant: Uuid, id: Uuid) -> Addr<EntityActor<A>> {
@@ -246,62 +255,6 @@ impl Registry {
     /// The entity's state (loaded from the log if its actor was not live).
     pub async fn read<A: Registered>(&self, tenant: Uuid, id: Uuid) -> Result<Executed<A>, ActorError> {
         self.addr::<A>(tenant, id).send(Read::default()).await.map_err(|e| ActorError::Unavailable(e.to_string()))?
-    }
-
-    /// Runs a subject command that may claim a username (register, or
-    /// onboard after an invitation): the subject's events and the
-    /// reservation of the username go to the log in one atomic append, so a
-    /// username is taken exactly when its subject holds it. The reservation
-    /// stream is named from a keyed hash of tenant and username.
-    pub async fn subject_with_username(
-        &self,
-        tenant: Uuid,
-        subject: Uuid,
-        command: domain::subject::SubjectCommand,
-    ) -> Result<Executed<Subject>, ActorError> {
-        use domain::{Aggregate, Ctx};
-        use eventlog::{ExpectedVersion, LogError, StreamAppend};
-        let shared = &self.shared;
-        let stream = stream_name(Subject::KIND, tenant, subject);
-        let (state, version) = crate::entity::load::<Subject>(shared, &stream).await?;
-        let events = state.decide(&command, &Ctx { now_micros: shared.clock.now_micros() })?;
-        let username = events.iter().find_map(|e| match e {
-            domain::subject::SubjectEvent::Registered { username, .. }
-            | domain::subject::SubjectEvent::Onboarded { username, .. } => Some(username.clone()),
-            _ => None,
-        });
-        let mut stored = Vec::with_capacity(events.len());
-        for e in &events {
-            stored.push(state.encode(e, tenant, &stream, &shared.keyring).await?);
-        }
-        let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        let mut appends = vec![StreamAppend { stream: stream.clone(), expected, events: stored }];
-        let mut reservation = None;
-        if let Some(username) = &username {
-            let secret = shared.keyring.tenant_index_secret(tenant).await?;
-            let name = username_stream(secret.expose(), tenant, username);
-            let e = events::codec::username_reserved(tenant, subject);
-            appends.push(StreamAppend { stream: name.clone(), expected: ExpectedVersion::NoStream, events: vec![e] });
-            reservation = Some(name);
-        }
-        match shared.log.append_multi(appends).await {
-            Ok(results) => {
-                shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // A live actor of the subject holds the state before this write.
-                self.forget::<Subject>(tenant, subject);
-                let mut state = state;
-                for e in &events {
-                    state.evolve(e);
-                }
-                Ok(Executed { events, version: results.first().map(|r| r.next_expected_version), state })
-            }
-            Err(LogError::WrongExpectedVersion { stream: s, .. }) if Some(&s) == reservation.as_ref() => {
-                Err(domain::Rejection::AlreadyExists { what: "username" }.into())
-            }
-            // The subject changed under us (another node): the caller retries.
-            Err(LogError::WrongExpectedVersion { .. }) => Err(ActorError::Contended { stream, attempts: 1 }),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Who holds `username` in `tenant`: the subject its reservation names

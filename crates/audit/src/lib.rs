@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
-use eventlog::{Clock, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent};
+use eventlog::{Clock, Direction, EventLog, ExpectedVersion, LogError, ReadFrom, RecordedEvent};
 use proto::Message;
 use proto::events::AuditEntry;
 use sha2::{Digest, Sha256};
@@ -334,7 +334,7 @@ impl Writer {
             let payload = entry.encode_to_vec();
             prev = sha256(&payload);
             seq += 1;
-            events.push(NewEvent::new(EVENT_TYPE, payload));
+            events.push(events::codec::audit_entry(payload));
         }
         let since = self.since_checkpoint + events.len() as u64;
         let due = since >= CHECKPOINT_EVERY || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
@@ -355,7 +355,7 @@ impl Writer {
             prev = sha256(&payload);
             seq += 1;
             head = Some(payload.clone());
-            events.push(NewEvent::new(EVENT_TYPE, payload));
+            events.push(events::codec::audit_entry(payload));
         }
         if events.is_empty() {
             for w in waiters {
@@ -366,7 +366,7 @@ impl Writer {
         let expected =
             if self.next_seq == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(self.next_seq - 1) };
         let n = events.len() as u64;
-        let result = match self.log.append(&self.stream, expected, events).await {
+        let result = match actors::write::append(self.log.as_ref(), &self.stream, expected, events).await {
             Ok(_) => {
                 self.next_seq = seq;
                 self.prev_hash = prev;

@@ -70,6 +70,22 @@ pub struct Pype {
 }
 
 impl Pype {
+    /// Whether `participant` may join a Session of this Pype as `kind`:
+    /// agents and bots must be assigned to it; the end user always may.
+    pub fn may_join(&self, participant: Uuid, kind: crate::session::ParticipantKind) -> Result<(), Rejection> {
+        use crate::session::ParticipantKind;
+        let assigned = match kind {
+            ParticipantKind::Agent => self.agents.contains(&participant),
+            ParticipantKind::Bot => self.bots.contains(&participant),
+            ParticipantKind::EndUser => true,
+        };
+        if assigned {
+            Ok(())
+        } else {
+            Err(Rejection::precondition("the participant is not assigned to the session's pype"))
+        }
+    }
+
     pub fn require_open(&self) -> Result<(), Rejection> {
         match (self.id, self.archived) {
             (None, _) => Err(Rejection::NotFound { what: "pype" }),

@@ -30,6 +30,74 @@ impl Role {
     }
 }
 
+/// What a staff role may do with one RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// Reads a tenant's content: only under a live break-glass grant.
+    BreakGlass,
+    Denied,
+}
+
+use Access::{Allowed as A, BreakGlass as G, Denied as D};
+
+/// RPC → (support, privacy officer, admin). RPCs not listed are denied to
+/// every staff role (tenants' own writes, their keys, end users' logins).
+pub const POLICY: &[(&str, [Access; 3])] = &[
+    // Tenants.
+    ("CreateTenant", [D, D, A]),
+    ("CancelTenant", [D, D, A]),
+    ("GetOffboarding", [A, A, A]),
+    ("GetTenant", [A, A, A]),
+    // Metadata: ids, states, counts, times.
+    ("GetPype", [A, A, A]),
+    ("GetSession", [A, A, A]),
+    ("ListSessions", [A, A, A]),
+    ("GetSessionView", [A, A, A]),
+    ("GetPypeOverview", [A, A, A]),
+    ("QueryAnalytics", [A, A, A]),
+    // Content and personal data.
+    ("ListMessages", [G, G, G]),
+    ("WatchSession", [G, G, G]),
+    ("GetSubject", [G, G, G]),
+    ("ListEndUsers", [G, G, G]),
+    ("DownloadMedia", [G, G, G]),
+    // Privacy requests.
+    ("RequestErasure", [D, A, D]),
+    ("GetErasure", [D, A, D]),
+    ("ExportSubject", [D, A, D]),
+    ("RectifySubject", [D, A, D]),
+    ("RestrictProcessing", [D, A, D]),
+    ("LiftRestriction", [D, A, D]),
+    ("WithdrawConsent", [D, A, D]),
+    // Staff management.
+    ("AddStaff", [D, D, A]),
+    ("RotateStaffKey", [D, D, A]),
+    ("DisableStaff", [D, D, A]),
+    ("ListStaff", [D, D, A]),
+    ("OpenBreakGlass", [A, A, A]),
+    ("CloseBreakGlass", [A, A, A]),
+];
+
+pub fn access(role: Role, method: &str) -> Access {
+    let i = match role {
+        Role::Support => 0,
+        Role::PrivacyOfficer => 1,
+        Role::Admin => 2,
+    };
+    POLICY.iter().find(|(m, _)| *m == method).map_or(Access::Denied, |(_, a)| a[i])
+}
+
+/// A role by its name (`support`, `privacy_officer`, `admin`).
+pub fn role_of(name: &str) -> Option<Role> {
+    match name {
+        "support" => Some(Role::Support),
+        "privacy_officer" => Some(Role::PrivacyOfficer),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
 /// Shortest and longest break-glass grant.
 pub const MIN_GRANT_SECS: i64 = 60;
 pub const MAX_GRANT_SECS: i64 = 4 * 3600;
@@ -232,6 +300,31 @@ impl Aggregate for StaffDirectory {
 
 #[cfg(test)]
 mod tests {
+
+    /// docs/security.md holds the same table: one row per RPC.
+    #[test]
+    fn the_documented_table_is_the_enforced_one() {
+        let doc = include_str!("../../../docs/security.md");
+        let cell = |a: Access| match a {
+            Access::Allowed => "yes",
+            Access::BreakGlass => "break-glass",
+            Access::Denied => "no",
+        };
+        for (method, row) in POLICY {
+            let line = format!("| `{method}` | {} | {} | {} |", cell(row[0]), cell(row[1]), cell(row[2]));
+            assert!(doc.contains(&line), "docs/security.md lacks the row {line}");
+        }
+    }
+
+    #[test]
+    fn unlisted_rpcs_are_denied_to_every_role() {
+        for role in [Role::Support, Role::PrivacyOfficer, Role::Admin] {
+            for m in ["PostMessage", "CreateApiKey", "Login", "SetPassword", "DeactivateSubject", "Nope"] {
+                assert_eq!(access(role, m), Access::Denied, "{role:?} {m}");
+            }
+        }
+    }
+
     use super::*;
 
     fn run(d: &mut StaffDirectory, c: StaffCommand, now: i64) -> Result<(), Rejection> {

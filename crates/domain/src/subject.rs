@@ -67,6 +67,13 @@ pub enum SubjectCommand {
     /// is stored, exported or erased, nothing else.
     Restrict,
     LiftRestriction,
+    /// The restriction process has brought every Session to the subject's
+    /// restriction state `restricted` (refused when the state has changed
+    /// since: a newer change has a run of its own).
+    RecordRestrictionApplied {
+        restricted: bool,
+        sessions: u32,
+    },
     /// Consent for a purpose (see [`PURPOSES`]) under a policy version.
     GrantConsent {
         purpose: String,
@@ -148,6 +155,11 @@ pub enum SubjectEvent {
         at_micros: i64,
     },
     RestrictionLifted {
+        at_micros: i64,
+    },
+    RestrictionApplied {
+        restricted: bool,
+        sessions: u32,
         at_micros: i64,
     },
     ConsentGranted {
@@ -368,6 +380,32 @@ fn check_birth(birth: &Birth, now_micros: i64) -> Result<(), Rejection> {
 }
 
 impl Subject {
+    /// Whether a new Session may start with this subject as its end user:
+    /// not while an erasure is requested, processing is restricted, or the
+    /// subject is deactivated or has not onboarded.
+    pub fn may_start_session(&self) -> Result<(), Rejection> {
+        if self.erasure.is_some() {
+            return Err(Rejection::precondition("the end user's erasure was requested"));
+        }
+        if self.restricted {
+            return Err(Rejection::precondition(
+                "processing of the end user's data is restricted: no new sessions until it is lifted",
+            ));
+        }
+        match self.status {
+            None => Err(Rejection::NotFound { what: "end user" }),
+            Some(SubjectStatus::Deactivated) => Err(Rejection::precondition("the end user is deactivated")),
+            Some(SubjectStatus::Invited) => Err(Rejection::precondition("the end user has not onboarded yet")),
+            Some(SubjectStatus::Active) => Ok(()),
+        }
+    }
+
+    /// Whether a location of this subject may be kept: consent for
+    /// `geolocation` granted and processing not restricted.
+    pub fn location_consented(&self) -> bool {
+        !self.restricted && self.consents.get("geolocation").is_some_and(|c| c.granted)
+    }
+
     pub fn require_exists(&self) -> Result<SubjectStatus, Rejection> {
         self.status.ok_or(Rejection::NotFound { what: "subject" })
     }
@@ -387,6 +425,7 @@ impl Aggregate for Subject {
                 command,
                 SubjectCommand::Restrict
                     | SubjectCommand::LiftRestriction
+                    | SubjectCommand::RecordRestrictionApplied { .. }
                     | SubjectCommand::RequestErasure { .. }
                     | SubjectCommand::Deactivate
                     | SubjectCommand::WithdrawConsent { .. }
@@ -491,6 +530,17 @@ impl Aggregate for Subject {
                 self.require_exists()?;
                 Ok(if self.restricted { vec![SubjectEvent::RestrictionLifted { at_micros: now }] } else { vec![] })
             }
+            SubjectCommand::RecordRestrictionApplied { restricted, sessions } => {
+                self.require_exists()?;
+                if *restricted != self.restricted {
+                    return Err(Rejection::precondition("the restriction changed again; its own run records it"));
+                }
+                Ok(vec![SubjectEvent::RestrictionApplied {
+                    restricted: *restricted,
+                    sessions: *sessions,
+                    at_micros: now,
+                }])
+            }
             SubjectCommand::GrantConsent { purpose, policy_version } => {
                 self.require_exists()?;
                 check_purpose(purpose)?;
@@ -580,6 +630,7 @@ impl Aggregate for Subject {
                 self.logins_revoked_micros = self.logins_revoked_micros.max(*at_micros);
             }
             SubjectEvent::RestrictionLifted { .. } => self.restricted = false,
+            SubjectEvent::RestrictionApplied { .. } => {}
             SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => {
                 self.consents.insert(
                     purpose.clone(),

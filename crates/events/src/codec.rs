@@ -9,6 +9,7 @@ use std::future::Future;
 use bytes::Bytes;
 use domain::pype::{Pype, PypeEvent};
 use domain::session::{ParticipantKind, Reason, Session, SessionEvent};
+use domain::staff::StaffEvent;
 use domain::subject::{Birth, Subject, SubjectEvent};
 use domain::tenant::{Tenant, TenantEvent, TenantSettings};
 use domain::{Aggregate, Timers};
@@ -45,6 +46,28 @@ pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static
     fn deadline(&self) -> Option<i64> {
         None
     }
+
+    /// Streams `events` claim (each must not exist yet), appended in one
+    /// atomic write with the entity's own: a subject's username
+    /// reservation. Most entities claim nothing.
+    fn claims(
+        &self,
+        events: &[Self::Event],
+        tenant: Uuid,
+        keyring: &Keyring,
+    ) -> impl Future<Output = Result<Vec<Claim>, CodecError>> + Send {
+        let _ = (events, tenant, keyring);
+        async { Ok(Vec::new()) }
+    }
+}
+
+/// A stream an entity's events claim: the stream must not exist yet; when
+/// it does, the command is refused as `what` already existing.
+#[derive(Debug)]
+pub struct Claim {
+    pub stream: String,
+    pub events: Vec<NewEvent>,
+    pub what: &'static str,
 }
 
 /// What encoding or decoding a stored event can fail with.
@@ -678,6 +701,22 @@ fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, CodecError> {
 impl Codec for Subject {
     const KIND: Kind = Kind::Subject;
 
+    /// Registering or onboarding claims the username: its reservation
+    /// stream, named from a keyed hash of tenant and username, is written
+    /// in the same append as the subject's events, so a username is taken
+    /// exactly when its subject holds it.
+    async fn claims(&self, events: &[SubjectEvent], tenant: Uuid, keyring: &Keyring) -> Result<Vec<Claim>, CodecError> {
+        let mut claims = Vec::new();
+        for e in events {
+            if let SubjectEvent::Registered { subject, username, .. } = e {
+                claims.push(username_claim(tenant, *subject, username, keyring).await?);
+            } else if let (SubjectEvent::Onboarded { username, .. }, Some(subject)) = (e, self.id) {
+                claims.push(username_claim(tenant, subject, username, keyring).await?);
+            }
+        }
+        Ok(claims)
+    }
+
     async fn encode(
         &self,
         event: &SubjectEvent,
@@ -775,6 +814,11 @@ impl Codec for Subject {
             SubjectEvent::RestrictionLifted { at_micros } => {
                 new_event(ty::SUBJECT_RESTRICTION_LIFTED, tenant, pb::RestrictionChanged { at_micros: *at_micros })
             }
+            SubjectEvent::RestrictionApplied { restricted, sessions, at_micros } => new_event(
+                ty::SUBJECT_RESTRICTION_APPLIED,
+                tenant,
+                pb::RestrictionApplied { restricted: *restricted, sessions: *sessions, at_micros: *at_micros },
+            ),
             SubjectEvent::ConsentGranted { purpose, policy_version, at_micros } => new_event(
                 ty::CONSENT_GRANTED,
                 tenant,
@@ -906,6 +950,14 @@ impl Codec for Subject {
             ty::SUBJECT_RESTRICTION_LIFTED => {
                 SubjectEvent::RestrictionLifted { at_micros: payload::<pb::RestrictionChanged>(r)?.at_micros }
             }
+            ty::SUBJECT_RESTRICTION_APPLIED => {
+                let p: pb::RestrictionApplied = payload(r)?;
+                SubjectEvent::RestrictionApplied {
+                    restricted: p.restricted,
+                    sessions: p.sessions,
+                    at_micros: p.at_micros,
+                }
+            }
             ty::CONSENT_GRANTED => {
                 let p: pb::ConsentGranted = payload(r)?;
                 SubjectEvent::ConsentGranted {
@@ -973,4 +1025,201 @@ pub fn username_reserved(tenant: Uuid, subject: Uuid) -> NewEvent {
 pub fn decode_username_reserved(r: &RecordedEvent) -> Result<Uuid, CodecError> {
     let p: pb::UsernameReserved = payload(r)?;
     uuid(r, "subject_id", &p.subject_id)
+}
+
+async fn username_claim(tenant: Uuid, subject: Uuid, username: &str, keyring: &Keyring) -> Result<Claim, CodecError> {
+    let secret = keyring.tenant_index_secret(tenant).await?;
+    Ok(Claim {
+        stream: crate::stream::username_stream(secret.expose(), tenant, username),
+        events: vec![username_reserved(tenant, subject)],
+        what: "username",
+    })
+}
+
+/// A process's checkpoint: the log position it has handled up to.
+pub fn process_checkpoint(position: u64) -> NewEvent {
+    NewEvent::new(ty::PROCESS_CHECKPOINT, Bytes::from(pb::ProcessCheckpoint { position }.encode_to_vec()))
+}
+
+/// The position a process checkpoint names.
+pub fn decode_process_checkpoint(r: &RecordedEvent) -> Result<u64, CodecError> {
+    Ok(payload::<pb::ProcessCheckpoint>(r)?.position)
+}
+
+/// The end user a Session's `LocationShared` names (Clear fields only).
+pub fn location_shared_by(r: &RecordedEvent) -> Result<Uuid, CodecError> {
+    let p: pb::LocationShared = payload(r)?;
+    uuid(r, "participant_id", &p.participant_id)
+}
+
+/// The events of end users' auth sessions (`authsession-…` streams) and of
+/// their login failures (`loginfail-…`): ids and times only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthEvent {
+    LoginSucceeded { at_micros: i64 },
+    LoginFailed { at_micros: i64 },
+    SessionStarted { subject: Uuid, created_micros: i64 },
+    SessionUsed { at_micros: i64 },
+    SessionEnded { at_micros: i64, reason: String },
+}
+
+/// Encodes an auth event of `tenant`.
+pub fn encode_auth(tenant: Uuid, e: &AuthEvent) -> NewEvent {
+    match e {
+        AuthEvent::LoginSucceeded { at_micros } => {
+            new_event(ty::LOGIN_SUCCEEDED, tenant, pb::LoginSucceeded { at_micros: *at_micros })
+        }
+        AuthEvent::LoginFailed { at_micros } => {
+            new_event(ty::LOGIN_FAILED, tenant, pb::LoginFailed { at_micros: *at_micros })
+        }
+        AuthEvent::SessionStarted { subject, created_micros } => new_event(
+            ty::AUTH_SESSION_STARTED,
+            tenant,
+            pb::AuthSessionStarted { subject_id: id_bytes(*subject), created_micros: *created_micros },
+        ),
+        AuthEvent::SessionUsed { at_micros } => {
+            new_event(ty::AUTH_SESSION_USED, tenant, pb::AuthSessionUsed { at_micros: *at_micros })
+        }
+        AuthEvent::SessionEnded { at_micros, reason } => new_event(
+            ty::AUTH_SESSION_ENDED,
+            tenant,
+            pb::AuthSessionEnded { at_micros: *at_micros, reason: reason.clone() },
+        ),
+    }
+}
+
+/// Decodes an auth event (any other type is corrupt here).
+pub fn decode_auth(r: &RecordedEvent) -> Result<AuthEvent, CodecError> {
+    Ok(match r.event_type() {
+        ty::LOGIN_SUCCEEDED => AuthEvent::LoginSucceeded { at_micros: payload::<pb::LoginSucceeded>(r)?.at_micros },
+        ty::LOGIN_FAILED => AuthEvent::LoginFailed { at_micros: payload::<pb::LoginFailed>(r)?.at_micros },
+        ty::AUTH_SESSION_STARTED => {
+            let p: pb::AuthSessionStarted = payload(r)?;
+            AuthEvent::SessionStarted {
+                subject: uuid(r, "subject_id", &p.subject_id)?,
+                created_micros: p.created_micros,
+            }
+        }
+        ty::AUTH_SESSION_USED => AuthEvent::SessionUsed { at_micros: payload::<pb::AuthSessionUsed>(r)?.at_micros },
+        ty::AUTH_SESSION_ENDED => {
+            let p: pb::AuthSessionEnded = payload(r)?;
+            AuthEvent::SessionEnded { at_micros: p.at_micros, reason: p.reason }
+        }
+        other => return Err(corrupt(r, format!("{other} is not an auth event"))),
+    })
+}
+
+impl Codec for domain::staff::StaffDirectory {
+    const KIND: Kind = Kind::Staff;
+
+    async fn encode(&self, event: &StaffEvent, _: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, CodecError> {
+        Ok(encode_staff(event))
+    }
+
+    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<StaffEvent, CodecError> {
+        decode_staff(r)
+    }
+}
+
+fn encode_staff(e: &StaffEvent) -> NewEvent {
+    let (kind, payload) = match e {
+        StaffEvent::Added { staff, role, key_sha256, at_micros } => (
+            ty::STAFF_ADDED,
+            pb::StaffAdded {
+                staff_id: id_bytes(*staff),
+                role: role.name().into(),
+                key_sha256: Bytes::copy_from_slice(key_sha256),
+                at_micros: *at_micros,
+            }
+            .encode_to_vec(),
+        ),
+        StaffEvent::KeyRotated { staff, key_sha256, at_micros } => (
+            ty::STAFF_KEY_ROTATED,
+            pb::StaffKeyRotated {
+                staff_id: id_bytes(*staff),
+                key_sha256: Bytes::copy_from_slice(key_sha256),
+                at_micros: *at_micros,
+            }
+            .encode_to_vec(),
+        ),
+        StaffEvent::Disabled { staff, at_micros } => (
+            ty::STAFF_DISABLED,
+            pb::StaffDisabled { staff_id: id_bytes(*staff), at_micros: *at_micros }.encode_to_vec(),
+        ),
+        StaffEvent::BreakGlassOpened { grant, staff, tenant, reason, at_micros, expires_micros } => (
+            ty::BREAK_GLASS_OPENED,
+            pb::BreakGlassOpened {
+                grant_id: id_bytes(*grant),
+                staff_id: id_bytes(*staff),
+                tenant_id: id_bytes(*tenant),
+                reason: reason.clone(),
+                at_micros: *at_micros,
+                expires_micros: *expires_micros,
+            }
+            .encode_to_vec(),
+        ),
+        StaffEvent::BreakGlassClosed { grant, by, at_micros } => (
+            ty::BREAK_GLASS_CLOSED,
+            pb::BreakGlassClosed { grant_id: id_bytes(*grant), by_staff_id: id_bytes(*by), at_micros: *at_micros }
+                .encode_to_vec(),
+        ),
+    };
+    NewEvent::new(kind, payload)
+}
+
+fn decode_staff(r: &RecordedEvent) -> Result<StaffEvent, CodecError> {
+    let bad = |what: &str| corrupt(r, what);
+    let id = |b: &[u8], field: &str| Uuid::from_slice(b).map_err(|_| bad(&format!("{field} is not a uuid")));
+    let key = |b: &[u8]| <[u8; 32]>::try_from(b).map_err(|_| bad("key_sha256 is not 32 bytes"));
+    let p = r.event.payload.clone();
+    let dec = |e: prost::DecodeError| bad(&e.to_string());
+    Ok(match r.event_type() {
+        ty::STAFF_ADDED => {
+            let m = pb::StaffAdded::decode(p).map_err(dec)?;
+            StaffEvent::Added {
+                staff: id(&m.staff_id, "staff_id")?,
+                role: domain::staff::role_of(&m.role).ok_or_else(|| bad(&format!("unknown role {:?}", m.role)))?,
+                key_sha256: key(&m.key_sha256)?,
+                at_micros: m.at_micros,
+            }
+        }
+        ty::STAFF_KEY_ROTATED => {
+            let m = pb::StaffKeyRotated::decode(p).map_err(dec)?;
+            StaffEvent::KeyRotated {
+                staff: id(&m.staff_id, "staff_id")?,
+                key_sha256: key(&m.key_sha256)?,
+                at_micros: m.at_micros,
+            }
+        }
+        ty::STAFF_DISABLED => {
+            let m = pb::StaffDisabled::decode(p).map_err(dec)?;
+            StaffEvent::Disabled { staff: id(&m.staff_id, "staff_id")?, at_micros: m.at_micros }
+        }
+        ty::BREAK_GLASS_OPENED => {
+            let m = pb::BreakGlassOpened::decode(p).map_err(dec)?;
+            StaffEvent::BreakGlassOpened {
+                grant: id(&m.grant_id, "grant_id")?,
+                staff: id(&m.staff_id, "staff_id")?,
+                tenant: id(&m.tenant_id, "tenant_id")?,
+                reason: m.reason,
+                at_micros: m.at_micros,
+                expires_micros: m.expires_micros,
+            }
+        }
+        ty::BREAK_GLASS_CLOSED => {
+            let m = pb::BreakGlassClosed::decode(p).map_err(dec)?;
+            StaffEvent::BreakGlassClosed {
+                grant: id(&m.grant_id, "grant_id")?,
+                by: id(&m.by_staff_id, "by_staff_id")?,
+                at_micros: m.at_micros,
+            }
+        }
+        other => return Err(bad(&format!("unknown event type {other:?}"))),
+    })
+}
+
+/// An audit trail entry: `payload` is the encoded `AuditEntry`, whose
+/// bytes the trail's hash chain covers (so the caller encodes it).
+pub fn audit_entry(payload: Vec<u8>) -> NewEvent {
+    NewEvent::new(ty::AUDIT_ENTRY, Bytes::from(payload))
 }

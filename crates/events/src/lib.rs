@@ -14,5 +14,5 @@ pub mod codec;
 pub mod stream;
 pub mod types;
 
-pub use codec::{Codec, CodecError};
+pub use codec::{Claim, Codec, CodecError};
 pub use stream::{Kind, StreamName, stream_name};

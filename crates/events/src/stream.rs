@@ -14,10 +14,13 @@ pub enum Kind {
     Pype,
     Session,
     Subject,
+    /// The platform's staff directory: one stream, [`STAFF_DIRECTORY`],
+    /// whatever the tenant and id (both nil).
+    Staff,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Tenant, Kind::Pype, Kind::Session, Kind::Subject];
+    pub const ALL: [Kind; 5] = [Kind::Tenant, Kind::Pype, Kind::Session, Kind::Subject, Kind::Staff];
 
     /// The kind as it starts a stream name: `session`.
     pub const fn name(self) -> &'static str {
@@ -26,6 +29,7 @@ impl Kind {
             Kind::Pype => "pype",
             Kind::Session => "session",
             Kind::Subject => "subject",
+            Kind::Staff => "staff",
         }
     }
 
@@ -37,6 +41,7 @@ impl Kind {
             Kind::Pype => "pype-",
             Kind::Session => "session-",
             Kind::Subject => "subject-",
+            Kind::Staff => "staff-",
         }
     }
 
@@ -66,6 +71,9 @@ impl StreamName {
 
     /// Parses `stream` as a stream of `kind`: `None` when it is not one.
     pub fn parse_as(stream: &str, kind: Kind) -> Option<Self> {
+        if kind == Kind::Staff {
+            return (stream == STAFF_DIRECTORY).then_some(Self { kind, tenant: Uuid::nil(), id: Uuid::nil() });
+        }
         let rest = stream.strip_prefix(kind.prefix())?;
         if rest.len() != 73 || rest.as_bytes()[36] != b'-' {
             return None;
@@ -76,6 +84,9 @@ impl StreamName {
 
 impl fmt::Display for StreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == Kind::Staff {
+            return f.write_str(STAFF_DIRECTORY);
+        }
         write!(f, "{}{}-{}", self.kind.prefix(), self.tenant, self.id)
     }
 }
@@ -109,6 +120,12 @@ pub fn auth_session_stream(tenant: Uuid, token: &str) -> String {
 
 /// The platform's staff directory (one stream).
 pub const STAFF_DIRECTORY: &str = "staff-directory";
+
+/// The stream where a process that follows the log keeps its checkpoint:
+/// `process-<name>`.
+pub fn process_stream(name: &str) -> String {
+    format!("process-{name}")
+}
 
 /// Every node's audit trail is a stream `audit-<node>`.
 pub const AUDIT_PREFIX: &str = "audit-";
@@ -145,7 +162,7 @@ mod tests {
     #[test]
     fn an_entity_stream_name_parses_back() {
         let (t, i) = (Uuid::now_v7(), Uuid::now_v7());
-        for kind in Kind::ALL {
+        for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Staff) {
             let name = StreamName::new(kind, t, i);
             let text = name.to_string();
             assert!(text.starts_with(kind.prefix()));
@@ -155,6 +172,9 @@ mod tests {
         assert_eq!(StreamName::parse_as(&stream_name(Kind::Session, t, i), Kind::Subject), None);
         assert_eq!(StreamName::parse(&username_stream(&[7; 32], t, "ann")), None);
         assert_eq!(StreamName::parse("session-not-a-uuid"), None);
+        let staff = StreamName::new(Kind::Staff, Uuid::nil(), Uuid::nil());
+        assert_eq!(staff.to_string(), STAFF_DIRECTORY);
+        assert_eq!(StreamName::parse(STAFF_DIRECTORY), Some(staff));
         assert_eq!(StreamName::parse(&format!("session-{t}-{i}x")), None);
     }
 

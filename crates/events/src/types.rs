@@ -59,6 +59,8 @@ pub const AUTH_SESSION_STARTED: &str = "AuthSessionStarted";
 pub const AUTH_SESSION_USED: &str = "AuthSessionUsed";
 pub const AUTH_SESSION_ENDED: &str = "AuthSessionEnded";
 pub const AUDIT_ENTRY: &str = "AuditEntry";
+pub const SUBJECT_RESTRICTION_APPLIED: &str = "SubjectRestrictionApplied";
+pub const PROCESS_CHECKPOINT: &str = "ProcessCheckpoint";
 
 /// All of them (the tidy test reads this list).
 pub const ALL: &[&str] = &[

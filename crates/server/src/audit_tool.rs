@@ -154,14 +154,18 @@ pub async fn verify_database(
             )
         }
         None => (
-            crate::app::read_signing_key(data_dir)?.verifying_key(),
+            crate::wiring::read_signing_key(data_dir)?.verifying_key(),
             "derived from this node's signing key (pass --public-key from a trusted copy for a real audit)",
         ),
     };
     let dir = data_dir.to_path_buf();
-    let log =
-        crate::app::open_log(backend, data_dir, move || crate::app::read_signing_key(&dir), Arc::new(SystemClock))
-            .await?;
+    let log = crate::wiring::open_log(
+        backend,
+        data_dir,
+        move || crate::wiring::read_signing_key(&dir),
+        Arc::new(SystemClock),
+    )
+    .await?;
     let mut audit = audit::AuditChecker::new(key);
     let mut lines = String::new();
     let filter = eventlog::EventFilter::stream_prefix(audit::STREAM_PREFIX);
@@ -247,13 +251,13 @@ async fn open_stopped(
     backends: &(LogBackend, KeysBackend),
 ) -> anyhow::Result<(Keyring, Arc<dyn EventLog>)> {
     let clock: Arc<dyn eventlog::Clock> = Arc::new(SystemClock);
-    let keys = crate::app::open_keys(&backends.1, data_dir, clock.clone(), OpenMode::MustExist)
+    let keys = crate::wiring::open_keys(&backends.1, data_dir, clock.clone(), OpenMode::MustExist)
         .await
         .context("is the server stopped?")?;
     let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
     let dir = data_dir.to_path_buf();
-    let signing = move || crate::app::read_signing_key(&dir);
-    let log = crate::app::open_log(&backends.0, data_dir, signing, clock).await.context("is the server stopped?")?;
+    let signing = move || crate::wiring::read_signing_key(&dir);
+    let log = crate::wiring::open_log(&backends.0, data_dir, signing, clock).await.context("is the server stopped?")?;
     Ok((keyring, log))
 }
 

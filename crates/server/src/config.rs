@@ -71,63 +71,7 @@ pub struct MediaTenantFile {
     pub allowed_types: Option<Vec<String>>,
 }
 
-/// What a tenant may upload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaPolicy {
-    pub max_bytes: u64,
-    pub allowed_types: Vec<String>,
-}
-
-/// Where blobs are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlobStoreConfig {
-    /// `<data dir>/blobs`.
-    File,
-    S3 {
-        bucket: String,
-        endpoint: String,
-        region: String,
-        prefix: String,
-        allow_http: bool,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct MediaConfig {
-    pub default: MediaPolicy,
-    pub tenants: std::collections::HashMap<uuid::Uuid, MediaPolicy>,
-    pub upload_idle_secs: u64,
-    pub sweep_secs: u64,
-    pub store: BlobStoreConfig,
-}
-
-impl MediaConfig {
-    pub fn policy(&self, tenant: uuid::Uuid) -> &MediaPolicy {
-        self.tenants.get(&tenant).unwrap_or(&self.default)
-    }
-}
-
-/// Types allowed when the config names none: common pictures, video,
-/// audio and documents. Never HTML or SVG (script in a file a browser may
-/// open inline).
-pub const DEFAULT_MEDIA_TYPES: &[&str] = &[
-    "image/jpeg",
-    "image/png",
-    "image/gif",
-    "image/webp",
-    "image/heic",
-    "video/mp4",
-    "video/webm",
-    "video/quicktime",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/mp4",
-    "application/pdf",
-    "text/plain",
-];
-
-/// 500 MiB.
-pub const DEFAULT_MEDIA_MAX_BYTES: u64 = 500 << 20;
+pub use app::media::{BlobStoreConfig, DEFAULT_MEDIA_MAX_BYTES, DEFAULT_MEDIA_TYPES, MediaConfig, MediaPolicy};
 /// The most any config may allow: 4 GiB (4096 chunks of 1 MiB).
 pub const MEDIA_MAX_BYTES_LIMIT: u64 = 4 << 30;
 
@@ -468,7 +412,7 @@ pub struct Config {
     pub erasure_warn_days: u32,
     pub sweep_secs: u64,
     pub offboarding_grace_days: u32,
-    pub auth: crate::end_user_auth::AuthConfig,
+    pub auth: app::end_user_auth::AuthConfig,
     /// (certificate chain, private key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub media: MediaConfig,
@@ -513,7 +457,7 @@ impl Config {
                 }
             },
             media: media_config(file.media)?,
-            auth: crate::end_user_auth::AuthConfig {
+            auth: app::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),
             },

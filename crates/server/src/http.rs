@@ -12,9 +12,9 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, w
 use projections::RunnerState;
 use tokio::sync::watch;
 
-use crate::erasure::Erasures;
 use crate::metrics::ApiMetrics;
-use crate::views::Views;
+use app::erasure::Erasures;
+use app::views::Views;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -90,7 +90,7 @@ fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), Box<HttpResponse>> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match token {
-        Some(t) if crate::auth::same(&crate::auth::sha256(t.as_bytes()), &state.admin_sha256) => Ok(()),
+        Some(t) if app::auth::same(&app::auth::sha256(t.as_bytes()), &state.admin_sha256) => Ok(()),
         Some(_) => Err(Box::new(HttpResponse::Forbidden().content_type("text/plain").body("not the admin key\n"))),
         None => Err(Box::new(
             HttpResponse::Unauthorized()
@@ -108,8 +108,8 @@ async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> Http
     for r in &state.views.runners {
         let s = r.status();
         let (stalled_at, error) = match &s.state {
-            RunnerState::Stalled { position, error } => (position.to_string(), crate::erasure::json_str(error)),
-            RunnerState::Failing(e) => ("null".into(), crate::erasure::json_str(e)),
+            RunnerState::Stalled { position, error } => (position.to_string(), app::certificate::json_str(error)),
+            RunnerState::Failing(e) => ("null".into(), app::certificate::json_str(e)),
             _ => ("null".into(), "null".into()),
         };
         let building = match s.building {
@@ -119,8 +119,8 @@ async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> Http
         let recovered = match state.views.rebuilding.iter().find(|x| x.name == s.name) {
             Some(x) => format!(
                 "{{\"reason\":{},\"moved_to\":{},\"until\":{},\"done\":{}}}",
-                crate::erasure::json_str(&x.reason),
-                x.moved_to.as_ref().map_or("null".into(), |p| crate::erasure::json_str(&p.display().to_string())),
+                app::certificate::json_str(&x.reason),
+                x.moved_to.as_ref().map_or("null".into(), |p| app::certificate::json_str(&p.display().to_string())),
                 x.until,
                 state.views.rebuild_of(s.name).is_none()
             ),
@@ -152,32 +152,14 @@ async fn control_projection(
         return *r;
     }
     let (name, action) = path.into_inner();
-    let Some(runner) = state.views.runner(&name) else {
-        let names: Vec<&str> = state.views.runners.iter().map(|r| r.name()).collect();
-        return HttpResponse::NotFound()
-            .content_type("text/plain")
-            .body(format!("no projection {name:?}; there are {}\n", names.join(", ")));
-    };
-    let result = match action.as_str() {
-        "pause" => runner.pause().map(|_| "paused".to_string()).map_err(|e| e.to_string()),
-        "resume" => runner.resume().map(|_| "resumed".to_string()).map_err(|e| e.to_string()),
-        "skip" => runner.skip().map(|p| format!("skipping the event at position {p}")),
-        "reset" => {
-            runner.reset();
-            Ok("rebuilding beside the serving generation; readers switch when it has caught up".to_string())
+    match state.views.control(&name, &action) {
+        Ok(m) => HttpResponse::Ok().content_type("text/plain").body(format!("{m}\n")),
+        Err(e) => {
+            let (code, message) = e.answer();
+            let status = actix_web::http::StatusCode::from_u16(code.http())
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            HttpResponse::build(status).content_type("text/plain").body(format!("{message}\n"))
         }
-        other => {
-            return HttpResponse::NotFound()
-                .content_type("text/plain")
-                .body(format!("no action {other:?}; use pause, resume, skip or reset\n"));
-        }
-    };
-    match result {
-        Ok(m) => {
-            tracing::info!(projection = %name, %action, "projection admin action");
-            HttpResponse::Ok().content_type("text/plain").body(format!("{name}: {m}\n"))
-        }
-        Err(e) => HttpResponse::Conflict().content_type("text/plain").body(format!("{e}\n")),
     }
 }
 

@@ -82,7 +82,7 @@ impl Answers {
 pub async fn check(data_dir: &Path) -> anyhow::Result<Answers> {
     let clock: Arc<dyn eventlog::Clock> = Arc::new(eventlog::SystemClock);
     let mut answers = Answers::default();
-    let keys = crate::app::open_keys(&KeysBackend::File, data_dir, clock.clone(), OpenMode::MustExist).await?;
+    let keys = crate::wiring::open_keys(&KeysBackend::File, data_dir, clock.clone(), OpenMode::MustExist).await?;
     for f in keys.findings() {
         answers.settled.push(format!("key store: {f}"));
     }
@@ -93,9 +93,9 @@ pub async fn check(data_dir: &Path) -> anyhow::Result<Answers> {
         let text = std::fs::read_to_string(&node).with_context(|| format!("reading {}", node.display()))?;
         Uuid::parse_str(text.trim()).with_context(|| format!("{} does not hold a UUID", node.display()))?;
     }
-    let signing = crate::app::read_signing_key(data_dir)?;
+    let signing = crate::wiring::read_signing_key(data_dir)?;
     let log =
-        crate::app::open_log(&LogBackend::File { witness_dir: None }, data_dir, move || Ok(signing), clock).await?;
+        crate::wiring::open_log(&LogBackend::File { witness_dir: None }, data_dir, move || Ok(signing), clock).await?;
     // The log closes when dropped at the end (a file log writes its closing
     // checkpoint, as a stopped server's would).
     read_everything(data_dir, &log, &keyring, &mut answers).await.map(|()| answers)
@@ -178,7 +178,7 @@ async fn read_blob(
         Ok(None) => return format!("{name}: erased"),
         Err(e) => return format!("{name}: key error: {e}"),
     };
-    let (reader, header) = match crate::media::open_blob(blobs, id, meta).await {
+    let (reader, header) = match app::media::open_blob(blobs, id, meta).await {
         Ok(opened) => opened,
         // What a download answers (a missing blob of a live key included).
         Err(e) => return format!("{name}: DATA_LOSS: {e}"),

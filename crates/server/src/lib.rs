@@ -1,23 +1,13 @@
-//! The `pypes` server: configuration, wiring, the gRPC services (tonic),
-//! health and metrics (actix-web) and the demo client. Only this crate
-//! knows tonic, actix-web and the wire types; no other crate imports it.
+//! The `pypes` server: configuration, wiring, the gRPC adapters (tonic),
+//! health, metrics and projection control (actix-web) and the operators'
+//! tools (demo, audit, replay, check). Only this crate knows tonic,
+//! actix-web and the API's wire types; what a call means is in `app`.
 
-pub mod api;
-pub mod app;
 pub mod audit_tool;
-pub mod auth;
 pub mod config;
 pub mod demo;
-pub mod end_user_auth;
-pub mod erasure;
-pub mod error;
-pub mod export;
+pub mod grpc;
 pub mod http;
 pub mod integrity;
-pub mod media;
 pub mod metrics;
-pub mod read_api;
-pub mod retention;
-pub mod staff;
-pub mod staff_api;
-pub mod views;
+pub mod wiring;

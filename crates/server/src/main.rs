@@ -282,7 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .build()
                     .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
             })
-            .block_on(async { server::app::serve(config, shutdown_signal()?).await })
+            .block_on(async { server::wiring::serve(config, shutdown_signal()?).await })
         }
         Command::Demo { grpc, admin_key, data_dir } => {
             let key = read_admin_key(admin_key, &data_dir)?;
@@ -447,7 +447,7 @@ fn erase(args: EraseArgs) -> anyhow::Result<()> {
                     .to_string()
             }
         };
-        server::erasure::verify_certificate(cert.trim_end_matches('\n'), &sig, &key)?;
+        app::certificate::verify(cert.trim_end_matches('\n'), &sig, &key)?;
         println!("certificate {}: signature valid", cert_path.display());
         return Ok(());
     }

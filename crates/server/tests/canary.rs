@@ -260,12 +260,12 @@ async fn no_canary_reaches_any_file_or_log_line() {
     // The certificate verifies with the log's public key; any altered byte breaks it.
     let public = std::fs::read_to_string(data.path().join("log").join("signing.pub")).unwrap();
     assert_eq!(public.trim(), status.signing_public_key);
-    server::erasure::verify_certificate(&status.certificate, &status.signature, &public).unwrap();
+    app::certificate::verify(&status.certificate, &status.signature, &public).unwrap();
     for i in [0, status.certificate.len() / 2, status.certificate.len() - 1] {
         let mut altered = status.certificate.clone().into_bytes();
         altered[i] ^= 0x01;
         let altered = String::from_utf8_lossy(&altered).into_owned();
-        assert!(server::erasure::verify_certificate(&altered, &status.signature, &public).is_err(), "byte {i}");
+        assert!(app::certificate::verify(&altered, &status.signature, &public).is_err(), "byte {i}");
     }
     for field in [
         "request_id",

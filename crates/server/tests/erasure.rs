@@ -47,7 +47,7 @@ async fn erasure_completes_after_a_crash_at_every_step() {
         let mut c = clients(&server.grpc).await;
         let status = wait_certified(&mut c, &s.key, &subject).await;
         let public = std::fs::read_to_string(data.path().join("log").join("signing.pub")).unwrap();
-        server::erasure::verify_certificate(&status.certificate, &status.signature, &public).unwrap();
+        app::certificate::verify(&status.certificate, &status.signature, &public).unwrap();
         assert!(
             status.certificate.contains("sha256:"),
             "no key fingerprints after a crash at {step}: {}",

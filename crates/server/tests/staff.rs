@@ -8,8 +8,8 @@ mod common;
 use std::process::Command;
 
 use common::{ADMIN, Ids, RPCS, call, clients, setup, start};
+use domain::staff::{Access, access};
 use proto::api as pb;
-use server::staff::{Access, access};
 use tonic::Code;
 
 fn refused(r: &Result<String, tonic::Status>) -> bool {

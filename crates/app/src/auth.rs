@@ -5,10 +5,9 @@
 //! of each secret.
 
 use sha2::{Digest, Sha256};
-use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::AppError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
@@ -40,16 +39,16 @@ pub fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// A new staff key: (the token to hand out once, SHA-256 of its secret).
-pub fn new_staff_key(staff: Uuid) -> Result<(String, [u8; 32]), ApiError> {
+pub fn new_staff_key(staff: Uuid) -> Result<(String, [u8; 32]), AppError> {
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| ApiError::Internal(format!("random source: {e}")))?;
+    getrandom::fill(&mut secret).map_err(|e| AppError::Internal(format!("random source: {e}")))?;
     Ok((format!("pypes_staff_{}_{}", staff.simple(), hex::encode(secret)), sha256(&secret)))
 }
 
 /// A new tenant key: (key id, the token to hand out once, SHA-256 of its secret).
-pub fn new_tenant_key(tenant: Uuid) -> Result<(Uuid, String, [u8; 32]), ApiError> {
+pub fn new_tenant_key(tenant: Uuid) -> Result<(Uuid, String, [u8; 32]), AppError> {
     let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| ApiError::Internal(format!("random source: {e}")))?;
+    getrandom::fill(&mut secret).map_err(|e| AppError::Internal(format!("random source: {e}")))?;
     let key_id = Uuid::now_v7();
     let token = format!("pypes_{}_{}_{}", tenant.simple(), key_id.simple(), hex::encode(secret));
     Ok((key_id, token, sha256(&secret)))
@@ -61,20 +60,32 @@ pub enum Bearer {
     Tenant(TenantToken),
 }
 
+/// What a call presents: its `authorization` header and the tenant header
+/// a staff member's call names (as the edge read them; `Err` when a header
+/// is there but is not text).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub authorization: Option<Result<String, ()>>,
+    pub tenant: Option<Result<String, ()>>,
+}
+
+/// Header naming the tenant a staff member's call is about.
+pub const TENANT_HEADER: &str = "x-pypes-tenant";
+
 /// Reads and classifies the bearer key of a call.
-pub fn bearer(metadata: &MetadataMap, admin_sha256: &[u8; 32]) -> Result<Bearer, ApiError> {
-    let value = metadata.get("authorization").ok_or_else(|| {
-        ApiError::Unauthenticated("no authorization header; send `authorization: Bearer <key>`".into())
+pub fn bearer(credentials: &Credentials, admin_sha256: &[u8; 32]) -> Result<Bearer, AppError> {
+    let value = credentials.authorization.as_ref().ok_or_else(|| {
+        AppError::Unauthenticated("no authorization header; send `authorization: Bearer <key>`".into())
     })?;
-    let value = value.to_str().map_err(|_| ApiError::Unauthenticated("authorization header is not text".into()))?;
+    let value = value.as_deref().map_err(|_| AppError::Unauthenticated("authorization header is not text".into()))?;
     let token = value
         .strip_prefix("Bearer ")
-        .ok_or_else(|| ApiError::Unauthenticated("authorization header must be `Bearer <key>`".into()))?
+        .ok_or_else(|| AppError::Unauthenticated("authorization header must be `Bearer <key>`".into()))?
         .trim();
     if same(&sha256(token.as_bytes()), admin_sha256) {
         return Ok(Bearer::Admin);
     }
-    let bad = || ApiError::Unauthenticated("unknown or revoked key".into());
+    let bad = || AppError::Unauthenticated("unknown or revoked key".into());
     if let Some(rest) = token.strip_prefix("pypes_staff_") {
         let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
         let staff = Uuid::try_parse(id).map_err(|_| bad())?;

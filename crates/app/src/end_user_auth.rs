@@ -28,16 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use bytes::Bytes;
-use eventlog::{
-    Clock, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent, StreamMetadata,
-};
-use prost::Message;
-use proto::events as ev;
+use eventlog::{Clock, Direction, EventLog, ExpectedVersion, LogError, ReadFrom, RecordedEvent, StreamMetadata};
+use events::codec::AuthEvent;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::AppError;
 
 /// OWASP's Argon2id parameters: 19 MiB, two passes, one lane.
 pub const M_COST_KIB: u32 = 19 * 1024;
@@ -113,26 +109,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn argon2(m: u32, t: u32, p: u32) -> Result<Argon2<'static>, ApiError> {
+fn argon2(m: u32, t: u32, p: u32) -> Result<Argon2<'static>, AppError> {
     let params =
-        Params::new(m, t, p, Some(HASH_LEN)).map_err(|e| ApiError::Internal(format!("argon2 parameters: {e}")))?;
+        Params::new(m, t, p, Some(HASH_LEN)).map_err(|e| AppError::Internal(format!("argon2 parameters: {e}")))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
-fn random<const N: usize>() -> Result<[u8; N], ApiError> {
+fn random<const N: usize>() -> Result<[u8; N], AppError> {
     let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("random source: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| AppError::Internal(format!("random source: {e}")))?;
     Ok(b)
 }
 
 /// Hashes `password` with a fresh salt. The text is
 /// `argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt hex>$<hash hex>`.
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
+pub fn hash_password(password: &str) -> Result<String, AppError> {
     let salt = random::<SALT_LEN>()?;
     let mut out = [0u8; HASH_LEN];
     argon2(M_COST_KIB, T_COST, P_COST)?
         .hash_password_into(password.as_bytes(), &salt, &mut out)
-        .map_err(|e| ApiError::Internal(format!("argon2: {e}")))?;
+        .map_err(|e| AppError::Internal(format!("argon2: {e}")))?;
     Ok(format!("argon2id$v=19$m={M_COST_KIB},t={T_COST},p={P_COST}${}${}", hex::encode(salt), hex::encode(out)))
 }
 
@@ -206,10 +202,6 @@ pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String
     events::stream::lockout_stream(secret, tenant, username)
 }
 
-fn undecodable(stream: &str, what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(format!("{stream}: {what} does not decode: {e}"))
-}
-
 /// The seconds to wait after `count` consecutive failures.
 fn delay_secs(count: u32) -> i64 {
     if count < FREE_FAILURES {
@@ -219,7 +211,7 @@ fn delay_secs(count: u32) -> i64 {
 }
 
 impl EndUserAuth {
-    pub fn new(clock: Arc<dyn Clock>, log: Arc<dyn EventLog>, config: AuthConfig) -> Result<Self, ApiError> {
+    pub fn new(clock: Arc<dyn Clock>, log: Arc<dyn EventLog>, config: AuthConfig) -> Result<Self, AppError> {
         let dummy = hex::encode(random::<16>()?);
         Ok(Self {
             clock,
@@ -233,11 +225,11 @@ impl EndUserAuth {
 
     /// The newest events of `stream`, newest first (none when it does not
     /// exist, was deleted or has aged out).
-    async fn newest(&self, stream: &str, count: usize) -> Result<Vec<RecordedEvent>, ApiError> {
+    async fn newest(&self, stream: &str, count: usize) -> Result<Vec<RecordedEvent>, AppError> {
         match self.log.read_stream(stream, ReadFrom::End, Direction::Backward, count).await {
             Ok(events) => Ok(events),
             Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => Ok(Vec::new()),
-            Err(e) => Err(ApiError::from(e)),
+            Err(e) => Err(AppError::from(e)),
         }
     }
 
@@ -245,28 +237,23 @@ impl EndUserAuth {
         &self,
         stream: &str,
         expected: ExpectedVersion,
-        event_type: &str,
         tenant: Uuid,
-        payload: Vec<u8>,
+        event: AuthEvent,
     ) -> Result<(), LogError> {
-        let mut e = NewEvent::new(event_type, payload);
-        e.tenant_id = Some(tenant);
-        self.log.append(stream, expected, vec![e]).await.map(|_| ())
+        let e = events::codec::encode_auth(tenant, &event);
+        actors::write::append(self.log.as_ref(), stream, expected, vec![e]).await.map(|_| ())
     }
 
     /// Consecutive failures on a lockout stream, and until when the next
     /// attempt must wait.
-    async fn failures(&self, stream: &str, now: i64) -> Result<(u32, i64, bool), ApiError> {
+    async fn failures(&self, stream: &str, now: i64) -> Result<(u32, i64, bool), AppError> {
         let events = self.newest(stream, FAILURES_READ).await?;
         let exists = !events.is_empty();
         let (mut count, mut newest, mut after) = (0u32, None, now);
         for e in &events {
-            match e.event_type() {
-                events::types::LOGIN_SUCCEEDED => break,
-                events::types::LOGIN_FAILED => {
-                    let at = ev::LoginFailed::decode(e.event.payload.clone())
-                        .map_err(|x| undecodable(stream, events::types::LOGIN_FAILED, x))?
-                        .at_micros;
+            match events::codec::decode_auth(e)? {
+                AuthEvent::LoginSucceeded { .. } => break,
+                AuthEvent::LoginFailed { at_micros: at } => {
                     if after - at >= FORGET_AFTER_SECS * MICROS {
                         break;
                     }
@@ -274,7 +261,7 @@ impl EndUserAuth {
                     count += 1;
                     after = at;
                 }
-                other => return Err(ApiError::Internal(format!("{stream}: unexpected event {other}"))),
+                other => return Err(AppError::Internal(format!("{stream}: unexpected event {other:?}"))),
             }
         }
         let blocked_until = newest.map_or(0, |at| at + delay_secs(count) * MICROS);
@@ -292,7 +279,7 @@ impl EndUserAuth {
         lockout: &str,
         password: &str,
         account: Option<Account>,
-    ) -> Result<LoginOutcome, ApiError> {
+    ) -> Result<LoginOutcome, AppError> {
         let now = self.clock.now_micros();
         let (count, blocked_until, exists) = self.failures(lockout, now).await?;
         if blocked_until > now {
@@ -310,10 +297,9 @@ impl EndUserAuth {
         match account {
             Some(a) if matches && !a.password_hash.is_empty() => {
                 if count > 0 {
-                    let payload = ev::LoginSucceeded { at_micros: now }.encode_to_vec();
-                    self.append(lockout, ExpectedVersion::Any, events::types::LOGIN_SUCCEEDED, tenant, payload)
+                    self.append(lockout, ExpectedVersion::Any, tenant, AuthEvent::LoginSucceeded { at_micros: now })
                         .await
-                        .map_err(ApiError::from)?;
+                        .map_err(AppError::from)?;
                 }
                 if !a.active {
                     return Ok(LoginOutcome::Deactivated);
@@ -322,39 +308,40 @@ impl EndUserAuth {
                 Ok(LoginOutcome::Ok { token, session })
             }
             _ => {
-                let payload = ev::LoginFailed { at_micros: now }.encode_to_vec();
-                self.append(lockout, ExpectedVersion::Any, events::types::LOGIN_FAILED, tenant, payload)
+                self.append(lockout, ExpectedVersion::Any, tenant, AuthEvent::LoginFailed { at_micros: now })
                     .await
-                    .map_err(ApiError::from)?;
+                    .map_err(AppError::from)?;
                 if !exists {
                     let limits = StreamMetadata {
                         max_age_secs: Some(FORGET_AFTER_SECS as u64),
                         max_count: Some(2 * FAILURES_READ as u64),
                         truncate_before: None,
                     };
-                    self.log.set_stream_metadata(lockout, limits).await.map_err(ApiError::from)?;
+                    self.log.set_stream_metadata(lockout, limits).await.map_err(AppError::from)?;
                 }
                 Ok(LoginOutcome::Failed)
             }
         }
     }
 
-    async fn issue(&self, tenant: Uuid, subject: Uuid, now: i64) -> Result<(String, AuthSession), ApiError> {
+    async fn issue(&self, tenant: Uuid, subject: Uuid, now: i64) -> Result<(String, AuthSession), AppError> {
         let token = format!("pypes_eu_{}", hex::encode(random::<32>()?));
         let stream = session_stream(tenant, &token);
-        let payload =
-            ev::AuthSessionStarted { subject_id: Bytes::copy_from_slice(subject.as_bytes()), created_micros: now }
-                .encode_to_vec();
         // The lifetime limit goes on first: a stream without it is never written.
         let limits = StreamMetadata {
             max_age_secs: Some(self.config.lifetime_secs.max(0) as u64 + SESSION_STREAM_SLACK_SECS),
             max_count: None,
             truncate_before: None,
         };
-        self.log.set_stream_metadata(&stream, limits).await.map_err(ApiError::from)?;
-        self.append(&stream, ExpectedVersion::NoStream, events::types::AUTH_SESSION_STARTED, tenant, payload)
-            .await
-            .map_err(ApiError::from)?;
+        self.log.set_stream_metadata(&stream, limits).await.map_err(AppError::from)?;
+        self.append(
+            &stream,
+            ExpectedVersion::NoStream,
+            tenant,
+            AuthEvent::SessionStarted { subject, created_micros: now },
+        )
+        .await
+        .map_err(AppError::from)?;
         let session = AuthSession { tenant, subject, created_micros: now, last_used_micros: now };
         self.remember(token_digest(&token), session);
         Ok((token, session))
@@ -379,7 +366,7 @@ impl EndUserAuth {
     /// The live auth session of `token` for `tenant`, its idle time reset;
     /// `None` when unknown, expired, logged out or another tenant's. Whether
     /// the account still may log in is the caller's check.
-    pub async fn touch(&self, tenant: Uuid, token: &str) -> Result<Option<AuthSession>, ApiError> {
+    pub async fn touch(&self, tenant: Uuid, token: &str) -> Result<Option<AuthSession>, AppError> {
         let stream = session_stream(tenant, token);
         let key = token_digest(token);
         for _ in 0..ATTEMPTS {
@@ -388,22 +375,14 @@ impl EndUserAuth {
                 self.forget(&key);
                 return Ok(None);
             };
-            let written = match last.event_type() {
-                events::types::AUTH_SESSION_ENDED => {
+            let written = match events::codec::decode_auth(&last)? {
+                AuthEvent::SessionEnded { .. } => {
                     self.forget(&key);
                     return Ok(None);
                 }
-                events::types::AUTH_SESSION_USED => {
-                    ev::AuthSessionUsed::decode(last.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_USED, e))?
-                        .at_micros
-                }
-                events::types::AUTH_SESSION_STARTED => {
-                    ev::AuthSessionStarted::decode(last.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_STARTED, e))?
-                        .created_micros
-                }
-                other => return Err(ApiError::Internal(format!("{stream}: unexpected event {other}"))),
+                AuthEvent::SessionUsed { at_micros } => at_micros,
+                AuthEvent::SessionStarted { created_micros, .. } => created_micros,
+                other => return Err(AppError::Internal(format!("{stream}: unexpected event {other:?}"))),
             };
             let cached = lock(&self.cache).get(&key).copied();
             let session = match cached {
@@ -412,17 +391,14 @@ impl EndUserAuth {
                     let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
                         Ok(events) => events.into_iter().next(),
                         Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => None,
-                        Err(e) => return Err(ApiError::from(e)),
+                        Err(e) => return Err(AppError::from(e)),
                     };
-                    let Some(first) = first.filter(|f| f.event_type() == events::types::AUTH_SESSION_STARTED) else {
+                    let started = match first.as_ref().map(events::codec::decode_auth).transpose()? {
+                        Some(AuthEvent::SessionStarted { subject, created_micros }) => (subject, created_micros),
                         // Its start has aged out: so has the session.
-                        return Ok(None);
+                        _ => return Ok(None),
                     };
-                    let started = ev::AuthSessionStarted::decode(first.event.payload.clone())
-                        .map_err(|e| undecodable(&stream, events::types::AUTH_SESSION_STARTED, e))?;
-                    let subject = Uuid::from_slice(&started.subject_id)
-                        .map_err(|e| undecodable(&stream, "AuthSessionStarted.subject_id", e))?;
-                    AuthSession { tenant, subject, created_micros: started.created_micros, last_used_micros: written }
+                    AuthSession { tenant, subject: started.0, created_micros: started.1, last_used_micros: written }
                 }
             };
             if session.idle_expires_micros(&self.config) <= now {
@@ -431,27 +407,25 @@ impl EndUserAuth {
             }
             let session = AuthSession { last_used_micros: now, ..session };
             if now - written >= self.use_interval_micros() {
-                let payload = ev::AuthSessionUsed { at_micros: now }.encode_to_vec();
                 match self
                     .append(
                         &stream,
                         ExpectedVersion::Exact(last.version),
-                        events::types::AUTH_SESSION_USED,
                         tenant,
-                        payload,
+                        AuthEvent::SessionUsed { at_micros: now },
                     )
                     .await
                 {
                     Ok(_) => {}
                     // Another node wrote it at this moment (a use, or a logout): read again.
                     Err(LogError::WrongExpectedVersion { .. }) => continue,
-                    Err(e) => return Err(ApiError::from(e)),
+                    Err(e) => return Err(AppError::from(e)),
                 }
             }
             self.remember(key, session);
             return Ok(Some(session));
         }
-        Err(ApiError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
+        Err(AppError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
     }
 
     /// How often a use is written down: 1/30 of the idle timeout (at least
@@ -462,7 +436,7 @@ impl EndUserAuth {
 
     /// Ends the auth session of `token` (of `tenant`) on every node;
     /// whether there was a live one.
-    pub async fn logout(&self, tenant: Uuid, token: &str) -> Result<bool, ApiError> {
+    pub async fn logout(&self, tenant: Uuid, token: &str) -> Result<bool, AppError> {
         let stream = session_stream(tenant, token);
         let key = token_digest(token);
         self.forget(&key);
@@ -471,24 +445,14 @@ impl EndUserAuth {
             if last.event_type() == events::types::AUTH_SESSION_ENDED {
                 return Ok(false);
             }
-            let payload =
-                ev::AuthSessionEnded { at_micros: self.clock.now_micros(), reason: "logout".into() }.encode_to_vec();
-            match self
-                .append(
-                    &stream,
-                    ExpectedVersion::Exact(last.version),
-                    events::types::AUTH_SESSION_ENDED,
-                    tenant,
-                    payload,
-                )
-                .await
-            {
+            let ended = AuthEvent::SessionEnded { at_micros: self.clock.now_micros(), reason: "logout".into() };
+            match self.append(&stream, ExpectedVersion::Exact(last.version), tenant, ended).await {
                 Ok(_) => return Ok(true),
                 Err(LogError::WrongExpectedVersion { .. }) => continue,
-                Err(e) => return Err(ApiError::from(e)),
+                Err(e) => return Err(AppError::from(e)),
             }
         }
-        Err(ApiError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
+        Err(AppError::Unavailable(format!("{stream}: written by other nodes {ATTEMPTS} times in a row; try again")))
     }
 
     /// Drops what this node keeps of a subject's auth sessions (after a

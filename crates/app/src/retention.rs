@@ -15,7 +15,7 @@
 //! event that records it (a crash in between shreds again, harmlessly).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,17 +23,17 @@ use actors::Registry;
 use domain::pype::Pype;
 use domain::session::{Session, SessionCommand};
 use domain::tenant::{Tenant, TenantCommand};
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use eventlog::{Clock, EventFilter, EventLog};
 use keystore::{Keyring, ShredTarget};
 use uuid::Uuid;
 
-use crate::erasure::{json_str, key_fingerprint};
-use crate::error::ApiError;
+use crate::erasure::key_fingerprint;
+use crate::error::AppError;
 use audit::{AuditLog, Record};
 
 const DAY_MICROS: i64 = 86_400_000_000;
-pub const CERTIFICATE_FORMAT: &str = "pypes-tenant-offboarding-certificate/v1";
+pub const CERTIFICATE_FORMAT: &str = crate::certificate::OFFBOARDING_FORMAT;
 
 pub struct Scheduler {
     pub registry: Arc<Registry>,
@@ -78,13 +78,13 @@ impl Scheduler {
         }
     }
 
-    pub async fn sweep(&self) -> Result<Swept, ApiError> {
+    pub async fn sweep(&self) -> Result<Swept, AppError> {
         let tenants_shredded = self.offboard().await?;
         let sessions_expired = self.expire().await?;
         Ok(Swept { sessions_expired, tenants_shredded })
     }
 
-    async fn expire(&self) -> Result<usize, ApiError> {
+    async fn expire(&self) -> Result<usize, AppError> {
         let now = self.clock.now_micros();
         let mut tenants: HashMap<Uuid, Tenant> = HashMap::new();
         let mut pypes: HashMap<(Uuid, Uuid), Option<u32>> = HashMap::new();
@@ -93,7 +93,7 @@ impl Scheduler {
         loop {
             let view = self.views.read(projections::sessions::NAME).await?;
             let page = projections::sessions::closed_with_content(&view, after, 1024)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+                .map_err(|e| AppError::Internal(e.to_string()))?;
             drop(view);
             let Some(last) = page.last() else { break };
             after = Some(last.1);
@@ -151,7 +151,7 @@ impl Scheduler {
 
     /// Cancelled tenants not yet certified: those found before, plus any
     /// cancellation appended to `$all` since the last sweep.
-    async fn cancelled_tenants(&self) -> Result<Vec<Uuid>, ApiError> {
+    async fn cancelled_tenants(&self) -> Result<Vec<Uuid>, AppError> {
         let filter = EventFilter {
             stream_prefixes: vec![events::Kind::Tenant.prefix().into()],
             event_types: vec![events::types::TENANT_CANCELLED.into()],
@@ -171,7 +171,7 @@ impl Scheduler {
         Ok(pending.tenants.iter().copied().collect())
     }
 
-    async fn offboard(&self) -> Result<usize, ApiError> {
+    async fn offboard(&self) -> Result<usize, AppError> {
         let now = self.clock.now_micros();
         let mut done = 0;
         for tenant in self.cancelled_tenants().await? {
@@ -207,21 +207,19 @@ impl Scheduler {
             }
             let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
             let shredded_at = t.shredded.as_ref().map_or(now, |(at, _)| *at);
-            let mut cert = String::new();
-            let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
-            let _ = write!(
-                cert,
-                "{{\"format\":{},\"tenant_id\":{},\"cancelled_at\":{},\"grace_days\":{},\"kek_shredded_at\":{},\"issued_at\":{},\"destroyed_key_fingerprints\":[{}],\"signing_public_key\":{}}}",
-                json_str(CERTIFICATE_FORMAT),
-                json_str(&tenant.to_string()),
-                json_str(&audit::time::time_text(t.cancelled_micros)),
-                self.grace_days,
-                json_str(&audit::time::time_text(shredded_at)),
-                json_str(&audit::time::time_text(now)),
-                fps.join(","),
-                json_str(&hex::encode(self.signing.verifying_key().as_bytes())),
+            let (cert, signature) = crate::certificate::sign(
+                &crate::certificate::Offboarding {
+                    format: crate::certificate::OFFBOARDING_FORMAT,
+                    tenant_id: tenant.to_string(),
+                    cancelled_at: audit::time::time_text(t.cancelled_micros),
+                    grace_days: self.grace_days,
+                    kek_shredded_at: audit::time::time_text(shredded_at),
+                    issued_at: audit::time::time_text(now),
+                    destroyed_key_fingerprints: &fingerprints,
+                    signing_public_key: hex::encode(self.signing.verifying_key().as_bytes()),
+                },
+                &self.signing,
             );
-            let signature = hex::encode(self.signing.sign(cert.as_bytes()).to_bytes());
             self.registry
                 .execute::<Tenant>(tenant, tenant, TenantCommand::Certify { certificate: cert, signature })
                 .await?;

@@ -16,8 +16,8 @@ use keystore::{KeyPolicy, Keyring};
 use proto::api as pb;
 use tokio::sync::watch;
 
-use crate::api::{Api, Handle};
 use crate::config::{Config, KeysBackend, LogBackend};
+use crate::grpc::Handle;
 use crate::http::{self, HttpState};
 use crate::metrics::ApiMetrics;
 
@@ -148,23 +148,31 @@ fn load_tls(cert: &Path, key: &Path) -> anyhow::Result<Tls> {
     Ok(Tls { grpc, http })
 }
 
-/// Development and test builds only (`debug_assertions`): the file named by
+/// Test builds only (the `test-hooks` feature): the file named by
 /// `PYPES_DEV_CLOCK_OFFSET_FILE` holds seconds added to the wall clock,
 /// re-read every 50 ms, so integration tests can move time (retention,
-/// offboarding grace, timeouts) without waiting days. Release builds ignore
-/// the variable.
+/// offboarding grace, timeouts) without waiting days. Builds without the
+/// feature (release) have no such code.
 pub const DEV_CLOCK_ENV: &str = "PYPES_DEV_CLOCK_OFFSET_FILE";
 
+#[cfg(feature = "test-hooks")]
 struct OffsetClock(Arc<std::sync::atomic::AtomicI64>);
 
+#[cfg(feature = "test-hooks")]
 impl Clock for OffsetClock {
     fn now_micros(&self) -> i64 {
         SystemClock.now_micros() + self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
+#[cfg(not(feature = "test-hooks"))]
 fn server_clock() -> Arc<dyn Clock> {
-    let Some(path) = std::env::var_os(DEV_CLOCK_ENV).filter(|_| cfg!(debug_assertions)) else {
+    Arc::new(SystemClock)
+}
+
+#[cfg(feature = "test-hooks")]
+fn server_clock() -> Arc<dyn Clock> {
+    let Some(path) = std::env::var_os(DEV_CLOCK_ENV) else {
         return Arc::new(SystemClock);
     };
     tracing::warn!(file = ?path, "development clock: time is offset by the seconds in this file");
@@ -346,7 +354,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let metrics = Arc::new(ApiMetrics::default());
     report_key_store_findings(&keys, &config.data_dir, &metrics, &audit).await?;
     let (ready_tx, ready_rx) = watch::channel(false);
-    let views = crate::views::Views::start(&config.data_dir, log.clone(), ready_tx)?;
+    let views = app::views::Views::start(&config.data_dir, log.clone(), ready_tx)?;
     for r in &views.rebuilding {
         let action = if r.moved_to.is_some() { "set_aside_rebuilding" } else { "missing_rebuilding" };
         metrics.count_integrity("views", action);
@@ -363,48 +371,43 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let blobs = crate::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
-    let erasures = crate::erasure::Erasures::new(
+    let blobs = app::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
+    let erasures = app::erasure::Erasures::new(
         registry.clone(),
         log.clone(),
         keyring.clone(),
         views.clone(),
         signing,
-        crate::erasure::ErasureConfig { warn_after_days: config.erasure_warn_days },
+        app::erasure::ErasureConfig { warn_after_days: config.erasure_warn_days },
         blobs.clone(),
     );
-    tokio::spawn(erasures.clone().recover());
     actix_rt::spawn(keystore::rotation_schedule(
         keyring.clone(),
         config.rotation_days * 86_400,
         clock.clone(),
         std::time::Duration::from_secs(3600),
     ));
-
-    let api = Handle(Arc::new(Api {
-        auth_cache: Default::default(),
+    let media = Arc::new(app::media::Media::new(blobs.clone(), config.media.clone()));
+    let application = app::App::new(app::Parts {
         registry: registry.clone(),
         log: log.clone(),
-        keyring,
-        admin_sha256: crate::auth::sha256(admin.as_bytes()),
-        metrics: metrics.clone(),
+        keyring: keyring.clone(),
+        clock: clock.clone(),
+        admin_sha256: app::auth::sha256(admin.as_bytes()),
         views: views.clone(),
         erasures: erasures.clone(),
         analytics_k: config.analytics_k,
         audit: audit.clone(),
-        auth: Arc::new(crate::end_user_auth::EndUserAuth::new(clock.clone(), log.clone(), config.auth)?),
+        auth: Arc::new(app::end_user_auth::EndUserAuth::new(clock.clone(), log.clone(), config.auth)?),
+        staff: Arc::new(app::staff::Staff::new(registry.clone())),
         offboarding_grace_days: config.offboarding_grace_days,
-        media: Arc::new(crate::media::Media::new(blobs.clone(), config.media.clone())),
-        staff: Arc::new(
-            crate::staff::Staff::open(log.clone(), clock.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("loading the staff directory: {e}"))?,
-        ),
-    }));
-    let scheduler = Arc::new(crate::retention::Scheduler {
+        media: media.clone(),
+    });
+    application.resume_processes();
+    let scheduler = Arc::new(app::retention::Scheduler {
         registry: registry.clone(),
         log: log.clone(),
-        keyring: api.0.keyring.clone(),
+        keyring: keyring.clone(),
         views: views.clone(),
         audit: audit.clone(),
         clock: clock.clone(),
@@ -415,8 +418,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     });
     tokio::spawn(scheduler.run(std::time::Duration::from_secs(config.sweep_secs)));
     // Nothing is in flight yet: settle everything a crash left.
-    api.0.media.reconcile(&api.0, true).await.map_err(|e| anyhow::anyhow!("settling interrupted uploads: {e}"))?;
-    tokio::spawn(crate::media::Media::sweep(api.0.clone()));
+    media
+        .reconcile(&registry, &keyring, true)
+        .await
+        .map_err(|e| anyhow::anyhow!("settling interrupted uploads: {e}"))?;
+    tokio::spawn(media.clone().sweep(registry.clone(), keyring.clone()));
+    let api = Handle { app: application, metrics: metrics.clone() };
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
@@ -475,7 +482,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             registry: registry.clone(),
             views: views.clone(),
             erasures,
-            admin_sha256: crate::auth::sha256(admin.as_bytes()),
+            admin_sha256: app::auth::sha256(admin.as_bytes()),
         },
         http_tls,
     )?;

@@ -23,25 +23,25 @@
 //! warning age or overdue are logged.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actors::Registry;
+use audit::time::time_text;
 use domain::session::{Session, SessionCommand};
 use domain::subject::{Erasure, Subject, SubjectCommand};
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use eventlog::{Direction, EventFilter, EventLog, ReadFrom};
 use keystore::{Keyring, ShredTarget};
 use proto::Message;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::AppError;
 use crate::views::Views;
 
 /// Format tag of the certificate JSON.
-pub const CERTIFICATE_FORMAT: &str = "pypes-erasure-certificate/v1";
+pub const CERTIFICATE_FORMAT: &str = crate::certificate::ERASURE_FORMAT;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ErasureConfig {
@@ -110,36 +110,14 @@ pub fn key_fingerprint(tenant: Uuid, key: keystore::KeyId) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-/// Crash tests: `PYPES_CRASH_AT=erasure:<step>` aborts the process right
-/// after that step (no cleanup, like a power cut for the process), so a
-/// test can prove the erasure completes after a restart.
+/// Crash tests (`test-hooks` feature): `PYPES_CRASH_AT=erasure:<step>`
+/// aborts the process right after that step.
 fn crash_point(step: &str) {
-    if std::env::var("PYPES_CRASH_AT").is_ok_and(|v| v.strip_prefix("erasure:") == Some(step)) {
-        tracing::error!(step, "PYPES_CRASH_AT: aborting the process");
-        std::process::abort();
-    }
+    crate::hooks::crash_point("erasure", step, 0);
 }
 
 fn now_micros() -> i64 {
     eventlog::Clock::now_micros(&eventlog::SystemClock)
-}
-
-/// A JSON string literal (quoted and escaped).
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 impl Erasures {
@@ -171,21 +149,42 @@ impl Erasures {
 
     /// Records the request (idempotent: a second request returns the first)
     /// and starts the process.
-    pub async fn request(self: &Arc<Self>, tenant: Uuid, subject: Uuid) -> Result<Status, ApiError> {
+    pub async fn request(self: &Arc<Self>, tenant: Uuid, subject: Uuid) -> Result<Status, AppError> {
         let before = self.registry.read::<Subject>(tenant, subject).await?.state;
-        before.require_exists().map_err(|r| ApiError::Actor(actors::ActorError::Rejected(r)))?;
+        before.require_exists().map_err(|r| AppError::Actor(actors::ActorError::Rejected(r)))?;
         let request = before.erasure.as_ref().map_or_else(Uuid::now_v7, |e| e.request);
         let done =
             self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RequestErasure { request }).await?;
-        let e = done.state.erasure.ok_or_else(|| ApiError::Internal("erasure not recorded".into()))?;
+        let e = done.state.erasure.ok_or_else(|| AppError::Internal("erasure not recorded".into()))?;
         tracing::info!(%tenant, %subject, request = %e.request, "erasure requested");
         self.spawn(tenant, subject, &e);
         Ok(status_of(&e))
     }
 
-    pub async fn status(&self, tenant: Uuid, subject: Uuid) -> Result<Option<Status>, ApiError> {
+    /// A Session started while the subject's erasure was being requested
+    /// (see `crate::sessions`): its start reached the log after the request,
+    /// so the erasure's plan may not name it. It is closed for good and its
+    /// keys shredded and media deleted now, as the plan's Sessions are.
+    pub async fn erase_late_session(
+        &self,
+        tenant: Uuid,
+        subject: Uuid,
+        session: Uuid,
+        request: Uuid,
+    ) -> Result<(), AppError> {
+        match self.registry.execute::<Session>(tenant, session, SessionCommand::Erase { request }).await {
+            Ok(_) | Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let keys = self.keyring.shred(tenant, ShredTarget::Session { session }).await?;
+        let blobs = self.blobs.delete_session(tenant, session).await?;
+        tracing::info!(%tenant, %subject, %session, %request, keys = keys.keys.len(), blobs, "erasure: a late session erased");
+        Ok(())
+    }
+
+    pub async fn status(&self, tenant: Uuid, subject: Uuid) -> Result<Option<Status>, AppError> {
         let s = self.registry.read::<Subject>(tenant, subject).await?.state;
-        s.require_exists().map_err(|r| ApiError::Actor(actors::ActorError::Rejected(r)))?;
+        s.require_exists().map_err(|r| AppError::Actor(actors::ActorError::Rejected(r)))?;
         Ok(s.erasure.as_ref().map(status_of))
     }
 
@@ -292,7 +291,7 @@ impl Erasures {
     /// subject's (a crash and a new registration of the name in between
     /// leave the new owner's alone); the log's scavenging then drops the
     /// reservation event, and the name can be registered again.
-    async fn release_username(&self, tenant: Uuid, subject: Uuid, username: &str) -> Result<(), ApiError> {
+    async fn release_username(&self, tenant: Uuid, subject: Uuid, username: &str) -> Result<(), AppError> {
         if username.is_empty() {
             return Ok(());
         }
@@ -310,14 +309,14 @@ impl Erasures {
     }
 
     /// Runs every step not done yet.
-    async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), ApiError> {
+    async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), AppError> {
         let state = self.registry.read::<Subject>(tenant, subject).await?.state;
         let Some(e) = state.erasure else { return Ok(()) };
         let request = e.request;
         let sessions_runner = self
             .views
             .runner(projections::sessions::NAME)
-            .ok_or_else(|| ApiError::Internal("no sessions view".into()))?;
+            .ok_or_else(|| AppError::Internal("no sessions view".into()))?;
 
         // Step 2: plan (which Sessions, which keys).
         let (sessions, fingerprints) = match e.planned.clone() {
@@ -327,10 +326,10 @@ impl Erasures {
                 let head = self.log.head();
                 tokio::time::timeout(Duration::from_secs(30), sessions_runner.wait_for(head))
                     .await
-                    .map_err(|_| ApiError::Unavailable("the sessions view is behind the log".into()))?;
+                    .map_err(|_| AppError::Unavailable("the sessions view is behind the log".into()))?;
                 let view = self.views.read(projections::sessions::NAME).await?;
                 let sessions = projections::sessions::sessions_of_end_user(&view, tenant, subject)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
                 drop(view);
                 for s in &sessions {
                     match self.registry.execute::<Session>(tenant, *s, SessionCommand::Erase { request }).await {
@@ -388,8 +387,8 @@ impl Erasures {
                 let store = r.store().clone();
                 let ack = tokio::task::spawn_blocking(move || store.acknowledged(request))
                     .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    .map_err(|e| AppError::Internal(e.to_string()))?
+                    .map_err(|e| AppError::Internal(e.to_string()))?;
                 if let Some(p) = ack {
                     break p;
                 }
@@ -405,7 +404,7 @@ impl Erasures {
             .await?
             .state
             .erasure
-            .ok_or_else(|| ApiError::Internal("erasure vanished".into()))?;
+            .ok_or_else(|| AppError::Internal("erasure vanished".into()))?;
         if erased.certificate.is_some() {
             return Ok(());
         }
@@ -417,41 +416,37 @@ impl Erasures {
         let tombstone = tail
             .iter()
             .find(|r| r.event_type() == events::types::SUBJECT_ERASED)
-            .ok_or_else(|| ApiError::Internal("tombstone not found in the subject's stream".into()))?;
+            .ok_or_else(|| AppError::Internal("tombstone not found in the subject's stream".into()))?;
         let erased_at = proto::events::SubjectErased::decode(tombstone.event.payload.as_ref())
             .map(|p| p.at_micros)
             .unwrap_or(tombstone.recorded_at_micros);
         let shredded_at = erased.shredded.unwrap_or_default();
-        let mut cert = String::new();
-        let _ = write!(
-            cert,
-            "{{\"format\":{},\"request_id\":{},\"tenant_id\":{},\"subject_ref\":{},\"requested_at\":{},\"due_at\":{},\"keys_shredded_at\":{},\"erased_at\":{},\"issued_at\":{},",
-            json_str(CERTIFICATE_FORMAT),
-            json_str(&request.to_string()),
-            json_str(&tenant.to_string()),
-            json_str(&subject.to_string()),
-            json_str(&audit::time::time_text(erased.requested_micros)),
-            json_str(&audit::time::time_text(erased.due_micros)),
-            json_str(&audit::time::time_text(shredded_at)),
-            json_str(&audit::time::time_text(erased_at)),
-            json_str(&audit::time::time_text(now_micros())),
+        let (cert, signature) = crate::certificate::sign(
+            &crate::certificate::Erasure {
+                format: crate::certificate::ERASURE_FORMAT,
+                request_id: request.to_string(),
+                tenant_id: tenant.to_string(),
+                subject_ref: subject.to_string(),
+                requested_at: time_text(erased.requested_micros),
+                due_at: time_text(erased.due_micros),
+                keys_shredded_at: time_text(shredded_at),
+                erased_at: time_text(erased_at),
+                issued_at: time_text(now_micros()),
+                destroyed_key_fingerprints: &fingerprints,
+                sessions_erased: sessions.iter().map(Uuid::to_string).collect(),
+                projections_acknowledged: acks
+                    .iter()
+                    .map(|(n, p)| crate::certificate::Acknowledged { projection: n.clone(), position: *p })
+                    .collect(),
+                tombstone: crate::certificate::Tombstone {
+                    stream: stream.clone(),
+                    version: tombstone.version,
+                    position: tombstone.position,
+                },
+                signing_public_key: self.public_key_hex(),
+            },
+            &self.signing,
         );
-        let fps: Vec<String> = fingerprints.iter().map(|f| json_str(f)).collect();
-        let ss: Vec<String> = sessions.iter().map(|s| json_str(&s.to_string())).collect();
-        let ack_json: Vec<String> =
-            acks.iter().map(|(n, p)| format!("{{\"projection\":{},\"position\":{p}}}", json_str(n))).collect();
-        let _ = write!(
-            cert,
-            "\"destroyed_key_fingerprints\":[{}],\"sessions_erased\":[{}],\"projections_acknowledged\":[{}],\"tombstone\":{{\"stream\":{},\"version\":{},\"position\":{}}},\"signing_public_key\":{}}}",
-            fps.join(","),
-            ss.join(","),
-            ack_json.join(","),
-            json_str(&stream),
-            tombstone.version,
-            tombstone.position,
-            json_str(&self.public_key_hex()),
-        );
-        let signature = hex::encode(self.signing.sign(cert.as_bytes()).to_bytes());
         self.registry
             .execute::<Subject>(tenant, subject, SubjectCommand::Certify { request, certificate: cert, signature })
             .await?;
@@ -460,17 +455,4 @@ impl Erasures {
     }
 }
 
-/// Checks a certificate's signature with a public key (hex).
-pub fn verify_certificate(certificate: &str, signature_hex: &str, public_key_hex: &str) -> anyhow::Result<()> {
-    let pk: [u8; 32] = hex::decode(public_key_hex.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow::anyhow!("public key is not 64 hex digits"))?;
-    let sig: [u8; 64] = hex::decode(signature_hex.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow::anyhow!("signature is not 128 hex digits"))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|e| anyhow::anyhow!("public key: {e}"))?;
-    key.verify_strict(certificate.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| anyhow::anyhow!("the signature does not match the certificate"))
-}
+pub use crate::certificate::verify as verify_certificate;

@@ -12,7 +12,7 @@ use eventlog::EventLog;
 use projections::{ReadView, Runner, RunnerConfig, ViewStore};
 use tokio::sync::watch;
 
-use crate::error::ApiError;
+use crate::error::AppError;
 
 /// How long a read waits for the views to catch up before answering from
 /// what they have.
@@ -132,10 +132,10 @@ impl Views {
 
     /// A snapshot of projection `name`, after waiting (bounded) for it to
     /// reach the log's current head.
-    pub async fn read(&self, name: &str) -> Result<ReadView, ApiError> {
-        let runner = self.runner(name).ok_or_else(|| ApiError::Internal(format!("no projection {name}")))?;
+    pub async fn read(&self, name: &str) -> Result<ReadView, AppError> {
+        let runner = self.runner(name).ok_or_else(|| AppError::Internal(format!("no projection {name}")))?;
         if let Some(r) = self.rebuild_of(name) {
-            return Err(ApiError::Unavailable(format!(
+            return Err(AppError::Unavailable(format!(
                 "the {name} view is being rebuilt from the log after its file was found {} (at position {} of {})",
                 if r.moved_to.is_some() { "damaged" } else { "missing" },
                 runner.status().next_position,
@@ -147,9 +147,38 @@ impl Views {
         let store = runner.store().clone();
         let view = tokio::task::spawn_blocking(move || store.read())
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        view.ok_or_else(|| ApiError::Unavailable(format!("the {name} view is not built yet")))
+            .map_err(|e| AppError::Internal(e.to_string()))?
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        view.ok_or_else(|| AppError::Unavailable(format!("the {name} view is not built yet")))
+    }
+
+    /// An operator's action on a projection: `pause`, `resume`, `skip`
+    /// (the event it is stalled on) or `reset` (rebuild beside the serving
+    /// generation); what was done.
+    pub fn control(&self, name: &str, action: &str) -> Result<String, AppError> {
+        let Some(runner) = self.runner(name) else {
+            let names: Vec<&str> = self.runners.iter().map(|r| r.name()).collect();
+            return Err(AppError::NotFound(format!("no projection {name:?}; there are {}", names.join(", "))));
+        };
+        let done = match action {
+            "pause" => runner.pause().map(|_| "paused".to_string()).map_err(|e| e.to_string()),
+            "resume" => runner.resume().map(|_| "resumed".to_string()).map_err(|e| e.to_string()),
+            "skip" => runner.skip().map(|p| format!("skipping the event at position {p}")),
+            "reset" => {
+                runner.reset();
+                Ok("rebuilding beside the serving generation; readers switch when it has caught up".to_string())
+            }
+            other => {
+                return Err(AppError::NotFound(format!("no action {other:?}; use pause, resume, skip or reset")));
+            }
+        };
+        match done {
+            Ok(m) => {
+                tracing::info!(projection = %name, %action, "projection admin action");
+                Ok(format!("{name}: {m}"))
+            }
+            Err(e) => Err(AppError::Conflict(e)),
+        }
     }
 
     pub fn stop(&self) {

@@ -16,8 +16,8 @@ use keystore::Keyring;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::erasure::json_str;
-use crate::error::ApiError;
+use crate::certificate::json_str;
+use crate::error::AppError;
 use audit::time::time_text;
 
 pub const FORMAT: &str = "pypes-subject-export";
@@ -30,15 +30,15 @@ const PAGE: usize = 256;
 /// Where the document goes: chunks of bytes, in order.
 pub struct Sink {
     buf: String,
-    tx: mpsc::Sender<Result<proto::api::ExportChunk, tonic::Status>>,
+    tx: mpsc::Sender<Result<Vec<u8>, AppError>>,
 }
 
 impl Sink {
-    pub fn new(tx: mpsc::Sender<Result<proto::api::ExportChunk, tonic::Status>>) -> Self {
+    pub fn new(tx: mpsc::Sender<Result<Vec<u8>, AppError>>) -> Self {
         Self { buf: String::with_capacity(CHUNK_BYTES + 4096), tx }
     }
 
-    async fn push(&mut self, s: &str) -> Result<(), ApiError> {
+    async fn push(&mut self, s: &str) -> Result<(), AppError> {
         self.buf.push_str(s);
         if self.buf.len() >= CHUNK_BYTES {
             self.flush().await?;
@@ -46,21 +46,18 @@ impl Sink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), ApiError> {
+    async fn flush(&mut self) -> Result<(), AppError> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096)).into_bytes();
-        self.tx
-            .send(Ok(proto::api::ExportChunk { data: chunk }))
-            .await
-            .map_err(|_| ApiError::Unavailable("the export's reader went away".into()))
+        self.tx.send(Ok(chunk)).await.map_err(|_| AppError::Unavailable("the export's reader went away".into()))
     }
 
     /// Ends the stream with `error` (the reader sees an error status, not a
     /// document that merely stops).
-    pub async fn fail(self, error: ApiError) {
-        let _ = self.tx.send(Err(tonic::Status::from(error))).await;
+    pub async fn fail(self, error: AppError) {
+        let _ = self.tx.send(Err(error)).await;
     }
 }
 
@@ -108,7 +105,7 @@ impl<'a> Pages<'a> {
         Self { log, stream, from: 0, done: false }
     }
 
-    async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, ApiError> {
+    async fn next(&mut self) -> Result<Option<Vec<RecordedEvent>>, AppError> {
         if self.done {
             return Ok(None);
         }
@@ -149,6 +146,9 @@ fn subject_history(e: &SubjectEvent, at: i64) -> String {
         }
         SubjectEvent::ProcessingRestricted { .. } => "processing restricted".to_string(),
         SubjectEvent::RestrictionLifted { .. } => "restriction lifted".to_string(),
+        SubjectEvent::RestrictionApplied { restricted, sessions, .. } => {
+            format!("restriction {} on {sessions} sessions", if *restricted { "applied" } else { "lifted" })
+        }
         SubjectEvent::ConsentGranted { purpose, policy_version, .. } => {
             format!("consent to {purpose} granted (policy {policy_version})")
         }
@@ -174,7 +174,7 @@ pub async fn write(
     sessions: &[Uuid],
     now_micros: i64,
     sink: &mut Sink,
-) -> Result<(), ApiError> {
+) -> Result<(), AppError> {
     // The subject's own stream: profile, history and requests.
     let stream = stream_name(Subject::KIND, tenant, subject);
     let mut state = Subject::default();
@@ -197,7 +197,7 @@ pub async fn write(
         }
     }
     if state.id.is_none() {
-        return Err(ApiError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound { what: "subject" })));
+        return Err(AppError::Actor(actors::ActorError::Rejected(domain::Rejection::NotFound { what: "subject" })));
     }
     let status = match state.status {
         Some(SubjectStatus::Invited) => "invited",
@@ -265,7 +265,7 @@ async fn write_session(
     session: Uuid,
     subject: Uuid,
     sink: &mut Sink,
-) -> Result<(), ApiError> {
+) -> Result<(), AppError> {
     let stream = stream_name(Session::KIND, tenant, session);
     sink.push(&format!("{{\"session_id\":{},\"messages\":[", json_str(&session.to_string()))).await?;
     let mut state = Session::default();

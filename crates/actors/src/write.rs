@@ -1,0 +1,19 @@
+//! Appends to streams no entity actor owns: end users' auth sessions and
+//! login failures (named by keyed hashes, not ids), each node's audit
+//! trail (one writer task per node) and process checkpoints. Their events
+//! are made by the codec in `events`; their writers bring their own
+//! expectation (an exact version, or none for an append-only counter).
+//! Entities write through their actors ([`crate::Registry::execute`]);
+//! nothing else in the system appends (a tidy test holds that).
+
+use eventlog::{AppendResult, EventLog, ExpectedVersion, LogError, NewEvent};
+
+/// Appends `events` to `stream` if its version is `expected`.
+pub async fn append(
+    log: &dyn EventLog,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult, LogError> {
+    log.append(stream, expected, events).await
+}

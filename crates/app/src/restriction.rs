@@ -1,0 +1,173 @@
+//! The restriction process (GDPR Art. 18): when a subject's processing is
+//! restricted (or the restriction lifted), every Session they are the end
+//! user of follows: a restricted Session takes no new content, is not
+//! watched, listed or counted in analytics.
+//!
+//! Driven by the subject's events and resumable: the change itself is
+//! `SubjectProcessingRestricted` / `SubjectRestrictionLifted` on the
+//! subject's stream; each Session records its own `SessionRestricted` /
+//! `SessionRestrictionLifted` (repeating one that is done writes nothing);
+//! when all are done the subject's stream gets `SubjectRestrictionApplied`.
+//! A change without that event after it is unfinished: at start a filtered
+//! scan of the log finds it and the run is repeated, skipping what is done.
+//!
+//! Runs for one subject do not overlap in a node; each applies the
+//! subject's state as it is when the run starts, so a run for an older
+//! change never undoes a newer one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::{ActorError, Registry};
+use domain::Rejection;
+use domain::session::{Session, SessionCommand};
+use domain::subject::{Subject, SubjectCommand};
+use eventlog::{EventFilter, EventLog};
+use uuid::Uuid;
+
+use crate::AppError;
+use crate::views::Views;
+
+pub struct Restrictions {
+    registry: Arc<Registry>,
+    log: Arc<dyn EventLog>,
+    views: Arc<Views>,
+    /// One run at a time per (tenant, subject).
+    locks: Mutex<HashMap<(Uuid, Uuid), Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Restrictions {
+    pub fn new(registry: Arc<Registry>, log: Arc<dyn EventLog>, views: Arc<Views>) -> Arc<Self> {
+        Arc::new(Self { registry, log, views, locks: Mutex::default() })
+    }
+
+    fn lock_of(&self, tenant: Uuid, subject: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry((tenant, subject)).or_default().clone()
+    }
+
+    /// Brings every Session of the subject to the subject's restriction
+    /// state and records that it has; returns how many Sessions it checked.
+    pub async fn apply(&self, tenant: Uuid, subject: Uuid) -> Result<usize, AppError> {
+        let lock = self.lock_of(tenant, subject);
+        let _one_run = lock.lock().await;
+        let state = self.registry.read::<Subject>(tenant, subject).await?.state;
+        if state.erasure.is_some() {
+            // The erasure closes the Sessions for good; nothing to restrict.
+            return Ok(0);
+        }
+        let restricted = state.restricted;
+        let sessions = self.sessions_of(tenant, subject).await?;
+        let cmd = if restricted { SessionCommand::Restrict } else { SessionCommand::LiftRestriction };
+        for (done, s) in sessions.iter().enumerate() {
+            crate::hooks::crash_point("restriction", "session", done);
+            match self.registry.execute::<Session>(tenant, *s, cmd.clone()).await {
+                Ok(_) | Err(ActorError::Rejected(Rejection::NotFound { .. })) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let record = SubjectCommand::RecordRestrictionApplied { restricted, sessions: sessions.len() as u32 };
+        match self.registry.execute::<Subject>(tenant, subject, record).await {
+            Ok(_) => {}
+            // Changed again meanwhile: that change's run records itself.
+            Err(ActorError::Rejected(Rejection::FailedPrecondition { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(sessions.len())
+    }
+
+    /// A Session started while its end user's restriction was being
+    /// recorded (see `crate::sessions`): restricted on the spot.
+    pub async fn restrict_late_session(&self, tenant: Uuid, subject: Uuid, session: Uuid) -> Result<(), AppError> {
+        let lock = self.lock_of(tenant, subject);
+        let _one_run = lock.lock().await;
+        if self.registry.read::<Subject>(tenant, subject).await?.state.restricted {
+            self.registry.execute::<Session>(tenant, session, SessionCommand::Restrict).await?;
+        }
+        Ok(())
+    }
+
+    /// The Sessions the subject is the end user of. Everything recorded
+    /// before this call is in the view once it has reached the log's head.
+    async fn sessions_of(&self, tenant: Uuid, subject: Uuid) -> Result<Vec<Uuid>, AppError> {
+        let runner = self
+            .views
+            .runner(projections::sessions::NAME)
+            .ok_or_else(|| AppError::Internal("no sessions view".into()))?;
+        let head = self.log.head();
+        tokio::time::timeout(Duration::from_secs(30), runner.wait_for(head))
+            .await
+            .map_err(|_| AppError::Unavailable("the sessions view is behind the log".into()))?;
+        let view = self.views.read(projections::sessions::NAME).await?;
+        projections::sessions::sessions_of_end_user(&view, tenant, subject)
+            .map_err(|e| AppError::internal("listing the subject's sessions", e))
+    }
+
+    /// The subjects whose last restriction change has no
+    /// `SubjectRestrictionApplied` after it.
+    pub async fn unfinished(&self) -> Result<Vec<(Uuid, Uuid)>, AppError> {
+        use events::types as ty;
+        let filter = EventFilter {
+            stream_prefixes: vec![events::Kind::Subject.prefix().into()],
+            event_types: vec![
+                ty::SUBJECT_PROCESSING_RESTRICTED.into(),
+                ty::SUBJECT_RESTRICTION_LIFTED.into(),
+                ty::SUBJECT_RESTRICTION_APPLIED.into(),
+            ],
+        };
+        let mut open: HashMap<(Uuid, Uuid), bool> = HashMap::new();
+        let (mut from, head) = (0, self.log.head());
+        while from < head {
+            let page = self.log.read_all(from, 4096, &filter).await?;
+            for r in &page.events {
+                if let Some(n) = events::StreamName::parse_as(&r.stream, events::Kind::Subject) {
+                    open.insert((n.tenant, n.id), r.event_type() != ty::SUBJECT_RESTRICTION_APPLIED);
+                }
+            }
+            if page.next_position <= from {
+                break;
+            }
+            from = page.next_position;
+        }
+        let mut unfinished: Vec<(Uuid, Uuid)> = open.into_iter().filter(|(_, o)| *o).map(|(k, _)| k).collect();
+        unfinished.sort();
+        Ok(unfinished)
+    }
+
+    /// Finishes what a previous run left (at start), retrying a failed
+    /// subject with a growing pause.
+    pub async fn recover(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let pending = match self.unfinished().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot scan the log for unfinished restrictions");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            let mut failed = 0;
+            for (tenant, subject) in pending {
+                tracing::info!(%tenant, %subject, "resuming an unfinished restriction change");
+                match self.apply(tenant, subject).await {
+                    Ok(sessions) => tracing::info!(%tenant, %subject, sessions, "restriction change finished"),
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(%tenant, %subject, error = %e, "restriction change failed; retrying");
+                    }
+                }
+            }
+            if failed == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The gRPC adapters: one file per service. Each handler converts the
+//! request, makes one call into `app`, and converts the answer
+//! ([`convert`]); who may call, what it touches and what is audited is
+//! the application's business. A tidy test holds every handler to that
+//! (`crates/server/tests/tidy.rs`).
+
+pub mod analytics;
+pub mod convert;
+pub mod erasure;
+pub mod login;
+pub mod media;
+pub mod privacy;
+pub mod pype;
+pub mod session;
+pub mod staff;
+pub mod subject;
+pub mod tenant;
+pub mod view;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use app::auth::{Credentials, TENANT_HEADER};
+use app::{App, AppError};
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataMap;
+use tonic::{Response, Status};
+
+use crate::metrics::ApiMetrics;
+
+/// What every service shares: the application and the request metrics.
+#[derive(Clone)]
+pub struct Handle {
+    pub app: Arc<App>,
+    pub metrics: Arc<ApiMetrics>,
+}
+
+pub(crate) type Reply<T> = Result<Response<T>, Status>;
+
+/// A server stream of answers.
+pub(crate) type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What a call presents: its bearer key and the tenant header.
+pub(crate) fn credentials(metadata: &MetadataMap) -> Credentials {
+    let text = |name: &str| metadata.get(name).map(|v| v.to_str().map(str::to_owned).map_err(|_| ()));
+    Credentials { authorization: text("authorization"), tenant: text(TENANT_HEADER) }
+}
+
+/// The gRPC status of an application error (the code from the one table).
+pub(crate) fn status(e: AppError) -> Status {
+    let (code, message) = e.answer();
+    Status::new(tonic::Code::from(code.grpc()), message)
+}
+
+impl Handle {
+    /// Runs one unary call as `method`: the application call, then its
+    /// refusal (if any) noted and its latency observed.
+    pub(crate) async fn unary<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, AppError>>,
+    ) -> Reply<T> {
+        let started = Instant::now();
+        let result = app::call::scope(method, call).await;
+        self.finish(method, started, result).await.map(Response::new)
+    }
+
+    /// Runs the call that opens a server stream as `method`; each item is
+    /// converted by `out` as it comes.
+    pub(crate) async fn streaming<I: Send + 'static, T: Send + 'static>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<tokio::sync::mpsc::Receiver<Result<I, AppError>>, AppError>>,
+        out: impl Fn(I) -> T + Send + 'static,
+    ) -> Reply<Streamed<T>> {
+        let started = Instant::now();
+        let result = app::call::scope(method, call).await;
+        let rx = self.finish(method, started, result).await?;
+        let items = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| item.map(&out).map_err(status));
+        Ok(Response::new(Box::pin(items)))
+    }
+
+    async fn finish<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, AppError>,
+    ) -> Result<T, Status> {
+        let (code, result) = match result {
+            Ok(v) => (tonic::Code::Ok, Ok(v)),
+            Err(e) => {
+                let app_code = e.code();
+                self.app.note_refusal(method, app_code).await;
+                let s = status(e);
+                (s.code(), Err(s))
+            }
+        };
+        self.metrics.observe(method, code, started.elapsed());
+        result
+    }
+}

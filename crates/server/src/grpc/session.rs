@@ -1,0 +1,114 @@
+//! `SessionService`.
+
+use proto::api as pb;
+use tonic::Request;
+
+use super::convert::{event_out, kind_in, session_out, state_out, timers_in};
+use super::{Handle, Reply, Streamed, credentials};
+
+#[tonic::async_trait]
+impl pb::session_service_server::SessionService for Handle {
+    async fn start_session(&self, request: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("StartSession", async {
+            Ok(session_out(&self.app.start_session(&who, &r.pype_id, &r.end_user_id, timers_in(r.timers)).await?))
+        })
+        .await
+    }
+
+    async fn post_message(&self, request: Request<pb::PostMessageRequest>) -> Reply<pb::PostMessageResponse> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("PostMessage", async {
+            let done =
+                self.app.post_message(&who, &r.session_id, &r.sender_id, r.body, r.device, &r.attachment_ids).await?;
+            Ok(pb::PostMessageResponse {
+                seq: done.seq,
+                sent_at_micros: done.sent_at_micros,
+                state: state_out(done.session.status),
+            })
+        })
+        .await
+    }
+
+    async fn advance_read_horizon(&self, request: Request<pb::AdvanceReadHorizonRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("AdvanceReadHorizon", async {
+            Ok(session_out(
+                &self.app.advance_read_horizon(&who, &r.session_id, &r.participant_id, r.up_to, r.private).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn join_session(&self, request: Request<pb::JoinSessionRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("JoinSession", async {
+            let kind = kind_in("kind", r.kind);
+            Ok(session_out(&self.app.join_session(&who, &r.session_id, &r.participant_id, kind).await?))
+        })
+        .await
+    }
+
+    async fn leave_session(&self, request: Request<pb::LeaveSessionRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("LeaveSession", async {
+            Ok(session_out(&self.app.leave_session(&who, &r.session_id, &r.participant_id).await?))
+        })
+        .await
+    }
+
+    async fn share_location(&self, request: Request<pb::ShareLocationRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("ShareLocation", async {
+            let (session, participant) = (&r.session_id, &r.participant_id);
+            Ok(session_out(
+                &self.app.share_location(&who, session, participant, r.latitude, r.longitude, r.accuracy_m).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("CloseSession", async { Ok(session_out(&self.app.close_session(&who, &r.session_id).await?)) }).await
+    }
+
+    async fn get_session(&self, request: Request<pb::GetSessionRequest>) -> Reply<pb::Session> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("GetSession", async { Ok(session_out(&self.app.get_session(&who, &r.session_id).await?)) }).await
+    }
+
+    async fn list_sessions(&self, request: Request<pb::ListSessionsRequest>) -> Reply<pb::ListSessionsResponse> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.unary("ListSessions", async {
+            let page = self.app.list_sessions(&who, &r.pype_id, r.page_size, &r.page_token).await?;
+            Ok(pb::ListSessionsResponse {
+                sessions: page.sessions.iter().map(session_out).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    type WatchSessionStream = Streamed<pb::SessionEvent>;
+
+    async fn watch_session(&self, request: Request<pb::WatchSessionRequest>) -> Reply<Self::WatchSessionStream> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        // The id is checked by the call; a malformed one never streams.
+        let session = uuid::Uuid::parse_str(&r.session_id).unwrap_or_default();
+        self.streaming("WatchSession", self.app.watch_session(&who, &r.session_id, r.from_version), move |w| {
+            event_out(session, w)
+        })
+        .await
+    }
+}
