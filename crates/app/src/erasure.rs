@@ -40,6 +40,9 @@ use uuid::Uuid;
 use crate::error::AppError;
 use crate::views::Views;
 
+/// How often open requests past their warning age are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(3600);
+
 /// Format tag of the certificate JSON.
 pub const CERTIFICATE_FORMAT: &str = crate::certificate::ERASURE_FORMAT;
 
@@ -259,9 +262,11 @@ impl Erasures {
                 Err(e) => tracing::error!(%tenant, %subject, error = %e, "cannot load a subject with an open erasure"),
             }
         }
+        // Every hour, the age of what is open.
+        let mut hourly = tokio::time::interval(REPORT_EVERY);
         loop {
+            hourly.tick().await;
             self.report_age();
-            tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     }
 

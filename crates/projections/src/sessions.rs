@@ -355,7 +355,7 @@ pub fn message_cursor(view: &ReadView, row: &SessionRow, after_seq: u64) -> Resu
         None => 0,
     };
     Ok(MessageCursor {
-        stream: format!("session-{tenant}-{session}"),
+        stream: events::stream_name(events::Kind::Session, tenant, session),
         from_version,
         after_seq,
         last_seq: if row.messages == 0 { 0 } else { row.last_seq },
