@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use proto::api as pb;
 use tonic::transport::Channel;
 
-use crate::peers::Appender;
+use crate::peers_common::Appender;
 
 /// `umadb.v1` messages (only the fields this client uses; prost skips the
 /// others when decoding).
@@ -344,10 +344,15 @@ pub(crate) async fn messaging(
     work: &Path,
     sessions: usize,
     clients: usize,
-    o: &crate::peers::Options,
-) -> Result<(crate::peers::Round, crate::peers::Round, Vec<crate::peers::Round>, Vec<crate::peers::Round>)> {
+    o: &crate::peers_common::Options,
+) -> Result<(
+    crate::peers_common::Round,
+    crate::peers_common::Round,
+    Vec<crate::peers_common::Round>,
+    Vec<crate::peers_common::Round>,
+)> {
     use crate::apibench::authed;
-    use crate::peers::median;
+    use crate::peers_common::median;
     // 1,000 end users (fewer for fewer Sessions), 20 agents.
     let users_n = sessions.clamp(1, 1000);
     const AGENTS: usize = 20;
@@ -538,7 +543,11 @@ where
 /// `clients` loops of `op(client, seeded pick)` for the warm-up and the
 /// measured seconds; each op returns the latencies it measured (one per
 /// counted event). Returns events/s and their percentiles.
-async fn timed_loops<F, Fut>(clients: usize, o: &crate::peers::Options, op: F) -> Result<crate::peers::Round>
+async fn timed_loops<F, Fut>(
+    clients: usize,
+    o: &crate::peers_common::Options,
+    op: F,
+) -> Result<crate::peers_common::Round>
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<Vec<Duration>>> + Send,
@@ -550,7 +559,7 @@ where
         let op = op.clone();
         let mut rng = o.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         tasks.push(tokio::spawn(async move {
-            let mut h = crate::peers::histogram()?;
+            let mut h = crate::peers_common::histogram()?;
             loop {
                 let now = std::time::Instant::now();
                 if now >= end {
@@ -568,11 +577,11 @@ where
             }
         }));
     }
-    let mut all = crate::peers::histogram()?;
+    let mut all = crate::peers_common::histogram()?;
     for t in tasks {
         all.add(t.await??)?;
     }
-    Ok(crate::peers::round_of(&all, Duration::from_secs_f64(o.seconds)))
+    Ok(crate::peers_common::round_of(&all, Duration::from_secs_f64(o.seconds)))
 }
 
 /// A bare tonic unary echo server (`loadgen echo-server`, its own process):

@@ -16,6 +16,7 @@ mod grpc_peers;
 mod keybench;
 mod mediabench;
 mod peers;
+mod peers_common;
 mod rebuild;
 
 /// The allocator the `pypes` binary uses, so figures are the product's.

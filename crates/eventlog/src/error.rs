@@ -1,27 +1,8 @@
 //! The one error type of the event log.
 
-use std::fmt;
 use std::path::PathBuf;
 
-use crate::ExpectedVersion;
-
-/// Where a stream stands, as reported in a version conflict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CurrentVersion {
-    /// The stream has no events (never written, or soft-deleted).
-    NoStream,
-    /// The version of the stream's last event.
-    Version(u64),
-}
-
-impl fmt::Display for CurrentVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CurrentVersion::NoStream => f.write_str("no stream"),
-            CurrentVersion::Version(v) => write!(f, "version {v}"),
-        }
-    }
-}
+use crate::version::{CurrentVersion, ExpectedVersion};
 
 /// Everything that can go wrong in an event log operation.
 #[derive(Debug, thiserror::Error)]

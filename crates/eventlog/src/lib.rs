@@ -16,6 +16,8 @@ pub mod hash;
 pub mod mem;
 mod model;
 mod subscription;
+mod validate;
+mod version;
 
 pub mod conformance;
 
@@ -23,14 +25,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{CurrentVersion, LogError};
+pub use error::LogError;
 pub use model::{
-    AllPage, AppendResult, DeleteMode, Direction, EventFilter, ExpectedVersion, MAX_BATCH_BYTES, MAX_EVENT_BYTES,
-    MAX_EVENT_TYPE_LEN, MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend,
-    StreamMetadata, validate_appends, validate_stream_name,
+    AllPage, AppendResult, DeleteMode, Direction, EventFilter, MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN,
+    MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend, StreamMetadata,
+    validate_stream_name,
 };
 pub use proto::storage::SealedField;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all};
+pub use validate::validate_appends;
+pub use version::{CurrentVersion, ExpectedVersion};
 
 /// The stream rules every backend applies (versions, soft and hard deletes,
 /// metadata limits, visibility, idempotency by event id), so a backend in

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::model::{Earlier, StreamRules, check_repeat, readable_metadata, validate_appends, whole_repeat};
+use crate::model::{Earlier, StreamRules, check_repeat, readable_metadata, whole_repeat};
+use crate::validate::validate_appends;
 use crate::{
     AllPage, AppendResult, BoxFuture, Clock, DeleteMode, Direction, EventFilter, EventLog, ExpectedVersion, LogError,
     ReadFrom, RecordedEvent, Result, ScavengeReport, StreamAppend, StreamMetadata, SystemClock, validate_stream_name,

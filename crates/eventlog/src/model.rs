@@ -1,14 +1,14 @@
 //! The values the port speaks (events, expectations, metadata, filters), the
 //! input limits, and the stream rules both built-in backends share.
 
-use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use proto::storage::{SealedField, StoredEvent};
 use uuid::Uuid;
 
-use crate::{CurrentVersion, LogError};
+use crate::error::LogError;
+use crate::version::{CurrentVersion, ExpectedVersion};
 
 /// Longest stream name, in bytes.
 pub const MAX_STREAM_NAME_LEN: usize = 255;
@@ -18,30 +18,6 @@ pub const MAX_EVENT_TYPE_LEN: usize = 255;
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Largest append (all streams of a multi-stream append together).
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
-
-/// What the writer believes the stream's version to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// No check.
-    Any,
-    /// The stream has no events (never written or soft-deleted).
-    NoStream,
-    /// The stream has at least one event.
-    StreamExists,
-    /// The stream's last event has exactly this version.
-    Exact(u64),
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::StreamExists => f.write_str("stream exists"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
-        }
-    }
-}
 
 /// An event to append. The log adds stream, version, position and time.
 #[derive(Debug, Clone, PartialEq)]
@@ -288,84 +264,6 @@ fn truncate_for_message(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// Checks a whole append before it is queued: names, event shapes, sizes,
-/// ids unique within the append. Returns an upper bound of the bytes the
-/// events take in a batch frame (encoded envelopes plus entry framing).
-pub fn validate_appends(appends: &[StreamAppend]) -> Result<usize, LogError> {
-    if appends.is_empty() {
-        return Err(LogError::InvalidBatch { reason: "no streams to append to".into() });
-    }
-    let mut total = 0usize;
-    let mut ids = Vec::new();
-    let mut streams: Vec<&str> = Vec::new();
-    for append in appends {
-        validate_stream_name(&append.stream)?;
-        if streams.contains(&append.stream.as_str()) {
-            return Err(LogError::InvalidBatch {
-                reason: format!("stream {:?} appears twice in one multi-stream append", append.stream),
-            });
-        }
-        streams.push(&append.stream);
-        if append.events.is_empty() {
-            return Err(LogError::InvalidBatch {
-                reason: format!("append to stream {:?} has no events", append.stream),
-            });
-        }
-        for (index, event) in append.events.iter().enumerate() {
-            let invalid = |reason: String| LogError::InvalidEvent { stream: append.stream.clone(), index, reason };
-            if event.id.is_nil() {
-                return Err(invalid("event id is the nil uuid".into()));
-            }
-            if ids.contains(&event.id) {
-                return Err(invalid(format!("event id {} appears twice in one append", event.id)));
-            }
-            if ids.len() < 64 {
-                ids.push(event.id);
-            } else if ids.len() == 64 {
-                // Large batches: check the rest with a set, built once.
-                let all: std::collections::HashSet<_> =
-                    appends.iter().flat_map(|a| a.events.iter().map(|e| e.id)).collect();
-                let total: usize = appends.iter().map(|a| a.events.len()).sum();
-                if all.len() != total {
-                    return Err(LogError::InvalidBatch { reason: "an event id appears twice in one append".into() });
-                }
-                ids.push(event.id);
-            }
-            if event.event_type.is_empty() {
-                return Err(invalid("event type must not be empty".into()));
-            }
-            if event.event_type.len() > MAX_EVENT_TYPE_LEN {
-                return Err(invalid(format!(
-                    "event type is {} bytes; the limit is {MAX_EVENT_TYPE_LEN}",
-                    event.event_type.len()
-                )));
-            }
-            if event.event_type.chars().any(|c| c.is_control()) {
-                return Err(invalid("event type must not contain control characters".into()));
-            }
-            if event.schema_version == 0 {
-                return Err(invalid("schema version must be at least 1".into()));
-            }
-            let size = crate::file::format::stored_event_len(event, &append.stream, u64::MAX, u64::MAX, i64::MAX);
-            if size > MAX_EVENT_BYTES {
-                return Err(LogError::EventTooLarge {
-                    stream: append.stream.clone(),
-                    index,
-                    size,
-                    limit: MAX_EVENT_BYTES,
-                });
-            }
-            total += size + crate::file::format::entry_overhead(size);
-        }
-    }
-    if total > MAX_BATCH_BYTES {
-        return Err(LogError::InvalidBatch {
-            reason: format!("append is {total} bytes encoded; the limit is {MAX_BATCH_BYTES}"),
-        });
-    }
-    Ok(total)
 }
 
 /// How a stream was deleted.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::types::KeyId;
+use crate::id::KeyId;
 
 /// Everything that can go wrong while keeping or using keys. A shredded key
 /// is not an error: opening with one gives [`crate::Opened::Erased`].

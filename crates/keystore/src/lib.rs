@@ -17,6 +17,7 @@ pub mod embedded;
 mod error;
 pub mod file;
 mod files;
+mod id;
 mod keyring;
 pub mod postgres;
 pub mod provider;
@@ -25,11 +26,12 @@ mod types;
 
 pub use error::KeyError;
 pub use files::{Finding, FindingAction};
+pub use id::KeyId;
 pub use keyring::{Aad, KeyPolicy, Keyring, Opened, rotation_schedule};
 pub use provider::{EmbeddedRootProvider, RootKeyProvider};
 pub use store::{INITIAL_RESERVATION, KeyStore, LocalKeyStore, RemoteShred, SHARDS, VerifyReport, rotation_due};
 pub use types::{
-    DataKey, EpochInfo, Group, KeyId, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
+    DataKey, EpochInfo, Group, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
 };
 
 /// Default period between epoch rotations: 7 days.

@@ -1,37 +1,17 @@
 //! The vocabulary of the key store: key ids, what a key protects, what a
 //! shred removes, and what the store reports.
 
-use std::fmt;
-
 use uuid::Uuid;
 
 use crate::crypto::SecretKey;
 use crate::error::KeyError;
-
-/// Opaque id of a data key: a random (v4) UUID, so nothing about a person
-/// (not even when they registered) can be read from it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub Uuid);
+pub use crate::id::KeyId;
 
 impl KeyId {
-    pub fn random() -> Self {
-        Self(Uuid::new_v4())
-    }
-
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
         Uuid::from_slice(bytes)
             .map(Self)
             .map_err(|_| KeyError::Invalid { what: "key id", reason: format!("{} bytes, expected 16", bytes.len()) })
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
     }
 }
 

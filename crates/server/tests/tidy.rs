@@ -348,7 +348,10 @@ fn cycles_in(src: &Path) -> Vec<String> {
                 .split_inclusive(';')
                 .filter(|stmt| {
                     let t = stmt.trim_start();
-                    !(t.starts_with("pub use ") || t.starts_with("pub mod ") || t.starts_with("mod ") || t.starts_with("pub(crate) mod "))
+                    !(t.starts_with("pub use ")
+                        || t.starts_with("pub mod ")
+                        || t.starts_with("mod ")
+                        || t.starts_with("pub(crate) mod "))
                 })
                 .collect();
             &stripped

@@ -10,8 +10,8 @@ use proto::log::{Frame, entry, frame};
 use proto::storage::StoredEvent;
 
 use super::format::{self, FrameParse};
+use super::state::{FrameLoc, Shared, unpack_loc};
 use super::vfs::StorageFile;
-use super::{FrameLoc, Shared, unpack_loc};
 use crate::model::StreamRules;
 use crate::{AllPage, Direction, EventFilter, LogError, ReadFrom, RecordedEvent, Result, validate_stream_name};
 

@@ -12,10 +12,10 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::format::{self, FrameParse, SEGMENT_HEADER_LEN};
+use super::state::{FileLogConfig, FileStream, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
+use super::state::{apply_metadata_change, create_segment};
 use super::verify::{HeadForm, read_signed_head};
 use super::vfs::{StorageFile, Vfs};
-use super::writer::apply_metadata_change;
-use super::{FileLogConfig, FileStream, FrameLoc, HEAD_FILE, IdWindow, Index, pack_loc};
 use crate::{LogError, Result};
 
 /// Read size while scanning segments.
@@ -25,23 +25,6 @@ pub(super) struct Recovered {
     pub index: Index,
     pub ids: IdWindow,
     pub active: Arc<dyn StorageFile>,
-}
-
-/// Creates a segment: header written and synced, directory synced.
-pub(super) fn create_segment(vfs: &dyn Vfs, segments_dir: &Path, number: u64) -> Result<Arc<dyn StorageFile>> {
-    let path = segments_dir.join(format::segment_file_name(number));
-    let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
-    let attempt = || -> Result<Arc<dyn StorageFile>> {
-        let file = vfs.open(&path, true).map_err(|e| io("creating", e))?;
-        file.set_len(0).map_err(|e| io("truncating", e))?;
-        file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing the header of", e))?;
-        file.sync_data().map_err(|e| io("syncing", e))?;
-        vfs.sync_dir(segments_dir).map_err(|e| io("syncing the directory of", e))?;
-        Ok(file)
-    };
-    attempt().inspect_err(|_| {
-        let _ = vfs.remove(&path);
-    })
 }
 
 /// Sequential reader over one segment file, in large chunks.
@@ -397,7 +380,7 @@ pub(super) fn torn_shape(rest: &[u8], offset: u64) -> std::result::Result<(), St
 /// recorded in `signing.pub`): its checkpoints would not verify, and a
 /// second key would split the audit trail.
 fn check_recorded_key(dir: &Path, config: &FileLogConfig) -> Result<()> {
-    let path = dir.join(super::PUBLIC_KEY_FILE);
+    let path = dir.join(super::state::PUBLIC_KEY_FILE);
     if !config.vfs.exists(&path) {
         return Ok(());
     }
@@ -406,7 +389,7 @@ fn check_recorded_key(dir: &Path, config: &FileLogConfig) -> Result<()> {
     let mut bytes = vec![0u8; file.len().map_err(io)? as usize];
     file.read_at(0, &mut bytes).map_err(io)?;
     let recorded = String::from_utf8_lossy(&bytes).trim().to_owned();
-    let configured = super::public_key_hex(&config.signing_key);
+    let configured = super::state::public_key_hex(&config.signing_key);
     if recorded != configured {
         return Err(LogError::WrongSigningKey { dir: dir.to_path_buf(), configured, recorded });
     }

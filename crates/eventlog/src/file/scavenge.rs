@@ -9,7 +9,7 @@ use proto::storage::StoredEvent;
 use tracing::info;
 
 use super::format;
-use super::{FrameLoc, Shared};
+use super::state::{FrameLoc, Shared};
 use crate::{LogError, Result, ScavengeReport};
 
 /// Scavenges every segment before `active`. The writer has rolled to

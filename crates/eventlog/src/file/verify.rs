@@ -8,8 +8,8 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use prost::Message;
 use proto::log::{Checkpoint, frame};
 
-use super::HEAD_FILE;
 use super::format::{self, FrameParse, SEGMENT_HEADER_LEN};
+use super::state::HEAD_FILE;
 use super::vfs::Vfs;
 use crate::LogError;
 
@@ -35,7 +35,7 @@ pub struct VerifyReport {
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// The witness's copy of the signed head (see
-    /// [`super::FileLogConfig::witness_path`]); checked like `head.sig`, and
+    /// [`super::state::FileLogConfig::witness_path`]); checked like `head.sig`, and
     /// its absence is a failure unless `allow_missing_head`.
     pub witness: Option<std::path::PathBuf>,
     /// Demand `head.sig` (and the witness's copy, when given) on a log that

@@ -29,9 +29,9 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::format::{self, SEGMENT_HEADER_LEN};
-use super::recover::create_segment;
+use super::state::create_segment;
+use super::state::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, Shared, pack_loc};
 use super::vfs::StorageFile;
-use super::{FileLogConfig, FrameLoc, HEAD_FILE, IdWindow, Index, Shared, pack_loc};
 use crate::model::{Deletion, Earlier, StreamRules, check_repeat, whole_repeat};
 use crate::{
     AppendResult, DeleteMode, ExpectedVersion, LogError, NewEvent, RecordedEvent, Result, StreamAppend, StreamMetadata,
@@ -94,19 +94,6 @@ pub(super) fn metadata_change(
             Some(DeleteMode::Hard) => DeleteKind::Hard,
         } as i32,
         recorded_at_micros: now,
-    }
-}
-
-pub(super) fn apply_metadata_change(rules: &mut StreamRules, change: &StreamMetadataChange) {
-    rules.metadata = StreamMetadata {
-        max_age_secs: change.has_max_age.then_some(change.max_age_secs),
-        max_count: change.has_max_count.then_some(change.max_count),
-        truncate_before: change.has_truncate_before.then_some(change.truncate_before),
-    };
-    match DeleteKind::try_from(change.delete) {
-        Ok(DeleteKind::Soft) => rules.apply_delete(DeleteMode::Soft),
-        Ok(DeleteKind::Hard) => rules.apply_delete(DeleteMode::Hard),
-        _ => {}
     }
 }
 
@@ -744,7 +731,7 @@ impl Stager {
         let Some(packed) = idx.streams.get(&stream).and_then(|s| s.loc_of(version)) else {
             return Ok(None);
         };
-        let (ordinal, entry) = super::unpack_loc(packed);
+        let (ordinal, entry) = super::state::unpack_loc(packed);
         let loc = idx.frames[ordinal as usize];
         let file = idx.segments[&(loc.segment as u64)].clone();
         drop(idx);

@@ -1,0 +1,307 @@
+//! The state the file log's parts share: its configuration, the
+//! published index (frames, the sparse `$all` index, per-stream
+//! locations), the idempotency window, and what the writer, the readers,
+//! recovery and scavenging hold in common.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::watch;
+
+use proto::log::{DeleteKind, StreamMetadataChange};
+
+use super::format;
+use super::vfs::{self, StorageFile, Vfs};
+use crate::model::StreamRules;
+use crate::{Clock, DeleteMode, LogError, Result, StreamMetadata, SystemClock};
+
+/// A sparse `$all` index entry is kept every this many batch frames.
+pub(super) const SPARSE_EVERY: u64 = 32;
+/// Name of the file holding the latest signed checkpoint.
+pub const HEAD_FILE: &str = "head.sig";
+
+/// The name of a log's signed head in a witness directory (a C2SP signed
+/// note, see [`note`]).
+pub fn witness_file_name(key: &ed25519_dalek::VerifyingKey) -> String {
+    format!("pypes-log-head-{}.note", &hex_lower(key.as_bytes())[..16])
+}
+
+pub(super) fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+/// Name of the (informational) public key file; auditors pin their own copy.
+pub const PUBLIC_KEY_FILE: &str = "signing.pub";
+/// Largest segment size: frame offsets are u32 and a segment may overrun
+/// its size by one write group.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 30;
+/// Lock file: one process at a time owns a log directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Settings of a file log.
+#[derive(Clone)]
+pub struct FileLogConfig {
+    /// A new segment is started once the active one reaches this size.
+    pub segment_size: u64,
+    /// A signed checkpoint is written after this many frames...
+    pub checkpoint_every_frames: u64,
+    /// ...or when this much time has passed since the last one.
+    pub checkpoint_interval: Duration,
+    /// How many recent event ids are remembered for idempotent retries.
+    pub idempotency_window: usize,
+    /// A write group stops taking requests at about this many bytes.
+    pub max_group_bytes: usize,
+    /// Signs checkpoints. Keep it outside the log's directory.
+    pub signing_key: SigningKey,
+    pub clock: Arc<dyn Clock>,
+    pub vfs: Arc<dyn Vfs>,
+    /// A directory outside the log's (another volume, say) that keeps a
+    /// second copy of the signed head: open refuses a log shorter than
+    /// either copy, so deleting or rolling back `head.sig` with the log
+    /// is seen. `None`: `head.sig` only.
+    pub witness_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for FileLogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLogConfig")
+            .field("segment_size", &self.segment_size)
+            .field("checkpoint_every_frames", &self.checkpoint_every_frames)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("idempotency_window", &self.idempotency_window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileLogConfig {
+    pub fn new(signing_key: SigningKey) -> Self {
+        Self {
+            segment_size: 256 << 20,
+            checkpoint_every_frames: 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            idempotency_window: 262_144,
+            max_group_bytes: 256 << 10,
+            signing_key,
+            clock: Arc::new(SystemClock),
+            vfs: Arc::new(vfs::OsVfs),
+            witness_dir: None,
+        }
+    }
+
+    /// The witness's copy of this log's signed head: a file named by the
+    /// log's public key, so one witness directory can serve several logs.
+    pub fn witness_path(&self) -> Option<PathBuf> {
+        self.witness_dir.as_ref().map(|d| d.join(witness_file_name(&self.signing_key.verifying_key())))
+    }
+}
+
+/// Where a frame is: segment number, offset, length (header included) and
+/// how many events (entries) it holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameLoc {
+    pub(super) segment: u32,
+    pub(super) offset: u32,
+    pub(super) len: u32,
+    pub(super) events: u32,
+}
+
+/// A stream version's place: frame ordinal (high 40 bits) and entry index
+/// inside the frame (low 24 bits).
+pub(super) fn pack_loc(ordinal: u64, entry: u32) -> u64 {
+    debug_assert!(ordinal < 1 << 40 && entry < 1 << 24);
+    (ordinal << 24) | entry as u64
+}
+
+pub(super) fn unpack_loc(loc: u64) -> (u64, u32) {
+    (loc >> 24, (loc & 0xFF_FFFF) as u32)
+}
+
+pub(super) struct FileStream {
+    pub(super) rules: StreamRules,
+    /// Packed location of every version from `base_version` on.
+    pub(super) locs: VecDeque<u64>,
+    pub(super) base_version: u64,
+    /// Number of the stream in the order `open` met it (u32::MAX for
+    /// streams created later); lets recovery refer to a stream without
+    /// touching its name.
+    pub(super) recovered_no: u32,
+}
+
+impl Default for FileStream {
+    fn default() -> Self {
+        Self { rules: StreamRules::default(), locs: VecDeque::new(), base_version: 0, recovered_no: u32::MAX }
+    }
+}
+
+impl FileStream {
+    pub(super) fn loc_of(&self, version: u64) -> Option<u64> {
+        version.checked_sub(self.base_version).and_then(|i| self.locs.get(i as usize).copied())
+    }
+}
+
+/// Maps keyed by event id.
+pub(super) type IdMap<V> = HashMap<uuid::Uuid, V, crate::hash::KeyedHash>;
+
+/// Recent event ids for idempotent retries, bounded to `cap` entries.
+#[derive(Default)]
+pub(super) struct IdWindow {
+    pub(super) cap: usize,
+    pub(super) map: IdMap<(Arc<str>, u64, u64)>,
+    /// (id, position) in append order.
+    pub(super) order: VecDeque<(uuid::Uuid, u64)>,
+}
+
+impl IdWindow {
+    pub(super) fn insert(&mut self, id: uuid::Uuid, stream: Arc<str>, version: u64, position: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        self.map.insert(id, (stream, version, position));
+        self.order.push_back((id, position));
+        while self.order.len() > self.cap {
+            let Some((old, pos)) = self.order.pop_front() else { break };
+            if self.map.get(&old).is_some_and(|e| e.2 == pos) {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    /// Builds the window from the last `cap` events of `recent` (oldest
+    /// first), hashing only those: at open the log may hold millions.
+    pub(super) fn from_recent(cap: usize, recent: VecDeque<(uuid::Uuid, Arc<str>, u64, u64)>) -> Self {
+        let mut w = IdWindow {
+            cap,
+            // Sized for a full window at once: growing rehashes every id
+            // on the stager thread (a pause of milliseconds at 100k ids),
+            // and untouched capacity is only address space.
+            map: IdMap::with_capacity_and_hasher(cap.max(recent.len()), crate::hash::KeyedHash::default()),
+            order: VecDeque::with_capacity(cap.max(recent.len()) + 1),
+        };
+        for (id, stream, version, position) in recent {
+            w.insert(id, stream, version, position);
+        }
+        w
+    }
+
+    /// (stream, version, position) of an id in the window.
+    pub(super) fn get(&self, id: &uuid::Uuid) -> Option<(Arc<str>, u64, u64)> {
+        self.map.get(id).cloned()
+    }
+
+    /// Forgets ids at `position` or later (after a failed write).
+    pub(super) fn forget_from(&mut self, position: u64) {
+        while let Some(&(id, pos)) = self.order.back() {
+            if pos < position {
+                break;
+            }
+            self.order.pop_back();
+            if self.map.get(&id).is_some_and(|e| e.2 == pos) {
+                self.map.remove(&id);
+            }
+        }
+    }
+}
+
+/// The committed state readers see. Updated only after an fdatasync.
+#[derive(Default)]
+pub(super) struct Index {
+    pub(super) segments: BTreeMap<u64, Arc<dyn StorageFile>>,
+    pub(super) frames: Vec<FrameLoc>,
+    /// (position of the first event, frame ordinal) every SPARSE_EVERY batch frames.
+    pub(super) sparse: Vec<(u64, u64)>,
+    pub(super) batch_frames: u64,
+    pub(super) streams: HashMap<Arc<str>, FileStream>,
+    pub(super) next_position: u64,
+    /// The published tail, where the writer restarts after a failed sync.
+    pub(super) chain: [u8; 32],
+    pub(super) end_segment: u64,
+    pub(super) end_offset: u64,
+    pub(super) frames_since_checkpoint: u64,
+}
+
+impl Index {
+    pub(super) fn intern(&self, stream: &str) -> Arc<str> {
+        self.streams.get_key_value(stream).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(stream))
+    }
+
+    pub(super) fn push_frame(&mut self, loc: FrameLoc, first_position: Option<u64>) -> u64 {
+        let ordinal = self.frames.len() as u64;
+        self.frames.push(loc);
+        if let Some(p) = first_position {
+            if self.batch_frames.is_multiple_of(SPARSE_EVERY) {
+                self.sparse.push((p, ordinal));
+            }
+            self.batch_frames += 1;
+        }
+        ordinal
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
+    pub(super) segments_dir: PathBuf,
+    pub(super) vfs: Arc<dyn Vfs>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) index: RwLock<Index>,
+    pub(super) head: watch::Sender<u64>,
+    pub(super) scavenging: Mutex<()>,
+    /// Set when the log cannot roll back a failed write; refuses writes.
+    pub(super) poisoned: Mutex<Option<String>>,
+    /// The witness's copy of `head.sig`, written after it.
+    pub(super) witness: Option<PathBuf>,
+}
+
+impl Shared {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn segment_path(&self, number: u64) -> PathBuf {
+        self.segments_dir.join(format::segment_file_name(number))
+    }
+
+    pub(super) fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The public half of a checkpoint signing key, as hex.
+pub fn public_key_hex(key: &SigningKey) -> String {
+    key.verifying_key().as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a segment: header written and synced, directory synced.
+pub(super) fn create_segment(vfs: &dyn Vfs, segments_dir: &Path, number: u64) -> Result<Arc<dyn StorageFile>> {
+    let path = segments_dir.join(format::segment_file_name(number));
+    let io = |what: &str, e| LogError::io(format!("{what} {}", path.display()), e);
+    let attempt = || -> Result<Arc<dyn StorageFile>> {
+        let file = vfs.open(&path, true).map_err(|e| io("creating", e))?;
+        file.set_len(0).map_err(|e| io("truncating", e))?;
+        file.write_at(0, &format::encode_segment_header(number)).map_err(|e| io("writing the header of", e))?;
+        file.sync_data().map_err(|e| io("syncing", e))?;
+        vfs.sync_dir(segments_dir).map_err(|e| io("syncing the directory of", e))?;
+        Ok(file)
+    };
+    attempt().inspect_err(|_| {
+        let _ = vfs.remove(&path);
+    })
+}
+
+pub(super) fn apply_metadata_change(rules: &mut StreamRules, change: &StreamMetadataChange) {
+    rules.metadata = StreamMetadata {
+        max_age_secs: change.has_max_age.then_some(change.max_age_secs),
+        max_count: change.has_max_count.then_some(change.max_count),
+        truncate_before: change.has_truncate_before.then_some(change.truncate_before),
+    };
+    match DeleteKind::try_from(change.delete) {
+        Ok(DeleteKind::Soft) => rules.apply_delete(DeleteMode::Soft),
+        Ok(DeleteKind::Hard) => rules.apply_delete(DeleteMode::Hard),
+        _ => {}
+    }
+}
