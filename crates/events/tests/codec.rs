@@ -8,13 +8,13 @@ use domain::pype::{Pype, PypeEvent};
 use domain::session::{Reason, Session, SessionEvent};
 use domain::subject::{Birth, Subject, SubjectEvent};
 use domain::tenant::{Tenant, TenantEvent};
-use domain::{Aggregate, Timers};
+use domain::{Aggregate, FieldClass, Timers};
 use eventlog::mem::MemLog;
 use eventlog::{Direction, EventLog, ExpectedVersion, ReadFrom};
 use events::Codec;
 use events::codec::decode_session_clear;
 use keystore::crypto::SecretKey;
-use keystore::{EmbeddedRootProvider, KeyPolicy, Keyring, LocalKeyStore};
+use keystore::{EmbeddedRootProvider, KeyPolicy, Keyring, LocalKeyStore, ShredTarget};
 use uuid::Uuid;
 
 fn keyring() -> Keyring {
@@ -41,8 +41,19 @@ where
     }
 }
 
-#[tokio::test]
-async fn every_event_round_trips() {
+struct Samples {
+    tenant: Uuid,
+    subject: Uuid,
+    session: Uuid,
+    pype: Uuid,
+    session_events: Vec<SessionEvent>,
+    subject_events: Vec<SubjectEvent>,
+    tenant_events: Vec<TenantEvent>,
+    pype_events: Vec<PypeEvent>,
+}
+
+/// One of every event variant, with every optional field present somewhere.
+fn samples() -> Samples {
     let (tenant, subject, session, pype) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let (agent, request) = (Uuid::now_v7(), Uuid::now_v7());
     let session_events = vec![
@@ -97,6 +108,66 @@ async fn every_event_round_trips() {
         SessionEvent::ContentExpired { retention_days: 3, at_micros: 11 },
         SessionEvent::Erased { request, at_micros: 12 },
     ];
+    let subject_events = vec![
+        SubjectEvent::Registered {
+            subject,
+            tenant,
+            username: "ann".into(),
+            email: "a@example.com".into(),
+            phone: "+4915112345678".into(),
+            birth: Birth::Date { year: 1990, month: 5, day: 17 },
+            at_micros: 1,
+        },
+        SubjectEvent::Invited { subject, tenant, email: "i@example.com".into(), at_micros: 2 },
+        SubjectEvent::Onboarded {
+            username: "ann2".into(),
+            phone: "+4915100000000".into(),
+            birth: Birth::AttestedAtLeast13,
+            at_micros: 2,
+        },
+        SubjectEvent::PasswordSet { hash: "argon2id$v=19$m=19456,t=2,p=1$00$00".into(), at_micros: 2 },
+        SubjectEvent::Rectified {
+            email: Some("b@example.com".into()),
+            phone: None,
+            birth: Some(Birth::AttestedAtLeast13),
+            at_micros: 3,
+        },
+        SubjectEvent::Rectified { email: None, phone: Some("+4915199999999".into()), birth: None, at_micros: 4 },
+        SubjectEvent::ConsentGranted { purpose: "geolocation".into(), policy_version: "v1".into(), at_micros: 5 },
+        SubjectEvent::ConsentWithdrawn { purpose: "geolocation".into(), at_micros: 6 },
+        SubjectEvent::ProcessingRestricted { at_micros: 7 },
+        SubjectEvent::RestrictionLifted { at_micros: 8 },
+        SubjectEvent::RestrictionApplied { restricted: false, sessions: 3, at_micros: 8 },
+        SubjectEvent::Deactivated { at_micros: 9 },
+        SubjectEvent::Reactivated { at_micros: 10 },
+        SubjectEvent::ErasureRequested { request, at_micros: 11, due_micros: 12 },
+    ];
+    let tenant_events = vec![
+        TenantEvent::Created { tenant, name: "Acme".into(), settings: Default::default(), at_micros: 1 },
+        TenantEvent::Cancelled { at_micros: 2 },
+        TenantEvent::KeysShredded { key_fingerprints: vec!["sha256:00".into()], at_micros: 3 },
+        TenantEvent::OffboardingCertified { certificate: "{}".into(), signature: "00".into() },
+    ];
+    let pype_events = vec![
+        PypeEvent::Created {
+            pype,
+            tenant,
+            name: "P".into(),
+            description: String::new(),
+            timers: Timers::DEFAULT,
+            at_micros: 1,
+        },
+        PypeEvent::RetentionSet { days: Some(3) },
+        PypeEvent::RetentionSet { days: Some(0) },
+        PypeEvent::RetentionSet { days: None },
+    ];
+    Samples { tenant, subject, session, pype, session_events, subject_events, tenant_events, pype_events }
+}
+
+#[tokio::test]
+async fn every_event_round_trips() {
+    let Samples { tenant, subject, session, pype, session_events, subject_events, tenant_events, pype_events } =
+        samples();
     let stream = format!("session-{tenant}-{session}");
     round_trip(&mut Session::default(), tenant, &stream, session_events.clone()).await;
     // The Clear-only decoder (timers at start) knows every type.
@@ -113,54 +184,108 @@ async fn every_event_round_trips() {
         decode_session_clear(&r).unwrap_or_else(|e| panic!("{}: {e}", r.event_type()));
     }
 
-    let subject_events = vec![
-        SubjectEvent::Registered {
-            subject,
-            tenant,
-            username: "ann".into(),
-            email: "a@example.com".into(),
-            phone: "+4915112345678".into(),
-            birth: Birth::Date { year: 1990, month: 5, day: 17 },
-            at_micros: 1,
-        },
-        SubjectEvent::PasswordSet { hash: "argon2id$v=19$m=19456,t=2,p=1$00$00".into(), at_micros: 2 },
-        SubjectEvent::Rectified {
-            email: Some("b@example.com".into()),
-            phone: None,
-            birth: Some(Birth::AttestedAtLeast13),
-            at_micros: 3,
-        },
-        SubjectEvent::Rectified { email: None, phone: Some("+4915199999999".into()), birth: None, at_micros: 4 },
-        SubjectEvent::ConsentGranted { purpose: "geolocation".into(), policy_version: "v1".into(), at_micros: 5 },
-        SubjectEvent::ConsentWithdrawn { purpose: "geolocation".into(), at_micros: 6 },
-        SubjectEvent::ProcessingRestricted { at_micros: 7 },
-        SubjectEvent::RestrictionLifted { at_micros: 8 },
-        SubjectEvent::Deactivated { at_micros: 9 },
-        SubjectEvent::Reactivated { at_micros: 10 },
-        SubjectEvent::ErasureRequested { request, at_micros: 11, due_micros: 12 },
-    ];
     round_trip(&mut Subject::default(), tenant, &format!("subject-{tenant}-{subject}"), subject_events).await;
 
-    let tenant_events = vec![
-        TenantEvent::Created { tenant, name: "Acme".into(), settings: Default::default(), at_micros: 1 },
-        TenantEvent::Cancelled { at_micros: 2 },
-        TenantEvent::KeysShredded { key_fingerprints: vec!["sha256:00".into()], at_micros: 3 },
-        TenantEvent::OffboardingCertified { certificate: "{}".into(), signature: "00".into() },
-    ];
     round_trip(&mut Tenant::default(), tenant, &format!("tenant-{tenant}-{tenant}"), tenant_events).await;
 
-    let pype_events = vec![
-        PypeEvent::Created {
-            pype,
-            tenant,
-            name: "P".into(),
-            description: String::new(),
-            timers: Timers::DEFAULT,
-            at_micros: 1,
-        },
-        PypeEvent::RetentionSet { days: Some(3) },
-        PypeEvent::RetentionSet { days: Some(0) },
-        PypeEvent::RetentionSet { days: None },
-    ];
     round_trip(&mut Pype::default(), tenant, &format!("pype-{tenant}-{pype}"), pype_events).await;
+}
+
+/// The variant of an event, as the domain's `FIELDS` tables name it.
+fn variant(e: &impl std::fmt::Debug) -> String {
+    format!("{e:?}").split([' ', '{', '(']).next().unwrap_or_default().to_string()
+}
+
+/// Checks that what `encode` seals is what `fields` says is personal or
+/// content, under the key its class names, and that nothing `fields` calls
+/// personal or content goes unsealed.
+async fn tie<A: Codec + Aggregate>(
+    fields: &[(&str, &str, FieldClass)],
+    state: &mut A,
+    tenant: Uuid,
+    stream: &str,
+    events: &[A::Event],
+    subject: Uuid,
+    session: Uuid,
+    keys: &Keyring,
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut sealed_seen = std::collections::BTreeSet::new();
+    for e in events {
+        let stored = state.encode(e, tenant, stream, keys).await.unwrap();
+        let name = variant(e);
+        for f in &stored.sealed_fields {
+            let class = fields
+                .iter()
+                .find(|(v, field, _)| *v == name && *field == f.field)
+                .map(|(_, _, c)| *c)
+                .unwrap_or_else(|| panic!("{name}.{} is sealed but not in FIELDS", f.field));
+            let key = keystore::KeyId::from_slice(&f.key_id).unwrap();
+            let owner = match class {
+                FieldClass::Clear => panic!("{name}.{} is Clear in FIELDS but sealed", f.field),
+                FieldClass::Pii(group) => ShredTarget::Subject { subject, group: Some(keystore_group(group)) },
+                FieldClass::Content => ShredTarget::Session { session },
+            };
+            let owned = keys.keys_of(tenant, owner).await.unwrap();
+            assert!(owned.contains(&key), "{name}.{} is sealed under a key its class {class:?} does not name", f.field);
+            sealed_seen.insert((name.clone(), f.field.clone()));
+        }
+        state.evolve(e);
+    }
+    sealed_seen
+}
+
+fn keystore_group(g: domain::PiiGroup) -> keystore::Group {
+    match g {
+        domain::PiiGroup::Profile => keystore::Group::Profile,
+        domain::PiiGroup::Device => keystore::Group::Device,
+        domain::PiiGroup::Geo => keystore::Group::Geo,
+    }
+}
+
+/// The domain's `FIELDS` tables are read by code: every sealed field of
+/// every event is listed there with a personal or content class and sealed
+/// under the key that class names; every field listed as personal or
+/// content is sealed by some event.
+#[tokio::test]
+async fn every_sealed_field_is_the_one_fields_names() {
+    let s = samples();
+    let keys = keyring();
+    let mut seen = tie(
+        domain::session::FIELDS,
+        &mut Session::default(),
+        s.tenant,
+        &format!("session-{}-{}", s.tenant, s.session),
+        &s.session_events,
+        s.subject,
+        s.session,
+        &keys,
+    )
+    .await;
+    seen.extend(
+        tie(
+            domain::subject::FIELDS,
+            &mut Subject::default(),
+            s.tenant,
+            &format!("subject-{}-{}", s.tenant, s.subject),
+            &s.subject_events,
+            s.subject,
+            s.session,
+            &keys,
+        )
+        .await,
+    );
+    for table in [domain::session::FIELDS, domain::subject::FIELDS] {
+        for (v, field, class) in table {
+            if *class != FieldClass::Clear {
+                assert!(
+                    seen.contains(&(v.to_string(), field.to_string())),
+                    "FIELDS says {v}.{field} is {class:?}, but no event seals it"
+                );
+            }
+        }
+    }
+    // Tenants and Pypes hold nothing personal: their tables are all Clear.
+    for (v, field, class) in domain::tenant::FIELDS.iter().chain(domain::pype::FIELDS) {
+        assert_eq!(*class, FieldClass::Clear, "{v}.{field}");
+    }
 }
