@@ -1,6 +1,6 @@
 //! Every event type the system stores, spelled once. A stored event's
-//! type names its protobuf payload in `proto/pypes/events/v1` (see
-//! docs/events.md); renaming one is a format change.
+//! type names its protobuf payload in `proto/pypes/events/v1/events.proto`
+//! (where each is described); renaming one is a format change.
 
 pub const CONSENT_GRANTED: &str = "ConsentGranted";
 pub const CONSENT_WITHDRAWN: &str = "ConsentWithdrawn";
