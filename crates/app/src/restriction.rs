@@ -29,12 +29,15 @@ use uuid::Uuid;
 use crate::AppError;
 use crate::views::Views;
 
+/// Held while a run for one subject is going.
+type RunLock = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Restrictions {
     registry: Arc<Registry>,
     log: Arc<dyn EventLog>,
     views: Arc<Views>,
     /// One run at a time per (tenant, subject).
-    locks: Mutex<HashMap<(Uuid, Uuid), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(Uuid, Uuid), RunLock>>,
 }
 
 impl Restrictions {
@@ -42,7 +45,7 @@ impl Restrictions {
         Arc::new(Self { registry, log, views, locks: Mutex::default() })
     }
 
-    fn lock_of(&self, tenant: Uuid, subject: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_of(&self, tenant: Uuid, subject: Uuid) -> RunLock {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         if locks.len() > 10_000 {
             locks.retain(|_, l| Arc::strong_count(l) > 1);

@@ -202,11 +202,9 @@ fn variant(e: &impl std::fmt::Debug) -> String {
 async fn tie<A: Codec + Aggregate>(
     fields: &[(&str, &str, FieldClass)],
     state: &mut A,
-    tenant: Uuid,
+    (tenant, subject, session): (Uuid, Uuid, Uuid),
     stream: &str,
     events: &[A::Event],
-    subject: Uuid,
-    session: Uuid,
     keys: &Keyring,
 ) -> std::collections::BTreeSet<(String, String)> {
     let mut sealed_seen = std::collections::BTreeSet::new();
@@ -253,11 +251,9 @@ async fn every_sealed_field_is_the_one_fields_names() {
     let mut seen = tie(
         domain::session::FIELDS,
         &mut Session::default(),
-        s.tenant,
+        (s.tenant, s.subject, s.session),
         &format!("session-{}-{}", s.tenant, s.session),
         &s.session_events,
-        s.subject,
-        s.session,
         &keys,
     )
     .await;
@@ -265,11 +261,9 @@ async fn every_sealed_field_is_the_one_fields_names() {
         tie(
             domain::subject::FIELDS,
             &mut Subject::default(),
-            s.tenant,
+            (s.tenant, s.subject, s.session),
             &format!("subject-{}-{}", s.tenant, s.subject),
             &s.subject_events,
-            s.subject,
-            s.session,
             &keys,
         )
         .await,

@@ -315,10 +315,11 @@ fn cycles_in(src: &Path) -> Vec<String> {
             Some(&"self") => (base.clone(), &parts[1..]),
             _ => return None,
         };
-        if segs.is_empty() && rest.len() == 1 {
-            if let Some(m) = reexports.get(rest[0].trim_matches(|c: char| !c.is_alphanumeric() && c != '_')) {
-                return Some(m.clone());
-            }
+        if segs.is_empty()
+            && rest.len() == 1
+            && let Some(m) = reexports.get(rest[0].trim_matches(|c: char| !c.is_alphanumeric() && c != '_'))
+        {
+            return Some(m.clone());
         }
         let mut best = segs.join("::");
         for seg in rest {
@@ -328,10 +329,10 @@ fn cycles_in(src: &Path) -> Vec<String> {
             if modules.contains_key(&candidate) {
                 best = candidate;
             } else {
-                if best.is_empty() {
-                    if let Some(m) = reexports.get(seg) {
-                        best = m.clone();
-                    }
+                if best.is_empty()
+                    && let Some(m) = reexports.get(seg)
+                {
+                    best = m.clone();
                 }
                 break;
             }
@@ -363,10 +364,11 @@ fn cycles_in(src: &Path) -> Vec<String> {
             if token.ends_with("::") {
                 // `crate::{…}`: the names in the braces are read below.
             } else if token.starts_with("crate::") || token.starts_with("super::") || token.starts_with("self::") {
-                if let Some(t) = resolve(module, token) {
-                    if &t != module && modules.contains_key(&t) {
-                        targets.insert(t);
-                    }
+                if let Some(t) = resolve(module, token)
+                    && &t != module
+                    && modules.contains_key(&t)
+                {
+                    targets.insert(t);
                 }
             } else if let Some((first, _)) = token.split_once("::")
                 && !first.is_empty()
@@ -389,10 +391,11 @@ fn cycles_in(src: &Path) -> Vec<String> {
                         if item.is_empty() {
                             continue;
                         }
-                        if let Some(t) = resolve(module, &format!("{head}::{item}")) {
-                            if &t != module && modules.contains_key(&t) {
-                                targets.insert(t);
-                            }
+                        if let Some(t) = resolve(module, &format!("{head}::{item}"))
+                            && &t != module
+                            && modules.contains_key(&t)
+                        {
+                            targets.insert(t);
                         }
                     }
                 }
