@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // The manifest directory as this run sees it (not as the build script
+    // was compiled: one build script serves checkouts sharing a target/).
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         root.join("pypes/storage/v1/event.proto"),
         root.join("pypes/log/v1/frame.proto"),

@@ -118,23 +118,6 @@ impl App {
         offset: u64,
         length: u64,
     ) -> Result<mpsc::Receiver<Result<DownloadChunk, AppError>>, AppError> {
-        let download = self.open_download(who, session_id, media_id, participant_id, offset, length).await?;
-        // A few chunks in flight: memory stays bounded whatever the size.
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(download.send(tx));
-        Ok(rx)
-    }
-
-    /// Checks a download may run and opens the blob.
-    async fn open_download(
-        &self,
-        who: &Credentials,
-        session_id: &str,
-        media_id: &str,
-        participant_id: &str,
-        offset: u64,
-        length: u64,
-    ) -> Result<Download, AppError> {
         let tenant = self.tenant(who).await?;
         let session_id = parse_id("session_id", session_id)?;
         let media_id = parse_id("media_id", media_id)?;
@@ -172,12 +155,16 @@ impl App {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(AppError::OutOfRange(format!("{len} bytes at {offset} go past the end ({size} bytes)")));
         }
-        Ok(Download {
+        let download = Download {
             reader,
             dec: Decryptor::new(header, cipher),
             info: MediaInfo { session: session_id, media: media_id, meta: meta.clone() },
             offset,
             len,
-        })
+        };
+        // A few chunks in flight: memory stays bounded whatever the size.
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(download.send(tx));
+        Ok(rx)
     }
 }

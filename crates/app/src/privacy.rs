@@ -24,6 +24,11 @@ pub struct Rectification {
 }
 
 impl App {
+    /// The tenant and the subject a privacy call is about.
+    async fn privacy_subject(&self, who: &Credentials, tenant_id: &str, subject_id: &str) -> Result<(Uuid, Uuid), AppError> {
+        Ok((self.privacy_tenant(who, tenant_id).await?, parse_id("subject_id", subject_id)?))
+    }
+
     /// The public key erasure certificates verify with (hex).
     pub fn erasure_public_key(&self) -> String {
         self.erasures.public_key_hex()
@@ -35,8 +40,7 @@ impl App {
         tenant_id: &str,
         subject_id: &str,
     ) -> Result<(Uuid, Status), AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         let status = self.erasures.request(tenant, subject).await?;
         self.auth.revoke_subject(tenant, subject);
         self.record_subject("privacy.erasure_requested", tenant, subject, "").await?;
@@ -49,8 +53,7 @@ impl App {
         tenant_id: &str,
         subject_id: &str,
     ) -> Result<(Uuid, Status), AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         match self.erasures.status(tenant, subject).await? {
             Some(s) => Ok((subject, s)),
             None => Err(AppError::not_found("erasure request")),
@@ -65,8 +68,7 @@ impl App {
         tenant_id: &str,
         subject_id: &str,
     ) -> Result<mpsc::Receiver<Result<Vec<u8>, AppError>>, AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         self.registry.read::<Subject>(tenant, subject).await?.state.require_exists()?;
         let view = self.views.read(sessions::NAME).await?;
         let sessions = sessions::sessions_of_end_user(&view, tenant, subject)
@@ -96,8 +98,7 @@ impl App {
         subject_id: &str,
         r: Rectification,
     ) -> Result<Subject, AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         let birth = match &r.date_of_birth {
             Some(d) => Some(birth_in(d, false)?),
             None => None,
@@ -124,8 +125,7 @@ impl App {
         subject_id: &str,
         restrict: bool,
     ) -> Result<Subject, AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         let cmd = if restrict { SubjectCommand::Restrict } else { SubjectCommand::LiftRestriction };
         let done = self.registry.execute::<Subject>(tenant, subject, cmd).await?;
         if restrict {
@@ -145,8 +145,7 @@ impl App {
         purpose: String,
         policy_version: String,
     ) -> Result<Subject, AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         let cmd = SubjectCommand::GrantConsent { purpose: purpose.clone(), policy_version };
         let done = self.registry.execute::<Subject>(tenant, subject, cmd).await?;
         self.record_subject("privacy.consent_granted", tenant, subject, purpose).await?;
@@ -164,8 +163,7 @@ impl App {
         subject_id: &str,
         purpose: String,
     ) -> Result<Subject, AppError> {
-        let tenant = self.privacy_tenant(who, tenant_id).await?;
-        let subject = parse_id("subject_id", subject_id)?;
+        let (tenant, subject) = self.privacy_subject(who, tenant_id, subject_id).await?;
         let cmd = SubjectCommand::WithdrawConsent { purpose: purpose.clone() };
         let done = self.registry.execute::<Subject>(tenant, subject, cmd).await?;
         let mut detail = purpose.clone();
