@@ -25,7 +25,12 @@ pub struct Rectification {
 
 impl App {
     /// The tenant and the subject a privacy call is about.
-    async fn privacy_subject(&self, who: &Credentials, tenant_id: &str, subject_id: &str) -> Result<(Uuid, Uuid), AppError> {
+    async fn privacy_subject(
+        &self,
+        who: &Credentials,
+        tenant_id: &str,
+        subject_id: &str,
+    ) -> Result<(Uuid, Uuid), AppError> {
         Ok((self.privacy_tenant(who, tenant_id).await?, parse_id("subject_id", subject_id)?))
     }
 

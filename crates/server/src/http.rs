@@ -82,6 +82,14 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
+/// The answer to an error, its status from the one code table (`app::Code`).
+fn error_response(e: app::AppError) -> HttpResponse {
+    let (code, message) = e.answer();
+    let status = actix_web::http::StatusCode::from_u16(code.http())
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).content_type("text/plain").body(format!("{message}\n"))
+}
+
 fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), Box<HttpResponse>> {
     let token = req
         .headers()
@@ -89,15 +97,12 @@ fn admin(req: &HttpRequest, state: &HttpState) -> Result<(), Box<HttpResponse>> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(t) if app::auth::same(&app::auth::sha256(t.as_bytes()), &state.admin_sha256) => Ok(()),
-        Some(_) => Err(Box::new(HttpResponse::Forbidden().content_type("text/plain").body("not the admin key\n"))),
-        None => Err(Box::new(
-            HttpResponse::Unauthorized()
-                .content_type("text/plain")
-                .body("missing header: Authorization: Bearer <admin key>\n"),
-        )),
-    }
+    let refused = match token {
+        Some(t) if app::auth::same(&app::auth::sha256(t.as_bytes()), &state.admin_sha256) => return Ok(()),
+        Some(_) => app::AppError::Forbidden("not the admin key".into()),
+        None => app::AppError::Unauthenticated("missing header: Authorization: Bearer <admin key>".into()),
+    };
+    Err(Box::new(error_response(refused)))
 }
 
 async fn list_projections(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
@@ -154,12 +159,7 @@ async fn control_projection(
     let (name, action) = path.into_inner();
     match state.views.control(&name, &action) {
         Ok(m) => HttpResponse::Ok().content_type("text/plain").body(format!("{m}\n")),
-        Err(e) => {
-            let (code, message) = e.answer();
-            let status = actix_web::http::StatusCode::from_u16(code.http())
-                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-            HttpResponse::build(status).content_type("text/plain").body(format!("{message}\n"))
-        }
+        Err(e) => error_response(e),
     }
 }
 

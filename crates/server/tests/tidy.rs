@@ -151,9 +151,15 @@ fn app_knows_no_wire() {
                 ["Status::invalid_argument", "Status::not_found", "Status::internal", "Status::permission_denied"]
                     .iter()
                     .any(|s| line.contains(s));
-            let http_errors = ["HttpResponse::NotFound", "HttpResponse::Conflict", "HttpResponse::BadRequest"]
-                .iter()
-                .any(|s| line.contains(s));
+            let http_errors = [
+                "HttpResponse::NotFound",
+                "HttpResponse::Conflict",
+                "HttpResponse::BadRequest",
+                "HttpResponse::Forbidden",
+                "HttpResponse::Unauthorized",
+            ]
+            .iter()
+            .any(|s| line.contains(s));
             if builds_status || http_errors {
                 own.push(format!("{}:{}: {}", rel(&path), n + 1, line.trim()));
             }
