@@ -45,3 +45,8 @@ s3:
 # Fuzz the file log's record decoder (needs nightly and cargo-fuzz; not in CI).
 fuzz SECONDS="60":
     cd crates/eventlog/fuzz && cargo +nightly fuzz run frame_decode -- -max_total_time={{SECONDS}}
+
+# Server instructions per PostMessage, counted by valgrind's callgrind
+# (repeatable where wall time is not). Pass e.g. `just bench-instructions 100 400`.
+bench-instructions *ARGS:
+    bash benches/callgrind/run.sh {{ARGS}}
