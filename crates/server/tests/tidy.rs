@@ -486,3 +486,28 @@ fn the_cycle_finder_sees_a_planted_cycle() {
     std::fs::write(src.join("b.rs"), "pub struct B;\n").unwrap();
     assert!(cycles_in(&src).is_empty(), "{:?}", cycles_in(&src));
 }
+
+/// Every RPC an adapter names is in the metrics' table (else it would be
+/// counted as `other`).
+#[test]
+fn every_rpc_has_its_metrics_slot() {
+    let metrics = std::fs::read_to_string(root().join("crates/server/src/metrics.rs")).unwrap();
+    let table = metrics.split("pub const METHODS").nth(1).unwrap().split("];").next().unwrap();
+    let known: BTreeSet<&str> = literals(table).into_iter().collect();
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for (path, text) in sources(&root().join("crates/server/src/grpc")) {
+        let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for call in ["self.unary(", "self.streaming("] {
+            for rest in flat.split(call).skip(1) {
+                let Some(name) = literals(rest).into_iter().next() else { continue };
+                seen += 1;
+                if !known.contains(name) {
+                    missing.push(format!("{}: {name}", rel(&path)));
+                }
+            }
+        }
+    }
+    assert!(seen >= 50, "found only {seen} RPC names");
+    assert!(missing.is_empty(), "RPCs without a metrics slot:\n{}", missing.join("\n"));
+}
