@@ -1,6 +1,6 @@
 //! Where media live: the blob store, the upload pipeline (seal as it
 //! arrives, check, commit, record) and the reader of a range; the media
-//! service ([`crate::media`]) drives them.
+//! service (the `media` module) drives them.
 //!
 //! Pictures, files and video in Sessions.
 //!

@@ -122,7 +122,7 @@ impl ProviderStorage for FileStorage {
 }
 
 /// The embedded provider: root key given by the caller (from an environment
-/// variable or a 0600 file, see [`crate::embedded`]), epoch KEKs wrapped
+/// variable or a 0600 file, see the `embedded` module), epoch KEKs wrapped
 /// under it in `<dir>/epochs` (or a shared [`ProviderStorage`]), or only in
 /// memory for tests.
 pub struct EmbeddedRootProvider {

@@ -1,5 +1,5 @@
 //! The blob store port: where sealed blobs are kept. A store sees only
-//! ciphertext (the [`crate::sealed`] format) and opaque ids.
+//! ciphertext (the `sealed` format) and opaque ids.
 //!
 //! The life of a blob: [`BlobStore::create`] starts an upload that nothing
 //! can read; [`BlobWriter::commit`] makes it durable and readable but
