@@ -57,11 +57,10 @@ pub struct Offboarding<'a> {
 }
 
 /// The certificate's text and the hex of its signature.
-pub fn sign(certificate: &impl Serialize, key: &SigningKey) -> (String, String) {
-    // Serialising plain strings and numbers cannot fail.
-    let text = serde_json::to_string(certificate).unwrap_or_default();
+pub fn sign(certificate: &impl Serialize, key: &SigningKey) -> Result<(String, String), crate::AppError> {
+    let text = serde_json::to_string(certificate).map_err(|e| crate::AppError::internal("writing a certificate", e))?;
     let signature = hex::encode(key.sign(text.as_bytes()).to_bytes());
-    (text, signature)
+    Ok((text, signature))
 }
 
 /// Checks a certificate's signature with a public key (hex).
@@ -104,7 +103,7 @@ mod tests {
             signing_public_key: "00".into(),
         };
         let key = SigningKey::from_bytes(&[3; 32]);
-        let (text, sig) = sign(&c, &key);
+        let (text, sig) = sign(&c, &key).unwrap();
         assert_eq!(
             text,
             "{\"format\":\"pypes-tenant-offboarding-certificate/v1\",\"tenant_id\":\"t\",\"cancelled_at\":\"2026-01-01T00:00:00Z\",\"grace_days\":30,\"kek_shredded_at\":\"2026-01-31T00:00:00Z\",\"issued_at\":\"2026-01-31T00:00:01Z\",\"destroyed_key_fingerprints\":[\"sha256:ab\"],\"signing_public_key\":\"00\"}"

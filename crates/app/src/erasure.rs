@@ -31,7 +31,7 @@ use audit::time::time_text;
 use domain::session::{Session, SessionCommand};
 use domain::subject::{Erasure, Subject, SubjectCommand};
 use ed25519_dalek::SigningKey;
-use eventlog::{Direction, EventFilter, EventLog, ReadFrom};
+use eventlog::{Direction, EventLog, ReadFrom};
 use keystore::{Keyring, ShredTarget};
 use proto::Message;
 use sha2::{Digest, Sha256};
@@ -220,38 +220,10 @@ impl Erasures {
         });
     }
 
-    /// Finds requests left open by a previous run and resumes them; then
-    /// reports overdue ones every hour.
-    pub async fn recover(self: Arc<Self>) {
-        let filter = EventFilter {
-            stream_prefixes: vec![events::Kind::Subject.prefix().into()],
-            event_types: vec![
-                events::types::SUBJECT_ERASURE_REQUESTED.into(),
-                events::types::SUBJECT_ERASURE_CERTIFIED.into(),
-            ],
-        };
-        let mut open: HashMap<(Uuid, Uuid), bool> = HashMap::new();
-        let mut from = 0;
-        let head = self.log.head();
-        while from < head {
-            let page = match self.log.read_all(from, 4096, &filter).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot scan the log for open erasures");
-                    return;
-                }
-            };
-            for r in &page.events {
-                if let Some((t, s)) = projections::sessions::parse_stream(&r.stream, events::Kind::Subject) {
-                    open.insert((t, s), r.event_type() == events::types::SUBJECT_ERASURE_REQUESTED);
-                }
-            }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
-        }
-        for ((tenant, subject), _) in open.into_iter().filter(|(_, o)| *o) {
+    /// Resumes the requests a previous run left open (found by
+    /// [`crate::unfinished::scan`]); then reports overdue ones every hour.
+    pub async fn recover(self: Arc<Self>, open: Vec<(Uuid, Uuid)>) {
+        for (tenant, subject) in open {
             match self.registry.read::<Subject>(tenant, subject).await {
                 Ok(s) => {
                     if let Some(e) = &s.state.erasure {
@@ -451,7 +423,7 @@ impl Erasures {
                 signing_public_key: self.public_key_hex(),
             },
             &self.signing,
-        );
+        )?;
         self.registry
             .execute::<Subject>(tenant, subject, SubjectCommand::Certify { request, certificate: cert, signature })
             .await?;

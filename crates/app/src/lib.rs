@@ -37,6 +37,7 @@ pub mod staff;
 pub mod staff_admin;
 pub mod subjects;
 pub mod tenants;
+pub mod unfinished;
 pub mod views;
 
 use std::sync::Arc;
@@ -119,8 +120,22 @@ impl App {
     /// them to the end (in the background); the erasure process also
     /// reports overdue requests from then on.
     pub fn resume_processes(&self) {
-        tokio::spawn(self.erasures.clone().recover());
-        tokio::spawn(self.restrictions.clone().recover());
+        let (log, erasures, restrictions) = (self.log.clone(), self.erasures.clone(), self.restrictions.clone());
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(200);
+            let found = loop {
+                match unfinished::scan(log.as_ref()).await {
+                    Ok(found) => break found,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot scan the log for unfinished privacy processes; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+                    }
+                }
+            };
+            tokio::spawn(restrictions.recover(found.restrictions));
+            erasures.recover(found.erasures).await;
+        });
         tokio::spawn(self.consents.clone().run());
     }
 

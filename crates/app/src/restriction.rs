@@ -23,7 +23,7 @@ use actors::{ActorError, Registry};
 use domain::Rejection;
 use domain::session::{Session, SessionCommand};
 use domain::subject::{Subject, SubjectCommand};
-use eventlog::{EventFilter, EventLog};
+use eventlog::EventLog;
 use uuid::Uuid;
 
 use crate::AppError;
@@ -113,64 +113,31 @@ impl Restrictions {
     /// The subjects whose last restriction change has no
     /// `SubjectRestrictionApplied` after it.
     pub async fn unfinished(&self) -> Result<Vec<(Uuid, Uuid)>, AppError> {
-        use events::types as ty;
-        let filter = EventFilter {
-            stream_prefixes: vec![events::Kind::Subject.prefix().into()],
-            event_types: vec![
-                ty::SUBJECT_PROCESSING_RESTRICTED.into(),
-                ty::SUBJECT_RESTRICTION_LIFTED.into(),
-                ty::SUBJECT_RESTRICTION_APPLIED.into(),
-            ],
-        };
-        let mut open: HashMap<(Uuid, Uuid), bool> = HashMap::new();
-        let (mut from, head) = (0, self.log.head());
-        while from < head {
-            let page = self.log.read_all(from, 4096, &filter).await?;
-            for r in &page.events {
-                if let Some(n) = events::StreamName::parse_as(&r.stream, events::Kind::Subject) {
-                    open.insert((n.tenant, n.id), r.event_type() != ty::SUBJECT_RESTRICTION_APPLIED);
-                }
-            }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
-        }
-        let mut unfinished: Vec<(Uuid, Uuid)> = open.into_iter().filter(|(_, o)| *o).map(|(k, _)| k).collect();
-        unfinished.sort();
-        Ok(unfinished)
+        Ok(crate::unfinished::scan(self.log.as_ref()).await?.restrictions)
     }
 
-    /// Finishes what a previous run left (at start), retrying a failed
-    /// subject with a growing pause.
-    pub async fn recover(self: Arc<Self>) {
+    /// Finishes the changes a previous run left (found by
+    /// [`crate::unfinished::scan`]), retrying a failed subject with a
+    /// growing pause.
+    pub async fn recover(self: Arc<Self>, mut pending: Vec<(Uuid, Uuid)>) {
         let mut backoff = Duration::from_millis(200);
-        loop {
-            let pending = match self.unfinished().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot scan the log for unfinished restrictions");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    continue;
-                }
-            };
-            let mut failed = 0;
+        while !pending.is_empty() {
+            let mut failed = Vec::new();
             for (tenant, subject) in pending {
                 tracing::info!(%tenant, %subject, "resuming an unfinished restriction change");
                 match self.apply(tenant, subject).await {
                     Ok(sessions) => tracing::info!(%tenant, %subject, sessions, "restriction change finished"),
                     Err(e) => {
-                        failed += 1;
                         tracing::warn!(%tenant, %subject, error = %e, "restriction change failed; retrying");
+                        failed.push((tenant, subject));
                     }
                 }
             }
-            if failed == 0 {
-                return;
+            pending = failed;
+            if !pending.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     }
 }

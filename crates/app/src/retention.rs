@@ -219,7 +219,7 @@ impl Scheduler {
                     signing_public_key: hex::encode(self.signing.verifying_key().as_bytes()),
                 },
                 &self.signing,
-            );
+            )?;
             self.registry
                 .execute::<Tenant>(tenant, tenant, TenantCommand::Certify { certificate: cert, signature })
                 .await?;
