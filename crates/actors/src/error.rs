@@ -18,6 +18,10 @@ pub enum ActorError {
     /// Writers kept conflicting (another node writes the same stream).
     #[error("stream {stream} kept changing under {attempts} attempts")]
     Contended { stream: String, attempts: u32 },
+    /// One failure shared by the commands of a batch (or of the commands
+    /// waiting for a state that did not load).
+    #[error("{0}")]
+    Batch(std::sync::Arc<ActorError>),
     /// The actor stopped or its mailbox is gone.
     #[error("actor unavailable: {0}")]
     Unavailable(String),

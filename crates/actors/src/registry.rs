@@ -13,12 +13,12 @@ use domain::session::{Session, SessionCommand};
 use domain::staff::StaffDirectory;
 use domain::subject::Subject;
 use domain::tenant::Tenant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Shared;
-use crate::entity::{EntityActor, Execute, Executed, Passivate, Read};
+use crate::entity::{self, EntityActor, Executed, Job, Passivate};
 use crate::error::ActorError;
 use crate::timers::{Fired, TimerRequest, deadlines_from_log, run_timers};
 use events::Codec;
@@ -49,38 +49,58 @@ impl Default for RegistryConfig {
 struct Slot<A: Codec + Unpin> {
     addr: Addr<EntityActor<A>>,
     used: Instant,
+    /// Closes when the actor is gone (its successor waits for that).
+    gone: oneshot::Receiver<()>,
+}
+
+type Key = (Uuid, Uuid);
+
+struct Slots<A: Codec + Unpin> {
+    live: HashMap<Key, Slot<A>>,
+    /// Actors told to stop that may still be finishing their appends: a
+    /// new actor of the same entity reads nothing before they are gone.
+    retiring: HashMap<Key, oneshot::Receiver<()>>,
+}
+
+impl<A: Codec + Unpin> Slots<A> {
+    fn retire(&mut self, key: Key, slot: Slot<A>) {
+        slot.addr.do_send(Passivate);
+        self.retiring.insert(key, slot.gone);
+    }
 }
 
 /// The live actors of one kind.
 pub struct Pool<A: Codec + Unpin> {
-    slots: Mutex<HashMap<(Uuid, Uuid), Slot<A>>>,
+    slots: Mutex<Slots<A>>,
 }
 
 impl<A: Codec + Unpin> Pool<A> {
     fn new() -> Self {
-        Self { slots: Mutex::new(HashMap::new()) }
+        Self { slots: Mutex::new(Slots { live: HashMap::new(), retiring: HashMap::new() }) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, Uuid), Slot<A>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots<A>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
     /// Stops actors idle since before `cutoff`.
     fn sweep(&self, cutoff: Instant) -> usize {
         let mut slots = self.lock();
-        let before = slots.len();
-        slots.retain(|_, s| {
-            let keep = s.used >= cutoff && s.addr.connected();
-            if !keep {
-                s.addr.do_send(Passivate);
+        let before = slots.live.len();
+        let idle: Vec<Key> =
+            slots.live.iter().filter(|(_, s)| s.used < cutoff || !s.addr.connected()).map(|(k, _)| *k).collect();
+        for key in idle {
+            if let Some(slot) = slots.live.remove(&key) {
+                slots.retire(key, slot);
             }
-            keep
-        });
-        before - slots.len()
+        }
+        // Forget the retired ones that are gone.
+        slots.retiring.retain(|_, gone| matches!(gone.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        before - slots.live.len()
     }
 }
 
@@ -215,27 +235,35 @@ impl Registry {
         let pool = A::pool(self);
         let mut slots = pool.lock();
         let now = Instant::now();
-        if let Some(slot) = slots.get_mut(&(tenant, id))
-            && slot.addr.connected()
-        {
-            slot.used = now;
-            return slot.addr.clone();
+        let key = (tenant, id);
+        if let Some(slot) = slots.live.get_mut(&key) {
+            if slot.addr.connected() {
+                slot.used = now;
+                return slot.addr.clone();
+            }
+            if let Some(dead) = slots.live.remove(&key) {
+                slots.retiring.insert(key, dead.gone);
+            }
         }
-        if slots.len() >= self.config.max_actors {
+        if slots.live.len() >= self.config.max_actors {
             // Stop the least recently used sixteenth.
-            let mut ages: Vec<(Instant, (Uuid, Uuid))> = slots.iter().map(|(k, s)| (s.used, *k)).collect();
+            let mut ages: Vec<(Instant, Key)> = slots.live.iter().map(|(k, s)| (s.used, *k)).collect();
             let n = (self.config.max_actors / 16).max(1).min(ages.len());
             ages.select_nth_unstable(n - 1);
             for (_, key) in &ages[..n] {
-                if let Some(s) = slots.remove(key) {
-                    s.addr.do_send(Passivate);
+                if let Some(s) = slots.live.remove(key) {
+                    slots.retire(*key, s);
                 }
             }
         }
         let arbiter = &self.arbiters[arbiter_index(id, self.arbiters.len())];
         let (shared, timers) = (self.shared.clone(), (A::KIND == events::Kind::Session).then(|| self.timers.clone()));
-        let addr = EntityActor::<A>::start_in_arbiter(arbiter, move |_| EntityActor::new(shared, tenant, id, timers));
-        slots.insert((tenant, id), Slot { addr: addr.clone(), used: now });
+        let predecessor = slots.retiring.remove(&key);
+        let (gone_tx, gone) = oneshot::channel();
+        let addr = EntityActor::<A>::start_in_arbiter(arbiter, move |_| {
+            EntityActor::new(shared, tenant, id, timers, predecessor, gone_tx)
+        });
+        slots.live.insert(key, Slot { addr: addr.clone(), used: now, gone });
         addr
     }
 
@@ -249,12 +277,16 @@ impl Registry {
     where
         A::Command: Send,
     {
-        self.addr::<A>(tenant, id).send(Execute(command)).await.map_err(|e| ActorError::Unavailable(e.to_string()))?
+        let (job, answer) = Job::new(Some(command));
+        self.addr::<A>(tenant, id).do_send(job);
+        entity::settle(answer).await
     }
 
     /// The entity's state (loaded from the log if its actor was not live).
     pub async fn read<A: Registered>(&self, tenant: Uuid, id: Uuid) -> Result<Executed<A>, ActorError> {
-        self.addr::<A>(tenant, id).send(Read::default()).await.map_err(|e| ActorError::Unavailable(e.to_string()))?
+        let (job, answer) = Job::new(None);
+        self.addr::<A>(tenant, id).do_send(job);
+        entity::settle(answer).await
     }
 
     /// Who holds `username` in `tenant`: the subject its reservation names
@@ -281,8 +313,9 @@ impl Registry {
     /// Stops the entity's actor if live (its state is stale after a write
     /// made outside it); the next use loads it again.
     pub fn forget<A: Registered>(&self, tenant: Uuid, id: Uuid) {
-        if let Some(slot) = A::pool(self).lock().remove(&(tenant, id)) {
-            slot.addr.do_send(Passivate);
+        let mut slots = A::pool(self).lock();
+        if let Some(slot) = slots.live.remove(&(tenant, id)) {
+            slots.retire((tenant, id), slot);
         }
     }
 

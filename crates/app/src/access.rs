@@ -63,7 +63,7 @@ impl App {
                     self.audit.count_api_key_ok(token.tenant, token.key_id);
                     return Ok(Caller::Tenant(token.tenant));
                 }
-                let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.state;
+                let tenant = self.registry.read::<Tenant>(token.tenant, token.tenant).await?.into_state();
                 let known = tenant.api_keys.get(&token.key_id).is_some_and(|h| auth::same(h, &token.secret_sha256));
                 if !known {
                     self.audit

@@ -153,12 +153,12 @@ impl Erasures {
     /// Records the request (idempotent: a second request returns the first)
     /// and starts the process.
     pub async fn request(self: &Arc<Self>, tenant: Uuid, subject: Uuid) -> Result<Status, AppError> {
-        let before = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let before = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         before.require_exists().map_err(|r| AppError::Actor(actors::ActorError::Rejected(r)))?;
         let request = before.erasure.as_ref().map_or_else(Uuid::now_v7, |e| e.request);
         let done =
             self.registry.execute::<Subject>(tenant, subject, SubjectCommand::RequestErasure { request }).await?;
-        let e = done.state.erasure.ok_or_else(|| AppError::Internal("erasure not recorded".into()))?;
+        let e = done.into_state().erasure.ok_or_else(|| AppError::Internal("erasure not recorded".into()))?;
         tracing::info!(%tenant, %subject, request = %e.request, "erasure requested");
         self.spawn(tenant, subject, &e);
         Ok(status_of(&e))
@@ -186,7 +186,7 @@ impl Erasures {
     }
 
     pub async fn status(&self, tenant: Uuid, subject: Uuid) -> Result<Option<Status>, AppError> {
-        let s = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let s = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         s.require_exists().map_err(|r| AppError::Actor(actors::ActorError::Rejected(r)))?;
         Ok(s.erasure.as_ref().map(status_of))
     }
@@ -287,7 +287,7 @@ impl Erasures {
 
     /// Runs every step not done yet.
     async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), AppError> {
-        let state = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let state = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         let Some(e) = state.erasure else { return Ok(()) };
         let request = e.request;
         let sessions_runner = self
@@ -379,7 +379,7 @@ impl Erasures {
             .registry
             .execute::<Subject>(tenant, subject, SubjectCommand::MarkErased { request, acknowledged_by: names })
             .await?
-            .state
+            .into_state()
             .erasure
             .ok_or_else(|| AppError::Internal("erasure vanished".into()))?;
         if erased.certificate.is_some() {

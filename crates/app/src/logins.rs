@@ -25,7 +25,7 @@ impl App {
     /// The subject a username names in `tenant`, as a login sees it.
     async fn account_of(&self, tenant: Uuid, username: &str) -> Result<Option<Account>, AppError> {
         let Some((subject, _, _)) = self.registry.username_owner(tenant, username).await? else { return Ok(None) };
-        let s = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let s = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         if s.status.is_none() || s.erasure.is_some() {
             return Ok(None);
         }
@@ -77,7 +77,7 @@ impl App {
         // Another node may have deactivated the user or changed the
         // password: the subject's state (read fresh from the log)
         // decides, and what ended an auth session stays ended.
-        let s = self.registry.read::<Subject>(tenant, session.subject).await?.state;
+        let s = self.registry.read::<Subject>(tenant, session.subject).await?.into_state();
         let live = s.status == Some(SubjectStatus::Active)
             && !s.restricted
             && s.erasure.is_none()

@@ -121,7 +121,7 @@ impl App {
         let tenant = self.tenant(who).await?;
         let session_id = parse_id("session_id", session_id)?;
         let media_id = parse_id("media_id", media_id)?;
-        let session = self.session_of(tenant, session_id).await?.state;
+        let session = self.session_of(tenant, session_id).await?.into_state();
         if !participant_id.is_empty() {
             let who = parse_id("participant_id", participant_id)?;
             if !session.participants.contains_key(&who) {

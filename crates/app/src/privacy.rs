@@ -116,7 +116,7 @@ impl App {
         let cmd = SubjectCommand::Rectify { email: r.email, phone: r.phone, birth };
         let done = self.registry.execute::<Subject>(tenant, subject, cmd).await?;
         self.record_subject("privacy.rectify", tenant, subject, fields.join("+")).await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     /// Restricts processing of a subject's data (or lifts the restriction).
@@ -139,7 +139,7 @@ impl App {
         let sessions = self.restrictions.apply(tenant, subject).await?;
         let action = if restrict { "privacy.restrict" } else { "privacy.lift_restriction" };
         self.record_subject(action, tenant, subject, format!("sessions={sessions}")).await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     pub async fn grant_consent(
@@ -154,7 +154,7 @@ impl App {
         let cmd = SubjectCommand::GrantConsent { purpose: purpose.clone(), policy_version };
         let done = self.registry.execute::<Subject>(tenant, subject, cmd).await?;
         self.record_subject("privacy.consent_granted", tenant, subject, purpose).await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     /// Withdraws consent. For `geolocation`, what was collected becomes
@@ -177,6 +177,6 @@ impl App {
             detail = format!("{detail} geo_keys_shredded={keys}");
         }
         self.record_subject("privacy.consent_withdrawn", tenant, subject, detail).await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 }

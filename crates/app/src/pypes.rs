@@ -19,12 +19,12 @@ impl App {
         timers: Option<Timers>,
     ) -> Result<Pype, AppError> {
         let tenant = self.tenant(who).await?;
-        let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+        let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
         t.require_active()?;
         let timers = timers_in("timers", timers)?.unwrap_or(t.settings.timers);
         let id = Uuid::now_v7();
         let cmd = PypeCommand::Create { pype: id, tenant, name, description, timers };
-        Ok(self.registry.execute::<Pype>(tenant, id, cmd).await?.state)
+        Ok(self.registry.execute::<Pype>(tenant, id, cmd).await?.into_state())
     }
 
     pub async fn get_pype(&self, who: &Credentials, pype_id: &str) -> Result<Pype, AppError> {
@@ -54,18 +54,18 @@ impl App {
                 return Err(AppError::invalid("kind", "only agents and bots are assigned to a pype"));
             }
         };
-        Ok(self.registry.execute::<Pype>(tenant, pype, cmd).await?.state)
+        Ok(self.registry.execute::<Pype>(tenant, pype, cmd).await?.into_state())
     }
 
     pub async fn archive_pype(&self, who: &Credentials, pype_id: &str) -> Result<Pype, AppError> {
         let tenant = self.tenant(who).await?;
         let pype = parse_id("pype_id", pype_id)?;
-        Ok(self.registry.execute::<Pype>(tenant, pype, PypeCommand::Archive).await?.state)
+        Ok(self.registry.execute::<Pype>(tenant, pype, PypeCommand::Archive).await?.into_state())
     }
 
     /// A Pype of `tenant` that exists.
     pub(crate) async fn pype_of(&self, tenant: Uuid, pype: Uuid) -> Result<Pype, AppError> {
-        let p = self.registry.read::<Pype>(tenant, pype).await?.state;
+        let p = self.registry.read::<Pype>(tenant, pype).await?.into_state();
         p.id.ok_or_else(|| AppError::not_found("pype"))?;
         Ok(p)
     }

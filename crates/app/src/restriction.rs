@@ -58,7 +58,7 @@ impl Restrictions {
     pub async fn apply(&self, tenant: Uuid, subject: Uuid) -> Result<usize, AppError> {
         let lock = self.lock_of(tenant, subject);
         let _one_run = lock.lock().await;
-        let state = self.registry.read::<Subject>(tenant, subject).await?.state;
+        let state = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         if state.erasure.is_some() {
             // The erasure closes the Sessions for good; nothing to restrict.
             return Ok(0);

@@ -102,7 +102,7 @@ impl Scheduler {
                 let t = match tenants.entry(tenant) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(self.registry.read::<Tenant>(tenant, tenant).await?.state)
+                        e.insert(self.registry.read::<Tenant>(tenant, tenant).await?.into_state())
                     }
                 };
                 if t.shredded.is_some() {
@@ -175,7 +175,7 @@ impl Scheduler {
         let now = self.clock.now_micros();
         let mut done = 0;
         for tenant in self.cancelled_tenants().await? {
-            let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+            let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
             if !t.cancelled || t.certificate.is_some() {
                 self.pending.lock().await.tenants.remove(&tenant);
                 continue;
@@ -205,7 +205,7 @@ impl Scheduler {
             if blobs > 0 {
                 tracing::info!(%tenant, blobs, "offboarding: the tenant's media deleted");
             }
-            let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+            let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
             let shredded_at = t.shredded.as_ref().map_or(now, |(at, _)| *at);
             let (cert, signature) = crate::certificate::sign(
                 &crate::certificate::Offboarding {

@@ -90,7 +90,7 @@ impl App {
         let pype_id = parse_id("pype_id", pype_id)?;
         let end_user = parse_id("end_user_id", end_user_id)?;
         let timers = timers_in("timers", timers)?;
-        let pype = self.registry.read::<domain::pype::Pype>(tenant, pype_id).await?.state;
+        let pype = self.registry.read::<domain::pype::Pype>(tenant, pype_id).await?.into_state();
         pype.require_open()?;
         self.registry.read::<Subject>(tenant, end_user).await?.state.may_start_session()?;
         Ok(Admission { tenant, session: Uuid::now_v7(), pype: pype_id, end_user, pype_timers: pype.timers, timers })
@@ -109,7 +109,7 @@ impl App {
             timers: a.timers,
         };
         let started = self.registry.execute::<Session>(tenant, id, cmd).await?;
-        let subject = self.registry.read::<Subject>(tenant, end_user).await?.state;
+        let subject = self.registry.read::<Subject>(tenant, end_user).await?.into_state();
         if let Some(e) = &subject.erasure {
             tracing::info!(%tenant, session = %id, request = %e.request, "a session started while its end user's erasure was requested: erased at once");
             self.erasures.erase_late_session(tenant, end_user, id, e.request).await?;
@@ -157,7 +157,7 @@ impl App {
                 _ => None,
             })
             .unwrap_or_default();
-        Ok(Posted { seq, sent_at_micros, session: done.state })
+        Ok(Posted { seq, sent_at_micros, session: done.into_state() })
     }
 
     /// Runs one command on a Session (the domain answers NOT_FOUND for a
@@ -204,7 +204,7 @@ impl App {
         let participant = parse_id("participant_id", participant_id)?;
         let kind = kind?;
         let session = self.session_of(tenant, id).await?;
-        let pype = self.registry.read::<domain::pype::Pype>(tenant, session.state.pype).await?.state;
+        let pype = self.registry.read::<domain::pype::Pype>(tenant, session.state.pype).await?.into_state();
         pype.may_join(participant, kind)?;
         Ok(self.registry.execute::<Session>(tenant, id, SessionCommand::Join { participant, kind }).await?)
     }

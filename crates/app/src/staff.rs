@@ -46,6 +46,6 @@ impl Staff {
     /// Decides and appends `command` through the directory's actor.
     pub async fn execute(&self, command: StaffCommand) -> Result<(Vec<StaffEvent>, StaffDirectory), AppError> {
         let done = self.registry.execute::<StaffDirectory>(Uuid::nil(), Uuid::nil(), command).await?;
-        Ok((done.events, done.state))
+        Ok((done.events, std::sync::Arc::unwrap_or_clone(done.state)))
     }
 }

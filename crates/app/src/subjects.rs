@@ -71,7 +71,7 @@ impl App {
             done = self.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
         }
         tracing::info!(tenant = %tenant, subject = %id, "subject registered");
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     pub async fn invite_subject(&self, who: &Credentials, email: String) -> Result<Subject, AppError> {
@@ -79,7 +79,7 @@ impl App {
         self.registry.read::<Tenant>(tenant, tenant).await?.state.require_active()?;
         let id = Uuid::now_v7();
         let cmd = SubjectCommand::Invite { subject: id, tenant, email };
-        Ok(self.registry.execute::<Subject>(tenant, id, cmd).await?.state)
+        Ok(self.registry.execute::<Subject>(tenant, id, cmd).await?.into_state())
     }
 
     pub async fn onboard_subject(&self, who: &Credentials, subject_id: &str, p: Profile) -> Result<Subject, AppError> {
@@ -92,13 +92,13 @@ impl App {
         if let Some(hash) = password {
             done = self.registry.execute::<Subject>(tenant, id, SubjectCommand::SetPassword { hash }).await?;
         }
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     pub async fn get_subject(&self, who: &Credentials, subject_id: &str) -> Result<Subject, AppError> {
         let tenant = self.tenant(who).await?;
         let id = parse_id("subject_id", subject_id)?;
-        let s = self.registry.read::<Subject>(tenant, id).await?.state;
+        let s = self.registry.read::<Subject>(tenant, id).await?.into_state();
         s.require_exists()?;
         Ok(s)
     }
@@ -110,7 +110,7 @@ impl App {
         // The subject's new state refuses its auth sessions on every node.
         self.auth.revoke_subject(tenant, id);
         self.record_subject("access.deactivate", tenant, id, "auth_sessions=revoked").await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     pub async fn reactivate_subject(&self, who: &Credentials, subject_id: &str) -> Result<Subject, AppError> {
@@ -118,7 +118,7 @@ impl App {
         let id = parse_id("subject_id", subject_id)?;
         let done = self.registry.execute::<Subject>(tenant, id, SubjectCommand::Reactivate).await?;
         self.record_subject("access.reactivate", tenant, id, "").await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 
     pub async fn set_password(&self, who: &Credentials, subject_id: &str, password: &str) -> Result<Subject, AppError> {
@@ -130,6 +130,6 @@ impl App {
         // The subject's new state refuses its auth sessions on every node.
         self.auth.revoke_subject(tenant, id);
         self.record_subject("auth.password_set", tenant, id, "auth_sessions=revoked").await?;
-        Ok(done.state)
+        Ok(done.into_state())
     }
 }

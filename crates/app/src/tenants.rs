@@ -59,7 +59,7 @@ impl App {
         // never a key handed out that was not recorded.
         let (key_id, token, hash) = auth::new_tenant_key(id)?;
         let cmd = TenantCommand::Create { tenant: id, name, settings, first_key: (key_id, hash) };
-        let tenant = self.registry.execute::<Tenant>(id, id, cmd).await?.state;
+        let tenant = self.registry.execute::<Tenant>(id, id, cmd).await?.into_state();
         tracing::info!(tenant = %id, "tenant created");
         Ok(Created { tenant, api_key: token, api_key_id: key_id })
     }
@@ -71,7 +71,7 @@ impl App {
             Caller::Staff { id, role } => self.staff_may(id, role, Some(wanted)).await?,
             _ => {}
         }
-        let t = self.registry.read::<Tenant>(wanted, wanted).await?.state;
+        let t = self.registry.read::<Tenant>(wanted, wanted).await?.into_state();
         t.id.ok_or_else(|| AppError::not_found("tenant"))?;
         Ok(t)
     }
@@ -104,7 +104,7 @@ impl App {
         inherit: bool,
     ) -> Result<Retention, AppError> {
         let tenant = self.tenant(who).await?;
-        let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+        let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
         if pype_id.is_empty() {
             if inherit {
                 return Err(AppError::invalid("inherit", "only for a Pype (give pype_id)"));
@@ -152,7 +152,7 @@ impl App {
     pub async fn get_offboarding(&self, who: &Credentials, tenant_id: &str) -> Result<Offboarding, AppError> {
         self.platform(who).await?;
         let tenant = parse_id("tenant_id", tenant_id)?;
-        let t = self.registry.read::<Tenant>(tenant, tenant).await?.state;
+        let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
         t.id.ok_or_else(|| AppError::not_found("tenant"))?;
         Ok(self.offboarding_of(tenant, &t))
     }

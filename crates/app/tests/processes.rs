@@ -135,13 +135,13 @@ async fn certified(node: &Node, tenant: Uuid, subject: Uuid) -> String {
             .read::<Subject>(tenant, subject)
             .await
             .unwrap()
-            .state
+            .into_state()
             .erasure
             .is_some_and(|e| e.certificate.is_some())
     })
     .await;
     let s = node.registry.read::<Subject>(tenant, subject).await.unwrap().state;
-    s.erasure.unwrap().certificate.unwrap().0
+    s.erasure.clone().unwrap().certificate.unwrap().0
 }
 
 /// A Session admitted before the erasure was requested and started after
@@ -154,7 +154,14 @@ async fn a_session_started_while_the_erasure_is_planned_is_erased_and_refused() 
     let admitted = n.app.admit_session(tenant, &pype.to_string(), &subject.to_string(), None).await.unwrap();
     n.app.request_erasure(&key, "", &subject.to_string()).await.unwrap();
     until("the erasure has planned its work", async || {
-        n.registry.read::<Subject>(tenant, subject).await.unwrap().state.erasure.is_some_and(|e| e.planned.is_some())
+        n.registry
+            .read::<Subject>(tenant, subject)
+            .await
+            .unwrap()
+            .state
+            .erasure
+            .as_ref()
+            .is_some_and(|e| e.planned.is_some())
     })
     .await;
     let session = admitted.session;
