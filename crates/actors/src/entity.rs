@@ -273,8 +273,8 @@ struct Fold<A: Aggregate> {
     read: Option<Job<A>>,
 }
 
-/// Encodes and seals a batch's events (each against the state before its
-/// command), waits until the batch before it reached the log, submits the
+/// Encodes and seals a batch's events (each against the state just before
+/// it), waits until the batch before it reached the log, submits the
 /// append (one poll: the log takes its place in line), then waits for the
 /// acknowledgement.
 /// A batch's place in line: the previous batch's "reached the log", and
@@ -299,8 +299,17 @@ fn batch_future<A: Codec>(
             let mut stored = Vec::with_capacity(events.len());
             let mut claims = Vec::new();
             for (before, range) in &items {
-                for e in &events[range.clone()] {
-                    stored.push(before.encode(e, tenant, &stream, &shared.keyring).await?);
+                let mine = &events[range.clone()];
+                if let [only] = mine {
+                    stored.push(before.encode(only, tenant, &stream, &shared.keyring).await?);
+                } else {
+                    // Each event against the state just before it (an
+                    // import starts the Session and posts into it).
+                    let mut state = A::clone(before);
+                    for e in mine {
+                        stored.push(state.encode(e, tenant, &stream, &shared.keyring).await?);
+                        state.evolve(e);
+                    }
                 }
                 claims.extend(before.claims(&events[range.clone()], tenant, &shared.keyring).await?);
             }

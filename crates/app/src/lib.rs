@@ -25,6 +25,7 @@ pub mod erasure;
 pub mod error;
 pub mod export;
 pub mod hooks;
+pub mod import;
 pub mod logins;
 pub mod media;
 pub mod privacy;

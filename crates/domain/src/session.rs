@@ -67,8 +67,37 @@ pub enum Reason {
     Timer,
 }
 
+/// Messages of one imported Session, at most.
+pub const MAX_IMPORTED_MESSAGES: usize = 10_000;
+/// Characters of all bodies of one imported Session, at most (the Session
+/// is written in one append, which the log caps at 16 MiB).
+pub const MAX_IMPORTED_CHARS: usize = 8 << 20;
+
+/// A message of a Session imported from another platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedMessage {
+    pub sender: Uuid,
+    /// How a sender other than the end user joins (agent or bot).
+    pub kind: ParticipantKind,
+    pub body: String,
+    pub sent_at_micros: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionCommand {
+    /// A whole historic Session from another platform, with its original
+    /// times: started, its agents and bots joined at their first message,
+    /// its messages, and closed if it was. All or nothing: one append.
+    Import {
+        session: Uuid,
+        tenant: Uuid,
+        pype: Uuid,
+        end_user: Uuid,
+        pype_timers: Timers,
+        started_at_micros: i64,
+        messages: Vec<ImportedMessage>,
+        closed_at_micros: Option<i64>,
+    },
     Start {
         session: Uuid,
         tenant: Uuid,
@@ -372,6 +401,31 @@ impl Aggregate for Session {
                     at_micros: now,
                 }])
             }
+            SessionCommand::Import {
+                session,
+                tenant,
+                pype,
+                end_user,
+                pype_timers,
+                started_at_micros,
+                messages,
+                closed_at_micros,
+            } => {
+                if self.id.is_some() {
+                    return Err(Rejection::AlreadyExists { what: "session" });
+                }
+                import(ImportPlan {
+                    session: *session,
+                    tenant: *tenant,
+                    pype: *pype,
+                    end_user: *end_user,
+                    timers: *pype_timers,
+                    started: *started_at_micros,
+                    messages,
+                    closed: *closed_at_micros,
+                    now,
+                })
+            }
             SessionCommand::PostMessage { sender, body, device, attachments } => {
                 self.require_writable()?;
                 if !self.is_present(*sender) {
@@ -618,4 +672,98 @@ impl Aggregate for Session {
             }
         }
     }
+}
+
+struct ImportPlan<'a> {
+    session: Uuid,
+    tenant: Uuid,
+    pype: Uuid,
+    end_user: Uuid,
+    timers: Timers,
+    started: i64,
+    messages: &'a [ImportedMessage],
+    closed: Option<i64>,
+    now: i64,
+}
+
+/// The events of an imported Session, or why it cannot be imported.
+fn import(p: ImportPlan<'_>) -> Result<Vec<SessionEvent>, Rejection> {
+    if p.started <= 0 || p.started > p.now {
+        return Err(Rejection::invalid("started_at_micros", "must be a time in the past"));
+    }
+    if p.messages.len() > MAX_IMPORTED_MESSAGES {
+        return Err(Rejection::invalid(
+            "messages",
+            format!("{} messages; at most {MAX_IMPORTED_MESSAGES} per session", p.messages.len()),
+        ));
+    }
+    let chars: usize = p.messages.iter().map(|m| m.body.len()).sum();
+    if chars > MAX_IMPORTED_CHARS {
+        return Err(Rejection::invalid(
+            "messages",
+            format!("{chars} bytes of message bodies; at most {MAX_IMPORTED_CHARS} per session"),
+        ));
+    }
+    let mut events = Vec::with_capacity(p.messages.len() + 2);
+    events.push(SessionEvent::Started {
+        session: p.session,
+        tenant: p.tenant,
+        pype: p.pype,
+        end_user: p.end_user,
+        timers: p.timers,
+        at_micros: p.started,
+    });
+    let mut joined = std::collections::BTreeSet::new();
+    let mut last = p.started;
+    for (i, m) in p.messages.iter().enumerate() {
+        let field = || format!("messages[{i}]");
+        if m.sent_at_micros < last {
+            return Err(Rejection::invalid(
+                "messages",
+                format!(
+                    "{}: sent at {} before the message or start before it ({last}): out of order",
+                    field(),
+                    m.sent_at_micros
+                ),
+            ));
+        }
+        if m.sent_at_micros > p.now {
+            return Err(Rejection::invalid("messages", format!("{}: sent in the future", field())));
+        }
+        check_text("body", &m.body, MAX_BODY_CHARS, true)
+            .map_err(|r| Rejection::invalid("messages", format!("{}: {r}", field())))?;
+        last = m.sent_at_micros;
+        if m.sender != p.end_user && joined.insert(m.sender) {
+            if m.kind == ParticipantKind::EndUser {
+                return Err(Rejection::invalid(
+                    "messages",
+                    format!(
+                        "{}: sender {} is not the session's end user; import it as an agent or a bot",
+                        field(),
+                        m.sender
+                    ),
+                ));
+            }
+            events.push(SessionEvent::ParticipantJoined {
+                participant: m.sender,
+                kind: m.kind,
+                at_micros: m.sent_at_micros,
+            });
+        }
+        events.push(SessionEvent::MessagePosted {
+            seq: i as u64 + 1,
+            sender: m.sender,
+            sent_at_micros: m.sent_at_micros,
+            body: m.body.clone(),
+            device: None,
+            attachments: Vec::new(),
+        });
+    }
+    if let Some(closed) = p.closed {
+        if closed < last || closed > p.now {
+            return Err(Rejection::invalid("closed_at_micros", "before the last message or in the future"));
+        }
+        events.push(SessionEvent::Closed { reason: Reason::Api, at_micros: closed });
+    }
+    Ok(events)
 }

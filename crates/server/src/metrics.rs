@@ -36,6 +36,7 @@ pub const METHODS: &[&str] = &[
     "GetSubject",
     "GetTenant",
     "GrantConsent",
+    "ImportSessions",
     "Introspect",
     "InviteSubject",
     "JoinSession",

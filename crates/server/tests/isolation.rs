@@ -12,7 +12,7 @@ use tonic::Code;
 
 /// Calls that name no other tenant's ids: with A's key they act on A.
 const ACT_ON_CALLER: &[&str] =
-    &["CreateApiKey", "CreatePype", "RegisterSubject", "InviteSubject", "ListEndUsers", "Logout"];
+    &["CreateApiKey", "CreatePype", "RegisterSubject", "InviteSubject", "ListEndUsers", "Logout", "ImportSessions"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_keeps_tenants_apart() {

@@ -1,13 +1,91 @@
 //! `SessionService`.
 
+use app::import::{ImportItem, ImportMessage, ImportReport, ImportStatus, ImportStream};
+use domain::session::ParticipantKind;
 use proto::api as pb;
-use tonic::Request;
+use tonic::{Request, Streaming};
 
 use super::convert::{event_out, kind_in, session_out, state_out, timers_in};
 use super::{Handle, Reply, Streamed, credentials};
 
+/// The import stream's items as the application takes them.
+fn import_items(mut stream: Streaming<pb::ImportSessionRequest>) -> ImportStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(r)) => Ok(ImportItem {
+                    import_id: r.import_id,
+                    pype_id: r.pype_id,
+                    end_user_id: r.end_user_id,
+                    started_at_micros: r.started_at_micros,
+                    messages: r
+                        .messages
+                        .into_iter()
+                        .map(|m| ImportMessage {
+                            sender_id: m.sender_id,
+                            kind: match pb::ParticipantKind::try_from(m.sender_kind) {
+                                Ok(pb::ParticipantKind::Unspecified | pb::ParticipantKind::Agent) => {
+                                    Some(ParticipantKind::Agent)
+                                }
+                                Ok(pb::ParticipantKind::Bot) => Some(ParticipantKind::Bot),
+                                Ok(pb::ParticipantKind::EndUser) => Some(ParticipantKind::EndUser),
+                                Err(_) => None,
+                            },
+                            body: m.body,
+                            sent_at_micros: m.sent_at_micros,
+                        })
+                        .collect(),
+                    closed_at_micros: r.closed_at_micros,
+                }),
+                Ok(None) => return,
+                Err(status) => Err(status.message().to_string()),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn import_out(r: ImportReport) -> pb::ImportSessionsResponse {
+    use pb::import_session_result::Status as S;
+    pb::ImportSessionsResponse {
+        written: r.written,
+        already_imported: r.already_imported,
+        failed: r.failed,
+        messages_written: r.messages_written,
+        results: r
+            .results
+            .into_iter()
+            .map(|i| pb::ImportSessionResult {
+                import_id: i.import_id,
+                status: match i.status {
+                    ImportStatus::Written => S::Written,
+                    ImportStatus::AlreadyImported => S::AlreadyImported,
+                    ImportStatus::Failed => S::Failed,
+                } as i32,
+                session_id: i.session.map(|s| s.to_string()).unwrap_or_default(),
+                messages: i.messages,
+                reason: i.reason,
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::session_service_server::SessionService for Handle {
+    async fn import_sessions(
+        &self,
+        request: Request<Streaming<pb::ImportSessionRequest>>,
+    ) -> Reply<pb::ImportSessionsResponse> {
+        let who = credentials(request.metadata());
+        let items = import_items(request.into_inner());
+        self.unary("ImportSessions", async { Ok(import_out(self.app.import_sessions(&who, items).await?)) }).await
+    }
+
     async fn start_session(&self, request: Request<pb::StartSessionRequest>) -> Reply<pb::Session> {
         let who = credentials(request.metadata());
         let r = request.into_inner();

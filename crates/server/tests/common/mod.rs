@@ -247,6 +247,7 @@ pub const RPCS: &[&str] = &[
     "ListSessions",
     "WatchSession",
     "ShareLocation",
+    "ImportSessions",
     "RegisterSubject",
     "InviteSubject",
     "OnboardSubject",
@@ -424,6 +425,25 @@ pub async fn call(
                 accuracy_m: 5
             }
         ))),
+        "ImportSessions" => {
+            let item = pb::ImportSessionRequest {
+                import_id: "isolation".into(),
+                pype_id: p.clone(),
+                end_user_id: u.clone(),
+                started_at_micros: 1_700_000_000_000_000,
+                messages: vec![pb::ImportedMessage {
+                    sender_id: u.clone(),
+                    body: "hello".into(),
+                    sent_at_micros: 1_700_000_000_000_001,
+                    ..Default::default()
+                }],
+                closed_at_micros: 0,
+            };
+            Se::new(c)
+                .import_sessions(req(key, tenant_header, tokio_stream::iter(vec![item])))
+                .await
+                .map(|r| format!("{:?}", r.into_inner()))
+        }
         "UploadMedia" => upload(&c, key, tenant_header, upload_messages(&s, &u, "image/png", b"\x89P", 1))
             .await
             .map(|m| format!("{m:?}")),
