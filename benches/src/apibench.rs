@@ -321,6 +321,79 @@ pub async fn send_message(
     Ok(())
 }
 
+/// `loadgen import`: historic Sessions of `messages` messages each through
+/// `ImportSessions` on `streams` concurrent streams, against the raw
+/// group-commit loop writing one record per Session (of about the size the
+/// log stores for it) from as many writers as the server imports at once.
+pub async fn import(dir: &Path, sessions: usize, messages: usize, body_bytes: usize, streams: usize) -> Result<()> {
+    let pypes = start_pypes(&dir.join("data"), sessions + 100)?;
+    pypes.ready().await?;
+    let api = Channel::from_shared(pypes.addr.clone())?.connect().await?;
+    let w = world(api.clone(), 0, 1).await?;
+    let pype = {
+        let mut pypes = pb::pype_service_client::PypeServiceClient::new(api.clone());
+        pypes
+            .create_pype(authed(&w.key, pb::CreatePypeRequest { name: "Import".into(), ..Default::default() }))
+            .await?
+            .into_inner()
+            .pype_id
+    };
+    let agent = uuid::Uuid::now_v7().to_string();
+    let body = "x".repeat(body_bytes);
+    let t0 = 1_700_000_000_000_000i64;
+    let item = |i: usize| pb::ImportSessionRequest {
+        import_id: format!("bench-{i}"),
+        pype_id: pype.clone(),
+        end_user_id: w.user.clone(),
+        started_at_micros: t0,
+        messages: (0..messages)
+            .map(|m| pb::ImportedMessage {
+                sender_id: if m % 2 == 0 { w.user.clone() } else { agent.clone() },
+                sender_kind: pb::ParticipantKind::Agent as i32,
+                body: body.clone(),
+                sent_at_micros: t0 + m as i64,
+            })
+            .collect(),
+        closed_at_micros: t0 + messages as i64,
+    };
+    let per_stream = sessions.div_ceil(streams);
+    let chunks: Vec<Vec<pb::ImportSessionRequest>> =
+        (0..streams).map(|s| (s * per_stream..((s + 1) * per_stream).min(sessions)).map(item).collect()).collect();
+    println!("# {sessions} sessions x {messages} messages of {body_bytes} B on {streams} streams");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let (mut client, key) = (pb::session_service_client::SessionServiceClient::new(api.clone()), w.key.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client.import_sessions(authed(&key, tokio_stream::iter(chunk))).await?.into_inner();
+            Ok::<_, anyhow::Error>(r)
+        }));
+    }
+    let (mut written, mut failed) = (0, 0);
+    for t in tasks {
+        let r = t.await??;
+        written += r.messages_written;
+        failed += r.failed;
+    }
+    let elapsed = started.elapsed();
+    if failed > 0 {
+        anyhow::bail!("{failed} sessions failed to import");
+    }
+    let rate = written as f64 / elapsed.as_secs_f64();
+    drop(pypes);
+    // The same bytes per fsync'd record as one Session's append (sealed
+    // body, envelope, frame), from as many writers as the server runs.
+    let record = messages * (body_bytes + 150);
+    let raw = crate::raw_group_commit(&dir.join("raw.bin"), streams * 64, record, elapsed).await?;
+    let raw_rate = raw.events_per_s * messages as f64;
+    println!(
+        "BENCH import messages_per_s={rate:.0} raw_messages_per_s={raw_rate:.0} ratio={:.2} sessions={sessions} messages={messages} body_bytes={body_bytes} streams={streams} seconds={:.1}",
+        rate / raw_rate,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
 pub async fn actors_memory(dir: &Path, sessions: usize, in_flight: usize, samples: usize) -> Result<()> {
     let data = dir.join("data");
     let pypes = start_pypes(&data, sessions * 2 + 100)?;

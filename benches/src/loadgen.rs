@@ -120,6 +120,23 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         body_bytes: usize,
     },
+    /// Messages/s through SessionService.ImportSessions against the raw
+    /// write+fdatasync loop writing records of one imported Session's size.
+    Import {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Sessions imported in all.
+        #[arg(long, default_value_t = 4_000)]
+        sessions: usize,
+        /// Messages per Session (the batch size of one append).
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        #[arg(long, default_value_t = 256)]
+        body_bytes: usize,
+        /// Concurrent ImportSessions streams.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+    },
     /// RSS with N live Session actors; activation latency cold and warm.
     ActorsMemory {
         #[arg(long)]
@@ -274,6 +291,16 @@ fn main() -> Result<()> {
                 body_bytes.max(1),
             ))
         }
+        Command::Import { dir, sessions, messages, body_bytes, streams } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(apibench::import(
+                dir.path(),
+                sessions.max(1),
+                messages.max(1),
+                body_bytes.max(1),
+                streams.max(1),
+            ))
+        }
         Command::ActorsMemory { dir, sessions, in_flight, samples } => {
             let dir = work_dir(dir)?;
             rt.block_on(apibench::actors_memory(dir.path(), sessions.max(1), in_flight.max(1), samples))
@@ -362,8 +389,8 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-struct Point {
-    events_per_s: f64,
+pub(crate) struct Point {
+    pub(crate) events_per_s: f64,
     p50_us: u64,
     p99_us: u64,
 }
@@ -382,7 +409,7 @@ fn summarize(mut latencies: Vec<u32>, elapsed: Duration) -> Point {
 /// The baseline: writers hand records of the stored size to one thread that
 /// copies everything queued into one buffer, writes it with one `write` and
 /// one `fdatasync`, then acknowledges. No encoding, index or checksum.
-async fn raw_group_commit(path: &Path, writers: usize, record: usize, run: Duration) -> Result<Point> {
+pub(crate) async fn raw_group_commit(path: &Path, writers: usize, record: usize, run: Duration) -> Result<Point> {
     let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
     let (tx, rx) = mpsc::channel::<(Vec<u8>, oneshot::Sender<()>)>();
     let syncer = std::thread::spawn(move || -> std::io::Result<()> {

@@ -178,7 +178,9 @@ pub struct EntityActor<A: Codec> {
     stream: Arc<str>,
     durable: A,
     durable_version: Option<u64>,
-    spec: A,
+    /// Shared with the outcomes of the commands decided last (copied on
+    /// the next change only if still shared).
+    spec: Arc<A>,
     spec_version: Option<u64>,
     loaded: bool,
     /// A fold (load, reload) is running.
@@ -216,7 +218,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
             id,
             durable: A::default(),
             durable_version: None,
-            spec: A::default(),
+            spec: Arc::new(A::default()),
             spec_version: None,
             loaded: false,
             busy: false,
@@ -437,8 +439,6 @@ impl<A: Codec + Unpin> EntityActor<A> {
         let mut events: Vec<A::Event> = Vec::new();
         let mut items: Vec<(Arc<A>, std::ops::Range<usize>)> = Vec::new();
         let expected = self.spec_version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        // The state after the last command decided in this round.
-        let mut current: Option<Arc<A>> = None;
         while decided.len() < MAX_BATCH {
             let Some(front) = self.pending.front() else { break };
             if (front.command.is_none() && !exclusive) || (front.solo && !decided.is_empty()) {
@@ -453,13 +453,13 @@ impl<A: Codec + Unpin> EntityActor<A> {
             let outcome = match decision {
                 Err(rejection) => Err(rejection.into()),
                 Ok(new) if new.is_empty() => {
-                    let state = current.get_or_insert_with(|| Arc::new(self.spec.clone())).clone();
-                    Ok(Executed { events: new, version: self.spec_version, state })
+                    Ok(Executed { events: new, version: self.spec_version, state: self.spec.clone() })
                 }
                 Ok(new) => {
-                    let before = current.take().unwrap_or_else(|| Arc::new(self.spec.clone()));
+                    let before = self.spec.clone();
+                    let spec = Arc::make_mut(&mut self.spec);
                     for e in &new {
-                        self.spec.evolve(e);
+                        spec.evolve(e);
                     }
                     let n = new.len() as u64;
                     self.spec_version = Some(self.spec_version.map_or(n - 1, |v| v + n));
@@ -467,9 +467,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
                     events.extend(new.iter().cloned());
                     items.push((before, start..events.len()));
                     job.wrote = true;
-                    let state = Arc::new(self.spec.clone());
-                    current = Some(state.clone());
-                    Ok(Executed { events: new, version: self.spec_version, state })
+                    Ok(Executed { events: new, version: self.spec_version, state: self.spec.clone() })
                 }
             };
             decided.push((job, outcome));
@@ -630,7 +628,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
             let retry = act.recovery.take().map(|r| r.retry).unwrap_or_default();
             match folded {
                 Ok((state, version)) => {
-                    act.spec = state.clone();
+                    act.spec = Arc::new(state.clone());
                     act.durable = state;
                     act.durable_version = version;
                     act.spec_version = version;

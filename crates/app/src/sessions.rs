@@ -40,7 +40,8 @@ pub struct Admission {
 pub struct Posted {
     pub seq: u64,
     pub sent_at_micros: i64,
-    pub session: Session,
+    /// The Session's status after the message.
+    pub status: domain::session::Status,
 }
 
 /// One event of a Session as a watch sees it.
@@ -157,7 +158,7 @@ impl App {
                 _ => None,
             })
             .unwrap_or_default();
-        Ok(Posted { seq, sent_at_micros, session: done.into_state() })
+        Ok(Posted { seq, sent_at_micros, status: done.state.status })
     }
 
     /// Runs one command on a Session (the domain answers NOT_FOUND for a

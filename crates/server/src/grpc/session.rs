@@ -104,7 +104,7 @@ impl pb::session_service_server::SessionService for Handle {
             Ok(pb::PostMessageResponse {
                 seq: done.seq,
                 sent_at_micros: done.sent_at_micros,
-                state: state_out(done.session.status),
+                state: state_out(done.status),
             })
         })
         .await
