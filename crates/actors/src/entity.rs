@@ -95,7 +95,7 @@ pub(crate) enum Failure {
 }
 
 /// The completion of a batch: the stream's version after it, once durable.
-type Durable = Shared<BoxFuture<'static, Result<u64, Failure>>>;
+type Durable = Shared<BoxFuture<'static, Result<(u64, Uuid), Failure>>>;
 
 /// What the actor tells a caller: the final outcome, or an outcome that
 /// holds once a batch is durable (and, if it is not, the next word).
@@ -158,7 +158,7 @@ struct Batch<A: Aggregate> {
     events: Arc<Vec<A::Event>>,
     /// The stream's version after the batch, as decided.
     predicted: u64,
-    result: Option<Result<u64, Failure>>,
+    result: Option<Result<(u64, Uuid), Failure>>,
 }
 
 /// The pipeline after a failure: what to decide again once it drained.
@@ -178,6 +178,13 @@ pub struct EntityActor<A: Codec> {
     stream: Arc<str>,
     durable: A,
     durable_version: Option<u64>,
+    /// The id of the event at `durable_version` (what a snapshot names).
+    durable_last_event: Option<Uuid>,
+    /// The version the newest snapshot holds; a new one is written every
+    /// `snapshot_every` events (0: never).
+    snapshot_version: Option<u64>,
+    snapshot_every: u64,
+    snapshotting: bool,
     /// Shared with the outcomes of the commands decided last (copied on
     /// the next change only if still shared).
     spec: Arc<A>,
@@ -210,6 +217,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
         timers: Option<tokio::sync::mpsc::UnboundedSender<TimerRequest>>,
         predecessor: Option<oneshot::Receiver<()>>,
         gone: oneshot::Sender<()>,
+        snapshot_every: u64,
     ) -> Self {
         Self {
             stream: Arc::from(stream_name(A::KIND, tenant, id)),
@@ -218,6 +226,10 @@ impl<A: Codec + Unpin> EntityActor<A> {
             id,
             durable: A::default(),
             durable_version: None,
+            durable_last_event: None,
+            snapshot_version: None,
+            snapshot_every,
+            snapshotting: false,
             spec: Arc::new(A::default()),
             spec_version: None,
             loaded: false,
@@ -236,9 +248,67 @@ impl<A: Codec + Unpin> EntityActor<A> {
     }
 }
 
-/// Reads a whole stream and folds it.
-pub(crate) async fn load<A: Codec>(shared: &SharedParts, stream: &str) -> Result<(A, Option<u64>), ActorError> {
+/// What a fold yields: the state, the stream's version and the id of the
+/// event at that version (for snapshots), and the version of the snapshot
+/// it started from, if any.
+pub(crate) struct Folded<A> {
+    pub(crate) state: A,
+    pub(crate) version: Option<u64>,
+    pub(crate) last_event: Option<Uuid>,
+    pub(crate) snapshot: Option<u64>,
+}
+
+/// Reads a whole stream and folds it: from its snapshot when there is a
+/// usable one (an entity that keeps them), else from the start.
+pub(crate) async fn load<A: Codec>(shared: &SharedParts, stream: &str) -> Result<Folded<A>, ActorError> {
+    if A::SNAPSHOTS
+        && let Some(snapshot) = usable_snapshot::<A>(shared, stream).await
+    {
+        let (version, last_event) = (snapshot.version, snapshot.last_event);
+        let mut folded = load_after(shared, stream, snapshot.state, Some(version)).await?;
+        folded.last_event = folded.last_event.or(Some(last_event));
+        folded.snapshot = Some(version);
+        return Ok(folded);
+    }
     load_after(shared, stream, A::default(), None).await
+}
+
+/// The entity's snapshot if it can be used: it opens, has this build's
+/// format, and the stream still holds the very event it was taken at.
+/// Anything else is logged and means a full replay (snapshots are never
+/// required).
+async fn usable_snapshot<A: Codec>(shared: &SharedParts, stream: &str) -> Option<events::codec::Snapshot<A>> {
+    let name = events::stream::snapshot_stream(stream);
+    let last = match shared.log.read_stream(&name, ReadFrom::End, Direction::Backward, 1).await {
+        Ok(page) => page.into_iter().next()?,
+        Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => return None,
+        Err(e) => {
+            tracing::warn!(stream, error = %e, "snapshot not readable; replaying the whole stream");
+            return None;
+        }
+    };
+    let snapshot = match events::codec::decode_snapshot::<A>(&last, &shared.keyring).await {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::warn!(stream, %reason, "snapshot not used; replaying the whole stream");
+            return None;
+        }
+    };
+    match shared.log.read_stream(stream, ReadFrom::Version(snapshot.version), Direction::Forward, 1).await {
+        Ok(page)
+            if page.first().is_some_and(|e| e.version == snapshot.version && e.event.id == snapshot.last_event) =>
+        {
+            Some(snapshot)
+        }
+        _ => {
+            tracing::warn!(
+                stream,
+                version = snapshot.version,
+                "snapshot does not match the stream; replaying the whole stream"
+            );
+            None
+        }
+    }
 }
 
 /// Folds into `state` (the stream folded up to `version`) the events
@@ -248,21 +318,23 @@ async fn load_after<A: Codec>(
     stream: &str,
     mut state: A,
     mut version: Option<u64>,
-) -> Result<(A, Option<u64>), ActorError> {
+) -> Result<Folded<A>, ActorError> {
     let mut from = version.map_or(0, |v| v + 1);
+    let mut last_event = None;
     loop {
         let page = match shared.log.read_stream(stream, ReadFrom::Version(from), Direction::Forward, PAGE).await {
             Ok(page) => page,
-            Err(LogError::StreamNotFound { .. }) => return Ok((state, version)),
+            Err(LogError::StreamNotFound { .. }) => return Ok(Folded { state, version, last_event, snapshot: None }),
             Err(e) => return Err(e.into()),
         };
         for r in &page {
             state.evolve(&A::decode(r, &shared.keyring).await?);
             version = Some(r.version);
+            last_event = Some(r.event.id);
         }
         match page.last() {
             Some(last) if page.len() == PAGE => from = last.version + 1,
-            _ => return Ok((state, version)),
+            _ => return Ok(Folded { state, version, last_event, snapshot: None }),
         }
     }
 }
@@ -294,7 +366,7 @@ fn batch_future<A: Codec>(
     events: Arc<Vec<A::Event>>,
     items: Vec<(Arc<A>, std::ops::Range<usize>)>,
     line: InLine,
-) -> BoxFuture<'static, Result<u64, Failure>> {
+) -> BoxFuture<'static, Result<(u64, Uuid), Failure>> {
     let InLine { previous, submitted } = line;
     Box::pin(async move {
         let encoded = async {
@@ -333,6 +405,7 @@ fn batch_future<A: Codec>(
                 return Err(Failure::Error(Arc::new(e.into())));
             }
         };
+        let last_id = stored.last().map(|e| e.id).unwrap_or_default();
         let mut append = if claims.is_empty() {
             shared.log.append_multi(vec![StreamAppend { stream: stream.to_string(), expected, events: stored }])
         } else {
@@ -355,7 +428,7 @@ fn batch_future<A: Codec>(
         match result {
             Ok(r) => {
                 shared.metrics.appends.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(r.first().map_or(0, |r| r.next_expected_version))
+                Ok((r.first().map_or(0, |r| r.next_expected_version), last_id))
             }
             Err(LogError::WrongExpectedVersion { stream: s, .. })
                 if let Some(c) = claims.iter().find(|c| c.stream == s) =>
@@ -526,7 +599,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
         Job { reply, ..job }
     }
 
-    fn completed(&mut self, id: u64, result: Result<u64, Failure>, ctx: &mut Context<Self>) {
+    fn completed(&mut self, id: u64, result: Result<(u64, Uuid), Failure>, ctx: &mut Context<Self>) {
         if let Some(b) = self.inflight.iter_mut().find(|b| b.id == id) {
             b.result = Some(result);
         }
@@ -535,14 +608,15 @@ impl<A: Codec + Unpin> EntityActor<A> {
             let Some(batch) = self.inflight.pop_front() else { break };
             let Some(result) = batch.result else { break };
             match (result, &mut self.recovery) {
-                (Ok(version), None) if version == batch.predicted => {
+                (Ok((version, last)), None) if version == batch.predicted => {
                     for e in batch.events.iter() {
                         self.durable.evolve(e);
                     }
                     self.durable_version = Some(version);
+                    self.durable_last_event = Some(last);
                     self.arm_timer();
                 }
-                (Ok(version), recovery) => {
+                (Ok((version, _)), recovery) => {
                     // Written, but not on the state it was decided on (a
                     // batch before it failed, or the log numbered it
                     // otherwise): its callers were right to hear "ok" (it
@@ -588,7 +662,45 @@ impl<A: Codec + Unpin> EntityActor<A> {
                 }
             }
         }
+        self.maybe_snapshot(ctx);
         self.pump(ctx);
+    }
+
+    /// Writes a snapshot of the durable state in the background once
+    /// `snapshot_every` events were written since the last one.
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let (Some(version), Some(last_event)) = (self.durable_version, self.durable_last_event) else { return };
+        let since = version.saturating_add(1) - self.snapshot_version.map_or(0, |v| v + 1);
+        if !A::SNAPSHOTS || self.snapshot_every == 0 || self.snapshotting || since < self.snapshot_every {
+            return;
+        }
+        self.snapshotting = true;
+        let (shared, tenant, state) = (self.shared.clone(), self.tenant, self.durable.clone());
+        let name = events::stream::snapshot_stream(&self.stream);
+        let work = async move {
+            let Some(event) =
+                events::codec::encode_snapshot(&state, version, last_event, tenant, &name, &shared.keyring).await?
+            else {
+                return Ok(false);
+            };
+            let r = crate::write::append(shared.log.as_ref(), &name, ExpectedVersion::Any, vec![event]).await?;
+            if r.next_expected_version == 0 {
+                // Only the newest is kept (older ones are scavenged).
+                let keep_one = eventlog::StreamMetadata { max_count: Some(1), ..Default::default() };
+                shared.log.set_stream_metadata(&name, keep_one).await?;
+            }
+            Ok::<_, ActorError>(true)
+        };
+        ctx.spawn(work.into_actor(self).map(move |done, act: &mut Self, _ctx| {
+            act.snapshotting = false;
+            match done {
+                Ok(true) => act.snapshot_version = Some(version),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %act.stream, error = %e, "snapshot not written (it is never required)")
+                }
+            }
+        }));
     }
 
     /// Folds the stream (from scratch, or from the durable state), then
@@ -613,11 +725,14 @@ impl<A: Codec + Unpin> EntityActor<A> {
                 let jitter = (Uuid::new_v4().as_u128() % (2u128 << attempt.min(7))) as u64;
                 tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
             }
+            if full {
+                return load::<A>(&shared, &stream).await;
+            }
             let before = version;
             match load_after::<A>(&shared, &stream, state, version).await {
                 // A conflict with nothing new after our version (the stream
                 // was cut back): fold it all again.
-                Ok((_, v)) if backoff.is_some() && v == before && !full => load::<A>(&shared, &stream).await,
+                Ok(f) if backoff.is_some() && f.version == before => load::<A>(&shared, &stream).await,
                 folded => folded,
             }
         };
@@ -627,16 +742,23 @@ impl<A: Codec + Unpin> EntityActor<A> {
             act.last_submitted = None;
             let retry = act.recovery.take().map(|r| r.retry).unwrap_or_default();
             match folded {
-                Ok((state, version)) => {
+                Ok(Folded { state, version, last_event, snapshot }) => {
                     act.spec = Arc::new(state.clone());
                     act.durable = state;
+                    if last_event.is_some() || act.durable_version != version {
+                        act.durable_last_event = last_event;
+                    }
                     act.durable_version = version;
                     act.spec_version = version;
+                    if full {
+                        act.snapshot_version = snapshot;
+                    }
                     act.loaded = true;
                     act.arm_timer();
                     for job in retry.into_iter().rev() {
                         act.pending.push_front(job);
                     }
+                    act.maybe_snapshot(ctx);
                     if let Some(read) = read {
                         let state = Arc::new(act.durable.clone());
                         send(read, Ok(Executed { events: Vec::new(), version: act.durable_version, state }));

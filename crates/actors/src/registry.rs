@@ -34,6 +34,8 @@ pub struct RegistryConfig {
     /// Arbiters (threads) actors are spread over; default: one per core.
     /// Zero runs every actor on the caller's arbiter (tests on paused time).
     pub arbiters: usize,
+    /// A snapshot of a Session or subject every this many events (0: none).
+    pub snapshot_every: u64,
 }
 
 impl Default for RegistryConfig {
@@ -42,6 +44,7 @@ impl Default for RegistryConfig {
             idle: Duration::from_secs(300),
             max_actors: 100_000,
             arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            snapshot_every: 1000,
         }
     }
 }
@@ -260,8 +263,9 @@ impl Registry {
         let (shared, timers) = (self.shared.clone(), (A::KIND == events::Kind::Session).then(|| self.timers.clone()));
         let predecessor = slots.retiring.remove(&key);
         let (gone_tx, gone) = oneshot::channel();
+        let every = self.config.snapshot_every;
         let addr = EntityActor::<A>::start_in_arbiter(arbiter, move |_| {
-            EntityActor::new(shared, tenant, id, timers, predecessor, gone_tx)
+            EntityActor::new(shared, tenant, id, timers, predecessor, gone_tx, every)
         });
         slots.live.insert(key, Slot { addr: addr.clone(), used: now, gone });
         addr

@@ -49,7 +49,7 @@ async fn registry(w: &World, config: RegistryConfig) -> Arc<Registry> {
 }
 
 fn config() -> RegistryConfig {
-    RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0 }
+    RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0, snapshot_every: 0 }
 }
 
 struct Ids {

@@ -213,7 +213,8 @@ async fn run(exclusive: bool, seed: u64, waves: Vec<Vec<(Op, u8)>>) -> Result<()
         other: OnceLock::new(),
         injected: Mutex::new(VecDeque::new()),
     });
-    let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0 };
+    // Snapshots every few events, written while batches are in flight.
+    let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0, snapshot_every: 7 };
     let shared = |log: Arc<dyn EventLog>| {
         Arc::new(Shared {
             log,
@@ -337,6 +338,10 @@ async fn run(exclusive: bool, seed: u64, waves: Vec<Vec<(Op, u8)>>) -> Result<()
     let last = node.read::<Session>(tenant, session).await.unwrap();
     prop_assert_eq!(&*last.state, &Session::replay(&stream));
     prop_assert_eq!(last.version, Some(stream.len() as u64 - 1));
+    // A fresh node (from the newest snapshot, if one was written) agrees.
+    let fresh = Registry::start(shared(inner.clone()), config).await.unwrap();
+    let again = fresh.read::<Session>(tenant, session).await.unwrap();
+    prop_assert_eq!(&*again.state, &Session::replay(&stream));
     Ok(())
 }
 
@@ -379,7 +384,7 @@ async fn commands_waiting_together_share_appends() {
     });
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared { log, keyring, clock: Arc::new(clock), metrics: metrics.clone() });
-    let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0 };
+    let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0, snapshot_every: 0 };
     let node = Registry::start(shared, config).await.unwrap();
     let (tenant, session, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let start = SessionCommand::Start {

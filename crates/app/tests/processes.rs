@@ -62,7 +62,8 @@ async fn node(w: &World) -> Node {
         clock: clock.clone(),
         metrics: Arc::new(actors::Metrics::default()),
     });
-    let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 100_000, arbiters: 0 };
+    let config =
+        RegistryConfig { idle: Duration::from_secs(3600), max_actors: 100_000, arbiters: 0, snapshot_every: 0 };
     let registry = Registry::start(shared, config).await.unwrap();
     let (ready, _) = tokio::sync::watch::channel(false);
     let views = app::views::Views::start(w.dir.path(), w.log.clone(), ready).unwrap();

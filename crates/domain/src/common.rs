@@ -92,7 +92,7 @@ pub trait Aggregate: Default + Clone + std::fmt::Debug + PartialEq {
 
 /// Session timers: inactive after `inactive_after_secs` without activity,
 /// closed `close_after_secs` after becoming inactive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Timers {
     pub inactive_after_secs: u32,
     pub close_after_secs: u32,

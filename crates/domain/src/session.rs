@@ -23,7 +23,7 @@ pub const MAX_CONTENT_TYPE_CHARS: usize = 127;
 /// What pypes knows of one uploaded blob. Content type, digest and file
 /// name are content (sealed under the Session's key); after a shred they
 /// read as empty.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MediaMeta {
     pub uploader: Uuid,
     pub content_type: String,
@@ -46,14 +46,14 @@ pub struct Attachment {
     pub file_name: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ParticipantKind {
     EndUser,
     Agent,
     Bot,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     Active,
     Inactive,
@@ -245,20 +245,20 @@ pub const FIELDS: &[(&str, &str, FieldClass)] = &[
     ("LocationShared", "location", FieldClass::Pii(PiiGroup::Geo)),
 ];
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Participant {
     pub kind: ParticipantKind,
     pub present: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Horizon {
     pub up_to: u64,
     /// Hidden from agents (the end user's choice).
     pub private: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub id: Option<Uuid>,
     pub tenant: Uuid,

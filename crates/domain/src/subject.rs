@@ -11,7 +11,7 @@ use crate::common::{Aggregate, Ctx, FieldClass, PiiGroup, Rejection, check_text}
 /// The youngest age pypes registers.
 pub const MIN_AGE: u32 = 13;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Birth {
     Date {
         year: i32,
@@ -22,7 +22,7 @@ pub enum Birth {
     AttestedAtLeast13,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SubjectStatus {
     Invited,
     Active,
@@ -204,7 +204,7 @@ pub enum SubjectEvent {
 pub const ERASURE_DUE_DAYS: i64 = 30;
 
 /// Where an erasure stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Erasure {
     pub request: Uuid,
     pub requested_micros: i64,
@@ -240,7 +240,7 @@ pub const FIELDS: &[(&str, &str, FieldClass)] = &[
 pub const PURPOSES: &[&str] = &["geolocation"];
 
 /// A consent's current state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Consent {
     pub granted: bool,
     pub policy_version: String,
@@ -248,7 +248,7 @@ pub struct Consent {
     pub at_micros: i64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Subject {
     pub id: Option<Uuid>,
     pub tenant: Uuid,

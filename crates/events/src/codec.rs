@@ -47,6 +47,22 @@ pub trait Codec: Aggregate<Command: Send + 'static, Event: Send + Sync + 'static
         None
     }
 
+    /// Whether this entity keeps snapshots of its state (entities whose
+    /// streams grow long: Sessions, subjects).
+    const SNAPSHOTS: bool = false;
+
+    /// The key a snapshot of this state is sealed under, and the state
+    /// serialised (`None`: no snapshot of this state).
+    fn snapshot(&self) -> Option<(KeyPurpose, Vec<u8>)> {
+        None
+    }
+
+    /// The state a snapshot's bytes hold (`None`: not this format).
+    fn from_snapshot(bytes: &[u8]) -> Option<Self> {
+        let _ = bytes;
+        None
+    }
+
     /// Streams `events` claim (each must not exist yet), appended in one
     /// atomic write with the entity's own: a subject's username
     /// reservation. Most entities claim nothing.
@@ -365,6 +381,21 @@ fn state_changed(r: &RecordedEvent) -> Result<(Reason, i64), CodecError> {
 
 impl Codec for Session {
     const KIND: Kind = Kind::Session;
+    const SNAPSHOTS: bool = true;
+
+    fn snapshot(&self) -> Option<(KeyPurpose, Vec<u8>)> {
+        // Never seal anything new under a key that is or is about to be
+        // shredded (sealing would make the key anew).
+        if self.erased || self.content_expired {
+            return None;
+        }
+        let session = self.id?;
+        Some((KeyPurpose::SessionContent { session }, serde_json::to_vec(self).ok()?))
+    }
+
+    fn from_snapshot(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
 
     fn deadline(&self) -> Option<i64> {
         self.next_deadline_micros()
@@ -700,6 +731,21 @@ fn birth_of(r: &RecordedEvent, s: &str) -> Result<Birth, CodecError> {
 
 impl Codec for Subject {
     const KIND: Kind = Kind::Subject;
+    const SNAPSHOTS: bool = true;
+
+    fn snapshot(&self) -> Option<(KeyPurpose, Vec<u8>)> {
+        // Not once an erasure is requested: its keys are about to go.
+        if self.erasure.is_some() {
+            return None;
+        }
+        let subject = self.id?;
+        let purpose = KeyPurpose::Subject { subject, group: Group::Profile };
+        Some((purpose, serde_json::to_vec(self).ok()?))
+    }
+
+    fn from_snapshot(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
 
     /// Registering or onboarding claims the username: its reservation
     /// stream, named from a keyed hash of tenant and username, is written
@@ -1222,4 +1268,66 @@ fn decode_staff(r: &RecordedEvent) -> Result<StaffEvent, CodecError> {
 /// bytes the trail's hash chain covers (so the caller encodes it).
 pub fn audit_entry(payload: Vec<u8>) -> NewEvent {
     NewEvent::new(ty::AUDIT_ENTRY, Bytes::from(payload))
+}
+
+/// The snapshot format this build writes (and the only one it reads; an
+/// older one is replayed over, then replaced).
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A snapshot read back.
+#[derive(Debug)]
+pub struct Snapshot<A> {
+    pub state: A,
+    /// The stream's version the state is folded up to.
+    pub version: u64,
+    /// The id of the event at `version`.
+    pub last_event: Uuid,
+}
+
+/// The snapshot event of `state` (folded up to `version`, whose event is
+/// `last_event`), sealed under the entity's own key; `None` for an entity
+/// that keeps no snapshot.
+pub async fn encode_snapshot<A: Codec>(
+    state: &A,
+    version: u64,
+    last_event: Uuid,
+    tenant: Uuid,
+    snapshot_stream: &str,
+    keyring: &Keyring,
+) -> Result<Option<NewEvent>, CodecError> {
+    let Some((purpose, bytes)) = state.snapshot() else { return Ok(None) };
+    let e = new_event(
+        ty::SNAPSHOT_TAKEN,
+        tenant,
+        pb::SnapshotTaken {
+            format: SNAPSHOT_FORMAT,
+            stream_version: version,
+            last_event_id: Bytes::copy_from_slice(last_event.as_bytes()),
+        },
+    );
+    Ok(Some(Sealer::new(keyring, tenant, snapshot_stream, e).seal_bytes("state", &bytes, purpose).await?.done()))
+}
+
+/// Reads a snapshot back; the error says why it cannot be used (the
+/// caller then replays the whole stream).
+pub async fn decode_snapshot<A: Codec>(r: &RecordedEvent, keyring: &Keyring) -> Result<Snapshot<A>, String> {
+    if r.event.event_type != ty::SNAPSHOT_TAKEN {
+        return Err(format!("a {} event, not a snapshot", r.event.event_type));
+    }
+    let p: pb::SnapshotTaken = payload(r).map_err(|e| e.to_string())?;
+    if p.format != SNAPSHOT_FORMAT {
+        return Err(format!("format {}, this build reads {SNAPSHOT_FORMAT}", p.format));
+    }
+    let last_event = uuid(r, "last_event_id", &p.last_event_id).map_err(|e| e.to_string())?;
+    let Some(sealed) = r.event.sealed_fields.iter().find(|s| s.field == "state") else {
+        return Err("no sealed state".into());
+    };
+    let aad = Aad { tenant: tenant_of(r).map_err(|e| e.to_string())?, stream: &r.stream, event_id: r.event.id };
+    let bytes = match keyring.open("state", sealed, &aad).await {
+        Ok(Opened::Plaintext(p)) => p,
+        Ok(Opened::Erased) => return Err("its key was shredded (erasure or retention)".into()),
+        Err(e) => return Err(format!("the sealed state does not open: {e}")),
+    };
+    let state = A::from_snapshot(&bytes).ok_or("the state does not parse")?;
+    Ok(Snapshot { state, version: p.stream_version, last_event })
 }

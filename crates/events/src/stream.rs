@@ -127,6 +127,11 @@ pub fn process_stream(name: &str) -> String {
     format!("process-{name}")
 }
 
+/// Where an entity's snapshot is kept: `snapshot-<entity stream>`.
+pub fn snapshot_stream(entity_stream: &str) -> String {
+    format!("snapshot-{entity_stream}")
+}
+
 /// Every node's audit trail is a stream `audit-<node>`.
 pub const AUDIT_PREFIX: &str = "audit-";
 

@@ -61,9 +61,11 @@ pub const AUTH_SESSION_ENDED: &str = "AuthSessionEnded";
 pub const AUDIT_ENTRY: &str = "AuditEntry";
 pub const SUBJECT_RESTRICTION_APPLIED: &str = "SubjectRestrictionApplied";
 pub const PROCESS_CHECKPOINT: &str = "ProcessCheckpoint";
+pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
 
 /// All of them (the tidy test reads this list).
 pub const ALL: &[&str] = &[
+    SNAPSHOT_TAKEN,
     CONSENT_GRANTED,
     CONSENT_WITHDRAWN,
     LOCATION_SHARED,

@@ -182,6 +182,8 @@ pub struct ActorsFile {
     pub idle_secs: Option<u64>,
     pub max_actors: Option<usize>,
     pub arbiters: Option<usize>,
+    /// A snapshot of a Session or subject every this many events (0: none).
+    pub snapshot_every: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +386,10 @@ pub struct ServeArgs {
     /// Live actors per kind, at most.
     #[arg(long, env = "PYPES_MAX_ACTORS")]
     pub max_actors: Option<usize>,
+    /// A snapshot of a Session or subject every this many events (0: none;
+    /// default 1000).
+    #[arg(long, env = "PYPES_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
     /// TLS certificate chain (PEM) for gRPC and HTTP; with --tls-key.
     #[arg(long, env = "PYPES_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -407,6 +413,7 @@ pub struct Config {
     pub actor_idle_secs: u64,
     pub max_actors: usize,
     pub arbiters: usize,
+    pub snapshot_every: u64,
     pub rotation_days: i64,
     pub analytics_k: u64,
     pub erasure_warn_days: u32,
@@ -439,6 +446,7 @@ impl Config {
             admin_key: args.admin_key.clone().or(file.admin_key),
             actor_idle_secs: args.actor_idle_secs.or(file.actors.idle_secs).unwrap_or(300),
             max_actors: args.max_actors.or(file.actors.max_actors).unwrap_or(100_000),
+            snapshot_every: args.snapshot_every.or(file.actors.snapshot_every).unwrap_or(1000),
             arbiters: file
                 .actors
                 .arbiters

@@ -346,6 +346,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             idle: std::time::Duration::from_secs(config.actor_idle_secs),
             max_actors: config.max_actors,
             arbiters: config.arbiters,
+            snapshot_every: config.snapshot_every,
         },
     )
     .await

@@ -6,7 +6,9 @@
 //! verifies with the log's public key and breaks on any altered byte),
 //! scan again, check no key of theirs is left, that another user's data
 //! still opens, and that the views, analytics and `pypes replay --into`
-//! show the erased content as `[erased]`.
+//! show the erased content as `[erased]`. Snapshots are taken every two
+//! events here, so the scans and the erasure cover them too (sealed under
+//! the subject's and the Session's keys, which the erasure shreds).
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ADMIN, authed, clients, files_under, start_logging};
+use common::{ADMIN, authed, clients, files_under, start_logging_with};
 use proto::api as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +36,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
         format!("cnry{tag}password"),                                                       // password
         format!("canary picture {tag}"),                                                    // inside a picture
     ];
-    let mut server = start_logging(data.path(), logs.path());
+    let mut server = start_logging_with(data.path(), logs.path(), &[("PYPES_SNAPSHOT_EVERY", "2")]);
     let grpc = server.grpc.clone();
     let mut c = clients(&grpc).await;
 

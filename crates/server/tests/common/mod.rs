@@ -39,8 +39,13 @@ pub fn start_with(data: &Path, env: &[(&str, &str)]) -> Server {
 /// Starts the server logging at debug level into `logs` (to scan its log
 /// output for canaries).
 pub fn start_logging(data: &Path, logs: &Path) -> Server {
+    start_logging_with(data, logs, &[])
+}
+
+/// [`start_logging`] with extra environment variables.
+pub fn start_logging_with(data: &Path, logs: &Path, env: &[(&str, &str)]) -> Server {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(logs).expect("open the log file");
-    spawn(data, &[], "debug", Stdio::from(file))
+    spawn(data, env, "debug", Stdio::from(file))
 }
 
 /// With `PYPES_TEST_BACKEND=postgres` every server of the test runs on
