@@ -11,6 +11,7 @@
 //! `loadgen send-message`: PostMessage over gRPC against a bare tonic echo.
 //! `loadgen actors-memory`: RSS per live Session actor, activation latency.
 
+mod activation;
 mod apibench;
 mod grpc_peers;
 mod keybench;
@@ -136,6 +137,16 @@ enum Command {
         /// Concurrent ImportSessions streams.
         #[arg(long, default_value_t = 4)]
         streams: usize,
+    },
+    /// Activation of one Session with a long history: from its snapshot
+    /// against replaying the whole stream.
+    Activation {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
     },
     /// RSS with N live Session actors; activation latency cold and warm.
     ActorsMemory {
@@ -300,6 +311,10 @@ fn main() -> Result<()> {
                 body_bytes.max(1),
                 streams.max(1),
             ))
+        }
+        Command::Activation { dir, events, samples } => {
+            let dir = work_dir(dir)?;
+            activation::run(dir.path(), events.max(1), samples.max(1))
         }
         Command::ActorsMemory { dir, sessions, in_flight, samples } => {
             let dir = work_dir(dir)?;

@@ -273,6 +273,12 @@ pub(crate) async fn load<A: Codec>(shared: &SharedParts, stream: &str) -> Result
     load_after(shared, stream, A::default(), None).await
 }
 
+/// The entity's state from its whole stream, ignoring any snapshot (what
+/// activation costs when no snapshot can be used).
+pub async fn replay_whole<A: Codec>(shared: &SharedParts, tenant: Uuid, id: Uuid) -> Result<A, ActorError> {
+    Ok(load_after(shared, &stream_name(A::KIND, tenant, id), A::default(), None).await?.state)
+}
+
 /// The entity's snapshot if it can be used: it opens, has this build's
 /// format, and the stream still holds the very event it was taken at.
 /// Anything else is logged and means a full replay (snapshots are never
