@@ -54,7 +54,7 @@ async fn measure(r: &Registry, tenant: Uuid, session: Uuid, samples: usize) -> R
 
 pub fn run(dir: &Path, events: usize, samples: usize) -> Result<()> {
     actix_rt::System::new().block_on(async move {
-        let log = Arc::new(FileLog::open(&dir.join("log"), crate::config())?);
+        let log = Arc::new(FileLog::open(dir.join("log"), crate::config())?);
         let keys = keystore::embedded::open_embedded(
             &dir.join("keys"),
             Some(&"ab".repeat(32)),
