@@ -1,6 +1,6 @@
 //! `loadgen activation`: how long a Session with a long history takes to
 //! come back after its actor stopped (passivation, restart), with
-//! snapshots (the default, every 1,000 events) and without (the whole
+//! snapshots (every `--snapshot-every` events) and without (the whole
 //! stream replayed), on the file log and the file key store.
 //!
 //! In process: the registry of the `actors` crate on a `FileLog` and a
@@ -52,7 +52,7 @@ async fn measure(r: &Registry, tenant: Uuid, session: Uuid, samples: usize) -> R
     Ok(took)
 }
 
-pub fn run(dir: &Path, events: usize, samples: usize) -> Result<()> {
+pub fn run(dir: &Path, events: usize, samples: usize, every: u64) -> Result<()> {
     actix_rt::System::new().block_on(async move {
         let log = Arc::new(FileLog::open(dir.join("log"), crate::config())?);
         let keys = keystore::embedded::open_embedded(
@@ -63,7 +63,7 @@ pub fn run(dir: &Path, events: usize, samples: usize) -> Result<()> {
         )?;
         let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
         let (tenant, session, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let writer = registry(log.clone(), keyring.clone(), 1000).await?;
+        let writer = registry(log.clone(), keyring.clone(), every).await?;
         let start = SessionCommand::Start {
             session,
             tenant,
@@ -99,7 +99,7 @@ pub fn run(dir: &Path, events: usize, samples: usize) -> Result<()> {
         writer.forget::<Session>(tenant, session);
         tokio::time::sleep(Duration::from_millis(100)).await;
 
-        let with = registry(log.clone(), keyring.clone(), 1000).await?;
+        let with = registry(log.clone(), keyring.clone(), every).await?;
         measure(&with, tenant, session, 3).await?; // warm the key cache
         let snap = measure(&with, tenant, session, samples).await?;
         // Without snapshots: the whole stream folded (what activation cost
@@ -117,7 +117,7 @@ pub fn run(dir: &Path, events: usize, samples: usize) -> Result<()> {
             took
         };
         println!(
-            "BENCH activation events={events} snapshot_p50_us={} snapshot_p99_us={} replay_p50_us={} replay_p99_us={} samples={samples}",
+            "BENCH activation events={events} snapshot_every={every} snapshot_p50_us={} snapshot_p99_us={} replay_p50_us={} replay_p99_us={} samples={samples}",
             pct(&snap, 0.5),
             pct(&snap, 0.99),
             pct(&full, 0.5),

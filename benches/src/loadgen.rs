@@ -147,6 +147,9 @@ enum Command {
         events: usize,
         #[arg(long, default_value_t = 300)]
         samples: usize,
+        /// A snapshot every this many events (the server's default).
+        #[arg(long, default_value_t = 256)]
+        snapshot_every: u64,
     },
     /// RSS with N live Session actors; activation latency cold and warm.
     ActorsMemory {
@@ -312,9 +315,9 @@ fn main() -> Result<()> {
                 streams.max(1),
             ))
         }
-        Command::Activation { dir, events, samples } => {
+        Command::Activation { dir, events, samples, snapshot_every } => {
             let dir = work_dir(dir)?;
-            activation::run(dir.path(), events.max(1), samples.max(1))
+            activation::run(dir.path(), events.max(1), samples.max(1), snapshot_every.max(1))
         }
         Command::ActorsMemory { dir, sessions, in_flight, samples } => {
             let dir = work_dir(dir)?;

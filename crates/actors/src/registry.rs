@@ -44,7 +44,7 @@ impl Default for RegistryConfig {
             idle: Duration::from_secs(300),
             max_actors: 100_000,
             arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            snapshot_every: 1000,
+            snapshot_every: 256,
         }
     }
 }

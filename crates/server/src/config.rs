@@ -387,7 +387,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PYPES_MAX_ACTORS")]
     pub max_actors: Option<usize>,
     /// A snapshot of a Session or subject every this many events (0: none;
-    /// default 1000).
+    /// default 256).
     #[arg(long, env = "PYPES_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
     /// TLS certificate chain (PEM) for gRPC and HTTP; with --tls-key.
@@ -446,7 +446,7 @@ impl Config {
             admin_key: args.admin_key.clone().or(file.admin_key),
             actor_idle_secs: args.actor_idle_secs.or(file.actors.idle_secs).unwrap_or(300),
             max_actors: args.max_actors.or(file.actors.max_actors).unwrap_or(100_000),
-            snapshot_every: args.snapshot_every.or(file.actors.snapshot_every).unwrap_or(1000),
+            snapshot_every: args.snapshot_every.or(file.actors.snapshot_every).unwrap_or(256),
             arbiters: file
                 .actors
                 .arbiters
