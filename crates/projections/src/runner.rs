@@ -91,12 +91,21 @@ pub struct ProjectionStatus {
 pub struct Control {
     woken: Mutex<bool>,
     cv: Condvar,
+    /// An operator changed something (pause, resume, skip, reset, stop):
+    /// the next round reads the store whatever the log's head says.
+    poked: AtomicBool,
     stop: AtomicBool,
     skip: AtomicBool,
     reset: AtomicBool,
 }
 
 impl Control {
+    /// Wakes the runner for an operator's request.
+    fn poke(&self) {
+        self.poked.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
     fn wake(&self) {
         *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_one();
@@ -316,13 +325,13 @@ impl Runner {
 
     pub fn pause(&self) -> Result<(), ViewError> {
         self.store.set_paused(true)?;
-        self.control.wake();
+        self.control.poke();
         Ok(())
     }
 
     pub fn resume(&self) -> Result<(), ViewError> {
         self.store.set_paused(false)?;
-        self.control.wake();
+        self.control.poke();
         Ok(())
     }
 
@@ -332,7 +341,7 @@ impl Runner {
         match self.status().state {
             RunnerState::Stalled { position, .. } => {
                 self.control.skip.store(true, Ordering::SeqCst);
-                self.control.wake();
+                self.control.poke();
                 Ok(position)
             }
             other => Err(format!("projection {} is {}, not stalled at a poison event", self.name(), other.name())),
@@ -342,12 +351,12 @@ impl Runner {
     /// Rebuilds from position 0 beside the serving generation.
     pub fn reset(&self) {
         self.control.reset.store(true, Ordering::SeqCst);
-        self.control.wake();
+        self.control.poke();
     }
 
     pub fn stop(&self) {
         self.control.stop.store(true, Ordering::SeqCst);
-        self.control.wake();
+        self.control.poke();
     }
 
     fn run(self: Arc<Self>, log: Arc<dyn EventLog>, rt: Handle) {
@@ -393,6 +402,20 @@ impl Runner {
         rt: &Handle,
         stalled: &mut Option<(Generation, GenerationMeta, SkippedEvent)>,
     ) -> Result<bool, ViewError> {
+        // Caught up, nothing rebuilding, no operator request: nothing to
+        // read, not even the store (a round per group commit otherwise
+        // reads the store's shape for nothing).
+        if stalled.is_none() {
+            let head = log.head();
+            let idle = {
+                let st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                st.building.is_none() && st.next_position >= head && matches!(st.state, RunnerState::Live)
+            };
+            if idle && !self.control.poked.swap(false, Ordering::SeqCst) {
+                return Ok(false);
+            }
+        }
+        self.control.poked.store(false, Ordering::SeqCst);
         if self.control.reset.swap(false, Ordering::SeqCst) {
             let gn = self.store.new_generation(self.projection.version())?;
             tracing::info!(
@@ -402,9 +425,12 @@ impl Runner {
             );
             *stalled = None;
         }
-        if self.store.paused()? {
+        // One read of the store's shape per round (paused, skips, the
+        // generations), not one per question.
+        let shape = self.store.state()?;
+        if shape.paused {
             self.set_state(RunnerState::Paused);
-            self.refresh(log, None)?;
+            self.refresh_from(log, None, &shape)?;
             return Ok(false);
         }
         if let Some((gn, meta, skip)) = stalled.take() {
@@ -418,11 +444,12 @@ impl Runner {
             *stalled = Some((gn, meta, skip));
             return Ok(false);
         }
-        let skips = self.store.skipped_positions()?;
+        let skips: BTreeSet<u64> = shape.skipped.iter().map(|s| s.position).collect();
         let mut worked = false;
         let mut lag_seconds = None;
+        let rebuilding = shape.building.is_some();
         // A page for the generation being built, then switch if it has caught up.
-        if let Some(b) = self.store.generations()?.1 {
+        if let Some(b) = shape.building {
             let gn = Generation(b.generation);
             match self.step(log, rt, gn, b, &skips, None, &mut lag_seconds)? {
                 Step::Poisoned { skip } => {
@@ -446,9 +473,11 @@ impl Runner {
             }
             lag_seconds = None;
         }
-        // Then a page for the serving generation, read afresh: after a
-        // switch it is the one just built (the old one's tables are gone).
-        if let Some(s) = self.store.generations()?.0 {
+        // Then a page for the serving generation, read afresh after a
+        // rebuild's page: after a switch it is the one just built (the old
+        // one's tables are gone).
+        let serving = if rebuilding { self.store.generations()?.0 } else { shape.serving };
+        if let Some(s) = serving {
             let gn = Generation(s.generation);
             match self.step(log, rt, gn, s, &skips, None, &mut lag_seconds)? {
                 Step::Poisoned { skip } => {
@@ -460,7 +489,11 @@ impl Runner {
                 Step::Idle => {}
             }
         }
-        self.refresh(log, lag_seconds)?;
+        if worked {
+            self.refresh(log, lag_seconds)?;
+        } else {
+            self.refresh_from(log, lag_seconds, &shape)?;
+        }
         if stalled.is_none() {
             let st = self.status();
             let state =
@@ -472,10 +505,20 @@ impl Runner {
 
     /// Updates the status and the checkpoint watch from the store.
     fn refresh(&self, log: &Arc<dyn EventLog>, lag_seconds: Option<f64>) -> Result<(), ViewError> {
-        let (serving, building) = self.store.generations()?;
-        let serving = serving.unwrap_or_default();
+        self.refresh_from(log, lag_seconds, &self.store.state()?)
+    }
+
+    /// [`Runner::refresh`] from a shape already read.
+    fn refresh_from(
+        &self,
+        log: &Arc<dyn EventLog>,
+        lag_seconds: Option<f64>,
+        shape: &crate::store::StoreState,
+    ) -> Result<(), ViewError> {
+        let serving = shape.serving.unwrap_or_default();
+        let building = shape.building;
         let head = log.head();
-        let skipped = self.store.skipped()?.len();
+        let skipped = shape.skipped.len();
         {
             let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
             st.serving_generation = serving.generation;

@@ -153,6 +153,33 @@ impl ViewStore {
         Ok((meta("serving")?, meta("building")?))
     }
 
+    /// Everything a runner's round looks at, read in one transaction:
+    /// paused or not, the skipped events, the serving and the building
+    /// generations.
+    pub(crate) fn state(&self) -> Result<StoreState, ViewError> {
+        let txn = self.db.begin_read()?;
+        let (paused, serving, building) = {
+            let control = txn.open_table(CONTROL)?;
+            let get =
+                |key: &str| -> Result<Option<Vec<u8>>, ViewError> { Ok(control.get(key)?.map(|v| v.value().to_vec())) };
+            (get("paused")?.is_some_and(|v| v == [1]), get("serving")?, get("building")?)
+        };
+        let meta = |g: Option<Vec<u8>>| -> Result<Option<GenerationMeta>, ViewError> {
+            match g {
+                Some(g) => Self::meta_in(&txn, gen_of(&g)?),
+                None => Ok(None),
+            }
+        };
+        let (serving, building) = (meta(serving)?, meta(building)?);
+        let t = txn.open_table(SKIPS)?;
+        let mut skipped = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            skipped.push(decode::<SkippedEvent>("skips", v.value())?);
+        }
+        Ok(StoreState { paused, skipped, serving, building })
+    }
+
     fn meta_in(txn: &ReadTransaction, gn: Generation) -> Result<Option<GenerationMeta>, ViewError> {
         let name = table_name(gn, "meta");
         let t = match txn.open_table(Bytes::new(&name)) {
@@ -479,4 +506,13 @@ impl<'t> WriteView<'t> {
     pub(crate) fn put_meta(&mut self, meta: &GenerationMeta) -> Result<(), ViewError> {
         self.put_msg("meta", b"meta", meta)
     }
+}
+
+/// What [`ViewStore::state`] reads.
+#[derive(Debug, Default)]
+pub(crate) struct StoreState {
+    pub(crate) paused: bool,
+    pub(crate) skipped: Vec<SkippedEvent>,
+    pub(crate) serving: Option<GenerationMeta>,
+    pub(crate) building: Option<GenerationMeta>,
 }
