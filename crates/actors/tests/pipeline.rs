@@ -168,6 +168,24 @@ impl EventLog for FaultyLog {
     }
 }
 
+/// A key ring and an in-memory log on `clock`.
+fn keys_and_log(clock: TokioClock) -> (Keyring, Arc<MemLog>) {
+    let provider = EmbeddedRootProvider::in_memory(SecretKey::random().unwrap(), 0).unwrap();
+    let store = LocalKeyStore::in_memory(Arc::new(provider), Arc::new(clock));
+    (Keyring::new(Arc::new(store), KeyPolicy::default()).unwrap(), Arc::new(MemLog::with_clock(Arc::new(clock))))
+}
+
+fn start(tenant: Uuid, session: Uuid, user: Uuid) -> SessionCommand {
+    SessionCommand::Start {
+        session,
+        tenant,
+        pype: Uuid::now_v7(),
+        end_user: user,
+        pype_timers: Timers::DEFAULT,
+        timers: None,
+    }
+}
+
 fn post(who: Uuid, body: &str) -> SessionCommand {
     SessionCommand::PostMessage { sender: who, body: body.into(), device: None, attachments: vec![] }
 }
@@ -201,10 +219,7 @@ enum Answer {
 async fn run(exclusive: bool, seed: u64, waves: Vec<Vec<(Op, u8)>>) -> Result<(), TestCaseError> {
     tokio::time::pause();
     let clock = TokioClock::new(T0);
-    let provider = EmbeddedRootProvider::in_memory(SecretKey::random().unwrap(), 0).unwrap();
-    let store = LocalKeyStore::in_memory(Arc::new(provider), Arc::new(clock));
-    let keyring = Keyring::new(Arc::new(store), KeyPolicy::default()).unwrap();
-    let inner = Arc::new(MemLog::with_clock(Arc::new(clock)));
+    let (keyring, inner) = keys_and_log(clock);
     let (io, conflict) = if exclusive { (200, 0) } else { (150, 150) };
     let log = Arc::new(FaultyLog {
         inner: inner.clone(),
@@ -226,15 +241,7 @@ async fn run(exclusive: bool, seed: u64, waves: Vec<Vec<(Op, u8)>>) -> Result<()
     let node = Registry::start(shared(log.clone()), config).await.unwrap();
     let (tenant, session, user, agent, stranger) =
         (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    let start = SessionCommand::Start {
-        session,
-        tenant,
-        pype: Uuid::now_v7(),
-        end_user: user,
-        pype_timers: Timers::DEFAULT,
-        timers: None,
-    };
-    let started = node.execute::<Session>(tenant, session, start).await.unwrap();
+    let started = node.execute::<Session>(tenant, session, start(tenant, session, user)).await.unwrap();
     if !exclusive {
         let other = Registry::start(shared(inner.clone()), config).await.unwrap();
         let _ = log.other.set((other, tenant, session, user));
@@ -371,10 +378,7 @@ proptest! {
 async fn commands_waiting_together_share_appends() {
     tokio::time::pause();
     let clock = TokioClock::new(T0);
-    let provider = EmbeddedRootProvider::in_memory(SecretKey::random().unwrap(), 0).unwrap();
-    let store = LocalKeyStore::in_memory(Arc::new(provider), Arc::new(clock));
-    let keyring = Keyring::new(Arc::new(store), KeyPolicy::default()).unwrap();
-    let inner = Arc::new(MemLog::with_clock(Arc::new(clock)));
+    let (keyring, inner) = keys_and_log(clock);
     let log = Arc::new(FaultyLog {
         inner: inner.clone(),
         exclusive: true,
@@ -387,15 +391,7 @@ async fn commands_waiting_together_share_appends() {
     let config = RegistryConfig { idle: Duration::from_secs(3600), max_actors: 1000, arbiters: 0, snapshot_every: 0 };
     let node = Registry::start(shared, config).await.unwrap();
     let (tenant, session, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    let start = SessionCommand::Start {
-        session,
-        tenant,
-        pype: Uuid::now_v7(),
-        end_user: user,
-        pype_timers: Timers::DEFAULT,
-        timers: None,
-    };
-    node.execute::<Session>(tenant, session, start).await.unwrap();
+    node.execute::<Session>(tenant, session, start(tenant, session, user)).await.unwrap();
     let before = metrics.appends.load(std::sync::atomic::Ordering::Relaxed);
     let posts = (0..200).map(|i| node.execute::<Session>(tenant, session, post(user, &format!("p{i}"))));
     let done = futures_util::future::join_all(posts).await;

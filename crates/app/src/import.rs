@@ -220,17 +220,7 @@ impl App {
         }
         // As for a start: an erasure or restriction recorded while this
         // was decided finds the Session now.
-        let subject = self.registry.read::<Subject>(tenant, end_user).await?.into_state();
-        if let Some(e) = &subject.erasure {
-            self.erasures.erase_late_session(tenant, end_user, session, e.request).await?;
-            return Err(AppError::rejected(domain::Rejection::precondition("the end user's erasure was requested")));
-        }
-        if subject.restricted {
-            self.restrictions.restrict_late_session(tenant, end_user, session).await?;
-            return Err(AppError::rejected(domain::Rejection::precondition(
-                "processing of the end user's data is restricted",
-            )));
-        }
+        self.settle_new_session(tenant, end_user, session).await?;
         Ok(ImportStatus::Written)
     }
 }

@@ -110,6 +110,15 @@ impl App {
             timers: a.timers,
         };
         let started = self.registry.execute::<Session>(tenant, id, cmd).await?;
+        self.settle_new_session(tenant, end_user, id).await?;
+        Ok(started)
+    }
+
+    /// After a new Session (started or imported) is durable: the subject
+    /// read again; an erasure or restriction recorded before the Session
+    /// was written (so planned without it) erases or restricts it now, and
+    /// the start is refused.
+    pub(crate) async fn settle_new_session(&self, tenant: Uuid, end_user: Uuid, id: Uuid) -> Result<(), AppError> {
         let subject = self.registry.read::<Subject>(tenant, end_user).await?.into_state();
         if let Some(e) = &subject.erasure {
             tracing::info!(%tenant, session = %id, request = %e.request, "a session started while its end user's erasure was requested: erased at once");
@@ -122,7 +131,7 @@ impl App {
                 "processing of the end user's data is restricted: no new sessions until it is lifted",
             )));
         }
-        Ok(started)
+        Ok(())
     }
 
     pub async fn post_message(
