@@ -263,14 +263,46 @@ pub(crate) struct Folded<A> {
 pub(crate) async fn load<A: Codec>(shared: &SharedParts, stream: &str) -> Result<Folded<A>, ActorError> {
     if A::SNAPSHOTS
         && let Some(snapshot) = usable_snapshot::<A>(shared, stream).await
+        && let Some(folded) = fold_from_snapshot(shared, stream, snapshot).await?
     {
-        let (version, last_event) = (snapshot.version, snapshot.last_event);
-        let mut folded = load_after(shared, stream, snapshot.state, Some(version)).await?;
-        folded.last_event = folded.last_event.or(Some(last_event));
-        folded.snapshot = Some(version);
         return Ok(folded);
     }
     load_after(shared, stream, A::default(), None).await
+}
+
+/// Folds the events after `snapshot` into it. The first page is read from
+/// the snapshot's own version, so the same read checks that the stream
+/// still holds the event the snapshot was taken at (`None`: it does not,
+/// logged; the caller replays the whole stream).
+async fn fold_from_snapshot<A: Codec>(
+    shared: &SharedParts,
+    stream: &str,
+    snapshot: events::codec::Snapshot<A>,
+) -> Result<Option<Folded<A>>, ActorError> {
+    let (version, last_event) = (snapshot.version, snapshot.last_event);
+    let page = match shared.log.read_stream(stream, ReadFrom::Version(version), Direction::Forward, PAGE).await {
+        Ok(page) => page,
+        Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if !page.first().is_some_and(|e| e.version == version && e.event.id == last_event) {
+        tracing::warn!(stream, version, "snapshot does not match the stream; replaying the whole stream");
+        return Ok(None);
+    }
+    let mut state = snapshot.state;
+    let (mut at, mut id) = (version, last_event);
+    for r in &page[1..] {
+        state.evolve(&A::decode(r, &shared.keyring).await?);
+        (at, id) = (r.version, r.event.id);
+    }
+    let mut folded = if page.len() == PAGE {
+        load_after(shared, stream, state, Some(at)).await?
+    } else {
+        Folded { state, version: Some(at), last_event: None, snapshot: None }
+    };
+    folded.last_event = folded.last_event.or(Some(id));
+    folded.snapshot = Some(version);
+    Ok(Some(folded))
 }
 
 /// The entity's state from its whole stream, ignoring any snapshot (what
@@ -279,8 +311,8 @@ pub async fn replay_whole<A: Codec>(shared: &SharedParts, tenant: Uuid, id: Uuid
     Ok(load_after(shared, &stream_name(A::KIND, tenant, id), A::default(), None).await?.state)
 }
 
-/// The entity's snapshot if it can be used: it opens, has this build's
-/// format, and the stream still holds the very event it was taken at.
+/// The entity's newest snapshot if it opens and has this build's format
+/// (whether the stream still holds its event is checked as it is folded).
 /// Anything else is logged and means a full replay (snapshots are never
 /// required).
 async fn usable_snapshot<A: Codec>(shared: &SharedParts, stream: &str) -> Option<events::codec::Snapshot<A>> {
@@ -300,21 +332,7 @@ async fn usable_snapshot<A: Codec>(shared: &SharedParts, stream: &str) -> Option
             return None;
         }
     };
-    match shared.log.read_stream(stream, ReadFrom::Version(snapshot.version), Direction::Forward, 1).await {
-        Ok(page)
-            if page.first().is_some_and(|e| e.version == snapshot.version && e.event.id == snapshot.last_event) =>
-        {
-            Some(snapshot)
-        }
-        _ => {
-            tracing::warn!(
-                stream,
-                version = snapshot.version,
-                "snapshot does not match the stream; replaying the whole stream"
-            );
-            None
-        }
-    }
+    Some(snapshot)
 }
 
 /// Folds into `state` (the stream folded up to `version`) the events
@@ -676,7 +694,7 @@ impl<A: Codec + Unpin> EntityActor<A> {
     /// `snapshot_every` events were written since the last one.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let (Some(version), Some(last_event)) = (self.durable_version, self.durable_last_event) else { return };
-        let since = version.saturating_add(1) - self.snapshot_version.map_or(0, |v| v + 1);
+        let since = version.saturating_add(1).saturating_sub(self.snapshot_version.map_or(0, |v| v + 1));
         if !A::SNAPSHOTS || self.snapshot_every == 0 || self.snapshotting || since < self.snapshot_every {
             return;
         }
