@@ -54,7 +54,7 @@ fn versus(run: Duration, mut base: impl FnMut(), mut subject: impl FnMut()) -> (
 
 pub fn run(dir: &Path, seconds: f64, sizes: &[usize], keys: usize) -> Result<()> {
     let run = Duration::from_secs_f64(seconds);
-    // A real data directory (root.key, provider/, keys/): `pypes-keys --data
+    // A real data directory (root.key, provider/, keys/): `pypes keys status --data-dir
     // <dir>` can inspect it afterwards (`--keep`).
     let embedded = open_embedded(dir, None, Arc::new(SystemClock), OpenMode::CreateIfEmpty)?;
     let store: Arc<dyn KeyStore> = embedded.store.clone();

@@ -103,7 +103,7 @@ enum Command {
         /// Keys to create (one fsync each) for the creation, miss and shred figures.
         #[arg(long, default_value_t = 3000)]
         keys: usize,
-        /// Keep the data directory afterwards (its path is printed) for `pypes-keys --data`.
+        /// Keep the data directory afterwards (its path is printed) for `pypes keys --data-dir`.
         #[arg(long)]
         keep: bool,
     },

@@ -33,6 +33,18 @@ pub enum RootKeyOrigin {
     Created(PathBuf),
 }
 
+impl std::fmt::Display for RootKeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootKeyOrigin::Environment => f.write_str("from PYPES_ROOT_KEY"),
+            RootKeyOrigin::File(p) => write!(f, "from {}", p.display()),
+            RootKeyOrigin::Created(p) => {
+                write!(f, "made now into {} (development only: escrow it, docs/keys.md)", p.display())
+            }
+        }
+    }
+}
+
 /// The key store and provider of a data directory.
 #[derive(Debug)]
 pub struct Embedded {
@@ -177,7 +189,7 @@ impl Embedded {
 }
 
 /// Reads and checks the provider state and key store of `data_dir` without
-/// writing a byte (for `pypes-keys verify`); the root key must exist.
+/// writing a byte (for `pypes keys verify`); the root key must exist.
 pub fn check_embedded(
     data_dir: &Path,
     root_from_env: Option<&str>,
@@ -204,7 +216,7 @@ pub fn check_embedded(
 }
 
 /// What a read-only check found: the report's lines, the damaged records
-/// and the keys that do not unwrap (for `pypes-keys verify` and
+/// and the keys that do not unwrap (for `pypes keys verify` and
 /// `pypes keys verify`; either count non-zero fails them).
 pub fn verify_report(keys: &Embedded) -> (String, usize, usize) {
     use std::fmt::Write as _;

@@ -65,7 +65,7 @@ pub fn open_file_store(
 }
 
 /// Reads and checks a file key store without writing anything (for
-/// `pypes-keys verify`): the store, for unwrapping every key; what an open
+/// `pypes keys verify`): the store, for unwrapping every key; what an open
 /// would repair is in its [`LocalKeyStore::findings`].
 pub fn check_file_store(
     vfs: Arc<dyn Vfs>,

@@ -395,7 +395,7 @@ impl LocalKeyStore {
     }
 
     /// Unwraps every live key of every tenant (for auditors and operators:
-    /// `pypes-keys verify`); reports what does not unwrap instead of stopping.
+    /// `pypes keys verify`); reports what does not unwrap instead of stopping.
     pub fn verify(&self) -> VerifyReport {
         let mut inner = self.lock();
         let mut report = VerifyReport::default();

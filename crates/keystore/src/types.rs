@@ -166,7 +166,7 @@ pub struct EpochInfo {
     pub created_at_unix: i64,
 }
 
-/// Counts for operators (`pypes-keys status`).
+/// Counts for operators (`pypes keys status`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStatus {
     pub tenants: usize,

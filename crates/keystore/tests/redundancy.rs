@@ -6,7 +6,7 @@
 //!
 //! Regression: in format 1 a flipped byte in the last record of a shard was
 //! taken for a torn append and cut off at open, destroying an acknowledged
-//! key (and everything sealed under it) while `pypes-keys verify` said
+//! key (and everything sealed under it) while `pypes keys verify` said
 //! `failures: 0`.
 
 mod common;

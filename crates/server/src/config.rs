@@ -11,8 +11,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
-    pub grpc_addr: Option<SocketAddr>,
-    pub http_addr: Option<SocketAddr>,
+    /// `host:port` (an IP address or a host name).
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
     pub admin_key: Option<String>,
     #[serde(default)]
     pub actors: ActorsFile,
@@ -30,6 +31,28 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub sql: SqlFile,
+    /// What the client commands connect with (`pypes erase`, `export`, ...).
+    #[serde(default)]
+    pub client: ClientFile,
+}
+
+/// `[client]`: the server the client commands reach, and how.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// `https://host:port` (or `http://127.0.0.1:port`).
+    pub url: Option<String>,
+    /// The CA certificate (PEM) that signed the server's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// A file holding the platform admin key.
+    pub admin_key_file: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads and checks a configuration file (unknown keys refused by name).
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        read_file(path)
+    }
 }
 
 /// TLS for gRPC and HTTP: a PEM certificate chain and its PEM private key.
@@ -247,6 +270,18 @@ pub enum KeysBackend {
     Postgres { url: String, provider_url: String },
 }
 
+impl std::fmt::Display for LogBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for KeysBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 // URLs may hold passwords: debug output shows them redacted.
 impl std::fmt::Debug for LogBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -371,12 +406,13 @@ pub struct ServeArgs {
     /// Where the event log, key store and (in development) root key live.
     #[arg(long, env = "PYPES_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// gRPC listen address (port 0 picks a free port; the real one is printed).
+    /// gRPC listen address, host:port with an IP address or a host name
+    /// (port 0 picks a free port; the real one is printed).
     #[arg(long, env = "PYPES_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// HTTP listen address for /healthz, /readyz and /metrics.
+    pub grpc_addr: Option<String>,
+    /// HTTP listen address for /healthz, /readyz and /metrics (host:port).
     #[arg(long, env = "PYPES_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
+    pub http_addr: Option<String>,
     /// The platform admin key (default: made once into <data>/admin.key).
     #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
@@ -441,8 +477,8 @@ impl Config {
             keys,
             sql_url: args.sql_url.clone().or(file.sql.url).filter(|u| !u.trim().is_empty()),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
-            grpc_addr: args.grpc_addr.or(file.grpc_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
-            http_addr: args.http_addr.or(file.http_addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            grpc_addr: listen_addr("grpc_addr", args.grpc_addr.clone().or(file.grpc_addr), 50051)?,
+            http_addr: listen_addr("http_addr", args.http_addr.clone().or(file.http_addr), 8080)?,
             admin_key: args.admin_key.clone().or(file.admin_key),
             actor_idle_secs: args.actor_idle_secs.or(file.actors.idle_secs).unwrap_or(300),
             max_actors: args.max_actors.or(file.actors.max_actors).unwrap_or(100_000),
@@ -519,6 +555,83 @@ impl Config {
     }
 }
 
+/// `PYPES_*` variables pypes reads outside its flags (the root key and the
+/// log signing key, docs/keys.md).
+const OTHER_ENV: &[&str] = &["PYPES_ROOT_KEY", "PYPES_LOG_SIGNING_KEY"];
+
+/// `PYPES_*` variables of pypes' own tests, benchmarks and CI; a server
+/// started by them sees them and ignores them (the test hooks read the
+/// last two only in builds with the `test-hooks` feature).
+const HARNESS_ENV: &[&str] = &[
+    "PYPES_BIN",
+    "PYPES_BLESS",
+    "PYPES_CRASH_RESTARTS",
+    "PYPES_PG_BIN",
+    "PYPES_REQUIRE_POSTGRES",
+    "PYPES_CRASH_AT",
+    "PYPES_DEV_CLOCK_OFFSET_FILE",
+];
+
+/// Refuses a `PYPES_*` environment variable pypes does not know (a
+/// misspelt `PYPES_GRPC_ADR` would otherwise be ignored and the default
+/// used), naming the closest known one. `known` are the names the
+/// command line reads; `PYPES_TEST_*` belong to the test harness.
+pub fn check_environment(vars: impl IntoIterator<Item = String>, known: &[String]) -> anyhow::Result<()> {
+    let all: Vec<&str> = known.iter().map(String::as_str).chain(OTHER_ENV.iter().copied()).collect();
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .filter(|v| v.starts_with("PYPES_") && !v.starts_with("PYPES_TEST_"))
+        .filter(|v| !all.contains(&v.as_str()) && !HARNESS_ENV.contains(&v.as_str()))
+        .collect();
+    unknown.sort();
+    let Some(first) = unknown.first() else { return Ok(()) };
+    let closest = all.iter().min_by_key(|k| edit_distance(first, k)).copied().unwrap_or("PYPES_DATA_DIR");
+    let more = if unknown.len() > 1 {
+        format!(" (and {} more: {})", unknown.len() - 1, unknown[1..].join(", "))
+    } else {
+        String::new()
+    };
+    anyhow::bail!(
+        "environment variable {first} is not a pypes setting{more}; did you mean {closest}? \
+         Unset it or correct its name (`pypes serve --help` lists every variable)"
+    )
+}
+
+/// Levenshtein distance (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A listen address from `host:port` (an IP address or a host name, the
+/// first address it resolves to); default 127.0.0.1:`port`.
+fn listen_addr(name: &str, text: Option<String>, port: u16) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let Some(text) = text else { return Ok(SocketAddr::from(([127, 0, 0, 1], port))) };
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if text.contains("://") {
+        anyhow::bail!("{name} {text:?}: a listen address is host:port, without a scheme (e.g. 0.0.0.0:{port})");
+    }
+    if text.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+        anyhow::bail!("{name} {text:?}: give host:port, e.g. 127.0.0.1:{port}");
+    }
+    let mut addrs =
+        text.to_socket_addrs().map_err(|e| anyhow::anyhow!("{name} {text:?}: the host name does not resolve ({e})"))?;
+    addrs.next().ok_or_else(|| anyhow::anyhow!("{name} {text:?}: the host name resolves to no address"))
+}
+
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
@@ -553,6 +666,33 @@ mod tests {
         }
         assert!(config.tls.is_some(), "non-loopback nodes need TLS");
         assert!(!format!("{:?}", config.log).contains("pw"), "no password in debug output");
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_refused_with_the_closest_name() {
+        let known = vec!["PYPES_GRPC_ADDR".to_string(), "PYPES_HTTP_ADDR".to_string(), "PYPES_DATA_DIR".to_string()];
+        let e = check_environment(["PYPES_GRPC_ADR".to_string(), "HOME".into()], &known).unwrap_err().to_string();
+        assert!(
+            e.contains("PYPES_GRPC_ADR is not a pypes setting") && e.contains("did you mean PYPES_GRPC_ADDR"),
+            "{e}"
+        );
+        for fine in ["PYPES_DATA_DIR", "PYPES_ROOT_KEY", "PYPES_TEST_BACKEND", "PYPES_REQUIRE_POSTGRES", "PATH"] {
+            check_environment([fine.to_string()], &known).unwrap();
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names_and_name_what_is_wrong() {
+        assert_eq!(listen_addr("grpc_addr", None, 50051).unwrap(), SocketAddr::from(([127, 0, 0, 1], 50051)));
+        assert!(listen_addr("grpc_addr", Some("localhost:7".into()), 1).unwrap().ip().is_loopback());
+        assert_eq!(listen_addr("grpc_addr", Some("[::1]:7".into()), 1).unwrap().port(), 7);
+        for (bad, says) in
+            [("http://0.0.0.0:1", "without a scheme"), ("localhost", "give host:port"), ("h:x", "give host:port")]
+        {
+            let e = listen_addr("grpc_addr", Some(bad.into()), 1).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

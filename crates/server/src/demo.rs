@@ -3,13 +3,14 @@
 //! Session with messages both ways (watched live), the idle timer turning
 //! it inactive, a message reviving it, and the close.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::{Client, refused};
 use anyhow::Context;
 use proto::api as pb;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
 fn authed<T>(key: &str, msg: T) -> anyhow::Result<Request<T>> {
     let mut r = Request::new(msg);
@@ -26,13 +27,8 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
-/// A channel to the running server at `grpc`, or an error naming it.
-async fn connect(grpc: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(grpc.to_string())?.connect().await.with_context(|| format!("connecting to {grpc}"))
-}
-
-pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
-    let channel = connect(grpc).await?;
+pub async fn run(client: &Client, admin_key: &str) -> anyhow::Result<()> {
+    let channel = client.connect().await?;
     let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
     let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
@@ -44,7 +40,7 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
             pb::CreateTenantRequest { name: "Acme Bank (demo)".into(), ..Default::default() },
         )?)
         .await
-        .context("creating the tenant (is the admin key right?)")?
+        .map_err(|s| refused("creating the tenant", &s))?
         .into_inner();
     let tenant = created.tenant.unwrap_or_default();
     let key = created.api_key;
@@ -281,7 +277,7 @@ pub async fn run(grpc: &str, admin_key: &str) -> anyhow::Result<()> {
 
 /// The end user sends a picture: uploaded in chunks, attached to a
 /// message, fetched back whole and by range.
-async fn send_picture(channel: &Channel, key: &str, session: &str, user: &str) -> anyhow::Result<()> {
+async fn send_picture(channel: &tonic::transport::Channel, key: &str, session: &str, user: &str) -> anyhow::Result<()> {
     use sha2::Digest;
     let picture = demo_png(48, 48);
     let digest = sha2::Sha256::digest(&picture).to_vec();
@@ -413,42 +409,94 @@ fn who<'a>(id: &str, user: &str, agent: &str) -> &'a str {
     }
 }
 
+/// How a client command prints what it got: for people (aligned, RFC
+/// 3339 times) or as one JSON object (`--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+fn when(micros: i64) -> serde_json::Value {
+    if micros == 0 { serde_json::Value::Null } else { serde_json::Value::String(audit::time::time_text(micros)) }
+}
+
+/// Prints `fields` aligned (`name:  value`), or as one JSON object.
+fn print_record(output: Output, fields: &[(&str, serde_json::Value)]) {
+    match output {
+        Output::Json => {
+            let object: serde_json::Map<String, serde_json::Value> =
+                fields.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect();
+            println!("{}", serde_json::Value::Object(object));
+        }
+        Output::Text => {
+            let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+            for (k, v) in fields {
+                let text = match v {
+                    serde_json::Value::Null => "-".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(items) if items.is_empty() => "-".to_string(),
+                    serde_json::Value::Array(items) => items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    other => other.to_string(),
+                };
+                println!("{:<width$} {text}", format!("{k}:"));
+            }
+        }
+    }
+}
+
+/// A signed certificate (JSON) and its signature written beside it:
+/// `<file>` and `<file>.sig`.
+fn write_certificate(path: &std::path::Path, certificate: &str, signature: &str) -> anyhow::Result<PathBuf> {
+    std::fs::write(path, certificate).with_context(|| format!("writing {}", path.display()))?;
+    let sig = PathBuf::from(format!("{}.sig", path.display()));
+    std::fs::write(&sig, format!("{}\n", signature.trim())).with_context(|| format!("writing {}", sig.display()))?;
+    Ok(sig)
+}
+
+/// A certificate (compact JSON, as signed) indented for people.
+fn pretty(certificate: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(certificate)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| certificate.to_string())
+}
+
+/// What `pypes erase` asks for.
+#[derive(Debug, Clone)]
+pub struct EraseRequest<'a> {
+    pub tenant: &'a str,
+    pub subject: &'a str,
+    /// Only read the status.
+    pub status_only: bool,
+    /// Wait for the certificate.
+    pub wait: bool,
+    pub out: Option<&'a std::path::Path>,
+    pub output: Output,
+}
+
 /// `pypes erase`: requests the erasure of a subject (admin key), or shows
 /// its status; waits for the certificate unless told not to, and prints it.
-pub async fn erase(
-    grpc: &str,
-    admin_key: &str,
-    tenant: &str,
-    subject: &str,
-    status_only: bool,
-    wait: bool,
-    out: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let channel = connect(grpc).await?;
-    let mut client = pb::erasure_service_client::ErasureServiceClient::new(channel);
-    let get = pb::GetErasureRequest { subject_id: subject.into(), tenant_id: tenant.into() };
-    let mut status = if status_only {
-        client
+pub async fn erase(client: &Client, admin_key: &str, req: EraseRequest<'_>) -> anyhow::Result<()> {
+    let channel = client.connect().await?;
+    let mut erasures = pb::erasure_service_client::ErasureServiceClient::new(channel);
+    let get = pb::GetErasureRequest { subject_id: req.subject.into(), tenant_id: req.tenant.into() };
+    let mut status = if req.status_only {
+        erasures
             .get_erasure(authed(admin_key, get.clone())?)
             .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+            .map_err(|s| refused("reading the erasure's status", &s))?
     } else {
-        let req = pb::RequestErasureRequest { subject_id: subject.into(), tenant_id: tenant.into() };
-        client
-            .request_erasure(authed(admin_key, req)?)
-            .await
-            .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?
+        let r = pb::RequestErasureRequest { subject_id: req.subject.into(), tenant_id: req.tenant.into() };
+        erasures.request_erasure(authed(admin_key, r)?).await.map_err(|s| refused("the erasure request", &s))?
     }
     .into_inner();
-    let due = audit::time::time_text(status.due_micros);
-    println!(
-        "erasure {} of subject {subject}: {} (requested {}, due {due})",
-        status.request_id,
-        status.step,
-        audit::time::time_text(status.requested_micros)
-    );
-    if wait && !status_only {
-        let started = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    if req.wait && !req.status_only {
         while status.step != "certified" {
             if started.elapsed() > Duration::from_secs(120) {
                 anyhow::bail!(
@@ -457,62 +505,116 @@ pub async fn erase(
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            status = client.get_erasure(authed(admin_key, get.clone())?).await?.into_inner();
+            status = erasures
+                .get_erasure(authed(admin_key, get.clone())?)
+                .await
+                .map_err(|s| refused("reading the erasure's status", &s))?
+                .into_inner();
         }
-        println!("certified after {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
     }
-    if !status.certificate.is_empty() {
-        println!("certificate: {}", status.certificate);
-        println!("signature (Ed25519, hex): {}", status.signature);
-        println!("public key (hex): {}", status.signing_public_key);
-        if let Some(path) = out {
-            std::fs::write(path, &status.certificate).with_context(|| format!("writing {}", path.display()))?;
-            let sig = format!("{}.sig", path.display());
-            std::fs::write(&sig, format!("{}\n", status.signature)).with_context(|| format!("writing {sig}"))?;
-            println!("wrote {} and {sig}; check with: pypes erase --verify {}", path.display(), path.display());
+    let mut written = serde_json::Value::Null;
+    if let Some(path) = req.out {
+        if status.certificate.is_empty() {
+            anyhow::bail!(
+                "no certificate yet (step {}), so nothing was written to {}; wait for it (without --no-wait) \
+                 or ask again with --status",
+                status.step,
+                path.display()
+            );
+        }
+        write_certificate(path, &status.certificate, &status.signature)?;
+        written = path.display().to_string().into();
+    }
+    let certificate = match req.output {
+        Output::Json => serde_json::from_str(&status.certificate).unwrap_or(serde_json::Value::Null),
+        Output::Text => serde_json::Value::Null,
+    };
+    print_record(
+        req.output,
+        &[
+            ("request", status.request_id.clone().into()),
+            ("subject", status.subject_id.clone().into()),
+            ("tenant", req.tenant.into()),
+            ("step", status.step.clone().into()),
+            ("requested", when(status.requested_micros)),
+            ("due", when(status.due_micros)),
+            ("certificate_file", written.clone()),
+            ("certificate", certificate),
+            (
+                "signature",
+                if status.signature.is_empty() { serde_json::Value::Null } else { status.signature.clone().into() },
+            ),
+            (
+                "public_key",
+                if status.signing_public_key.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    status.signing_public_key.clone().into()
+                },
+            ),
+        ],
+    );
+    if req.output == Output::Text && !status.certificate.is_empty() {
+        println!("{}", pretty(&status.certificate));
+        if let Some(path) = req.out {
+            println!("check it with: pypes erase --verify {}", path.display());
         }
     }
     Ok(())
 }
 
-/// `pypes export`: streams a subject's export to a file or stdout.
+/// `pypes export`: streams a subject's export to a file (created 0600:
+/// it is personal data) or stdout.
 pub async fn export(
-    grpc: &str,
+    client: &Client,
     admin_key: &str,
     tenant: &str,
     subject: &str,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
-    let channel = connect(grpc).await?;
-    let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
-    let mut stream = client
+    let channel = client.connect().await?;
+    let mut privacy = pb::privacy_service_client::PrivacyServiceClient::new(channel);
+    let mut stream = privacy
         .export_subject(authed(
             admin_key,
             pb::ExportSubjectRequest { subject_id: subject.into(), tenant_id: tenant.into() },
         )?)
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| refused("the export", &s))?
         .into_inner();
-    let mut sink: Box<dyn Write> = match out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
+    // Written next to the target and renamed at the end: an export that
+    // breaks off leaves no half file under the name asked for.
+    let partial = out.map(|p| PathBuf::from(format!("{}.partial", p.display())));
+    let mut sink: Box<dyn Write> = match &partial {
+        Some(p) => Box::new(std::io::BufWriter::new(crate::client::create_private(p)?)),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut bytes = 0u64;
     let mut complete = false;
-    while let Some(chunk) = stream.message().await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))? {
-        bytes += chunk.data.len() as u64;
-        complete = chunk.data.ends_with(b"}\n");
-        sink.write_all(&chunk.data)?;
+    let result: anyhow::Result<()> = async {
+        while let Some(chunk) = stream.message().await.map_err(|s| refused("the export", &s))? {
+            bytes += chunk.data.len() as u64;
+            complete = chunk.data.ends_with(b"}\n");
+            sink.write_all(&chunk.data)?;
+        }
+        sink.flush()?;
+        if !complete {
+            anyhow::bail!("the export ended early after {bytes} bytes (see the server log)");
+        }
+        Ok(())
     }
-    sink.flush()?;
-    if !complete {
-        anyhow::bail!("the export ended early after {bytes} bytes (see the server log)");
+    .await;
+    drop(sink);
+    if let Err(e) = result {
+        if let Some(p) = &partial {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
     }
-    if let Some(p) = out {
-        eprintln!("exported {bytes} bytes to {}", p.display());
+    if let (Some(p), Some(out)) = (&partial, out) {
+        std::fs::rename(p, out).with_context(|| format!("renaming {} to {}", p.display(), out.display()))?;
+        eprintln!("exported {bytes} bytes to {} (mode 0600: it is personal data)", out.display());
     }
     Ok(())
 }
@@ -526,20 +628,17 @@ pub enum PrivacyAction {
     Withdraw { purpose: String },
 }
 
-fn status_error(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
-}
-
 /// `pypes privacy ...`: one privacy request for a subject, then its state.
 pub async fn privacy(
-    grpc: &str,
+    client: &Client,
     admin_key: &str,
     tenant: &str,
     subject: &str,
     action: PrivacyAction,
+    output: Output,
 ) -> anyhow::Result<()> {
-    let channel = connect(grpc).await?;
-    let mut client = pb::privacy_service_client::PrivacyServiceClient::new(channel);
+    let channel = client.connect().await?;
+    let mut privacy = pb::privacy_service_client::PrivacyServiceClient::new(channel);
     let r = pb::SubjectRef { subject_id: subject.into(), tenant_id: tenant.into() };
     let consent = |purpose: String, policy_version: String| pb::ConsentRequest {
         subject_id: subject.into(),
@@ -550,7 +649,7 @@ pub async fn privacy(
     let (what, got) = match action {
         PrivacyAction::Rectify { email, phone, date_of_birth } => (
             "rectified",
-            client
+            privacy
                 .rectify_subject(authed(
                     admin_key,
                     pb::RectifySubjectRequest {
@@ -563,72 +662,112 @@ pub async fn privacy(
                 )?)
                 .await,
         ),
-        PrivacyAction::Restrict => ("processing restricted", client.restrict_processing(authed(admin_key, r)?).await),
-        PrivacyAction::Lift => ("restriction lifted", client.lift_restriction(authed(admin_key, r)?).await),
+        PrivacyAction::Restrict => ("processing restricted", privacy.restrict_processing(authed(admin_key, r)?).await),
+        PrivacyAction::Lift => ("restriction lifted", privacy.lift_restriction(authed(admin_key, r)?).await),
         PrivacyAction::Grant { purpose, policy_version } => {
-            ("consent granted", client.grant_consent(authed(admin_key, consent(purpose, policy_version))?).await)
+            ("consent granted", privacy.grant_consent(authed(admin_key, consent(purpose, policy_version))?).await)
         }
         PrivacyAction::Withdraw { purpose } => {
-            ("consent withdrawn", client.withdraw_consent(authed(admin_key, consent(purpose, String::new()))?).await)
+            ("consent withdrawn", privacy.withdraw_consent(authed(admin_key, consent(purpose, String::new()))?).await)
         }
     };
-    let s = got.map_err(status_error)?.into_inner();
-    let consents: Vec<String> = s
+    let s = got.map_err(|e| refused(&format!("the privacy request ({what})"), &e))?.into_inner();
+    let consents: Vec<serde_json::Value> = s
         .consents
         .iter()
-        .map(|c| {
-            format!("{} {} (policy {})", c.purpose, if c.granted { "granted" } else { "withdrawn" }, c.policy_version)
+        .map(|c| match output {
+            Output::Json => serde_json::json!({
+                "purpose": c.purpose, "granted": c.granted, "policy_version": c.policy_version
+            }),
+            Output::Text => format!(
+                "{} {} (policy {})",
+                c.purpose,
+                if c.granted { "granted" } else { "withdrawn" },
+                c.policy_version
+            )
+            .into(),
         })
         .collect();
-    println!(
-        "{what}: subject {} status {} restricted {} consents [{}]",
-        s.subject_id,
-        match pb::SubjectStatus::try_from(s.status) {
-            Ok(pb::SubjectStatus::Active) => "active",
-            Ok(pb::SubjectStatus::Invited) => "invited",
-            Ok(pb::SubjectStatus::Deactivated) => "deactivated",
-            _ => "unknown",
-        },
-        s.restricted,
-        consents.join(", ")
+    print_record(
+        output,
+        &[
+            ("done", what.into()),
+            ("subject", s.subject_id.clone().into()),
+            ("tenant", tenant.into()),
+            (
+                "status",
+                match pb::SubjectStatus::try_from(s.status) {
+                    Ok(pb::SubjectStatus::Active) => "active",
+                    Ok(pb::SubjectStatus::Invited) => "invited",
+                    Ok(pb::SubjectStatus::Deactivated) => "deactivated",
+                    _ => "unknown",
+                }
+                .into(),
+            ),
+            ("restricted", s.restricted.into()),
+            ("consents", serde_json::Value::Array(consents)),
+        ],
     );
     Ok(())
 }
 
 /// `pypes tenant cancel|offboarding`.
 pub async fn offboarding(
-    grpc: &str,
+    client: &Client,
     admin_key: &str,
     tenant: &str,
     cancel: bool,
     out: Option<&std::path::Path>,
+    output: Output,
 ) -> anyhow::Result<()> {
-    let channel = connect(grpc).await?;
-    let mut client = pb::tenant_service_client::TenantServiceClient::new(channel);
+    let channel = client.connect().await?;
+    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel);
     let req = pb::CancelTenantRequest { tenant_id: tenant.into() };
     let o = if cancel {
-        client.cancel_tenant(authed(admin_key, req)?).await
+        tenants.cancel_tenant(authed(admin_key, req)?).await.map_err(|s| refused("cancelling the tenant", &s))?
     } else {
-        client.get_offboarding(authed(admin_key, req)?).await
+        tenants
+            .get_offboarding(authed(admin_key, req)?)
+            .await
+            .map_err(|s| refused("reading the tenant's offboarding", &s))?
     }
-    .map_err(status_error)?
     .into_inner();
-    let when = |m: i64| if m == 0 { "-".to_string() } else { audit::time::time_text(m) };
-    println!(
-        "tenant {}: cancelled {}, KEK shred due {}, shredded {}",
-        o.tenant_id,
-        when(o.cancelled_at_micros),
-        when(o.shred_due_micros),
-        when(o.shredded_at_micros)
-    );
-    if !o.certificate.is_empty() {
-        println!("{}", o.certificate);
-        if let Some(p) = out {
-            std::fs::write(p, &o.certificate).with_context(|| format!("writing {}", p.display()))?;
-            let sig = std::path::PathBuf::from(format!("{}.sig", p.display()));
-            std::fs::write(&sig, &o.signature).with_context(|| format!("writing {}", sig.display()))?;
-            println!("certificate written to {} (signature {})", p.display(), sig.display());
+    let mut written = serde_json::Value::Null;
+    if let Some(p) = out {
+        if o.certificate.is_empty() {
+            anyhow::bail!(
+                "tenant {tenant}: no offboarding certificate yet (the KEK is shredded {}), so nothing was \
+                 written to {}; ask again after that",
+                if o.shred_due_micros == 0 {
+                    "once the tenant is cancelled and its grace period ends".to_string()
+                } else {
+                    format!("at {}", audit::time::time_text(o.shred_due_micros))
+                },
+                p.display()
+            );
         }
+        write_certificate(p, &o.certificate, &o.signature)?;
+        written = p.display().to_string().into();
+    }
+    print_record(
+        output,
+        &[
+            ("tenant", o.tenant_id.clone().into()),
+            ("cancelled", when(o.cancelled_at_micros)),
+            ("kek_shred_due", when(o.shred_due_micros)),
+            ("kek_shredded", when(o.shredded_at_micros)),
+            ("certificate_file", written),
+            (
+                "certificate",
+                match output {
+                    Output::Json => serde_json::from_str(&o.certificate).unwrap_or(serde_json::Value::Null),
+                    Output::Text => serde_json::Value::Null,
+                },
+            ),
+        ],
+    );
+    if output == Output::Text && !o.certificate.is_empty() {
+        println!("{}", pretty(&o.certificate));
     }
     Ok(())
 }

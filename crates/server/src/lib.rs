@@ -4,10 +4,13 @@
 //! actix-web and the API's wire types; what a call means is in `app`.
 
 pub mod audit_tool;
+pub mod client;
 pub mod config;
+pub mod datadir;
 pub mod demo;
 pub mod grpc;
 pub mod http;
 pub mod integrity;
 pub mod metrics;
+pub mod version;
 pub mod wiring;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use server::client::ClientArgs;
 use server::config::{Config, ServeArgs};
 
 /// Allocation-heavy paths (reading `$all`, decoding events) run about a
@@ -12,7 +13,12 @@ use server::config::{Config, ServeArgs};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "pypes", about = "pypes: the event-sourced core of a multi-tenant messaging platform")]
+#[command(
+    name = "pypes",
+    version = server::version::VERSION,
+    long_version = server::version::long(),
+    about = "pypes: the event-sourced core of a multi-tenant messaging platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,13 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Drives a whole scenario against a running server and prints what happens.
     Demo {
-        #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-        grpc: String,
-        /// The platform admin key (default: read from <data-dir>/admin.key).
-        #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
-        admin_key: Option<String>,
-        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Audit: verify the whole log's checksums, hash chain and signed checkpoints, and the audit trail.
     Audit {
@@ -81,14 +82,18 @@ enum Command {
     },
 }
 
+/// `--json`: one JSON object instead of the text for people.
 #[derive(clap::Args)]
-struct Remote {
-    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051", global = true)]
-    grpc: String,
-    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true, global = true)]
-    admin_key: Option<String>,
-    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data", global = true)]
-    data_dir: PathBuf,
+struct JsonFlag {
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl JsonFlag {
+    fn output(&self) -> server::demo::Output {
+        if self.json { server::demo::Output::Json } else { server::demo::Output::Text }
+    }
 }
 
 #[derive(clap::Args)]
@@ -100,7 +105,9 @@ struct PrivacyArgs {
     #[command(subcommand)]
     action: PrivacyAction,
     #[command(flatten)]
-    remote: Remote,
+    client: ClientArgs,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 #[derive(Subcommand)]
@@ -135,22 +142,31 @@ enum PrivacyAction {
 
 #[derive(Subcommand)]
 enum TenantCommand {
-    /// Cancel a tenant: its keys stop now; its KEK is shredded after the grace period.
+    /// Cancel a tenant: its keys stop now; its KEK is shredded after the
+    /// grace period (no undo). Asks on a terminal; `--yes` in scripts.
     Cancel {
         #[arg(long)]
         tenant: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
-        remote: Remote,
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Show a tenant's offboarding: dates, and the certificate once issued.
     Offboarding {
         #[arg(long)]
         tenant: String,
-        /// Write the certificate here (and its signature to <file>.sig).
+        /// Write the certificate here (and its signature to <file>.sig);
+        /// an error, writing nothing, before the certificate exists.
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
-        remote: Remote,
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
@@ -160,15 +176,11 @@ struct ExportArgs {
     subject: String,
     #[arg(long)]
     tenant: String,
-    /// Write the JSON here (default: standard output).
+    /// Write the JSON here, readable by its owner only (0600); default: standard output.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-    grpc: String,
-    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
-    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// Erase a subject (GDPR Art. 17) through a running server, read the
@@ -184,6 +196,9 @@ struct EraseArgs {
     /// Only show the status; request nothing.
     #[arg(long)]
     status: bool,
+    /// Do not ask for confirmation (erasure cannot be undone).
+    #[arg(long)]
+    yes: bool,
     /// Return after the request is recorded, without waiting for the certificate.
     #[arg(long)]
     no_wait: bool,
@@ -193,15 +208,13 @@ struct EraseArgs {
     /// Verify a certificate file (signature read from <file>.sig).
     #[arg(long)]
     verify: Option<PathBuf>,
-    /// Public key (hex) to verify with; default <data>/log/signing.pub.
+    /// Public key (hex) to verify with; default <data-dir>/log/signing.pub.
     #[arg(long)]
     public_key: Option<String>,
-    #[arg(long, env = "PYPES_GRPC_URL", default_value = "http://127.0.0.1:50051")]
-    grpc: String,
-    #[arg(long, env = "PYPES_ADMIN_KEY", hide_env_values = true)]
-    admin_key: Option<String>,
-    #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 #[derive(Subcommand)]
@@ -243,15 +256,37 @@ enum KeysCommand {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
-    /// Re-wraps every live key under a new epoch KEK and destroys the old one.
+    /// Tenants, keys and epochs of a stopped server's key store.
+    Status {
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Re-wraps every live key under a new epoch KEK and destroys the old
+    /// one: key-store backups older than the new epoch can no longer be
+    /// opened. Asks on a terminal; `--yes` in scripts.
     Rotate {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// Only rotate when the newest epoch is older than the period (or a
+        /// rotation was interrupted); asks nothing.
+        #[arg(long)]
+        if_due: bool,
+        /// Rotation period in days (1 to 28), for --if-due.
+        #[arg(long, default_value_t = 7)]
+        period_days: i64,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
 fn init_logs() {
+    use std::io::IsTerminal;
+    // Colour only on a terminal, and never with NO_COLOR set
+    // (https://no-color.org): files and the journal get plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .try_init();
@@ -263,13 +298,52 @@ fn main() -> std::process::ExitCode {
     // second one (aws-lc) is in the build, and rustls then refuses to
     // guess (ring is the one pypes' own listeners use).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result =
+        server::config::check_environment(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()), &env_names())
+            .and_then(|()| run(cli));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Every environment variable the command line reads (from its flags'
+/// `env`), for refusing unknown `PYPES_*` ones.
+fn env_names() -> Vec<String> {
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for sub in c.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// An error and its causes on one line; a gRPC status in the chain is
+/// told as its code and message (never its metadata) with the fix.
+fn describe(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<tonic::Status>() {
+            let what = parts.pop().unwrap_or_else(|| "the request".into());
+            parts.push(server::client::refused(&what, s).to_string());
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -284,9 +358,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .block_on(async { server::wiring::serve(config, shutdown_signal()?).await })
         }
-        Command::Demo { grpc, admin_key, data_dir } => {
-            let key = read_admin_key(admin_key, &data_dir)?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(server::demo::run(&grpc, &key))
+        Command::Demo { client } => {
+            let client = client.resolve()?;
+            let key = client.admin_key()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(server::demo::run(&client, &key))
         }
         Command::Audit { command } => {
             let (data_dir, public_key, allow_missing_head, backends, trail) = match command {
@@ -346,7 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Erase(args) => erase(args),
         Command::Privacy(args) => {
-            let key = read_admin_key(args.remote.admin_key.clone(), &args.remote.data_dir)?;
+            let client = args.client.resolve()?;
+            let key = client.admin_key()?;
             let action = match args.action {
                 PrivacyAction::Rectify { email, phone, date_of_birth } => {
                     server::demo::PrivacyAction::Rectify { email, phone, date_of_birth }
@@ -359,25 +438,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 PrivacyAction::Withdraw { purpose } => server::demo::PrivacyAction::Withdraw { purpose },
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(server::demo::privacy(&args.remote.grpc, &key, &args.tenant, &args.subject, action))
+            rt.block_on(server::demo::privacy(&client, &key, &args.tenant, &args.subject, action, args.json.output()))
         }
         Command::Tenant { command } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match command {
-                TenantCommand::Cancel { tenant, remote } => {
-                    let key = read_admin_key(remote.admin_key.clone(), &remote.data_dir)?;
-                    rt.block_on(server::demo::offboarding(&remote.grpc, &key, &tenant, true, None))
+                TenantCommand::Cancel { tenant, yes, client, json } => {
+                    let client = client.resolve()?;
+                    let key = client.admin_key()?;
+                    server::client::confirm(
+                        yes,
+                        &format!(
+                            "cancelling tenant {tenant} (its keys stop now; its KEK is shredded after the grace period)"
+                        ),
+                        "cancel",
+                    )?;
+                    rt.block_on(server::demo::offboarding(&client, &key, &tenant, true, None, json.output()))
                 }
-                TenantCommand::Offboarding { tenant, out, remote } => {
-                    let key = read_admin_key(remote.admin_key.clone(), &remote.data_dir)?;
-                    rt.block_on(server::demo::offboarding(&remote.grpc, &key, &tenant, false, out.as_deref()))
+                TenantCommand::Offboarding { tenant, out, client, json } => {
+                    let client = client.resolve()?;
+                    let key = client.admin_key()?;
+                    rt.block_on(server::demo::offboarding(&client, &key, &tenant, false, out.as_deref(), json.output()))
                 }
             }
         }
         Command::Export(args) => {
-            let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
+            let client = args.client.resolve()?;
+            let key = client.admin_key()?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(server::demo::export(&args.grpc, &key, &args.tenant, &args.subject, args.out.as_deref()))
+            rt.block_on(server::demo::export(&client, &key, &args.tenant, &args.subject, args.out.as_deref()))
         }
         Command::Keys { command: KeysCommand::Verify { data_dir } } => {
             let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
@@ -396,43 +485,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Rotate { data_dir } } => {
-            let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
-            let keys = keystore::embedded::open_embedded(
-                &data_dir,
-                root.as_deref(),
-                std::sync::Arc::new(eventlog::SystemClock),
-                keystore::embedded::OpenMode::MustExist,
-            )?;
+        Command::Keys { command: KeysCommand::Status { data_dir } } => {
+            let keys = open_key_store(&data_dir)?;
+            let s = keystore::KeyStore::status(keys.store.as_ref())?;
+            println!("root key:   {}", keys.origin);
+            println!("tenants:    {} live, {} shredded", s.tenants, s.shredded_tenants);
+            println!("data keys:  {} live ({} retired), {} shredded", s.live_keys, s.retired_keys, s.shredded_keys);
+            for e in &s.epochs {
+                println!(
+                    "epoch:      {} (created {})",
+                    e.epoch,
+                    audit::time::time_text(e.created_at_unix.saturating_mul(1_000_000))
+                );
+            }
+            if s.epochs.len() > 1 {
+                println!("a rotation was interrupted; `pypes keys rotate` finishes it");
+            }
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Rotate { data_dir, if_due, period_days, yes } } => {
+            let keys = open_key_store(&data_dir)?;
+            let period = keystore::validate_rotation_period(period_days.saturating_mul(86_400))
+                .map_err(|e| anyhow::anyhow!("--period-days {period_days}: {e}"))?;
+            let now = eventlog::Clock::now_micros(&eventlog::SystemClock) / 1_000_000;
+            if if_due {
+                if !keystore::rotation_due(keys.provider.as_ref() as &dyn keystore::RootKeyProvider, now, period)? {
+                    println!("rotation not due");
+                    return Ok(());
+                }
+            } else {
+                server::client::confirm(
+                    yes,
+                    &format!(
+                        "rotating the key epoch of {} (key-store backups taken before it can no longer be opened)",
+                        data_dir.display()
+                    ),
+                    "rotate",
+                )?;
+            }
             let r = keystore::KeyStore::rotate_epoch(keys.store.as_ref())?;
+            let destroyed: Vec<String> = r.destroyed_epochs.iter().map(u32::to_string).collect();
             println!(
-                "rotated to epoch {} ({} keys re-wrapped, destroyed epochs {:?})",
-                r.epoch, r.keys_rewrapped, r.destroyed_epochs
+                "rotated to epoch {} ({} tenants, {} keys re-wrapped; destroyed epochs: {}{})",
+                r.epoch,
+                r.tenants,
+                r.keys_rewrapped,
+                if destroyed.is_empty() { "none".into() } else { destroyed.join(", ") },
+                if r.resumed { "; finished an interrupted rotation" } else { "" }
             );
             Ok(())
         }
     }
 }
 
-fn read_admin_key(admin_key: Option<String>, data_dir: &std::path::Path) -> anyhow::Result<String> {
-    match admin_key {
-        Some(k) => Ok(k),
-        None => {
-            let path = data_dir.join("admin.key");
-            Ok(std::fs::read_to_string(&path)
-                .with_context(|| {
-                    format!(
-                        "no --admin-key and cannot read {} (run where the server's data is, or pass --admin-key)",
-                        path.display()
-                    )
-                })?
-                .trim()
-                .to_string())
-        }
-    }
+/// The embedded key store of a stopped server's data directory.
+fn open_key_store(data_dir: &std::path::Path) -> anyhow::Result<keystore::embedded::Embedded> {
+    let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
+    keystore::embedded::open_embedded(
+        data_dir,
+        root.as_deref(),
+        std::sync::Arc::new(eventlog::SystemClock),
+        keystore::embedded::OpenMode::MustExist,
+    )
+    .with_context(|| format!("opening the key store of {}", data_dir.display()))
 }
 
 fn erase(args: EraseArgs) -> anyhow::Result<()> {
+    let client = args.client.resolve()?;
     if let Some(cert_path) = &args.verify {
         let cert = std::fs::read_to_string(cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
         let sig_path = PathBuf::from(format!("{}.sig", cert_path.display()));
@@ -440,27 +559,35 @@ fn erase(args: EraseArgs) -> anyhow::Result<()> {
         let key = match &args.public_key {
             Some(k) => k.clone(),
             None => {
-                let p = args.data_dir.join("log").join("signing.pub");
+                let p = client.data_dir.join("log").join("signing.pub");
                 std::fs::read_to_string(&p)
                     .with_context(|| format!("no --public-key and cannot read {}", p.display()))?
                     .trim()
                     .to_string()
             }
         };
-        app::certificate::verify(cert.trim_end_matches('\n'), &sig, &key)?;
+        app::certificate::verify(cert.trim_end_matches('\n'), &sig, &key)
+            .with_context(|| format!("certificate {}: the signature does not verify", cert_path.display()))?;
         println!("certificate {}: signature valid", cert_path.display());
         return Ok(());
     }
-    let key = read_admin_key(args.admin_key.clone(), &args.data_dir)?;
+    let (tenant, subject) = (args.tenant.as_deref().unwrap_or_default(), args.subject.as_deref().unwrap_or_default());
+    let key = client.admin_key()?;
+    if !args.status {
+        server::client::confirm(args.yes, &format!("erasing subject {subject} of tenant {tenant}"), "erase")?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(server::demo::erase(
-        &args.grpc,
+        &client,
         &key,
-        args.tenant.as_deref().unwrap_or_default(),
-        args.subject.as_deref().unwrap_or_default(),
-        args.status,
-        !args.no_wait,
-        args.out.as_deref(),
+        server::demo::EraseRequest {
+            tenant,
+            subject,
+            status_only: args.status,
+            wait: !args.no_wait,
+            out: args.out.as_deref(),
+            output: args.json.output(),
+        },
     ))
 }
 

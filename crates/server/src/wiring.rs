@@ -89,12 +89,26 @@ pub fn read_signing_key(data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey
     parse_signing_key(&text, &path.display().to_string())
 }
 
-fn admin_key(config: &Config) -> anyhow::Result<(String, String)> {
+/// The admin key: configured, or `admin.key` in the data directory, made
+/// on the first start only. A data directory that held data before this
+/// start and has no `admin.key` is refused: a new key made silently would
+/// lock out whoever holds the old one and hide that the file went missing.
+fn admin_key(config: &Config, existed: bool) -> anyhow::Result<(String, String)> {
     if let Some(k) = &config.admin_key {
         return Ok((k.clone(), "from configuration".into()));
     }
     let path = config.data_dir.join(ADMIN_KEY_FILE);
     if !path.exists() {
+        if existed {
+            anyhow::bail!(
+                "{} is missing, and {} holds data: pypes does not make a new admin key silently. Restore it from \
+                 your backup, or make a new one on purpose: \
+                 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}), or set admin_key",
+                path.display(),
+                config.data_dir.display(),
+                path.display()
+            );
+        }
         write_secret_file(&path, &format!("{}\n", random_hex()?))?;
     }
     let key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string();
@@ -314,7 +328,19 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         Some((cert, key)) => Some(load_tls(cert, key)?),
         None => None,
     };
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Listeners first: a port in use is refused before anything is
+    // created or opened.
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC to {} (grpc_addr)", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_listener = std::net::TcpListener::bind(config.http_addr)
+        .with_context(|| format!("binding HTTP to {} (http_addr)", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    // The data directory is pypes' or refused; one this start makes is
+    // removed again if the start fails.
+    let claim = crate::datadir::claim(&config.data_dir)?;
+    let (admin, admin_where) = admin_key(&config, claim.existed())?;
     let clock: Arc<dyn Clock> = server_clock();
     let keys = open_keys(&config.keys, &config.data_dir, clock.clone(), OpenMode::CreateIfEmpty).await?;
     let keyring = Keyring::new(keys.store.clone(), KeyPolicy::default())?;
@@ -351,7 +377,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     )
     .await
     .context("starting the actors")?;
-    let (admin, admin_where) = admin_key(&config)?;
     let metrics = Arc::new(ApiMetrics::default());
     report_key_store_findings(&keys, &config.data_dir, &metrics, &audit).await?;
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -425,14 +450,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .map_err(|e| anyhow::anyhow!("settling interrupted uploads: {e}"))?;
     tokio::spawn(media.clone().sweep(registry.clone(), keyring.clone()));
     let api = Handle { app: application, metrics: metrics.clone() };
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_listener = std::net::TcpListener::bind(config.http_addr)
-        .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
-    let http_addr = http_listener.local_addr()?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::session_service_server::SessionServiceServer<Handle>>().await;
     let reflection = || {
@@ -487,6 +504,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         },
         http_tls,
     )?;
+    claim.keep();
 
     // Whoever started us may stop reading stdout: a closed pipe must not
     // take the server down (println! would panic on EPIPE).
@@ -496,8 +514,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         "pypes listening grpc={grpc_addr} http={http_addr} data={} tls={tls_text}",
         config.data_dir.display()
     );
-    let _ = writeln!(out, "admin key {admin_where}; root key: {:?}", keys.origin);
-    let _ = writeln!(out, "event log: {:?}; key store: {:?}", config.log, config.keys);
+    let _ = writeln!(out, "admin key {admin_where}; root key {}", keys.origin);
+    let _ = writeln!(out, "event log: {}; key store: {}", config.log, config.keys);
     let _ = out.flush();
     drop(out);
     tracing::info!(%grpc_addr, %http_addr, data = %config.data_dir.display(), "pypes started");

@@ -4,7 +4,7 @@
 //! Regressions:
 //! - a flipped byte in the last record of a key-store shard was cut off as a
 //!   torn append: the key was lost and every read of that tenant answered
-//!   INTERNAL, while `pypes-keys verify` said `failures: 0`;
+//!   INTERNAL, while `pypes keys verify` said `failures: 0`;
 //! - a flipped byte near the end of the last log segment was cut off before
 //!   the start was refused, destroying the evidence;
 //! - deleting `log/head.sig` and `audit.head` left `pypes audit verify` at 0;

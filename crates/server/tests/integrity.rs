@@ -14,7 +14,7 @@
 //!   DATA_LOSS naming that media and everything else as before;
 //!
 //! and never serve different data, lose an acknowledged record, or let a
-//! verifier (`pypes audit verify`, `pypes-keys verify`) pass a damaged file
+//! verifier (`pypes audit verify`, `pypes keys verify`) pass a damaged file
 //! it covers. The counts of each class are printed.
 //!
 //! Regression (issue "integrity at rest"): a flipped byte in a shard's last
@@ -108,7 +108,7 @@ fn build(dir: &Path) {
     });
     stop_cleanly(server);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pypes"))
-        .args(["keys", "rotate", "--data-dir"])
+        .args(["keys", "rotate", "--yes", "--data-dir"])
         .arg(dir)
         .output()
         .unwrap();

@@ -54,10 +54,14 @@ fn range(session: &str, media: &str, offset: u64, length: u64) -> pb::DownloadMe
     }
 }
 
+/// Starts the server with a config file beside the data directory (a
+/// data directory holds only what pypes writes); the file is read at start.
 fn with_config(data: &Path, toml: &str) -> Server {
-    let path = data.join("pypes.toml");
+    let path = std::path::PathBuf::from(format!("{}.pypes.toml", data.display()));
     std::fs::write(&path, toml).unwrap();
-    start_with(data, &[("PYPES_CONFIG", path.to_str().unwrap())])
+    let server = start_with(data, &[("PYPES_CONFIG", path.to_str().unwrap())]);
+    std::fs::remove_file(&path).unwrap();
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

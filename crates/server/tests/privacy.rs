@@ -99,13 +99,13 @@ async fn rectification_reaches_the_read_models_and_is_recorded() {
     let (ok, out) = cli(&["rectify", "--phone", "+4915100000001"]);
     assert!(ok && out.contains("rectified"), "{out}");
     let (ok, out) = cli(&["restrict"]);
-    assert!(ok && out.contains("restricted true"), "{out}");
+    assert!(ok && out.contains("restricted: true"), "{out}");
     let (ok, out) = cli(&["lift"]);
-    assert!(ok && out.contains("restricted false"), "{out}");
+    assert!(ok && out.contains("restricted: false"), "{out}");
     let (ok, out) = cli(&["grant", "--purpose", "geolocation", "--policy-version", "v2"]);
     assert!(ok && out.contains("geolocation granted (policy v2)"), "{out}");
     let (ok, out) = cli(&["rectify", "--email", "nope"]);
-    assert!(!ok && out.contains("InvalidArgument") && out.contains("email"), "{out}");
+    assert!(!ok && out.contains("INVALID_ARGUMENT") && out.contains("email"), "{out}");
     let got =
         c.subjects.get_subject(authed(&s.key, pb::GetSubjectRequest { subject_id: s.user.clone() })).await.unwrap();
     assert_eq!(got.into_inner().phone, "+4915100000001");
