@@ -3,7 +3,7 @@
 # every Kubernetes manifest against the API schemas bundled in
 # kubernetes-validate (PyPI), strictly (unknown fields refused); the Envoy
 # configuration for what the routing relies on; the Containerfile for the
-# build it must do.
+# build it must do; then the unit and the image's entrypoint are started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,8 @@ manifests=(deploy/k8s/namespace.yaml deploy/k8s/secrets.example.yaml \
            deploy/k8s/postgres.yaml deploy/k8s/pypes.yaml deploy/k8s/envoy.yaml)
 "$work/venv/bin/kubernetes-validate" --strict --kubernetes-version 1.31.0 "${manifests[@]}"
 "$work/venv/bin/python" deploy/check.py
+# The systemd unit's ExecStart and the image's entrypoint, started with
+# their environment as written (TLS from the files they name), must answer
+# /readyz (the debug binary .ci/run built just before).
+python3 deploy/start_check.py target/debug/pypes
 echo "deploy/: manifests, Envoy routing and Containerfile checked"
