@@ -195,12 +195,24 @@ pub fn check_embedded(
     root_from_env: Option<&str>,
     clock: Arc<dyn Clock>,
 ) -> Result<Embedded, KeyError> {
+    check_embedded_in(data_dir, &data_dir.join(PROVIDER_DIR), root_from_env, clock)
+}
+
+/// [`check_embedded`] with the provider's state in `provider_dir` (kept
+/// apart from the data directory, e.g. on another volume, so that a
+/// restored data directory finds the live epochs: docs/operations.md).
+pub fn check_embedded_in(
+    data_dir: &Path,
+    provider_dir: &Path,
+    root_from_env: Option<&str>,
+    clock: Arc<dyn Clock>,
+) -> Result<Embedded, KeyError> {
     let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
-    let provider_dir = data_dir.join(PROVIDER_DIR);
+    let provider_dir = provider_dir.to_path_buf();
     if !EmbeddedRootProvider::exists(&vfs, &provider_dir) {
         return Err(KeyError::NotAKeyStore {
-            dir: data_dir.to_path_buf(),
-            reason: format!("there is no {PROVIDER_DIR}/ in it (the server sets one up on its first start)"),
+            dir: provider_dir.clone(),
+            reason: "no root-key provider state is there (the server sets one up on its first start)".into(),
         });
     }
     let (root, origin) = resolve_root(data_dir, root_from_env, Some(data_dir.display().to_string()))?;
@@ -258,16 +270,27 @@ pub fn open_embedded(
     clock: Arc<dyn Clock>,
     mode: OpenMode,
 ) -> Result<Embedded, KeyError> {
+    open_embedded_in(data_dir, &data_dir.join(PROVIDER_DIR), root_from_env, clock, mode)
+}
+
+/// [`open_embedded`] with the provider's state in `provider_dir`.
+pub fn open_embedded_in(
+    data_dir: &Path,
+    provider_dir: &Path,
+    root_from_env: Option<&str>,
+    clock: Arc<dyn Clock>,
+    mode: OpenMode,
+) -> Result<Embedded, KeyError> {
     let vfs: Arc<dyn Vfs> = Arc::new(OsVfs);
-    if mode == OpenMode::MustExist && !EmbeddedRootProvider::exists(&vfs, &data_dir.join(PROVIDER_DIR)) {
+    if mode == OpenMode::MustExist && !EmbeddedRootProvider::exists(&vfs, provider_dir) {
         return Err(KeyError::NotAKeyStore {
-            dir: data_dir.to_path_buf(),
-            reason: format!("there is no {PROVIDER_DIR}/ in it (the server sets one up on its first start)"),
+            dir: provider_dir.to_path_buf(),
+            reason: "no root-key provider state is there (the server sets one up on its first start)".into(),
         });
     }
     std::fs::create_dir_all(data_dir).map_err(|e| KeyError::io(data_dir, e))?;
     let keys_dir = data_dir.join(KEYS_DIR);
-    let provider_dir = data_dir.join(PROVIDER_DIR);
+    let provider_dir = provider_dir.to_path_buf();
     let store_has_keys = holds_keys(&vfs, &keys_dir);
     let provider_exists = EmbeddedRootProvider::exists(&vfs, &provider_dir);
     let (root, origin) = resolve_root(

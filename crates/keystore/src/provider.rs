@@ -203,7 +203,13 @@ impl EmbeddedRootProvider {
             }
             None => {
                 return Err(KeyError::RootKeyMissing {
-                    detail: format!("{} holds no provider state and creating it was not allowed", storage.describe()),
+                    detail: format!(
+                        "{} holds no root-key provider state (its epoch KEKs), but the key store holds keys wrapped \
+                         under them: point the server at the provider's live state (keys.provider_dir, \
+                         PYPES_KEYS_PROVIDER_DIR; docs/operations.md, Backup and restore). A new one is never made \
+                         over existing keys",
+                        storage.describe()
+                    ),
                 });
             }
         };

@@ -222,6 +222,11 @@ pub struct KeysFile {
     /// The root-key provider's epochs (default: `keys.url`). Put them on a
     /// cluster that is not backed up or WAL-archived (docs/backends.md).
     pub provider_url: Option<String>,
+    /// With the file key store: the embedded provider's directory (default
+    /// `<data_dir>/provider`). Keep it on another volume than the data,
+    /// never in a backup, so a restored data directory finds the live
+    /// epochs (docs/operations.md).
+    pub provider_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,8 +269,9 @@ pub enum LogBackend {
 /// Where the key store lives.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeysBackend {
-    /// The embedded store in `<data>/keys` and `<data>/provider`.
-    File,
+    /// The embedded store in `<data>/keys`, its provider's state in
+    /// `provider_dir` (default `<data>/provider`).
+    File { provider_dir: Option<PathBuf> },
     /// Key store and provider epochs in PostgreSQL, shared by every node.
     Postgres { url: String, provider_url: String },
 }
@@ -297,7 +303,8 @@ impl std::fmt::Debug for LogBackend {
 impl std::fmt::Debug for KeysBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::File => f.write_str("file"),
+            Self::File { provider_dir: None } => f.write_str("file"),
+            Self::File { provider_dir: Some(p) } => write!(f, "file (provider in {})", p.display()),
             Self::Postgres { url, provider_url } if url == provider_url => {
                 write!(f, "postgres ({})", eventlog::redact_url(url))
             }
@@ -327,7 +334,7 @@ pub fn backends(args: &BackendArgs, log: LogFile, keys: &KeysFile) -> anyhow::Re
     };
     let keys_default = if matches!(log_backend, LogBackend::Postgres { .. }) { "postgres" } else { "file" };
     let keys_backend = match args.keys_backend.clone().or(keys.backend.clone()).as_deref().unwrap_or(keys_default) {
-        "file" => KeysBackend::File,
+        "file" => KeysBackend::File { provider_dir: args.keys_provider_dir.clone().or(keys.provider_dir.clone()) },
         "postgres" => {
             let given = args.keys_url.clone().or(keys.url.clone());
             let fallback = matches!(log_backend, LogBackend::Postgres { .. }).then_some(log_url).flatten();
@@ -373,6 +380,10 @@ pub struct BackendArgs {
     /// database); a cluster without backups or WAL archiving.
     #[arg(long, env = "PYPES_KEYS_PROVIDER_URL", hide_env_values = true)]
     pub keys_provider_url: Option<String>,
+    /// The file key store's provider directory (default <data-dir>/provider),
+    /// kept out of the data directory's backups.
+    #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
+    pub keys_provider_dir: Option<PathBuf>,
 }
 
 /// The backends an offline tool (`replay`, `audit verify|trail`) reads:
@@ -717,7 +728,7 @@ mod tests {
         let config = with(&file, BackendArgs::default()).unwrap();
         assert_eq!(
             (config.log, config.keys),
-            (LogBackend::File { witness_dir: None }, KeysBackend::File),
+            (LogBackend::File { witness_dir: None }, KeysBackend::File { provider_dir: None }),
             "embedded by default"
         );
     }

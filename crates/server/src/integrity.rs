@@ -79,10 +79,11 @@ impl Answers {
 
 /// Opens `data_dir` as a start would (embedded backends) and reads every
 /// answer. An error is what would stop the start.
-pub async fn check(data_dir: &Path) -> anyhow::Result<Answers> {
+pub async fn check(data_dir: &Path, provider_dir: Option<&Path>) -> anyhow::Result<Answers> {
     let clock: Arc<dyn eventlog::Clock> = Arc::new(eventlog::SystemClock);
     let mut answers = Answers::default();
-    let keys = crate::wiring::open_keys(&KeysBackend::File, data_dir, clock.clone(), OpenMode::MustExist).await?;
+    let backend = KeysBackend::File { provider_dir: provider_dir.map(Path::to_path_buf) };
+    let keys = crate::wiring::open_keys(&backend, data_dir, clock.clone(), OpenMode::MustExist).await?;
     for f in keys.findings() {
         answers.settled.push(format!("key store: {f}"));
     }

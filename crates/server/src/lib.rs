@@ -4,6 +4,7 @@
 //! actix-web and the API's wire types; what a call means is in `app`.
 
 pub mod audit_tool;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod datadir;

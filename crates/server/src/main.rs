@@ -62,6 +62,9 @@ enum Command {
     Check {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// The key store's provider directory (default <data-dir>/provider).
+        #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
+        keys_provider_dir: Option<PathBuf>,
     },
     /// Key store operations on a stopped server's data directory.
     Keys {
@@ -75,6 +78,35 @@ enum Command {
     /// Privacy requests for one end user through a running server, as the
     /// platform operator (admin key): rectify, restrict, lift, consent.
     Privacy(PrivacyArgs),
+    /// Backs up a running (or stopped) server's data directory on this
+    /// host into a new directory: a consistent cut of the event log, the
+    /// key store (checked), blobs and signed heads. Never the root key or
+    /// the provider's epochs (docs/operations.md, Backup and restore).
+    Backup {
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// A new (or empty) directory for the backup.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        backends: server::config::ToolBackendArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Restores a backup into a new (or empty) data directory, after
+    /// checking every file of it; `--check` only checks.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Check the backup against its manifest and write nothing.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Tenant offboarding through a running server (admin key).
     Tenant {
         #[command(subcommand)]
@@ -255,11 +287,16 @@ enum KeysCommand {
     Verify {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        /// The provider's directory (default <data-dir>/provider).
+        #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
+        keys_provider_dir: Option<PathBuf>,
     },
     /// Tenants, keys and epochs of a stopped server's key store.
     Status {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
+        keys_provider_dir: Option<PathBuf>,
     },
     /// Re-wraps every live key under a new epoch KEK and destroys the old
     /// one: key-store backups older than the new epoch can no longer be
@@ -267,6 +304,8 @@ enum KeysCommand {
     Rotate {
         #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
+        #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
+        keys_provider_dir: Option<PathBuf>,
         /// Only rotate when the newest epoch is older than the period (or a
         /// rotation was interrupted); asks nothing.
         #[arg(long)]
@@ -391,11 +430,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Check { data_dir } => {
+        Command::Check { data_dir, keys_provider_dir } => {
             let answers = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(server::integrity::check(&data_dir))?;
+                .block_on(server::integrity::check(&data_dir, keys_provider_dir.as_deref()))?;
             print!("{}", answers.summary());
             let lost = answers.media.iter().filter(|m| m.contains("DATA_LOSS")).count();
             if lost > 0 {
@@ -423,6 +462,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Erase(args) => erase(args),
+        Command::Backup { data_dir, to, backends, json } => {
+            let (log, keys) = backends.resolve()?;
+            let provider_dir = match (log, keys) {
+                (server::config::LogBackend::File { .. }, server::config::KeysBackend::File { provider_dir }) => {
+                    provider_dir
+                }
+                (log, keys) => anyhow::bail!(
+                    "the event log is {log} and the key store {keys}: `pypes backup` copies the embedded backends; \
+                     back up a database with its own tools (docs/operations.md, Backup and restore)"
+                ),
+            };
+            let m = server::backup::backup(&server::backup::BackupOptions { data_dir, to: to.clone(), provider_dir })?;
+            let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
+            print_backup(json.output(), "backed up", &to, &m, bytes);
+            Ok(())
+        }
+        Command::Restore { from, data_dir, check, json } => {
+            let m = if check { server::backup::verify(&from)? } else { server::backup::restore(&from, &data_dir)? };
+            let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
+            let (what, place) = if check { ("checked", &from) } else { ("restored", &data_dir) };
+            print_backup(json.output(), what, place, &m, bytes);
+            if !check && !json.json {
+                println!(
+                    "next: start it with the root key (PYPES_ROOT_KEY) and the provider's live state \
+                     (--keys-provider-dir); with a witness, give it a fresh witness directory (docs/operations.md)"
+                );
+            }
+            Ok(())
+        }
         Command::Privacy(args) => {
             let client = args.client.resolve()?;
             let key = client.admin_key()?;
@@ -468,10 +536,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(server::demo::export(&client, &key, &args.tenant, &args.subject, args.out.as_deref()))
         }
-        Command::Keys { command: KeysCommand::Verify { data_dir } } => {
+        Command::Keys { command: KeysCommand::Verify { data_dir, keys_provider_dir } } => {
             let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
-            let keys = keystore::embedded::check_embedded(
+            let keys = keystore::embedded::check_embedded_in(
                 &data_dir,
+                &provider_dir(&data_dir, keys_provider_dir.as_deref()),
                 root.as_deref(),
                 std::sync::Arc::new(eventlog::SystemClock),
             )
@@ -485,8 +554,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Status { data_dir } } => {
-            let keys = open_key_store(&data_dir)?;
+        Command::Keys { command: KeysCommand::Status { data_dir, keys_provider_dir } } => {
+            let keys = open_key_store(&data_dir, keys_provider_dir.as_deref())?;
             let s = keystore::KeyStore::status(keys.store.as_ref())?;
             println!("root key:   {}", keys.origin);
             println!("tenants:    {} live, {} shredded", s.tenants, s.shredded_tenants);
@@ -503,8 +572,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Rotate { data_dir, if_due, period_days, yes } } => {
-            let keys = open_key_store(&data_dir)?;
+        Command::Keys { command: KeysCommand::Rotate { data_dir, keys_provider_dir, if_due, period_days, yes } } => {
+            let keys = open_key_store(&data_dir, keys_provider_dir.as_deref())?;
             let period = keystore::validate_rotation_period(period_days.saturating_mul(86_400))
                 .map_err(|e| anyhow::anyhow!("--period-days {period_days}: {e}"))?;
             let now = eventlog::Clock::now_micros(&eventlog::SystemClock) / 1_000_000;
@@ -538,11 +607,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn print_backup(
+    output: server::demo::Output,
+    what: &str,
+    place: &std::path::Path,
+    m: &server::backup::Manifest,
+    bytes: u64,
+) {
+    match output {
+        server::demo::Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "done": what, "directory": place.display().to_string(), "created": m.created,
+                "source": m.source, "log_position": m.log_position, "tenants": m.keys.tenants,
+                "keys": m.keys.keys, "files": m.files.len(), "bytes": bytes,
+            })
+        ),
+        server::demo::Output::Text => {
+            println!("{what}:      {}", place.display());
+            println!("taken:        {} from {}", m.created, m.source);
+            println!("log position: {}", m.log_position);
+            println!(
+                "key store:    {} tenants, {} live keys (every one unwrapped when taken)",
+                m.keys.tenants, m.keys.keys
+            );
+            println!(
+                "files:        {} ({} bytes, each with its SHA-256 in {})",
+                m.files.len(),
+                bytes,
+                server::backup::MANIFEST
+            );
+        }
+    }
+}
+
+/// The provider's directory: given, else `<data_dir>/provider`.
+fn provider_dir(data_dir: &std::path::Path, given: Option<&std::path::Path>) -> PathBuf {
+    given.map_or_else(|| data_dir.join(keystore::embedded::PROVIDER_DIR), std::path::Path::to_path_buf)
+}
+
 /// The embedded key store of a stopped server's data directory.
-fn open_key_store(data_dir: &std::path::Path) -> anyhow::Result<keystore::embedded::Embedded> {
+fn open_key_store(
+    data_dir: &std::path::Path,
+    provider: Option<&std::path::Path>,
+) -> anyhow::Result<keystore::embedded::Embedded> {
     let root = std::env::var(keystore::embedded::ROOT_KEY_ENV).ok();
-    keystore::embedded::open_embedded(
+    keystore::embedded::open_embedded_in(
         data_dir,
+        &provider_dir(data_dir, provider),
         root.as_deref(),
         std::sync::Arc::new(eventlog::SystemClock),
         keystore::embedded::OpenMode::MustExist,

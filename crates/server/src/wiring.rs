@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use eventlog::file::{FileLog, FileLogConfig};
 use eventlog::{Clock, EventLog, SystemClock};
-use keystore::embedded::{OpenMode, ROOT_KEY_ENV, open_embedded};
+use keystore::embedded::{OpenMode, ROOT_KEY_ENV};
 use keystore::{KeyPolicy, Keyring};
 use proto::api as pb;
 use tokio::sync::watch;
@@ -262,8 +262,12 @@ pub async fn open_keys(
     let root = std::env::var(ROOT_KEY_ENV).ok();
     let dir = data_dir.to_path_buf();
     match backend {
-        KeysBackend::File => {
-            tokio::task::spawn_blocking(move || open_embedded(&dir, root.as_deref(), clock, mode)).await?
+        KeysBackend::File { provider_dir } => {
+            let provider = provider_dir.clone().unwrap_or_else(|| dir.join(keystore::embedded::PROVIDER_DIR));
+            tokio::task::spawn_blocking(move || {
+                keystore::embedded::open_embedded_in(&dir, &provider, root.as_deref(), clock, mode)
+            })
+            .await?
         }
         KeysBackend::Postgres { url, provider_url } => {
             if url == provider_url {

@@ -179,7 +179,7 @@ async fn every_flipped_byte_is_refused_repaired_or_served_identically() {
     let pristine = files_of(&pristine_dir);
     let trial = root.path().join("trial");
     restore(&trial, &pristine);
-    let reference = check(&trial).await.expect("the pristine copy starts");
+    let reference = check(&trial, None).await.expect("the pristine copy starts");
     assert!(reference.settled.is_empty(), "the pristine copy needed settling: {:?}", reference.settled);
     assert!(reference.events.len() > 30, "{} events", reference.events.len());
     assert_eq!(reference.media.len(), 1, "{:?}", reference.media);
@@ -227,7 +227,7 @@ async fn every_flipped_byte_is_refused_repaired_or_served_identically() {
         assert_eq!(files_of(&trial), damaged, "{context}: a verifier wrote");
         let class = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
         let c = per_class.entry(class).or_default();
-        match check(&trial).await {
+        match check(&trial, None).await {
             Err(e) => {
                 let text = format!("{e:#}");
                 let name = rel.file_name().unwrap().to_string_lossy();
