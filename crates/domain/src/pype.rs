@@ -39,7 +39,8 @@ pub enum PypeCommand {
     Archive,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialize: for operators' tools (`pypes replay`), never a stored format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum PypeEvent {
     Created { pype: Uuid, tenant: Uuid, name: String, description: String, timers: Timers, at_micros: i64 },
     AgentAssigned { agent: Uuid },

@@ -37,7 +37,7 @@ pub struct MediaMeta {
 }
 
 /// A message's reference to a blob of its Session.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Attachment {
     pub media: Uuid,
     pub content_type: String,
@@ -61,7 +61,7 @@ pub enum Status {
 }
 
 /// Why the state changed: a call of the API, or a timer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Reason {
     Api,
     Timer,
@@ -163,7 +163,8 @@ pub enum SessionCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialize: for operators' tools (`pypes replay`), never a stored format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum SessionEvent {
     Started {
         session: Uuid,

@@ -112,7 +112,8 @@ pub enum SubjectCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialize: for operators' tools (`pypes replay`), never a stored format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum SubjectEvent {
     Registered {
         subject: Uuid,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::common::{Aggregate, Ctx, FieldClass, Rejection, Timers, check_text};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TenantSettings {
     /// Default Session timers for the tenant's Pypes.
     pub timers: Timers,
@@ -56,7 +56,8 @@ pub enum TenantCommand {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialize: for operators' tools (`pypes replay`), never a stored format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum TenantEvent {
     Created { tenant: Uuid, name: String, settings: TenantSettings, at_micros: i64 },
     SettingsUpdated { settings: TenantSettings },

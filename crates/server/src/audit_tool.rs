@@ -202,8 +202,65 @@ pub fn parse_as_of(text: &str) -> anyhow::Result<i64> {
 
 pub use audit::time::time_text;
 
+/// A sealed field as replay shows it: `[erased]` once its key is gone.
 fn shown(text: &str) -> String {
-    if text.is_empty() { "[erased]".into() } else { format!("{text:?}") }
+    if text.is_empty() { "[erased]".into() } else { text.to_string() }
+}
+
+/// One value of an event for people: times (`*_micros`, `*_at`) in RFC
+/// 3339, byte strings (hashes) in hex, nothing for an absent option.
+fn value_text(key: &str, v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    Some(match v {
+        Value::Null => return None,
+        Value::String(s) if s.contains(char::is_whitespace) || s.is_empty() => format!("{s:?}"),
+        Value::String(s) => s.clone(),
+        Value::Number(n) if key.ends_with("_micros") || key == "at" => {
+            n.as_i64().map_or_else(|| n.to_string(), time_text)
+        }
+        Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.as_u64().is_some_and(|b| b <= 255)) => {
+            items.iter().filter_map(Value::as_u64).map(|b| format!("{b:02x}")).collect()
+        }
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().filter_map(|i| value_text("", i)).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        Value::Object(fields) => {
+            let parts: Vec<String> =
+                fields.iter().filter_map(|(k, v)| value_text(k, v).map(|t| format!("{k}={t}"))).collect();
+            format!("{{{}}}", parts.join(" "))
+        }
+        other => other.to_string(),
+    })
+}
+
+/// An event as `Name field=value …` (no Rust debug formatting).
+fn describe_event<E: serde::Serialize + std::fmt::Debug>(e: &E) -> String {
+    match serde_json::to_value(e) {
+        Ok(serde_json::Value::String(unit)) => unit,
+        Ok(serde_json::Value::Object(variant)) if variant.len() == 1 => {
+            let (name, body) = variant.into_iter().next().unwrap_or_default();
+            match body {
+                serde_json::Value::Object(fields) => {
+                    let parts: Vec<String> =
+                        fields.iter().filter_map(|(k, v)| value_text(k, v).map(|t| format!("{k}={t}"))).collect();
+                    if parts.is_empty() { name } else { format!("{name} {}", parts.join(" ")) }
+                }
+                other => value_text(&name, &other).map_or(name.clone(), |t| format!("{name} {t}")),
+            }
+        }
+        _ => format!("{e:?}"),
+    }
+}
+
+/// A state (`Option<enum>` or an enum) as its lower-case name, `none` when absent.
+fn state_text<T: serde::Serialize>(state: &T) -> String {
+    match serde_json::to_value(state) {
+        Ok(serde_json::Value::Null) => "none".into(),
+        Ok(serde_json::Value::String(s)) => s.to_lowercase(),
+        Ok(other) => value_text("", &other).unwrap_or_default(),
+        Err(_) => "?".into(),
+    }
 }
 
 fn describe_session(e: &SessionEvent) -> String {
@@ -213,7 +270,7 @@ fn describe_session(e: &SessionEvent) -> String {
             shown(body),
             device.as_deref().map(|d| format!(" (device {})", shown(d))).unwrap_or_default()
         ),
-        other => format!("{other:?}"),
+        other => describe_event(other),
     }
 }
 
@@ -226,7 +283,7 @@ fn describe_subject(e: &SubjectEvent) -> String {
         SubjectEvent::Onboarded { username, phone, .. } => {
             format!("Onboarded username={} phone={}", shown(username), shown(phone))
         }
-        other => format!("{other:?}"),
+        other => describe_event(other),
     }
 }
 
@@ -289,25 +346,38 @@ pub async fn replay_stream(
     match kind {
         "session" => {
             let s: Session = fold(&events, &keyring, describe_session, &mut out).await?;
+            let participants: Vec<String> = s.participants.keys().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
-                "state: {:?}, {} messages, participants {:?}",
-                s.status,
+                "state: {}, {} messages, participants: {}",
+                state_text(&s.status),
                 s.last_seq,
-                s.participants.keys().collect::<Vec<_>>()
+                if participants.is_empty() { "none".into() } else { participants.join(", ") }
             );
         }
         "subject" => {
             let s: Subject = fold(&events, &keyring, describe_subject, &mut out).await?;
-            let _ = writeln!(out, "state: {:?}, username {}, email {}", s.status, shown(&s.username), shown(&s.email));
+            let _ = writeln!(
+                out,
+                "state: {}, username {}, email {}",
+                state_text(&s.status),
+                shown(&s.username),
+                shown(&s.email)
+            );
         }
         "pype" => {
-            let p: Pype = fold(&events, &keyring, |e| format!("{e:?}"), &mut out).await?;
-            let _ = writeln!(out, "state: {:?} archived={} agents={}", p.name, p.archived, p.agents.len());
+            let p: Pype = fold(&events, &keyring, describe_event, &mut out).await?;
+            let _ = writeln!(out, "state: name {}, archived {}, {} agents", shown(&p.name), p.archived, p.agents.len());
         }
         "tenant" => {
-            let t: Tenant = fold(&events, &keyring, |e| format!("{e:?}"), &mut out).await?;
-            let _ = writeln!(out, "state: {:?} cancelled={} api keys={}", t.name, t.cancelled, t.api_keys.len());
+            let t: Tenant = fold(&events, &keyring, describe_event, &mut out).await?;
+            let _ = writeln!(
+                out,
+                "state: name {}, cancelled {}, {} API keys",
+                shown(&t.name),
+                t.cancelled,
+                t.api_keys.len()
+            );
         }
         other => bail!("stream {stream:?}: unknown kind {other:?} (session-, subject-, pype- or tenant-)"),
     }

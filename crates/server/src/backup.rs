@@ -419,6 +419,6 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Manifest> {
             .with_context(|| format!("moving {} to {}", staging.display(), data_dir.display()))?;
         sync_parent(data_dir)?;
     }
-    crate::datadir::claim(data_dir)?.keep();
+    crate::datadir::write_marker(data_dir)?;
     Ok(manifest)
 }

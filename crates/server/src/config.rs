@@ -399,6 +399,19 @@ pub struct ToolBackendArgs {
 }
 
 impl ToolBackendArgs {
+    /// The data directory: given (flag or `PYPES_DATA_DIR`), else the
+    /// config file's `data_dir`, else `./data`.
+    pub fn data_dir(&self, given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+        if let Some(d) = given {
+            return Ok(d);
+        }
+        let from_file = match &self.config {
+            Some(path) => read_file(path)?.data_dir,
+            None => None,
+        };
+        Ok(from_file.unwrap_or_else(|| PathBuf::from("./data")))
+    }
+
     pub fn resolve(&self) -> anyhow::Result<(LogBackend, KeysBackend)> {
         let file = match &self.config {
             Some(path) => read_file(path)?,

@@ -193,7 +193,8 @@ pub fn claim(dir: &Path) -> anyhow::Result<Claim> {
     Ok(claim)
 }
 
-fn write_marker(dir: &Path) -> anyhow::Result<()> {
+/// Writes the marker (a restore marks the directory it made).
+pub fn write_marker(dir: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     let path = dir.join(MARKER);
     let tmp = dir.join(format!("{MARKER}.tmp"));

@@ -107,7 +107,10 @@ pub async fn run(client: &Client, admin_key: &str) -> anyhow::Result<()> {
         logins.introspect(authed(&key, pb::IntrospectRequest { token: login.token.clone() })?).await?.into_inner();
     println!(
         "   login with a wrong password: {}; with the right one: a token for {} (idle timeout {} s)",
-        wrong.map_or_else(|e| format!("{:?} {}", e.code(), e.message()), |_| "accepted?!".into()),
+        wrong.map_or_else(
+            |e| format!("{} ({})", crate::client::code_name(e.code()), e.message()),
+            |_| "accepted?!".into()
+        ),
         info.subject_id,
         (info.idle_expires_at_micros - info.created_at_micros) / 1_000_000
     );
@@ -265,7 +268,11 @@ pub async fn run(client: &Client, admin_key: &str) -> anyhow::Result<()> {
         .await;
     match refused {
         Err(status) => {
-            println!("10. writing to the closed session is refused: {:?} {}", status.code(), status.message())
+            println!(
+                "10. writing to the closed session is refused: {} ({})",
+                crate::client::code_name(status.code()),
+                status.message()
+            )
         }
         Ok(_) => anyhow::bail!("a closed session accepted a message"),
     }

@@ -51,8 +51,9 @@ enum Command {
         /// Unix seconds or YYYY-MM-DDTHH:MM:SSZ; default now.
         #[arg(long)]
         as_of: Option<String>,
-        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// Default: the config file's data_dir, else ./data.
+        #[arg(long, env = "PYPES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Opens a stopped server's data directory as a start would (repairs
     /// from redundancy, refuses damage naming the file), then reads every
@@ -83,8 +84,9 @@ enum Command {
     /// key store (checked), blobs and signed heads. Never the root key or
     /// the provider's epochs (docs/operations.md, Backup and restore).
     Backup {
-        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// Default: the config file's data_dir, else ./data.
+        #[arg(long, env = "PYPES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// A new (or empty) directory for the backup.
         #[arg(long)]
         to: PathBuf,
@@ -253,8 +255,9 @@ struct EraseArgs {
 enum AuditCommand {
     /// Checks every record of the log; exits non-zero on any failure.
     Verify {
-        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// Default: the config file's data_dir, else ./data.
+        #[arg(long, env = "PYPES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// The log's Ed25519 public key (hex), from a trusted copy; default: the log's signing.pub.
         #[arg(long)]
         public_key: Option<String>,
@@ -268,8 +271,9 @@ enum AuditCommand {
     /// Verifies like `verify`, then prints the audit streams' entries
     /// (authentication attempts, refusals, privileged and privacy actions).
     Trail {
-        #[arg(long, env = "PYPES_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        /// Default: the config file's data_dir, else ./data.
+        #[arg(long, env = "PYPES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         #[arg(long)]
         public_key: Option<String>,
         #[arg(long)]
@@ -319,7 +323,7 @@ enum KeysCommand {
     },
 }
 
-fn init_logs() {
+fn init_logs(default_level: &str) {
     use std::io::IsTerminal;
     // Colour only on a terminal, and never with NO_COLOR set
     // (https://no-color.org): files and the journal get plain text.
@@ -327,12 +331,14 @@ fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_ansi(colour)
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .try_init();
 }
 
 fn main() -> std::process::ExitCode {
-    init_logs();
+    // The server logs at info; the tools only warnings unless RUST_LOG says otherwise.
+    let serving = std::env::args().nth(1).as_deref() == Some("serve");
+    init_logs(if serving { "info" } else { "warn" });
     // One process-wide TLS provider: with the kurrentdb or s3 feature a
     // second one (aws-lc) is in the build, and rustls then refuses to
     // guess (ring is the one pypes' own listeners use).
@@ -415,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let (log, _) = backends.resolve()?;
+            let data_dir = backends.data_dir(data_dir)?;
             let text = match log {
                 server::config::LogBackend::File { witness_dir } => server::audit_tool::verify(
                     &data_dir,
@@ -443,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { stream, into, as_of, data_dir, backends } => {
+            let data_dir = backends.data_dir(data_dir)?;
             let backends = backends.resolve()?;
             let as_of = match as_of {
                 Some(t) => server::audit_tool::parse_as_of(&t)?,
@@ -463,6 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Erase(args) => erase(args),
         Command::Backup { data_dir, to, backends, json } => {
+            let data_dir = backends.data_dir(data_dir)?;
             let (log, keys) = backends.resolve()?;
             let provider_dir = match (log, keys) {
                 (server::config::LogBackend::File { .. }, server::config::KeysBackend::File { provider_dir }) => {
@@ -624,7 +633,7 @@ fn print_backup(
             })
         ),
         server::demo::Output::Text => {
-            println!("{what}:      {}", place.display());
+            println!("{:<13} {}", format!("{what}:"), place.display());
             println!("taken:        {} from {}", m.created, m.source);
             println!("log position: {}", m.log_position);
             println!(

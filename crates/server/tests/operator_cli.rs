@@ -354,6 +354,13 @@ fn serve_refuses_what_is_not_its_own_and_leaves_nothing_behind() {
     let marker = std::fs::read_to_string(fresh.join("pypes-data.toml")).unwrap();
     assert!(marker.contains("format = 1"), "{marker}");
 
+    // The tools read data_dir from the same config file as serve.
+    let config = t.path().join("pypes.toml");
+    std::fs::write(&config, format!("data_dir = \"{}\"\n", fresh.display())).unwrap();
+    let out = ok(pypes(&["audit", "verify", "--config", config.to_str().unwrap()], &[]));
+    assert!(!out.is_empty(), "{out}");
+    refused(pypes(&["audit", "verify", "--data-dir", t.path().join("nothing").to_str().unwrap()], &[]), &[]);
+
     // admin.key gone with the data still there: refused, not replaced.
     std::fs::remove_file(fresh.join("admin.key")).unwrap();
     refused(serve(&fresh, &[], &[]), &["admin.key is missing", "does not make a new admin key"]);
