@@ -115,6 +115,21 @@ def stop(name, proc):
         sys.exit(f"{name}: stopped with {code}")
 
 
+def start_and_wait(name, command, env, base):
+    """Makes the TLS files the environment names, runs `command` in `base`
+    until /readyz answers, stops it with SIGTERM; returns its output."""
+    ca = tls_files(env)
+    out = base / "pypes.out"
+    with open(out, "w") as o:
+        proc = subprocess.Popen(command, env=env, stdout=o, stderr=subprocess.STDOUT, cwd=base)
+    try:
+        wait_ready(name, proc, env["PYPES_HTTP_ADDR"], ca, out)
+    finally:
+        if proc.poll() is None:
+            stop(name, proc)
+    return out.read_text()
+
+
 def secret_hex():
     return os.urandom(32).hex()
 
@@ -164,17 +179,8 @@ def systemd_unit():
         d = pathlib.Path(relocate(p, ports, base))
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
-    ca = tls_files(env)
     command = shlex.split(relocate(service["ExecStart"], ports, base))
-    out = work / "systemd.out"
-    with open(out, "w") as o:
-        proc = subprocess.Popen(command, env=env, stdout=o, stderr=subprocess.STDOUT, cwd=base)
-    try:
-        wait_ready("pypes.service", proc, env["PYPES_HTTP_ADDR"], ca, out)
-    finally:
-        if proc.poll() is None:
-            stop("pypes.service", proc)
-    text = out.read_text()
+    text = start_and_wait("pypes.service", command, env, base)
     if "\x1b[" in text:
         sys.exit("pypes.service: colour codes in the journal's output")
 
@@ -213,16 +219,7 @@ def containerfile():
     env["PYPES_ROOT_KEY"] = secret_hex()
     env["PYPES_ADMIN_KEY"] = secret_hex()
     pathlib.Path(env["PYPES_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
-    ca = tls_files(env)
-    command = [relocate(a, ports, base) for a in entrypoint + cmd]
-    out = work / "container.out"
-    with open(out, "w") as o:
-        proc = subprocess.Popen(command, env=env, stdout=o, stderr=subprocess.STDOUT, cwd=base)
-    try:
-        wait_ready("Containerfile", proc, env["PYPES_HTTP_ADDR"], ca, out)
-    finally:
-        if proc.poll() is None:
-            stop("Containerfile", proc)
+    start_and_wait("Containerfile", [relocate(a, ports, base) for a in entrypoint + cmd], env, base)
 
 
 try:

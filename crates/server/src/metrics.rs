@@ -136,7 +136,9 @@ impl ApiMetrics {
             .filter(|(_, m)| m.count.load(Ordering::Relaxed) > 0)
             .map(|(name, m)| {
                 let codes = (0..CODES)
-                    .map(|i| (code_name(tonic::Code::from(i as i32)), m.codes[i].load(Ordering::Relaxed)))
+                    .map(|i| {
+                        (crate::client::code_name(tonic::Code::from(i as i32)), m.codes[i].load(Ordering::Relaxed))
+                    })
                     .filter(|(_, n)| *n > 0)
                     .collect();
                 let counts = Counts {
@@ -196,29 +198,6 @@ impl ApiMetrics {
             "# HELP pypes_live_actors Actors live in this node.\n# TYPE pypes_live_actors gauge\npypes_live_actors {live}"
         );
         out
-    }
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -245,48 +245,16 @@ async fn every_client_command_works_against_a_tls_server() {
     refused(plain(&["--server", "ftp://localhost:1"], &sub), &["scheme"]);
     refused(plain(&["--server", &url, "--ca-cert", admin_file], &sub), &["--ca-cert", "no CERTIFICATE"]);
     refused(plain(&["--server", &in_clear, "--ca-cert", ca], &sub), &["is for TLS"]);
-    refused(
-        pypes(
-            &[
-                "privacy",
-                "--tenant",
-                &tenant,
-                "--subject",
-                &subject,
-                "lift",
-                "--server",
-                &url,
-                "--ca-cert",
-                ca,
-                "--data-dir",
-                "/nonexistent",
-            ],
-            &[],
-        ),
-        &["no admin key", "--admin-key-file"],
-    );
+    let lift_with = |extra: &[&str]| {
+        let mut a = vec!["privacy", "--tenant", tenant.as_str(), "--subject", subject.as_str(), "lift"];
+        a.extend_from_slice(&["--server", url.as_str(), "--ca-cert", ca]);
+        a.extend_from_slice(extra);
+        pypes(&a, &[])
+    };
+    refused(lift_with(&["--data-dir", "/nonexistent"]), &["no admin key", "--admin-key-file"]);
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "f".repeat(64)).unwrap();
-    refused(
-        pypes(
-            &[
-                "privacy",
-                "--tenant",
-                &tenant,
-                "--subject",
-                &subject,
-                "lift",
-                "--server",
-                &url,
-                "--ca-cert",
-                ca,
-                "--admin-key-file",
-                wrong.to_str().unwrap(),
-            ],
-            &[],
-        ),
-        &["UNAUTHENTICATED", "check the admin key"],
-    );
+    refused(lift_with(&["--admin-key-file", wrong.to_str().unwrap()]), &["UNAUTHENTICATED", "check the admin key"]);
     refused(
         pypes(&["demo"], &[("PYPES_GRPC_URLL", "x")]),
         &["PYPES_GRPC_URLL is not a pypes setting", "did you mean PYPES_GRPC_URL"],
