@@ -22,12 +22,12 @@ const TOP: &[&str] = &[
     "audit.head",
     "audit.checkpoint",
     "blobs",
-    "keys",
+    keystore::embedded::KEYS_DIR,
     "log",
     "log-signing.key",
     "node.id",
-    "provider",
-    "root.key",
+    keystore::embedded::PROVIDER_DIR,
+    keystore::embedded::ROOT_KEY_FILE,
     "views",
 ];
 /// What the file event log writes in `log/`.
