@@ -35,6 +35,7 @@ use domain::{Aggregate, Ctx};
 use eventlog::{BoxFuture, Direction, ExpectedVersion, LogError, ReadFrom, StreamAppend};
 use futures_util::future::Shared;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::ActorError;
@@ -131,12 +132,15 @@ pub(crate) struct Job<A: Aggregate> {
     solo: bool,
     /// Its own events are in the batch it waits for.
     wrote: bool,
+    /// The caller's span (an exported trace's RPC; disabled otherwise).
+    span: tracing::Span,
 }
 
 impl<A: Aggregate> Job<A> {
     pub(crate) fn new(command: Option<A::Command>) -> (Self, oneshot::Receiver<Step<A>>) {
         let (reply, rx) = oneshot::channel();
-        (Self { command: command.map(Box::new), reply, attempts: 0, solo: false, wrote: false }, rx)
+        let span = tracing::Span::current();
+        (Self { command: command.map(Box::new), reply, attempts: 0, solo: false, wrote: false, span }, rx)
     }
 }
 
@@ -390,9 +394,10 @@ fn batch_future<A: Codec>(
     events: Arc<Vec<A::Event>>,
     items: Vec<(Arc<A>, std::ops::Range<usize>)>,
     line: InLine,
+    span: tracing::Span,
 ) -> BoxFuture<'static, Result<(u64, Uuid), Failure>> {
     let InLine { previous, submitted } = line;
-    Box::pin(async move {
+    let batch = async move {
         let encoded = async {
             let mut stored = Vec::with_capacity(events.len());
             let mut claims = Vec::new();
@@ -413,6 +418,7 @@ fn batch_future<A: Codec>(
             }
             Ok::<_, events::CodecError>((stored, claims))
         }
+        .instrument(tracing::debug_span!(target: eventlog::SPAN_TARGET, "seal", events = events.len()))
         .await;
         let in_line = match previous {
             Some(p) => p.await.unwrap_or(false),
@@ -430,7 +436,9 @@ fn batch_future<A: Codec>(
             }
         };
         let last_id = stored.last().map(|e| e.id).unwrap_or_default();
-        let mut append = if claims.is_empty() {
+        let append_span =
+            tracing::debug_span!(target: eventlog::SPAN_TARGET, "eventlog.append", streams = 1 + claims.len());
+        let append = if claims.is_empty() {
             shared.log.append_multi(vec![StreamAppend { stream: stream.to_string(), expected, events: stored }])
         } else {
             let mut appends = vec![StreamAppend { stream: stream.to_string(), expected, events: stored }];
@@ -441,9 +449,10 @@ fn batch_future<A: Codec>(
             }));
             shared.log.append_multi(appends)
         };
+        let mut append = append.instrument(append_span);
         // The first poll hands the append to the log; only then may the
         // next batch be submitted.
-        let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+        let first = std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut append).poll(cx))).await;
         let _ = submitted.send(true);
         let result = match first {
             Poll::Ready(r) => r,
@@ -462,7 +471,28 @@ fn batch_future<A: Codec>(
             Err(LogError::WrongExpectedVersion { .. }) => Err(Failure::Conflict),
             Err(e) => Err(Failure::Error(Arc::new(e.into()))),
         }
-    })
+    };
+    Box::pin(batch.instrument(span))
+}
+
+/// The span of a batch: a child of its first traced command's span and
+/// linked to the others (one append serves them all). Disabled, at no
+/// cost, unless traces are exported.
+fn batch_span<A: Aggregate, O>(decided: &[(Job<A>, O)], stream: &str, events: usize) -> tracing::Span {
+    let mut traced = decided.iter().map(|(job, _)| &job.span).filter(|s| !s.is_disabled());
+    let Some(first) = traced.next() else { return tracing::Span::none() };
+    let span = tracing::debug_span!(
+        target: eventlog::SPAN_TARGET,
+        parent: first,
+        "actor.batch",
+        stream,
+        commands = decided.len(),
+        events
+    );
+    for other in traced {
+        span.follows_from(other);
+    }
+    span
 }
 
 fn send<A: Aggregate>(job: Job<A>, outcome: Outcome<A>) {
@@ -592,7 +622,8 @@ impl<A: Codec + Unpin> EntityActor<A> {
         let (submitted, in_line) = oneshot::channel();
         let previous = self.last_submitted.replace(in_line);
         let events = Arc::new(events);
-        let durable = futures_util::FutureExt::shared(batch_future::<A>(
+        let span = batch_span(&decided, &self.stream, events.len());
+        let batch = batch_future::<A>(
             self.shared.clone(),
             self.tenant,
             self.stream.clone(),
@@ -600,7 +631,9 @@ impl<A: Codec + Unpin> EntityActor<A> {
             events.clone(),
             items,
             InLine { previous, submitted },
-        ));
+            span,
+        );
+        let durable = futures_util::FutureExt::shared(batch);
         let id = self.next_batch;
         self.next_batch += 1;
         let jobs = decided.into_iter().map(|(job, outcome)| Self::wait(job, durable.clone(), outcome)).collect();

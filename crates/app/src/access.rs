@@ -10,7 +10,7 @@ use domain::tenant::Tenant;
 use uuid::Uuid;
 
 use crate::auth::{self, Bearer, Caller, Credentials};
-use crate::call::{Actor, current_actor, method, set_actor};
+use crate::call::{Actor, current_actor, method, set_actor, set_tenant};
 use crate::staff::Access;
 use crate::{App, AppError};
 
@@ -60,6 +60,7 @@ impl App {
                 );
                 if cached {
                     set_actor(Actor::TenantKey(token.key_id));
+                    set_tenant(token.tenant);
                     self.audit.count_api_key_ok(token.tenant, token.key_id);
                     return Ok(Caller::Tenant(token.tenant));
                 }
@@ -93,6 +94,7 @@ impl App {
                     cache.insert(cache_key, (token.secret_sha256, Instant::now()));
                 }
                 set_actor(Actor::TenantKey(token.key_id));
+                set_tenant(token.tenant);
                 self.audit.count_api_key_ok(token.tenant, token.key_id);
                 Ok(Caller::Tenant(token.tenant))
             }
@@ -108,6 +110,7 @@ impl App {
             Caller::Staff { id, role } => {
                 let tenant = staff_tenant(credentials)?;
                 self.staff_may(id, role, Some(tenant)).await?;
+                set_tenant(tenant);
                 Ok(tenant)
             }
         }
@@ -176,6 +179,7 @@ impl App {
             Caller::Staff { id, role } => {
                 let tenant = crate::parse_id("tenant_id", tenant_id)?;
                 self.staff_may(id, role, Some(tenant)).await?;
+                set_tenant(tenant);
                 Ok(tenant)
             }
         }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 tokio::task_local! {
     static METHOD: &'static str;
     static ACTOR: Cell<Actor>;
+    static TENANT: Cell<Option<Uuid>>;
 }
 
 /// Who a call's verified key belongs to; made into text only when an audit
@@ -32,7 +33,23 @@ pub struct Call {
 
 /// Runs `f` as the RPC `method`.
 pub async fn scope<T>(method: &'static str, f: impl Future<Output = T>) -> T {
-    METHOD.scope(method, ACTOR.scope(Cell::new(Actor::Unknown), f)).await
+    scope_noting(method, f).await.0
+}
+
+/// [`scope`], and the tenant the call was verified to act for (a tenant
+/// key's, or the one a staff member's call was allowed to name), for the
+/// request log.
+pub async fn scope_noting<T>(method: &'static str, f: impl Future<Output = T>) -> (T, Option<Uuid>) {
+    let noted = async {
+        let out = f.await;
+        (out, TENANT.with(Cell::get))
+    };
+    METHOD.scope(method, ACTOR.scope(Cell::new(Actor::Unknown), TENANT.scope(Cell::new(None), noted))).await
+}
+
+/// Notes the tenant the current call acts for (after it was verified).
+pub(crate) fn set_tenant(tenant: Uuid) {
+    let _ = TENANT.try_with(|t| t.set(Some(tenant)));
 }
 
 /// The RPC being served (`unknown` outside [`scope`]).

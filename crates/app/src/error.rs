@@ -129,9 +129,16 @@ impl AppError {
     /// internal failure is logged here with an incident id, and only the
     /// id goes out.
     pub fn answer(self) -> (Code, String) {
-        let (code, message) = self.classify();
+        let (code, message, _) = self.answer_noting();
+        (code, message)
+    }
+
+    /// [`Self::answer`], and the incident id an internal failure was
+    /// logged under (for the request log).
+    pub fn answer_noting(self) -> (Code, String, Option<uuid::Uuid>) {
+        let (code, message, incident) = self.classify();
         if message.len() <= MAX_MESSAGE {
-            return (code, message);
+            return (code, message, incident);
         }
         // Every caller value is quoted through `domain::quote`; this only
         // guards against a message that grew some other way.
@@ -139,7 +146,7 @@ impl AppError {
         while !message.is_char_boundary(cut) {
             cut -= 1;
         }
-        (code, format!("{}… (message cut)", &message[..cut]))
+        (code, format!("{}… (message cut)", &message[..cut]), incident)
     }
 
     /// The code alone (no logging).
@@ -167,8 +174,14 @@ impl AppError {
         }
     }
 
-    fn classify(self) -> (Code, String) {
+    fn classify(self) -> (Code, String, Option<uuid::Uuid>) {
         let code = self.code();
+        let mut noted = None;
+        let mut note_incident = |cause: String| {
+            let (message, id) = incident(cause);
+            noted = Some(id);
+            message
+        };
         let message = match self {
             AppError::Invalid { field, reason } => format!("{field}: {reason}"),
             AppError::Unauthenticated(m) | AppError::Forbidden(m) => m,
@@ -186,8 +199,8 @@ impl AppError {
                 tracing::warn!(error = %m, "actor unavailable");
                 "the node is shutting down or overloaded; retry".into()
             }
-            AppError::Actor(other) => incident(other.to_string()),
-            AppError::Internal(m) => incident(m),
+            AppError::Actor(other) => note_incident(other.to_string()),
+            AppError::Internal(m) => note_incident(m),
             AppError::Unavailable(m)
             | AppError::TooMany(m)
             | AppError::DataLoss(m)
@@ -196,14 +209,14 @@ impl AppError {
             | AppError::Conflict(m)
             | AppError::NotFound(m) => m,
         };
-        (code, message)
+        (code, message, noted)
     }
 }
 
-fn incident(cause: String) -> String {
+fn incident(cause: String) -> (String, uuid::Uuid) {
     let incident = uuid::Uuid::now_v7();
     tracing::error!(%incident, error = %cause, "internal error");
-    format!("internal error (incident {incident}; see the server log)")
+    (format!("internal error (incident {incident}; see the server log)"), incident)
 }
 
 impl From<Rejection> for AppError {

@@ -14,6 +14,12 @@ mod error;
 pub mod file;
 pub mod hash;
 pub mod mem;
+pub mod stats;
+
+/// The target of the spans exported as traces (the server's
+/// `telemetry::SPAN_TARGET`; spelled here so the lower crates need not
+/// depend on the server).
+pub const SPAN_TARGET: &str = "pypes::span";
 mod model;
 mod subscription;
 mod validate;
@@ -136,6 +142,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// releases its directory; later writes fail with `Closed`. Blocks
     /// until done. Databases need nothing.
     fn close_for_shutdown(&self) {}
+
+    /// How long this log's fdatasyncs take (the file log; databases sync
+    /// out of our sight and give `None`).
+    fn fsync_latency(&self) -> Option<stats::HistogramSnapshot> {
+        None
+    }
 
     /// Replaces the metadata of `stream` (which need not exist yet).
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>>;

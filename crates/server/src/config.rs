@@ -34,6 +34,21 @@ pub struct FileConfig {
     /// What the client commands connect with (`pypes erase`, `export`, ...).
     #[serde(default)]
     pub client: ClientFile,
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
+}
+
+/// `[telemetry]`: the log format and where traces go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// "text" (default) or "json".
+    pub log_format: Option<crate::telemetry::LogFormat>,
+    /// An OTLP/gRPC collector (`http://collector:4317`); none: no traces.
+    pub otlp_endpoint: Option<String>,
+    /// The CA certificate (PEM) of an `https` collector.
+    pub otlp_ca_cert: Option<PathBuf>,
 }
 
 /// `[client]`: the server the client commands reach, and how.
@@ -175,6 +190,11 @@ fn media_config(file: MediaFile) -> anyhow::Result<MediaConfig> {
 pub struct TlsFile {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// Listen without TLS off loopback, because a service mesh (a sidecar
+    /// on the same host) terminates TLS in front of pypes. Logged as an
+    /// error at every start and shown in /metrics (`pypes_tls_disabled`).
+    #[serde(default)]
+    pub plaintext_behind_mesh: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -456,6 +476,16 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "PYPES_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Listen without TLS on a non-loopback address because a service mesh
+    /// terminates TLS in front of pypes (logged as an error at every start).
+    #[arg(long, env = "PYPES_PLAINTEXT_BEHIND_MESH")]
+    pub plaintext_behind_mesh: bool,
+    /// Send traces to this OTLP/gRPC collector (http://collector:4317).
+    #[arg(long, env = "PYPES_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The CA certificate (PEM) of an https OTLP collector.
+    #[arg(long, env = "PYPES_OTLP_CA_CERT")]
+    pub otlp_ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub backends: BackendArgs,
     /// PostgreSQL database to keep the SQL read models in (docs/sql.md).
@@ -487,6 +517,10 @@ pub struct Config {
     pub keys: KeysBackend,
     /// The SQL read models' database, if any.
     pub sql_url: Option<String>,
+    /// Plaintext off loopback, TLS terminated by a mesh in front.
+    pub plaintext_behind_mesh: bool,
+    /// The log format and the trace exporter.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Config {
@@ -504,6 +538,20 @@ impl Config {
             grpc_addr: listen_addr("grpc_addr", args.grpc_addr.clone().or(file.grpc_addr), 50051)?,
             http_addr: listen_addr("http_addr", args.http_addr.clone().or(file.http_addr), 8080)?,
             admin_key: args.admin_key.clone().or(file.admin_key),
+            plaintext_behind_mesh: args.plaintext_behind_mesh || file.tls.plaintext_behind_mesh,
+            telemetry: crate::telemetry::Telemetry {
+                log_format: file.telemetry.log_format.unwrap_or_default(),
+                otlp: match (
+                    args.otlp_endpoint.clone().or(file.telemetry.otlp_endpoint).filter(|e| !e.trim().is_empty()),
+                    args.otlp_ca_cert.clone().or(file.telemetry.otlp_ca_cert),
+                ) {
+                    (Some(endpoint), ca_cert) => Some(crate::telemetry::Otlp { endpoint, ca_cert }),
+                    (None, Some(_)) => anyhow::bail!(
+                        "telemetry.otlp_ca_cert is set without telemetry.otlp_endpoint; give the collector's URL"
+                    ),
+                    (None, None) => None,
+                },
+            },
             actor_idle_secs: args.actor_idle_secs.or(file.actors.idle_secs).unwrap_or(300),
             max_actors: args.max_actors.or(file.actors.max_actors).unwrap_or(100_000),
             snapshot_every: args.snapshot_every.or(file.actors.snapshot_every).unwrap_or(256),
@@ -530,12 +578,18 @@ impl Config {
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),
             },
         };
-        if config.tls.is_none() {
+        if config.tls.is_some() && config.plaintext_behind_mesh {
+            anyhow::bail!(
+                "tls.plaintext_behind_mesh is set with a TLS certificate: pick one (the mesh's TLS, or pypes' own)"
+            );
+        }
+        if config.tls.is_none() && !config.plaintext_behind_mesh {
             for (name, addr) in [("grpc_addr", config.grpc_addr), ("http_addr", config.http_addr)] {
                 if !addr.ip().is_loopback() {
                     anyhow::bail!(
                         "{name} {addr} is not a loopback address: without TLS pypes listens on loopback only; \
-                         give tls.cert_file and tls.key_file (or --tls-cert and --tls-key), or listen on 127.0.0.1"
+                         give tls.cert_file and tls.key_file (or --tls-cert and --tls-key), or listen on 127.0.0.1 \
+                         (behind a service mesh that terminates TLS: tls.plaintext_behind_mesh)"
                     );
                 }
             }

@@ -24,6 +24,23 @@ pub struct HttpState {
     pub views: Arc<Views>,
     pub erasures: Arc<Erasures>,
     pub admin_sha256: [u8; 32],
+    pub log: Arc<dyn eventlog::EventLog>,
+    /// The file log's directory (its size is reported); none for databases.
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Listening without TLS off loopback (a mesh terminates TLS).
+    pub plaintext_behind_mesh: bool,
+}
+
+/// Bytes of the files under `dir` (two levels: the log and its segments).
+fn dir_bytes(dir: &std::path::Path, depth: u8) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some(if meta.is_dir() { if depth > 0 { dir_bytes(&e.path(), depth - 1) } else { 0 } } else { meta.len() })
+        })
+        .sum()
 }
 
 async fn healthz() -> HttpResponse {
@@ -79,6 +96,26 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
          # HELP pypes_erasure_requests_past_warning Open erasure requests past the warning age.\n# TYPE pypes_erasure_requests_past_warning gauge\npypes_erasure_requests_past_warning {warned}\n\
          # HELP pypes_erasure_requests_overdue Open erasure requests past their due date.\n# TYPE pypes_erasure_requests_overdue gauge\npypes_erasure_requests_overdue {overdue}\n"
     );
+    let _ = write!(
+        body,
+        "# HELP pypes_log_head_position The position the next committed event gets (events in the log).\n# TYPE pypes_log_head_position gauge\npypes_log_head_position {}\n\
+         # HELP pypes_tls_disabled 1 when listening without TLS off loopback (tls.plaintext_behind_mesh).\n# TYPE pypes_tls_disabled gauge\npypes_tls_disabled {}\n",
+        state.log.head(),
+        u8::from(state.plaintext_behind_mesh)
+    );
+    if let Some(dir) = &state.log_dir {
+        let _ = writeln!(
+            body,
+            "# HELP pypes_log_size_bytes Bytes of the event log's files on disk.\n# TYPE pypes_log_size_bytes gauge\npypes_log_size_bytes {}",
+            dir_bytes(dir, 2)
+        );
+    }
+    if let Some(fsync) = state.log.fsync_latency() {
+        body.push_str("# HELP pypes_log_fsync_seconds How long the event log's commit fdatasyncs take.\n# TYPE pypes_log_fsync_seconds histogram\n");
+        crate::metrics::histogram(&mut body, "pypes_log_fsync_seconds", "", &fsync);
+    }
+    crate::metrics::build_info(&mut body);
+    crate::metrics::process(&mut body);
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 

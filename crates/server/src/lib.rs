@@ -13,5 +13,6 @@ pub mod grpc;
 pub mod http;
 pub mod integrity;
 pub mod metrics;
+pub mod telemetry;
 pub mod version;
 pub mod wiring;

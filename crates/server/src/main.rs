@@ -22,6 +22,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (colour only on a terminal; NO_COLOR honoured) or
+    /// one JSON object per line. Default: text, or `serve`'s
+    /// telemetry.log_format. Levels: RUST_LOG (docs/operations.md, Logs).
+    #[arg(long, global = true, env = "PYPES_LOG_FORMAT", value_enum)]
+    log_format: Option<server::telemetry::LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -323,22 +328,7 @@ enum KeysCommand {
     },
 }
 
-fn init_logs(default_level: &str) {
-    use std::io::IsTerminal;
-    // Colour only on a terminal, and never with NO_COLOR set
-    // (https://no-color.org): files and the journal get plain text.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
-        .try_init();
-}
-
 fn main() -> std::process::ExitCode {
-    // The server logs at info; the tools only warnings unless RUST_LOG says otherwise.
-    let serving = std::env::args().nth(1).as_deref() == Some("serve");
-    init_logs(if serving { "info" } else { "warn" });
     // One process-wide TLS provider: with the kurrentdb or s3 feature a
     // second one (aws-lc) is in the build, and rustls then refuses to
     // guess (ring is the one pypes' own listeners use).
@@ -392,9 +382,22 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The server logs at info; the tools only warnings unless RUST_LOG
+    // says otherwise. Dropping the guard flushes the traces.
+    let _telemetry = match &cli.command {
+        Command::Serve(_) => None,
+        _ => {
+            let telemetry = server::telemetry::Telemetry { log_format: cli.log_format.unwrap_or_default(), otlp: None };
+            Some(server::telemetry::init(&telemetry, "warn")?)
+        }
+    };
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::resolve(&args)?;
+            let mut config = Config::resolve(&args)?;
+            if let Some(format) = cli.log_format {
+                config.telemetry.log_format = format;
+            }
+            let _telemetry = server::telemetry::init(&config.telemetry, "info")?;
             actix_rt::System::with_tokio_rt(|| {
                 tokio::runtime::Builder::new_multi_thread()
                     .enable_all()

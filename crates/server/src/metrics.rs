@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+use eventlog::stats::{Histogram, HistogramSnapshot};
+
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 
 /// Every RPC the server answers (a tidy test holds the adapters to this
 /// list); anything else is counted as `other`.
@@ -72,20 +74,21 @@ pub const METHODS: &[&str] = &[
 const CODES: usize = 17;
 
 /// One RPC's counters: atomics only, so the request path takes no lock.
-#[derive(Default)]
 struct Method {
     codes: [AtomicU64; CODES],
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
+    latency: Histogram,
+}
+
+impl Default for Method {
+    fn default() -> Self {
+        Self { codes: Default::default(), latency: Histogram::new(BUCKETS) }
+    }
 }
 
 /// One RPC's counters as read for rendering.
 struct Counts {
     codes: BTreeMap<&'static str, u64>,
-    buckets: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+    latency: HistogramSnapshot,
 }
 
 pub struct ApiMetrics {
@@ -112,14 +115,7 @@ impl ApiMetrics {
     pub fn observe(&self, method: &'static str, code: tonic::Code, took: Duration) {
         let m = &self.slots[self.index.get(method).copied().unwrap_or(METHODS.len())];
         m.codes[(code as usize).min(CODES - 1)].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                m.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        m.sum_nanos.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        m.count.fetch_add(1, Ordering::Relaxed);
+        m.latency.observe(took);
     }
 
     /// Counts damage found in a store (`keys`, `views`, `media`) and what
@@ -133,7 +129,7 @@ impl ApiMetrics {
         let names = METHODS.iter().copied().chain(std::iter::once("other"));
         names
             .zip(self.slots.iter())
-            .filter(|(_, m)| m.count.load(Ordering::Relaxed) > 0)
+            .filter(|(_, m)| m.latency.count() > 0)
             .map(|(name, m)| {
                 let codes = (0..CODES)
                     .map(|i| {
@@ -141,12 +137,7 @@ impl ApiMetrics {
                     })
                     .filter(|(_, n)| *n > 0)
                     .collect();
-                let counts = Counts {
-                    codes,
-                    buckets: std::array::from_fn(|i| m.buckets[i].load(Ordering::Relaxed)),
-                    sum: m.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-                    count: m.count.load(Ordering::Relaxed),
-                };
+                let counts = Counts { codes, latency: m.latency.snapshot() };
                 (name, counts)
             })
             .collect()
@@ -169,13 +160,7 @@ impl ApiMetrics {
             "# HELP pypes_grpc_request_seconds gRPC request latency.\n# TYPE pypes_grpc_request_seconds histogram\n",
         );
         for (name, m) in methods.iter() {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ =
-                    writeln!(out, "pypes_grpc_request_seconds_bucket{{method=\"{name}\",le=\"{b}\"}} {}", m.buckets[i]);
-            }
-            let _ = writeln!(out, "pypes_grpc_request_seconds_bucket{{method=\"{name}\",le=\"+Inf\"}} {}", m.count);
-            let _ = writeln!(out, "pypes_grpc_request_seconds_sum{{method=\"{name}\"}} {}", m.sum);
-            let _ = writeln!(out, "pypes_grpc_request_seconds_count{{method=\"{name}\"}} {}", m.count);
+            histogram(&mut out, "pypes_grpc_request_seconds", &format!("method=\"{name}\""), &m.latency);
         }
         let counters = [
             ("pypes_appends_total", "Appends acknowledged by the event log.", actors.appends.load(Ordering::Relaxed)),
@@ -199,6 +184,89 @@ impl ApiMetrics {
         );
         out
     }
+}
+
+/// Linux reports process times in USER_HZ ticks, 100 a second on every
+/// architecture Linux runs on (`man 5 proc`).
+const USER_HZ: f64 = 100.0;
+
+/// The process metrics Prometheus' client libraries export, read from
+/// `/proc/self` (nothing where there is no `/proc`): CPU seconds, resident
+/// and virtual memory, threads, open and allowed file descriptors, start
+/// time.
+pub fn process(out: &mut String) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in ")".
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, starttime 22; the
+    // rest starts at field 3.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status_kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    };
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()));
+    let max_fds = std::fs::read_to_string("/proc/self/limits").unwrap_or_default().lines().find_map(|l| {
+        l.strip_prefix("Max open files").and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok())
+    });
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
+    let samples = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, seconds.",
+            field(14).zip(field(15)).map(|(u, s)| (u + s) / USER_HZ),
+        ),
+        ("process_resident_memory_bytes", "gauge", "Resident memory, bytes.", status_kb("VmRSS:").map(|k| k * 1024.0)),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory, bytes.", status_kb("VmSize:").map(|k| k * 1024.0)),
+        ("process_threads", "gauge", "OS threads.", status_kb("Threads:")),
+        ("process_open_fds", "gauge", "Open file descriptors.", open_fds),
+        ("process_max_fds", "gauge", "The limit on open file descriptors.", max_fds),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process, seconds since the Unix epoch.",
+            field(22).zip(boot).map(|(ticks, boot)| boot + ticks / USER_HZ),
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        if let Some(v) = value {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
+}
+
+/// The build: one sample valued 1 whose labels say what runs.
+pub fn build_info(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP pypes_build_info The running build (value 1).\n# TYPE pypes_build_info gauge\n\
+         pypes_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\",features=\"{}\"}} 1",
+        crate::version::VERSION,
+        crate::version::COMMIT,
+        crate::version::PROFILE,
+        crate::version::features()
+    );
+}
+
+/// The sample lines of one histogram (`labels` without braces; may be
+/// empty).
+pub fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (b, n) in h.bounds.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
 }
 
 #[cfg(test)]

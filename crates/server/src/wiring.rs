@@ -470,6 +470,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             builder = builder.tls_config(t.grpc).context("configuring TLS for gRPC")?;
             (Some(t.http), "on")
         }
+        None if config.plaintext_behind_mesh => {
+            tracing::error!(
+                grpc = %config.grpc_addr,
+                http = %config.http_addr,
+                "TLS IS OFF on a non-loopback listener (tls.plaintext_behind_mesh): only a service mesh that \
+                 terminates TLS on this host may reach these ports; anyone else on the network reads every \
+                 request, the admin key and personal data in clear"
+            );
+            (None, "OFF (plaintext_behind_mesh: TLS must be terminated in front)")
+        }
         None => (None, "off (loopback only)"),
     };
     let grpc = builder
@@ -505,6 +515,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             views: views.clone(),
             erasures,
             admin_sha256: app::auth::sha256(admin.as_bytes()),
+            log: log.clone(),
+            log_dir: matches!(config.log, LogBackend::File { .. }).then(|| config.data_dir.join("log")),
+            plaintext_behind_mesh: config.plaintext_behind_mesh,
         },
         http_tls,
     )?;

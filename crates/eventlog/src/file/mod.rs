@@ -116,6 +116,7 @@ impl FileLog {
             scavenging: Mutex::new(()),
             poisoned: Mutex::new(None),
             witness: config.witness_path(),
+            fsync: crate::stats::Histogram::new(crate::stats::FSYNC_BOUNDS),
         });
         write_public_key(&*vfs, &dir, &config.signing_key);
         let (tx, rx) = mpsc::channel();
@@ -174,6 +175,10 @@ impl Drop for FileLog {
 }
 
 impl EventLog for FileLog {
+    fn fsync_latency(&self) -> Option<crate::stats::HistogramSnapshot> {
+        Some(self.shared.fsync.snapshot())
+    }
+
     fn exclusive(&self) -> bool {
         true
     }
@@ -186,7 +191,10 @@ impl EventLog for FileLog {
         Box::pin(async move {
             let bytes = validate_appends(&appends)?;
             let (reply, rx) = oneshot::channel();
-            self.tx.send(Request::Append { appends, bytes, reply }).map_err(|_| LogError::Closed)?;
+            // The caller's span (an exported trace's append), for the
+            // commit's span on the syncer thread.
+            let span = tracing::Span::current();
+            self.tx.send(Request::Append { appends, bytes, reply, span }).map_err(|_| LogError::Closed)?;
             rx.await.map_err(|_| LogError::Closed)?
         })
     }

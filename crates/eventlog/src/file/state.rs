@@ -251,6 +251,8 @@ pub(super) struct Shared {
     pub(super) poisoned: Mutex<Option<String>>,
     /// The witness's copy of `head.sig`, written after it.
     pub(super) witness: Option<PathBuf>,
+    /// The commits' fdatasyncs.
+    pub(super) fsync: crate::stats::Histogram,
 }
 
 impl Shared {

@@ -48,6 +48,8 @@ pub(super) enum Request {
         /// Upper bound of the bytes the events take in a frame (validation's).
         bytes: usize,
         reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+        /// The appender's span (disabled unless traces are exported).
+        span: tracing::Span,
     },
     Meta {
         stream: String,
@@ -168,6 +170,8 @@ struct Group {
     /// Byte ranges of the events in `buf`, for the batch digests.
     event_ranges: Vec<(u32, u32)>,
     replies: Vec<Reply>,
+    /// The spans of the appends in the group that are being traced.
+    spans: Vec<tracing::Span>,
 }
 
 /// A frame the stager encoded with a zero chain and CRC, for the syncer to
@@ -467,11 +471,15 @@ impl Stager {
             first_position: self.tail.next_position,
             checkpoint: false,
         };
+        let mut spans = Vec::new();
         for r in data {
             match r {
-                Request::Append { appends, bytes, reply } => {
+                Request::Append { appends, bytes, reply, span } => {
                     let result = self.stage_append(&mut txn, appends, bytes);
                     replies.push(Reply::Append(reply, result));
+                    if !span.is_disabled() {
+                        spans.push(span);
+                    }
                 }
                 Request::Meta { stream, op, reply } => {
                     let result = self.stage_meta(&mut txn, &stream, op);
@@ -490,7 +498,7 @@ impl Stager {
             self.stage_checkpoint(&mut txn);
         }
         replies.extend(checkpoints.into_iter().map(|r| Reply::Unit(r, Ok(()))));
-        self.send_group(txn, replies);
+        self.send_group(txn, replies, spans);
         for reply in rolls {
             let rolled = if self.tail.active_len > SEGMENT_HEADER_LEN { self.roll() } else { Ok(()) };
             match rolled {
@@ -507,7 +515,7 @@ impl Stager {
         shutdown
     }
 
-    fn send_group(&mut self, mut txn: Txn, replies: Vec<Reply>) {
+    fn send_group(&mut self, mut txn: Txn, replies: Vec<Reply>, spans: Vec<tracing::Span>) {
         self.spare_body = std::mem::take(&mut txn.batch.body);
         let written = txn.buf.len() as u64;
         let streams = txn
@@ -540,6 +548,7 @@ impl Stager {
             frames_since_checkpoint: self.tail.frames_since_checkpoint,
             checkpoint: None,
             replies,
+            spans,
         };
         self.tail.active_len += written;
         self.tail.frame_count = txn.frame_count;
@@ -809,6 +818,18 @@ impl Syncer {
             return;
         }
         let mut live = live;
+        // One span for the commit (sealing the frames, the write and its
+        // fsync), a child of the first traced append in it and linked to
+        // the others: a group commit serves many requests.
+        let mut traced = live.iter().flat_map(|g| g.spans.iter());
+        let _commit = traced.next().map(|first| {
+            let span =
+                tracing::debug_span!(target: crate::SPAN_TARGET, parent: first, "eventlog.commit", groups = live.len());
+            for other in traced {
+                span.follows_from(other);
+            }
+            span.entered()
+        });
         for g in &mut live {
             self.seal(&mut chain, g);
         }
@@ -880,7 +901,10 @@ impl Syncer {
             }
         }
         for (segment, file) in files {
+            let _span = tracing::debug_span!(target: crate::SPAN_TARGET, "fsync", segment).entered();
+            let started = Instant::now();
             file.sync_data().map_err(|e| LogError::io(format!("syncing segment {segment}"), e))?;
+            self.shared.fsync.observe(started.elapsed());
         }
         Ok(())
     }

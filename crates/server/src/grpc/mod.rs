@@ -26,6 +26,7 @@ use app::{App, AppError};
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status};
+use tracing::Instrument;
 
 use crate::metrics::ApiMetrics;
 
@@ -49,8 +50,28 @@ pub(crate) fn credentials(metadata: &MetadataMap) -> Credentials {
 
 /// The gRPC status of an application error (the code from the one table).
 pub(crate) fn status(e: AppError) -> Status {
-    let (code, message) = e.answer();
-    Status::new(tonic::Code::from(code.grpc()), message)
+    status_noting(e).0
+}
+
+/// [`status`], and the incident id of an internal failure.
+fn status_noting(e: AppError) -> (Status, Option<uuid::Uuid>) {
+    let (code, message, incident) = e.answer_noting();
+    (Status::new(tonic::Code::from(code.grpc()), message), incident)
+}
+
+/// The span of one RPC (exported when traces are on; disabled, and free,
+/// otherwise).
+fn rpc_span(method: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: crate::telemetry::SPAN_TARGET,
+        "rpc",
+        otel.name = method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 impl Handle {
@@ -61,9 +82,10 @@ impl Handle {
         method: &'static str,
         call: impl Future<Output = Result<T, AppError>>,
     ) -> Reply<T> {
+        let span = rpc_span(method);
         let started = Instant::now();
-        let result = app::call::scope(method, call).await;
-        self.finish(method, started, result).await.map(Response::new)
+        let (result, tenant) = app::call::scope_noting(method, call).instrument(span.clone()).await;
+        self.finish(method, started, result, tenant, &span).await.map(Response::new)
     }
 
     /// Runs the call that opens a server stream as `method`; each item is
@@ -76,29 +98,50 @@ impl Handle {
         call: impl Future<Output = Result<tokio::sync::mpsc::Receiver<Result<I, AppError>>, AppError>>,
         out: impl Fn(I) -> T + Send + 'static,
     ) -> Reply<Streamed<T>> {
+        let span = rpc_span(method);
         let started = Instant::now();
-        let result = app::call::scope(method, call).await;
-        let rx = self.finish(method, started, result).await?;
+        let (result, tenant) = app::call::scope_noting(method, call).instrument(span.clone()).await;
+        let rx = self.finish(method, started, result, tenant, &span).await?;
         let items = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| item.map(&out).map_err(status));
         Ok(Response::new(Box::pin(items)))
     }
 
+    /// Notes a refusal, observes the latency, closes the span and writes
+    /// the request log's line: method, code, latency, the verified tenant
+    /// and an internal failure's incident id (never personal data: no
+    /// request fields, no message text, no peer address).
     async fn finish<T>(
         &self,
         method: &'static str,
         started: Instant,
         result: Result<T, AppError>,
+        tenant: Option<uuid::Uuid>,
+        span: &tracing::Span,
     ) -> Result<T, Status> {
-        let (code, result) = match result {
-            Ok(v) => (tonic::Code::Ok, Ok(v)),
+        let (code, incident, result) = match result {
+            Ok(v) => (tonic::Code::Ok, None, Ok(v)),
             Err(e) => {
                 let app_code = e.code();
                 self.app.note_refusal(method, app_code).await;
-                let s = status(e);
-                (s.code(), Err(s))
+                let (s, incident) = status_noting(e);
+                (s.code(), incident, Err(s))
             }
         };
-        self.metrics.observe(method, code, started.elapsed());
+        let took = started.elapsed();
+        self.metrics.observe(method, code, took);
+        span.record("rpc.grpc.status_code", code as i64);
+        if crate::telemetry::server_fault(code) {
+            span.record("otel.status_code", "ERROR");
+        }
+        tracing::info!(
+            target: crate::telemetry::REQUEST_TARGET,
+            method,
+            code = crate::client::code_name(code),
+            latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            tenant = tenant.map(tracing::field::display),
+            incident = incident.map(tracing::field::display),
+            "rpc"
+        );
         result
     }
 }
