@@ -394,10 +394,9 @@ fn batch_future<A: Codec>(
     events: Arc<Vec<A::Event>>,
     items: Vec<(Arc<A>, std::ops::Range<usize>)>,
     line: InLine,
-    span: tracing::Span,
-) -> BoxFuture<'static, Result<(u64, Uuid), Failure>> {
+) -> impl Future<Output = Result<(u64, Uuid), Failure>> + Send + 'static {
     let InLine { previous, submitted } = line;
-    let batch = async move {
+    async move {
         let encoded = async {
             let mut stored = Vec::with_capacity(events.len());
             let mut claims = Vec::new();
@@ -471,8 +470,7 @@ fn batch_future<A: Codec>(
             Err(LogError::WrongExpectedVersion { .. }) => Err(Failure::Conflict),
             Err(e) => Err(Failure::Error(Arc::new(e.into()))),
         }
-    };
-    Box::pin(batch.instrument(span))
+    }
 }
 
 /// The span of a batch: a child of its first traced command's span and
@@ -631,8 +629,8 @@ impl<A: Codec + Unpin> EntityActor<A> {
             events.clone(),
             items,
             InLine { previous, submitted },
-            span,
         );
+        let batch: BoxFuture<'static, _> = Box::pin(batch.instrument(span));
         let durable = futures_util::FutureExt::shared(batch);
         let id = self.next_batch;
         self.next_batch += 1;
