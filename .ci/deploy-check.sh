@@ -20,4 +20,7 @@ manifests=(deploy/k8s/namespace.yaml deploy/k8s/secrets.example.yaml \
 # their environment as written (TLS from the files they name), must answer
 # /readyz (the debug binary .ci/run built just before).
 python3 deploy/start_check.py target/debug/pypes
-echo "deploy/: manifests, Envoy routing and Containerfile checked"
+# The Grafana dashboard and the Prometheus alert rules: Prometheus' PromQL
+# grammar (npm) and the metrics a running pypes exports.
+"$work/venv/bin/python" deploy/check_monitoring.py target/debug/pypes
+echo "deploy/: manifests, Envoy routing, Containerfile, unit and image starts, dashboard and alerts checked"
