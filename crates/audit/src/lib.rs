@@ -520,23 +520,64 @@ impl AuditChecker {
 
 /// One line for an audit entry (`pypes audit trail`).
 pub fn describe(r: &RecordedEvent) -> String {
-    let Ok(e) = AuditEntry::decode(r.event.payload.clone()) else {
+    let Some(e) = TrailEntry::read(r) else {
         return format!("{} #{}: does not decode", r.stream, r.version);
     };
-    let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
-    let tenant = Uuid::from_slice(&e.tenant_id).map_or_else(|_| "-".to_string(), |t| t.to_string());
-    let time = crate::time::time_text(e.at_micros);
     let count = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
-    format!(
-        "{time}  {} #{}  {}  {}  {tenant}  {}  {}  {}{count}",
-        r.stream.strip_prefix(STREAM_PREFIX).unwrap_or(&r.stream),
-        e.seq,
-        e.action,
-        dash(&e.actor),
-        dash(&e.target),
-        e.outcome,
-        dash(&e.detail)
-    )
+    let [time, stream, action, actor, tenant, target, outcome, detail] = e.columns();
+    format!("{time}  {stream}  {action}  {actor}  {tenant}  {target}  {outcome}  {detail}{count}")
+}
+
+/// One audit entry as `pypes audit trail` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrailEntry {
+    pub at_micros: i64,
+    /// The audit stream without its prefix.
+    pub stream: String,
+    pub seq: u64,
+    pub action: String,
+    pub actor: String,
+    pub tenant: Option<Uuid>,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+    /// Attempts this entry stands for (1 unless counted).
+    pub count: u64,
+}
+
+impl TrailEntry {
+    /// The entry of an audit stream's event (`None` when it does not decode).
+    pub fn read(r: &RecordedEvent) -> Option<Self> {
+        let e = AuditEntry::decode(r.event.payload.clone()).ok()?;
+        Some(Self {
+            at_micros: e.at_micros,
+            stream: r.stream.strip_prefix(STREAM_PREFIX).unwrap_or(&r.stream).to_string(),
+            seq: e.seq,
+            action: e.action,
+            actor: e.actor,
+            tenant: Uuid::from_slice(&e.tenant_id).ok(),
+            target: e.target,
+            outcome: e.outcome,
+            detail: e.detail,
+            count: e.count.max(1),
+        })
+    }
+
+    /// The columns for people: time (RFC 3339), stream #seq, action,
+    /// actor, tenant, target, outcome, detail; "-" for an empty one.
+    pub fn columns(&self) -> [String; 8] {
+        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        [
+            crate::time::time_text(self.at_micros),
+            format!("{} #{}", self.stream, self.seq),
+            dash(&self.action),
+            dash(&self.actor),
+            self.tenant.map_or_else(|| "-".to_string(), |t| t.to_string()),
+            dash(&self.target),
+            dash(&self.outcome),
+            dash(&self.detail),
+        ]
+    }
 }
 
 /// Reads `audit.head` of a data directory, if there is one.

@@ -35,7 +35,48 @@ pub struct HeadPolicy {
     pub allow_missing_head: bool,
 }
 
-pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, trail: bool) -> anyhow::Result<String> {
+/// Which audit entries `audit trail` shows: all of them, or those in a
+/// time range and matching every field given.
+#[derive(Debug, Clone, Default)]
+pub struct TrailQuery {
+    /// Unix microseconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix microseconds, exclusive.
+    pub until: Option<i64>,
+    /// An action, or a prefix ending in `.` (`auth.` for every sign-in).
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub tenant: Option<Uuid>,
+    pub outcome: Option<String>,
+}
+
+impl TrailQuery {
+    fn matches(&self, e: &audit::TrailEntry) -> bool {
+        self.since.is_none_or(|t| e.at_micros >= t)
+            && self.until.is_none_or(|t| e.at_micros < t)
+            && self.action.as_deref().is_none_or(
+                |a| {
+                    if a.ends_with('.') { e.action.starts_with(a) } else { e.action == a }
+                },
+            )
+            && self.actor.as_deref().is_none_or(|a| e.actor == a)
+            && self.tenant.is_none_or(|t| e.tenant == Some(t))
+            && self.outcome.as_deref().is_none_or(|o| e.outcome == o)
+    }
+}
+
+/// A verification's result: the report for people and the same as JSON.
+pub struct Verified {
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+pub fn verify(
+    data_dir: &Path,
+    public_key: Option<&str>,
+    heads: &HeadPolicy,
+    trail: Option<&TrailQuery>,
+) -> anyhow::Result<Verified> {
     let log_dir = data_dir.join("log");
     let (hex_key, from) = match public_key {
         Some(k) => (k.trim().to_string(), "given on the command line".to_string()),
@@ -60,12 +101,14 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, tra
         hex::decode(&hex_key).ok().and_then(|b| b.try_into().ok()).context("the public key is not 64 hex digits")?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")?;
     let mut audit = audit::AuditChecker::new(key);
-    let mut lines = String::new();
+    let mut entries = Vec::new();
     let mut visit = |e: RecordedEvent| {
         audit.visit(&e)?;
-        if trail && e.stream.starts_with(audit::STREAM_PREFIX) {
-            lines.push_str(&audit::describe(&e));
-            lines.push('\n');
+        if let Some(q) = trail
+            && e.stream.starts_with(audit::STREAM_PREFIX)
+            && let Some(entry) = audit::TrailEntry::read(&e).filter(|x| q.matches(x))
+        {
+            entries.push(entry);
         }
         Ok(())
     };
@@ -107,13 +150,68 @@ pub fn verify(data_dir: &Path, public_key: Option<&str>, heads: &HeadPolicy, tra
             (None, _) => "none configured (log.witness_dir)".to_string(),
         }
     );
-    audit_summary(&mut out, &audit, trail.then_some(lines.as_str()));
-    Ok(out)
+    let log_json = serde_json::json!({
+        "backend": "file",
+        "dir": log_dir.display().to_string(),
+        "public_key": hex_key,
+        "segments": report.segments,
+        "frames": report.frames,
+        "events": report.events,
+        "redacted_events": report.redacted_events,
+        "signed_checkpoints": report.checkpoints,
+        "unsigned_tail_frames": report.unsigned_tail_frames,
+        "signed_head_checked": report.signed_head_checked,
+        "witness_checked": report.witness_checked,
+    });
+    Ok(finish_report(out, log_json, &audit, trail.map(|_| entries)))
+}
+
+/// The audit part of the report, the entries (for `audit trail`), and
+/// the JSON form of it all.
+fn finish_report(
+    mut out: String,
+    log: serde_json::Value,
+    audit: &audit::AuditReport,
+    entries: Option<Vec<audit::TrailEntry>>,
+) -> Verified {
+    audit_summary(&mut out, audit, entries.as_deref());
+    let mut json = serde_json::json!({
+        "ok": true,
+        "log": log,
+        "audit": {
+            "streams": audit.streams,
+            "entries": audit.entries,
+            "attempts": audit.attempts,
+            "signed_checkpoints": audit.checkpoints,
+            "unsigned_tail": audit.unsigned_tail,
+            "signed_head_checked": audit.heads_checked > 0,
+        },
+    });
+    if let Some(entries) = entries {
+        json["entries"] = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "time": audit::time::time_text(e.at_micros),
+                    "stream": e.stream,
+                    "seq": e.seq,
+                    "action": e.action,
+                    "actor": e.actor,
+                    "tenant": e.tenant.map(|t| t.to_string()),
+                    "target": e.target,
+                    "outcome": e.outcome,
+                    "detail": e.detail,
+                    "count": e.count,
+                })
+            })
+            .collect();
+    }
+    Verified { text: out, json }
 }
 
 /// The audit trail's part of a verification report (and the entries, for
-/// `audit trail`).
-fn audit_summary(out: &mut String, audit: &audit::AuditReport, entries: Option<&str>) {
+/// `audit trail`, in aligned columns).
+fn audit_summary(out: &mut String, audit: &audit::AuditReport, entries: Option<&[audit::TrailEntry]>) {
     let _ = writeln!(out, "audit streams: OK");
     let _ = writeln!(out, "  streams           {}", audit.streams);
     let _ = writeln!(out, "  entries           {} ({} attempts; hash links verified)", audit.entries, audit.attempts);
@@ -125,9 +223,34 @@ fn audit_summary(out: &mut String, audit: &audit::AuditReport, entries: Option<&
         if audit.heads_checked > 0 { "checked (audit.head)" } else { "absent" }
     );
     if let Some(entries) = entries {
-        let _ =
-            writeln!(out, "\ntime (UTC)           stream seq  action  actor  tenant  target  outcome  detail  [count]");
-        out.push_str(entries);
+        const HEAD: [&str; 9] =
+            ["TIME (UTC)", "STREAM #SEQ", "ACTION", "ACTOR", "TENANT", "TARGET", "OUTCOME", "COUNT", "DETAIL"];
+        let rows: Vec<[String; 9]> = entries
+            .iter()
+            .map(|e| {
+                let [time, stream, action, actor, tenant, target, outcome, detail] = e.columns();
+                [time, stream, action, actor, tenant, target, outcome, e.count.to_string(), detail]
+            })
+            .collect();
+        let mut widths = HEAD.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let _ = writeln!(out, "\n{} entries shown", rows.len());
+        let heading = HEAD.map(str::to_string);
+        for row in std::iter::once(&heading).chain(&rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+                if i + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<w$}  ");
+                }
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
     }
 }
 
@@ -140,8 +263,8 @@ pub async fn verify_database(
     data_dir: &Path,
     backend: &LogBackend,
     public_key: Option<&str>,
-    trail: bool,
-) -> anyhow::Result<String> {
+    trail: Option<&TrailQuery>,
+) -> anyhow::Result<Verified> {
     let (key, from) = match public_key {
         Some(k) => {
             let bytes: [u8; 32] = hex::decode(k.trim())
@@ -167,7 +290,7 @@ pub async fn verify_database(
     )
     .await?;
     let mut audit = audit::AuditChecker::new(key);
-    let mut lines = String::new();
+    let mut entries = Vec::new();
     let filter = eventlog::EventFilter::stream_prefix(audit::STREAM_PREFIX);
     let (mut from_position, mut events) = (0, 0u64);
     loop {
@@ -175,9 +298,10 @@ pub async fn verify_database(
         for e in &page.events {
             audit.visit(e).map_err(|e| anyhow::anyhow!("{e}"))?;
             events += 1;
-            if trail {
-                lines.push_str(&audit::describe(e));
-                lines.push('\n');
+            if let Some(q) = trail
+                && let Some(entry) = audit::TrailEntry::read(e).filter(|x| q.matches(x))
+            {
+                entries.push(entry);
             }
         }
         if page.next_position == from_position || page.next_position >= page.head {
@@ -188,11 +312,15 @@ pub async fn verify_database(
     let head = audit::read_head(data_dir)?;
     let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut out = String::new();
-    let _ = writeln!(out, "log {backend:?}: the database's own integrity (no file hash chain on this backend)");
+    let _ = writeln!(out, "log {backend}: the database's own integrity (no file hash chain on this backend)");
     let _ = writeln!(out, "  public key        {} ({from})", hex::encode(key.as_bytes()));
     let _ = writeln!(out, "  audit events read {events}");
-    audit_summary(&mut out, &audit, trail.then_some(lines.as_str()));
-    Ok(out)
+    let log_json = serde_json::json!({
+        "backend": backend.to_string(),
+        "public_key": hex::encode(key.as_bytes()),
+        "audit_events_read": events,
+    });
+    Ok(finish_report(out, log_json, &audit, trail.map(|_| entries)))
 }
 
 /// Parses `--as-of`: unix seconds, or `YYYY-MM-DDTHH:MM:SSZ` (UTC).

@@ -272,9 +272,12 @@ enum AuditCommand {
         allow_missing_head: bool,
         #[command(flatten)]
         backends: server::config::ToolBackendArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Verifies like `verify`, then prints the audit streams' entries
-    /// (authentication attempts, refusals, privileged and privacy actions).
+    /// (authentication attempts, refusals, privileged and privacy actions),
+    /// all or those matching every filter given.
     Trail {
         /// Default: the config file's data_dir, else ./data.
         #[arg(long, env = "PYPES_DATA_DIR")]
@@ -283,8 +286,28 @@ enum AuditCommand {
         public_key: Option<String>,
         #[arg(long)]
         allow_missing_head: bool,
+        /// Entries at or after this time (unix seconds or YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries before this time.
+        #[arg(long)]
+        until: Option<String>,
+        /// An action (auth.api_key), or a prefix ending in "." (auth.).
+        #[arg(long)]
+        action: Option<String>,
+        /// An actor exactly as shown (admin, staff:<id>, tenant-key:<id>).
+        #[arg(long)]
+        actor: Option<String>,
+        /// A tenant id.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// An outcome (ok, failed, refused, ...).
+        #[arg(long)]
+        outcome: Option<String>,
         #[command(flatten)]
         backends: server::config::ToolBackendArgs,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
@@ -415,12 +438,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .block_on(server::demo::run(&client, &key))
         }
         Command::Audit { command } => {
-            let (data_dir, public_key, allow_missing_head, backends, trail) = match command {
-                AuditCommand::Verify { data_dir, public_key, allow_missing_head, backends } => {
-                    (data_dir, public_key, allow_missing_head, backends, false)
+            let (data_dir, public_key, allow_missing_head, backends, trail, json) = match command {
+                AuditCommand::Verify { data_dir, public_key, allow_missing_head, backends, json } => {
+                    (data_dir, public_key, allow_missing_head, backends, None, json)
                 }
-                AuditCommand::Trail { data_dir, public_key, allow_missing_head, backends } => {
-                    (data_dir, public_key, allow_missing_head, backends, true)
+                AuditCommand::Trail {
+                    data_dir,
+                    public_key,
+                    allow_missing_head,
+                    since,
+                    until,
+                    action,
+                    actor,
+                    tenant,
+                    outcome,
+                    backends,
+                    json,
+                } => {
+                    let time = |flag: &str, t: Option<String>| {
+                        t.map(|t| audit::time::parse_time(&t).map_err(|e| anyhow::anyhow!("--{flag} {e}"))).transpose()
+                    };
+                    let query = server::audit_tool::TrailQuery {
+                        since: time("since", since)?,
+                        until: time("until", until)?,
+                        action,
+                        actor,
+                        tenant: tenant
+                            .map(|t| {
+                                uuid::Uuid::parse_str(t.trim())
+                                    .map_err(|_| anyhow::anyhow!("--tenant {t:?} is not a tenant id (a UUID)"))
+                            })
+                            .transpose()?,
+                        outcome,
+                    };
+                    (data_dir, public_key, allow_missing_head, backends, Some(query), json)
                 }
             };
             let (log, _) = backends.resolve()?;
@@ -430,14 +481,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &data_dir,
                     public_key.as_deref(),
                     &server::audit_tool::HeadPolicy { witness_dir, allow_missing_head },
-                    trail,
+                    trail.as_ref(),
                 )?,
-                other => tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(server::audit_tool::verify_database(&data_dir, &other, public_key.as_deref(), trail))?,
+                other => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(
+                    server::audit_tool::verify_database(&data_dir, &other, public_key.as_deref(), trail.as_ref()),
+                )?,
             };
-            print!("{text}");
+            match json.output() {
+                server::demo::Output::Json => println!("{}", text.json),
+                server::demo::Output::Text => print!("{}", text.text),
+            }
             Ok(())
         }
         Command::Check { data_dir, keys_provider_dir } => {

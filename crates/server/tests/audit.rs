@@ -120,14 +120,61 @@ async fn the_audit_trail_records_attempts_and_a_cut_log_fails_verify() {
     let (ok, out) = pypes(&["audit", "trail", "--data-dir", &dir]);
     assert!(ok, "{out}");
     assert!(out.contains("audit streams: OK") && out.contains("checked (audit.head)"), "{out}");
-    assert!(out.contains("server.start"), "{out}");
-    assert!(out.contains("auth.api_key  tenant-key:") && out.contains("  ok"), "{out}");
-    assert!(out.contains("unknown_or_revoked"), "{out}");
-    assert!(out.contains("auth.bearer  anonymous") && out.contains("missing_or_malformed"), "{out}");
-    assert!(out.contains("authz.refused") && out.contains("rpc:GetSubject"), "{out}");
-    assert!(out.contains("rpc:WatchSession"), "{out}");
-    assert!(out.contains("access.deactivate  tenant-key:"), "the real caller is named:\n{out}");
     assert!(!out.contains("trail.user"), "no username in the audit trail:\n{out}");
+    // The table's columns line up: every row has its actor where the
+    // heading's ACTOR is.
+    let table: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("TIME (UTC)")).collect();
+    let actor_at = table[0].find("ACTOR").unwrap();
+    assert!(table.len() > 5, "{out}");
+    for row in &table[1..] {
+        assert!(row[..actor_at].ends_with("  ") && !row[actor_at..].starts_with(' '), "misaligned: {row:?}");
+    }
+
+    let trail = |filters: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["audit", "trail", "--json", "--data-dir", &dir];
+        args.extend_from_slice(filters);
+        let (ok, out) = pypes(&args);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["ok"], true);
+        v["entries"].as_array().unwrap().clone()
+    };
+    let all = trail(&[]);
+    let has = |action: &str, actor: &str, outcome: &str, detail: &str| {
+        all.iter().any(|e| {
+            e["action"] == action
+                && e["actor"].as_str().unwrap().starts_with(actor)
+                && e["outcome"] == outcome
+                && e["detail"].as_str().unwrap().contains(detail)
+        })
+    };
+    assert!(has("server.start", "pypes", "ok", ""), "{all:#?}");
+    assert!(has("auth.api_key", "tenant-key:", "ok", ""), "{all:#?}");
+    assert!(has("auth.api_key", "tenant-key:", "failed", "unknown_or_revoked"), "{all:#?}");
+    assert!(has("auth.bearer", "anonymous", "failed", "missing_or_malformed"), "{all:#?}");
+    assert!(all.iter().any(|e| e["action"] == "authz.refused" && e["target"] == "rpc:GetSubject"), "{all:#?}");
+    assert!(all.iter().any(|e| e["target"] == "rpc:WatchSession"), "{all:#?}");
+    assert!(has("access.deactivate", "tenant-key:", "ok", ""), "the real caller is named:\n{all:#?}");
+    assert!(!format!("{all:?}").contains("trail.user"), "no username in the audit trail");
+
+    // Filters: a prefix of actions and an outcome; a tenant; a time range.
+    let failed_auth = trail(&["--action", "auth.", "--outcome", "failed"]);
+    assert!(failed_auth.len() >= 2, "{failed_auth:#?}");
+    assert!(
+        failed_auth.iter().all(|e| e["action"].as_str().unwrap().starts_with("auth.") && e["outcome"] == "failed"),
+        "{failed_auth:#?}"
+    );
+    let of_tenant = trail(&["--tenant", &s.tenant]);
+    assert!(!of_tenant.is_empty() && of_tenant.iter().all(|e| e["tenant"] == s.tenant.as_str()), "{of_tenant:#?}");
+    assert!(trail(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(trail(&["--since", "2000-01-01T00:00:00Z"]).len(), all.len());
+    let (ok, out) = pypes(&["audit", "trail", "--data-dir", &dir, "--tenant", "acme"]);
+    assert!(!ok && out.contains("--tenant \"acme\" is not a tenant id"), "{out}");
+    let (ok, out) = pypes(&["audit", "trail", "--data-dir", &dir, "--since", "yesterday"]);
+    assert!(!ok && out.contains("--since") && out.contains("YYYY-MM-DDTHH:MM:SSZ"), "{out}");
+    let (ok, out) = pypes(&["audit", "verify", "--json", "--data-dir", &dir]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(ok && v["log"]["frames"].as_u64().unwrap() > 0 && v.get("entries").is_none(), "{out}");
     let _ = s;
 
     // Cut the log's last segment short: the audit fails.
