@@ -75,6 +75,19 @@ impl Answers {
         let _ = writeln!(out, "answers sha256    {}", self.digest());
         out
     }
+
+    /// [`Self::summary`] as one JSON object.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let damaged: Vec<&String> = self.media.iter().filter(|m| m.contains("DATA_LOSS")).collect();
+        serde_json::json!({
+            "events": self.events.len(),
+            "media_blobs": self.media.len(),
+            "media_damaged": damaged,
+            "view_tables": self.views.len(),
+            "settled": self.settled,
+            "answers_sha256": self.digest(),
+        })
+    }
 }
 
 /// Opens `data_dir` as a start would (embedded backends) and reads every

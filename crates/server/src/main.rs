@@ -71,6 +71,8 @@ enum Command {
         /// The key store's provider directory (default <data-dir>/provider).
         #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
         keys_provider_dir: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Key store operations on a stopped server's data directory.
     Keys {
@@ -329,6 +331,8 @@ enum KeysCommand {
         data_dir: PathBuf,
         #[arg(long, env = "PYPES_KEYS_PROVIDER_DIR")]
         keys_provider_dir: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Re-wraps every live key under a new epoch KEK and destroys the old
     /// one: key-store backups older than the new epoch can no longer be
@@ -493,12 +497,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Check { data_dir, keys_provider_dir } => {
+        Command::Check { data_dir, keys_provider_dir, json } => {
             let answers = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
                 .block_on(server::integrity::check(&data_dir, keys_provider_dir.as_deref()))?;
-            print!("{}", answers.summary());
+            match json.output() {
+                server::demo::Output::Json => println!("{}", answers.summary_json()),
+                server::demo::Output::Text => print!("{}", answers.summary()),
+            }
             let lost = answers.media.iter().filter(|m| m.contains("DATA_LOSS")).count();
             if lost > 0 {
                 anyhow::bail!("{lost} media blobs are damaged (downloads answer DATA_LOSS naming them)");
@@ -619,18 +626,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Status { data_dir, keys_provider_dir } } => {
+        Command::Keys { command: KeysCommand::Status { data_dir, keys_provider_dir, json } } => {
             let keys = open_key_store(&data_dir, keys_provider_dir.as_deref())?;
             let s = keystore::KeyStore::status(keys.store.as_ref())?;
+            let epoch_time = |at: i64| audit::time::time_text(at.saturating_mul(1_000_000));
+            if json.json {
+                let epochs: Vec<_> = s
+                    .epochs
+                    .iter()
+                    .map(|e| serde_json::json!({"epoch": e.epoch, "created": epoch_time(e.created_at_unix)}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "root_key": keys.origin.to_string(),
+                        "tenants": {"live": s.tenants, "shredded": s.shredded_tenants},
+                        "data_keys": {"live": s.live_keys, "retired": s.retired_keys, "shredded": s.shredded_keys},
+                        "epochs": epochs,
+                        "rotation_interrupted": s.epochs.len() > 1,
+                    })
+                );
+                return Ok(());
+            }
             println!("root key:   {}", keys.origin);
             println!("tenants:    {} live, {} shredded", s.tenants, s.shredded_tenants);
             println!("data keys:  {} live ({} retired), {} shredded", s.live_keys, s.retired_keys, s.shredded_keys);
             for e in &s.epochs {
-                println!(
-                    "epoch:      {} (created {})",
-                    e.epoch,
-                    audit::time::time_text(e.created_at_unix.saturating_mul(1_000_000))
-                );
+                println!("epoch:      {} (created {})", e.epoch, epoch_time(e.created_at_unix));
             }
             if s.epochs.len() > 1 {
                 println!("a rotation was interrupted; `pypes keys rotate` finishes it");

@@ -316,4 +316,14 @@ async fn a_damaged_media_blob_answers_data_loss_naming_the_media() {
     let out = pypes(&["check"], data.path());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && text.contains(&media.media_id) && text.contains("DATA_LOSS"), "{text}");
+    let out = pypes(&["check", "--json"], data.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success() && v["events"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["media_damaged"][0].as_str().unwrap().contains(&media.media_id), "{v}");
+    assert_eq!(v["answers_sha256"].as_str().unwrap().len(), 64, "{v}");
+    // The key store's status, for people and as JSON.
+    let out = pypes(&["keys", "status", "--json"], data.path());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success() && v["tenants"]["live"] == 1 && v["epochs"].as_array().unwrap().len() == 1, "{v}");
+    assert_eq!(v["rotation_interrupted"], false);
 }
