@@ -104,7 +104,13 @@ pub(crate) fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
         .arg(data)
         .env("PYPES_MAX_ACTORS", max_actors.to_string())
         .env("PYPES_ACTOR_IDLE_SECS", "3600")
-        .env("RUST_LOG", "warn");
+        // The server's log level (default warn: no request log) and an
+        // OTLP endpoint (spans made and exported), to measure what the
+        // request log and tracing cost; its log goes to /dev/null.
+        .env("RUST_LOG", std::env::var("LOADGEN_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
+    if let Ok(endpoint) = std::env::var("LOADGEN_SERVER_OTLP") {
+        cmd.env("PYPES_OTLP_ENDPOINT", endpoint);
+    }
     spawn(cmd, "grpc=")
 }
 

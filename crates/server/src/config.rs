@@ -49,6 +49,9 @@ pub struct TelemetryFile {
     pub otlp_endpoint: Option<String>,
     /// The CA certificate (PEM) of an `https` collector.
     pub otlp_ca_cert: Option<PathBuf>,
+    /// The share of requests traced, 0 to 1 (default: every one, or
+    /// what `OTEL_TRACES_SAMPLER` says).
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// `[client]`: the server the client commands reach, and how.
@@ -545,7 +548,11 @@ impl Config {
                     args.otlp_endpoint.clone().or(file.telemetry.otlp_endpoint).filter(|e| !e.trim().is_empty()),
                     args.otlp_ca_cert.clone().or(file.telemetry.otlp_ca_cert),
                 ) {
-                    (Some(endpoint), ca_cert) => Some(crate::telemetry::Otlp { endpoint, ca_cert }),
+                    (Some(endpoint), ca_cert) => Some(crate::telemetry::Otlp {
+                        endpoint,
+                        ca_cert,
+                        sample_ratio: file.telemetry.trace_sample_ratio,
+                    }),
                     (None, Some(_)) => anyhow::bail!(
                         "telemetry.otlp_ca_cert is set without telemetry.otlp_endpoint; give the collector's URL"
                     ),

@@ -43,17 +43,21 @@ pub enum LogFormat {
 }
 
 /// Where traces go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Otlp {
     /// An OTLP/gRPC collector, `http://host:4317` or `https://…`.
     pub endpoint: String,
     /// A CA certificate (PEM) for an `https` endpoint (default: the
     /// system's roots).
     pub ca_cert: Option<PathBuf>,
+    /// The share of traces kept (0 to 1; a trace's spans are kept or
+    /// dropped together). None: the SDK's default (`OTEL_TRACES_SAMPLER`,
+    /// else every trace).
+    pub sample_ratio: Option<f64>,
 }
 
 /// What the subscriber is set up with.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Telemetry {
     pub log_format: LogFormat,
     pub otlp: Option<Otlp>,
@@ -201,7 +205,15 @@ fn exporter(otlp: &Otlp) -> anyhow::Result<(SdkTracerProvider, tokio::runtime::R
         .with_service_name("pypes")
         .with_attribute(opentelemetry::KeyValue::new("service.version", crate::version::VERSION))
         .build();
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let mut provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource);
+    if let Some(ratio) = otlp.sample_ratio {
+        if !(0.0..=1.0).contains(&ratio) {
+            anyhow::bail!("telemetry.trace_sample_ratio: {ratio}; 0 to 1 (0.01 keeps one trace in a hundred)");
+        }
+        use opentelemetry_sdk::trace::Sampler;
+        provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
+    }
+    let provider = provider.build();
     Ok((provider, runtime))
 }
 
@@ -235,16 +247,22 @@ mod tests {
             ("ftp://collector:4317", "scheme must be http or https"),
             ("http://", "not a URL"),
         ] {
-            let e = exporter(&Otlp { endpoint: endpoint.into(), ca_cert: None })
+            let e = exporter(&Otlp { endpoint: endpoint.into(), ca_cert: None, sample_ratio: None })
                 .map(|_| ())
                 .expect_err(endpoint)
                 .to_string();
             assert!(e.contains("telemetry.otlp_endpoint") && e.contains(says), "{endpoint}: {e}");
         }
-        let e = exporter(&Otlp { endpoint: "http://c:4317".into(), ca_cert: Some("ca.pem".into()) })
-            .map(|_| ())
-            .expect_err("CA without https")
-            .to_string();
+        let e =
+            exporter(&Otlp { endpoint: "http://c:4317".into(), ca_cert: Some("ca.pem".into()), sample_ratio: None })
+                .map(|_| ())
+                .expect_err("CA without https")
+                .to_string();
         assert!(e.contains("not https"), "{e}");
+        let e = exporter(&Otlp { endpoint: "http://c:4317".into(), ca_cert: None, sample_ratio: Some(1.5) })
+            .map(|_| ())
+            .expect_err("ratio above 1")
+            .to_string();
+        assert!(e.contains("trace_sample_ratio") && e.contains("0 to 1"), "{e}");
     }
 }
