@@ -65,8 +65,8 @@ impl TrailQuery {
     }
 }
 
-/// A verification's result: the report for people and the same as JSON.
-pub struct Verified {
+/// A report for people, and the same as JSON (`--json`).
+pub struct Report {
     pub text: String,
     pub json: serde_json::Value,
 }
@@ -76,7 +76,7 @@ pub fn verify(
     public_key: Option<&str>,
     heads: &HeadPolicy,
     trail: Option<&TrailQuery>,
-) -> anyhow::Result<Verified> {
+) -> anyhow::Result<Report> {
     let log_dir = data_dir.join("log");
     let (hex_key, from) = match public_key {
         Some(k) => (k.trim().to_string(), "given on the command line".to_string()),
@@ -173,7 +173,7 @@ fn finish_report(
     log: serde_json::Value,
     audit: &audit::AuditReport,
     entries: Option<Vec<audit::TrailEntry>>,
-) -> Verified {
+) -> Report {
     audit_summary(&mut out, audit, entries.as_deref());
     let mut json = serde_json::json!({
         "ok": true,
@@ -206,7 +206,7 @@ fn finish_report(
             })
             .collect();
     }
-    Verified { text: out, json }
+    Report { text: out, json }
 }
 
 /// The audit trail's part of a verification report (and the entries, for
@@ -264,7 +264,7 @@ pub async fn verify_database(
     backend: &LogBackend,
     public_key: Option<&str>,
     trail: Option<&TrailQuery>,
-) -> anyhow::Result<Verified> {
+) -> anyhow::Result<Report> {
     let (key, from) = match public_key {
         Some(k) => {
             let bytes: [u8; 32] = hex::decode(k.trim())
@@ -420,11 +420,14 @@ async fn fold<A: Codec>(
     keyring: &Keyring,
     describe: impl Fn(&A::Event) -> String,
     out: &mut String,
+    rows: &mut Vec<serde_json::Value>,
 ) -> anyhow::Result<A> {
     let mut state = A::default();
     for r in events {
         let e = A::decode(r, keyring).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let _ = writeln!(out, "  v{:<5} {}  {}", r.version, time_text(r.recorded_at_micros), describe(&e));
+        let (at, event) = (time_text(r.recorded_at_micros), describe(&e));
+        let _ = writeln!(out, "  v{:<5} {at}  {event}", r.version);
+        rows.push(serde_json::json!({"version": r.version, "position": r.position, "recorded_at": at, "event": event}));
         state.evolve(&e);
     }
     Ok(state)
@@ -453,7 +456,7 @@ pub async fn replay_stream(
     backends: &(LogBackend, KeysBackend),
     stream: &str,
     as_of_micros: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Report> {
     let (keyring, log) = open_stopped(data_dir, backends).await?;
     let mut events = Vec::new();
     let mut from = 0;
@@ -471,11 +474,12 @@ pub async fn replay_stream(
     }
     let mut out = format!("stream {stream} as of {}: {} events\n", time_text(as_of_micros), events.len());
     let kind = stream.split('-').next().unwrap_or_default();
+    let mut rows = Vec::new();
     match kind {
         "session" => {
-            let s: Session = fold(&events, &keyring, describe_session, &mut out).await?;
+            let s: Session = fold(&events, &keyring, describe_session, &mut out, &mut rows).await?;
             let participants: Vec<String> = s.participants.keys().map(ToString::to_string).collect();
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "state: {}, {} messages, participants: {}",
                 state_text(&s.status),
@@ -484,8 +488,8 @@ pub async fn replay_stream(
             );
         }
         "subject" => {
-            let s: Subject = fold(&events, &keyring, describe_subject, &mut out).await?;
-            let _ = writeln!(
+            let s: Subject = fold(&events, &keyring, describe_subject, &mut out, &mut rows).await?;
+            let _ = write!(
                 out,
                 "state: {}, username {}, email {}",
                 state_text(&s.status),
@@ -494,22 +498,26 @@ pub async fn replay_stream(
             );
         }
         "pype" => {
-            let p: Pype = fold(&events, &keyring, describe_event, &mut out).await?;
-            let _ = writeln!(out, "state: name {}, archived {}, {} agents", shown(&p.name), p.archived, p.agents.len());
+            let p: Pype = fold(&events, &keyring, describe_event, &mut out, &mut rows).await?;
+            let _ = write!(out, "state: name {}, archived {}, {} agents", shown(&p.name), p.archived, p.agents.len());
         }
         "tenant" => {
-            let t: Tenant = fold(&events, &keyring, describe_event, &mut out).await?;
-            let _ = writeln!(
-                out,
-                "state: name {}, cancelled {}, {} API keys",
-                shown(&t.name),
-                t.cancelled,
-                t.api_keys.len()
-            );
+            let t: Tenant = fold(&events, &keyring, describe_event, &mut out, &mut rows).await?;
+            let _ =
+                write!(out, "state: name {}, cancelled {}, {} API keys", shown(&t.name), t.cancelled, t.api_keys.len());
         }
         other => bail!("stream {stream:?}: unknown kind {other:?} (session-, subject-, pype- or tenant-)"),
     }
-    Ok(out)
+    // The state is the last line; in JSON without its "state: ".
+    let state = out.rsplit_once('\n').map_or("", |(_, last)| last).trim_start_matches("state: ").to_string();
+    out.push('\n');
+    let json = serde_json::json!({
+        "stream": stream,
+        "as_of": time_text(as_of_micros),
+        "events": rows,
+        "state": state,
+    });
+    Ok(Report { text: out, json })
 }
 
 /// What a report shows of a sealed field: never its content.

@@ -59,6 +59,9 @@ enum Command {
         /// Default: the config file's data_dir, else ./data.
         #[arg(long, env = "PYPES_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// With --stream: one JSON object (the events, the state).
+        #[arg(long)]
+        json: bool,
     },
     /// Opens a stopped server's data directory as a start would (repairs
     /// from redundancy, refuses damage naming the file), then reads every
@@ -512,17 +515,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Replay { stream, into, as_of, data_dir, backends } => {
+        Command::Replay { stream, into, as_of, data_dir, backends, json } => {
             let data_dir = backends.data_dir(data_dir)?;
             let backends = backends.resolve()?;
             let as_of = match as_of {
                 Some(t) => server::audit_tool::parse_as_of(&t)?,
                 None => eventlog::Clock::now_micros(&eventlog::SystemClock),
             };
+            if json && stream.is_none() {
+                anyhow::bail!("--json is for --stream (a rebuild --into prints only its progress)");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let text = match (stream, into) {
                 (Some(stream), _) => {
-                    rt.block_on(server::audit_tool::replay_stream(&data_dir, &backends, &stream, as_of))?
+                    let report =
+                        rt.block_on(server::audit_tool::replay_stream(&data_dir, &backends, &stream, as_of))?;
+                    if json { format!("{}\n", report.json) } else { report.text }
                 }
                 (None, Some(into)) => {
                     rt.block_on(server::audit_tool::replay_into(&data_dir, &backends, &into, as_of))?

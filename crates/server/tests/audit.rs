@@ -57,6 +57,17 @@ async fn verify_and_replay_a_real_log() {
     assert!(ok, "{out}");
     assert!(out.contains(": first words") && !out.contains("second words"), "{out}");
     assert!(out.contains("state: active, 1 messages"), "{out}");
+    let (ok, out) = pypes(&["replay", "--json", "--data-dir", &dir, "--stream", &stream]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        ok && v["stream"] == stream.as_str() && v["state"].as_str().unwrap().starts_with("closed, 2 messages"),
+        "{v}"
+    );
+    let events = v["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["event"].as_str().unwrap().contains(": first words")), "{v}");
+    assert!(events.iter().all(|e| e["recorded_at"].as_str().unwrap().ends_with('Z')), "{v}");
+    let (ok, out) = pypes(&["replay", "--json", "--data-dir", &dir, "--into", "/nonexistent/x"]);
+    assert!(!ok && out.contains("--stream"), "--json needs --stream: {out}");
     let (ok, out) = pypes(&["replay", "--data-dir", &dir, "--stream", &stream, "--as-of", "yesterday"]);
     assert!(!ok && out.contains("--as-of \"yesterday\""), "{out}");
 
