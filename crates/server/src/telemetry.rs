@@ -217,6 +217,72 @@ fn exporter(otlp: &Otlp) -> anyhow::Result<(SdkTracerProvider, tokio::runtime::R
     Ok((provider, runtime))
 }
 
+tokio::task_local! {
+    /// The caller's trace context (W3C `traceparent`) for the call being
+    /// served, set by [`TraceParent`].
+    static REMOTE: Option<opentelemetry::Context>;
+}
+
+/// Makes `span` a child of the caller's trace when the call carried a
+/// W3C `traceparent` header (and traces are exported).
+pub fn adopt_remote_parent(span: &tracing::Span) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if span.is_disabled() {
+        return;
+    }
+    if let Ok(Some(cx)) = REMOTE.try_with(Clone::clone) {
+        span.set_parent(cx);
+    }
+}
+
+/// A tower layer for the gRPC server: reads a W3C `traceparent` (and
+/// `tracestate`) from each call's headers so the call's `rpc` span
+/// continues the caller's trace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceParentLayer;
+
+impl<S> tower::Layer<S> for TraceParentLayer {
+    type Service = TraceParent<S>;
+    fn layer(&self, inner: S) -> TraceParent<S> {
+        TraceParent(inner)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceParent<S>(S);
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TraceParent<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tokio::task::futures::TaskLocalFuture<Option<opentelemetry::Context>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use opentelemetry::propagation::TextMapPropagator;
+        let remote = request.headers().contains_key("traceparent").then(|| {
+            opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(request.headers()))
+        });
+        REMOTE.scope(remote, self.0.call(request))
+    }
+}
+
 /// The gRPC status codes that mean the server failed (an error span);
 /// the others are the caller's (the span is fine).
 pub fn server_fault(code: tonic::Code) -> bool {

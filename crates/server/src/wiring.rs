@@ -483,6 +483,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         None => (None, "off (loopback only)"),
     };
     let grpc = builder
+        .layer(crate::telemetry::TraceParentLayer)
         .layer(tower::util::MapResponseLayer::new(undecodable_is_invalid_argument::<tonic::body::Body>))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -117,6 +117,22 @@ async fn a_post_message_is_one_trace_from_the_rpc_to_the_fsync() {
         names(&spans)
     );
     assert!(receiver.service_names().iter().all(|n| n == "pypes") && !receiver.service_names().is_empty());
+    // A call that carries a W3C traceparent continues the caller's trace.
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut request = authed(&s.key, post(&s, "otlp-canary-body"));
+    request.metadata_mut().insert("traceparent", format!("00-{trace}-{parent}-01").parse().unwrap());
+    c.sessions.post_message(request).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = receiver.spans();
+        if let Some(rpc) = spans.iter().find(|x| x.name == "PostMessage" && hex(&x.trace_id) == trace) {
+            assert_eq!(hex(&rpc.parent_span_id), parent, "the caller's span is the parent");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no PostMessage span in the caller's trace");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spans = receiver.spans();
     // No personal data in any span: names, attributes, events.
     let text = format!("{spans:?}");
     for canary in ["otlp-canary-body", "otlp-canary-user", "u@example.com"] {
@@ -139,6 +155,10 @@ fn post_message_chain(spans: &[Span]) -> Option<Vec<Span>> {
         }
         (at.name == "PostMessage").then_some(chain)
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn names(spans: &[Span]) -> Vec<String> {

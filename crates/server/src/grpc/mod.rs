@@ -62,7 +62,7 @@ fn status_noting(e: AppError) -> (Status, Option<uuid::Uuid>) {
 /// The span of one RPC (exported when traces are on; disabled, and free,
 /// otherwise).
 fn rpc_span(method: &'static str) -> tracing::Span {
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         target: crate::telemetry::SPAN_TARGET,
         "rpc",
         otel.name = method,
@@ -71,7 +71,10 @@ fn rpc_span(method: &'static str) -> tracing::Span {
         rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
-    )
+    );
+    // A caller's W3C traceparent makes this span part of its trace.
+    crate::telemetry::adopt_remote_parent(&span);
+    span
 }
 
 impl Handle {
