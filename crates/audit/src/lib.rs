@@ -518,16 +518,6 @@ impl AuditChecker {
     }
 }
 
-/// One line for an audit entry (`pypes audit trail`).
-pub fn describe(r: &RecordedEvent) -> String {
-    let Some(e) = TrailEntry::read(r) else {
-        return format!("{} #{}: does not decode", r.stream, r.version);
-    };
-    let count = if e.count > 1 { format!(" x{}", e.count) } else { String::new() };
-    let [time, stream, action, actor, tenant, target, outcome, detail] = e.columns();
-    format!("{time}  {stream}  {action}  {actor}  {tenant}  {target}  {outcome}  {detail}{count}")
-}
-
 /// One audit entry as `pypes audit trail` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrailEntry {

@@ -89,26 +89,20 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         let stalled = u8::from(matches!(s.state, RunnerState::Stalled { .. }));
         let _ = writeln!(body, "pypes_projection_stalled{{projection=\"{}\"}} {stalled}", s.name);
     }
+    use crate::metrics::sample;
     let (open, warned, overdue) = state.erasures.ages();
-    let _ = write!(
-        body,
-        "# HELP pypes_erasure_requests_open Erasure requests not certified yet.\n# TYPE pypes_erasure_requests_open gauge\npypes_erasure_requests_open {open}\n\
-         # HELP pypes_erasure_requests_past_warning Open erasure requests past the warning age.\n# TYPE pypes_erasure_requests_past_warning gauge\npypes_erasure_requests_past_warning {warned}\n\
-         # HELP pypes_erasure_requests_overdue Open erasure requests past their due date.\n# TYPE pypes_erasure_requests_overdue gauge\npypes_erasure_requests_overdue {overdue}\n"
-    );
-    let _ = write!(
-        body,
-        "# HELP pypes_log_head_position The position the next committed event gets (events in the log).\n# TYPE pypes_log_head_position gauge\npypes_log_head_position {}\n\
-         # HELP pypes_tls_disabled 1 when listening without TLS off loopback (tls.plaintext_behind_mesh).\n# TYPE pypes_tls_disabled gauge\npypes_tls_disabled {}\n",
-        state.log.head(),
-        u8::from(state.plaintext_behind_mesh)
-    );
+    sample(&mut body, "pypes_erasure_requests_open", "gauge", "Erasure requests not certified yet.", open);
+    let warned_help = "Open erasure requests past the warning age.";
+    sample(&mut body, "pypes_erasure_requests_past_warning", "gauge", warned_help, warned);
+    let overdue_help = "Open erasure requests past their due date.";
+    sample(&mut body, "pypes_erasure_requests_overdue", "gauge", overdue_help, overdue);
+    let head_help = "The position the next committed event gets (events in the log).";
+    sample(&mut body, "pypes_log_head_position", "gauge", head_help, state.log.head());
+    let tls_help = "1 when listening without TLS off loopback (tls.plaintext_behind_mesh).";
+    sample(&mut body, "pypes_tls_disabled", "gauge", tls_help, u8::from(state.plaintext_behind_mesh));
     if let Some(dir) = &state.log_dir {
-        let _ = writeln!(
-            body,
-            "# HELP pypes_log_size_bytes Bytes of the event log's files on disk.\n# TYPE pypes_log_size_bytes gauge\npypes_log_size_bytes {}",
-            dir_bytes(dir, 2)
-        );
+        let size_help = "Bytes of the event log's files on disk.";
+        sample(&mut body, "pypes_log_size_bytes", "gauge", size_help, dir_bytes(dir, 2));
     }
     if let Some(fsync) = state.log.fsync_latency() {
         body.push_str("# HELP pypes_log_fsync_seconds How long the event log's commit fdatasyncs take.\n# TYPE pypes_log_fsync_seconds histogram\n");

@@ -176,7 +176,7 @@ impl ApiMetrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            sample(&mut out, name, "counter", help, v);
         }
         let _ = writeln!(
             out,
@@ -238,9 +238,14 @@ pub fn process(out: &mut String) {
     ];
     for (name, kind, help, value) in samples {
         if let Some(v) = value {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            sample(out, name, kind, help, v);
         }
     }
+}
+
+/// One unlabelled metric: its HELP and TYPE lines and its sample.
+pub fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
 /// The build: one sample valued 1 whose labels say what runs.

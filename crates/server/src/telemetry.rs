@@ -283,17 +283,11 @@ where
     }
 }
 
-/// The gRPC status codes that mean the server failed (an error span);
-/// the others are the caller's (the span is fine).
+/// The gRPC status codes that mean the server failed (an error span; the
+/// same four the PypesServerErrors alert counts); the others are the
+/// caller's (the span is fine).
 pub fn server_fault(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Internal
-            | tonic::Code::Unknown
-            | tonic::Code::DataLoss
-            | tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-    )
+    matches!(code, tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss | tonic::Code::Unavailable)
 }
 
 #[cfg(test)]
