@@ -224,6 +224,9 @@ enum Command {
         /// The Python with `eventsourcing` installed (benches/peers/install.sh).
         #[arg(long, default_value = "target/bench/venv/bin/python")]
         python: PathBuf,
+        /// Leave out the Python `eventsourcing` peers.
+        #[arg(long)]
+        no_python: bool,
         /// Concurrent readers of whole streams (empty: no read workload).
         #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
         readers: Vec<usize>,
@@ -238,6 +241,9 @@ enum Command {
         /// UmaDB's server (benches/peers/install.sh builds it from crates.io).
         #[arg(long, default_value = "target/bench/umadb/bin/umadb")]
         umadb: PathBuf,
+        /// Leave out UmaDB.
+        #[arg(long)]
+        no_umadb: bool,
         /// Leave out pypes through its gRPC API (the `pypes` server).
         #[arg(long)]
         no_grpc: bool,
@@ -338,11 +344,13 @@ fn main() -> Result<()> {
             seed,
             out,
             python,
+            no_python,
             readers,
             read_streams,
             events_per_stream,
             mixed_clients,
             umadb,
+            no_umadb,
             no_grpc,
             catchup_events,
             messaging_sessions,
@@ -362,12 +370,12 @@ fn main() -> Result<()> {
                 distributions,
                 seed,
                 out,
-                python: Some(python),
+                python: (!no_python).then_some(python),
                 readers,
                 read_streams: read_streams.max(1),
                 events_per_stream: events_per_stream.max(1),
                 mixed_clients,
-                umadb: Some(umadb),
+                umadb: (!no_umadb).then_some(umadb),
                 grpc: !no_grpc,
                 catchup_events,
                 messaging_sessions,

@@ -370,16 +370,19 @@ impl Peers {
             }
         };
         let python = o.python.clone().filter(|p| {
-            let ok = p.exists();
+            let ok = p.is_file();
             if !ok {
-                skipped("python_eventsourcing", format!("{} not found (run benches/peers/install.sh)", p.display()));
+                skipped(
+                    "python_eventsourcing",
+                    format!("{} is not a file (run benches/peers/install.sh)", p.display()),
+                );
             }
             ok
         });
         let umadb = o.umadb.clone().filter(|p| {
-            let ok = p.exists();
+            let ok = p.is_file();
             if !ok {
-                skipped("umadb", format!("{} not found (run benches/peers/install.sh)", p.display()));
+                skipped("umadb", format!("{} is not a file (run benches/peers/install.sh)", p.display()));
             }
             ok
         });
