@@ -24,6 +24,7 @@ pub mod end_user_auth;
 pub mod erasure;
 pub mod error;
 pub mod export;
+pub mod feed;
 pub mod hooks;
 pub mod import;
 pub mod logins;

@@ -59,6 +59,7 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     // Content and personal data.
     ("ListMessages", [G, G, G]),
     ("WatchSession", [G, G, G]),
+    ("SubscribeTenantEvents", [G, G, G]),
     ("GetSubject", [G, G, G]),
     ("ListEndUsers", [G, G, G]),
     ("DownloadMedia", [G, G, G]),

@@ -67,6 +67,7 @@ pub const METHODS: &[&str] = &[
     "StartSession",
     "UploadMedia",
     "WatchSession",
+    "SubscribeTenantEvents",
     "WithdrawConsent",
 ];
 

@@ -499,6 +499,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::staff_service_server::StaffServiceServer::new(api.clone()))
         .add_service(pb::privacy_service_server::PrivacyServiceServer::new(api.clone()))
         .add_service(pb::media_service_server::MediaServiceServer::new(api.clone()))
+        .add_service(pb::integration_service_server::IntegrationServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -2,6 +2,7 @@
 
 use actors::Executed;
 use app::AppError;
+use app::feed::{FeedData, FeedItem, IntegrationEvent};
 use app::media::MediaInfo;
 use domain::Timers;
 use domain::pype::Pype;
@@ -259,4 +260,79 @@ pub(crate) fn grant_out(id: Uuid, g: &Grant, now: i64) -> pb::BreakGlassGrant {
 
 pub(crate) fn id_text(b: &[u8]) -> String {
     Uuid::from_slice(b).map(|u| u.to_string()).unwrap_or_default()
+}
+
+/// A feed item on the wire.
+pub(crate) fn feed_out(item: FeedItem) -> pb::FeedMessage {
+    use pb::feed_message::Item;
+    let item = match item {
+        FeedItem::Event(e) => Item::Event(integration_event_out(*e)),
+        FeedItem::Live { after_position } => Item::Live(pb::FeedLive { after_position }),
+        FeedItem::Behind { position, head } => Item::Behind(pb::FeedBehind { position, head }),
+    };
+    pb::FeedMessage { item: Some(item) }
+}
+
+/// An integration event on the wire (the same message a webhook carries).
+pub(crate) fn integration_event_out(e: IntegrationEvent) -> pb::IntegrationEvent {
+    use pb::integration_event::Data;
+    let text = |id: Option<Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
+    let session = e.session.unwrap_or_default();
+    let data = match e.data {
+        FeedData::None => None,
+        FeedData::SessionStarted { end_user, timers } => Some(Data::SessionStarted(pb::FeedSessionStarted {
+            end_user_id: end_user.to_string(),
+            timers: Some(timers_out(timers)),
+        })),
+        FeedData::SessionState { status, reason } => {
+            Some(Data::SessionState(pb::FeedSessionState { state: state_out(status), reason: reason.into() }))
+        }
+        FeedData::Participant { participant, kind } => Some(Data::Participant(pb::FeedParticipant {
+            participant_id: participant.to_string(),
+            kind: kind.map_or(pb::ParticipantKind::Unspecified as i32, kind_out),
+        })),
+        FeedData::Message(m) => Some(Data::MessagePosted(pb::FeedMessagePosted {
+            seq: m.seq,
+            sender_id: m.sender.to_string(),
+            sent_at_micros: m.sent_at_micros,
+            body: m.body,
+            device: m.device.unwrap_or_default(),
+            attachments: m.attachments.iter().map(|a| attachment_out(session, a)).collect(),
+            erased: m.erased,
+            withheld: m.withheld,
+        })),
+        FeedData::Media { session, media, meta } => {
+            Some(Data::MediaUploaded(media_out(&MediaInfo { session, media, meta })))
+        }
+        FeedData::ReadHorizon { participant, up_to, private } => {
+            Some(Data::ReadHorizon(pb::FeedReadHorizon { participant_id: participant.to_string(), up_to, private }))
+        }
+        FeedData::Location { participant, location, erased, withheld } => Some(Data::Location(pb::FeedLocation {
+            participant_id: participant.to_string(),
+            location,
+            erased,
+            withheld,
+        })),
+        FeedData::Retention { retention_days } => Some(Data::Retention(pb::FeedRetention { retention_days })),
+        FeedData::Erasure { request, due_micros, certificate, signature } => {
+            Some(Data::Erasure(pb::FeedErasure { request_id: request.to_string(), due_micros, certificate, signature }))
+        }
+        FeedData::Pype { name, description } => Some(Data::Pype(pb::FeedPype { name, description })),
+        FeedData::Consent { purpose, policy_version } => {
+            Some(Data::Consent(pb::FeedConsent { purpose, policy_version }))
+        }
+    };
+    pb::IntegrationEvent {
+        schema_version: app::feed::SCHEMA_VERSION,
+        event_id: e.event_id.to_string(),
+        position: e.position,
+        r#type: e.event_type.into(),
+        recorded_at_micros: e.recorded_at_micros,
+        tenant_id: e.tenant.to_string(),
+        pype_id: text(e.pype),
+        session_id: text(e.session),
+        session_seq: e.session_seq,
+        subject_id: text(e.subject),
+        data,
+    }
 }

@@ -7,6 +7,7 @@
 pub mod analytics;
 pub mod convert;
 pub mod erasure;
+pub mod integration;
 pub mod login;
 pub mod media;
 pub mod privacy;

@@ -251,6 +251,7 @@ pub const RPCS: &[&str] = &[
     "GetSession",
     "ListSessions",
     "WatchSession",
+    "SubscribeTenantEvents",
     "ShareLocation",
     "ImportSessions",
     "RegisterSubject",
@@ -578,6 +579,28 @@ pub async fn call(
         ))),
         "WatchSession" => match Se::new(c)
             .watch_session(req(key, tenant_header, pb::WatchSessionRequest { session_id: s, from_version: 0 }))
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
+                    Ok(Ok(m)) => Ok(format!("{m:?}")),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Ok(String::new()),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        "SubscribeTenantEvents" => match pb::integration_service_client::IntegrationServiceClient::new(c)
+            .subscribe_tenant_events(req(
+                key,
+                tenant_header,
+                pb::SubscribeTenantEventsRequest {
+                    from: Some(pb::subscribe_tenant_events_request::From::FromStart(true)),
+                    session_id: s,
+                    ..Default::default()
+                },
+            ))
             .await
         {
             Ok(stream) => {
