@@ -31,13 +31,23 @@ use crate::{App, AppError, parse_id};
 /// The schema version every integration event of this module carries.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// How long the feed waits for a consumer that reads nothing before it
-/// cuts the stream off (the consumer resumes from its token).
-pub const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// How patient a feed is with its consumer (`[integrations]` in the
+/// configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedLimits {
+    /// How long the feed waits for a consumer that reads nothing before it
+    /// cuts the stream off (the consumer resumes from its token).
+    pub stall: Duration,
+    /// How far the head may run ahead of a live consumer before it is told
+    /// that it fell behind.
+    pub behind_positions: u64,
+}
 
-/// How far the head may run ahead of a live consumer before it is told
-/// that it fell behind.
-pub const BEHIND_THRESHOLD: u64 = 10_000;
+impl Default for FeedLimits {
+    fn default() -> Self {
+        Self { stall: Duration::from_secs(60), behind_positions: 10_000 }
+    }
+}
 
 /// Each integration event type and the stored event types it comes from.
 pub const TYPES: &[(&str, &[&str])] = &[
@@ -305,7 +315,8 @@ impl App {
         filters: Filters,
         tx: mpsc::Sender<Result<FeedItem, AppError>>,
     ) {
-        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: BEHIND_THRESHOLD };
+        let limits = self.feed_limits;
+        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: limits.behind_positions };
         let mut sub = subscribe_all(self.log.clone(), from, filters.log_filter(tenant), options);
         let mut sessions: HashMap<Uuid, SessionFacts> = HashMap::new();
         let mut last_sent: Option<u64> = match from {
@@ -333,11 +344,14 @@ impl App {
                 Err(e) => Err(e.into()),
             };
             let failed = item.is_err();
-            if let Ok(FeedItem::Event(e)) = &item {
-                last_sent = Some(e.position);
-            }
-            match tokio::time::timeout(STALL_LIMIT, tx.send(item)).await {
-                Ok(Ok(())) => {}
+            let sending = match &item {
+                Ok(FeedItem::Event(e)) => Some(e.position),
+                _ => None,
+            };
+            match tokio::time::timeout(limits.stall, tx.send(item)).await {
+                // Only what the channel took counts as sent: the item whose
+                // send timed out is the first the consumer will not get.
+                Ok(Ok(())) => last_sent = sending.or(last_sent),
                 Ok(Err(_)) => return,
                 Err(_) => {
                     // The consumer read nothing for the whole limit: say
@@ -346,7 +360,7 @@ impl App {
                     let _ = tx
                         .send(Err(AppError::TooMany(format!(
                             "the feed's consumer read nothing for {} s; resume with {resume}",
-                            STALL_LIMIT.as_secs()
+                            limits.stall.as_secs()
                         ))))
                         .await;
                     return;

@@ -72,6 +72,7 @@ pub struct App {
     pub(crate) staff: Arc<staff::Staff>,
     pub(crate) offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
+    pub(crate) feed_limits: feed::FeedLimits,
 }
 
 /// What [`App::new`] is made of (the wiring opens the stores and starts
@@ -90,6 +91,7 @@ pub struct Parts {
     pub staff: Arc<staff::Staff>,
     pub offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
+    pub feed_limits: feed::FeedLimits,
 }
 
 impl App {
@@ -115,6 +117,7 @@ impl App {
             staff: p.staff,
             offboarding_grace_days: p.offboarding_grace_days,
             media: p.media,
+            feed_limits: p.feed_limits,
         })
     }
 

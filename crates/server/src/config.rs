@@ -37,6 +37,21 @@ pub struct FileConfig {
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    /// The tenant event feed and webhooks.
+    #[serde(default)]
+    pub integrations: IntegrationsFile,
+}
+
+/// `[integrations]`: how patient the tenant event feed is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationsFile {
+    /// A feed whose consumer reads nothing for this long is cut off with
+    /// RESOURCE_EXHAUSTED naming its resume token (default 60, 1 to 3600).
+    pub feed_stall_secs: Option<u64>,
+    /// A live feed this many positions behind the head is told it fell
+    /// behind (default 10000, at least 1).
+    pub feed_behind_positions: Option<u64>,
 }
 
 /// `[telemetry]`: the log format and where traces go.
@@ -186,6 +201,19 @@ fn media_config(file: MediaFile) -> anyhow::Result<MediaConfig> {
         other => anyhow::bail!("media.store: {other:?}; \"file\" or \"s3\""),
     };
     Ok(MediaConfig { default, tenants, upload_idle_secs, sweep_secs, store })
+}
+
+fn feed_limits(file: &IntegrationsFile) -> anyhow::Result<app::feed::FeedLimits> {
+    let default = app::feed::FeedLimits::default();
+    let stall = file.feed_stall_secs.unwrap_or(default.stall.as_secs());
+    if !(1..=3600).contains(&stall) {
+        anyhow::bail!("integrations.feed_stall_secs: {stall}; 1 to 3600");
+    }
+    let behind_positions = file.feed_behind_positions.unwrap_or(default.behind_positions);
+    if behind_positions == 0 {
+        anyhow::bail!("integrations.feed_behind_positions: 0; at least 1");
+    }
+    Ok(app::feed::FeedLimits { stall: std::time::Duration::from_secs(stall), behind_positions })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -524,6 +552,8 @@ pub struct Config {
     pub plaintext_behind_mesh: bool,
     /// The log format and the trace exporter.
     pub telemetry: crate::telemetry::Telemetry,
+    /// The tenant event feed's limits.
+    pub feed: app::feed::FeedLimits,
 }
 
 impl Config {
@@ -580,6 +610,7 @@ impl Config {
                 }
             },
             media: media_config(file.media)?,
+            feed: feed_limits(&file.integrations)?,
             auth: app::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),

@@ -432,6 +432,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         staff: Arc::new(app::staff::Staff::new(registry.clone())),
         offboarding_grace_days: config.offboarding_grace_days,
         media: media.clone(),
+        feed_limits: config.feed,
     });
     application.resume_processes();
     let scheduler = Arc::new(app::retention::Scheduler {

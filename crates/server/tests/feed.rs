@@ -327,3 +327,94 @@ async fn filters_bad_requests_and_erased_and_restricted_content() {
     assert_eq!(cert.certificate, status.certificate);
     assert_eq!(certified.subject_id, a.user);
 }
+
+/// A consumer that stops reading: writers never wait for it; after
+/// `feed_stall_secs` it is cut off with RESOURCE_EXHAUSTED naming where to
+/// resume, and resuming there gives exactly the rest. A consumer that
+/// pauses for less is told it fell behind, and still gets every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_is_cut_off_with_its_token_and_a_slow_one_is_told_it_is_behind() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("pypes.toml");
+    std::fs::write(&config, "[integrations]\nfeed_stall_secs = 2\nfeed_behind_positions = 5\n").unwrap();
+    let server = common::start_with(&data.path().join("data"), &[("PYPES_CONFIG", config.to_str().unwrap())]);
+    let mut c = clients(&server.grpc).await;
+    let a = setup(&mut c, "alpha-user").await;
+    // A small receive window, so that the server's buffers fill quickly.
+    let ch =
+        Channel::from_shared(server.grpc.clone()).unwrap().initial_stream_window_size(65_535).connect().await.unwrap();
+    let big = "x".repeat(4000);
+    let write = |c: &mut Clients, tag: &'static str, n: usize| {
+        let mut s = c.sessions.clone();
+        let (key, request) = (a.key.clone(), post(&a, ""));
+        let big = big.clone();
+        async move {
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                let body = format!("{tag} {i} {big}");
+                s.post_message(authed(&key, pb::PostMessageRequest { body, ..request.clone() })).await.unwrap();
+            }
+            started.elapsed()
+        }
+    };
+    let tagged = |events: &[pb::IntegrationEvent], tag: &str| {
+        bodies(events)
+            .iter()
+            .filter(|b| b.starts_with(tag))
+            .map(|b| b[..b.len() - 4001].to_string())
+            .collect::<Vec<_>>()
+    };
+    let want = |tag: &str, n: usize| (0..n).map(|i| format!("{tag} {i}")).collect::<Vec<_>>();
+
+    // Stalled: live, then nothing read while 600 big messages are written.
+    let mut feed = subscribe(&ch, &a.key, Default::default()).await.unwrap();
+    until_live(&mut feed).await;
+    write(&mut c, "stalled", 600).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = Vec::new();
+    let cut = loop {
+        match tokio::time::timeout(Duration::from_secs(30), feed.message()).await.expect("an item or the end") {
+            Ok(Some(m)) => {
+                if let Some(pb::feed_message::Item::Event(e)) = m.item {
+                    got.push(e);
+                }
+            }
+            Ok(None) => panic!("the stream ended without saying why after {} events", got.len()),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut.code(), Code::ResourceExhausted, "{cut:?}");
+    assert!(got.len() < 600, "the feed was never stalled ({} events sent)", got.len());
+    let last = got.last().expect("some events before the cut").position;
+    assert!(cut.message().contains(&format!("after_position {last}")), "{}", cut.message());
+    let mut resumed =
+        subscribe(&ch, &a.key, pb::SubscribeTenantEventsRequest { from: after(last), ..Default::default() })
+            .await
+            .unwrap();
+    let (rest, _) = until_live(&mut resumed).await;
+    got.extend(rest);
+    check_feed(&got, &a.tenant);
+    assert_eq!(tagged(&got, "stalled"), want("stalled", 600));
+    drop(resumed);
+
+    // Slow: live, a pause shorter than the stall limit while writers run
+    // ahead, then reading again: "behind", and every event once.
+    let mut feed = subscribe(&ch, &a.key, Default::default()).await.unwrap();
+    until_live(&mut feed).await;
+    write(&mut c, "slow", 600).await;
+    let mut got = Vec::new();
+    let mut behind = 0;
+    while tagged(&got, "slow").len() < 600 {
+        match next(&mut feed).await {
+            pb::feed_message::Item::Event(e) => got.push(e),
+            pb::feed_message::Item::Behind(b) => {
+                assert!(b.head > b.position + 5, "{b:?}");
+                behind += 1;
+            }
+            pb::feed_message::Item::Live(_) => {}
+        }
+    }
+    assert!(behind >= 1, "never told it was behind");
+    check_feed(&got, &a.tenant);
+    assert_eq!(tagged(&got, "slow"), want("slow", 600));
+}
