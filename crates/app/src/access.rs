@@ -76,7 +76,10 @@ impl App {
                         .await;
                     return Err(AppError::Unauthenticated("unknown or revoked key".into()));
                 }
-                if tenant.cancelled {
+                // A cancelled tenant's keys still export the tenant until
+                // its keys are shredded: the grace period is the window
+                // to take its data to another provider.
+                if tenant.cancelled && !(crate::call::method() == "ExportTenant" && tenant.shredded.is_none()) {
                     self.audit
                         .note(
                             Record::new("auth.api_key", actor(), "refused")
@@ -86,7 +89,9 @@ impl App {
                         .await;
                     return Err(AppError::Forbidden("the tenant is cancelled".into()));
                 }
-                {
+                // A cancelled tenant's key is checked every time (only the
+                // export may pass).
+                if !tenant.cancelled {
                     let mut cache = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.len() > 100_000 {
                         cache.clear();

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use domain::Timers;
 use domain::pype::{Pype, PypeEvent};
@@ -31,23 +30,7 @@ use crate::{App, AppError, parse_id};
 /// The schema version every integration event of this module carries.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// How patient a feed is with its consumer (`[integrations]` in the
-/// configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedLimits {
-    /// How long the feed waits for a consumer that reads nothing before it
-    /// cuts the stream off (the consumer resumes from its token).
-    pub stall: Duration,
-    /// How far the head may run ahead of a live consumer before it is told
-    /// that it fell behind.
-    pub behind_positions: u64,
-}
-
-impl Default for FeedLimits {
-    fn default() -> Self {
-        Self { stall: Duration::from_secs(60), behind_positions: 10_000 }
-    }
-}
+pub use crate::limits::FeedLimits;
 
 /// Each integration event type and the stored event types it comes from.
 pub const TYPES: &[(&str, &[&str])] = &[

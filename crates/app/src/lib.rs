@@ -27,6 +27,7 @@ pub mod export;
 pub mod feed;
 pub mod hooks;
 pub mod import;
+pub mod limits;
 pub mod logins;
 pub mod media;
 pub mod privacy;
@@ -38,6 +39,7 @@ pub mod sessions;
 pub mod staff;
 pub mod staff_admin;
 pub mod subjects;
+pub mod tenant_export;
 pub mod tenants;
 pub mod unfinished;
 pub mod views;
@@ -72,7 +74,7 @@ pub struct App {
     pub(crate) staff: Arc<staff::Staff>,
     pub(crate) offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
-    pub(crate) feed_limits: feed::FeedLimits,
+    pub(crate) feed_limits: limits::FeedLimits,
 }
 
 /// What [`App::new`] is made of (the wiring opens the stores and starts
@@ -91,7 +93,7 @@ pub struct Parts {
     pub staff: Arc<staff::Staff>,
     pub offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
-    pub feed_limits: feed::FeedLimits,
+    pub feed_limits: limits::FeedLimits,
 }
 
 impl App {

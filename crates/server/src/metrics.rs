@@ -68,6 +68,7 @@ pub const METHODS: &[&str] = &[
     "UploadMedia",
     "WatchSession",
     "SubscribeTenantEvents",
+    "ExportTenant",
     "WithdrawConsent",
 ];
 

@@ -11,8 +11,16 @@ use proto::api as pb;
 use tonic::Code;
 
 /// Calls that name no other tenant's ids: with A's key they act on A.
-const ACT_ON_CALLER: &[&str] =
-    &["CreateApiKey", "CreatePype", "RegisterSubject", "InviteSubject", "ListEndUsers", "Logout", "ImportSessions"];
+const ACT_ON_CALLER: &[&str] = &[
+    "CreateApiKey",
+    "CreatePype",
+    "RegisterSubject",
+    "InviteSubject",
+    "ListEndUsers",
+    "Logout",
+    "ImportSessions",
+    "ExportTenant",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_keeps_tenants_apart() {

@@ -2,13 +2,14 @@
 
 use actors::Executed;
 use app::AppError;
-use app::feed::{FeedData, FeedItem, IntegrationEvent};
+use app::feed::{FeedData, FeedItem, FeedMessage, IntegrationEvent};
 use app::media::MediaInfo;
+use app::tenant_export::{ExportItem, ExportRecord};
 use domain::Timers;
 use domain::pype::Pype;
 use domain::session::{Attachment, ParticipantKind, Reason, Session, SessionEvent, Status};
 use domain::staff::{Grant, Member, Role};
-use domain::subject::{Subject, SubjectStatus};
+use domain::subject::{Birth, Subject, SubjectStatus};
 use domain::tenant::Tenant;
 use proto::api as pb;
 use uuid::Uuid;
@@ -291,16 +292,20 @@ pub(crate) fn integration_event_out(e: IntegrationEvent) -> pb::IntegrationEvent
             participant_id: participant.to_string(),
             kind: kind.map_or(pb::ParticipantKind::Unspecified as i32, kind_out),
         })),
-        FeedData::Message(m) => Some(Data::MessagePosted(pb::FeedMessagePosted {
-            seq: m.seq,
-            sender_id: m.sender.to_string(),
-            sent_at_micros: m.sent_at_micros,
-            body: m.body,
-            device: m.device.unwrap_or_default(),
-            attachments: m.attachments.iter().map(|a| attachment_out(session, a)).collect(),
-            erased: m.erased,
-            withheld: m.withheld,
-        })),
+        FeedData::Message(m) => {
+            let withheld = m.withheld;
+            let message = message_out(session, m);
+            Some(Data::MessagePosted(pb::FeedMessagePosted {
+                seq: message.seq,
+                sender_id: message.sender_id,
+                sent_at_micros: message.sent_at_micros,
+                body: message.body,
+                device: message.device,
+                attachments: message.attachments,
+                erased: message.erased,
+                withheld,
+            }))
+        }
         FeedData::Media { session, media, meta } => {
             Some(Data::MediaUploaded(media_out(&MediaInfo { session, media, meta })))
         }
@@ -334,5 +339,81 @@ pub(crate) fn integration_event_out(e: IntegrationEvent) -> pb::IntegrationEvent
         session_seq: e.session_seq,
         subject_id: text(e.subject),
         data,
+    }
+}
+
+/// A message as the feed and the tenant export have it.
+fn message_out(session: Uuid, m: FeedMessage) -> pb::Message {
+    pb::Message {
+        seq: m.seq,
+        sender_id: m.sender.to_string(),
+        sent_at_micros: m.sent_at_micros,
+        body: m.body,
+        device: m.device.unwrap_or_default(),
+        erased: m.erased,
+        attachments: m.attachments.iter().map(|a| attachment_out(session, a)).collect(),
+    }
+}
+
+/// A tenant export's record on the wire.
+pub(crate) fn export_record_out(item: ExportItem) -> pb::TenantExportRecord {
+    use pb::tenant_export_record::Record;
+    let record = match item.record {
+        ExportRecord::Header { tenant, tenant_name, as_of, started_at_micros } => {
+            Record::Header(pb::TenantExportHeader {
+                format: app::tenant_export::FORMAT.into(),
+                version: app::tenant_export::VERSION,
+                tenant_id: tenant.to_string(),
+                tenant_name,
+                as_of_position: as_of,
+                started_at_micros,
+            })
+        }
+        ExportRecord::Pype(id, p) => Record::Pype(pb::Pype { pype_id: id.to_string(), ..pype_out(&p) }),
+        ExportRecord::Subject(s) => Record::Subject(exported_subject_out(&s)),
+        ExportRecord::Session(s) => Record::Session(session_out(&s)),
+        ExportRecord::Message { session, message } => {
+            let withheld = message.withheld;
+            Record::Message(pb::ExportedMessage {
+                session_id: session.to_string(),
+                message: Some(message_out(session, message)),
+                withheld,
+            })
+        }
+        ExportRecord::Media { info, .. } => Record::Media(media_out(&info)),
+        ExportRecord::End { as_of, counts } => Record::End(pb::TenantExportEnd {
+            as_of_position: as_of,
+            pypes: counts.pypes,
+            subjects: counts.subjects,
+            sessions: counts.sessions,
+            messages: counts.messages,
+            media: counts.media,
+        }),
+    };
+    pb::TenantExportRecord { resume_token: item.token, record: Some(record) }
+}
+
+/// An end user with their personal data (withheld while restricted, gone
+/// once erased).
+fn exported_subject_out(s: &Subject) -> pb::ExportedSubject {
+    let erased = s.erasure.as_ref().is_some_and(|e| e.shredded.is_some());
+    let shown = |v: &String| if s.restricted || erased { String::new() } else { v.clone() };
+    let base = subject_out(s);
+    pb::ExportedSubject {
+        subject_id: base.subject_id,
+        username: shown(&s.username),
+        email: shown(&s.email),
+        phone: shown(&s.phone),
+        birth_date: match s.birth {
+            Some(Birth::Date { year, month, day }) if !s.restricted && !erased => {
+                format!("{year:04}-{month:02}-{day:02}")
+            }
+            _ => String::new(),
+        },
+        status: base.status,
+        consents: base.consents,
+        erased,
+        restricted: s.restricted,
+        invited: s.status == Some(SubjectStatus::Invited),
     }
 }

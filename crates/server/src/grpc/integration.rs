@@ -4,7 +4,7 @@ use app::feed::{FeedRequest, FeedStart};
 use proto::api as pb;
 use tonic::Request;
 
-use super::convert::feed_out;
+use super::convert::{export_record_out, feed_out};
 use super::{Handle, Reply, Streamed, credentials};
 
 #[tonic::async_trait]
@@ -25,5 +25,13 @@ impl pb::integration_service_server::IntegrationService for Handle {
         };
         let feed = FeedRequest { start, types: r.types, pype_id: r.pype_id, session_id: r.session_id };
         self.streaming("SubscribeTenantEvents", self.app.subscribe_tenant_events(&who, feed), feed_out).await
+    }
+
+    type ExportTenantStream = Streamed<pb::TenantExportRecord>;
+
+    async fn export_tenant(&self, request: Request<pb::ExportTenantRequest>) -> Reply<Self::ExportTenantStream> {
+        let who = credentials(request.metadata());
+        let r = request.into_inner();
+        self.streaming("ExportTenant", self.app.export_tenant(&who, &r.resume_token), export_record_out).await
     }
 }

@@ -252,6 +252,7 @@ pub const RPCS: &[&str] = &[
     "ListSessions",
     "WatchSession",
     "SubscribeTenantEvents",
+    "ExportTenant",
     "ShareLocation",
     "ImportSessions",
     "RegisterSubject",
@@ -609,6 +610,23 @@ pub async fn call(
                     Ok(Ok(m)) => Ok(format!("{m:?}")),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Ok(String::new()),
+                }
+            }
+            Err(e) => Err(e),
+        },
+        "ExportTenant" => match pb::integration_service_client::IntegrationServiceClient::new(c)
+            .export_tenant(req(key, tenant_header, pb::ExportTenantRequest::default()))
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                let mut all = String::new();
+                loop {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.message()).await {
+                        Ok(Ok(Some(m))) => all.push_str(&format!("{m:?}")),
+                        Ok(Ok(None)) | Err(_) => break Ok(all),
+                        Ok(Err(e)) => break Err(e),
+                    }
                 }
             }
             Err(e) => Err(e),
