@@ -92,6 +92,7 @@ async fn node(w: &World) -> Node {
         auth: Arc::new(app::end_user_auth::EndUserAuth::new(clock.clone(), w.log.clone(), Default::default()).unwrap()),
         staff: Arc::new(app::staff::Staff::new(registry.clone())),
         offboarding_grace_days: 30,
+        feed_limits: Default::default(),
         media: Arc::new(app::media::Media::new(blobs, media_config())),
     });
     app.resume_processes();

@@ -256,7 +256,7 @@ async fn filters_bad_requests_and_erased_and_restricted_content() {
 
     // Bad requests, each named.
     let refused = |r: Result<Feed, tonic::Status>, code: Code, needle: &str| {
-        let e = r.err().expect("refused");
+        let Err(e) = r else { panic!("accepted") };
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().contains(needle), "{needle:?} not in {:?}", e.message());
     };
