@@ -1,0 +1,153 @@
+//! One delivery attempt against receivers started here, on loopback: a
+//! 2xx is delivered with the headers given; every other answer, a
+//! redirect, a slow answer, a huge answer, a TLS handshake that never
+//! completes and a refused destination each fail with a reason that names
+//! it, within the attempt's deadline.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use webhooks::deliver::{Client, Limits};
+use webhooks::target::Policy;
+
+const LOOPBACK: Policy = Policy { allow_private: false, allow_loopback: true };
+
+fn limits() -> Limits {
+    Limits { connect: Duration::from_secs(2), attempt: Duration::from_secs(1), max_answer_bytes: 4096 }
+}
+
+/// A receiver that reads one request and answers with `answer` after
+/// `delay`; returns its URL and the request it read.
+async fn receiver(answer: Vec<u8>, delay: Duration) -> (String, tokio::task::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Read the head and the body (Content-Length).
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= head_end + 4 + length {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(delay).await;
+        let _ = s.write_all(&answer).await;
+        let _ = s.shutdown().await;
+        String::from_utf8_lossy(&request).to_string()
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_2xx_is_delivered_with_its_headers() {
+    let client = Client::new(LOOPBACK, limits(), None).unwrap();
+    let (url, seen) = receiver(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::ZERO).await;
+    let a = client.post(&url, &[("pypes-signature", "t=1,v1=00".into())], b"{\"a\":1}".to_vec()).await;
+    assert!(a.delivered(), "{a:?}");
+    assert_eq!(a.status, Some(204));
+    let request = seen.await.unwrap();
+    assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+    assert!(request.to_ascii_lowercase().contains("pypes-signature: t=1,v1=00"), "{request}");
+    assert!(request.to_ascii_lowercase().contains("content-type: application/json"), "{request}");
+    assert!(request.ends_with("{\"a\":1}"), "{request}");
+}
+
+#[tokio::test]
+async fn errors_redirects_and_slow_or_huge_answers_are_named() {
+    let client = Client::new(LOOPBACK, limits(), None).unwrap();
+
+    let (url, _) = receiver(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 13\r\n\r\nback at noon.".to_vec(),
+        Duration::ZERO,
+    )
+    .await;
+    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    assert_eq!(a.status, Some(503));
+    let reason = a.outcome.unwrap_err();
+    assert!(reason.contains("503") && reason.contains("back at noon"), "{reason}");
+
+    let (url, _) = receiver(
+        b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/latest\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        Duration::ZERO,
+    )
+    .await;
+    let reason = client.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("redirects are not followed") && reason.contains("169.254.169.254"), "{reason}");
+
+    // Slower than the attempt's deadline.
+    let (url, _) = receiver(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(a.outcome.unwrap_err().contains("no answer within 1 s"));
+
+    // A 10 MB answer: a prefix is read, the attempt ends quickly.
+    let mut huge = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 10000000\r\n\r\n".to_vec();
+    huge.extend(std::iter::repeat_n(b'z', 10_000_000));
+    let (url, _) = receiver(huge, Duration::ZERO).await;
+    let started = Instant::now();
+    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    let reason = a.outcome.unwrap_err();
+    assert!(reason.contains("500") && reason.len() < 400, "{}", &reason[..reason.len().min(400)]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_ends_at_the_deadline() {
+    let client = Client::new(LOOPBACK, limits(), None).unwrap();
+    // Accepts TCP, never says a word: the TLS handshake hangs.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let started = Instant::now();
+    let a = client.post(&format!("https://127.0.0.1:{port}/hook"), &[], b"{}".to_vec()).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(a.outcome.unwrap_err().contains("no answer within"), "{:?}", a.status);
+}
+
+#[tokio::test]
+async fn refused_destinations_are_never_contacted() {
+    let strict = Client::new(Policy::default(), limits(), None).unwrap();
+    let (url, seen) = receiver(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::ZERO).await;
+    // Plain http, and loopback, are refused by the strict policy.
+    let reason = strict.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("destination policy") && reason.contains("https://"), "{reason}");
+    let https = url.replace("http://", "https://");
+    let reason = strict.post(&https, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("loopback"), "{reason}");
+    // A name that resolves to loopback is refused when it is resolved.
+    let named = https.replace("127.0.0.1", "localhost");
+    let reason = strict.post(&named, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("loopback"), "{reason}");
+    let reason =
+        strict.post("https://169.254.169.254/latest/meta-data/", &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("link-local"), "{reason}");
+    // The receiver saw nothing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!seen.is_finished());
+    seen.abort();
+}
