@@ -13,9 +13,13 @@
 //!   per-attempt deadline, no redirects followed, at most a small prefix of
 //!   the answer read, every failure named;
 //! - [`backoff`]: the retry schedule (exponential, jittered, for at least
-//!   72 hours).
+//!   72 hours);
+//! - [`schedule`]: one endpoint's delivery schedule as a state machine: in
+//!   order per Session, concurrent across Sessions, back-off per event and
+//!   per endpoint, pause after 72 hours, a bounded queue, the checkpoint.
 
 pub mod backoff;
 pub mod deliver;
+pub mod schedule;
 pub mod sign;
 pub mod target;
