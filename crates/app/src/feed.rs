@@ -184,6 +184,38 @@ pub struct FeedMessage {
     pub withheld: bool,
 }
 
+impl FeedMessage {
+    /// A message as the Session's event holds it; `restricted` withholds
+    /// its content (body, device, attachments). A message has a body or
+    /// attachments, so neither means its key was shredded: erased.
+    pub fn new(
+        seq: u64,
+        sender: Uuid,
+        sent_at_micros: i64,
+        body: String,
+        device: Option<String>,
+        attachments: Vec<Attachment>,
+        restricted: bool,
+    ) -> Self {
+        let erased = body.is_empty() && attachments.is_empty();
+        let withheld = restricted && !erased;
+        if withheld {
+            Self {
+                seq,
+                sender,
+                sent_at_micros,
+                body: String::new(),
+                device: None,
+                attachments: Vec::new(),
+                erased,
+                withheld,
+            }
+        } else {
+            Self { seq, sender, sent_at_micros, body, device, attachments, erased, withheld }
+        }
+    }
+}
+
 /// The checked filters of a feed.
 #[derive(Debug, Clone)]
 struct Filters {
@@ -477,23 +509,7 @@ fn session_data(session: Uuid, event: SessionEvent, restricted: bool, subject: &
         }
         SessionEvent::ParticipantLeft { participant, .. } => FeedData::Participant { participant, kind: None },
         SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
-            // A message has a body or attachments: neither means its key was shredded.
-            let erased = body.is_empty() && attachments.is_empty();
-            let withheld = restricted && !erased;
-            FeedData::Message(if withheld {
-                FeedMessage {
-                    seq,
-                    sender,
-                    sent_at_micros,
-                    body: String::new(),
-                    device: None,
-                    attachments: Vec::new(),
-                    erased,
-                    withheld,
-                }
-            } else {
-                FeedMessage { seq, sender, sent_at_micros, body, device, attachments, erased, withheld }
-            })
+            FeedData::Message(FeedMessage::new(seq, sender, sent_at_micros, body, device, attachments, restricted))
         }
         SessionEvent::MediaUploaded { media, meta } => FeedData::Media { session, media, meta },
         SessionEvent::ReadHorizonAdvanced { participant, up_to, private } => {

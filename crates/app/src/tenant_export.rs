@@ -303,22 +303,8 @@ impl App {
                 match <Session as Codec>::decode(r, &self.keyring).await? {
                     SessionEvent::MessagePosted { seq, sender, sent_at_micros, body, device, attachments } => {
                         counts.messages += 1;
-                        let erased = body.is_empty() && attachments.is_empty();
-                        let withheld = withheld && !erased;
-                        let message = if withheld {
-                            FeedMessage {
-                                seq,
-                                sender,
-                                sent_at_micros,
-                                body: String::new(),
-                                device: None,
-                                attachments: Vec::new(),
-                                erased,
-                                withheld,
-                            }
-                        } else {
-                            FeedMessage { seq, sender, sent_at_micros, body, device, attachments, erased, withheld }
-                        };
+                        let message =
+                            FeedMessage::new(seq, sender, sent_at_micros, body, device, attachments, withheld);
                         ExportRecord::Message { session: name.id, message }
                     }
                     SessionEvent::MediaUploaded { media, mut meta } => {

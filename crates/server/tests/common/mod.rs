@@ -363,6 +363,16 @@ pub fn req<T>(key: &str, tenant_header: Option<&str>, msg: T) -> Request<T> {
     r
 }
 
+/// The first item of a server stream as text, or nothing if none comes
+/// within 300 ms (a live stream may wait for ever).
+async fn first_item<T: std::fmt::Debug>(mut stream: tonic::Streaming<T>) -> Result<String, tonic::Status> {
+    match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
+        Ok(Ok(m)) => Ok(format!("{m:?}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(String::new()),
+    }
+}
+
 /// Calls `rpc` with `key` about `ids`; the answer's status (Ok as `Ok`).
 /// The reply's text is returned too, to check it leaks nothing.
 pub async fn call(
@@ -582,14 +592,7 @@ pub async fn call(
             .watch_session(req(key, tenant_header, pb::WatchSessionRequest { session_id: s, from_version: 0 }))
             .await
         {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
-                    Ok(Ok(m)) => Ok(format!("{m:?}")),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Ok(String::new()),
-                }
-            }
+            Ok(stream) => first_item(stream.into_inner()).await,
             Err(e) => Err(e),
         },
         "SubscribeTenantEvents" => match pb::integration_service_client::IntegrationServiceClient::new(c)
@@ -604,14 +607,7 @@ pub async fn call(
             ))
             .await
         {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await {
-                    Ok(Ok(m)) => Ok(format!("{m:?}")),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Ok(String::new()),
-                }
-            }
+            Ok(stream) => first_item(stream.into_inner()).await,
             Err(e) => Err(e),
         },
         "ExportTenant" => match pb::integration_service_client::IntegrationServiceClient::new(c)
