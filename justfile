@@ -14,6 +14,10 @@ test:
 test-postgres:
     PYPES_TEST_BACKEND=postgres cargo nextest run -p server --no-fail-fast --test grpc --test isolation --test auth --test media
 
+# Regenerate docs/api.md from the comments in proto/pypes/api/v1.
+api-docs:
+    UPDATE_API_DOCS=1 cargo nextest run -p proto --test api_reference
+
 # Everything CI runs.
 ci:
     bash .ci/run
