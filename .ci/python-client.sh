@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The API from another language: installs grpcio from PyPI into a throw-away
-# virtualenv, generates stubs from proto/, starts the pypes binary on free
-# ports over a fresh data directory, and runs clients/python/client.py.
+# The API from Python: the client package in clients/python is regenerated
+# from proto/ with its pinned generators (and must equal what is committed),
+# installed with pip into a throw-away virtualenv, type-checked with mypy
+# against its .pyi stubs, and run against the pypes binary started on free
+# ports over a fresh data directory: the quickstart (a Session posted to,
+# watched live, and the tenant feed followed) and clients/python/client.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,13 +16,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The committed generated code is what the generators make from proto/.
+bash clients/python/generate.sh > /dev/null
+if ! git diff --quiet -- clients/python/src || [ -n "$(git ls-files --others --exclude-standard clients/python/src)" ]; then
+  echo "clients/python/src is stale: run clients/python/generate.sh and commit it"
+  git status --short clients/python/src
+  exit 1
+fi
+
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check "grpcio==1.*" "grpcio-tools==1.*"
-mkdir -p "$work/stubs"
-"$work/venv/bin/python" -m grpc_tools.protoc -I proto --python_out="$work/stubs" --grpc_python_out="$work/stubs" proto/pypes/api/v1/api.proto
-touch "$work/stubs/pypes/__init__.py" "$work/stubs/pypes/api/__init__.py" "$work/stubs/pypes/api/v1/__init__.py"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python "mypy==1.*"
+"$work/venv/bin/python" -m mypy clients/python/examples/quickstart.py
 
 cargo build --quiet -p server --bin pypes
 . .ci/lib.sh
 start_pypes "$work"
-"$work/venv/bin/python" clients/python/client.py "$grpc" "$admin" "$work/stubs"
+key="$("$work/venv/bin/python" - "$grpc" "$admin" <<'PY'
+import sys
+from pypes_client import Client, api_pb2 as pb
+with Client(sys.argv[1], sys.argv[2]) as c:
+    c.wait_ready()
+    print(c.tenants.CreateTenant(pb.CreateTenantRequest(name="Quickstart")).api_key)
+PY
+)"
+PYPES_API_KEY="$key" "$work/venv/bin/python" clients/python/examples/quickstart.py "$grpc"
+"$work/venv/bin/python" clients/python/client.py "$grpc" "$admin" clients/python/src

@@ -18,6 +18,8 @@ sys.path.insert(0, stubs)
 import grpc  # noqa: E402
 from pypes.api.v1 import api_pb2 as pb  # noqa: E402
 from pypes.api.v1 import api_pb2_grpc as rpc  # noqa: E402
+from pypes.api.v1 import integration_pb2 as ipb  # noqa: E402
+from pypes.api.v1 import integration_pb2_grpc as irpc  # noqa: E402
 
 
 def auth(key, session_id=None):
@@ -75,6 +77,26 @@ for ev in sessions.WatchSession(pb.WatchSessionRequest(session_id=session.sessio
     if len(watched) == len(lines):
         break
 assert watched == [b for _, b in lines], watched
+
+# The tenant's event feed: every message of the tenant, with its resume
+# token, from the start until the feed says it is live.
+feed = irpc.IntegrationServiceStub(channel).SubscribeTenantEvents(
+    ipb.SubscribeTenantEventsRequest(from_start=True, types=["message.posted"]), metadata=auth(key), timeout=20
+)
+fed, token = [], None
+for item in feed:
+    kind = item.WhichOneof("item")
+    if kind == "event":
+        e = item.event
+        assert e.type == "message.posted" and e.session_id == session.session_id and e.session_seq > 0, e
+        assert token is None or e.position > token, (token, e.position)
+        fed.append(e.message_posted.body)
+        token = e.position
+    elif kind == "live":
+        break
+feed.cancel()
+assert fed == [b for _, b in lines], fed
+print(f"tenant feed: {len(fed)} message.posted events, resume token {token}")
 
 try:
     sessions.PostMessage(pb.PostMessageRequest(session_id="not-a-uuid", sender_id=agent, body="x"), metadata=auth(key))
