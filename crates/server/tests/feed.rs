@@ -398,7 +398,15 @@ async fn a_stalled_consumer_is_cut_off_with_its_token_and_a_slow_one_is_told_it_
     drop(resumed);
 
     // Slow: live, a pause shorter than the stall limit while writers run
-    // ahead, then reading again: "behind", and every event once.
+    // ahead, then reading again: "behind", and every event once. (The
+    // server starts again with a stall limit longer than any pause here,
+    // however slow the machine.)
+    drop(server);
+    std::fs::write(&config, "[integrations]\nfeed_stall_secs = 600\nfeed_behind_positions = 5\n").unwrap();
+    let server = common::start_with(&data.path().join("data"), &[("PYPES_CONFIG", config.to_str().unwrap())]);
+    let mut c = clients(&server.grpc).await;
+    let ch =
+        Channel::from_shared(server.grpc.clone()).unwrap().initial_stream_window_size(65_535).connect().await.unwrap();
     let mut feed = subscribe(&ch, &a.key, Default::default()).await.unwrap();
     until_live(&mut feed).await;
     write(&mut c, "slow", 600).await;
