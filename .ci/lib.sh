@@ -15,3 +15,15 @@ start_pypes() {
   grpc="$(grep -o 'grpc=[^ ]*' "$work/serve.out" | cut -d= -f2)"
   [ -n "$grpc" ] || { echo "pypes did not start"; cat "$work/serve.out"; exit 1; }
 }
+
+# Fails when the generated code under <dir> differs from what is committed
+# (after the caller ran its generator): changed or new files.
+# Usage: check_generated <dir> <how to regenerate>
+check_generated() {
+  local dir="$1" how="$2"
+  if ! git diff --quiet -- "$dir" || [ -n "$(git ls-files --others --exclude-standard "$dir")" ]; then
+    echo "$dir is stale: run $how and commit it"
+    git status --short "$dir"
+    exit 1
+  fi
+}

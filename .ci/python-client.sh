@@ -15,21 +15,17 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+. .ci/lib.sh
 
 # The committed generated code is what the generators make from proto/.
 bash clients/python/generate.sh > /dev/null
-if ! git diff --quiet -- clients/python/src || [ -n "$(git ls-files --others --exclude-standard clients/python/src)" ]; then
-  echo "clients/python/src is stale: run clients/python/generate.sh and commit it"
-  git status --short clients/python/src
-  exit 1
-fi
+check_generated clients/python/src clients/python/generate.sh
 
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python "mypy==1.*"
 "$work/venv/bin/python" -m mypy clients/python/examples/quickstart.py
 
 cargo build --quiet -p server --bin pypes
-. .ci/lib.sh
 start_pypes "$work"
 key="$("$work/venv/bin/python" - "$grpc" "$admin" <<'PY'
 import sys

@@ -15,18 +15,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+. .ci/lib.sh
 
 (cd clients/typescript && npm ci --no-audit --no-fund --ignore-scripts > /dev/null)
 bash clients/typescript/generate.sh
-if ! git diff --quiet -- clients/typescript/src || [ -n "$(git ls-files --others --exclude-standard clients/typescript/src)" ]; then
-  echo "clients/typescript/src/gen is stale: run clients/typescript/generate.sh and commit it"
-  git status --short clients/typescript/src
-  exit 1
-fi
+check_generated clients/typescript/src clients/typescript/generate.sh
 (cd clients/typescript && npx tsc -p .)
 
 cargo build --quiet -p server --bin pypes
-. .ci/lib.sh
 start_pypes "$work"
 key="$(cd clients/typescript && node -e '
 const { connect } = require("./dist/src");

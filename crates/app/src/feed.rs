@@ -232,10 +232,10 @@ impl Filters {
         let stream_prefixes = match (self.session, self.pype) {
             (Some(s), _) => vec![events::stream_name(Kind::Session, tenant, s)],
             (None, Some(p)) => {
-                vec![format!("{}{tenant}-", Kind::Session.prefix()), events::stream_name(Kind::Pype, tenant, p)]
+                vec![Kind::Session.tenant_prefix(tenant), events::stream_name(Kind::Pype, tenant, p)]
             }
             (None, None) => {
-                [Kind::Session, Kind::Pype, Kind::Subject].iter().map(|k| format!("{}{tenant}-", k.prefix())).collect()
+                [Kind::Session, Kind::Pype, Kind::Subject].iter().map(|k| k.tenant_prefix(tenant)).collect()
             }
         };
         let event_types = if self.stored_types.is_empty() {

@@ -216,7 +216,7 @@ impl App {
             let filter = EventFilter {
                 stream_prefixes: [Kind::Pype, Kind::Subject, Kind::Session]
                     .iter()
-                    .map(|k| format!("{}{tenant}-", k.prefix()))
+                    .map(|k| k.tenant_prefix(tenant))
                     .collect(),
                 event_types: [
                     t::PYPE_CREATED,

@@ -45,6 +45,12 @@ impl Kind {
         }
     }
 
+    /// The prefix every stream of this kind of one tenant starts with (for
+    /// `$all` filters): `session-<tenant>-`.
+    pub fn tenant_prefix(self, tenant: Uuid) -> String {
+        format!("{}{tenant}-", self.prefix())
+    }
+
     /// Whether `stream` is of this kind (by its prefix).
     pub fn owns(self, stream: &str) -> bool {
         stream.starts_with(self.prefix())
@@ -173,6 +179,7 @@ mod tests {
             assert!(text.starts_with(kind.prefix()));
             assert_eq!(StreamName::parse(&text), Some(name));
             assert_eq!(StreamName::parse_as(&text, kind), Some(name));
+            assert!(text.starts_with(&kind.tenant_prefix(t)));
         }
         assert_eq!(StreamName::parse_as(&stream_name(Kind::Session, t, i), Kind::Subject), None);
         assert_eq!(StreamName::parse(&username_stream(&[7; 32], t, "ann")), None);

@@ -139,12 +139,10 @@ impl Client {
     fn describe(&self, e: &reqwest::Error) -> String {
         // The innermost cause names it best (a refused address, a TLS alert).
         let mut cause: &dyn std::error::Error = e;
-        let mut chain = vec![e.to_string()];
         while let Some(next) = cause.source() {
-            chain.push(next.to_string());
             cause = next;
         }
-        let root = chain.last().cloned().unwrap_or_default();
+        let root = cause.to_string();
         if e.is_timeout() {
             if e.is_connect() {
                 format!("connecting took longer than {} s", self.limits.connect.as_secs_f64())

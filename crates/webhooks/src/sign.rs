@@ -19,14 +19,21 @@ pub const HEADER: &str = "pypes-signature";
 /// [`verify`]'s callers' default.
 pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
 
-/// HMAC-SHA-256 of `<timestamp>.<body>` under `secret`.
-pub fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> [u8; 32] {
-    // A key of any length is accepted by HMAC.
-    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret) else { unreachable!("HMAC takes keys of any length") };
+/// The keyed hash over `<timestamp>.<body>` under `secret`, before it is
+/// finalised (by [`mac`], or compared in constant time by [`verify`]).
+fn keyed(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: `new_from_slice` never fails for it.
+    let mut m = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     m.update(timestamp.to_string().as_bytes());
     m.update(b".");
     m.update(body);
-    m.finalize().into_bytes().into()
+    m
+}
+
+/// HMAC-SHA-256 of `<timestamp>.<body>` under `secret`.
+pub fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> [u8; 32] {
+    keyed(secret, timestamp, body).finalize().into_bytes().into()
 }
 
 /// The header's value for `body` sent at `timestamp` under each of
@@ -76,11 +83,7 @@ pub fn verify(header: &str, secret: &[u8], body: &[u8], now: i64, tolerance_secs
         return Err(VerifyError::Stale(skew));
     }
     for signature in signatures {
-        let Ok(mut m) = Hmac::<Sha256>::new_from_slice(secret) else { unreachable!("HMAC takes keys of any length") };
-        m.update(timestamp.to_string().as_bytes());
-        m.update(b".");
-        m.update(body);
-        if m.verify_slice(&signature).is_ok() {
+        if keyed(secret, timestamp, body).verify_slice(&signature).is_ok() {
             return Ok(());
         }
     }
