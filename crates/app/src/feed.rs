@@ -218,11 +218,27 @@ impl FeedMessage {
 
 /// The checked filters of a feed.
 #[derive(Debug, Clone)]
-struct Filters {
+pub(crate) struct Filters {
     /// Stored event types to read (empty: every type the feed knows).
-    stored_types: Vec<String>,
-    pype: Option<Uuid>,
-    session: Option<Uuid>,
+    pub(crate) stored_types: Vec<String>,
+    pub(crate) pype: Option<Uuid>,
+    pub(crate) session: Option<Uuid>,
+}
+
+/// The stored types of integration event types; `field` names the request
+/// field in the error for an unknown one.
+pub(crate) fn stored_types(field: &'static str, types: &[String]) -> Result<Vec<String>, AppError> {
+    let mut stored_types = Vec::new();
+    for name in types {
+        let Some((_, stored)) = TYPES.iter().find(|(n, _)| n == name) else {
+            return Err(AppError::invalid(
+                field,
+                format!("{name:?} is not an integration event type (docs/integrations.md lists them)"),
+            ));
+        };
+        stored_types.extend(stored.iter().map(|s| s.to_string()));
+    }
+    Ok(stored_types)
 }
 
 impl Filters {
@@ -270,16 +286,7 @@ impl App {
         request: FeedRequest,
     ) -> Result<mpsc::Receiver<Result<FeedItem, AppError>>, AppError> {
         let tenant = self.tenant(who).await?;
-        let mut stored_types = Vec::new();
-        for name in &request.types {
-            let Some((_, stored)) = TYPES.iter().find(|(n, _)| n == name) else {
-                return Err(AppError::invalid(
-                    "types",
-                    format!("{name:?} is not an integration event type (docs/integrations.md lists them)"),
-                ));
-            };
-            stored_types.extend(stored.iter().map(|s| s.to_string()));
-        }
+        let stored_types = stored_types("types", &request.types)?;
         let pype = match request.pype_id.as_str() {
             "" => None,
             id => {
@@ -315,10 +322,22 @@ impl App {
             FeedStart::After(p) => SubscribeFrom::After(p),
         };
         let filters = Filters { stored_types, pype, session };
+        Ok(self.open_feed(tenant, from, filters, self.feed_limits))
+    }
+
+    /// A feed of `tenant`'s events from `from` under `filters`, without
+    /// the caller's checks (the webhooks' delivery reads it too).
+    pub(crate) fn open_feed(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        from: SubscribeFrom,
+        filters: Filters,
+        limits: FeedLimits,
+    ) -> mpsc::Receiver<Result<FeedItem, AppError>> {
         let (tx, rx) = mpsc::channel(64);
         let me = self.clone();
-        tokio::spawn(async move { me.run_feed(tenant, from, filters, tx).await });
-        Ok(rx)
+        tokio::spawn(async move { me.run_feed(tenant, from, filters, limits, tx).await });
+        rx
     }
 
     /// Follows the log for one feed until the consumer goes away, stalls,
@@ -328,9 +347,9 @@ impl App {
         tenant: Uuid,
         from: SubscribeFrom,
         filters: Filters,
+        limits: FeedLimits,
         tx: mpsc::Sender<Result<FeedItem, AppError>>,
     ) {
-        let limits = self.feed_limits;
         let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: limits.behind_positions };
         let mut sub = subscribe_all(self.log.clone(), from, filters.log_filter(tenant), options);
         let mut sessions: HashMap<Uuid, SessionFacts> = HashMap::new();

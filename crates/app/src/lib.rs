@@ -20,6 +20,7 @@ pub mod blobs;
 pub mod call;
 pub mod certificate;
 pub mod consent;
+pub mod delivery;
 pub mod end_user_auth;
 pub mod erasure;
 pub mod error;
@@ -43,6 +44,9 @@ pub mod tenant_export;
 pub mod tenants;
 pub mod unfinished;
 pub mod views;
+pub mod webhook;
+pub mod webhook_json;
+pub mod webhook_port;
 
 use std::sync::Arc;
 
@@ -75,6 +79,7 @@ pub struct App {
     pub(crate) offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
     pub(crate) feed_limits: limits::FeedLimits,
+    pub(crate) deliveries: Arc<dyn webhook_port::WebhookDirectory>,
 }
 
 /// What [`App::new`] is made of (the wiring opens the stores and starts
@@ -94,6 +99,9 @@ pub struct Parts {
     pub offboarding_grace_days: u32,
     pub media: Arc<blobs::Media>,
     pub feed_limits: limits::FeedLimits,
+    /// Webhook delivery (`delivery::Deliveries`, started after the App is
+    /// made), or `webhook_port::Disabled` on a node that does not deliver.
+    pub deliveries: Arc<dyn webhook_port::WebhookDirectory>,
 }
 
 impl App {
@@ -103,6 +111,7 @@ impl App {
         let restrictions = restriction::Restrictions::new(p.registry.clone(), p.log.clone(), p.views.clone());
         let consents = consent::Consents::new(p.log.clone(), p.keyring.clone());
         Arc::new(Self {
+            deliveries: p.deliveries,
             auth_cache: Default::default(),
             registry: p.registry,
             log: p.log,

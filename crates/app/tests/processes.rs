@@ -93,6 +93,7 @@ async fn node(w: &World) -> Node {
         staff: Arc::new(app::staff::Staff::new(registry.clone())),
         offboarding_grace_days: 30,
         feed_limits: Default::default(),
+        deliveries: Arc::new(app::webhook_port::Disabled(Default::default())),
         media: Arc::new(app::media::Media::new(blobs, media_config())),
     });
     app.resume_processes();

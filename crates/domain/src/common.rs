@@ -67,6 +67,9 @@ pub enum FieldClass {
     Pii(PiiGroup),
     /// Conversation content: sealed under the Session's content key.
     Content,
+    /// A secret of the tenant (a webhook's signing secret): sealed under
+    /// the tenant's own key, gone with the tenant.
+    TenantSecret,
 }
 
 /// One entity type: its decisions and how its events fold into state.

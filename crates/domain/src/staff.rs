@@ -56,6 +56,10 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     ("GetSessionView", [A, A, A]),
     ("GetPypeOverview", [A, A, A]),
     ("QueryAnalytics", [A, A, A]),
+    // Webhook endpoints and their delivery status (no secrets), for
+    // support; the tenant manages them itself.
+    ("GetWebhook", [A, A, A]),
+    ("ListWebhooks", [A, A, A]),
     // Content and personal data.
     ("ListMessages", [G, G, G]),
     ("WatchSession", [G, G, G]),

@@ -54,18 +54,113 @@ pub enum TenantCommand {
         certificate: String,
         signature: String,
     },
+    /// Registers a webhook endpoint (the URL was checked against the
+    /// destination policy by the caller; this checks its shape and the
+    /// tenant's limit).
+    CreateWebhook {
+        webhook: Webhook,
+    },
+    /// A new signing secret; the current one stays valid until
+    /// `previous_until_micros` (both sign meanwhile).
+    RotateWebhookSecret {
+        id: Uuid,
+        secret: Vec<u8>,
+        previous_until_micros: i64,
+    },
+    /// Delivery stops until resumed: after 72 hours of failures.
+    PauseWebhook {
+        id: Uuid,
+        reason: String,
+    },
+    ResumeWebhook {
+        id: Uuid,
+    },
+    DeleteWebhook {
+        id: Uuid,
+    },
 }
+
+/// A webhook endpoint as registered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub url: String,
+    pub description: String,
+    /// Integration event types delivered (empty: all).
+    pub types: Vec<String>,
+    /// Only this Pype's events (with its Sessions'), if set.
+    pub pype: Option<Uuid>,
+    /// The signing secret (sealed in the log under the tenant's key).
+    #[serde(skip)]
+    pub secret: Vec<u8>,
+    /// The previous secret and until when it still signs (µs).
+    #[serde(skip)]
+    pub previous: Option<(Vec<u8>, i64)>,
+    pub created_micros: i64,
+    /// Why delivery is paused (`None`: it is not).
+    pub paused: Option<(String, i64)>,
+}
+
+/// A tenant has at most this many webhook endpoints.
+pub const MAX_WEBHOOKS: usize = 20;
+/// A webhook filter names at most this many event types.
+pub const MAX_WEBHOOK_TYPES: usize = 64;
 
 /// Serialize: for operators' tools (`pypes replay`), never a stored format.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum TenantEvent {
-    Created { tenant: Uuid, name: String, settings: TenantSettings, at_micros: i64 },
-    SettingsUpdated { settings: TenantSettings },
-    ApiKeyIssued { key_id: Uuid, secret_sha256: [u8; 32], at_micros: i64 },
-    ApiKeyRevoked { key_id: Uuid, at_micros: i64 },
-    Cancelled { at_micros: i64 },
-    KeysShredded { key_fingerprints: Vec<String>, at_micros: i64 },
-    OffboardingCertified { certificate: String, signature: String },
+    Created {
+        tenant: Uuid,
+        name: String,
+        settings: TenantSettings,
+        at_micros: i64,
+    },
+    SettingsUpdated {
+        settings: TenantSettings,
+    },
+    ApiKeyIssued {
+        key_id: Uuid,
+        secret_sha256: [u8; 32],
+        at_micros: i64,
+    },
+    ApiKeyRevoked {
+        key_id: Uuid,
+        at_micros: i64,
+    },
+    Cancelled {
+        at_micros: i64,
+    },
+    KeysShredded {
+        key_fingerprints: Vec<String>,
+        at_micros: i64,
+    },
+    OffboardingCertified {
+        certificate: String,
+        signature: String,
+    },
+    WebhookCreated {
+        webhook: Webhook,
+    },
+    WebhookSecretRotated {
+        id: Uuid,
+        #[serde(skip)]
+        secret: Vec<u8>,
+        previous_until_micros: i64,
+        at_micros: i64,
+    },
+    WebhookPaused {
+        id: Uuid,
+        reason: String,
+        at_micros: i64,
+    },
+    WebhookResumed {
+        id: Uuid,
+        at_micros: i64,
+    },
+    WebhookDeleted {
+        id: Uuid,
+        at_micros: i64,
+    },
 }
 
 /// Tenant names and settings are business data, not personal data.
@@ -73,6 +168,8 @@ pub const FIELDS: &[(&str, &str, FieldClass)] = &[
     ("Created", "name", FieldClass::Clear),
     ("Created", "settings", FieldClass::Clear),
     ("ApiKeyIssued", "secret_sha256", FieldClass::Clear),
+    ("WebhookCreated", "webhook_secret", FieldClass::TenantSecret),
+    ("WebhookSecretRotated", "webhook_secret", FieldClass::TenantSecret),
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -87,6 +184,8 @@ pub struct Tenant {
     /// Offboarding: when the KEK was shredded, and what went.
     pub shredded: Option<(i64, Vec<String>)>,
     pub certificate: Option<(String, String)>,
+    /// Webhook endpoints: id → endpoint.
+    pub webhooks: std::collections::BTreeMap<Uuid, Webhook>,
 }
 
 fn check_settings(s: &TenantSettings) -> Result<(), Rejection> {
@@ -176,6 +275,67 @@ impl Aggregate for Tenant {
                     }]
                 })
             }
+            TenantCommand::CreateWebhook { webhook } => {
+                self.require_active()?;
+                if self.webhooks.len() >= MAX_WEBHOOKS {
+                    return Err(Rejection::precondition(format!(
+                        "a tenant has at most {MAX_WEBHOOKS} webhook endpoints; delete one first"
+                    )));
+                }
+                if self.webhooks.contains_key(&webhook.id) {
+                    return Err(Rejection::AlreadyExists { what: "webhook" });
+                }
+                check_text("url", &webhook.url, 2048, true)?;
+                check_text("description", &webhook.description, 200, false)?;
+                if webhook.types.len() > MAX_WEBHOOK_TYPES {
+                    return Err(Rejection::invalid("types", format!("at most {MAX_WEBHOOK_TYPES} types")));
+                }
+                if webhook.secret.len() < 16 {
+                    return Err(Rejection::invalid("secret", "at least 16 bytes"));
+                }
+                Ok(vec![TenantEvent::WebhookCreated {
+                    webhook: Webhook {
+                        created_micros: ctx.now_micros,
+                        paused: None,
+                        previous: None,
+                        ..webhook.clone()
+                    },
+                }])
+            }
+            TenantCommand::RotateWebhookSecret { id, secret, previous_until_micros } => {
+                self.require_active()?;
+                self.webhook(*id)?;
+                if secret.len() < 16 {
+                    return Err(Rejection::invalid("secret", "at least 16 bytes"));
+                }
+                Ok(vec![TenantEvent::WebhookSecretRotated {
+                    id: *id,
+                    secret: secret.clone(),
+                    previous_until_micros: *previous_until_micros,
+                    at_micros: ctx.now_micros,
+                }])
+            }
+            TenantCommand::PauseWebhook { id, reason } => {
+                let w = self.webhook(*id)?;
+                Ok(if w.paused.is_some() {
+                    vec![]
+                } else {
+                    vec![TenantEvent::WebhookPaused { id: *id, reason: reason.clone(), at_micros: ctx.now_micros }]
+                })
+            }
+            TenantCommand::ResumeWebhook { id } => {
+                self.require_active()?;
+                let w = self.webhook(*id)?;
+                Ok(if w.paused.is_none() {
+                    vec![]
+                } else {
+                    vec![TenantEvent::WebhookResumed { id: *id, at_micros: ctx.now_micros }]
+                })
+            }
+            TenantCommand::DeleteWebhook { id } => {
+                self.webhook(*id)?;
+                Ok(vec![TenantEvent::WebhookDeleted { id: *id, at_micros: ctx.now_micros }])
+            }
             TenantCommand::Certify { certificate, signature } => {
                 if self.shredded.is_none() {
                     return Err(Rejection::precondition("the tenant's keys are not shredded yet"));
@@ -216,11 +376,38 @@ impl Aggregate for Tenant {
             TenantEvent::OffboardingCertified { certificate, signature } => {
                 self.certificate = Some((certificate.clone(), signature.clone()));
             }
+            TenantEvent::WebhookCreated { webhook } => {
+                self.webhooks.insert(webhook.id, webhook.clone());
+            }
+            TenantEvent::WebhookSecretRotated { id, secret, previous_until_micros, .. } => {
+                if let Some(w) = self.webhooks.get_mut(id) {
+                    let old = std::mem::replace(&mut w.secret, secret.clone());
+                    w.previous = Some((old, *previous_until_micros));
+                }
+            }
+            TenantEvent::WebhookPaused { id, reason, at_micros } => {
+                if let Some(w) = self.webhooks.get_mut(id) {
+                    w.paused = Some((reason.clone(), *at_micros));
+                }
+            }
+            TenantEvent::WebhookResumed { id, .. } => {
+                if let Some(w) = self.webhooks.get_mut(id) {
+                    w.paused = None;
+                }
+            }
+            TenantEvent::WebhookDeleted { id, .. } => {
+                self.webhooks.remove(id);
+            }
         }
     }
 }
 
 impl Tenant {
+    /// A registered webhook endpoint.
+    pub fn webhook(&self, id: Uuid) -> Result<&Webhook, Rejection> {
+        self.webhooks.get(&id).ok_or(Rejection::NotFound { what: "webhook" })
+    }
+
     pub fn require_active(&self) -> Result<(), Rejection> {
         match (self.id, self.cancelled) {
             (None, _) => Err(Rejection::NotFound { what: "tenant" }),

@@ -194,11 +194,79 @@ fn id_bytes(id: Uuid) -> Bytes {
     Bytes::copy_from_slice(id.as_bytes())
 }
 
+/// The sealed field that holds a webhook's signing secret.
+const WEBHOOK_SECRET: &str = "webhook_secret";
+
+async fn seal_secret(
+    keyring: &Keyring,
+    tenant: Uuid,
+    stream: &str,
+    e: NewEvent,
+    secret: &[u8],
+) -> Result<NewEvent, CodecError> {
+    Ok(Sealer::new(keyring, tenant, stream, e)
+        .seal_bytes(WEBHOOK_SECRET, secret, KeyPurpose::TenantIndex { tenant })
+        .await?
+        .done())
+}
+
+fn opt_id(r: &RecordedEvent, field: &str, bytes: &[u8]) -> Result<Option<Uuid>, CodecError> {
+    if bytes.is_empty() { Ok(None) } else { uuid(r, field, bytes).map(Some) }
+}
+
 impl Codec for Tenant {
     const KIND: Kind = Kind::Tenant;
 
-    async fn encode(&self, event: &TenantEvent, tenant: Uuid, _: &str, _: &Keyring) -> Result<NewEvent, CodecError> {
+    async fn encode(
+        &self,
+        event: &TenantEvent,
+        tenant: Uuid,
+        stream: &str,
+        keyring: &Keyring,
+    ) -> Result<NewEvent, CodecError> {
         Ok(match event {
+            TenantEvent::WebhookCreated { webhook: w } => {
+                let e = new_event(
+                    ty::WEBHOOK_CREATED,
+                    tenant,
+                    pb::WebhookCreated {
+                        webhook_id: id_bytes(w.id),
+                        url: w.url.clone(),
+                        description: w.description.clone(),
+                        types: w.types.clone(),
+                        pype_id: w.pype.map(id_bytes).unwrap_or_default(),
+                        at_micros: w.created_micros,
+                    },
+                );
+                seal_secret(keyring, tenant, stream, e, &w.secret).await?
+            }
+            TenantEvent::WebhookSecretRotated { id, secret: s, previous_until_micros, at_micros } => {
+                let e = new_event(
+                    ty::WEBHOOK_SECRET_ROTATED,
+                    tenant,
+                    pb::WebhookSecretRotated {
+                        webhook_id: id_bytes(*id),
+                        previous_until_micros: *previous_until_micros,
+                        at_micros: *at_micros,
+                    },
+                );
+                seal_secret(keyring, tenant, stream, e, s).await?
+            }
+            TenantEvent::WebhookPaused { id, reason, at_micros } => new_event(
+                ty::WEBHOOK_PAUSED,
+                tenant,
+                pb::WebhookPaused { webhook_id: id_bytes(*id), reason: reason.clone(), at_micros: *at_micros },
+            ),
+            TenantEvent::WebhookResumed { id, at_micros } => new_event(
+                ty::WEBHOOK_RESUMED,
+                tenant,
+                pb::WebhookResumed { webhook_id: id_bytes(*id), at_micros: *at_micros },
+            ),
+            TenantEvent::WebhookDeleted { id, at_micros } => new_event(
+                ty::WEBHOOK_DELETED,
+                tenant,
+                pb::WebhookDeleted { webhook_id: id_bytes(*id), at_micros: *at_micros },
+            ),
             TenantEvent::Created { tenant: id, name, settings, at_micros } => new_event(
                 ty::TENANT_CREATED,
                 tenant,
@@ -244,8 +312,49 @@ impl Codec for Tenant {
         })
     }
 
-    async fn decode(r: &RecordedEvent, _: &Keyring) -> Result<TenantEvent, CodecError> {
+    async fn decode(r: &RecordedEvent, keyring: &Keyring) -> Result<TenantEvent, CodecError> {
         Ok(match r.event_type() {
+            ty::WEBHOOK_CREATED => {
+                let p: pb::WebhookCreated = payload(r)?;
+                TenantEvent::WebhookCreated {
+                    webhook: domain::tenant::Webhook {
+                        id: uuid(r, "webhook_id", &p.webhook_id)?,
+                        url: p.url,
+                        description: p.description,
+                        types: p.types,
+                        pype: opt_id(r, "pype_id", &p.pype_id)?,
+                        secret: open_bytes(r, keyring, WEBHOOK_SECRET).await?.unwrap_or_default(),
+                        previous: None,
+                        created_micros: p.at_micros,
+                        paused: None,
+                    },
+                }
+            }
+            ty::WEBHOOK_SECRET_ROTATED => {
+                let p: pb::WebhookSecretRotated = payload(r)?;
+                TenantEvent::WebhookSecretRotated {
+                    id: uuid(r, "webhook_id", &p.webhook_id)?,
+                    secret: open_bytes(r, keyring, WEBHOOK_SECRET).await?.unwrap_or_default(),
+                    previous_until_micros: p.previous_until_micros,
+                    at_micros: p.at_micros,
+                }
+            }
+            ty::WEBHOOK_PAUSED => {
+                let p: pb::WebhookPaused = payload(r)?;
+                TenantEvent::WebhookPaused {
+                    id: uuid(r, "webhook_id", &p.webhook_id)?,
+                    reason: p.reason,
+                    at_micros: p.at_micros,
+                }
+            }
+            ty::WEBHOOK_RESUMED => {
+                let p: pb::WebhookResumed = payload(r)?;
+                TenantEvent::WebhookResumed { id: uuid(r, "webhook_id", &p.webhook_id)?, at_micros: p.at_micros }
+            }
+            ty::WEBHOOK_DELETED => {
+                let p: pb::WebhookDeleted = payload(r)?;
+                TenantEvent::WebhookDeleted { id: uuid(r, "webhook_id", &p.webhook_id)?, at_micros: p.at_micros }
+            }
             ty::TENANT_CREATED => {
                 let p: pb::TenantCreated = payload(r)?;
                 TenantEvent::Created {
@@ -1085,6 +1194,25 @@ async fn username_claim(tenant: Uuid, subject: Uuid, username: &str, keyring: &K
 /// A process's checkpoint: the log position it has handled up to.
 pub fn process_checkpoint(position: u64) -> NewEvent {
     NewEvent::new(ty::PROCESS_CHECKPOINT, Bytes::from(pb::ProcessCheckpoint { position }.encode_to_vec()))
+}
+
+/// A webhook endpoint's delivery checkpoint (see `WebhookCheckpoint` in
+/// events.proto): every event at or below `position` was delivered
+/// (`None`: nothing yet), and since when the oldest undelivered one fails.
+pub fn webhook_checkpoint(position: Option<u64>, failing_since_micros: Option<i64>) -> NewEvent {
+    let p = pb::WebhookCheckpoint {
+        position: position.unwrap_or(0),
+        failing_since_micros: failing_since_micros.unwrap_or(0),
+        nothing_delivered: position.is_none(),
+    };
+    NewEvent::new(ty::WEBHOOK_CHECKPOINT, Bytes::from(p.encode_to_vec()))
+}
+
+/// What a webhook checkpoint holds: (position, failing since).
+pub fn decode_webhook_checkpoint(r: &RecordedEvent) -> Result<(Option<u64>, Option<i64>), CodecError> {
+    let p: pb::WebhookCheckpoint = payload(r)?;
+    let position = if p.nothing_delivered { None } else { Some(p.position) };
+    Ok((position, (p.failing_since_micros != 0).then_some(p.failing_since_micros)))
 }
 
 /// The position a process checkpoint names.

@@ -133,6 +133,12 @@ pub fn process_stream(name: &str) -> String {
     format!("process-{name}")
 }
 
+/// Where a webhook endpoint's delivery checkpoints are kept:
+/// `process-webhook-<id>`.
+pub fn webhook_process_stream(webhook: Uuid) -> String {
+    process_stream(&format!("webhook-{webhook}"))
+}
+
 /// Where an entity's snapshot is kept: `snapshot-<entity stream>`.
 pub fn snapshot_stream(entity_stream: &str) -> String {
     format!("snapshot-{entity_stream}")

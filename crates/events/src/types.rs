@@ -61,6 +61,12 @@ pub const AUTH_SESSION_ENDED: &str = "AuthSessionEnded";
 pub const AUDIT_ENTRY: &str = "AuditEntry";
 pub const SUBJECT_RESTRICTION_APPLIED: &str = "SubjectRestrictionApplied";
 pub const PROCESS_CHECKPOINT: &str = "ProcessCheckpoint";
+pub const WEBHOOK_CREATED: &str = "WebhookCreated";
+pub const WEBHOOK_SECRET_ROTATED: &str = "WebhookSecretRotated";
+pub const WEBHOOK_PAUSED: &str = "WebhookPaused";
+pub const WEBHOOK_RESUMED: &str = "WebhookResumed";
+pub const WEBHOOK_DELETED: &str = "WebhookDeleted";
+pub const WEBHOOK_CHECKPOINT: &str = "WebhookCheckpoint";
 pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
 
 /// All of them (the tidy test reads this list).
@@ -123,4 +129,10 @@ pub const ALL: &[&str] = &[
     AUTH_SESSION_USED,
     AUTH_SESSION_ENDED,
     AUDIT_ENTRY,
+    WEBHOOK_CREATED,
+    WEBHOOK_SECRET_ROTATED,
+    WEBHOOK_PAUSED,
+    WEBHOOK_RESUMED,
+    WEBHOOK_DELETED,
+    WEBHOOK_CHECKPOINT,
 ];

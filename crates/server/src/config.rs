@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +53,25 @@ pub struct IntegrationsFile {
     /// A live feed this many positions behind the head is told it fell
     /// behind (default 10000, at least 1).
     pub feed_behind_positions: Option<u64>,
+    /// Whether this node delivers webhooks (default true; in a cluster,
+    /// exactly one node should).
+    pub deliver_webhooks: Option<bool>,
+    /// Webhook endpoints at private and other internal addresses (an
+    /// endpoint inside the operator's network; default false).
+    pub allow_private_addresses: Option<bool>,
+    /// Webhook endpoints at loopback addresses, plain http:// to them
+    /// (tests and development only; default false).
+    pub allow_loopback: Option<bool>,
+    /// The first retry's delay in ms (default 5000, 100 to 60000).
+    pub webhook_first_retry_ms: Option<u64>,
+    /// Attempts in flight at once per endpoint (default 8, 1 to 64).
+    pub webhook_max_in_flight: Option<usize>,
+    /// Events queued per endpoint before its feed waits (default 1000,
+    /// 10 to 100000).
+    pub webhook_max_queued: Option<usize>,
+    /// A PEM CA certificate trusted for endpoints besides the system's
+    /// roots (an internal CA).
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 /// `[telemetry]`: the log format and where traces go.
@@ -214,6 +234,38 @@ fn feed_limits(file: &IntegrationsFile) -> anyhow::Result<app::feed::FeedLimits>
         anyhow::bail!("integrations.feed_behind_positions: 0; at least 1");
     }
     Ok(app::feed::FeedLimits { stall: std::time::Duration::from_secs(stall), behind_positions })
+}
+
+fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::WebhookSettings, Option<Vec<u8>>)> {
+    let d = app::delivery::WebhookSettings::default();
+    let first = file.webhook_first_retry_ms.unwrap_or(d.first_retry.as_millis() as u64);
+    if !(100..=60_000).contains(&first) {
+        anyhow::bail!("integrations.webhook_first_retry_ms: {first}; 100 to 60000");
+    }
+    let max_in_flight = file.webhook_max_in_flight.unwrap_or(d.max_in_flight);
+    if !(1..=64).contains(&max_in_flight) {
+        anyhow::bail!("integrations.webhook_max_in_flight: {max_in_flight}; 1 to 64");
+    }
+    let max_queued = file.webhook_max_queued.unwrap_or(d.max_queued);
+    if !(10..=100_000).contains(&max_queued) {
+        anyhow::bail!("integrations.webhook_max_queued: {max_queued}; 10 to 100000");
+    }
+    let ca = match &file.webhook_ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("integrations.webhook_ca_file: {}", p.display()))?),
+        None => None,
+    };
+    let settings = app::delivery::WebhookSettings {
+        deliver: file.deliver_webhooks.unwrap_or(true),
+        policy: webhooks::target::Policy {
+            allow_private: file.allow_private_addresses.unwrap_or(false),
+            allow_loopback: file.allow_loopback.unwrap_or(false),
+        },
+        limits: d.limits,
+        first_retry: std::time::Duration::from_millis(first),
+        max_in_flight,
+        max_queued,
+    };
+    Ok((settings, ca))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -554,6 +606,8 @@ pub struct Config {
     pub telemetry: crate::telemetry::Telemetry,
     /// The tenant event feed's limits.
     pub feed: app::feed::FeedLimits,
+    /// Webhook delivery, and the extra CA (PEM) its client trusts.
+    pub webhooks: (app::delivery::WebhookSettings, Option<Vec<u8>>),
 }
 
 impl Config {
@@ -611,6 +665,7 @@ impl Config {
             },
             media: media_config(file.media)?,
             feed: feed_limits(&file.integrations)?,
+            webhooks: webhook_settings(&file.integrations)?,
             auth: app::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),

@@ -29,6 +29,50 @@ pub struct HttpState {
     pub log_dir: Option<std::path::PathBuf>,
     /// Listening without TLS off loopback (a mesh terminates TLS).
     pub plaintext_behind_mesh: bool,
+    /// Webhook delivery's counters (`None`: this node does not deliver).
+    pub webhooks: Option<Arc<app::delivery::Deliveries>>,
+}
+
+/// Webhook delivery on `/metrics`.
+fn webhook_metrics(body: &mut String, d: &app::delivery::Deliveries) {
+    use crate::metrics::sample;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &d.metrics;
+    let (active, paused) = d.endpoints();
+    body.push_str("# HELP pypes_webhook_endpoints Webhook endpoints this node delivers to, by state.\n# TYPE pypes_webhook_endpoints gauge\n");
+    let _ = writeln!(body, "pypes_webhook_endpoints{{state=\"active\"}} {active}");
+    let _ = writeln!(body, "pypes_webhook_endpoints{{state=\"paused\"}} {paused}");
+    sample(
+        body,
+        "pypes_webhook_deliveries_total",
+        "counter",
+        "Webhook events delivered (2xx).",
+        m.delivered.load(Relaxed),
+    );
+    let failed = m.failed_attempts.load(Relaxed);
+    sample(body, "pypes_webhook_failed_attempts_total", "counter", "Webhook attempts that failed.", failed);
+    let paused_help = "Webhook endpoints paused after failing for 72 hours (since start).";
+    sample(body, "pypes_webhook_pauses_total", "counter", paused_help, m.paused.load(Relaxed));
+    body.push_str("# HELP pypes_webhook_delivery_seconds From an event's append to its webhook's 2xx.\n# TYPE pypes_webhook_delivery_seconds histogram\n");
+    let mut cumulative = 0;
+    for (i, bucket) in m.latency_buckets.iter().enumerate() {
+        cumulative += bucket.load(Relaxed);
+        match app::delivery::LATENCY_BUCKETS_MS.get(i) {
+            Some(ms) => {
+                let _ = writeln!(
+                    body,
+                    "pypes_webhook_delivery_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                    *ms as f64 / 1000.0
+                );
+            }
+            None => {
+                let _ = writeln!(body, "pypes_webhook_delivery_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+            }
+        }
+    }
+    let sum = m.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+    let _ =
+        writeln!(body, "pypes_webhook_delivery_seconds_sum {sum}\npypes_webhook_delivery_seconds_count {cumulative}");
 }
 
 /// Bytes of the files under `dir` (two levels: the log and its segments).
@@ -90,6 +134,9 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         let _ = writeln!(body, "pypes_projection_stalled{{projection=\"{}\"}} {stalled}", s.name);
     }
     use crate::metrics::sample;
+    if let Some(d) = &state.webhooks {
+        webhook_metrics(&mut body, d);
+    }
     let (open, warned, overdue) = state.erasures.ages();
     sample(&mut body, "pypes_erasure_requests_open", "gauge", "Erasure requests not certified yet.", open);
     let warned_help = "Open erasure requests past the warning age.";

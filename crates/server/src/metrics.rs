@@ -69,6 +69,13 @@ pub const METHODS: &[&str] = &[
     "WatchSession",
     "SubscribeTenantEvents",
     "ExportTenant",
+    "CreateWebhook",
+    "GetWebhook",
+    "ListWebhooks",
+    "RotateWebhookSecret",
+    "ResumeWebhook",
+    "DeleteWebhook",
+    "RedeliverWebhook",
     "WithdrawConsent",
 ];
 

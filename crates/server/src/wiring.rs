@@ -418,6 +418,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         std::time::Duration::from_secs(3600),
     ));
     let media = Arc::new(app::media::Media::new(blobs.clone(), config.media.clone()));
+    let deliveries = match config.webhooks.0.deliver {
+        true => {
+            let (settings, ca) = &config.webhooks;
+            let client = webhooks::deliver::Client::new(settings.policy, settings.limits, ca.as_deref())
+                .map_err(|e| anyhow::anyhow!("integrations: {e}"))?;
+            Some(app::delivery::Deliveries::new(settings.clone(), client))
+        }
+        false => None,
+    };
     let application = app::App::new(app::Parts {
         registry: registry.clone(),
         log: log.clone(),
@@ -433,8 +442,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         offboarding_grace_days: config.offboarding_grace_days,
         media: media.clone(),
         feed_limits: config.feed,
+        deliveries: match &deliveries {
+            Some(d) => d.clone(),
+            None => Arc::new(app::webhook_port::Disabled(config.webhooks.0.clone())),
+        },
     });
     application.resume_processes();
+    if let Some(d) = &deliveries {
+        d.start(&application);
+    } else {
+        tracing::info!("this node does not deliver webhooks (integrations.deliver_webhooks = false)");
+    }
     let scheduler = Arc::new(app::retention::Scheduler {
         registry: registry.clone(),
         log: log.clone(),
@@ -501,6 +519,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::privacy_service_server::PrivacyServiceServer::new(api.clone()))
         .add_service(pb::media_service_server::MediaServiceServer::new(api.clone()))
         .add_service(pb::integration_service_server::IntegrationServiceServer::new(api.clone()))
+        .add_service(pb::webhook_service_server::WebhookServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -521,6 +540,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             log: log.clone(),
             log_dir: matches!(config.log, LogBackend::File { .. }).then(|| config.data_dir.join("log")),
             plaintext_behind_mesh: config.plaintext_behind_mesh,
+            webhooks: deliveries.clone(),
         },
         http_tls,
     )?;

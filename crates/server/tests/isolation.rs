@@ -20,6 +20,8 @@ const ACT_ON_CALLER: &[&str] = &[
     "Logout",
     "ImportSessions",
     "ExportTenant",
+    "CreateWebhook",
+    "ListWebhooks",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

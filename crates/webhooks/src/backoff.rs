@@ -16,8 +16,14 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(72 * 3600);
 /// The delay before attempt `failures + 1`, after `failures` failures (1 or
 /// more), with `unit` a random number in [0, 1) for the jitter.
 pub fn delay(failures: u32, unit: f64) -> Duration {
+    delay_from(FIRST, failures, unit)
+}
+
+/// [`delay`] with another first delay (a configuration for tests and
+/// impatient deployments; the longest delay stays [`LONGEST`]).
+pub fn delay_from(first: Duration, failures: u32, unit: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(20);
-    let full = FIRST.saturating_mul(1u32 << exp).min(LONGEST);
+    let full = first.saturating_mul(1u32 << exp).min(LONGEST);
     full.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 

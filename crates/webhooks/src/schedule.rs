@@ -81,6 +81,11 @@ pub struct Schedule {
     max_queued: usize,
     max_in_flight: usize,
     paused: bool,
+    /// Since when the oldest undelivered event failed before a restart:
+    /// given to the first event pushed (which is that event again).
+    inherited_failure: Option<i64>,
+    /// The first retry's delay ([`backoff::FIRST`] unless configured).
+    first_retry: std::time::Duration,
 }
 
 impl Schedule {
@@ -98,7 +103,32 @@ impl Schedule {
             max_queued: max_queued.max(1),
             max_in_flight: max_in_flight.max(1),
             paused: false,
+            inherited_failure: None,
+            first_retry: backoff::FIRST,
         }
+    }
+
+    /// Retries start after `first` instead of [`backoff::FIRST`].
+    pub fn with_first_retry(mut self, first: std::time::Duration) -> Self {
+        self.first_retry = first;
+        self
+    }
+
+    /// After a restart: the oldest undelivered event (the first pushed)
+    /// has been failing since `micros`, so its 72 hours go on from there.
+    pub fn inherit_failure(&mut self, micros: Option<i64>) {
+        self.inherited_failure = micros;
+    }
+
+    /// Since when the oldest undelivered event fails (for the checkpoint).
+    pub fn failing_since(&self) -> Option<i64> {
+        let oldest = *self.outstanding.first()?;
+        self.lanes
+            .values()
+            .filter_map(|q| q.front())
+            .find(|p| p.position == oldest)
+            .and_then(|p| p.first_failure_micros)
+            .or(self.inherited_failure)
     }
 
     /// Queues an event; `false` (and nothing queued) when the schedule is
@@ -112,7 +142,7 @@ impl Schedule {
             position,
             lane,
             failures: 0,
-            first_failure_micros: None,
+            first_failure_micros: self.inherited_failure.take(),
             not_before_micros: i64::MIN,
         });
         self.outstanding.insert(position);
@@ -182,11 +212,11 @@ impl Schedule {
             Outcome::EndpointFailed | Outcome::EventRefused => {
                 head.failures += 1;
                 let first = *head.first_failure_micros.get_or_insert(now_micros);
-                let wait = backoff::delay(head.failures, unit).as_micros() as i64;
+                let wait = backoff::delay_from(self.first_retry, head.failures, unit).as_micros() as i64;
                 head.not_before_micros = now_micros.saturating_add(wait);
                 if outcome == Outcome::EndpointFailed {
                     self.endpoint_failures += 1;
-                    let wait = backoff::delay(self.endpoint_failures, unit).as_micros() as i64;
+                    let wait = backoff::delay_from(self.first_retry, self.endpoint_failures, unit).as_micros() as i64;
                     self.endpoint_not_before = self.endpoint_not_before.max(now_micros.saturating_add(wait));
                 }
                 let failing_for = std::time::Duration::from_micros(now_micros.saturating_sub(first).max(0) as u64);
@@ -210,10 +240,16 @@ impl Schedule {
         self.paused
     }
 
+    /// Pauses the schedule (it was paused before a restart, or elsewhere).
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
     /// Resumes a paused schedule: the failures are forgotten and every
     /// queued event may go at once.
     pub fn resume(&mut self) {
         self.paused = false;
+        self.inherited_failure = None;
         self.endpoint_failures = 0;
         self.endpoint_not_before = i64::MIN;
         for q in self.lanes.values_mut() {
@@ -361,6 +397,26 @@ mod tests {
         assert_eq!(p.len(), 1);
         s.complete(5, Outcome::Delivered, now, 0.0);
         assert_eq!(s.checkpoint(), Some(1));
+    }
+
+    #[test]
+    fn a_failure_window_survives_a_restart() {
+        let mut s = Schedule::new(Some(4), 2, 10);
+        s.push(5, 1);
+        let p = s.ready(0);
+        s.complete(p[0].lane, Outcome::EndpointFailed, 0, 0.0);
+        assert_eq!((s.checkpoint(), s.failing_since()), (Some(4), Some(0)));
+        // Restarted 71 h later from what was recorded: one more failure
+        // 2 h after that pauses it (73 h since the first).
+        let mut s = Schedule::new(Some(4), 2, 10);
+        s.inherit_failure(Some(0));
+        s.push(5, 1);
+        s.push(6, 2);
+        let now = 73 * 3600 * SEC;
+        for p in s.ready(now) {
+            s.complete(p.lane, Outcome::EndpointFailed, now, 0.0);
+        }
+        assert!(s.paused(), "the window went on from before the restart");
     }
 
     #[test]

@@ -417,3 +417,39 @@ fn exported_subject_out(s: &Subject) -> pb::ExportedSubject {
         invited: s.status == Some(SubjectStatus::Invited),
     }
 }
+
+pub fn webhook_out(v: app::webhook::WebhookView) -> pb::WebhookInfo {
+    let w = v.webhook;
+    let s = v.status;
+    let (paused, paused_reason, paused_at_micros) = match w.paused {
+        Some((reason, at)) => (true, reason, at),
+        None => (false, String::new(), 0),
+    };
+    pb::WebhookInfo {
+        webhook_id: w.id.to_string(),
+        url: w.url,
+        description: w.description,
+        types: w.types,
+        pype_id: w.pype.map(|p| p.to_string()).unwrap_or_default(),
+        created_at_micros: w.created_micros,
+        previous_secret_until_micros: w.previous.map_or(0, |(_, until)| until),
+        paused,
+        paused_reason,
+        paused_at_micros,
+        status: Some(pb::WebhookStatus {
+            delivering_here: s.delivering_here,
+            delivered: s.delivered,
+            failed_attempts: s.failed_attempts,
+            queued: s.queued,
+            delivered_through_position: s.checkpoint,
+            last_attempt_at_micros: s.last_attempt_micros,
+            last_status: s.last_status.into(),
+            last_error: s.last_error,
+            last_latency_micros: s.last_latency_micros,
+            last_delivered_at_micros: s.last_delivered_micros,
+            failing_since_micros: s.failing_since_micros,
+            next_attempt_at_micros: s.next_attempt_micros,
+            redelivered: s.redelivered,
+        }),
+    }
+}

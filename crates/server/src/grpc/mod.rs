@@ -17,6 +17,7 @@ pub mod staff;
 pub mod subject;
 pub mod tenant;
 pub mod view;
+pub mod webhook;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -286,6 +286,13 @@ pub const RPCS: &[&str] = &[
     "CloseBreakGlass",
     "UploadMedia",
     "DownloadMedia",
+    "CreateWebhook",
+    "GetWebhook",
+    "ListWebhooks",
+    "RotateWebhookSecret",
+    "ResumeWebhook",
+    "DeleteWebhook",
+    "RedeliverWebhook",
 ];
 
 /// The messages of an upload of `data` into `session` by `uploader`.
@@ -391,6 +398,7 @@ pub async fn call(
     use pb::subject_service_client::SubjectServiceClient as Su;
     use pb::tenant_service_client::TenantServiceClient as Te;
     use pb::view_service_client::ViewServiceClient as Vi;
+    use pb::webhook_service_client::WebhookServiceClient as Wh;
     let c = ch.clone();
     let s = ids.session.clone();
     let u = ids.user.clone();
@@ -539,6 +547,30 @@ pub async fn call(
             pb::CreatePypeRequest { name: "P".into(), ..Default::default() }
         ))),
         "GetPype" => go!(Py::new(c).get_pype(req(key, tenant_header, pb::GetPypeRequest { pype_id: p }))),
+        // Webhooks: `ids.session` stands for another tenant's endpoint id.
+        "CreateWebhook" => go!(Wh::new(c).create_webhook(req(
+            key,
+            tenant_header,
+            pb::CreateWebhookRequest { url: "https://93.184.215.14/hooks".into(), ..Default::default() }
+        ))),
+        "GetWebhook" => go!(Wh::new(c).get_webhook(req(key, tenant_header, pb::GetWebhookRequest { webhook_id: s }))),
+        "ListWebhooks" => go!(Wh::new(c).list_webhooks(req(key, tenant_header, pb::ListWebhooksRequest {}))),
+        "RotateWebhookSecret" => go!(Wh::new(c).rotate_webhook_secret(req(
+            key,
+            tenant_header,
+            pb::RotateWebhookSecretRequest { webhook_id: s, overlap_secs: 0 }
+        ))),
+        "ResumeWebhook" => {
+            go!(Wh::new(c).resume_webhook(req(key, tenant_header, pb::GetWebhookRequest { webhook_id: s })))
+        }
+        "DeleteWebhook" => {
+            go!(Wh::new(c).delete_webhook(req(key, tenant_header, pb::GetWebhookRequest { webhook_id: s })))
+        }
+        "RedeliverWebhook" => go!(Wh::new(c).redeliver_webhook(req(
+            key,
+            tenant_header,
+            pb::RedeliverWebhookRequest { webhook_id: s, from_micros: 1, to_micros: 2 }
+        ))),
         "AssignMember" => go!(Py::new(c).assign_member(req(
             key,
             tenant_header,

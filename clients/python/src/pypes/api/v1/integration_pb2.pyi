@@ -31,6 +31,358 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CreateWebhookRequest(_message.Message):
+    """What CreateWebhook registers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    PYPE_ID_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """https://host[:port]/path (at most 2,048 characters, no user or
+    password).
+    """
+    description: _builtins.str
+    """A note for the tenant's own people (at most 200 characters)."""
+    pype_id: _builtins.str
+    """Only this Pype's events (its Sessions' and its own), if given."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Integration event types delivered (docs/integrations.md); empty: all."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        description: _builtins.str = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        pype_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "pype_id", b"pype_id", "types", b"types", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
+
+@_typing.final
+class CreateWebhookResponse(_message.Message):
+    """An endpoint and its signing secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """`whsec_` and 64 hex digits; the HMAC key is this text's bytes. Shown
+    only in this answer: keep it in the receiver's secret store.
+    """
+    @_builtins.property
+    def webhook(self) -> Global___WebhookInfo:
+        """The endpoint."""
+
+    def __init__(
+        self,
+        *,
+        webhook: Global___WebhookInfo | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "webhook", b"webhook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateWebhookResponse: _TypeAlias = CreateWebhookResponse  # noqa: Y015
+
+@_typing.final
+class GetWebhookRequest(_message.Message):
+    """Names an endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The endpoint's id."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookRequest: _TypeAlias = GetWebhookRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksRequest(_message.Message):
+    """Lists the tenant's endpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhooksResponse(_message.Message):
+    """The tenant's endpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookInfo]:
+        """Every endpoint, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        webhooks: _abc.Iterable[Global___WebhookInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhooks", b"webhooks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhooksResponse: _TypeAlias = ListWebhooksResponse  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    """A new secret for an endpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_SECS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The endpoint's id."""
+    overlap_secs: _builtins.int
+    """How long the previous secret keeps signing (0: one day; at most 7
+    days).
+    """
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        overlap_secs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overlap_secs", b"overlap_secs", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class DeleteWebhookResponse(_message.Message):
+    """What DeleteWebhook answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverWebhookRequest(_message.Message):
+    """A time range to send again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    FROM_MICROS_FIELD_NUMBER: _builtins.int
+    TO_MICROS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The endpoint's id."""
+    from_micros: _builtins.int
+    """Events recorded at or after this time (µs since the Unix epoch)."""
+    to_micros: _builtins.int
+    """Events recorded before this time (µs since the Unix epoch)."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        from_micros: _builtins.int = ...,
+        to_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_micros", b"from_micros", "to_micros", b"to_micros", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverWebhookRequest: _TypeAlias = RedeliverWebhookRequest  # noqa: Y015
+
+@_typing.final
+class WebhookInfo(_message.Message):
+    """An endpoint as registered, with its delivery status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    PYPE_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MICROS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_SECRET_UNTIL_MICROS_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_MICROS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The endpoint's id."""
+    url: _builtins.str
+    """Where events are POSTed."""
+    description: _builtins.str
+    """The tenant's note."""
+    pype_id: _builtins.str
+    """The Pype whose events are delivered (empty: all)."""
+    created_at_micros: _builtins.int
+    """When it was registered (µs since the Unix epoch)."""
+    previous_secret_until_micros: _builtins.int
+    """Until when the previous secret still signs (0: no previous secret)."""
+    paused: _builtins.bool
+    """Paused after failing for 72 hours; ResumeWebhook resumes it."""
+    paused_reason: _builtins.str
+    """Why it was paused (the last failure)."""
+    paused_at_micros: _builtins.int
+    """When it was paused (µs)."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The types delivered (empty: all)."""
+
+    @_builtins.property
+    def status(self) -> Global___WebhookStatus:
+        """How delivery goes."""
+
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        description: _builtins.str = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        pype_id: _builtins.str = ...,
+        created_at_micros: _builtins.int = ...,
+        previous_secret_until_micros: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+        paused_reason: _builtins.str = ...,
+        paused_at_micros: _builtins.int = ...,
+        status: Global___WebhookStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_micros", b"created_at_micros", "description", b"description", "paused", b"paused", "paused_at_micros", b"paused_at_micros", "paused_reason", b"paused_reason", "previous_secret_until_micros", b"previous_secret_until_micros", "pype_id", b"pype_id", "status", b"status", "types", b"types", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookInfo: _TypeAlias = WebhookInfo  # noqa: Y015
+
+@_typing.final
+class WebhookStatus(_message.Message):
+    """How an endpoint's delivery goes, as the answering node sees it (the
+    counters count from that node's start).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERING_HERE_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    DELIVERED_THROUGH_POSITION_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_AT_MICROS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_LATENCY_MICROS_FIELD_NUMBER: _builtins.int
+    LAST_DELIVERED_AT_MICROS_FIELD_NUMBER: _builtins.int
+    FAILING_SINCE_MICROS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_MICROS_FIELD_NUMBER: _builtins.int
+    REDELIVERED_FIELD_NUMBER: _builtins.int
+    delivering_here: _builtins.bool
+    """Whether the answering node delivers to this endpoint (false: it does
+    not deliver webhooks, and the other fields are empty).
+    """
+    delivered: _builtins.int
+    """Events delivered (2xx)."""
+    failed_attempts: _builtins.int
+    """Attempts that failed."""
+    queued: _builtins.int
+    """Events queued or in flight."""
+    delivered_through_position: _builtins.int
+    """Every event of the endpoint at or below this log position was
+    delivered (unset: none yet).
+    """
+    last_attempt_at_micros: _builtins.int
+    """The last attempt (µs; 0: none yet)."""
+    last_status: _builtins.int
+    """Its HTTP status (0: no answer)."""
+    last_error: _builtins.str
+    """Why it failed (empty: it succeeded), e.g. "the endpoint answered 503
+    Service Unavailable", "no answer within 10 s".
+    """
+    last_latency_micros: _builtins.int
+    """How long it took (µs)."""
+    last_delivered_at_micros: _builtins.int
+    """The last 2xx (µs; 0: none yet)."""
+    failing_since_micros: _builtins.int
+    """Since when the oldest undelivered event fails (0: nothing fails)."""
+    next_attempt_at_micros: _builtins.int
+    """When the next attempt is due (0: nothing waits)."""
+    redelivered: _builtins.int
+    """Events sent by the current or last redelivery."""
+    def __init__(
+        self,
+        *,
+        delivering_here: _builtins.bool = ...,
+        delivered: _builtins.int = ...,
+        failed_attempts: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        delivered_through_position: _builtins.int | None = ...,
+        last_attempt_at_micros: _builtins.int = ...,
+        last_status: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_latency_micros: _builtins.int = ...,
+        last_delivered_at_micros: _builtins.int = ...,
+        failing_since_micros: _builtins.int = ...,
+        next_attempt_at_micros: _builtins.int = ...,
+        redelivered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivered_through_position", b"_delivered_through_position", "delivered_through_position", b"delivered_through_position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivered_through_position", b"_delivered_through_position", "delivered", b"delivered", "delivered_through_position", b"delivered_through_position", "delivering_here", b"delivering_here", "failed_attempts", b"failed_attempts", "failing_since_micros", b"failing_since_micros", "last_attempt_at_micros", b"last_attempt_at_micros", "last_delivered_at_micros", b"last_delivered_at_micros", "last_error", b"last_error", "last_latency_micros", b"last_latency_micros", "last_status", b"last_status", "next_attempt_at_micros", b"next_attempt_at_micros", "queued", b"queued", "redelivered", b"redelivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delivered_through_position: _TypeAlias = _typing.Literal["delivered_through_position"]  # noqa: Y015
+    _WhichOneofArgType__delivered_through_position: _TypeAlias = _typing.Literal["_delivered_through_position", b"_delivered_through_position"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivered_through_position) -> _WhichOneofReturnType__delivered_through_position | None: ...
+
+Global___WebhookStatus: _TypeAlias = WebhookStatus  # noqa: Y015
+
+@_typing.final
 class ExportTenantRequest(_message.Message):
     """Where a tenant export starts."""
 

@@ -181,3 +181,385 @@ class IntegrationService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class WebhookServiceStub:
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateWebhook = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/CreateWebhook',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetWebhook = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/GetWebhook',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/ListWebhooks',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/RotateWebhookSecret',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.FromString,
+                _registered_method=True)
+        self.ResumeWebhook = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/ResumeWebhook',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+                _registered_method=True)
+        self.DeleteWebhook = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/DeleteWebhook',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.DeleteWebhookResponse.FromString,
+                _registered_method=True)
+        self.RedeliverWebhook = channel.unary_unary(
+                '/pypes.api.v1.WebhookService/RedeliverWebhook',
+                request_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.RedeliverWebhookRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+                _registered_method=True)
+
+
+class WebhookServiceServicer:
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    def CreateWebhook(self, request, context):
+        """Registers an endpoint. The URL must be https:// with a host that is
+        not, and does not resolve to, a loopback, private, link-local or
+        otherwise internal address (server-side request forgery), unless the
+        operator's configuration allows such endpoints. Delivery starts with
+        the events written after the call. The answer carries the signing
+        secret, shown only here.
+
+        Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+        event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+        FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+        PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhook(self, request, context):
+        """An endpoint with its delivery status. Errors: NOT_FOUND,
+        INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """Every endpoint of the tenant with its delivery status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """A new signing secret, shown only in the answer. The previous secret
+        keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+        the receiver can switch without losing a request. Errors: NOT_FOUND,
+        INVALID_ARGUMENT (an overlap over 7 days).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWebhook(self, request, context):
+        """Resumes a paused endpoint: its queued events go at once, from the
+        first one not delivered. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWebhook(self, request, context):
+        """Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverWebhook(self, request, context):
+        """Sends the endpoint's events recorded in [from_micros, to_micros) again,
+        in log order, with their original event ids and the header
+        `pypes-redelivery: true`, in the background (progress in
+        `WebhookStatus.redelivered`). A range covers at most 31 days.
+        Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+        UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+        (a redelivery of the endpoint is already waiting).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WebhookServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWebhook,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'GetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhook,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.SerializeToString,
+            ),
+            'ResumeWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWebhook,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.SerializeToString,
+            ),
+            'DeleteWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWebhook,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.DeleteWebhookResponse.SerializeToString,
+            ),
+            'RedeliverWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverWebhook,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_integration__pb2.RedeliverWebhookRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pypes.api.v1.WebhookService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pypes.api.v1.WebhookService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WebhookService:
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    @staticmethod
+    def CreateWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/CreateWebhook',
+            pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/GetWebhook',
+            pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/ListWebhooks',
+            pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.ListWebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/RotateWebhookSecret',
+            pypes_dot_api_dot_v1_dot_integration__pb2.RotateWebhookSecretRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.CreateWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/ResumeWebhook',
+            pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/DeleteWebhook',
+            pypes_dot_api_dot_v1_dot_integration__pb2.GetWebhookRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.DeleteWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.WebhookService/RedeliverWebhook',
+            pypes_dot_api_dot_v1_dot_integration__pb2.RedeliverWebhookRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_integration__pb2.WebhookInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -190,3 +190,208 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_IntegrationServiceServicer_to_server(servicer: IntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WebhookServiceStub:
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WebhookServiceAsyncStub: ...
+    CreateWebhook: _grpc.UnaryUnaryMultiCallable[_integration_pb2.CreateWebhookRequest, _integration_pb2.CreateWebhookResponse]
+    """Registers an endpoint. The URL must be https:// with a host that is
+    not, and does not resolve to, a loopback, private, link-local or
+    otherwise internal address (server-side request forgery), unless the
+    operator's configuration allows such endpoints. Delivery starts with
+    the events written after the call. The answer carries the signing
+    secret, shown only here.
+
+    Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+    event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+    FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+    PERMISSION_DENIED.
+    """
+    GetWebhook: _grpc.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.WebhookInfo]
+    """An endpoint with its delivery status. Errors: NOT_FOUND,
+    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    ListWebhooks: _grpc.UnaryUnaryMultiCallable[_integration_pb2.ListWebhooksRequest, _integration_pb2.ListWebhooksResponse]
+    """Every endpoint of the tenant with its delivery status."""
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_integration_pb2.RotateWebhookSecretRequest, _integration_pb2.CreateWebhookResponse]
+    """A new signing secret, shown only in the answer. The previous secret
+    keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+    the receiver can switch without losing a request. Errors: NOT_FOUND,
+    INVALID_ARGUMENT (an overlap over 7 days).
+    """
+    ResumeWebhook: _grpc.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.WebhookInfo]
+    """Resumes a paused endpoint: its queued events go at once, from the
+    first one not delivered. Errors: NOT_FOUND.
+    """
+    DeleteWebhook: _grpc.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.DeleteWebhookResponse]
+    """Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND."""
+    RedeliverWebhook: _grpc.UnaryUnaryMultiCallable[_integration_pb2.RedeliverWebhookRequest, _integration_pb2.WebhookInfo]
+    """Sends the endpoint's events recorded in [from_micros, to_micros) again,
+    in log order, with their original event ids and the header
+    `pypes-redelivery: true`, in the background (progress in
+    `WebhookStatus.redelivered`). A range covers at most 31 days.
+    Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+    UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+    (a redelivery of the endpoint is already waiting).
+    """
+
+@_typing.type_check_only
+class WebhookServiceAsyncStub(WebhookServiceStub):
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateWebhook: _aio.UnaryUnaryMultiCallable[_integration_pb2.CreateWebhookRequest, _integration_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """Registers an endpoint. The URL must be https:// with a host that is
+    not, and does not resolve to, a loopback, private, link-local or
+    otherwise internal address (server-side request forgery), unless the
+    operator's configuration allows such endpoints. Delivery starts with
+    the events written after the call. The answer carries the signing
+    secret, shown only here.
+
+    Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+    event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+    FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+    PERMISSION_DENIED.
+    """
+    GetWebhook: _aio.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.WebhookInfo]  # type: ignore[assignment]
+    """An endpoint with its delivery status. Errors: NOT_FOUND,
+    INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+    """
+    ListWebhooks: _aio.UnaryUnaryMultiCallable[_integration_pb2.ListWebhooksRequest, _integration_pb2.ListWebhooksResponse]  # type: ignore[assignment]
+    """Every endpoint of the tenant with its delivery status."""
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_integration_pb2.RotateWebhookSecretRequest, _integration_pb2.CreateWebhookResponse]  # type: ignore[assignment]
+    """A new signing secret, shown only in the answer. The previous secret
+    keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+    the receiver can switch without losing a request. Errors: NOT_FOUND,
+    INVALID_ARGUMENT (an overlap over 7 days).
+    """
+    ResumeWebhook: _aio.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.WebhookInfo]  # type: ignore[assignment]
+    """Resumes a paused endpoint: its queued events go at once, from the
+    first one not delivered. Errors: NOT_FOUND.
+    """
+    DeleteWebhook: _aio.UnaryUnaryMultiCallable[_integration_pb2.GetWebhookRequest, _integration_pb2.DeleteWebhookResponse]  # type: ignore[assignment]
+    """Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND."""
+    RedeliverWebhook: _aio.UnaryUnaryMultiCallable[_integration_pb2.RedeliverWebhookRequest, _integration_pb2.WebhookInfo]  # type: ignore[assignment]
+    """Sends the endpoint's events recorded in [from_micros, to_micros) again,
+    in log order, with their original event ids and the header
+    `pypes-redelivery: true`, in the background (progress in
+    `WebhookStatus.redelivered`). A range covers at most 31 days.
+    Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+    UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+    (a redelivery of the endpoint is already waiting).
+    """
+
+class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+    (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+    filter selects as signed JSON POSTs, in order per Session (the next event
+    of a Session only after a 2xx for the one before), concurrently across
+    Sessions, at least once (a repeat carries the same `pypes-event-id`),
+    retried with exponential back-off and jitter for 72 hours, then paused.
+    Caller: one of the tenant's API keys (staff may not manage webhooks).
+    A tenant has at most 20 endpoints.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateWebhook(
+        self,
+        request: _integration_pb2.CreateWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.CreateWebhookResponse, _abc.Awaitable[_integration_pb2.CreateWebhookResponse]]:
+        """Registers an endpoint. The URL must be https:// with a host that is
+        not, and does not resolve to, a loopback, private, link-local or
+        otherwise internal address (server-side request forgery), unless the
+        operator's configuration allows such endpoints. Delivery starts with
+        the events written after the call. The answer carries the signing
+        secret, shown only here.
+
+        Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+        event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+        FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+        PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhook(
+        self,
+        request: _integration_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.WebhookInfo, _abc.Awaitable[_integration_pb2.WebhookInfo]]:
+        """An endpoint with its delivery status. Errors: NOT_FOUND,
+        INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhooks(
+        self,
+        request: _integration_pb2.ListWebhooksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.ListWebhooksResponse, _abc.Awaitable[_integration_pb2.ListWebhooksResponse]]:
+        """Every endpoint of the tenant with its delivery status."""
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _integration_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.CreateWebhookResponse, _abc.Awaitable[_integration_pb2.CreateWebhookResponse]]:
+        """A new signing secret, shown only in the answer. The previous secret
+        keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+        the receiver can switch without losing a request. Errors: NOT_FOUND,
+        INVALID_ARGUMENT (an overlap over 7 days).
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeWebhook(
+        self,
+        request: _integration_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.WebhookInfo, _abc.Awaitable[_integration_pb2.WebhookInfo]]:
+        """Resumes a paused endpoint: its queued events go at once, from the
+        first one not delivered. Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteWebhook(
+        self,
+        request: _integration_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.DeleteWebhookResponse, _abc.Awaitable[_integration_pb2.DeleteWebhookResponse]]:
+        """Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def RedeliverWebhook(
+        self,
+        request: _integration_pb2.RedeliverWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_pb2.WebhookInfo, _abc.Awaitable[_integration_pb2.WebhookInfo]]:
+        """Sends the endpoint's events recorded in [from_micros, to_micros) again,
+        in log order, with their original event ids and the header
+        `pypes-redelivery: true`, in the background (progress in
+        `WebhookStatus.redelivered`). A range covers at most 31 days.
+        Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+        UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+        (a redelivery of the endpoint is already waiting).
+        """
+
+def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

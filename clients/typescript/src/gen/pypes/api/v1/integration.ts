@@ -43,6 +43,145 @@ export const protobufFileName = "pypes/api/v1/integration.proto";
  * type with its fields. Field numbers are forever.
  */
 
+/** What CreateWebhook registers. */
+export interface CreateWebhookRequest {
+  /**
+   * https://host[:port]/path (at most 2,048 characters, no user or
+   * password).
+   */
+  url: string;
+  /** A note for the tenant's own people (at most 200 characters). */
+  description: string;
+  /** Integration event types delivered (docs/integrations.md); empty: all. */
+  types: string[];
+  /** Only this Pype's events (its Sessions' and its own), if given. */
+  pypeId: string;
+}
+
+/** An endpoint and its signing secret. */
+export interface CreateWebhookResponse {
+  /** The endpoint. */
+  webhook?:
+    | WebhookInfo
+    | undefined;
+  /**
+   * `whsec_` and 64 hex digits; the HMAC key is this text's bytes. Shown
+   * only in this answer: keep it in the receiver's secret store.
+   */
+  secret: string;
+}
+
+/** Names an endpoint. */
+export interface GetWebhookRequest {
+  /** The endpoint's id. */
+  webhookId: string;
+}
+
+/** Lists the tenant's endpoints. */
+export interface ListWebhooksRequest {
+}
+
+/** The tenant's endpoints. */
+export interface ListWebhooksResponse {
+  /** Every endpoint, oldest first. */
+  webhooks: WebhookInfo[];
+}
+
+/** A new secret for an endpoint. */
+export interface RotateWebhookSecretRequest {
+  /** The endpoint's id. */
+  webhookId: string;
+  /**
+   * How long the previous secret keeps signing (0: one day; at most 7
+   * days).
+   */
+  overlapSecs: string;
+}
+
+/** What DeleteWebhook answers. */
+export interface DeleteWebhookResponse {
+}
+
+/** A time range to send again. */
+export interface RedeliverWebhookRequest {
+  /** The endpoint's id. */
+  webhookId: string;
+  /** Events recorded at or after this time (µs since the Unix epoch). */
+  fromMicros: string;
+  /** Events recorded before this time (µs since the Unix epoch). */
+  toMicros: string;
+}
+
+/** An endpoint as registered, with its delivery status. */
+export interface WebhookInfo {
+  /** The endpoint's id. */
+  webhookId: string;
+  /** Where events are POSTed. */
+  url: string;
+  /** The tenant's note. */
+  description: string;
+  /** The types delivered (empty: all). */
+  types: string[];
+  /** The Pype whose events are delivered (empty: all). */
+  pypeId: string;
+  /** When it was registered (µs since the Unix epoch). */
+  createdAtMicros: string;
+  /** Until when the previous secret still signs (0: no previous secret). */
+  previousSecretUntilMicros: string;
+  /** Paused after failing for 72 hours; ResumeWebhook resumes it. */
+  paused: boolean;
+  /** Why it was paused (the last failure). */
+  pausedReason: string;
+  /** When it was paused (µs). */
+  pausedAtMicros: string;
+  /** How delivery goes. */
+  status?: WebhookStatus | undefined;
+}
+
+/**
+ * How an endpoint's delivery goes, as the answering node sees it (the
+ * counters count from that node's start).
+ */
+export interface WebhookStatus {
+  /**
+   * Whether the answering node delivers to this endpoint (false: it does
+   * not deliver webhooks, and the other fields are empty).
+   */
+  deliveringHere: boolean;
+  /** Events delivered (2xx). */
+  delivered: string;
+  /** Attempts that failed. */
+  failedAttempts: string;
+  /** Events queued or in flight. */
+  queued: string;
+  /**
+   * Every event of the endpoint at or below this log position was
+   * delivered (unset: none yet).
+   */
+  deliveredThroughPosition?:
+    | string
+    | undefined;
+  /** The last attempt (µs; 0: none yet). */
+  lastAttemptAtMicros: string;
+  /** Its HTTP status (0: no answer). */
+  lastStatus: number;
+  /**
+   * Why it failed (empty: it succeeded), e.g. "the endpoint answered 503
+   * Service Unavailable", "no answer within 10 s".
+   */
+  lastError: string;
+  /** How long it took (µs). */
+  lastLatencyMicros: string;
+  /** The last 2xx (µs; 0: none yet). */
+  lastDeliveredAtMicros: string;
+  /** Since when the oldest undelivered event fails (0: nothing fails). */
+  failingSinceMicros: string;
+  /** When the next attempt is due (0: nothing waits). */
+  nextAttemptAtMicros: string;
+  /** Events sent by the current or last redelivery. */
+  redelivered: string;
+}
+
 /** Where a tenant export starts. */
 export interface ExportTenantRequest {
   /**
@@ -421,6 +560,1250 @@ export interface FeedConsent {
   /** consent.granted: the version of the policy agreed to. */
   policyVersion: string;
 }
+
+function createBaseCreateWebhookRequest(): CreateWebhookRequest {
+  return { url: "", description: "", types: [], pypeId: "" };
+}
+
+export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
+  encode(message: CreateWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.url !== "") {
+      writer.uint32(10).string(message.url);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    for (const v of message.types) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.pypeId !== "") {
+      writer.uint32(34).string(message.pypeId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.types.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pypeId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateWebhookRequest {
+    return {
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      types: globalThis.Array.isArray(object?.types) ? object.types.map((e: any) => globalThis.String(e)) : [],
+      pypeId: isSet(object.pypeId)
+        ? globalThis.String(object.pypeId)
+        : isSet(object.pype_id)
+        ? globalThis.String(object.pype_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CreateWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.types?.length) {
+      obj.types = message.types;
+    }
+    if (message.pypeId !== "") {
+      obj.pypeId = message.pypeId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateWebhookRequest>): CreateWebhookRequest {
+    return CreateWebhookRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateWebhookRequest>): CreateWebhookRequest {
+    const message = createBaseCreateWebhookRequest();
+    message.url = object.url ?? "";
+    message.description = object.description ?? "";
+    message.types = object.types?.map((e) => e) || [];
+    message.pypeId = object.pypeId ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateWebhookResponse(): CreateWebhookResponse {
+  return { webhook: undefined, secret: "" };
+}
+
+export const CreateWebhookResponse: MessageFns<CreateWebhookResponse> = {
+  encode(message: CreateWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhook !== undefined) {
+      WebhookInfo.encode(message.webhook, writer.uint32(10).fork()).join();
+    }
+    if (message.secret !== "") {
+      writer.uint32(18).string(message.secret);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhook = WebhookInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.secret = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateWebhookResponse {
+    return {
+      webhook: isSet(object.webhook) ? WebhookInfo.fromJSON(object.webhook) : undefined,
+      secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+    };
+  },
+
+  toJSON(message: CreateWebhookResponse): unknown {
+    const obj: any = {};
+    if (message.webhook !== undefined) {
+      obj.webhook = WebhookInfo.toJSON(message.webhook);
+    }
+    if (message.secret !== "") {
+      obj.secret = message.secret;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateWebhookResponse>): CreateWebhookResponse {
+    return CreateWebhookResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateWebhookResponse>): CreateWebhookResponse {
+    const message = createBaseCreateWebhookResponse();
+    message.webhook = (object.webhook !== undefined && object.webhook !== null)
+      ? WebhookInfo.fromPartial(object.webhook)
+      : undefined;
+    message.secret = object.secret ?? "";
+    return message;
+  },
+};
+
+function createBaseGetWebhookRequest(): GetWebhookRequest {
+  return { webhookId: "" };
+}
+
+export const GetWebhookRequest: MessageFns<GetWebhookRequest> = {
+  encode(message: GetWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetWebhookRequest {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetWebhookRequest>): GetWebhookRequest {
+    return GetWebhookRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetWebhookRequest>): GetWebhookRequest {
+    const message = createBaseGetWebhookRequest();
+    message.webhookId = object.webhookId ?? "";
+    return message;
+  },
+};
+
+function createBaseListWebhooksRequest(): ListWebhooksRequest {
+  return {};
+}
+
+export const ListWebhooksRequest: MessageFns<ListWebhooksRequest> = {
+  encode(_: ListWebhooksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWebhooksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWebhooksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListWebhooksRequest {
+    return {};
+  },
+
+  toJSON(_: ListWebhooksRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListWebhooksRequest>): ListWebhooksRequest {
+    return ListWebhooksRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ListWebhooksRequest>): ListWebhooksRequest {
+    const message = createBaseListWebhooksRequest();
+    return message;
+  },
+};
+
+function createBaseListWebhooksResponse(): ListWebhooksResponse {
+  return { webhooks: [] };
+}
+
+export const ListWebhooksResponse: MessageFns<ListWebhooksResponse> = {
+  encode(message: ListWebhooksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.webhooks) {
+      WebhookInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWebhooksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWebhooksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhooks.push(WebhookInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListWebhooksResponse {
+    return {
+      webhooks: globalThis.Array.isArray(object?.webhooks)
+        ? object.webhooks.map((e: any) => WebhookInfo.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListWebhooksResponse): unknown {
+    const obj: any = {};
+    if (message.webhooks?.length) {
+      obj.webhooks = message.webhooks.map((e) => WebhookInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListWebhooksResponse>): ListWebhooksResponse {
+    return ListWebhooksResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListWebhooksResponse>): ListWebhooksResponse {
+    const message = createBaseListWebhooksResponse();
+    message.webhooks = object.webhooks?.map((e) => WebhookInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRotateWebhookSecretRequest(): RotateWebhookSecretRequest {
+  return { webhookId: "", overlapSecs: "0" };
+}
+
+export const RotateWebhookSecretRequest: MessageFns<RotateWebhookSecretRequest> = {
+  encode(message: RotateWebhookSecretRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.overlapSecs !== "0") {
+      writer.uint32(16).uint64(message.overlapSecs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RotateWebhookSecretRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRotateWebhookSecretRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.overlapSecs = reader.uint64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RotateWebhookSecretRequest {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      overlapSecs: isSet(object.overlapSecs)
+        ? globalThis.String(object.overlapSecs)
+        : isSet(object.overlap_secs)
+        ? globalThis.String(object.overlap_secs)
+        : "0",
+    };
+  },
+
+  toJSON(message: RotateWebhookSecretRequest): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.overlapSecs !== "0") {
+      obj.overlapSecs = message.overlapSecs;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RotateWebhookSecretRequest>): RotateWebhookSecretRequest {
+    return RotateWebhookSecretRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RotateWebhookSecretRequest>): RotateWebhookSecretRequest {
+    const message = createBaseRotateWebhookSecretRequest();
+    message.webhookId = object.webhookId ?? "";
+    message.overlapSecs = object.overlapSecs ?? "0";
+    return message;
+  },
+};
+
+function createBaseDeleteWebhookResponse(): DeleteWebhookResponse {
+  return {};
+}
+
+export const DeleteWebhookResponse: MessageFns<DeleteWebhookResponse> = {
+  encode(_: DeleteWebhookResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteWebhookResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteWebhookResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteWebhookResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteWebhookResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeleteWebhookResponse>): DeleteWebhookResponse {
+    return DeleteWebhookResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<DeleteWebhookResponse>): DeleteWebhookResponse {
+    const message = createBaseDeleteWebhookResponse();
+    return message;
+  },
+};
+
+function createBaseRedeliverWebhookRequest(): RedeliverWebhookRequest {
+  return { webhookId: "", fromMicros: "0", toMicros: "0" };
+}
+
+export const RedeliverWebhookRequest: MessageFns<RedeliverWebhookRequest> = {
+  encode(message: RedeliverWebhookRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.fromMicros !== "0") {
+      writer.uint32(16).int64(message.fromMicros);
+    }
+    if (message.toMicros !== "0") {
+      writer.uint32(24).int64(message.toMicros);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedeliverWebhookRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedeliverWebhookRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromMicros = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.toMicros = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedeliverWebhookRequest {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      fromMicros: isSet(object.fromMicros)
+        ? globalThis.String(object.fromMicros)
+        : isSet(object.from_micros)
+        ? globalThis.String(object.from_micros)
+        : "0",
+      toMicros: isSet(object.toMicros)
+        ? globalThis.String(object.toMicros)
+        : isSet(object.to_micros)
+        ? globalThis.String(object.to_micros)
+        : "0",
+    };
+  },
+
+  toJSON(message: RedeliverWebhookRequest): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.fromMicros !== "0") {
+      obj.fromMicros = message.fromMicros;
+    }
+    if (message.toMicros !== "0") {
+      obj.toMicros = message.toMicros;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RedeliverWebhookRequest>): RedeliverWebhookRequest {
+    return RedeliverWebhookRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RedeliverWebhookRequest>): RedeliverWebhookRequest {
+    const message = createBaseRedeliverWebhookRequest();
+    message.webhookId = object.webhookId ?? "";
+    message.fromMicros = object.fromMicros ?? "0";
+    message.toMicros = object.toMicros ?? "0";
+    return message;
+  },
+};
+
+function createBaseWebhookInfo(): WebhookInfo {
+  return {
+    webhookId: "",
+    url: "",
+    description: "",
+    types: [],
+    pypeId: "",
+    createdAtMicros: "0",
+    previousSecretUntilMicros: "0",
+    paused: false,
+    pausedReason: "",
+    pausedAtMicros: "0",
+    status: undefined,
+  };
+}
+
+export const WebhookInfo: MessageFns<WebhookInfo> = {
+  encode(message: WebhookInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.url !== "") {
+      writer.uint32(18).string(message.url);
+    }
+    if (message.description !== "") {
+      writer.uint32(26).string(message.description);
+    }
+    for (const v of message.types) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.pypeId !== "") {
+      writer.uint32(42).string(message.pypeId);
+    }
+    if (message.createdAtMicros !== "0") {
+      writer.uint32(48).int64(message.createdAtMicros);
+    }
+    if (message.previousSecretUntilMicros !== "0") {
+      writer.uint32(56).int64(message.previousSecretUntilMicros);
+    }
+    if (message.paused !== false) {
+      writer.uint32(64).bool(message.paused);
+    }
+    if (message.pausedReason !== "") {
+      writer.uint32(74).string(message.pausedReason);
+    }
+    if (message.pausedAtMicros !== "0") {
+      writer.uint32(80).int64(message.pausedAtMicros);
+    }
+    if (message.status !== undefined) {
+      WebhookStatus.encode(message.status, writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WebhookInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebhookInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.url = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.types.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.pypeId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.createdAtMicros = reader.int64().toString();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.previousSecretUntilMicros = reader.int64().toString();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.pausedReason = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.pausedAtMicros = reader.int64().toString();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.status = WebhookStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WebhookInfo {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      url: isSet(object.url) ? globalThis.String(object.url) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      types: globalThis.Array.isArray(object?.types) ? object.types.map((e: any) => globalThis.String(e)) : [],
+      pypeId: isSet(object.pypeId)
+        ? globalThis.String(object.pypeId)
+        : isSet(object.pype_id)
+        ? globalThis.String(object.pype_id)
+        : "",
+      createdAtMicros: isSet(object.createdAtMicros)
+        ? globalThis.String(object.createdAtMicros)
+        : isSet(object.created_at_micros)
+        ? globalThis.String(object.created_at_micros)
+        : "0",
+      previousSecretUntilMicros: isSet(object.previousSecretUntilMicros)
+        ? globalThis.String(object.previousSecretUntilMicros)
+        : isSet(object.previous_secret_until_micros)
+        ? globalThis.String(object.previous_secret_until_micros)
+        : "0",
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      pausedReason: isSet(object.pausedReason)
+        ? globalThis.String(object.pausedReason)
+        : isSet(object.paused_reason)
+        ? globalThis.String(object.paused_reason)
+        : "",
+      pausedAtMicros: isSet(object.pausedAtMicros)
+        ? globalThis.String(object.pausedAtMicros)
+        : isSet(object.paused_at_micros)
+        ? globalThis.String(object.paused_at_micros)
+        : "0",
+      status: isSet(object.status) ? WebhookStatus.fromJSON(object.status) : undefined,
+    };
+  },
+
+  toJSON(message: WebhookInfo): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.url !== "") {
+      obj.url = message.url;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.types?.length) {
+      obj.types = message.types;
+    }
+    if (message.pypeId !== "") {
+      obj.pypeId = message.pypeId;
+    }
+    if (message.createdAtMicros !== "0") {
+      obj.createdAtMicros = message.createdAtMicros;
+    }
+    if (message.previousSecretUntilMicros !== "0") {
+      obj.previousSecretUntilMicros = message.previousSecretUntilMicros;
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.pausedReason !== "") {
+      obj.pausedReason = message.pausedReason;
+    }
+    if (message.pausedAtMicros !== "0") {
+      obj.pausedAtMicros = message.pausedAtMicros;
+    }
+    if (message.status !== undefined) {
+      obj.status = WebhookStatus.toJSON(message.status);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WebhookInfo>): WebhookInfo {
+    return WebhookInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WebhookInfo>): WebhookInfo {
+    const message = createBaseWebhookInfo();
+    message.webhookId = object.webhookId ?? "";
+    message.url = object.url ?? "";
+    message.description = object.description ?? "";
+    message.types = object.types?.map((e) => e) || [];
+    message.pypeId = object.pypeId ?? "";
+    message.createdAtMicros = object.createdAtMicros ?? "0";
+    message.previousSecretUntilMicros = object.previousSecretUntilMicros ?? "0";
+    message.paused = object.paused ?? false;
+    message.pausedReason = object.pausedReason ?? "";
+    message.pausedAtMicros = object.pausedAtMicros ?? "0";
+    message.status = (object.status !== undefined && object.status !== null)
+      ? WebhookStatus.fromPartial(object.status)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWebhookStatus(): WebhookStatus {
+  return {
+    deliveringHere: false,
+    delivered: "0",
+    failedAttempts: "0",
+    queued: "0",
+    deliveredThroughPosition: undefined,
+    lastAttemptAtMicros: "0",
+    lastStatus: 0,
+    lastError: "",
+    lastLatencyMicros: "0",
+    lastDeliveredAtMicros: "0",
+    failingSinceMicros: "0",
+    nextAttemptAtMicros: "0",
+    redelivered: "0",
+  };
+}
+
+export const WebhookStatus: MessageFns<WebhookStatus> = {
+  encode(message: WebhookStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveringHere !== false) {
+      writer.uint32(8).bool(message.deliveringHere);
+    }
+    if (message.delivered !== "0") {
+      writer.uint32(16).uint64(message.delivered);
+    }
+    if (message.failedAttempts !== "0") {
+      writer.uint32(24).uint64(message.failedAttempts);
+    }
+    if (message.queued !== "0") {
+      writer.uint32(32).uint64(message.queued);
+    }
+    if (message.deliveredThroughPosition !== undefined) {
+      writer.uint32(40).uint64(message.deliveredThroughPosition);
+    }
+    if (message.lastAttemptAtMicros !== "0") {
+      writer.uint32(48).int64(message.lastAttemptAtMicros);
+    }
+    if (message.lastStatus !== 0) {
+      writer.uint32(56).uint32(message.lastStatus);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(66).string(message.lastError);
+    }
+    if (message.lastLatencyMicros !== "0") {
+      writer.uint32(72).int64(message.lastLatencyMicros);
+    }
+    if (message.lastDeliveredAtMicros !== "0") {
+      writer.uint32(80).int64(message.lastDeliveredAtMicros);
+    }
+    if (message.failingSinceMicros !== "0") {
+      writer.uint32(88).int64(message.failingSinceMicros);
+    }
+    if (message.nextAttemptAtMicros !== "0") {
+      writer.uint32(96).int64(message.nextAttemptAtMicros);
+    }
+    if (message.redelivered !== "0") {
+      writer.uint32(104).uint64(message.redelivered);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WebhookStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebhookStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deliveringHere = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.delivered = reader.uint64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.failedAttempts = reader.uint64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.queued = reader.uint64().toString();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.deliveredThroughPosition = reader.uint64().toString();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.lastAttemptAtMicros = reader.int64().toString();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.lastStatus = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lastLatencyMicros = reader.int64().toString();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.lastDeliveredAtMicros = reader.int64().toString();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.failingSinceMicros = reader.int64().toString();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.nextAttemptAtMicros = reader.int64().toString();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.redelivered = reader.uint64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WebhookStatus {
+    return {
+      deliveringHere: isSet(object.deliveringHere)
+        ? globalThis.Boolean(object.deliveringHere)
+        : isSet(object.delivering_here)
+        ? globalThis.Boolean(object.delivering_here)
+        : false,
+      delivered: isSet(object.delivered) ? globalThis.String(object.delivered) : "0",
+      failedAttempts: isSet(object.failedAttempts)
+        ? globalThis.String(object.failedAttempts)
+        : isSet(object.failed_attempts)
+        ? globalThis.String(object.failed_attempts)
+        : "0",
+      queued: isSet(object.queued) ? globalThis.String(object.queued) : "0",
+      deliveredThroughPosition: isSet(object.deliveredThroughPosition)
+        ? globalThis.String(object.deliveredThroughPosition)
+        : isSet(object.delivered_through_position)
+        ? globalThis.String(object.delivered_through_position)
+        : undefined,
+      lastAttemptAtMicros: isSet(object.lastAttemptAtMicros)
+        ? globalThis.String(object.lastAttemptAtMicros)
+        : isSet(object.last_attempt_at_micros)
+        ? globalThis.String(object.last_attempt_at_micros)
+        : "0",
+      lastStatus: isSet(object.lastStatus)
+        ? globalThis.Number(object.lastStatus)
+        : isSet(object.last_status)
+        ? globalThis.Number(object.last_status)
+        : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+      lastLatencyMicros: isSet(object.lastLatencyMicros)
+        ? globalThis.String(object.lastLatencyMicros)
+        : isSet(object.last_latency_micros)
+        ? globalThis.String(object.last_latency_micros)
+        : "0",
+      lastDeliveredAtMicros: isSet(object.lastDeliveredAtMicros)
+        ? globalThis.String(object.lastDeliveredAtMicros)
+        : isSet(object.last_delivered_at_micros)
+        ? globalThis.String(object.last_delivered_at_micros)
+        : "0",
+      failingSinceMicros: isSet(object.failingSinceMicros)
+        ? globalThis.String(object.failingSinceMicros)
+        : isSet(object.failing_since_micros)
+        ? globalThis.String(object.failing_since_micros)
+        : "0",
+      nextAttemptAtMicros: isSet(object.nextAttemptAtMicros)
+        ? globalThis.String(object.nextAttemptAtMicros)
+        : isSet(object.next_attempt_at_micros)
+        ? globalThis.String(object.next_attempt_at_micros)
+        : "0",
+      redelivered: isSet(object.redelivered) ? globalThis.String(object.redelivered) : "0",
+    };
+  },
+
+  toJSON(message: WebhookStatus): unknown {
+    const obj: any = {};
+    if (message.deliveringHere !== false) {
+      obj.deliveringHere = message.deliveringHere;
+    }
+    if (message.delivered !== "0") {
+      obj.delivered = message.delivered;
+    }
+    if (message.failedAttempts !== "0") {
+      obj.failedAttempts = message.failedAttempts;
+    }
+    if (message.queued !== "0") {
+      obj.queued = message.queued;
+    }
+    if (message.deliveredThroughPosition !== undefined) {
+      obj.deliveredThroughPosition = message.deliveredThroughPosition;
+    }
+    if (message.lastAttemptAtMicros !== "0") {
+      obj.lastAttemptAtMicros = message.lastAttemptAtMicros;
+    }
+    if (message.lastStatus !== 0) {
+      obj.lastStatus = Math.round(message.lastStatus);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    if (message.lastLatencyMicros !== "0") {
+      obj.lastLatencyMicros = message.lastLatencyMicros;
+    }
+    if (message.lastDeliveredAtMicros !== "0") {
+      obj.lastDeliveredAtMicros = message.lastDeliveredAtMicros;
+    }
+    if (message.failingSinceMicros !== "0") {
+      obj.failingSinceMicros = message.failingSinceMicros;
+    }
+    if (message.nextAttemptAtMicros !== "0") {
+      obj.nextAttemptAtMicros = message.nextAttemptAtMicros;
+    }
+    if (message.redelivered !== "0") {
+      obj.redelivered = message.redelivered;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WebhookStatus>): WebhookStatus {
+    return WebhookStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WebhookStatus>): WebhookStatus {
+    const message = createBaseWebhookStatus();
+    message.deliveringHere = object.deliveringHere ?? false;
+    message.delivered = object.delivered ?? "0";
+    message.failedAttempts = object.failedAttempts ?? "0";
+    message.queued = object.queued ?? "0";
+    message.deliveredThroughPosition = object.deliveredThroughPosition ?? undefined;
+    message.lastAttemptAtMicros = object.lastAttemptAtMicros ?? "0";
+    message.lastStatus = object.lastStatus ?? 0;
+    message.lastError = object.lastError ?? "";
+    message.lastLatencyMicros = object.lastLatencyMicros ?? "0";
+    message.lastDeliveredAtMicros = object.lastDeliveredAtMicros ?? "0";
+    message.failingSinceMicros = object.failingSinceMicros ?? "0";
+    message.nextAttemptAtMicros = object.nextAttemptAtMicros ?? "0";
+    message.redelivered = object.redelivered ?? "0";
+    return message;
+  },
+};
 
 function createBaseExportTenantRequest(): ExportTenantRequest {
   return { resumeToken: "" };
@@ -3481,6 +4864,244 @@ export interface IntegrationServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ExportTenantRequest>,
     options?: CallOptions & CallOptionsExt,
   ): AsyncIterable<TenantExportRecord>;
+}
+
+/**
+ * Webhooks: the tenant's integration events pushed to its HTTPS endpoints
+ * (docs/integrations.md, "Webhooks"). Each endpoint gets the events its
+ * filter selects as signed JSON POSTs, in order per Session (the next event
+ * of a Session only after a 2xx for the one before), concurrently across
+ * Sessions, at least once (a repeat carries the same `pypes-event-id`),
+ * retried with exponential back-off and jitter for 72 hours, then paused.
+ * Caller: one of the tenant's API keys (staff may not manage webhooks).
+ * A tenant has at most 20 endpoints.
+ */
+export type WebhookServiceDefinition = typeof WebhookServiceDefinition;
+export const WebhookServiceDefinition = {
+  name: "WebhookService",
+  fullName: "pypes.api.v1.WebhookService",
+  methods: {
+    /**
+     * Registers an endpoint. The URL must be https:// with a host that is
+     * not, and does not resolve to, a loopback, private, link-local or
+     * otherwise internal address (server-side request forgery), unless the
+     * operator's configuration allows such endpoints. Delivery starts with
+     * the events written after the call. The answer carries the signing
+     * secret, shown only here.
+     *
+     * Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+     * event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+     * FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+     * PERMISSION_DENIED.
+     */
+    createWebhook: {
+      name: "CreateWebhook",
+      requestType: CreateWebhookRequest as typeof CreateWebhookRequest,
+      requestStream: false,
+      responseType: CreateWebhookResponse as typeof CreateWebhookResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * An endpoint with its delivery status. Errors: NOT_FOUND,
+     * INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+     */
+    getWebhook: {
+      name: "GetWebhook",
+      requestType: GetWebhookRequest as typeof GetWebhookRequest,
+      requestStream: false,
+      responseType: WebhookInfo as typeof WebhookInfo,
+      responseStream: false,
+      options: {},
+    },
+    /** Every endpoint of the tenant with its delivery status. */
+    listWebhooks: {
+      name: "ListWebhooks",
+      requestType: ListWebhooksRequest as typeof ListWebhooksRequest,
+      requestStream: false,
+      responseType: ListWebhooksResponse as typeof ListWebhooksResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * A new signing secret, shown only in the answer. The previous secret
+     * keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+     * the receiver can switch without losing a request. Errors: NOT_FOUND,
+     * INVALID_ARGUMENT (an overlap over 7 days).
+     */
+    rotateWebhookSecret: {
+      name: "RotateWebhookSecret",
+      requestType: RotateWebhookSecretRequest as typeof RotateWebhookSecretRequest,
+      requestStream: false,
+      responseType: CreateWebhookResponse as typeof CreateWebhookResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Resumes a paused endpoint: its queued events go at once, from the
+     * first one not delivered. Errors: NOT_FOUND.
+     */
+    resumeWebhook: {
+      name: "ResumeWebhook",
+      requestType: GetWebhookRequest as typeof GetWebhookRequest,
+      requestStream: false,
+      responseType: WebhookInfo as typeof WebhookInfo,
+      responseStream: false,
+      options: {},
+    },
+    /** Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND. */
+    deleteWebhook: {
+      name: "DeleteWebhook",
+      requestType: GetWebhookRequest as typeof GetWebhookRequest,
+      requestStream: false,
+      responseType: DeleteWebhookResponse as typeof DeleteWebhookResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Sends the endpoint's events recorded in [from_micros, to_micros) again,
+     * in log order, with their original event ids and the header
+     * `pypes-redelivery: true`, in the background (progress in
+     * `WebhookStatus.redelivered`). A range covers at most 31 days.
+     * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+     * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+     * (a redelivery of the endpoint is already waiting).
+     */
+    redeliverWebhook: {
+      name: "RedeliverWebhook",
+      requestType: RedeliverWebhookRequest as typeof RedeliverWebhookRequest,
+      requestStream: false,
+      responseType: WebhookInfo as typeof WebhookInfo,
+      responseStream: false,
+      options: {},
+    },
+  },
+} as const;
+
+export interface WebhookServiceImplementation<CallContextExt = {}> {
+  /**
+   * Registers an endpoint. The URL must be https:// with a host that is
+   * not, and does not resolve to, a loopback, private, link-local or
+   * otherwise internal address (server-side request forgery), unless the
+   * operator's configuration allows such endpoints. Delivery starts with
+   * the events written after the call. The answer carries the signing
+   * secret, shown only here.
+   *
+   * Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+   * event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+   * FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+   * PERMISSION_DENIED.
+   */
+  createWebhook(
+    request: CreateWebhookRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<CreateWebhookResponse>>;
+  /**
+   * An endpoint with its delivery status. Errors: NOT_FOUND,
+   * INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+   */
+  getWebhook(request: GetWebhookRequest, context: CallContext & CallContextExt): Promise<DeepPartial<WebhookInfo>>;
+  /** Every endpoint of the tenant with its delivery status. */
+  listWebhooks(
+    request: ListWebhooksRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ListWebhooksResponse>>;
+  /**
+   * A new signing secret, shown only in the answer. The previous secret
+   * keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+   * the receiver can switch without losing a request. Errors: NOT_FOUND,
+   * INVALID_ARGUMENT (an overlap over 7 days).
+   */
+  rotateWebhookSecret(
+    request: RotateWebhookSecretRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<CreateWebhookResponse>>;
+  /**
+   * Resumes a paused endpoint: its queued events go at once, from the
+   * first one not delivered. Errors: NOT_FOUND.
+   */
+  resumeWebhook(request: GetWebhookRequest, context: CallContext & CallContextExt): Promise<DeepPartial<WebhookInfo>>;
+  /** Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND. */
+  deleteWebhook(
+    request: GetWebhookRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<DeleteWebhookResponse>>;
+  /**
+   * Sends the endpoint's events recorded in [from_micros, to_micros) again,
+   * in log order, with their original event ids and the header
+   * `pypes-redelivery: true`, in the background (progress in
+   * `WebhookStatus.redelivered`). A range covers at most 31 days.
+   * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+   * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+   * (a redelivery of the endpoint is already waiting).
+   */
+  redeliverWebhook(
+    request: RedeliverWebhookRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<WebhookInfo>>;
+}
+
+export interface WebhookServiceClient<CallOptionsExt = {}> {
+  /**
+   * Registers an endpoint. The URL must be https:// with a host that is
+   * not, and does not resolve to, a loopback, private, link-local or
+   * otherwise internal address (server-side request forgery), unless the
+   * operator's configuration allows such endpoints. Delivery starts with
+   * the events written after the call. The answer carries the signing
+   * secret, shown only here.
+   *
+   * Errors: INVALID_ARGUMENT (the URL and why it is refused, an unknown
+   * event type, a malformed id), NOT_FOUND (the Pype is not the tenant's),
+   * FAILED_PRECONDITION (20 endpoints already), UNAUTHENTICATED,
+   * PERMISSION_DENIED.
+   */
+  createWebhook(
+    request: DeepPartial<CreateWebhookRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<CreateWebhookResponse>;
+  /**
+   * An endpoint with its delivery status. Errors: NOT_FOUND,
+   * INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED.
+   */
+  getWebhook(request: DeepPartial<GetWebhookRequest>, options?: CallOptions & CallOptionsExt): Promise<WebhookInfo>;
+  /** Every endpoint of the tenant with its delivery status. */
+  listWebhooks(
+    request: DeepPartial<ListWebhooksRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ListWebhooksResponse>;
+  /**
+   * A new signing secret, shown only in the answer. The previous secret
+   * keeps signing (a second `v1=` in the header) for `overlap_secs`, so
+   * the receiver can switch without losing a request. Errors: NOT_FOUND,
+   * INVALID_ARGUMENT (an overlap over 7 days).
+   */
+  rotateWebhookSecret(
+    request: DeepPartial<RotateWebhookSecretRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<CreateWebhookResponse>;
+  /**
+   * Resumes a paused endpoint: its queued events go at once, from the
+   * first one not delivered. Errors: NOT_FOUND.
+   */
+  resumeWebhook(request: DeepPartial<GetWebhookRequest>, options?: CallOptions & CallOptionsExt): Promise<WebhookInfo>;
+  /** Deletes an endpoint; nothing more is sent to it. Errors: NOT_FOUND. */
+  deleteWebhook(
+    request: DeepPartial<GetWebhookRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<DeleteWebhookResponse>;
+  /**
+   * Sends the endpoint's events recorded in [from_micros, to_micros) again,
+   * in log order, with their original event ids and the header
+   * `pypes-redelivery: true`, in the background (progress in
+   * `WebhookStatus.redelivered`). A range covers at most 31 days.
+   * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
+   * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
+   * (a redelivery of the endpoint is already waiting).
+   */
+  redeliverWebhook(
+    request: DeepPartial<RedeliverWebhookRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<WebhookInfo>;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;

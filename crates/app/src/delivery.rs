@@ -1,0 +1,620 @@
+//! Webhook delivery: one worker per endpoint, driven by the log.
+//!
+//! - **The directory.** [`Deliveries::run`] follows the tenants' streams
+//!   for webhook events (and cancellations) from the start of the log and
+//!   keeps one worker per live endpoint; the API's calls also reconcile at
+//!   once, so a new endpoint does not wait for the follower.
+//! - **A worker** reads its tenant's feed ([`App::open_feed`], the same
+//!   integration events as `SubscribeTenantEvents`, with the endpoint's
+//!   filter) into a [`Schedule`] (in order per Session, concurrent across
+//!   Sessions, back-off, pause after 72 hours), sends what is due with
+//!   [`Client::post`] signed with the endpoint's live secrets, and records
+//!   its checkpoint in the log (`process-webhook-<id>`, every second while
+//!   it moves), so after a restart it reads the feed from there: delivery
+//!   is at least once, a repeat carries the same event id.
+//! - **Isolation.** Each endpoint has its own task, its own queue and its
+//!   own in-flight limit; an endpoint that hangs holds only its own
+//!   attempts (each bounded by the attempt deadline).
+//! - **A pause** (72 hours of failures) is recorded on the tenant's stream
+//!   (`WebhookPaused`, which `GetWebhook` shows), in the audit trail, in
+//!   the log and on `/metrics`.
+//! - **Redelivery** of a time range reads the feed from the start and
+//!   sends the range's events one at a time in log order, retrying as the
+//!   schedule does; it is not recorded (a restart drops it: ask again).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ::webhooks::backoff;
+use ::webhooks::deliver::{Attempt, Client};
+use ::webhooks::schedule::{Lane, Outcome, Schedule, TENANT_LANE};
+use ::webhooks::sign;
+use audit::Record;
+use domain::tenant::{Tenant, Webhook};
+use eventlog::{
+    Direction, EventFilter, ExpectedVersion, LogError, ReadFrom, StreamMetadata, SubscribeFrom, SubscriptionMessage,
+    SubscriptionOptions, subscribe_all,
+};
+use events::types as t;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::feed::{FeedItem, FeedLimits, Filters, IntegrationEvent};
+pub use crate::webhook_port::{DeliveryStatus, WebhookDirectory, WebhookSettings};
+use crate::{App, AppError};
+
+/// Buckets (ms) of the delivery latency histogram: from the event's
+/// append to its 2xx.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 60_000];
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DeliveryMetrics {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub paused: AtomicU64,
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS_MS`], then +Inf.
+    pub latency_buckets: [AtomicU64; 13],
+    pub latency_sum_micros: AtomicU64,
+}
+
+impl DeliveryMetrics {
+    fn observe(&self, latency_micros: i64) {
+        let ms = (latency_micros.max(0) / 1000) as u64;
+        let i = LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(latency_micros.max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+struct Handle {
+    tenant: Uuid,
+    def: watch::Sender<Webhook>,
+    redeliver: mpsc::Sender<(i64, i64)>,
+    status: Arc<Mutex<DeliveryStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The node's webhook delivery: the workers, their status and counters.
+pub struct Deliveries {
+    settings: WebhookSettings,
+    client: Client,
+    app: std::sync::OnceLock<Weak<App>>,
+    workers: Mutex<HashMap<Uuid, Handle>>,
+    pub metrics: Arc<DeliveryMetrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Deliveries {
+    pub fn new(settings: WebhookSettings, client: Client) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            client,
+            app: std::sync::OnceLock::new(),
+            workers: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Starts delivering for `app` (which holds this as its directory):
+    /// the directory follower, and through it a worker per endpoint.
+    pub fn start(self: &Arc<Self>, app: &Arc<App>) {
+        let _ = self.app.set(Arc::downgrade(app));
+        tokio::spawn(Self::run(app.clone()));
+    }
+
+    /// Endpoints delivered to by this node: (active, paused).
+    pub fn endpoints(&self) -> (u64, u64) {
+        let w = lock(&self.workers);
+        let paused = w.values().filter(|h| h.def.borrow().paused.is_some()).count() as u64;
+        (w.len() as u64 - paused, paused)
+    }
+}
+
+impl WebhookDirectory for Deliveries {
+    fn settings(&self) -> &WebhookSettings {
+        &self.settings
+    }
+
+    fn status(&self, id: Uuid) -> DeliveryStatus {
+        match lock(&self.workers).get(&id) {
+            Some(h) => lock(&h.status).clone(),
+            None => DeliveryStatus::default(),
+        }
+    }
+
+    fn redeliver(&self, id: Uuid, from: i64, to: i64) -> Result<(), AppError> {
+        let w = lock(&self.workers);
+        let h = w.get(&id).ok_or_else(|| {
+            AppError::Unavailable("this node does not deliver webhooks (integrations.deliver_webhooks)".into())
+        })?;
+        h.redeliver
+            .try_send((from, to))
+            .map_err(|_| AppError::TooMany("a redelivery of this endpoint is already queued; wait for it".into()))
+    }
+
+    fn reconcile(&self, tenant_id: Uuid, tenant: &Tenant) {
+        let Some(app) = self.app.get().and_then(Weak::upgrade) else { return };
+        let client = &self.client;
+        let mut workers = lock(&self.workers);
+        let live = |id: &Uuid| !tenant.cancelled && tenant.webhooks.contains_key(id);
+        workers.retain(|id, h| {
+            let keep = h.tenant != tenant_id || live(id);
+            if !keep {
+                h.task.abort();
+                tracing::info!(tenant = %tenant_id, webhook = %id, "webhook delivery stopped");
+            }
+            keep
+        });
+        if tenant.cancelled {
+            return;
+        }
+        for (id, w) in &tenant.webhooks {
+            match workers.get(id) {
+                Some(h) => {
+                    h.def.send_if_modified(|old| {
+                        let changed = old != w;
+                        *old = w.clone();
+                        changed
+                    });
+                }
+                None => {
+                    let (def, def_rx) = watch::channel(w.clone());
+                    let (redeliver, redeliver_rx) = mpsc::channel(1);
+                    let status = Arc::new(Mutex::new(DeliveryStatus { delivering_here: true, ..Default::default() }));
+                    let worker = Worker {
+                        app: app.clone(),
+                        client: client.clone(),
+                        settings: self.settings.clone(),
+                        metrics: self.metrics.clone(),
+                        tenant: tenant_id,
+                        id: *id,
+                        def: def_rx,
+                        status: status.clone(),
+                    };
+                    let task = tokio::spawn(worker.run(redeliver_rx));
+                    workers.insert(*id, Handle { tenant: tenant_id, def, redeliver, status, task });
+                }
+            }
+        }
+    }
+}
+
+impl Deliveries {
+    /// Follows the tenants' webhook events for the life of the process.
+    async fn run(app: Arc<App>) {
+        let filter = EventFilter {
+            stream_prefixes: vec![events::Kind::Tenant.prefix().into()],
+            event_types: [
+                t::WEBHOOK_CREATED,
+                t::WEBHOOK_SECRET_ROTATED,
+                t::WEBHOOK_PAUSED,
+                t::WEBHOOK_RESUMED,
+                t::WEBHOOK_DELETED,
+                t::TENANT_CANCELLED,
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: u64::MAX };
+        let mut from = SubscribeFrom::Start;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut sub = subscribe_all(app.log.clone(), from, filter.clone(), options);
+            loop {
+                match sub.next().await {
+                    Ok(SubscriptionMessage::Event(r)) => {
+                        from = SubscribeFrom::After(r.position);
+                        backoff = Duration::from_millis(200);
+                        let Some(tenant) = r.event.tenant_id else { continue };
+                        match app.registry.read::<Tenant>(tenant, tenant).await {
+                            Ok(t) => app.deliveries.reconcile(tenant, &t.state),
+                            Err(e) => tracing::warn!(%tenant, error = %e, "webhooks: cannot read the tenant"),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhooks: the directory's subscription failed; resubscribing");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The checkpoint stream of an endpoint keeps only its last few events.
+const CHECKPOINTS_KEPT: u64 = 16;
+
+async fn load_checkpoint(app: &App, id: Uuid) -> Result<Option<(Option<u64>, Option<i64>)>, AppError> {
+    let stream = events::stream::webhook_process_stream(id);
+    match app.log.read_stream(&stream, ReadFrom::End, Direction::Backward, 1).await {
+        Ok(page) => match page.first() {
+            Some(r) => Ok(Some(events::codec::decode_webhook_checkpoint(r)?)),
+            None => Ok(None),
+        },
+        Err(LogError::StreamNotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn save_checkpoint(
+    app: &App,
+    id: Uuid,
+    position: Option<u64>,
+    failing: Option<i64>,
+) -> Result<(), AppError> {
+    let stream = events::stream::webhook_process_stream(id);
+    let event = events::codec::webhook_checkpoint(position, failing);
+    let r = actors::write::append(app.log.as_ref(), &stream, ExpectedVersion::Any, vec![event]).await?;
+    if r.next_expected_version == 0 {
+        let meta = StreamMetadata { max_count: Some(CHECKPOINTS_KEPT), ..Default::default() };
+        app.log.set_stream_metadata(&stream, meta).await?;
+    }
+    Ok(())
+}
+
+/// An event ready to send: its body (JSON) and what the headers name.
+struct Prepared {
+    event_id: Uuid,
+    event_type: &'static str,
+    recorded_at_micros: i64,
+    body: Arc<Vec<u8>>,
+    attempts: u32,
+}
+
+struct Worker {
+    app: Arc<App>,
+    client: Client,
+    settings: WebhookSettings,
+    metrics: Arc<DeliveryMetrics>,
+    tenant: Uuid,
+    id: Uuid,
+    def: watch::Receiver<Webhook>,
+    status: Arc<Mutex<DeliveryStatus>>,
+}
+/// What an attempt task hands back.
+struct Done {
+    lane: Lane,
+    position: u64,
+    attempt: Attempt,
+    at_micros: i64,
+}
+
+impl Worker {
+    fn filters(def: &Webhook) -> Filters {
+        Filters {
+            stored_types: crate::feed::stored_types("types", &def.types).unwrap_or_default(),
+            pype: def.pype,
+            session: None,
+        }
+    }
+
+    /// The feed options of a worker: it reads as it has room, so the
+    /// stall limit is long (a cut-off feed is reopened anyway).
+    fn feed_limits() -> FeedLimits {
+        FeedLimits { stall: Duration::from_secs(3600), behind_positions: u64::MAX }
+    }
+
+    fn now(&self) -> i64 {
+        self.app.clock.now_micros()
+    }
+
+    async fn run(self, mut redeliver: mpsc::Receiver<(i64, i64)>) {
+        let mut backoff_wait = Duration::from_millis(200);
+        let (checkpoint, failing) = loop {
+            match load_checkpoint(&self.app, self.id).await {
+                Ok(c) => break c.unwrap_or((None, None)),
+                Err(e) => {
+                    tracing::warn!(webhook = %self.id, error = %e, "webhook: cannot read its checkpoint; retrying");
+                    tokio::time::sleep(backoff_wait).await;
+                    backoff_wait = (backoff_wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let settings = self.settings.clone();
+        let mut schedule = Schedule::new(checkpoint, settings.max_in_flight, settings.max_queued)
+            .with_first_retry(settings.first_retry);
+        schedule.inherit_failure(failing);
+        if self.def.borrow().paused.is_some() {
+            schedule.pause();
+        }
+        let created = self.def.borrow().created_micros;
+        let mut pending: HashMap<u64, Prepared> = HashMap::new();
+        let mut inflight: JoinSet<Done> = JoinSet::new();
+        let mut feed: Option<mpsc::Receiver<Result<FeedItem, AppError>>> = None;
+        let mut last_pushed = checkpoint;
+        let mut reopen_at = 0i64;
+        let mut saved = (checkpoint, failing);
+        let mut last_save = tokio::time::Instant::now();
+        let mut def_rx = self.def.clone();
+        let mut replay: Option<tokio::task::JoinHandle<()>> = None;
+        let mut paused_def = self.def.borrow().paused.is_some();
+        loop {
+            let def = def_rx.borrow().clone();
+            let now = self.now();
+            if !schedule.paused() {
+                for p in schedule.ready(now) {
+                    let Some(prep) = pending.get(&p.position) else { continue };
+                    let headers = headers(self.id, now, &def, prep);
+                    let body = prep.body.clone();
+                    let (client, url, clock) = (self.client.clone(), def.url.clone(), self.app.clock.clone());
+                    inflight.spawn(async move {
+                        let attempt = client.post(&url, &headers, body.to_vec()).await;
+                        Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
+                    });
+                }
+            }
+            // Keep the feed open while there is room and delivery is on.
+            if feed.is_none() && !schedule.paused() && schedule.has_room() && now >= reopen_at {
+                let from = match last_pushed {
+                    Some(p) => SubscribeFrom::After(p),
+                    None => SubscribeFrom::Start,
+                };
+                feed = Some(self.app.open_feed(self.tenant, from, Self::filters(&def), Self::feed_limits()));
+            }
+            if schedule.paused() {
+                feed = None;
+            }
+            // Record progress at most once a second.
+            let state = (schedule.checkpoint(), schedule.failing_since());
+            if state != saved && last_save.elapsed() >= Duration::from_secs(1) {
+                match save_checkpoint(&self.app, self.id, state.0, state.1).await {
+                    Ok(()) => saved = state,
+                    Err(e) => tracing::warn!(webhook = %self.id, error = %e, "webhook: cannot record its checkpoint"),
+                }
+                last_save = tokio::time::Instant::now();
+            }
+            self.publish(&schedule, saved.0);
+            // Wake for what comes due, and at least every second (the
+            // clock may be moved, the checkpoint may need saving).
+            let wait = schedule
+                .next_due()
+                .map(|due| Duration::from_micros(due.saturating_sub(now).max(0) as u64))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            let room = schedule.has_room();
+            tokio::select! {
+                item = recv_opt(&mut feed), if feed.is_some() && room => {
+                    match item {
+                        Some(Ok(FeedItem::Event(e))) => {
+                            if e.recorded_at_micros < created && checkpoint.is_none() && last_pushed.is_none() {
+                                // No recorded start: skip what came before the endpoint.
+                                continue;
+                            }
+                            let lane = e.session.map_or(TENANT_LANE, |s| s.as_u128());
+                            let position = e.position;
+                            if schedule.push(position, lane) {
+                                pending.insert(position, prepare(&e));
+                                last_pushed = Some(position);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(webhook = %self.id, error = %e, "webhook: its feed failed; reopening");
+                            feed = None;
+                            reopen_at = self.now() + 1_000_000;
+                        }
+                        None => {
+                            feed = None;
+                            reopen_at = self.now() + 1_000_000;
+                        }
+                    }
+                }
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    let Ok(done) = done else { continue };
+                    self.finish(&mut schedule, &mut pending, done);
+                    if schedule.paused() {
+                        self.pause(&def).await;
+                    }
+                }
+                r = def_rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Resumed (or paused) through the API or by another node.
+                    let paused = def_rx.borrow().paused.is_some();
+                    if paused_def && !paused {
+                        schedule.resume();
+                        tracing::info!(webhook = %self.id, "webhook delivery resumed");
+                    } else if paused {
+                        schedule.pause();
+                    }
+                    paused_def = paused;
+                }
+                Some((from, to)) = redeliver.recv() => {
+                    if let Some(old) = replay.take() {
+                        old.abort();
+                    }
+                    let r = Replay { app: self.app.clone(), client: self.client.clone(), tenant: self.tenant, id: self.id,
+                        def: self.def.clone(), status: self.status.clone(), first_retry: self.settings.first_retry };
+                    replay = Some(tokio::spawn(r.run(from, to)));
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Records an attempt's outcome in the schedule, the status and the
+    /// counters.
+    fn finish(&self, schedule: &mut Schedule, pending: &mut HashMap<u64, Prepared>, done: Done) {
+        let metrics = &self.metrics;
+        let outcome = Outcome::of_status(match &done.attempt.outcome {
+            Ok(()) => done.attempt.status,
+            Err(_) if done.attempt.status.is_some_and(|s| (200..300).contains(&s)) => None,
+            Err(_) => done.attempt.status,
+        });
+        schedule.complete(done.lane, outcome, done.at_micros, backoff::random_unit());
+        let mut st = lock(&self.status);
+        st.last_attempt_micros = done.at_micros;
+        st.last_status = done.attempt.status.unwrap_or(0);
+        st.last_latency_micros = done.attempt.latency.as_micros() as i64;
+        match &done.attempt.outcome {
+            Ok(()) => {
+                st.delivered += 1;
+                st.last_error.clear();
+                st.last_delivered_micros = done.at_micros;
+                metrics.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = pending.remove(&done.position) {
+                    metrics.observe(done.at_micros - p.recorded_at_micros);
+                }
+            }
+            Err(reason) => {
+                st.failed_attempts += 1;
+                st.last_error = reason.clone();
+                metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = pending.get_mut(&done.position) {
+                    p.attempts += 1;
+                }
+                tracing::debug!(webhook = %self.id, position = done.position, reason, "webhook attempt failed");
+            }
+        }
+    }
+
+    fn publish(&self, schedule: &Schedule, checkpoint: Option<u64>) {
+        let mut st = lock(&self.status);
+        st.queued = schedule.queued() as u64;
+        st.checkpoint = checkpoint;
+        st.failing_since_micros = schedule.failing_since().unwrap_or(0);
+        st.next_attempt_micros = schedule.next_due().unwrap_or(0);
+    }
+
+    /// The endpoint failed for the whole retry window: recorded on the
+    /// tenant's stream, in the audit trail and on `/metrics`.
+    async fn pause(&self, def: &Webhook) {
+        if def.paused.is_some() {
+            return;
+        }
+        let reason = {
+            let st = lock(&self.status);
+            format!(
+                "failing for {} hours; the last attempt: {}",
+                backoff::GIVE_UP_AFTER.as_secs() / 3600,
+                if st.last_error.is_empty() { "unknown" } else { &st.last_error }
+            )
+        };
+        self.metrics.paused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(tenant = %self.tenant, webhook = %self.id, reason, "webhook paused");
+        let cmd = domain::tenant::TenantCommand::PauseWebhook { id: self.id, reason: reason.clone() };
+        match self.app.registry.execute::<Tenant>(self.tenant, self.tenant, cmd).await {
+            Ok(t) => self.app.deliveries.reconcile(self.tenant, &t.state),
+            Err(e) => tracing::error!(webhook = %self.id, error = %e, "webhook: cannot record its pause"),
+        }
+        self.app
+            .audit
+            .note(
+                Record::new("webhook.paused", "system", "ok")
+                    .tenant(self.tenant)
+                    .target(self.id.to_string())
+                    .detail(reason),
+            )
+            .await;
+    }
+}
+
+/// The headers of one attempt of endpoint `id`, signed at `now` (µs) with
+/// the live secrets.
+fn headers(id: Uuid, now: i64, def: &Webhook, p: &Prepared) -> Vec<(&'static str, String)> {
+    let mut secrets: Vec<&[u8]> = vec![&def.secret];
+    if let Some((old, until)) = &def.previous
+        && *until > now
+    {
+        secrets.push(old);
+    }
+    vec![
+        (sign::HEADER, sign::header(&secrets, now.div_euclid(1_000_000), &p.body)),
+        ("pypes-event-id", p.event_id.to_string()),
+        ("pypes-event-type", p.event_type.to_string()),
+        ("pypes-webhook-id", id.to_string()),
+        ("pypes-delivery-attempt", (p.attempts + 1).to_string()),
+    ]
+}
+
+/// The feed's next item, or never when there is no feed (its arm is off).
+async fn recv_opt(feed: &mut Option<mpsc::Receiver<Result<FeedItem, AppError>>>) -> Option<Result<FeedItem, AppError>> {
+    match feed {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A redelivery: the events of one time range, in log order, one at a time.
+struct Replay {
+    app: Arc<App>,
+    client: Client,
+    tenant: Uuid,
+    id: Uuid,
+    def: watch::Receiver<Webhook>,
+    status: Arc<Mutex<DeliveryStatus>>,
+    first_retry: Duration,
+}
+impl Replay {
+    async fn run(self, from: i64, to: i64) {
+        lock(&self.status).redelivered = 0;
+        let def = self.def.borrow().clone();
+        let mut feed =
+            self.app.open_feed(self.tenant, SubscribeFrom::Start, Worker::filters(&def), Worker::feed_limits());
+        let mut sent = 0u64;
+        let first_retry = self.first_retry;
+        while let Some(item) = feed.recv().await {
+            let e = match item {
+                Ok(FeedItem::Event(e)) => e,
+                Ok(FeedItem::Live { .. }) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(webhook = %self.id, error = %e, "webhook redelivery: the feed failed");
+                    return;
+                }
+            };
+            if e.recorded_at_micros < from {
+                continue;
+            }
+            if e.recorded_at_micros >= to {
+                break;
+            }
+            let mut p = prepare(&e);
+            let started = self.app.clock.now_micros();
+            loop {
+                if self.def.has_changed().is_err() {
+                    return; // the endpoint was deleted
+                }
+                let def = self.def.borrow().clone();
+                let mut headers = headers(self.id, self.app.clock.now_micros(), &def, &p);
+                headers.push(("pypes-redelivery", "true".into()));
+                let attempt = self.client.post(&def.url, &headers, p.body.to_vec()).await;
+                if attempt.delivered() {
+                    sent += 1;
+                    lock(&self.status).redelivered = sent;
+                    break;
+                }
+                p.attempts += 1;
+                let now = self.app.clock.now_micros();
+                if !backoff::keep_trying(Duration::from_micros(now.saturating_sub(started).max(0) as u64)) {
+                    tracing::warn!(webhook = %self.id, "webhook redelivery given up after 72 hours");
+                    return;
+                }
+                tokio::time::sleep(backoff::delay_from(first_retry, p.attempts, backoff::random_unit())).await;
+            }
+        }
+        tracing::info!(tenant = %self.tenant, webhook = %self.id, sent, "webhook redelivery done");
+    }
+}
+
+/// The request body of an integration event (docs/integrations.md).
+fn prepare(e: &IntegrationEvent) -> Prepared {
+    Prepared {
+        event_id: e.event_id,
+        event_type: e.event_type,
+        recorded_at_micros: e.recorded_at_micros,
+        body: Arc::new(crate::webhook_json::body(e)),
+        attempts: 0,
+    }
+}

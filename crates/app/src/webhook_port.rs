@@ -1,0 +1,98 @@
+//! What the application needs of webhook delivery, apart from how it is
+//! done ([`crate::delivery`]): the settings, an endpoint's status, and the
+//! calls that keep the workers in step with the tenant's endpoints. The
+//! `App` holds a [`WebhookDirectory`]; a node that does not deliver (or a
+//! test without delivery) holds [`Disabled`].
+
+use std::time::Duration;
+
+use ::webhooks::backoff;
+use ::webhooks::deliver::Limits;
+use ::webhooks::target::Policy;
+use domain::tenant::Tenant;
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+/// How webhooks are delivered (`[integrations]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Whether this node delivers (one node of a cluster should).
+    pub deliver: bool,
+    pub policy: Policy,
+    pub limits: Limits,
+    /// The first retry's delay (doubling from there to an hour).
+    pub first_retry: Duration,
+    /// Attempts in flight at once per endpoint (across Sessions).
+    pub max_in_flight: usize,
+    /// Events queued per endpoint before its feed waits.
+    pub max_queued: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            deliver: true,
+            policy: Policy::default(),
+            limits: Limits::default(),
+            first_retry: backoff::FIRST,
+            max_in_flight: 8,
+            max_queued: 1000,
+        }
+    }
+}
+
+/// How an endpoint's delivery goes, as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryStatus {
+    /// Whether this node delivers to the endpoint.
+    pub delivering_here: bool,
+    /// Events delivered (2xx) since this node started.
+    pub delivered: u64,
+    /// Attempts that failed since this node started.
+    pub failed_attempts: u64,
+    /// Events queued or in flight.
+    pub queued: u64,
+    /// Every event of the endpoint's feed at or below it was delivered.
+    pub checkpoint: Option<u64>,
+    pub last_attempt_micros: i64,
+    /// The last attempt's HTTP status (0: no answer).
+    pub last_status: u16,
+    /// The last failed attempt's reason (empty: the last attempt succeeded).
+    pub last_error: String,
+    pub last_latency_micros: i64,
+    pub last_delivered_micros: i64,
+    /// Since when the oldest undelivered event fails (0: it does not).
+    pub failing_since_micros: i64,
+    /// When the next attempt is due (0: nothing waits).
+    pub next_attempt_micros: i64,
+    /// A redelivery in progress: events sent so far.
+    pub redelivered: u64,
+}
+
+/// The workers of this node's webhook delivery.
+pub trait WebhookDirectory: Send + Sync {
+    fn settings(&self) -> &WebhookSettings;
+    /// How delivery to the endpoint goes on this node.
+    fn status(&self, id: Uuid) -> DeliveryStatus;
+    /// Starts, updates or stops the workers of `tenant_id` to match `tenant`.
+    fn reconcile(&self, tenant_id: Uuid, tenant: &Tenant);
+    /// Sends the endpoint's events recorded in `[from, to)` (µs) again.
+    fn redeliver(&self, id: Uuid, from: i64, to: i64) -> Result<(), AppError>;
+}
+
+/// No delivery on this node: settings only.
+pub struct Disabled(pub WebhookSettings);
+
+impl WebhookDirectory for Disabled {
+    fn settings(&self) -> &WebhookSettings {
+        &self.0
+    }
+    fn status(&self, _: Uuid) -> DeliveryStatus {
+        DeliveryStatus::default()
+    }
+    fn reconcile(&self, _: Uuid, _: &Tenant) {}
+    fn redeliver(&self, _: Uuid, _: i64, _: i64) -> Result<(), AppError> {
+        Err(AppError::Unavailable("this node does not deliver webhooks (integrations.deliver_webhooks)".into()))
+    }
+}
