@@ -99,7 +99,13 @@ pub(crate) fn spawn(mut cmd: Command, key: &str) -> Result<Proc> {
 }
 
 pub(crate) fn start_pypes(data: &Path, max_actors: usize) -> Result<Proc> {
+    start_pypes_with(data, max_actors, &[])
+}
+
+/// [`start_pypes`] with extra environment variables (a config file).
+pub(crate) fn start_pypes_with(data: &Path, max_actors: usize, env: &[(&str, &str)]) -> Result<Proc> {
     let mut cmd = Command::new(sibling("pypes")?);
+    cmd.envs(env.iter().copied());
     cmd.args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
         .arg(data)
         .env("PYPES_MAX_ACTORS", max_actors.to_string())
@@ -192,7 +198,7 @@ pub(crate) async fn world(channel: Channel, sessions: usize, in_flight: usize) -
 }
 
 /// Runs `in_flight` loops of `op` for `run`; returns (ops per second, latencies in µs).
-async fn drive<F, Fut>(in_flight: usize, run: Duration, op: F) -> Result<(f64, Vec<u32>)>
+pub(crate) async fn drive<F, Fut>(in_flight: usize, run: Duration, op: F) -> Result<(f64, Vec<u32>)>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
@@ -222,7 +228,7 @@ where
     Ok((all.len() as f64 / started.elapsed().as_secs_f64(), all))
 }
 
-fn pct(sorted: &[u32], p: f64) -> u32 {
+pub(crate) fn pct(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
     }

@@ -19,6 +19,7 @@ mod mediabench;
 mod peers;
 mod peers_common;
 mod rebuild;
+mod webhookbench;
 
 /// The allocator the `pypes` binary uses, so figures are the product's.
 #[global_allocator]
@@ -257,6 +258,26 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         messaging_clients: usize,
     },
+    /// Webhook delivery to 100 local endpoints beside the messaging
+    /// scenario, against the messaging scenario alone (alternating rounds).
+    Webhooks {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Rounds of each (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Sessions in each of the 100 Pypes.
+        #[arg(long, default_value_t = 10)]
+        sessions_per_pype: usize,
+        /// Messages offered per second (0: as fast as they are answered).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
     /// The bare echo server (started by send-message).
     EchoServer,
     /// Opens an existing log and reports open time and resident memory
@@ -381,6 +402,17 @@ fn main() -> Result<()> {
                 messaging_sessions,
                 messaging_clients,
             }))
+        }
+        Command::Webhooks { dir, seconds, rounds, in_flight, sessions_per_pype, rate } => {
+            let dir = work_dir(dir)?;
+            rt.block_on(webhookbench::run(
+                dir.path(),
+                seconds,
+                rounds.max(1),
+                in_flight.max(1),
+                sessions_per_pype.max(1),
+                rate.max(0.0),
+            ))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),
         Command::LogOpen { dir, key_seed } => {

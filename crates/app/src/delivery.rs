@@ -202,7 +202,7 @@ impl Deliveries {
             .map(String::from)
             .to_vec(),
         };
-        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: u64::MAX };
+        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: u64::MAX, ..Default::default() };
         let mut from = SubscribeFrom::Start;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -230,6 +230,10 @@ impl Deliveries {
         }
     }
 }
+
+/// A worker's feed reads at most this often while live: a hundred workers
+/// over a busy log would otherwise each read after every commit.
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// The checkpoint stream of an endpoint keeps only its last few events.
 const CHECKPOINTS_KEPT: u64 = 16;
@@ -261,6 +265,9 @@ pub(crate) async fn save_checkpoint(
     }
     Ok(())
 }
+
+/// What a checkpoint records: (delivered through, failing since).
+type CheckpointState = (Option<u64>, Option<i64>);
 
 /// An event ready to send: its body (JSON) and what the headers name.
 struct Prepared {
@@ -301,7 +308,7 @@ impl Worker {
     /// The feed options of a worker: it reads as it has room, so the
     /// stall limit is long (a cut-off feed is reopened anyway).
     fn feed_limits() -> FeedLimits {
-        FeedLimits { stall: Duration::from_secs(3600), behind_positions: u64::MAX }
+        FeedLimits { stall: Duration::from_secs(3600), behind_positions: u64::MAX, coalesce: COALESCE }
     }
 
     fn now(&self) -> i64 {
@@ -337,6 +344,7 @@ impl Worker {
         let mut last_save = tokio::time::Instant::now();
         let mut def_rx = self.def.clone();
         let mut replay: Option<tokio::task::JoinHandle<()>> = None;
+        let mut saving: Option<tokio::task::JoinHandle<(CheckpointState, Result<(), AppError>)>> = None;
         let mut paused_def = self.def.borrow().paused.is_some();
         loop {
             let def = def_rx.borrow().clone();
@@ -364,23 +372,35 @@ impl Worker {
             if schedule.paused() {
                 feed = None;
             }
-            // Record progress at most once a second.
-            let state = (schedule.checkpoint(), schedule.failing_since());
-            if state != saved && last_save.elapsed() >= Duration::from_secs(1) {
-                match save_checkpoint(&self.app, self.id, state.0, state.1).await {
-                    Ok(()) => saved = state,
-                    Err(e) => tracing::warn!(webhook = %self.id, error = %e, "webhook: cannot record its checkpoint"),
+            // Record progress at most once a second, in the background (a
+            // delivery does not wait for the checkpoint's fdatasync); one
+            // save at a time, so they land in order.
+            if saving.as_ref().is_some_and(|s| s.is_finished())
+                && let Some(done) = saving.take()
+            {
+                match done.await {
+                    Ok((state, Ok(()))) => saved = state,
+                    Ok((_, Err(e))) => {
+                        tracing::warn!(webhook = %self.id, error = %e, "webhook: cannot record its checkpoint")
+                    }
+                    Err(_) => {}
                 }
+            }
+            let state = (schedule.checkpoint(), schedule.failing_since());
+            if state != saved && saving.is_none() && last_save.elapsed() >= Duration::from_secs(1) {
+                let (app, id) = (self.app.clone(), self.id);
+                saving = Some(tokio::spawn(async move { (state, save_checkpoint(&app, id, state.0, state.1).await) }));
                 last_save = tokio::time::Instant::now();
             }
             self.publish(&schedule, saved.0);
             // Wake for what comes due, and at least every second (the
-            // clock may be moved, the checkpoint may need saving).
-            let wait = schedule
-                .next_due()
-                .map(|due| Duration::from_micros(due.saturating_sub(now).max(0) as u64))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
+            // clock may be moved, the checkpoint may need saving). Due
+            // already but not sent means the in-flight limit holds it: a
+            // completion wakes the loop, not a timer (no spinning).
+            let wait = match schedule.next_due() {
+                Some(due) if due > now => Duration::from_micros((due - now) as u64).min(Duration::from_secs(1)),
+                _ => Duration::from_secs(1),
+            };
             let room = schedule.has_room();
             tokio::select! {
                 item = recv_opt(&mut feed), if feed.is_some() && room => {

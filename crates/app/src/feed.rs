@@ -350,7 +350,11 @@ impl App {
         limits: FeedLimits,
         tx: mpsc::Sender<Result<FeedItem, AppError>>,
     ) {
-        let options = SubscriptionOptions { page_size: 256, fall_behind_threshold: limits.behind_positions };
+        let options = SubscriptionOptions {
+            page_size: 256,
+            fall_behind_threshold: limits.behind_positions,
+            coalesce: limits.coalesce,
+        };
         let mut sub = subscribe_all(self.log.clone(), from, filters.log_filter(tenant), options);
         let mut sessions: HashMap<Uuid, SessionFacts> = HashMap::new();
         let mut last_sent: Option<u64> = match from {
@@ -433,6 +437,16 @@ impl App {
         };
         match name.kind {
             Kind::Session => {
+                if filters.session.is_some_and(|s| s != name.id) {
+                    return Ok(None);
+                }
+                // A Pype filter is decided from the cached Session before its
+                // content is opened (a webhook per Pype reads every Session).
+                if let Some(want) = filters.pype
+                    && self.session_pype(tenant, name.id, sessions).await? != want
+                {
+                    return Ok(None);
+                }
                 let event = <Session as Codec>::decode(r, &self.keyring).await?;
                 let facts = self.session_facts(tenant, name.id, &event, r.version, sessions).await?;
                 if filters.pype.is_some_and(|p| p != facts.pype) || filters.session.is_some_and(|s| s != name.id) {
@@ -462,6 +476,25 @@ impl App {
             Kind::Tenant | Kind::Staff => return Ok(None),
         }
         Ok(Some(e))
+    }
+
+    /// The Pype of a Session (cached with its facts).
+    async fn session_pype(
+        &self,
+        tenant: Uuid,
+        session: Uuid,
+        sessions: &mut HashMap<Uuid, SessionFacts>,
+    ) -> Result<Uuid, AppError> {
+        if let Some(f) = sessions.get(&session) {
+            return Ok(f.pype);
+        }
+        let s = self.registry.read::<Session>(tenant, session).await?;
+        let facts = SessionFacts { pype: s.state.pype, restricted: s.state.restricted, as_of: s.version };
+        if sessions.len() >= SESSION_CACHE {
+            sessions.clear();
+        }
+        sessions.insert(session, facts);
+        Ok(facts.pype)
     }
 
     /// The Pype and restriction of a Session, read once and then followed.

@@ -13,10 +13,13 @@ pub struct FeedLimits {
     /// How far the head may run ahead of a live consumer before it is told
     /// that it fell behind.
     pub behind_positions: u64,
+    /// How long a live feed waits after a commit before it reads (zero for
+    /// the gRPC feed; webhook workers batch the commits of a few ms).
+    pub coalesce: Duration,
 }
 
 impl Default for FeedLimits {
     fn default() -> Self {
-        Self { stall: Duration::from_secs(60), behind_positions: 10_000 }
+        Self { stall: Duration::from_secs(60), behind_positions: 10_000, coalesce: Duration::ZERO }
     }
 }

@@ -322,8 +322,12 @@ async fn collect_subscription(
     filter: EventFilter,
     until: usize,
 ) -> (Vec<crate::RecordedEvent>, usize) {
-    let mut sub =
-        subscribe_all(log, from, filter, SubscriptionOptions { page_size: 16, fall_behind_threshold: u64::MAX });
+    let mut sub = subscribe_all(
+        log,
+        from,
+        filter,
+        SubscriptionOptions { page_size: 16, fall_behind_threshold: u64::MAX, ..Default::default() },
+    );
     let mut events = Vec::new();
     let mut caught_up = 0;
     while events.len() < until {
@@ -387,7 +391,7 @@ pub async fn subscription_from_checkpoint_and_falling_behind(make: MakeLog) {
         log.clone(),
         SubscribeFrom::After(6),
         EventFilter::all(),
-        SubscriptionOptions { page_size: 2, fall_behind_threshold: 5 },
+        SubscriptionOptions { page_size: 2, fall_behind_threshold: 5, ..Default::default() },
     );
     let mut got = Vec::new();
     loop {

@@ -44,11 +44,15 @@ pub struct SubscriptionOptions {
     /// How far the head may run ahead of a live subscriber before it is
     /// reported as fallen behind.
     pub fall_behind_threshold: u64,
+    /// While live, wait this long after a commit before reading, so one
+    /// read covers the commits that follow it (many subscribers of a busy
+    /// log read far less often, for this much latency). Zero: read at once.
+    pub coalesce: std::time::Duration,
 }
 
 impl Default for SubscriptionOptions {
     fn default() -> Self {
-        Self { page_size: 512, fall_behind_threshold: 10_000 }
+        Self { page_size: 512, fall_behind_threshold: 10_000, coalesce: std::time::Duration::ZERO }
     }
 }
 
@@ -123,6 +127,9 @@ impl Subscription {
             }
             if self.head.changed().await.is_err() {
                 return Err(LogError::Closed);
+            }
+            if !self.options.coalesce.is_zero() {
+                tokio::time::sleep(self.options.coalesce).await;
             }
         }
     }

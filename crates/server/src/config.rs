@@ -233,7 +233,11 @@ fn feed_limits(file: &IntegrationsFile) -> anyhow::Result<app::feed::FeedLimits>
     if behind_positions == 0 {
         anyhow::bail!("integrations.feed_behind_positions: 0; at least 1");
     }
-    Ok(app::feed::FeedLimits { stall: std::time::Duration::from_secs(stall), behind_positions })
+    Ok(app::feed::FeedLimits {
+        stall: std::time::Duration::from_secs(stall),
+        behind_positions,
+        coalesce: std::time::Duration::ZERO,
+    })
 }
 
 fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::WebhookSettings, Option<Vec<u8>>)> {

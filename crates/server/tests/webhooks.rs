@@ -114,12 +114,7 @@ impl Receiver {
                 }
                 _ => false,
             };
-            self.got.lock().unwrap().push(Got {
-                at_micros: now_micros(),
-                headers,
-                body,
-                acked: ok,
-            });
+            self.got.lock().unwrap().push(Got { at_micros: now_micros(), headers, body, acked: ok });
             let answer: &[u8] = if ok {
                 b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n"
             } else {
@@ -547,8 +542,28 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
     c.sessions.post_message(authed(&s.key, post(&s, "four"))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.got().len(), n);
-    let gone = webhooks(&ch).get_webhook(authed(&s.key, pb::GetWebhookRequest { webhook_id: id })).await.unwrap_err();
+    let gone =
+        webhooks(&ch).get_webhook(authed(&s.key, pb::GetWebhookRequest { webhook_id: id.clone() })).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
+
+    // The pause is in the audit trail, by the system, naming the endpoint.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["audit", "trail", "--json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paused: Vec<&serde_json::Value> =
+        v["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "webhook.paused").collect();
+    assert_eq!(paused.len(), 1, "{v}");
+    assert_eq!(paused[0]["actor"], "system");
+    assert!(paused[0]["target"].as_str().unwrap().contains(&id), "{}", paused[0]);
+    assert!(paused[0]["detail"].as_str().unwrap().contains("503"), "{}", paused[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
