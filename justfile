@@ -36,6 +36,12 @@ bench-media *ARGS:
     cargo build --release -p server -p benches
     ./target/release/loadgen media {{ARGS}}
 
+# Webhook delivery to 100 local endpoints beside the messaging scenario,
+# against the scenario alone (e.g. `just bench-webhooks --rate 3000`).
+bench-webhooks *ARGS:
+    cargo build --release -p server -p benches
+    ./target/release/loadgen webhooks {{ARGS}}
+
 # pypes beside the event stores people pick instead (installs the peers
 # from PyPI and crates.io), then the table and plots in docs/benchmarks.md
 # from the JSON.

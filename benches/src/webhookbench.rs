@@ -167,13 +167,20 @@ async fn messaging(
     let (tenants, sessions) = (tenants.clone(), sessions.clone());
     let started = tokio::time::Instant::now();
     let issued = Arc::new(AtomicU64::new(0));
-    drive(in_flight, run, move |r| {
-        let (issued, due) = (issued.clone(), rate);
+    // Each request's own latency (from its due time when paced, so the
+    // wait for its turn is not counted but a late start is).
+    let own = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let own2 = own.clone();
+    let (rate_done, _) = drive(in_flight, run, move |r| {
+        let (issued, due, own) = (issued.clone(), rate, own2.clone());
         let (mut c, tenants, sessions) = (client.clone(), tenants.clone(), sessions.clone());
         async move {
+            let mut t0 = tokio::time::Instant::now();
             if due > 0.0 {
                 let i = issued.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / due)).await;
+                let at = started + Duration::from_secs_f64(i as f64 / due);
+                tokio::time::sleep_until(at).await;
+                t0 = at;
             }
             let (t, session) = &sessions[(r % sessions.len() as u64) as usize];
             let t = &tenants[*t];
@@ -187,10 +194,15 @@ async fn messaging(
                 },
             ))
             .await?;
+            if let Ok(mut own) = own.lock() {
+                own.push(t0.elapsed().as_micros() as u32);
+            }
             Ok(())
         }
     })
-    .await
+    .await?;
+    let own = own.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok((rate_done, own))
 }
 
 pub async fn run(

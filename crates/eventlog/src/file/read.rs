@@ -142,7 +142,7 @@ impl Shared {
             }
             (idx.next_position, idx.frames.len() as u64, o, p)
         };
-        let mut page = AllPage { events: Vec::with_capacity(max.min(4096)), next_position: from, head };
+        let mut page = AllPage { events: Vec::new(), next_position: from, head };
         if from >= head || max == 0 {
             return Ok(page);
         }
