@@ -287,14 +287,7 @@ impl App {
     ) -> Result<mpsc::Receiver<Result<FeedItem, AppError>>, AppError> {
         let tenant = self.tenant(who).await?;
         let stored_types = stored_types("types", &request.types)?;
-        let pype = match request.pype_id.as_str() {
-            "" => None,
-            id => {
-                let id = parse_id("pype_id", id)?;
-                self.pype_of(tenant, id).await?;
-                Some(id)
-            }
-        };
+        let pype = self.optional_pype(tenant, &request.pype_id).await?;
         let session = match request.session_id.as_str() {
             "" => None,
             id => {
@@ -443,7 +436,7 @@ impl App {
                 // A Pype filter is decided from the cached Session before its
                 // content is opened (a webhook per Pype reads every Session).
                 if let Some(want) = filters.pype
-                    && self.session_pype(tenant, name.id, sessions).await? != want
+                    && self.cached_facts(tenant, name.id, sessions).await?.pype != want
                 {
                     return Ok(None);
                 }
@@ -478,15 +471,15 @@ impl App {
         Ok(Some(e))
     }
 
-    /// The Pype of a Session (cached with its facts).
-    async fn session_pype(
+    /// What the feed knows of a Session, read once and then cached.
+    async fn cached_facts(
         &self,
         tenant: Uuid,
         session: Uuid,
         sessions: &mut HashMap<Uuid, SessionFacts>,
-    ) -> Result<Uuid, AppError> {
+    ) -> Result<SessionFacts, AppError> {
         if let Some(f) = sessions.get(&session) {
-            return Ok(f.pype);
+            return Ok(*f);
         }
         let s = self.registry.read::<Session>(tenant, session).await?;
         let facts = SessionFacts { pype: s.state.pype, restricted: s.state.restricted, as_of: s.version };
@@ -494,7 +487,7 @@ impl App {
             sessions.clear();
         }
         sessions.insert(session, facts);
-        Ok(facts.pype)
+        Ok(facts)
     }
 
     /// The Pype and restriction of a Session, read once and then followed.
@@ -506,18 +499,7 @@ impl App {
         version: u64,
         sessions: &mut HashMap<Uuid, SessionFacts>,
     ) -> Result<SessionFacts, AppError> {
-        let facts = match sessions.get(&session) {
-            Some(f) => *f,
-            None => {
-                let s = self.registry.read::<Session>(tenant, session).await?;
-                let facts = SessionFacts { pype: s.state.pype, restricted: s.state.restricted, as_of: s.version };
-                if sessions.len() >= SESSION_CACHE {
-                    sessions.clear();
-                }
-                sessions.insert(session, facts);
-                facts
-            }
-        };
+        let facts = self.cached_facts(tenant, session, sessions).await?;
         // A restriction recorded after the state was read.
         let newer = facts.as_of.is_none_or(|v| version > v);
         let restricted = match event {

@@ -69,4 +69,15 @@ impl App {
         p.id.ok_or_else(|| AppError::not_found("pype"))?;
         Ok(p)
     }
+
+    /// An optional `pype_id` of a request (empty: none), checked to be one
+    /// of the tenant's Pypes.
+    pub(crate) async fn optional_pype(&self, tenant: Uuid, pype_id: &str) -> Result<Option<Uuid>, AppError> {
+        if pype_id.is_empty() {
+            return Ok(None);
+        }
+        let id = crate::parse_id("pype_id", pype_id)?;
+        self.pype_of(tenant, id).await?;
+        Ok(Some(id))
+    }
 }

@@ -98,14 +98,7 @@ impl App {
         let url = new.url.trim().to_string();
         self.check_endpoint(&url).await?;
         crate::feed::stored_types("types", &new.types)?;
-        let pype = match new.pype_id.as_str() {
-            "" => None,
-            id => {
-                let id = parse_id("pype_id", id)?;
-                self.pype_of(tenant, id).await?;
-                Some(id)
-            }
-        };
+        let pype = self.optional_pype(tenant, &new.pype_id).await?;
         let secret = new_secret()?;
         let id = Uuid::now_v7();
         // Delivery starts after what is in the log now: recorded before the

@@ -1,5 +1,5 @@
 //! What the application needs of webhook delivery, apart from how it is
-//! done ([`crate::delivery`]): the settings, an endpoint's status, and the
+//! done (the `delivery` module): the settings, an endpoint's status, and the
 //! calls that keep the workers in step with the tenant's endpoints. The
 //! `App` holds a [`WebhookDirectory`]; a node that does not deliver (or a
 //! test without delivery) holds [`Disabled`].
