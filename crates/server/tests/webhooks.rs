@@ -554,10 +554,13 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pypes"))
         .args(["audit", "trail", "--json", "--data-dir"])
         .arg(dir.path().join("data"))
+        .envs(common::backend_env(&dir.path().join("data")))
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
     let paused: Vec<&serde_json::Value> =
         v["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "webhook.paused").collect();
     assert_eq!(paused.len(), 1, "{v}");

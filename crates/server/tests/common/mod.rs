@@ -52,7 +52,7 @@ pub fn start_logging_with(data: &Path, logs: &Path, env: &[(&str, &str)]) -> Ser
 /// PostgreSQL (event log and key store): one throw-away cluster per test
 /// process, one database per data directory (a restart on the same data
 /// directory finds its database again).
-fn backend_env(data: &Path) -> Vec<(String, String)> {
+pub fn backend_env(data: &Path) -> Vec<(String, String)> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     match std::env::var("PYPES_TEST_BACKEND").as_deref() {
