@@ -6,7 +6,17 @@
 //! Entities write through their actors ([`crate::Registry::execute`]);
 //! nothing else in the system appends (a tidy test holds that).
 
-use eventlog::{AppendResult, EventLog, ExpectedVersion, LogError, NewEvent};
+use eventlog::{AppendResult, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent};
+
+/// The last event of `stream` (`None`: the stream does not exist or holds
+/// nothing): a process's latest checkpoint.
+pub async fn last_event(log: &dyn EventLog, stream: &str) -> Result<Option<RecordedEvent>, LogError> {
+    match log.read_stream(stream, ReadFrom::End, Direction::Backward, 1).await {
+        Ok(mut page) => Ok(page.pop()),
+        Err(LogError::StreamNotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// Appends `events` to `stream` if its version is `expected`.
 pub async fn append(

@@ -80,13 +80,9 @@ impl Consents {
 
     async fn checkpoint(&self) -> Result<u64, AppError> {
         let stream = events::stream::process_stream(NAME);
-        match self.log.read_stream(&stream, ReadFrom::End, Direction::Backward, 1).await {
-            Ok(page) => match page.first() {
-                Some(r) => Ok(events::codec::decode_process_checkpoint(r)?),
-                None => Ok(0),
-            },
-            Err(LogError::StreamNotFound { .. }) => Ok(0),
-            Err(e) => Err(e.into()),
+        match actors::write::last_event(self.log.as_ref(), &stream).await? {
+            Some(r) => Ok(events::codec::decode_process_checkpoint(&r)?),
+            None => Ok(0),
         }
     }
 

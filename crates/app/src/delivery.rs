@@ -34,8 +34,8 @@ use ::webhooks::sign;
 use audit::Record;
 use domain::tenant::{Tenant, Webhook};
 use eventlog::{
-    Direction, EventFilter, ExpectedVersion, LogError, ReadFrom, StreamMetadata, SubscribeFrom, SubscriptionMessage,
-    SubscriptionOptions, subscribe_all,
+    EventFilter, ExpectedVersion, StreamMetadata, SubscribeFrom, SubscriptionMessage, SubscriptionOptions,
+    subscribe_all,
 };
 use events::types as t;
 use tokio::sync::{mpsc, watch};
@@ -72,7 +72,7 @@ impl DeliveryMetrics {
 
 struct Handle {
     tenant: Uuid,
-    def: watch::Sender<Webhook>,
+    def: watch::Sender<Arc<Webhook>>,
     redeliver: mpsc::Sender<(i64, i64)>,
     status: Arc<Mutex<DeliveryStatus>>,
     task: tokio::task::JoinHandle<()>,
@@ -132,7 +132,10 @@ impl WebhookDirectory for Deliveries {
     fn redeliver(&self, id: Uuid, from: i64, to: i64) -> Result<(), AppError> {
         let w = lock(&self.workers);
         let h = w.get(&id).ok_or_else(|| {
-            AppError::Unavailable("this node does not deliver webhooks (integrations.deliver_webhooks)".into())
+            AppError::Unavailable(
+                "the endpoint has no delivery worker on this node yet (just created, or its tenant is cancelled); try again"
+                    .into(),
+            )
         })?;
         h.redeliver
             .try_send((from, to))
@@ -159,13 +162,15 @@ impl WebhookDirectory for Deliveries {
             match workers.get(id) {
                 Some(h) => {
                     h.def.send_if_modified(|old| {
-                        let changed = old != w;
-                        *old = w.clone();
+                        let changed = **old != *w;
+                        if changed {
+                            *old = Arc::new(w.clone());
+                        }
                         changed
                     });
                 }
                 None => {
-                    let (def, def_rx) = watch::channel(w.clone());
+                    let (def, def_rx) = watch::channel(Arc::new(w.clone()));
                     let (redeliver, redeliver_rx) = mpsc::channel(1);
                     let status = Arc::new(Mutex::new(DeliveryStatus { delivering_here: true, ..Default::default() }));
                     let worker = Worker {
@@ -240,13 +245,9 @@ const CHECKPOINTS_KEPT: u64 = 16;
 
 async fn load_checkpoint(app: &App, id: Uuid) -> Result<Option<(Option<u64>, Option<i64>)>, AppError> {
     let stream = events::stream::webhook_process_stream(id);
-    match app.log.read_stream(&stream, ReadFrom::End, Direction::Backward, 1).await {
-        Ok(page) => match page.first() {
-            Some(r) => Ok(Some(events::codec::decode_webhook_checkpoint(r)?)),
-            None => Ok(None),
-        },
-        Err(LogError::StreamNotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+    match actors::write::last_event(app.log.as_ref(), &stream).await? {
+        Some(r) => Ok(Some(events::codec::decode_webhook_checkpoint(&r)?)),
+        None => Ok(None),
     }
 }
 
@@ -285,7 +286,7 @@ struct Worker {
     metrics: Arc<DeliveryMetrics>,
     tenant: Uuid,
     id: Uuid,
-    def: watch::Receiver<Webhook>,
+    def: watch::Receiver<Arc<Webhook>>,
     status: Arc<Mutex<DeliveryStatus>>,
 }
 /// What an attempt task hands back.
@@ -297,12 +298,22 @@ struct Done {
 }
 
 impl Worker {
-    fn filters(def: &Webhook) -> Filters {
-        Filters {
-            stored_types: crate::feed::stored_types("types", &def.types).unwrap_or_default(),
-            pype: def.pype,
-            session: None,
+    /// The feed filter of an endpoint; an error when it names types and
+    /// this server knows none of them (an empty list would mean "all").
+    /// Types it does not know are left out (a newer server's, after a
+    /// downgrade) and logged.
+    fn filters(id: Uuid, def: &Webhook) -> Result<Filters, String> {
+        let (stored_types, unknown) = crate::feed::known_stored_types(&def.types);
+        if !unknown.is_empty() {
+            tracing::warn!(webhook = %id, ?unknown, "webhook: event types this server does not know are left out");
         }
+        if stored_types.is_empty() && !def.types.is_empty() {
+            return Err(format!(
+                "none of the endpoint's event types is known to this server ({}): nothing is delivered",
+                def.types.join(", ")
+            ));
+        }
+        Ok(Filters { stored_types, pype: def.pype, session: None })
     }
 
     /// The feed options of a worker: it reads as it has room, so the
@@ -367,7 +378,13 @@ impl Worker {
                     Some(p) => SubscribeFrom::After(p),
                     None => SubscribeFrom::Start,
                 };
-                feed = Some(self.app.open_feed(self.tenant, from, Self::filters(&def), Self::feed_limits()));
+                match Self::filters(self.id, &def) {
+                    Ok(filters) => feed = Some(self.app.open_feed(self.tenant, from, filters, Self::feed_limits())),
+                    Err(reason) => {
+                        lock(&self.status).last_error = reason;
+                        reopen_at = now + 60_000_000;
+                    }
+                }
             }
             if schedule.paused() {
                 feed = None;
@@ -572,7 +589,7 @@ struct Replay {
     client: Client,
     tenant: Uuid,
     id: Uuid,
-    def: watch::Receiver<Webhook>,
+    def: watch::Receiver<Arc<Webhook>>,
     status: Arc<Mutex<DeliveryStatus>>,
     first_retry: Duration,
 }
@@ -580,8 +597,14 @@ impl Replay {
     async fn run(self, from: i64, to: i64) {
         lock(&self.status).redelivered = 0;
         let def = self.def.borrow().clone();
-        let mut feed =
-            self.app.open_feed(self.tenant, SubscribeFrom::Start, Worker::filters(&def), Worker::feed_limits());
+        let filters = match Worker::filters(self.id, &def) {
+            Ok(f) => f,
+            Err(reason) => {
+                tracing::warn!(webhook = %self.id, reason, "webhook redelivery: nothing to send");
+                return;
+            }
+        };
+        let mut feed = self.app.open_feed(self.tenant, SubscribeFrom::Start, filters, Worker::feed_limits());
         let mut sent = 0u64;
         let first_retry = self.first_retry;
         while let Some(item) = feed.recv().await {

@@ -228,17 +228,27 @@ pub(crate) struct Filters {
 /// The stored types of integration event types; `field` names the request
 /// field in the error for an unknown one.
 pub(crate) fn stored_types(field: &'static str, types: &[String]) -> Result<Vec<String>, AppError> {
-    let mut stored_types = Vec::new();
-    for name in types {
-        let Some((_, stored)) = TYPES.iter().find(|(n, _)| n == name) else {
-            return Err(AppError::invalid(
-                field,
-                format!("{name:?} is not an integration event type (docs/integrations.md lists them)"),
-            ));
-        };
-        stored_types.extend(stored.iter().map(|s| s.to_string()));
+    let (known, unknown) = known_stored_types(types);
+    match unknown.first() {
+        Some(name) => Err(AppError::invalid(
+            field,
+            format!("{name:?} is not an integration event type (docs/integrations.md lists them)"),
+        )),
+        None => Ok(known),
     }
-    Ok(stored_types)
+}
+
+/// The stored types of the integration event types this server knows,
+/// and the names it does not know.
+pub(crate) fn known_stored_types(types: &[String]) -> (Vec<String>, Vec<&str>) {
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for name in types {
+        match TYPES.iter().find(|(n, _)| n == name) {
+            Some((_, stored)) => known.extend(stored.iter().map(|s| s.to_string())),
+            None => unknown.push(name.as_str()),
+        }
+    }
+    (known, unknown)
 }
 
 impl Filters {
@@ -590,6 +600,18 @@ fn subject_data(event: SubjectEvent) -> FeedData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_types_are_named_and_never_widen_a_filter() {
+        let types = vec!["message.posted".to_string(), "message.sent".to_string()];
+        let (known, unknown) = known_stored_types(&types);
+        assert_eq!((known, unknown), (vec![t::MESSAGE_POSTED.to_string()], vec!["message.sent"]));
+        let e = stored_types("types", &types).unwrap_err();
+        assert!(e.to_string().contains("message.sent"), "{e}");
+        let gone = ["gone.type".to_string()];
+        let (known, unknown) = known_stored_types(&gone);
+        assert!(known.is_empty() && unknown == ["gone.type"]);
+    }
 
     #[test]
     fn every_session_event_type_is_an_integration_event_and_no_type_is_mapped_twice() {
