@@ -4,10 +4,13 @@
 //!   for webhook events (and cancellations) from the start of the log and
 //!   keeps one worker per live endpoint; the API's calls also reconcile at
 //!   once, so a new endpoint does not wait for the follower.
-//! - **A worker** reads its tenant's feed ([`App::open_feed`], the same
-//!   integration events as `SubscribeTenantEvents`, with the endpoint's
-//!   filter) into a [`Schedule`] (in order per Session, concurrent across
-//!   Sessions, back-off, pause after 72 hours), sends what is due with
+//! - **A worker** reads the integration events of its tenant that pass the
+//!   endpoint's filter (the same events as `SubscribeTenantEvents`) from
+//!   the node's shared reader ([`crate::webhook_hub`]: one read and one
+//!   request body per event for all endpoints), or from its own tenant
+//!   feed ([`App::open_feed`]) while the shared ring does not reach back
+//!   to its cursor; into a [`Schedule`] (in order per Session, concurrent
+//!   across Sessions, back-off, pause after 72 hours), sends what is due with
 //!   [`Client::post`] signed with the endpoint's live secrets, and records
 //!   its checkpoint in the log (`process-webhook-<id>`, every second while
 //!   it moves), so after a restart it reads the feed from there: delivery
@@ -42,7 +45,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::feed::{FeedItem, FeedLimits, Filters, IntegrationEvent};
+use crate::feed::{FeedItem, FeedLimits, Filters};
+use crate::webhook_hub::{Entry, Hub, Pull, Wants};
 pub use crate::webhook_port::{DeliveryStatus, WebhookDirectory, WebhookSettings};
 use crate::{App, AppError};
 
@@ -56,6 +60,10 @@ pub struct DeliveryMetrics {
     pub delivered: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub paused: AtomicU64,
+    /// Events queued from the shared reader's ring.
+    pub read_shared: AtomicU64,
+    /// Events queued from a worker's own feed (behind the ring).
+    pub read_own: AtomicU64,
     /// Cumulative counts per bucket of [`LATENCY_BUCKETS_MS`], then +Inf.
     pub latency_buckets: [AtomicU64; 13],
     pub latency_sum_micros: AtomicU64,
@@ -84,6 +92,8 @@ pub struct Deliveries {
     client: Client,
     app: std::sync::OnceLock<Weak<App>>,
     workers: Mutex<HashMap<Uuid, Handle>>,
+    /// The workers' shared reader of the log.
+    hub: Arc<Hub>,
     pub metrics: Arc<DeliveryMetrics>,
 }
 
@@ -93,11 +103,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Deliveries {
     pub fn new(settings: WebhookSettings, client: Client) -> Arc<Self> {
+        let hub = Hub::new(settings.ring_entries);
         Arc::new(Self {
             settings,
             client,
             app: std::sync::OnceLock::new(),
             workers: Mutex::new(HashMap::new()),
+            hub,
             metrics: Arc::default(),
         })
     }
@@ -106,6 +118,7 @@ impl Deliveries {
     /// the directory follower, and through it a worker per endpoint.
     pub fn start(self: &Arc<Self>, app: &Arc<App>) {
         let _ = self.app.set(Arc::downgrade(app));
+        self.hub.start(app);
         tokio::spawn(Self::run(app.clone()));
     }
 
@@ -175,6 +188,7 @@ impl WebhookDirectory for Deliveries {
                     let status = Arc::new(Mutex::new(DeliveryStatus { delivering_here: true, ..Default::default() }));
                     let worker = Worker {
                         app: app.clone(),
+                        hub: self.hub.clone(),
                         client: client.clone(),
                         settings: self.settings.clone(),
                         metrics: self.metrics.clone(),
@@ -270,17 +284,16 @@ pub(crate) async fn save_checkpoint(
 /// What a checkpoint records: (delivered through, failing since).
 type CheckpointState = (Option<u64>, Option<i64>);
 
-/// An event ready to send: its body (JSON) and what the headers name.
-struct Prepared {
-    event_id: Uuid,
-    event_type: &'static str,
-    recorded_at_micros: i64,
-    body: Arc<Vec<u8>>,
+/// An event queued for an endpoint: the shared entry and its failed
+/// attempts so far.
+struct Queued {
+    entry: Arc<Entry>,
     attempts: u32,
 }
 
 struct Worker {
     app: Arc<App>,
+    hub: Arc<Hub>,
     client: Client,
     settings: WebhookSettings,
     metrics: Arc<DeliveryMetrics>,
@@ -302,7 +315,7 @@ impl Worker {
     /// this server knows none of them (an empty list would mean "all").
     /// Types it does not know are left out (a newer server's, after a
     /// downgrade) and logged.
-    fn filters(id: Uuid, def: &Webhook) -> Result<Filters, String> {
+    fn filters(id: Uuid, def: &Webhook) -> Result<(Filters, Wants), String> {
         let (stored_types, unknown) = crate::feed::known_stored_types(&def.types);
         if !unknown.is_empty() {
             tracing::warn!(webhook = %id, ?unknown, "webhook: event types this server does not know are left out");
@@ -313,7 +326,9 @@ impl Worker {
                 def.types.join(", ")
             ));
         }
-        Ok(Filters { stored_types, pype: def.pype, session: None })
+        let types = def.types.iter().filter_map(|n| crate::feed::TYPES.iter().find(|(t, _)| t == n)).map(|(t, _)| *t);
+        let wants = Wants { types: types.collect(), pype: def.pype };
+        Ok((Filters { stored_types, pype: def.pype, session: None }, wants))
     }
 
     /// The feed options of a worker: it reads as it has room, so the
@@ -345,11 +360,17 @@ impl Worker {
         if self.def.borrow().paused.is_some() {
             schedule.pause();
         }
-        let created = self.def.borrow().created_micros;
-        let mut pending: HashMap<u64, Prepared> = HashMap::new();
+        // Without a recorded start, what came before the endpoint is skipped.
+        let mut before_start = checkpoint.is_none().then(|| self.def.borrow().created_micros);
+        let mut pending: HashMap<u64, Queued> = HashMap::new();
         let mut inflight: JoinSet<Done> = JoinSet::new();
+        // Where the events come from: the shared ring, or (when the ring
+        // does not reach back to this worker's cursor) its own feed until
+        // that is live.
+        let _lease = self.hub.want(self.tenant);
+        let mut hub_moved = self.hub.watch();
+        let mut on_hub = true;
         let mut feed: Option<mpsc::Receiver<Result<FeedItem, AppError>>> = None;
-        let mut last_pushed = checkpoint;
         let mut reopen_at = 0i64;
         let mut saved = (checkpoint, failing);
         let mut last_save = tokio::time::Instant::now();
@@ -357,37 +378,56 @@ impl Worker {
         let mut replay: Option<tokio::task::JoinHandle<()>> = None;
         let mut saving: Option<tokio::task::JoinHandle<(CheckpointState, Result<(), AppError>)>> = None;
         let mut paused_def = self.def.borrow().paused.is_some();
+        let mut filters = Self::filters(self.id, &self.def.borrow());
         loop {
             let def = def_rx.borrow().clone();
             let now = self.now();
             if !schedule.paused() {
                 for p in schedule.ready(now) {
-                    let Some(prep) = pending.get(&p.position) else { continue };
-                    let headers = headers(self.id, now, &def, prep);
-                    let body = prep.body.clone();
+                    let Some(q) = pending.get(&p.position) else { continue };
+                    let headers = headers(self.id, now, &def, &q.entry, q.attempts);
+                    let entry = q.entry.clone();
                     let (client, url, clock) = (self.client.clone(), def.url.clone(), self.app.clock.clone());
                     inflight.spawn(async move {
-                        let attempt = client.post(&url, &headers, body.to_vec()).await;
+                        let attempt = client.post(&url, &headers, entry.body.clone()).await;
                         Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
                     });
                 }
             }
-            // Keep the feed open while there is room and delivery is on.
-            if feed.is_none() && !schedule.paused() && schedule.has_room() && now >= reopen_at {
-                let from = match last_pushed {
-                    Some(p) => SubscribeFrom::After(p),
-                    None => SubscribeFrom::Start,
-                };
-                match Self::filters(self.id, &def) {
-                    Ok(filters) => feed = Some(self.app.open_feed(self.tenant, from, filters, Self::feed_limits())),
-                    Err(reason) => {
-                        lock(&self.status).last_error = reason;
-                        reopen_at = now + 60_000_000;
-                    }
-                }
-            }
             if schedule.paused() {
                 feed = None;
+            }
+            let reading = !schedule.paused() && schedule.has_room();
+            match &filters {
+                Err(reason) => {
+                    lock(&self.status).last_error = reason.clone();
+                }
+                Ok((_, wants)) if reading && on_hub => {
+                    // Mark the hub's progress seen before reading, so a page
+                    // it adds meanwhile wakes the loop.
+                    hub_moved.borrow_and_update();
+                    match self.hub.pull(self.tenant, schedule.highest(), schedule.room(), wants) {
+                        Pull::Gap => on_hub = false,
+                        Pull::Read { entries, through } => {
+                            // Every entry fits (at most `room`); were one
+                            // refused, the cursor stays before it.
+                            let n = entries.len() as u64;
+                            let all = entries
+                                .into_iter()
+                                .all(|e| self.take(&mut schedule, &mut pending, &mut before_start, e));
+                            self.metrics.read_shared.fetch_add(n, Ordering::Relaxed);
+                            if let Some(t) = through.filter(|_| all) {
+                                schedule.read_through(t);
+                            }
+                        }
+                    }
+                }
+                Ok((feed_filters, _)) => {
+                    if reading && !on_hub && feed.is_none() && now >= reopen_at {
+                        let from = schedule.highest().map_or(SubscribeFrom::Start, SubscribeFrom::After);
+                        feed = Some(self.app.open_feed(self.tenant, from, feed_filters.clone(), Self::feed_limits()));
+                    }
+                }
             }
             // Record progress at most once a second, in the background (a
             // delivery does not wait for the checkpoint's fdatasync); one
@@ -418,23 +458,29 @@ impl Worker {
                 Some(due) if due > now => Duration::from_micros((due - now) as u64).min(Duration::from_secs(1)),
                 _ => Duration::from_secs(1),
             };
-            let room = schedule.has_room();
+            let room = reading && filters.is_ok();
             tokio::select! {
+                r = hub_moved.changed(), if on_hub && room => {
+                    if r.is_err() {
+                        on_hub = false;
+                    }
+                }
                 item = recv_opt(&mut feed), if feed.is_some() && room => {
                     match item {
                         Some(Ok(FeedItem::Event(e))) => {
-                            if e.recorded_at_micros < created && checkpoint.is_none() && last_pushed.is_none() {
-                                // No recorded start: skip what came before the endpoint.
-                                continue;
-                            }
-                            let lane = e.session.map_or(TENANT_LANE, |s| s.as_u128());
-                            let position = e.position;
-                            if schedule.push(position, lane) {
-                                pending.insert(position, prepare(&e));
-                                last_pushed = Some(position);
-                            }
+                            let entry = Arc::new(Entry::of(&e));
+                            self.take(&mut schedule, &mut pending, &mut before_start, entry);
+                            self.metrics.read_own.fetch_add(1, Ordering::Relaxed);
                         }
-                        Some(Ok(_)) => {}
+                        Some(Ok(FeedItem::Live { after_position })) => {
+                            // Caught up: back to the shared ring from here.
+                            if let Some(p) = after_position {
+                                schedule.read_through(p);
+                            }
+                            feed = None;
+                            on_hub = true;
+                        }
+                        Some(Ok(FeedItem::Behind { .. })) => {}
                         Some(Err(e)) => {
                             tracing::warn!(webhook = %self.id, error = %e, "webhook: its feed failed; reopening");
                             feed = None;
@@ -466,6 +512,7 @@ impl Worker {
                         schedule.pause();
                     }
                     paused_def = paused;
+                    filters = Self::filters(self.id, &def_rx.borrow());
                 }
                 Some((from, to)) = redeliver.recv() => {
                     if let Some(old) = replay.take() {
@@ -480,9 +527,35 @@ impl Worker {
         }
     }
 
+    /// Queues an event read from the ring or the feed (past the cursor).
+    fn take(
+        &self,
+        schedule: &mut Schedule,
+        pending: &mut HashMap<u64, Queued>,
+        before_start: &mut Option<i64>,
+        entry: Arc<Entry>,
+    ) -> bool {
+        if schedule.highest().is_some_and(|h| entry.position <= h) {
+            return true; // read already (the feed and the ring overlap)
+        }
+        if let Some(created) = *before_start {
+            if entry.recorded_at_micros < created {
+                schedule.read_through(entry.position);
+                return true;
+            }
+            *before_start = None;
+        }
+        let (position, lane) = (entry.position, entry.session.map_or(TENANT_LANE, |s| s.as_u128()));
+        let queued = schedule.push(position, lane);
+        if queued {
+            pending.insert(position, Queued { entry, attempts: 0 });
+        }
+        queued
+    }
+
     /// Records an attempt's outcome in the schedule, the status and the
     /// counters.
-    fn finish(&self, schedule: &mut Schedule, pending: &mut HashMap<u64, Prepared>, done: Done) {
+    fn finish(&self, schedule: &mut Schedule, pending: &mut HashMap<u64, Queued>, done: Done) {
         let metrics = &self.metrics;
         let outcome = Outcome::of_status(match &done.attempt.outcome {
             Ok(()) => done.attempt.status,
@@ -500,16 +573,16 @@ impl Worker {
                 st.last_error.clear();
                 st.last_delivered_micros = done.at_micros;
                 metrics.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(p) = pending.remove(&done.position) {
-                    metrics.observe(done.at_micros - p.recorded_at_micros);
+                if let Some(q) = pending.remove(&done.position) {
+                    metrics.observe(done.at_micros - q.entry.recorded_at_micros);
                 }
             }
             Err(reason) => {
                 st.failed_attempts += 1;
                 st.last_error = reason.clone();
                 metrics.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                if let Some(p) = pending.get_mut(&done.position) {
-                    p.attempts += 1;
+                if let Some(q) = pending.get_mut(&done.position) {
+                    q.attempts += 1;
                 }
                 tracing::debug!(webhook = %self.id, position = done.position, reason, "webhook attempt failed");
             }
@@ -559,7 +632,7 @@ impl Worker {
 
 /// The headers of one attempt of endpoint `id`, signed at `now` (µs) with
 /// the live secrets.
-fn headers(id: Uuid, now: i64, def: &Webhook, p: &Prepared) -> Vec<(&'static str, String)> {
+fn headers(id: Uuid, now: i64, def: &Webhook, e: &Entry, attempts: u32) -> Vec<(&'static str, String)> {
     let mut secrets: Vec<&[u8]> = vec![&def.secret];
     if let Some((old, until)) = &def.previous
         && *until > now
@@ -567,11 +640,11 @@ fn headers(id: Uuid, now: i64, def: &Webhook, p: &Prepared) -> Vec<(&'static str
         secrets.push(old);
     }
     vec![
-        (sign::HEADER, sign::header(&secrets, now.div_euclid(1_000_000), &p.body)),
-        ("pypes-event-id", p.event_id.to_string()),
-        ("pypes-event-type", p.event_type.to_string()),
+        (sign::HEADER, sign::header(&secrets, now.div_euclid(1_000_000), &e.body)),
+        ("pypes-event-id", e.event_id.to_string()),
+        ("pypes-event-type", e.event_type.to_string()),
         ("pypes-webhook-id", id.to_string()),
-        ("pypes-delivery-attempt", (p.attempts + 1).to_string()),
+        ("pypes-delivery-attempt", (attempts + 1).to_string()),
     ]
 }
 
@@ -598,7 +671,7 @@ impl Replay {
         lock(&self.status).redelivered = 0;
         let def = self.def.borrow().clone();
         let filters = match Worker::filters(self.id, &def) {
-            Ok(f) => f,
+            Ok((f, _)) => f,
             Err(reason) => {
                 tracing::warn!(webhook = %self.id, reason, "webhook redelivery: nothing to send");
                 return;
@@ -623,41 +696,31 @@ impl Replay {
             if e.recorded_at_micros >= to {
                 break;
             }
-            let mut p = prepare(&e);
+            let entry = Entry::of(&e);
+            let mut attempts = 0;
             let started = self.app.clock.now_micros();
             loop {
                 if self.def.has_changed().is_err() {
                     return; // the endpoint was deleted
                 }
                 let def = self.def.borrow().clone();
-                let mut headers = headers(self.id, self.app.clock.now_micros(), &def, &p);
+                let mut headers = headers(self.id, self.app.clock.now_micros(), &def, &entry, attempts);
                 headers.push(("pypes-redelivery", "true".into()));
-                let attempt = self.client.post(&def.url, &headers, p.body.to_vec()).await;
+                let attempt = self.client.post(&def.url, &headers, entry.body.clone()).await;
                 if attempt.delivered() {
                     sent += 1;
                     lock(&self.status).redelivered = sent;
                     break;
                 }
-                p.attempts += 1;
+                attempts += 1;
                 let now = self.app.clock.now_micros();
                 if !backoff::keep_trying(Duration::from_micros(now.saturating_sub(started).max(0) as u64)) {
                     tracing::warn!(webhook = %self.id, "webhook redelivery given up after 72 hours");
                     return;
                 }
-                tokio::time::sleep(backoff::delay_from(first_retry, p.attempts, backoff::random_unit())).await;
+                tokio::time::sleep(backoff::delay_from(first_retry, attempts, backoff::random_unit())).await;
             }
         }
         tracing::info!(tenant = %self.tenant, webhook = %self.id, sent, "webhook redelivery done");
-    }
-}
-
-/// The request body of an integration event (docs/integrations.md).
-fn prepare(e: &IntegrationEvent) -> Prepared {
-    Prepared {
-        event_id: e.event_id,
-        event_type: e.event_type,
-        recorded_at_micros: e.recorded_at_micros,
-        body: Arc::new(crate::webhook_json::body(e)),
-        attempts: 0,
     }
 }

@@ -216,8 +216,8 @@ impl FeedMessage {
     }
 }
 
-/// The checked filters of a feed.
-#[derive(Debug, Clone)]
+/// The checked filters of a feed (the default passes every event).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Filters {
     /// Stored event types to read (empty: every type the feed knows).
     pub(crate) stored_types: Vec<String>,
@@ -277,7 +277,7 @@ impl Filters {
 /// its processing is restricted is known as of `as_of` (the version read)
 /// and follows the Session's restriction events after that.
 #[derive(Debug, Clone, Copy)]
-struct SessionFacts {
+pub(crate) struct SessionFacts {
     pype: Uuid,
     restricted: bool,
     as_of: Option<u64>,
@@ -286,6 +286,9 @@ struct SessionFacts {
 /// Sessions remembered by one feed, at most this many (then forgotten and
 /// read again as needed).
 const SESSION_CACHE: usize = 50_000;
+
+/// The Sessions one reader of the log remembers.
+pub(crate) type SessionCache = HashMap<Uuid, SessionFacts>;
 
 impl App {
     /// Starts a tenant's feed: the checks happen here (so a bad request is
@@ -415,11 +418,11 @@ impl App {
 
     /// The integration event a stored event of `tenant` is, if it is one
     /// and passes the filters.
-    async fn integration_event(
+    pub(crate) async fn integration_event(
         &self,
         tenant: Uuid,
         filters: &Filters,
-        sessions: &mut HashMap<Uuid, SessionFacts>,
+        sessions: &mut SessionCache,
         r: &RecordedEvent,
     ) -> Result<Option<IntegrationEvent>, AppError> {
         let Some(name) = StreamName::parse(&r.stream).filter(|n| n.tenant == tenant) else {

@@ -45,6 +45,7 @@ pub mod tenants;
 pub mod unfinished;
 pub mod views;
 pub mod webhook;
+pub mod webhook_hub;
 pub mod webhook_json;
 pub mod webhook_port;
 

@@ -27,6 +27,10 @@ pub struct WebhookSettings {
     pub max_in_flight: usize,
     /// Events queued per endpoint before its feed waits.
     pub max_queued: usize,
+    /// Integration events the node's shared reader keeps for its
+    /// endpoints' workers (`webhook_hub::RING_ENTRIES` by default); a
+    /// worker further behind reads its own feed.
+    pub ring_entries: usize,
 }
 
 impl Default for WebhookSettings {
@@ -38,6 +42,7 @@ impl Default for WebhookSettings {
             first_retry: backoff::FIRST,
             max_in_flight: 8,
             max_queued: 1000,
+            ring_entries: crate::webhook_hub::RING_ENTRIES,
         }
     }
 }

@@ -134,6 +134,13 @@ impl Subscription {
         }
     }
 
+    /// Events read from the log and not yet returned: 0 means the next
+    /// [`Subscription::next`] reads (or waits), so everything below
+    /// [`Subscription::next_position`] has been returned.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The position the subscription reads next.
     pub fn next_position(&self) -> u64 {
         self.next_position

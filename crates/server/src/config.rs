@@ -69,6 +69,10 @@ pub struct IntegrationsFile {
     /// Events queued per endpoint before its feed waits (default 1000,
     /// 10 to 100000).
     pub webhook_max_queued: Option<usize>,
+    /// Integration events the shared reader keeps for the endpoints'
+    /// workers (default 32768, 16 to 1000000); a worker further behind
+    /// reads its own feed until it catches up.
+    pub webhook_ring_entries: Option<usize>,
     /// A PEM CA certificate trusted for endpoints besides the system's
     /// roots (an internal CA).
     pub webhook_ca_file: Option<PathBuf>,
@@ -254,6 +258,10 @@ fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::W
     if !(10..=100_000).contains(&max_queued) {
         anyhow::bail!("integrations.webhook_max_queued: {max_queued}; 10 to 100000");
     }
+    let ring_entries = file.webhook_ring_entries.unwrap_or(d.ring_entries);
+    if !(16..=1_000_000).contains(&ring_entries) {
+        anyhow::bail!("integrations.webhook_ring_entries: {ring_entries}; 16 to 1000000");
+    }
     let ca = match &file.webhook_ca_file {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("integrations.webhook_ca_file: {}", p.display()))?),
         None => None,
@@ -268,6 +276,7 @@ fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::W
         first_retry: std::time::Duration::from_millis(first),
         max_in_flight,
         max_queued,
+        ring_entries,
     };
     Ok((settings, ca))
 }

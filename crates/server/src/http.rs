@@ -51,6 +51,9 @@ fn webhook_metrics(body: &mut String, d: &app::delivery::Deliveries) {
     );
     let failed = m.failed_attempts.load(Relaxed);
     sample(body, "pypes_webhook_failed_attempts_total", "counter", "Webhook attempts that failed.", failed);
+    body.push_str("# HELP pypes_webhook_events_read_total Integration events queued for webhook endpoints, by where they were read: the shared reader's ring, or a worker's own feed (behind the ring).\n# TYPE pypes_webhook_events_read_total counter\n");
+    let _ = writeln!(body, "pypes_webhook_events_read_total{{source=\"shared\"}} {}", m.read_shared.load(Relaxed));
+    let _ = writeln!(body, "pypes_webhook_events_read_total{{source=\"own\"}} {}", m.read_own.load(Relaxed));
     let paused_help = "Webhook endpoints paused after failing for 72 hours (since start).";
     sample(body, "pypes_webhook_pauses_total", "counter", paused_help, m.paused.load(Relaxed));
     body.push_str("# HELP pypes_webhook_delivery_seconds From an event's append to its webhook's 2xx.\n# TYPE pypes_webhook_delivery_seconds histogram\n");

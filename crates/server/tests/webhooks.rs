@@ -267,7 +267,9 @@ fn check_at(got: &[Got], secrets: &[&str], every_type: bool, offset: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_order_signed_at_least_once_and_a_backlog_survives_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
+    // A short queue and a small shared ring: an endpoint that is down falls
+    // behind the ring and reads its own feed, then comes back to the ring.
+    let cfg = config(dir.path(), "webhook_max_queued = 10\nwebhook_ring_entries = 32\n");
     let data = dir.path().join("data");
     let env = [("PYPES_CONFIG", cfg.to_str().unwrap())];
     let mut server = common::start_with(&data, &env);
@@ -324,6 +326,17 @@ async fn in_order_signed_at_least_once_and_a_backlog_survives_a_kill() {
     let server = common::start_with(&data, &env);
     flaky.wait_acked("message.posted", 300, Duration::from_secs(120)).await;
     check(&flaky.got(), &[&flaky_secret], true);
+    // The backlog after the restart was read through the worker's own feed,
+    // and then the worker went back to the shared ring.
+    post_concurrently(&server.grpc, &s, &sessions, 5, "c").await;
+    flaky.wait_acked("message.posted", 320, Duration::from_secs(60)).await;
+    check(&flaky.got(), &[&flaky_secret], true);
+    let text = common::metrics_text(&server.http).await;
+    let read = |source: &str| -> u64 {
+        let line = format!("pypes_webhook_events_read_total{{source=\"{source}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())).unwrap().parse().unwrap()
+    };
+    assert!(read("own") > 0 && read("shared") > 0, "own {} shared {}", read("own"), read("shared"));
     let ch = channel(&server.grpc).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -360,7 +373,7 @@ async fn in_order_signed_at_least_once_and_a_backlog_survives_a_kill() {
             _ => break,
         }
     }
-    assert_eq!(after_creation, 300);
+    assert_eq!(after_creation, 320);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

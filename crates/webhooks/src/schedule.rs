@@ -195,6 +195,11 @@ impl Schedule {
         self.highest
     }
 
+    /// How many more events fit.
+    pub fn room(&self) -> usize {
+        self.max_queued - self.queued
+    }
+
     /// Whether another event fits.
     pub fn has_room(&self) -> bool {
         self.queued < self.max_queued
