@@ -367,8 +367,7 @@ impl Worker {
         // Where the events come from: the shared ring, or (when the ring
         // does not reach back to this worker's cursor) its own feed until
         // that is live.
-        let _lease = self.hub.want(self.tenant);
-        let mut hub_moved = self.hub.watch();
+        let lease = self.hub.want(self.tenant, self.def.borrow().pype);
         let mut on_hub = true;
         let mut feed: Option<mpsc::Receiver<Result<FeedItem, AppError>>> = None;
         let mut reopen_at = 0i64;
@@ -382,18 +381,6 @@ impl Worker {
         loop {
             let def = def_rx.borrow().clone();
             let now = self.now();
-            if !schedule.paused() {
-                for p in schedule.ready(now) {
-                    let Some(q) = pending.get(&p.position) else { continue };
-                    let headers = headers(self.id, now, &def, &q.entry, q.attempts);
-                    let entry = q.entry.clone();
-                    let (client, url, clock) = (self.client.clone(), def.url.clone(), self.app.clock.clone());
-                    inflight.spawn(async move {
-                        let attempt = client.post(&url, &headers, entry.body.clone()).await;
-                        Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
-                    });
-                }
-            }
             if schedule.paused() {
                 feed = None;
             }
@@ -403,9 +390,6 @@ impl Worker {
                     lock(&self.status).last_error = reason.clone();
                 }
                 Ok((_, wants)) if reading && on_hub => {
-                    // Mark the hub's progress seen before reading, so a page
-                    // it adds meanwhile wakes the loop.
-                    hub_moved.borrow_and_update();
                     match self.hub.pull(self.tenant, schedule.highest(), schedule.room(), wants) {
                         Pull::Gap => on_hub = false,
                         Pull::Read { entries, through } => {
@@ -422,11 +406,29 @@ impl Worker {
                         }
                     }
                 }
-                Ok((feed_filters, _)) => {
-                    if reading && !on_hub && feed.is_none() && now >= reopen_at {
-                        let from = schedule.highest().map_or(SubscribeFrom::Start, SubscribeFrom::After);
-                        feed = Some(self.app.open_feed(self.tenant, from, feed_filters.clone(), Self::feed_limits()));
-                    }
+                Ok(_) => {}
+            }
+            // Behind the ring: the worker's own feed, from its cursor.
+            if let Ok((feed_filters, _)) = &filters
+                && reading
+                && !on_hub
+                && feed.is_none()
+                && now >= reopen_at
+            {
+                let from = schedule.highest().map_or(SubscribeFrom::Start, SubscribeFrom::After);
+                feed = Some(self.app.open_feed(self.tenant, from, feed_filters.clone(), Self::feed_limits()));
+            }
+            // Send what is due (including what was just read).
+            if !schedule.paused() {
+                for p in schedule.ready(now) {
+                    let Some(q) = pending.get(&p.position) else { continue };
+                    let headers = headers(self.id, now, &def, &q.entry, q.attempts);
+                    let entry = q.entry.clone();
+                    let (client, url, clock) = (self.client.clone(), def.url.clone(), self.app.clock.clone());
+                    inflight.spawn(async move {
+                        let attempt = client.post(&url, &headers, entry.body.clone()).await;
+                        Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
+                    });
                 }
             }
             // Record progress at most once a second, in the background (a
@@ -460,11 +462,9 @@ impl Worker {
             };
             let room = reading && filters.is_ok();
             tokio::select! {
-                r = hub_moved.changed(), if on_hub && room => {
-                    if r.is_err() {
-                        on_hub = false;
-                    }
-                }
+                // A page the hub read has entries for this endpoint (a wake
+                // during the pull above is kept, so none is lost).
+                _ = lease.notify.notified(), if on_hub && room => {}
                 item = recv_opt(&mut feed), if feed.is_some() && room => {
                     match item {
                         Some(Ok(FeedItem::Event(e))) => {

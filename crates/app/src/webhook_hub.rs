@@ -20,16 +20,18 @@
 //! - **Never a hole.** An event the hub cannot decode moves the floor past
 //!   it, so every worker still below it reads it through its own feed
 //!   (which retries) rather than skipping it.
-//! - **Wake-ups.** The hub tells its readers once per page of the log it
-//!   read (a page is what the log had when it looked), not once per event.
+//! - **Wake-ups.** After each page of the log it read (what the log had
+//!   when it looked), the hub wakes only the workers that page has
+//!   entries for (by tenant and Pype), so a node with many endpoints does
+//!   not wake all of them for every commit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventlog::{EventFilter, RecordedEvent, SubscribeFrom, SubscriptionMessage, SubscriptionOptions, subscribe_all};
 use events::{Kind, StreamName};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::App;
@@ -96,9 +98,16 @@ pub(crate) enum Pull {
     Read { entries: Vec<Arc<Entry>>, through: Option<u64> },
 }
 
+/// A worker to wake when entries of its Pype (`None`: any) arrive.
+struct Waker {
+    id: u64,
+    pype: Option<Uuid>,
+    notify: Arc<Notify>,
+}
+
 struct Wanted {
     /// Workers of the tenant reading the ring.
-    readers: usize,
+    wakers: Vec<Waker>,
     /// The ring holds the tenant's events after this position.
     since: Option<u64>,
     /// Changes each time the tenant becomes wanted (the hub forgets what
@@ -118,6 +127,10 @@ struct Ring {
     bytes: usize,
     tenants: HashMap<Uuid, Wanted>,
     epochs: u64,
+    /// What the page being read added: (tenant, Pype) of its entries.
+    touched: HashSet<(Uuid, Option<Uuid>)>,
+    /// Tenants whose workers must all look (an event the hub skipped).
+    touched_all: HashSet<Uuid>,
 }
 
 /// The shared reader.
@@ -125,7 +138,6 @@ pub(crate) struct Hub {
     /// Entries kept at most.
     capacity: usize,
     ring: Mutex<Ring>,
-    moved: watch::Sender<Option<u64>>,
 }
 
 /// A worker's interest in its tenant: while it lives, the hub decodes the
@@ -133,14 +145,17 @@ pub(crate) struct Hub {
 pub(crate) struct Lease {
     hub: Arc<Hub>,
     tenant: Uuid,
+    id: u64,
+    /// Woken when the hub added entries this worker may want.
+    pub(crate) notify: Arc<Notify>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut ring = self.hub.lock();
         if let Some(w) = ring.tenants.get_mut(&self.tenant) {
-            w.readers -= 1;
-            if w.readers == 0 {
+            w.wakers.retain(|k| k.id != self.id);
+            if w.wakers.is_empty() {
                 ring.tenants.remove(&self.tenant);
             }
         }
@@ -159,8 +174,9 @@ impl Hub {
                 bytes: 0,
                 tenants: HashMap::new(),
                 epochs: 0,
+                touched: HashSet::new(),
+                touched_all: HashSet::new(),
             }),
-            moved: watch::channel(None).0,
         })
     }
 
@@ -168,19 +184,19 @@ impl Hub {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The hub's progress changes (once per page it read).
-    pub(crate) fn watch(&self) -> watch::Receiver<Option<u64>> {
-        self.moved.subscribe()
-    }
-
-    /// Registers a reader of `tenant`'s events.
-    pub(crate) fn want(self: &Arc<Self>, tenant: Uuid) -> Lease {
+    /// Registers a reader of `tenant`'s events (of one Pype, or all).
+    pub(crate) fn want(self: &Arc<Self>, tenant: Uuid, pype: Option<Uuid>) -> Lease {
         let mut ring = self.lock();
         let through = ring.through;
         ring.epochs += 1;
-        let epoch = ring.epochs;
-        ring.tenants.entry(tenant).or_insert(Wanted { readers: 0, since: through, epoch }).readers += 1;
-        Lease { hub: self.clone(), tenant }
+        let id = ring.epochs;
+        let notify = Arc::new(Notify::new());
+        ring.tenants
+            .entry(tenant)
+            .or_insert(Wanted { wakers: Vec::new(), since: through, epoch: id })
+            .wakers
+            .push(Waker { id, pype, notify: notify.clone() });
+        Lease { hub: self.clone(), tenant, id, notify }
     }
 
     /// Up to `room` entries of `tenant` after `after` that `wants` passes.
@@ -220,6 +236,7 @@ impl Hub {
     fn add(&self, position: u64, entry: Option<Entry>) {
         let mut ring = self.lock();
         if let Some(e) = entry {
+            ring.touched.insert((e.tenant, e.pype));
             ring.bytes += e.body.len();
             ring.entries.push_back(Arc::new(e));
             while ring.entries.len() > self.capacity || ring.bytes > RING_BYTES {
@@ -233,22 +250,35 @@ impl Hub {
 
     /// An event of a wanted tenant the hub could not decode: no worker
     /// below it may use the ring past it.
-    fn hole(&self, position: u64) {
+    fn hole(&self, tenant: Uuid, position: u64) {
         let mut ring = self.lock();
+        ring.touched_all.insert(tenant);
         ring.floor = ring.floor.max(Some(position));
         ring.through = ring.through.max(Some(position));
     }
 
-    /// The hub finished a page: everything below `next` was looked at.
+    /// The hub finished a page: everything below `next` was looked at;
+    /// the workers with new entries are woken.
     fn page_done(&self, next: u64) {
-        let through = {
-            let mut ring = self.lock();
-            if let Some(t) = next.checked_sub(1) {
-                ring.through = ring.through.max(Some(t));
+        let mut ring = self.lock();
+        if let Some(t) = next.checked_sub(1) {
+            ring.through = ring.through.max(Some(t));
+        }
+        let touched = std::mem::take(&mut ring.touched);
+        let all = std::mem::take(&mut ring.touched_all);
+        for (tenant, w) in &ring.tenants {
+            let everyone = all.contains(tenant);
+            for k in &w.wakers {
+                // An entry of no Pype (an end user's) wakes only the
+                // workers without a Pype filter, as it passes only theirs.
+                if everyone
+                    || touched.contains(&(*tenant, k.pype))
+                    || (k.pype.is_none() && touched.iter().any(|(t, _)| t == tenant))
+                {
+                    k.notify.notify_one();
+                }
             }
-            ring.through
-        };
-        self.moved.send_replace(through);
+        }
     }
 
     /// Starts the hub at the log's head: the ring covers what comes next.
@@ -327,7 +357,7 @@ impl Hub {
             Ok(e) => self.add(r.position, e.as_ref().map(Entry::of)),
             Err(e) => {
                 tracing::warn!(position = r.position, error = %e, "webhooks: the shared reader cannot decode an event; workers read it through their own feeds");
-                self.hole(r.position);
+                self.hole(tenant, r.position);
             }
         }
     }
@@ -369,8 +399,8 @@ mod tests {
         let hub = Hub::new(RING_ENTRIES);
         started(&hub, Some(9));
         let (a, b, pype) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let _la = hub.want(a);
-        let _lb = hub.want(b);
+        let _la = hub.want(a, None);
+        let _lb = hub.want(b, None);
         for (p, t, y, ty) in [
             (10, a, Some(pype), "message.posted"),
             (11, b, Some(pype), "message.posted"),
@@ -398,7 +428,7 @@ mod tests {
     fn gaps_send_a_worker_to_its_own_feed() {
         let hub = Hub::new(RING_ENTRIES);
         let t = Uuid::now_v7();
-        let _l = hub.want(t);
+        let _l = hub.want(t, None);
         assert!(matches!(hub.pull(t, None, 8, &Wants::default()), Pull::Gap), "not started");
         started(&hub, Some(99));
         assert!(matches!(hub.pull(t, Some(50), 8, &Wants::default()), Pull::Gap), "before the hub's start");
@@ -406,7 +436,7 @@ mod tests {
         // A tenant wanted later is covered from then on.
         hub.add(100, None);
         let late = Uuid::now_v7();
-        let _l2 = hub.want(late);
+        let _l2 = hub.want(late, None);
         assert!(matches!(hub.pull(late, Some(99), 8, &Wants::default()), Pull::Gap));
         assert!(matches!(hub.pull(late, Some(100), 8, &Wants::default()), Pull::Read { .. }));
         // Eviction moves the floor.
@@ -417,7 +447,7 @@ mod tests {
         assert_eq!(positions(hub.pull(t, Some(105), 2, &Wants::default())).0, vec![106, 107]);
         // An event the hub could not decode is never skipped by the ring.
         let next = 100 + RING_ENTRIES as u64 + 6;
-        hub.hole(next);
+        hub.hole(t, next);
         assert!(matches!(hub.pull(t, Some(next - 1), 8, &Wants::default()), Pull::Gap));
         assert!(matches!(hub.pull(t, Some(next), 8, &Wants::default()), Pull::Read { .. }));
     }
@@ -427,16 +457,42 @@ mod tests {
         let hub = Hub::new(RING_ENTRIES);
         started(&hub, None);
         let t = Uuid::now_v7();
-        let (l1, l2) = (hub.want(t), hub.want(t));
+        let (l1, l2) = (hub.want(t, None), hub.want(t, None));
         drop(l1);
         assert!(hub.wanted(t).is_some());
         drop(l2);
         assert!(hub.wanted(t).is_none());
         let epoch = {
-            let _l3 = hub.want(t);
+            let _l3 = hub.want(t, None);
             hub.wanted(t)
         };
-        let _l4 = hub.want(t);
+        let _l4 = hub.want(t, None);
         assert_ne!(hub.wanted(t), epoch, "wanted again: a new epoch (the Session facts are read afresh)");
+    }
+
+    #[tokio::test]
+    async fn a_page_wakes_only_the_workers_it_has_entries_for() {
+        let hub = Hub::new(RING_ENTRIES);
+        started(&hub, Some(0));
+        let (t, other, p1, p2) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (w1, w2, any, elsewhere) =
+            (hub.want(t, Some(p1)), hub.want(t, Some(p2)), hub.want(t, None), hub.want(other, None));
+        let woken = |l: &Lease| {
+            let n = l.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable()
+        };
+        hub.add(1, Some(entry(1, t, Some(p1), "message.posted")));
+        hub.page_done(2);
+        assert!(woken(&w1) && woken(&any));
+        assert!(!woken(&w2) && !woken(&elsewhere));
+        // An end user's event (no Pype) wakes only the unfiltered worker.
+        hub.add(2, Some(entry(2, t, None, "subject.registered")));
+        hub.page_done(3);
+        assert!(woken(&any) && !woken(&w1) && !woken(&w2));
+        // An event the hub could not decode wakes every worker of its tenant.
+        hub.hole(t, 3);
+        hub.page_done(4);
+        assert!(woken(&w1) && woken(&w2) && woken(&any) && !woken(&elsewhere));
     }
 }

@@ -272,7 +272,7 @@ fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::W
             allow_private: file.allow_private_addresses.unwrap_or(false),
             allow_loopback: file.allow_loopback.unwrap_or(false),
         },
-        limits: d.limits,
+        limits: webhooks::deliver::Limits { idle_connections_per_host: max_in_flight, ..d.limits },
         first_retry: std::time::Duration::from_millis(first),
         max_in_flight,
         max_queued,

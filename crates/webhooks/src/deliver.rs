@@ -19,11 +19,19 @@ pub struct Limits {
     pub attempt: Duration,
     /// Bytes of the answer read, at most (the rest is not read).
     pub max_answer_bytes: usize,
+    /// Idle connections kept open per endpoint host: as many as attempts
+    /// may be in flight to it, so a busy endpoint does not reconnect.
+    pub idle_connections_per_host: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(5), attempt: Duration::from_secs(10), max_answer_bytes: 4096 }
+        Self {
+            connect: Duration::from_secs(5),
+            attempt: Duration::from_secs(10),
+            max_answer_bytes: 4096,
+            idle_connections_per_host: 8,
+        }
     }
 }
 
@@ -62,7 +70,7 @@ impl Client {
             .connect_timeout(limits.connect)
             .timeout(limits.attempt)
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(limits.idle_connections_per_host)
             .user_agent(concat!("pypes-webhooks/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(std::sync::Arc::new(GuardedResolver { policy }));
         if let Some(pem) = extra_root {

@@ -512,10 +512,13 @@ mod tests {
     /// checkpoint and since when the oldest event fails.
     #[test]
     fn the_index_chooses_what_a_scan_of_every_lane_would() {
+        /// A queued event as the model keeps it: (position, failures,
+        /// first failure, not before).
+        type Head = (u64, u32, Option<i64>, i64);
         /// The reference: the same rules over a plain list of lanes.
         #[derive(Default)]
         struct Model {
-            lanes: BTreeMap<Lane, VecDeque<(u64, u32, Option<i64>, i64)>>,
+            lanes: BTreeMap<Lane, VecDeque<Head>>,
             in_flight: BTreeSet<Lane>,
         }
         impl Model {

@@ -14,7 +14,7 @@ use webhooks::target::Policy;
 const LOOPBACK: Policy = Policy { allow_private: false, allow_loopback: true };
 
 fn limits() -> Limits {
-    Limits { connect: Duration::from_secs(2), attempt: Duration::from_secs(1), max_answer_bytes: 4096 }
+    Limits { connect: Duration::from_secs(2), attempt: Duration::from_secs(1), ..Limits::default() }
 }
 
 /// A receiver that reads one request and answers with `answer` after
