@@ -15,7 +15,7 @@
 //!   restart with an old checkpoint) costs its own reads, and one that
 //!   keeps up costs a scan of the new entries.
 //! - **Bounded.** The ring holds at most `webhook_ring_entries` entries
-//!   ([`RING_ENTRIES`] by default) and [`RING_BYTES`] of bodies; the
+//!   (`webhook_port::RING_ENTRIES` by default) and [`RING_BYTES`] of bodies; the
 //!   oldest go first, moving the floor.
 //! - **Never a hole.** An event the hub cannot decode moves the floor past
 //!   it, so every worker still below it reads it through its own feed
@@ -37,8 +37,6 @@ use uuid::Uuid;
 use crate::App;
 use crate::feed::{Filters, IntegrationEvent, SessionCache, TYPES};
 
-/// Entries the ring keeps at most, by default.
-pub const RING_ENTRIES: usize = 32_768;
 /// Bytes of request bodies the ring keeps at most.
 pub const RING_BYTES: usize = 32 << 20;
 /// The hub reads the log at most this often while live.
@@ -366,6 +364,8 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RING_ENTRIES: usize = 1000;
 
     fn entry(position: u64, tenant: Uuid, pype: Option<Uuid>, event_type: &'static str) -> Entry {
         Entry {

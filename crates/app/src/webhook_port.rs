@@ -14,6 +14,9 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 
+/// Entries the shared reader keeps, by default.
+pub const RING_ENTRIES: usize = 32_768;
+
 /// How webhooks are delivered (`[integrations]` in the configuration).
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
@@ -28,8 +31,8 @@ pub struct WebhookSettings {
     /// Events queued per endpoint before its feed waits.
     pub max_queued: usize,
     /// Integration events the node's shared reader keeps for its
-    /// endpoints' workers (`webhook_hub::RING_ENTRIES` by default); a
-    /// worker further behind reads its own feed.
+    /// endpoints' workers ([`RING_ENTRIES`] by default); a worker further
+    /// behind reads its own feed.
     pub ring_entries: usize,
 }
 
@@ -42,7 +45,7 @@ impl Default for WebhookSettings {
             first_retry: backoff::FIRST,
             max_in_flight: 8,
             max_queued: 1000,
-            ring_entries: crate::webhook_hub::RING_ENTRIES,
+            ring_entries: RING_ENTRIES,
         }
     }
 }
