@@ -21,9 +21,13 @@
 //! - **A pause** (72 hours of failures) is recorded on the tenant's stream
 //!   (`WebhookPaused`, which `GetWebhook` shows), in the audit trail, in
 //!   the log and on `/metrics`.
-//! - **Redelivery** of a time range reads the feed from the start and
+//! - **Redelivery** of a time range is recorded on
+//!   `process-webhook-redelivery-<id>` before the API answers; the worker
+//!   reads the feed from the start (or from the recorded progress) and
 //!   sends the range's events one at a time in log order, retrying as the
-//!   schedule does; it is not recorded (a restart drops it: ask again).
+//!   schedule does, recording its progress at most once a second and when
+//!   done; after a restart it goes on from there. A newer request
+//!   supersedes a running one (its next record fails the version check).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +44,7 @@ use eventlog::{
     EventFilter, ExpectedVersion, StreamMetadata, SubscribeFrom, SubscriptionMessage, SubscriptionOptions,
     subscribe_all,
 };
+use events::codec::WebhookRedeliveryState as RedeliveryState;
 use events::types as t;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -81,7 +86,8 @@ impl DeliveryMetrics {
 struct Handle {
     tenant: Uuid,
     def: watch::Sender<Arc<Webhook>>,
-    redeliver: mpsc::Sender<(i64, i64)>,
+    /// "A redelivery was recorded: read it."
+    redeliver: mpsc::Sender<()>,
     status: Arc<Mutex<DeliveryStatus>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -142,17 +148,21 @@ impl WebhookDirectory for Deliveries {
         }
     }
 
-    fn redeliver(&self, id: Uuid, from: i64, to: i64) -> Result<(), AppError> {
-        let w = lock(&self.workers);
-        let h = w.get(&id).ok_or_else(|| {
-            AppError::Unavailable(
+    fn can_redeliver(&self, id: Uuid) -> Result<(), AppError> {
+        match lock(&self.workers).contains_key(&id) {
+            true => Ok(()),
+            false => Err(AppError::Unavailable(
                 "the endpoint has no delivery worker on this node yet (just created, or its tenant is cancelled); try again"
                     .into(),
-            )
-        })?;
-        h.redeliver
-            .try_send((from, to))
-            .map_err(|_| AppError::TooMany("a redelivery of this endpoint is already queued; wait for it".into()))
+            )),
+        }
+    }
+
+    fn redeliver(&self, id: Uuid) {
+        if let Some(h) = lock(&self.workers).get(&id) {
+            // Full: a signal is pending already, and it reads the latest.
+            let _ = h.redeliver.try_send(());
+        }
     }
 
     fn reconcile(&self, tenant_id: Uuid, tenant: &Tenant) {
@@ -281,6 +291,32 @@ pub(crate) async fn save_checkpoint(
     Ok(())
 }
 
+/// The redelivery the log records for endpoint `id`, with its version.
+async fn load_redelivery(app: &App, id: Uuid) -> Result<Option<(RedeliveryState, u64)>, AppError> {
+    let stream = events::stream::webhook_redelivery_stream(id);
+    match actors::write::last_event(app.log.as_ref(), &stream).await? {
+        Some(r) => Ok(Some((events::codec::decode_webhook_redelivery(&r)?, r.version))),
+        None => Ok(None),
+    }
+}
+
+/// Records a redelivery (asked for, progress, done); the new version.
+pub(crate) async fn save_redelivery(
+    app: &App,
+    id: Uuid,
+    state: &RedeliveryState,
+    expected: ExpectedVersion,
+) -> Result<u64, AppError> {
+    let stream = events::stream::webhook_redelivery_stream(id);
+    let event = events::codec::webhook_redelivery(state);
+    let r = actors::write::append(app.log.as_ref(), &stream, expected, vec![event]).await?;
+    if r.next_expected_version == 0 {
+        let meta = StreamMetadata { max_count: Some(CHECKPOINTS_KEPT), ..Default::default() };
+        app.log.set_stream_metadata(&stream, meta).await?;
+    }
+    Ok(r.next_expected_version)
+}
+
 /// What a checkpoint records: (delivered through, failing since).
 type CheckpointState = (Option<u64>, Option<i64>);
 
@@ -341,7 +377,7 @@ impl Worker {
         self.app.clock.now_micros()
     }
 
-    async fn run(self, mut redeliver: mpsc::Receiver<(i64, i64)>) {
+    async fn run(self, mut redeliver: mpsc::Receiver<()>) {
         let mut backoff_wait = Duration::from_millis(200);
         let (checkpoint, failing) = loop {
             match load_checkpoint(&self.app, self.id).await {
@@ -374,7 +410,10 @@ impl Worker {
         let mut saved = (checkpoint, failing);
         let mut last_save = tokio::time::Instant::now();
         let mut def_rx = self.def.clone();
-        let mut replay: Option<tokio::task::JoinHandle<()>> = None;
+        // The running redelivery (its record's version) and, after a
+        // restart, the one the log says is unfinished.
+        let mut replay: Option<(u64, tokio::task::JoinHandle<()>)> = None;
+        self.start_redelivery(&mut replay).await;
         let mut saving: Option<tokio::task::JoinHandle<(CheckpointState, Result<(), AppError>)>> = None;
         let mut paused_def = self.def.borrow().paused.is_some();
         let mut filters = Self::filters(self.id, &self.def.borrow());
@@ -514,17 +553,39 @@ impl Worker {
                     paused_def = paused;
                     filters = Self::filters(self.id, &def_rx.borrow());
                 }
-                Some((from, to)) = redeliver.recv() => {
-                    if let Some(old) = replay.take() {
-                        old.abort();
-                    }
-                    let r = Replay { app: self.app.clone(), client: self.client.clone(), tenant: self.tenant, id: self.id,
-                        def: self.def.clone(), status: self.status.clone(), first_retry: self.settings.first_retry };
-                    replay = Some(tokio::spawn(r.run(from, to)));
-                }
+                Some(()) = redeliver.recv() => self.start_redelivery(&mut replay).await,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Starts the redelivery the log records, unless it is done or runs
+    /// already; a newer one supersedes the running one.
+    async fn start_redelivery(&self, replay: &mut Option<(u64, tokio::task::JoinHandle<()>)>) {
+        let recorded = match load_redelivery(&self.app, self.id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(webhook = %self.id, error = %e, "webhook: cannot read its redelivery; ask again");
+                return;
+            }
+        };
+        let Some((state, version)) = recorded.filter(|(s, _)| !s.done) else { return };
+        if replay.as_ref().is_some_and(|(v, task)| *v == version && !task.is_finished()) {
+            return;
+        }
+        if let Some((_, old)) = replay.take() {
+            old.abort();
+        }
+        let r = Replay {
+            app: self.app.clone(),
+            client: self.client.clone(),
+            tenant: self.tenant,
+            id: self.id,
+            def: self.def.clone(),
+            status: self.status.clone(),
+            first_retry: self.settings.first_retry,
+        };
+        *replay = Some((version, tokio::spawn(r.run(state, version))));
     }
 
     /// Queues an event read from the ring or the feed (past the cursor).
@@ -667,8 +728,11 @@ struct Replay {
     first_retry: Duration,
 }
 impl Replay {
-    async fn run(self, from: i64, to: i64) {
-        lock(&self.status).redelivered = 0;
+    /// Runs the redelivery recorded as `state` (at `version` of its
+    /// stream), recording its progress at most once a second; stops when
+    /// a newer request took its place.
+    async fn run(self, mut state: RedeliveryState, mut version: u64) {
+        lock(&self.status).redelivered = state.sent;
         let def = self.def.borrow().clone();
         let filters = match Worker::filters(self.id, &def) {
             Ok((f, _)) => f,
@@ -677,23 +741,24 @@ impl Replay {
                 return;
             }
         };
-        let mut feed = self.app.open_feed(self.tenant, SubscribeFrom::Start, filters, Worker::feed_limits());
-        let mut sent = 0u64;
+        let from = state.after_position.map_or(SubscribeFrom::Start, SubscribeFrom::After);
+        let mut feed = self.app.open_feed(self.tenant, from, filters, Worker::feed_limits());
         let first_retry = self.first_retry;
+        let mut saved_at = tokio::time::Instant::now();
         while let Some(item) = feed.recv().await {
             let e = match item {
                 Ok(FeedItem::Event(e)) => e,
                 Ok(FeedItem::Live { .. }) => break,
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::warn!(webhook = %self.id, error = %e, "webhook redelivery: the feed failed");
+                    tracing::warn!(webhook = %self.id, error = %e, "webhook redelivery: the feed failed; it goes on after a restart or a new request");
                     return;
                 }
             };
-            if e.recorded_at_micros < from {
+            if e.recorded_at_micros < state.from_micros {
                 continue;
             }
-            if e.recorded_at_micros >= to {
+            if e.recorded_at_micros >= state.to_micros {
                 break;
             }
             let entry = Entry::of(&e);
@@ -708,19 +773,49 @@ impl Replay {
                 headers.push(("pypes-redelivery", "true".into()));
                 let attempt = self.client.post(&def.url, &headers, entry.body.clone()).await;
                 if attempt.delivered() {
-                    sent += 1;
-                    lock(&self.status).redelivered = sent;
+                    state.sent += 1;
+                    state.after_position = Some(entry.position);
+                    lock(&self.status).redelivered = state.sent;
                     break;
                 }
                 attempts += 1;
                 let now = self.app.clock.now_micros();
                 if !backoff::keep_trying(Duration::from_micros(now.saturating_sub(started).max(0) as u64)) {
                     tracing::warn!(webhook = %self.id, "webhook redelivery given up after 72 hours");
+                    state.done = true;
+                    let _ = self.save(&state, &mut version).await;
                     return;
                 }
                 tokio::time::sleep(backoff::delay_from(first_retry, attempts, backoff::random_unit())).await;
             }
+            // Sent: recorded at most once a second.
+            if saved_at.elapsed() >= Duration::from_secs(1) {
+                if !self.save(&state, &mut version).await {
+                    return;
+                }
+                saved_at = tokio::time::Instant::now();
+            }
         }
-        tracing::info!(tenant = %self.tenant, webhook = %self.id, sent, "webhook redelivery done");
+        state.done = true;
+        if self.save(&state, &mut version).await {
+            tracing::info!(tenant = %self.tenant, webhook = %self.id, sent = state.sent, "webhook redelivery done");
+        }
+    }
+
+    /// Records the progress; `false` when a newer request superseded this
+    /// one (or the log failed: a restart goes on from the last record).
+    async fn save(&self, state: &RedeliveryState, version: &mut u64) -> bool {
+        match save_redelivery(&self.app, self.id, state, ExpectedVersion::Exact(*version)).await {
+            Ok(next) => {
+                *version = next;
+                true
+            }
+            // A newer request was recorded: it runs instead.
+            Err(AppError::Actor(actors::ActorError::Log(eventlog::LogError::WrongExpectedVersion { .. }))) => false,
+            Err(e) => {
+                tracing::warn!(webhook = %self.id, error = %e, "webhook redelivery: cannot record its progress");
+                false
+            }
+        }
     }
 }

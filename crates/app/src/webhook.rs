@@ -210,7 +210,17 @@ impl App {
         if from_micros > self.clock.now_micros() {
             return Err(AppError::invalid("from_micros", "is in the future"));
         }
-        self.deliveries.redeliver(id, from_micros, to_micros)?;
+        self.deliveries.can_redeliver(id)?;
+        // Recorded before the answer, so a restart goes on with it.
+        let request = events::codec::WebhookRedeliveryState {
+            from_micros,
+            to_micros,
+            after_position: None,
+            sent: 0,
+            done: false,
+        };
+        crate::delivery::save_redelivery(self, id, &request, eventlog::ExpectedVersion::Any).await?;
+        self.deliveries.redeliver(id);
         tracing::info!(%tenant, webhook = %id, from_micros, to_micros, "webhook redelivery requested");
         Ok(self.view(w))
     }

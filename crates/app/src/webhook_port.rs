@@ -85,8 +85,12 @@ pub trait WebhookDirectory: Send + Sync {
     fn status(&self, id: Uuid) -> DeliveryStatus;
     /// Starts, updates or stops the workers of `tenant_id` to match `tenant`.
     fn reconcile(&self, tenant_id: Uuid, tenant: &Tenant);
-    /// Sends the endpoint's events recorded in `[from, to)` (µs) again.
-    fn redeliver(&self, id: Uuid, from: i64, to: i64) -> Result<(), AppError>;
+    /// Whether a redelivery of the endpoint can start on this node (its
+    /// worker runs here).
+    fn can_redeliver(&self, id: Uuid) -> Result<(), AppError>;
+    /// A redelivery of the endpoint was recorded in the log: its worker
+    /// reads it and starts it (superseding one that runs).
+    fn redeliver(&self, id: Uuid);
 }
 
 /// No delivery on this node: settings only.
@@ -100,7 +104,8 @@ impl WebhookDirectory for Disabled {
         DeliveryStatus::default()
     }
     fn reconcile(&self, _: Uuid, _: &Tenant) {}
-    fn redeliver(&self, _: Uuid, _: i64, _: i64) -> Result<(), AppError> {
+    fn can_redeliver(&self, _: Uuid) -> Result<(), AppError> {
         Err(AppError::Unavailable("this node does not deliver webhooks (integrations.deliver_webhooks)".into()))
     }
+    fn redeliver(&self, _: Uuid) {}
 }

@@ -1215,6 +1215,41 @@ pub fn decode_webhook_checkpoint(r: &RecordedEvent) -> Result<(Option<u64>, Opti
     Ok((position, (p.failing_since_micros != 0).then_some(p.failing_since_micros)))
 }
 
+/// A webhook redelivery as recorded (see `WebhookRedelivery` in
+/// events.proto).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookRedeliveryState {
+    pub from_micros: i64,
+    pub to_micros: i64,
+    /// Events of the range at or below it were sent (`None`: none yet).
+    pub after_position: Option<u64>,
+    pub sent: u64,
+    pub done: bool,
+}
+
+pub fn webhook_redelivery(s: &WebhookRedeliveryState) -> NewEvent {
+    let p = pb::WebhookRedelivery {
+        from_micros: s.from_micros,
+        to_micros: s.to_micros,
+        after_position: s.after_position.unwrap_or(0),
+        started: s.after_position.is_some(),
+        sent: s.sent,
+        done: s.done,
+    };
+    NewEvent::new(ty::WEBHOOK_REDELIVERY, Bytes::from(p.encode_to_vec()))
+}
+
+pub fn decode_webhook_redelivery(r: &RecordedEvent) -> Result<WebhookRedeliveryState, CodecError> {
+    let p: pb::WebhookRedelivery = payload(r)?;
+    Ok(WebhookRedeliveryState {
+        from_micros: p.from_micros,
+        to_micros: p.to_micros,
+        after_position: p.started.then_some(p.after_position),
+        sent: p.sent,
+        done: p.done,
+    })
+}
+
 /// The position a process checkpoint names.
 pub fn decode_process_checkpoint(r: &RecordedEvent) -> Result<u64, CodecError> {
     Ok(payload::<pb::ProcessCheckpoint>(r)?.position)

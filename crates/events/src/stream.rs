@@ -139,6 +139,12 @@ pub fn webhook_process_stream(webhook: Uuid) -> String {
     process_stream(&format!("webhook-{webhook}"))
 }
 
+/// Where a webhook endpoint's redelivery is recorded:
+/// `process-webhook-redelivery-<id>`.
+pub fn webhook_redelivery_stream(webhook: Uuid) -> String {
+    process_stream(&format!("webhook-redelivery-{webhook}"))
+}
+
 /// Where an entity's snapshot is kept: `snapshot-<entity stream>`.
 pub fn snapshot_stream(entity_stream: &str) -> String {
     format!("snapshot-{entity_stream}")

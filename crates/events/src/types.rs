@@ -67,6 +67,7 @@ pub const WEBHOOK_PAUSED: &str = "WebhookPaused";
 pub const WEBHOOK_RESUMED: &str = "WebhookResumed";
 pub const WEBHOOK_DELETED: &str = "WebhookDeleted";
 pub const WEBHOOK_CHECKPOINT: &str = "WebhookCheckpoint";
+pub const WEBHOOK_REDELIVERY: &str = "WebhookRedelivery";
 pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
 
 /// All of them (the tidy test reads this list).
@@ -135,4 +136,5 @@ pub const ALL: &[&str] = &[
     WEBHOOK_RESUMED,
     WEBHOOK_DELETED,
     WEBHOOK_CHECKPOINT,
+    WEBHOOK_REDELIVERY,
 ];

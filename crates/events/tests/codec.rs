@@ -323,3 +323,29 @@ async fn every_sealed_field_is_the_one_fields_names() {
         assert!(matches!(class, FieldClass::Clear | FieldClass::TenantSecret), "{v}.{field}");
     }
 }
+
+#[tokio::test]
+async fn webhook_process_records_round_trip() {
+    use events::codec::{self, WebhookRedeliveryState};
+    let log = MemLog::new();
+    let states = [
+        WebhookRedeliveryState { from_micros: 10, to_micros: 20, after_position: None, sent: 0, done: false },
+        WebhookRedeliveryState { from_micros: 10, to_micros: 20, after_position: Some(0), sent: 1, done: false },
+        WebhookRedeliveryState { from_micros: -5, to_micros: 20, after_position: Some(77), sent: 9, done: true },
+    ];
+    let stream = events::stream::webhook_redelivery_stream(Uuid::now_v7());
+    for s in &states {
+        log.append(&stream, ExpectedVersion::Any, vec![codec::webhook_redelivery(s)]).await.unwrap();
+    }
+    let read = log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 10).await.unwrap();
+    let back: Vec<_> = read.iter().map(|r| codec::decode_webhook_redelivery(r).unwrap()).collect();
+    assert_eq!(back, states, "position 0 and no position are told apart");
+    let checkpoints = [(None, None), (Some(0), None), (Some(5), Some(123))];
+    let stream = events::stream::webhook_process_stream(Uuid::now_v7());
+    for (p, f) in checkpoints {
+        log.append(&stream, ExpectedVersion::Any, vec![codec::webhook_checkpoint(p, f)]).await.unwrap();
+    }
+    let read = log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 10).await.unwrap();
+    let back: Vec<_> = read.iter().map(|r| codec::decode_webhook_checkpoint(r).unwrap()).collect();
+    assert_eq!(back, checkpoints);
+}

@@ -540,6 +540,83 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
         r.got()[..before].iter().filter(|g| g.acked).map(|g| g.headers["pypes-event-id"].clone()).collect();
     let second: Vec<String> = again.iter().map(|g| g.headers["pypes-event-id"].clone()).collect();
     assert_eq!(first, second, "the same events, in the same order");
+
+    // A redelivery survives a restart: asked while the receiver is down,
+    // the server killed before it sent anything, and after the next start
+    // it goes on by itself.
+    r.mode.store(DOWN, Ordering::Relaxed);
+    let before = r.got().len();
+    webhooks(&ch)
+        .redeliver_webhook(authed(
+            &s.key,
+            pb::RedeliverWebhookRequest { webhook_id: id.clone(), from_micros: from, to_micros: to },
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.got().len() == before {
+        assert!(Instant::now() < deadline, "no redelivery attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert!(r.got()[before..].iter().all(|g| !g.acked));
+    r.mode.store(UP, Ordering::Relaxed);
+    let server = common::start_with(
+        &dir.path().join("data"),
+        &[("PYPES_CONFIG", cfg.to_str().unwrap()), ("PYPES_DEV_CLOCK_OFFSET_FILE", offset.to_str().unwrap())],
+    );
+    let mut c = clients(&server.grpc).await;
+    let ch = channel(&server.grpc).await;
+    let redelivered = |from: usize| -> Vec<String> {
+        r.got()[from..]
+            .iter()
+            .filter(|g| g.acked && g.headers.contains_key("pypes-redelivery"))
+            .map(|g| g.headers["pypes-event-id"].clone())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while redelivered(before).len() < 3 {
+        assert!(Instant::now() < deadline, "redelivered after the restart: {:?}", redelivered(before));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redelivered(before), first, "the same events, in the same order, after the restart");
+    assert_eq!(get(&ch, &s.key, &id).await.status.unwrap().redelivered, 3);
+
+    // A newer request replaces a running one: the first (the whole range)
+    // waits on the receiver being down; the second asks only for the last
+    // message; once the receiver is up, only that one comes.
+    r.mode.store(DOWN, Ordering::Relaxed);
+    let before = r.got().len();
+    let ask = |from_micros: i64| {
+        let (ch, key, id) = (ch.clone(), s.key.clone(), id.clone());
+        async move {
+            webhooks(&ch)
+                .redeliver_webhook(authed(
+                    &key,
+                    pb::RedeliverWebhookRequest { webhook_id: id, from_micros, to_micros: to },
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    ask(from).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.got().len() == before {
+        assert!(Instant::now() < deadline, "no redelivery attempt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = r.got()[..before].iter().rfind(|g| g.acked).unwrap().json();
+    ask(last["recorded_at_micros"].as_i64().unwrap()).await;
+    r.mode.store(UP, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redelivered(before).is_empty() {
+        assert!(Instant::now() < deadline, "the second redelivery sent nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(redelivered(before), [last["event_id"].as_str().unwrap().to_string()], "only the newer request's event");
     let bad = webhooks(&ch)
         .redeliver_webhook(authed(
             &s.key,

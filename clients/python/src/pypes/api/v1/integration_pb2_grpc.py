@@ -309,10 +309,11 @@ class WebhookServiceServicer:
         """Sends the endpoint's events recorded in [from_micros, to_micros) again,
         in log order, with their original event ids and the header
         `pypes-redelivery: true`, in the background (progress in
-        `WebhookStatus.redelivered`). A range covers at most 31 days.
-        Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-        UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-        (a redelivery of the endpoint is already waiting).
+        `WebhookStatus.redelivered`). A range covers at most 31 days. The
+        request is recorded before the answer and goes on after a restart; a
+        newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+        empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+        deliver webhooks, or the endpoint's worker has not started yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

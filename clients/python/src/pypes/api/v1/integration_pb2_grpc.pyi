@@ -241,10 +241,11 @@ class WebhookServiceStub:
     """Sends the endpoint's events recorded in [from_micros, to_micros) again,
     in log order, with their original event ids and the header
     `pypes-redelivery: true`, in the background (progress in
-    `WebhookStatus.redelivered`). A range covers at most 31 days.
-    Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-    UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-    (a redelivery of the endpoint is already waiting).
+    `WebhookStatus.redelivered`). A range covers at most 31 days. The
+    request is recorded before the answer and goes on after a restart; a
+    newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+    empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+    deliver webhooks, or the endpoint's worker has not started yet).
     """
 
 @_typing.type_check_only
@@ -295,10 +296,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Sends the endpoint's events recorded in [from_micros, to_micros) again,
     in log order, with their original event ids and the header
     `pypes-redelivery: true`, in the background (progress in
-    `WebhookStatus.redelivered`). A range covers at most 31 days.
-    Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-    UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-    (a redelivery of the endpoint is already waiting).
+    `WebhookStatus.redelivered`). A range covers at most 31 days. The
+    request is recorded before the answer and goes on after a restart; a
+    newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+    empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+    deliver webhooks, or the endpoint's worker has not started yet).
     """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -388,10 +390,11 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sends the endpoint's events recorded in [from_micros, to_micros) again,
         in log order, with their original event ids and the header
         `pypes-redelivery: true`, in the background (progress in
-        `WebhookStatus.redelivered`). A range covers at most 31 days.
-        Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-        UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-        (a redelivery of the endpoint is already waiting).
+        `WebhookStatus.redelivered`). A range covers at most 31 days. The
+        request is recorded before the answer and goes on after a restart; a
+        newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+        empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+        deliver webhooks, or the endpoint's worker has not started yet).
         """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4962,10 +4962,11 @@ export const WebhookServiceDefinition = {
      * Sends the endpoint's events recorded in [from_micros, to_micros) again,
      * in log order, with their original event ids and the header
      * `pypes-redelivery: true`, in the background (progress in
-     * `WebhookStatus.redelivered`). A range covers at most 31 days.
-     * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-     * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-     * (a redelivery of the endpoint is already waiting).
+     * `WebhookStatus.redelivered`). A range covers at most 31 days. The
+     * request is recorded before the answer and goes on after a restart; a
+     * newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+     * empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+     * deliver webhooks, or the endpoint's worker has not started yet).
      */
     redeliverWebhook: {
       name: "RedeliverWebhook",
@@ -5030,10 +5031,11 @@ export interface WebhookServiceImplementation<CallContextExt = {}> {
    * Sends the endpoint's events recorded in [from_micros, to_micros) again,
    * in log order, with their original event ids and the header
    * `pypes-redelivery: true`, in the background (progress in
-   * `WebhookStatus.redelivered`). A range covers at most 31 days.
-   * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-   * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-   * (a redelivery of the endpoint is already waiting).
+   * `WebhookStatus.redelivered`). A range covers at most 31 days. The
+   * request is recorded before the answer and goes on after a restart; a
+   * newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+   * empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+   * deliver webhooks, or the endpoint's worker has not started yet).
    */
   redeliverWebhook(
     request: RedeliverWebhookRequest,
@@ -5093,10 +5095,11 @@ export interface WebhookServiceClient<CallOptionsExt = {}> {
    * Sends the endpoint's events recorded in [from_micros, to_micros) again,
    * in log order, with their original event ids and the header
    * `pypes-redelivery: true`, in the background (progress in
-   * `WebhookStatus.redelivered`). A range covers at most 31 days.
-   * Errors: INVALID_ARGUMENT (an empty or too long range), NOT_FOUND,
-   * UNAVAILABLE (this node does not deliver webhooks), RESOURCE_EXHAUSTED
-   * (a redelivery of the endpoint is already waiting).
+   * `WebhookStatus.redelivered`). A range covers at most 31 days. The
+   * request is recorded before the answer and goes on after a restart; a
+   * newer request replaces a running one. Errors: INVALID_ARGUMENT (an
+   * empty or too long range), NOT_FOUND, UNAVAILABLE (this node does not
+   * deliver webhooks, or the endpoint's worker has not started yet).
    */
   redeliverWebhook(
     request: DeepPartial<RedeliverWebhookRequest>,
