@@ -136,6 +136,15 @@ impl Receiver {
     }
 
     /// Waits until `n` distinct events of type `ty` were acknowledged.
+    /// Waits (at most 30 s) until a request beyond the first `n` came.
+    async fn wait_requests_past(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.got().len() <= n {
+            assert!(Instant::now() < deadline, "no request past the first {n}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_acked(&self, ty: &str, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -185,6 +194,12 @@ async fn create(ch: &Channel, key: &str, url: &str, types: &[&str]) -> (String, 
         .unwrap()
         .into_inner();
     (r.webhook.unwrap().webhook_id, r.secret)
+}
+
+/// Asks for a redelivery of `[from, to)`.
+async fn redeliver(ch: &Channel, key: &str, id: &str, from: i64, to: i64) {
+    let request = pb::RedeliverWebhookRequest { webhook_id: id.to_string(), from_micros: from, to_micros: to };
+    webhooks(ch).redeliver_webhook(authed(key, request)).await.unwrap();
 }
 
 async fn get(ch: &Channel, key: &str, id: &str) -> pb::WebhookInfo {
@@ -522,13 +537,7 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
     // The range holds the three messages (recorded before and after the
     // server's clock moved 73 hours).
     let (from, to) = (now_micros() - 3_600_000_000, now_micros() + 74 * 3_600_000_000);
-    webhooks(&ch)
-        .redeliver_webhook(authed(
-            &s.key,
-            pb::RedeliverWebhookRequest { webhook_id: id.clone(), from_micros: from, to_micros: to },
-        ))
-        .await
-        .unwrap();
+    redeliver(&ch, &s.key, &id, from, to).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while r.got().len() < before + 3 {
         assert!(Instant::now() < deadline, "redelivered {}", r.got().len() - before);
@@ -546,18 +555,8 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
     // it goes on by itself.
     r.mode.store(DOWN, Ordering::Relaxed);
     let before = r.got().len();
-    webhooks(&ch)
-        .redeliver_webhook(authed(
-            &s.key,
-            pb::RedeliverWebhookRequest { webhook_id: id.clone(), from_micros: from, to_micros: to },
-        ))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.got().len() == before {
-        assert!(Instant::now() < deadline, "no redelivery attempt");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    redeliver(&ch, &s.key, &id, from, to).await;
+    r.wait_requests_past(before).await;
     let mut server = server;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -589,26 +588,10 @@ async fn seventy_two_hours_of_failure_pause_and_resume_rotation_and_redelivery()
     // message; once the receiver is up, only that one comes.
     r.mode.store(DOWN, Ordering::Relaxed);
     let before = r.got().len();
-    let ask = |from_micros: i64| {
-        let (ch, key, id) = (ch.clone(), s.key.clone(), id.clone());
-        async move {
-            webhooks(&ch)
-                .redeliver_webhook(authed(
-                    &key,
-                    pb::RedeliverWebhookRequest { webhook_id: id, from_micros, to_micros: to },
-                ))
-                .await
-                .unwrap();
-        }
-    };
-    ask(from).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while r.got().len() == before {
-        assert!(Instant::now() < deadline, "no redelivery attempt");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    redeliver(&ch, &s.key, &id, from, to).await;
+    r.wait_requests_past(before).await;
     let last = r.got()[..before].iter().rfind(|g| g.acked).unwrap().json();
-    ask(last["recorded_at_micros"].as_i64().unwrap()).await;
+    redeliver(&ch, &s.key, &id, last["recorded_at_micros"].as_i64().unwrap(), to).await;
     r.mode.store(UP, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(30);
     while redelivered(before).is_empty() {
