@@ -264,16 +264,15 @@ impl Hub {
         }
         let touched = std::mem::take(&mut ring.touched);
         let all = std::mem::take(&mut ring.touched_all);
-        // Only the tenants the page has entries for (or a skipped event).
-        let tenants: HashSet<Uuid> = touched.iter().map(|(t, _)| *t).chain(all.iter().copied()).collect();
-        for tenant in tenants {
-            let Some(w) = ring.tenants.get(&tenant) else { continue };
-            let everyone = all.contains(&tenant);
+        for (tenant, w) in &ring.tenants {
+            let everyone = all.contains(tenant);
             for k in &w.wakers {
                 // An entry of no Pype (an end user's) wakes only the
-                // workers without a Pype filter, as it passes only theirs;
-                // a worker without one wants every entry of its tenant.
-                if everyone || k.pype.is_none() || touched.contains(&(tenant, k.pype)) {
+                // workers without a Pype filter, as it passes only theirs.
+                if everyone
+                    || touched.contains(&(*tenant, k.pype))
+                    || (k.pype.is_none() && touched.iter().any(|(t, _)| t == tenant))
+                {
                     k.notify.notify_one();
                 }
             }
@@ -330,8 +329,7 @@ impl Hub {
                     if let Some(last) = sub.next_position().checked_sub(1) {
                         from = SubscribeFrom::After(last);
                     }
-                    let ring = self.lock();
-                    sessions.retain(|t, _| ring.tenants.contains_key(t));
+                    sessions.retain(|t, _| self.wanted(*t).is_some());
                 }
             }
         }
