@@ -10,7 +10,7 @@ use domain::tenant::Tenant;
 use uuid::Uuid;
 
 use crate::auth::{self, Bearer, Caller, Credentials};
-use crate::call::{Actor, current_actor, method, set_actor, set_tenant};
+use crate::call::{Actor, Object, current_actor, method, set_actor, set_object, set_tenant};
 use crate::staff::Access;
 use crate::{App, AppError};
 
@@ -121,6 +121,21 @@ impl App {
         }
     }
 
+    /// [`App::tenant`] for a call about one Session or subject (`id` as the
+    /// request spells it; an id that does not parse is left for the call
+    /// to refuse after authentication).
+    pub(crate) async fn tenant_about(
+        &self,
+        credentials: &Credentials,
+        object: fn(Uuid) -> Object,
+        id: &str,
+    ) -> Result<Uuid, AppError> {
+        if let Ok(id) = Uuid::parse_str(id.trim()) {
+            set_object(object(id));
+        }
+        self.tenant(credentials).await
+    }
+
     /// Whether staff member `id` may make the current call (about
     /// `tenant`); the access is written to the audit trail before the call
     /// goes on.
@@ -132,7 +147,8 @@ impl App {
     ) -> Result<(), AppError> {
         let method = method();
         let actor = format!("staff:{id}");
-        let mut record = Record::new("staff.access", actor, "ok").target(format!("rpc:{method}")).detail(role.name());
+        let mut record =
+            Record::new("staff.access", actor, "ok").target(self.call_target(method, tenant).await).detail(role.name());
         if let Some(t) = tenant {
             record = record.tenant(t);
         }
@@ -154,6 +170,30 @@ impl App {
             }
         }
         Ok(self.audit.record(record).await?)
+    }
+
+    /// The target of a staff member's access entry: the RPC, and the
+    /// Session and subject it is about when it names one (the subject of a
+    /// Session is its end user), as `rpc:<method> session:<id>
+    /// subject:<id>`.
+    async fn call_target(&self, method: &str, tenant: Option<Uuid>) -> String {
+        match (crate::call::object(), tenant) {
+            (Some(Object::Subject(s)), Some(_)) => format!("rpc:{method} subject:{s}"),
+            (Some(Object::Session(id)), Some(t)) => {
+                let end_user = match self.registry.read::<domain::session::Session>(t, id).await {
+                    Ok(read) => {
+                        let session = read.into_state();
+                        session.id.map(|_| session.end_user)
+                    }
+                    Err(_) => None,
+                };
+                match end_user {
+                    Some(u) => format!("rpc:{method} session:{id} subject:{u}"),
+                    None => format!("rpc:{method} session:{id}"),
+                }
+            }
+            _ => format!("rpc:{method}"),
+        }
     }
 
     /// The platform admin key, or a staff member whose role may make the
@@ -213,13 +253,16 @@ impl App {
     /// Every authorisation refusal is an audit entry (logins and token
     /// checks write entries of their own). The edge calls this with the
     /// code of every answer.
-    pub async fn note_refusal(&self, method: &'static str, code: crate::Code) {
+    pub async fn note_refusal(&self, method: &'static str, code: crate::Code, actor: Option<String>) {
         if matches!(code, crate::Code::Unauthenticated | crate::Code::PermissionDenied)
             && !matches!(method, "Login" | "Introspect")
         {
+            // The verified key when there is one (a role refused a call),
+            // so refusals can be counted per key.
+            let actor = actor.unwrap_or_else(|| "caller".into());
             self.audit
                 .note(
-                    Record::new("authz.refused", "caller", "refused")
+                    Record::new("authz.refused", actor, "refused")
                         .target(format!("rpc:{method}"))
                         .detail(format!("{code:?}")),
                 )

@@ -283,21 +283,21 @@ pub(crate) async fn save_checkpoint(
 ) -> Result<(), AppError> {
     let stream = events::stream::webhook_process_stream(id);
     let event = events::codec::webhook_checkpoint(position, failing);
-    append_kept(app, &stream, ExpectedVersion::Any, event).await.map(|_| ())
+    append_kept(app.log.as_ref(), &stream, ExpectedVersion::Any, event).await.map(|_| ())
 }
 
 /// Appends to one of an endpoint's process streams, which keep only
 /// their last [`CHECKPOINTS_KEPT`] events; the event's version.
-async fn append_kept(
-    app: &App,
+pub(crate) async fn append_kept(
+    log: &dyn eventlog::EventLog,
     stream: &str,
     expected: ExpectedVersion,
     event: eventlog::NewEvent,
 ) -> Result<u64, AppError> {
-    let r = actors::write::append(app.log.as_ref(), stream, expected, vec![event]).await?;
+    let r = actors::write::append(log, stream, expected, vec![event]).await?;
     if r.next_expected_version == 0 {
         let meta = StreamMetadata { max_count: Some(CHECKPOINTS_KEPT), ..Default::default() };
-        app.log.set_stream_metadata(stream, meta).await?;
+        log.set_stream_metadata(stream, meta).await?;
     }
     Ok(r.next_expected_version)
 }
@@ -319,7 +319,7 @@ pub(crate) async fn save_redelivery(
     expected: ExpectedVersion,
 ) -> Result<u64, AppError> {
     let stream = events::stream::webhook_redelivery_stream(id);
-    append_kept(app, &stream, expected, events::codec::webhook_redelivery(state)).await
+    append_kept(app.log.as_ref(), &stream, expected, events::codec::webhook_redelivery(state)).await
 }
 
 /// What a checkpoint records: (delivered through, failing since).

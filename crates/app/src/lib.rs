@@ -15,6 +15,8 @@
 //! - [`error`]: one error type and the one table of codes.
 
 pub mod access;
+pub mod alert_rules;
+pub mod alerts;
 pub mod auth;
 pub mod blobs;
 pub mod call;

@@ -118,7 +118,7 @@ impl App {
         offset: u64,
         length: u64,
     ) -> Result<mpsc::Receiver<Result<DownloadChunk, AppError>>, AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Session, session_id).await?;
         let session_id = parse_id("session_id", session_id)?;
         let media_id = parse_id("media_id", media_id)?;
         let session = self.session_of(tenant, session_id).await?.into_state();

@@ -85,7 +85,7 @@ pub fn check_analytics_range(from: i64, to: i64, bucket_micros: i64) -> Result<(
 
 impl App {
     pub async fn get_session_view(&self, who: &Credentials, session_id: &str) -> Result<(Uuid, SessionRow), AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Session, session_id).await?;
         let session = parse_id("session_id", session_id)?;
         let view = self.views.read(sessions::NAME).await?;
         let row = sessions::get_session(&view, tenant, session).map_err(internal)?;
@@ -101,7 +101,7 @@ impl App {
         after_seq: u64,
         page_size_wanted: u32,
     ) -> Result<(Vec<Message>, u64), AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Session, session_id).await?;
         let session = parse_id("session_id", session_id)?;
         let size = page_size("page_size", page_size_wanted, 100)?;
         let view = self.views.read(sessions::NAME).await?;

@@ -260,7 +260,7 @@ impl App {
     }
 
     pub async fn get_session(&self, who: &Credentials, session_id: &str) -> Result<Executed<Session>, AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Session, session_id).await?;
         let id = parse_id("session_id", session_id)?;
         self.session_of(tenant, id).await
     }
@@ -316,7 +316,7 @@ impl App {
         session_id: &str,
         from_version: u64,
     ) -> Result<mpsc::Receiver<Result<Watched, AppError>>, AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Session, session_id).await?;
         let id = parse_id("session_id", session_id)?;
         let session = self.session_of(tenant, id).await?;
         if session.state.restricted {

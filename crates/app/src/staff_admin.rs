@@ -126,3 +126,47 @@ impl App {
         Ok((grant, g, self.clock.now_micros()))
     }
 }
+
+/// The longest window a breach scope covers.
+const MAX_SCOPE_MICROS: i64 = 366 * 86_400 * 1_000_000;
+
+/// A breach scope as the API answers it.
+#[derive(Debug)]
+pub struct AccessScopes {
+    pub actors: Vec<String>,
+    pub from_micros: i64,
+    pub to_micros: i64,
+    pub scopes: Vec<audit::scope::Scope>,
+    /// Audit entries verified on the way.
+    pub verified: u64,
+}
+
+impl App {
+    /// Breach scope: whose data `actor` reached in `[from, to)`, from the
+    /// audit trail after its chain is verified.
+    pub async fn scope_access(
+        &self,
+        who: &Credentials,
+        actor: &str,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> Result<AccessScopes, AppError> {
+        self.platform(who).await?;
+        let actors = audit::scope::actors_for(actor).map_err(|e| AppError::invalid("actor", e))?;
+        let to = if to_micros == 0 { self.clock.now_micros() } else { to_micros };
+        if from_micros < 0 || from_micros >= to {
+            return Err(AppError::invalid("from_micros", "the window is empty: from_micros is not before to_micros"));
+        }
+        if to - from_micros > MAX_SCOPE_MICROS {
+            return Err(AppError::invalid("to_micros", "the window is longer than 366 days"));
+        }
+        self.audit.record(Record::new("privacy.breach_scope", current_actor(), "ok").target(actors.join(" "))).await?;
+        let keep = |e: &audit::TrailEntry| actors.contains(&e.actor) && e.at_micros >= from_micros && e.at_micros < to;
+        let (report, entries) =
+            self.audit.verified_entries(self.log.as_ref(), keep).await.map_err(|e| {
+                AppError::DataLoss(format!("the audit trail does not verify, so no scope is given: {e}"))
+            })?;
+        let scopes = actors.iter().map(|a| audit::scope::scope_of(&entries, a, from_micros, to)).collect();
+        Ok(AccessScopes { actors, from_micros, to_micros: to, scopes, verified: report.entries })
+    }
+}

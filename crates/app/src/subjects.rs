@@ -96,7 +96,7 @@ impl App {
     }
 
     pub async fn get_subject(&self, who: &Credentials, subject_id: &str) -> Result<Subject, AppError> {
-        let tenant = self.tenant(who).await?;
+        let tenant = self.tenant_about(who, crate::call::Object::Subject, subject_id).await?;
         let id = parse_id("subject_id", subject_id)?;
         let s = self.registry.read::<Subject>(tenant, id).await?.into_state();
         s.require_exists()?;

@@ -149,6 +149,16 @@ impl App {
         resume_token: &str,
     ) -> Result<mpsc::Receiver<Result<ExportItem, AppError>>, AppError> {
         let tenant = self.tenant(who).await?;
+        // A whole tenant out is a bulk export: durable in the audit trail
+        // (and seen by the access alerts) before the first record leaves.
+        let detail = if resume_token.is_empty() { "start" } else { "resume" };
+        self.audit
+            .record(
+                audit::Record::new("privacy.tenant_export", crate::call::current_actor(), "ok")
+                    .tenant(tenant)
+                    .detail(detail),
+            )
+            .await?;
         let head = *self.log.watch_head().borrow();
         let (token, header) = match resume_token {
             "" => {

@@ -14,6 +14,7 @@
 //! and only then answers the callers that wait ([`AuditLog::record`]: a
 //! privileged action is not done before its record is durable).
 
+pub mod scope;
 pub mod time;
 
 use std::collections::HashMap;
@@ -103,6 +104,10 @@ pub struct AuditLog {
     /// id) → count. The hot path of every tenant call only bumps a counter;
     /// the writer turns the counts into entries at least once a second.
     api_key_ok: Arc<std::sync::Mutex<HashMap<(Uuid, Uuid), u64>>>,
+    /// The public half of the checkpoint key, and this node's signed head
+    /// file: what [`check_trail`] needs to verify the trail while it runs.
+    verifying: VerifyingKey,
+    head_path: Arc<Path>,
 }
 
 impl AuditLog {
@@ -120,6 +125,8 @@ impl AuditLog {
         let (next_seq, prev_hash) = tail_of(&*log, &stream).await?;
         let (tx, rx) = mpsc::channel(16 * 1024);
         let api_key_ok = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let verifying = signing.verifying_key();
+        let head_path: Arc<Path> = data_dir.join(HEAD_FILE).into();
         let writer = Writer {
             api_key_ok: api_key_ok.clone(),
             log,
@@ -133,11 +140,28 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
         };
         tokio::spawn(writer.run(rx));
-        Ok(Self { tx, stream, api_key_ok })
+        Ok(Self { tx, stream, api_key_ok, verifying, head_path })
     }
 
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// Verifies the whole trail in `log` as it is now (hash links, signed
+    /// checkpoints, this node's signed head) and returns the entries
+    /// `keep` wants; an error names the first break.
+    pub async fn verified_entries(
+        &self,
+        log: &dyn EventLog,
+        keep: impl FnMut(&TrailEntry) -> bool,
+    ) -> Result<(AuditReport, Vec<TrailEntry>), String> {
+        // The head first: every entry it signs is in the log by then.
+        let head = match std::fs::read_to_string(&self.head_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("reading {}: {e}", self.head_path.display())),
+        };
+        check_trail(log, self.verifying, head.as_deref(), keep).await
     }
 
     /// Appends `record` and waits until it is durable.
@@ -516,6 +540,35 @@ impl AuditChecker {
         self.report.unsigned_tail = self.streams.values().map(|s| s.since_checkpoint).sum();
         Ok(self.report)
     }
+}
+
+/// Reads every audit stream of `log`, checks it with `key` and `head`
+/// (the signed head's text, when there is one) and returns the report
+/// and the entries `keep` wants.
+pub async fn check_trail(
+    log: &dyn EventLog,
+    key: VerifyingKey,
+    head: Option<&str>,
+    mut keep: impl FnMut(&TrailEntry) -> bool,
+) -> Result<(AuditReport, Vec<TrailEntry>), String> {
+    let mut checker = AuditChecker::new(key);
+    let mut entries = Vec::new();
+    let filter = eventlog::EventFilter::stream_prefix(STREAM_PREFIX);
+    let mut from = 0;
+    loop {
+        let page = log.read_all(from, 4096, &filter).await.map_err(|e| e.to_string())?;
+        for e in &page.events {
+            checker.visit(e)?;
+            if let Some(entry) = TrailEntry::read(e).filter(&mut keep) {
+                entries.push(entry);
+            }
+        }
+        if page.next_position == from || page.next_position >= page.head {
+            break;
+        }
+        from = page.next_position;
+    }
+    Ok((checker.finish(head)?, entries))
 }
 
 /// One audit entry as `pypes audit trail` shows it.

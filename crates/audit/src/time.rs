@@ -42,3 +42,8 @@ mod tests {
         assert_eq!(time_text(i64::MIN), format!("{}µs", i64::MIN));
     }
 }
+
+/// Now, in microseconds since the Unix epoch (UTC).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}

@@ -82,6 +82,8 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     ("ListStaff", [D, D, A]),
     ("OpenBreakGlass", [A, A, A]),
     ("CloseBreakGlass", [A, A, A]),
+    // Breach scope from the audit trail.
+    ("ScopeAccess", [D, A, A]),
 ];
 
 pub fn access(role: Role, method: &str) -> Access {

@@ -1250,6 +1250,61 @@ pub fn decode_webhook_redelivery(r: &RecordedEvent) -> Result<WebhookRedeliveryS
     })
 }
 
+/// A privileged-access alert (see `AccessAlert` in events.proto).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessAlertState {
+    pub rule: String,
+    pub actor: String,
+    pub tenant: Option<Uuid>,
+    pub at_micros: i64,
+    pub audit_position: u64,
+    pub audit_stream: String,
+    pub audit_seq: u64,
+    pub count: u64,
+    pub threshold: u64,
+    pub detail: String,
+}
+
+pub fn access_alert(a: &AccessAlertState) -> NewEvent {
+    let p = pb::AccessAlert {
+        rule: a.rule.clone(),
+        actor: a.actor.clone(),
+        tenant_id: a.tenant.map(|t| Bytes::copy_from_slice(t.as_bytes())).unwrap_or_default(),
+        at_micros: a.at_micros,
+        audit_position: a.audit_position,
+        audit_stream: a.audit_stream.clone(),
+        audit_seq: a.audit_seq,
+        count: a.count,
+        threshold: a.threshold,
+        detail: a.detail.clone(),
+    };
+    NewEvent::new(ty::ACCESS_ALERT, Bytes::from(p.encode_to_vec()))
+}
+
+pub fn decode_access_alert(r: &RecordedEvent) -> Result<AccessAlertState, CodecError> {
+    let p: pb::AccessAlert = payload(r)?;
+    let tenant = match p.tenant_id.len() {
+        0 => None,
+        _ => Some(Uuid::from_slice(&p.tenant_id).map_err(|_| CodecError::Corrupt {
+            stream: r.stream.to_string(),
+            version: r.version,
+            reason: "AccessAlert.tenant_id is not 16 bytes".into(),
+        })?),
+    };
+    Ok(AccessAlertState {
+        rule: p.rule,
+        actor: p.actor,
+        tenant,
+        at_micros: p.at_micros,
+        audit_position: p.audit_position,
+        audit_stream: p.audit_stream,
+        audit_seq: p.audit_seq,
+        count: p.count,
+        threshold: p.threshold,
+        detail: p.detail,
+    })
+}
+
 /// The position a process checkpoint names.
 pub fn decode_process_checkpoint(r: &RecordedEvent) -> Result<u64, CodecError> {
     Ok(payload::<pb::ProcessCheckpoint>(r)?.position)

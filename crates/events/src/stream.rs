@@ -145,6 +145,20 @@ pub fn webhook_redelivery_stream(webhook: Uuid) -> String {
     process_stream(&format!("webhook-redelivery-{webhook}"))
 }
 
+/// The privileged-access alerts raised over the audit trail (one stream).
+pub const ALERTS: &str = "alerts";
+
+/// Where the access-alert rules keep their checkpoint.
+pub fn alerts_process_stream() -> String {
+    process_stream("alerts")
+}
+
+/// Where an alert webhook (named in the config) keeps the version of the
+/// last alert it delivered: `process-alert-hook-<name>`.
+pub fn alert_hook_stream(name: &str) -> String {
+    process_stream(&format!("alert-hook-{name}"))
+}
+
 /// Where an entity's snapshot is kept: `snapshot-<entity stream>`.
 pub fn snapshot_stream(entity_stream: &str) -> String {
     format!("snapshot-{entity_stream}")

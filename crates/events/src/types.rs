@@ -69,6 +69,7 @@ pub const WEBHOOK_DELETED: &str = "WebhookDeleted";
 pub const WEBHOOK_CHECKPOINT: &str = "WebhookCheckpoint";
 pub const WEBHOOK_REDELIVERY: &str = "WebhookRedelivery";
 pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
+pub const ACCESS_ALERT: &str = "AccessAlert";
 
 /// All of them (the tidy test reads this list).
 pub const ALL: &[&str] = &[
@@ -137,4 +138,5 @@ pub const ALL: &[&str] = &[
     WEBHOOK_DELETED,
     WEBHOOK_CHECKPOINT,
     WEBHOOK_REDELIVERY,
+    ACCESS_ALERT,
 ];

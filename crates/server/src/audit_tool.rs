@@ -69,6 +69,8 @@ impl TrailQuery {
 pub struct Report {
     pub text: String,
     pub json: serde_json::Value,
+    /// The entries the trail query matched (none without one).
+    pub entries: Vec<audit::TrailEntry>,
 }
 
 pub fn verify(
@@ -175,6 +177,7 @@ fn finish_report(
     entries: Option<Vec<audit::TrailEntry>>,
 ) -> Report {
     audit_summary(&mut out, audit, entries.as_deref());
+    let kept = entries.clone().unwrap_or_default();
     let mut json = serde_json::json!({
         "ok": true,
         "log": log,
@@ -206,7 +209,7 @@ fn finish_report(
             })
             .collect();
     }
-    Report { text: out, json }
+    Report { text: out, json, entries: kept }
 }
 
 /// The audit trail's part of a verification report (and the entries, for
@@ -289,28 +292,11 @@ pub async fn verify_database(
         Arc::new(SystemClock),
     )
     .await?;
-    let mut audit = audit::AuditChecker::new(key);
-    let mut entries = Vec::new();
-    let filter = eventlog::EventFilter::stream_prefix(audit::STREAM_PREFIX);
-    let (mut from_position, mut events) = (0, 0u64);
-    loop {
-        let page = log.read_all(from_position, 4096, &filter).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        for e in &page.events {
-            audit.visit(e).map_err(|e| anyhow::anyhow!("{e}"))?;
-            events += 1;
-            if let Some(q) = trail
-                && let Some(entry) = audit::TrailEntry::read(e).filter(|x| q.matches(x))
-            {
-                entries.push(entry);
-            }
-        }
-        if page.next_position == from_position || page.next_position >= page.head {
-            break;
-        }
-        from_position = page.next_position;
-    }
     let head = audit::read_head(data_dir)?;
-    let audit = audit.finish(head.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keep = |e: &audit::TrailEntry| trail.is_some_and(|q| q.matches(e));
+    let (audit, entries) =
+        audit::check_trail(log.as_ref(), key, head.as_deref(), keep).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let events = audit.entries;
     let mut out = String::new();
     let _ = writeln!(out, "log {backend}: the database's own integrity (no file hash chain on this backend)");
     let _ = writeln!(out, "  public key        {} ({from})", hex::encode(key.as_bytes()));
@@ -517,7 +503,7 @@ pub async fn replay_stream(
         "events": rows,
         "state": state,
     });
-    Ok(Report { text: out, json })
+    Ok(Report { text: out, json, entries: Vec::new() })
 }
 
 /// What a report shows of a sealed field: never its content.

@@ -41,6 +41,70 @@ pub struct FileConfig {
     /// The tenant event feed and webhooks.
     #[serde(default)]
     pub integrations: IntegrationsFile,
+    /// Rules watching privileged access, and where their alerts go.
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// `[alerts]`: the rules over the audit trail (docs/incident-response.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// Whether this node follows the audit trail (default true).
+    pub enabled: Option<bool>,
+    /// Alert when a break-glass grant is opened (default true).
+    pub break_glass_opened: Option<bool>,
+    /// Alert when one staff member reads content of more than this many
+    /// subjects within an hour (default 20; 0: off).
+    pub content_subjects_per_hour: Option<u64>,
+    /// Alert when one key is refused more than this many times within a
+    /// minute (default 20; 0: off).
+    pub refusals_per_minute: Option<u64>,
+    /// Alert when a whole tenant is exported (default true).
+    pub bulk_export: Option<bool>,
+    /// Hours in which staff are expected to access a tenant.
+    #[serde(default)]
+    pub tenant_hours: Vec<TenantHoursFile>,
+    /// Where alerts are posted (signed, retried, in order).
+    #[serde(default)]
+    pub webhooks: Vec<AlertHookFile>,
+    /// The first retry's delay in ms (default 5000, 100 to 60000).
+    pub first_retry_ms: Option<u64>,
+    /// Alert webhooks at private addresses (default true: the operator's
+    /// own SIEM).
+    pub allow_private_addresses: Option<bool>,
+    /// Alert webhooks at loopback addresses, plain http:// to them
+    /// (default false).
+    pub allow_loopback: Option<bool>,
+    /// A PEM CA certificate trusted for alert webhooks besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[[alerts.tenant_hours]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantHoursFile {
+    pub tenant: String,
+    /// "mon-fri", "mon,wed", "all" (default "mon-fri").
+    pub days: Option<String>,
+    /// "08:00".
+    pub from: String,
+    /// "18:00" ("24:00": the end of the day).
+    pub to: String,
+    /// "+01:00", "-05:00", "Z" (default "Z").
+    pub utc_offset: Option<String>,
+}
+
+/// `[[alerts.webhooks]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertHookFile {
+    /// A short name: letters, digits, '-', '_' (its delivery checkpoint).
+    pub name: String,
+    pub url: String,
+    /// A file holding the signing secret, or two (one per line) while
+    /// rotating; each at least 16 bytes.
+    pub secret_file: PathBuf,
 }
 
 /// `[integrations]`: how patient the tenant event feed is.
@@ -279,6 +343,79 @@ fn webhook_settings(file: &IntegrationsFile) -> anyhow::Result<(app::delivery::W
         ring_entries,
     };
     Ok((settings, ca))
+}
+
+fn alert_settings(
+    file: &AlertsFile,
+) -> anyhow::Result<(app::alerts::AlertSettings, webhooks::target::Policy, Option<Vec<u8>>)> {
+    use app::alert_rules::{AlertRules, Hours};
+    let d = AlertRules::default();
+    let mut rules = AlertRules {
+        break_glass_opened: file.break_glass_opened.unwrap_or(d.break_glass_opened),
+        content_subjects_per_hour: file.content_subjects_per_hour.unwrap_or(d.content_subjects_per_hour),
+        refusals_per_minute: file.refusals_per_minute.unwrap_or(d.refusals_per_minute),
+        bulk_export: file.bulk_export.unwrap_or(d.bulk_export),
+        tenant_hours: Default::default(),
+    };
+    for (i, h) in file.tenant_hours.iter().enumerate() {
+        let tenant = uuid::Uuid::parse_str(h.tenant.trim()).map_err(|_| {
+            anyhow::anyhow!("alerts.tenant_hours[{i}].tenant {:?} is not a tenant id (a UUID)", h.tenant)
+        })?;
+        let hours = Hours::parse(
+            h.days.as_deref().unwrap_or("mon-fri"),
+            &h.from,
+            &h.to,
+            h.utc_offset.as_deref().unwrap_or("Z"),
+        )
+        .map_err(|e| anyhow::anyhow!("alerts.tenant_hours[{i}] (tenant {tenant}): {e}"))?;
+        if rules.tenant_hours.insert(tenant, hours).is_some() {
+            anyhow::bail!("alerts.tenant_hours[{i}]: tenant {tenant} is listed twice");
+        }
+    }
+    let first = file.first_retry_ms.unwrap_or(webhooks::backoff::FIRST.as_millis() as u64);
+    if !(100..=60_000).contains(&first) {
+        anyhow::bail!("alerts.first_retry_ms: {first}; 100 to 60000");
+    }
+    let policy = webhooks::target::Policy {
+        allow_private: file.allow_private_addresses.unwrap_or(true),
+        allow_loopback: file.allow_loopback.unwrap_or(false),
+    };
+    let mut hooks: Vec<app::alerts::AlertHook> = Vec::new();
+    for (i, h) in file.webhooks.iter().enumerate() {
+        let at = format!("alerts.webhooks[{i}] ({})", h.name);
+        if h.name.is_empty()
+            || h.name.len() > 64
+            || !h.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            anyhow::bail!("{at}: name: 1 to 64 letters, digits, '-' or '_'");
+        }
+        if hooks.iter().any(|o| o.name == h.name) {
+            anyhow::bail!("{at}: the name is used twice");
+        }
+        webhooks::target::check_url(&h.url, policy).map_err(|e| anyhow::anyhow!("{at}: url: {e}"))?;
+        let text = std::fs::read_to_string(&h.secret_file)
+            .with_context(|| format!("{at}: secret_file {}", h.secret_file.display()))?;
+        let secrets: Vec<Vec<u8>> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.as_bytes().to_vec()).collect();
+        if secrets.is_empty() || secrets.len() > 2 || secrets.iter().any(|s| s.len() < 16) {
+            anyhow::bail!(
+                "{at}: secret_file {} holds one secret (or two, one per line, while rotating) of at least 16 bytes",
+                h.secret_file.display()
+            );
+        }
+        hooks.push(app::alerts::AlertHook { name: h.name.clone(), url: h.url.clone(), secrets });
+    }
+    let ca = match &file.ca_file {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("alerts.ca_file: {}", p.display()))?),
+        None => None,
+    };
+    let settings = app::alerts::AlertSettings {
+        enabled: file.enabled.unwrap_or(true),
+        rules,
+        hooks,
+        first_retry: std::time::Duration::from_millis(first),
+    };
+    Ok((settings, policy, ca))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -621,6 +758,8 @@ pub struct Config {
     pub feed: app::feed::FeedLimits,
     /// Webhook delivery, and the extra CA (PEM) its client trusts.
     pub webhooks: (app::delivery::WebhookSettings, Option<Vec<u8>>),
+    /// The access alerts, their webhooks' destination policy and extra CA.
+    pub alerts: (app::alerts::AlertSettings, webhooks::target::Policy, Option<Vec<u8>>),
 }
 
 impl Config {
@@ -679,6 +818,7 @@ impl Config {
             media: media_config(file.media)?,
             feed: feed_limits(&file.integrations)?,
             webhooks: webhook_settings(&file.integrations)?,
+            alerts: alert_settings(&file.alerts)?,
             auth: app::end_user_auth::AuthConfig {
                 idle_secs: file.auth.idle_secs.unwrap_or(30 * 60),
                 lifetime_secs: file.auth.lifetime_secs.unwrap_or(12 * 3600),

@@ -31,6 +31,33 @@ pub struct HttpState {
     pub plaintext_behind_mesh: bool,
     /// Webhook delivery's counters (`None`: this node does not deliver).
     pub webhooks: Option<Arc<app::delivery::Deliveries>>,
+    /// The access alerts' counters.
+    pub alerts: Arc<app::alerts::Alerts>,
+}
+
+/// The access alerts on `/metrics`.
+fn alert_metrics(body: &mut String, a: &app::alerts::Alerts) {
+    use crate::metrics::sample;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &a.metrics;
+    body.push_str("# HELP pypes_access_alerts_total Privileged-access alerts raised (written to the alerts stream) by this node, by rule.\n# TYPE pypes_access_alerts_total counter\n");
+    for (rule, n) in app::alert_rules::RULES.iter().zip(&m.raised) {
+        let _ = writeln!(body, "pypes_access_alerts_total{{rule=\"{rule}\"}} {}", n.load(Relaxed));
+    }
+    let delivered = m.hook_delivered.load(Relaxed);
+    sample(
+        body,
+        "pypes_alert_webhook_deliveries_total",
+        "counter",
+        "Alerts delivered to alert webhooks (2xx).",
+        delivered,
+    );
+    let failed = m.hook_failed_attempts.load(Relaxed);
+    sample(body, "pypes_alert_webhook_failed_attempts_total", "counter", "Alert webhook attempts that failed.", failed);
+    let backlog_help = "Alerts not yet delivered, summed over the alert webhooks.";
+    sample(body, "pypes_alert_webhook_backlog", "gauge", backlog_help, m.hook_backlog.load(Relaxed));
+    let next_help = "The next audit-trail position the alert rules read.";
+    sample(body, "pypes_access_alerts_next_position", "gauge", next_help, m.next_position.load(Relaxed));
 }
 
 /// Webhook delivery on `/metrics`.
@@ -140,6 +167,7 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     if let Some(d) = &state.webhooks {
         webhook_metrics(&mut body, d);
     }
+    alert_metrics(&mut body, &state.alerts);
     let (open, warned, overdue) = state.erasures.ages();
     sample(&mut body, "pypes_erasure_requests_open", "gauge", "Erasure requests not certified yet.", open);
     let warned_help = "Open erasure requests past the warning age.";

@@ -314,6 +314,32 @@ enum AuditCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Breach scope: verifies like `verify`, then lists every tenant,
+    /// subject and Session whose data one actor read or changed in a
+    /// window (docs/incident-response.md). Refuses on a broken trail.
+    Scope {
+        /// Default: the config file's data_dir, else ./data.
+        #[arg(long, env = "PYPES_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        public_key: Option<String>,
+        #[arg(long)]
+        allow_missing_head: bool,
+        /// The actor as the trail names it: staff:<id>, tenant-key:<id>,
+        /// admin; a bare staff or key id is looked up as either.
+        #[arg(long)]
+        actor: String,
+        /// The window's start (unix seconds or YYYY-MM-DDTHH:MM:SSZ).
+        #[arg(long)]
+        from: String,
+        /// The window's end (exclusive); default now.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        backends: server::config::ToolBackendArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Subcommand)]
@@ -444,11 +470,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(server::demo::run(&client, &key))
         }
+        Command::Audit {
+            command: AuditCommand::Scope { data_dir, public_key, allow_missing_head, actor, from, to, backends, json },
+        } => {
+            let time = |flag: &str, t: &str| audit::time::parse_time(t).map_err(|e| anyhow::anyhow!("--{flag} {e}"));
+            let from = time("from", &from)?;
+            let to = match to {
+                Some(t) => time("to", &t)?,
+                None => audit::time::now_micros(),
+            };
+            if from >= to {
+                anyhow::bail!("--from is not before --to: the window is empty");
+            }
+            let actors = audit::scope::actors_for(&actor).map_err(|e| anyhow::anyhow!("--actor {e}"))?;
+            let query = server::audit_tool::TrailQuery { since: Some(from), until: Some(to), ..Default::default() };
+            let (log, _) = backends.resolve()?;
+            let data_dir = backends.data_dir(data_dir)?;
+            // The chain first: a trail that does not verify gives no scope.
+            let report = match log {
+                server::config::LogBackend::File { witness_dir } => server::audit_tool::verify(
+                    &data_dir,
+                    public_key.as_deref(),
+                    &server::audit_tool::HeadPolicy { witness_dir, allow_missing_head },
+                    Some(&query),
+                )?,
+                other => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(
+                    server::audit_tool::verify_database(&data_dir, &other, public_key.as_deref(), Some(&query)),
+                )?,
+            };
+            let scopes: Vec<_> = actors.iter().map(|a| audit::scope::scope_of(&report.entries, a, from, to)).collect();
+            match json.output() {
+                server::demo::Output::Json => {
+                    let mut verified = report.json.clone();
+                    if let Some(o) = verified.as_object_mut() {
+                        o.remove("entries");
+                    }
+                    let scopes: Vec<_> = scopes.iter().map(|s| s.json()).collect();
+                    println!("{}", serde_json::json!({ "verified": verified, "scopes": scopes }));
+                }
+                server::demo::Output::Text => {
+                    let summary = report.text.split("\n\n").next().unwrap_or_default();
+                    println!("{}\n(the trail verified: the scope below is from it)\n", summary.trim_end());
+                    for s in &scopes {
+                        println!("{}", s.table());
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Audit { command } => {
             let (data_dir, public_key, allow_missing_head, backends, trail, json) = match command {
                 AuditCommand::Verify { data_dir, public_key, allow_missing_head, backends, json } => {
                     (data_dir, public_key, allow_missing_head, backends, None, json)
                 }
+                AuditCommand::Scope { .. } => anyhow::bail!("audit scope is handled above"),
                 AuditCommand::Trail {
                     data_dir,
                     public_key,

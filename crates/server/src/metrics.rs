@@ -61,6 +61,7 @@ pub const METHODS: &[&str] = &[
     "RestrictProcessing",
     "RevokeApiKey",
     "RotateStaffKey",
+    "ScopeAccess",
     "SetPassword",
     "SetRetention",
     "ShareLocation",

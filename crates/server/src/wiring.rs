@@ -427,6 +427,20 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         }
         false => None,
     };
+    let alerts = {
+        let (settings, policy, ca) = &config.alerts;
+        let client = match settings.hooks.is_empty() {
+            true => None,
+            false => {
+                let limits = webhooks::deliver::Limits { idle_connections_per_host: 1, ..Default::default() };
+                Some(
+                    webhooks::deliver::Client::new(*policy, limits, ca.as_deref())
+                        .map_err(|e| anyhow::anyhow!("alerts: {e}"))?,
+                )
+            }
+        };
+        app::alerts::Alerts::start(log.clone(), clock.clone(), settings.clone(), client)
+    };
     let application = app::App::new(app::Parts {
         registry: registry.clone(),
         log: log.clone(),
@@ -541,6 +555,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             log_dir: matches!(config.log, LogBackend::File { .. }).then(|| config.data_dir.join("log")),
             plaintext_behind_mesh: config.plaintext_behind_mesh,
             webhooks: deliveries.clone(),
+            alerts: alerts.clone(),
         },
         http_tls,
     )?;

@@ -89,8 +89,8 @@ impl Handle {
     ) -> Reply<T> {
         let span = rpc_span(method);
         let started = Instant::now();
-        let (result, tenant) = app::call::scope_noting(method, call).instrument(span.clone()).await;
-        self.finish(method, started, result, tenant, &span).await.map(Response::new)
+        let (result, noted) = app::call::scope_noting(method, call).instrument(span.clone()).await;
+        self.finish(method, started, result, noted, &span).await.map(Response::new)
     }
 
     /// Runs the call that opens a server stream as `method`; each item is
@@ -105,8 +105,8 @@ impl Handle {
     ) -> Reply<Streamed<T>> {
         let span = rpc_span(method);
         let started = Instant::now();
-        let (result, tenant) = app::call::scope_noting(method, call).instrument(span.clone()).await;
-        let rx = self.finish(method, started, result, tenant, &span).await?;
+        let (result, noted) = app::call::scope_noting(method, call).instrument(span.clone()).await;
+        let rx = self.finish(method, started, result, noted, &span).await?;
         let items = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| item.map(&out).map_err(status));
         Ok(Response::new(Box::pin(items)))
     }
@@ -120,14 +120,15 @@ impl Handle {
         method: &'static str,
         started: Instant,
         result: Result<T, AppError>,
-        tenant: Option<uuid::Uuid>,
+        noted: app::call::Noted,
         span: &tracing::Span,
     ) -> Result<T, Status> {
+        let tenant = noted.tenant;
         let (code, incident, result) = match result {
             Ok(v) => (tonic::Code::Ok, None, Ok(v)),
             Err(e) => {
                 let app_code = e.code();
-                self.app.note_refusal(method, app_code).await;
+                self.app.note_refusal(method, app_code, noted.actor()).await;
                 let (s, incident) = status_noting(e);
                 (s.code(), incident, Err(s))
             }

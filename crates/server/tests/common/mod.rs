@@ -12,6 +12,8 @@ use proto::api as pb;
 use tonic::Request;
 use tonic::transport::Channel;
 
+pub mod receiver;
+
 pub const ADMIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 pub struct Server {
@@ -284,6 +286,7 @@ pub const RPCS: &[&str] = &[
     "ListStaff",
     "OpenBreakGlass",
     "CloseBreakGlass",
+    "ScopeAccess",
     "UploadMedia",
     "DownloadMedia",
     "CreateWebhook",
@@ -757,6 +760,11 @@ pub async fn call(
         "CloseBreakGlass" => {
             go!(St::new(c).close_break_glass(req(key, tenant_header, pb::CloseBreakGlassRequest { grant_id: u })))
         }
+        "ScopeAccess" => go!(St::new(c).scope_access(req(
+            key,
+            tenant_header,
+            pb::ScopeAccessRequest { actor: "admin".into(), from_micros: 1, to_micros: 0 }
+        ))),
         other => panic!("no call for {other}"),
     }
 }
