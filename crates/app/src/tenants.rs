@@ -86,11 +86,31 @@ impl App {
         Ok((key_id, token))
     }
 
-    pub async fn revoke_api_key(&self, who: &Credentials, key_id: &str) -> Result<(), AppError> {
-        let tenant = self.tenant(who).await?;
+    pub async fn revoke_api_key(&self, who: &Credentials, key_id: &str, tenant_id: &str) -> Result<(), AppError> {
+        let tenant = match self.caller(who).await? {
+            Caller::Admin => parse_id("tenant_id", tenant_id)?,
+            Caller::Tenant(tenant) => {
+                if !tenant_id.is_empty() && parse_id("tenant_id", tenant_id)? != tenant {
+                    return Err(AppError::Forbidden("tenant_id is not the tenant of the API key".into()));
+                }
+                tenant
+            }
+            Caller::Staff { .. } => {
+                return Err(AppError::Forbidden(
+                    "no staff role may revoke a tenant's key (the tenant may, and the admin key)".into(),
+                ));
+            }
+        };
         let key_id = parse_id("api_key_id", key_id)?;
         self.registry.execute::<Tenant>(tenant, tenant, TenantCommand::RevokeApiKey { key_id }).await?;
         self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&(tenant, key_id));
+        self.audit
+            .record(
+                Record::new("access.api_key_revoked", current_actor(), "ok")
+                    .tenant(tenant)
+                    .target(format!("tenant-key:{key_id}")),
+            )
+            .await?;
         Ok(())
     }
 

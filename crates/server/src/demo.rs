@@ -778,3 +778,106 @@ pub async fn offboarding(
     }
     Ok(())
 }
+
+/// What `pypes staff` and `pypes tenant revoke-key` do (incident
+/// containment, docs/incident-response.md).
+#[derive(Debug, Clone)]
+pub enum Containment {
+    /// Every staff member and the live break-glass grants.
+    ListStaff,
+    /// A staff member's key stops working and their grants end.
+    DisableStaff { staff: String },
+    /// A break-glass grant ends now.
+    CloseGrant { grant: String },
+    /// A tenant's API key stops working (on every node within 5 s).
+    RevokeKey { tenant: String, key_id: String },
+}
+
+/// Runs a containment step with the admin key and prints what it did.
+pub async fn contain(client: &Client, admin_key: &str, step: Containment, output: Output) -> anyhow::Result<()> {
+    let channel = client.connect().await?;
+    let mut staff = pb::staff_service_client::StaffServiceClient::new(channel.clone());
+    let member = |m: &pb::StaffMember| {
+        serde_json::json!({
+            "staff_id": m.staff_id,
+            "role": pb::StaffRole::try_from(m.role).map_or("unknown".to_string(), |r| r.as_str_name().to_lowercase()),
+            "disabled": m.disabled,
+        })
+    };
+    let grant = |g: &pb::BreakGlassGrant| {
+        serde_json::json!({
+            "grant_id": g.grant_id,
+            "staff_id": g.staff_id,
+            "tenant_id": g.tenant_id,
+            "expires": audit::time::time_text(g.expires_micros),
+            "live": g.live,
+        })
+    };
+    match step {
+        Containment::ListStaff => {
+            let l = staff
+                .list_staff(authed(admin_key, pb::ListStaffRequest {})?)
+                .await
+                .map_err(|s| refused("listing the staff", &s))?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "staff": l.staff.iter().map(member).collect::<Vec<_>>(),
+                        "live_grants": l.live_grants.iter().map(grant).collect::<Vec<_>>(),
+                    })
+                ),
+                Output::Text => {
+                    println!("{:<38} {:<16} DISABLED", "STAFF", "ROLE");
+                    for m in &l.staff {
+                        let j = member(m);
+                        println!("{:<38} {:<16} {}", m.staff_id, j["role"].as_str().unwrap_or("-"), m.disabled);
+                    }
+                    println!("\n{} live break-glass grants", l.live_grants.len());
+                    for g in &l.live_grants {
+                        println!(
+                            "  grant {} staff {} tenant {} until {}",
+                            g.grant_id,
+                            g.staff_id,
+                            g.tenant_id,
+                            audit::time::time_text(g.expires_micros)
+                        );
+                    }
+                }
+            }
+        }
+        Containment::DisableStaff { staff: id } => {
+            let m = staff
+                .disable_staff(authed(admin_key, pb::StaffRef { staff_id: id })?)
+                .await
+                .map_err(|s| refused("disabling the staff member", &s))?
+                .into_inner();
+            let j = member(&m);
+            print_record(output, &[("staff_id", j["staff_id"].clone()), ("disabled", j["disabled"].clone())]);
+        }
+        Containment::CloseGrant { grant: id } => {
+            let g = staff
+                .close_break_glass(authed(admin_key, pb::CloseBreakGlassRequest { grant_id: id })?)
+                .await
+                .map_err(|s| refused("closing the grant", &s))?
+                .into_inner();
+            let j = grant(&g);
+            print_record(output, &[("grant_id", j["grant_id"].clone()), ("live", j["live"].clone())]);
+        }
+        Containment::RevokeKey { tenant, key_id } => {
+            pb::tenant_service_client::TenantServiceClient::new(channel)
+                .revoke_api_key(authed(
+                    admin_key,
+                    pb::RevokeApiKeyRequest { api_key_id: key_id.clone(), tenant_id: tenant.clone() },
+                )?)
+                .await
+                .map_err(|s| refused("revoking the key", &s))?;
+            print_record(
+                output,
+                &[("tenant_id", tenant.into()), ("api_key_id", key_id.into()), ("revoked", true.into())],
+            );
+        }
+    }
+    Ok(())
+}

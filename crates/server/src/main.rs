@@ -124,6 +124,13 @@ enum Command {
         #[command(subcommand)]
         command: TenantCommand,
     },
+    /// Staff members and break-glass grants through a running server
+    /// (admin key): list, disable a member, end a grant (incident
+    /// containment, docs/incident-response.md)
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
+    },
 }
 
 /// `--json`: one JSON object instead of the text for people.
@@ -199,6 +206,19 @@ enum TenantCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Revoke one of a tenant's API keys (a leaked key): it stops on every
+    /// node within 5 s.
+    RevokeKey {
+        #[arg(long)]
+        tenant: String,
+        /// The key's id (`pypes_<tenant>_<key id>_<secret>`: the third part).
+        #[arg(long)]
+        key_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show a tenant's offboarding: dates, and the certificate once issued.
     Offboarding {
         #[arg(long)]
@@ -207,6 +227,35 @@ enum TenantCommand {
         /// an error, writing nothing, before the certificate exists.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffCommand {
+    /// Every staff member (id, role, disabled) and the live break-glass grants.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// The member's key stops working now and their grants end.
+    Disable {
+        #[arg(long)]
+        staff: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// A break-glass grant ends now.
+    CloseGrant {
+        #[arg(long)]
+        grant: String,
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
@@ -678,12 +727,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )?;
                     rt.block_on(server::demo::offboarding(&client, &key, &tenant, true, None, json.output()))
                 }
+                TenantCommand::RevokeKey { tenant, key_id, client, json } => {
+                    let client = client.resolve()?;
+                    let key = client.admin_key()?;
+                    let step = server::demo::Containment::RevokeKey { tenant, key_id };
+                    rt.block_on(server::demo::contain(&client, &key, step, json.output()))
+                }
                 TenantCommand::Offboarding { tenant, out, client, json } => {
                     let client = client.resolve()?;
                     let key = client.admin_key()?;
                     rt.block_on(server::demo::offboarding(&client, &key, &tenant, false, out.as_deref(), json.output()))
                 }
             }
+        }
+        Command::Staff { command } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (step, client, json) = match command {
+                StaffCommand::List { client, json } => (server::demo::Containment::ListStaff, client, json),
+                StaffCommand::Disable { staff, client, json } => {
+                    (server::demo::Containment::DisableStaff { staff }, client, json)
+                }
+                StaffCommand::CloseGrant { grant, client, json } => {
+                    (server::demo::Containment::CloseGrant { grant }, client, json)
+                }
+            };
+            let client = client.resolve()?;
+            let key = client.admin_key()?;
+            rt.block_on(server::demo::contain(&client, &key, step, json.output()))
         }
         Command::Export(args) => {
             let client = args.client.resolve()?;

@@ -289,6 +289,29 @@ async fn the_breach_scope_lists_exactly_the_subjects_a_staff_member_read() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("actor"), "{e:?}");
 
+    // Containment with the operator's commands: the staff member's key
+    // stops, the tenant's leaked key stops; both are in the trail.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+            .args(args)
+            .args(["--server", &server.grpc, "--admin-key", ADMIN, "--json"])
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let listed = cli(&["staff", "list"]);
+    assert_eq!(listed["live_grants"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(cli(&["staff", "disable", "--staff", &id])["disabled"], true);
+    let e = staff(&ch).list_staff(req(&support, None, pb::ListStaffRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let key_id = a.key.split('_').nth(2).unwrap().to_string();
+    assert_eq!(cli(&["tenant", "revoke-key", "--tenant", &a.tenant, "--key-id", &key_id])["revoked"], true);
+    let get = pb::GetTenantRequest { tenant_id: a.tenant.clone() };
+    let e = c.tenants.get_tenant(authed(&a.key, get)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+
     // The command, after a clean stop (the signed head is written).
     common::stop_cleanly(server);
     let run = |extra: &[&str]| {

@@ -159,7 +159,10 @@ async fn a_conversation_and_every_kind_of_bad_input() {
         Code::PermissionDenied
     );
     let second = c.tenants.create_api_key(authed(&s.key, pb::CreateApiKeyRequest {})).await.unwrap().into_inner();
-    c.tenants.revoke_api_key(authed(&s.key, pb::RevokeApiKeyRequest { api_key_id: second.api_key_id })).await.unwrap();
+    c.tenants
+        .revoke_api_key(authed(&s.key, pb::RevokeApiKeyRequest { api_key_id: second.api_key_id, ..Default::default() }))
+        .await
+        .unwrap();
     assert_eq!(
         code(
             c.sessions

@@ -64,7 +64,10 @@ async fn every_rpc_keeps_tenants_apart() {
     // A revoked key of A's.
     let revoked = c.tenants.create_api_key(authed(&a.key, pb::CreateApiKeyRequest {})).await.unwrap().into_inner();
     c.tenants
-        .revoke_api_key(authed(&a.key, pb::RevokeApiKeyRequest { api_key_id: revoked.api_key_id.clone() }))
+        .revoke_api_key(authed(
+            &a.key,
+            pb::RevokeApiKeyRequest { api_key_id: revoked.api_key_id.clone(), ..Default::default() },
+        ))
         .await
         .unwrap();
 

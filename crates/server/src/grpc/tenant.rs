@@ -69,7 +69,7 @@ impl pb::tenant_service_server::TenantService for Handle {
         let who = credentials(request.metadata());
         let r = request.into_inner();
         self.unary("RevokeApiKey", async {
-            self.app.revoke_api_key(&who, &r.api_key_id).await?;
+            self.app.revoke_api_key(&who, &r.api_key_id, &r.tenant_id).await?;
             Ok(pb::RevokeApiKeyResponse {})
         })
         .await

@@ -423,7 +423,11 @@ pub async fn call(
         "CreateApiKey" => go!(Te::new(c).create_api_key(req(key, tenant_header, pb::CreateApiKeyRequest {}))),
         "RevokeApiKey" => {
             let api_key_id = if ids.api_key_id.is_empty() { u.clone() } else { ids.api_key_id.clone() };
-            go!(Te::new(c).revoke_api_key(req(key, tenant_header, pb::RevokeApiKeyRequest { api_key_id })))
+            go!(Te::new(c).revoke_api_key(req(
+                key,
+                tenant_header,
+                pb::RevokeApiKeyRequest { api_key_id, ..Default::default() }
+            )))
         }
         "SetRetention" => go!(Te::new(c).set_retention(req(
             key,

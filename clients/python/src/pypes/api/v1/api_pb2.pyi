@@ -344,16 +344,23 @@ class RevokeApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEY_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     api_key_id: _builtins.str
     """The API key's id."""
+    tenant_id: _builtins.str
+    """The admin key names the tenant here (an operator containing a leaked
+    key, docs/incident-response.md); a tenant's key leaves it empty or
+    names its own tenant.
+    """
     def __init__(
         self,
         *,
         api_key_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2953,6 +2960,154 @@ class ExportChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
+class ScopeAccessRequest(_message.Message):
+    """Whose data one actor reached, and when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    FROM_MICROS_FIELD_NUMBER: _builtins.int
+    TO_MICROS_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """`staff:<id>`, `tenant-key:<id>` or `admin`, as the audit trail names
+    actors; a bare id means a staff member's or an API key's.
+    """
+    from_micros: _builtins.int
+    """The window: from (inclusive) and to (exclusive), microseconds since
+    the Unix epoch (UTC); `to_micros` 0 means now.
+    """
+    to_micros: _builtins.int
+    """The window's end (exclusive; 0: now)."""
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        from_micros: _builtins.int = ...,
+        to_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "from_micros", b"from_micros", "to_micros", b"to_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopeAccessRequest: _TypeAlias = ScopeAccessRequest  # noqa: Y015
+
+@_typing.final
+class AccessScope(_message.Message):
+    """The breach scope of an actor over a window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTORS_FIELD_NUMBER: _builtins.int
+    FROM_MICROS_FIELD_NUMBER: _builtins.int
+    TO_MICROS_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
+    ENTRIES_VERIFIED_FIELD_NUMBER: _builtins.int
+    from_micros: _builtins.int
+    """The window as used."""
+    to_micros: _builtins.int
+    """The window's end as used."""
+    entries: _builtins.int
+    """Audit entries of the actors in the window."""
+    entries_verified: _builtins.int
+    """Audit entries verified (the whole trail, every node's stream)."""
+    @_builtins.property
+    def actors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The actors looked for (a bare id is looked for as both kinds)."""
+
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantAccessScope]:
+        """What was reached, per tenant."""
+
+    def __init__(
+        self,
+        *,
+        actors: _abc.Iterable[_builtins.str] | None = ...,
+        from_micros: _builtins.int = ...,
+        to_micros: _builtins.int = ...,
+        entries: _builtins.int = ...,
+        tenants: _abc.Iterable[Global___TenantAccessScope] | None = ...,
+        entries_verified: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actors", b"actors", "entries", b"entries", "entries_verified", b"entries_verified", "from_micros", b"from_micros", "tenants", b"tenants", "to_micros", b"to_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessScope: _TypeAlias = AccessScope  # noqa: Y015
+
+@_typing.final
+class TenantAccessScope(_message.Message):
+    """What one actor reached in one tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    WHOLE_TENANT_BECAUSE_FIELD_NUMBER: _builtins.int
+    SUBJECT_IDS_FIELD_NUMBER: _builtins.int
+    SESSION_IDS_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    FIRST_MICROS_FIELD_NUMBER: _builtins.int
+    LAST_MICROS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """The actor this is about."""
+    tenant_id: _builtins.str
+    """The tenant."""
+    calls: _builtins.int
+    """Calls that went through, and that were refused."""
+    refused: _builtins.int
+    """Calls refused (nothing read)."""
+    first_micros: _builtins.int
+    """The first and last entry in the window (microseconds since the epoch)."""
+    last_micros: _builtins.int
+    """The last entry in the window."""
+    @_builtins.property
+    def whole_tenant_because(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Non-empty when the whole tenant is in scope, saying why (a tenant key
+        reaches all of its tenant's data; a call read across the tenant).
+        """
+
+    @_builtins.property
+    def subject_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The subjects whose data was read or changed."""
+
+    @_builtins.property
+    def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Sessions read."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Actions and RPCs with their counts, as "staff.break_glass_access ListMessages=3"."""
+
+    def __init__(
+        self,
+        *,
+        actor: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        whole_tenant_because: _abc.Iterable[_builtins.str] | None = ...,
+        subject_ids: _abc.Iterable[_builtins.str] | None = ...,
+        session_ids: _abc.Iterable[_builtins.str] | None = ...,
+        calls: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        first_micros: _builtins.int = ...,
+        last_micros: _builtins.int = ...,
+        actions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "actor", b"actor", "calls", b"calls", "first_micros", b"first_micros", "last_micros", b"last_micros", "refused", b"refused", "session_ids", b"session_ids", "subject_ids", b"subject_ids", "tenant_id", b"tenant_id", "whole_tenant_because", b"whole_tenant_because"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantAccessScope: _TypeAlias = TenantAccessScope  # noqa: Y015
 
 @_typing.final
 class AddStaffRequest(_message.Message):

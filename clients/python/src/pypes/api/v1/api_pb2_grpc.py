@@ -106,8 +106,10 @@ class TenantServiceServicer:
 
     def RevokeApiKey(self, request, context):
         """Revokes one of the caller's tenant's keys at once (also on the other
-        nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-        (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+        nodes: a node's cache of verified keys lives 5 s); the admin key may
+        revoke any tenant's key, naming the tenant. Written to the audit
+        trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+        (malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2642,6 +2644,11 @@ class StaffServiceStub:
                 request_serializer=pypes_dot_api_dot_v1_dot_api__pb2.CloseBreakGlassRequest.SerializeToString,
                 response_deserializer=pypes_dot_api_dot_v1_dot_api__pb2.BreakGlassGrant.FromString,
                 _registered_method=True)
+        self.ScopeAccess = channel.unary_unary(
+                '/pypes.api.v1.StaffService/ScopeAccess',
+                request_serializer=pypes_dot_api_dot_v1_dot_api__pb2.ScopeAccessRequest.SerializeToString,
+                response_deserializer=pypes_dot_api_dot_v1_dot_api__pb2.AccessScope.FromString,
+                _registered_method=True)
 
 
 class StaffServiceServicer:
@@ -2697,6 +2704,19 @@ class StaffServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScopeAccess(self, request, context):
+        """Privacy officer, admin staff or the admin key: breach scope. Every
+        tenant, subject and Session whose data one actor (a staff member or a
+        tenant API key) read or changed in a window, from the audit trail,
+        whose hash links and signed checkpoints are verified first
+        (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+        window (at most 366 days); DATA_LOSS when the trail does not verify,
+        naming the first break.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StaffServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2729,6 +2749,11 @@ def add_StaffServiceServicer_to_server(servicer, server):
                     servicer.CloseBreakGlass,
                     request_deserializer=pypes_dot_api_dot_v1_dot_api__pb2.CloseBreakGlassRequest.FromString,
                     response_serializer=pypes_dot_api_dot_v1_dot_api__pb2.BreakGlassGrant.SerializeToString,
+            ),
+            'ScopeAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScopeAccess,
+                    request_deserializer=pypes_dot_api_dot_v1_dot_api__pb2.ScopeAccessRequest.FromString,
+                    response_serializer=pypes_dot_api_dot_v1_dot_api__pb2.AccessScope.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2898,6 +2923,33 @@ class StaffService:
             '/pypes.api.v1.StaffService/CloseBreakGlass',
             pypes_dot_api_dot_v1_dot_api__pb2.CloseBreakGlassRequest.SerializeToString,
             pypes_dot_api_dot_v1_dot_api__pb2.BreakGlassGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScopeAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pypes.api.v1.StaffService/ScopeAccess',
+            pypes_dot_api_dot_v1_dot_api__pb2.ScopeAccessRequest.SerializeToString,
+            pypes_dot_api_dot_v1_dot_api__pb2.AccessScope.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,8 +55,10 @@ class TenantServiceStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_api_pb2.RevokeApiKeyRequest, _api_pb2.RevokeApiKeyResponse]
     """Revokes one of the caller's tenant's keys at once (also on the other
-    nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-    (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+    nodes: a node's cache of verified keys lives 5 s); the admin key may
+    revoke any tenant's key, naming the tenant. Written to the audit
+    trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+    (malformed id).
     """
     SetRetention: _grpc.UnaryUnaryMultiCallable[_api_pb2.SetRetentionRequest, _api_pb2.SetRetentionResponse]
     """Retention (tenant key): days a closed Session's content is kept, for
@@ -100,8 +102,10 @@ class TenantServiceAsyncStub(TenantServiceStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_api_pb2.RevokeApiKeyRequest, _api_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes one of the caller's tenant's keys at once (also on the other
-    nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-    (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+    nodes: a node's cache of verified keys lives 5 s); the admin key may
+    revoke any tenant's key, naming the tenant. Written to the audit
+    trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+    (malformed id).
     """
     SetRetention: _aio.UnaryUnaryMultiCallable[_api_pb2.SetRetentionRequest, _api_pb2.SetRetentionResponse]  # type: ignore[assignment]
     """Retention (tenant key): days a closed Session's content is kept, for
@@ -166,8 +170,10 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.RevokeApiKeyResponse, _abc.Awaitable[_api_pb2.RevokeApiKeyResponse]]:
         """Revokes one of the caller's tenant's keys at once (also on the other
-        nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-        (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+        nodes: a node's cache of verified keys lives 5 s); the admin key may
+        revoke any tenant's key, naming the tenant. Written to the audit
+        trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+        (malformed id).
         """
 
     @_abc_1.abstractmethod
@@ -1263,6 +1269,15 @@ class StaffServiceStub:
     """
     CloseBreakGlass: _grpc.UnaryUnaryMultiCallable[_api_pb2.CloseBreakGlassRequest, _api_pb2.BreakGlassGrant]
     """Ends a grant before its expiry: its holder or an admin."""
+    ScopeAccess: _grpc.UnaryUnaryMultiCallable[_api_pb2.ScopeAccessRequest, _api_pb2.AccessScope]
+    """Privacy officer, admin staff or the admin key: breach scope. Every
+    tenant, subject and Session whose data one actor (a staff member or a
+    tenant API key) read or changed in a window, from the audit trail,
+    whose hash links and signed checkpoints are verified first
+    (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+    window (at most 366 days); DATA_LOSS when the trail does not verify,
+    naming the first break.
+    """
 
 @_typing.type_check_only
 class StaffServiceAsyncStub(StaffServiceStub):
@@ -1291,6 +1306,15 @@ class StaffServiceAsyncStub(StaffServiceStub):
     """
     CloseBreakGlass: _aio.UnaryUnaryMultiCallable[_api_pb2.CloseBreakGlassRequest, _api_pb2.BreakGlassGrant]  # type: ignore[assignment]
     """Ends a grant before its expiry: its holder or an admin."""
+    ScopeAccess: _aio.UnaryUnaryMultiCallable[_api_pb2.ScopeAccessRequest, _api_pb2.AccessScope]  # type: ignore[assignment]
+    """Privacy officer, admin staff or the admin key: breach scope. Every
+    tenant, subject and Session whose data one actor (a staff member or a
+    tenant API key) read or changed in a window, from the audit trail,
+    whose hash links and signed checkpoints are verified first
+    (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+    window (at most 366 days); DATA_LOSS when the trail does not verify,
+    naming the first break.
+    """
 
 class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
     """Platform staff. Called with the admin key or a staff key
@@ -1352,5 +1376,20 @@ class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.BreakGlassGrant, _abc.Awaitable[_api_pb2.BreakGlassGrant]]:
         """Ends a grant before its expiry: its holder or an admin."""
+
+    @_abc_1.abstractmethod
+    def ScopeAccess(
+        self,
+        request: _api_pb2.ScopeAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.AccessScope, _abc.Awaitable[_api_pb2.AccessScope]]:
+        """Privacy officer, admin staff or the admin key: breach scope. Every
+        tenant, subject and Session whose data one actor (a staff member or a
+        tenant API key) read or changed in a window, from the audit trail,
+        whose hash links and signed checkpoints are verified first
+        (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+        window (at most 366 days); DATA_LOSS when the trail does not verify,
+        naming the first break.
+        """
 
 def add_StaffServiceServicer_to_server(servicer: StaffServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

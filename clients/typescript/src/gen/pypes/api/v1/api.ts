@@ -332,6 +332,12 @@ export interface CreateApiKeyResponse {
 export interface RevokeApiKeyRequest {
   /** The API key's id. */
   apiKeyId: string;
+  /**
+   * The admin key names the tenant here (an operator containing a leaked
+   * key, docs/incident-response.md); a tenant's key leaves it empty or
+   * names its own tenant.
+   */
+  tenantId: string;
 }
 
 /** A retention setting. */
@@ -1301,6 +1307,65 @@ export interface ExportChunk {
   data: Buffer;
 }
 
+/** Whose data one actor reached, and when. */
+export interface ScopeAccessRequest {
+  /**
+   * `staff:<id>`, `tenant-key:<id>` or `admin`, as the audit trail names
+   * actors; a bare id means a staff member's or an API key's.
+   */
+  actor: string;
+  /**
+   * The window: from (inclusive) and to (exclusive), microseconds since
+   * the Unix epoch (UTC); `to_micros` 0 means now.
+   */
+  fromMicros: string;
+  /** The window's end (exclusive; 0: now). */
+  toMicros: string;
+}
+
+/** The breach scope of an actor over a window. */
+export interface AccessScope {
+  /** The actors looked for (a bare id is looked for as both kinds). */
+  actors: string[];
+  /** The window as used. */
+  fromMicros: string;
+  /** The window's end as used. */
+  toMicros: string;
+  /** Audit entries of the actors in the window. */
+  entries: string;
+  /** What was reached, per tenant. */
+  tenants: TenantAccessScope[];
+  /** Audit entries verified (the whole trail, every node's stream). */
+  entriesVerified: string;
+}
+
+/** What one actor reached in one tenant. */
+export interface TenantAccessScope {
+  /** The actor this is about. */
+  actor: string;
+  /** The tenant. */
+  tenantId: string;
+  /**
+   * Non-empty when the whole tenant is in scope, saying why (a tenant key
+   * reaches all of its tenant's data; a call read across the tenant).
+   */
+  wholeTenantBecause: string[];
+  /** The subjects whose data was read or changed. */
+  subjectIds: string[];
+  /** The Sessions read. */
+  sessionIds: string[];
+  /** Calls that went through, and that were refused. */
+  calls: string;
+  /** Calls refused (nothing read). */
+  refused: string;
+  /** The first and last entry in the window (microseconds since the epoch). */
+  firstMicros: string;
+  /** The last entry in the window. */
+  lastMicros: string;
+  /** Actions and RPCs with their counts, as "staff.break_glass_access ListMessages=3". */
+  actions: string[];
+}
+
 /** A new staff member. */
 export interface AddStaffRequest {
   /** The new member's role. */
@@ -2094,13 +2159,16 @@ export const CreateApiKeyResponse: MessageFns<CreateApiKeyResponse> = {
 };
 
 function createBaseRevokeApiKeyRequest(): RevokeApiKeyRequest {
-  return { apiKeyId: "" };
+  return { apiKeyId: "", tenantId: "" };
 }
 
 export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
   encode(message: RevokeApiKeyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.apiKeyId !== "") {
       writer.uint32(10).string(message.apiKeyId);
+    }
+    if (message.tenantId !== "") {
+      writer.uint32(18).string(message.tenantId);
     }
     return writer;
   },
@@ -2126,6 +2194,14 @@ export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
             message.apiKeyId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2145,6 +2221,11 @@ export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
         : isSet(object.api_key_id)
         ? globalThis.String(object.api_key_id)
         : "",
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
     };
   },
 
@@ -2152,6 +2233,9 @@ export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
     const obj: any = {};
     if (message.apiKeyId !== "") {
       obj.apiKeyId = message.apiKeyId;
+    }
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
     }
     return obj;
   },
@@ -2162,6 +2246,7 @@ export const RevokeApiKeyRequest: MessageFns<RevokeApiKeyRequest> = {
   fromPartial(object: DeepPartial<RevokeApiKeyRequest>): RevokeApiKeyRequest {
     const message = createBaseRevokeApiKeyRequest();
     message.apiKeyId = object.apiKeyId ?? "";
+    message.tenantId = object.tenantId ?? "";
     return message;
   },
 };
@@ -11287,6 +11372,528 @@ export const ExportChunk: MessageFns<ExportChunk> = {
   },
 };
 
+function createBaseScopeAccessRequest(): ScopeAccessRequest {
+  return { actor: "", fromMicros: "0", toMicros: "0" };
+}
+
+export const ScopeAccessRequest: MessageFns<ScopeAccessRequest> = {
+  encode(message: ScopeAccessRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.actor !== "") {
+      writer.uint32(10).string(message.actor);
+    }
+    if (message.fromMicros !== "0") {
+      writer.uint32(16).int64(message.fromMicros);
+    }
+    if (message.toMicros !== "0") {
+      writer.uint32(24).int64(message.toMicros);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScopeAccessRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScopeAccessRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.actor = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromMicros = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.toMicros = reader.int64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScopeAccessRequest {
+    return {
+      actor: isSet(object.actor) ? globalThis.String(object.actor) : "",
+      fromMicros: isSet(object.fromMicros)
+        ? globalThis.String(object.fromMicros)
+        : isSet(object.from_micros)
+        ? globalThis.String(object.from_micros)
+        : "0",
+      toMicros: isSet(object.toMicros)
+        ? globalThis.String(object.toMicros)
+        : isSet(object.to_micros)
+        ? globalThis.String(object.to_micros)
+        : "0",
+    };
+  },
+
+  toJSON(message: ScopeAccessRequest): unknown {
+    const obj: any = {};
+    if (message.actor !== "") {
+      obj.actor = message.actor;
+    }
+    if (message.fromMicros !== "0") {
+      obj.fromMicros = message.fromMicros;
+    }
+    if (message.toMicros !== "0") {
+      obj.toMicros = message.toMicros;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ScopeAccessRequest>): ScopeAccessRequest {
+    return ScopeAccessRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ScopeAccessRequest>): ScopeAccessRequest {
+    const message = createBaseScopeAccessRequest();
+    message.actor = object.actor ?? "";
+    message.fromMicros = object.fromMicros ?? "0";
+    message.toMicros = object.toMicros ?? "0";
+    return message;
+  },
+};
+
+function createBaseAccessScope(): AccessScope {
+  return { actors: [], fromMicros: "0", toMicros: "0", entries: "0", tenants: [], entriesVerified: "0" };
+}
+
+export const AccessScope: MessageFns<AccessScope> = {
+  encode(message: AccessScope, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.actors) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.fromMicros !== "0") {
+      writer.uint32(16).int64(message.fromMicros);
+    }
+    if (message.toMicros !== "0") {
+      writer.uint32(24).int64(message.toMicros);
+    }
+    if (message.entries !== "0") {
+      writer.uint32(32).uint64(message.entries);
+    }
+    for (const v of message.tenants) {
+      TenantAccessScope.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.entriesVerified !== "0") {
+      writer.uint32(48).uint64(message.entriesVerified);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AccessScope {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAccessScope();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.actors.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.fromMicros = reader.int64().toString();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.toMicros = reader.int64().toString();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.entries = reader.uint64().toString();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.tenants.push(TenantAccessScope.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.entriesVerified = reader.uint64().toString();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AccessScope {
+    return {
+      actors: globalThis.Array.isArray(object?.actors) ? object.actors.map((e: any) => globalThis.String(e)) : [],
+      fromMicros: isSet(object.fromMicros)
+        ? globalThis.String(object.fromMicros)
+        : isSet(object.from_micros)
+        ? globalThis.String(object.from_micros)
+        : "0",
+      toMicros: isSet(object.toMicros)
+        ? globalThis.String(object.toMicros)
+        : isSet(object.to_micros)
+        ? globalThis.String(object.to_micros)
+        : "0",
+      entries: isSet(object.entries) ? globalThis.String(object.entries) : "0",
+      tenants: globalThis.Array.isArray(object?.tenants)
+        ? object.tenants.map((e: any) => TenantAccessScope.fromJSON(e))
+        : [],
+      entriesVerified: isSet(object.entriesVerified)
+        ? globalThis.String(object.entriesVerified)
+        : isSet(object.entries_verified)
+        ? globalThis.String(object.entries_verified)
+        : "0",
+    };
+  },
+
+  toJSON(message: AccessScope): unknown {
+    const obj: any = {};
+    if (message.actors?.length) {
+      obj.actors = message.actors;
+    }
+    if (message.fromMicros !== "0") {
+      obj.fromMicros = message.fromMicros;
+    }
+    if (message.toMicros !== "0") {
+      obj.toMicros = message.toMicros;
+    }
+    if (message.entries !== "0") {
+      obj.entries = message.entries;
+    }
+    if (message.tenants?.length) {
+      obj.tenants = message.tenants.map((e) => TenantAccessScope.toJSON(e));
+    }
+    if (message.entriesVerified !== "0") {
+      obj.entriesVerified = message.entriesVerified;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AccessScope>): AccessScope {
+    return AccessScope.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AccessScope>): AccessScope {
+    const message = createBaseAccessScope();
+    message.actors = object.actors?.map((e) => e) || [];
+    message.fromMicros = object.fromMicros ?? "0";
+    message.toMicros = object.toMicros ?? "0";
+    message.entries = object.entries ?? "0";
+    message.tenants = object.tenants?.map((e) => TenantAccessScope.fromPartial(e)) || [];
+    message.entriesVerified = object.entriesVerified ?? "0";
+    return message;
+  },
+};
+
+function createBaseTenantAccessScope(): TenantAccessScope {
+  return {
+    actor: "",
+    tenantId: "",
+    wholeTenantBecause: [],
+    subjectIds: [],
+    sessionIds: [],
+    calls: "0",
+    refused: "0",
+    firstMicros: "0",
+    lastMicros: "0",
+    actions: [],
+  };
+}
+
+export const TenantAccessScope: MessageFns<TenantAccessScope> = {
+  encode(message: TenantAccessScope, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.actor !== "") {
+      writer.uint32(10).string(message.actor);
+    }
+    if (message.tenantId !== "") {
+      writer.uint32(18).string(message.tenantId);
+    }
+    for (const v of message.wholeTenantBecause) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.subjectIds) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.sessionIds) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.calls !== "0") {
+      writer.uint32(48).uint64(message.calls);
+    }
+    if (message.refused !== "0") {
+      writer.uint32(56).uint64(message.refused);
+    }
+    if (message.firstMicros !== "0") {
+      writer.uint32(64).int64(message.firstMicros);
+    }
+    if (message.lastMicros !== "0") {
+      writer.uint32(72).int64(message.lastMicros);
+    }
+    for (const v of message.actions) {
+      writer.uint32(82).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TenantAccessScope {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTenantAccessScope();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.actor = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.wholeTenantBecause.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.subjectIds.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sessionIds.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.calls = reader.uint64().toString();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.refused = reader.uint64().toString();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.firstMicros = reader.int64().toString();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lastMicros = reader.int64().toString();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.actions.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TenantAccessScope {
+    return {
+      actor: isSet(object.actor) ? globalThis.String(object.actor) : "",
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      wholeTenantBecause: globalThis.Array.isArray(object?.wholeTenantBecause)
+        ? object.wholeTenantBecause.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.whole_tenant_because)
+        ? object.whole_tenant_because.map((e: any) => globalThis.String(e))
+        : [],
+      subjectIds: globalThis.Array.isArray(object?.subjectIds)
+        ? object.subjectIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.subject_ids)
+        ? object.subject_ids.map((e: any) => globalThis.String(e))
+        : [],
+      sessionIds: globalThis.Array.isArray(object?.sessionIds)
+        ? object.sessionIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.session_ids)
+        ? object.session_ids.map((e: any) => globalThis.String(e))
+        : [],
+      calls: isSet(object.calls) ? globalThis.String(object.calls) : "0",
+      refused: isSet(object.refused) ? globalThis.String(object.refused) : "0",
+      firstMicros: isSet(object.firstMicros)
+        ? globalThis.String(object.firstMicros)
+        : isSet(object.first_micros)
+        ? globalThis.String(object.first_micros)
+        : "0",
+      lastMicros: isSet(object.lastMicros)
+        ? globalThis.String(object.lastMicros)
+        : isSet(object.last_micros)
+        ? globalThis.String(object.last_micros)
+        : "0",
+      actions: globalThis.Array.isArray(object?.actions)
+        ? object.actions.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: TenantAccessScope): unknown {
+    const obj: any = {};
+    if (message.actor !== "") {
+      obj.actor = message.actor;
+    }
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.wholeTenantBecause?.length) {
+      obj.wholeTenantBecause = message.wholeTenantBecause;
+    }
+    if (message.subjectIds?.length) {
+      obj.subjectIds = message.subjectIds;
+    }
+    if (message.sessionIds?.length) {
+      obj.sessionIds = message.sessionIds;
+    }
+    if (message.calls !== "0") {
+      obj.calls = message.calls;
+    }
+    if (message.refused !== "0") {
+      obj.refused = message.refused;
+    }
+    if (message.firstMicros !== "0") {
+      obj.firstMicros = message.firstMicros;
+    }
+    if (message.lastMicros !== "0") {
+      obj.lastMicros = message.lastMicros;
+    }
+    if (message.actions?.length) {
+      obj.actions = message.actions;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TenantAccessScope>): TenantAccessScope {
+    return TenantAccessScope.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TenantAccessScope>): TenantAccessScope {
+    const message = createBaseTenantAccessScope();
+    message.actor = object.actor ?? "";
+    message.tenantId = object.tenantId ?? "";
+    message.wholeTenantBecause = object.wholeTenantBecause?.map((e) => e) || [];
+    message.subjectIds = object.subjectIds?.map((e) => e) || [];
+    message.sessionIds = object.sessionIds?.map((e) => e) || [];
+    message.calls = object.calls ?? "0";
+    message.refused = object.refused ?? "0";
+    message.firstMicros = object.firstMicros ?? "0";
+    message.lastMicros = object.lastMicros ?? "0";
+    message.actions = object.actions?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseAddStaffRequest(): AddStaffRequest {
   return { role: 0 };
 }
@@ -12199,8 +12806,10 @@ export const TenantServiceDefinition = {
     },
     /**
      * Revokes one of the caller's tenant's keys at once (also on the other
-     * nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-     * (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+     * nodes: a node's cache of verified keys lives 5 s); the admin key may
+     * revoke any tenant's key, naming the tenant. Written to the audit
+     * trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+     * (malformed id).
      */
     revokeApiKey: {
       name: "RevokeApiKey",
@@ -12283,8 +12892,10 @@ export interface TenantServiceImplementation<CallContextExt = {}> {
   ): Promise<DeepPartial<CreateApiKeyResponse>>;
   /**
    * Revokes one of the caller's tenant's keys at once (also on the other
-   * nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-   * (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+   * nodes: a node's cache of verified keys lives 5 s); the admin key may
+   * revoke any tenant's key, naming the tenant. Written to the audit
+   * trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+   * (malformed id).
    */
   revokeApiKey(
     request: RevokeApiKeyRequest,
@@ -12347,8 +12958,10 @@ export interface TenantServiceClient<CallOptionsExt = {}> {
   ): Promise<CreateApiKeyResponse>;
   /**
    * Revokes one of the caller's tenant's keys at once (also on the other
-   * nodes: a node's cache of verified keys lives 5 s). Errors: NOT_FOUND
-   * (not a key of this tenant), INVALID_ARGUMENT (malformed id).
+   * nodes: a node's cache of verified keys lives 5 s); the admin key may
+   * revoke any tenant's key, naming the tenant. Written to the audit
+   * trail. Errors: NOT_FOUND (not a key of this tenant), INVALID_ARGUMENT
+   * (malformed id).
    */
   revokeApiKey(
     request: DeepPartial<RevokeApiKeyRequest>,
@@ -13570,6 +14183,23 @@ export const StaffServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /**
+     * Privacy officer, admin staff or the admin key: breach scope. Every
+     * tenant, subject and Session whose data one actor (a staff member or a
+     * tenant API key) read or changed in a window, from the audit trail,
+     * whose hash links and signed checkpoints are verified first
+     * (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+     * window (at most 366 days); DATA_LOSS when the trail does not verify,
+     * naming the first break.
+     */
+    scopeAccess: {
+      name: "ScopeAccess",
+      requestType: ScopeAccessRequest as typeof ScopeAccessRequest,
+      requestStream: false,
+      responseType: AccessScope as typeof AccessScope,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -13599,6 +14229,16 @@ export interface StaffServiceImplementation<CallContextExt = {}> {
     request: CloseBreakGlassRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<BreakGlassGrant>>;
+  /**
+   * Privacy officer, admin staff or the admin key: breach scope. Every
+   * tenant, subject and Session whose data one actor (a staff member or a
+   * tenant API key) read or changed in a window, from the audit trail,
+   * whose hash links and signed checkpoints are verified first
+   * (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+   * window (at most 366 days); DATA_LOSS when the trail does not verify,
+   * naming the first break.
+   */
+  scopeAccess(request: ScopeAccessRequest, context: CallContext & CallContextExt): Promise<DeepPartial<AccessScope>>;
 }
 
 export interface StaffServiceClient<CallOptionsExt = {}> {
@@ -13627,6 +14267,16 @@ export interface StaffServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<CloseBreakGlassRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<BreakGlassGrant>;
+  /**
+   * Privacy officer, admin staff or the admin key: breach scope. Every
+   * tenant, subject and Session whose data one actor (a staff member or a
+   * tenant API key) read or changed in a window, from the audit trail,
+   * whose hash links and signed checkpoints are verified first
+   * (docs/incident-response.md). INVALID_ARGUMENT names a bad actor or
+   * window (at most 366 days); DATA_LOSS when the trail does not verify,
+   * naming the first break.
+   */
+  scopeAccess(request: DeepPartial<ScopeAccessRequest>, options?: CallOptions & CallOptionsExt): Promise<AccessScope>;
 }
 
 function bytesFromBase64(b64: string): Uint8Array {
