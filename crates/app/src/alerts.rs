@@ -32,6 +32,12 @@ use crate::delivery::append_kept;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Alerts read per page by a hook.
 const HOOK_PAGE: usize = 64;
+/// An idle hook looks at the alerts stream at least this often (a commit
+/// wakes it sooner).
+const IDLE_LOOK: Duration = Duration::from_secs(5);
+/// The first wait after the log failed a read or write (doubling, with
+/// jitter, up to [`HOOK_LONGEST_WAIT`]).
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts to a failing alert hook.
 const HOOK_LONGEST_WAIT: Duration = Duration::from_secs(300);
 
@@ -93,14 +99,19 @@ impl Alerts {
         if settings.enabled {
             let (log, rules, m) = (log.clone(), settings.rules.clone(), metrics.clone());
             tokio::spawn(async move {
+                let mut failures = 0u32;
                 loop {
                     match follow(log.clone(), rules.clone(), &m).await {
-                        Ok(()) => {}
+                        // Another node wrote an alert: on from the checkpoint.
+                        Ok(()) => failures = 0,
                         Err(e) => {
-                            tracing::warn!(error = %e, "access alerts: following the audit trail failed; again in 1 s")
+                            failures = failures.saturating_add(1);
+                            let wait = retry_wait(failures);
+                            let ms = wait.as_millis() as u64;
+                            tracing::warn!(error = %e, retry_in_ms = ms, "access alerts: following the audit trail failed");
+                            tokio::time::sleep(wait).await;
                         }
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });
         }
@@ -238,11 +249,14 @@ struct HookSender {
 
 impl HookSender {
     async fn run(self) {
+        let mut failures = 0u32;
         loop {
             if let Err(e) = self.send_all().await {
-                tracing::warn!(hook = %self.hook.name, error = %e, "alert webhook: reading the alerts failed; again in 1 s");
+                failures = failures.saturating_add(1);
+                let wait = retry_wait(failures);
+                tracing::warn!(hook = %self.hook.name, error = %e, retry_in_ms = wait.as_millis() as u64, "alert webhook: reading the alerts failed");
+                tokio::time::sleep(wait).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -276,7 +290,7 @@ impl HookSender {
                 // Any commit may be an alert; the stream is small.
                 tokio::select! {
                     _ = head.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(IDLE_LOOK) => {}
                 }
                 continue;
             }
@@ -321,6 +335,11 @@ impl HookSender {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// The wait after `failures` failed rounds of reading the log.
+fn retry_wait(failures: u32) -> Duration {
+    backoff::delay_from(FIRST_RETRY, failures, backoff::random_unit()).min(HOOK_LONGEST_WAIT)
 }
 
 /// The JSON body of an alert (docs/incident-response.md).

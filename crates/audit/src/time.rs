@@ -22,6 +22,11 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("{text:?}: give unix seconds or YYYY-MM-DDTHH:MM:SSZ"))
 }
 
+/// Now, in microseconds since the Unix epoch (UTC).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,9 +46,4 @@ mod tests {
         }
         assert_eq!(time_text(i64::MIN), format!("{}µs", i64::MIN));
     }
-}
-
-/// Now, in microseconds since the Unix epoch (UTC).
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
