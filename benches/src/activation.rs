@@ -70,7 +70,7 @@ pub fn run(dir: &Path, events: usize, samples: usize, every: u64) -> Result<()> 
             pype: Uuid::now_v7(),
             end_user: user,
             pype_timers: Timers::DEFAULT,
-            timers: None,
+            timers: None,tracking: Default::default(),
         };
         writer.execute::<Session>(tenant, session, start).await?;
         let body = "x".repeat(256);

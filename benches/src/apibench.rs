@@ -181,6 +181,7 @@ pub(crate) async fn world(channel: Channel, sessions: usize, in_flight: usize) -
                             pype_id: pype_id.clone(),
                             end_user_id: user_id.clone(),
                             timers: None,
+                            ..Default::default()
                         },
                     ))
                     .await?

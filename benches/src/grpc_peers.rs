@@ -422,7 +422,12 @@ pub(crate) async fn messaging(
             let id = c
                 .start_session(authed(
                     &key,
-                    pb::StartSessionRequest { pype_id: pype, end_user_id: user.clone(), timers: None },
+                    pb::StartSessionRequest {
+                        pype_id: pype,
+                        end_user_id: user.clone(),
+                        timers: None,
+                        ..Default::default()
+                    },
                 ))
                 .await?
                 .into_inner()

@@ -68,6 +68,7 @@ pub async fn fill(log: &Arc<FileLog>, events: u64, sessions: u64, tenant: Uuid) 
                                     end_user_id: id(*user),
                                     timers: None,
                                     at_micros: at,
+                                    ..Default::default()
                                 },
                             ),
                             1 => ev(

@@ -137,7 +137,12 @@ async fn tenant(ch: &Channel, n: usize, sessions_per_pype: usize) -> Result<(Ten
             let s = sessions
                 .start_session(authed(
                     &key,
-                    pb::StartSessionRequest { pype_id: pype.clone(), end_user_id: user.clone(), timers: None },
+                    pb::StartSessionRequest {
+                        pype_id: pype.clone(),
+                        end_user_id: user.clone(),
+                        timers: None,
+                        ..Default::default()
+                    },
                 ))
                 .await?
                 .into_inner()

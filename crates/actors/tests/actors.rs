@@ -96,6 +96,7 @@ async fn conversation(r: &Registry, timers: Timers) -> Ids {
             end_user: ids.user,
             pype_timers: timers,
             timers: None,
+            tracking: Default::default(),
         },
     )
     .await

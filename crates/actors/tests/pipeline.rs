@@ -183,6 +183,7 @@ fn start(tenant: Uuid, session: Uuid, user: Uuid) -> SessionCommand {
         end_user: user,
         pype_timers: Timers::DEFAULT,
         timers: None,
+        tracking: Default::default(),
     }
 }
 

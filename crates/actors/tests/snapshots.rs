@@ -70,6 +70,7 @@ async fn conversation(w: &World, r: &Registry, n: usize) {
         end_user: w.user,
         pype_timers: Timers::DEFAULT,
         timers: None,
+        tracking: Default::default(),
     };
     r.execute::<Session>(w.tenant, w.session, start).await.unwrap();
     for wave in 0..n.div_ceil(50) {

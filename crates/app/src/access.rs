@@ -53,6 +53,7 @@ impl App {
                 Ok(Caller::Admin)
             }
             Bearer::Tenant(token) => {
+                self.local(token.tenant)?;
                 let actor = || format!("tenant-key:{}", token.key_id);
                 let cache_key = (token.tenant, token.key_id);
                 let cached = self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&cache_key).is_some_and(
@@ -114,6 +115,7 @@ impl App {
             Caller::Admin => Err(AppError::Forbidden("this call needs a tenant API key, not the admin key".into())),
             Caller::Staff { id, role } => {
                 let tenant = staff_tenant(credentials)?;
+                self.local(tenant)?;
                 self.staff_may(id, role, Some(tenant)).await?;
                 set_tenant(tenant);
                 Ok(tenant)
@@ -220,9 +222,14 @@ impl App {
                 }
                 Ok(t)
             }
-            Caller::Admin => crate::parse_id("tenant_id", tenant_id),
+            Caller::Admin => {
+                let tenant = crate::parse_id("tenant_id", tenant_id)?;
+                self.local(tenant)?;
+                Ok(tenant)
+            }
             Caller::Staff { id, role } => {
                 let tenant = crate::parse_id("tenant_id", tenant_id)?;
+                self.local(tenant)?;
                 self.staff_may(id, role, Some(tenant)).await?;
                 set_tenant(tenant);
                 Ok(tenant)

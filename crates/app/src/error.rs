@@ -45,6 +45,11 @@ pub enum AppError {
     /// projection).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The tenant lives in another region, which a node of that region
+    /// serves; the edges name the region apart (`pypes-region`) so a router
+    /// can send the request on.
+    #[error("failed precondition: {message}")]
+    ElsewhereRegion { region: String, message: String },
 }
 
 /// What a caller is told went wrong: one code per kind of failure, shared
@@ -171,6 +176,15 @@ impl AppError {
             AppError::Deadline(_) => Code::DeadlineExceeded,
             AppError::Conflict(_) => Code::Aborted,
             AppError::NotFound(_) => Code::NotFound,
+            AppError::ElsewhereRegion { .. } => Code::FailedPrecondition,
+        }
+    }
+
+    /// The region that serves the request, when it is another one.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            AppError::ElsewhereRegion { region, .. } => Some(region),
+            _ => None,
         }
     }
 
@@ -208,6 +222,7 @@ impl AppError {
             | AppError::Deadline(m)
             | AppError::Conflict(m)
             | AppError::NotFound(m) => m,
+            AppError::ElsewhereRegion { message, .. } => message,
         };
         (code, message, noted)
     }

@@ -366,6 +366,20 @@ async fn write_session(
     if let Some((why, at)) = closed {
         let _ = write!(tail, ",\"closed_at\":{},\"closed_by\":{}", time(at), reason(why));
     }
+    // Under Do-Not-Track the export says what was not recorded.
+    let t = state.tracking;
+    let _ = write!(
+        tail,
+        ",\"tracking\":{{\"do_not_track\":{},\"global_privacy_control\":{},\"effect\":{}}}",
+        t.do_not_track,
+        t.global_privacy_control,
+        json_str(if t.declined() {
+            "your browser or app asked not to be tracked: no device details were recorded for this Session, \
+             and it is counted in no statistics"
+        } else {
+            "none"
+        })
+    );
     tail.push('}');
     sink.push(&tail).await
 }

@@ -125,6 +125,7 @@ pub enum FeedData {
     SessionStarted {
         end_user: Uuid,
         timers: Timers,
+        do_not_track: bool,
     },
     /// The state after the event and why ("api", "timer", "erasure").
     SessionState {
@@ -547,9 +548,9 @@ fn reason(r: Reason) -> &'static str {
 fn session_data(session: Uuid, event: SessionEvent, restricted: bool, subject: &mut Option<Uuid>) -> FeedData {
     let state = |status, reason| FeedData::SessionState { status, reason };
     match event {
-        SessionEvent::Started { end_user, timers, .. } => {
+        SessionEvent::Started { end_user, timers, tracking, .. } => {
             *subject = Some(end_user);
-            FeedData::SessionStarted { end_user, timers }
+            FeedData::SessionStarted { end_user, timers, do_not_track: tracking.declined() }
         }
         SessionEvent::ParticipantJoined { participant, kind, .. } => {
             FeedData::Participant { participant, kind: Some(kind) }

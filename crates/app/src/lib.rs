@@ -36,6 +36,7 @@ pub mod media;
 pub mod privacy;
 pub mod pypes;
 pub mod reads;
+pub mod regions;
 pub mod restriction;
 pub mod retention;
 pub mod sessions;
@@ -83,6 +84,9 @@ pub struct App {
     pub media: Arc<blobs::Media>,
     pub(crate) feed_limits: limits::FeedLimits,
     pub(crate) deliveries: Arc<dyn webhook_port::WebhookDirectory>,
+    /// The region this node serves and the global tenant directory (`None`:
+    /// no regions configured, every tenant is this node's).
+    pub(crate) regions: Option<Arc<regions::Regions>>,
 }
 
 /// What [`App::new`] is made of (the wiring opens the stores and starts
@@ -105,6 +109,8 @@ pub struct Parts {
     /// Webhook delivery (`delivery::Deliveries`, started after the App is
     /// made), or `webhook_port::Disabled` on a node that does not deliver.
     pub deliveries: Arc<dyn webhook_port::WebhookDirectory>,
+    /// Data residency (docs/residency.md); `None` without regions.
+    pub regions: Option<Arc<regions::Regions>>,
 }
 
 impl App {
@@ -132,7 +138,17 @@ impl App {
             offboarding_grace_days: p.offboarding_grace_days,
             media: p.media,
             feed_limits: p.feed_limits,
+            regions: p.regions,
         })
+    }
+
+    /// Refuses a tenant of another region before anything of it is read
+    /// or written (docs/residency.md).
+    pub(crate) fn local(&self, tenant: uuid::Uuid) -> Result<(), AppError> {
+        match &self.regions {
+            Some(r) => r.require_local(tenant),
+            None => Ok(()),
+        }
     }
 
     /// Finds the privacy processes a previous run left open and drives

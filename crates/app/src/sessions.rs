@@ -34,6 +34,18 @@ pub struct Admission {
     pub end_user: Uuid,
     pype_timers: Timers,
     timers: Option<Timers>,
+    /// The end user's tracking signals (none unless the start passed them).
+    pub tracking: domain::session::Tracking,
+}
+
+/// The device a message came from, as the customer's front end passed it.
+#[derive(Debug, Clone, Default)]
+pub struct SentFrom {
+    /// "iPhone 15, iOS 18"; empty: none given.
+    pub device: String,
+    /// The device's user agent sent Do-Not-Track or Global Privacy
+    /// Control: the device is not recorded.
+    pub do_not_track: bool,
 }
 
 /// What posting a message answers.
@@ -73,10 +85,11 @@ impl App {
         pype_id: &str,
         end_user_id: &str,
         timers: Option<Timers>,
+        tracking: domain::session::Tracking,
     ) -> Result<Executed<Session>, AppError> {
         let tenant = self.tenant(who).await?;
         let admission = self.admit_session(tenant, pype_id, end_user_id, timers).await?;
-        self.open_admitted(admission).await
+        self.open_admitted(Admission { tracking, ..admission }).await
     }
 
     /// Step 1 of a start: the Pype is open and the end user may start a
@@ -94,7 +107,15 @@ impl App {
         let pype = self.registry.read::<domain::pype::Pype>(tenant, pype_id).await?.into_state();
         pype.require_open()?;
         self.registry.read::<Subject>(tenant, end_user).await?.state.may_start_session()?;
-        Ok(Admission { tenant, session: Uuid::now_v7(), pype: pype_id, end_user, pype_timers: pype.timers, timers })
+        Ok(Admission {
+            tenant,
+            session: Uuid::now_v7(),
+            pype: pype_id,
+            end_user,
+            pype_timers: pype.timers,
+            timers,
+            tracking: Default::default(),
+        })
     }
 
     /// Step 2: the start, then the subject read again (see the module's
@@ -108,6 +129,7 @@ impl App {
             end_user,
             pype_timers: a.pype_timers,
             timers: a.timers,
+            tracking: a.tracking,
         };
         let started = self.registry.execute::<Session>(tenant, id, cmd).await?;
         self.settle_new_session(tenant, end_user, id).await?;
@@ -140,13 +162,14 @@ impl App {
         session_id: &str,
         sender_id: &str,
         body: String,
-        device: String,
+        from: SentFrom,
         attachment_ids: &[String],
     ) -> Result<Posted, AppError> {
         let tenant = self.tenant(who).await?;
         let id = parse_id("session_id", session_id)?;
         let sender = parse_id("sender_id", sender_id)?;
-        let device = (!device.is_empty()).then_some(device);
+        // The sending device declined tracking: its detail goes no further.
+        let device = (!from.device.is_empty() && !from.do_not_track).then_some(from.device);
         if attachment_ids.len() > domain::session::MAX_ATTACHMENTS {
             return Err(AppError::invalid(
                 "attachment_ids",

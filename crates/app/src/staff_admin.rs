@@ -96,6 +96,7 @@ impl App {
     ) -> Result<(Uuid, Grant, i64), AppError> {
         let staff = staff_caller(self.platform(who).await?)?;
         let tenant = parse_id("tenant_id", tenant_id)?;
+        self.local(tenant)?;
         let grant = Uuid::now_v7();
         let command = StaffCommand::OpenBreakGlass { grant, staff, tenant, reason, duration_secs };
         let (_, d) = self.staff.execute(command).await?;

@@ -50,11 +50,15 @@ impl App {
     ) -> Result<Created, AppError> {
         self.platform(who).await?;
         let id = Uuid::now_v7();
-        let settings = TenantSettings {
-            timers: timers_in("default_timers", default_timers)?.unwrap_or_default(),
-            retention_days,
-            region: if region.is_empty() { "eu".into() } else { region },
+        let timers = timers_in("default_timers", default_timers)?.unwrap_or_default();
+        // With regions, the tenant's region is recorded in the global
+        // directory before the tenant exists (docs/residency.md).
+        let region = match &self.regions {
+            Some(r) => r.place_new(id, &region)?,
+            None if region.is_empty() => "eu".into(),
+            None => region,
         };
+        let settings = TenantSettings { timers, retention_days, region };
         // The tenant and its first key are one append: never a tenant without a way in,
         // never a key handed out that was not recorded.
         let (key_id, token, hash) = auth::new_tenant_key(id)?;
@@ -66,6 +70,7 @@ impl App {
 
     pub async fn get_tenant(&self, who: &Credentials, tenant_id: &str) -> Result<Tenant, AppError> {
         let wanted = parse_id("tenant_id", tenant_id)?;
+        self.local(wanted)?;
         match self.caller(who).await? {
             Caller::Tenant(t) if t != wanted => return Err(AppError::not_found("tenant")),
             Caller::Staff { id, role } => self.staff_may(id, role, Some(wanted)).await?,
@@ -88,7 +93,11 @@ impl App {
 
     pub async fn revoke_api_key(&self, who: &Credentials, key_id: &str, tenant_id: &str) -> Result<(), AppError> {
         let tenant = match self.caller(who).await? {
-            Caller::Admin => parse_id("tenant_id", tenant_id)?,
+            Caller::Admin => {
+                let tenant = parse_id("tenant_id", tenant_id)?;
+                self.local(tenant)?;
+                tenant
+            }
             Caller::Tenant(tenant) => {
                 if !tenant_id.is_empty() && parse_id("tenant_id", tenant_id)? != tenant {
                     return Err(AppError::Forbidden("tenant_id is not the tenant of the API key".into()));
@@ -163,6 +172,7 @@ impl App {
     pub async fn cancel_tenant(&self, who: &Credentials, tenant_id: &str) -> Result<Offboarding, AppError> {
         self.platform(who).await?;
         let tenant = parse_id("tenant_id", tenant_id)?;
+        self.local(tenant)?;
         let done = self.registry.execute::<Tenant>(tenant, tenant, TenantCommand::Cancel).await?;
         self.auth_cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(t, _), _| *t != tenant);
         self.audit.record(Record::new("privacy.tenant_cancelled", current_actor(), "ok").tenant(tenant)).await?;
@@ -172,6 +182,7 @@ impl App {
     pub async fn get_offboarding(&self, who: &Credentials, tenant_id: &str) -> Result<Offboarding, AppError> {
         self.platform(who).await?;
         let tenant = parse_id("tenant_id", tenant_id)?;
+        self.local(tenant)?;
         let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
         t.id.ok_or_else(|| AppError::not_found("tenant"))?;
         Ok(self.offboarding_of(tenant, &t))

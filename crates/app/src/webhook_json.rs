@@ -58,10 +58,11 @@ fn data(e: &IntegrationEvent) -> Option<(&'static str, Value)> {
     let session = e.session.unwrap_or_default();
     Some(match &e.data {
         FeedData::None => return None,
-        FeedData::SessionStarted { end_user, timers } => (
+        FeedData::SessionStarted { end_user, timers, do_not_track } => (
             "session_started",
             json!({
                 "end_user_id": end_user.to_string(),
+                "do_not_track": do_not_track,
                 "timers": {
                     "inactive_after_secs": timers.inactive_after_secs,
                     "close_after_secs": timers.close_after_secs,

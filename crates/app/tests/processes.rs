@@ -95,6 +95,7 @@ async fn node(w: &World) -> Node {
         feed_limits: Default::default(),
         deliveries: Arc::new(app::webhook_port::Disabled(Default::default())),
         media: Arc::new(app::media::Media::new(blobs, media_config())),
+        regions: None,
     });
     app.resume_processes();
     Node { app, registry, views }
@@ -238,7 +239,7 @@ async fn a_restriction_killed_halfway_finishes_after_a_restart() {
     let n = node(&w).await;
     let (key, tenant, pype, subject) = setup(&n.app).await;
     for _ in 0..1000 {
-        n.app.start_session(&key, &pype.to_string(), &subject.to_string(), None).await.unwrap();
+        n.app.start_session(&key, &pype.to_string(), &subject.to_string(), None, Default::default()).await.unwrap();
     }
     let app = n.app.clone();
     let running = tokio::spawn(async move {
@@ -280,7 +281,8 @@ async fn a_location_sealed_after_the_withdrawal_is_shredded() {
     let (key, tenant, pype, subject) = setup(&n.app).await;
     let s = subject.to_string();
     n.app.grant_consent(&key, "", &s, "geolocation".into(), "v1".into()).await.unwrap();
-    let session = n.app.start_session(&key, &pype.to_string(), &s, None).await.unwrap().state.id.unwrap();
+    let session =
+        n.app.start_session(&key, &pype.to_string(), &s, None, Default::default()).await.unwrap().state.id.unwrap();
     n.app.share_location(&key, &session.to_string(), &s, 52.5, 13.4, 10).await.unwrap();
     let geo = ShredTarget::Subject { subject, group: Some(Group::Geo) };
     assert!(!w.keyring.keys_of(tenant, geo).await.unwrap().is_empty());

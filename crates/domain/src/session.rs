@@ -106,6 +106,8 @@ pub enum SessionCommand {
         /// The Pype's defaults, and this Session's own values if any.
         pype_timers: Timers,
         timers: Option<Timers>,
+        /// The end user's user agent's tracking signals.
+        tracking: Tracking,
     },
     PostMessage {
         sender: Uuid,
@@ -173,6 +175,7 @@ pub enum SessionEvent {
         end_user: Uuid,
         timers: Timers,
         at_micros: i64,
+        tracking: Tracking,
     },
     ParticipantJoined {
         participant: Uuid,
@@ -284,6 +287,28 @@ pub struct Session {
     pub closed_micros: i64,
     /// Blobs uploaded into the Session.
     pub media: BTreeMap<Uuid, MediaMeta>,
+    /// The end user's tracking signals at the start (snapshots written
+    /// before they existed read none).
+    #[serde(default)]
+    pub tracking: Tracking,
+}
+
+/// The tracking signals of the end user's user agent, passed through the
+/// API by the customer's front end: Do-Not-Track (`DNT: 1`) and Global
+/// Privacy Control (`Sec-GPC: 1`). Either one declines tracking: no device
+/// detail is recorded for the Session and it counts in no analytics
+/// aggregate (docs/privacy.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tracking {
+    pub do_not_track: bool,
+    pub global_privacy_control: bool,
+}
+
+impl Tracking {
+    /// Whether the user agent declined tracking (either signal).
+    pub fn declined(&self) -> bool {
+        self.do_not_track || self.global_privacy_control
+    }
 }
 
 impl Default for Session {
@@ -305,6 +330,7 @@ impl Default for Session {
             content_expired: false,
             closed_micros: 0,
             media: BTreeMap::new(),
+            tracking: Tracking::default(),
         }
     }
 }
@@ -385,7 +411,7 @@ impl Aggregate for Session {
     fn decide(&self, command: &SessionCommand, ctx: &Ctx) -> Result<Vec<SessionEvent>, Rejection> {
         let now = ctx.now_micros;
         match command {
-            SessionCommand::Start { session, tenant, pype, end_user, pype_timers, timers } => {
+            SessionCommand::Start { session, tenant, pype, end_user, pype_timers, timers, tracking } => {
                 if self.id.is_some() {
                     return Err(Rejection::AlreadyExists { what: "session" });
                 }
@@ -400,6 +426,7 @@ impl Aggregate for Session {
                     end_user: *end_user,
                     timers,
                     at_micros: now,
+                    tracking: *tracking,
                 }])
             }
             SessionCommand::Import {
@@ -466,12 +493,15 @@ impl Aggregate for Session {
                 if self.status == Status::Inactive {
                     events.push(SessionEvent::Reactivated { reason: Reason::Api, at_micros: now });
                 }
+                // Under Do-Not-Track no device detail is recorded: it is
+                // not needed to deliver the message.
+                let device = if self.tracking.declined() { None } else { device.clone() };
                 events.push(SessionEvent::MessagePosted {
                     seq: self.last_seq + 1,
                     sender: *sender,
                     sent_at_micros: now,
                     body: body.clone(),
-                    device: device.clone(),
+                    device,
                     attachments: refs,
                 });
                 Ok(events)
@@ -620,7 +650,8 @@ impl Aggregate for Session {
 
     fn evolve(&mut self, event: &SessionEvent) {
         match event {
-            SessionEvent::Started { session, tenant, pype, end_user, timers, at_micros } => {
+            SessionEvent::Started { session, tenant, pype, end_user, timers, at_micros, tracking } => {
+                self.tracking = *tracking;
                 self.id = Some(*session);
                 self.tenant = *tenant;
                 self.pype = *pype;
@@ -713,6 +744,7 @@ fn import(p: ImportPlan<'_>) -> Result<Vec<SessionEvent>, Rejection> {
         end_user: p.end_user,
         timers: p.timers,
         at_micros: p.started,
+        tracking: Tracking::default(),
     });
     let mut joined = std::collections::BTreeSet::new();
     let mut last = p.started;

@@ -50,11 +50,20 @@ fn started() -> Vec<SessionEvent> {
         end_user: id(4),
         timers: TIMERS,
         at_micros: T0,
+        tracking: Default::default(),
     }]
 }
 
 fn start_cmd(timers: Option<Timers>) -> SessionCommand {
-    SessionCommand::Start { session: id(1), tenant: id(2), pype: id(3), end_user: id(4), pype_timers: TIMERS, timers }
+    SessionCommand::Start {
+        session: id(1),
+        tenant: id(2),
+        pype: id(3),
+        end_user: id(4),
+        pype_timers: TIMERS,
+        timers,
+        tracking: Default::default(),
+    }
 }
 
 #[test]
@@ -75,6 +84,36 @@ fn a_session_starts_with_its_end_user_and_the_pype_timers() {
     );
     let s = Session::replay(&started());
     assert!(s.participants[&id(4)].present);
+}
+
+#[test]
+fn under_do_not_track_no_device_is_recorded() {
+    for tracking in [
+        domain::session::Tracking { do_not_track: true, global_privacy_control: false },
+        domain::session::Tracking { do_not_track: false, global_privacy_control: true },
+    ] {
+        let start = SessionCommand::Start {
+            session: id(1),
+            tenant: id(2),
+            pype: id(3),
+            end_user: id(4),
+            pype_timers: TIMERS,
+            timers: None,
+            tracking,
+        };
+        let mut history = given::<Session>(&[]).when(start, T0).unwrap();
+        assert!(matches!(history[0], SessionEvent::Started { tracking: t, .. } if t == tracking));
+        let post = SessionCommand::PostMessage {
+            sender: id(4),
+            body: "hi".into(),
+            device: Some("iPhone 15".into()),
+            attachments: vec![],
+        };
+        let events = given::<Session>(&history).when(post, T0 + SEC).unwrap();
+        assert!(matches!(&events[0], SessionEvent::MessagePosted { device: None, .. }), "{events:?}");
+        history.extend(events);
+        assert!(Session::replay(&history).tracking.declined());
+    }
 }
 
 #[test]

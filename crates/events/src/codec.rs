@@ -521,7 +521,7 @@ impl Codec for Session {
             new_event(t, tenant, pb::SessionStateChanged { reason: reason_pb(*reason), at_micros: *at })
         };
         Ok(match event {
-            SessionEvent::Started { session, tenant: t, pype, end_user, timers, at_micros } => new_event(
+            SessionEvent::Started { session, tenant: t, pype, end_user, timers, at_micros, tracking } => new_event(
                 ty::SESSION_STARTED,
                 tenant,
                 pb::SessionStarted {
@@ -531,6 +531,8 @@ impl Codec for Session {
                     end_user_id: id_bytes(*end_user),
                     timers: Some(timers_pb(*timers)),
                     at_micros: *at_micros,
+                    do_not_track: tracking.do_not_track,
+                    global_privacy_control: tracking.global_privacy_control,
                 },
             ),
             SessionEvent::ParticipantJoined { participant, kind, at_micros } => new_event(
@@ -683,6 +685,10 @@ pub fn decode_session_clear(r: &RecordedEvent) -> Result<SessionEvent, CodecErro
                 end_user: uuid(r, "end_user_id", &p.end_user_id)?,
                 timers: timers_of(p.timers),
                 at_micros: p.at_micros,
+                tracking: domain::session::Tracking {
+                    do_not_track: p.do_not_track,
+                    global_privacy_control: p.global_privacy_control,
+                },
             }
         }
         ty::PARTICIPANT_JOINED => {

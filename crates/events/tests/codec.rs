@@ -57,7 +57,15 @@ fn samples() -> Samples {
     let (tenant, subject, session, pype) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let (agent, request) = (Uuid::now_v7(), Uuid::now_v7());
     let session_events = vec![
-        SessionEvent::Started { session, tenant, pype, end_user: subject, timers: Timers::DEFAULT, at_micros: 1 },
+        SessionEvent::Started {
+            session,
+            tenant,
+            pype,
+            end_user: subject,
+            timers: Timers::DEFAULT,
+            at_micros: 1,
+            tracking: Default::default(),
+        },
         SessionEvent::ParticipantJoined {
             participant: agent,
             kind: domain::session::ParticipantKind::Agent,

@@ -142,6 +142,11 @@ fn apply_one(page: &mut Page<'_, '_>, r: &RecordedEvent) -> Result<(), ApplyErro
         if uuid_of(&p.pype_id).is_none() {
             return Err(ApplyError::Poison(format!("SessionStarted at {}: pype_id is not a uuid", r.position)));
         }
+        // Do-Not-Track / Global Privacy Control: the Session counts in no
+        // aggregate (not opened here, so nothing after it counts either).
+        if p.do_not_track || p.global_privacy_control {
+            return Ok(());
+        }
         let mut s = AnalyticsSession {
             tenant_id: tenant.as_bytes().to_vec(),
             pype_id: p.pype_id.to_vec(),

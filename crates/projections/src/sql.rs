@@ -24,7 +24,7 @@ use crate::sessions::parse_stream;
 
 /// Bump when the tables change meaning: the sink then rebuilds them from
 /// the start of the log.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 const NAME: &str = "sql";
 const PAGE: usize = 1000;
 
@@ -55,8 +55,11 @@ CREATE TABLE IF NOT EXISTS pypes_sql_sessions (
     first_reply_at timestamptz,
     restricted boolean NOT NULL DEFAULT false,
     content_expired boolean NOT NULL DEFAULT false,
-    subject_erased boolean NOT NULL DEFAULT false
+    subject_erased boolean NOT NULL DEFAULT false,
+    do_not_track boolean NOT NULL DEFAULT false
 );
+-- Schema 2: tables made by schema 1 gain the column (then rebuilt).
+ALTER TABLE pypes_sql_sessions ADD COLUMN IF NOT EXISTS do_not_track boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS pypes_sql_sessions_by_pype ON pypes_sql_sessions (tenant_id, pype_id, started_at);
 CREATE INDEX IF NOT EXISTS pypes_sql_sessions_by_end_user ON pypes_sql_sessions (tenant_id, end_user_id);
 CREATE TABLE IF NOT EXISTS pypes_sql_messages (
@@ -80,14 +83,14 @@ CREATE OR REPLACE VIEW pypes_sql_sessions_anon AS
     SELECT session_id, tenant_id, pype_id, state, started_at, last_activity_at, closed_at, close_reason,
            messages, end_user_messages, agent_messages, bot_messages, attachments, media_uploads, media_bytes,
            first_reply_at, restricted, content_expired, subject_erased
-    FROM pypes_sql_sessions;
+    FROM pypes_sql_sessions WHERE NOT do_not_track;
 CREATE OR REPLACE VIEW pypes_sql_pype_daily_anon AS
     SELECT tenant_id, pype_id, date_trunc('day', started_at) AS day,
            count(*) AS sessions,
            sum(messages) AS messages,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM first_reply_at - started_at))
                AS median_first_reply_secs
-    FROM pypes_sql_sessions GROUP BY 1, 2, 3;
+    FROM pypes_sql_sessions WHERE NOT do_not_track GROUP BY 1, 2, 3;
 ";
 
 /// What the sink can fail with (the message names the database, never its
@@ -323,10 +326,10 @@ async fn session_event(tx: &Transaction<'_>, r: &RecordedEvent) -> Step {
             };
             tx.execute(
                 "INSERT INTO pypes_sql_sessions (session_id, tenant_id, pype_id, end_user_id, state, started_at,
-                     last_activity_at)
-                 VALUES ($1, $2, $3, $4, 'active', to_timestamp($5), to_timestamp($5))
+                     last_activity_at, do_not_track)
+                 VALUES ($1, $2, $3, $4, 'active', to_timestamp($5), to_timestamp($5), $6)
                  ON CONFLICT (session_id) DO NOTHING",
-                &[&session, &tenant, &pype, &end_user, &ts(p.at_micros)],
+                &[&session, &tenant, &pype, &end_user, &ts(p.at_micros), &(p.do_not_track || p.global_privacy_control)],
             )
             .await?;
         }

@@ -94,6 +94,7 @@ impl World {
                     end_user_id: id(end_user),
                     timers: None,
                     at_micros: at,
+                    ..Default::default()
                 },
             ),
             ev(

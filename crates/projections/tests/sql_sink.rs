@@ -37,6 +37,7 @@ async fn conversation(log: &Arc<dyn EventLog>, tenant: Uuid, pype: Uuid, session
             end_user_id: id(user),
             timers: None,
             at_micros: T0,
+            ..Default::default()
         },
     )];
     for seq in 1..=n {

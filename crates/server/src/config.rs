@@ -44,6 +44,80 @@ pub struct FileConfig {
     /// Rules watching privileged access, and where their alerts go.
     #[serde(default)]
     pub alerts: AlertsFile,
+    /// Data residency: `serve`, `directory`, and one table per region
+    /// (`[regions.eu] data_dir = …`); docs/residency.md.
+    pub regions: Option<toml::Table>,
+}
+
+/// `[regions]`, checked: the region this node serves, every region of the
+/// deployment, and the global tenant directory.
+#[derive(Debug, Clone)]
+pub struct RegionsConfig {
+    pub this: String,
+    pub known: Vec<String>,
+    pub directory: PathBuf,
+}
+
+/// Reads `[regions]`; the served region's `data_dir` is the node's data
+/// directory (a `--data-dir` or `data_dir` that names another is refused).
+fn regions_config(table: &toml::Table, data_dir: &mut Option<PathBuf>) -> anyhow::Result<RegionsConfig> {
+    let text = |key: &str| -> anyhow::Result<Option<String>> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => anyhow::bail!("regions.{key}: a string"),
+        }
+    };
+    let this =
+        text("serve")?.ok_or_else(|| anyhow::anyhow!("regions.serve: which region this node serves (e.g. \"eu\")"))?;
+    let directory = text("directory")?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "regions.directory: the global tenant directory (a directory shared by the nodes of every region)"
+        )
+    })?;
+    let mut known = Vec::new();
+    let mut served_dir = None;
+    for (name, value) in table {
+        if name == "serve" || name == "directory" {
+            continue;
+        }
+        let toml::Value::Table(region) = value else {
+            anyhow::bail!(
+                "regions.{name}: unknown key; a region is a table ([regions.{name}] data_dir = …), besides serve and directory"
+            );
+        };
+        if name.is_empty()
+            || name.len() > 32
+            || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            anyhow::bail!("regions.{name}: a region's name is 1 to 32 lower-case letters, digits or '-'");
+        }
+        for key in region.keys() {
+            if key != "data_dir" {
+                anyhow::bail!("regions.{name}.{key}: unknown key (a region has data_dir)");
+            }
+        }
+        let dir = match region.get("data_dir") {
+            Some(toml::Value::String(s)) => PathBuf::from(s),
+            _ => anyhow::bail!("regions.{name}.data_dir: the region's data directory (a string)"),
+        };
+        if *name == this {
+            served_dir = Some(dir);
+        }
+        known.push(name.clone());
+    }
+    let Some(served_dir) = served_dir else {
+        anyhow::bail!("regions.serve = {this:?}, but there is no [regions.{this}] (regions: {})", known.join(", "));
+    };
+    match data_dir {
+        Some(d) if *d != served_dir => anyhow::bail!(
+            "the data directory {} is not region {this}'s ({}): a node's data directory is its region's",
+            d.display(),
+            served_dir.display()
+        ),
+        _ => *data_dir = Some(served_dir),
+    }
+    Ok(RegionsConfig { this, known, directory: PathBuf::from(directory) })
 }
 
 /// `[alerts]`: the rules over the audit trail (docs/incident-response.md).
@@ -760,6 +834,8 @@ pub struct Config {
     pub webhooks: (app::delivery::WebhookSettings, Option<Vec<u8>>),
     /// The access alerts, their webhooks' destination policy and extra CA.
     pub alerts: (app::alerts::AlertSettings, webhooks::target::Policy, Option<Vec<u8>>),
+    /// Data residency (`None`: no regions, one data directory for all).
+    pub regions: Option<RegionsConfig>,
 }
 
 impl Config {
@@ -769,11 +845,17 @@ impl Config {
             None => FileConfig::default(),
         };
         let (log, keys) = backends(&args.backends, file.log, &file.keys)?;
+        let mut data_dir = args.data_dir.clone().or(file.data_dir);
+        let regions = match &file.regions {
+            Some(t) => Some(regions_config(t, &mut data_dir)?),
+            None => None,
+        };
         let config = Config {
+            regions,
             log,
             keys,
             sql_url: args.sql_url.clone().or(file.sql.url).filter(|u| !u.trim().is_empty()),
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             grpc_addr: listen_addr("grpc_addr", args.grpc_addr.clone().or(file.grpc_addr), 50051)?,
             http_addr: listen_addr("http_addr", args.http_addr.clone().or(file.http_addr), 8080)?,
             admin_key: args.admin_key.clone().or(file.admin_key),

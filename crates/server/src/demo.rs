@@ -122,6 +122,7 @@ pub async fn run(client: &Client, admin_key: &str) -> anyhow::Result<()> {
                 pype_id: pype.pype_id.clone(),
                 end_user_id: user.subject_id.clone(),
                 timers: None,
+                ..Default::default()
             },
         )?)
         .await?

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod http;
 pub mod integrity;
 pub mod metrics;
+pub mod regions;
 pub mod telemetry;
 pub mod version;
 pub mod wiring;

@@ -460,6 +460,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             Some(d) => d.clone(),
             None => Arc::new(app::webhook_port::Disabled(config.webhooks.0.clone())),
         },
+        regions: match &config.regions {
+            Some(r) => {
+                let directory = crate::regions::FileDirectory::open(&r.directory)?;
+                tracing::info!(region = %r.this, regions = ?r.known, directory = %r.directory.display(), "serving one region");
+                Some(Arc::new(app::regions::Regions::new(r.this.clone(), r.known.clone(), Arc::new(directory))))
+            }
+            None => None,
+        },
     });
     application.resume_processes();
     if let Some(d) = &deliveries {

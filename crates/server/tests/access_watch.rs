@@ -62,7 +62,12 @@ async fn another_user(c: &mut Clients, s: &Setup, name: &str) -> (String, String
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: user.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: user.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

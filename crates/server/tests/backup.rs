@@ -78,7 +78,12 @@ async fn the_drill_restores_up_to_the_backup_and_a_turned_epoch_shuts_the_backup
         .sessions
         .start_session(authed(
             &a.key,
-            pb::StartSessionRequest { pype_id: a.pype.clone(), end_user_id: gone.subject_id.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: a.pype.clone(),
+                end_user_id: gone.subject_id.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

@@ -95,6 +95,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                 pype_id: pype.pype_id.clone(),
                 end_user_id: user.subject_id.clone(),
                 timers: None,
+                ..Default::default()
             },
         ))
         .await
@@ -194,6 +195,7 @@ async fn no_canary_reaches_any_file_or_log_line() {
                 pype_id: pype.pype_id.clone(),
                 end_user_id: kept.subject_id.clone(),
                 timers: None,
+                ..Default::default()
             },
         ))
         .await

@@ -182,7 +182,12 @@ async fn erasure_requests_by_admin_and_tenant_and_bad_input() {
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: s.user.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap_err();

@@ -57,7 +57,12 @@ async fn an_export_holds_every_kind_of_data() {
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: user.subject_id.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: user.subject_id.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
@@ -232,7 +237,12 @@ async fn a_subject_with_100k_messages_exports_in_bounded_memory() {
             .sessions
             .start_session(authed(
                 &s.key,
-                pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+                pb::StartSessionRequest {
+                    pype_id: s.pype.clone(),
+                    end_user_id: s.user.clone(),
+                    timers: None,
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap()

@@ -102,7 +102,12 @@ async fn second_session(c: &mut Clients, s: &Setup) -> String {
     c.sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: s.user.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

@@ -59,6 +59,7 @@ async fn a_conversation_and_every_kind_of_bad_input() {
         pype_id: s.pype.clone(),
         end_user_id: s.user.clone(),
         timers: Some(pb::Timers { inactive_after_secs: 1, close_after_secs: 10 }),
+        ..Default::default()
     };
     let (c3, m3) = code(c.sessions.start_session(authed(&s.key, bad_timers)).await);
     assert!(c3 == Code::InvalidArgument && m3.starts_with("timers"), "{m3}");
@@ -178,7 +179,12 @@ async fn a_conversation_and_every_kind_of_bad_input() {
         c.sessions
             .start_session(authed(
                 &s.key,
-                pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+                pb::StartSessionRequest {
+                    pype_id: s.pype.clone(),
+                    end_user_id: s.user.clone(),
+                    timers: None,
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap();
@@ -473,7 +479,12 @@ async fn pypes_members_horizons_and_subject_states_through_the_api() {
     let id = pb::DeactivateSubjectRequest { subject_id: s.user.clone() };
     let off = c.subjects.deactivate_subject(authed(&s.key, id)).await.unwrap().into_inner();
     assert_eq!(off.status, pb::SubjectStatus::Deactivated as i32);
-    let start = pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None };
+    let start = pb::StartSessionRequest {
+        pype_id: s.pype.clone(),
+        end_user_id: s.user.clone(),
+        timers: None,
+        ..Default::default()
+    };
     assert_eq!(
         code(c.sessions.start_session(authed(&s.key, start.clone())).await),
         (Code::FailedPrecondition, "the end user is deactivated".into())

@@ -166,7 +166,12 @@ async fn uploads_round_trip_by_range_and_travel_as_attachments() {
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: s.user.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

@@ -114,7 +114,12 @@ async fn three_nodes_share_one_postgres_log_and_key_store() {
             .sessions
             .start_session(authed(
                 &key,
-                pb::StartSessionRequest { pype_id: first.pype.clone(), end_user_id: first.user.clone(), timers: None },
+                pb::StartSessionRequest {
+                    pype_id: first.pype.clone(),
+                    end_user_id: first.user.clone(),
+                    timers: None,
+                    ..Default::default()
+                },
             ))
             .await
             .unwrap()

@@ -179,7 +179,12 @@ async fn restriction_refuses_processing_until_lifted_and_analytics_leave_it_out(
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: other.subject_id.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: s.pype.clone(),
+                end_user_id: other.subject_id.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
@@ -193,7 +198,12 @@ async fn restriction_refuses_processing_until_lifted_and_analytics_leave_it_out(
         c.sessions
             .start_session(authed(
                 &s.key,
-                pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), timers: None },
+                pb::StartSessionRequest {
+                    pype_id: s.pype.clone(),
+                    end_user_id: s.user.clone(),
+                    timers: None,
+                    ..Default::default()
+                },
             ))
             .await,
         "StartSession",
@@ -401,5 +411,125 @@ async fn children_are_refused_and_nothing_of_theirs_is_kept() {
     for canary in &canaries {
         let hits = common::containing(&files, canary);
         assert!(hits.is_empty(), "{canary} found in {hits:?}");
+    }
+}
+
+/// Do-Not-Track: a Session started under DNT (or GPC) and a message sent
+/// with DNT leave no device detail in the log (replayed with the keys),
+/// any file of the data directory or the server's log output; the Session
+/// counts in no analytics cell; `GetSession`, the export and the tenant
+/// feed say so. A Session without the signal keeps its device details (so
+/// the checks can fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn do_not_track_records_no_device_and_counts_in_no_aggregate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("pypes.toml");
+    std::fs::write(&config, "[privacy]\nanalytics_k = 2\n").unwrap();
+    let logs = dir.path().join("server.log");
+    let server = common::start_logging_with(&data, &logs, &[("PYPES_CONFIG", config.to_str().unwrap())]);
+    let mut c = clients(&server.grpc).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let s = setup(&mut c, "tracy").await;
+    const DNT_DEVICE: &str = "DntCanaryDevice-7f3a";
+    const GPC_DEVICE: &str = "GpcCanaryDevice-91bc";
+    const MESSAGE_DNT_DEVICE: &str = "MsgDntCanaryDevice-22d0";
+    const PLAIN_DEVICE: &str = "PlainDevice-4e81";
+    let start = |dnt: bool, gpc: bool| pb::StartSessionRequest {
+        pype_id: s.pype.clone(),
+        end_user_id: s.user.clone(),
+        timers: None,
+        do_not_track: dnt,
+        global_privacy_control: gpc,
+    };
+    let dnt = c.sessions.start_session(authed(&s.key, start(true, false))).await.unwrap().into_inner();
+    let gpc = c.sessions.start_session(authed(&s.key, start(false, true))).await.unwrap().into_inner();
+    assert!(dnt.do_not_track && gpc.do_not_track);
+    let post_from = |session: &str, device: &str, message_dnt: bool| pb::PostMessageRequest {
+        session_id: session.into(),
+        sender_id: s.user.clone(),
+        body: "hello".into(),
+        device: device.into(),
+        do_not_track: message_dnt,
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        c.sessions.post_message(authed(&s.key, post_from(&dnt.session_id, DNT_DEVICE, false))).await.unwrap();
+    }
+    c.sessions.post_message(authed(&s.key, post_from(&gpc.session_id, GPC_DEVICE, false))).await.unwrap();
+    // Plain Sessions (two, so the cell is over k = 2): one message with
+    // its device, one sent with DNT.
+    let second = c.sessions.start_session(authed(&s.key, start(false, false))).await.unwrap().into_inner();
+    assert!(!second.do_not_track);
+    c.sessions.post_message(authed(&s.key, post_from(&s.session, PLAIN_DEVICE, false))).await.unwrap();
+    c.sessions.post_message(authed(&s.key, post_from(&s.session, MESSAGE_DNT_DEVICE, true))).await.unwrap();
+    let got = c
+        .sessions
+        .get_session(authed(&s.key, pb::GetSessionRequest { session_id: dnt.session_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.do_not_track);
+
+    // The export: the DNT Sessions say so and carry no device.
+    let doc = export_json(&ch, &s.key, &s.user).await;
+    let sessions = doc["sessions"].as_array().unwrap();
+    let find = |id: &str| sessions.iter().find(|x| x["session_id"] == id).unwrap().clone();
+    let exported = find(&dnt.session_id);
+    assert_eq!(exported["tracking"]["do_not_track"], true, "{exported}");
+    assert!(exported["tracking"]["effect"].as_str().unwrap().contains("no device details"), "{exported}");
+    assert_eq!(find(&gpc.session_id)["tracking"]["global_privacy_control"], true);
+    let text = doc.to_string();
+    for canary in [DNT_DEVICE, GPC_DEVICE, MESSAGE_DNT_DEVICE] {
+        assert!(!text.contains(canary), "{canary} in the export");
+    }
+    assert!(text.contains(PLAIN_DEVICE), "the plain Session's device is missing from the export");
+    assert_eq!(find(&s.session)["tracking"]["effect"], "none");
+
+    // Analytics: only the plain Sessions and their two messages count.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    const DAY: i64 = 86_400_000_000;
+    let cells = c
+        .analytics
+        .query_analytics(authed(
+            &s.key,
+            pb::QueryAnalyticsRequest {
+                pype_id: s.pype.clone(),
+                granularity: pb::Granularity::Day as i32,
+                from_micros: now - 2 * DAY,
+                to_micros: now + 2 * DAY,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .cells;
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    assert_eq!((cells[0].started, cells[0].sessions, cells[0].messages_end_user), (2, 2, 2), "{cells:?}");
+
+    // The log, opened with the keys: no device of a DNT Session or message.
+    common::stop_cleanly(server);
+    let replay = |session: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+            .args(["replay", "--data-dir"])
+            .arg(&data)
+            .args(["--stream", &format!("session-{}-{session}", s.tenant)])
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let plain = replay(&s.session);
+    assert!(plain.contains(PLAIN_DEVICE), "replay shows no devices at all:\n{plain}");
+    assert!(!plain.contains(MESSAGE_DNT_DEVICE), "{plain}");
+    for (session, canary) in [(&dnt.session_id, DNT_DEVICE), (&gpc.session_id, GPC_DEVICE)] {
+        let text = replay(session);
+        assert!(text.contains("hello") && !text.contains(canary), "{text}");
+    }
+    // No store and no log line holds them either.
+    let files = common::files_under(dir.path());
+    for canary in [DNT_DEVICE, GPC_DEVICE, MESSAGE_DNT_DEVICE] {
+        assert!(common::containing(&files, canary).is_empty(), "{canary} in {:?}", common::containing(&files, canary));
     }
 }

@@ -108,7 +108,12 @@ async fn closed_sessions_lose_their_content_when_retention_runs_out() {
         .sessions
         .start_session(authed(
             &s.key,
-            pb::StartSessionRequest { pype_id: short.pype_id.clone(), end_user_id: s.user.clone(), timers: None },
+            pb::StartSessionRequest {
+                pype_id: short.pype_id.clone(),
+                end_user_id: s.user.clone(),
+                timers: None,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()

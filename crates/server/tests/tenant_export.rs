@@ -167,6 +167,7 @@ async fn a_hundred_thousand_messages_resumed_after_a_broken_stream_equal_what_th
                 pype_id: s.pype.clone(),
                 end_user_id: restricted.subject_id.clone(),
                 timers: None,
+                ..Default::default()
             },
         ))
         .await

@@ -101,6 +101,7 @@ pub(crate) fn session_out(s: &Executed<Session>) -> pb::Session {
         last_seq: st.last_seq,
         timers: Some(timers_out(st.timers)),
         version: s.version.unwrap_or_default(),
+        do_not_track: st.tracking.declined(),
     }
 }
 
@@ -144,10 +145,11 @@ pub(crate) fn event_out(session: Uuid, w: app::sessions::Watched) -> pb::Session
     let state =
         |s: Status, r: Reason| Event::StateChanged(pb::StateChange { state: state_out(s), reason: reason_text(r) });
     let event = match w.event {
-        SessionEvent::Started { pype, end_user, timers, .. } => Event::Started(pb::SessionStarted {
+        SessionEvent::Started { pype, end_user, timers, tracking, .. } => Event::Started(pb::SessionStarted {
             pype_id: pype.to_string(),
             end_user_id: end_user.to_string(),
             timers: Some(timers_out(timers)),
+            do_not_track: tracking.declined(),
         }),
         SessionEvent::ParticipantJoined { participant, kind, .. } => {
             Event::Joined(pb::ParticipantChanged { participant_id: participant.to_string(), kind: kind_out(kind) })
@@ -281,10 +283,13 @@ pub(crate) fn integration_event_out(e: IntegrationEvent) -> pb::IntegrationEvent
     let session = e.session.unwrap_or_default();
     let data = match e.data {
         FeedData::None => None,
-        FeedData::SessionStarted { end_user, timers } => Some(Data::SessionStarted(pb::FeedSessionStarted {
-            end_user_id: end_user.to_string(),
-            timers: Some(timers_out(timers)),
-        })),
+        FeedData::SessionStarted { end_user, timers, do_not_track } => {
+            Some(Data::SessionStarted(pb::FeedSessionStarted {
+                end_user_id: end_user.to_string(),
+                timers: Some(timers_out(timers)),
+                do_not_track,
+            }))
+        }
         FeedData::SessionState { status, reason } => {
             Some(Data::SessionState(pb::FeedSessionState { state: state_out(status), reason: reason.into() }))
         }

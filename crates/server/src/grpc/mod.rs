@@ -57,8 +57,14 @@ pub(crate) fn status(e: AppError) -> Status {
 
 /// [`status`], and the incident id of an internal failure.
 fn status_noting(e: AppError) -> (Status, Option<uuid::Uuid>) {
+    let region = e.region().map(str::to_string);
     let (code, message, incident) = e.answer_noting();
-    (Status::new(tonic::Code::from(code.grpc()), message), incident)
+    let mut status = Status::new(tonic::Code::from(code.grpc()), message);
+    // A tenant of another region: a router reads where to send it on.
+    if let Some(r) = region.and_then(|r| tonic::metadata::MetadataValue::try_from(r).ok()) {
+        status.metadata_mut().insert("pypes-region", r);
+    }
+    (status, incident)
 }
 
 /// The span of one RPC (exported when traces are on; disabled, and free,

@@ -90,7 +90,13 @@ impl pb::session_service_server::SessionService for Handle {
         let who = credentials(request.metadata());
         let r = request.into_inner();
         self.unary("StartSession", async {
-            Ok(session_out(&self.app.start_session(&who, &r.pype_id, &r.end_user_id, timers_in(r.timers)).await?))
+            let tracking = domain::session::Tracking {
+                do_not_track: r.do_not_track,
+                global_privacy_control: r.global_privacy_control,
+            };
+            Ok(session_out(
+                &self.app.start_session(&who, &r.pype_id, &r.end_user_id, timers_in(r.timers), tracking).await?,
+            ))
         })
         .await
     }
@@ -99,8 +105,9 @@ impl pb::session_service_server::SessionService for Handle {
         let who = credentials(request.metadata());
         let r = request.into_inner();
         self.unary("PostMessage", async {
+            let from = app::sessions::SentFrom { device: r.device, do_not_track: r.do_not_track };
             let done =
-                self.app.post_message(&who, &r.session_id, &r.sender_id, r.body, r.device, &r.attachment_ids).await?;
+                self.app.post_message(&who, &r.session_id, &r.sender_id, r.body, from, &r.attachment_ids).await?;
             Ok(pb::PostMessageResponse {
                 seq: done.seq,
                 sent_at_micros: done.sent_at_micros,

@@ -195,6 +195,7 @@ pub async fn setup(c: &mut Clients, username: &str) -> Setup {
                 pype_id: pype.pype_id.clone(),
                 end_user_id: user.subject_id.clone(),
                 timers: None,
+                ..Default::default()
             },
         ))
         .await
@@ -592,7 +593,7 @@ pub async fn call(
         "StartSession" => go!(Se::new(c).start_session(req(
             key,
             tenant_header,
-            pb::StartSessionRequest { pype_id: p, end_user_id: u, timers: None }
+            pb::StartSessionRequest { pype_id: p, end_user_id: u, timers: None, ..Default::default() }
         ))),
         "PostMessage" => go!(Se::new(c).post_message(req(
             key,

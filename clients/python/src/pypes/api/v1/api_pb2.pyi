@@ -173,8 +173,8 @@ class Tenant(_message.Message):
     retention_days: _builtins.int
     """Days a closed Session's content is kept (0: no limit; at most 3650)."""
     region: _builtins.str
-    """Where the tenant's data lives: a label of lowercase letters, digits and
-    '-' (at most 32), fixed at creation.
+    """Where the tenant's data lives (docs/residency.md): lowercase letters,
+    digits and '-' (at most 32), fixed at creation.
     """
     cancelled: _builtins.bool
     """CancelTenant was called: the tenant's keys no longer work (except for
@@ -217,7 +217,13 @@ class CreateTenantRequest(_message.Message):
     retention_days: _builtins.int
     """0 (no limit) to 3650."""
     region: _builtins.str
-    """Defaults to "default"."""
+    """The region the tenant's data lives in, fixed at creation. With
+    regions configured (docs/residency.md): one of the deployment's
+    regions, empty for the node's own; a tenant of another region is
+    created by a node of that region (FAILED_PRECONDITION naming it, also
+    in the `pypes-region` trailer), an unknown one is INVALID_ARGUMENT.
+    Without regions: a label, "eu" when empty.
+    """
     @_builtins.property
     def default_timers(self) -> Global___Timers:
         """Defaults to 15 min inactive, 24 h to close."""
@@ -719,6 +725,7 @@ class Session(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     TIMERS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DO_NOT_TRACK_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The Session's id."""
     pype_id: _builtins.str
@@ -731,6 +738,10 @@ class Session(_message.Message):
     """The number of the last message (0: none yet)."""
     version: _builtins.int
     """Version of the Session's stream: watch from here + 1 for what follows."""
+    do_not_track: _builtins.bool
+    """The end user's user agent declined tracking at the start
+    (Do-Not-Track or Global Privacy Control, StartSessionRequest).
+    """
     @_builtins.property
     def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]:
         """Everyone who joined, present or not."""
@@ -750,10 +761,11 @@ class Session(_message.Message):
         last_seq: _builtins.int = ...,
         timers: Global___Timers | None = ...,
         version: _builtins.int = ...,
+        do_not_track: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timers", b"timers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "last_seq", b"last_seq", "participants", b"participants", "pype_id", b"pype_id", "session_id", b"session_id", "state", b"state", "timers", b"timers", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_track", b"do_not_track", "end_user_id", b"end_user_id", "last_seq", b"last_seq", "participants", b"participants", "pype_id", b"pype_id", "session_id", b"session_id", "state", b"state", "timers", b"timers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -947,10 +959,23 @@ class StartSessionRequest(_message.Message):
     PYPE_ID_FIELD_NUMBER: _builtins.int
     END_USER_ID_FIELD_NUMBER: _builtins.int
     TIMERS_FIELD_NUMBER: _builtins.int
+    DO_NOT_TRACK_FIELD_NUMBER: _builtins.int
+    GLOBAL_PRIVACY_CONTROL_FIELD_NUMBER: _builtins.int
     pype_id: _builtins.str
     """The Pype's id."""
     end_user_id: _builtins.str
     """The end user (a subject of the tenant)."""
+    do_not_track: _builtins.bool
+    """The end user's browser or app sent Do-Not-Track (`DNT: 1`): pass it on
+    from the front end. Under it pypes records no device detail for the
+    Session (messages' `device` is dropped) and counts it in no analytics
+    aggregate; the export says so (docs/privacy.md). Fixed for the
+    Session's life.
+    """
+    global_privacy_control: _builtins.bool
+    """The end user's browser sent Global Privacy Control (`Sec-GPC: 1`):
+    treated exactly as `do_not_track`, and recorded apart.
+    """
     @_builtins.property
     def timers(self) -> Global___Timers:
         """Overrides the Pype's timers for this Session."""
@@ -961,10 +986,12 @@ class StartSessionRequest(_message.Message):
         pype_id: _builtins.str = ...,
         end_user_id: _builtins.str = ...,
         timers: Global___Timers | None = ...,
+        do_not_track: _builtins.bool = ...,
+        global_privacy_control: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timers", b"timers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "pype_id", b"pype_id", "timers", b"timers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_track", b"do_not_track", "end_user_id", b"end_user_id", "global_privacy_control", b"global_privacy_control", "pype_id", b"pype_id", "timers", b"timers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -979,6 +1006,7 @@ class PostMessageRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SENDER_ID_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    DO_NOT_TRACK_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     ATTACHMENT_IDS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
@@ -987,8 +1015,15 @@ class PostMessageRequest(_message.Message):
     """A participant of the Session."""
     body: _builtins.str
     """Up to 10,000 characters; sealed under the Session's content key."""
+    do_not_track: _builtins.bool
+    """The sending device's user agent sent Do-Not-Track or Global Privacy
+    Control: this message's `device` is not recorded.
+    """
     device: _builtins.str
-    """The device the message came from (end users), e.g. "iPhone 15, iOS 18"."""
+    """The device the message came from (end users), e.g. "iPhone 15, iOS 18".
+    Not recorded when the Session is under Do-Not-Track, or when
+    `do_not_track` is set here.
+    """
     @_builtins.property
     def attachment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Media uploaded into this Session (MediaService.UploadMedia), at most 10.
@@ -1001,12 +1036,13 @@ class PostMessageRequest(_message.Message):
         session_id: _builtins.str = ...,
         sender_id: _builtins.str = ...,
         body: _builtins.str = ...,
+        do_not_track: _builtins.bool = ...,
         device: _builtins.str = ...,
         attachment_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_ids", b"attachment_ids", "body", b"body", "device", b"device", "sender_id", b"sender_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment_ids", b"attachment_ids", "body", b"body", "device", b"device", "do_not_track", b"do_not_track", "sender_id", b"sender_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1443,10 +1479,15 @@ class SessionStarted(_message.Message):
     PYPE_ID_FIELD_NUMBER: _builtins.int
     END_USER_ID_FIELD_NUMBER: _builtins.int
     TIMERS_FIELD_NUMBER: _builtins.int
+    DO_NOT_TRACK_FIELD_NUMBER: _builtins.int
     pype_id: _builtins.str
     """The Pype's id."""
     end_user_id: _builtins.str
     """The end user (a subject of the tenant)."""
+    do_not_track: _builtins.bool
+    """The end user's user agent declined tracking (Do-Not-Track or Global
+    Privacy Control).
+    """
     @_builtins.property
     def timers(self) -> Global___Timers:
         """Its timers."""
@@ -1457,10 +1498,11 @@ class SessionStarted(_message.Message):
         pype_id: _builtins.str = ...,
         end_user_id: _builtins.str = ...,
         timers: Global___Timers | None = ...,
+        do_not_track: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timers", b"timers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "pype_id", b"pype_id", "timers", b"timers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_track", b"do_not_track", "end_user_id", b"end_user_id", "pype_id", b"pype_id", "timers", b"timers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -942,8 +942,13 @@ class FeedSessionStarted(_message.Message):
 
     END_USER_ID_FIELD_NUMBER: _builtins.int
     TIMERS_FIELD_NUMBER: _builtins.int
+    DO_NOT_TRACK_FIELD_NUMBER: _builtins.int
     end_user_id: _builtins.str
     """The Session's end user."""
+    do_not_track: _builtins.bool
+    """The end user's user agent declined tracking (Do-Not-Track or Global
+    Privacy Control): a customer's system should not track them either.
+    """
     @_builtins.property
     def timers(self) -> _api_pb2.Timers:
         """Its timers."""
@@ -953,10 +958,11 @@ class FeedSessionStarted(_message.Message):
         *,
         end_user_id: _builtins.str = ...,
         timers: _api_pb2.Timers | None = ...,
+        do_not_track: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timers", b"timers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "timers", b"timers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_track", b"do_not_track", "end_user_id", b"end_user_id", "timers", b"timers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -270,8 +270,8 @@ export interface Tenant {
   /** Days a closed Session's content is kept (0: no limit; at most 3650). */
   retentionDays: number;
   /**
-   * Where the tenant's data lives: a label of lowercase letters, digits and
-   * '-' (at most 32), fixed at creation.
+   * Where the tenant's data lives (docs/residency.md): lowercase letters,
+   * digits and '-' (at most 32), fixed at creation.
    */
   region: string;
   /**
@@ -291,7 +291,14 @@ export interface CreateTenantRequest {
     | undefined;
   /** 0 (no limit) to 3650. */
   retentionDays: number;
-  /** Defaults to "default". */
+  /**
+   * The region the tenant's data lives in, fixed at creation. With
+   * regions configured (docs/residency.md): one of the deployment's
+   * regions, empty for the node's own; a tenant of another region is
+   * created by a node of that region (FAILED_PRECONDITION naming it, also
+   * in the `pypes-region` trailer), an unknown one is INVALID_ARGUMENT.
+   * Without regions: a label, "eu" when empty.
+   */
   region: string;
 }
 
@@ -473,6 +480,11 @@ export interface Session {
     | undefined;
   /** Version of the Session's stream: watch from here + 1 for what follows. */
   version: string;
+  /**
+   * The end user's user agent declined tracking at the start
+   * (Do-Not-Track or Global Privacy Control, StartSessionRequest).
+   */
+  doNotTrack: boolean;
 }
 
 /** One historic Session to import. */
@@ -590,7 +602,22 @@ export interface StartSessionRequest {
   /** The end user (a subject of the tenant). */
   endUserId: string;
   /** Overrides the Pype's timers for this Session. */
-  timers?: Timers | undefined;
+  timers?:
+    | Timers
+    | undefined;
+  /**
+   * The end user's browser or app sent Do-Not-Track (`DNT: 1`): pass it on
+   * from the front end. Under it pypes records no device detail for the
+   * Session (messages' `device` is dropped) and counts it in no analytics
+   * aggregate; the export says so (docs/privacy.md). Fixed for the
+   * Session's life.
+   */
+  doNotTrack: boolean;
+  /**
+   * The end user's browser sent Global Privacy Control (`Sec-GPC: 1`):
+   * treated exactly as `do_not_track`, and recorded apart.
+   */
+  globalPrivacyControl: boolean;
 }
 
 /** A message to post. */
@@ -601,7 +628,16 @@ export interface PostMessageRequest {
   senderId: string;
   /** Up to 10,000 characters; sealed under the Session's content key. */
   body: string;
-  /** The device the message came from (end users), e.g. "iPhone 15, iOS 18". */
+  /**
+   * The sending device's user agent sent Do-Not-Track or Global Privacy
+   * Control: this message's `device` is not recorded.
+   */
+  doNotTrack: boolean;
+  /**
+   * The device the message came from (end users), e.g. "iPhone 15, iOS 18".
+   * Not recorded when the Session is under Do-Not-Track, or when
+   * `do_not_track` is set here.
+   */
   device: string;
   /**
    * Media uploaded into this Session (MediaService.UploadMedia), at most 10.
@@ -774,7 +810,14 @@ export interface SessionStarted {
   /** The end user (a subject of the tenant). */
   endUserId: string;
   /** Its timers. */
-  timers?: Timers | undefined;
+  timers?:
+    | Timers
+    | undefined;
+  /**
+   * The end user's user agent declined tracking (Do-Not-Track or Global
+   * Privacy Control).
+   */
+  doNotTrack: boolean;
 }
 
 /** A participant joined or left. */
@@ -3438,6 +3481,7 @@ function createBaseSession(): Session {
     lastSeq: "0",
     timers: undefined,
     version: "0",
+    doNotTrack: false,
   };
 }
 
@@ -3466,6 +3510,9 @@ export const Session: MessageFns<Session> = {
     }
     if (message.version !== "0") {
       writer.uint32(64).uint64(message.version);
+    }
+    if (message.doNotTrack !== false) {
+      writer.uint32(72).bool(message.doNotTrack);
     }
     return writer;
   },
@@ -3547,6 +3594,14 @@ export const Session: MessageFns<Session> = {
             message.version = reader.uint64().toString();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.doNotTrack = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3587,6 +3642,11 @@ export const Session: MessageFns<Session> = {
         : "0",
       timers: isSet(object.timers) ? Timers.fromJSON(object.timers) : undefined,
       version: isSet(object.version) ? globalThis.String(object.version) : "0",
+      doNotTrack: isSet(object.doNotTrack)
+        ? globalThis.Boolean(object.doNotTrack)
+        : isSet(object.do_not_track)
+        ? globalThis.Boolean(object.do_not_track)
+        : false,
     };
   },
 
@@ -3616,6 +3676,9 @@ export const Session: MessageFns<Session> = {
     if (message.version !== "0") {
       obj.version = message.version;
     }
+    if (message.doNotTrack !== false) {
+      obj.doNotTrack = message.doNotTrack;
+    }
     return obj;
   },
 
@@ -3634,6 +3697,7 @@ export const Session: MessageFns<Session> = {
       ? Timers.fromPartial(object.timers)
       : undefined;
     message.version = object.version ?? "0";
+    message.doNotTrack = object.doNotTrack ?? false;
     return message;
   },
 };
@@ -4223,7 +4287,7 @@ export const ImportSessionResult: MessageFns<ImportSessionResult> = {
 };
 
 function createBaseStartSessionRequest(): StartSessionRequest {
-  return { pypeId: "", endUserId: "", timers: undefined };
+  return { pypeId: "", endUserId: "", timers: undefined, doNotTrack: false, globalPrivacyControl: false };
 }
 
 export const StartSessionRequest: MessageFns<StartSessionRequest> = {
@@ -4236,6 +4300,12 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     }
     if (message.timers !== undefined) {
       Timers.encode(message.timers, writer.uint32(26).fork()).join();
+    }
+    if (message.doNotTrack !== false) {
+      writer.uint32(32).bool(message.doNotTrack);
+    }
+    if (message.globalPrivacyControl !== false) {
+      writer.uint32(40).bool(message.globalPrivacyControl);
     }
     return writer;
   },
@@ -4277,6 +4347,22 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
             message.timers = Timers.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.doNotTrack = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.globalPrivacyControl = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4302,6 +4388,16 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
         ? globalThis.String(object.end_user_id)
         : "",
       timers: isSet(object.timers) ? Timers.fromJSON(object.timers) : undefined,
+      doNotTrack: isSet(object.doNotTrack)
+        ? globalThis.Boolean(object.doNotTrack)
+        : isSet(object.do_not_track)
+        ? globalThis.Boolean(object.do_not_track)
+        : false,
+      globalPrivacyControl: isSet(object.globalPrivacyControl)
+        ? globalThis.Boolean(object.globalPrivacyControl)
+        : isSet(object.global_privacy_control)
+        ? globalThis.Boolean(object.global_privacy_control)
+        : false,
     };
   },
 
@@ -4316,6 +4412,12 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     if (message.timers !== undefined) {
       obj.timers = Timers.toJSON(message.timers);
     }
+    if (message.doNotTrack !== false) {
+      obj.doNotTrack = message.doNotTrack;
+    }
+    if (message.globalPrivacyControl !== false) {
+      obj.globalPrivacyControl = message.globalPrivacyControl;
+    }
     return obj;
   },
 
@@ -4329,12 +4431,14 @@ export const StartSessionRequest: MessageFns<StartSessionRequest> = {
     message.timers = (object.timers !== undefined && object.timers !== null)
       ? Timers.fromPartial(object.timers)
       : undefined;
+    message.doNotTrack = object.doNotTrack ?? false;
+    message.globalPrivacyControl = object.globalPrivacyControl ?? false;
     return message;
   },
 };
 
 function createBasePostMessageRequest(): PostMessageRequest {
-  return { sessionId: "", senderId: "", body: "", device: "", attachmentIds: [] };
+  return { sessionId: "", senderId: "", body: "", doNotTrack: false, device: "", attachmentIds: [] };
 }
 
 export const PostMessageRequest: MessageFns<PostMessageRequest> = {
@@ -4347,6 +4451,9 @@ export const PostMessageRequest: MessageFns<PostMessageRequest> = {
     }
     if (message.body !== "") {
       writer.uint32(26).string(message.body);
+    }
+    if (message.doNotTrack !== false) {
+      writer.uint32(48).bool(message.doNotTrack);
     }
     if (message.device !== "") {
       writer.uint32(34).string(message.device);
@@ -4394,6 +4501,14 @@ export const PostMessageRequest: MessageFns<PostMessageRequest> = {
             message.body = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.doNotTrack = reader.bool();
+            continue;
+          }
           case 4: {
             if (tag !== 34) {
               break;
@@ -4435,6 +4550,11 @@ export const PostMessageRequest: MessageFns<PostMessageRequest> = {
         ? globalThis.String(object.sender_id)
         : "",
       body: isSet(object.body) ? globalThis.String(object.body) : "",
+      doNotTrack: isSet(object.doNotTrack)
+        ? globalThis.Boolean(object.doNotTrack)
+        : isSet(object.do_not_track)
+        ? globalThis.Boolean(object.do_not_track)
+        : false,
       device: isSet(object.device) ? globalThis.String(object.device) : "",
       attachmentIds: globalThis.Array.isArray(object?.attachmentIds)
         ? object.attachmentIds.map((e: any) => globalThis.String(e))
@@ -4455,6 +4575,9 @@ export const PostMessageRequest: MessageFns<PostMessageRequest> = {
     if (message.body !== "") {
       obj.body = message.body;
     }
+    if (message.doNotTrack !== false) {
+      obj.doNotTrack = message.doNotTrack;
+    }
     if (message.device !== "") {
       obj.device = message.device;
     }
@@ -4472,6 +4595,7 @@ export const PostMessageRequest: MessageFns<PostMessageRequest> = {
     message.sessionId = object.sessionId ?? "";
     message.senderId = object.senderId ?? "";
     message.body = object.body ?? "";
+    message.doNotTrack = object.doNotTrack ?? false;
     message.device = object.device ?? "";
     message.attachmentIds = object.attachmentIds?.map((e) => e) || [];
     return message;
@@ -5932,7 +6056,7 @@ export const Location: MessageFns<Location> = {
 };
 
 function createBaseSessionStarted(): SessionStarted {
-  return { pypeId: "", endUserId: "", timers: undefined };
+  return { pypeId: "", endUserId: "", timers: undefined, doNotTrack: false };
 }
 
 export const SessionStarted: MessageFns<SessionStarted> = {
@@ -5945,6 +6069,9 @@ export const SessionStarted: MessageFns<SessionStarted> = {
     }
     if (message.timers !== undefined) {
       Timers.encode(message.timers, writer.uint32(26).fork()).join();
+    }
+    if (message.doNotTrack !== false) {
+      writer.uint32(32).bool(message.doNotTrack);
     }
     return writer;
   },
@@ -5986,6 +6113,14 @@ export const SessionStarted: MessageFns<SessionStarted> = {
             message.timers = Timers.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.doNotTrack = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6011,6 +6146,11 @@ export const SessionStarted: MessageFns<SessionStarted> = {
         ? globalThis.String(object.end_user_id)
         : "",
       timers: isSet(object.timers) ? Timers.fromJSON(object.timers) : undefined,
+      doNotTrack: isSet(object.doNotTrack)
+        ? globalThis.Boolean(object.doNotTrack)
+        : isSet(object.do_not_track)
+        ? globalThis.Boolean(object.do_not_track)
+        : false,
     };
   },
 
@@ -6025,6 +6165,9 @@ export const SessionStarted: MessageFns<SessionStarted> = {
     if (message.timers !== undefined) {
       obj.timers = Timers.toJSON(message.timers);
     }
+    if (message.doNotTrack !== false) {
+      obj.doNotTrack = message.doNotTrack;
+    }
     return obj;
   },
 
@@ -6038,6 +6181,7 @@ export const SessionStarted: MessageFns<SessionStarted> = {
     message.timers = (object.timers !== undefined && object.timers !== null)
       ? Timers.fromPartial(object.timers)
       : undefined;
+    message.doNotTrack = object.doNotTrack ?? false;
     return message;
   },
 };

@@ -451,7 +451,14 @@ export interface FeedSessionStarted {
   /** The Session's end user. */
   endUserId: string;
   /** Its timers. */
-  timers?: Timers | undefined;
+  timers?:
+    | Timers
+    | undefined;
+  /**
+   * The end user's user agent declined tracking (Do-Not-Track or Global
+   * Privacy Control): a customer's system should not track them either.
+   */
+  doNotTrack: boolean;
 }
 
 /** session.state_changed, session.closed, session.erased. */
@@ -3635,7 +3642,7 @@ export const IntegrationEvent: MessageFns<IntegrationEvent> = {
 };
 
 function createBaseFeedSessionStarted(): FeedSessionStarted {
-  return { endUserId: "", timers: undefined };
+  return { endUserId: "", timers: undefined, doNotTrack: false };
 }
 
 export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
@@ -3645,6 +3652,9 @@ export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
     }
     if (message.timers !== undefined) {
       Timers.encode(message.timers, writer.uint32(18).fork()).join();
+    }
+    if (message.doNotTrack !== false) {
+      writer.uint32(24).bool(message.doNotTrack);
     }
     return writer;
   },
@@ -3678,6 +3688,14 @@ export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
             message.timers = Timers.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.doNotTrack = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3698,6 +3716,11 @@ export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
         ? globalThis.String(object.end_user_id)
         : "",
       timers: isSet(object.timers) ? Timers.fromJSON(object.timers) : undefined,
+      doNotTrack: isSet(object.doNotTrack)
+        ? globalThis.Boolean(object.doNotTrack)
+        : isSet(object.do_not_track)
+        ? globalThis.Boolean(object.do_not_track)
+        : false,
     };
   },
 
@@ -3708,6 +3731,9 @@ export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
     }
     if (message.timers !== undefined) {
       obj.timers = Timers.toJSON(message.timers);
+    }
+    if (message.doNotTrack !== false) {
+      obj.doNotTrack = message.doNotTrack;
     }
     return obj;
   },
@@ -3721,6 +3747,7 @@ export const FeedSessionStarted: MessageFns<FeedSessionStarted> = {
     message.timers = (object.timers !== undefined && object.timers !== null)
       ? Timers.fromPartial(object.timers)
       : undefined;
+    message.doNotTrack = object.doNotTrack ?? false;
     return message;
   },
 };

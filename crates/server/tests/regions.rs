@@ -1,0 +1,293 @@
+//! Data residency with two regions on one machine: a node of region eu
+//! and a node of region us, each on its own data directory, sharing the
+//! global tenant directory. Tenants are created in each, with canaries in
+//! their fields and messages; then a byte scan: each region's files hold
+//! its own tenants' ids and names and none of the other region's, the
+//! global directory holds only tenant ids and region names; the log of
+//! each region, opened with its keys, shows its own content and has no
+//! stream of the other's. A request for a tenant of the other region is
+//! refused with FAILED_PRECONDITION naming the region (`pypes-region`
+//! too, for a router).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{ADMIN, Clients, authed, clients, files_under, start_with};
+use proto::api as pb;
+use tonic::Code;
+
+struct Tenant {
+    id: String,
+    key: String,
+    pype: String,
+    user: String,
+    session: String,
+    name: String,
+    body: String,
+}
+
+async fn tenant_with_content(c: &mut Clients, region: &str, tag: &str) -> Tenant {
+    let name = format!("ResidencyCo-{region}-{tag}");
+    let t = c
+        .tenants
+        .create_tenant(authed(
+            ADMIN,
+            pb::CreateTenantRequest { name: name.clone(), region: region.into(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = t.api_key;
+    let tenant = t.tenant.unwrap();
+    assert_eq!(tenant.region, region);
+    let pype = c
+        .pypes
+        .create_pype(authed(&key, pb::CreatePypeRequest { name: format!("Desk {tag}"), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .pype_id;
+    let user = c
+        .subjects
+        .register_subject(authed(
+            &key,
+            pb::RegisterSubjectRequest {
+                username: format!("user{region}{tag}"),
+                email: format!("user{region}{tag}@example.com"),
+                attested_at_least_13: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_id;
+    let session = c
+        .sessions
+        .start_session(authed(
+            &key,
+            pb::StartSessionRequest { pype_id: pype.clone(), end_user_id: user.clone(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let body = format!("residency body {region} {tag}");
+    c.sessions
+        .post_message(authed(
+            &key,
+            pb::PostMessageRequest {
+                session_id: session.clone(),
+                sender_id: user.clone(),
+                body: body.clone(),
+                device: format!("device {region} {tag}"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    Tenant { id: tenant.tenant_id, key, pype, user, session, name, body }
+}
+
+fn config(dir: &Path, serve: &str, eu: &Path, us: &Path, global: &Path) -> std::path::PathBuf {
+    let path = dir.join(format!("{serve}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[regions]\nserve = \"{serve}\"\ndirectory = \"{}\"\n[regions.eu]\ndata_dir = \"{}\"\n\
+             [regions.us]\ndata_dir = \"{}\"\n",
+            global.display(),
+            eu.display(),
+            us.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The byte forms an id takes in stores: its text and its 16 bytes.
+fn forms(id: &str) -> [Vec<u8>; 2] {
+    let u = uuid::Uuid::parse_str(id).unwrap();
+    [id.as_bytes().to_vec(), u.as_bytes().to_vec()]
+}
+
+fn files_holding(files: &[std::path::PathBuf], needle: &[u8]) -> Vec<std::path::PathBuf> {
+    files
+        .iter()
+        .filter(|p| std::fs::read(p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false))
+        .cloned()
+        .collect()
+}
+
+fn replay(data: &Path, tenant: &str, session: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["replay", "--data-dir"])
+        .arg(data)
+        .args(["--stream", &format!("session-{tenant}-{session}")])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_region_holds_only_its_tenants_and_refuses_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us, global) = (dir.path().join("eu"), dir.path().join("us"), dir.path().join("global"));
+    let tag = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
+    let eu_node = start_with(&eu, &[("PYPES_CONFIG", config(dir.path(), "eu", &eu, &us, &global).to_str().unwrap())]);
+    let us_node = start_with(&us, &[("PYPES_CONFIG", config(dir.path(), "us", &eu, &us, &global).to_str().unwrap())]);
+    let mut to_eu = clients(&eu_node.grpc).await;
+    let mut to_us = clients(&us_node.grpc).await;
+
+    let a = tenant_with_content(&mut to_eu, "eu", &tag).await;
+    let b = tenant_with_content(&mut to_us, "us", &tag).await;
+    // An empty region is the node's own.
+    let own = to_us
+        .tenants
+        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Default".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.tenant.unwrap().region, "us");
+
+    // The wrong node: refused, naming the region, before anything is read.
+    let wrong = to_eu.pypes.get_pype(authed(&b.key, pb::GetPypeRequest { pype_id: b.pype.clone() })).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
+    assert!(wrong.message().contains("region us"), "{wrong:?}");
+    assert_eq!(wrong.metadata().get("pypes-region").unwrap(), "us");
+    let wrong = to_us
+        .sessions
+        .post_message(authed(
+            &a.key,
+            pb::PostMessageRequest {
+                session_id: a.session.clone(),
+                sender_id: a.user.clone(),
+                body: "from the wrong side".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.metadata().get("pypes-region").unwrap(), "eu", "{wrong:?}");
+    let wrong =
+        to_us.tenants.get_tenant(authed(ADMIN, pb::GetTenantRequest { tenant_id: a.id.clone() })).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition);
+    // A tenant is created by a node of its region; an unknown region is named.
+    let e = to_eu
+        .tenants
+        .create_tenant(authed(
+            ADMIN,
+            pb::CreateTenantRequest { name: "X".into(), region: "us".into(), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.metadata().get("pypes-region").unwrap().to_str().unwrap()),
+        (Code::FailedPrecondition, "us")
+    );
+    let e = to_eu
+        .tenants
+        .create_tenant(authed(
+            ADMIN,
+            pb::CreateTenantRequest { name: "X".into(), region: "mars".into(), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("eu, us"), "{e:?}");
+    // Each node still serves its own.
+    to_eu.pypes.get_pype(authed(&a.key, pb::GetPypeRequest { pype_id: a.pype.clone() })).await.unwrap();
+    to_us.pypes.get_pype(authed(&b.key, pb::GetPypeRequest { pype_id: b.pype.clone() })).await.unwrap();
+
+    common::stop_cleanly(eu_node);
+    common::stop_cleanly(us_node);
+
+    // The byte scan.
+    let (eu_files, us_files, global_files) = (files_under(&eu), files_under(&us), files_under(&global));
+    for (mine, theirs, t, region) in [(&eu_files, &us_files, &a, "eu"), (&us_files, &eu_files, &b, "us")] {
+        for id in [&t.id, &t.pype, &t.user, &t.session] {
+            let [text, raw] = forms(id);
+            assert!(
+                !files_holding(mine, &text).is_empty() || !files_holding(mine, &raw).is_empty(),
+                "{id} is not in region {region}'s files: the scan finds nothing"
+            );
+            for form in [&text, &raw] {
+                let found = files_holding(theirs, form);
+                assert!(found.is_empty(), "{region}'s {id} in the other region's files: {found:?}");
+            }
+        }
+        assert!(!files_holding(mine, t.name.as_bytes()).is_empty(), "tenant name {} not in {region}", t.name);
+        assert!(files_holding(theirs, t.name.as_bytes()).is_empty(), "tenant name {} outside {region}", t.name);
+        for canary in [&t.name, &t.body] {
+            assert!(files_holding(&global_files, canary.as_bytes()).is_empty(), "{canary} in the global directory");
+        }
+        for id in [&t.pype, &t.user, &t.session] {
+            for form in forms(id) {
+                assert!(files_holding(&global_files, &form).is_empty(), "{id} in the global directory");
+            }
+        }
+    }
+    // The global directory: a file per tenant, named by its id, holding its region.
+    let mut placed: Vec<(String, String)> = global_files
+        .iter()
+        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    placed.sort();
+    assert_eq!(placed.len(), 3, "{placed:?}");
+    assert!(placed.contains(&(a.id.clone(), "eu\n".into())) && placed.contains(&(b.id.clone(), "us\n".into())));
+
+    // Opened with each region's keys: its own content, none of the other's.
+    let (ok, text) = replay(&eu, &a.id, &a.session);
+    assert!(ok && text.contains(&a.body), "{text}");
+    let (ok, text) = replay(&us, &b.id, &b.session);
+    assert!(ok && text.contains(&b.body), "{text}");
+    let (ok, text) = replay(&eu, &b.id, &b.session);
+    assert!(!ok || !text.contains(&b.body), "{text}");
+    let (ok, text) = replay(&us, &a.id, &a.session);
+    assert!(!ok || !text.contains(&a.body), "{text}");
+}
+
+/// A bad `[regions]` is refused at start, naming what is wrong.
+#[test]
+fn a_bad_regions_config_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases = [
+        ("[regions]\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "regions.serve"),
+        ("[regions]\nserve = \"eu\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "regions.directory"),
+        ("[regions]\nserve = \"us\"\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "no [regions.us]"),
+        (
+            "[regions]\nserve = \"eu\"\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"/elsewhere\"\n",
+            "not region eu's",
+        ),
+        (
+            "[regions]\nserve = \"eu\"\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"DATA\"\nurl = \"x\"\n",
+            "regions.eu.url",
+        ),
+        ("[regions]\nserve = \"EU\"\ndirectory = \"/tmp/g\"\n[regions.EU]\ndata_dir = \"DATA\"\n", "lower-case"),
+    ];
+    for (text, needle) in cases {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, text.replace("DATA", data.to_str().unwrap())).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pypes"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--admin-key",
+                ADMIN,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("PYPES_CONFIG", &cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{text}: {err}");
+    }
+}
