@@ -250,6 +250,14 @@ impl Watch {
         Some(Raised { rule, actor: entry.actor.clone(), tenant: entry.tenant, count, threshold, detail })
     }
 
+    /// Forgets that `raised` was raised (its window no longer keeps the
+    /// next one quiet): a replay found it under rules that changed since,
+    /// and it was never written.
+    pub fn forget(&mut self, raised: &Raised) {
+        let tenant = if raised.rule == OUTSIDE_HOURS { raised.tenant } else { None };
+        self.quiet_until.remove(&(raised.rule, raised.actor.clone(), tenant));
+    }
+
     fn prune(&mut self) {
         let now = self.now;
         self.subjects.retain(|_, s| {
@@ -404,6 +412,17 @@ mod tests {
         // Saturday, inside the clock hours: outside the days.
         let sat_10 = wed_9 + 3 * 24 * 3600 + 3600;
         assert_eq!(fired(&mut Watch::new(r), &[entry(sat_10, "staff.access", "staff:a", "", "ok")]), [OUTSIDE_HOURS]);
+    }
+
+    #[test]
+    fn a_forgotten_alert_keeps_nothing_quiet() {
+        let refused = |t| entry(t, "authz.refused", "staff:a", "rpc:CreateTenant", "refused");
+        let mut w = Watch::new(rules());
+        let raised: Vec<_> = (0..6).flat_map(|i| w.observe(&refused(i), i as u64)).collect();
+        assert_eq!(raised.len(), 1);
+        assert!(w.observe(&refused(7), 7).is_empty(), "quiet within the minute");
+        w.forget(&raised[0]);
+        assert_eq!(w.observe(&refused(8), 8).len(), 1, "forgotten: the next one raises");
     }
 
     #[test]

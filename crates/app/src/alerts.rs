@@ -152,6 +152,13 @@ async fn follow(log: Arc<dyn EventLog>, rules: AlertRules, metrics: &AlertMetric
             }
             None => (ExpectedVersion::NoStream, None),
         };
+    // The alerts written from the checkpoint on (rule, entry position): a
+    // replay skips those, and forgets what it raises that is not among
+    // them (the rules changed since; alerts are not raised retroactively).
+    let mut written = std::collections::HashSet::new();
+    if let (Some(from), Some(_)) = (checkpoint, emitted_through) {
+        written = written_since(log.as_ref(), from).await?;
+    }
     // The first start watches from now on, and says so in its checkpoint
     // at once (a crash before the next one must not skip entries).
     let start = match checkpoint {
@@ -185,7 +192,10 @@ async fn follow(log: Arc<dyn EventLog>, rules: AlertRules, metrics: &AlertMetric
             };
             for raised in watch.observe(&entry, r.position) {
                 if emitted_through.is_some_and(|p| r.position <= p) {
-                    continue; // written before the restart
+                    if !written.contains(&(raised.rule, r.position)) {
+                        watch.forget(&raised);
+                    }
+                    continue; // written before the restart (or never: see above)
                 }
                 let alert = events::codec::AccessAlertState {
                     rule: raised.rule.into(),
@@ -225,6 +235,37 @@ async fn follow(log: Arc<dyn EventLog>, rules: AlertRules, metrics: &AlertMetric
             save_checkpoint(log.as_ref(), &checkpoint_stream, keep).await?;
             (saved, saved_at) = (keep, Instant::now());
         }
+    }
+}
+
+/// The (rule, entry position) of every alert whose entry is at or after
+/// `from`, reading the alerts stream from its end.
+async fn written_since(
+    log: &dyn EventLog,
+    from: u64,
+) -> Result<std::collections::HashSet<(&'static str, u64)>, String> {
+    let mut out = std::collections::HashSet::new();
+    let mut at = ReadFrom::End;
+    loop {
+        let page = match log.read_stream(events::stream::ALERTS, at, Direction::Backward, 256).await {
+            Ok(p) => p,
+            Err(LogError::StreamNotFound { .. }) => return Ok(out),
+            Err(e) => return Err(e.to_string()),
+        };
+        let Some(oldest) = page.last().map(|r| r.version) else { return Ok(out) };
+        for r in &page {
+            let a = events::codec::decode_access_alert(r).map_err(|e| e.to_string())?;
+            if a.audit_position < from {
+                return Ok(out);
+            }
+            if let Some(rule) = RULES.iter().find(|x| **x == a.rule) {
+                out.insert((*rule, a.audit_position));
+            }
+        }
+        if oldest == 0 {
+            return Ok(out);
+        }
+        at = ReadFrom::Version(oldest - 1);
     }
 }
 
@@ -298,7 +339,7 @@ impl HookSender {
             for r in &page {
                 self.set_backlog(last + 1 - r.version);
                 let alert = events::codec::decode_access_alert(r).map_err(|e| e.to_string())?;
-                self.send(r.id(), &alert).await;
+                self.send(r.id(), r.version, &alert).await;
                 next = r.version + 1;
                 append_kept(self.log.as_ref(), &stream, ExpectedVersion::Any, events::codec::process_checkpoint(next))
                     .await
@@ -309,7 +350,7 @@ impl HookSender {
 
     /// Posts one alert until the hook answers 2xx (never gives up: an
     /// alert is not dropped; the backlog and failures are on /metrics).
-    async fn send(&self, id: Uuid, alert: &events::codec::AccessAlertState) {
+    async fn send(&self, id: Uuid, version: u64, alert: &events::codec::AccessAlertState) {
         let body = alert_json(id, alert);
         let mut failures = 0u32;
         loop {
@@ -329,6 +370,11 @@ impl HookSender {
             }
             failures = failures.saturating_add(1);
             self.metrics.hook_failed_attempts.fetch_add(1, Relaxed);
+            // While it fails, the backlog is every alert from this one to
+            // the stream's last (more may have come since the page).
+            if let Ok(Some(last)) = actors::write::last_event(self.log.as_ref(), events::stream::ALERTS).await {
+                self.set_backlog(last.version + 1 - version);
+            }
             let wait = backoff::delay_from(self.first_retry, failures, backoff::random_unit()).min(HOOK_LONGEST_WAIT);
             let reason = attempt.outcome.err().unwrap_or_default();
             tracing::warn!(hook = %self.hook.name, failures, error = %reason, retry_in_ms = wait.as_millis() as u64, "alert webhook: attempt failed");

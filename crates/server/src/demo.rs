@@ -801,7 +801,9 @@ pub async fn contain(client: &Client, admin_key: &str, step: Containment, output
     let member = |m: &pb::StaffMember| {
         serde_json::json!({
             "staff_id": m.staff_id,
-            "role": pb::StaffRole::try_from(m.role).map_or("unknown".to_string(), |r| r.as_str_name().to_lowercase()),
+            "role": pb::StaffRole::try_from(m.role).map_or("unknown".to_string(), |r| {
+                r.as_str_name().trim_start_matches("STAFF_ROLE_").to_lowercase()
+            }),
             "disabled": m.disabled,
         })
     };
