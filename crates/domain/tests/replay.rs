@@ -12,27 +12,23 @@ fn who() -> impl Strategy<Value = Uuid> {
     (1u128..6).prop_map(Uuid::from_u128)
 }
 
+fn start(tracking: domain::session::Tracking) -> SessionCommand {
+    SessionCommand::Start {
+        session: Uuid::from_u128(100),
+        tenant: Uuid::from_u128(200),
+        pype: Uuid::from_u128(300),
+        end_user: Uuid::from_u128(1),
+        pype_timers: Timers { inactive_after_secs: 60, close_after_secs: 120 },
+        timers: None,
+        tracking,
+    }
+}
+
 fn session_command() -> impl Strategy<Value = SessionCommand> {
     prop_oneof![
-        Just(SessionCommand::Start {
-            session: Uuid::from_u128(100),
-            tenant: Uuid::from_u128(200),
-            pype: Uuid::from_u128(300),
-            end_user: Uuid::from_u128(1),
-            pype_timers: Timers { inactive_after_secs: 60, close_after_secs: 120 },
-            timers: None,
-            tracking: Default::default(),
-        }),
+        Just(start(Default::default())),
         // Under Do-Not-Track: devices are dropped, the state says so.
-        Just(SessionCommand::Start {
-            session: Uuid::from_u128(100),
-            tenant: Uuid::from_u128(200),
-            pype: Uuid::from_u128(300),
-            end_user: Uuid::from_u128(1),
-            pype_timers: Timers { inactive_after_secs: 60, close_after_secs: 120 },
-            timers: None,
-            tracking: domain::session::Tracking { do_not_track: true, global_privacy_control: false },
-        }),
+        Just(start(domain::session::Tracking { do_not_track: true, global_privacy_control: false })),
         (who(), "[a-z ]{0,12}", proptest::option::of("[a-z]{1,5}"), proptest::collection::vec(0u128..3, 0..3))
             .prop_map(|(sender, body, device, media)| SessionCommand::PostMessage {
                 sender,

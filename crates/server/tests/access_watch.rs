@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::receiver::{HANG, Receiver, UP, now_micros};
-use common::{ADMIN, Clients, Setup, authed, clients, req, setup};
+use common::{ADMIN, authed, clients, req, setup};
 use proto::api as pb;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -39,41 +39,6 @@ async fn open_grant(ch: &Channel, key: &str, tenant: &str) {
     let r =
         pb::OpenBreakGlassRequest { tenant_id: tenant.into(), reason: "ticket SUP-4711".into(), duration_secs: 600 };
     staff(ch).open_break_glass(req(key, None, r)).await.unwrap();
-}
-
-/// Another end user of `s`'s tenant with a Session of its own: (subject, session).
-async fn another_user(c: &mut Clients, s: &Setup, name: &str) -> (String, String) {
-    let user = c
-        .subjects
-        .register_subject(authed(
-            &s.key,
-            pb::RegisterSubjectRequest {
-                username: name.into(),
-                email: format!("{name}@example.com"),
-                attested_at_least_13: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .subject_id;
-    let session = c
-        .sessions
-        .start_session(authed(
-            &s.key,
-            pb::StartSessionRequest {
-                pype_id: s.pype.clone(),
-                end_user_id: user.clone(),
-                timers: None,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    (user, session)
 }
 
 async fn read_messages(ch: &Channel, key: &str, tenant: &str, session: &str) {
@@ -148,7 +113,7 @@ async fn each_rule_fires_on_its_case_only_and_reaches_a_signed_webhook_past_a_de
     let b = setup(&mut c, "bob").await;
     let mut users = vec![(a.user.clone(), a.session.clone())];
     for name in ["cid", "dee"] {
-        users.push(another_user(&mut c, &a, name).await);
+        users.push(common::end_user_with_session(&mut c, &a.key, &a.pype, name).await);
     }
     common::stop_cleanly(server);
 
@@ -259,7 +224,7 @@ async fn the_breach_scope_lists_exactly_the_subjects_a_staff_member_read() {
     let a = setup(&mut c, "ann").await;
     let mut users = vec![(a.user.clone(), a.session.clone())];
     for name in ["cid", "dee", "eve"] {
-        users.push(another_user(&mut c, &a, name).await);
+        users.push(common::end_user_with_session(&mut c, &a.key, &a.pype, name).await);
     }
     let ch = channel(&server.grpc).await;
     let (id, support) = add_staff(&ch, pb::StaffRole::Support).await;

@@ -23,6 +23,26 @@ fn subject_ref(s: &Setup) -> pb::SubjectRef {
     pb::SubjectRef { subject_id: s.user.clone(), tenant_id: String::new() }
 }
 
+/// The analytics cells by day of `s`'s Pype, two days either side of now.
+async fn day_cells(c: &mut common::Clients, s: &Setup) -> Vec<pb::AnalyticsCell> {
+    const DAY: i64 = 86_400_000_000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+    c.analytics
+        .query_analytics(authed(
+            &s.key,
+            pb::QueryAnalyticsRequest {
+                pype_id: s.pype.clone(),
+                granularity: pb::Granularity::Day as i32,
+                from_micros: now - 2 * DAY,
+                to_micros: now + 2 * DAY,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .cells
+}
+
 async fn export_json(c: &tonic::transport::Channel, key: &str, subject: &str) -> serde_json::Value {
     let mut client = pb::privacy_service_client::PrivacyServiceClient::new(c.clone());
     let mut stream = client
@@ -260,29 +280,13 @@ async fn restriction_refuses_processing_until_lifted_and_analytics_leave_it_out(
     assert_eq!(doc["sessions"][0]["messages"][0]["body"], "before");
 
     // Closing both Sessions: only the unrestricted one is counted.
-    const DAY: i64 = 86_400_000_000;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
     for session in [&s.session, &other_session.session_id] {
         c.sessions
             .close_session(authed(&s.key, pb::CloseSessionRequest { session_id: session.clone() }))
             .await
             .unwrap();
     }
-    let cells = c
-        .analytics
-        .query_analytics(authed(
-            &s.key,
-            pb::QueryAnalyticsRequest {
-                pype_id: s.pype.clone(),
-                granularity: pb::Granularity::Day as i32,
-                from_micros: now - 2 * DAY,
-                to_micros: now + 2 * DAY,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .cells;
+    let cells = day_cells(&mut c, &s).await;
     assert_eq!(cells.len(), 1, "{cells:?}");
     assert_eq!(cells[0].started, 2, "{cells:?}");
     assert_eq!(cells[0].closed_by_api, 1, "the restricted subject's close is left out: {cells:?}");
@@ -487,23 +491,7 @@ async fn do_not_track_records_no_device_and_counts_in_no_aggregate() {
     assert_eq!(find(&s.session)["tracking"]["effect"], "none");
 
     // Analytics: only the plain Sessions and their two messages count.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
-    const DAY: i64 = 86_400_000_000;
-    let cells = c
-        .analytics
-        .query_analytics(authed(
-            &s.key,
-            pb::QueryAnalyticsRequest {
-                pype_id: s.pype.clone(),
-                granularity: pb::Granularity::Day as i32,
-                from_micros: now - 2 * DAY,
-                to_micros: now + 2 * DAY,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .cells;
+    let cells = day_cells(&mut c, &s).await;
     assert_eq!(cells.len(), 1, "{cells:?}");
     assert_eq!((cells[0].started, cells[0].sessions, cells[0].messages_end_user), (2, 2, 2), "{cells:?}");
 

@@ -49,31 +49,7 @@ async fn tenant_with_content(c: &mut Clients, region: &str, tag: &str) -> Tenant
         .unwrap()
         .into_inner()
         .pype_id;
-    let user = c
-        .subjects
-        .register_subject(authed(
-            &key,
-            pb::RegisterSubjectRequest {
-                username: format!("user{region}{tag}"),
-                email: format!("user{region}{tag}@example.com"),
-                attested_at_least_13: true,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .subject_id;
-    let session = c
-        .sessions
-        .start_session(authed(
-            &key,
-            pb::StartSessionRequest { pype_id: pype.clone(), end_user_id: user.clone(), ..Default::default() },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
+    let (user, session) = common::end_user_with_session(c, &key, &pype, &format!("user{region}{tag}")).await;
     let body = format!("residency body {region} {tag}");
     c.sessions
         .post_message(authed(

@@ -159,6 +159,37 @@ pub struct Setup {
     pub session: String,
 }
 
+/// Another end user of the tenant of `key` (`username`, an email made
+/// from it) with a Session of their own in `pype`: (subject, session).
+pub async fn end_user_with_session(c: &mut Clients, key: &str, pype: &str, username: &str) -> (String, String) {
+    let user = c
+        .subjects
+        .register_subject(authed(
+            key,
+            pb::RegisterSubjectRequest {
+                username: username.into(),
+                email: format!("{username}@example.com"),
+                attested_at_least_13: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .subject_id;
+    let session = c
+        .sessions
+        .start_session(authed(
+            key,
+            pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.clone(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    (user, session)
+}
+
 pub async fn setup(c: &mut Clients, username: &str) -> Setup {
     let t = c
         .tenants
