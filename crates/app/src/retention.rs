@@ -120,18 +120,19 @@ impl Scheduler {
                 if days == 0 || closed + i64::from(days) * DAY_MICROS > now {
                     continue;
                 }
+                // The view may lag the log: a Session it still shows with
+                // content may have expired already (the last sweep).
+                let state = self.registry.read::<Session>(tenant, session).await?.into_state();
+                if state.content_expired {
+                    continue;
+                }
                 let report = self.keyring.shred(tenant, ShredTarget::Session { session }).await?;
                 // Before the event: once it is recorded the Session is not
                 // swept again.
                 let blobs = self.blobs.delete_session(tenant, session).await?;
-                match self
-                    .registry
-                    .execute::<Session>(tenant, session, SessionCommand::ExpireContent { retention_days: days })
-                    .await
-                {
-                    Ok(_) | Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                // The audit entry is durable before the event: a crash
+                // between them sweeps the Session again and writes the
+                // entry twice, never not at all (the event ends the sweeps).
                 self.audit
                     .record(
                         Record::new("retention.purge", "pypes", "ok")
@@ -140,6 +141,14 @@ impl Scheduler {
                             .detail(format!("retention_days={days} keys={} blobs={blobs}", report.keys.len())),
                     )
                     .await?;
+                match self
+                    .registry
+                    .execute::<Session>(tenant, session, SessionCommand::ExpireContent { retention_days: days })
+                    .await
+                {
+                    Ok(_) | Err(actors::ActorError::Rejected(domain::Rejection::NotFound { .. })) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 expired += 1;
             }
             if !full {
