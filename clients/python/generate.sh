@@ -14,7 +14,7 @@ rm -rf src/pypes
 mkdir -p src/pypes/api/v1
 PATH="$venv/bin:$PATH" "$venv/bin/python" -m grpc_tools.protoc -I ../../proto \
     --python_out=src --grpc_python_out=src --mypy_out=src --mypy_grpc_out=src \
-    ../../proto/pypes/api/v1/api.proto ../../proto/pypes/api/v1/integration.proto
+    ../../proto/pypes/api/v1/api.proto ../../proto/pypes/api/v1/integration.proto ../../proto/pypes/api/v1/region.proto
 for d in src/pypes src/pypes/api src/pypes/api/v1; do
     printf '"""Generated from proto/ by clients/python/generate.sh; do not edit."""\n' > "$d/__init__.py"
 done

@@ -17,4 +17,4 @@ mkdir -p src/gen
     --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
     --ts_proto_out=src/gen \
     --ts_proto_opt=outputServices=nice-grpc,outputServices=generic-definitions,useExactTypes=false,esModuleInterop=true,env=node,useOptionals=messages,forceLong=string \
-    ../../proto/pypes/api/v1/api.proto ../../proto/pypes/api/v1/integration.proto
+    ../../proto/pypes/api/v1/api.proto ../../proto/pypes/api/v1/integration.proto ../../proto/pypes/api/v1/region.proto

@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("pypes/events/v1/events.proto"),
         root.join("pypes/api/v1/api.proto"),
         root.join("pypes/api/v1/integration.proto"),
+        root.join("pypes/api/v1/region.proto"),
         root.join("pypes/bench/v1/echo.proto"),
         root.join("pypes/views/v1/views.proto"),
     ];

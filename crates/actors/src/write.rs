@@ -4,9 +4,13 @@
 //! are made by the codec in `events`; their writers bring their own
 //! expectation (an exact version, or none for an append-only counter).
 //! Entities write through their actors ([`crate::Registry::execute`]);
-//! nothing else in the system appends (a tidy test holds that).
+//! nothing else in the system appends (a tidy test holds that), except a
+//! tenant's move between regions, which appends the events another
+//! region's log stored, as they were ([`append_copied`]).
 
-use eventlog::{AppendResult, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent};
+use eventlog::{
+    AppendResult, Direction, EventLog, ExpectedVersion, LogError, NewEvent, ReadFrom, RecordedEvent, StreamAppend,
+};
 
 /// The last event of `stream` (`None`: the stream does not exist or holds
 /// nothing): a process's latest checkpoint.
@@ -26,4 +30,11 @@ pub async fn append(
     events: Vec<NewEvent>,
 ) -> Result<AppendResult, LogError> {
     log.append(stream, expected, events).await
+}
+
+/// Appends events another region's log stored (a tenant moving between
+/// regions: made by the codec there, sealed as they were), each stream at
+/// its expected version, all in one atomic write.
+pub async fn append_copied(log: &dyn EventLog, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>, LogError> {
+    log.append_multi(appends).await
 }

@@ -56,6 +56,29 @@ pub struct Offboarding<'a> {
     pub signing_public_key: String,
 }
 
+/// A tenant's move to another region (`pypes-tenant-move-certificate/v1`),
+/// issued by the old region once its keys, blobs and streams of the
+/// tenant are destroyed (docs/residency.md).
+#[derive(Serialize)]
+pub struct Move<'a> {
+    pub format: &'static str,
+    pub tenant_id: String,
+    pub from_region: String,
+    pub to_region: String,
+    pub switched_at: String,
+    pub kek_shredded_at: String,
+    pub issued_at: String,
+    /// The digest both regions computed of the copy.
+    pub copy_digest: String,
+    pub streams: u64,
+    pub events: u64,
+    pub keys: u64,
+    pub blobs: u64,
+    pub streams_deleted: u64,
+    pub destroyed_key_fingerprints: &'a [String],
+    pub signing_public_key: String,
+}
+
 /// The certificate's text and the hex of its signature.
 pub fn sign(certificate: &impl Serialize, key: &SigningKey) -> Result<(String, String), crate::AppError> {
     let text = serde_json::to_string(certificate).map_err(|e| crate::AppError::internal("writing a certificate", e))?;

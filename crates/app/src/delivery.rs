@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::feed::{FeedItem, FeedLimits, Filters};
+use crate::regions::Gate;
 use crate::webhook_hub::{Entry, Hub, Pull, Wants};
 pub use crate::webhook_port::{DeliveryStatus, WebhookDirectory, WebhookSettings};
 use crate::{App, AppError};
@@ -169,7 +170,9 @@ impl WebhookDirectory for Deliveries {
         let Some(app) = self.app.get().and_then(Weak::upgrade) else { return };
         let client = &self.client;
         let mut workers = lock(&self.workers);
-        let live = |id: &Uuid| !tenant.cancelled && tenant.webhooks.contains_key(id);
+        // Another region's tenant (or one moving) is not delivered here.
+        let here = crate::regions::gate(app.regions.as_deref(), tenant_id).is_ok_and(|g| g == Gate::Go);
+        let live = |id: &Uuid| here && !tenant.cancelled && tenant.webhooks.contains_key(id);
         workers.retain(|id, h| {
             let keep = h.tenant != tenant_id || live(id);
             if !keep {
@@ -178,7 +181,7 @@ impl WebhookDirectory for Deliveries {
             }
             keep
         });
-        if tenant.cancelled {
+        if tenant.cancelled || !here {
             return;
         }
         for (id, w) in &tenant.webhooks {
@@ -423,6 +426,13 @@ impl Worker {
         let mut paused_def = self.def.borrow().paused.is_some();
         let mut filters = Self::filters(self.id, &self.def.borrow());
         loop {
+            // A tenant moving to another region is delivered by the region
+            // it lands in, from the first event not delivered here.
+            if crate::regions::gate(self.app.regions.as_deref(), self.tenant).is_ok_and(|g| g != Gate::Go) {
+                tracing::info!(tenant = %self.tenant, webhook = %self.id, "webhook delivery stopped: the tenant moves to another region");
+                lock(&self.status).last_error = "the tenant moves to another region".into();
+                return;
+            }
             let def = def_rx.borrow().clone();
             let now = self.now();
             if schedule.paused() {

@@ -70,6 +70,9 @@ pub struct Erasures {
     /// Open requests: (tenant, subject) → (requested µs, due µs).
     open: Mutex<HashMap<(Uuid, Uuid), (i64, i64)>>,
     running: Mutex<std::collections::HashSet<(Uuid, Uuid)>>,
+    /// Data residency: a tenant moving between regions waits, another
+    /// region's is left to it (set once, by `App::new`).
+    regions: std::sync::OnceLock<Arc<crate::regions::Regions>>,
 }
 
 /// Where an erasure stands, for the API and the CLI.
@@ -143,7 +146,12 @@ impl Erasures {
             blobs,
             open: Mutex::default(),
             running: Mutex::default(),
+            regions: std::sync::OnceLock::new(),
         })
+    }
+
+    pub(crate) fn set_regions(&self, regions: Arc<crate::regions::Regions>) {
+        let _ = self.regions.set(regions);
     }
 
     pub fn public_key_hex(&self) -> String {
@@ -223,6 +231,17 @@ impl Erasures {
     /// Resumes the requests a previous run left open (found by
     /// [`crate::unfinished::scan`]); then reports overdue ones every hour.
     pub async fn recover(self: Arc<Self>, open: Vec<(Uuid, Uuid)>) {
+        self.resume(open).await;
+        // Every hour, the age of what is open.
+        let mut hourly = tokio::time::interval(REPORT_EVERY);
+        loop {
+            hourly.tick().await;
+            self.report_age();
+        }
+    }
+
+    /// Drives the given open requests to the end (in the background).
+    pub async fn resume(self: &Arc<Self>, open: Vec<(Uuid, Uuid)>) {
         for (tenant, subject) in open {
             match self.registry.read::<Subject>(tenant, subject).await {
                 Ok(s) => {
@@ -233,12 +252,6 @@ impl Erasures {
                 }
                 Err(e) => tracing::error!(%tenant, %subject, error = %e, "cannot load a subject with an open erasure"),
             }
-        }
-        // Every hour, the age of what is open.
-        let mut hourly = tokio::time::interval(REPORT_EVERY);
-        loop {
-            hourly.tick().await;
-            self.report_age();
         }
     }
 
@@ -287,6 +300,15 @@ impl Erasures {
 
     /// Runs every step not done yet.
     async fn drive(&self, tenant: Uuid, subject: Uuid) -> Result<(), AppError> {
+        match crate::regions::gate(self.regions.get().map(|r| r.as_ref()), tenant)? {
+            crate::regions::Gate::Go => {}
+            crate::regions::Gate::Wait => {
+                return Err(AppError::Unavailable(format!(
+                    "tenant {tenant} is moving between regions; its erasure goes on where it lands"
+                )));
+            }
+            crate::regions::Gate::Leave => return Ok(()),
+        }
         let state = self.registry.read::<Subject>(tenant, subject).await?.into_state();
         let Some(e) = state.erasure else { return Ok(()) };
         let request = e.request;

@@ -50,6 +50,10 @@ pub enum AppError {
     /// can send the request on.
     #[error("failed precondition: {message}")]
     ElsewhereRegion { region: String, message: String },
+    /// The request needs a state the system is not in (a move whose copy
+    /// is behind); the message says what to do first.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
 }
 
 /// What a caller is told went wrong: one code per kind of failure, shared
@@ -176,7 +180,7 @@ impl AppError {
             AppError::Deadline(_) => Code::DeadlineExceeded,
             AppError::Conflict(_) => Code::Aborted,
             AppError::NotFound(_) => Code::NotFound,
-            AppError::ElsewhereRegion { .. } => Code::FailedPrecondition,
+            AppError::ElsewhereRegion { .. } | AppError::FailedPrecondition(_) => Code::FailedPrecondition,
         }
     }
 
@@ -221,7 +225,8 @@ impl AppError {
             | AppError::OutOfRange(m)
             | AppError::Deadline(m)
             | AppError::Conflict(m)
-            | AppError::NotFound(m) => m,
+            | AppError::NotFound(m)
+            | AppError::FailedPrecondition(m) => m,
             AppError::ElsewhereRegion { message, .. } => message,
         };
         (code, message, noted)

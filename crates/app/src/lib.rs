@@ -33,6 +33,7 @@ pub mod import;
 pub mod limits;
 pub mod logins;
 pub mod media;
+pub mod moves;
 pub mod privacy;
 pub mod pypes;
 pub mod reads;
@@ -87,6 +88,8 @@ pub struct App {
     /// The region this node serves and the global tenant directory (`None`:
     /// no regions configured, every tenant is this node's).
     pub(crate) regions: Option<Arc<regions::Regions>>,
+    /// Signs the certificates a call issues (a tenant's move).
+    pub(crate) signing: ed25519_dalek::SigningKey,
 }
 
 /// What [`App::new`] is made of (the wiring opens the stores and starts
@@ -111,13 +114,19 @@ pub struct Parts {
     pub deliveries: Arc<dyn webhook_port::WebhookDirectory>,
     /// Data residency (docs/residency.md); `None` without regions.
     pub regions: Option<Arc<regions::Regions>>,
+    /// The node's signing key (the log's), for the certificates calls issue.
+    pub signing: ed25519_dalek::SigningKey,
 }
 
 impl App {
     /// The application over started parts, with its processes made (not
     /// yet resumed: see [`App::resume_processes`]).
     pub fn new(p: Parts) -> Arc<Self> {
-        let restrictions = restriction::Restrictions::new(p.registry.clone(), p.log.clone(), p.views.clone());
+        let restrictions =
+            restriction::Restrictions::new(p.registry.clone(), p.log.clone(), p.views.clone(), p.regions.clone());
+        if let Some(r) = &p.regions {
+            p.erasures.set_regions(r.clone());
+        }
         let consents = consent::Consents::new(p.log.clone(), p.keyring.clone());
         Arc::new(Self {
             deliveries: p.deliveries,
@@ -139,6 +148,7 @@ impl App {
             media: p.media,
             feed_limits: p.feed_limits,
             regions: p.regions,
+            signing: p.signing,
         })
     }
 

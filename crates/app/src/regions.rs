@@ -11,19 +11,81 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use crate::AppError;
 
+/// How long a node trusts what it read of a tenant's placement. A move
+/// freezes a tenant by writing its placement; it waits twice this long
+/// before it copies anything, so every node has seen the freeze.
+pub const PLACEMENT_TTL: Duration = Duration::from_secs(2);
+
+/// Where a tenant lives, as the directory holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub region: String,
+    /// Set while the tenant moves to another region (docs/residency.md):
+    /// neither region serves it until the move switches it over.
+    pub moving_to: Option<String>,
+}
+
+impl Placement {
+    pub fn settled(region: &str) -> Self {
+        Self { region: region.into(), moving_to: None }
+    }
+}
+
 /// The global tenant directory (a port: a directory of files shared by
 /// the nodes, or a database).
 pub trait TenantDirectory: Send + Sync {
-    /// The region `tenant` lives in (`None`: not in the directory).
-    fn region_of(&self, tenant: Uuid) -> Result<Option<String>, String>;
+    /// Where `tenant` lives (`None`: not in the directory).
+    fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String>;
     /// Records that `tenant` lives in `region`; fails if it is recorded
     /// already (a region is fixed at creation).
     fn place(&self, tenant: Uuid, region: &str) -> Result<(), String>;
+    /// Replaces the placement `from` by `to`, atomically, only if it is
+    /// still `from` (a move's freeze and switch); otherwise an error
+    /// naming what it is.
+    fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String>;
+}
+
+/// A tenant as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Residence {
+    /// This node's region serves it (or the directory does not know it:
+    /// older than the directory, or not there at all).
+    Here,
+    /// It is moving from this node's region to `to`.
+    Leaving { to: String },
+    /// It is moving from `from` to this node's region.
+    Arriving { from: String },
+    /// It lives in another region.
+    Elsewhere { region: String },
+}
+
+/// What a background process (an erasure, a restriction, a retention
+/// sweep) does with a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// The tenant is this region's: go on.
+    Go,
+    /// It is moving: try again later (after the move, the region it
+    /// lands in goes on).
+    Wait,
+    /// It is another region's: leave it to that region.
+    Leave,
+}
+
+/// [`Gate`] for `tenant` (always `Go` without regions).
+pub fn gate(regions: Option<&Regions>, tenant: Uuid) -> Result<Gate, AppError> {
+    let Some(r) = regions else { return Ok(Gate::Go) };
+    Ok(match r.residence(tenant)? {
+        Residence::Here => Gate::Go,
+        Residence::Leaving { .. } | Residence::Arriving { .. } => Gate::Wait,
+        Residence::Elsewhere { .. } => Gate::Leave,
+    })
 }
 
 /// The regions as this node sees them.
@@ -33,8 +95,8 @@ pub struct Regions {
     /// Every region of the deployment (a tenant may be created in any).
     known: Vec<String>,
     directory: Arc<dyn TenantDirectory>,
-    /// Regions looked up (fixed, so kept).
-    cache: Mutex<HashMap<Uuid, Arc<str>>>,
+    /// Placements looked up, and when (trusted for [`PLACEMENT_TTL`]).
+    cache: Mutex<HashMap<Uuid, (Option<Placement>, Instant)>>,
 }
 
 impl Regions {
@@ -50,35 +112,64 @@ impl Regions {
         &self.known
     }
 
-    fn lookup(&self, tenant: Uuid) -> Result<Option<Arc<str>>, AppError> {
-        if let Some(r) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant) {
-            return Ok(Some(r.clone()));
-        }
-        let found = self
-            .directory
-            .region_of(tenant)
-            .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be read: {e}")))?;
-        Ok(found.map(|r| {
-            let r: Arc<str> = r.into();
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, r.clone());
-            r
-        }))
+    pub fn directory(&self) -> &Arc<dyn TenantDirectory> {
+        &self.directory
     }
 
-    /// Refuses a tenant of another region (before anything of it is read).
+    /// The tenant's placement, read again from the directory (a move's
+    /// own steps, which must not act on a stale one).
+    pub fn placement_now(&self, tenant: Uuid) -> Result<Option<Placement>, AppError> {
+        let found = self
+            .directory
+            .placement(tenant)
+            .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be read: {e}")))?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    fn lookup(&self, tenant: Uuid) -> Result<Option<Placement>, AppError> {
+        if let Some((p, at)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&tenant)
+            && at.elapsed() < PLACEMENT_TTL
+        {
+            return Ok(p.clone());
+        }
+        self.placement_now(tenant)
+    }
+
+    /// Where the tenant lives, from this node's point of view.
+    pub fn residence(&self, tenant: Uuid) -> Result<Residence, AppError> {
+        Ok(self.residence_of(self.lookup(tenant)?))
+    }
+
+    pub fn residence_of(&self, placement: Option<Placement>) -> Residence {
+        match placement {
+            None => Residence::Here,
+            Some(Placement { region, moving_to: None }) if region == self.this => Residence::Here,
+            Some(Placement { region, moving_to: Some(to) }) if region == self.this => Residence::Leaving { to },
+            Some(Placement { region, moving_to: Some(to) }) if to == self.this => Residence::Arriving { from: region },
+            Some(Placement { region, .. }) => Residence::Elsewhere { region },
+        }
+    }
+
+    /// Refuses a tenant of another region (before anything of it is read),
+    /// and a tenant on its way between regions (retry after the move).
     /// A tenant the directory does not know is left to the call (it is
     /// unknown here too, or older than the directory).
     pub fn require_local(&self, tenant: Uuid) -> Result<(), AppError> {
-        match self.lookup(tenant)? {
-            Some(r) if *r != *self.this => Err(AppError::ElsewhereRegion {
-                region: r.to_string(),
+        match self.residence(tenant)? {
+            Residence::Here => Ok(()),
+            Residence::Leaving { to } => Err(AppError::Unavailable(format!(
+                "tenant {tenant} is moving from region {} to region {to}; try again when the move is done",
+                self.this
+            ))),
+            Residence::Arriving { from: region } | Residence::Elsewhere { region } => Err(AppError::ElsewhereRegion {
                 message: format!(
-                    "tenant {tenant} lives in region {r}; this node serves region {}: send the request to a node \
-                     of region {r}",
+                    "tenant {tenant} lives in region {region}; this node serves region {}: send the request to a \
+                         node of region {region}",
                     self.this
                 ),
+                region,
             }),
-            _ => Ok(()),
         }
     }
 
@@ -87,12 +178,7 @@ impl Regions {
     /// created by a node of that region.
     pub fn place_new(&self, tenant: Uuid, requested: &str) -> Result<String, AppError> {
         let region = if requested.is_empty() { self.this.clone() } else { requested.to_string() };
-        if !self.known.contains(&region) {
-            return Err(AppError::invalid(
-                "region",
-                format!("{region:?} is not a region of this deployment ({})", self.known.join(", ")),
-            ));
-        }
+        self.require_known(&region, "region")?;
         if region != self.this {
             return Err(AppError::ElsewhereRegion {
                 message: format!(
@@ -105,8 +191,29 @@ impl Regions {
         self.directory
             .place(tenant, &region)
             .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be written: {e}")))?;
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, region.as_str().into());
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant, (Some(Placement::settled(&region)), Instant::now()));
         Ok(region)
+    }
+
+    /// Refuses a region the deployment does not have, listing the ones it has.
+    pub fn require_known(&self, region: &str, field: &'static str) -> Result<(), AppError> {
+        if self.known.iter().any(|r| r == region) {
+            return Ok(());
+        }
+        Err(AppError::invalid(
+            field,
+            format!("{region:?} is not a region of this deployment ({})", self.known.join(", ")),
+        ))
+    }
+
+    /// Replaces the tenant's placement (a move's freeze, switch or abort).
+    pub fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), AppError> {
+        self.directory.replace(tenant, from, to).map_err(AppError::FailedPrecondition)?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, (Some(to.clone()), Instant::now()));
+        Ok(())
     }
 }
 
@@ -115,16 +222,26 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Memory(Mutex<HashMap<Uuid, String>>);
+    struct Memory(Mutex<HashMap<Uuid, Placement>>);
 
     impl TenantDirectory for Memory {
-        fn region_of(&self, tenant: Uuid) -> Result<Option<String>, String> {
+        fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
             Ok(self.0.lock().unwrap().get(&tenant).cloned())
         }
         fn place(&self, tenant: Uuid, region: &str) -> Result<(), String> {
-            match self.0.lock().unwrap().insert(tenant, region.into()) {
+            match self.0.lock().unwrap().insert(tenant, Placement::settled(region)) {
                 None => Ok(()),
                 Some(_) => Err("placed twice".into()),
+            }
+        }
+        fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String> {
+            let mut m = self.0.lock().unwrap();
+            match m.get(&tenant) {
+                Some(p) if p == from => {
+                    m.insert(tenant, to.clone());
+                    Ok(())
+                }
+                other => Err(format!("placement is {other:?}")),
             }
         }
     }
@@ -148,5 +265,29 @@ mod tests {
         assert_eq!(us.require_local(a).unwrap_err().region(), Some("eu"));
         // Unknown to the directory: left to the call.
         assert!(eu.require_local(Uuid::now_v7()).is_ok());
+    }
+
+    #[test]
+    fn a_moving_tenant_is_served_by_neither_region_until_the_switch() {
+        let dir = Arc::new(Memory::default());
+        let known = vec!["eu".to_string(), "us".to_string()];
+        let eu = Regions::new("eu".into(), known.clone(), dir.clone());
+        let us = Regions::new("us".into(), known, dir.clone());
+        let a = Uuid::now_v7();
+        eu.place_new(a, "eu").unwrap();
+        let moving = Placement { region: "eu".into(), moving_to: Some("us".into()) };
+        eu.replace(a, &Placement::settled("eu"), &moving).unwrap();
+        // A second freeze finds the placement changed.
+        assert!(matches!(eu.replace(a, &Placement::settled("eu"), &moving), Err(AppError::FailedPrecondition(_))));
+        assert_eq!(eu.residence(a).unwrap(), Residence::Leaving { to: "us".into() });
+        assert_eq!(us.residence(a).unwrap(), Residence::Arriving { from: "eu".into() });
+        assert!(matches!(eu.require_local(a), Err(AppError::Unavailable(m)) if m.contains("moving")));
+        assert_eq!(us.require_local(a).unwrap_err().region(), Some("eu"));
+        eu.replace(a, &moving, &Placement::settled("us")).unwrap();
+        assert_eq!(eu.residence(a).unwrap(), Residence::Elsewhere { region: "us".into() });
+        // `us` looked a moment ago: it trusts that for the TTL, then reads again.
+        assert_eq!(us.placement_now(a).unwrap(), Some(Placement::settled("us")));
+        assert_eq!(us.residence(a).unwrap(), Residence::Here);
+        assert_eq!(eu.require_local(a).unwrap_err().region(), Some("us"));
     }
 }

@@ -38,11 +38,18 @@ pub struct Restrictions {
     views: Arc<Views>,
     /// One run at a time per (tenant, subject).
     locks: Mutex<HashMap<(Uuid, Uuid), RunLock>>,
+    /// Data residency: a moving tenant waits, another region's is left.
+    regions: Option<Arc<crate::regions::Regions>>,
 }
 
 impl Restrictions {
-    pub fn new(registry: Arc<Registry>, log: Arc<dyn EventLog>, views: Arc<Views>) -> Arc<Self> {
-        Arc::new(Self { registry, log, views, locks: Mutex::default() })
+    pub fn new(
+        registry: Arc<Registry>,
+        log: Arc<dyn EventLog>,
+        views: Arc<Views>,
+        regions: Option<Arc<crate::regions::Regions>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { registry, log, views, locks: Mutex::default(), regions })
     }
 
     fn lock_of(&self, tenant: Uuid, subject: Uuid) -> RunLock {
@@ -56,6 +63,15 @@ impl Restrictions {
     /// Brings every Session of the subject to the subject's restriction
     /// state and records that it has; returns how many Sessions it checked.
     pub async fn apply(&self, tenant: Uuid, subject: Uuid) -> Result<usize, AppError> {
+        match crate::regions::gate(self.regions.as_deref(), tenant)? {
+            crate::regions::Gate::Go => {}
+            crate::regions::Gate::Wait => {
+                return Err(AppError::Unavailable(format!(
+                    "tenant {tenant} is moving between regions; the restriction goes on where it lands"
+                )));
+            }
+            crate::regions::Gate::Leave => return Ok(0),
+        }
         let lock = self.lock_of(tenant, subject);
         let _one_run = lock.lock().await;
         let state = self.registry.read::<Subject>(tenant, subject).await?.into_state();

@@ -49,6 +49,9 @@ pub struct Scheduler {
     /// Cancelled tenants not yet certified, and how far `$all` was read
     /// for them: each sweep reads only what was appended since.
     pub pending: tokio::sync::Mutex<Pending>,
+    /// Data residency: the tenants of other regions, and those moving
+    /// between regions, are not swept here.
+    pub regions: Option<Arc<crate::regions::Regions>>,
 }
 
 /// The offboarding work the scheduler knows of.
@@ -99,6 +102,9 @@ impl Scheduler {
             after = Some(last.1);
             let full = page.len() == 1024;
             for (tenant, session, pype, closed) in page {
+                if crate::regions::gate(self.regions.as_deref(), tenant)? != crate::regions::Gate::Go {
+                    continue;
+                }
                 let t = match tenants.entry(tenant) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
@@ -184,6 +190,9 @@ impl Scheduler {
         let now = self.clock.now_micros();
         let mut done = 0;
         for tenant in self.cancelled_tenants().await? {
+            if crate::regions::gate(self.regions.as_deref(), tenant)? != crate::regions::Gate::Go {
+                continue;
+            }
             let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
             if !t.cancelled || t.certificate.is_some() {
                 self.pending.lock().await.tenants.remove(&tenant);

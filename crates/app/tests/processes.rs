@@ -75,7 +75,7 @@ async fn node(w: &World) -> Node {
         w.log.clone(),
         w.keyring.clone(),
         views.clone(),
-        signing,
+        signing.clone(),
         app::erasure::ErasureConfig::default(),
         blobs.clone(),
     );
@@ -96,6 +96,7 @@ async fn node(w: &World) -> Node {
         deliveries: Arc::new(app::webhook_port::Disabled(Default::default())),
         media: Arc::new(app::media::Media::new(blobs, media_config())),
         regions: None,
+        signing,
     });
     app.resume_processes();
     Node { app, registry, views }

@@ -1311,6 +1311,71 @@ pub fn decode_access_alert(r: &RecordedEvent) -> Result<AccessAlertState, CodecE
     })
 }
 
+/// A move's switch, as the old region records it (`TenantMoveSwitched`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveSwitched {
+    pub to_region: String,
+    pub digest: String,
+    pub key_fingerprints: Vec<String>,
+    pub at_micros: i64,
+    /// (webhook, first event not delivered).
+    pub undelivered: Vec<(Uuid, Uuid)>,
+    pub streams: u64,
+    pub events: u64,
+    pub keys: u64,
+    pub blobs: u64,
+}
+
+pub fn move_switched(m: &MoveSwitched) -> NewEvent {
+    let id = |u: &Uuid| Bytes::copy_from_slice(u.as_bytes());
+    let p = pb::TenantMoveSwitched {
+        to_region: m.to_region.clone(),
+        digest: m.digest.clone(),
+        key_fingerprints: m.key_fingerprints.clone(),
+        at_micros: m.at_micros,
+        undelivered: m
+            .undelivered
+            .iter()
+            .map(|(w, e)| pb::MoveUndelivered { webhook_id: id(w), event_id: id(e) })
+            .collect(),
+        streams: m.streams,
+        events: m.events,
+        keys: m.keys,
+        blobs: m.blobs,
+    };
+    NewEvent::new(ty::TENANT_MOVE_SWITCHED, Bytes::from(p.encode_to_vec()))
+}
+
+pub fn decode_move_switched(r: &RecordedEvent) -> Result<MoveSwitched, CodecError> {
+    let p: pb::TenantMoveSwitched = payload(r)?;
+    let mut undelivered = Vec::with_capacity(p.undelivered.len());
+    for u in &p.undelivered {
+        undelivered.push((uuid(r, "webhook_id", &u.webhook_id)?, uuid(r, "event_id", &u.event_id)?));
+    }
+    Ok(MoveSwitched {
+        to_region: p.to_region,
+        digest: p.digest,
+        key_fingerprints: p.key_fingerprints,
+        at_micros: p.at_micros,
+        undelivered,
+        streams: p.streams,
+        events: p.events,
+        keys: p.keys,
+        blobs: p.blobs,
+    })
+}
+
+pub fn move_certified(certificate: &str, signature: &str) -> NewEvent {
+    let p = pb::TenantMoveCertified { certificate: certificate.into(), signature: signature.into() };
+    NewEvent::new(ty::TENANT_MOVE_CERTIFIED, Bytes::from(p.encode_to_vec()))
+}
+
+/// (certificate, signature) of a `TenantMoveCertified`.
+pub fn decode_move_certified(r: &RecordedEvent) -> Result<(String, String), CodecError> {
+    let p: pb::TenantMoveCertified = payload(r)?;
+    Ok((p.certificate, p.signature))
+}
+
 /// The position a process checkpoint names.
 pub fn decode_process_checkpoint(r: &RecordedEvent) -> Result<u64, CodecError> {
     Ok(payload::<pb::ProcessCheckpoint>(r)?.position)

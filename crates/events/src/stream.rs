@@ -159,6 +159,12 @@ pub fn alert_hook_stream(name: &str) -> String {
     process_stream(&format!("alert-hook-{name}"))
 }
 
+/// Where the old region of a moved tenant keeps the move's record:
+/// `moved-<tenant>` (docs/residency.md).
+pub fn moved_stream(tenant: Uuid) -> String {
+    format!("moved-{tenant}")
+}
+
 /// Where an entity's snapshot is kept: `snapshot-<entity stream>`.
 pub fn snapshot_stream(entity_stream: &str) -> String {
     format!("snapshot-{entity_stream}")

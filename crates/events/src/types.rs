@@ -70,6 +70,8 @@ pub const WEBHOOK_CHECKPOINT: &str = "WebhookCheckpoint";
 pub const WEBHOOK_REDELIVERY: &str = "WebhookRedelivery";
 pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
 pub const ACCESS_ALERT: &str = "AccessAlert";
+pub const TENANT_MOVE_SWITCHED: &str = "TenantMoveSwitched";
+pub const TENANT_MOVE_CERTIFIED: &str = "TenantMoveCertified";
 
 /// All of them (the tidy test reads this list).
 pub const ALL: &[&str] = &[
@@ -139,4 +141,6 @@ pub const ALL: &[&str] = &[
     WEBHOOK_CHECKPOINT,
     WEBHOOK_REDELIVERY,
     ACCESS_ALERT,
+    TENANT_MOVE_SWITCHED,
+    TENANT_MOVE_CERTIFIED,
 ];

@@ -338,6 +338,45 @@ pub fn keys_retire_before_their_use_limit(new: Factory<'_>) {
 
 /// Generates one `#[test]` per conformance function for a backend.
 /// `$new` is an expression of type `impl Fn() -> Arc<dyn KeyStore>`.
+pub fn a_tenants_keys_move_to_another_store(new: Factory<'_>) {
+    let (from, to) = (keyring(new()), keyring(new()));
+    let (t, s, gone) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let aad = Aad { tenant: t, stream: "subject-1", event_id: Uuid::now_v7() };
+    let profile = from.seal_blocking("email", b"ada@example.com", &subject(s, Group::Profile), &aad).unwrap();
+    let erased = from.seal_blocking("email", b"bob@example.com", &subject(gone, Group::Profile), &aad).unwrap();
+    let content = from.seal_blocking("body", b"hello", &KeyPurpose::SessionContent { session: s }, &aad).unwrap();
+    from.shred_blocking(t, &ShredTarget::Subject { subject: gone, group: None }).unwrap();
+    let keys = from.store().export_tenant(t).unwrap();
+    assert_eq!(keys.live.len(), 2);
+    assert_eq!(keys.shredded.len(), 1);
+    let report = to.store().import_tenant(t, &keys).unwrap();
+    assert_eq!((report.added, report.present, report.shredded_recorded), (2, 0, 1));
+    // What the old store sealed opens in the new one; what it had erased stays erased.
+    assert!(
+        matches!(to.open_blocking("email", &profile, &aad).unwrap(), Opened::Plaintext(p) if &p[..] == b"ada@example.com")
+    );
+    assert!(matches!(to.open_blocking("body", &content, &aad).unwrap(), Opened::Plaintext(_)));
+    assert_eq!(to.open_blocking("email", &erased, &aad).unwrap(), Opened::Erased);
+    // A seal there does not start the key's count again.
+    let id = crate::KeyId::from_slice(&profile.key_id).unwrap();
+    let moved = live(to.store().as_ref(), t, id);
+    assert!(moved.uses_reserved >= live(from.store().as_ref(), t, id).uses_reserved);
+    assert!(!moved.fresh);
+    // Again (a resumed move): nothing new; a key shredded since in the old store is named.
+    from.shred_blocking(t, &ShredTarget::Session { session: s }).unwrap();
+    let again = to.store().import_tenant(t, &from.store().export_tenant(t).unwrap()).unwrap();
+    assert_eq!((again.added, again.present, again.shredded_recorded), (0, 1, 0));
+    assert_eq!(again.to_shred, vec![crate::KeyId::from_slice(&content.key_id).unwrap()]);
+    // Keys of another tenant are refused by name.
+    let mut other = from.store().export_tenant(t).unwrap();
+    other.live[0].tenant = Uuid::now_v7();
+    assert!(matches!(to.store().import_tenant(t, &other), Err(KeyError::WrongTenant { .. })));
+    // A tenant whose KEK is destroyed has nothing to hand over, and takes nothing in.
+    from.shred_blocking(t, &ShredTarget::Tenant).unwrap();
+    assert!(matches!(from.store().export_tenant(t), Err(KeyError::TenantShredded { .. })));
+    assert!(matches!(from.store().import_tenant(t, &keys), Err(KeyError::TenantShredded { .. })));
+}
+
 #[macro_export]
 macro_rules! keystore_conformance_tests {
     ($new:expr) => {
@@ -355,6 +394,7 @@ macro_rules! keystore_conformance_tests {
             seal_open_round_trip_and_erasure,
             tampered_or_moved_ciphertext_does_not_open,
             keys_retire_before_their_use_limit,
+            a_tenants_keys_move_to_another_store,
         );
     };
     (@tests $new:expr; $($name:ident),* $(,)?) => {

@@ -31,7 +31,8 @@ pub use keyring::{Aad, KeyPolicy, Keyring, Opened, rotation_schedule};
 pub use provider::{EmbeddedRootProvider, RootKeyProvider};
 pub use store::{INITIAL_RESERVATION, KeyStore, LocalKeyStore, RemoteShred, SHARDS, VerifyReport, rotation_due};
 pub use types::{
-    DataKey, EpochInfo, Group, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
+    DataKey, EpochInfo, Group, KeyLookup, KeyPurpose, KeysImported, RotationReport, ShredReport, ShredTarget,
+    StoreStatus, TenantKeys,
 };
 
 /// Default period between epoch rotations: 7 days.

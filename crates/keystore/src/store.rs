@@ -14,7 +14,8 @@ use crate::crypto::{self, SecretKey, WrappedKey};
 use crate::error::KeyError;
 use crate::provider::RootKeyProvider;
 use crate::types::{
-    DataKey, Group, KeyId, KeyLookup, KeyPurpose, RotationReport, ShredReport, ShredTarget, StoreStatus,
+    DataKey, Group, KeyId, KeyLookup, KeyPurpose, KeysImported, RotationReport, ShredReport, ShredTarget, StoreStatus,
+    TenantKeys,
 };
 
 /// Where data keys are kept, wrapped. Every method that changes something
@@ -41,6 +42,15 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The live keys (retired included) a shred of `target` would destroy,
     /// sorted; nothing for a target that is already gone.
     fn keys_of(&self, tenant: Uuid, target: &ShredTarget) -> Result<Vec<KeyId>, KeyError>;
+    /// Every key of `tenant`: the live ones unwrapped, the ids of the
+    /// destroyed ones (moving the tenant to another region). A tenant
+    /// whose KEK was destroyed has nothing to hand over: an error.
+    fn export_tenant(&self, tenant: Uuid) -> Result<TenantKeys, KeyError>;
+    /// Takes in the keys another store exported for `tenant`, wrapped
+    /// under this store's KEK of the tenant, with their ids, purposes and
+    /// reservations (so no nonce count starts again). Taking in the same
+    /// keys again changes nothing (a resumed move).
+    fn import_tenant(&self, tenant: Uuid, keys: &TenantKeys) -> Result<KeysImported, KeyError>;
     /// Moves every live key under a new epoch KEK and destroys the old epoch
     /// at the provider; finishes an interrupted rotation instead when one is
     /// found.
@@ -832,6 +842,109 @@ impl KeyStore for LocalKeyStore {
                 keys
             }
             Some(state) => state.doomed(target),
+        })
+    }
+
+    fn export_tenant(&self, tenant: Uuid) -> Result<TenantKeys, KeyError> {
+        self.change(tenant, |inner| {
+            let Some(state) = inner.tenants.get(&tenant) else { return Ok(TenantKeys::default()) };
+            if state.shredded {
+                return Err(KeyError::TenantShredded { tenant });
+            }
+            let mut entries: Vec<(KeyId, KeyEntry)> =
+                state.shards.values().flat_map(|s| s.keys.iter().map(|(&id, e)| (id, e.clone()))).collect();
+            entries.sort_by_key(|(id, _)| *id);
+            let mut shredded: Vec<KeyId> = state.shards.values().flat_map(|s| s.shredded.iter().copied()).collect();
+            shredded.sort();
+            let mut live = Vec::with_capacity(entries.len());
+            for (id, entry) in entries {
+                live.push(self.unwrap_entry(inner, tenant, id, &entry)?);
+            }
+            Ok(TenantKeys { live, shredded })
+        })
+    }
+
+    fn import_tenant(&self, tenant: Uuid, keys: &TenantKeys) -> Result<KeysImported, KeyError> {
+        if let Some(k) = keys.live.iter().find(|k| k.tenant != tenant) {
+            return Err(KeyError::WrongTenant { tenant, key: k.id });
+        }
+        self.change(tenant, |inner| {
+            if inner.tenants.get(&tenant).is_some_and(|t| t.shredded) {
+                return Err(KeyError::TenantShredded { tenant });
+            }
+            let mut report = KeysImported::default();
+            let epoch = match inner.tenants.get(&tenant).and_then(TenantState::newest_kek_epoch) {
+                Some(epoch) => epoch,
+                None if keys.live.is_empty() && keys.shredded.is_empty() => return Ok(report),
+                None => {
+                    let newest = self.provider.epochs()?.last().map(|e| e.epoch).ok_or_else(|| {
+                        KeyError::EpochUnavailable { epoch: 0, detail: "the provider has no live epoch".into() }
+                    })?;
+                    self.add_tenant_kek(inner, tenant, newest)?;
+                    newest
+                }
+            };
+            let kek = self.tenant_kek(inner, tenant, epoch)?;
+            for key in &keys.live {
+                if Self::key_owner(inner, key.id).is_some_and(|owner| owner != tenant) {
+                    return Err(KeyError::WrongTenant { tenant, key: key.id });
+                }
+                let state = inner.tenants.entry(tenant).or_default();
+                if let Some(entry) = state.entry(key.id) {
+                    if entry.purpose != key.purpose {
+                        return Err(KeyError::Integrity {
+                            what: format!("key {} of tenant {tenant} is here for another purpose", key.id),
+                        });
+                    }
+                    // A resumed move: the other store may have reserved more since.
+                    let (shard, reserved, retired) = (state.index[&key.id], entry.reserved, entry.retired);
+                    let mut records = Vec::new();
+                    if reserved < key.uses_reserved {
+                        records.push(Record::Uses { id: key.id, up_to: key.uses_reserved });
+                    }
+                    if key.retired && !retired {
+                        records.push(Record::Retired { id: key.id });
+                    }
+                    for record in records {
+                        self.persist(inner, |p| p.append(tenant, shard, &record))?;
+                        inner.tenants.entry(tenant).or_default().apply(shard, record);
+                    }
+                    report.present += 1;
+                    continue;
+                }
+                if state.index.contains_key(&key.id) {
+                    // Destroyed here already: it stays destroyed.
+                    report.present += 1;
+                    continue;
+                }
+                let wrapped = crypto::wrap(&kek, &data_key_aad(tenant, key.id, &key.purpose, epoch), &key.material)?;
+                let entry = KeyEntry {
+                    purpose: key.purpose,
+                    kek_epoch: epoch,
+                    wrapped,
+                    reserved: key.uses_reserved,
+                    retired: key.retired,
+                };
+                let shard = shard_of(key.purpose.anchor());
+                let record = Record::Key { id: key.id, entry };
+                self.persist(inner, |p| p.append(tenant, shard, &record))?;
+                inner.tenants.entry(tenant).or_default().apply(shard, record);
+                report.added += 1;
+            }
+            for &id in &keys.shredded {
+                let state = inner.tenants.entry(tenant).or_default();
+                if state.entry(id).is_some() {
+                    report.to_shred.push(id);
+                } else if !state.index.contains_key(&id) {
+                    // Never here: recorded destroyed, so what it sealed opens as erased.
+                    let shard = shard_of(id.0);
+                    let record = Record::Shredded { id };
+                    self.persist(inner, |p| p.append(tenant, shard, &record))?;
+                    inner.tenants.entry(tenant).or_default().apply(shard, record);
+                    report.shredded_recorded += 1;
+                }
+            }
+            Ok(report)
         })
     }
 

@@ -130,6 +130,30 @@ pub struct DataKey {
     pub fresh: bool,
 }
 
+/// A tenant's keys as one region's store hands them to another's when the
+/// tenant moves (docs/residency.md): the live keys unwrapped, and the ids
+/// of the keys already destroyed (so what was sealed under them opens as
+/// erased in the new region too).
+#[derive(Clone, Debug, Default)]
+pub struct TenantKeys {
+    pub live: Vec<DataKey>,
+    pub shredded: Vec<KeyId>,
+}
+
+/// What taking in another store's keys did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeysImported {
+    /// Live keys written here now.
+    pub added: usize,
+    /// Live keys that were here already (a resumed move).
+    pub present: usize,
+    /// Shredded ids recorded here now.
+    pub shredded_recorded: usize,
+    /// Keys live here that the other store lists as shredded: the caller
+    /// shreds them through the keyring (so its cache forgets them too).
+    pub to_shred: Vec<KeyId>,
+}
+
 /// What looking a key up by id finds.
 #[derive(Clone, Debug)]
 pub enum KeyLookup {

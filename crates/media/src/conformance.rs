@@ -70,6 +70,9 @@ pub async fn deletes_are_scoped(store: &dyn BlobStore) {
         put(store, b, b"0123456789").await;
         store.confirm(b).await.expect("confirm");
     }
+    let mut mine = ids[..3].to_vec();
+    mine.sort();
+    assert_eq!(store.committed_of(t).await.expect("list"), mine, "a tenant's blobs are listed, no one else's");
     assert_eq!(store.delete_session(t, s1).await.expect("delete session"), 2);
     assert_eq!(store.delete_session(t, s1).await.expect("again"), 0);
     assert!(matches!(store.open(ids[0]).await, Err(BlobError::NotFound(_))));
@@ -77,6 +80,7 @@ pub async fn deletes_are_scoped(store: &dyn BlobStore) {
     assert_eq!(store.delete_tenant(t).await.expect("delete tenant"), 1);
     assert!(matches!(store.open(ids[2]).await, Err(BlobError::NotFound(_))));
     assert!(store.open(ids[3]).await.is_ok(), "another tenant's blob survives");
+    assert!(store.committed_of(t).await.expect("list").is_empty());
     store.delete_tenant(other).await.expect("cleanup");
 }
 

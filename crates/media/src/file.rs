@@ -223,6 +223,34 @@ impl BlobStore for FileBlobStore {
         .await
     }
 
+    async fn committed_of(&self, tenant: Uuid) -> Result<Vec<BlobId>, BlobError> {
+        let root = self.root.join(tenant.to_string());
+        blocking(move || {
+            let io = |e| BlobError::io(tenant, "list the tenant's blobs", e);
+            let mut ids = Vec::new();
+            let sessions = match fs::read_dir(&root) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+                Err(e) => return Err(io(e)),
+            };
+            for session in sessions {
+                let session = session.map_err(io)?;
+                let Some(sid) = session.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) else { continue };
+                for blob in fs::read_dir(session.path()).map_err(io)? {
+                    let name = blob.map_err(io)?.file_name();
+                    let media =
+                        name.to_str().and_then(|n| n.strip_suffix(".blob")).and_then(|n| Uuid::parse_str(n).ok());
+                    if let Some(media) = media {
+                        ids.push(BlobId { tenant, session: sid, media });
+                    }
+                }
+            }
+            ids.sort();
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn sweep_incomplete(&self, idle: Duration, live: &HashSet<BlobId>) -> Result<Vec<BlobId>, BlobError> {
         let dir = self.root.join(INCOMING);
         let listed = {

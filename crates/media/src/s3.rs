@@ -202,6 +202,13 @@ impl BlobStore for S3BlobStore {
         Ok(removed)
     }
 
+    async fn committed_of(&self, tenant: Uuid) -> Result<Vec<BlobId>, BlobError> {
+        let mut ids: Vec<BlobId> =
+            self.listed("blobs", &format!("{tenant}/")).await?.into_iter().map(|(id, _, _)| id).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn unconfirmed(&self, older_than: Duration) -> Result<Vec<BlobId>, BlobError> {
         Ok(self
             .listed("unconfirmed", "")

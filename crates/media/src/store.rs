@@ -80,6 +80,9 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     /// when `idle` is zero) except those in `live`; returns their ids. An
     /// upload in progress counts as written to at least every 30 s.
     async fn sweep_incomplete(&self, idle: Duration, live: &HashSet<BlobId>) -> Result<Vec<BlobId>, BlobError>;
+    /// Every committed blob of a tenant (confirmed or not), sorted (a
+    /// tenant moving to another region).
+    async fn committed_of(&self, tenant: Uuid) -> Result<Vec<BlobId>, BlobError>;
     /// Committed blobs not confirmed within `older_than`.
     async fn unconfirmed(&self, older_than: Duration) -> Result<Vec<BlobId>, BlobError>;
 }

@@ -138,7 +138,7 @@ impl Doc {
 
 fn generate() -> (String, Vec<String>) {
     let proto = root().join("proto");
-    let files = ["pypes/api/v1/api.proto", "pypes/api/v1/integration.proto"];
+    let files = ["pypes/api/v1/api.proto", "pypes/api/v1/integration.proto", "pypes/api/v1/region.proto"];
     let fds = protox::compile(files.iter().map(|f| proto.join(f)), [&proto]).expect("the API compiles");
     let mut doc = Doc {
         out: String::from(

@@ -884,3 +884,156 @@ pub async fn contain(client: &Client, admin_key: &str, step: Containment, output
     }
     Ok(())
 }
+
+/// Where `pypes tenant move` sends the tenant, and how it reaches there.
+pub struct MoveTarget<'a> {
+    pub client: &'a Client,
+    pub admin_key: &'a str,
+    pub region: &'a str,
+}
+
+/// What `pypes tenant move` does: moves a tenant from the region the
+/// `from` node serves to `to` (docs/residency.md): freeze, copy, verify,
+/// switch and shred, adopt. Run again after any failure, it goes on.
+pub async fn move_tenant(
+    from: &Client,
+    from_key: &str,
+    to: MoveTarget<'_>,
+    tenant: &str,
+    out: Option<&std::path::Path>,
+    output: Output,
+) -> anyhow::Result<()> {
+    const MAX_MESSAGE: usize = 16 << 20;
+    let mut old = pb::region_service_client::RegionServiceClient::new(from.connect().await?)
+        .max_decoding_message_size(MAX_MESSAGE);
+    let mut new = pb::region_service_client::RegionServiceClient::new(to.client.connect().await?)
+        .max_decoding_message_size(MAX_MESSAGE);
+    let tenant_ref = || pb::MoveRef { tenant_id: tenant.into() };
+    let begin = pb::BeginMoveRequest { tenant_id: tenant.into(), to_region: to.region.into() };
+    let placement = old
+        .begin_move(authed(from_key, begin)?)
+        .await
+        .map_err(|s| refused("freezing the tenant in its old region", &s))?
+        .into_inner();
+    let switched = placement.region == to.region && placement.moving_to.is_empty();
+    let mut written = pb::MoveWritten::default();
+    let mut copies = 0;
+    let digest = loop {
+        if !switched {
+            copies += 1;
+            let w = copy_tenant(&mut old, from_key, &mut new, to.admin_key, tenant).await?;
+            written.events_written += w.events_written;
+            written.events_present = w.events_present;
+            written.keys_added += w.keys_added;
+            written.blobs_written += w.blobs_written;
+            if output == Output::Text {
+                eprintln!(
+                    "copy {copies}: {} events written ({} there already), {} keys, {} blobs",
+                    w.events_written, w.events_present, w.keys_added, w.blobs_written
+                );
+            }
+        }
+        let theirs = new
+            .move_digest(authed(to.admin_key, tenant_ref())?)
+            .await
+            .map_err(|s| refused("reading the new region's digest", &s))?
+            .into_inner();
+        if switched {
+            break theirs;
+        }
+        let ours = old
+            .move_digest(authed(from_key, tenant_ref())?)
+            .await
+            .map_err(|s| refused("reading the old region's digest", &s))?
+            .into_inner();
+        if ours.digest == theirs.digest {
+            break theirs;
+        }
+        if copies == 3 {
+            anyhow::bail!(
+                "tenant {tenant}: after 3 copies the regions still differ (old: {} events, {} keys, {} blobs; new: {} \
+                 events, {} keys, {} blobs); nothing was switched or destroyed; see both servers' logs",
+                ours.events,
+                ours.keys,
+                ours.blobs,
+                theirs.events,
+                theirs.keys,
+                theirs.blobs
+            );
+        }
+    };
+    let finish = pb::FinishMoveRequest { tenant_id: tenant.into(), destination_digest: digest.digest.clone() };
+    let done = old
+        .finish_move(authed(from_key, finish)?)
+        .await
+        .map_err(|s| refused("switching and shredding in the old region", &s))?
+        .into_inner();
+    let adopt = pb::AdoptMoveRequest { tenant_id: tenant.into(), undelivered: done.undelivered.clone() };
+    let adopted = new
+        .adopt_move(authed(to.admin_key, adopt)?)
+        .await
+        .map_err(|s| refused("adopting the tenant in the new region", &s))?
+        .into_inner();
+    let mut file = serde_json::Value::Null;
+    if let Some(p) = out {
+        write_certificate(p, &done.certificate, &done.signature)?;
+        file = p.display().to_string().into();
+    }
+    print_record(
+        output,
+        &[
+            ("tenant", tenant.into()),
+            ("region", done.to_region.clone().into()),
+            ("copies", copies.into()),
+            ("events", digest.events.into()),
+            ("events_written", written.events_written.into()),
+            ("keys", digest.keys.into()),
+            ("keys_shredded", digest.keys_shredded.into()),
+            ("blobs", digest.blobs.into()),
+            ("digest", digest.digest.clone().into()),
+            ("webhooks_handed_over", adopted.webhooks.into()),
+            ("erasures_resumed", adopted.erasures_resumed.into()),
+            ("certificate_file", file),
+            (
+                "certificate",
+                match output {
+                    Output::Json => serde_json::from_str(&done.certificate).unwrap_or(serde_json::Value::Null),
+                    Output::Text => serde_json::Value::Null,
+                },
+            ),
+        ],
+    );
+    if output == Output::Text {
+        println!("{}", pretty(&done.certificate));
+    }
+    Ok(())
+}
+
+/// One copy: the old region's parts relayed to the new region as they come.
+async fn copy_tenant(
+    old: &mut pb::region_service_client::RegionServiceClient<tonic::transport::Channel>,
+    from_key: &str,
+    new: &mut pb::region_service_client::RegionServiceClient<tonic::transport::Channel>,
+    to_key: &str,
+    tenant: &str,
+) -> anyhow::Result<pb::MoveWritten> {
+    let mut parts = old
+        .read_move(authed(from_key, pb::MoveRef { tenant_id: tenant.into() })?)
+        .await
+        .map_err(|s| refused("reading the tenant from its old region", &s))?
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::MovePart>(4);
+    let relay = async move {
+        while let Some(p) = parts.message().await? {
+            if tx.send(p).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), tonic::Status>(())
+    };
+    let write = new.write_move(authed(to_key, tokio_stream::wrappers::ReceiverStream::new(rx))?);
+    let (relayed, written) = tokio::join!(relay, write);
+    let written = written.map_err(|s| refused("writing the tenant into its new region", &s))?;
+    relayed.map_err(|s| refused("reading the tenant from its old region (the copy stopped; run again)", &s))?;
+    Ok(written.into_inner())
+}

@@ -219,6 +219,36 @@ enum TenantCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Move a tenant to another region (docs/residency.md): freeze it in
+    /// its region (the node --server names), copy its keys, events and
+    /// blobs to a node of the new region (--to-server), compare both
+    /// regions' digests, switch the directory, destroy what the old region
+    /// held, and hand over. The old region's signed certificate is
+    /// printed (and written with --out). Run again after any failure: it
+    /// goes on where it stopped.
+    Move {
+        #[arg(long)]
+        tenant: String,
+        /// The region it moves to.
+        #[arg(long)]
+        to: String,
+        /// A node of the new region: `https://host:port` (as --server).
+        #[arg(long)]
+        to_server: String,
+        /// The CA of the new region's server certificate (default: --ca-cert).
+        #[arg(long)]
+        to_ca_cert: Option<PathBuf>,
+        /// The new region's admin key file (default: the old region's key).
+        #[arg(long)]
+        to_admin_key_file: Option<PathBuf>,
+        /// Write the certificate here (and its signature to <file>.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Show a tenant's offboarding: dates, and the certificate once issued.
     Offboarding {
         #[arg(long)]
@@ -732,6 +762,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let key = client.admin_key()?;
                     let step = server::demo::Containment::RevokeKey { tenant, key_id };
                     rt.block_on(server::demo::contain(&client, &key, step, json.output()))
+                }
+                TenantCommand::Move { tenant, to, to_server, to_ca_cert, to_admin_key_file, out, client, json } => {
+                    let mut target = client.clone();
+                    target.server = Some(to_server);
+                    if to_ca_cert.is_some() {
+                        target.ca_cert = to_ca_cert;
+                    }
+                    if to_admin_key_file.is_some() {
+                        target.admin_key = None;
+                        target.admin_key_file = to_admin_key_file;
+                    }
+                    let (from, target) = (client.resolve()?, target.resolve()?);
+                    let (from_key, to_key) = (from.admin_key()?, target.admin_key()?);
+                    let to = server::demo::MoveTarget { client: &target, admin_key: &to_key, region: &to };
+                    rt.block_on(server::demo::move_tenant(&from, &from_key, to, &tenant, out.as_deref(), json.output()))
                 }
                 TenantCommand::Offboarding { tenant, out, client, json } => {
                     let client = client.resolve()?;

@@ -78,6 +78,12 @@ pub const METHODS: &[&str] = &[
     "DeleteWebhook",
     "RedeliverWebhook",
     "WithdrawConsent",
+    "BeginMove",
+    "ReadMove",
+    "WriteMove",
+    "MoveDigest",
+    "FinishMove",
+    "AdoptMove",
 ];
 
 /// gRPC status codes 0..=16.

@@ -402,6 +402,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let blobs = app::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
+    let regions = match &config.regions {
+        Some(r) => {
+            let directory = crate::regions::FileDirectory::open(&r.directory)?;
+            tracing::info!(region = %r.this, regions = ?r.known, directory = %r.directory.display(), "serving one region");
+            Some(Arc::new(app::regions::Regions::new(r.this.clone(), r.known.clone(), Arc::new(directory))))
+        }
+        None => None,
+    };
     let erasures = app::erasure::Erasures::new(
         registry.clone(),
         log.clone(),
@@ -460,14 +468,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             Some(d) => d.clone(),
             None => Arc::new(app::webhook_port::Disabled(config.webhooks.0.clone())),
         },
-        regions: match &config.regions {
-            Some(r) => {
-                let directory = crate::regions::FileDirectory::open(&r.directory)?;
-                tracing::info!(region = %r.this, regions = ?r.known, directory = %r.directory.display(), "serving one region");
-                Some(Arc::new(app::regions::Regions::new(r.this.clone(), r.known.clone(), Arc::new(directory))))
-            }
-            None => None,
-        },
+        regions: regions.clone(),
+        signing: signing_for_scheduler.clone(),
     });
     application.resume_processes();
     if let Some(d) = &deliveries {
@@ -486,6 +488,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         grace_days: config.offboarding_grace_days,
         blobs: blobs.clone(),
         pending: Default::default(),
+        regions,
     });
     tokio::spawn(scheduler.run(std::time::Duration::from_secs(config.sweep_secs)));
     // Nothing is in flight yet: settle everything a crash left.
@@ -542,6 +545,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .add_service(pb::media_service_server::MediaServiceServer::new(api.clone()))
         .add_service(pb::integration_service_server::IntegrationServiceServer::new(api.clone()))
         .add_service(pb::webhook_service_server::WebhookServiceServer::new(api.clone()))
+        .add_service(pb::region_service_server::RegionServiceServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle and delayed ACKs hold small responses ~40 ms.
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

@@ -267,3 +267,233 @@ fn a_bad_regions_config_is_refused_by_name() {
         assert!(!out.status.success() && err.contains(needle), "{text}: {err}");
     }
 }
+
+fn pypes_move(eu: &common::Server, us: &common::Server, tenant: &str, out: &Path) -> (bool, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_pypes"))
+        .args(["tenant", "move", "--tenant", tenant, "--to", "us", "--server", &eu.grpc, "--to-server", &us.grpc])
+        .arg("--out")
+        .arg(out)
+        .arg("--json")
+        .env("PYPES_ADMIN_KEY", ADMIN)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (run.status.success(), format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
+}
+
+async fn exited(server: &mut common::Server) -> bool {
+    for _ in 0..1000 {
+        if server.child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Moving a tenant from eu to us, with the new region's node killed
+/// halfway through the copy and the old region's right after the switch:
+/// each time the same command, run again, goes on. Afterwards the tenant
+/// is served by us with its messages, media and erasures as they were,
+/// and no file of eu holds its name, a message or a device; eu's keys of
+/// it are destroyed, and the certificate verifies with eu's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_to_another_region_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us, global) = (dir.path().join("eu"), dir.path().join("us"), dir.path().join("global"));
+    let tag = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
+    let (eu_config, us_config) =
+        (config(dir.path(), "eu", &eu, &us, &global), config(dir.path(), "us", &eu, &us, &global));
+    let eu_env = |crash: &str| -> Vec<(String, String)> {
+        let mut v = vec![("PYPES_CONFIG".to_string(), eu_config.display().to_string())];
+        if !crash.is_empty() {
+            v.push(("PYPES_CRASH_AT".into(), crash.into()));
+        }
+        v
+    };
+    let us_env = |crash: &str| -> Vec<(String, String)> {
+        let mut v = vec![("PYPES_CONFIG".to_string(), us_config.display().to_string())];
+        if !crash.is_empty() {
+            v.push(("PYPES_CRASH_AT".into(), crash.into()));
+        }
+        v
+    };
+    let as_refs = |v: &[(String, String)]| -> Vec<(String, String)> { v.to_vec() };
+    let start = |data: &Path, env: Vec<(String, String)>| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        start_with(data, &env)
+    };
+    let mut eu_node = start(&eu, as_refs(&eu_env("move:switched")));
+    let mut us_node = start(&us, as_refs(&us_env("move:events:1")));
+    let mut to_eu = clients(&eu_node.grpc).await;
+
+    // The tenant in eu: a message with a device, 300 more (more than one
+    // part of events), a picture, and an end user erased before the move.
+    let a = tenant_with_content(&mut to_eu, "eu", &tag).await;
+    for i in 0..300 {
+        let post = pb::PostMessageRequest {
+            session_id: a.session.clone(),
+            sender_id: a.user.clone(),
+            body: format!("message {i}"),
+            ..Default::default()
+        };
+        to_eu.sessions.post_message(authed(&a.key, post)).await.unwrap();
+    }
+    let picture: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let eu_channel = tonic::transport::Channel::from_shared(eu_node.grpc.clone()).unwrap().connect().await.unwrap();
+    let media = common::upload(
+        &eu_channel,
+        &a.key,
+        None,
+        common::upload_messages(&a.session, &a.user, "image/png", &picture, 64 * 1024),
+    )
+    .await
+    .unwrap();
+    let (gone, gone_session) = common::end_user_with_session(&mut to_eu, &a.key, &a.pype, &format!("gone{tag}")).await;
+    let gone_body = format!("erased before the move {tag}");
+    let post = pb::PostMessageRequest {
+        session_id: gone_session.clone(),
+        sender_id: gone.clone(),
+        body: gone_body.clone(),
+        ..Default::default()
+    };
+    to_eu.sessions.post_message(authed(&a.key, post)).await.unwrap();
+    to_eu
+        .erasure
+        .request_erasure(authed(&a.key, pb::RequestErasureRequest { subject_id: gone.clone(), ..Default::default() }))
+        .await
+        .unwrap();
+    let mut certified = false;
+    for _ in 0..600 {
+        let s = to_eu
+            .erasure
+            .get_erasure(authed(&a.key, pb::GetErasureRequest { subject_id: gone.clone(), ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
+        if !s.certificate.is_empty() {
+            certified = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(certified, "the erasure before the move did not finish");
+
+    // Before the move, eu's files hold the tenant's clear names (the scan below finds what is there).
+    let pype_name = format!("Desk {tag}");
+    let before = files_under(&eu);
+    for canary in [&a.name, &pype_name] {
+        assert!(!files_holding(&before, canary.as_bytes()).is_empty(), "{canary} not in eu before the move");
+    }
+
+    let cert = dir.path().join("move.json");
+    // 1. The new region's node dies after the first part of events.
+    let (ok, text) = pypes_move(&eu_node, &us_node, &a.id, &cert);
+    assert!(!ok, "the move went through a killed node: {text}");
+    assert!(exited(&mut us_node).await, "us did not stop at move:events:1");
+    assert!(text.contains("new region"), "{text}");
+    // Frozen: eu answers UNAVAILABLE (retry), us sends callers to eu.
+    let frozen =
+        to_eu.pypes.get_pype(authed(&a.key, pb::GetPypeRequest { pype_id: a.pype.clone() })).await.unwrap_err();
+    assert_eq!(frozen.code(), Code::Unavailable, "{frozen:?}");
+    assert!(frozen.message().contains("moving"), "{frozen:?}");
+    let placement = global.join("tenants").join(&a.id);
+    assert_eq!(std::fs::read_to_string(&placement).unwrap(), "eu>us\n");
+
+    // 2. Again: the copy goes on; the old region's node dies right after the switch.
+    us_node = start(&us, as_refs(&us_env("")));
+    let (ok, text) = pypes_move(&eu_node, &us_node, &a.id, &cert);
+    assert!(!ok, "{text}");
+    assert!(exited(&mut eu_node).await, "eu did not stop at move:switched");
+    assert_eq!(std::fs::read_to_string(&placement).unwrap(), "us\n", "the switch is durable before the shred");
+
+    // 3. Again: eu finishes the shred and issues the certificate.
+    eu_node = start(&eu, as_refs(&eu_env("")));
+    let (ok, text) = pypes_move(&eu_node, &us_node, &a.id, &cert);
+    assert!(ok, "{text}");
+    let record: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(record["region"], "us", "{record}");
+    assert!(record["events"].as_u64().unwrap() > 300, "{record}");
+    assert_eq!(record["blobs"], 1, "{record}");
+    let certificate = std::fs::read_to_string(&cert).unwrap();
+    let signature = std::fs::read_to_string(format!("{}.sig", cert.display())).unwrap();
+    let eu_public = std::fs::read_to_string(eu.join("log").join("signing.pub")).unwrap();
+    app::certificate::verify(certificate.trim_end_matches('\n'), &signature, &eu_public).unwrap();
+    let c: serde_json::Value = serde_json::from_str(&certificate).unwrap();
+    assert_eq!(
+        (c["format"].as_str(), c["from_region"].as_str(), c["to_region"].as_str()),
+        (Some("pypes-tenant-move-certificate/v1"), Some("eu"), Some("us"))
+    );
+    assert!(!c["destroyed_key_fingerprints"].as_array().unwrap().is_empty(), "{c}");
+    // A third run: the same certificate, nothing done twice.
+    let (ok, again) = pypes_move(&eu_node, &us_node, &a.id, &cert);
+    assert!(ok, "{again}");
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), certificate);
+
+    // us serves the tenant: its messages, its picture, its erasure as they were.
+    let mut to_us = clients(&us_node.grpc).await;
+    let listed = to_us
+        .views
+        .list_messages(authed(
+            &a.key,
+            pb::ListMessagesRequest { session_id: a.session.clone(), page_size: 500, ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.messages.iter().any(|m| m.body == a.body), "the first message did not move");
+    assert!(listed.messages.iter().any(|m| m.body == "message 299"), "the last message did not move");
+    let us_channel = tonic::transport::Channel::from_shared(us_node.grpc.clone()).unwrap().connect().await.unwrap();
+    let (_, bytes) = common::download(
+        &us_channel,
+        &a.key,
+        None,
+        pb::DownloadMediaRequest {
+            session_id: a.session.clone(),
+            media_id: media.media_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(bytes, picture, "the picture did not move intact");
+    let erased = to_us
+        .views
+        .list_messages(authed(
+            &a.key,
+            pb::ListMessagesRequest { session_id: gone_session.clone(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(erased.messages.iter().all(|m| m.body != gone_body), "an erased message opened in the new region");
+    let post = pb::PostMessageRequest {
+        session_id: a.session.clone(),
+        sender_id: a.user.clone(),
+        body: "after the move".into(),
+        ..Default::default()
+    };
+    to_us.sessions.post_message(authed(&a.key, post)).await.unwrap();
+    // eu sends callers on.
+    let mut to_eu = clients(&eu_node.grpc).await;
+    let moved = to_eu.pypes.get_pype(authed(&a.key, pb::GetPypeRequest { pype_id: a.pype.clone() })).await.unwrap_err();
+    assert_eq!(
+        (moved.code(), moved.metadata().get("pypes-region").unwrap().to_str().unwrap()),
+        (Code::FailedPrecondition, "us")
+    );
+
+    common::stop_cleanly(eu_node);
+    common::stop_cleanly(us_node);
+    // No file of eu holds the tenant's name, a message, a device or the Pype's name.
+    let eu_files = files_under(&eu);
+    let device = format!("device eu {tag}");
+    for canary in [&a.name, &a.body, &device, &pype_name, &"message 150".to_string()] {
+        let found = files_holding(&eu_files, canary.as_bytes());
+        assert!(found.is_empty(), "{canary:?} is still in eu after the move: {found:?}");
+    }
+    let (_, text) = replay(&eu, &a.id, &a.session);
+    assert!(!text.contains(&a.body), "eu's log still opens the tenant's messages: {text}");
+    // us holds it, and opens it with its own keys.
+    let (ok, text) = replay(&us, &a.id, &a.session);
+    assert!(ok && text.contains(&a.body) && text.contains("after the move"), "{text}");
+}

@@ -12,6 +12,7 @@ pub mod login;
 pub mod media;
 pub mod privacy;
 pub mod pype;
+pub mod region;
 pub mod session;
 pub mod staff;
 pub mod subject;

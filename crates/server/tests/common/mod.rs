@@ -328,6 +328,12 @@ pub const RPCS: &[&str] = &[
     "ResumeWebhook",
     "DeleteWebhook",
     "RedeliverWebhook",
+    "BeginMove",
+    "ReadMove",
+    "WriteMove",
+    "MoveDigest",
+    "FinishMove",
+    "AdoptMove",
 ];
 
 /// The messages of an upload of `data` into `session` by `uploader`.
@@ -428,6 +434,7 @@ pub async fn call(
     use pb::end_user_auth_service_client::EndUserAuthServiceClient as Au;
     use pb::erasure_service_client::ErasureServiceClient as Er;
     use pb::pype_service_client::PypeServiceClient as Py;
+    use pb::region_service_client::RegionServiceClient as Rg;
     use pb::session_service_client::SessionServiceClient as Se;
     use pb::staff_service_client::StaffServiceClient as St;
     use pb::subject_service_client::SubjectServiceClient as Su;
@@ -800,6 +807,37 @@ pub async fn call(
             key,
             tenant_header,
             pb::ScopeAccessRequest { actor: "admin".into(), from_micros: 1, to_micros: 0 }
+        ))),
+        "BeginMove" => go!(Rg::new(c).begin_move(req(
+            key,
+            tenant_header,
+            pb::BeginMoveRequest { tenant_id: ids.tenant.clone(), to_region: "us".into() }
+        ))),
+        "ReadMove" => {
+            match Rg::new(c).read_move(req(key, tenant_header, pb::MoveRef { tenant_id: ids.tenant.clone() })).await {
+                Ok(stream) => first_item(stream.into_inner()).await,
+                Err(e) => Err(e),
+            }
+        }
+        "WriteMove" => {
+            let part = pb::MovePart {
+                tenant_id: ids.tenant.clone(),
+                part: Some(pb::move_part::Part::Keys(pb::MoveKeys::default())),
+            };
+            go!(Rg::new(c).write_move(req(key, tenant_header, tokio_stream::iter(vec![part]))))
+        }
+        "MoveDigest" => {
+            go!(Rg::new(c).move_digest(req(key, tenant_header, pb::MoveRef { tenant_id: ids.tenant.clone() })))
+        }
+        "FinishMove" => go!(Rg::new(c).finish_move(req(
+            key,
+            tenant_header,
+            pb::FinishMoveRequest { tenant_id: ids.tenant.clone(), destination_digest: "sha256:00".into() }
+        ))),
+        "AdoptMove" => go!(Rg::new(c).adopt_move(req(
+            key,
+            tenant_header,
+            pb::AdoptMoveRequest { tenant_id: ids.tenant.clone(), undelivered: Vec::new() }
         ))),
         other => panic!("no call for {other}"),
     }
