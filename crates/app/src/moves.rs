@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Credentials};
 use crate::call::current_actor;
-use crate::regions::{PLACEMENT_TTL, Placement, Regions, Residence};
+use crate::regions::{DIRECTORY_REFRESH, PLACEMENT_TTL, Placement, Regions, Residence};
 use crate::{App, AppError, parse_id};
 
 /// Kinds of stream a move copies: the tenant's entities and its
@@ -182,7 +182,7 @@ impl App {
             return Err(AppError::invalid("to_region", format!("the tenant would move from region {this} to itself")));
         }
         let moving = Placement { region: this.clone(), moving_to: Some(to.into()) };
-        match regions.placement_now(tenant)? {
+        match regions.placement_now(tenant).await? {
             Some(p) if p == moving => {}
             Some(p) if p == Placement::settled(&this) => {
                 let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
@@ -202,7 +202,7 @@ impl App {
                             .detail(format!("from={this} to={to}")),
                     )
                     .await?;
-                regions.replace(tenant, &p, &moving)?;
+                regions.replace(tenant, &p, &moving).await?;
                 tracing::info!(%tenant, from = %this, %to, "tenant frozen for its move");
             }
             Some(p) if p == Placement::settled(to) => return Ok(p),
@@ -219,13 +219,14 @@ impl App {
             }
         }
         // Every node of this region trusts what it read of a placement for
-        // PLACEMENT_TTL: after twice that, none serves the tenant.
-        tokio::time::sleep(PLACEMENT_TTL * 2).await;
+        // PLACEMENT_TTL (and a directory in memory lags by DIRECTORY_REFRESH
+        // at most): after twice that, none serves the tenant.
+        tokio::time::sleep((PLACEMENT_TTL + DIRECTORY_REFRESH) * 2).await;
         Ok(moving)
     }
 
-    fn require_residence(&self, regions: &Regions, tenant: Uuid, leaving: bool) -> Result<String, AppError> {
-        let residence = regions.residence_of(regions.placement_now(tenant)?);
+    async fn require_residence(&self, regions: &Regions, tenant: Uuid, leaving: bool) -> Result<String, AppError> {
+        let residence = regions.residence_of(regions.placement_now(tenant).await?);
         match (&residence, leaving) {
             (Residence::Leaving { to }, true) => Ok(to.clone()),
             (Residence::Arriving { from }, false) => Ok(from.clone()),
@@ -245,7 +246,7 @@ impl App {
     ) -> Result<mpsc::Receiver<Result<MovePart, AppError>>, AppError> {
         let regions = self.move_regions(who).await?;
         let tenant = parse_id("tenant_id", tenant_id)?;
-        let to = self.require_residence(regions, tenant, true)?;
+        let to = self.require_residence(regions, tenant, true).await?;
         self.audit
             .record(Record::new("region.move_read", current_actor(), "ok").tenant(tenant).detail(format!("to={to}")))
             .await?;
@@ -346,7 +347,7 @@ impl App {
             let t = parse_id("tenant_id", &tenant_id)?;
             match tenant {
                 None => {
-                    self.require_residence(regions, t, false)?;
+                    self.require_residence(regions, t, false).await?;
                     tenant = Some(t);
                 }
                 Some(first) if first != t => {
@@ -635,7 +636,7 @@ impl App {
                 undelivered: s.undelivered.clone(),
             });
         }
-        let placement = regions.placement_now(tenant)?;
+        let placement = regions.placement_now(tenant).await?;
         let switched = match (regions.residence_of(placement.clone()), switched) {
             (Residence::Leaving { to }, _) => {
                 let mine = self.digest_of(tenant).await?;
@@ -666,7 +667,7 @@ impl App {
                 )
                 .await?;
                 let Some(p) = placement else { return Err(AppError::Internal("placement vanished".into())) };
-                regions.replace(tenant, &p, &Placement::settled(&to))?;
+                regions.replace(tenant, &p, &Placement::settled(&to)).await?;
                 self.audit
                     .record(
                         Record::new("region.move_switched", current_actor(), "ok")
@@ -844,7 +845,7 @@ impl App {
     ) -> Result<Adopted, AppError> {
         let regions = self.move_regions(who).await?;
         let tenant = parse_id("tenant_id", tenant_id)?;
-        let placement = regions.placement_now(tenant)?;
+        let placement = regions.placement_now(tenant).await?;
         if regions.residence_of(placement.clone()) != Residence::Here || placement.is_none() {
             return Err(AppError::FailedPrecondition(format!(
                 "tenant {tenant} is not this region's yet ({placement:?}): finish the move on the old region first"

@@ -18,8 +18,9 @@ use uuid::Uuid;
 use crate::AppError;
 
 /// How long a node trusts what it read of a tenant's placement. A move
-/// freezes a tenant by writing its placement; it waits twice this long
-/// before it copies anything, so every node has seen the freeze.
+/// freezes a tenant by writing its placement; it waits this plus
+/// [`DIRECTORY_REFRESH`], twice over, before it copies anything, so every
+/// node has seen the freeze.
 pub const PLACEMENT_TTL: Duration = Duration::from_secs(2);
 
 /// Where a tenant lives, as the directory holds it.
@@ -37,19 +38,30 @@ impl Placement {
     }
 }
 
+/// A directory operation's future.
+pub type DirFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
 /// The global tenant directory (a port: a directory of files shared by
-/// the nodes, or a database).
+/// the nodes, or a PostgreSQL database).
 pub trait TenantDirectory: Send + Sync {
-    /// Where `tenant` lives (`None`: not in the directory).
+    /// Where `tenant` lives (`None`: not in the directory), at once: what
+    /// the directory's files say, or a database directory's copy in
+    /// memory (which follows the other nodes' writes within
+    /// [`DIRECTORY_REFRESH`]).
     fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String>;
+    /// Where `tenant` lives, read from the directory itself (a move's steps).
+    fn fresh(&self, tenant: Uuid) -> DirFuture<'_, Option<Placement>>;
     /// Records that `tenant` lives in `region`; fails if it is recorded
     /// already (a region is fixed at creation).
-    fn place(&self, tenant: Uuid, region: &str) -> Result<(), String>;
+    fn place<'a>(&'a self, tenant: Uuid, region: &'a str) -> DirFuture<'a, ()>;
     /// Replaces the placement `from` by `to`, atomically, only if it is
     /// still `from` (a move's freeze and switch); otherwise an error
     /// naming what it is.
-    fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String>;
+    fn replace<'a>(&'a self, tenant: Uuid, from: &'a Placement, to: &'a Placement) -> DirFuture<'a, ()>;
 }
+
+/// How long a directory kept in memory may lag the others' writes, at most.
+pub const DIRECTORY_REFRESH: Duration = Duration::from_secs(1);
 
 /// A tenant as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +128,13 @@ impl Regions {
         &self.directory
     }
 
-    /// The tenant's placement, read again from the directory (a move's
-    /// own steps, which must not act on a stale one).
-    pub fn placement_now(&self, tenant: Uuid) -> Result<Option<Placement>, AppError> {
+    /// The tenant's placement, read again from the directory itself (a
+    /// move's own steps, which must not act on a stale one).
+    pub async fn placement_now(&self, tenant: Uuid) -> Result<Option<Placement>, AppError> {
         let found = self
             .directory
-            .placement(tenant)
+            .fresh(tenant)
+            .await
             .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be read: {e}")))?;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, (found.clone(), Instant::now()));
         Ok(found)
@@ -133,7 +146,12 @@ impl Regions {
         {
             return Ok(p.clone());
         }
-        self.placement_now(tenant)
+        let found = self
+            .directory
+            .placement(tenant)
+            .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be read: {e}")))?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, (found.clone(), Instant::now()));
+        Ok(found)
     }
 
     /// Where the tenant lives, from this node's point of view.
@@ -176,7 +194,7 @@ impl Regions {
     /// The region of a new tenant (`requested`, or this node's when
     /// empty), recorded in the directory. Another region's tenant is
     /// created by a node of that region.
-    pub fn place_new(&self, tenant: Uuid, requested: &str) -> Result<String, AppError> {
+    pub async fn place_new(&self, tenant: Uuid, requested: &str) -> Result<String, AppError> {
         let region = if requested.is_empty() { self.this.clone() } else { requested.to_string() };
         self.require_known(&region, "region")?;
         if region != self.this {
@@ -190,6 +208,7 @@ impl Regions {
         }
         self.directory
             .place(tenant, &region)
+            .await
             .map_err(|e| AppError::Unavailable(format!("the tenant directory cannot be written: {e}")))?;
         self.cache
             .lock()
@@ -210,8 +229,8 @@ impl Regions {
     }
 
     /// Replaces the tenant's placement (a move's freeze, switch or abort).
-    pub fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), AppError> {
-        self.directory.replace(tenant, from, to).map_err(AppError::FailedPrecondition)?;
+    pub async fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), AppError> {
+        self.directory.replace(tenant, from, to).await.map_err(AppError::FailedPrecondition)?;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant, (Some(to.clone()), Instant::now()));
         Ok(())
     }
@@ -228,36 +247,43 @@ mod tests {
         fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
             Ok(self.0.lock().unwrap().get(&tenant).cloned())
         }
-        fn place(&self, tenant: Uuid, region: &str) -> Result<(), String> {
-            match self.0.lock().unwrap().insert(tenant, Placement::settled(region)) {
-                None => Ok(()),
-                Some(_) => Err("placed twice".into()),
-            }
+        fn fresh(&self, tenant: Uuid) -> DirFuture<'_, Option<Placement>> {
+            Box::pin(async move { self.placement(tenant) })
         }
-        fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String> {
-            let mut m = self.0.lock().unwrap();
-            match m.get(&tenant) {
-                Some(p) if p == from => {
-                    m.insert(tenant, to.clone());
-                    Ok(())
+        fn place<'a>(&'a self, tenant: Uuid, region: &'a str) -> DirFuture<'a, ()> {
+            Box::pin(async move {
+                match self.0.lock().unwrap().insert(tenant, Placement::settled(region)) {
+                    None => Ok(()),
+                    Some(_) => Err("placed twice".into()),
                 }
-                other => Err(format!("placement is {other:?}")),
-            }
+            })
+        }
+        fn replace<'a>(&'a self, tenant: Uuid, from: &'a Placement, to: &'a Placement) -> DirFuture<'a, ()> {
+            Box::pin(async move {
+                let mut m = self.0.lock().unwrap();
+                match m.get(&tenant) {
+                    Some(p) if p == from => {
+                        m.insert(tenant, to.clone());
+                        Ok(())
+                    }
+                    other => Err(format!("placement is {other:?}")),
+                }
+            })
         }
     }
 
-    #[test]
-    fn a_node_places_its_own_regions_tenants_and_refuses_the_others() {
+    #[tokio::test]
+    async fn a_node_places_its_own_regions_tenants_and_refuses_the_others() {
         let dir = Arc::new(Memory::default());
         let known = vec!["eu".to_string(), "us".to_string()];
         let eu = Regions::new("eu".into(), known.clone(), dir.clone());
         let us = Regions::new("us".into(), known, dir.clone());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(eu.place_new(a, "").unwrap(), "eu");
-        let e = eu.place_new(b, "us").unwrap_err();
+        assert_eq!(eu.place_new(a, "").await.unwrap(), "eu");
+        let e = eu.place_new(b, "us").await.unwrap_err();
         assert_eq!(e.region(), Some("us"));
-        assert!(matches!(eu.place_new(b, "mars"), Err(AppError::Invalid { field: "region", .. })));
-        assert_eq!(us.place_new(b, "us").unwrap(), "us");
+        assert!(matches!(eu.place_new(b, "mars").await, Err(AppError::Invalid { field: "region", .. })));
+        assert_eq!(us.place_new(b, "us").await.unwrap(), "us");
         assert!(eu.require_local(a).is_ok() && us.require_local(b).is_ok());
         let e = eu.require_local(b).unwrap_err();
         assert_eq!(e.region(), Some("us"));
@@ -267,26 +293,29 @@ mod tests {
         assert!(eu.require_local(Uuid::now_v7()).is_ok());
     }
 
-    #[test]
-    fn a_moving_tenant_is_served_by_neither_region_until_the_switch() {
+    #[tokio::test]
+    async fn a_moving_tenant_is_served_by_neither_region_until_the_switch() {
         let dir = Arc::new(Memory::default());
         let known = vec!["eu".to_string(), "us".to_string()];
         let eu = Regions::new("eu".into(), known.clone(), dir.clone());
         let us = Regions::new("us".into(), known, dir.clone());
         let a = Uuid::now_v7();
-        eu.place_new(a, "eu").unwrap();
+        eu.place_new(a, "eu").await.unwrap();
         let moving = Placement { region: "eu".into(), moving_to: Some("us".into()) };
-        eu.replace(a, &Placement::settled("eu"), &moving).unwrap();
+        eu.replace(a, &Placement::settled("eu"), &moving).await.unwrap();
         // A second freeze finds the placement changed.
-        assert!(matches!(eu.replace(a, &Placement::settled("eu"), &moving), Err(AppError::FailedPrecondition(_))));
+        assert!(matches!(
+            eu.replace(a, &Placement::settled("eu"), &moving).await,
+            Err(AppError::FailedPrecondition(_))
+        ));
         assert_eq!(eu.residence(a).unwrap(), Residence::Leaving { to: "us".into() });
         assert_eq!(us.residence(a).unwrap(), Residence::Arriving { from: "eu".into() });
         assert!(matches!(eu.require_local(a), Err(AppError::Unavailable(m)) if m.contains("moving")));
         assert_eq!(us.require_local(a).unwrap_err().region(), Some("eu"));
-        eu.replace(a, &moving, &Placement::settled("us")).unwrap();
+        eu.replace(a, &moving, &Placement::settled("us")).await.unwrap();
         assert_eq!(eu.residence(a).unwrap(), Residence::Elsewhere { region: "us".into() });
         // `us` looked a moment ago: it trusts that for the TTL, then reads again.
-        assert_eq!(us.placement_now(a).unwrap(), Some(Placement::settled("us")));
+        assert_eq!(us.placement_now(a).await.unwrap(), Some(Placement::settled("us")));
         assert_eq!(us.residence(a).unwrap(), Residence::Here);
         assert_eq!(eu.require_local(a).unwrap_err().region(), Some("us"));
     }

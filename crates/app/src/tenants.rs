@@ -54,7 +54,7 @@ impl App {
         // With regions, the tenant's region is recorded in the global
         // directory before the tenant exists (docs/residency.md).
         let region = match &self.regions {
-            Some(r) => r.place_new(id, &region)?,
+            Some(r) => r.place_new(id, &region).await?,
             None if region.is_empty() => "eu".into(),
             None => region,
         };

@@ -55,7 +55,25 @@ pub struct FileConfig {
 pub struct RegionsConfig {
     pub this: String,
     pub known: Vec<String>,
-    pub directory: PathBuf,
+    pub directory: DirectorySpec,
+}
+
+/// Where the global tenant directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorySpec {
+    /// `regions.directory`: files in a directory every node shares.
+    Files(PathBuf),
+    /// `regions.directory_url`: a PostgreSQL database every node reaches.
+    Postgres(String),
+}
+
+impl std::fmt::Display for DirectorySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirectorySpec::Files(p) => write!(f, "{}", p.display()),
+            DirectorySpec::Postgres(url) => write!(f, "{}", eventlog::redact_url(url)),
+        }
+    }
 }
 
 /// Reads `[regions]`; the served region's `data_dir` is the node's data
@@ -70,15 +88,21 @@ fn regions_config(table: &toml::Table, data_dir: &mut Option<PathBuf>) -> anyhow
     };
     let this =
         text("serve")?.ok_or_else(|| anyhow::anyhow!("regions.serve: which region this node serves (e.g. \"eu\")"))?;
-    let directory = text("directory")?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "regions.directory: the global tenant directory (a directory shared by the nodes of every region)"
-        )
-    })?;
+    let directory = match (text("directory")?, text("directory_url")?) {
+        (Some(dir), None) => DirectorySpec::Files(PathBuf::from(dir)),
+        (None, Some(url)) => DirectorySpec::Postgres(url),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("regions.directory and regions.directory_url: give one global tenant directory, not two")
+        }
+        (None, None) => anyhow::bail!(
+            "regions.directory: the global tenant directory (a directory shared by the nodes of every region), or \
+             regions.directory_url (a PostgreSQL database they share)"
+        ),
+    };
     let mut known = Vec::new();
     let mut served_dir = None;
     for (name, value) in table {
-        if name == "serve" || name == "directory" {
+        if name == "serve" || name == "directory" || name == "directory_url" {
             continue;
         }
         let toml::Value::Table(region) = value else {
@@ -117,7 +141,7 @@ fn regions_config(table: &toml::Table, data_dir: &mut Option<PathBuf>) -> anyhow
         ),
         _ => *data_dir = Some(served_dir),
     }
-    Ok(RegionsConfig { this, known, directory: PathBuf::from(directory) })
+    Ok(RegionsConfig { this, known, directory })
 }
 
 /// `[alerts]`: the rules over the audit trail (docs/incident-response.md).

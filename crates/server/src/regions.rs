@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use app::regions::Placement;
+use app::regions::{DIRECTORY_REFRESH, DirFuture, Placement, TenantDirectory};
 use uuid::Uuid;
 
 pub struct FileDirectory {
@@ -89,12 +89,8 @@ impl FileDirectory {
     }
 }
 
-impl app::regions::TenantDirectory for FileDirectory {
-    fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
-        self.read(tenant)
-    }
-
-    fn replace(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String> {
+impl FileDirectory {
+    fn replace_now(&self, tenant: Uuid, from: &Placement, to: &Placement) -> Result<(), String> {
         for p in [from, to] {
             if parse_placement(&placement_text(p)).as_ref() != Some(p) {
                 return Err(format!("{p:?} is not a placement"));
@@ -125,7 +121,7 @@ impl app::regions::TenantDirectory for FileDirectory {
         self.sync()
     }
 
-    fn place(&self, tenant: Uuid, region: &str) -> Result<(), String> {
+    fn place_now(&self, tenant: Uuid, region: &str) -> Result<(), String> {
         if !valid_region(region) {
             return Err(format!("{region:?} is not a region's name"));
         }
@@ -144,10 +140,290 @@ impl app::regions::TenantDirectory for FileDirectory {
     }
 }
 
+impl TenantDirectory for FileDirectory {
+    fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
+        self.read(tenant)
+    }
+
+    fn fresh(&self, tenant: Uuid) -> DirFuture<'_, Option<Placement>> {
+        Box::pin(async move { self.read(tenant) })
+    }
+
+    fn place<'a>(&'a self, tenant: Uuid, region: &'a str) -> DirFuture<'a, ()> {
+        Box::pin(async move { self.place_now(tenant, region) })
+    }
+
+    fn replace<'a>(&'a self, tenant: Uuid, from: &'a Placement, to: &'a Placement) -> DirFuture<'a, ()> {
+        Box::pin(async move { self.replace_now(tenant, from, to) })
+    }
+}
+
+/// The global tenant directory on PostgreSQL (`regions.directory_url`):
+/// one row per tenant, `pypes_tenant_directory (tenant, region,
+/// moving_to, version)`, and nothing else (no name, no key, no personal
+/// data). Every node keeps a copy in memory, read at start and then every
+/// [`DIRECTORY_REFRESH`] for the rows changed since (`version` comes from
+/// one sequence), so a lookup of a known tenant never waits on the
+/// database. A tenant the copy does not hold (made by another node since
+/// the last refresh) is read from its row at once, by a thread of its own
+/// (so a call never acts on a tenant of another region for want of a
+/// refresh); a move's steps read the row itself. Placing is an `INSERT … ON CONFLICT DO NOTHING`
+/// (a second placement fails); a move's freeze and switch are an
+/// `UPDATE … WHERE` the row is still what the step expects.
+pub struct PgDirectory {
+    client: tokio_postgres::Client,
+    mirror: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Uuid, Placement>>>,
+    name: String,
+    /// Reads of tenants the copy does not hold, answered by the lookup thread.
+    lookups: std::sync::Mutex<std::sync::mpsc::Sender<Lookup>>,
+}
+
+type Lookup = (Uuid, std::sync::mpsc::Sender<Result<Option<Placement>, String>>);
+
+/// How long a call waits for the lookup thread, at most.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+const PG_SCHEMA: &str = "CREATE SEQUENCE IF NOT EXISTS pypes_tenant_directory_version; \
+    CREATE TABLE IF NOT EXISTS pypes_tenant_directory (\
+      tenant text PRIMARY KEY, region text NOT NULL, moving_to text, version bigint NOT NULL)";
+
+fn row_placement(row: &tokio_postgres::Row) -> Result<(Uuid, Placement, i64), String> {
+    let tenant: String = row.get(0);
+    let tenant =
+        Uuid::parse_str(&tenant).map_err(|_| format!("a row names tenant {tenant:?}, not a UUID (damaged)"))?;
+    let p = Placement { region: row.get(1), moving_to: row.get(2) };
+    if parse_placement(&placement_text(&p)).as_ref() != Some(&p) {
+        return Err(format!("tenant {tenant}'s row holds {p:?}, not a placement (damaged)"));
+    }
+    Ok((tenant, p, row.get(3)))
+}
+
+impl PgDirectory {
+    /// Connects, makes the table on first use, reads it whole, and keeps
+    /// following it.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let name = eventlog::redact_url(url);
+        let target = pgconn::target(url).map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {e}"))?;
+        let connect = || async {
+            let (client, connection) = target
+                .config
+                .connect(target.tls.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {}", pgconn::describe(&e)))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::error!(error = %e, "tenant directory database connection ended");
+                }
+            });
+            Ok::<_, anyhow::Error>(client)
+        };
+        let client = connect().await?;
+        client
+            .batch_execute(&format!("SET client_min_messages TO warning; SELECT pg_advisory_lock(7364); {PG_SCHEMA}; SELECT pg_advisory_unlock(7364)"))
+            .await
+            .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {}", pgconn::describe(&e)))?;
+        let mirror = std::sync::Arc::new(std::sync::RwLock::new(std::collections::HashMap::new()));
+        let follower = connect().await?;
+        let last = Self::refresh(&follower, &mirror, -1)
+            .await
+            .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {e}"))?;
+        let lookups = Self::lookup_thread(url.to_string(), name.clone(), mirror.clone())?;
+        let following = mirror.clone();
+        tokio::spawn(async move {
+            let mut last = last;
+            let mut every = tokio::time::interval(DIRECTORY_REFRESH);
+            loop {
+                every.tick().await;
+                match Self::refresh(&follower, &following, last).await {
+                    Ok(v) => last = v,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the tenant directory cannot be read; placements may be stale")
+                    }
+                }
+            }
+        });
+        Ok(Self { client, mirror, name, lookups: std::sync::Mutex::new(lookups) })
+    }
+
+    /// A thread with its own runtime and connection that reads single
+    /// rows for callers that cannot wait asynchronously.
+    fn lookup_thread(
+        url: String,
+        name: String,
+        mirror: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Uuid, Placement>>>,
+    ) -> anyhow::Result<std::sync::mpsc::Sender<Lookup>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Lookup>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        std::thread::Builder::new().name("pypes-directory".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("a runtime for the directory's lookups: {e}")));
+                    return;
+                }
+            };
+            let client = rt.block_on(async {
+                let target = pgconn::target(&url)?;
+                let (client, connection) =
+                    target.config.connect(target.tls.clone()).await.map_err(|e| pgconn::describe(&e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::error!(error = %e, "tenant directory database connection (lookups) ended");
+                    }
+                });
+                Ok::<_, String>(client)
+            });
+            let client = match client {
+                Ok(c) => {
+                    let _ = ready_tx.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok((tenant, answer)) = rx.recv() {
+                let found = rt.block_on(Self::read_row(&client, &name, tenant));
+                if let Ok(Some(p)) = &found {
+                    mirror.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, p.clone());
+                }
+                let _ = answer.send(found);
+            }
+        })?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the directory's lookup thread stopped"))?
+            .map_err(|e| anyhow::anyhow!("regions.directory_url: {e}"))?;
+        Ok(tx)
+    }
+
+    async fn read_row(client: &tokio_postgres::Client, name: &str, tenant: Uuid) -> Result<Option<Placement>, String> {
+        let rows = client
+            .query(
+                "SELECT tenant, region, moving_to, version FROM pypes_tenant_directory WHERE tenant = $1",
+                &[&tenant.to_string()],
+            )
+            .await
+            .map_err(|e| format!("{name}: {}", pgconn::describe(&e)))?;
+        match rows.first() {
+            None => Ok(None),
+            Some(row) => row_placement(row).map(|(_, p, _)| Some(p)),
+        }
+    }
+
+    /// Takes in the rows changed after `after`; the newest version seen.
+    async fn refresh(
+        client: &tokio_postgres::Client,
+        mirror: &std::sync::RwLock<std::collections::HashMap<Uuid, Placement>>,
+        after: i64,
+    ) -> Result<i64, String> {
+        let rows = client
+            .query(
+                "SELECT tenant, region, moving_to, version FROM pypes_tenant_directory WHERE version > $1 ORDER BY version",
+                &[&after],
+            )
+            .await
+            .map_err(|e| pgconn::describe(&e))?;
+        let mut last = after;
+        let mut m = mirror.write().unwrap_or_else(|e| e.into_inner());
+        for row in &rows {
+            let (tenant, p, version) = row_placement(row)?;
+            m.insert(tenant, p);
+            last = last.max(version);
+        }
+        Ok(last)
+    }
+
+    fn remember(&self, tenant: Uuid, p: Placement) {
+        self.mirror.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, p);
+    }
+
+    async fn row(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
+        let found = Self::read_row(&self.client, &self.name, tenant).await?;
+        if let Some(p) = &found {
+            self.remember(tenant, p.clone());
+        }
+        Ok(found)
+    }
+}
+
+impl TenantDirectory for PgDirectory {
+    fn placement(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
+        if let Some(p) = self.mirror.read().unwrap_or_else(|e| e.into_inner()).get(&tenant) {
+            return Ok(Some(p.clone()));
+        }
+        // Not in the copy: perhaps placed by another node since the last refresh.
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((tenant, tx))
+            .map_err(|_| format!("{}: the directory's lookup thread stopped", self.name))?;
+        rx.recv_timeout(LOOKUP_TIMEOUT)
+            .map_err(|_| format!("{}: no answer from the directory within {LOOKUP_TIMEOUT:?}", self.name))?
+    }
+
+    fn fresh(&self, tenant: Uuid) -> DirFuture<'_, Option<Placement>> {
+        Box::pin(self.row(tenant))
+    }
+
+    fn place<'a>(&'a self, tenant: Uuid, region: &'a str) -> DirFuture<'a, ()> {
+        Box::pin(async move {
+            if !valid_region(region) {
+                return Err(format!("{region:?} is not a region's name"));
+            }
+            let n = self
+                .client
+                .execute(
+                    "INSERT INTO pypes_tenant_directory (tenant, region, moving_to, version) \
+                     VALUES ($1, $2, NULL, nextval('pypes_tenant_directory_version')) ON CONFLICT (tenant) DO NOTHING",
+                    &[&tenant.to_string(), &region],
+                )
+                .await
+                .map_err(|e| format!("{}: {}", self.name, pgconn::describe(&e)))?;
+            if n == 0 {
+                return Err(format!("tenant {tenant} is placed already ({})", self.name));
+            }
+            self.remember(tenant, Placement::settled(region));
+            Ok(())
+        })
+    }
+
+    fn replace<'a>(&'a self, tenant: Uuid, from: &'a Placement, to: &'a Placement) -> DirFuture<'a, ()> {
+        Box::pin(async move {
+            for p in [from, to] {
+                if parse_placement(&placement_text(p)).as_ref() != Some(p) {
+                    return Err(format!("{p:?} is not a placement"));
+                }
+            }
+            let n = self
+                .client
+                .execute(
+                    "UPDATE pypes_tenant_directory SET region = $4, moving_to = $5, \
+                     version = nextval('pypes_tenant_directory_version') \
+                     WHERE tenant = $1 AND region = $2 AND moving_to IS NOT DISTINCT FROM $3",
+                    &[&tenant.to_string(), &from.region, &from.moving_to, &to.region, &to.moving_to],
+                )
+                .await
+                .map_err(|e| format!("{}: {}", self.name, pgconn::describe(&e)))?;
+            if n == 0 {
+                let now = self.row(tenant).await?;
+                let now = now.map_or("not placed".to_string(), |p| placement_text(&p).trim_end().to_string());
+                return Err(format!(
+                    "tenant {tenant} is placed `{now}` in the directory, not `{}`",
+                    placement_text(from).trim_end()
+                ));
+            }
+            self.remember(tenant, to.clone());
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use app::regions::TenantDirectory;
 
     #[test]
     fn a_tenant_is_placed_once_and_damage_is_named() {
@@ -155,20 +431,20 @@ mod tests {
         let d = FileDirectory::open(root.path()).unwrap();
         let t = Uuid::now_v7();
         assert_eq!(d.placement(t).unwrap(), None);
-        d.place(t, "eu").unwrap();
+        d.place_now(t, "eu").unwrap();
         let eu = Placement::settled("eu");
         assert_eq!(d.placement(t).unwrap(), Some(eu.clone()));
-        assert!(d.place(t, "us").unwrap_err().contains("placed already"));
+        assert!(d.place_now(t, "us").unwrap_err().contains("placed already"));
         assert_eq!(d.placement(t).unwrap(), Some(eu.clone()));
         // Another process's view of the same directory.
         assert_eq!(FileDirectory::open(root.path()).unwrap().placement(t).unwrap(), Some(eu.clone()));
         // A move: compare and set, each step seen by another process.
         let moving = Placement { region: "eu".into(), moving_to: Some("us".into()) };
-        d.replace(t, &eu, &moving).unwrap();
+        d.replace_now(t, &eu, &moving).unwrap();
         assert_eq!(std::fs::read(root.path().join("tenants").join(t.to_string())).unwrap(), b"eu>us\n");
-        let stale = d.replace(t, &eu, &moving).unwrap_err();
+        let stale = d.replace_now(t, &eu, &moving).unwrap_err();
         assert!(stale.contains("`eu>us`") && stale.contains("not `eu`"), "{stale}");
-        d.replace(t, &moving, &Placement::settled("us")).unwrap();
+        d.replace_now(t, &moving, &Placement::settled("us")).unwrap();
         assert_eq!(FileDirectory::open(root.path()).unwrap().placement(t).unwrap(), Some(Placement::settled("us")));
         std::fs::write(root.path().join("tenants").join(t.to_string()), "EU").unwrap();
         assert!(d.placement(t).unwrap_err().contains("damaged"));
@@ -176,7 +452,7 @@ mod tests {
         assert!(d.placement(t).unwrap_err().contains("damaged"));
         // Nothing but the region's name is written.
         let u = Uuid::now_v7();
-        d.place(u, "us").unwrap();
+        d.place_now(u, "us").unwrap();
         assert_eq!(std::fs::read(root.path().join("tenants").join(u.to_string())).unwrap(), b"us\n");
         let entries: Vec<String> = std::fs::read_dir(root.path().join("tenants"))
             .unwrap()

@@ -404,9 +404,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let blobs = app::media::open_store(&config.media, &config.data_dir).context("opening the blob store")?;
     let regions = match &config.regions {
         Some(r) => {
-            let directory = crate::regions::FileDirectory::open(&r.directory)?;
-            tracing::info!(region = %r.this, regions = ?r.known, directory = %r.directory.display(), "serving one region");
-            Some(Arc::new(app::regions::Regions::new(r.this.clone(), r.known.clone(), Arc::new(directory))))
+            let directory: Arc<dyn app::regions::TenantDirectory> = match &r.directory {
+                crate::config::DirectorySpec::Files(dir) => Arc::new(crate::regions::FileDirectory::open(dir)?),
+                crate::config::DirectorySpec::Postgres(url) => Arc::new(crate::regions::PgDirectory::open(url).await?),
+            };
+            tracing::info!(region = %r.this, regions = ?r.known, directory = %r.directory, "serving one region");
+            Some(Arc::new(app::regions::Regions::new(r.this.clone(), r.known.clone(), directory)))
         }
         None => None,
     };

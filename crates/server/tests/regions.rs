@@ -234,6 +234,10 @@ fn a_bad_regions_config_is_refused_by_name() {
     let cases = [
         ("[regions]\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "regions.serve"),
         ("[regions]\nserve = \"eu\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "regions.directory"),
+        (
+            "[regions]\nserve = \"eu\"\ndirectory = \"/tmp/g\"\ndirectory_url = \"host=db\"\n[regions.eu]\ndata_dir = \"DATA\"\n",
+            "give one global tenant directory",
+        ),
         ("[regions]\nserve = \"us\"\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"DATA\"\n", "no [regions.us]"),
         (
             "[regions]\nserve = \"eu\"\ndirectory = \"/tmp/g\"\n[regions.eu]\ndata_dir = \"/elsewhere\"\n",
@@ -496,4 +500,117 @@ async fn a_tenant_moves_to_another_region_through_crashes() {
     // us holds it, and opens it with its own keys.
     let (ok, text) = replay(&us, &a.id, &a.session);
     assert!(ok && text.contains(&a.body) && text.contains("after the move"), "{text}");
+}
+
+/// Two regions on two throw-away PostgreSQL clusters (each region's event
+/// log and key store in its own cluster) and the global directory in a
+/// database of a third: tenants with canaries in each region; a byte scan
+/// of each cluster's files (heap and WAL) finds its own tenants' names and
+/// ids and none of the other region's; the directory's database holds
+/// tenant ids and region names and no name or other id; the wrong node
+/// refuses with the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_on_two_postgresql_clusters_hold_only_their_own() {
+    let Some(eu_pg) = pgtest::Cluster::start() else { return };
+    let Some(us_pg) = pgtest::Cluster::start() else { return };
+    let Some(global_pg) = pgtest::Cluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us) = (dir.path().join("eu"), dir.path().join("us"));
+    let directory_url = global_pg.fresh_database();
+    let config = |serve: &str| {
+        let path = dir.path().join(format!("{serve}-pg.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[regions]\nserve = \"{serve}\"\ndirectory_url = \"{directory_url}\"\n[regions.eu]\ndata_dir = \"{}\"\n\
+                 [regions.us]\ndata_dir = \"{}\"\n",
+                eu.display(),
+                us.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (eu_config, us_config, eu_db, us_db) =
+        (config("eu"), config("us"), eu_pg.fresh_database(), us_pg.fresh_database());
+    let eu_node =
+        start_with(&eu, &[("PYPES_CONFIG", &eu_config), ("PYPES_LOG_BACKEND", "postgres"), ("PYPES_LOG_URL", &eu_db)]);
+    let us_node =
+        start_with(&us, &[("PYPES_CONFIG", &us_config), ("PYPES_LOG_BACKEND", "postgres"), ("PYPES_LOG_URL", &us_db)]);
+    let (mut to_eu, mut to_us) = (clients(&eu_node.grpc).await, clients(&us_node.grpc).await);
+    let tag = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
+    let a = tenant_with_content(&mut to_eu, "eu", &tag).await;
+    let b = tenant_with_content(&mut to_us, "us", &tag).await;
+    // The other region's node learns of a tenant from the directory's
+    // database (within its refresh) and refuses with the region.
+    let mut refused = None;
+    for _ in 0..100 {
+        let e = to_us.pypes.get_pype(authed(&a.key, pb::GetPypeRequest { pype_id: a.pype.clone() })).await.unwrap_err();
+        if e.metadata().get("pypes-region").is_some() {
+            refused = Some(e);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let e = refused.expect("us never refused eu's tenant with the region");
+    assert_eq!(
+        (e.code(), e.metadata().get("pypes-region").unwrap().to_str().unwrap()),
+        (Code::FailedPrecondition, "eu")
+    );
+    let e = to_eu
+        .tenants
+        .create_tenant(authed(
+            ADMIN,
+            pb::CreateTenantRequest { name: "X".into(), region: "us".into(), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.metadata().get("pypes-region").unwrap(), "us");
+    // The directory's row for each tenant: its id and region, nothing else.
+    let rows = global_pg.psql(
+        &directory_url,
+        "SELECT tenant || ':' || region || ':' || coalesce(moving_to, '') FROM pypes_tenant_directory ORDER BY 1",
+    );
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    assert!(rows.contains(&format!("{}:eu:", a.id)) && rows.contains(&format!("{}:us:", b.id)), "{rows}");
+    common::stop_cleanly(eu_node);
+    common::stop_cleanly(us_node);
+    for pg in [&eu_pg, &us_pg, &global_pg] {
+        pg.psql(&pg.url("postgres"), "CHECKPOINT");
+    }
+
+    // Each file read once (the clusters' files are tens of MB).
+    let read = |files: Vec<std::path::PathBuf>| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        files.into_iter().filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b))).collect()
+    };
+    let files_holding = |files: &[(std::path::PathBuf, Vec<u8>)], needle: &[u8]| -> Vec<std::path::PathBuf> {
+        let finder = memchr::memmem::Finder::new(needle);
+        files.iter().filter(|(_, b)| finder.find(b).is_some()).map(|(p, _)| p.clone()).collect()
+    };
+    let eu_files = read([files_under(&eu_pg.data_dir()), files_under(&eu)].concat());
+    let us_files = read([files_under(&us_pg.data_dir()), files_under(&us)].concat());
+    let global_files = read(files_under(&global_pg.data_dir()));
+    for (mine, theirs, t, region) in [(&eu_files, &us_files, &a, "eu"), (&us_files, &eu_files, &b, "us")] {
+        for id in [&t.id, &t.pype, &t.user, &t.session] {
+            let [text, raw] = forms(id);
+            assert!(
+                !files_holding(mine, &text).is_empty() || !files_holding(mine, &raw).is_empty(),
+                "{id} is not in region {region}'s cluster or data directory: the scan finds nothing"
+            );
+            for form in [&text, &raw] {
+                let found = files_holding(theirs, form);
+                assert!(found.is_empty(), "{region}'s {id} in the other region's files: {found:?}");
+            }
+        }
+        assert!(!files_holding(mine, t.name.as_bytes()).is_empty(), "tenant name {} not in {region}", t.name);
+        assert!(files_holding(theirs, t.name.as_bytes()).is_empty(), "tenant name {} outside {region}", t.name);
+        for canary in [&t.name, &t.body] {
+            assert!(files_holding(&global_files, canary.as_bytes()).is_empty(), "{canary} in the global directory");
+        }
+        for id in [&t.pype, &t.user, &t.session] {
+            for form in forms(id) {
+                assert!(files_holding(&global_files, &form).is_empty(), "{id} in the global directory's cluster");
+            }
+        }
+    }
 }
