@@ -148,6 +148,13 @@ fn hash_bytes(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
+/// A blob of `size` bytes as chunks (offset, length): one, empty, for an
+/// empty blob (so the new region makes it too).
+fn chunks(size: u64) -> impl Iterator<Item = (u64, usize)> {
+    let step = BLOB_CHUNK as u64;
+    (0..size.div_ceil(step).max(1)).map(move |i| (i * step, (size - i * step).min(step) as usize))
+}
+
 fn blob_error(e: BlobError) -> AppError {
     AppError::from(e)
 }
@@ -282,14 +289,11 @@ impl App {
                 break;
             }
         }
-        let filter = EventFilter { stream_prefixes: prefixes(tenant, &MOVED), event_types: Vec::new() };
-        let head = self.log.head();
-        let mut from = 0;
-        while from < head {
-            let page = self.log.read_all(from, PART_EVENTS, &filter).await?;
+        let mut scan = Scan::new(self.log.as_ref(), tenant, &MOVED, 0, PART_EVENTS);
+        while let Some(page) = scan.next(self.log.as_ref()).await? {
             let mut part = Vec::new();
             let mut bytes = 0;
-            for r in page.events.into_iter().filter(|r| r.position < head) {
+            for r in page {
                 let size =
                     r.event.payload.len() + r.event.sealed_fields.iter().map(|f| f.ciphertext.len()).sum::<usize>();
                 if !part.is_empty() && bytes + size > PART_BYTES {
@@ -302,10 +306,6 @@ impl App {
             if !part.is_empty() {
                 tx.send(Ok(MovePart::Events(part))).await.map_err(|_| closed())?;
             }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
         }
         for id in self.media.store.committed_of(tenant).await.map_err(blob_error)? {
             let reader = match self.media.store.open(id).await {
@@ -315,15 +315,9 @@ impl App {
                 Err(e) => return Err(blob_error(e)),
             };
             let size = reader.len();
-            let mut offset = 0u64;
-            loop {
-                let n = (size - offset).min(BLOB_CHUNK as u64) as usize;
+            for (offset, n) in chunks(size) {
                 let data = reader.read_at(offset, n).await.map_err(blob_error)?;
                 tx.send(Ok(MovePart::Blob { id, size, offset, data })).await.map_err(|_| closed())?;
-                offset += n as u64;
-                if offset >= size {
-                    break;
-                }
             }
         }
         Ok(())
@@ -543,21 +537,14 @@ impl App {
     async fn digest_of(&self, tenant: Uuid) -> Result<MoveDigest, AppError> {
         let mut d = MoveDigest::default();
         let mut streams: BTreeMap<String, (u64, Sha256)> = BTreeMap::new();
-        let filter = EventFilter { stream_prefixes: prefixes(tenant, &MOVED), event_types: Vec::new() };
-        let head = self.log.head();
-        let mut from = 0;
-        while from < head {
-            let page = self.log.read_all(from, 1024, &filter).await?;
-            for r in page.events.iter().filter(|r| r.position < head) {
+        let mut scan = Scan::new(self.log.as_ref(), tenant, &MOVED, 0, 1024);
+        while let Some(page) = scan.next(self.log.as_ref()).await? {
+            for r in &page {
                 let (n, h) = streams.entry(r.stream.to_string()).or_insert_with(|| (0, Sha256::new()));
                 // As stored, less where this log put it.
                 hash_bytes(h, &r.event.to_stored(&r.stream, 0, 0, 0).encode_to_vec());
                 *n += 1;
             }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
         }
         let mut all = Sha256::new();
         all.update(DIGEST_FORMAT);
@@ -599,11 +586,8 @@ impl App {
             };
             let size = reader.len();
             let mut h = Sha256::new();
-            let mut offset = 0;
-            while offset < size {
-                let n = (size - offset).min(BLOB_CHUNK as u64) as usize;
+            for (offset, n) in chunks(size) {
                 h.update(reader.read_at(offset, n).await.map_err(blob_error)?);
-                offset += n as u64;
             }
             hash_bytes(&mut all, id.to_string().as_bytes());
             all.update(size.to_be_bytes());
@@ -735,7 +719,6 @@ impl App {
     /// past the endpoint's checkpoint (none: all delivered).
     async fn undelivered(&self, tenant: Uuid) -> Result<Vec<(Uuid, Uuid)>, AppError> {
         let t = self.registry.read::<Tenant>(tenant, tenant).await?.into_state();
-        let filter = EventFilter { stream_prefixes: prefixes(tenant, &MOVED), event_types: Vec::new() };
         let mut out = Vec::new();
         for (id, webhook) in &t.webhooks {
             let checkpoint =
@@ -744,22 +727,15 @@ impl App {
                     Some(r) => events::codec::decode_webhook_checkpoint(&r)?.0,
                     None => None,
                 };
-            let mut from = checkpoint.map_or(0, |p| p + 1);
-            let head = self.log.head();
-            while from < head {
-                let page = self.log.read_all(from, 256, &filter).await?;
-                let first = page.events.iter().find(|r| {
-                    // Without a checkpoint, what came before the endpoint is not its to deliver.
-                    checkpoint.is_some() || r.recorded_at_micros >= webhook.created_micros
-                });
+            let mut scan = Scan::new(self.log.as_ref(), tenant, &MOVED, checkpoint.map_or(0, |p| p + 1), 256);
+            while let Some(page) = scan.next(self.log.as_ref()).await? {
+                // Without a checkpoint, what came before the endpoint is not its to deliver.
+                let first =
+                    page.iter().find(|r| checkpoint.is_some() || r.recorded_at_micros >= webhook.created_micros);
                 if let Some(r) = first {
                     out.push((*id, r.event.id));
                     break;
                 }
-                if page.next_position <= from {
-                    break;
-                }
-                from = page.next_position;
             }
         }
         Ok(out)
@@ -776,22 +752,15 @@ impl App {
         let mut kinds: Vec<String> = MOVED.iter().chain(LEFT.iter()).map(|k| k.to_string()).collect();
         kinds.extend(MOVED.iter().map(|k| format!("snapshot-{k}")));
         let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-        let filter = EventFilter { stream_prefixes: prefixes(tenant, &kinds), event_types: Vec::new() };
         let mut names: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let head = self.log.head();
-        let mut from = 0;
-        while from < head {
-            let page = self.log.read_all(from, 4096, &filter).await?;
-            for r in &page.events {
+        let mut scan = Scan::new(self.log.as_ref(), tenant, &kinds, 0, 4096);
+        while let Some(page) = scan.next(self.log.as_ref()).await? {
+            for r in &page {
                 if seen.insert(r.stream.clone()) {
                     names.push(r.stream.to_string());
                 }
             }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
         }
         let deleted = names.len();
         for chunk in names.chunks(DELETES_AT_ONCE) {
@@ -891,20 +860,44 @@ impl App {
 
     /// Where event `id` of the tenant's streams is in this region's log.
     async fn position_of(&self, tenant: Uuid, id: Uuid) -> Result<Option<u64>, AppError> {
-        let filter = EventFilter { stream_prefixes: prefixes(tenant, &MOVED), event_types: Vec::new() };
-        let head = self.log.head();
-        let mut from = 0;
-        while from < head {
-            let page = self.log.read_all(from, 4096, &filter).await?;
-            if let Some(r) = page.events.iter().find(|r| r.event.id == id) {
+        let mut scan = Scan::new(self.log.as_ref(), tenant, &MOVED, 0, 4096);
+        while let Some(page) = scan.next(self.log.as_ref()).await? {
+            if let Some(r) = page.iter().find(|r| r.event.id == id) {
                 return Ok(Some(r.position));
             }
-            if page.next_position <= from {
-                break;
-            }
-            from = page.next_position;
         }
         Ok(None)
+    }
+}
+
+/// A read of the tenant's streams of some kinds in `$all`, page by page,
+/// up to the head as it was when the read began.
+struct Scan {
+    filter: EventFilter,
+    from: u64,
+    head: u64,
+    page: usize,
+}
+
+impl Scan {
+    fn new(log: &dyn eventlog::EventLog, tenant: Uuid, kinds: &[&str], from: u64, page: usize) -> Self {
+        Self {
+            filter: EventFilter { stream_prefixes: prefixes(tenant, kinds), event_types: Vec::new() },
+            from,
+            head: log.head(),
+            page,
+        }
+    }
+
+    /// The next page (`None`: the read is done).
+    async fn next(&mut self, log: &dyn eventlog::EventLog) -> Result<Option<Vec<RecordedEvent>>, AppError> {
+        if self.from >= self.head {
+            return Ok(None);
+        }
+        let page = log.read_all(self.from, self.page, &self.filter).await?;
+        self.from = if page.next_position <= self.from { self.head } else { page.next_position };
+        let head = self.head;
+        Ok(Some(page.events.into_iter().filter(|r| r.position < head).collect()))
     }
 }
 
@@ -954,4 +947,31 @@ struct Incoming {
     size: u64,
     next: u64,
     writer: Option<Box<dyn BlobWriter>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_go_in_chunks_and_an_empty_one_in_one_empty_chunk() {
+        let mib = BLOB_CHUNK as u64;
+        assert_eq!(chunks(0).collect::<Vec<_>>(), [(0, 0)]);
+        assert_eq!(chunks(5).collect::<Vec<_>>(), [(0, 5)]);
+        assert_eq!(chunks(mib).collect::<Vec<_>>(), [(0, BLOB_CHUNK)]);
+        assert_eq!(chunks(mib + 1).collect::<Vec<_>>(), [(0, BLOB_CHUNK), (mib, 1)]);
+    }
+
+    #[test]
+    fn a_move_copies_the_tenants_own_streams_only() {
+        let (t, other) = (Uuid::now_v7(), Uuid::now_v7());
+        for kind in MOVED {
+            assert!(is_moved_stream(&format!("{kind}-{t}-{}", Uuid::now_v7()), t), "{kind}");
+            assert!(!is_moved_stream(&format!("{kind}-{other}-{}", Uuid::now_v7()), t), "{kind}");
+        }
+        for left in ["authsession", "loginfail", "snapshot-session", "process-webhook", "audit"] {
+            assert!(!is_moved_stream(&format!("{left}-{t}-x"), t), "{left}");
+        }
+        assert!(!is_moved_stream(&format!("moved-{t}"), t));
+    }
 }

@@ -89,12 +89,48 @@ fn forms(id: &str) -> [Vec<u8>; 2] {
     [id.as_bytes().to_vec(), u.as_bytes().to_vec()]
 }
 
-fn files_holding(files: &[std::path::PathBuf], needle: &[u8]) -> Vec<std::path::PathBuf> {
-    files
-        .iter()
-        .filter(|p| std::fs::read(p).map(|b| b.windows(needle.len()).any(|w| w == needle)).unwrap_or(false))
-        .cloned()
-        .collect()
+/// Files read once (a database cluster's are tens of MB), for byte scans.
+struct Scanned(Vec<(std::path::PathBuf, Vec<u8>)>);
+
+impl Scanned {
+    fn read(files: Vec<std::path::PathBuf>) -> Self {
+        Self(files.into_iter().filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b))).collect())
+    }
+
+    /// The files holding `needle`.
+    fn holding(&self, needle: &[u8]) -> Vec<std::path::PathBuf> {
+        let finder = memchr::memmem::Finder::new(needle);
+        self.0.iter().filter(|(_, b)| finder.find(b).is_some()).map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// Each region's files hold its own tenant's ids (text and 16-byte forms)
+/// and name and none of the other's; the global directory's files hold no
+/// name, message, or Pype, user or Session id.
+fn each_region_holds_only_its_own(eu: &Scanned, us: &Scanned, global: &Scanned, a: &Tenant, b: &Tenant) {
+    for (mine, theirs, t, region) in [(eu, us, a, "eu"), (us, eu, b, "us")] {
+        for id in [&t.id, &t.pype, &t.user, &t.session] {
+            let [text, raw] = forms(id);
+            assert!(
+                !mine.holding(&text).is_empty() || !mine.holding(&raw).is_empty(),
+                "{id} is not in region {region}'s files: the scan finds nothing"
+            );
+            for form in [&text, &raw] {
+                let found = theirs.holding(form);
+                assert!(found.is_empty(), "{region}'s {id} in the other region's files: {found:?}");
+            }
+        }
+        assert!(!mine.holding(t.name.as_bytes()).is_empty(), "tenant name {} not in {region}", t.name);
+        assert!(theirs.holding(t.name.as_bytes()).is_empty(), "tenant name {} outside {region}", t.name);
+        for canary in [&t.name, &t.body] {
+            assert!(global.holding(canary.as_bytes()).is_empty(), "{canary} in the global directory");
+        }
+        for id in [&t.pype, &t.user, &t.session] {
+            for form in forms(id) {
+                assert!(global.holding(&form).is_empty(), "{id} in the global directory");
+            }
+        }
+    }
 }
 
 fn replay(data: &Path, tenant: &str, session: &str) -> (bool, String) {
@@ -182,30 +218,9 @@ async fn each_region_holds_only_its_tenants_and_refuses_the_others() {
     common::stop_cleanly(us_node);
 
     // The byte scan.
-    let (eu_files, us_files, global_files) = (files_under(&eu), files_under(&us), files_under(&global));
-    for (mine, theirs, t, region) in [(&eu_files, &us_files, &a, "eu"), (&us_files, &eu_files, &b, "us")] {
-        for id in [&t.id, &t.pype, &t.user, &t.session] {
-            let [text, raw] = forms(id);
-            assert!(
-                !files_holding(mine, &text).is_empty() || !files_holding(mine, &raw).is_empty(),
-                "{id} is not in region {region}'s files: the scan finds nothing"
-            );
-            for form in [&text, &raw] {
-                let found = files_holding(theirs, form);
-                assert!(found.is_empty(), "{region}'s {id} in the other region's files: {found:?}");
-            }
-        }
-        assert!(!files_holding(mine, t.name.as_bytes()).is_empty(), "tenant name {} not in {region}", t.name);
-        assert!(files_holding(theirs, t.name.as_bytes()).is_empty(), "tenant name {} outside {region}", t.name);
-        for canary in [&t.name, &t.body] {
-            assert!(files_holding(&global_files, canary.as_bytes()).is_empty(), "{canary} in the global directory");
-        }
-        for id in [&t.pype, &t.user, &t.session] {
-            for form in forms(id) {
-                assert!(files_holding(&global_files, &form).is_empty(), "{id} in the global directory");
-            }
-        }
-    }
+    let global_files = files_under(&global);
+    let scanned = |dir: &Path| Scanned::read(files_under(dir));
+    each_region_holds_only_its_own(&scanned(&eu), &scanned(&us), &Scanned::read(global_files.clone()), &a, &b);
     // The global directory: a file per tenant, named by its id, holding its region.
     let mut placed: Vec<(String, String)> = global_files
         .iter()
@@ -385,9 +400,9 @@ async fn a_tenant_moves_to_another_region_through_crashes() {
 
     // Before the move, eu's files hold the tenant's clear names (the scan below finds what is there).
     let pype_name = format!("Desk {tag}");
-    let before = files_under(&eu);
+    let before = Scanned::read(files_under(&eu));
     for canary in [&a.name, &pype_name] {
-        assert!(!files_holding(&before, canary.as_bytes()).is_empty(), "{canary} not in eu before the move");
+        assert!(!before.holding(canary.as_bytes()).is_empty(), "{canary} not in eu before the move");
     }
 
     let cert = dir.path().join("move.json");
@@ -489,10 +504,10 @@ async fn a_tenant_moves_to_another_region_through_crashes() {
     common::stop_cleanly(eu_node);
     common::stop_cleanly(us_node);
     // No file of eu holds the tenant's name, a message, a device or the Pype's name.
-    let eu_files = files_under(&eu);
+    let eu_files = Scanned::read(files_under(&eu));
     let device = format!("device eu {tag}");
     for canary in [&a.name, &a.body, &device, &pype_name, &"message 150".to_string()] {
-        let found = files_holding(&eu_files, canary.as_bytes());
+        let found = eu_files.holding(canary.as_bytes());
         assert!(found.is_empty(), "{canary:?} is still in eu after the move: {found:?}");
     }
     let (_, text) = replay(&eu, &a.id, &a.session);
@@ -579,38 +594,8 @@ async fn regions_on_two_postgresql_clusters_hold_only_their_own() {
         pg.psql(&pg.url("postgres"), "CHECKPOINT");
     }
 
-    // Each file read once (the clusters' files are tens of MB).
-    let read = |files: Vec<std::path::PathBuf>| -> Vec<(std::path::PathBuf, Vec<u8>)> {
-        files.into_iter().filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b))).collect()
-    };
-    let files_holding = |files: &[(std::path::PathBuf, Vec<u8>)], needle: &[u8]| -> Vec<std::path::PathBuf> {
-        let finder = memchr::memmem::Finder::new(needle);
-        files.iter().filter(|(_, b)| finder.find(b).is_some()).map(|(p, _)| p.clone()).collect()
-    };
-    let eu_files = read([files_under(&eu_pg.data_dir()), files_under(&eu)].concat());
-    let us_files = read([files_under(&us_pg.data_dir()), files_under(&us)].concat());
-    let global_files = read(files_under(&global_pg.data_dir()));
-    for (mine, theirs, t, region) in [(&eu_files, &us_files, &a, "eu"), (&us_files, &eu_files, &b, "us")] {
-        for id in [&t.id, &t.pype, &t.user, &t.session] {
-            let [text, raw] = forms(id);
-            assert!(
-                !files_holding(mine, &text).is_empty() || !files_holding(mine, &raw).is_empty(),
-                "{id} is not in region {region}'s cluster or data directory: the scan finds nothing"
-            );
-            for form in [&text, &raw] {
-                let found = files_holding(theirs, form);
-                assert!(found.is_empty(), "{region}'s {id} in the other region's files: {found:?}");
-            }
-        }
-        assert!(!files_holding(mine, t.name.as_bytes()).is_empty(), "tenant name {} not in {region}", t.name);
-        assert!(files_holding(theirs, t.name.as_bytes()).is_empty(), "tenant name {} outside {region}", t.name);
-        for canary in [&t.name, &t.body] {
-            assert!(files_holding(&global_files, canary.as_bytes()).is_empty(), "{canary} in the global directory");
-        }
-        for id in [&t.pype, &t.user, &t.session] {
-            for form in forms(id) {
-                assert!(files_holding(&global_files, &form).is_empty(), "{id} in the global directory's cluster");
-            }
-        }
-    }
+    let eu_files = Scanned::read([files_under(&eu_pg.data_dir()), files_under(&eu)].concat());
+    let us_files = Scanned::read([files_under(&us_pg.data_dir()), files_under(&us)].concat());
+    let global_files = Scanned::read(files_under(&global_pg.data_dir()));
+    each_region_holds_only_its_own(&eu_files, &us_files, &global_files, &a, &b);
 }
