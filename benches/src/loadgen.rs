@@ -228,9 +228,9 @@ enum Command {
         /// Leave out the Python `eventsourcing` peers.
         #[arg(long)]
         no_python: bool,
-        /// Concurrent readers of whole streams (empty: no read workload).
-        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-        readers: Vec<usize>,
+        /// Concurrent readers of whole streams, comma-separated (`--readers ''`: no read workload).
+        #[arg(long, default_value = "1,4,16", value_parser = counts)]
+        readers: Counts,
         /// Streams, and events in each, that the read and mixed workloads start from.
         #[arg(long, default_value_t = 1000)]
         read_streams: usize,
@@ -392,7 +392,7 @@ fn main() -> Result<()> {
                 seed,
                 out,
                 python: (!no_python).then_some(python),
-                readers,
+                readers: readers.0,
                 read_streams: read_streams.max(1),
                 events_per_stream: events_per_stream.max(1),
                 mixed_clients,
@@ -736,4 +736,33 @@ async fn log_read(dir: &Path, events: u64, event_bytes: usize, streams: u64, per
         field("rss_mb")
     );
     Ok(())
+}
+
+/// A comma-separated list of counts; empty means none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Counts(Vec<usize>);
+
+fn counts(text: &str) -> Result<Counts, String> {
+    if text.trim().is_empty() {
+        return Ok(Counts(Vec::new()));
+    }
+    text.split(',')
+        .map(|n| n.trim().parse::<usize>().map_err(|_| format!("{n:?} is not a count (e.g. 1,4,16; '' for none)")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_readers_list_means_no_read_workload() {
+        assert_eq!(counts(""), Ok(Counts(Vec::new())));
+        assert_eq!(counts("1, 4,16"), Ok(Counts(vec![1, 4, 16])));
+        assert!(counts("1,x").unwrap_err().contains("\"x\""));
+        let cli = Cli::try_parse_from(["loadgen", "peers", "--readers", ""]).expect("--readers '' is accepted");
+        let Command::Peers { readers, .. } = cli.command else { panic!("not peers") };
+        assert!(readers.0.is_empty());
+    }
 }

@@ -80,6 +80,15 @@ fn command(bin: &Path, program: &str, root: bool) -> Command {
     c
 }
 
+/// Whether `user` can enter `dir` (every directory on its path searchable).
+fn enterable_by(user: &str, dir: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid", user, "--regid", user, "--init-groups", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -160,7 +169,22 @@ impl Cluster {
             return None;
         };
         let root = is_root();
-        let dir = tempfile::Builder::new().prefix("pypes-pg-").tempdir_in(base).expect("temp dir");
+        // As root the cluster runs as an unprivileged user, who must be able
+        // to enter `base` (a checkout under /root, or in a 0700 temporary
+        // directory, is not): then it goes in the system's temp directory.
+        let base = if root && !enterable_by(run_as(), base) {
+            let tmp = std::env::temp_dir();
+            eprintln!(
+                "pgtest: user {} cannot enter {}; the cluster goes in {} instead",
+                run_as(),
+                base.display(),
+                tmp.display()
+            );
+            tmp
+        } else {
+            base.to_path_buf()
+        };
+        let dir = tempfile::Builder::new().prefix("pypes-pg-").tempdir_in(&base).expect("temp dir");
         if root {
             let status = Command::new("chown").arg(format!("{}:", run_as())).arg(dir.path()).status().expect("chown");
             assert!(status.success(), "chown of the cluster's directory failed");
@@ -283,5 +307,30 @@ impl Drop for Cluster {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A base the cluster's user cannot enter (a checkout under /root, a
+    /// 0700 temporary directory): the cluster starts in the temp directory.
+    #[test]
+    fn a_base_the_cluster_user_cannot_enter_is_not_used() {
+        if !is_root() {
+            eprintln!("not root: the cluster runs as this user, who can enter its own directories");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let closed = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let base = closed.path().join("checkout");
+        std::fs::create_dir(&base).expect("mkdir");
+        assert!(!enterable_by(run_as(), &base));
+        assert!(enterable_by(run_as(), &std::env::temp_dir()));
+        let Some(pg) = Cluster::start_in(&base) else { return };
+        assert!(!pg.data_dir().starts_with(closed.path()), "{}", pg.data_dir().display());
+        assert_eq!(pg.psql(&pg.url("postgres"), "SELECT 1"), "1");
     }
 }

@@ -268,6 +268,9 @@ pub fn refused(what: &str, s: &tonic::Status) -> anyhow::Error {
             "; if the server uses TLS, connect with https:// (and --ca-cert)"
         }
         tonic::Code::Unavailable => "; the server is not ready or not reachable: try again, or check /readyz",
+        tonic::Code::Unknown if lower.contains("error reading a body") || lower.contains("connection reset") => {
+            "; the connection broke in the middle of the answer (did the server stop?): try again"
+        }
         tonic::Code::Unknown
             if lower.contains("h2 protocol") || lower.contains("http2") || lower.contains("transport error") =>
         {
@@ -345,6 +348,10 @@ mod tests {
         let e = refused("erasing", &tonic::Status::unauthenticated("bad key")).to_string();
         assert!(e.starts_with("erasing: the server answered UNAUTHENTICATED (bad key); check the admin key"), "{e}");
         assert!(!e.contains("MetadataMap"), "{e}");
+        // A server that stops mid-answer is not a TLS mismatch.
+        let broke = tonic::Status::unknown("h2 protocol error: error reading a body from connection");
+        let e = refused("copying", &broke).to_string();
+        assert!(e.contains("the connection broke") && !e.contains("https://"), "{e}");
     }
 
     #[test]

@@ -167,11 +167,15 @@ impl TenantDirectory for FileDirectory {
 /// database. A tenant the copy does not hold (made by another node since
 /// the last refresh) is read from its row at once, by a thread of its own
 /// (so a call never acts on a tenant of another region for want of a
-/// refresh); a move's steps read the row itself. Placing is an `INSERT … ON CONFLICT DO NOTHING`
-/// (a second placement fails); a move's freeze and switch are an
-/// `UPDATE … WHERE` the row is still what the step expects.
+/// refresh); a move's steps read the row itself. Placing is an `INSERT …
+/// ON CONFLICT DO NOTHING` (a second placement fails); a move's freeze and
+/// switch are an `UPDATE … WHERE` the row is still what the step expects.
+/// Each of the three connections (writes, refresh, lookups) is made again
+/// at its next use after it ends.
 pub struct PgDirectory {
-    client: tokio_postgres::Client,
+    url: String,
+    /// The connection for writes and a move's reads (made again when it ends).
+    client: tokio::sync::Mutex<tokio_postgres::Client>,
     mirror: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Uuid, Placement>>>,
     name: String,
     /// Reads of tenants the copy does not hold, answered by the lookup thread.
@@ -198,43 +202,62 @@ fn row_placement(row: &tokio_postgres::Row) -> Result<(Uuid, Placement, i64), St
     Ok((tenant, p, row.get(3)))
 }
 
+/// A connection to the directory's database, driven on the current runtime.
+async fn connect(url: &str, name: &str, role: &'static str) -> Result<tokio_postgres::Client, String> {
+    let target = pgconn::target(url).map_err(|e| format!("{name}: {e}"))?;
+    let (client, connection) =
+        target.config.connect(target.tls.clone()).await.map_err(|e| format!("{name}: {}", pgconn::describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, role, "tenant directory database connection ended; made again at its next use");
+        }
+    });
+    Ok(client)
+}
+
+/// `client`, made again first if its connection has ended.
+async fn reconnected(
+    client: &mut tokio_postgres::Client,
+    url: &str,
+    name: &str,
+    role: &'static str,
+) -> Result<(), String> {
+    if client.is_closed() {
+        *client = connect(url, name, role).await?;
+        tracing::info!(role, "tenant directory database connection made again");
+    }
+    Ok(())
+}
+
 impl PgDirectory {
     /// Connects, makes the table on first use, reads it whole, and keeps
     /// following it.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let name = eventlog::redact_url(url);
-        let target = pgconn::target(url).map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {e}"))?;
-        let connect = || async {
-            let (client, connection) = target
-                .config
-                .connect(target.tls.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {}", pgconn::describe(&e)))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::error!(error = %e, "tenant directory database connection ended");
-                }
-            });
-            Ok::<_, anyhow::Error>(client)
-        };
-        let client = connect().await?;
+        let fail = |e: String| anyhow::anyhow!("regions.directory_url: {e}");
+        let client = connect(url, &name, "writes").await.map_err(fail)?;
         client
-            .batch_execute(&format!("SET client_min_messages TO warning; SELECT pg_advisory_lock(7364); {PG_SCHEMA}; SELECT pg_advisory_unlock(7364)"))
+            .batch_execute(&format!(
+                "SET client_min_messages TO warning; SELECT pg_advisory_lock(7364); {PG_SCHEMA}; \
+                 SELECT pg_advisory_unlock(7364)"
+            ))
             .await
-            .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {}", pgconn::describe(&e)))?;
+            .map_err(|e| fail(format!("{name}: {}", pgconn::describe(&e))))?;
         let mirror = std::sync::Arc::new(std::sync::RwLock::new(std::collections::HashMap::new()));
-        let follower = connect().await?;
-        let last = Self::refresh(&follower, &mirror, -1)
-            .await
-            .map_err(|e| anyhow::anyhow!("regions.directory_url {name}: {e}"))?;
+        let mut follower = connect(url, &name, "refresh").await.map_err(fail)?;
+        let last = Self::refresh(&follower, &mirror, -1).await.map_err(fail)?;
         let lookups = Self::lookup_thread(url.to_string(), name.clone(), mirror.clone())?;
-        let following = mirror.clone();
+        let (following, url_for, name_for) = (mirror.clone(), url.to_string(), name.clone());
         tokio::spawn(async move {
             let mut last = last;
             let mut every = tokio::time::interval(DIRECTORY_REFRESH);
             loop {
                 every.tick().await;
-                match Self::refresh(&follower, &following, last).await {
+                let read = match reconnected(&mut follower, &url_for, &name_for, "refresh").await {
+                    Ok(()) => Self::refresh(&follower, &following, last).await,
+                    Err(e) => Err(e),
+                };
+                match read {
                     Ok(v) => last = v,
                     Err(e) => {
                         tracing::warn!(error = %e, "the tenant directory cannot be read; placements may be stale")
@@ -242,7 +265,13 @@ impl PgDirectory {
                 }
             }
         });
-        Ok(Self { client, mirror, name, lookups: std::sync::Mutex::new(lookups) })
+        Ok(Self {
+            url: url.to_string(),
+            client: tokio::sync::Mutex::new(client),
+            mirror,
+            name,
+            lookups: std::sync::Mutex::new(lookups),
+        })
     }
 
     /// A thread with its own runtime and connection that reads single
@@ -262,18 +291,7 @@ impl PgDirectory {
                     return;
                 }
             };
-            let client = rt.block_on(async {
-                let target = pgconn::target(&url)?;
-                let (client, connection) =
-                    target.config.connect(target.tls.clone()).await.map_err(|e| pgconn::describe(&e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::error!(error = %e, "tenant directory database connection (lookups) ended");
-                    }
-                });
-                Ok::<_, String>(client)
-            });
-            let client = match client {
+            let mut client = match rt.block_on(connect(&url, &name, "lookups")) {
                 Ok(c) => {
                     let _ = ready_tx.send(Ok(()));
                     c
@@ -284,7 +302,16 @@ impl PgDirectory {
                 }
             };
             while let Ok((tenant, answer)) = rx.recv() {
-                let found = rt.block_on(Self::read_row(&client, &name, tenant));
+                let found = rt.block_on(async {
+                    reconnected(&mut client, &url, &name, "lookups").await?;
+                    match Self::read_row(&client, &name, tenant).await {
+                        Err(_) if client.is_closed() => {
+                            reconnected(&mut client, &url, &name, "lookups").await?;
+                            Self::read_row(&client, &name, tenant).await
+                        }
+                        r => r,
+                    }
+                });
                 if let Ok(Some(p)) = &found {
                     mirror.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, p.clone());
                 }
@@ -296,6 +323,13 @@ impl PgDirectory {
             .map_err(|_| anyhow::anyhow!("the directory's lookup thread stopped"))?
             .map_err(|e| anyhow::anyhow!("regions.directory_url: {e}"))?;
         Ok(tx)
+    }
+
+    /// The connection for writes, made again if it ended.
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, tokio_postgres::Client>, String> {
+        let mut client = self.client.lock().await;
+        reconnected(&mut client, &self.url, &self.name, "writes").await?;
+        Ok(client)
     }
 
     async fn read_row(client: &tokio_postgres::Client, name: &str, tenant: Uuid) -> Result<Option<Placement>, String> {
@@ -339,8 +373,36 @@ impl PgDirectory {
         self.mirror.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, p);
     }
 
+    /// A statement on the writes connection; once more on a new connection
+    /// when the first try found the old one ended (a database restart, a
+    /// cut): the statements are written to be repeated.
+    /// Rows changed, and whether it took a second try.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(u64, bool), String> {
+        let mut client = self.writer().await?;
+        let result = match client.execute(sql, params).await {
+            Err(_) if client.is_closed() => {
+                reconnected(&mut client, &self.url, &self.name, "writes").await?;
+                client.execute(sql, params).await.map(|n| (n, true))
+            }
+            r => r.map(|n| (n, false)),
+        };
+        result.map_err(|e| format!("{}: {}", self.name, pgconn::describe(&e)))
+    }
+
     async fn row(&self, tenant: Uuid) -> Result<Option<Placement>, String> {
-        let found = Self::read_row(&self.client, &self.name, tenant).await?;
+        let mut client = self.writer().await?;
+        let found = match Self::read_row(&client, &self.name, tenant).await {
+            Err(_) if client.is_closed() => {
+                reconnected(&mut client, &self.url, &self.name, "writes").await?;
+                Self::read_row(&client, &self.name, tenant).await?
+            }
+            r => r?,
+        };
+        drop(client);
         if let Some(p) = &found {
             self.remember(tenant, p.clone());
         }
@@ -373,16 +435,15 @@ impl TenantDirectory for PgDirectory {
             if !valid_region(region) {
                 return Err(format!("{region:?} is not a region's name"));
             }
-            let n = self
-                .client
+            let (n, retried) = self
                 .execute(
                     "INSERT INTO pypes_tenant_directory (tenant, region, moving_to, version) \
                      VALUES ($1, $2, NULL, nextval('pypes_tenant_directory_version')) ON CONFLICT (tenant) DO NOTHING",
                     &[&tenant.to_string(), &region],
                 )
-                .await
-                .map_err(|e| format!("{}: {}", self.name, pgconn::describe(&e)))?;
-            if n == 0 {
+                .await?;
+            let placed_by_first_try = retried && self.row(tenant).await?.as_ref() == Some(&Placement::settled(region));
+            if n == 0 && !placed_by_first_try {
                 return Err(format!("tenant {tenant} is placed already ({})", self.name));
             }
             self.remember(tenant, Placement::settled(region));
@@ -397,18 +458,21 @@ impl TenantDirectory for PgDirectory {
                     return Err(format!("{p:?} is not a placement"));
                 }
             }
-            let n = self
-                .client
+            let (n, retried) = self
                 .execute(
                     "UPDATE pypes_tenant_directory SET region = $4, moving_to = $5, \
                      version = nextval('pypes_tenant_directory_version') \
                      WHERE tenant = $1 AND region = $2 AND moving_to IS NOT DISTINCT FROM $3",
                     &[&tenant.to_string(), &from.region, &from.moving_to, &to.region, &to.moving_to],
                 )
-                .await
-                .map_err(|e| format!("{}: {}", self.name, pgconn::describe(&e)))?;
+                .await?;
             if n == 0 {
                 let now = self.row(tenant).await?;
+                if retried && now.as_ref() == Some(to) {
+                    // Written by a first try whose answer was lost with its connection.
+                    self.remember(tenant, to.clone());
+                    return Ok(());
+                }
                 let now = now.map_or("not placed".to_string(), |p| placement_text(&p).trim_end().to_string());
                 return Err(format!(
                     "tenant {tenant} is placed `{now}` in the directory, not `{}`",

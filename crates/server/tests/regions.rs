@@ -588,6 +588,17 @@ async fn regions_on_two_postgresql_clusters_hold_only_their_own() {
     );
     assert_eq!(rows.lines().count(), 2, "{rows}");
     assert!(rows.contains(&format!("{}:eu:", a.id)) && rows.contains(&format!("{}:us:", b.id)), "{rows}");
+    // The directory's connections cut (a database restart, a network
+    // blip): each is made again at its next use.
+    let cut = global_pg.psql(
+        &directory_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    );
+    assert!(cut.parse::<u32>().unwrap() >= 4, "the nodes' directory connections: {cut}");
+    let c = tenant_with_content(&mut to_eu, "eu", &format!("{tag}c")).await;
+    let e = to_us.pypes.get_pype(authed(&c.key, pb::GetPypeRequest { pype_id: c.pype.clone() })).await.unwrap_err();
+    assert_eq!(e.metadata().get("pypes-region").map(|v| v.to_str().unwrap()), Some("eu"), "{e:?}");
     common::stop_cleanly(eu_node);
     common::stop_cleanly(us_node);
     for pg in [&eu_pg, &us_pg, &global_pg] {
