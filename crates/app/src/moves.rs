@@ -4,8 +4,8 @@
 //! 1. **Freeze** ([`App::begin_move`], old region): the directory holds
 //!    the tenant as `from>to`; neither region serves it (the old answers
 //!    `UNAVAILABLE`, the new sends callers to the old). The call returns
-//!    after every node of the region has seen the freeze
-//!    ([`PLACEMENT_TTL`] twice); the privacy processes and retention
+//!    after every node of the region has seen the freeze (twice
+//!    [`PLACEMENT_TTL`] plus [`DIRECTORY_REFRESH`]); the privacy processes and retention
 //!    sweeps of both regions leave the tenant alone while it moves.
 //! 2. **Copy** ([`App::read_move`] on the old region, [`App::write_move`]
 //!    on the new, relayed by `pypes tenant move`): the tenant's keys
