@@ -203,7 +203,7 @@ pub fn lockout_stream(secret: &[u8; 32], tenant: Uuid, username: &str) -> String
 }
 
 /// The seconds to wait after `count` consecutive failures.
-fn delay_secs(count: u32) -> i64 {
+pub fn delay_secs(count: u32) -> i64 {
     if count < FREE_FAILURES {
         return 0;
     }

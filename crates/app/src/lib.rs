@@ -22,6 +22,7 @@ pub mod blobs;
 pub mod call;
 pub mod certificate;
 pub mod consent;
+pub mod console;
 pub mod delivery;
 pub mod end_user_auth;
 pub mod erasure;

@@ -188,7 +188,7 @@ impl App {
         Ok(self.offboarding_of(tenant, &t))
     }
 
-    fn offboarding_of(&self, tenant: Uuid, t: &Tenant) -> Offboarding {
+    pub(crate) fn offboarding_of(&self, tenant: Uuid, t: &Tenant) -> Offboarding {
         let (certificate, signature) = t.certificate.clone().unwrap_or_default();
         let grace = i64::from(self.offboarding_grace_days) * 86_400_000_000;
         Offboarding {

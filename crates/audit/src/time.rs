@@ -22,6 +22,16 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("{text:?}: give unix seconds or YYYY-MM-DDTHH:MM:SSZ"))
 }
 
+/// Parses a day `YYYY-MM-DD` (its midnight, UTC), or what [`parse_time`]
+/// takes.
+pub fn parse_day_or_time(text: &str) -> Result<i64, String> {
+    match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(d) => Ok(d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp_micros())),
+        Err(_) => parse_time(text)
+            .map_err(|_| format!("{text:?}: give a day YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or unix seconds")),
+    }
+}
+
 /// Now, in microseconds since the Unix epoch (UTC).
 pub fn now_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)

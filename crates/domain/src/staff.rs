@@ -84,6 +84,13 @@ pub const POLICY: &[(&str, [Access; 3])] = &[
     ("CloseBreakGlass", [A, A, A]),
     // Breach scope from the audit trail.
     ("ScopeAccess", [D, A, A]),
+    // The console's pages (docs/console.md): lists from the catalog view,
+    // the verified audit trail, the node's own metrics.
+    ("ListTenants", [A, A, A]),
+    ("ListPypes", [A, A, A]),
+    ("ListPrivacyRequests", [D, A, A]),
+    ("ReadAuditTrail", [D, A, A]),
+    ("ReadNodeMetrics", [D, D, A]),
 ];
 
 pub fn access(role: Role, method: &str) -> Access {

@@ -21,6 +21,7 @@
 
 pub mod analytics;
 mod cache;
+pub mod catalog;
 pub mod directory;
 mod error;
 mod keys;
@@ -42,5 +43,6 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
         std::sync::Arc::new(sessions::SessionsProjection),
         std::sync::Arc::new(directory::DirectoryProjection),
         std::sync::Arc::new(analytics::AnalyticsProjection),
+        std::sync::Arc::new(catalog::CatalogProjection),
     ]
 }

@@ -167,6 +167,7 @@ fn dump(store: &ViewStore, tables: &[&str]) -> Vec<(String, projections::Rows)> 
 const SESSION_TABLES: &[&str] = &["sessions", "msg_index", "by_pype", "by_end_user", "pypes", "acks"];
 const ANALYTICS_TABLES: &[&str] = &["cells", "open", "acks"];
 const DIRECTORY_TABLES: &[&str] = &["subjects", "acks"];
+const CATALOG_TABLES: &[&str] = &["tenants", "pypes", "privacy", "erasures", "acks"];
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..500 {
@@ -205,7 +206,7 @@ async fn rebuild_equals_live() {
         wait_until("runners to catch up", || r.status().next_position >= head).await;
         assert_eq!(r.status().state, RunnerState::Live);
     }
-    for (p, tables) in projections::all().into_iter().zip([SESSION_TABLES, DIRECTORY_TABLES, ANALYTICS_TABLES]) {
+    for (p, tables) in projections::all().into_iter().zip([SESSION_TABLES, DIRECTORY_TABLES, ANALYTICS_TABLES, CATALOG_TABLES]) {
         let fresh = store(&dir, &format!("{}-rebuilt", p.name()));
         let skipped = rebuild(p.as_ref(), &fresh, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
         assert!(skipped.is_empty());

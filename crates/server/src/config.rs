@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// Rules watching privileged access, and where their alerts go.
     #[serde(default)]
     pub alerts: AlertsFile,
+    /// The console (`/console`, docs/console.md).
+    #[serde(default)]
+    pub console: ConsoleFile,
     /// Data residency: `serve`, `directory`, and one table per region
     /// (`[regions.eu] data_dir = …`); docs/residency.md.
     pub regions: Option<toml::Table>,
@@ -530,6 +533,14 @@ pub struct TlsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ConsoleFile {
+    /// Seconds between two points of the overview's charts (default 10;
+    /// the charts hold an hour of them).
+    pub sample_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthFile {
     /// An end user's auth session ends after this long unused (default 1800).
     pub idle_secs: Option<i64>,
@@ -841,6 +852,8 @@ pub struct Config {
     pub sweep_secs: u64,
     pub offboarding_grace_days: u32,
     pub auth: app::end_user_auth::AuthConfig,
+    /// Seconds between two samples of the console's metrics history.
+    pub console_sample_secs: u64,
     /// (certificate chain, private key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub media: MediaConfig,
@@ -912,6 +925,7 @@ impl Config {
             analytics_k: file.privacy.analytics_k.unwrap_or(projections::analytics::DEFAULT_K),
             erasure_warn_days: file.privacy.erasure_warn_days.unwrap_or(20),
             sweep_secs: file.privacy.sweep_secs.unwrap_or(600),
+            console_sample_secs: file.console.sample_secs.unwrap_or(10),
             offboarding_grace_days: file.privacy.offboarding_grace_days.unwrap_or(30),
             tls: match (args.tls_cert.clone().or(file.tls.cert_file), args.tls_key.clone().or(file.tls.key_file)) {
                 (Some(c), Some(k)) => Some((c, k)),
@@ -945,6 +959,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if !(1..=60).contains(&config.console_sample_secs) {
+            anyhow::bail!("console.sample_secs: {}; 1 to 60", config.console_sample_secs);
         }
         if !(1..=86_400).contains(&config.sweep_secs) {
             anyhow::bail!("privacy.sweep_secs: {}; 1 to 86400", config.sweep_secs);

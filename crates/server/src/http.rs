@@ -33,6 +33,8 @@ pub struct HttpState {
     pub webhooks: Option<Arc<app::delivery::Deliveries>>,
     /// The access alerts' counters.
     pub alerts: Arc<app::alerts::Alerts>,
+    /// The console (`/console`): its sessions and the metrics history.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// The access alerts on `/metrics`.
@@ -106,7 +108,7 @@ fn webhook_metrics(body: &mut String, d: &app::delivery::Deliveries) {
 }
 
 /// Bytes of the files under `dir` (two levels: the log and its segments).
-fn dir_bytes(dir: &std::path::Path, depth: u8) -> u64 {
+pub(crate) fn dir_bytes(dir: &std::path::Path, depth: u8) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .filter_map(Result::ok)
@@ -286,6 +288,7 @@ pub fn start(
             .route("/metrics", web::get().to(metrics))
             .route("/admin/projections", web::get().to(list_projections))
             .route("/admin/projections/{name}/{action}", web::post().to(control_projection))
+            .configure(crate::console::routes)
     })
     .workers(1)
     .disable_signals();

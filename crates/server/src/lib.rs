@@ -7,6 +7,7 @@ pub mod audit_tool;
 pub mod backup;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod demo;
 pub mod grpc;

@@ -159,6 +159,13 @@ impl ApiMetrics {
             .collect()
     }
 
+    /// Each RPC answered so far with its latency histogram (the console's
+    /// history takes differences of these).
+    pub fn latency_by_method(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        let names = METHODS.iter().copied().chain(std::iter::once("other"));
+        names.zip(self.slots.iter()).filter(|(_, m)| m.latency.count() > 0).map(|(n, m)| (n, m.latency.snapshot())).collect()
+    }
+
     pub fn render(&self, actors: &actors::Metrics, live: usize) -> String {
         let mut out = String::new();
         out.push_str("# HELP pypes_integrity_events_total Damage found in stored files since start, by store and what was done.\n# TYPE pypes_integrity_events_total counter\n");

@@ -500,6 +500,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         .await
         .map_err(|e| anyhow::anyhow!("settling interrupted uploads: {e}"))?;
     tokio::spawn(media.clone().sweep(registry.clone(), keyring.clone()));
+    let console_app = application.clone();
     let api = Handle { app: application, metrics: metrics.clone() };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<pb::session_service_server::SessionServiceServer<Handle>>().await;
@@ -557,9 +558,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             },
         );
     let grpc_task = tokio::spawn(grpc);
-    let http = http::start(
-        http_listener,
-        HttpState {
+    let history = crate::console::History::new(config.console_sample_secs);
+    // Behind a mesh the browser still reaches pypes over TLS: cookies stay Secure.
+    let secure = config.tls.is_some() || config.plaintext_behind_mesh;
+    let console = crate::console::Console::new(console_app, history.clone(), clock.clone(), secure);
+    let http_state = HttpState {
             ready: ready_rx,
             metrics,
             registry: registry.clone(),
@@ -571,9 +574,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             plaintext_behind_mesh: config.plaintext_behind_mesh,
             webhooks: deliveries.clone(),
             alerts: alerts.clone(),
-        },
-        http_tls,
-    )?;
+            console,
+    };
+    crate::console::history::spawn(history, http_state.clone());
+    let http = http::start(http_listener, http_state, http_tls)?;
     claim.keep();
 
     // Whoever started us may stop reading stdout: a closed pipe must not
