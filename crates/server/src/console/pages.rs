@@ -680,7 +680,7 @@ async fn pype(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(St
         tenant: tenant.to_string(),
         id: pype.to_string(),
         name: page.pype.name.clone(),
-        description: page.pype.description.clone(),
+        description: if page.pype.description.is_empty() { "-".into() } else { page.pype.description.clone() },
         state: if page.pype.archived { "archived" } else { "open" },
         active: o.active,
         inactive: o.inactive,
