@@ -42,7 +42,8 @@ impl From<Caller> for Principal {
 }
 
 pub struct TenantsPage {
-    pub tenants: Vec<CatalogTenantRow>,
+    /// Each tenant with its name.
+    pub tenants: Vec<(CatalogTenantRow, String)>,
     /// The cursor of the next page (`None`: this was the last).
     pub next: Option<Uuid>,
 }
@@ -50,8 +51,8 @@ pub struct TenantsPage {
 pub struct TenantPage {
     pub tenant: Tenant,
     pub row: CatalogTenantRow,
-    /// The tenant's Pypes (a page) with each one's overview.
-    pub pypes: Vec<(CatalogPypeRow, PypeOverviewRow)>,
+    /// The tenant's Pypes (a page) with each one's name and overview.
+    pub pypes: Vec<(CatalogPypeRow, String, PypeOverviewRow)>,
     pub next: Option<Uuid>,
 }
 
@@ -116,6 +117,33 @@ pub struct SessionPage {
 const TIMELINE: usize = 500;
 
 impl App {
+    /// The name an entity was created with, from its stream's first event
+    /// (the catalog keeps no name). `None`: no such stream, or its events
+    /// were scavenged here after the tenant moved to another region.
+    async fn created_name(&self, kind: events::Kind, tenant: Uuid, id: Uuid) -> Result<Option<String>, AppError> {
+        let stream = events::stream::stream_name(kind, tenant, id);
+        let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
+            Ok(first) => first,
+            Err(eventlog::LogError::StreamNotFound { .. } | eventlog::LogError::StreamDeleted { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(r) = first.first() else { return Ok(None) };
+        let decoded = match r.event_type() {
+            events::types::TENANT_CREATED => {
+                <proto::events::TenantCreated as proto::Message>::decode(r.event.payload.clone()).map(|e| e.name)
+            }
+            events::types::PYPE_CREATED => {
+                <proto::events::PypeCreated as proto::Message>::decode(r.event.payload.clone()).map(|e| e.name)
+            }
+            _ => return Ok(None),
+        };
+        decoded.map(Some).map_err(|e| AppError::internal("reading a name", e))
+    }
+
+    async fn tenant_name(&self, tenant: Uuid) -> Result<String, AppError> {
+        Ok(self.created_name(events::Kind::Tenant, tenant, tenant).await?.unwrap_or_default())
+    }
+
     /// Checks the key a console sign-in presents: the principal, and an
     /// audit entry either way.
     pub async fn console_sign_in(&self, who: &Credentials) -> Result<Principal, AppError> {
@@ -192,15 +220,42 @@ impl App {
             }
             Caller::Admin => None,
         };
+        let needle = search.to_lowercase();
         if let Some(t) = own {
-            let row = catalog::tenant(&view, t).map_err(internal)?;
-            let tenants = row.filter(|r| r.name.to_lowercase().contains(&search.to_lowercase())).into_iter().collect();
+            let mut tenants = Vec::new();
+            if let Some(row) = catalog::tenant(&view, t).map_err(internal)? {
+                let name = self.tenant_name(t).await?;
+                if name.to_lowercase().contains(&needle) {
+                    tenants.push((row, name));
+                }
+            }
             return Ok(TenantsPage { tenants, next: None });
         }
-        let mut tenants = catalog::tenants(&view, search, after, PAGE + 1).map_err(internal)?;
+        // Names are read from each tenant's first event: a search reads them
+        // page by page until a page of matches (or the end).
+        let mut tenants = Vec::new();
+        let mut cursor = after;
+        'pages: loop {
+            let rows = catalog::tenants(&view, cursor, 1024).map_err(internal)?;
+            let full = rows.len() == 1024;
+            for row in rows {
+                let id = Uuid::from_slice(&row.tenant_id).map_err(internal)?;
+                cursor = Some(id);
+                let name = self.tenant_name(id).await?;
+                if name.to_lowercase().contains(&needle) {
+                    tenants.push((row, name));
+                    if tenants.len() > PAGE {
+                        break 'pages;
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
         let next = if tenants.len() > PAGE {
             tenants.truncate(PAGE);
-            tenants.last().and_then(|t| Uuid::from_slice(&t.tenant_id).ok())
+            tenants.last().and_then(|(t, _)| Uuid::from_slice(&t.tenant_id).ok())
         } else {
             None
         };
@@ -208,7 +263,12 @@ impl App {
     }
 
     /// A tenant and a page of its Pypes (`ListPypes`).
-    pub async fn console_tenant(&self, who: &Credentials, tenant_id: &str, after: &str) -> Result<TenantPage, AppError> {
+    pub async fn console_tenant(
+        &self,
+        who: &Credentials,
+        tenant_id: &str,
+        after: &str,
+    ) -> Result<TenantPage, AppError> {
         let tenant_id = parse_id("tenant_id", tenant_id)?;
         let after = if after.is_empty() { None } else { Some(parse_id("after", after)?) };
         self.console_tenant_access(who, tenant_id).await?;
@@ -229,7 +289,8 @@ impl App {
         for p in rows {
             let id = Uuid::from_slice(&p.pype_id).map_err(internal)?;
             let o = sessions::pype_overview(&sessions_view, tenant_id, id).map_err(internal)?.unwrap_or_default();
-            pypes.push((p, o));
+            let name = self.created_name(events::Kind::Pype, tenant_id, id).await?.unwrap_or_default();
+            pypes.push((p, name, o));
         }
         Ok(TenantPage { tenant, row, pypes, next })
     }
@@ -261,7 +322,8 @@ impl App {
         let pype = self.pype_of(tenant, pype_id).await?;
         let view = self.views.read(sessions::NAME).await?;
         let overview = sessions::pype_overview(&view, tenant, pype_id).map_err(internal)?.unwrap_or_default();
-        let mut rows = sessions::list_sessions(&view, tenant, pype_id, cursor.as_deref(), PAGE + 1).map_err(internal)?;
+        let mut rows =
+            sessions::list_sessions(&view, tenant, pype_id, cursor.as_deref(), PAGE + 1).map_err(internal)?;
         drop(view);
         let next = if rows.len() > PAGE {
             rows.truncate(PAGE);
@@ -273,10 +335,11 @@ impl App {
         let k = self.analytics_k;
         // Days start at midnight UTC: the daily range is widened to whole days.
         let day = analytics::Granularity::Day.micros();
-        let hourly = analytics::query(&view, tenant, pype_id, analytics::Granularity::Hour, from, to, k).map_err(internal)?;
+        let hourly =
+            analytics::query(&view, tenant, pype_id, analytics::Granularity::Hour, from, to, k).map_err(internal)?;
         let (day_from, day_to) = (from / day * day, (to / day + i64::from(to % day != 0)) * day);
-        let daily =
-            analytics::query(&view, tenant, pype_id, analytics::Granularity::Day, day_from, day_to, k).map_err(internal)?;
+        let daily = analytics::query(&view, tenant, pype_id, analytics::Granularity::Day, day_from, day_to, k)
+            .map_err(internal)?;
         Ok(PypePage { pype, overview, hourly, daily, k, sessions: rows.into_iter().map(|(_, r)| r).collect(), next })
     }
 
@@ -295,7 +358,7 @@ impl App {
         for p in pypes {
             let id = Uuid::from_slice(&p.pype_id).map_err(internal)?;
             let state = self.pype_of(tenant_id, id).await?;
-            pype_retention.push((id, p.name, state.retention_days));
+            pype_retention.push((id, state.name, state.retention_days));
         }
         let (_, mut exports) = self
             .audit
@@ -306,6 +369,26 @@ impl App {
         exports.truncate(PAGE);
         let offboarding = tenant.cancelled.then(|| self.offboarding_of(tenant_id, &tenant));
         Ok(PrivacyPage { tenant, erasures, summary, pype_retention, exports, offboarding })
+    }
+
+    /// Open erasure requests of every tenant with the tenant's name, oldest
+    /// due first (`ListPrivacyRequests`, platform staff and the admin key).
+    pub async fn console_open_erasures(
+        &self,
+        who: &Credentials,
+    ) -> Result<Vec<(CatalogTenantRow, String, ErasureRow)>, AppError> {
+        self.platform(who).await?;
+        let view = self.views.read(catalog::NAME).await?;
+        let open = catalog::open_erasures(&view).map_err(internal)?;
+        let mut out = Vec::with_capacity(open.len());
+        for (tenant, row) in open {
+            let t = catalog::tenant(&view, tenant)
+                .map_err(internal)?
+                .unwrap_or_else(|| CatalogTenantRow { tenant_id: tenant.as_bytes().to_vec(), ..Default::default() });
+            let name = self.tenant_name(tenant).await?;
+            out.push((t, name, row));
+        }
+        Ok(out)
     }
 
     /// The audit trail, verified as it is read, filtered (`ReadAuditTrail`).
@@ -353,7 +436,8 @@ impl App {
         loop {
             let page = self.log.read_all(from, 4096, &filter).await?;
             out.extend(page.events.iter().filter_map(audit::TrailEntry::read).filter(|e| {
-                (f.actor.is_empty() || e.actor.contains(&f.actor)) && (f.action.is_empty() || e.action.starts_with(&f.action))
+                (f.actor.is_empty() || e.actor.contains(&f.actor))
+                    && (f.action.is_empty() || e.action.starts_with(&f.action))
             }));
             if page.next_position == from || page.next_position >= page.head {
                 break;
@@ -364,17 +448,25 @@ impl App {
     }
 
     /// A Session's metadata and timeline (`GetSessionView`).
-    pub async fn console_session(&self, who: &Credentials, tenant_id: &str, session_id: &str) -> Result<SessionPage, AppError> {
+    pub async fn console_session(
+        &self,
+        who: &Credentials,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> Result<SessionPage, AppError> {
         let tenant = parse_id("tenant_id", tenant_id)?;
         let session = parse_id("session_id", session_id)?;
         set_object(crate::call::Object::Session(session));
         let principal = self.console_tenant_access(who, tenant).await?;
         let view = self.views.read(sessions::NAME).await?;
-        let row = sessions::get_session(&view, tenant, session).map_err(internal)?.ok_or_else(|| AppError::not_found("session"))?;
+        let row = sessions::get_session(&view, tenant, session)
+            .map_err(internal)?
+            .ok_or_else(|| AppError::not_found("session"))?;
         drop(view);
         let stream = events::stream::stream_name(events::Kind::Session, tenant, session);
         let newest = self.log.read_stream(&stream, ReadFrom::End, Direction::Backward, TIMELINE).await?;
-        let timeline = newest.iter().rev().map(|e| (e.version, e.event_type().to_string(), e.recorded_at_micros)).collect();
+        let timeline =
+            newest.iter().rev().map(|e| (e.version, e.event_type().to_string(), e.recorded_at_micros)).collect();
         let now = self.clock.now_micros();
         let (grant, may_read) = match principal {
             Principal::Staff { id, .. } => {

@@ -162,7 +162,15 @@ pub fn alert_hook_stream(name: &str) -> String {
 /// Where the old region of a moved tenant keeps the move's record:
 /// `moved-<tenant>` (docs/residency.md).
 pub fn moved_stream(tenant: Uuid) -> String {
-    format!("moved-{tenant}")
+    format!("{MOVED_PREFIX}{tenant}")
+}
+
+/// The prefix of every move record's stream.
+pub const MOVED_PREFIX: &str = "moved-";
+
+/// The tenant whose move record `stream` is (`None`: not a move record).
+pub fn moved_tenant(stream: &str) -> Option<Uuid> {
+    Uuid::try_parse(stream.strip_prefix(MOVED_PREFIX)?).ok()
 }
 
 /// Where an entity's snapshot is kept: `snapshot-<entity stream>`.

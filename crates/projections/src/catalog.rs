@@ -1,8 +1,12 @@
-//! The catalog: what the console lists. Tenants (name, state, counts),
-//! each tenant's Pypes, each end user's privacy state (restriction and
-//! consent decisions, no profile field) and every erasure request with its
-//! deadline and certification time. Counts and ids only: nothing here is
-//! sealed, and nothing personal beyond the pseudonymous subject id.
+//! The catalog: what the console lists. Tenants (state, counts), each
+//! tenant's Pypes, each end user's privacy state (restriction and consent
+//! decisions, no profile field) and every erasure request with its
+//! deadline and certification time. Ids, times and counts only: no name
+//! (the console reads names from the entities' first events, so when a
+//! tenant moves to another region and its events are scavenged here, no
+//! view file keeps its name), nothing sealed, nothing personal beyond the
+//! pseudonymous subject id. A move's record (`TenantMoveSwitched`) deletes
+//! every row of the tenant.
 //!
 //! Tables (keys fixed-width):
 //! - `tenants`: tenant → CatalogTenantRow
@@ -35,13 +39,12 @@ impl CatalogProjection {
     }
 
     fn tenant_event(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-        let (tenant, _) = parse_stream(&r.stream, events::Kind::Tenant).ok_or_else(|| not_a_stream(r, events::Kind::Tenant))?;
+        let (tenant, _) =
+            parse_stream(&r.stream, events::Kind::Tenant).ok_or_else(|| not_a_stream(r, events::Kind::Tenant))?;
         let mut row = Self::tenant_row(w, tenant)?;
         match r.event_type() {
             events::types::TENANT_CREATED => {
-                let e: pb::TenantCreated = payload(r)?;
-                row.name = e.name;
-                row.created_micros = e.at_micros;
+                row.created_micros = payload::<pb::TenantCreated>(r)?.at_micros;
             }
             events::types::TENANT_CANCELLED => {
                 row.cancelled_micros = payload::<pb::TenantCancelled>(r)?.at_micros;
@@ -56,7 +59,8 @@ impl CatalogProjection {
     }
 
     fn pype_event(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
-        let (tenant, pype) = parse_stream(&r.stream, events::Kind::Pype).ok_or_else(|| not_a_stream(r, events::Kind::Pype))?;
+        let (tenant, pype) =
+            parse_stream(&r.stream, events::Kind::Pype).ok_or_else(|| not_a_stream(r, events::Kind::Pype))?;
         let k = key(&[tenant.as_bytes(), pype.as_bytes()]);
         match r.event_type() {
             events::types::PYPE_CREATED => {
@@ -64,7 +68,6 @@ impl CatalogProjection {
                 let row = CatalogPypeRow {
                     pype_id: pype.as_bytes().to_vec(),
                     tenant_id: tenant.as_bytes().to_vec(),
-                    name: e.name,
                     created_micros: e.at_micros,
                     archived_micros: 0,
                 };
@@ -86,20 +89,35 @@ impl CatalogProjection {
         Ok(())
     }
 
+    /// The tenant moved to another region: nothing of it stays listed here.
+    fn moved(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
+        if r.event_type() != events::types::TENANT_MOVE_SWITCHED {
+            return Ok(());
+        }
+        let Some(tenant) = events::stream::moved_tenant(&r.stream) else {
+            return Err(ApplyError::Poison(format!("{} at {}: not a move record's stream", r.stream, r.position)));
+        };
+        w.delete("tenants", tenant.as_bytes())?;
+        for table in ["pypes", "privacy", "erasures"] {
+            for (k, _) in w.scan_prefix(table, tenant.as_bytes())? {
+                w.delete(table, &k)?;
+            }
+        }
+        Ok(())
+    }
+
     fn subject_event(&self, w: &mut WriteView<'_>, r: &RecordedEvent) -> Result<(), ApplyError> {
         let (tenant, subject) =
             parse_stream(&r.stream, events::Kind::Subject).ok_or_else(|| not_a_stream(r, events::Kind::Subject))?;
         let k = key(&[tenant.as_bytes(), subject.as_bytes()]);
         let ty = r.event_type();
         match ty {
-            events::types::SUBJECT_REGISTERED | events::types::SUBJECT_INVITED => {
-                if w.get("privacy", &k)?.is_none() {
-                    let mut t = Self::tenant_row(w, tenant)?;
-                    t.subjects += 1;
-                    w.put_msg("tenants", tenant.as_bytes(), &t)?;
-                    let row = PrivacyRow { subject_id: subject.as_bytes().to_vec(), ..Default::default() };
-                    w.put_msg("privacy", &k, &row)?;
-                }
+            events::types::SUBJECT_REGISTERED | events::types::SUBJECT_INVITED if w.get("privacy", &k)?.is_none() => {
+                let mut t = Self::tenant_row(w, tenant)?;
+                t.subjects += 1;
+                w.put_msg("tenants", tenant.as_bytes(), &t)?;
+                let row = PrivacyRow { subject_id: subject.as_bytes().to_vec(), ..Default::default() };
+                w.put_msg("privacy", &k, &row)?;
             }
             events::types::SUBJECT_ERASURE_REQUESTED => {
                 let e: pb::SubjectErasureRequested = payload(r)?;
@@ -118,13 +136,11 @@ impl CatalogProjection {
                     w.put_msg("erasures", &k, &row)?;
                 }
             }
-            PURGE_EVENT => {
-                if w.get("privacy", &k)?.is_some() {
-                    w.delete("privacy", &k)?;
-                    let mut t = Self::tenant_row(w, tenant)?;
-                    t.subjects = t.subjects.saturating_sub(1);
-                    w.put_msg("tenants", tenant.as_bytes(), &t)?;
-                }
+            PURGE_EVENT if w.get("privacy", &k)?.is_some() => {
+                w.delete("privacy", &k)?;
+                let mut t = Self::tenant_row(w, tenant)?;
+                t.subjects = t.subjects.saturating_sub(1);
+                w.put_msg("tenants", tenant.as_bytes(), &t)?;
             }
             events::types::SUBJECT_PROCESSING_RESTRICTED
             | events::types::SUBJECT_RESTRICTION_LIFTED
@@ -166,6 +182,7 @@ impl Projection for CatalogProjection {
                 events::Kind::Tenant.prefix().into(),
                 events::Kind::Pype.prefix().into(),
                 events::Kind::Subject.prefix().into(),
+                events::stream::MOVED_PREFIX.into(),
             ],
             event_types: vec![],
         }
@@ -176,6 +193,8 @@ impl Projection for CatalogProjection {
             self.tenant_event(w, r)
         } else if r.stream.starts_with(events::Kind::Pype.prefix()) {
             self.pype_event(w, r)
+        } else if r.stream.starts_with(events::stream::MOVED_PREFIX) {
+            self.moved(w, r)
         } else {
             self.subject_event(w, r)
         }
@@ -186,36 +205,10 @@ fn decode<M: proto::Message + Default>(table: &str, v: &[u8]) -> Result<M, ViewE
     M::decode(v).map_err(|e| ViewError::Corrupt { table: table.into(), reason: e.to_string() })
 }
 
-/// Tenants in id order after `after` whose name contains `search` (case
-/// folded; empty: all), at most `limit`. A scan: the catalog holds a row
-/// per tenant, and a platform has thousands of tenants, not millions.
-pub fn tenants(
-    view: &ReadView,
-    search: &str,
-    after: Option<Uuid>,
-    limit: usize,
-) -> Result<Vec<CatalogTenantRow>, ViewError> {
-    let needle = search.to_lowercase();
-    let mut out = Vec::new();
-    let mut cursor = after.map(|a| a.as_bytes().to_vec());
-    while out.len() < limit {
-        let rows = view.scan("tenants", &[], cursor.as_deref(), 1024)?;
-        let Some((last, _)) = rows.last() else { break };
-        cursor = Some(last.clone());
-        for (_, v) in &rows {
-            let row: CatalogTenantRow = decode("tenants", v)?;
-            if needle.is_empty() || row.name.to_lowercase().contains(&needle) {
-                out.push(row);
-                if out.len() == limit {
-                    break;
-                }
-            }
-        }
-        if rows.len() < 1024 {
-            break;
-        }
-    }
-    Ok(out)
+/// Tenants in id order after `after`, at most `limit`.
+pub fn tenants(view: &ReadView, after: Option<Uuid>, limit: usize) -> Result<Vec<CatalogTenantRow>, ViewError> {
+    let after_key = after.map(|a| a.as_bytes().to_vec());
+    view.scan("tenants", &[], after_key.as_deref(), limit)?.iter().map(|(_, v)| decode("tenants", v)).collect()
 }
 
 pub fn tenant(view: &ReadView, tenant: Uuid) -> Result<Option<CatalogTenantRow>, ViewError> {
@@ -223,7 +216,12 @@ pub fn tenant(view: &ReadView, tenant: Uuid) -> Result<Option<CatalogTenantRow>,
 }
 
 /// A tenant's Pypes in id order after `after`, at most `limit`.
-pub fn pypes(view: &ReadView, tenant: Uuid, after: Option<Uuid>, limit: usize) -> Result<Vec<CatalogPypeRow>, ViewError> {
+pub fn pypes(
+    view: &ReadView,
+    tenant: Uuid,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<Vec<CatalogPypeRow>, ViewError> {
     let after_key = after.map(|a| key(&[tenant.as_bytes(), a.as_bytes()]));
     view.scan("pypes", tenant.as_bytes(), after_key.as_deref(), limit)?
         .iter()
@@ -233,10 +231,29 @@ pub fn pypes(view: &ReadView, tenant: Uuid, after: Option<Uuid>, limit: usize) -
 
 /// A tenant's erasure requests (newest first).
 pub fn erasures(view: &ReadView, tenant: Uuid) -> Result<Vec<ErasureRow>, ViewError> {
-    let mut rows: Vec<ErasureRow> =
-        view.scan("erasures", tenant.as_bytes(), None, usize::MAX)?.iter().map(|(_, v)| decode("erasures", v)).collect::<Result<_, _>>()?;
+    let mut rows: Vec<ErasureRow> = view
+        .scan("erasures", tenant.as_bytes(), None, usize::MAX)?
+        .iter()
+        .map(|(_, v)| decode("erasures", v))
+        .collect::<Result<_, _>>()?;
     rows.sort_by_key(|r| std::cmp::Reverse(r.requested_micros));
     Ok(rows)
+}
+
+/// Erasure requests not certified yet, of every tenant, oldest due first:
+/// (tenant, row). A scan of the requests ever made (few next to Sessions).
+pub fn open_erasures(view: &ReadView) -> Result<Vec<(Uuid, ErasureRow)>, ViewError> {
+    let mut out = Vec::new();
+    for (k, v) in view.scan("erasures", &[], None, usize::MAX)? {
+        let row: ErasureRow = decode("erasures", &v)?;
+        if row.certified_micros == 0
+            && let Some(tenant) = uuid_at(&k, 0)
+        {
+            out.push((tenant, row));
+        }
+    }
+    out.sort_by_key(|(_, r)| r.due_micros);
+    Ok(out)
 }
 
 /// What a tenant's end users' privacy rows add up to.

@@ -206,7 +206,9 @@ async fn rebuild_equals_live() {
         wait_until("runners to catch up", || r.status().next_position >= head).await;
         assert_eq!(r.status().state, RunnerState::Live);
     }
-    for (p, tables) in projections::all().into_iter().zip([SESSION_TABLES, DIRECTORY_TABLES, ANALYTICS_TABLES, CATALOG_TABLES]) {
+    for (p, tables) in
+        projections::all().into_iter().zip([SESSION_TABLES, DIRECTORY_TABLES, ANALYTICS_TABLES, CATALOG_TABLES])
+    {
         let fresh = store(&dir, &format!("{}-rebuilt", p.name()));
         let skipped = rebuild(p.as_ref(), &fresh, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
         assert!(skipped.is_empty());
@@ -556,4 +558,64 @@ async fn messages_page_from_the_log_through_the_sparse_index() {
     assert_eq!(all, (1..=300).map(|seq| (seq, true, true)).collect::<Vec<_>>());
     // The index holds one entry per 64 messages, not one per message.
     assert_eq!(view.dump("msg_index").unwrap().len(), 300usize.div_ceil(sessions::INDEX_EVERY as usize));
+}
+
+/// The catalog lists a tenant, its Pypes, its end users' privacy rows and
+/// erasure requests, and forgets all of them when the tenant moves to
+/// another region (its move record here); another tenant stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_forgets_a_tenant_that_moved_away() {
+    let w = World::new();
+    let other = World { log: w.log.clone(), tenant: Uuid::now_v7(), pype: Uuid::now_v7() };
+    for x in [&w, &other] {
+        let created = pb::TenantCreated {
+            tenant_id: Bytes::copy_from_slice(x.tenant.as_bytes()),
+            name: "Acme".into(),
+            at_micros: T0,
+            ..Default::default()
+        };
+        x.append(format!("tenant-{}-{}", x.tenant, x.tenant), vec![ev("TenantCreated", x.tenant, created)]).await;
+        let pype = pb::PypeCreated {
+            pype_id: Bytes::copy_from_slice(x.pype.as_bytes()),
+            tenant_id: Bytes::copy_from_slice(x.tenant.as_bytes()),
+            name: "Support".into(),
+            at_micros: T0,
+            ..Default::default()
+        };
+        x.append(format!("pype-{}-{}", x.tenant, x.pype), vec![ev("PypeCreated", x.tenant, pype)]).await;
+    }
+    let log = w.log.clone();
+    let user = Uuid::now_v7();
+    w.register(user).await;
+    let requested = pb::SubjectErasureRequested {
+        subject_id: Bytes::copy_from_slice(user.as_bytes()),
+        request_id: Bytes::copy_from_slice(Uuid::now_v7().as_bytes()),
+        at_micros: T0,
+        due_micros: T0 + 30 * 86_400_000_000,
+    };
+    w.append(format!("subject-{}-{user}", w.tenant), vec![ev("SubjectErasureRequested", w.tenant, requested)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, "catalog");
+    let catalog = projections::catalog::CatalogProjection;
+    rebuild(&catalog, &s, &log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+    {
+        let view = s.read().unwrap().unwrap();
+        assert_eq!(projections::catalog::tenants(&view, None, 10).unwrap().len(), 2);
+        let row = projections::catalog::tenant(&view, w.tenant).unwrap().unwrap();
+        assert_eq!((row.pypes, row.subjects, row.created_micros), (1, 1, T0));
+        assert_eq!(projections::catalog::erasures(&view, w.tenant).unwrap().len(), 1);
+        assert_eq!(projections::catalog::open_erasures(&view).unwrap().len(), 1);
+        assert_eq!(projections::catalog::privacy(&view, w.tenant).unwrap().subjects, 1);
+    }
+    let switched = pb::TenantMoveSwitched { to_region: "us".into(), at_micros: T0 + 1, ..Default::default() };
+    w.append(events::stream::moved_stream(w.tenant), vec![ev("TenantMoveSwitched", w.tenant, switched)]).await;
+    let fresh = store(&dir, "catalog-after");
+    rebuild(&catalog, &fresh, &log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+    let view = fresh.read().unwrap().unwrap();
+    assert!(projections::catalog::tenant(&view, w.tenant).unwrap().is_none());
+    assert!(projections::catalog::pypes(&view, w.tenant, None, 10).unwrap().is_empty());
+    assert!(projections::catalog::erasures(&view, w.tenant).unwrap().is_empty());
+    assert_eq!(projections::catalog::privacy(&view, w.tenant).unwrap().subjects, 0);
+    assert_eq!(projections::catalog::tenants(&view, None, 10).unwrap().len(), 1, "the other tenant stays");
+    assert_eq!(projections::catalog::pypes(&view, other.tenant, None, 10).unwrap().len(), 1);
 }

@@ -34,7 +34,7 @@ pub struct HttpState {
     /// The access alerts' counters.
     pub alerts: Arc<app::alerts::Alerts>,
     /// The console (`/console`): its sessions and the metrics history.
-    pub console: Arc<crate::console::Console>,
+    pub console: Arc<crate::console::session::Console>,
 }
 
 /// The access alerts on `/metrics`.
@@ -107,18 +107,6 @@ fn webhook_metrics(body: &mut String, d: &app::delivery::Deliveries) {
         writeln!(body, "pypes_webhook_delivery_seconds_sum {sum}\npypes_webhook_delivery_seconds_count {cumulative}");
 }
 
-/// Bytes of the files under `dir` (two levels: the log and its segments).
-pub(crate) fn dir_bytes(dir: &std::path::Path, depth: u8) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some(if meta.is_dir() { if depth > 0 { dir_bytes(&e.path(), depth - 1) } else { 0 } } else { meta.len() })
-        })
-        .sum()
-}
-
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
@@ -182,7 +170,7 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     sample(&mut body, "pypes_tls_disabled", "gauge", tls_help, u8::from(state.plaintext_behind_mesh));
     if let Some(dir) = &state.log_dir {
         let size_help = "Bytes of the event log's files on disk.";
-        sample(&mut body, "pypes_log_size_bytes", "gauge", size_help, dir_bytes(dir, 2));
+        sample(&mut body, "pypes_log_size_bytes", "gauge", size_help, crate::metrics::dir_bytes(dir, 2));
     }
     if let Some(fsync) = state.log.fsync_latency() {
         body.push_str("# HELP pypes_log_fsync_seconds How long the event log's commit fdatasyncs take.\n# TYPE pypes_log_fsync_seconds histogram\n");
@@ -274,11 +262,13 @@ async fn control_projection(
     }
 }
 
-/// Starts the HTTP server on an already bound listener.
+/// Starts the HTTP server on an already bound listener, with `routes`
+/// (the console's) beside its own.
 pub fn start(
     listener: std::net::TcpListener,
     state: HttpState,
     tls: Option<rustls::ServerConfig>,
+    routes: fn(&mut web::ServiceConfig),
 ) -> std::io::Result<ServerHandle> {
     let server = HttpServer::new(move || {
         App::new()
@@ -288,7 +278,7 @@ pub fn start(
             .route("/metrics", web::get().to(metrics))
             .route("/admin/projections", web::get().to(list_projections))
             .route("/admin/projections/{name}/{action}", web::post().to(control_projection))
-            .configure(crate::console::routes)
+            .configure(routes)
     })
     .workers(1)
     .disable_signals();

@@ -86,6 +86,18 @@ pub const METHODS: &[&str] = &[
     "AdoptMove",
 ];
 
+/// Bytes of the files under `dir` (two levels: the log and its segments).
+pub fn dir_bytes(dir: &std::path::Path, depth: u8) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some(if meta.is_dir() { if depth > 0 { dir_bytes(&e.path(), depth - 1) } else { 0 } } else { meta.len() })
+        })
+        .sum()
+}
+
 /// gRPC status codes 0..=16.
 const CODES: usize = 17;
 
@@ -163,7 +175,11 @@ impl ApiMetrics {
     /// history takes differences of these).
     pub fn latency_by_method(&self) -> Vec<(&'static str, HistogramSnapshot)> {
         let names = METHODS.iter().copied().chain(std::iter::once("other"));
-        names.zip(self.slots.iter()).filter(|(_, m)| m.latency.count() > 0).map(|(n, m)| (n, m.latency.snapshot())).collect()
+        names
+            .zip(self.slots.iter())
+            .filter(|(_, m)| m.latency.count() > 0)
+            .map(|(n, m)| (n, m.latency.snapshot()))
+            .collect()
     }
 
     pub fn render(&self, actors: &actors::Metrics, live: usize) -> String {

@@ -558,26 +558,34 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
             },
         );
     let grpc_task = tokio::spawn(grpc);
-    let history = crate::console::History::new(config.console_sample_secs);
+    let history = crate::console::history::History::new(config.console_sample_secs);
     // Behind a mesh the browser still reaches pypes over TLS: cookies stay Secure.
     let secure = config.tls.is_some() || config.plaintext_behind_mesh;
-    let console = crate::console::Console::new(console_app, history.clone(), clock.clone(), secure);
+    let console = crate::console::session::Console::new(console_app, history.clone(), clock.clone(), secure);
     let http_state = HttpState {
-            ready: ready_rx,
-            metrics,
-            registry: registry.clone(),
-            views: views.clone(),
-            erasures,
-            admin_sha256: app::auth::sha256(admin.as_bytes()),
-            log: log.clone(),
-            log_dir: matches!(config.log, LogBackend::File { .. }).then(|| config.data_dir.join("log")),
-            plaintext_behind_mesh: config.plaintext_behind_mesh,
-            webhooks: deliveries.clone(),
-            alerts: alerts.clone(),
-            console,
+        ready: ready_rx,
+        metrics,
+        registry: registry.clone(),
+        views: views.clone(),
+        erasures,
+        admin_sha256: app::auth::sha256(admin.as_bytes()),
+        log: log.clone(),
+        log_dir: matches!(config.log, LogBackend::File { .. }).then(|| config.data_dir.join("log")),
+        plaintext_behind_mesh: config.plaintext_behind_mesh,
+        webhooks: deliveries.clone(),
+        alerts: alerts.clone(),
+        console,
     };
-    crate::console::history::spawn(history, http_state.clone());
-    let http = http::start(http_listener, http_state, http_tls)?;
+    let sources = crate::console::history::Sources {
+        ready: http_state.ready.clone(),
+        metrics: http_state.metrics.clone(),
+        registry: http_state.registry.clone(),
+        views: http_state.views.clone(),
+        log: http_state.log.clone(),
+        log_dir: http_state.log_dir.clone(),
+    };
+    crate::console::history::spawn(history, sources);
+    let http = http::start(http_listener, http_state, http_tls, crate::console::pages::routes)?;
     claim.keep();
 
     // Whoever started us may stop reading stdout: a closed pipe must not

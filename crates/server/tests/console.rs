@@ -110,10 +110,7 @@ async fn the_console_in_a_real_browser() {
     let (tenant_b, key_b) = (b.tenant.unwrap().tenant_id, b.api_key);
     let pype = c
         .pypes
-        .create_pype(authed(
-            &key_a,
-            pb::CreatePypeRequest { name: "Support <b>desk</b>".into(), ..Default::default() },
-        ))
+        .create_pype(authed(&key_a, pb::CreatePypeRequest { name: "Support <b>desk</b>".into(), ..Default::default() }))
         .await
         .unwrap()
         .into_inner()
@@ -200,7 +197,10 @@ async fn the_console_in_a_real_browser() {
     let hourly = cells(&ch, &key_a, &pype, pb::Granularity::Hour, from, to).await;
     let (day_from, day_to) = (from / DAY * DAY, (to / DAY + i64::from(to % DAY != 0)) * DAY);
     let daily = cells(&ch, &key_a, &pype, pb::Granularity::Day, day_from, day_to).await;
-    assert!(hourly.contains("null") && hourly.contains("\"sessions\":6"), "the seed gives a shown and a suppressed cell: {hourly}");
+    assert!(
+        hourly.contains("null") && hourly.contains("\"sessions\":6"),
+        "the seed gives a shown and a suppressed cell: {hourly}"
+    );
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
     // Only this run's pictures (docs/console.md copies them from here).

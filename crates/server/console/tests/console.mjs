@@ -173,6 +173,10 @@ try {
   ok(file.certificate.includes(env("ERASE_SUBJECT")) && file.signature.length === 128, "the downloaded certificate names the subject and holds the signature");
   pass("erasure requested from the page with confirmation; certificate verified in the browser and downloaded");
 
+  const openList = await officer.goto(`${URL}/console/privacy`);
+  ok(openList.status() === 200 && (await officer.locator("main h1").innerText()) === "Open erasure requests", "the open erasure requests of every tenant");
+  await shot(officer, "open-erasures");
+
   step = "restriction";
   await officer.goto(`${URL}/console/tenants/${A}/privacy`);
   await officer.fill("#restrict-subject", env("RESTRICT_SUBJECT"));

@@ -9,20 +9,21 @@ use actix_web::{HttpResponse, web};
 pub const FILES: &[(&str, &str, &[u8])] = &[
     ("console.css", "text/css; charset=utf-8", include_bytes!("../../console/assets/console.css")),
     ("console.js", "text/javascript; charset=utf-8", include_bytes!("../../console/assets/console.js")),
-    ("uPlot.iife.min.js", "text/javascript; charset=utf-8", include_bytes!("../../console/assets/vendor/uPlot.iife.min.js")),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../console/assets/vendor/uPlot.iife.min.js"),
+    ),
     ("uPlot.min.css", "text/css; charset=utf-8", include_bytes!("../../console/assets/vendor/uPlot.min.css")),
     ("uPlot.LICENSE", "text/plain; charset=utf-8", include_bytes!("../../console/assets/vendor/uPlot.LICENSE")),
 ];
 
 pub async fn serve(name: web::Path<String>) -> HttpResponse {
     match FILES.iter().find(|(n, _, _)| *n == name.as_str()) {
-        Some((_, ty, bytes)) => super::harden(
-            HttpResponse::Ok()
-                .content_type(*ty)
-                .insert_header(("cache-control", "public, max-age=3600"))
-                .body(*bytes),
+        Some((_, ty, bytes)) => super::session::harden(
+            HttpResponse::Ok().content_type(*ty).insert_header(("cache-control", "public, max-age=3600")).body(*bytes),
         ),
-        None => super::html(
+        None => super::session::html(
             actix_web::http::StatusCode::NOT_FOUND,
             "<!doctype html><title>Not found</title><p>No such console file.</p>".into(),
         ),

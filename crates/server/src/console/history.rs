@@ -11,7 +11,19 @@ use std::time::{Duration, Instant};
 
 use eventlog::stats::HistogramSnapshot;
 
-use crate::http::HttpState;
+use crate::metrics::ApiMetrics;
+
+/// What the history samples (the counters `/metrics` shows).
+#[derive(Clone)]
+pub struct Sources {
+    pub ready: tokio::sync::watch::Receiver<bool>,
+    pub metrics: Arc<ApiMetrics>,
+    pub registry: Arc<actors::Registry>,
+    pub views: Arc<app::views::Views>,
+    pub log: Arc<dyn eventlog::EventLog>,
+    /// The file log's directory (its size is charted); none for databases.
+    pub log_dir: Option<std::path::PathBuf>,
+}
 
 /// Methods shown one by one on the request charts (the busiest in the hour).
 const TOP_METHODS: usize = 6;
@@ -83,16 +95,17 @@ impl History {
     }
 
     /// Takes one sample of `state` now.
-    pub fn sample(&self, state: &HttpState) {
+    pub fn sample(&self, state: &Sources) {
         let now = Instant::now();
-        let by_method: HashMap<&'static str, HistogramSnapshot> = state.metrics.latency_by_method().into_iter().collect();
+        let by_method: HashMap<&'static str, HistogramSnapshot> =
+            state.metrics.latency_by_method().into_iter().collect();
         let fsync = state.log.fsync_latency();
         let mut s = Sample {
             t: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
             ready: *state.ready.borrow(),
             live_actors: state.registry.live_actors() as u64,
             head: state.log.head(),
-            log_bytes: state.log_dir.as_deref().map(|d| crate::http::dir_bytes(d, 2)),
+            log_bytes: state.log_dir.as_deref().map(|d| crate::metrics::dir_bytes(d, 2)),
             lag: state.views.runners.iter().map(|r| (r.name(), r.status().lag_positions)).collect(),
             ..Sample::default()
         };
@@ -129,7 +142,7 @@ impl History {
     }
 
     /// Samples held now.
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.lock().samples.len()
     }
 
@@ -206,7 +219,7 @@ fn add(to: &mut Option<HistogramSnapshot>, h: &HistogramSnapshot) {
 }
 
 /// Samples `state` every interval until the process ends.
-pub fn spawn(history: Arc<History>, state: HttpState) {
+pub fn spawn(history: Arc<History>, state: Sources) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(history.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

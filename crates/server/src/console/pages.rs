@@ -11,7 +11,7 @@ use askama::Template;
 use audit::time::time_text;
 use uuid::Uuid;
 
-use super::{Console, NotSignedIn, SignedIn, html, see_other};
+use super::session::{self, Console, NotSignedIn, SignedIn, html, see_other};
 use crate::http::HttpState;
 
 // ---------------------------------------------------------------- layout
@@ -45,6 +45,7 @@ impl Layout {
                 }
                 links.push(("/console/tenants".into(), "Tenants"));
                 if !matches!(s.principal, Principal::Staff { role: domain::staff::Role::Support, .. }) {
+                    links.push(("/console/privacy".into(), "Privacy"));
                     links.push(("/console/audit".into(), "Audit"));
                 }
             }
@@ -63,7 +64,10 @@ fn render(t: &impl Template) -> HttpResponse {
         Ok(body) => html(StatusCode::OK, body),
         Err(e) => {
             tracing::error!(error = %e, "a console template did not render");
-            html(StatusCode::INTERNAL_SERVER_ERROR, "<!doctype html><title>Error</title><p>The page could not be made; the server log says why.</p>".into())
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Error</title><p>The page could not be made; the server log says why.</p>".into(),
+            )
         }
     }
 }
@@ -136,8 +140,8 @@ fn field<'a>(m: &'a HashMap<String, String>, name: &str) -> &'a str {
 }
 
 /// A path segment that must be a UUID.
-fn uuid_in_path(s: &SignedIn, what: &str, text: &str) -> Result<Uuid, HttpResponse> {
-    Uuid::try_parse(text).map_err(|_| bad_input(s, format!("{what} in the address is not a UUID")))
+fn uuid_in_path(s: &SignedIn, what: &str, text: &str) -> Result<Uuid, Box<HttpResponse>> {
+    Uuid::try_parse(text).map_err(|_| Box::new(bad_input(s, format!("{what} in the address is not a UUID"))))
 }
 
 /// Only the console's own pages are places to go back to after sign-in.
@@ -147,38 +151,45 @@ fn safe_next(next: &str) -> &str {
 }
 
 /// The signed-in browser, or the answer that sends it to sign in.
-async fn signed(c: &Console, req: &HttpRequest) -> Result<SignedIn, HttpResponse> {
+async fn signed(c: &Console, req: &HttpRequest) -> Result<SignedIn, Box<HttpResponse>> {
     match c.signed_in(req) {
         Ok(s) => Ok(s),
         Err(NotSignedIn::Missing) => {
-            let next = format!("{}{}", req.path(), if req.query_string().is_empty() { String::new() } else { format!("?{}", req.query_string()) });
-            let to = format!("/console/sign-in?next={}", serde_urlencoded::to_string([("n", next.as_str())]).unwrap_or_default().trim_start_matches("n="));
-            Err(see_other(&to))
+            let next = format!(
+                "{}{}",
+                req.path(),
+                if req.query_string().is_empty() { String::new() } else { format!("?{}", req.query_string()) }
+            );
+            let to = format!(
+                "/console/sign-in?next={}",
+                serde_urlencoded::to_string([("n", next.as_str())]).unwrap_or_default().trim_start_matches("n=")
+            );
+            Err(Box::new(see_other(&to)))
         }
         Err(NotSignedIn::Expired) => {
             c.app.console_note("console.session_expired", "refused", req.path().to_string()).await;
-            Err(sign_in_page(
+            Err(Box::new(sign_in_page(
                 c,
                 StatusCode::UNAUTHORIZED,
                 "Your console session has ended (idle too long, or past its lifetime, or the server restarted). Sign in again.",
                 req.path(),
-            ))
+            )))
         }
     }
 }
 
 /// Checks a POST's CSRF token; a missing or wrong one is refused and audited.
-async fn csrf_ok(c: &Console, s: &SignedIn, f: &HashMap<String, String>, path: &str) -> Result<(), HttpResponse> {
-    if super::same(field(f, "csrf"), &s.csrf) {
+async fn csrf_ok(c: &Console, s: &SignedIn, f: &HashMap<String, String>, path: &str) -> Result<(), Box<HttpResponse>> {
+    if session::same(field(f, "csrf"), &s.csrf) {
         return Ok(());
     }
     c.app.console_note("console.csrf_refused", "refused", path.to_string()).await;
-    Err(error_page(
+    Err(Box::new(error_page(
         Layout::new(s, "Refused", ""),
         StatusCode::FORBIDDEN,
         "This form was not sent by a page of this console session (its CSRF token is missing or wrong). Reload the page and send it again."
             .into(),
-    ))
+    )))
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -193,8 +204,13 @@ struct SignInPage {
 }
 
 fn sign_in_page(c: &Console, status: StatusCode, notice: &str, next: &str) -> HttpResponse {
-    let csrf = super::random_hex();
-    let page = SignInPage { l: Layout::anonymous("Sign in"), notice: notice.into(), csrf: csrf.clone(), next: safe_next(next).into() };
+    let csrf = session::random_hex();
+    let page = SignInPage {
+        l: Layout::anonymous("Sign in"),
+        notice: notice.into(),
+        csrf: csrf.clone(),
+        next: safe_next(next).into(),
+    };
     let mut r = render(&page);
     *r.status_mut() = status;
     let cookie = c.set_cookie(c.pre_cookie_name(), &csrf, 3600);
@@ -220,8 +236,8 @@ async fn sign_in(req: HttpRequest, state: web::Data<HttpState>, body: web::Bytes
         Err(e) => return sign_in_page(c, StatusCode::BAD_REQUEST, &e, ""),
     };
     let next = field(&f, "next").to_string();
-    let pre = super::cookie(&req, c.pre_cookie_name()).unwrap_or_default();
-    if !super::same(field(&f, "csrf"), &pre) {
+    let pre = session::cookie(&req, c.pre_cookie_name()).unwrap_or_default();
+    if !session::same(field(&f, "csrf"), &pre) {
         c.app.console_note("console.csrf_refused", "refused", "/console/sign-in".into()).await;
         return sign_in_page(
             c,
@@ -252,7 +268,9 @@ async fn sign_in(req: HttpRequest, state: web::Data<HttpState>, body: web::Bytes
             c.succeeded(addr);
             let token = c.start(key, principal);
             let mut r = see_other(safe_next(&next));
-            for cookie in [c.set_cookie(c.cookie_name(), &token, c.lifetime_secs), c.set_cookie(c.pre_cookie_name(), "", 0)] {
+            for cookie in
+                [c.set_cookie(c.cookie_name(), &token, c.lifetime_secs), c.set_cookie(c.pre_cookie_name(), "", 0)]
+            {
                 if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&cookie) {
                     r.headers_mut().append(actix_web::http::header::SET_COOKIE, v);
                 }
@@ -272,14 +290,14 @@ async fn sign_out(req: HttpRequest, state: web::Data<HttpState>, body: web::Byte
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = match form(&body) {
         Ok(f) => f,
         Err(e) => return bad_input(&s, e),
     };
     if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return r;
+        return *r;
     }
     c.end(&req);
     // The key may have been revoked meanwhile: the sign-out holds anyway.
@@ -299,7 +317,7 @@ async fn home(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
             _ if s.is_operator() => see_other("/console/overview"),
             _ => see_other("/console/tenants"),
         },
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -335,7 +353,7 @@ async fn overview(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(e) = c.call("ReadNodeMetrics", c.app.console_operator(&s.credentials(None))).await {
         return refused(&s, e);
@@ -355,13 +373,16 @@ async fn overview(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse
         l: Layout::new(&s, "Overview", "/console/overview"),
         ready: *state.ready.borrow(),
         head: state.log.head(),
-        log_size: state.log_dir.as_deref().map_or_else(|| "(database)".into(), |d| bytes_text(crate::http::dir_bytes(d, 2))),
+        log_size: state
+            .log_dir
+            .as_deref()
+            .map_or_else(|| "(database)".into(), |d| bytes_text(crate::metrics::dir_bytes(d, 2))),
         live_actors: state.registry.live_actors() as u64,
         rate: format!("{:.1}", latest.rate),
         p99: ms(latest.p99_ms),
         fsync_p99: ms(latest.fsync_p99_ms),
         interval: c.history.interval.as_secs(),
-        samples: c.history.len(),
+        samples: c.history.held(),
         capacity: c.history.capacity(),
         projections,
     };
@@ -371,10 +392,11 @@ async fn overview(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse
 async fn metrics_json(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let c = console(&state);
     let fail = |status: StatusCode, message: String| {
-        super::harden(HttpResponse::build(status).content_type("application/json").body(format!(
-            "{{\"error\":{}}}",
-            app::certificate::json_str(&message)
-        )))
+        session::harden(
+            HttpResponse::build(status)
+                .content_type("application/json")
+                .body(format!("{{\"error\":{}}}", app::certificate::json_str(&message))),
+        )
     };
     let s = match c.signed_in(&req) {
         Ok(s) => s,
@@ -384,7 +406,7 @@ async fn metrics_json(req: HttpRequest, state: web::Data<HttpState>) -> HttpResp
         let (code, message) = e.answer();
         return fail(StatusCode::from_u16(code.http()).unwrap_or(StatusCode::FORBIDDEN), message);
     }
-    super::harden(HttpResponse::Ok().content_type("application/json").body(c.history.json()))
+    session::harden(HttpResponse::Ok().content_type("application/json").body(c.history.json()))
 }
 
 // ---------------------------------------------------------------- tenants
@@ -420,7 +442,7 @@ async fn tenants(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = match query(&req) {
         Ok(q) => q,
@@ -435,9 +457,9 @@ async fn tenants(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse 
     let rows = page
         .tenants
         .iter()
-        .map(|t| TenantRow {
+        .map(|(t, name)| TenantRow {
             id: id_text(&t.tenant_id),
-            name: t.name.clone(),
+            name: name.clone(),
             created: time_text(t.created_micros),
             state: tenant_state(t.cancelled_micros, t.shredded_micros),
             pypes: t.pypes,
@@ -484,11 +506,11 @@ async fn tenant(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<S
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = match uuid_in_path(&s, "the tenant", &path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = match query(&req) {
         Ok(q) => q,
@@ -502,9 +524,9 @@ async fn tenant(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<S
     let pypes = page
         .pypes
         .iter()
-        .map(|(p, o)| PypeRow {
+        .map(|(p, name, o)| PypeRow {
             id: id_text(&p.pype_id),
-            name: p.name.clone(),
+            name: name.clone(),
             created: time_text(p.created_micros),
             state: if p.archived_micros != 0 { "archived" } else { "open" },
             total: o.sessions_total,
@@ -605,7 +627,11 @@ fn cells(answers: &[projections::analytics::CellAnswer]) -> (Vec<CellRow>, Strin
     let json = answers
         .iter()
         .map(|a| match &a.cell {
-            Some(c) => format!("{{\"t\":{},\"sessions\":{},\"suppressed\":false}}", a.bucket_start_micros / 1_000_000, c.sessions),
+            Some(c) => format!(
+                "{{\"t\":{},\"sessions\":{},\"suppressed\":false}}",
+                a.bucket_start_micros / 1_000_000,
+                c.sessions
+            ),
             None => format!("{{\"t\":{},\"sessions\":null,\"suppressed\":true}}", a.bucket_start_micros / 1_000_000),
         })
         .collect::<Vec<_>>()
@@ -626,12 +652,13 @@ async fn pype(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(St
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (tenant_text, pype_text) = path.into_inner();
-    let (tenant, pype) = match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Pype", &pype_text)) {
+    let (tenant, pype) = match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Pype", &pype_text))
+    {
         (Ok(t), Ok(p)) => (t, p),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     let q = match query(&req) {
         Ok(q) => q,
@@ -701,6 +728,8 @@ async fn pype(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(St
 // ---------------------------------------------------------------- privacy
 
 struct ErasureLine {
+    tenant: String,
+    name: String,
     subject: String,
     requested: String,
     due: String,
@@ -728,49 +757,81 @@ struct PrivacyPage {
     exports: Vec<(String, String, String)>,
 }
 
+/// One erasure request as the privacy pages list it: status and time left.
+fn erasure_line(tenant: Uuid, name: &str, e: &proto::views::ErasureRow, now: i64) -> ErasureLine {
+    let (status, class, left) = if e.certified_micros != 0 {
+        ("certified", "state-ok", format!("done {}", time_text(e.certified_micros)))
+    } else if e.due_micros <= now {
+        ("overdue", "state-bad", format!("overdue by {}", duration_text(now - e.due_micros)))
+    } else {
+        ("open", "state-warn", format!("{} left", duration_text(e.due_micros - now)))
+    };
+    ErasureLine {
+        tenant: tenant.to_string(),
+        name: name.to_string(),
+        subject: id_text(&e.subject_id),
+        requested: t(e.requested_micros),
+        due: t(e.due_micros),
+        status,
+        class,
+        left,
+        certified: e.certified_micros != 0,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/erasures.html")]
+struct OpenErasuresPage {
+    l: Layout,
+    rows: Vec<ErasureLine>,
+}
+
+async fn open_erasures(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
+    let c = console(&state);
+    let s = match signed(c, &req).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let open = match c.call("ListPrivacyRequests", c.app.console_open_erasures(&s.credentials(None))).await {
+        Ok(o) => o,
+        Err(e) => return refused(&s, e),
+    };
+    let now = audit::time::now_micros();
+    let rows = open
+        .iter()
+        .map(|(t, name, e)| erasure_line(Uuid::from_slice(&t.tenant_id).unwrap_or_default(), name, e, now))
+        .collect();
+    render(&OpenErasuresPage { l: Layout::new(&s, "Open erasure requests", "/console/privacy"), rows })
+}
+
 fn duration_text(micros: i64) -> String {
     let secs = micros.abs() / 1_000_000;
     let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    if d > 0 { format!("{d} d {h} h") } else if h > 0 { format!("{h} h {m} min") } else { format!("{m} min") }
+    if d > 0 {
+        format!("{d} d {h} h")
+    } else if h > 0 {
+        format!("{h} h {m} min")
+    } else {
+        format!("{m} min")
+    }
 }
 
 async fn privacy(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<String>) -> HttpResponse {
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = match uuid_in_path(&s, "the tenant", &path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let page = match c.call("ListPrivacyRequests", c.app.console_privacy(&s.credentials(Some(id)), &path)).await {
         Ok(p) => p,
         Err(e) => return refused(&s, e),
     };
     let now = audit::time::now_micros();
-    let erasures = page
-        .erasures
-        .iter()
-        .map(|e| {
-            let (status, class, left) = if e.certified_micros != 0 {
-                ("certified", "state-ok", format!("done {}", time_text(e.certified_micros)))
-            } else if e.due_micros <= now {
-                ("overdue", "state-bad", format!("overdue by {}", duration_text(now - e.due_micros)))
-            } else {
-                ("open", "state-warn", format!("{} left", duration_text(e.due_micros - now)))
-            };
-            ErasureLine {
-                subject: id_text(&e.subject_id),
-                requested: t(e.requested_micros),
-                due: t(e.due_micros),
-                status,
-                class,
-                left,
-                certified: e.certified_micros != 0,
-            }
-        })
-        .collect();
+    let erasures = page.erasures.iter().map(|e| erasure_line(id, &page.tenant.name, e, now)).collect();
     let offboarding = match &page.offboarding {
         Some(o) if o.shredded_at_micros != 0 => {
             format!("Offboarded: cancelled {}, keys shredded {}.", t(o.cancelled_at_micros), t(o.shredded_at_micros))
@@ -789,8 +850,13 @@ async fn privacy(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
         tenant: id.to_string(),
         name: page.tenant.name.clone(),
         csrf: s.csrf.clone(),
-        // Support may not make privacy requests (the policy refuses it anyway).
-        may_act: !matches!(s.principal, Principal::Staff { role: domain::staff::Role::Support, .. }),
+        // Whoever the policy lets make privacy requests (the calls check again).
+        may_act: matches!(
+            s.principal,
+            Principal::Admin
+                | Principal::Tenant(_)
+                | Principal::Staff { role: domain::staff::Role::PrivacyOfficer, .. }
+        ),
         offboarding,
         erasures,
         restricted: page.summary.restricted.iter().map(|(s, at)| (s.to_string(), t(*at))).collect(),
@@ -801,7 +867,10 @@ async fn privacy(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
             .pype_retention
             .iter()
             .map(|(_, name, days)| {
-                (name.clone(), days.map_or_else(|| format!("the tenant's ({})", retention_text(retention_days)), retention_text))
+                (
+                    name.clone(),
+                    days.map_or_else(|| format!("the tenant's ({})", retention_text(retention_days)), retention_text),
+                )
             })
             .collect(),
         exports: page.exports.iter().map(|e| (time_text(e.at_micros), e.actor.clone(), e.target.clone())).collect(),
@@ -830,18 +899,18 @@ async fn request_erasure(
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = match form(&body) {
         Ok(f) => f,
         Err(e) => return bad_input(&s, e),
     };
     if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return r;
+        return *r;
     }
     let tenant = match uuid_in_path(&s, "the tenant", &path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let subject = field(&f, "subject");
     if Uuid::try_parse(subject).is_err() {
@@ -877,18 +946,18 @@ async fn restriction(
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = match form(&body) {
         Ok(f) => f,
         Err(e) => return bad_input(&s, e),
     };
     if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return r;
+        return *r;
     }
     let tenant = match uuid_in_path(&s, "the tenant", &path) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let subject = field(&f, "subject");
     if Uuid::try_parse(subject).is_err() {
@@ -950,14 +1019,16 @@ async fn erasure(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (tenant_text, subject_text) = path.into_inner();
     let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let status = match c.call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text)).await
+    let status = match c
+        .call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text))
+        .await
     {
         Ok((_, st)) => st,
         Err(e) => return refused(&s, e),
@@ -966,7 +1037,9 @@ async fn erasure(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
     let certified = !status.certificate.is_empty();
     let (server_ok, server_check) = if certified {
         match app::certificate::verify(&status.certificate, &status.signature, &public_key) {
-            Ok(()) => (true, "Checked by the server: the signature is valid (Ed25519, the erasure public key).".to_string()),
+            Ok(()) => {
+                (true, "Checked by the server: the signature is valid (Ed25519, the erasure public key).".to_string())
+            }
             Err(e) => (false, format!("Checked by the server: the signature is NOT valid: {e}")),
         }
     } else {
@@ -997,14 +1070,16 @@ async fn certificate_file(
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (tenant_text, subject_text) = path.into_inner();
     let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let status = match c.call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text)).await
+    let status = match c
+        .call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text))
+        .await
     {
         Ok((_, st)) if !st.certificate.is_empty() => st,
         Ok(_) => return error_page(Layout::new(&s, "Not yet", ""), StatusCode::CONFLICT, "not certified yet".into()),
@@ -1018,7 +1093,7 @@ async fn certificate_file(
         json(&c.app.erasure_public_key())
     );
     let name = Uuid::try_parse(&subject_text).map_or_else(|_| "subject".into(), |u| u.to_string());
-    super::harden(
+    session::harden(
         HttpResponse::Ok()
             .content_type("application/json")
             .insert_header(("content-disposition", format!("attachment; filename=\"erasure-{name}.json\"")))
@@ -1049,7 +1124,7 @@ async fn audit_page(req: HttpRequest, state: web::Data<HttpState>) -> HttpRespon
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let q = match query(&req) {
         Ok(q) => q,
@@ -1106,7 +1181,9 @@ async fn audit_page(req: HttpRequest, state: web::Data<HttpState>) -> HttpRespon
         grants: page
             .grants
             .iter()
-            .map(|(g, staff, tenant, reason, exp)| (g.to_string(), staff.to_string(), tenant.to_string(), reason.clone(), t(*exp)))
+            .map(|(g, staff, tenant, reason, exp)| {
+                (g.to_string(), staff.to_string(), tenant.to_string(), reason.clone(), t(*exp))
+            })
             .collect(),
         shown: page.entries.len(),
         matched: page.matched,
@@ -1152,12 +1229,12 @@ async fn session(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (tenant_text, session_text) = path.into_inner();
     let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let creds = s.credentials(Some(tenant));
     let page = match c.call("GetSessionView", c.app.console_session(&creds, &tenant_text, &session_text)).await {
@@ -1184,7 +1261,9 @@ async fn session(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
         Principal::Admin => "The admin key does not read content. A staff member opens a break-glass grant (with a reason) to read it; that access is audited.".to_string(),
         _ => "Message content is not shown: reading it needs a break-glass grant for this tenant, with a reason. Opening one is audited, and every read under it too.".to_string(),
     };
-    let grant = page.grant.map_or_else(String::new, |(g, exp)| format!("Break-glass grant {g} is open until {}: every read is audited.", t(exp)));
+    let grant = page.grant.map_or_else(String::new, |(g, exp)| {
+        format!("Break-glass grant {g} is open until {}: every read is audited.", t(exp))
+    });
     render(&SessionPage {
         l: Layout::new(&s, "Session", ""),
         tenant: tenant.to_string(),
@@ -1199,9 +1278,20 @@ async fn session(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<
         participants: r
             .participants
             .iter()
-            .map(|p| format!("{} ({}{})", id_text(&p.participant_id), kind_text(p.kind), if p.present { "" } else { ", left" }))
+            .map(|p| {
+                format!(
+                    "{} ({}{})",
+                    id_text(&p.participant_id),
+                    kind_text(p.kind),
+                    if p.present { "" } else { ", left" }
+                )
+            })
             .collect(),
-        horizons: r.horizons.iter().map(|h| format!("{} read up to #{}", id_text(&h.participant_id), h.up_to)).collect(),
+        horizons: r
+            .horizons
+            .iter()
+            .map(|h| format!("{} read up to #{}", id_text(&h.participant_id), h.up_to))
+            .collect(),
         may_read: page.may_read,
         may_break_glass: matches!(s.principal, Principal::Staff { .. }),
         grant,
@@ -1220,20 +1310,21 @@ async fn break_glass(
     let c = console(&state);
     let s = match signed(c, &req).await {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = match form(&body) {
         Ok(f) => f,
         Err(e) => return bad_input(&s, e),
     };
     if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return r;
+        return *r;
     }
     let (tenant_text, session_text) = path.into_inner();
-    let (tenant, session) = match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Session", &session_text)) {
-        (Ok(t), Ok(x)) => (t, x),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+    let (tenant, session) =
+        match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Session", &session_text)) {
+            (Ok(t), Ok(x)) => (t, x),
+            (Err(r), _) | (_, Err(r)) => return *r,
+        };
     let reason = field(&f, "reason").to_string();
     let minutes: i64 = match field(&f, "minutes").parse() {
         Ok(m) if (1..=240).contains(&m) => m,
@@ -1247,14 +1338,21 @@ async fn break_glass(
             warning: format!(
                 "For {minutes} minutes you may read this tenant's content. The grant, its reason and every read are written to the audit trail, and privileged-access alerts may fire."
             ),
-            facts: vec![("Tenant".into(), tenant.to_string()), ("Reason".into(), reason.clone()), ("Minutes".into(), minutes.to_string())],
+            facts: vec![
+                ("Tenant".into(), tenant.to_string()),
+                ("Reason".into(), reason.clone()),
+                ("Minutes".into(), minutes.to_string()),
+            ],
             action: req.path().to_string(),
             hidden: vec![("reason".into(), reason), ("minutes".into(), minutes.to_string())],
             button: "Open the grant".into(),
             back,
         });
     }
-    match c.call("OpenBreakGlass", c.app.open_break_glass(&s.credentials(None), &tenant_text, reason, minutes * 60)).await {
+    match c
+        .call("OpenBreakGlass", c.app.open_break_glass(&s.credentials(None), &tenant_text, reason, minutes * 60))
+        .await
+    {
         Ok(_) => see_other(&back),
         Err(e) => refused(&s, e),
     }
@@ -1288,6 +1386,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/console/tenants/{tenant}/erasures/{subject}", web::get().to(erasure))
         .route("/console/tenants/{tenant}/erasures/{subject}/certificate.json", web::get().to(certificate_file))
         .route("/console/audit", web::get().to(audit_page))
+        .route("/console/privacy", web::get().to(open_erasures))
         .route("/console/tenants/{tenant}/sessions/{session}", web::get().to(session))
         .route("/console/tenants/{tenant}/sessions/{session}/break-glass", web::post().to(break_glass))
         .route("/console/{rest:.*}", web::route().to(not_found));
