@@ -124,7 +124,9 @@ impl App {
         let stream = events::stream::stream_name(kind, tenant, id);
         let first = match self.log.read_stream(&stream, ReadFrom::Start, Direction::Forward, 1).await {
             Ok(first) => first,
-            Err(eventlog::LogError::StreamNotFound { .. } | eventlog::LogError::StreamDeleted { .. }) => return Ok(None),
+            Err(eventlog::LogError::StreamNotFound { .. } | eventlog::LogError::StreamDeleted { .. }) => {
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         let Some(r) = first.first() else { return Ok(None) };
