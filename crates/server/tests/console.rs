@@ -117,22 +117,7 @@ async fn the_console_in_a_real_browser() {
         .pype_id;
     let mut users = Vec::new();
     for i in 0..8 {
-        let u = c
-            .subjects
-            .register_subject(authed(
-                &key_a,
-                pb::RegisterSubjectRequest {
-                    username: format!("user{i}"),
-                    email: format!("user{i}@example.com"),
-                    attested_at_least_13: true,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .subject_id;
-        users.push(u);
+        users.push(common::register(&mut c, &key_a, &format!("user{i}")).await);
     }
     // Analytics: one hour with 6 Sessions (shown, k = 5), one with 2
     // (suppressed), one day earlier with 3 (suppressed), all imported with

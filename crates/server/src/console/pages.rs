@@ -110,6 +110,26 @@ fn bad_input(s: &SignedIn, message: String) -> HttpResponse {
 
 // ---------------------------------------------------------------- helpers
 
+/// The `Ok` value, or return the answer the error already is.
+macro_rules! or_answer {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
+}
+
+/// The application call's answer, or return the page of its refusal.
+macro_rules! or_refused {
+    ($s:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return refused(&$s, e),
+        }
+    };
+}
+
 fn console(state: &HttpState) -> &std::sync::Arc<Console> {
     &state.console
 }
@@ -179,6 +199,39 @@ async fn signed(c: &Console, req: &HttpRequest) -> Result<SignedIn, Box<HttpResp
 }
 
 /// Checks a POST's CSRF token; a missing or wrong one is refused and audited.
+/// A form's sender: signed in, the form readable, its CSRF token right.
+async fn posted(
+    c: &Console,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(SignedIn, HashMap<String, String>), Box<HttpResponse>> {
+    let s = signed(c, req).await?;
+    let f = form(body).map_err(|e| Box::new(bad_input(&s, e)))?;
+    csrf_ok(c, &s, &f, req.path()).await?;
+    Ok((s, f))
+}
+
+/// A form about the tenant in the address: its sender, fields and tenant.
+async fn tenant_form(
+    c: &Console,
+    req: &HttpRequest,
+    tenant: &str,
+    body: &[u8],
+) -> Result<(SignedIn, HashMap<String, String>, Uuid), Box<HttpResponse>> {
+    let (s, f) = posted(c, req, body).await?;
+    let tenant = uuid_in_path(&s, "the tenant", tenant)?;
+    Ok((s, f, tenant))
+}
+
+/// The form's subject id (an end user's UUID).
+fn subject_of<'a>(s: &SignedIn, f: &'a HashMap<String, String>) -> Result<&'a str, Box<HttpResponse>> {
+    let subject = field(f, "subject");
+    match Uuid::try_parse(subject) {
+        Ok(_) => Ok(subject),
+        Err(_) => Err(Box::new(bad_input(s, "subject: give the end user's id (a UUID)".into()))),
+    }
+}
+
 async fn csrf_ok(c: &Console, s: &SignedIn, f: &HashMap<String, String>, path: &str) -> Result<(), Box<HttpResponse>> {
     if session::same(field(f, "csrf"), &s.csrf) {
         return Ok(());
@@ -288,17 +341,7 @@ async fn sign_in(req: HttpRequest, state: web::Data<HttpState>, body: web::Bytes
 
 async fn sign_out(req: HttpRequest, state: web::Data<HttpState>, body: web::Bytes) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let f = match form(&body) {
-        Ok(f) => f,
-        Err(e) => return bad_input(&s, e),
-    };
-    if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return *r;
-    }
+    let (s, _) = or_answer!(posted(c, &req, &body).await);
     c.end(&req);
     // The key may have been revoked meanwhile: the sign-out holds anyway.
     let _ = c.call("ConsoleSignOut", c.app.console_sign_out(&s.credentials(None), "signed_out")).await;
@@ -351,10 +394,7 @@ fn bytes_text(b: u64) -> String {
 
 async fn overview(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = or_answer!(signed(c, &req).await);
     if let Err(e) = c.call("ReadNodeMetrics", c.app.console_operator(&s.credentials(None))).await {
         return refused(&s, e);
     }
@@ -440,19 +480,10 @@ fn tenant_state(cancelled: i64, shredded: i64) -> &'static str {
 
 async fn tenants(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(e) => return bad_input(&s, e),
-    };
+    let s = or_answer!(signed(c, &req).await);
+    let q = or_answer!(query(&req).map_err(|e| Box::new(bad_input(&s, e))));
     let (search, after) = (field(&q, "q"), field(&q, "after"));
-    let page = match c.call("ListTenants", c.app.console_tenants(&s.credentials(None), search, after)).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let page = or_refused!(s, c.call("ListTenants", c.app.console_tenants(&s.credentials(None), search, after)).await);
     let enc = |k: &str, v: &str| serde_urlencoded::to_string([(k, v)]).unwrap_or_default();
     let rows = page
         .tenants
@@ -504,23 +535,11 @@ fn retention_text(days: u32) -> String {
 
 async fn tenant(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<String>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let id = match uuid_in_path(&s, "the tenant", &path) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(e) => return bad_input(&s, e),
-    };
+    let s = or_answer!(signed(c, &req).await);
+    let id = or_answer!(uuid_in_path(&s, "the tenant", &path));
+    let q = or_answer!(query(&req).map_err(|e| Box::new(bad_input(&s, e))));
     let after = field(&q, "after");
-    let page = match c.call("ListPypes", c.app.console_tenant(&s.credentials(Some(id)), &path, after)).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let page = or_refused!(s, c.call("ListPypes", c.app.console_tenant(&s.credentials(Some(id)), &path, after)).await);
     let pypes = page
         .pypes
         .iter()
@@ -650,20 +669,14 @@ fn session_state(state: i32) -> &'static str {
 
 async fn pype(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(String, String)>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = or_answer!(signed(c, &req).await);
     let (tenant_text, pype_text) = path.into_inner();
     let (tenant, pype) = match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Pype", &pype_text))
     {
         (Ok(t), Ok(p)) => (t, p),
         (Err(r), _) | (_, Err(r)) => return *r,
     };
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(e) => return bad_input(&s, e),
-    };
+    let q = or_answer!(query(&req).map_err(|e| Box::new(bad_input(&s, e))));
     const HOUR: i64 = 3_600_000_000;
     let now = audit::time::now_micros();
     let parse = |name: &str, default: i64| -> Result<i64, String> {
@@ -680,10 +693,7 @@ async fn pype(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(St
     let after = field(&q, "after");
     let creds = s.credentials(Some(tenant));
     let call = c.app.console_pype(&creds, &tenant_text, &pype_text, range, after);
-    let page = match c.call("QueryAnalytics", call).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let page = or_refused!(s, c.call("QueryAnalytics", call).await);
     let (hourly, hourly_json) = cells(&page.hourly);
     let (daily, daily_json) = cells(&page.daily);
     let sessions = page
@@ -788,14 +798,8 @@ struct OpenErasuresPage {
 
 async fn open_erasures(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let open = match c.call("ListPrivacyRequests", c.app.console_open_erasures(&s.credentials(None))).await {
-        Ok(o) => o,
-        Err(e) => return refused(&s, e),
-    };
+    let s = or_answer!(signed(c, &req).await);
+    let open = or_refused!(s, c.call("ListPrivacyRequests", c.app.console_open_erasures(&s.credentials(None))).await);
     let now = audit::time::now_micros();
     let rows = open
         .iter()
@@ -818,18 +822,10 @@ fn duration_text(micros: i64) -> String {
 
 async fn privacy(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<String>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let id = match uuid_in_path(&s, "the tenant", &path) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let page = match c.call("ListPrivacyRequests", c.app.console_privacy(&s.credentials(Some(id)), &path)).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let s = or_answer!(signed(c, &req).await);
+    let id = or_answer!(uuid_in_path(&s, "the tenant", &path));
+    let page =
+        or_refused!(s, c.call("ListPrivacyRequests", c.app.console_privacy(&s.credentials(Some(id)), &path)).await);
     let now = audit::time::now_micros();
     let erasures = page.erasures.iter().map(|e| erasure_line(id, &page.tenant.name, e, now)).collect();
     let offboarding = match &page.offboarding {
@@ -897,25 +893,8 @@ async fn request_erasure(
     body: web::Bytes,
 ) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let f = match form(&body) {
-        Ok(f) => f,
-        Err(e) => return bad_input(&s, e),
-    };
-    if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return *r;
-    }
-    let tenant = match uuid_in_path(&s, "the tenant", &path) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let subject = field(&f, "subject");
-    if Uuid::try_parse(subject).is_err() {
-        return bad_input(&s, "subject: give the end user's id (a UUID)".into());
-    }
+    let (s, f, tenant) = or_answer!(tenant_form(c, &req, &path, &body).await);
+    let subject = or_answer!(subject_of(&s, &f));
     let back = format!("/console/tenants/{tenant}/privacy");
     if field(&f, "confirm") != "yes" {
         return render(&ConfirmPage {
@@ -944,25 +923,8 @@ async fn restriction(
     body: web::Bytes,
 ) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let f = match form(&body) {
-        Ok(f) => f,
-        Err(e) => return bad_input(&s, e),
-    };
-    if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return *r;
-    }
-    let tenant = match uuid_in_path(&s, "the tenant", &path) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let subject = field(&f, "subject");
-    if Uuid::try_parse(subject).is_err() {
-        return bad_input(&s, "subject: give the end user's id (a UUID)".into());
-    }
+    let (s, f, tenant) = or_answer!(tenant_form(c, &req, &path, &body).await);
+    let subject = or_answer!(subject_of(&s, &f));
     let restrict = match field(&f, "restrict") {
         "yes" => true,
         "no" => false,
@@ -1017,15 +979,9 @@ struct CertificatePage {
 
 async fn erasure(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(String, String)>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = or_answer!(signed(c, &req).await);
     let (tenant_text, subject_text) = path.into_inner();
-    let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let tenant = or_answer!(uuid_in_path(&s, "the tenant", &tenant_text));
     let status = match c
         .call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text))
         .await
@@ -1068,15 +1024,9 @@ async fn certificate_file(
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = or_answer!(signed(c, &req).await);
     let (tenant_text, subject_text) = path.into_inner();
-    let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let tenant = or_answer!(uuid_in_path(&s, "the tenant", &tenant_text));
     let status = match c
         .call("GetErasure", c.app.get_erasure(&s.credentials(Some(tenant)), &tenant_text, &subject_text))
         .await
@@ -1122,14 +1072,8 @@ struct AuditPage {
 
 async fn audit_page(req: HttpRequest, state: web::Data<HttpState>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let q = match query(&req) {
-        Ok(q) => q,
-        Err(e) => return bad_input(&s, e),
-    };
+    let s = or_answer!(signed(c, &req).await);
+    let q = or_answer!(query(&req).map_err(|e| Box::new(bad_input(&s, e))));
     let time = |name: &str| -> Result<Option<i64>, String> {
         match field(&q, name) {
             "" => Ok(None),
@@ -1155,10 +1099,7 @@ async fn audit_page(req: HttpRequest, state: web::Data<HttpState>) -> HttpRespon
         to_micros: to,
         limit: 200,
     };
-    let page = match c.call("ReadAuditTrail", c.app.console_audit(&s.credentials(None), filter)).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let page = or_refused!(s, c.call("ReadAuditTrail", c.app.console_audit(&s.credentials(None), filter)).await);
     let (verified_ok, verified) = match &page.verified {
         Ok(r) => (
             true,
@@ -1227,20 +1168,12 @@ fn kind_text(kind: i32) -> &'static str {
 
 async fn session(req: HttpRequest, state: web::Data<HttpState>, path: web::Path<(String, String)>) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+    let s = or_answer!(signed(c, &req).await);
     let (tenant_text, session_text) = path.into_inner();
-    let tenant = match uuid_in_path(&s, "the tenant", &tenant_text) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let tenant = or_answer!(uuid_in_path(&s, "the tenant", &tenant_text));
     let creds = s.credentials(Some(tenant));
-    let page = match c.call("GetSessionView", c.app.console_session(&creds, &tenant_text, &session_text)).await {
-        Ok(p) => p,
-        Err(e) => return refused(&s, e),
-    };
+    let page =
+        or_refused!(s, c.call("GetSessionView", c.app.console_session(&creds, &tenant_text, &session_text)).await);
     let mut content = Vec::new();
     if page.may_read {
         match c.call("ListMessages", c.app.list_messages(&creds, &session_text, 0, 100)).await {
@@ -1308,17 +1241,7 @@ async fn break_glass(
     body: web::Bytes,
 ) -> HttpResponse {
     let c = console(&state);
-    let s = match signed(c, &req).await {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let f = match form(&body) {
-        Ok(f) => f,
-        Err(e) => return bad_input(&s, e),
-    };
-    if let Err(r) = csrf_ok(c, &s, &f, req.path()).await {
-        return *r;
-    }
+    let (s, f) = or_answer!(posted(c, &req, &body).await);
     let (tenant_text, session_text) = path.into_inner();
     let (tenant, session) =
         match (uuid_in_path(&s, "the tenant", &tenant_text), uuid_in_path(&s, "the Session", &session_text)) {

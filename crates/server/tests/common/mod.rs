@@ -162,8 +162,24 @@ pub struct Setup {
 /// Another end user of the tenant of `key` (`username`, an email made
 /// from it) with a Session of their own in `pype`: (subject, session).
 pub async fn end_user_with_session(c: &mut Clients, key: &str, pype: &str, username: &str) -> (String, String) {
-    let user = c
-        .subjects
+    let user = register(c, key, username).await;
+    let session = c
+        .sessions
+        .start_session(authed(
+            key,
+            pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.clone(), ..Default::default() },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    (user, session)
+}
+
+/// A new end user of the tenant of `key` (`username`, an email made from
+/// it): their subject id.
+pub async fn register(c: &mut Clients, key: &str, username: &str) -> String {
+    c.subjects
         .register_subject(authed(
             key,
             pb::RegisterSubjectRequest {
@@ -176,18 +192,7 @@ pub async fn end_user_with_session(c: &mut Clients, key: &str, pype: &str, usern
         .await
         .unwrap()
         .into_inner()
-        .subject_id;
-    let session = c
-        .sessions
-        .start_session(authed(
-            key,
-            pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.clone(), ..Default::default() },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id;
-    (user, session)
+        .subject_id
 }
 
 pub async fn setup(c: &mut Clients, username: &str) -> Setup {
