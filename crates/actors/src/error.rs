@@ -27,6 +27,17 @@ pub enum ActorError {
     Unavailable(String),
 }
 
+impl ActorError {
+    /// The log's disk is full (also when a batch shares the failure).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            ActorError::Log(e) => e.is_storage_full(),
+            ActorError::Batch(inner) => inner.is_storage_full(),
+            _ => false,
+        }
+    }
+}
+
 impl From<events::CodecError> for ActorError {
     fn from(e: events::CodecError) -> Self {
         match e {

@@ -25,6 +25,10 @@ pub enum AppError {
     /// Too many attempts (a login lockout); retry later.
     #[error("resource exhausted: {0}")]
     TooMany(String),
+    /// The server's storage is full: writes wait for an operator to free
+    /// space (the text says what could not be written).
+    #[error("storage full: {0}")]
+    StorageFull(String),
     /// Not ready yet (e.g. a view still building); worth a retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -172,9 +176,10 @@ impl AppError {
             },
             AppError::Actor(ActorError::Contended { .. }) => Code::Aborted,
             AppError::Actor(ActorError::Unavailable(_)) => Code::Unavailable,
+            AppError::Actor(e) if e.is_storage_full() => Code::ResourceExhausted,
             AppError::Actor(_) | AppError::Internal(_) => Code::Internal,
             AppError::Unavailable(_) => Code::Unavailable,
-            AppError::TooMany(_) => Code::ResourceExhausted,
+            AppError::TooMany(_) | AppError::StorageFull(_) => Code::ResourceExhausted,
             AppError::DataLoss(_) => Code::DataLoss,
             AppError::OutOfRange(_) => Code::OutOfRange,
             AppError::Deadline(_) => Code::DeadlineExceeded,
@@ -216,6 +221,18 @@ impl AppError {
             AppError::Actor(ActorError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "actor unavailable");
                 "the node is shutting down or overloaded; retry".into()
+            }
+            AppError::Actor(e) if e.is_storage_full() => {
+                tracing::error!(error = %e, "an append failed: the event log's disk is full");
+                "the server's disk is full: writes are refused until an operator frees space (reads still work); \
+                 retry later"
+                    .into()
+            }
+            AppError::StorageFull(m) => {
+                tracing::error!(error = %m, "a write failed: the event log's disk is full");
+                "the server's disk is full: writes are refused until an operator frees space (reads still work); \
+                 retry later"
+                    .into()
             }
             AppError::Actor(other) => note_incident(other.to_string()),
             AppError::Internal(m) => note_incident(m),
@@ -274,6 +291,7 @@ impl From<audit::AuditError> for AppError {
         match e {
             audit::AuditError::Unavailable(m) => Self::Unavailable(m.into()),
             audit::AuditError::Write(m) => Self::Internal(m),
+            audit::AuditError::StorageFull(m) => Self::StorageFull(m),
         }
     }
 }

@@ -54,6 +54,10 @@ pub enum AuditError {
     /// The log refused or failed the append.
     #[error("{0}")]
     Write(String),
+    /// The log's disk is full: nothing can be audited, so nothing that
+    /// must be audited first can be done, until space is freed.
+    #[error("{0}")]
+    StorageFull(String),
 }
 
 /// One thing to audit. Every field is a fixed code or an opaque id.
@@ -85,7 +89,15 @@ impl Record {
     }
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), WriteFailure>>;
+
+/// Why a write of the trail failed, as its waiters hear it.
+#[derive(Debug, Clone)]
+struct WriteFailure {
+    /// The log's disk is full (the append resumes once space is freed).
+    full: bool,
+    text: String,
+}
 
 enum Msg {
     Record(Record, Option<Waiter>),
@@ -173,7 +185,10 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("the audit log is shutting down"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Write(format!("the audit log could not be written: {e}"))),
+            Ok(Err(f)) if f.full => {
+                Err(AuditError::StorageFull(format!("the audit log could not be written: {}", f.text)))
+            }
+            Ok(Err(f)) => Err(AuditError::Write(format!("the audit log could not be written: {}", f.text))),
             Err(_) => Err(AuditError::Unavailable("the audit log is shutting down")),
         }
     }
@@ -198,7 +213,8 @@ impl AuditLog {
         self.tx.send(Msg::Checkpoint(tx)).await.map_err(|_| AuditError::Unavailable("audit writer stopped"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Write(format!("audit checkpoint: {e}"))),
+            Ok(Err(f)) if f.full => Err(AuditError::StorageFull(format!("audit checkpoint: {}", f.text))),
+            Ok(Err(f)) => Err(AuditError::Write(format!("audit checkpoint: {}", f.text))),
             Err(_) => Err(AuditError::Unavailable("audit writer stopped")),
         }
     }
@@ -402,8 +418,10 @@ impl Writer {
                         let path = self.head_path.clone();
                         match tokio::task::spawn_blocking(move || write_atomically(&path, text.as_bytes())).await {
                             Ok(Ok(())) => Ok(()),
-                            Ok(Err(e)) => Err(format!("writing {HEAD_FILE}: {e:#}")),
-                            Err(e) => Err(format!("writing {HEAD_FILE}: {e}")),
+                            Ok(Err(e)) => {
+                                Err(WriteFailure { full: false, text: format!("writing {HEAD_FILE}: {e:#}") })
+                            }
+                            Err(e) => Err(WriteFailure { full: false, text: format!("writing {HEAD_FILE}: {e}") }),
                         }
                     }
                     None => Ok(()),
@@ -417,7 +435,7 @@ impl Writer {
                     self.next_seq = next;
                     self.prev_hash = hash;
                 }
-                Err(e.to_string())
+                Err(WriteFailure { full: e.is_storage_full(), text: e.to_string() })
             }
         };
         for w in waiters {

@@ -81,9 +81,26 @@ pub enum LogError {
     Database { detail: String },
 }
 
+/// ENOSPC or EDQUOT, however the platform spells them.
+pub fn is_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
 impl LogError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         LogError::Io { context: context.into(), source }
+    }
+
+    /// True when the append failed because the disk is full (or over its
+    /// quota): nothing of it was acknowledged, and appends work again by
+    /// themselves once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            LogError::Io { source, .. } => is_full(source),
+            _ => false,
+        }
     }
 
     /// True for errors caused by the caller's input rather than the log.

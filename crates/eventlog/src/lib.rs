@@ -149,6 +149,13 @@ pub trait EventLog: Send + Sync + 'static {
         None
     }
 
+    /// Why appends fail right now, when it is the storage's fault and not
+    /// the caller's (a full disk: appends resume by themselves once space
+    /// is freed); `None` while appends work. Readiness reports it.
+    fn write_trouble(&self) -> Option<String> {
+        None
+    }
+
     /// Replaces the metadata of `stream` (which need not exist yet).
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>>;
 

@@ -365,16 +365,17 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
     for i in 0..20 {
         match log.append("s", ExpectedVersion::Any, vec![ev(&format!("{i} {}", "x".repeat(100)))]).await {
             Ok(r) => acked.push(r),
-            Err(LogError::Io { source, context }) => {
-                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{context}");
+            Err(e) => {
+                assert!(e.is_storage_full(), "{e}");
+                assert!(log.write_trouble().is_some_and(|t| t.contains("disk is full")), "{:?}", log.write_trouble());
                 failures += 1;
             }
-            Err(other) => panic!("unexpected {other}"),
         }
     }
     assert!(failures > 0, "the disk filled up");
     vfs.set_space_limit(None);
     let r = log.append("s", ExpectedVersion::Any, vec![ev("after space returned")]).await.unwrap();
+    assert_eq!(log.write_trouble(), None, "a commit that goes through clears the trouble");
     assert_eq!(r.next_expected_version, acked.len() as u64, "no version was burnt by the failures");
     log.close();
     let log = FileLog::open("/d/log", sim_config(&vfs.crash(CrashMode::DropUnsynced))).unwrap();

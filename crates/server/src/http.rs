@@ -125,6 +125,11 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
             );
         }
     }
+    if let Some(trouble) = state.log.write_trouble() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("writes refused: {trouble}\nreads still work; appends resume once space is freed\n"));
+    }
     if *state.ready.borrow() {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
     } else {
@@ -166,6 +171,8 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     sample(&mut body, "pypes_erasure_requests_overdue", "gauge", overdue_help, overdue);
     let head_help = "The position the next committed event gets (events in the log).";
     sample(&mut body, "pypes_log_head_position", "gauge", head_help, state.log.head());
+    let full_help = "1 while appends fail because the event log's disk is full.";
+    sample(&mut body, "pypes_log_storage_full", "gauge", full_help, u8::from(state.log.write_trouble().is_some()));
     let tls_help = "1 when listening without TLS off loopback (tls.plaintext_behind_mesh).";
     sample(&mut body, "pypes_tls_disabled", "gauge", tls_help, u8::from(state.plaintext_behind_mesh));
     if let Some(dir) = &state.log_dir {

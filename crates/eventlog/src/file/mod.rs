@@ -115,6 +115,7 @@ impl FileLog {
             head: head_tx,
             scavenging: Mutex::new(()),
             poisoned: Mutex::new(None),
+            storage_full: Mutex::new(None),
             witness: config.witness_path(),
             fsync: crate::stats::Histogram::new(crate::stats::FSYNC_BOUNDS),
         });
@@ -177,6 +178,10 @@ impl Drop for FileLog {
 impl EventLog for FileLog {
     fn fsync_latency(&self) -> Option<crate::stats::HistogramSnapshot> {
         Some(self.shared.fsync.snapshot())
+    }
+
+    fn write_trouble(&self) -> Option<String> {
+        self.shared.storage_full()
     }
 
     fn exclusive(&self) -> bool {

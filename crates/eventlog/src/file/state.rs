@@ -253,6 +253,9 @@ pub(super) struct Shared {
     pub(super) witness: Option<PathBuf>,
     /// The commits' fdatasyncs.
     pub(super) fsync: crate::stats::Histogram,
+    /// Set while commits fail because the disk is full (what failed and
+    /// since when); cleared by the next commit that succeeds.
+    pub(super) storage_full: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -266,6 +269,10 @@ impl Shared {
 
     pub(super) fn segment_path(&self, number: u64) -> PathBuf {
         self.segments_dir.join(format::segment_file_name(number))
+    }
+
+    pub(super) fn storage_full(&self) -> Option<String> {
+        self.storage_full.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(super) fn poisoned(&self) -> Option<String> {

@@ -811,7 +811,15 @@ impl Syncer {
         let broken = self.broken.load(Ordering::SeqCst);
         let (live, dead): (Vec<Group>, Vec<Group>) = run.into_iter().partition(|g| g.generation != broken);
         if !dead.is_empty() {
-            let e = LogError::io("appending", std::io::Error::other("an earlier write of the pipeline failed"));
+            // Cut off behind a failed write: a full disk is still named as one.
+            let cause = match self.shared.storage_full() {
+                Some(_) => std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "an earlier write of the pipeline found the disk full",
+                ),
+                None => std::io::Error::other("an earlier write of the pipeline failed"),
+            };
+            let e = LogError::io("appending", cause);
             dead.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
         }
         if live.is_empty() {
@@ -842,6 +850,12 @@ impl Syncer {
             let generation = live.iter().fold(0, |m, g| m.max(g.generation));
             self.broken.store(generation, Ordering::SeqCst);
             warn!(error = %e, "append failed; its write group was cut off");
+            if e.is_storage_full() {
+                let mut full = self.shared.storage_full.lock().unwrap_or_else(|p| p.into_inner());
+                if full.is_none() {
+                    *full = Some(format!("the event log's disk is full: {e}"));
+                }
+            }
             live.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
             return;
         }
@@ -927,6 +941,10 @@ impl Syncer {
     }
 
     fn publish(&self, run: Vec<Group>) {
+        // A commit went through: whatever filled the disk was freed.
+        if self.shared.storage_full().is_some() {
+            *self.shared.storage_full.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         let mut head = None;
         let mut checkpoint = None;
         {
