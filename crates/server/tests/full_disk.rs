@@ -63,6 +63,7 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
     let data = mount.0.join("data");
     let server = start(&data);
     let mut c = clients(&server.grpc).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
     let s = setup(&mut c, "fuller").await;
     // An erasure certified before the disk fills.
     let gone = common::register(&mut c, &s.key, "gone").await;
@@ -120,7 +121,7 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
 
     // Reads keep working on the full disk (the views may lag: they cannot
     // commit either, so a listing may stop short of the newest messages).
-    let listed = list_all(&mut c, &s).await;
+    let listed = common::all_messages(&ch, &s.key, &s.session).await;
     assert!(!listed.is_empty() && listed.len() <= acked.len(), "{} listed of {}", listed.len(), acked.len());
     for (i, m) in listed.iter().enumerate() {
         assert!(m.body.starts_with(&format!("{i} ")), "message {i} in order");
@@ -143,38 +144,21 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
     assert!(ready.contains("ready"), "{ready}");
     assert_eq!(common::metric(&common::metrics_text(&server.http).await, "pypes_log_storage_full"), 0);
     common::wait_projections_caught_up(&server.http).await;
-    assert_eq!(list_all(&mut c, &s).await.len(), acked.len() + 1, "the views caught up once space was freed");
+    assert_eq!(
+        common::all_messages(&ch, &s.key, &s.session).await.len(),
+        acked.len() + 1,
+        "the views caught up once space was freed"
+    );
 
     // After a restart: everything acknowledged, once, in order.
     stop_cleanly(server);
     let server = start(&data);
-    let mut c = clients(&server.grpc).await;
-    let listed = list_all(&mut c, &s).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let listed = common::all_messages(&ch, &s.key, &s.session).await;
     assert_eq!(listed.len(), acked.len() + 1);
     for (i, m) in listed.iter().take(acked.len()).enumerate() {
         assert!(m.body.starts_with(&format!("{i} ")), "message {i}: {}", &m.body[..20.min(m.body.len())]);
     }
     assert_eq!(listed.last().unwrap().body, "after space was freed");
     stop_cleanly(server);
-}
-
-async fn list_all(c: &mut common::Clients, s: &common::Setup) -> Vec<pb::Message> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = c
-            .views
-            .list_messages(authed(
-                &s.key,
-                pb::ListMessagesRequest { session_id: s.session.clone(), after_seq: after, page_size: 500 },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.messages);
-        if page.next_after_seq == 0 {
-            return out;
-        }
-        after = page.next_after_seq;
-    }
 }

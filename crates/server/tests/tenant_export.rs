@@ -64,27 +64,6 @@ impl Exported {
     }
 }
 
-async fn list_messages(ch: &Channel, key: &str, session: &str) -> Vec<pb::Message> {
-    let mut views = pb::view_service_client::ViewServiceClient::new(ch.clone());
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = views
-            .list_messages(authed(
-                key,
-                pb::ListMessagesRequest { session_id: session.into(), after_seq: after, page_size: 500 },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.messages);
-        if page.next_after_seq == 0 {
-            return out;
-        }
-        after = page.next_after_seq;
-    }
-}
-
 async fn list_sessions(ch: &Channel, key: &str, pype: &str) -> Vec<pb::Session> {
     let mut sessions = pb::session_service_client::SessionServiceClient::new(ch.clone());
     let mut out = Vec::new();
@@ -247,7 +226,7 @@ async fn a_hundred_thousand_messages_resumed_after_a_broken_stream_equal_what_th
             assert!(*withheld && m.body.is_empty(), "{m:?}");
             continue;
         }
-        let listed = list_messages(&ch, &s.key, &api.session_id).await;
+        let listed = common::all_messages(&ch, &s.key, &api.session_id).await;
         assert_eq!(messages.len(), listed.len(), "session {}", api.session_id);
         for (e, l) in messages.iter().zip(&listed) {
             assert_eq!(

@@ -918,6 +918,28 @@ pub async fn wait_certified(c: &mut Clients, key: &str, subject: &str) -> pb::Er
     panic!("never certified");
 }
 
+/// Every message of a Session, in order, page by page.
+pub async fn all_messages(ch: &Channel, key: &str, session: &str) -> Vec<pb::Message> {
+    let mut views = pb::view_service_client::ViewServiceClient::new(ch.clone());
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = views
+            .list_messages(authed(
+                key,
+                pb::ListMessagesRequest { session_id: session.into(), after_seq: after, page_size: 500 },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.messages);
+        if page.next_after_seq == 0 {
+            return out;
+        }
+        after = page.next_after_seq;
+    }
+}
+
 /// Those of `files` whose bytes contain `needle` anywhere.
 pub fn containing(files: &[std::path::PathBuf], needle: &str) -> Vec<std::path::PathBuf> {
     files
