@@ -222,18 +222,8 @@ impl AppError {
                 tracing::warn!(error = %m, "actor unavailable");
                 "the node is shutting down or overloaded; retry".into()
             }
-            AppError::Actor(e) if e.is_storage_full() => {
-                tracing::error!(error = %e, "an append failed: the event log's disk is full");
-                "the server's disk is full: writes are refused until an operator frees space (reads still work); \
-                 retry later"
-                    .into()
-            }
-            AppError::StorageFull(m) => {
-                tracing::error!(error = %m, "a write failed: the event log's disk is full");
-                "the server's disk is full: writes are refused until an operator frees space (reads still work); \
-                 retry later"
-                    .into()
-            }
+            AppError::Actor(e) if e.is_storage_full() => disk_full(&e),
+            AppError::StorageFull(m) => disk_full(&m),
             AppError::Actor(other) => note_incident(other.to_string()),
             AppError::Internal(m) => note_incident(m),
             AppError::Unavailable(m)
@@ -248,6 +238,12 @@ impl AppError {
         };
         (code, message, noted)
     }
+}
+
+/// The answer to a write the full disk refused (the cause goes to the log).
+fn disk_full(cause: &dyn std::fmt::Display) -> String {
+    tracing::error!(error = %cause, "a write failed: the event log's disk is full");
+    "the server's disk is full: writes are refused until an operator frees space (reads still work); retry later".into()
 }
 
 fn incident(cause: String) -> (String, uuid::Uuid) {

@@ -560,6 +560,26 @@ impl AuditChecker {
     }
 }
 
+/// Calls `visit` with every event of every audit stream of `log`, in log
+/// order, a page at a time; stops at the first error `visit` returns.
+async fn each_audit_event(
+    log: &dyn EventLog,
+    mut visit: impl FnMut(&RecordedEvent) -> Result<(), String>,
+) -> Result<(), String> {
+    let filter = eventlog::EventFilter::stream_prefix(STREAM_PREFIX);
+    let mut from = 0;
+    loop {
+        let page = log.read_all(from, 4096, &filter).await.map_err(|e| e.to_string())?;
+        for e in &page.events {
+            visit(e)?;
+        }
+        if page.next_position == from || page.next_position >= page.head {
+            return Ok(());
+        }
+        from = page.next_position;
+    }
+}
+
 /// Reads every audit stream of `log`, checks it with `key` and `head`
 /// (the signed head's text, when there is one) and returns the report
 /// and the entries `keep` wants.
@@ -571,22 +591,28 @@ pub async fn check_trail(
 ) -> Result<(AuditReport, Vec<TrailEntry>), String> {
     let mut checker = AuditChecker::new(key);
     let mut entries = Vec::new();
-    let filter = eventlog::EventFilter::stream_prefix(STREAM_PREFIX);
-    let mut from = 0;
-    loop {
-        let page = log.read_all(from, 4096, &filter).await.map_err(|e| e.to_string())?;
-        for e in &page.events {
-            checker.visit(e)?;
-            if let Some(entry) = TrailEntry::read(e).filter(&mut keep) {
-                entries.push(entry);
-            }
-        }
-        if page.next_position == from || page.next_position >= page.head {
-            break;
-        }
-        from = page.next_position;
-    }
+    each_audit_event(log, |e| {
+        checker.visit(e)?;
+        entries.extend(TrailEntry::read(e).filter(&mut keep));
+        Ok(())
+    })
+    .await?;
     Ok((checker.finish(head)?, entries))
+}
+
+/// The entries `keep` wants, read **without** checking the chain (a list
+/// that only shows entries; `check_trail` is the verification).
+pub async fn read_trail(
+    log: &dyn EventLog,
+    mut keep: impl FnMut(&TrailEntry) -> bool,
+) -> Result<Vec<TrailEntry>, String> {
+    let mut entries = Vec::new();
+    each_audit_event(log, |e| {
+        entries.extend(TrailEntry::read(e).filter(&mut keep));
+        Ok(())
+    })
+    .await?;
+    Ok(entries)
 }
 
 /// One audit entry as `pypes audit trail` shows it.

@@ -116,6 +116,7 @@ impl FileLog {
             scavenging: Mutex::new(()),
             poisoned: Mutex::new(None),
             storage_full: Mutex::new(None),
+            storage_full_flag: Default::default(),
             witness: config.witness_path(),
             fsync: crate::stats::Histogram::new(crate::stats::FSYNC_BOUNDS),
         });

@@ -253,9 +253,12 @@ pub(super) struct Shared {
     pub(super) witness: Option<PathBuf>,
     /// The commits' fdatasyncs.
     pub(super) fsync: crate::stats::Histogram,
-    /// Set while commits fail because the disk is full (what failed and
-    /// since when); cleared by the next commit that succeeds.
+    /// Set while commits fail because the disk is full (what failed);
+    /// cleared by the next commit that succeeds.
     pub(super) storage_full: Mutex<Option<String>>,
+    /// Whether `storage_full` is set: what a commit checks (no lock on the
+    /// commit path while the disk is fine).
+    pub(super) storage_full_flag: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -272,7 +275,17 @@ impl Shared {
     }
 
     pub(super) fn storage_full(&self) -> Option<String> {
+        if !self.storage_full_flag.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         self.storage_full.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notes (or, with `None`, clears) why commits fail for want of space.
+    pub(super) fn set_storage_full(&self, why: Option<String>) {
+        let mut full = self.storage_full.lock().unwrap_or_else(|e| e.into_inner());
+        self.storage_full_flag.store(why.is_some(), std::sync::atomic::Ordering::Release);
+        *full = why;
     }
 
     pub(super) fn poisoned(&self) -> Option<String> {

@@ -850,11 +850,8 @@ impl Syncer {
             let generation = live.iter().fold(0, |m, g| m.max(g.generation));
             self.broken.store(generation, Ordering::SeqCst);
             warn!(error = %e, "append failed; its write group was cut off");
-            if e.is_storage_full() {
-                let mut full = self.shared.storage_full.lock().unwrap_or_else(|p| p.into_inner());
-                if full.is_none() {
-                    *full = Some(format!("the event log's disk is full: {e}"));
-                }
+            if e.is_storage_full() && self.shared.storage_full().is_none() {
+                self.shared.set_storage_full(Some(format!("the event log's disk is full: {e}")));
             }
             live.into_iter().flat_map(|g| g.replies).for_each(|r| r.fail(&e).send());
             return;
@@ -941,9 +938,10 @@ impl Syncer {
     }
 
     fn publish(&self, run: Vec<Group>) {
-        // A commit went through: whatever filled the disk was freed.
+        // A commit went through: whatever filled the disk was freed (one
+        // atomic load while the disk is fine).
         if self.shared.storage_full().is_some() {
-            *self.shared.storage_full.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.shared.set_storage_full(None);
         }
         let mut head = None;
         let mut checkpoint = None;

@@ -256,8 +256,21 @@ struct SignInPage {
     next: String,
 }
 
+/// The page of a request the OS's random generator failed.
+fn no_random(e: session::NoRandom) -> HttpResponse {
+    tracing::error!(error = %e.0, "the OS random number generator failed");
+    error_page(
+        Layout::anonymous("Error"),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The server could not make a random token (its random number generator failed); try again.".into(),
+    )
+}
+
 fn sign_in_page(c: &Console, status: StatusCode, notice: &str, next: &str) -> HttpResponse {
-    let csrf = session::random_hex();
+    let csrf = match session::random_hex() {
+        Ok(t) => t,
+        Err(e) => return no_random(e),
+    };
     let page = SignInPage {
         l: Layout::anonymous("Sign in"),
         notice: notice.into(),
@@ -319,7 +332,10 @@ async fn sign_in(req: HttpRequest, state: web::Data<HttpState>, body: web::Bytes
     match c.call("ConsoleSignIn", c.app.console_sign_in(&creds)).await {
         Ok(principal) => {
             c.succeeded(addr);
-            let token = c.start(key, principal);
+            let token = match c.start(key, principal) {
+                Ok(t) => t,
+                Err(e) => return no_random(e),
+            };
             let mut r = see_other(safe_next(&next));
             for cookie in
                 [c.set_cookie(c.cookie_name(), &token, c.lifetime_secs), c.set_cookie(c.pre_cookie_name(), "", 0)]
@@ -886,6 +902,41 @@ struct ConfirmPage {
     back: String,
 }
 
+/// What a confirmation page asks.
+struct Confirm<'a> {
+    heading: &'a str,
+    warning: String,
+    button: &'a str,
+}
+
+/// The confirmation page of the form `req` carried: the same form again
+/// (its `hidden` fields, and `confirm=yes`), each field shown as a fact.
+fn confirm(
+    s: &SignedIn,
+    req: &HttpRequest,
+    back: String,
+    tenant: Uuid,
+    what: Confirm<'_>,
+    hidden: Vec<(&str, String)>,
+) -> HttpResponse {
+    let title = |name: &str| {
+        let mut c = name.chars();
+        c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
+    };
+    let mut facts = vec![("Tenant".to_string(), tenant.to_string())];
+    facts.extend(hidden.iter().map(|(k, v)| (title(k), v.clone())));
+    render(&ConfirmPage {
+        l: Layout::new(s, what.heading, &back),
+        heading: what.heading.into(),
+        warning: what.warning,
+        facts,
+        action: req.path().to_string(),
+        hidden: hidden.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        button: what.button.into(),
+        back,
+    })
+}
+
 async fn request_erasure(
     req: HttpRequest,
     state: web::Data<HttpState>,
@@ -897,16 +948,12 @@ async fn request_erasure(
     let subject = or_answer!(subject_of(&s, &f));
     let back = format!("/console/tenants/{tenant}/privacy");
     if field(&f, "confirm") != "yes" {
-        return render(&ConfirmPage {
-            l: Layout::new(&s, "Confirm the erasure", &back),
-            heading: "Erase this end user?".into(),
+        let what = Confirm {
+            heading: "Erase this end user?",
             warning: "Erasure destroys the end user's keys: their profile, messages, media and locations become unreadable everywhere, backups included, and this cannot be undone. A signed certificate is issued when it is done.".into(),
-            facts: vec![("Tenant".into(), tenant.to_string()), ("Subject".into(), subject.to_string())],
-            action: req.path().to_string(),
-            hidden: vec![("subject".into(), subject.to_string())],
-            button: "Erase the end user".into(),
-            back,
-        });
+            button: "Erase the end user",
+        };
+        return confirm(&s, &req, back, tenant, what, vec![("subject", subject.to_string())]);
     }
     let creds = s.credentials(Some(tenant));
     let call = c.app.request_erasure(&creds, &path, subject);
@@ -941,16 +988,9 @@ async fn restriction(
         } else {
             ("Lift the restriction?", "Processing of this end user's data starts again.", "Lift the restriction")
         };
-        return render(&ConfirmPage {
-            l: Layout::new(&s, heading, &back),
-            heading: heading.into(),
-            warning: warning.into(),
-            facts: vec![("Tenant".into(), tenant.to_string()), ("Subject".into(), subject.to_string())],
-            action: req.path().to_string(),
-            hidden: vec![("subject".into(), subject.to_string()), ("restrict".into(), field(&f, "restrict").into())],
-            button: button.into(),
-            back,
-        });
+        let what = Confirm { heading, warning: warning.into(), button };
+        let hidden = vec![("subject", subject.to_string()), ("restrict", field(&f, "restrict").to_string())];
+        return confirm(&s, &req, back, tenant, what, hidden);
     }
     let method = if restrict { "RestrictProcessing" } else { "LiftRestriction" };
     match c.call(method, c.app.set_restriction(&s.credentials(Some(tenant)), &path, subject, restrict)).await {
@@ -1255,22 +1295,14 @@ async fn break_glass(
     };
     let back = format!("/console/tenants/{tenant}/sessions/{session}");
     if field(&f, "confirm") != "yes" {
-        return render(&ConfirmPage {
-            l: Layout::new(&s, "Confirm break-glass access", &back),
-            heading: "Open break-glass access to this tenant's content?".into(),
+        let what = Confirm {
+            heading: "Open break-glass access to this tenant's content?",
             warning: format!(
                 "For {minutes} minutes you may read this tenant's content. The grant, its reason and every read are written to the audit trail, and privileged-access alerts may fire."
             ),
-            facts: vec![
-                ("Tenant".into(), tenant.to_string()),
-                ("Reason".into(), reason.clone()),
-                ("Minutes".into(), minutes.to_string()),
-            ],
-            action: req.path().to_string(),
-            hidden: vec![("reason".into(), reason), ("minutes".into(), minutes.to_string())],
-            button: "Open the grant".into(),
-            back,
-        });
+            button: "Open the grant",
+        };
+        return confirm(&s, &req, back, tenant, what, vec![("reason", reason), ("minutes", minutes.to_string())]);
     }
     match c
         .call("OpenBreakGlass", c.app.open_break_glass(&s.credentials(None), &tenant_text, reason, minutes * 60))

@@ -103,15 +103,16 @@ pub struct Console {
     pub secure: bool,
 }
 
-pub(super) fn random_hex() -> String {
+pub(super) fn random_hex() -> Result<String, NoRandom> {
     let mut b = [0u8; 32];
-    // The OS's generator; a failure leaves no usable token, so it is fatal
-    // to the request, not to the server.
-    if getrandom::fill(&mut b).is_err() {
-        return String::new();
-    }
-    hex::encode(b)
+    getrandom::fill(&mut b).map_err(|e| NoRandom(e.to_string()))?;
+    Ok(hex::encode(b))
 }
+
+/// The OS's random number generator failed: no token can be made, so no
+/// session or form is started (the request fails; the server goes on).
+#[derive(Debug)]
+pub struct NoRandom(pub String);
 
 pub(super) fn same(a: &str, b: &str) -> bool {
     !a.is_empty() && app::auth::same(&app::auth::sha256(a.as_bytes()), &app::auth::sha256(b.as_bytes()))
@@ -176,8 +177,9 @@ impl Console {
     }
 
     /// A new console session for a verified key: the cookie's token.
-    pub(super) fn start(&self, key: Zeroizing<String>, principal: Principal) -> String {
-        let token = random_hex();
+    pub(super) fn start(&self, key: Zeroizing<String>, principal: Principal) -> Result<String, NoRandom> {
+        let token = random_hex()?;
+        let csrf = random_hex()?;
         let now = self.now();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         // Expired sessions go at once; past the cap, the least recently used.
@@ -189,9 +191,9 @@ impl Console {
         {
             sessions.remove(&oldest);
         }
-        let session = Session { key, principal, csrf: random_hex(), created_micros: now, last_micros: now };
+        let session = Session { key, principal, csrf, created_micros: now, last_micros: now };
         sessions.insert(app::auth::sha256(token.as_bytes()), session);
-        token
+        Ok(token)
     }
 
     /// Seconds `addr` must still wait before its next sign-in (0: none).
@@ -286,10 +288,10 @@ mod tests {
 
     #[test]
     fn tokens_compare_only_when_equal_and_present() {
-        let t = random_hex();
+        let t = random_hex().unwrap();
         assert_eq!(t.len(), 64);
         assert!(same(&t, &t.clone()));
-        assert!(!same(&t, &random_hex()));
+        assert!(!same(&t, &random_hex().unwrap()));
         assert!(!same("", ""), "an empty token never matches");
     }
 
