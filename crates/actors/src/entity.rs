@@ -324,6 +324,8 @@ async fn usable_snapshot<A: Codec>(shared: &SharedParts, stream: &str) -> Option
     let last = match shared.log.read_stream(&name, ReadFrom::End, Direction::Backward, 1).await {
         Ok(page) => page.into_iter().next()?,
         Err(LogError::StreamNotFound { .. } | LogError::StreamDeleted { .. }) => return None,
+        // The replay fails alike, and says so.
+        Err(e) if e.is_unreachable() => return None,
         Err(e) => {
             tracing::warn!(stream, error = %e, "snapshot not readable; replaying the whole stream");
             return None;

@@ -36,6 +36,17 @@ impl ActorError {
             _ => false,
         }
     }
+
+    /// The log's or the key store's database cannot be reached for now (a
+    /// failover, a network cut): the caller may retry in a moment.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ActorError::Log(e) => e.is_unreachable(),
+            ActorError::Keys(keystore::KeyError::Unreachable { .. }) => true,
+            ActorError::Batch(inner) => inner.is_unreachable(),
+            _ => false,
+        }
+    }
 }
 
 impl From<events::CodecError> for ActorError {

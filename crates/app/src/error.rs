@@ -177,6 +177,7 @@ impl AppError {
             AppError::Actor(ActorError::Contended { .. }) => Code::Aborted,
             AppError::Actor(ActorError::Unavailable(_)) => Code::Unavailable,
             AppError::Actor(e) if e.is_storage_full() => Code::ResourceExhausted,
+            AppError::Actor(e) if e.is_unreachable() => Code::Unavailable,
             AppError::Actor(_) | AppError::Internal(_) => Code::Internal,
             AppError::Unavailable(_) => Code::Unavailable,
             AppError::TooMany(_) | AppError::StorageFull(_) => Code::ResourceExhausted,
@@ -223,6 +224,7 @@ impl AppError {
                 "the node is shutting down or overloaded; retry".into()
             }
             AppError::Actor(e) if e.is_storage_full() => disk_full(&e),
+            AppError::Actor(e) if e.is_unreachable() => unreachable(&e),
             AppError::StorageFull(m) => disk_full(&m),
             AppError::Actor(other) => note_incident(other.to_string()),
             AppError::Internal(m) => note_incident(m),
@@ -244,6 +246,13 @@ impl AppError {
 fn disk_full(cause: &dyn std::fmt::Display) -> String {
     tracing::error!(error = %cause, "a write failed: the event log's disk is full");
     "the server's disk is full: writes are refused until an operator frees space (reads still work); retry later".into()
+}
+
+/// The answer to a call the unreachable database failed (the cause goes
+/// to the log; the client hears to retry).
+pub fn unreachable(cause: &dyn std::fmt::Display) -> String {
+    tracing::warn!(error = %cause, "a call failed: the database is unreachable");
+    "the server's database is unreachable for now (a failover or a network cut): retry in a few seconds".into()
 }
 
 fn incident(cause: String) -> (String, uuid::Uuid) {
@@ -288,6 +297,7 @@ impl From<audit::AuditError> for AppError {
             audit::AuditError::Unavailable(m) => Self::Unavailable(m.into()),
             audit::AuditError::Write(m) => Self::Internal(m),
             audit::AuditError::StorageFull(m) => Self::StorageFull(m),
+            audit::AuditError::Unreachable(m) => Self::Unavailable(unreachable(&m)),
         }
     }
 }

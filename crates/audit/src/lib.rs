@@ -58,6 +58,10 @@ pub enum AuditError {
     /// must be audited first can be done, until space is freed.
     #[error("{0}")]
     StorageFull(String),
+    /// The log's database cannot be reached for now (a failover, a cut
+    /// network): nothing that must be audited first can be done; retry.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// One thing to audit. Every field is a fixed code or an opaque id.
@@ -96,7 +100,27 @@ type Waiter = oneshot::Sender<Result<(), WriteFailure>>;
 struct WriteFailure {
     /// The log's disk is full (the append resumes once space is freed).
     full: bool,
+    /// The log's database is unreachable for now.
+    unreachable: bool,
     text: String,
+}
+
+impl WriteFailure {
+    fn new(text: String) -> Self {
+        Self { full: false, unreachable: false, text }
+    }
+
+    /// The caller's error, prefixed with what was being written.
+    fn error(self, what: &str) -> AuditError {
+        let text = format!("{what}: {}", self.text);
+        if self.full {
+            AuditError::StorageFull(text)
+        } else if self.unreachable {
+            AuditError::Unreachable(text)
+        } else {
+            AuditError::Write(text)
+        }
+    }
 }
 
 enum Msg {
@@ -185,10 +209,7 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("the audit log is shutting down"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) if f.full => {
-                Err(AuditError::StorageFull(format!("the audit log could not be written: {}", f.text)))
-            }
-            Ok(Err(f)) => Err(AuditError::Write(format!("the audit log could not be written: {}", f.text))),
+            Ok(Err(f)) => Err(f.error("the audit log could not be written")),
             Err(_) => Err(AuditError::Unavailable("the audit log is shutting down")),
         }
     }
@@ -213,8 +234,7 @@ impl AuditLog {
         self.tx.send(Msg::Checkpoint(tx)).await.map_err(|_| AuditError::Unavailable("audit writer stopped"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) if f.full => Err(AuditError::StorageFull(format!("audit checkpoint: {}", f.text))),
-            Ok(Err(f)) => Err(AuditError::Write(format!("audit checkpoint: {}", f.text))),
+            Ok(Err(f)) => Err(f.error("audit checkpoint")),
             Err(_) => Err(AuditError::Unavailable("audit writer stopped")),
         }
     }
@@ -418,10 +438,8 @@ impl Writer {
                         let path = self.head_path.clone();
                         match tokio::task::spawn_blocking(move || write_atomically(&path, text.as_bytes())).await {
                             Ok(Ok(())) => Ok(()),
-                            Ok(Err(e)) => {
-                                Err(WriteFailure { full: false, text: format!("writing {HEAD_FILE}: {e:#}") })
-                            }
-                            Err(e) => Err(WriteFailure { full: false, text: format!("writing {HEAD_FILE}: {e}") }),
+                            Ok(Err(e)) => Err(WriteFailure::new(format!("writing {HEAD_FILE}: {e:#}"))),
+                            Err(e) => Err(WriteFailure::new(format!("writing {HEAD_FILE}: {e}"))),
                         }
                     }
                     None => Ok(()),
@@ -435,7 +453,7 @@ impl Writer {
                     self.next_seq = next;
                     self.prev_hash = hash;
                 }
-                Err(WriteFailure { full: e.is_storage_full(), text: e.to_string() })
+                Err(WriteFailure { full: e.is_storage_full(), unreachable: e.is_unreachable(), text: e.to_string() })
             }
         };
         for w in waiters {

@@ -94,26 +94,106 @@ pub struct PgLog {
     /// Appends go to the group-commit task ([`commit_groups`]).
     appends: mpsc::Sender<Job>,
     /// Deletes, metadata and scavenges (serialised with appends anyway by
-    /// the advisory lock).
-    writer: Mutex<Client>,
-    /// Reads (tokio-postgres pipelines concurrent queries on one connection).
-    reader: Client,
-    /// Kept for its connection, which receives other nodes' NOTIFYs
-    /// (dropping the log closes it).
-    _listener: Client,
+    /// the advisory lock); made again after it broke.
+    writer: Mutex<Option<Client>>,
+    /// Reads (tokio-postgres pipelines concurrent queries on one
+    /// connection); made again after it broke.
+    reader: std::sync::Mutex<Option<Arc<Client>>>,
+    /// One reconnection of the reader at a time.
+    redial: Mutex<()>,
+    dial: Arc<Dialer>,
     head: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
-    name: String,
+    /// Dropped with the log: stops the listener task.
+    _stop: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for PgLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgLog").field("db", &self.name).field("head", &*self.head.borrow()).finish()
+        f.debug_struct("PgLog").field("db", &self.dial.name).field("head", &*self.head.borrow()).finish()
+    }
+}
+
+/// How the log reaches its database, and whether it can now.
+///
+/// Every connection (appends, other writes, reads, the listener) is made
+/// again when it broke, with the URL's settings: with several hosts and
+/// `target_session_attrs=read-write`, to whichever takes writes (a
+/// promoted standby after a failover). While the database cannot be
+/// reached, operations fail at once with [`LogError::Unreachable`] and
+/// [`EventLog::write_trouble`] says why (readiness, docs/backends.md).
+struct Dialer {
+    target: pgconn::Target,
+    /// The database's name for messages (never the password).
+    name: String,
+    /// Why the database is unreachable, while it is.
+    trouble: std::sync::Mutex<Option<String>>,
+}
+
+impl Dialer {
+    async fn connect(&self, role: &'static str) -> Result<Client> {
+        let (client, connection) =
+            self.target.config.connect(self.target.tls.clone()).await.map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %pgconn::describe(&e), role, "event log database connection ended");
+            }
+        });
+        self.reached();
+        Ok(client)
+    }
+
+    /// The connection in `slot`, made again if there is none or it broke.
+    async fn ready<'a>(&self, slot: &'a mut Option<Client>, role: &'static str) -> Result<&'a mut Client> {
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = None;
+            *slot = Some(self.connect(role).await?);
+        }
+        slot.as_mut().ok_or(LogError::Closed)
+    }
+
+    /// The error of a failed database call, named; an unreachable database
+    /// is noted for readiness.
+    fn failed(&self, e: &tokio_postgres::Error) -> LogError {
+        let detail = format!("{}: {}", self.name, pgconn::describe(e));
+        if pgconn::is_unreachable(e) {
+            self.note(&detail);
+            LogError::Unreachable { detail }
+        } else {
+            LogError::Database { detail }
+        }
+    }
+
+    fn note(&self, detail: &str) {
+        let mut trouble = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        if trouble.is_none() {
+            tracing::error!(db = %self.name, error = detail, "the event log's database is unreachable; writes fail until it is back");
+        }
+        *trouble = Some(detail.to_string());
+    }
+
+    fn reached(&self) {
+        let mut trouble = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+        if trouble.take().is_some() {
+            tracing::info!(db = %self.name, "the event log's database is reachable again");
+        }
+    }
+
+    /// Passes `result` on, noting an unreachable database.
+    fn noted<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(LogError::Unreachable { detail }) = &result {
+            self.note(detail);
+        }
+        result
     }
 }
 
 fn db(e: tokio_postgres::Error) -> LogError {
-    LogError::Database { detail: pgconn::describe(&e) }
+    if pgconn::is_unreachable(&e) {
+        LogError::Unreachable { detail: pgconn::describe(&e) }
+    } else {
+        LogError::Database { detail: pgconn::describe(&e) }
+    }
 }
 
 fn corrupt(reason: impl Into<String>) -> LogError {
@@ -218,25 +298,10 @@ impl PgLog {
     /// other nodes' commits.
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         let name = redact_url(url);
-        let named =
-            |e: tokio_postgres::Error| LogError::Database { detail: format!("{name}: {}", pgconn::describe(&e)) };
         let target = pgconn::target(url).map_err(|e| LogError::Database { detail: format!("{name}: {e}") })?;
-        let connect = || async {
-            let (client, connection) = target.config.connect(target.tls.clone()).await.map_err(named)?;
-            Ok::<_, LogError>((client, connection))
-        };
-        let (writer, w_conn) = connect().await?;
-        tokio::spawn(async move {
-            if let Err(e) = w_conn.await {
-                tracing::error!(error = %e, "event log database connection (writer) ended");
-            }
-        });
-        let (reader, r_conn) = connect().await?;
-        tokio::spawn(async move {
-            if let Err(e) = r_conn.await {
-                tracing::error!(error = %e, "event log database connection (reader) ended");
-            }
-        });
+        let dial = Arc::new(Dialer { target, name, trouble: std::sync::Mutex::new(None) });
+        let named = |e: tokio_postgres::Error| dial.failed(&e);
+        let writer = dial.connect("writer").await?;
         // Several nodes may start at once: one creates the tables.
         writer
             .batch_execute(&format!(
@@ -248,7 +313,7 @@ impl PgLog {
         let versions: Vec<i32> = writer
             .query("SELECT format_version FROM pypes_log_meta", &[])
             .await
-            .map_err(db)?
+            .map_err(named)?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -257,46 +322,128 @@ impl PgLog {
                 writer
                     .execute("INSERT INTO pypes_log_meta (format_version) VALUES ($1)", &[&FORMAT_VERSION])
                     .await
-                    .map_err(db)?;
+                    .map_err(named)?;
             }
             [v] if *v == FORMAT_VERSION => {}
             other => {
                 return Err(LogError::Database {
-                    detail: format!("{name}: log format version {other:?}; this build reads {FORMAT_VERSION}"),
+                    detail: format!("{}: log format version {other:?}; this build reads {FORMAT_VERSION}", dial.name),
                 });
             }
         }
+        let reader = dial.connect("reader").await?;
         let head = watch::channel(head_in(&reader).await?).0;
         // Other nodes' commits arrive as notifications carrying their head.
-        let (listener, mut l_conn) = connect().await?;
-        let notify = head.clone();
-        tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| l_conn.poll_message(cx)).await {
+        let (first, at) = listening(&dial).await?;
+        raise(&head, at);
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(listen(dial.clone(), first, head.clone(), stopped));
+        let appender = dial.connect("appender").await?;
+        let (tx, rx) = mpsc::channel(4 * GROUP);
+        tokio::spawn(commit_groups(dial.clone(), Some(appender), rx, head.clone(), clock.clone()));
+        Ok(Self {
+            appends: tx,
+            writer: Mutex::new(Some(writer)),
+            reader: std::sync::Mutex::new(Some(Arc::new(reader))),
+            redial: Mutex::new(()),
+            dial,
+            head,
+            clock,
+            _stop: stop,
+        })
+    }
+
+    /// The read connection, made again if it broke.
+    async fn reader(&self) -> Result<Arc<Client>> {
+        let current = || self.reader.lock().unwrap_or_else(|e| e.into_inner()).clone().filter(|c| !c.is_closed());
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let _one = self.redial.lock().await;
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let c = Arc::new(self.dial.connect("reader").await?);
+        *self.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// The listener's connection, driven by hand (its notifications are read
+/// from it).
+type Listening =
+    (Client, tokio_postgres::Connection<tokio_postgres::Socket, pgconn::PgTlsStream<tokio_postgres::Socket>>);
+
+/// Connects, `LISTEN`s, then reads the head: commits notified before the
+/// LISTEN took effect are in it.
+async fn listening(dial: &Dialer) -> Result<(Listening, u64)> {
+    let (client, mut connection) =
+        dial.target.config.connect(dial.target.tls.clone()).await.map_err(|e| dial.failed(&e))?;
+    let row = {
+        let on = async {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            client.query_one("SELECT next_position FROM pypes_log_head", &[]).await
+        };
+        tokio::pin!(on);
+        loop {
+            tokio::select! {
+                r = &mut on => break r.map_err(|e| dial.failed(&e))?,
+                m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(dial.failed(&e)),
+                    None => return Err(LogError::Unreachable { detail: format!("{}: connection closed", dial.name) }),
+                },
+            }
+        }
+    };
+    let at: i64 = row.try_get(0).map_err(db)?;
+    Ok(((client, connection), u64::try_from(at).map_err(|_| corrupt("negative head"))?))
+}
+
+/// Follows other nodes' commits (each `NOTIFY` carries their head) until
+/// the log is dropped, connecting again after the connection broke.
+async fn listen(dial: Arc<Dialer>, first: Listening, head: watch::Sender<u64>, mut stop: oneshot::Receiver<()>) {
+    let mut live = Some(first);
+    loop {
+        let (client, mut connection) = match live.take() {
+            Some(l) => l,
+            None => match listening(&dial).await {
+                Ok((l, at)) => {
+                    dial.reached();
+                    raise(&head, at);
+                    l
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "event log listener: connecting again in a second");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        _ = &mut stop => return,
+                    }
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         if let Ok(h) = n.payload().parse::<u64>() {
-                            raise(&notify, h);
+                            raise(&head, h);
                         }
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::error!(error = %e, "event log database listener ended; live reads fall back to this node's own commits");
-                        return;
+                        let _ = dial.failed(&e);
+                        break;
                     }
-                    None => return,
-                }
+                    None => {
+                        dial.note(&format!("{}: the listening connection closed", dial.name));
+                        break;
+                    }
+                },
+                _ = &mut stop => return,
             }
-        });
-        listener.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(named)?;
-        let (appender, a_conn) = connect().await?;
-        tokio::spawn(async move {
-            if let Err(e) = a_conn.await {
-                tracing::error!(error = %e, "event log database connection (appender) ended");
-            }
-        });
-        let (tx, rx) = mpsc::channel(4 * GROUP);
-        tokio::spawn(commit_groups(appender, rx, head.clone(), clock.clone()));
-        Ok(Self { appends: tx, writer: Mutex::new(writer), reader, _listener: listener, head, clock, name })
+        }
+        drop(client);
     }
 }
 
@@ -306,7 +453,8 @@ impl PgLog {
 /// append's wrong expected version fails that append alone), and one
 /// COMMIT (one WAL flush) acknowledges them all.
 async fn commit_groups(
-    mut client: Client,
+    dial: Arc<Dialer>,
+    mut client: Option<Client>,
     mut jobs: mpsc::Receiver<Job>,
     head: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
@@ -320,18 +468,32 @@ async fn commit_groups(
             }
         }
         let mut answers: Vec<Option<Result<Vec<AppendResult>>>> = Vec::with_capacity(group.len());
-        let committed = commit_group(&mut client, &group, &mut answers, clock.now_micros()).await;
-        match committed {
+        let seen = *head.borrow();
+        let committed = match dial.ready(&mut client, "appender").await {
+            Ok(c) => commit_group(c, &group, &mut answers, seen, clock.now_micros()).await,
+            Err(e) => Err(e),
+        };
+        match dial.noted(committed) {
             Ok(new_head) => {
+                dial.reached();
                 raise(&head, new_head);
                 for (job, answer) in group.into_iter().zip(answers) {
                     let _ = job.reply.send(answer.unwrap_or(Err(LogError::Closed)));
                 }
             }
             Err(e) => {
-                // Nothing of the group was written: every append fails.
+                // Nothing of the group was acknowledged (if the connection
+                // broke during COMMIT, the group may have been written:
+                // its appenders hear "unreachable", never "ok").
+                if e.is_unreachable() {
+                    client = None;
+                }
+                let detail = e.to_string();
                 for job in group {
-                    let _ = job.reply.send(Err(LogError::Database { detail: e.to_string() }));
+                    let _ = job.reply.send(Err(match &e {
+                        LogError::Unreachable { detail } => LogError::Unreachable { detail: detail.clone() },
+                        _ => LogError::Database { detail: detail.clone() },
+                    }));
                 }
             }
         }
@@ -348,11 +510,24 @@ async fn commit_group(
     client: &mut Client,
     group: &[Job],
     answers: &mut Vec<Option<Result<Vec<AppendResult>>>>,
+    seen: u64,
     now: i64,
 ) -> Result<u64> {
     let tx = client.transaction().await.map_err(db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
     let mut position = head_in(&tx).await?;
+    if position < seen {
+        // A failover to a standby that had not received every commit
+        // (asynchronous replication): positions this node (and its
+        // subscribers) already saw would be given to other events.
+        return Err(LogError::Database {
+            detail: format!(
+                "the database's log ends at position {position}, but this node saw it reach {seen}: \
+                 committed events are missing (a failover to a standby without synchronous replication?); \
+                 appends are refused rather than reuse those positions (docs/backends.md)"
+            ),
+        });
+    }
     // Idempotency: the events of the group whose ids were appended before.
     let ids: Vec<&[u8]> = group
         .iter()
@@ -545,10 +720,15 @@ async fn save_all_rules(
 impl EventLog for PgLog {
     fn append_multi(&self, appends: Vec<StreamAppend>) -> BoxFuture<'_, Result<Vec<AppendResult>>> {
         Box::pin(async move {
-            validate_appends(&appends)?;
-            let (reply, answer) = oneshot::channel();
-            self.appends.send(Job { appends, reply }).await.map_err(|_| LogError::Closed)?;
-            answer.await.map_err(|_| LogError::Closed)?
+            self.dial.noted(
+                async move {
+                    validate_appends(&appends)?;
+                    let (reply, answer) = oneshot::channel();
+                    self.appends.send(Job { appends, reply }).await.map_err(|_| LogError::Closed)?;
+                    answer.await.map_err(|_| LogError::Closed)?
+                }
+                .await,
+            )
         })
     }
 
@@ -560,104 +740,116 @@ impl EventLog for PgLog {
         max_count: usize,
     ) -> BoxFuture<'a, Result<Vec<RecordedEvent>>> {
         Box::pin(async move {
-            validate_stream_name(stream)?;
-            let Some(rules) = load_rules(&self.reader, &[stream]).await?.remove(stream) else {
-                return Err(LogError::StreamNotFound { stream: stream.to_owned() });
-            };
-            rules.check_readable(stream)?;
-            let now = self.clock.now_micros();
-            let mut range = rules.read_range(from, direction);
-            let Some(a) = range.next() else { return Ok(Vec::new()) };
-            let b = range.last().unwrap_or(a);
-            let (mut lo, mut hi) = (a.min(b), a.max(b));
-            let forward = matches!(direction, Direction::Forward);
-            let order = if forward { "ASC" } else { "DESC" };
-            let query = format!(
-                "SELECT stored FROM pypes_log_events WHERE stream = $1 AND version BETWEEN $2 AND $3
+            self.dial.noted(
+                async move {
+                    validate_stream_name(stream)?;
+                    let reader = self.reader().await?;
+                    let Some(rules) = load_rules(&*reader, &[stream]).await?.remove(stream) else {
+                        return Err(LogError::StreamNotFound { stream: stream.to_owned() });
+                    };
+                    rules.check_readable(stream)?;
+                    let now = self.clock.now_micros();
+                    let mut range = rules.read_range(from, direction);
+                    let Some(a) = range.next() else { return Ok(Vec::new()) };
+                    let b = range.last().unwrap_or(a);
+                    let (mut lo, mut hi) = (a.min(b), a.max(b));
+                    let forward = matches!(direction, Direction::Forward);
+                    let order = if forward { "ASC" } else { "DESC" };
+                    let query = format!(
+                        "SELECT stored FROM pypes_log_events WHERE stream = $1 AND version BETWEEN $2 AND $3
                  ORDER BY version {order} LIMIT $4"
-            );
-            let name: Arc<str> = Arc::from(stream);
-            let mut out = Vec::new();
-            // Pages of the range until `max_count` visible events (hidden
-            // ones, e.g. past their max age, are skipped, not counted).
-            let page = (max_count as i64).clamp(1, SCAN);
-            while out.len() < max_count && lo <= hi {
-                let rows =
-                    self.reader.query(&query, &[&stream, &i64_of(lo)?, &i64_of(hi)?, &page]).await.map_err(db)?;
-                for row in &rows {
-                    let e = event_of(row, name.clone())?;
-                    if forward {
-                        lo = e.version + 1;
-                    } else if e.version == 0 {
-                        lo = 1;
-                        hi = 0;
-                    } else {
-                        hi = e.version - 1;
+                    );
+                    let name: Arc<str> = Arc::from(stream);
+                    let mut out = Vec::new();
+                    // Pages of the range until `max_count` visible events (hidden
+                    // ones, e.g. past their max age, are skipped, not counted).
+                    let page = (max_count as i64).clamp(1, SCAN);
+                    while out.len() < max_count && lo <= hi {
+                        let rows =
+                            reader.query(&query, &[&stream, &i64_of(lo)?, &i64_of(hi)?, &page]).await.map_err(db)?;
+                        for row in &rows {
+                            let e = event_of(row, name.clone())?;
+                            if forward {
+                                lo = e.version + 1;
+                            } else if e.version == 0 {
+                                lo = 1;
+                                hi = 0;
+                            } else {
+                                hi = e.version - 1;
+                            }
+                            if out.len() < max_count && rules.is_visible(e.version, e.recorded_at_micros, now) {
+                                out.push(e);
+                            }
+                        }
+                        if (rows.len() as i64) < page {
+                            break;
+                        }
                     }
-                    if out.len() < max_count && rules.is_visible(e.version, e.recorded_at_micros, now) {
-                        out.push(e);
-                    }
+                    Ok(out)
                 }
-                if (rows.len() as i64) < page {
-                    break;
-                }
-            }
-            Ok(out)
+                .await,
+            )
         })
     }
 
     fn read_all<'a>(&'a self, from: u64, max_count: usize, filter: &'a EventFilter) -> BoxFuture<'a, Result<AllPage>> {
         Box::pin(async move {
-            let head = head_in(&self.reader).await?;
-            let now = self.clock.now_micros();
-            let mut page = AllPage { events: Vec::new(), next_position: from, head };
-            let mut position = from;
-            let mut rules: HashMap<String, StreamRules> = HashMap::new();
-            while position < head && page.events.len() < max_count {
-                let rows = self
-                    .reader
-                    .query(
-                        "SELECT position, stream, event_type, stored FROM pypes_log_events
+            self.dial.noted(
+                async move {
+                    let reader = self.reader().await?;
+                    let head = head_in(&*reader).await?;
+                    let now = self.clock.now_micros();
+                    let mut page = AllPage { events: Vec::new(), next_position: from, head };
+                    let mut position = from;
+                    let mut rules: HashMap<String, StreamRules> = HashMap::new();
+                    while position < head && page.events.len() < max_count {
+                        let rows = reader
+                            .query(
+                                "SELECT position, stream, event_type, stored FROM pypes_log_events
                          WHERE position >= $1 AND position < $2 ORDER BY position LIMIT $3",
-                        &[&i64_of(position)?, &i64_of(head)?, &SCAN],
-                    )
-                    .await
-                    .map_err(db)?;
-                if rows.is_empty() {
-                    position = head;
-                    break;
-                }
-                let unknown: Vec<&str> = rows
-                    .iter()
-                    .filter_map(|r| r.try_get::<_, &str>(1).ok())
-                    .filter(|s| !rules.contains_key(*s))
-                    .collect();
-                if !unknown.is_empty() {
-                    rules.extend(load_rules(&self.reader, &unknown).await?);
-                }
-                for row in &rows {
-                    let at: i64 = row.try_get(0).map_err(db)?;
-                    let stream: &str = row.try_get(1).map_err(db)?;
-                    let event_type: &str = row.try_get(2).map_err(db)?;
-                    position = u64::try_from(at).map_err(|_| corrupt("negative position"))? + 1;
-                    if !filter.matches(stream, event_type) {
-                        continue;
-                    }
-                    let e = event_of(row, Arc::from(stream))?;
-                    let visible = rules.get(stream).is_some_and(|r| r.is_visible(e.version, e.recorded_at_micros, now));
-                    if visible {
-                        page.events.push(e);
-                        if page.events.len() >= max_count {
+                                &[&i64_of(position)?, &i64_of(head)?, &SCAN],
+                            )
+                            .await
+                            .map_err(db)?;
+                        if rows.is_empty() {
+                            position = head;
                             break;
                         }
+                        let unknown: Vec<&str> = rows
+                            .iter()
+                            .filter_map(|r| r.try_get::<_, &str>(1).ok())
+                            .filter(|s| !rules.contains_key(*s))
+                            .collect();
+                        if !unknown.is_empty() {
+                            rules.extend(load_rules(&*reader, &unknown).await?);
+                        }
+                        for row in &rows {
+                            let at: i64 = row.try_get(0).map_err(db)?;
+                            let stream: &str = row.try_get(1).map_err(db)?;
+                            let event_type: &str = row.try_get(2).map_err(db)?;
+                            position = u64::try_from(at).map_err(|_| corrupt("negative position"))? + 1;
+                            if !filter.matches(stream, event_type) {
+                                continue;
+                            }
+                            let e = event_of(row, Arc::from(stream))?;
+                            let visible =
+                                rules.get(stream).is_some_and(|r| r.is_visible(e.version, e.recorded_at_micros, now));
+                            if visible {
+                                page.events.push(e);
+                                if page.events.len() >= max_count {
+                                    break;
+                                }
+                            }
+                        }
+                        if rows.len() < SCAN as usize && page.events.len() < max_count {
+                            position = head;
+                        }
                     }
+                    page.next_position = position.max(from);
+                    Ok(page)
                 }
-                if rows.len() < SCAN as usize && page.events.len() < max_count {
-                    position = head;
-                }
-            }
-            page.next_position = position.max(from);
-            Ok(page)
+                .await,
+            )
         })
     }
 
@@ -669,28 +861,44 @@ impl EventLog for PgLog {
         self.head.subscribe()
     }
 
+    fn write_trouble(&self) -> Option<eventlog::WriteTrouble> {
+        self.dial.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone().map(eventlog::WriteTrouble::Unreachable)
+    }
+
     fn set_stream_metadata<'a>(&'a self, stream: &'a str, metadata: StreamMetadata) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            validate_stream_name(stream)?;
-            metadata.validate(stream)?;
-            let mut writer = self.writer.lock().await;
-            let tx = writer.transaction().await.map_err(db)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
-            let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
-            if r.deletion == Deletion::Hard {
-                return Err(LogError::StreamDeleted { stream: stream.to_owned() });
-            }
-            r.metadata = metadata;
-            save_rules(&tx, stream, &r).await?;
-            tx.commit().await.map_err(db)
+            self.dial.noted(
+                async move {
+                    validate_stream_name(stream)?;
+                    metadata.validate(stream)?;
+                    let mut slot = self.writer.lock().await;
+                    let writer = self.dial.ready(&mut slot, "writer").await?;
+                    let tx = writer.transaction().await.map_err(db)?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+                    let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
+                    if r.deletion == Deletion::Hard {
+                        return Err(LogError::StreamDeleted { stream: stream.to_owned() });
+                    }
+                    r.metadata = metadata;
+                    save_rules(&tx, stream, &r).await?;
+                    tx.commit().await.map_err(db)
+                }
+                .await,
+            )
         })
     }
 
     fn stream_metadata<'a>(&'a self, stream: &'a str) -> BoxFuture<'a, Result<StreamMetadata>> {
         Box::pin(async move {
-            validate_stream_name(stream)?;
-            let rules = load_rules(&self.reader, &[stream]).await?;
-            readable_metadata(stream, rules.get(stream))
+            self.dial.noted(
+                async move {
+                    validate_stream_name(stream)?;
+                    let reader = self.reader().await?;
+                    let rules = load_rules(&*reader, &[stream]).await?;
+                    readable_metadata(stream, rules.get(stream))
+                }
+                .await,
+            )
         })
     }
 
@@ -701,63 +909,80 @@ impl EventLog for PgLog {
         mode: DeleteMode,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            validate_stream_name(stream)?;
-            let mut writer = self.writer.lock().await;
-            let tx = writer.transaction().await.map_err(db)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
-            let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
-            r.check_expected(stream, expected)?;
-            r.apply_delete(mode);
-            save_rules(&tx, stream, &r).await?;
-            tx.commit().await.map_err(db)
+            self.dial.noted(
+                async move {
+                    validate_stream_name(stream)?;
+                    let mut slot = self.writer.lock().await;
+                    let writer = self.dial.ready(&mut slot, "writer").await?;
+                    let tx = writer.transaction().await.map_err(db)?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+                    let mut r = load_rules(&tx, &[stream]).await?.remove(stream).unwrap_or_default();
+                    r.check_expected(stream, expected)?;
+                    r.apply_delete(mode);
+                    save_rules(&tx, stream, &r).await?;
+                    tx.commit().await.map_err(db)
+                }
+                .await,
+            )
         })
     }
 
     fn scavenge(&self) -> BoxFuture<'_, Result<ScavengeReport>> {
         Box::pin(async move {
-            let now = self.clock.now_micros();
-            let mut writer = self.writer.lock().await;
-            let tx = writer.transaction().await.map_err(db)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
-            let limited = tx
-                .query(
-                    &format!(
+            self.dial.noted(
+                async move {
+                    let now = self.clock.now_micros();
+                    let mut slot = self.writer.lock().await;
+                    let writer = self.dial.ready(&mut slot, "writer").await?;
+                    let tx = writer.transaction().await.map_err(db)?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(db)?;
+                    let limited = tx
+                        .query(
+                            &format!(
                         "SELECT stream, {RULES} FROM pypes_log_streams WHERE deletion <> 0 OR deleted_before > 0
                          OR max_age_secs IS NOT NULL OR max_count IS NOT NULL OR truncate_before IS NOT NULL"
                     ),
-                    &[],
-                )
-                .await
-                .map_err(db)?;
-            let mut report = ScavengeReport::default();
-            for row in &limited {
-                let stream: String = row.try_get(0).map_err(db)?;
-                let rules = rules_of(row, 1)?;
-                let events = tx
+                            &[],
+                        )
+                        .await
+                        .map_err(db)?;
+                    let mut report = ScavengeReport::default();
+                    for row in &limited {
+                        let stream: String = row.try_get(0).map_err(db)?;
+                        let rules = rules_of(row, 1)?;
+                        let events = tx
                     .query(
                         "SELECT position, version, recorded_at_micros, stored FROM pypes_log_events WHERE stream = $1",
                         &[&stream],
                     )
                     .await
                     .map_err(db)?;
-                let mut doomed = Vec::new();
-                for e in &events {
-                    let version: i64 = e.try_get(1).map_err(db)?;
-                    let at: i64 = e.try_get(2).map_err(db)?;
-                    if rules.is_reclaimable(u64::try_from(version).map_err(|_| corrupt("negative version"))?, at, now) {
-                        doomed.push(e.try_get::<_, i64>(0).map_err(db)?);
-                        report.bytes_reclaimed += event_of(e, Arc::from(stream.as_str()))?.event.payload.len() as u64;
+                        let mut doomed = Vec::new();
+                        for e in &events {
+                            let version: i64 = e.try_get(1).map_err(db)?;
+                            let at: i64 = e.try_get(2).map_err(db)?;
+                            if rules.is_reclaimable(
+                                u64::try_from(version).map_err(|_| corrupt("negative version"))?,
+                                at,
+                                now,
+                            ) {
+                                doomed.push(e.try_get::<_, i64>(0).map_err(db)?);
+                                report.bytes_reclaimed +=
+                                    event_of(e, Arc::from(stream.as_str()))?.event.payload.len() as u64;
+                            }
+                        }
+                        if !doomed.is_empty() {
+                            tx.execute("DELETE FROM pypes_log_events WHERE position = ANY($1)", &[&doomed])
+                                .await
+                                .map_err(db)?;
+                            report.events_removed += doomed.len() as u64;
+                        }
                     }
+                    tx.commit().await.map_err(db)?;
+                    Ok(report)
                 }
-                if !doomed.is_empty() {
-                    tx.execute("DELETE FROM pypes_log_events WHERE position = ANY($1)", &[&doomed])
-                        .await
-                        .map_err(db)?;
-                    report.events_removed += doomed.len() as u64;
-                }
-            }
-            tx.commit().await.map_err(db)?;
-            Ok(report)
+                .await,
+            )
         })
     }
 }

@@ -79,6 +79,36 @@ pub enum LogError {
     /// names the database, never its password).
     #[error("event log database: {detail}")]
     Database { detail: String },
+
+    /// The database of a database backend cannot be reached: it stopped,
+    /// a failover is under way, the network to it is cut, or the server
+    /// reached takes no writes. The operation failed and may be retried;
+    /// the log connects again by itself. An append whose connection broke
+    /// during its COMMIT may have been written (its caller was not told
+    /// "ok", and a retry with the same event ids is idempotent).
+    #[error("event log database unreachable: {detail}")]
+    Unreachable { detail: String },
+}
+
+/// Why a log refuses appends for now through no fault of the caller
+/// ([`crate::EventLog::write_trouble`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTrouble {
+    /// The disk is full: appends resume once space is freed.
+    StorageFull(String),
+    /// The log's database cannot be reached: appends resume once it can.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for WriteTrouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteTrouble::StorageFull(t) => write!(f, "{t}; appends resume once space is freed"),
+            WriteTrouble::Unreachable(t) => {
+                write!(f, "the event log's database is unreachable: {t}; reads and writes resume once it is back")
+            }
+        }
+    }
 }
 
 /// ENOSPC or EDQUOT, however the platform spells them.
@@ -101,6 +131,12 @@ impl LogError {
             LogError::Io { source, .. } => is_full(source),
             _ => false,
         }
+    }
+
+    /// True when the log's database cannot be reached for now (a database
+    /// backend during a failover or a network cut): retry in a moment.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LogError::Unreachable { .. })
     }
 
     /// True for errors caused by the caller's input rather than the log.

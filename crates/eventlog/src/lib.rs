@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::LogError;
+pub use error::{LogError, WriteTrouble};
 pub use model::{
     AllPage, AppendResult, DeleteMode, Direction, EventFilter, MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN,
     MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend, StreamMetadata,
@@ -150,9 +150,10 @@ pub trait EventLog: Send + Sync + 'static {
     }
 
     /// Why appends fail right now, when it is the storage's fault and not
-    /// the caller's (a full disk: appends resume by themselves once space
-    /// is freed); `None` while appends work. Readiness reports it.
-    fn write_trouble(&self) -> Option<String> {
+    /// the caller's (a full disk, an unreachable database: appends resume
+    /// by themselves once the cause is gone); `None` while appends work.
+    /// Readiness reports it.
+    fn write_trouble(&self) -> Option<WriteTrouble> {
         None
     }
 

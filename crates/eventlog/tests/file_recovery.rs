@@ -367,7 +367,11 @@ async fn a_full_disk_fails_appends_cleanly_and_they_work_again_with_space() {
             Ok(r) => acked.push(r),
             Err(e) => {
                 assert!(e.is_storage_full(), "{e}");
-                assert!(log.write_trouble().is_some_and(|t| t.contains("disk is full")), "{:?}", log.write_trouble());
+                assert!(
+                    log.write_trouble().is_some_and(|t| t.to_string().contains("disk is full")),
+                    "{:?}",
+                    log.write_trouble()
+                );
                 failures += 1;
             }
         }

@@ -60,10 +60,15 @@ pub enum KeyError {
     /// reopen repairs what the failed write left).
     #[error("key store refuses writes after an earlier failure ({reason}); reopen it")]
     Poisoned { reason: String },
-    /// The operating system's random source failed.
+    /// The key store's database failed or refused.
     #[error("key store database {store}: {detail}")]
     Database { store: String, detail: String },
-
+    /// The key store's database cannot be reached (stopped, failing over,
+    /// network cut): the call failed and may be retried; the store
+    /// connects again by itself.
+    #[error("key store database {store} unreachable: {detail}")]
+    Unreachable { store: String, detail: String },
+    /// The operating system's random source failed.
     #[error("random source failed: {0}")]
     Random(String),
     /// A blocking task of the keyring did not finish (runtime shut down).

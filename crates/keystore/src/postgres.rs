@@ -162,10 +162,21 @@ fn tenant_lock(tenant: Uuid) -> i64 {
     i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) ^ SCHEMA_LOCK
 }
 
+/// A failed database call as the key store's error: unreachable (retry)
+/// or the database's answer.
+fn pg_error(store: &str, e: &postgres::Error) -> KeyError {
+    let detail = pgconn::describe(e);
+    if pgconn::is_unreachable(e) {
+        KeyError::Unreachable { store: store.to_string(), detail }
+    } else {
+        KeyError::Database { store: store.to_string(), detail }
+    }
+}
+
 /// Connects (or reconnects after a broken connection) and creates the
 /// tables under a lock, so nodes starting together do not race.
 fn connect(url: &str, name: &str) -> Result<Client, KeyError> {
-    let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: pgconn::describe(&e) };
+    let db = |e: postgres::Error| pg_error(name, &e);
     let target = pgconn::target(url).map_err(|detail| KeyError::Database { store: name.to_string(), detail })?;
     let mut c = postgres::Config::from(target.config).connect(target.tls).map_err(db)?;
     // "already exists, skipping" notices are not news.
@@ -212,7 +223,7 @@ impl PgPersist {
     }
 
     fn db(&self) -> impl Fn(postgres::Error) -> KeyError + '_ {
-        |e| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) }
+        |e| pg_error(&self.name, &e)
     }
 
     /// The connection, (re)connected if there is none or it broke. A
@@ -222,7 +233,7 @@ impl PgPersist {
         if conn.client.as_ref().is_none_or(Client::is_closed) {
             if let Some(tenant) = conn.held {
                 conn.seen.remove(&tenant);
-                return Err(KeyError::Database {
+                return Err(KeyError::Unreachable {
                     store: self.name.clone(),
                     detail: "the connection broke during a change; it was rolled back".into(),
                 });
@@ -282,7 +293,7 @@ impl PgPersist {
         seen: Option<Seen>,
         name: &str,
     ) -> Result<(Delta, Seen), KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: name.to_string(), detail: pgconn::describe(&e) };
+        let db = |e: postgres::Error| pg_error(name, &e);
         let t = tenant.as_bytes().as_slice();
         let mut delta = Delta { tenant, full: seen.is_none(), shredded, ..Delta::default() };
         let mut now = Seen { version, seq: seen.map_or(0, |s| s.seq) };
@@ -391,7 +402,7 @@ impl Persist for PgPersist {
         let Some(tenant) = conn.held.take() else { return Ok(()) };
         let result = match conn.client.as_mut().filter(|c| !c.is_closed()) {
             Some(c) => c.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" }).map_err(db),
-            None => Err(KeyError::Database {
+            None => Err(KeyError::Unreachable {
                 store: self.name.clone(),
                 detail: "the connection broke during a change; it was rolled back".into(),
             }),
@@ -540,7 +551,7 @@ impl ProviderStorage for PgProviderStorage {
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) };
+        let db = |e: postgres::Error| pg_error(&self.name, &e);
         self.with(|c, version| {
             let row = c.query_opt("SELECT version, state FROM pypes_key_provider WHERE id = 1", &[]).map_err(db)?;
             Ok(row.map(|r| {
@@ -551,7 +562,7 @@ impl ProviderStorage for PgProviderStorage {
     }
 
     fn write(&self, bytes: &[u8]) -> Result<(), KeyError> {
-        let db = |e: postgres::Error| KeyError::Database { store: self.name.clone(), detail: pgconn::describe(&e) };
+        let db = |e: postgres::Error| pg_error(&self.name, &e);
         self.with(|c, version| {
             let changed = if *version == 0 {
                 c.execute(

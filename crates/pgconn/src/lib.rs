@@ -8,6 +8,16 @@
 //! (`/etc/ssl/certs/ca-certificates.crt`). Without it (`disable`, or
 //! `prefer`, the default) the connection is in the clear: pypes never
 //! takes an unverified TLS connection for a secure one. docs/backends.md.
+//!
+//! A URL may name several hosts (`host=a,b` or `postgres://a,b/db`) with
+//! `target_session_attrs=read-write`: every connection is made to the one
+//! that takes writes, so after a failover a broken connection is made
+//! again to the promoted standby. Unless the URL says otherwise, a
+//! connection attempt gives up after [`CONNECT_TIMEOUT`] and a connection
+//! whose server stopped answering (a cut network) is dropped within
+//! [`DEAD_PEER_TIMEOUT`], so nothing waits on a dead peer for TCP's two
+//! hours. [`is_unreachable`] tells those failures from the database's
+//! answers.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +30,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+/// A connection attempt's limit per host, unless the URL sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long sent data may go unacknowledged, and how long an idle
+/// connection may go without a keepalive answer, before the connection is
+/// given up (unless the URL sets `tcp_user_timeout` or `keepalives_idle`).
+pub const DEAD_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a CA bundle is looked for when the URL and environment name none.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -35,6 +52,15 @@ pub struct Target {
 pub fn target(url: &str) -> Result<Target, String> {
     let (url, root) = split_tls_options(url);
     let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| describe(&e))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(DEAD_PEER_TIMEOUT);
+    }
+    if !url.contains("keepalives_idle") {
+        config.keepalives_idle(DEAD_PEER_TIMEOUT / 2);
+    }
     let tls = match config.get_ssl_mode() {
         SslMode::Require => {
             let path = root
@@ -71,6 +97,42 @@ pub fn describe(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// True when `e` says the database could not be reached or the connection
+/// broke (a stopped or failed-over server, a cut network, a server that
+/// only reads: a standby, or a primary that was demoted) rather than that
+/// the database answered with an error. Such a failure passes: the caller
+/// answers "unavailable, retry", and the next attempt connects again. An
+/// operation whose connection broke during its COMMIT may have been
+/// committed; the caller cannot know.
+pub fn is_unreachable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                SqlState::IDLE_SESSION_TIMEOUT,
+            ]
+            .contains(code);
+    }
+    // No answer from the server: a socket error, a refused or timed-out
+    // connection, or no host that takes writes.
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    text.starts_with("timeout") || text.starts_with("error connecting")
 }
 
 /// Takes `sslrootcert` out of a URL (tokio-postgres does not know it) and

@@ -112,6 +112,37 @@ fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> bool {
     false
 }
 
+/// Runs `postgres` on the cluster files in `dir` (a free port is tried up
+/// to five times).
+fn run(bin: PathBuf, root: bool, dir: tempfile::TempDir, settings: &[String]) -> Cluster {
+    let data = dir.path().join("data");
+    for _ in 0..5 {
+        let port = free_port().expect("a free port");
+        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+        let mut child = command(&bin, "postgres", root)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string()])
+            .args(settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        if wait_ready(&mut child, &bin, port) {
+            return Cluster { child, port, dir, bin };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
+        if !log.contains("could not bind") && !log.contains("Address already in use") {
+            panic!("postgres did not start:\n{log}");
+        }
+    }
+    panic!("postgres did not find a free port in 5 tries")
+}
+
 /// A test CA and a server certificate it signed (PEM).
 #[cfg(feature = "tls")]
 pub struct Pki {
@@ -211,31 +242,84 @@ impl Cluster {
             }
             settings.extend(["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"].map(String::from));
         }
-        for _ in 0..5 {
-            let port = free_port().expect("a free port");
-            let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-            let mut child = command(&bin, "postgres", root)
-                .arg("-D")
-                .arg(&data)
-                .args(["-p", &port.to_string()])
-                .args(settings.iter().flat_map(|kv| ["-c", kv.as_str()]))
-                .arg("-k")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start postgres");
-            if wait_ready(&mut child, &bin, port) {
-                return Some(Cluster { child, port, dir, bin });
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
-            if !log.contains("could not bind") && !log.contains("Address already in use") {
-                panic!("postgres did not start:\n{log}");
-            }
+        Some(run(bin, root, dir, &settings))
+    }
+
+    /// A streaming-replication standby of this cluster: a base backup
+    /// (`pg_basebackup`) started as a hot standby that follows this
+    /// primary, known to it as `name` (its `application_name`, as
+    /// `synchronous_standby_names` and `pg_stat_replication` name it).
+    /// Waits until it streams.
+    pub fn start_standby(&self, name: &str) -> Cluster {
+        let root = is_root();
+        let dir = tempfile::Builder::new().prefix("pypes-pg-standby-").tempdir().expect("temp dir");
+        if root {
+            let status = Command::new("chown").arg(format!("{}:", run_as())).arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "chown of the standby's directory failed");
         }
-        panic!("postgres did not find a free port in 5 tries")
+        let data = dir.path().join("data");
+        let out = command(&self.bin, "pg_basebackup", root)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pypes", "--checkpoint=fast", "-X", "stream"])
+            .arg("-D")
+            .arg(&data)
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(data.join("standby.signal"), "").expect("standby.signal");
+        if root {
+            let status = Command::new("chown")
+                .arg(format!("{}:", run_as()))
+                .arg(data.join("standby.signal"))
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of standby.signal failed");
+        }
+        let settings = vec![
+            "listen_addresses=127.0.0.1".to_string(),
+            "fsync=on".to_string(),
+            format!("primary_conninfo=host=127.0.0.1 port={} user=pypes application_name={name}", self.port),
+            "hot_standby=on".to_string(),
+        ];
+        let standby = run(self.bin.clone(), root, dir, &settings);
+        let started = Instant::now();
+        let query = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+        );
+        while self.psql(&self.url("postgres"), &query) != "1" {
+            assert!(started.elapsed() < Duration::from_secs(30), "standby {name} did not start streaming in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        standby
+    }
+
+    /// Makes standby `name` synchronous: from now on a commit returns only
+    /// once the standby has flushed it (`synchronous_commit=on`), so every
+    /// acknowledged commit survives the primary's loss. Waits until the
+    /// primary reports it as `sync`.
+    pub fn require_sync_standby(&self, name: &str) {
+        let url = self.url("postgres");
+        self.psql(&url, &format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'"));
+        self.psql(&url, "SELECT pg_reload_conf()");
+        let started = Instant::now();
+        let query = format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{name}'");
+        while self.psql(&url, &query) != "sync" {
+            assert!(started.elapsed() < Duration::from_secs(30), "standby {name} did not become synchronous in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server the hard way (an immediate shutdown: no checkpoint,
+    /// every connection cut, as a crash of the machine would), and waits
+    /// for it to exit.
+    pub fn stop_hard(&mut self) {
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    /// Promotes a standby to a primary (`pg_promote`, waiting until it
+    /// takes writes).
+    pub fn promote(&self) {
+        assert_eq!(self.psql(&self.url("postgres"), "SELECT pg_promote(true, 60)"), "t", "promotion failed");
     }
 
     /// Keeps the cluster for the rest of the test process (for helpers that
@@ -296,6 +380,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // stopped already (`stop_hard`)
+        }
         // SIGQUIT: an immediate shutdown; the files go with the temp dir.
         let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
         let started = Instant::now();

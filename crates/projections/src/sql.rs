@@ -106,6 +106,8 @@ pub enum SinkError {
 /// The sink: one connection, its checkpoint in the same database.
 pub struct SqlSink {
     client: Client,
+    /// To connect again after the connection broke (a failover).
+    url: String,
     db: String,
     position: u64,
 }
@@ -192,7 +194,7 @@ impl SqlSink {
                 0
             }
         };
-        Ok(Self { client, db, position })
+        Ok(Self { client, url: url.to_string(), db, position })
     }
 
     /// The log position up to which every event is in the tables.
@@ -236,6 +238,18 @@ impl SqlSink {
                 Err(e) => {
                     tracing::warn!(error = %e, "SQL read models: retrying in a second");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    if self.client.is_closed() {
+                        // Connect again (to the promoted standby after a
+                        // failover, with a multi-host URL); the checkpoint
+                        // is read again, so nothing is applied twice.
+                        match SqlSink::open(&self.url).await {
+                            Ok(fresh) => {
+                                tracing::info!(db = %self.db, position = fresh.position, "SQL read models reconnected");
+                                self = fresh;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "SQL read models: reconnecting failed"),
+                        }
+                    }
                     continue;
                 }
             }

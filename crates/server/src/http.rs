@@ -128,7 +128,7 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
     if let Some(trouble) = state.log.write_trouble() {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
-            .body(format!("writes refused: {trouble}\nreads still work; appends resume once space is freed\n"));
+            .body(format!("writes refused: {trouble}\n"));
     }
     if *state.ready.borrow() {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
@@ -172,7 +172,12 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     let head_help = "The position the next committed event gets (events in the log).";
     sample(&mut body, "pypes_log_head_position", "gauge", head_help, state.log.head());
     let full_help = "1 while appends fail because the event log's disk is full.";
-    sample(&mut body, "pypes_log_storage_full", "gauge", full_help, u8::from(state.log.write_trouble().is_some()));
+    let trouble = state.log.write_trouble();
+    let full = matches!(trouble, Some(eventlog::WriteTrouble::StorageFull(_)));
+    sample(&mut body, "pypes_log_storage_full", "gauge", full_help, u8::from(full));
+    let unreachable = matches!(trouble, Some(eventlog::WriteTrouble::Unreachable(_)));
+    let db_help = "1 while the event log's database cannot be reached (a failover, a cut network).";
+    sample(&mut body, "pypes_log_database_unreachable", "gauge", db_help, u8::from(unreachable));
     let tls_help = "1 when listening without TLS off loopback (tls.plaintext_behind_mesh).";
     sample(&mut body, "pypes_tls_disabled", "gauge", tls_help, u8::from(state.plaintext_behind_mesh));
     if let Some(dir) = &state.log_dir {

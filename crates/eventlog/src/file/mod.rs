@@ -181,8 +181,8 @@ impl EventLog for FileLog {
         Some(self.shared.fsync.snapshot())
     }
 
-    fn write_trouble(&self) -> Option<String> {
-        self.shared.storage_full()
+    fn write_trouble(&self) -> Option<crate::WriteTrouble> {
+        self.shared.storage_full().map(crate::WriteTrouble::StorageFull)
     }
 
     fn exclusive(&self) -> bool {

@@ -65,6 +65,11 @@ fn status_noting(e: AppError) -> (Status, Option<uuid::Uuid>) {
     if let Some(r) = region.and_then(|r| tonic::metadata::MetadataValue::try_from(r).ok()) {
         status.metadata_mut().insert("pypes-region", r);
     }
+    // A retry hint a gRPC client's retry policy reads (gRFC A6): the node
+    // is failing over, reconnecting or shutting down.
+    if status.code() == tonic::Code::Unavailable {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", tonic::metadata::MetadataValue::from_static("1000"));
+    }
     (status, incident)
 }
 
