@@ -164,3 +164,65 @@ async fn appends_of_one_group_are_decided_in_order() {
     let positions = pg.psql(&url, "SELECT count(*) = max(position) + 1 FROM pypes_log_events");
     assert_eq!(positions, "t", "gap-free positions");
 }
+
+/// Every connection of the log broken at once (as a failover or a
+/// restarted server breaks them): the next calls connect again by
+/// themselves, and the listener too (another node's commit goes live).
+/// A log that reached position `p` and then finds the database's log
+/// ending below it (a failover to a standby that lacked the last commits)
+/// refuses appends instead of reusing positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connections_are_made_again_and_a_log_behind_is_refused() {
+    let Some(pg) = pgtest::Cluster::start() else { return };
+    let url = pg.fresh_database();
+    let (a, b) = (
+        PgLog::open(&url, Arc::new(SystemClock)).await.unwrap(),
+        PgLog::open(&url, Arc::new(SystemClock)).await.unwrap(),
+    );
+    a.append("s", ExpectedVersion::NoStream, vec![NewEvent::new("E", b"0".to_vec())]).await.unwrap();
+    let db = url.split_whitespace().find_map(|w| w.strip_prefix("dbname=")).unwrap().to_string();
+    let killed = pg.psql(
+        &url,
+        &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"),
+    );
+    assert_eq!(killed, "8", "four connections per log");
+    // The first calls may still find a connection broken: they say so as
+    // unreachable, never as anything else, and a retry goes through.
+    let mut unreachable = 0;
+    let mut version = 0;
+    for i in 1..=3u8 {
+        loop {
+            match a.append("s", ExpectedVersion::Exact(version), vec![NewEvent::new("E", vec![i])]).await {
+                Ok(r) => {
+                    version = r.next_expected_version;
+                    break;
+                }
+                Err(e) if e.is_unreachable() => unreachable += 1,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(unreachable < 10, "the appender never connected again");
+        }
+    }
+    assert!(unreachable <= 1, "one failed append at most (the broken connection is noticed once): {unreachable}");
+    assert_eq!(a.write_trouble(), None, "a commit that went through clears the trouble");
+    let read = loop {
+        match b.read_stream("s", ReadFrom::Start, Direction::Forward, 10).await {
+            Ok(events) => break events,
+            Err(e) if e.is_unreachable() => continue,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(read.len(), 4);
+    // B's listener connected again: A's commits reach B's head.
+    let mut head = b.watch_head();
+    tokio::time::timeout(std::time::Duration::from_secs(5), head.wait_for(|h| *h == 4)).await.unwrap().unwrap();
+    a.append("s", ExpectedVersion::Exact(version), vec![NewEvent::new("E", b"4".to_vec())]).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), head.wait_for(|h| *h == 5)).await.unwrap().unwrap();
+
+    // The database loses its last two commits behind the logs' backs.
+    pg.psql(&url, "DELETE FROM pypes_log_events WHERE position >= 3; UPDATE pypes_log_head SET next_position = 3; UPDATE pypes_log_streams SET next_version = 3");
+    let e = a.append("t", ExpectedVersion::Any, vec![NewEvent::new("E", b"x".to_vec())]).await.unwrap_err();
+    assert!(e.to_string().contains("committed events are missing") && e.to_string().contains("saw it reach 5"), "{e}");
+    let all = a.read_all(0, 100, &EventFilter::all()).await.unwrap();
+    assert_eq!(all.events.len(), 3, "nothing was written at the missing positions");
+}
