@@ -128,12 +128,29 @@ struct Dialer {
     name: String,
     /// Why the database is unreachable, while it is.
     trouble: std::sync::Mutex<Option<String>>,
+    /// When a connection attempt last failed: for [`REDIAL`] after it,
+    /// calls fail at once instead of each waiting out a connect timeout
+    /// on a cut network.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a failed connection attempt the next one is made.
+const REDIAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Dialer {
     async fn connect(&self, role: &'static str) -> Result<Client> {
-        let (client, connection) =
-            self.target.config.connect(self.target.tls.clone()).await.map_err(|e| self.failed(&e))?;
+        let recent = *self.failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.is_some_and(|at| at.elapsed() < REDIAL) {
+            let trouble = self.trouble.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            return Err(LogError::Unreachable {
+                detail: trouble.unwrap_or_else(|| format!("{}: the last connection attempt failed", self.name)),
+            });
+        }
+        let (client, connection) = self.target.config.connect(self.target.tls.clone()).await.map_err(|e| {
+            *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            self.failed(&e)
+        })?;
+        *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %pgconn::describe(&e), role, "event log database connection ended");
@@ -299,7 +316,12 @@ impl PgLog {
     pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
         let name = redact_url(url);
         let target = pgconn::target(url).map_err(|e| LogError::Database { detail: format!("{name}: {e}") })?;
-        let dial = Arc::new(Dialer { target, name, trouble: std::sync::Mutex::new(None) });
+        let dial = Arc::new(Dialer {
+            target,
+            name,
+            trouble: std::sync::Mutex::new(None),
+            failed_at: std::sync::Mutex::new(None),
+        });
         let named = |e: tokio_postgres::Error| dial.failed(&e);
         let writer = dial.connect("writer").await?;
         // Several nodes may start at once: one creates the tables.

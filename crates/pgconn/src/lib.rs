@@ -38,6 +38,13 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// given up (unless the URL sets `tcp_user_timeout` or `keepalives_idle`).
 pub const DEAD_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Session settings every connection asks the server for: a transaction
+/// left idle (its client gone silent: a cut network, a frozen node) is
+/// ended after 5 s and its locks released, and the server drops a
+/// connection whose client stopped answering as the client does.
+pub const SERVER_SIDE: &str = "-c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=5 \
+     -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
+
 /// Where a CA bundle is looked for when the URL and environment name none.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -61,6 +68,18 @@ pub fn target(url: &str) -> Result<Target, String> {
     if !url.contains("keepalives_idle") {
         config.keepalives_idle(DEAD_PEER_TIMEOUT / 2);
     }
+    if !url.contains("keepalives_interval") {
+        config.keepalives_interval(DEAD_PEER_TIMEOUT / 5);
+    }
+    // The server side of the same: a node cut off in the middle of a
+    // transaction must not keep its locks (the event log's append lock
+    // serialises every node's appends) until the server's TCP notices,
+    // hours later. Settings the URL's `options` name win.
+    let mut options = SERVER_SIDE.to_string();
+    if let Some(theirs) = config.get_options() {
+        options = format!("{options} {theirs}");
+    }
+    config.options(options);
     let tls = match config.get_ssl_mode() {
         SslMode::Require => {
             let path = root

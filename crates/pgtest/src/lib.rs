@@ -186,7 +186,18 @@ impl Cluster {
         Self::start_with(&std::env::temp_dir(), Some((cert_pem, key_pem)))
     }
 
+    /// [`Cluster::start`] listening on every address, not only loopback,
+    /// and trusting clients from the network `net` (CIDR, e.g. a test's
+    /// network namespaces on `10.200.0.0/14`).
+    pub fn start_reachable_from(net: &str) -> Option<Cluster> {
+        Self::start_full(&std::env::temp_dir(), None, Some(net))
+    }
+
     fn start_with(base: &Path, tls: Option<(&str, &str)>) -> Option<Cluster> {
+        Self::start_full(base, tls, None)
+    }
+
+    fn start_full(base: &Path, tls: Option<(&str, &str)>, net: Option<&str>) -> Option<Cluster> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("PYPES_REQUIRE_POSTGRES").is_none(),
@@ -228,6 +239,12 @@ impl Cluster {
             .expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let mut settings = vec!["listen_addresses=127.0.0.1".to_string(), "fsync=on".to_string()];
+        if let Some(net) = net {
+            use std::io::Write;
+            let mut hba = std::fs::OpenOptions::new().append(true).open(data.join("pg_hba.conf")).expect("pg_hba.conf");
+            writeln!(hba, "host all all {net} trust").expect("write pg_hba.conf");
+            settings[0] = "listen_addresses=*".to_string();
+        }
         if let Some((cert, key)) = tls {
             use std::os::unix::fs::PermissionsExt;
             for (name, pem) in [("server.crt", cert), ("server.key", key)] {

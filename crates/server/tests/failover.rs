@@ -60,35 +60,6 @@ fn both(url: &str, primary: u16, standby: u16) -> String {
     )
 }
 
-async fn readyz(http: &str) -> (u16, String) {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(http)).await
-    else {
-        return (0, "no connection".into());
-    };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!("GET /readyz HTTP/1.0\r\nHost: {http}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return (0, "write failed".into());
-    }
-    let mut text = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await;
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
-}
-
-/// Waits until `/readyz` of `http` answers `code` (the last answer).
-async fn wait_readyz(http: &str, code: u16, within: Duration) -> String {
-    let started = Instant::now();
-    loop {
-        let (got, text) = readyz(http).await;
-        if got == code {
-            return text;
-        }
-        assert!(started.elapsed() < within, "{http}/readyz is not {code} after {within:?}: {text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
     let Some(mut primary) = pgtest::Cluster::start() else { return };

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use proto::api as pb;
 use tonic::Request;
@@ -77,9 +78,34 @@ pub fn backend_env(data: &Path) -> Vec<(String, String)> {
     vec![("PYPES_LOG_BACKEND".into(), "postgres".into()), ("PYPES_LOG_URL".into(), url)]
 }
 
+/// Starts the server inside network namespace `ns` (`ip netns exec`),
+/// listening on every address there in plain text (as behind a mesh that
+/// terminates TLS); the test reaches it at `reach` (an address of the
+/// namespace).
+pub fn start_in_netns(ns: &str, reach: &str, data: &Path, env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_pypes")]).env("PYPES_PLAINTEXT_BEHIND_MESH", "true");
+    let mut server = spawn_command(command, "0.0.0.0", data, env, "warn", Stdio::inherit());
+    server.grpc = server.grpc.replace("0.0.0.0", reach);
+    server.http = server.http.replace("0.0.0.0", reach);
+    server
+}
+
 fn spawn(data: &Path, env: &[(&str, &str)], level: &str, stderr: Stdio) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pypes"))
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--admin-key", ADMIN, "--data-dir"])
+    spawn_command(Command::new(env!("CARGO_BIN_EXE_pypes")), "127.0.0.1", data, env, level, stderr)
+}
+
+fn spawn_command(
+    mut command: Command,
+    host: &str,
+    data: &Path,
+    env: &[(&str, &str)],
+    level: &str,
+    stderr: Stdio,
+) -> Server {
+    let (grpc, http) = (format!("{host}:0"), format!("{host}:0"));
+    let mut child = command
+        .args(["serve", "--grpc-addr", &grpc, "--http-addr", &http, "--admin-key", ADMIN, "--data-dir"])
         .arg(data)
         .envs(backend_env(data))
         .envs(env.iter().copied())
@@ -947,4 +973,35 @@ pub fn containing(files: &[std::path::PathBuf], needle: &str) -> Vec<std::path::
         .filter(|p| std::fs::read(p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()))
         .cloned()
         .collect()
+}
+
+/// `/readyz` of `http`: (status code, the whole answer); 0 when it does not
+/// answer within 5 s.
+pub async fn readyz(http: &str) -> (u16, String) {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(http)).await
+    else {
+        return (0, "no connection".into());
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET /readyz HTTP/1.0\r\nHost: {http}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, "write failed".into());
+    }
+    let mut text = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text)).await;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+/// Waits until `/readyz` of `http` answers `code` (the last answer).
+pub async fn wait_readyz(http: &str, code: u16, within: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let (got, text) = readyz(http).await;
+        if got == code {
+            return text;
+        }
+        assert!(started.elapsed() < within, "{http}/readyz is not {code} after {within:?}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
