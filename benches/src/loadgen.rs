@@ -13,6 +13,7 @@
 
 mod activation;
 mod apibench;
+mod crashcycles;
 mod grpc_peers;
 mod keybench;
 mod mediabench;
@@ -278,6 +279,35 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
     },
+    /// Kills `pypes serve` (SIGKILL) N times under load through the gRPC
+    /// API, then checks every acknowledged message is there exactly once,
+    /// every acknowledged erasure certified and the views whole.
+    CrashCycles {
+        /// Directory for the data directory (default: the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        cycles: usize,
+        /// Concurrent clients posting messages.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Sessions the messages go to.
+        #[arg(long, default_value_t = 16)]
+        sessions: usize,
+        /// Load before each kill: a random time between these (ms).
+        #[arg(long, default_value_t = 20)]
+        min_ms: u64,
+        #[arg(long, default_value_t = 400)]
+        max_ms: u64,
+        /// An end user registered and erased every this many cycles (0: none).
+        #[arg(long, default_value_t = 10)]
+        erase_every: usize,
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+        /// The JSON file of the run's figures.
+        #[arg(long, default_value = "target/bench/crash-cycles.json")]
+        out: PathBuf,
+    },
     /// The bare echo server (started by send-message).
     EchoServer,
     /// Opens an existing log and reports open time and resident memory
@@ -413,6 +443,23 @@ fn main() -> Result<()> {
                 sessions_per_pype.max(1),
                 rate.max(0.0),
             ))
+        }
+        Command::CrashCycles { dir, cycles, clients, sessions, min_ms, max_ms, erase_every, seed, out } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => std::env::current_dir()?,
+            };
+            rt.block_on(crashcycles::run(crashcycles::Options {
+                dir,
+                cycles: cycles.max(1),
+                clients: clients.max(1),
+                sessions: sessions.max(1),
+                min_ms,
+                max_ms: max_ms.max(min_ms),
+                erase_every,
+                seed,
+                out,
+            }))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),
         Command::LogOpen { dir, key_seed } => {
