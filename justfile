@@ -52,9 +52,16 @@ bench-peers *ARGS:
 s3:
     bash .ci/s3.sh
 
-# Fuzz the file log's record decoder (needs nightly and cargo-fuzz; not in CI).
-fuzz SECONDS="60":
-    cd crates/eventlog/fuzz && cargo +nightly fuzz run frame_decode -- -max_total_time={{SECONDS}}
+# One cargo-fuzz target for SECONDS (stable toolchain: RUSTC_BOOTSTRAP, as
+# docs/fuzzing.md says; `cargo install cargo-fuzz --locked` first), e.g.
+# `just fuzz key_store 600`. Targets: log_frame stored_event key_store
+# media_blob config_file api_request.
+fuzz TARGET SECONDS="60":
+    bash .ci/fuzz.sh {{SECONDS}} {{TARGET}}
+
+# Every fuzz target for SECONDS each (CI runs 30).
+fuzz-all SECONDS="60":
+    bash .ci/fuzz.sh {{SECONDS}}
 
 # Server instructions per PostMessage, counted by valgrind's callgrind
 # (repeatable where wall time is not). Pass e.g. `just bench-instructions 100 400`.

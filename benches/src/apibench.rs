@@ -64,6 +64,11 @@ impl Proc {
         bail!("the server did not become ready within 60 s")
     }
 
+    /// The server's process id (for /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status

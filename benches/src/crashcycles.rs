@@ -190,7 +190,7 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
             (acked, unanswered)
         }));
     }
-    let erasure = (o.erase_every > 0 && n % o.erase_every == 0)
+    let erasure = (o.erase_every > 0 && n.is_multiple_of(o.erase_every))
         .then(|| tokio::spawn(erase_one(channel.clone(), t.key.clone(), t.pype.clone(), format!("erased{n}"))));
     let window = o.min_ms + rng.below(o.max_ms.saturating_sub(o.min_ms) + 1);
     tokio::time::sleep(Duration::from_millis(window)).await;

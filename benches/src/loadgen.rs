@@ -20,6 +20,7 @@ mod mediabench;
 mod peers;
 mod peers_common;
 mod rebuild;
+mod soak;
 mod webhookbench;
 
 /// The allocator the `pypes` binary uses, so figures are the product's.
@@ -308,6 +309,35 @@ enum Command {
         #[arg(long, default_value = "target/bench/crash-cycles.json")]
         out: PathBuf,
     },
+    /// Steady load at half the measured maximum for N minutes with
+    /// erasures, exports, restrictions, retention changes and API key
+    /// rotation mixed in; RSS, open files, threads, p99 and errors sampled
+    /// into a JSON file and an SVG plot.
+    Soak {
+        /// Directory for the data directory (default: the current directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60.0)]
+        sample_secs: f64,
+        /// Sessions the messages go to.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// A privacy operation every this many ms.
+        #[arg(long, default_value_t = 1000)]
+        mixed_every_ms: u64,
+        /// Messages/s offered (default: half the measured maximum).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The JSON file (the plot goes beside it as .svg).
+        #[arg(long, default_value = "target/bench/soak.json")]
+        out: PathBuf,
+        /// Fail on any error, or on open files or threads that grew.
+        #[arg(long)]
+        check: bool,
+    },
     /// The bare echo server (started by send-message).
     EchoServer,
     /// Opens an existing log and reports open time and resident memory
@@ -459,6 +489,22 @@ fn main() -> Result<()> {
                 erase_every,
                 seed,
                 out,
+            }))
+        }
+        Command::Soak { dir, minutes, sample_secs, sessions, mixed_every_ms, rate, out, check } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => std::env::current_dir()?,
+            };
+            rt.block_on(soak::run(soak::Options {
+                dir,
+                minutes: minutes.max(0.05),
+                sample_secs,
+                sessions,
+                mixed_every_ms,
+                rate,
+                out,
+                check,
             }))
         }
         Command::EchoServer => rt.block_on(apibench::echo_server()),

@@ -118,20 +118,19 @@ impl Header {
 
     /// Plaintext bytes in chunk `index`.
     pub fn plain_len(&self, index: u64) -> usize {
-        let start = index * u64::from(self.chunk_size);
+        let start = index.saturating_mul(u64::from(self.chunk_size));
         self.size.saturating_sub(start).min(u64::from(self.chunk_size)) as usize
     }
 
     /// Where chunk `index` starts in the stored blob.
     pub fn chunk_offset(&self, index: u64) -> u64 {
-        HEADER_LEN as u64 + index * (u64::from(self.chunk_size) + CHUNK_OVERHEAD as u64)
+        (HEADER_LEN as u64).saturating_add(index.saturating_mul(u64::from(self.chunk_size) + CHUNK_OVERHEAD as u64))
     }
 
     /// Stored bytes of the whole blob.
     pub fn stored_len(&self) -> u64 {
         self.chunk_offset(self.chunks().saturating_sub(1))
-            + self.plain_len(self.chunks().saturating_sub(1)) as u64
-            + CHUNK_OVERHEAD as u64
+            .saturating_add(self.plain_len(self.chunks().saturating_sub(1)) as u64 + CHUNK_OVERHEAD as u64)
     }
 
     fn aad(&self, index: u64) -> Vec<u8> {
@@ -304,22 +303,25 @@ impl Decryptor {
         &self.header
     }
 
-    /// The chunks that hold plaintext bytes [offset, offset + len).
+    /// The chunks that hold plaintext bytes [offset, offset + len), cut
+    /// at the blob's end (a range past it, or one whose end overflows,
+    /// gives no chunk past the last).
     pub fn chunks_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
-        if len == 0 {
+        let end = offset.saturating_add(len).min(self.header.size);
+        if offset >= end {
             return 0..0;
         }
         let c = u64::from(self.header.chunk_size);
-        offset / c..(offset + len).div_ceil(c)
+        offset / c..end.div_ceil(c)
     }
 
     /// Opens chunk `index` (its stored bytes) and keeps the part inside
     /// [offset, offset + len).
     pub fn open(&self, index: u64, stored: Vec<u8>, offset: u64, len: u64) -> Result<Vec<u8>, FormatError> {
         let mut plain = self.header.open_chunk(&self.cipher, index, stored)?;
-        let start = index * u64::from(self.header.chunk_size);
+        let start = index.saturating_mul(u64::from(self.header.chunk_size));
         let from = offset.saturating_sub(start).min(plain.len() as u64) as usize;
-        let to = (offset + len).saturating_sub(start).min(plain.len() as u64) as usize;
+        let to = offset.saturating_add(len).saturating_sub(start).min(plain.len() as u64) as usize;
         plain.truncate(to);
         plain.drain(..from);
         Ok(plain)
@@ -328,5 +330,32 @@ impl Decryptor {
     /// Stored byte range of chunk `index`.
     pub fn stored_range(&self, index: u64) -> (u64, usize) {
         (self.header.chunk_offset(index), self.header.plain_len(index) + CHUNK_OVERHEAD)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `media_blob` fuzz target: a range whose end overflows
+    /// u64 (from a damaged header's size) panicked in `chunks_of`.
+    #[test]
+    fn ranges_near_the_end_of_u64_do_not_overflow() {
+        let id = BlobId { tenant: Uuid::nil(), session: Uuid::nil(), media: Uuid::nil() };
+        let mut header = Header::new(id, Uuid::nil(), u64::MAX);
+        header.chunk_size = 1;
+        let cipher = <Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&[3; 32]).unwrap();
+        let reader = Decryptor::new(header, cipher);
+        assert_eq!(reader.chunks_of(u64::MAX - 1, 4_000_000), u64::MAX - 1..u64::MAX);
+        assert_eq!(reader.chunks_of(u64::MAX, 1), 0..0);
+        assert!(reader.open(u64::MAX - 1, vec![0; 40], u64::MAX - 1, 4_000_000).is_err());
+        assert_eq!(header.chunk_offset(u64::MAX), u64::MAX);
+        assert_eq!(header.plain_len(u64::MAX), 0);
+        let small = Header::new(id, Uuid::nil(), 3000);
+        let reader = Decryptor::new(small, <Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&[3; 32]).unwrap());
+        assert_eq!(reader.chunks_of(0, 3000), 0..1);
+        assert_eq!(reader.chunks_of(2999, 10), 0..1);
+        assert_eq!(reader.chunks_of(3000, 1), 0..0);
+        assert_eq!(reader.chunks_of(5, 0), 0..0);
     }
 }

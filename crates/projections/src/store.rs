@@ -68,6 +68,11 @@ impl std::fmt::Debug for ViewStore {
     }
 }
 
+/// The page cache of one view store. redb's default is 1 GiB per file,
+/// so four large views could hold 4 GiB of a node's memory; the operating
+/// system's page cache keeps the rest of a file warm.
+pub const CACHE_BYTES: usize = 64 << 20;
+
 impl ViewStore {
     /// Opens (or creates) the store at `path`.
     ///
@@ -81,6 +86,7 @@ impl ViewStore {
         }
         let db = redb::Builder::new()
             .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| ViewError::Db { path: path.display().to_string(), source: Box::new(e.into()) })?;
         let store = Self { db, path: path.to_path_buf() };

@@ -1,7 +1,7 @@
 //! Fuzzes the record decoder of the file log: any bytes either parse as a
 //! frame whose re-encoding parses back to the same frame, or are reported
 //! as incomplete or invalid. Never a panic, never an over-long allocation.
-//! Run: `cd crates/eventlog/fuzz && cargo +nightly fuzz run frame_decode`.
+//! Run: `just fuzz log_frame` (docs/fuzzing.md).
 #![no_main]
 
 use eventlog::file::format::{self, FrameParse};
