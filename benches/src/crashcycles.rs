@@ -24,6 +24,7 @@ use proto::api as pb;
 use tonic::transport::Channel;
 
 use crate::apibench::{ADMIN, Proc, authed, start_pypes};
+use crate::peers::Rng;
 
 /// The run's settings (the command line's).
 pub struct Options {
@@ -40,19 +41,9 @@ pub struct Options {
     pub out: PathBuf,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// A number below `n` (0 for `n` = 0) from the benches' seeded generator.
+fn below(rng: &mut Rng, n: u64) -> u64 {
+    rng.next() % n.max(1)
 }
 
 /// What the clients of the whole run were told.
@@ -171,7 +162,7 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let s = rng.below(sessions.len() as u64) as usize;
+                let s = below(&mut rng, sessions.len() as u64) as usize;
                 let body = format!("c{n}-{c}-{i}");
                 let request = pb::PostMessageRequest {
                     session_id: sessions[s].clone(),
@@ -192,7 +183,7 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
     }
     let erasure = (o.erase_every > 0 && n.is_multiple_of(o.erase_every))
         .then(|| tokio::spawn(erase_one(channel.clone(), t.key.clone(), t.pype.clone(), format!("erased{n}"))));
-    let window = o.min_ms + rng.below(o.max_ms.saturating_sub(o.min_ms) + 1);
+    let window = o.min_ms + below(rng, o.max_ms.saturating_sub(o.min_ms) + 1);
     tokio::time::sleep(Duration::from_millis(window)).await;
     drop(server); // SIGKILL, and waited for
     stop.store(true, Ordering::Relaxed);

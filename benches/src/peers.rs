@@ -35,10 +35,10 @@ use hdrhistogram::Histogram;
 pub(crate) use crate::peers_common::{Appender, Options, Round, histogram, median, round_of};
 
 /// A seeded xorshift generator (the same streams in every run).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

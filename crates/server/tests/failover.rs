@@ -22,7 +22,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,23 +31,6 @@ use proto::api as pb;
 use tonic::Code;
 
 const WRITERS: usize = 8;
-/// A call that takes longer than this is a hang.
-const CALL_LIMIT: Duration = Duration::from_secs(20);
-
-/// What one writer saw.
-#[derive(Default)]
-struct Seen {
-    /// (body, seq) of each acknowledged post, in the order of the acks.
-    acked: Vec<(String, u64)>,
-    /// Bodies whose post failed (outcome unknown).
-    failed: Vec<String>,
-    /// Acknowledgements after the standby was promoted.
-    acked_after_promotion: usize,
-    /// Failed calls by code.
-    codes: HashMap<Code, usize>,
-    /// Failed calls without the retry hint.
-    without_hint: usize,
-}
 
 /// `url` (one host) with `host` and `port` naming both servers, the
 /// writable one chosen at each connection.
@@ -104,40 +86,17 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
     let promoted = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for (w, session) in sessions.iter().enumerate() {
-        let mut client = nodes[w % 2].sessions.clone();
-        let (key, session, sender) = (key.clone(), session.clone(), senders[w].clone());
-        let (stop, promoted) = (stop.clone(), promoted.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let body = format!("w{w}-m{i}");
-                let request = pb::PostMessageRequest {
-                    session_id: session.clone(),
-                    sender_id: sender.clone(),
-                    body: body.clone(),
-                    ..Default::default()
-                };
-                let after_promotion = promoted.load(Ordering::Relaxed);
-                match tokio::time::timeout(CALL_LIMIT, client.post_message(authed(&key, request))).await {
-                    Err(_) => panic!("writer {w}: a post hung for {CALL_LIMIT:?}"),
-                    Ok(Ok(r)) => {
-                        seen.acked.push((body, r.into_inner().seq));
-                        seen.acked_after_promotion += usize::from(after_promotion);
-                    }
-                    Ok(Err(status)) => {
-                        *seen.codes.entry(status.code()).or_default() += 1;
-                        if status.metadata().get("grpc-retry-pushback-ms").is_none() {
-                            seen.without_hint += 1;
-                        }
-                        seen.failed.push(body);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            seen
-        }));
+        let writer = ledger::Writer {
+            name: format!("w{w}"),
+            client: nodes[w % 2].sessions.clone(),
+            key: key.clone(),
+            session: session.clone(),
+            sender: senders[w].clone(),
+            stop: stop.clone(),
+            after: promoted.clone(),
+            acks: None,
+        };
+        tasks.push(tokio::spawn(writer.run()));
     }
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -178,7 +137,7 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
             assert_eq!(*code, Code::Unavailable, "writer {w}: a failed post must be UNAVAILABLE: {:?}", s.codes);
         }
         assert_eq!(s.without_hint, 0, "writer {w}: an UNAVAILABLE answer without grpc-retry-pushback-ms");
-        assert!(s.acked_after_promotion > 0, "writer {w}: no post went through after the promotion");
+        assert!(s.acked_after > 0, "writer {w}: no post went through after the promotion");
     }
     assert!(failed > 0, "the primary stopped under load, yet no post failed: the test did not test a failover");
 
@@ -186,23 +145,7 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
     let channel = tonic::transport::Channel::from_shared(servers[1].grpc.clone()).unwrap().connect().await.unwrap();
     for (w, s) in seen.iter().enumerate() {
         let messages = all_messages(&channel, &key, &sessions[w]).await;
-        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=messages.len() as u64).collect::<Vec<_>>(), "writer {w}: message numbers are dense");
-        let mut at: HashMap<&str, Vec<u64>> = HashMap::new();
-        for m in &messages {
-            at.entry(m.body.as_str()).or_default().push(m.seq);
-        }
-        let mut last = 0;
-        for (body, seq) in &s.acked {
-            assert_eq!(at.get(body.as_str()), Some(&vec![*seq]), "writer {w}: acknowledged {body} once as #{seq}");
-            assert!(*seq > last, "writer {w}: acknowledged out of order");
-            last = *seq;
-        }
-        for body in &s.failed {
-            assert!(at.get(body.as_str()).is_none_or(|v| v.len() == 1), "writer {w}: {body} twice");
-        }
-        let known = s.acked.len() + s.failed.iter().filter(|b| at.contains_key(b.as_str())).count();
-        assert_eq!(messages.len(), known, "writer {w}: a message nobody posted");
+        ledger::check_session(&format!("writer {w}"), &messages, &[s]);
     }
 
     // The key store followed: new keys (an end user, a Session) on the new primary.

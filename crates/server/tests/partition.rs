@@ -29,18 +29,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use proto::api as pb;
 use tonic::Code;
 
 const SESSIONS: usize = 4;
-const CALL_LIMIT: Duration = Duration::from_secs(25);
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -108,15 +105,6 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-#[derive(Default)]
-struct Seen {
-    acked: Vec<(String, u64)>,
-    failed: Vec<String>,
-    codes: HashMap<Code, usize>,
-    without_hint: usize,
-    acked_after_restore: usize,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
     if !is_root() {
@@ -166,45 +154,17 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
     let mut tasks = Vec::new();
     for w in 0..2 * SESSIONS {
         let (node, s) = (w / SESSIONS, w % SESSIONS);
-        let mut client = nodes[node].sessions.clone();
-        let (key, session, user) = (key.clone(), sessions[s].clone(), users[s].clone());
-        let (stop, restored, b_acks) = (stop.clone(), restored.clone(), b_acks.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let body = format!("w{w}-m{i}");
-                let request = pb::PostMessageRequest {
-                    session_id: session.clone(),
-                    sender_id: user.clone(),
-                    body: body.clone(),
-                    ..Default::default()
-                };
-                let after_restore = restored.load(Ordering::Relaxed);
-                match tokio::time::timeout(CALL_LIMIT, client.post_message(authed(&key, request))).await {
-                    Err(_) => panic!("writer {w}: a post hung for {CALL_LIMIT:?}"),
-                    Ok(Ok(r)) => {
-                        seen.acked.push((body, r.into_inner().seq));
-                        seen.acked_after_restore += usize::from(after_restore);
-                        if node == 1 {
-                            b_acks.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(Err(status)) => {
-                        *seen.codes.entry(status.code()).or_default() += 1;
-                        if status.code() == Code::Unavailable
-                            && status.metadata().get("grpc-retry-pushback-ms").is_none()
-                        {
-                            seen.without_hint += 1;
-                        }
-                        seen.failed.push(body);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            seen
-        }));
+        let writer = ledger::Writer {
+            name: format!("w{w}"),
+            client: nodes[node].sessions.clone(),
+            key: key.clone(),
+            session: sessions[s].clone(),
+            sender: users[s].clone(),
+            stop: stop.clone(),
+            after: restored.clone(),
+            acks: (node == 1).then(|| b_acks.clone()),
+        };
+        tasks.push(tokio::spawn(writer.run()));
     }
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -243,33 +203,14 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
             assert!(matches!(code, Code::Unavailable | Code::Aborted), "writer {w}: {:?}", s.codes);
         }
         assert_eq!(s.without_hint, 0, "writer {w}: UNAVAILABLE without grpc-retry-pushback-ms");
-        assert!(s.acked_after_restore > 0, "writer {w}: nothing acknowledged after the link returned");
+        assert!(s.acked_after > 0, "writer {w}: nothing acknowledged after the link returned");
     }
     assert!(seen[..SESSIONS].iter().any(|s| s.codes.contains_key(&Code::Unavailable)), "A's writers never failed");
 
     let channel = tonic::transport::Channel::from_shared(b.grpc.clone()).unwrap().connect().await.unwrap();
     for (s, session) in sessions.iter().enumerate() {
         let messages = all_messages(&channel, &key, session).await;
-        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=messages.len() as u64).collect::<Vec<_>>(), "Session {s}: numbers are dense");
-        let mut at: HashMap<&str, Vec<u64>> = HashMap::new();
-        for m in &messages {
-            at.entry(m.body.as_str()).or_default().push(m.seq);
-        }
-        let mut known = 0;
-        for w in [s, s + SESSIONS] {
-            let mut last = 0;
-            for (body, seq) in &seen[w].acked {
-                assert_eq!(at.get(body.as_str()), Some(&vec![*seq]), "writer {w}: {body} once, as #{seq}");
-                assert!(*seq > last, "writer {w}: acknowledged out of order");
-                last = *seq;
-            }
-            for body in &seen[w].failed {
-                assert!(at.get(body.as_str()).is_none_or(|v| v.len() == 1), "writer {w}: {body} twice");
-            }
-            known += seen[w].acked.len() + seen[w].failed.iter().filter(|b| at.contains_key(b.as_str())).count();
-        }
-        assert_eq!(messages.len(), known, "Session {s}: a message nobody posted");
+        ledger::check_session(&format!("Session {s}"), &messages, &[&seen[s], &seen[s + SESSIONS]]);
     }
     drop((a, b, ns));
 }

@@ -13,6 +13,7 @@ use proto::api as pb;
 use tonic::Request;
 use tonic::transport::Channel;
 
+pub mod ledger;
 pub mod receiver;
 
 pub const ADMIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
