@@ -11,6 +11,9 @@
 //! reports the suite as not run; with `PYPES_REQUIRE_POSTGRES` set (CI
 //! sets it) a missing PostgreSQL is a failure instead.
 
+pub mod tmpfs;
+pub use tmpfs::Tmpfs;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

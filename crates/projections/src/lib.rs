@@ -35,7 +35,10 @@ pub use error::ViewError;
 pub use keys::{OpenedField, open_sealed, open_sealed_bytes};
 pub use projection::{ApplyError, PURGE_EVENT, Projection};
 pub use runner::{Control, ProjectionStatus, Runner, RunnerConfig, RunnerState, rebuild_all, rebuild_until};
-pub use store::{Generation, ReadView, Rows, SetAside, ViewStore, WriteView, set_aside as store_set_aside};
+pub use store::{
+    Generation, ReadView, Rows, SetAside, ViewStore, WriteView, reserve_for as view_disk_reserve,
+    set_aside as store_set_aside,
+};
 
 /// The three built-in projections, in the order the server runs them.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {

@@ -30,11 +30,14 @@ pub struct RunnerConfig {
     pub page_size: usize,
     /// Longest wait between looks at the log when nothing wakes the runner.
     pub idle_poll: Duration,
+    /// Free bytes the view store leaves on its filesystem; `None`: the
+    /// default rule ([`crate::store::reserve_for`]).
+    pub disk_reserve: Option<u64>,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { page_size: 4096, idle_poll: Duration::from_secs(1) }
+        Self { page_size: 4096, idle_poll: Duration::from_secs(1), disk_reserve: None }
     }
 }
 
@@ -362,8 +365,14 @@ impl Runner {
     fn run(self: Arc<Self>, log: Arc<dyn EventLog>, rt: Handle) {
         let mut stalled: Option<(Generation, GenerationMeta, SkippedEvent)> = None;
         let mut backoff = Duration::from_millis(100);
+        let mut low_on_disk = false;
         while !self.control.stop.load(Ordering::SeqCst) {
-            match self.tick(&log, &rt, &mut stalled) {
+            let round = self.tick(&log, &rt, &mut stalled);
+            if low_on_disk && round.is_ok() {
+                tracing::info!(projection = self.name(), "view store has space again; the view catches up");
+                low_on_disk = false;
+            }
+            match round {
                 Ok(true) => {
                     backoff = Duration::from_millis(100);
                     // Caught up with a short page: under a steady load the
@@ -382,8 +391,32 @@ impl Runner {
                 }
                 Ok(false) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    tracing::error!(projection = self.name(), error = %e, "projection failed; retrying");
                     self.set_state(RunnerState::Failing(e.to_string()));
+                    if matches!(e, ViewError::DiskLow { .. }) {
+                        // Nothing failed: the view waits for space, looking once a second.
+                        if !low_on_disk {
+                            tracing::warn!(projection = self.name(), error = %e, "view store disk nearly full; the view waits");
+                            low_on_disk = true;
+                        }
+                        let until = Instant::now() + Duration::from_secs(1);
+                        while Instant::now() < until && !self.control.stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        continue;
+                    }
+                    tracing::error!(projection = self.name(), error = %e, "projection failed; retrying");
+                    if e.is_io() {
+                        // redb refuses the file after a failed write until
+                        // it is reopened; the reopen rolls it back to its
+                        // last durable commit, and the next round re-reads
+                        // the checkpoint from there.
+                        match self.store.reopen() {
+                            Ok(()) => tracing::info!(projection = self.name(), "view store reopened"),
+                            Err(e) => {
+                                tracing::warn!(projection = self.name(), error = %e, "view store does not reopen yet")
+                            }
+                        }
+                    }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
@@ -565,6 +598,9 @@ impl Runner {
         let durable = last_durable.elapsed() >= DURABLE_EVERY;
         let events: Vec<&RecordedEvent> =
             page.events.iter().filter(|e| filter.matches(&e.stream, e.event_type())).collect();
+        if !page.events.is_empty() {
+            self.store.check_space(self.config.disk_reserve)?;
+        }
         let step = apply_page(
             self.projection.as_ref(),
             &self.store,

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use proto::Message;
 use proto::views::{GenerationMeta, SkippedEvent};
@@ -57,8 +58,14 @@ fn gen_of(bytes: &[u8]) -> Result<Generation, ViewError> {
 }
 
 /// One projection's view store.
+///
+/// After a write fails on the disk (full, or an I/O error), redb refuses
+/// every later operation on the file until it is reopened; the runner
+/// then calls [`ViewStore::reopen`], which closes the file and opens it
+/// again (repairing it back to its last durable commit) once the disk
+/// takes writes again. Until then `db` may be `None`.
 pub struct ViewStore {
-    db: Database,
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
@@ -84,19 +91,72 @@ impl ViewStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| ViewError::Store(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = redb::Builder::new()
-            .set_check_integrity_on_open(true)
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| ViewError::Db { path: path.display().to_string(), source: Box::new(e.into()) })?;
-        let store = Self { db, path: path.to_path_buf() };
-        let txn = store.db.begin_write()?;
+        let store = Self { db: RwLock::new(Some(Self::open_db(path)?)), path: path.to_path_buf() };
+        let txn = store.begin_write_txn()?;
         {
             txn.open_table(CONTROL)?;
             txn.open_table(SKIPS)?;
         }
         txn.commit()?;
         Ok(store)
+    }
+
+    fn open_db(path: &Path) -> Result<Database, ViewError> {
+        redb::Builder::new()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| ViewError::Db { path: path.display().to_string(), source: Box::new(e.into()) })
+    }
+
+    /// Closes the file and opens it again: after a failed write redb
+    /// refuses every operation until then. The open verifies every page
+    /// and rolls the file back to its last durable commit (view and
+    /// checkpoint together; the runner re-applies the rest from the log).
+    /// When the open fails (the disk is still full), the store stays
+    /// closed, its calls fail naming why, and a later call may try again.
+    pub fn reopen(&self) -> Result<(), ViewError> {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // Closed first: the file is locked while it is open. A write
+        // transaction still alive elsewhere defers the close, and the
+        // open below then says the file is busy; the next try succeeds.
+        drop(db.take());
+        *db = Some(Self::open_db(&self.path)?);
+        Ok(())
+    }
+
+    /// Refuses to write when the store's filesystem has less free space
+    /// than `reserve` (`None`: what [`reserve_for`] gives): redb refuses the whole file after a write
+    /// fails on a full disk (reads too, until reopened), so the views stop
+    /// writing first and keep serving what they hold; on a disk shared with
+    /// the log, the reserve is left to the log.
+    pub fn check_space(&self, reserve: Option<u64>) -> Result<(), ViewError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        // A filesystem that cannot say how full it is is not held back.
+        let Ok(st) = rustix::fs::statvfs(dir) else { return Ok(()) };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = reserve.unwrap_or_else(|| reserve_for(st.f_blocks.saturating_mul(st.f_frsize)));
+        if free < reserve {
+            return Err(ViewError::DiskLow { path: self.path.display().to_string(), free, reserve });
+        }
+        Ok(())
+    }
+
+    fn closed(&self) -> ViewError {
+        ViewError::Io(format!(
+            "view store {} is closed after a failed write and has not been reopened yet",
+            self.path.display()
+        ))
+    }
+
+    fn begin_read_txn(&self) -> Result<ReadTransaction, ViewError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        Ok(db.as_ref().ok_or_else(|| self.closed())?.begin_read()?)
+    }
+
+    fn begin_write_txn(&self) -> Result<WriteTransaction, ViewError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        Ok(db.as_ref().ok_or_else(|| self.closed())?.begin_write()?)
     }
 
     pub fn path(&self) -> &Path {
@@ -116,6 +176,12 @@ impl ViewStore {
         let aside = set_aside(path, &first.to_string())?;
         Ok((Self::open(path)?, Some(aside)))
     }
+}
+
+/// The free space a view store leaves on its filesystem: 5 % of it, at
+/// most 64 MiB (docs/views.md).
+pub fn reserve_for(filesystem_bytes: u64) -> u64 {
+    (filesystem_bytes / 20).min(64 << 20)
 }
 
 /// A damaged view file moved out of the way.
@@ -149,7 +215,7 @@ impl ViewStore {
 
     /// The generation readers see, and the one being built, if any.
     pub fn generations(&self) -> Result<(Option<GenerationMeta>, Option<GenerationMeta>), ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         let meta = |key: &str| -> Result<Option<GenerationMeta>, ViewError> {
             match Self::control(&txn, key)? {
                 Some(g) => Self::meta_in(&txn, gen_of(&g)?),
@@ -163,7 +229,7 @@ impl ViewStore {
     /// paused or not, the skipped events, the serving and the building
     /// generations.
     pub(crate) fn state(&self) -> Result<StoreState, ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         let (paused, serving, building) = {
             let control = txn.open_table(CONTROL)?;
             let get =
@@ -202,7 +268,7 @@ impl ViewStore {
     /// A consistent snapshot of the serving generation; `None` before the
     /// first generation exists.
     pub fn read(&self) -> Result<Option<ReadView>, ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         let Some(g) = Self::control(&txn, "serving")? else { return Ok(None) };
         let gn = gen_of(&g)?;
         Ok(Some(ReadView { txn, gn }))
@@ -216,7 +282,7 @@ impl ViewStore {
 
     /// Every skipped poison event, by position.
     pub fn skipped(&self) -> Result<Vec<SkippedEvent>, ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         let t = txn.open_table(SKIPS)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -232,17 +298,17 @@ impl ViewStore {
 
     /// Names of every table in the file (for operators and tests).
     pub fn table_names(&self) -> Result<Vec<String>, ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         Ok(txn.list_tables()?.map(|h| redb::TableHandle::name(&h).to_string()).collect())
     }
 
     pub fn paused(&self) -> Result<bool, ViewError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read_txn()?;
         Ok(Self::control(&txn, "paused")?.is_some_and(|v| v == [1]))
     }
 
     pub(crate) fn set_paused(&self, paused: bool) -> Result<(), ViewError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write_txn()?;
         txn.open_table(CONTROL)?.insert("paused", [u8::from(paused)].as_slice())?;
         txn.commit()?;
         Ok(())
@@ -251,7 +317,7 @@ impl ViewStore {
     /// Records `skip` and moves generation `gn`'s checkpoint past it, in
     /// one transaction.
     pub(crate) fn skip(&self, gn: Generation, mut meta: GenerationMeta, skip: SkippedEvent) -> Result<(), ViewError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write_txn()?;
         {
             txn.open_table(SKIPS)?.insert(skip.position, skip.encode_to_vec().as_slice())?;
             meta.next_position = meta.next_position.max(skip.position + 1);
@@ -265,7 +331,7 @@ impl ViewStore {
     /// Starts a new, empty generation for projection `version`: serving if
     /// there is none, else building (replacing an unfinished build).
     pub(crate) fn new_generation(&self, version: u32) -> Result<Generation, ViewError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write_txn()?;
         let gn;
         {
             let mut control = txn.open_table(CONTROL)?;
@@ -294,7 +360,7 @@ impl ViewStore {
     /// Makes the building generation the serving one and drops the old
     /// one, atomically: a reader sees one or the other, whole.
     pub(crate) fn switch_to_building(&self) -> Result<(), ViewError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write_txn()?;
         {
             let mut control = txn.open_table(CONTROL)?;
             let Some(building) = control.get("building")?.map(|v| v.value().to_vec()) else {
@@ -316,7 +382,7 @@ impl ViewStore {
     /// but reach the disk only with the next durable commit (a crash rolls
     /// view and checkpoint back together to that one).
     pub(crate) fn begin_write_with(&self, durable: bool) -> Result<WriteTransaction, ViewError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.begin_write_txn()?;
         if !durable {
             txn.set_durability(redb::Durability::None).map_err(|e| ViewError::Store(e.to_string()))?;
         }

@@ -180,7 +180,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn fast() -> RunnerConfig {
-    RunnerConfig { page_size: 7, idle_poll: Duration::from_millis(20) }
+    RunnerConfig { page_size: 7, idle_poll: Duration::from_millis(20), disk_reserve: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +338,7 @@ async fn pause_holds_the_checkpoint_and_resume_catches_up() {
     w.conversation(Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), T0, 2, pb::ChangeReason::Api).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(r.status().next_position, 0);
-    assert!(r.status().lag_positions > 0);
+    assert!(r.status().next_position < w.log.head(), "the view lags the log");
     r.resume().unwrap();
     let head = w.log.head();
     wait_until("resumed", || r.status().next_position >= head).await;
@@ -618,4 +618,102 @@ async fn the_catalog_forgets_a_tenant_that_moved_away() {
     assert_eq!(projections::catalog::privacy(&view, w.tenant).unwrap().subjects, 0);
     assert_eq!(projections::catalog::tenants(&view, None, 10).unwrap().len(), 1, "the other tenant stays");
     assert_eq!(projections::catalog::pypes(&view, other.tenant, None, 10).unwrap().len(), 1);
+}
+
+async fn wait_long(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out (30 s) waiting for {what}");
+}
+
+/// A view store on a small filesystem of its own that fills up (root: a
+/// tmpfs). `reserve` is the runner's free-space reserve. Returns the
+/// mount, the runner (caught up with a first batch of conversations) and
+/// the world.
+async fn view_on_small_disk(
+    dir: &tempfile::TempDir,
+    reserve: Option<u64>,
+) -> Option<(pgtest::Tmpfs, Arc<Runner>, World)> {
+    let mount = pgtest::Tmpfs::mount(&dir.path().join("views"), "4m")?;
+    let w = World::new();
+    let store = Arc::new(ViewStore::open(&mount.path().join("sessions.redb")).unwrap());
+    let config = RunnerConfig { disk_reserve: reserve, ..fast() };
+    let r = Runner::start(Arc::new(sessions::SessionsProjection), store, w.log.clone(), config, rt()).unwrap();
+    for i in 0..5 {
+        w.conversation(Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), T0 + i * 60_000_000, 5, pb::ChangeReason::Api)
+            .await;
+    }
+    let head = w.log.head();
+    wait_long("the first conversations", || r.status().next_position >= head).await;
+    Some((mount, r, w))
+}
+
+/// Appends conversations until the runner stops following the log; returns
+/// the runner's failure.
+async fn append_until_the_view_stops(w: &World, r: &Runner) -> String {
+    for i in 0..2_000 {
+        w.conversation(Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), T0 + i * 60_000_000, 20, pb::ChangeReason::Api)
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let RunnerState::Failing(why) = r.status().state {
+            return why;
+        }
+    }
+    panic!("the view never stopped on its full disk: {:?}", r.status());
+}
+
+/// The view equals one rebuilt from the log on a disk with room.
+async fn assert_equals_rebuilt(r: &Runner, w: &World) {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let fresh = store(&elsewhere, "rebuilt");
+    rebuild(&sessions::SessionsProjection, &fresh, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
+    assert_eq!(dump(r.store(), SESSION_TABLES), dump(&fresh, SESSION_TABLES), "the view differs from a rebuild");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_whose_disk_fills_keeps_serving_what_it_holds_and_catches_up_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mount, r, w)) = view_on_small_disk(&dir, None).await else { return };
+    let before = dump(r.store(), SESSION_TABLES);
+    // Another writer takes the disk down to under the reserve (5 % of it).
+    let filler = mount.path().join("filler");
+    pgtest::Tmpfs::fill(&filler, u64::MAX);
+    let why = append_until_the_view_stops(&w, &r).await;
+    assert!(why.contains("disk nearly full") && why.contains("sessions.redb"), "{why}");
+    // Nothing was written: the store still reads, whole, as it was.
+    assert_eq!(dump(r.store(), SESSION_TABLES), before);
+    assert!(r.status().next_position < w.log.head(), "the view lags the log");
+    std::fs::remove_file(&filler).unwrap();
+    let head = w.log.head();
+    wait_long("the view to catch up once space was freed", || {
+        let st = r.status();
+        st.next_position >= head && st.state == RunnerState::Live
+    })
+    .await;
+    assert_equals_rebuilt(&r, &w).await;
+    r.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_write_that_fails_on_a_full_disk_is_reopened_and_reapplied_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // No reserve: the commit itself meets the full disk.
+    let Some((mount, r, w)) = view_on_small_disk(&dir, Some(0)).await else { return };
+    let filler = mount.path().join("filler");
+    pgtest::Tmpfs::fill(&filler, u64::MAX);
+    let why = append_until_the_view_stops(&w, &r).await;
+    assert!(why.contains("i/o"), "{why}");
+    std::fs::remove_file(&filler).unwrap();
+    let head = w.log.head();
+    wait_long("the view to reopen and catch up", || {
+        let st = r.status();
+        st.next_position >= head && st.state == RunnerState::Live
+    })
+    .await;
+    assert_equals_rebuilt(&r, &w).await;
+    r.stop();
 }
