@@ -28,12 +28,19 @@ pub enum ActorError {
 }
 
 impl ActorError {
-    /// The log's disk is full (also when a batch shares the failure).
+    /// The log's or the key store's disk is full (also when a batch
+    /// shares the failure).
     pub fn is_storage_full(&self) -> bool {
+        self.full_store().is_some()
+    }
+
+    /// Which store's disk is full: "event log" or "key store".
+    pub fn full_store(&self) -> Option<&'static str> {
         match self {
-            ActorError::Log(e) => e.is_storage_full(),
-            ActorError::Batch(inner) => inner.is_storage_full(),
-            _ => false,
+            ActorError::Log(e) if e.is_storage_full() => Some("event log"),
+            ActorError::Keys(e) if e.is_storage_full() => Some("key store"),
+            ActorError::Batch(inner) => inner.full_store(),
+            _ => None,
         }
     }
 

@@ -223,9 +223,9 @@ impl AppError {
                 tracing::warn!(error = %m, "actor unavailable");
                 "the node is shutting down or overloaded; retry".into()
             }
-            AppError::Actor(e) if e.is_storage_full() => disk_full(&e),
+            AppError::Actor(e) if e.is_storage_full() => disk_full(e.full_store().unwrap_or("event log"), &e),
             AppError::Actor(e) if e.is_unreachable() => unreachable(&e),
-            AppError::StorageFull(m) => disk_full(&m),
+            AppError::StorageFull(m) => disk_full("event log", &m),
             AppError::Actor(other) => note_incident(other.to_string()),
             AppError::Internal(m) => note_incident(m),
             AppError::Unavailable(m)
@@ -243,9 +243,11 @@ impl AppError {
 }
 
 /// The answer to a write the full disk refused (the cause goes to the log).
-fn disk_full(cause: &dyn std::fmt::Display) -> String {
-    tracing::error!(error = %cause, "a write failed: the event log's disk is full");
-    "the server's disk is full: writes are refused until an operator frees space (reads still work); retry later".into()
+fn disk_full(store: &str, cause: &dyn std::fmt::Display) -> String {
+    tracing::error!(error = %cause, "a write failed: the {store}'s disk is full");
+    format!(
+        "the server's {store} disk is full: writes are refused until an operator frees space (reads still work); retry later"
+    )
 }
 
 /// The answer to a call the unreachable database failed (the cause goes

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{LogError, WriteTrouble};
+pub use error::{LogError, WriteTrouble, is_full as is_storage_full};
 pub use model::{
     AllPage, AppendResult, DeleteMode, Direction, EventFilter, MAX_BATCH_BYTES, MAX_EVENT_BYTES, MAX_EVENT_TYPE_LEN,
     MAX_STREAM_NAME_LEN, NewEvent, ReadFrom, RecordedEvent, ScavengeReport, StreamAppend, StreamMetadata,

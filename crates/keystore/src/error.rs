@@ -56,10 +56,11 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    /// A write failed part-way; the store refuses writes until reopened (the
-    /// reopen repairs what the failed write left).
-    #[error("key store refuses writes after an earlier failure ({reason}); reopen it")]
-    Poisoned { reason: String },
+    /// A write failed part-way; the store refuses writes until it has read
+    /// its files back and repaired what the failed write left, which it
+    /// tries by itself (at most once a second) on the next write.
+    #[error("key store refuses writes after a failed write ({reason}); it retries once the disk takes writes again")]
+    Poisoned { reason: String, storage_full: bool },
     /// The key store's database failed or refused.
     #[error("key store database {store}: {detail}")]
     Database { store: String, detail: String },
@@ -79,6 +80,16 @@ pub enum KeyError {
 impl KeyError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
+    }
+
+    /// The key store's disk is full (or over quota): also when the store
+    /// refuses writes after a write failed that way.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            KeyError::Io { source, .. } => eventlog::is_storage_full(source),
+            KeyError::Poisoned { storage_full, .. } => *storage_full,
+            _ => false,
+        }
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

@@ -190,20 +190,7 @@ impl FilePersist {
             pending: Mutex::new(Vec::new()),
             _lock: lock,
         };
-        let mut tenants = HashMap::new();
-        let names = if persist.vfs.exists(&tenants_dir) {
-            persist.vfs.list(&tenants_dir).map_err(|e| KeyError::io(&tenants_dir, e))?
-        } else {
-            Vec::new()
-        };
-        for name in names {
-            let tenant = Uuid::parse_str(&name).map_err(|_| {
-                KeyError::corrupt(tenants_dir.join(&name), "unexpected entry: tenant directories are named by UUID")
-            })?;
-            if let Some(state) = persist.load_tenant(tenant, &mut plan)? {
-                tenants.insert(tenant, state);
-            }
-        }
+        let tenants = persist.load_tenants(&mut plan)?;
         // Last, so that the store says format 2 only once every file is.
         if rewrite_meta {
             plan.fixes.push(Fix::Replace(meta, files::single_twin_file(META_MAGIC, &meta_body)));
@@ -211,6 +198,43 @@ impl FilePersist {
         persist.findings = plan.findings;
         persist.pending = Mutex::new(plan.fixes);
         Ok((persist, tenants))
+    }
+
+    /// Reads and checks every tenant's files; the repairs go to `plan`.
+    fn load_tenants(&self, plan: &mut Plan) -> Result<HashMap<Uuid, TenantState>, KeyError> {
+        let tenants_dir = self.dir.join(TENANTS_DIR);
+        let mut tenants = HashMap::new();
+        let names = if self.vfs.exists(&tenants_dir) {
+            self.vfs.list(&tenants_dir).map_err(|e| KeyError::io(&tenants_dir, e))?
+        } else {
+            Vec::new()
+        };
+        for name in names {
+            let tenant = Uuid::parse_str(&name).map_err(|_| {
+                KeyError::corrupt(tenants_dir.join(&name), "unexpected entry: tenant directories are named by UUID")
+            })?;
+            if let Some(state) = self.load_tenant(tenant, plan)? {
+                tenants.insert(tenant, state);
+            }
+        }
+        Ok(tenants)
+    }
+
+    /// Syncs every file and directory of the tenants again, so that what
+    /// a read-back saw is on the disk (after a failed fsync the page cache
+    /// may hold bytes the disk never got).
+    fn sync_everything(&self) -> Result<(), KeyError> {
+        let tenants_dir = self.dir.join(TENANTS_DIR);
+        for name in self.vfs.list(&tenants_dir).map_err(|e| KeyError::io(&tenants_dir, e))? {
+            let dir = tenants_dir.join(&name);
+            for file in self.vfs.list(&dir).map_err(|e| KeyError::io(&dir, e))? {
+                let path = dir.join(&file);
+                let f = self.vfs.open(&path, false).map_err(|e| KeyError::io(&path, e))?;
+                f.sync_data().map_err(|e| KeyError::io(&path, e))?;
+            }
+            self.vfs.sync_dir(&dir).map_err(|e| KeyError::io(&dir, e))?;
+        }
+        self.vfs.sync_dir(&tenants_dir).map_err(|e| KeyError::io(&tenants_dir, e))
     }
 
     /// Carries out the writes a check decided on, each durable before the next.
@@ -419,6 +443,23 @@ impl Persist for FilePersist {
 
     fn findings(&self) -> Vec<Finding> {
         self.findings.clone()
+    }
+
+    fn reload(&self) -> Result<Option<HashMap<Uuid, TenantState>>, KeyError> {
+        if self.access == Access::ReadOnly {
+            return Ok(None);
+        }
+        // Appends open their shard again (and read its length afresh).
+        self.handles().clear();
+        let mut plan = Plan::default();
+        // Everything is read and checked before anything is written.
+        let tenants = self.load_tenants(&mut plan)?;
+        for f in &plan.findings {
+            tracing::warn!(path = %f.path.display(), offset = f.offset, what = %f.what, action = ?f.action, "key store repaired after a failed write");
+        }
+        self.apply(plan.fixes)?;
+        self.sync_everything()?;
+        Ok(Some(tenants))
     }
 
     fn write_kek(&self, tenant: Uuid, epoch: u32, kek: &WrappedKey) -> Result<(), KeyError> {

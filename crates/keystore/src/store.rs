@@ -63,6 +63,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> Result<Vec<RemoteShred>, KeyError> {
         Ok(Vec::new())
     }
+    /// Why the store refuses writes for now, if it does (for `/readyz`).
+    fn write_trouble(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Keys another node shredded (all of the tenant's when `tenant_shredded`).
@@ -242,6 +246,11 @@ pub(crate) trait Persist: Send + Sync {
     fn release(&self, _commit: bool) -> Result<(), KeyError> {
         Ok(())
     }
+    /// Reads every file back after a failed write, repairs what it left,
+    /// and returns the state the files hold (`None`: this backend cannot).
+    fn reload(&self) -> Result<Option<HashMap<Uuid, TenantState>>, KeyError> {
+        Ok(None)
+    }
     /// Forgets what this process knew of `tenant`: its next look reads the
     /// tenant whole (after a change that was rolled back).
     fn forget(&self, _tenant: Uuid) {}
@@ -329,9 +338,49 @@ struct Inner {
     tenants: HashMap<Uuid, TenantState>,
     /// Unwrapped tenant KEKs by (tenant, epoch).
     keks: HashMap<(Uuid, u32), SecretKey>,
-    poisoned: Option<String>,
+    poisoned: Option<Poison>,
+    /// When the store last tried to recover from a failed write.
+    recovered_at: Option<std::time::Instant>,
     /// Shreds by other nodes taken in but not yet reported by `sync`.
     remote_shreds: Vec<RemoteShred>,
+}
+
+/// Why the store refuses writes.
+struct Poison {
+    reason: String,
+    storage_full: bool,
+}
+
+/// Recovery from a failed write is tried at most this often.
+const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Unwraps every tenant KEK of `tenants`.
+fn unwrap_keks(
+    tenants: &HashMap<Uuid, TenantState>,
+    provider: &dyn RootKeyProvider,
+    persist: &dyn Persist,
+) -> Result<HashMap<(Uuid, u32), SecretKey>, KeyError> {
+    let mut keks = HashMap::new();
+    for (&tenant, state) in tenants {
+        for (&epoch, wrapped) in &state.keks {
+            let kek = provider.unwrap(epoch, &tenant_kek_aad(tenant, epoch), wrapped).map_err(|e| match e {
+                KeyError::EpochUnavailable { epoch, detail } => KeyError::EpochUnavailable {
+                    epoch,
+                    detail: format!(
+                        "{detail}; tenant {tenant}'s KEK in {} is wrapped under it: this key store (or backup) \
+                         predates the provider's live epochs, or belongs to another provider",
+                        persist.describe()
+                    ),
+                },
+                KeyError::Integrity { .. } => KeyError::RootKeyMismatch {
+                    path: format!("{} (tenant {tenant}, epoch {epoch})", persist.describe()).into(),
+                },
+                other => other,
+            })?;
+            keks.insert((tenant, epoch), kek);
+        }
+    }
+    Ok(keks)
 }
 
 /// The store behind the in-memory and file backends.
@@ -357,6 +406,7 @@ impl LocalKeyStore {
                 tenants: HashMap::new(),
                 keks: HashMap::new(),
                 poisoned: None,
+                recovered_at: None,
                 remote_shreds: Vec::new(),
             }),
             rotation: Mutex::new(()),
@@ -374,29 +424,10 @@ impl LocalKeyStore {
         persist: Box<dyn Persist>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, KeyError> {
-        let mut keks = HashMap::new();
-        for (&tenant, state) in &tenants {
-            for (&epoch, wrapped) in &state.keks {
-                let kek = provider.unwrap(epoch, &tenant_kek_aad(tenant, epoch), wrapped).map_err(|e| match e {
-                    KeyError::EpochUnavailable { epoch, detail } => KeyError::EpochUnavailable {
-                        epoch,
-                        detail: format!(
-                            "{detail}; tenant {tenant}'s KEK in {} is wrapped under it: this key store (or backup) \
-                             predates the provider's live epochs, or belongs to another provider",
-                            persist.describe()
-                        ),
-                    },
-                    KeyError::Integrity { .. } => KeyError::RootKeyMismatch {
-                        path: format!("{} (tenant {tenant}, epoch {epoch})", persist.describe()).into(),
-                    },
-                    other => other,
-                })?;
-                keks.insert((tenant, epoch), kek);
-            }
-        }
+        let keks = unwrap_keks(&tenants, provider.as_ref(), persist.as_ref())?;
         persist.settle()?;
         Ok(Self {
-            inner: Mutex::new(Inner { tenants, keks, poisoned: None, remote_shreds: Vec::new() }),
+            inner: Mutex::new(Inner { tenants, keks, poisoned: None, recovered_at: None, remote_shreds: Vec::new() }),
             rotation: Mutex::new(()),
             provider,
             persist,
@@ -448,7 +479,8 @@ impl LocalKeyStore {
     }
 
     /// Runs a persistence step; a failure poisons the store for writes,
-    /// since the files may now hold a half-written change.
+    /// since the files may now hold a half-written change. A poisoned
+    /// store tries to recover first (see [`Self::recover`]).
     fn persist<T>(
         &self,
         inner: &mut Inner,
@@ -458,13 +490,45 @@ impl LocalKeyStore {
             // One transaction, rolled back by `change` on failure.
             return step(self.persist.as_ref());
         }
-        if let Some(reason) = &inner.poisoned {
-            return Err(KeyError::Poisoned { reason: reason.clone() });
-        }
+        self.recover(inner)?;
         step(self.persist.as_ref()).inspect_err(|e| {
-            tracing::error!(error = %e, "key store write failed; refusing writes until reopened");
-            inner.poisoned = Some(e.to_string());
+            tracing::error!(error = %e, "key store write failed; refusing writes until its files are read back");
+            inner.poisoned = Some(Poison { reason: e.to_string(), storage_full: e.is_storage_full() });
         })
+    }
+
+    /// After a failed write: reads every file back, checks it, repairs
+    /// what the failed write left (a torn append is cut off, a leftover
+    /// temporary file removed; nothing is written before everything is
+    /// read), syncs every file again, and takes what the files hold as the
+    /// store's state. Memory only ever changes after a write succeeded, so
+    /// the files hold what memory holds, or that and the failed change
+    /// when it reached the disk after all. Tried at most once a second;
+    /// until it succeeds, writes are refused naming the first failure.
+    fn recover(&self, inner: &mut Inner) -> Result<(), KeyError> {
+        let Some(poison) = inner.poisoned.as_ref() else { return Ok(()) };
+        let refused = |p: &Poison| KeyError::Poisoned { reason: p.reason.clone(), storage_full: p.storage_full };
+        if inner.recovered_at.is_some_and(|t| t.elapsed() < RECOVERY_EVERY) {
+            return Err(refused(poison));
+        }
+        inner.recovered_at = Some(std::time::Instant::now());
+        let reloaded = self.persist.reload().and_then(|t| {
+            t.map(|t| unwrap_keks(&t, self.provider.as_ref(), self.persist.as_ref()).map(|k| (t, k))).transpose()
+        });
+        match reloaded {
+            Ok(Some((tenants, keks))) => {
+                tracing::info!(store = %self.persist.describe(), failure = %poison.reason, "key store read back after a failed write; writes resume");
+                inner.tenants = tenants;
+                inner.keks = keks;
+                inner.poisoned = None;
+                Ok(())
+            }
+            Ok(None) => Err(refused(poison)),
+            Err(e) => {
+                tracing::warn!(store = %self.persist.describe(), error = %e, "key store cannot recover yet");
+                Err(refused(poison))
+            }
+        }
     }
 
     /// Runs a change to `tenant`. On a shared store it runs under the
@@ -985,6 +1049,10 @@ impl KeyStore for LocalKeyStore {
         }
         tracing::info!(epoch = target, tenants = report.tenants, keys = report.keys_rewrapped, "key epoch rotated");
         Ok(report)
+    }
+
+    fn write_trouble(&self) -> Option<String> {
+        self.lock().poisoned.as_ref().map(|p| p.reason.clone())
     }
 
     fn status(&self) -> Result<StoreStatus, KeyError> {

@@ -167,6 +167,54 @@ fn a_torn_last_append_is_cut_off_and_the_store_goes_on() {
 }
 
 #[test]
+fn a_full_disk_refuses_key_writes_by_name_and_they_resume_by_themselves_when_space_returns() {
+    let vfs = SimVfs::new();
+    let root = SecretKey::random().unwrap();
+    let t = Uuid::now_v7();
+    let store = open(&vfs, &root).unwrap();
+    let session = || KeyPurpose::SessionContent { session: Uuid::now_v7() };
+    let mut made: Vec<_> = (0..20).map(|_| store.active_key(t, &session()).unwrap()).collect();
+    // Room for a part of one more record: the next append is torn by ENOSPC.
+    let used: u64 = vfs.all_file_bytes().iter().map(|(_, b)| b.len() as u64).sum();
+    vfs.set_space_limit(Some(used + 150));
+    let full = loop {
+        match store.active_key(t, &session()) {
+            Ok(k) => made.push(k),
+            Err(e) => break e,
+        }
+        assert!(made.len() < 100, "the limited disk never filled");
+    };
+    assert!(full.is_storage_full(), "{full}");
+    // Until space returns, writes are refused as a full disk (the first
+    // retry reads the store back at once, the next ones wait a second).
+    for _ in 0..3 {
+        let again = store.active_key(t, &session()).unwrap_err();
+        assert!(again.is_storage_full(), "{again}");
+    }
+    let refused = store.active_key(t, &session()).unwrap_err();
+    assert!(refused.to_string().contains("refuses writes after a failed write"), "{refused}");
+    assert!(store.write_trouble().is_some());
+    // What was made before still opens.
+    for k in &made {
+        assert_eq!(material(&store, t, k.id), Some(k.material.clone()));
+    }
+    // Space returns: the next write (a second later at most) reads the
+    // files back, cuts the torn append off, and goes on.
+    vfs.set_space_limit(None);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    made.push(store.active_key(t, &session()).unwrap());
+    assert_eq!(store.write_trouble(), None);
+    made.push(store.active_key(t, &session()).unwrap());
+    drop(store);
+    // A reopen finds nothing left to repair, and every key made is there.
+    let store = open(&vfs, &root).unwrap();
+    assert_eq!(store.findings(), Vec::new(), "the recovery left nothing for the next open");
+    for k in &made {
+        assert_eq!(material(&store, t, k.id), Some(k.material.clone()));
+    }
+}
+
+#[test]
 fn the_key_store_wants_a_directory_of_its_own() {
     let vfs = SimVfs::new();
     vfs.create_dir_all(Path::new(KEYS)).unwrap();

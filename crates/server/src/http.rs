@@ -125,10 +125,23 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
             );
         }
     }
+    // Whatever refuses writes or keeps a view from following the log, each
+    // by name: the log, the key store, a view store (a full disk, a lost
+    // database).
+    let mut troubles = String::new();
     if let Some(trouble) = state.log.write_trouble() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("writes refused: {trouble}\n"));
+        let _ = writeln!(troubles, "writes refused: {trouble}");
+    }
+    if let Some(trouble) = state.registry.shared().keyring.store().write_trouble() {
+        let _ = writeln!(troubles, "key store refuses new keys: {trouble}");
+    }
+    for r in &state.views.runners {
+        if let RunnerState::Failing(why) = r.status().state {
+            let _ = writeln!(troubles, "view {} is not following the log: {why}", r.name());
+        }
+    }
+    if !troubles.is_empty() {
+        return HttpResponse::ServiceUnavailable().content_type("text/plain").body(troubles);
     }
     if *state.ready.borrow() {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
@@ -158,7 +171,15 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         let stalled = u8::from(matches!(s.state, RunnerState::Stalled { .. }));
         let _ = writeln!(body, "pypes_projection_stalled{{projection=\"{}\"}} {stalled}", s.name);
     }
+    body.push_str("# HELP pypes_projection_failing 1 while a projection cannot write its view store (its disk is full or nearly, an I/O error) or read the log; it retries by itself.\n# TYPE pypes_projection_failing gauge\n");
+    for s in &statuses {
+        let failing = u8::from(matches!(s.state, RunnerState::Failing(_)));
+        let _ = writeln!(body, "pypes_projection_failing{{projection=\"{}\"}} {failing}", s.name);
+    }
     use crate::metrics::sample;
+    let keys_help = "1 while the key store refuses new keys after a failed write (a full disk); it retries by itself.";
+    let keys_refused = state.registry.shared().keyring.store().write_trouble().is_some();
+    sample(&mut body, "pypes_keystore_writes_refused", "gauge", keys_help, u8::from(keys_refused));
     if let Some(d) = &state.webhooks {
         webhook_metrics(&mut body, d);
     }

@@ -7,60 +7,41 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::{authed, clients, setup, start, stop_cleanly};
+use pgtest::Tmpfs;
 use proto::api as pb;
 use tonic::Code;
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(at: &Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(Self(at.to_path_buf()));
-        }
-        if std::env::var("PYPES_REQUIRE_ROOT").as_deref() == Ok("1") {
-            panic!("PYPES_REQUIRE_ROOT=1 but a tmpfs could not be mounted at {}", at.display());
-        }
-        eprintln!("SKIPPED: mounting a small tmpfs needs root (the full-disk test)");
-        None
-    }
-
-    fn resize(&self, size: &str) {
-        let status = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
-        assert!(status.success(), "remount {size}");
-    }
+/// Moves `dir` onto a new tmpfs of `size` of its own: its files are
+/// copied onto the tmpfs mounted where it was.
+fn onto_tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
+    let kept = dir.with_extension("before-tmpfs");
+    std::fs::rename(dir, &kept).unwrap();
+    let Some(mount) = Tmpfs::mount(dir, size) else {
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::rename(&kept, dir).unwrap();
+        return None;
+    };
+    let status = Command::new("cp").arg("-a").arg(kept.join(".")).arg(dir).status().unwrap();
+    assert!(status.success(), "copying {} onto its tmpfs", dir.display());
+    Some(mount)
 }
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-async fn http_get(http: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+/// `/readyz`, asserted to answer 503.
+async fn not_ready(http: &str) -> String {
+    let (code, text) = common::readyz(http).await;
+    assert_eq!(code, 503, "{text}");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = Mount::new(&dir.path().join("small"), "6m") else { return };
-    let data = mount.0.join("data");
+    let Some(mount) = Tmpfs::mount(&dir.path().join("small"), "6m") else { return };
+    let data = mount.path().join("data");
     let server = start(&data);
     let mut c = clients(&server.grpc).await;
     let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
@@ -113,8 +94,7 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
         }
     }
     assert!(session_refused, "a new Session was refused on the full disk");
-    let ready = http_get(&server.http, "/readyz").await;
-    assert!(ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let ready = not_ready(&server.http).await;
     assert!(ready.contains("disk is full"), "{ready}");
     let metrics = common::metrics_text(&server.http).await;
     assert_eq!(common::metric(&metrics, "pypes_log_storage_full"), 1);
@@ -140,8 +120,7 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
         ..Default::default()
     };
     c.sessions.post_message(authed(&s.key, post)).await.expect("writes resume once space is freed");
-    let ready = http_get(&server.http, "/readyz").await;
-    assert!(ready.contains("ready"), "{ready}");
+    common::wait_readyz(&server.http, 200, std::time::Duration::from_secs(30)).await;
     assert_eq!(common::metric(&common::metrics_text(&server.http).await, "pypes_log_storage_full"), 0);
     common::wait_projections_caught_up(&server.http).await;
     assert_eq!(
@@ -160,5 +139,145 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
         assert!(m.body.starts_with(&format!("{i} ")), "message {i}: {}", &m.body[..20.min(m.body.len())]);
     }
     assert_eq!(listed.last().unwrap().body, "after space was freed");
+    stop_cleanly(server);
+}
+
+/// Starts once on `data` (so that the key store and the views exist), stops.
+fn initialised(data: &Path) {
+    stop_cleanly(start(data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_key_store_disk_refuses_new_keys_by_name_and_resumes_when_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    initialised(&data);
+    let Some(keys) = onto_tmpfs(&data.join("keys"), "256k") else { return };
+    let server = start(&data);
+    let mut c = clients(&server.grpc).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let s = setup(&mut c, "keys-full").await;
+    let new_session =
+        || pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), ..Default::default() };
+    // A Session's first message makes its key: new Sessions with a message
+    // each fill the key store's disk (the setup's Session has no message,
+    // so no key yet).
+    let mut sessions = Vec::new();
+    let post = |session: &str, body: String| pb::PostMessageRequest {
+        session_id: session.into(),
+        sender_id: s.user.clone(),
+        body,
+        ..Default::default()
+    };
+    let mut refusals = Vec::new();
+    while refusals.len() < 2 {
+        assert!(sessions.len() < 5_000, "a 256 KiB key store never filled up");
+        let session = match c.sessions.start_session(authed(&s.key, new_session())).await {
+            Ok(r) => r.into_inner().session_id,
+            Err(e) => {
+                refusals.push(e);
+                continue;
+            }
+        };
+        let first = post(&session, format!("first of {session}"));
+        match c.sessions.post_message(authed(&s.key, first)).await {
+            Ok(_) => sessions.push(session),
+            Err(e) => refusals.push(e),
+        }
+    }
+    for refusal in &refusals {
+        assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+        assert!(refusal.message().contains("key store disk is full"), "{}", refusal.message());
+    }
+    // What already has a key goes on: messages in existing Sessions, reads.
+    for session in &sessions {
+        let second = post(session, format!("second of {session}"));
+        c.sessions.post_message(authed(&s.key, second)).await.expect("a Session that has its key takes messages");
+    }
+    assert!(!sessions.is_empty(), "no Session got its key before the disk filled");
+    eprintln!("{} Sessions got their key before the key store's disk filled", sessions.len());
+    assert_eq!(common::all_messages(&ch, &s.key, &sessions[0]).await.len(), 2);
+    let ready = not_ready(&server.http).await;
+    assert!(ready.contains("key store refuses new keys"), "{ready}");
+    assert_eq!(common::metric(&common::metrics_text(&server.http).await, "pypes_keystore_writes_refused"), 1);
+
+    // Space comes back: within a second or so, new keys are made again.
+    keys.resize("8m");
+    let started = std::time::Instant::now();
+    let resumed = c.sessions.start_session(authed(&s.key, new_session())).await.unwrap().into_inner().session_id;
+    loop {
+        match c.sessions.post_message(authed(&s.key, post(&resumed, format!("first of {resumed}")))).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                assert!(started.elapsed().as_secs() < 10, "new keys still refused 10 s after space was freed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    common::wait_readyz(&server.http, 200, std::time::Duration::from_secs(30)).await;
+    assert_eq!(common::metric(&common::metrics_text(&server.http).await, "pypes_keystore_writes_refused"), 0);
+
+    // After a restart: every acknowledged message, once, in order.
+    stop_cleanly(server);
+    let server = start(&data);
+    let ch2 = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    for session in &sessions {
+        let listed: Vec<String> =
+            common::all_messages(&ch2, &s.key, session).await.into_iter().map(|m| m.body).collect();
+        assert_eq!(listed, [format!("first of {session}"), format!("second of {session}")]);
+    }
+    let listed: Vec<String> = common::all_messages(&ch2, &s.key, &resumed).await.into_iter().map(|m| m.body).collect();
+    assert_eq!(listed, [format!("first of {resumed}")]);
+    drop(ch);
+    stop_cleanly(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_on_a_full_disk_of_their_own_keep_serving_and_catch_up_when_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    initialised(&data);
+    let Some(views) = onto_tmpfs(&data.join("views"), "16m") else { return };
+    let server = start(&data);
+    let mut c = clients(&server.grpc).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let s = setup(&mut c, "views-full").await;
+    for i in 0..20 {
+        c.sessions.post_message(authed(&s.key, common::post(&s, &format!("{i} before")))).await.unwrap();
+    }
+    common::wait_projections_caught_up(&server.http).await;
+    // Another writer fills the views' disk.
+    let filler = views.path().join("filler");
+    Tmpfs::fill(&filler, u64::MAX);
+    // Writes go on (the log is elsewhere); the views stop at their reserve.
+    for i in 20..220 {
+        c.sessions.post_message(authed(&s.key, common::post(&s, &format!("{i} while full")))).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let ready = loop {
+        let (code, text) = common::readyz(&server.http).await;
+        if code == 503 {
+            break text;
+        }
+        assert!(started.elapsed().as_secs() < 30, "/readyz never named the full views disk: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ready.contains("is not following the log") && ready.contains("disk nearly full"), "{ready}");
+    // Reads keep working, in order, from what the views hold.
+    let listed = common::all_messages(&ch, &s.key, &s.session).await;
+    assert!(listed.len() >= 20, "{} listed", listed.len());
+    for (i, m) in listed.iter().enumerate() {
+        assert!(m.body.starts_with(&format!("{i} ")), "message {i} in order: {}", m.body);
+    }
+    // Space comes back: the views catch up by themselves.
+    std::fs::remove_file(&filler).unwrap();
+    common::wait_projections_caught_up(&server.http).await;
+    common::wait_readyz(&server.http, 200, std::time::Duration::from_secs(30)).await;
+    let listed = common::all_messages(&ch, &s.key, &s.session).await;
+    assert_eq!(listed.len(), 220);
+    for (i, m) in listed.iter().enumerate() {
+        assert!(m.body.starts_with(&format!("{i} ")), "message {i} in order: {}", m.body);
+    }
     stop_cleanly(server);
 }
