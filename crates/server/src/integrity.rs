@@ -231,11 +231,14 @@ fn read_views(data_dir: &Path, log: &Arc<dyn EventLog>, answers: &mut Answers) -
                 a.moved_to.display(),
                 a.reason
             ));
-            tokio::task::block_in_place(|| {
-                projections::rebuild_until(&*p, &store, log, &rt, None, 4096, &mut |_, _| {})
-            })
-            .with_context(|| format!("rebuilding {}", path.display()))?;
         }
+        // Up to the log's head from the view's checkpoint, as a start's
+        // runner does before `/readyz`: a rebuild from 0 when it was set
+        // aside; and when damage to the last commit made redb fall back to
+        // the one before (a valid older state, checkpoint included), the
+        // events since then are applied again.
+        tokio::task::block_in_place(|| projections::rebuild_until(&*p, &store, log, &rt, None, 4096, &mut |_, _| {}))
+            .with_context(|| format!("bringing {} up to the log's head", path.display()))?;
         let Some(view) = store.read()? else {
             answers.views.push(format!("{}: not built", p.name()));
             continue;

@@ -84,6 +84,7 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
     // outcome is unknown, and the check below allows for that).
     let stop = Arc::new(AtomicBool::new(false));
     let promoted = Arc::new(AtomicBool::new(false));
+    let back = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for (w, session) in sessions.iter().enumerate() {
         let writer = ledger::Writer {
@@ -95,6 +96,7 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
             stop: stop.clone(),
             after: promoted.clone(),
             acks: None,
+            back: back.clone(),
         };
         tasks.push(tokio::spawn(writer.run()));
     }
@@ -117,8 +119,10 @@ async fn acknowledged_messages_survive_a_failover_to_a_synchronous_standby() {
         wait_readyz(&server.http, 200, Duration::from_secs(30)).await;
     }
     let ready_again_after = promoted_at.elapsed();
-    // Load on the new primary for a while, then stop.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every writer gets a post through on the new primary, then a little
+    // more load, then stop.
+    ledger::wait_all_back(&back, tasks.len(), Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
     for t in tasks {

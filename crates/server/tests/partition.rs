@@ -151,6 +151,7 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
     let stop = Arc::new(AtomicBool::new(false));
     let restored = Arc::new(AtomicBool::new(false));
     let b_acks = Arc::new(AtomicUsize::new(0));
+    let back = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..2 * SESSIONS {
         let (node, s) = (w / SESSIONS, w % SESSIONS);
@@ -163,6 +164,7 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
             stop: stop.clone(),
             after: restored.clone(),
             acks: (node == 1).then(|| b_acks.clone()),
+            back: back.clone(),
         };
         tasks.push(tokio::spawn(writer.run()));
     }
@@ -183,7 +185,10 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
     wait_readyz(&a.http, 200, Duration::from_secs(30)).await;
     let ready_after = restore_at.elapsed();
     restored.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every writer, on both nodes, gets a post through again (a call that
+    // was under way when the link returned may first have to fail).
+    let all_back_after = ledger::wait_all_back(&back, 2 * SESSIONS, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
     for t in tasks {
@@ -194,7 +199,7 @@ async fn a_node_cut_off_from_its_database_recovers_without_split_brain() {
     eprintln!(
         "partition: {acked} posts acknowledged, {failed} failed; A not ready {noticed_after:?} after the cut; \
          B acknowledged {b_during} posts in 3 s while A was cut off; A ready {ready_after:?} after the link \
-         returned; codes {:?}",
+         returned; every writer through again {all_back_after:?} later; codes {:?}",
         seen.iter().flat_map(|s| s.codes.iter()).collect::<Vec<_>>()
     );
     for (w, s) in seen.iter().enumerate() {

@@ -84,7 +84,9 @@ try {
   // Points on every chart = samples in the history (read together; a new
   // sample between the two reads is retried).
   let matched = false;
-  for (let i = 0; i < 10 && !matched; i++) {
+  // The page reloads every interval (1 s) out of phase with the sampler: a
+  // busy machine can keep them apart for seconds, so it is tried for 12 s.
+  for (let i = 0; i < 40 && !matched; i++) {
     const r = await admin.evaluate(async () => {
       const d = await (await fetch("/console/api/metrics")).json();
       const charts = [...document.querySelectorAll(".chart[data-series]")].map((c) => [c.dataset.series, Number(c.dataset.points)]);

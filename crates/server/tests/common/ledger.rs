@@ -44,6 +44,23 @@ pub struct Writer {
     pub after: Arc<AtomicBool>,
     /// Counts this writer's acknowledgements, when given.
     pub acks: Option<Arc<AtomicUsize>>,
+    /// Counts the writers that had a post acknowledged after the fault.
+    pub back: Arc<AtomicUsize>,
+}
+
+/// Waits until `n` writers had a post acknowledged after the fault (their
+/// `back`), at most `within`; how long that took.
+pub async fn wait_all_back(back: &AtomicUsize, n: usize, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while back.load(Ordering::Relaxed) < n {
+        assert!(
+            started.elapsed() < within,
+            "{} of {n} writers had a post acknowledged {within:?} after the fault ended",
+            back.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
 }
 
 impl Writer {
@@ -64,6 +81,9 @@ impl Writer {
                 Err(_) => panic!("writer {}: a post hung for {CALL_LIMIT:?}", self.name),
                 Ok(Ok(r)) => {
                     seen.acked.push((body, r.into_inner().seq));
+                    if after && seen.acked_after == 0 {
+                        self.back.fetch_add(1, Ordering::Relaxed);
+                    }
                     seen.acked_after += usize::from(after);
                     if let Some(acks) = &self.acks {
                         acks.fetch_add(1, Ordering::Relaxed);
