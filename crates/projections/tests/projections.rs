@@ -666,12 +666,22 @@ async fn append_until_the_view_stops(w: &World, r: &Runner) -> String {
     panic!("the view never stopped on its full disk: {:?}", r.status());
 }
 
-/// The view equals one rebuilt from the log on a disk with room.
-async fn assert_equals_rebuilt(r: &Runner, w: &World) {
+/// Removes the filler: the view catches up by itself (reopened first when
+/// a write had failed) and equals one rebuilt from the log on a disk with
+/// room.
+async fn space_returns(filler: &std::path::Path, r: &Runner, w: &World) {
+    std::fs::remove_file(filler).unwrap();
+    let head = w.log.head();
+    wait_long("the view to catch up once space was freed", || {
+        let st = r.status();
+        st.next_position >= head && st.state == RunnerState::Live
+    })
+    .await;
     let elsewhere = tempfile::tempdir().unwrap();
     let fresh = store(&elsewhere, "rebuilt");
     rebuild(&sessions::SessionsProjection, &fresh, &w.log, &rt(), None, 1000, &mut |_, _| {}).unwrap();
     assert_eq!(dump(r.store(), SESSION_TABLES), dump(&fresh, SESSION_TABLES), "the view differs from a rebuild");
+    r.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,15 +697,7 @@ async fn a_view_whose_disk_fills_keeps_serving_what_it_holds_and_catches_up_when
     // Nothing was written: the store still reads, whole, as it was.
     assert_eq!(dump(r.store(), SESSION_TABLES), before);
     assert!(r.status().next_position < w.log.head(), "the view lags the log");
-    std::fs::remove_file(&filler).unwrap();
-    let head = w.log.head();
-    wait_long("the view to catch up once space was freed", || {
-        let st = r.status();
-        st.next_position >= head && st.state == RunnerState::Live
-    })
-    .await;
-    assert_equals_rebuilt(&r, &w).await;
-    r.stop();
+    space_returns(&filler, &r, &w).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -707,13 +709,5 @@ async fn a_view_write_that_fails_on_a_full_disk_is_reopened_and_reapplied_from_t
     pgtest::Tmpfs::fill(&filler, u64::MAX);
     let why = append_until_the_view_stops(&w, &r).await;
     assert!(why.contains("i/o"), "{why}");
-    std::fs::remove_file(&filler).unwrap();
-    let head = w.log.head();
-    wait_long("the view to reopen and catch up", || {
-        let st = r.status();
-        st.next_position >= head && st.state == RunnerState::Live
-    })
-    .await;
-    assert_equals_rebuilt(&r, &w).await;
-    r.stop();
+    space_returns(&filler, &r, &w).await;
 }

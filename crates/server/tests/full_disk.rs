@@ -142,21 +142,37 @@ async fn a_full_disk_refuses_writes_by_name_keeps_reads_and_resumes_when_freed()
     stop_cleanly(server);
 }
 
-/// Starts once on `data` (so that the key store and the views exist), stops.
-fn initialised(data: &Path) {
-    stop_cleanly(start(data));
+/// A server whose `sub` directory of the data directory (`keys`,
+/// `views`) is on a tmpfs of `size` of its own, with a tenant set up.
+struct OnTmpfs {
+    mount: Tmpfs,
+    data: std::path::PathBuf,
+    server: common::Server,
+    c: common::Clients,
+    ch: tonic::transport::Channel,
+    s: common::Setup,
+    _dir: tempfile::TempDir,
+}
+
+async fn with_dir_on_tmpfs(sub: &str, size: &str) -> Option<OnTmpfs> {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A first start makes the key store and the views.
+    stop_cleanly(start(&data));
+    let mount = onto_tmpfs(&data.join(sub), size)?;
+    let server = start(&data);
+    let mut c = clients(&server.grpc).await;
+    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
+    let s = setup(&mut c, &format!("{sub}-full")).await;
+    Some(OnTmpfs { mount, data, server, c, ch, s, _dir: dir })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_key_store_disk_refuses_new_keys_by_name_and_resumes_when_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    initialised(&data);
-    let Some(keys) = onto_tmpfs(&data.join("keys"), "256k") else { return };
-    let server = start(&data);
-    let mut c = clients(&server.grpc).await;
-    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
-    let s = setup(&mut c, "keys-full").await;
+    let Some(OnTmpfs { mount: keys, data, server, mut c, ch, s, _dir }) = with_dir_on_tmpfs("keys", "256k").await
+    else {
+        return;
+    };
     let new_session =
         || pb::StartSessionRequest { pype_id: s.pype.clone(), end_user_id: s.user.clone(), ..Default::default() };
     // A Session's first message makes its key: new Sessions with a message
@@ -235,14 +251,9 @@ async fn a_full_key_store_disk_refuses_new_keys_by_name_and_resumes_when_freed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_on_a_full_disk_of_their_own_keep_serving_and_catch_up_when_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    initialised(&data);
-    let Some(views) = onto_tmpfs(&data.join("views"), "16m") else { return };
-    let server = start(&data);
-    let mut c = clients(&server.grpc).await;
-    let ch = tonic::transport::Channel::from_shared(server.grpc.clone()).unwrap().connect().await.unwrap();
-    let s = setup(&mut c, "views-full").await;
+    let Some(OnTmpfs { mount: views, server, mut c, ch, s, .. }) = with_dir_on_tmpfs("views", "16m").await else {
+        return;
+    };
     for i in 0..20 {
         c.sessions.post_message(authed(&s.key, common::post(&s, &format!("{i} before")))).await.unwrap();
     }
