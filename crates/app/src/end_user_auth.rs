@@ -496,6 +496,14 @@ mod tests {
         (EndUserAuth::new(Arc::new(clock.clone()), log, AuthConfig::default()).unwrap(), clock)
     }
 
+    /// Only fuzzing builds hash cheaply: this one hashes at OWASP's cost.
+    #[test]
+    fn passwords_are_hashed_at_owasp_cost() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(verify_password("correct horse", &hash));
+    }
+
     /// The lockout stream of a username (tenant 1's secret is all sevens).
     fn ls(name: &str) -> String {
         lockout_stream(&[7; 32], Uuid::from_u128(1), name)
