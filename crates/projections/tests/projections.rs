@@ -169,14 +169,22 @@ const ANALYTICS_TABLES: &[&str] = &["cells", "open", "acks"];
 const DIRECTORY_TABLES: &[&str] = &["subjects", "acks"];
 const CATALOG_TABLES: &[&str] = &["tenants", "pypes", "privacy", "erasures", "acks"];
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
+async fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(5), f).await
+}
+
+/// For what takes longer: a runner's back-off after a failed write grows
+/// to 10 s.
+async fn wait_long(what: &str, f: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(30), f).await
+}
+
+async fn wait_within(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !f() {
+        assert!(started.elapsed() < within, "timed out ({within:?}) waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 fn fast() -> RunnerConfig {
@@ -618,16 +626,6 @@ async fn the_catalog_forgets_a_tenant_that_moved_away() {
     assert_eq!(projections::catalog::privacy(&view, w.tenant).unwrap().subjects, 0);
     assert_eq!(projections::catalog::tenants(&view, None, 10).unwrap().len(), 1, "the other tenant stays");
     assert_eq!(projections::catalog::pypes(&view, other.tenant, None, 10).unwrap().len(), 1);
-}
-
-async fn wait_long(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out (30 s) waiting for {what}");
 }
 
 /// A view store on a small filesystem of its own that fills up (root: a
