@@ -24,6 +24,10 @@ const REBUILD_EVERY: u64 = 20_000;
 struct World {
     system: actix_rt::SystemRunner,
     handle: Handle,
+    /// Stopped before the world is replaced: their threads would otherwise
+    /// outlive it and keep its memory (the RSS limit after ~20 worlds).
+    registry: Arc<actors::Registry>,
+    views: Arc<app::views::Views>,
     key: String,
     pype: String,
     user: String,
@@ -42,7 +46,7 @@ fn build() -> World {
     let system = actix_rt::System::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().to_path_buf();
-    let (handle, key, pype, user, session) = system.block_on(async move {
+    let (handle, registry, views, key, pype, user, session) = system.block_on(async move {
         use eventlog::{Clock, EventLog};
         let clock: Arc<dyn Clock> = Arc::new(eventlog::SystemClock);
         let log: Arc<dyn EventLog> = Arc::new(eventlog::mem::MemLog::new());
@@ -84,6 +88,7 @@ fn build() -> World {
             app::erasure::ErasureConfig::default(),
             blobs.clone(),
         );
+        let kept = (registry.clone(), views.clone());
         let application = app::App::new(app::Parts {
             registry: registry.clone(),
             log: log.clone(),
@@ -132,9 +137,9 @@ fn build() -> World {
         let user = handle.register_subject(authed(&key, register)).await.expect("subject").into_inner().subject_id;
         let start = pb::StartSessionRequest { pype_id: pype.clone(), end_user_id: user.clone(), ..Default::default() };
         let session = handle.start_session(authed(&key, start)).await.expect("session").into_inner().session_id;
-        (handle, key, pype, user, session)
+        (handle, kept.0, kept.1, key, pype, user, session)
     });
-    World { system, handle, key, pype, user, session, runs: 0, _dir: dir }
+    World { system, handle, registry, views, key, pype, user, session, runs: 0, _dir: dir }
 }
 
 fn fill(field: &mut String, with: &str) {
@@ -262,7 +267,11 @@ fuzz_target!(|data: &[u8]| {
     WORLD.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|w| w.runs >= REBUILD_EVERY) {
-            *slot = None;
+            if let Some(old) = slot.take() {
+                old.views.stop();
+                old.registry.shutdown();
+                drop(old);
+            }
             *slot = Some(build());
         }
         let Some(w) = slot.as_mut() else { return };

@@ -26,8 +26,9 @@ fn template() -> &'static Vec<(PathBuf, Vec<u8>)> {
         let shared: Arc<dyn Vfs> = Arc::new(vfs.clone());
         let clock: Arc<dyn eventlog::Clock> = Arc::new(eventlog::SystemClock);
         let root = SecretKey::from_bytes(&ROOT).expect("root");
-        let provider =
-            Arc::new(EmbeddedRootProvider::open(shared.clone(), Path::new("/provider"), root, true, 0).expect("provider"));
+        let provider = Arc::new(
+            EmbeddedRootProvider::open(shared.clone(), Path::new("/provider"), root, true, 0).expect("provider"),
+        );
         let store = keystore::file::open_file_store(shared, Path::new("/ks"), provider, clock).expect("store");
         let keyring = Keyring::new(Arc::new(store), KeyPolicy::default()).expect("keyring");
         let tenant = uuid::Uuid::from_u128(1);

@@ -13,11 +13,11 @@ use std::sync::{Arc, OnceLock};
 
 use eventlog::RecordedEvent;
 use eventlog::file::format::{self, FrameParse};
-use proto::log::{entry, frame};
 use events::codec::{self, Codec};
-use keystore::{Keyring, KeyPolicy};
+use keystore::{KeyPolicy, Keyring};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use proto::log::{entry, frame};
 
 struct World {
     rt: tokio::runtime::Runtime,
