@@ -133,6 +133,50 @@ pub(crate) fn authed<T>(key: &str, msg: T) -> Request<T> {
     r
 }
 
+/// A new tenant (admin key) and a Pype of it, both named `name`: (the
+/// tenant's API key, the Pype's id).
+pub(crate) async fn tenant_with_pype(channel: &Channel, name: &str) -> Result<(String, String)> {
+    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
+    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let key = tenants
+        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: name.into(), ..Default::default() }))
+        .await?
+        .into_inner()
+        .api_key;
+    let pype = pypes
+        .create_pype(authed(&key, pb::CreatePypeRequest { name: name.into(), ..Default::default() }))
+        .await?
+        .into_inner()
+        .pype_id;
+    Ok((key, pype))
+}
+
+/// A new end user `name` (an email made from it): their subject id.
+pub(crate) async fn register(
+    c: &mut pb::subject_service_client::SubjectServiceClient<Channel>,
+    key: &str,
+    name: &str,
+) -> Result<String> {
+    let request = pb::RegisterSubjectRequest {
+        username: name.into(),
+        email: format!("{name}@example.com"),
+        attested_at_least_13: true,
+        ..Default::default()
+    };
+    Ok(c.register_subject(authed(key, request)).await?.into_inner().subject_id)
+}
+
+/// A new Session of `user` in `pype`: its id.
+pub(crate) async fn start_session(
+    c: &mut pb::session_service_client::SessionServiceClient<Channel>,
+    key: &str,
+    pype: &str,
+    user: &str,
+) -> Result<String> {
+    let request = pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.into(), ..Default::default() };
+    Ok(c.start_session(authed(key, request)).await?.into_inner().session_id)
+}
+
 pub(crate) struct World {
     pub key: String,
     pub user: String,
@@ -140,31 +184,9 @@ pub(crate) struct World {
 }
 
 pub(crate) async fn world(channel: Channel, sessions: usize, in_flight: usize) -> Result<World> {
-    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
-    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let (key, pype_id) = tenant_with_pype(&channel, "Bench").await?;
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
-    let t = tenants
-        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Bench".into(), ..Default::default() }))
-        .await?
-        .into_inner();
-    let key = t.api_key;
-    let pype = pypes
-        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Bench".into(), ..Default::default() }))
-        .await?
-        .into_inner();
-    let user = subjects
-        .register_subject(authed(
-            &key,
-            pb::RegisterSubjectRequest {
-                username: "bench".into(),
-                email: "b@example.com".into(),
-                attested_at_least_13: true,
-                ..Default::default()
-            },
-        ))
-        .await?
-        .into_inner();
-    let (pype_id, user_id) = (pype.pype_id, user.subject_id.clone());
+    let user_id = register(&mut subjects, &key, "bench").await?;
     let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(sessions)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -200,7 +222,7 @@ pub(crate) async fn world(channel: Channel, sessions: usize, in_flight: usize) -
         t.await??;
     }
     let sessions = std::mem::take(&mut *ids.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    Ok(World { key, user: user.subject_id, sessions })
+    Ok(World { key, user: user_id, sessions })
 }
 
 /// Runs `in_flight` loops of `op` for `run`; returns (ops per second, latencies in µs).

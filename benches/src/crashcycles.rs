@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use proto::api as pb;
 use tonic::transport::Channel;
 
-use crate::apibench::{ADMIN, Proc, authed, start_pypes};
+use crate::apibench::{Proc, authed, register, start_pypes, start_session, tenant_with_pype};
 use crate::peers::Rng;
 
 /// The run's settings (the command line's).
@@ -69,20 +69,9 @@ async fn connect(server: &Proc) -> Result<Channel> {
 }
 
 async fn tenant(channel: Channel, sessions: usize) -> Result<Tenant> {
-    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
-    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let (key, pype) = tenant_with_pype(&channel, "Crash").await?;
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
     let mut starts = pb::session_service_client::SessionServiceClient::new(channel);
-    let key = tenants
-        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Crash".into(), ..Default::default() }))
-        .await?
-        .into_inner()
-        .api_key;
-    let pype = pypes
-        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Crash".into(), ..Default::default() }))
-        .await?
-        .into_inner()
-        .pype_id;
     let (mut ids, mut users) = (Vec::new(), Vec::new());
     for i in 0..sessions {
         let (user, session) =
@@ -100,27 +89,8 @@ async fn end_user_with_session(
     pype: &str,
     username: &str,
 ) -> Result<(String, String)> {
-    let user = subjects
-        .register_subject(authed(
-            key,
-            pb::RegisterSubjectRequest {
-                username: username.into(),
-                email: format!("{username}@example.com"),
-                attested_at_least_13: true,
-                ..Default::default()
-            },
-        ))
-        .await?
-        .into_inner()
-        .subject_id;
-    let session = starts
-        .start_session(authed(
-            key,
-            pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.clone(), ..Default::default() },
-        ))
-        .await?
-        .into_inner()
-        .session_id;
+    let user = register(subjects, key, username).await?;
+    let session = start_session(starts, key, pype, &user).await?;
     Ok((user, session))
 }
 

@@ -360,21 +360,8 @@ pub(crate) async fn messaging(
     proc.ready().await?;
     let chans = channels(&proc.addr).await?;
     let started = std::time::Instant::now();
-    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(chans[0].clone());
     let mut pypes = pb::pype_service_client::PypeServiceClient::new(chans[0].clone());
-    let key = tenants
-        .create_tenant(authed(
-            crate::apibench::ADMIN,
-            pb::CreateTenantRequest { name: "Messaging".into(), ..Default::default() },
-        ))
-        .await?
-        .into_inner()
-        .api_key;
-    let pype = pypes
-        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Support".into(), ..Default::default() }))
-        .await?
-        .into_inner()
-        .pype_id;
+    let (key, pype) = crate::apibench::tenant_with_pype(&chans[0], "Messaging").await?;
     let agents: Vec<String> = (0..AGENTS).map(|_| uuid::Uuid::now_v7().to_string()).collect();
     for a in &agents {
         pypes

@@ -31,7 +31,7 @@ use anyhow::{Context, Result, bail};
 use proto::api as pb;
 use tonic::transport::Channel;
 
-use crate::apibench::{ADMIN, Proc, authed, pct, start_pypes_with};
+use crate::apibench::{Proc, authed, pct, register, start_pypes_with, start_session, tenant_with_pype};
 
 pub struct Options {
     pub dir: PathBuf,
@@ -63,6 +63,26 @@ struct Sample {
     mixed_errors: u64,
 }
 
+impl Sample {
+    /// Every figure by name, formatted: the printed line and the JSON
+    /// rows are made of these.
+    fn fields(&self) -> [(&'static str, String); 11] {
+        [
+            ("at_s", format!("{:.1}", self.at_s)),
+            ("rss_mib", format!("{:.1}", self.rss_mib)),
+            ("open_files", self.open_files.to_string()),
+            ("threads", self.threads.to_string()),
+            ("messages", self.messages.to_string()),
+            ("p50_ms", format!("{:.3}", self.p50_ms)),
+            ("p99_ms", format!("{:.3}", self.p99_ms)),
+            ("errors", self.errors.to_string()),
+            ("dropped", self.dropped.to_string()),
+            ("mixed_ops", self.mixed_ops.to_string()),
+            ("mixed_errors", self.mixed_errors.to_string()),
+        ]
+    }
+}
+
 fn proc_status(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok())
@@ -81,45 +101,10 @@ struct World {
     bystanders: Vec<String>,
 }
 
-async fn register(
-    c: &mut pb::subject_service_client::SubjectServiceClient<Channel>,
-    key: &str,
-    name: &str,
-) -> Result<String> {
-    let request = pb::RegisterSubjectRequest {
-        username: name.into(),
-        email: format!("{name}@example.com"),
-        attested_at_least_13: true,
-        ..Default::default()
-    };
-    Ok(c.register_subject(authed(key, request)).await?.into_inner().subject_id)
-}
-
-async fn start_session(
-    c: &mut pb::session_service_client::SessionServiceClient<Channel>,
-    key: &str,
-    pype: &str,
-    user: &str,
-) -> Result<String> {
-    let request = pb::StartSessionRequest { pype_id: pype.into(), end_user_id: user.into(), ..Default::default() };
-    Ok(c.start_session(authed(key, request)).await?.into_inner().session_id)
-}
-
 async fn world(channel: Channel, sessions: usize) -> Result<World> {
-    let mut tenants = pb::tenant_service_client::TenantServiceClient::new(channel.clone());
-    let mut pypes = pb::pype_service_client::PypeServiceClient::new(channel.clone());
+    let (key, pype) = tenant_with_pype(&channel, "Soak").await?;
     let mut subjects = pb::subject_service_client::SubjectServiceClient::new(channel.clone());
     let mut starts = pb::session_service_client::SessionServiceClient::new(channel);
-    let key = tenants
-        .create_tenant(authed(ADMIN, pb::CreateTenantRequest { name: "Soak".into(), ..Default::default() }))
-        .await?
-        .into_inner()
-        .api_key;
-    let pype = pypes
-        .create_pype(authed(&key, pb::CreatePypeRequest { name: "Soak".into(), ..Default::default() }))
-        .await?
-        .into_inner()
-        .pype_id;
     let mut all = Vec::new();
     for i in 0..sessions {
         let user = register(&mut subjects, &key, &format!("poster{i}")).await?;
@@ -342,21 +327,8 @@ pub async fn run(o: Options) -> Result<()> {
             mixed_ops: mixed_ops.swap(0, Ordering::Relaxed),
             mixed_errors: mixed_errors.swap(0, Ordering::Relaxed),
         };
-        println!(
-            "# {:>6.0} s  rss {:>6.1} MiB  files {:>4}  threads {:>3}  messages {:>7}  p50 {:>6.2} ms  p99 {:>7.2} ms  \
-             errors {}  dropped {}  mixed {} ({} failed)",
-            s.at_s,
-            s.rss_mib,
-            s.open_files,
-            s.threads,
-            s.messages,
-            s.p50_ms,
-            s.p99_ms,
-            s.errors,
-            s.dropped,
-            s.mixed_ops,
-            s.mixed_errors
-        );
+        let line: Vec<String> = s.fields().iter().map(|(name, value)| format!("{name} {value}")).collect();
+        println!("# {}", line.join("  "));
         samples.push(s);
         if started.elapsed() + Duration::from_millis(10) >= total {
             break;
@@ -435,22 +407,8 @@ fn write_json(path: &Path, max: f64, rate: f64, o: &Options, samples: &[Sample],
     let rows: Vec<String> = samples
         .iter()
         .map(|s| {
-            format!(
-                "    {{\"at_s\": {:.1}, \"rss_mib\": {:.1}, \"open_files\": {}, \"threads\": {}, \"messages\": {}, \
-                 \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"errors\": {}, \"dropped\": {}, \"mixed_ops\": {}, \
-                 \"mixed_errors\": {}}}",
-                s.at_s,
-                s.rss_mib,
-                s.open_files,
-                s.threads,
-                s.messages,
-                s.p50_ms,
-                s.p99_ms,
-                s.errors,
-                s.dropped,
-                s.mixed_ops,
-                s.mixed_errors
-            )
+            let fields: Vec<String> = s.fields().iter().map(|(name, value)| format!("\"{name}\": {value}")).collect();
+            format!("    {{{}}}", fields.join(", "))
         })
         .collect();
     let json = format!(
