@@ -38,6 +38,7 @@ pub use model::{
     validate_stream_name,
 };
 pub use proto::storage::SealedField;
+pub use stats::IndexStats;
 pub use subscription::{SubscribeFrom, Subscription, SubscriptionMessage, SubscriptionOptions, subscribe_all};
 pub use validate::validate_appends;
 pub use version::{CurrentVersion, ExpectedVersion};
@@ -146,6 +147,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// How long this log's fdatasyncs take (the file log; databases sync
     /// out of our sight and give `None`).
     fn fsync_latency(&self) -> Option<stats::HistogramSnapshot> {
+        None
+    }
+
+    /// How much of the log's index is in memory (the file log; `None` for
+    /// databases, which index on their own side).
+    fn index_stats(&self) -> Option<IndexStats> {
         None
     }
 

@@ -86,3 +86,21 @@ mod tests {
         assert!((s.sum_seconds - 0.556).abs() < 1e-9, "{}", s.sum_seconds);
     }
 }
+
+/// How much of a file log's index is in memory and how much was spilled to
+/// its scratch file ([`crate::EventLog::index_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Segments of the log; those the writer has moved past (sealed); and
+    /// how many of those have their index spilled.
+    pub segments: u64,
+    pub sealed_segments: u64,
+    pub spilled_segments: u64,
+    /// Frames of the log, and how many have their place in memory.
+    pub frames: u64,
+    pub frames_in_memory: u64,
+    /// Stream versions whose place is in memory.
+    pub versions_in_memory: u64,
+    /// Bytes of the scratch file (disk space `du` does not see).
+    pub scratch_bytes: u64,
+}

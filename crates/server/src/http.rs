@@ -205,6 +205,18 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         let size_help = "Bytes of the event log's files on disk.";
         sample(&mut body, "pypes_log_size_bytes", "gauge", size_help, crate::metrics::dir_bytes(dir, 2));
     }
+    if let Some(index) = state.log.index_stats() {
+        let help = "Frames of the event log whose index entry is in memory (the active segment's; sealed segments' are spilled).";
+        sample(&mut body, "pypes_log_index_frames_in_memory", "gauge", help, index.frames_in_memory);
+        let help = "Stream versions of the event log whose index entry is in memory.";
+        sample(&mut body, "pypes_log_index_versions_in_memory", "gauge", help, index.versions_in_memory);
+        let help = "Segments of the event log whose index was spilled to the scratch file.";
+        sample(&mut body, "pypes_log_index_spilled_segments", "gauge", help, index.spilled_segments);
+        let help = "Segments of the event log.";
+        sample(&mut body, "pypes_log_segments", "gauge", help, index.segments);
+        let help = "Bytes of the event log's index scratch file (an unlinked file: not in pypes_log_size_bytes, nor seen by du).";
+        sample(&mut body, "pypes_log_index_scratch_bytes", "gauge", help, index.scratch_bytes);
+    }
     if let Some(fsync) = state.log.fsync_latency() {
         body.push_str("# HELP pypes_log_fsync_seconds How long the event log's commit fdatasyncs take.\n# TYPE pypes_log_fsync_seconds histogram\n");
         crate::metrics::histogram(&mut body, "pypes_log_fsync_seconds", "", &fsync);

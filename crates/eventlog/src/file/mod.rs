@@ -15,6 +15,7 @@ mod read;
 mod recover;
 mod scavenge;
 pub mod sim;
+mod spill;
 mod state;
 mod verify;
 pub mod vfs;
@@ -49,6 +50,8 @@ pub struct FileLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Spills the index of sealed segments to the scratch file.
+    spiller: Mutex<Option<JoinHandle<()>>>,
     /// Held while the log is open; released by `close` once the writer has stopped.
     dir_lock: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
@@ -98,7 +101,8 @@ impl FileLog {
         info!(
             dir = %dir.display(),
             events = recovered.index.next_position,
-            frames = recovered.index.frames.len(),
+            frames = recovered.index.frame_count(),
+            frames_in_memory = recovered.index.hot_frames.len(),
             streams = recovered.index.streams.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "event log opened"
@@ -114,6 +118,7 @@ impl FileLog {
             index: RwLock::new(recovered.index),
             head: head_tx,
             scavenging: Mutex::new(()),
+            spill: Default::default(),
             poisoned: Mutex::new(None),
             storage_full: Mutex::new(None),
             storage_full_flag: Default::default(),
@@ -122,8 +127,28 @@ impl FileLog {
         });
         write_public_key(&*vfs, &dir, &config.signing_key);
         let (tx, rx) = mpsc::channel();
-        let handle = writer::start(shared.clone(), config, state, rules, recovered.ids, rx)?;
-        Ok(FileLog { shared, tx, writer: Mutex::new(Some(handle)), dir_lock: Mutex::new(Some(dir_lock)) })
+        let spiller = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("pypes-log-spill".into())
+                .spawn(move || spill::run_spiller(shared))
+                .map_err(|e| LogError::io("starting the index spiller thread", e))?
+        };
+        let handle = match writer::start(shared.clone(), config, state, rules, recovered.ids, rx) {
+            Ok(h) => h,
+            Err(e) => {
+                shared.spill.stop();
+                let _ = spiller.join();
+                return Err(e);
+            }
+        };
+        Ok(FileLog {
+            shared,
+            tx,
+            writer: Mutex::new(Some(handle)),
+            spiller: Mutex::new(Some(spiller)),
+            dir_lock: Mutex::new(Some(dir_lock)),
+        })
     }
 
     /// Writes a signed checkpoint now (if anything was written since the
@@ -142,6 +167,11 @@ impl FileLog {
         if let Some(handle) = handle {
             let _ = self.tx.send(Request::Shutdown);
             let _ = handle.join();
+        }
+        let spiller = self.spiller.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(spiller) = spiller {
+            self.shared.spill.stop();
+            let _ = spiller.join();
         }
         self.dir_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
@@ -179,6 +209,10 @@ impl Drop for FileLog {
 impl EventLog for FileLog {
     fn fsync_latency(&self) -> Option<crate::stats::HistogramSnapshot> {
         Some(self.shared.fsync.snapshot())
+    }
+
+    fn index_stats(&self) -> Option<crate::IndexStats> {
+        Some(self.shared.read().stats())
     }
 
     fn write_trouble(&self) -> Option<crate::WriteTrouble> {

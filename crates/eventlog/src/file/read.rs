@@ -10,13 +10,14 @@ use proto::log::{Frame, entry, frame};
 use proto::storage::StoredEvent;
 
 use super::format::{self, FrameParse};
-use super::state::{FrameLoc, Shared, unpack_loc};
+use super::spill::{RECORD_LEN, Scratch, frame_record, version_record};
+use super::state::{FrameLoc, Place, Shared};
 use super::vfs::StorageFile;
 use crate::model::StreamRules;
 use crate::{AllPage, Direction, EventFilter, LogError, ReadFrom, RecordedEvent, Result, validate_stream_name};
 
-/// A stream version to read: version, frame ordinal, entry, frame, file.
-type VersionAt = (u64, u64, u32, FrameLoc, Arc<dyn StorageFile>);
+/// A stream version to read: version, entry, frame, file.
+pub(super) type VersionAt = (u64, u32, FrameLoc, Arc<dyn StorageFile>);
 
 impl Shared {
     pub(super) fn corrupt(&self, loc: FrameLoc, reason: impl Into<String>) -> LogError {
@@ -88,32 +89,21 @@ impl Shared {
             (s.rules.clone(), s.rules.read_range(from, direction))
         };
         let now = self.clock.now_micros();
-        let mut cached: Option<(u64, Frame)> = None;
+        let mut cached: Option<((u32, u32), Frame)> = None;
         while out.len() < max {
             let want = (max - out.len()).min(1024);
-            let batch: Vec<VersionAt> = {
-                let idx = self.read();
-                let Some(s) = idx.streams.get(stream) else { break };
-                versions
-                    .by_ref()
-                    .take(want)
-                    .filter_map(|v| {
-                        let (ordinal, entry) = unpack_loc(s.loc_of(v)?);
-                        let loc = idx.frames[ordinal as usize];
-                        Some((v, ordinal, entry, loc, idx.segments[&(loc.segment as u64)].clone()))
-                    })
-                    .collect()
-            };
+            let Some(batch) = self.versions_at(stream, &mut versions, want)? else { break };
             if batch.is_empty() {
                 break;
             }
-            for (version, ordinal, entry, loc, file) in batch {
+            for (version, entry, loc, file) in batch {
+                let key = (loc.segment, loc.offset);
                 let frame = match cached.take() {
-                    Some((o, frame)) if o == ordinal => frame,
+                    Some((k, frame)) if k == key => frame,
                     _ => self.read_frame(&*file, loc)?,
                 };
                 let stored = self.entry_event(&frame, entry, loc)?;
-                cached = Some((ordinal, frame));
+                cached = Some((key, frame));
                 if let Some(stored) = stored {
                     if stored.stream != stream || stored.version != version {
                         return Err(
@@ -129,19 +119,190 @@ impl Shared {
         Ok(out)
     }
 
-    pub(super) fn read_all_blocking(&self, from: u64, max: usize, filter: &EventFilter) -> Result<AllPage> {
-        // Find the frame holding `from`: the sparse index, then at most
-        // SPARSE_EVERY frames by their event counts, without any I/O.
-        let (head, end_ordinal, mut ordinal, mut position) = {
+    /// Where `version` of `stream` is; `None` if it has no such version.
+    pub(super) fn version_at(&self, stream: &str, version: u64) -> Result<Option<VersionAt>> {
+        Ok(self.versions_at(stream, &mut std::iter::once(version), 1)?.and_then(|mut v| v.pop()))
+    }
+
+    /// Where the next `want` of `versions` of `stream` are (those it has),
+    /// in order; `None` if the stream is gone. The places come from the
+    /// index under its lock, and spilled ones from the scratch file
+    /// without it, a run of neighbouring records in one read.
+    fn versions_at(
+        &self,
+        stream: &str,
+        versions: &mut dyn Iterator<Item = u64>,
+        want: usize,
+    ) -> Result<Option<Vec<VersionAt>>> {
+        let (places, files, scratch) = {
             let idx = self.read();
-            let k = idx.sparse.partition_point(|&(p, _)| p <= from);
-            let (mut o, mut p) = if k == 0 { (0u64, 0u64) } else { (idx.sparse[k - 1].1, idx.sparse[k - 1].0) };
-            while (o as usize) < idx.frames.len() && p + idx.frames[o as usize].events as u64 <= from {
-                p += idx.frames[o as usize].events as u64;
-                o += 1;
+            let Some(s) = idx.streams.get(stream) else { return Ok(None) };
+            let places: Vec<(u64, Place)> = versions.take(want).filter_map(|v| Some((v, idx.place(s, v)?))).collect();
+            let mut files: Vec<(u32, Arc<dyn StorageFile>)> = Vec::new();
+            for (_, p) in &places {
+                let segment = match p {
+                    Place::Hot { loc, .. } => loc.segment,
+                    Place::Spilled { segment, .. } => *segment,
+                };
+                if files.last().is_none_or(|(n, _)| *n != segment) && !files.iter().any(|(n, _)| *n == segment) {
+                    let Some(file) = idx.segments.get(&(segment as u64)) else { continue };
+                    files.push((segment, file.clone()));
+                }
             }
-            (idx.next_position, idx.frames.len() as u64, o, p)
+            (places, files, idx.scratch.clone())
         };
+        let file_of = |segment: u32| -> Result<Arc<dyn StorageFile>> {
+            files.iter().find(|(n, _)| *n == segment).map(|(_, f)| f.clone()).ok_or_else(|| LogError::Corrupt {
+                file: self.segment_path(segment as u64),
+                offset: 0,
+                reason: "indexed segment is not open".into(),
+            })
+        };
+        let mut out = Vec::with_capacity(places.len());
+        let mut i = 0;
+        while i < places.len() {
+            match places[i].1 {
+                Place::Hot { loc, entry } => {
+                    out.push((places[i].0, entry, loc, file_of(loc.segment)?));
+                    i += 1;
+                }
+                Place::Spilled { segment, record_at } => {
+                    // The run of places whose records follow each other
+                    // (forwards or backwards) in the scratch file.
+                    let step = match places.get(i + 1) {
+                        Some((_, Place::Spilled { record_at: next, segment: s })) if *s == segment => {
+                            if *next == record_at + RECORD_LEN {
+                                1i64
+                            } else if *next + RECORD_LEN == record_at {
+                                -1
+                            } else {
+                                0
+                            }
+                        }
+                        _ => 0,
+                    };
+                    let mut n = 1usize;
+                    while step != 0
+                        && matches!(places.get(i + n), Some((_, Place::Spilled { record_at: r, segment: s }))
+                            if *s == segment && *r as i64 == record_at as i64 + step * (n as i64) * RECORD_LEN as i64)
+                    {
+                        n += 1;
+                    }
+                    let start = if step < 0 { record_at - (n as u64 - 1) * RECORD_LEN } else { record_at };
+                    let scratch = scratch_of(&scratch)?;
+                    let bytes = scratch.read(start, n as u64)?;
+                    let file = file_of(segment)?;
+                    for k in 0..n {
+                        let at = places[i + k].1;
+                        let Place::Spilled { record_at: r, .. } = at else { continue };
+                        let o = (r - start) as usize;
+                        let (loc, entry) = version_record(segment, &bytes[o..o + RECORD_LEN as usize], r)?;
+                        out.push((places[i + k].0, entry, loc, file.clone()));
+                    }
+                    i += n;
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The frame holding position `from` (or the first after it): its
+    /// ordinal and the position of its first event. From the sparse index
+    /// of the frames in memory, or by a binary search of a spilled
+    /// segment's frame records.
+    fn locate(&self, from: u64) -> Result<(u64, u64)> {
+        let (sealed, scratch) = {
+            let idx = self.read();
+            if from >= idx.hot_first_position || idx.sealed.is_empty() {
+                let k = idx.sparse.partition_point(|&(p, _)| p <= from);
+                let (mut o, mut p) = if k == 0 {
+                    (idx.hot_base, idx.hot_first_position)
+                } else {
+                    (idx.sparse[k - 1].1, idx.sparse[k - 1].0)
+                };
+                while let Some(f) = idx.hot_frame(o)
+                    && p + f.events as u64 <= from
+                {
+                    p += f.events as u64;
+                    o += 1;
+                }
+                return Ok((o, p));
+            }
+            let k = idx.sealed.partition_point(|s| s.first_position + s.events <= from);
+            let Some(sealed) = idx.sealed.get(k).copied() else {
+                return Ok((idx.hot_base, idx.hot_first_position));
+            };
+            (sealed, idx.scratch.clone())
+        };
+        let scratch = scratch_of(&scratch)?;
+        let target = from - sealed.first_position;
+        let delta_of =
+            |i: u64, bytes: &[u8]| -> Result<u64> { Ok(frame_record(0, bytes, sealed.frames_at + i * RECORD_LEN)?.1) };
+        // The last frame whose first position is at most `from`.
+        let (mut lo, mut hi) = (0u64, sealed.frames);
+        while hi - lo > 256 {
+            let mid = lo + (hi - lo) / 2;
+            let at = sealed.frames_at + mid * RECORD_LEN;
+            if delta_of(mid, &scratch.read(at, 1)?)? <= target { lo = mid } else { hi = mid }
+        }
+        let block = scratch.read(sealed.frames_at + lo * RECORD_LEN, hi - lo)?;
+        let mut found = (lo, 0u64);
+        for i in lo..hi {
+            let o = ((i - lo) * RECORD_LEN) as usize;
+            let d = delta_of(i, &block[o..o + RECORD_LEN as usize])?;
+            if d > target {
+                break;
+            }
+            found = (i, d);
+        }
+        Ok((sealed.first_ordinal + found.0, sealed.first_position + found.1))
+    }
+
+    /// The frames from ordinal `from`, at most `n` and none past `end` or
+    /// past the end of `from`'s segment, with their files.
+    fn frames_from(&self, from: u64, n: u64, end: u64) -> Result<Vec<(FrameLoc, Arc<dyn StorageFile>)>> {
+        let idx = self.read();
+        let n = n.min(end.saturating_sub(from));
+        if from >= idx.hot_base {
+            let mut out = Vec::with_capacity(n as usize);
+            for o in from..from + n {
+                let Some(loc) = idx.hot_frame(o) else { break };
+                let file = idx
+                    .segments
+                    .get(&(loc.segment as u64))
+                    .ok_or_else(|| self.corrupt(loc, "indexed segment is not open"))?;
+                out.push((loc, file.clone()));
+            }
+            return Ok(out);
+        }
+        let k = idx.sealed.partition_point(|s| s.first_ordinal + s.frames <= from);
+        let Some(sealed) = idx.sealed.get(k).copied() else { return Ok(Vec::new()) };
+        let first = from - sealed.first_ordinal;
+        let count = n.min(sealed.frames - first);
+        let scratch = idx.scratch.clone();
+        let file = idx.segments.get(&(k as u64)).cloned().ok_or_else(|| LogError::Corrupt {
+            file: self.segment_path(k as u64),
+            offset: 0,
+            reason: "indexed segment is not open".into(),
+        })?;
+        drop(idx);
+        let at = sealed.frames_at + first * RECORD_LEN;
+        let bytes = scratch_of(&scratch)?.read(at, count)?;
+        bytes
+            .chunks_exact(RECORD_LEN as usize)
+            .enumerate()
+            .map(|(i, r)| Ok((frame_record(k as u32, r, at + i as u64 * RECORD_LEN)?.0, file.clone())))
+            .collect()
+    }
+
+    pub(super) fn read_all_blocking(&self, from: u64, max: usize, filter: &EventFilter) -> Result<AllPage> {
+        // Find the frame holding `from`: the sparse index (or a spilled
+        // segment's frame records), then at most SPARSE_EVERY frames.
+        let (head, end_ordinal) = {
+            let idx = self.read();
+            (idx.next_position, idx.frame_count())
+        };
+        let (mut ordinal, mut position) = if from >= head { (end_ordinal, head) } else { self.locate(from)? };
         let mut page = AllPage { events: Vec::new(), next_position: from, head };
         if from >= head || max == 0 {
             return Ok(page);
@@ -149,15 +310,10 @@ impl Shared {
         let now = self.clock.now_micros();
         let mut candidates = Vec::new();
         while ordinal < end_ordinal {
-            let chunk: Vec<(FrameLoc, Arc<dyn StorageFile>)> = {
-                let idx = self.read();
-                (ordinal..end_ordinal.min(ordinal + READ_AHEAD_FRAMES))
-                    .map(|o| {
-                        let loc = idx.frames[o as usize];
-                        (loc, idx.segments[&(loc.segment as u64)].clone())
-                    })
-                    .collect()
-            };
+            let chunk = self.frames_from(ordinal, READ_AHEAD_FRAMES, end_ordinal)?;
+            if chunk.is_empty() {
+                break;
+            }
             ordinal += chunk.len() as u64;
             // Frames that follow each other in one segment are read with
             // one pread (one syscall and one buffer for the run).
@@ -239,6 +395,12 @@ impl Shared {
         page.next_position = head;
         Ok(page)
     }
+}
+
+fn scratch_of(scratch: &Option<Arc<Scratch>>) -> Result<&Scratch> {
+    scratch.as_deref().ok_or_else(|| {
+        LogError::io("reading the log's index", std::io::Error::other("a spilled segment but no scratch file"))
+    })
 }
 
 /// Frames a `$all` read looks up in the index at a time.

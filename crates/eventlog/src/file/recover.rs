@@ -79,7 +79,7 @@ impl RecentIds {
 
 fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: FrameLoc, path: &Path) -> Result<()> {
     let corrupt = |reason: String| LogError::Corrupt { file: path.to_path_buf(), offset: loc.offset as u64, reason };
-    let ordinal = index.frames.len() as u64;
+    let ordinal = index.frame_count();
     match &frame.body {
         Some(frame::Body::Batch(batch)) => {
             let first = index.next_position;
@@ -116,7 +116,15 @@ fn apply_recovered(index: &mut Index, ids: &mut RecentIds, frame: &Frame, loc: F
                     )));
                 }
                 s.locs.push_back(pack_loc(ordinal, i as u32));
+                index.hot_versions += 1;
                 s.rules.apply_append(1);
+                if s.touch(loc.segment as u64) {
+                    index
+                        .touched
+                        .entry(loc.segment as u64)
+                        .or_default()
+                        .push(ids.names[s.recovered_no as usize].clone());
+                }
                 if let Some(id) = id {
                     ids.push(id, s.recovered_no, version, position);
                 }
@@ -240,18 +248,23 @@ pub(super) fn recover(dir: &Path, segments_dir: &Path, config: &FileLogConfig) -
                 return Err(LogError::Corrupt { file: path, offset, reason: failure });
             }
             check_torn_tail(&*file, &path, offset, len, &failure)?;
-            cut_at = Some((path.clone(), offset, index.frames.len() as u64));
+            cut_at = Some((path.clone(), offset, index.frame_count()));
             fixes.push(Fix::CutTornTail { number, offset, len, reason: failure });
             break;
         }
         if is_last {
             index.end_segment = number;
             index.end_offset = offset.max(SEGMENT_HEADER_LEN);
+        } else {
+            // Sealed: its index leaves memory now, so open needs memory for
+            // one segment's index, not the log's (only derived data is
+            // written: the unlinked scratch file; spill.rs).
+            index.spill_owned(number, vfs, dir);
         }
         index.segments.insert(number, file);
     }
     index.chain = chain;
-    check_signed_head(dir, config, index.frames.len() as u64, cut_at.as_ref().map(|(p, o, _)| (p.as_path(), *o)))?;
+    check_signed_head(dir, config, index.frame_count(), cut_at.as_ref().map(|(p, o, _)| (p.as_path(), *o)))?;
     for fix in fixes {
         apply_fix(vfs, segments_dir, &mut index.segments, fix)?;
     }

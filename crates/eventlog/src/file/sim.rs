@@ -50,6 +50,10 @@ struct State {
     failing_syncs: u64,
     locks: std::collections::HashSet<PathBuf>,
     sync_delay: Option<std::time::Duration>,
+    /// Bytes held by scratch files (counted against `space_limit`).
+    scratch_bytes: u64,
+    /// Scratch writes fail as on a full disk.
+    scratch_full: bool,
 }
 
 impl State {
@@ -71,7 +75,7 @@ impl State {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.inodes.values().map(|i| i.volatile.len() as u64).sum()
+        self.inodes.values().map(|i| i.volatile.len() as u64).sum::<u64>() + self.scratch_bytes
     }
 }
 
@@ -104,6 +108,11 @@ impl SimVfs {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes writes to scratch files fail as on a full disk (or work again).
+    pub fn set_scratch_full(&self, full: bool) {
+        self.lock().scratch_full = full;
     }
 
     /// Cuts power at the `n`-th mutating operation from now (1 = the next).
@@ -304,6 +313,66 @@ impl StorageFile for SimFile {
     }
 }
 
+/// A scratch file: in memory, never durable, outside every directory and
+/// the crash model (a crash drops it), but counted against the space limit
+/// and failing once power is cut.
+struct SimScratch {
+    vfs: SimVfs,
+    data: Mutex<Vec<u8>>,
+}
+
+impl StorageFile for SimScratch {
+    fn len(&self) -> io::Result<u64> {
+        self.vfs.lock().check_power()?;
+        Ok(self.data.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.vfs.lock().check_power()?;
+        let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let end = offset as usize + buf.len();
+        if end > data.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
+        }
+        buf.copy_from_slice(&data[offset as usize..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut s = self.vfs.lock();
+        s.check_power()?;
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let growth = (offset + bytes.len() as u64).saturating_sub(data.len() as u64);
+        if s.scratch_full || s.space_limit.is_some_and(|limit| growth > limit.saturating_sub(s.used_bytes())) {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
+        }
+        s.scratch_bytes += growth;
+        write_into(&mut data, offset, bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.vfs.lock();
+        s.check_power()?;
+        let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        s.scratch_bytes = (s.scratch_bytes + len).saturating_sub(data.len() as u64);
+        data.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.vfs.lock().check_power()
+    }
+}
+
+impl Drop for SimScratch {
+    fn drop(&mut self) {
+        let len = self.data.get_mut().map(|d| d.len()).unwrap_or(0) as u64;
+        let mut s = self.vfs.lock();
+        s.scratch_bytes = s.scratch_bytes.saturating_sub(len);
+    }
+}
+
 /// A held lock of the simulated filesystem; released on drop.
 struct SimLock {
     vfs: SimVfs,
@@ -317,6 +386,15 @@ impl Drop for SimLock {
 }
 
 impl Vfs for SimVfs {
+    fn scratch(&self, dir: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        let s = self.lock();
+        s.check_power()?;
+        if !s.volatile_dirs.contains_key(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(Arc::new(SimScratch { vfs: self.clone(), data: Mutex::new(Vec::new()) }))
+    }
+
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         if !self.lock().locks.insert(path.to_path_buf()) {
             return Err(io::Error::new(io::ErrorKind::WouldBlock, "held by another process"));

@@ -120,9 +120,16 @@ pub(super) fn unpack_loc(loc: u64) -> (u64, u32) {
 
 pub(super) struct FileStream {
     pub(super) rules: StreamRules,
-    /// Packed location of every version from `base_version` on.
+    /// The versions before `base_version`, one run per sealed segment that
+    /// holds some, their places in the scratch file (see [`super::spill`]).
+    pub(super) runs: Vec<Run>,
+    /// Packed location of every version from `base_version` on (the
+    /// versions in segments not yet spilled).
     pub(super) locs: VecDeque<u64>,
     pub(super) base_version: u64,
+    /// The last segment this stream has a version in (`u64::MAX`: none
+    /// yet): a stream is listed in a segment's `touched` once.
+    pub(super) last_segment: u64,
     /// Number of the stream in the order `open` met it (u32::MAX for
     /// streams created later); lets recovery refer to a stream without
     /// touching its name.
@@ -131,13 +138,50 @@ pub(super) struct FileStream {
 
 impl Default for FileStream {
     fn default() -> Self {
-        Self { rules: StreamRules::default(), locs: VecDeque::new(), base_version: 0, recovered_no: u32::MAX }
+        Self {
+            rules: StreamRules::default(),
+            runs: Vec::new(),
+            locs: VecDeque::new(),
+            base_version: 0,
+            last_segment: u64::MAX,
+            recovered_no: u32::MAX,
+        }
     }
 }
 
+/// A stream's versions in one spilled segment: `count` versions from
+/// `first_version`, whose places are version records `record..record +
+/// count` of that segment's table in the scratch file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Run {
+    pub(super) segment: u32,
+    pub(super) count: u32,
+    pub(super) record: u32,
+    pub(super) first_version: u64,
+}
+
+/// Where a stream version is, as the index knows it under its lock: in
+/// memory (a segment not yet spilled) or as a record in the scratch file.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Place {
+    Hot {
+        loc: FrameLoc,
+        entry: u32,
+    },
+    /// The absolute offset of its version record in the scratch file.
+    Spilled {
+        segment: u32,
+        record_at: u64,
+    },
+}
+
 impl FileStream {
-    pub(super) fn loc_of(&self, version: u64) -> Option<u64> {
-        version.checked_sub(self.base_version).and_then(|i| self.locs.get(i as usize).copied())
+    /// Notes that versions were appended to this stream in `segment`;
+    /// true the first time for that segment.
+    pub(super) fn touch(&mut self, segment: u64) -> bool {
+        let first = self.last_segment != segment;
+        self.last_segment = segment;
+        first
     }
 }
 
@@ -205,11 +249,28 @@ impl IdWindow {
 }
 
 /// The committed state readers see. Updated only after an fdatasync.
+///
+/// Frames are numbered (ordinals) from the start of the log. Those of
+/// sealed segments that were spilled live in the scratch file
+/// (`sealed`, [`super::spill`]); the rest (`hot_frames`, from ordinal
+/// `hot_base`) in memory, so memory holds the active segment's index only.
 #[derive(Default)]
 pub(super) struct Index {
     pub(super) segments: BTreeMap<u64, Arc<dyn StorageFile>>,
-    pub(super) frames: Vec<FrameLoc>,
-    /// (position of the first event, frame ordinal) every SPARSE_EVERY batch frames.
+    /// Spilled segments 0..sealed.len(), by number.
+    pub(super) sealed: Vec<super::spill::Sealed>,
+    /// Where spilled index records are; `None` until one could be made.
+    pub(super) scratch: Option<Arc<super::spill::Scratch>>,
+    pub(super) hot_frames: Vec<FrameLoc>,
+    /// Ordinal of `hot_frames[0]`, and the position of its first event.
+    pub(super) hot_base: u64,
+    pub(super) hot_first_position: u64,
+    /// Stream versions whose place is in memory (in streams' `locs`).
+    pub(super) hot_versions: u64,
+    /// Streams with versions in each segment not yet spilled.
+    pub(super) touched: BTreeMap<u64, Vec<Arc<str>>>,
+    /// (position of the first event, frame ordinal) every SPARSE_EVERY batch
+    /// frames, for the hot frames only.
     pub(super) sparse: Vec<(u64, u64)>,
     pub(super) batch_frames: u64,
     pub(super) streams: HashMap<Arc<str>, FileStream>,
@@ -226,9 +287,44 @@ impl Index {
         self.streams.get_key_value(stream).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(stream))
     }
 
+    /// Frames in the log (spilled and in memory).
+    pub(super) fn frame_count(&self) -> u64 {
+        self.hot_base + self.hot_frames.len() as u64
+    }
+
+    pub(super) fn stats(&self) -> crate::IndexStats {
+        crate::IndexStats {
+            segments: self.segments.len() as u64,
+            sealed_segments: self.end_segment,
+            spilled_segments: self.sealed.len() as u64,
+            frames: self.frame_count(),
+            frames_in_memory: self.hot_frames.len() as u64,
+            versions_in_memory: self.hot_versions,
+            scratch_bytes: self.scratch.as_ref().map_or(0, |s| s.len()),
+        }
+    }
+
+    /// A frame in memory by ordinal.
+    pub(super) fn hot_frame(&self, ordinal: u64) -> Option<FrameLoc> {
+        ordinal.checked_sub(self.hot_base).and_then(|i| self.hot_frames.get(i as usize).copied())
+    }
+
+    /// Where `version` of `s` is; `None` if the stream has no such version.
+    pub(super) fn place(&self, s: &FileStream, version: u64) -> Option<Place> {
+        if version >= s.base_version {
+            let (ordinal, entry) = unpack_loc(*s.locs.get((version - s.base_version) as usize)?);
+            return Some(Place::Hot { loc: self.hot_frame(ordinal)?, entry });
+        }
+        let k = s.runs.partition_point(|r| r.first_version + r.count as u64 <= version);
+        let run = s.runs.get(k).filter(|r| r.first_version <= version)?;
+        let sealed = self.sealed.get(run.segment as usize)?;
+        let record = run.record as u64 + (version - run.first_version);
+        Some(Place::Spilled { segment: run.segment, record_at: sealed.versions_at + record * super::spill::RECORD_LEN })
+    }
+
     pub(super) fn push_frame(&mut self, loc: FrameLoc, first_position: Option<u64>) -> u64 {
-        let ordinal = self.frames.len() as u64;
-        self.frames.push(loc);
+        let ordinal = self.frame_count();
+        self.hot_frames.push(loc);
         if let Some(p) = first_position {
             if self.batch_frames.is_multiple_of(SPARSE_EVERY) {
                 self.sparse.push((p, ordinal));
@@ -246,7 +342,11 @@ pub(super) struct Shared {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) index: RwLock<Index>,
     pub(super) head: watch::Sender<u64>,
+    /// Held by a scavenge or a spill: each rewrites the index of sealed
+    /// segments.
     pub(super) scavenging: Mutex<()>,
+    /// Wakes the spiller thread when the writer rolls to a new segment.
+    pub(super) spill: super::spill::SpillSignal,
     /// Set when the log cannot roll back a failed write; refuses writes.
     pub(super) poisoned: Mutex<Option<String>>,
     /// The witness's copy of `head.sig`, written after it.

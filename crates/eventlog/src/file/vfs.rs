@@ -37,6 +37,10 @@ pub trait Vfs: Send + Sync {
     /// Takes an exclusive lock on `path` (created if missing) for as long as
     /// the returned guard lives; `WouldBlock` if someone else holds it.
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>>;
+    /// A new file in `dir` with no name: nobody else can open it, it is
+    /// never durable, and it is gone once its last handle is dropped (or the
+    /// process dies). It takes space on `dir`'s filesystem while open.
+    fn scratch(&self, dir: &Path) -> io::Result<Arc<dyn StorageFile>>;
 }
 
 /// The real filesystem.
@@ -93,6 +97,16 @@ impl Vfs for OsVfs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+    fn scratch(&self, dir: &Path) -> io::Result<Arc<dyn StorageFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!(".scratch-{}-{n}", std::process::id()));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+        // Unlinked at once: only this handle reaches it.
+        std::fs::remove_file(&path)?;
+        Ok(Arc::new(OsFile(file)))
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         use std::os::unix::fs::OpenOptionsExt;

@@ -115,7 +115,7 @@ impl TailState {
             active_no: idx.end_segment,
             active,
             active_len: idx.end_offset,
-            frame_count: idx.frames.len() as u64,
+            frame_count: idx.frame_count(),
             next_position: idx.next_position,
             frames_since_checkpoint: idx.frames_since_checkpoint,
         }
@@ -583,7 +583,7 @@ impl Stager {
         let idx = self.shared.read();
         self.rules = idx.streams.iter().map(|(k, s)| (k.clone(), s.rules.clone())).collect();
         self.ids.forget_from(idx.next_position);
-        self.tail.frame_count = idx.frames.len() as u64;
+        self.tail.frame_count = idx.frame_count();
         self.tail.next_position = idx.next_position;
         self.tail.frames_since_checkpoint = idx.frames_since_checkpoint;
         self.tail.active_len = if idx.end_segment == self.tail.active_no { idx.end_offset } else { SEGMENT_HEADER_LEN };
@@ -736,14 +736,9 @@ impl Stager {
                 ));
             }
         }
-        let idx = self.shared.read();
-        let Some(packed) = idx.streams.get(&stream).and_then(|s| s.loc_of(version)) else {
+        let Some((_, entry, loc, file)) = self.shared.version_at(&stream, version)? else {
             return Ok(None);
         };
-        let (ordinal, entry) = super::state::unpack_loc(packed);
-        let loc = idx.frames[ordinal as usize];
-        let file = idx.segments[&(loc.segment as u64)].clone();
-        drop(idx);
         let frame = self.shared.read_frame(&*file, loc)?;
         let Some(stored) = self.shared.entry_event(&frame, entry, loc)? else {
             return Ok(None);
@@ -945,8 +940,10 @@ impl Syncer {
         }
         let mut head = None;
         let mut checkpoint = None;
+        let mut rolled = false;
         {
-            let mut idx = self.shared.write();
+            let mut guard = self.shared.write();
+            let idx = &mut *guard;
             for g in &run {
                 for (loc, first) in &g.frames {
                     idx.push_frame(*loc, *first);
@@ -955,7 +952,12 @@ impl Syncer {
                     let s = idx.streams.entry(name.clone()).or_default();
                     s.rules = rules.clone();
                     s.locs.extend(locs.iter().copied());
+                    idx.hot_versions += locs.len() as u64;
+                    if !locs.is_empty() && s.touch(g.segment) {
+                        idx.touched.entry(g.segment).or_default().push(name.clone());
+                    }
                 }
+                rolled |= g.segment != idx.end_segment;
                 idx.next_position = g.next_position;
                 idx.chain = g.chain;
                 idx.end_segment = g.segment;
@@ -966,6 +968,9 @@ impl Syncer {
         }
         if let Some(h) = head {
             self.shared.head.send_replace(h);
+        }
+        if rolled {
+            self.shared.spill.wake();
         }
         for g in run {
             if g.checkpoint.is_some() {
