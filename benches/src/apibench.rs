@@ -64,6 +64,26 @@ impl Proc {
         bail!("the server did not become ready within 60 s")
     }
 
+    /// The values of the server's metrics named in `names` (unlabelled
+    /// samples), from one scrape of /metrics; a missing one is `None`.
+    pub(crate) async fn metrics(&self, names: &[&str]) -> Result<Vec<Option<f64>>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let http = self.http.as_deref().context("no http address")?;
+        let mut s = tokio::net::TcpStream::connect(http).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(names
+            .iter()
+            .map(|name| {
+                out.lines().find_map(|l| {
+                    let (n, v) = l.split_once(' ')?;
+                    (n == *name).then(|| v.trim().parse::<f64>().ok()).flatten()
+                })
+            })
+            .collect())
+    }
+
     /// The server's process id (for /proc).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

@@ -61,12 +61,16 @@ struct Sample {
     dropped: u64,
     mixed_ops: u64,
     mixed_errors: u64,
+    /// Events in the log, and frames whose index entry is in memory (the
+    /// active segment's; sealed segments' are spilled to disk).
+    log_events: u64,
+    index_frames_in_memory: u64,
 }
 
 impl Sample {
     /// Every figure by name, formatted: the printed line and the JSON
     /// rows are made of these.
-    fn fields(&self) -> [(&'static str, String); 11] {
+    fn fields(&self) -> [(&'static str, String); 13] {
         [
             ("at_s", format!("{:.1}", self.at_s)),
             ("rss_mib", format!("{:.1}", self.rss_mib)),
@@ -79,6 +83,8 @@ impl Sample {
             ("dropped", self.dropped.to_string()),
             ("mixed_ops", self.mixed_ops.to_string()),
             ("mixed_errors", self.mixed_errors.to_string()),
+            ("log_events", self.log_events.to_string()),
+            ("index_frames_in_memory", self.index_frames_in_memory.to_string()),
         ]
     }
 }
@@ -314,6 +320,11 @@ pub async fn run(o: Options) -> Result<()> {
         tokio::time::sleep_until(next.into()).await;
         let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
         lat.sort_unstable();
+        let scraped = server
+            .metrics(&["pypes_log_head_position", "pypes_log_index_frames_in_memory"])
+            .await
+            .unwrap_or_else(|_| vec![None, None]);
+        let metric = |i: usize| scraped.get(i).copied().flatten().unwrap_or(0.0) as u64;
         let s = Sample {
             at_s: started.elapsed().as_secs_f64(),
             rss_mib: proc_status(pid, "VmRSS:").unwrap_or(0.0) / 1024.0,
@@ -326,6 +337,8 @@ pub async fn run(o: Options) -> Result<()> {
             dropped: dropped.swap(0, Ordering::Relaxed),
             mixed_ops: mixed_ops.swap(0, Ordering::Relaxed),
             mixed_errors: mixed_errors.swap(0, Ordering::Relaxed),
+            log_events: metric(0),
+            index_frames_in_memory: metric(1),
         };
         let line: Vec<String> = s.fields().iter().map(|(name, value)| format!("{name} {value}")).collect();
         println!("# {}", line.join("  "));

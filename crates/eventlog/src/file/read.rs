@@ -278,7 +278,9 @@ impl Shared {
         let k = idx.sealed.partition_point(|s| s.first_ordinal + s.frames <= from);
         let Some(sealed) = idx.sealed.get(k).copied() else { return Ok(Vec::new()) };
         let first = from - sealed.first_ordinal;
-        let count = n.min(sealed.frames - first);
+        // Records are small: take a page of them per read of the scratch
+        // file (the frames themselves are still read 16 at most at a time).
+        let count = n.max(SPILLED_READ_AHEAD).min(end.saturating_sub(from)).min(sealed.frames - first);
         let scratch = idx.scratch.clone();
         let file = idx.segments.get(&(k as u64)).cloned().ok_or_else(|| LogError::Corrupt {
             file: self.segment_path(k as u64),
@@ -337,7 +339,7 @@ impl Shared {
                 let bytes = match in_span {
                     Some(bytes) => bytes,
                     None => {
-                        let run = contiguous_run(&chunk[n..]);
+                        let run = contiguous_run(&chunk[n..(n + READ_AHEAD_FRAMES as usize).min(chunk.len())]);
                         let buf = self.read_span(&**file, loc.segment, loc.offset, run)?;
                         let bytes = buf.slice(..loc.len as usize);
                         span = Some((n, buf));
@@ -403,8 +405,12 @@ fn scratch_of(scratch: &Option<Arc<Scratch>>) -> Result<&Scratch> {
     })
 }
 
-/// Frames a `$all` read looks up in the index at a time.
+/// Frames a `$all` read looks up in the index at a time, and reads with
+/// one pread at most.
 const READ_AHEAD_FRAMES: u64 = 16;
+/// Frame records of a spilled segment read from the scratch file at a
+/// time (4 KiB).
+const SPILLED_READ_AHEAD: u64 = 256;
 /// Largest single read of a run of frames.
 const MAX_SPAN: usize = 1 << 20;
 
