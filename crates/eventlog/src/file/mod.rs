@@ -14,6 +14,7 @@ pub mod note;
 mod read;
 mod recover;
 mod scavenge;
+mod scratch;
 pub mod sim;
 mod spill;
 mod state;

@@ -10,7 +10,8 @@ use proto::log::{Frame, entry, frame};
 use proto::storage::StoredEvent;
 
 use super::format::{self, FrameParse};
-use super::spill::{RECORD_LEN, Scratch, frame_record, version_record};
+use super::scratch::{RECORD_LEN, Scratch};
+use super::spill::{frame_record, version_record};
 use super::state::{FrameLoc, Place, Shared};
 use super::vfs::StorageFile;
 use crate::model::StreamRules;

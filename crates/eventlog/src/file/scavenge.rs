@@ -9,7 +9,8 @@ use proto::storage::StoredEvent;
 use tracing::info;
 
 use super::format;
-use super::spill::{RECORD_LEN, Scratch, Sealed, frame_record, version_record};
+use super::scratch::{RECORD_LEN, Scratch, Sealed};
+use super::spill::{frame_record, version_record};
 use super::state::{FrameLoc, Shared};
 use crate::{LogError, Result, ScavengeReport};
 

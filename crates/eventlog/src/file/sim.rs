@@ -240,6 +240,16 @@ fn write_into(data: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
     data[offset as usize..end].copy_from_slice(bytes);
 }
 
+/// Reads exactly `buf.len()` bytes of `data` at `offset`.
+fn read_from(data: &[u8], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let end = offset as usize + buf.len();
+    if end > data.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
+    }
+    buf.copy_from_slice(&data[offset as usize..end]);
+    Ok(())
+}
+
 struct SimFile {
     vfs: SimVfs,
     inode: u64,
@@ -255,13 +265,7 @@ impl StorageFile for SimFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let s = self.vfs.lock();
         s.check_power()?;
-        let data = &s.inodes[&self.inode].volatile;
-        let end = offset as usize + buf.len();
-        if end > data.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
-        }
-        buf.copy_from_slice(&data[offset as usize..end]);
-        Ok(())
+        read_from(&s.inodes[&self.inode].volatile, offset, buf)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -329,13 +333,7 @@ impl StorageFile for SimScratch {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.vfs.lock().check_power()?;
-        let data = self.data.lock().unwrap_or_else(|e| e.into_inner());
-        let end = offset as usize + buf.len();
-        if end > data.len() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
-        }
-        buf.copy_from_slice(&data[offset as usize..end]);
-        Ok(())
+        read_from(&self.data.lock().unwrap_or_else(|e| e.into_inner()), offset, buf)
     }
 
     fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {

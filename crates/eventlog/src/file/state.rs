@@ -121,7 +121,7 @@ pub(super) fn unpack_loc(loc: u64) -> (u64, u32) {
 pub(super) struct FileStream {
     pub(super) rules: StreamRules,
     /// The versions before `base_version`, one run per sealed segment that
-    /// holds some, their places in the scratch file (see [`super::spill`]).
+    /// holds some, their places in the scratch file (see `spill.rs`).
     pub(super) runs: Vec<Run>,
     /// Packed location of every version from `base_version` on (the
     /// versions in segments not yet spilled).
@@ -252,15 +252,15 @@ impl IdWindow {
 ///
 /// Frames are numbered (ordinals) from the start of the log. Those of
 /// sealed segments that were spilled live in the scratch file
-/// (`sealed`, [`super::spill`]); the rest (`hot_frames`, from ordinal
+/// (`sealed`, see `spill.rs`); the rest (`hot_frames`, from ordinal
 /// `hot_base`) in memory, so memory holds the active segment's index only.
 #[derive(Default)]
 pub(super) struct Index {
     pub(super) segments: BTreeMap<u64, Arc<dyn StorageFile>>,
     /// Spilled segments 0..sealed.len(), by number.
-    pub(super) sealed: Vec<super::spill::Sealed>,
+    pub(super) sealed: Vec<super::scratch::Sealed>,
     /// Where spilled index records are; `None` until one could be made.
-    pub(super) scratch: Option<Arc<super::spill::Scratch>>,
+    pub(super) scratch: Option<Arc<super::scratch::Scratch>>,
     pub(super) hot_frames: Vec<FrameLoc>,
     /// Ordinal of `hot_frames[0]`, and the position of its first event.
     pub(super) hot_base: u64,
@@ -319,7 +319,10 @@ impl Index {
         let run = s.runs.get(k).filter(|r| r.first_version <= version)?;
         let sealed = self.sealed.get(run.segment as usize)?;
         let record = run.record as u64 + (version - run.first_version);
-        Some(Place::Spilled { segment: run.segment, record_at: sealed.versions_at + record * super::spill::RECORD_LEN })
+        Some(Place::Spilled {
+            segment: run.segment,
+            record_at: sealed.versions_at + record * super::scratch::RECORD_LEN,
+        })
     }
 
     pub(super) fn push_frame(&mut self, loc: FrameLoc, first_position: Option<u64>) -> u64 {
@@ -346,7 +349,7 @@ pub(super) struct Shared {
     /// segments.
     pub(super) scavenging: Mutex<()>,
     /// Wakes the spiller thread when the writer rolls to a new segment.
-    pub(super) spill: super::spill::SpillSignal,
+    pub(super) spill: super::scratch::SpillSignal,
     /// Set when the log cannot roll back a failed write; refuses writes.
     pub(super) poisoned: Mutex<Option<String>>,
     /// The witness's copy of `head.sig`, written after it.
