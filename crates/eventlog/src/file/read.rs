@@ -145,7 +145,7 @@ impl Shared {
                     Place::Hot { loc, .. } => loc.segment,
                     Place::Spilled { segment, .. } => *segment,
                 };
-                if files.last().is_none_or(|(n, _)| *n != segment) && !files.iter().any(|(n, _)| *n == segment) {
+                if !files.iter().any(|(n, _)| *n == segment) {
                     let Some(file) = idx.segments.get(&(segment as u64)) else { continue };
                     files.push((segment, file.clone()));
                 }

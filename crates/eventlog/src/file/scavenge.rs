@@ -132,7 +132,9 @@ pub(super) fn scavenge_blocking(shared: &Shared, active: u64) -> Result<Scavenge
             None => {
                 let base = idx.hot_base as usize;
                 for (ordinal, loc) in ordinals.zip(locs) {
-                    idx.hot_frames[ordinal - base] = loc;
+                    if let Some(slot) = idx.hot_frames.get_mut(ordinal - base) {
+                        *slot = loc;
+                    }
                 }
             }
         }

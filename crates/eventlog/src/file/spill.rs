@@ -89,8 +89,10 @@ impl Index {
         (next < self.end_segment).then_some(next)
     }
 
-    /// Encodes the tables of `segment`, the oldest segment in memory.
-    pub(super) fn encode_spill(&self, segment: u64) -> Spill {
+    /// Encodes the tables of `segment`, the oldest segment in memory. An
+    /// index that does not hold together (a stream version pointing at no
+    /// frame in memory) is refused by name: the segment stays in memory.
+    pub(super) fn encode_spill(&self, segment: u64) -> std::io::Result<Spill> {
         let m = self.hot_frames.partition_point(|f| f.segment as u64 <= segment);
         let end_ordinal = self.hot_base + m as u64;
         let mut buf = Vec::with_capacity(m * 2 * RECORD_LEN as usize);
@@ -110,19 +112,31 @@ impl Index {
             runs.push((name.clone(), s.base_version, count as u32, versions as u32));
             for &packed in s.locs.iter().take(count) {
                 let (ordinal, entry) = unpack_loc(packed);
-                let f = self.hot_frames[(ordinal - self.hot_base) as usize];
+                let f = self.hot_frame(ordinal).filter(|f| f.segment as u64 == segment).ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "stream {name:?} has a version in frame {ordinal}, which is not a frame of segment {segment} in memory"
+                    ))
+                })?;
                 put_record(&mut buf, [f.offset, f.len, entry, f.events]);
             }
             versions += count as u64;
         }
-        Spill { segment, frames: m as u64, events: delta, versions, buf, runs }
+        Ok(Spill { segment, frames: m as u64, events: delta, versions, buf, runs })
     }
 
     /// Takes a written spill (its tables at scratch offset `at`): the
     /// segment's frames and versions leave memory.
-    pub(super) fn install_spill(&mut self, spill: Spill, at: u64) {
-        debug_assert_eq!(self.sealed.len() as u64, spill.segment);
+    pub(super) fn install_spill(&mut self, spill: Spill, at: u64) -> std::io::Result<()> {
+        // Only the spiller installs, oldest segment first; anything else
+        // is refused before the index is touched.
         let m = spill.frames as usize;
+        if self.sealed.len() as u64 != spill.segment || m > self.hot_frames.len() {
+            return Err(std::io::Error::other(format!(
+                "segment {} is not the oldest in memory (segment {} is), or has fewer frames there than spilled",
+                spill.segment,
+                self.sealed.len()
+            )));
+        }
         self.sealed.push(Sealed {
             first_ordinal: self.hot_base,
             frames: spill.frames,
@@ -141,13 +155,16 @@ impl Index {
         let segment = spill.segment as u32;
         for (name, first_version, count, record) in spill.runs {
             let Some(s) = self.streams.get_mut(&name) else { continue };
-            debug_assert_eq!(s.base_version, first_version);
-            s.runs.push(Run { segment, count, record, first_version });
-            s.locs.drain(..count as usize);
-            s.base_version += count as u64;
-            self.hot_versions -= count as u64;
+            // Nothing but this spill removes versions from memory, and it
+            // holds the spill lock from encoding to here.
+            let count = (count as usize).min(s.locs.len());
+            s.runs.push(Run { segment, count: count as u32, record, first_version });
+            s.locs.drain(..count);
+            s.base_version = first_version + count as u64;
+            self.hot_versions = self.hot_versions.saturating_sub(count as u64);
         }
         self.touched.remove(&spill.segment);
+        Ok(())
     }
 
     /// Spills every segment up to `last` of an index nobody else holds yet
@@ -156,10 +173,9 @@ impl Index {
         while (self.sealed.len() as u64) <= last {
             let segment = self.sealed.len() as u64;
             let written = self.scratch_or_create(vfs, dir).and_then(|scratch| {
-                let spill = self.encode_spill(segment);
+                let spill = self.encode_spill(segment)?;
                 let at = scratch.append(&spill.buf)?;
-                self.install_spill(spill, at);
-                Ok(())
+                self.install_spill(spill, at)
             });
             if let Err(e) = written {
                 warn!(segment, error = %e, "could not spill the index of a sealed segment; it stays in memory");
@@ -184,26 +200,24 @@ impl Index {
 pub(super) fn spill_sealed(shared: &Shared) -> Result<()> {
     let _guard = shared.scavenging.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let scratch = {
-            let mut idx = shared.write();
-            if idx.spillable().is_none() {
-                return Ok(());
-            }
-            idx.scratch_or_create(&*shared.vfs, &shared.dir).map_err(|e| {
-                LogError::io(format!("creating the log's index scratch file in {}", shared.dir.display()), e)
-            })?
-        };
-        let spill = {
+        let (spill, scratch) = {
             let idx = shared.read();
             let Some(segment) = idx.spillable() else { return Ok(()) };
-            idx.encode_spill(segment)
+            let spill = idx
+                .encode_spill(segment)
+                .map_err(|e| LogError::io(format!("spilling the index of segment {segment}"), e))?;
+            (spill, idx.scratch.clone())
         };
         let segment = spill.segment;
-        let at = scratch
-            .append(&spill.buf)
-            .map_err(|e| LogError::io(format!("spilling the index of segment {segment}"), e))?;
+        let failed = |e| LogError::io(format!("spilling the index of segment {segment}"), e);
+        let scratch = match scratch {
+            Some(s) => s,
+            // Made once, the first time a segment is sealed.
+            None => shared.write().scratch_or_create(&*shared.vfs, &shared.dir).map_err(failed)?,
+        };
+        let at = scratch.append(&spill.buf).map_err(failed)?;
         let bytes = spill.buf.len();
-        shared.write().install_spill(spill, at);
+        shared.write().install_spill(spill, at).map_err(failed)?;
         debug!(segment, bytes, "index of a sealed segment spilled");
     }
 }
