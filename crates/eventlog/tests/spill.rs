@@ -26,13 +26,18 @@ fn name(i: usize) -> String {
     format!("spill-{i}")
 }
 
-/// Appends `n` events over the streams (some appends of several events, one
-/// of two streams at once); returns each stream's payloads in order.
+/// Appends `n` events over the streams (some appends of several events);
+/// returns each stream's payloads in order.
 async fn write(log: &FileLog, n: usize, written: &mut [Vec<String>]) {
+    write_batches(log, n, 3, written).await
+}
+
+/// [`write`], appends of 1 to `max_batch` events.
+async fn write_batches(log: &FileLog, n: usize, max_batch: usize, written: &mut [Vec<String>]) {
     let mut i = 0;
     while i < n {
         let s = (i * 5 + i / 3) % STREAMS;
-        let count = 1 + i % 3;
+        let count = 1 + i % max_batch;
         let payloads: Vec<String> =
             (0..count).map(|k| format!("{s}:{}:{}", written[s].len() + k, "x".repeat(i % 40))).collect();
         let events = payloads.iter().map(|p| NewEvent::new("Written", p.clone().into_bytes())).collect();
@@ -69,6 +74,11 @@ fn payload(e: &RecordedEvent) -> String {
 /// from every position (whole and a page at a time, filtered), against what
 /// was written.
 async fn check_reads(log: &FileLog, written: &[Vec<String>], hidden: &[usize]) {
+    check_reads_every(log, written, hidden, 1).await
+}
+
+/// [`check_reads`], `$all` read from every `step`-th position only.
+async fn check_reads_every(log: &FileLog, written: &[Vec<String>], hidden: &[usize], step: usize) {
     let all = log.read_all(0, usize::MAX, &EventFilter::all()).await.unwrap().events;
     let visible: usize = (0..STREAMS).filter(|s| !hidden.contains(s)).map(|s| written[s].len()).sum();
     assert_eq!(all.len(), visible, "$all holds every visible event");
@@ -101,7 +111,7 @@ async fn check_reads(log: &FileLog, written: &[Vec<String>], hidden: &[usize]) {
     }
     // `$all` from every position: the first event at or after it.
     let head = log.head();
-    for from in 0..head {
+    for from in (0..head).step_by(step) {
         let page = log.read_all(from, 2, &EventFilter::all()).await.unwrap();
         let expect: Vec<u64> = all.iter().map(|e| e.position).filter(|&p| p >= from).take(2).collect();
         assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), expect, "$all from {from}");
@@ -206,4 +216,50 @@ async fn a_spill_that_cannot_be_written_leaves_the_index_in_memory() {
     let after = wait_spilled(&log).await;
     assert!(after.spilled_segments > stats.spilled_segments, "{after:?}");
     check_reads(&log, &written, &[]).await;
+}
+
+/// A segment whose index is larger than a spill's piece (16 Ki records)
+/// spills in pieces while appends go on; a spill that fails after its
+/// first piece gives that scratch space back, leaves the segment in memory,
+/// and is done whole once space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_segment_spills_in_pieces_and_a_spill_failing_midway_is_undone() {
+    let vfs = SimVfs::new();
+    let mut c = config();
+    c.segment_size = 2 << 20;
+    c.checkpoint_every_frames = 4096;
+    c.vfs = Arc::new(vfs.clone());
+    let log = FileLog::open("/s/log", c.clone()).unwrap();
+    let mut written = vec![Vec::new(); STREAMS];
+    write_batches(&log, 90_000, 41, &mut written).await;
+    let before = wait_spilled(&log).await;
+    assert!(before.spilled_segments >= 2, "{before:?}");
+    let records = before.scratch_bytes / 16 / before.spilled_segments as u64;
+    assert!(records > 16 * 1024, "each segment's index takes several pieces ({records} records): {before:?}");
+
+    // The next spill writes its first piece, then finds the disk full.
+    vfs.set_scratch_writes_left(1);
+    let segments = before.segments;
+    while log.index_stats().unwrap().segments < segments + 2 {
+        write_batches(&log, 2_000, 41, &mut written).await;
+    }
+    let started = Instant::now();
+    while vfs.scratch_write_failures() == 0 || log.index_stats().unwrap().scratch_bytes != before.scratch_bytes {
+        assert!(started.elapsed() < Duration::from_secs(30), "no failed spill undone: {:?}", log.index_stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed = log.index_stats().unwrap();
+    assert_eq!(failed.spilled_segments, before.spilled_segments, "{failed:?}");
+    assert!(failed.sealed_segments > before.sealed_segments, "{failed:?}");
+    check_reads_every(&log, &written, &[], 97).await;
+
+    vfs.set_scratch_full(false);
+    write_batches(&log, 40_000, 41, &mut written).await;
+    let after = wait_spilled(&log).await;
+    assert!(after.spilled_segments > failed.sealed_segments, "{after:?}");
+    check_reads_every(&log, &written, &[], 97).await;
+    drop(log);
+    let log = FileLog::open("/s/log", c).unwrap();
+    assert_eq!(wait_spilled(&log).await.spilled_segments, after.spilled_segments);
+    check_reads_every(&log, &written, &[], 97).await;
 }

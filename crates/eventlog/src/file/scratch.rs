@@ -34,6 +34,15 @@ impl Scratch {
         Ok(at)
     }
 
+    /// Gives back what an abandoned spill appended from `at` on (nothing
+    /// refers to it), so a spill retried after a failure does not leave
+    /// dead records behind. Same lock as [`Self::append`].
+    pub(super) fn rewind(&self, at: u64) {
+        if at < self.end.load(Ordering::Acquire) {
+            self.end.store(at, Ordering::Release);
+        }
+    }
+
     /// `records` records from `at`.
     pub(super) fn read(&self, at: u64, records: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; (records * RECORD_LEN) as usize];

@@ -52,8 +52,11 @@ struct State {
     sync_delay: Option<std::time::Duration>,
     /// Bytes held by scratch files (counted against `space_limit`).
     scratch_bytes: u64,
-    /// Scratch writes fail as on a full disk.
-    scratch_full: bool,
+    /// Scratch writes that succeed before they fail as on a full disk
+    /// (None: no limit).
+    scratch_writes_left: Option<u64>,
+    /// Scratch writes failed that way.
+    scratch_failures: u64,
 }
 
 impl State {
@@ -112,7 +115,18 @@ impl SimVfs {
 
     /// Makes writes to scratch files fail as on a full disk (or work again).
     pub fn set_scratch_full(&self, full: bool) {
-        self.lock().scratch_full = full;
+        self.lock().scratch_writes_left = full.then_some(0);
+    }
+
+    /// Lets `n` more writes to scratch files succeed, then fails the rest
+    /// as on a full disk (until [`Self::set_scratch_full`]`(false)`).
+    pub fn set_scratch_writes_left(&self, n: u64) {
+        self.lock().scratch_writes_left = Some(n);
+    }
+
+    /// Writes to scratch files failed as on a full disk so far.
+    pub fn scratch_write_failures(&self) -> u64 {
+        self.lock().scratch_failures
     }
 
     /// Cuts power at the `n`-th mutating operation from now (1 = the next).
@@ -341,8 +355,14 @@ impl StorageFile for SimScratch {
         s.check_power()?;
         let mut data = self.data.lock().unwrap_or_else(|e| e.into_inner());
         let growth = (offset + bytes.len() as u64).saturating_sub(data.len() as u64);
-        if s.scratch_full || s.space_limit.is_some_and(|limit| growth > limit.saturating_sub(s.used_bytes())) {
+        if s.scratch_writes_left == Some(0)
+            || s.space_limit.is_some_and(|limit| growth > limit.saturating_sub(s.used_bytes()))
+        {
+            s.scratch_failures += 1;
             return Err(io::Error::new(io::ErrorKind::StorageFull, "simulated full disk"));
+        }
+        if let Some(left) = &mut s.scratch_writes_left {
+            *left -= 1;
         }
         s.scratch_bytes += growth;
         write_into(&mut data, offset, bytes);

@@ -71,15 +71,175 @@ pub(super) fn version_record(segment: u32, bytes: &[u8], at: u64) -> Result<(Fra
     Ok((record_loc(segment, fields, at)?, fields[2]))
 }
 
-/// A segment's tables, encoded from the index in memory, to be written.
+/// A segment's tables, written to the scratch file, to be installed.
 pub(super) struct Spill {
     segment: u64,
     frames: u64,
     events: u64,
     versions: u64,
-    buf: Vec<u8>,
+    /// Scratch offset of the frame table (the version table follows).
+    at: u64,
     /// (stream, first version, count, first record).
     runs: Vec<(Arc<str>, u64, u32, u32)>,
+}
+
+/// Records encoded per piece: per hold of the read lock while the log
+/// runs, so the writer's publish (which takes the write lock) waits for at
+/// most this many, not for a whole segment's (a 256 MiB segment of small
+/// events has about a million frames and as many versions); and per write
+/// to the scratch file, so a spill needs 256 KiB of memory, not 32 MiB.
+const ENCODE_PIECE: usize = 16 * 1024;
+
+/// A spill being encoded and written piece by piece. A sealed segment's
+/// part of the index does not change while the spill lock is held:
+/// publishes only append frames and versions past it, and only a spill or
+/// a scavenge (both under that lock) touch what is already there. So pieces
+/// encoded under separate holds of the read lock make one consistent table,
+/// and pieces appended to the scratch file one after another (nothing else
+/// appends while the lock is held) make it contiguous.
+pub(super) struct SpillEncoder {
+    segment: u64,
+    /// The segment's frames: `hot_frames[..frames]`.
+    frames: usize,
+    /// The ordinal of the first frame past the segment.
+    end_ordinal: u64,
+    next_frame: usize,
+    /// Events in the frames encoded so far.
+    events: u64,
+    /// The streams with versions in the segment, and how far into them.
+    streams: Vec<Arc<str>>,
+    next_stream: usize,
+    /// Versions of `streams[next_stream]` encoded so far.
+    in_stream: usize,
+    versions: u64,
+    /// The piece being encoded.
+    buf: Vec<u8>,
+    /// Where the first piece went in the scratch file, and bytes written.
+    at: Option<u64>,
+    written: u64,
+    runs: Vec<(Arc<str>, u64, u32, u32)>,
+}
+
+impl SpillEncoder {
+    /// Starts on `segment`, the oldest segment in memory.
+    pub(super) fn new(idx: &Index, segment: u64) -> Self {
+        let frames = idx.hot_frames.partition_point(|f| f.segment as u64 <= segment);
+        let streams = idx.touched.get(&segment).cloned().unwrap_or_default();
+        Self {
+            segment,
+            frames,
+            end_ordinal: idx.hot_base + frames as u64,
+            next_frame: 0,
+            events: 0,
+            streams,
+            next_stream: 0,
+            in_stream: 0,
+            versions: 0,
+            buf: Vec::new(),
+            at: None,
+            written: 0,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Encodes up to `budget` more records into the piece (see
+    /// [`Self::write_piece`]); true once the tables are complete. An index that does not hold together (a stream version
+    /// pointing at no frame of the segment in memory) is refused by name:
+    /// the segment stays in memory.
+    pub(super) fn step(&mut self, idx: &Index, budget: usize) -> std::io::Result<bool> {
+        let mut left = budget;
+        let end = self.next_frame.saturating_add(left).min(self.frames);
+        for f in idx.hot_frames.get(self.next_frame..end).ok_or_else(|| self.broken("frames"))? {
+            put_record(&mut self.buf, [f.offset, f.len, f.events, self.events as u32]);
+            self.events += f.events as u64;
+        }
+        left -= end - self.next_frame;
+        self.next_frame = end;
+        while self.next_frame == self.frames && self.next_stream < self.streams.len() {
+            if left == 0 {
+                return Ok(false);
+            }
+            let name = &self.streams[self.next_stream];
+            let Some(s) = idx.streams.get(name) else {
+                if self.in_stream > 0 {
+                    return Err(self.broken("a stream's versions"));
+                }
+                self.next_stream += 1;
+                continue;
+            };
+            // Versions are in log order: those of this segment and older
+            // ones (already spilled) lead.
+            let count = s.locs.partition_point(|&p| unpack_loc(p).0 < self.end_ordinal);
+            if self.in_stream == 0 && count > 0 {
+                self.runs.push((name.clone(), s.base_version, count as u32, self.versions as u32));
+            }
+            let end = self.in_stream.saturating_add(left).min(count);
+            for &packed in s.locs.range(self.in_stream..end) {
+                let (ordinal, entry) = unpack_loc(packed);
+                let f = idx.hot_frame(ordinal).filter(|f| f.segment as u64 == self.segment).ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "stream {name:?} has a version in frame {ordinal}, which is not a frame of segment {} in memory",
+                        self.segment
+                    ))
+                })?;
+                put_record(&mut self.buf, [f.offset, f.len, entry, f.events]);
+            }
+            left -= end - self.in_stream;
+            self.versions += (end - self.in_stream) as u64;
+            if end == count {
+                self.next_stream += 1;
+                self.in_stream = 0;
+            } else {
+                self.in_stream = end;
+            }
+        }
+        Ok(self.next_frame == self.frames && self.next_stream == self.streams.len())
+    }
+
+    fn broken(&self, what: &str) -> std::io::Error {
+        std::io::Error::other(format!("{what} of segment {} changed while its index was being spilled", self.segment))
+    }
+
+    /// Appends the piece encoded so far to the scratch file.
+    pub(super) fn write_piece(&mut self, scratch: &Scratch) -> std::io::Result<()> {
+        let at = scratch.append(&self.buf)?;
+        let first = *self.at.get_or_insert(at);
+        if at != first + self.written {
+            return Err(std::io::Error::other(format!(
+                "the scratch file grew by another writer while segment {} was being spilled",
+                self.segment
+            )));
+        }
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Gives back the scratch space of a spill that failed part-way.
+    pub(super) fn abandon(&self, scratch: &Scratch) {
+        if let Some(at) = self.at {
+            scratch.rewind(at);
+        }
+    }
+
+    /// The spill, once every piece is written.
+    fn finish(&mut self) -> std::io::Result<Spill> {
+        let expected = (self.frames as u64 + self.versions) * RECORD_LEN;
+        if !self.buf.is_empty() || self.written != expected {
+            return Err(std::io::Error::other(format!(
+                "the spill of segment {} wrote {} bytes of its {expected}",
+                self.segment, self.written
+            )));
+        }
+        Ok(Spill {
+            segment: self.segment,
+            frames: self.frames as u64,
+            events: self.events,
+            versions: self.versions,
+            at: self.at.unwrap_or(0),
+            runs: std::mem::take(&mut self.runs),
+        })
+    }
 }
 
 impl Index {
@@ -89,44 +249,10 @@ impl Index {
         (next < self.end_segment).then_some(next)
     }
 
-    /// Encodes the tables of `segment`, the oldest segment in memory. An
-    /// index that does not hold together (a stream version pointing at no
-    /// frame in memory) is refused by name: the segment stays in memory.
-    pub(super) fn encode_spill(&self, segment: u64) -> std::io::Result<Spill> {
-        let m = self.hot_frames.partition_point(|f| f.segment as u64 <= segment);
-        let end_ordinal = self.hot_base + m as u64;
-        let mut buf = Vec::with_capacity(m * 2 * RECORD_LEN as usize);
-        let mut delta = 0u64;
-        for f in &self.hot_frames[..m] {
-            put_record(&mut buf, [f.offset, f.len, f.events, delta as u32]);
-            delta += f.events as u64;
-        }
-        let mut runs = Vec::new();
-        let mut versions = 0u64;
-        for name in self.touched.get(&segment).into_iter().flatten() {
-            let Some(s) = self.streams.get(name) else { continue };
-            let count = s.locs.iter().take_while(|&&p| unpack_loc(p).0 < end_ordinal).count();
-            if count == 0 {
-                continue;
-            }
-            runs.push((name.clone(), s.base_version, count as u32, versions as u32));
-            for &packed in s.locs.iter().take(count) {
-                let (ordinal, entry) = unpack_loc(packed);
-                let f = self.hot_frame(ordinal).filter(|f| f.segment as u64 == segment).ok_or_else(|| {
-                    std::io::Error::other(format!(
-                        "stream {name:?} has a version in frame {ordinal}, which is not a frame of segment {segment} in memory"
-                    ))
-                })?;
-                put_record(&mut buf, [f.offset, f.len, entry, f.events]);
-            }
-            versions += count as u64;
-        }
-        Ok(Spill { segment, frames: m as u64, events: delta, versions, buf, runs })
-    }
-
-    /// Takes a written spill (its tables at scratch offset `at`): the
-    /// segment's frames and versions leave memory.
-    pub(super) fn install_spill(&mut self, spill: Spill, at: u64) -> std::io::Result<()> {
+    /// Takes a written spill: the segment's frames and versions leave
+    /// memory.
+    pub(super) fn install_spill(&mut self, spill: Spill) -> std::io::Result<()> {
+        let at = spill.at;
         // Only the spiller installs, oldest segment first; anything else
         // is refused before the index is touched.
         let m = spill.frames as usize;
@@ -173,9 +299,9 @@ impl Index {
         while (self.sealed.len() as u64) <= last {
             let segment = self.sealed.len() as u64;
             let written = self.scratch_or_create(vfs, dir).and_then(|scratch| {
-                let spill = self.encode_spill(segment)?;
-                let at = scratch.append(&spill.buf)?;
-                self.install_spill(spill, at)
+                let mut encoder = SpillEncoder::new(self, segment);
+                let spill = write_all(&mut encoder, &scratch, |e| e.step(self, ENCODE_PIECE));
+                self.install_spill(spill?)
             });
             if let Err(e) = written {
                 warn!(segment, error = %e, "could not spill the index of a sealed segment; it stays in memory");
@@ -194,30 +320,49 @@ impl Index {
     }
 }
 
+/// Encodes (with `step`) and writes a spill piece by piece; on a failure
+/// gives back the scratch space written so far.
+fn write_all(
+    encoder: &mut SpillEncoder,
+    scratch: &Scratch,
+    mut step: impl FnMut(&mut SpillEncoder) -> std::io::Result<bool>,
+) -> std::io::Result<Spill> {
+    let written = loop {
+        match step(encoder).and_then(|done| encoder.write_piece(scratch).map(|()| done)) {
+            Ok(false) => continue,
+            Ok(true) => break encoder.finish(),
+            Err(e) => break Err(e),
+        }
+    };
+    if written.is_err() {
+        encoder.abandon(scratch);
+    }
+    written
+}
+
 /// Spills every sealed segment still in memory; one at a time, each
-/// encoded under the read lock, written without a lock, installed under
-/// the write lock.
+/// encoded in pieces under the read lock, each piece written without a
+/// lock, the whole installed under the write lock.
 pub(super) fn spill_sealed(shared: &Shared) -> Result<()> {
     let _guard = shared.scavenging.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let (spill, scratch) = {
+        let (mut encoder, scratch) = {
             let idx = shared.read();
             let Some(segment) = idx.spillable() else { return Ok(()) };
-            let spill = idx
-                .encode_spill(segment)
-                .map_err(|e| LogError::io(format!("spilling the index of segment {segment}"), e))?;
-            (spill, idx.scratch.clone())
+            (SpillEncoder::new(&idx, segment), idx.scratch.clone())
         };
-        let segment = spill.segment;
+        let segment = encoder.segment;
         let failed = |e| LogError::io(format!("spilling the index of segment {segment}"), e);
         let scratch = match scratch {
             Some(s) => s,
             // Made once, the first time a segment is sealed.
             None => shared.write().scratch_or_create(&*shared.vfs, &shared.dir).map_err(failed)?,
         };
-        let at = scratch.append(&spill.buf).map_err(failed)?;
-        let bytes = spill.buf.len();
-        shared.write().install_spill(spill, at).map_err(failed)?;
+        // The read lock is let go after each piece (a publish waiting for
+        // the write lock gets it), and the piece written with no lock held.
+        let spill = write_all(&mut encoder, &scratch, |e| e.step(&shared.read(), ENCODE_PIECE)).map_err(failed)?;
+        let bytes = (spill.frames + spill.versions) * RECORD_LEN;
+        shared.write().install_spill(spill).map_err(failed)?;
         debug!(segment, bytes, "index of a sealed segment spilled");
     }
 }
