@@ -610,6 +610,8 @@ pub struct LogFile {
     /// The file log's witness: a directory on another volume that keeps a
     /// second copy of the signed head (docs/security.md).
     pub witness_dir: Option<PathBuf>,
+    /// The file log's segment size in MiB (1 to 1024, default 256).
+    pub segment_mib: Option<u64>,
 }
 
 /// Where the event log lives.
@@ -619,6 +621,9 @@ pub enum LogBackend {
     /// its signed head in `witness_dir` when one is configured.
     File {
         witness_dir: Option<PathBuf>,
+        /// Bytes after which the writer starts a new segment (None: the
+        /// file log's default, 256 MiB).
+        segment_size: Option<u64>,
     },
     Postgres {
         url: String,
@@ -654,8 +659,16 @@ impl std::fmt::Display for KeysBackend {
 impl std::fmt::Debug for LogBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::File { witness_dir: None } => f.write_str("file"),
-            Self::File { witness_dir: Some(w) } => write!(f, "file (witness in {})", w.display()),
+            Self::File { witness_dir, segment_size } => {
+                f.write_str("file")?;
+                if let Some(w) = witness_dir {
+                    write!(f, " (witness in {})", w.display())?;
+                }
+                match segment_size {
+                    Some(size) => write!(f, " ({} MiB segments)", size >> 20),
+                    None => Ok(()),
+                }
+            }
             Self::Postgres { url } => write!(f, "postgres ({})", eventlog::redact_url(url)),
             Self::KurrentDb { url } => write!(f, "kurrentdb ({})", eventlog::redact_url(url)),
         }
@@ -689,7 +702,14 @@ pub fn backends(args: &BackendArgs, log: LogFile, keys: &KeysFile) -> anyhow::Re
     };
     let log_url = args.log_url.clone().or(log.url);
     let log_backend = match args.log_backend.clone().or(log.backend).as_deref().unwrap_or("file") {
-        "file" => LogBackend::File { witness_dir: args.log_witness_dir.clone().or(log.witness_dir) },
+        "file" => LogBackend::File {
+            witness_dir: args.log_witness_dir.clone().or(log.witness_dir),
+            segment_size: match args.log_segment_mib.or(log.segment_mib) {
+                Some(mib @ 1..=1024) => Some(mib << 20),
+                Some(other) => anyhow::bail!("log.segment_mib: {other}; a segment is 1 to 1024 MiB"),
+                None => None,
+            },
+        },
         "postgres" => LogBackend::Postgres { url: url("log", log_url.clone(), "\"postgres://pypes@db/pypes\"")? },
         "kurrentdb" => LogBackend::KurrentDb { url: url("log", log_url.clone(), "\"esdb://db:2113?tls=false\"")? },
         other => anyhow::bail!("log.backend: {other:?}; \"file\", \"postgres\" or \"kurrentdb\""),
@@ -732,6 +752,10 @@ pub struct BackendArgs {
     /// of the signed head, checked at open and by `audit verify`.
     #[arg(long, env = "PYPES_LOG_WITNESS_DIR")]
     pub log_witness_dir: Option<PathBuf>,
+    /// The file log's segment size in MiB (1 to 1024; default 256). Only
+    /// when the writer rolls: segments already written keep their size.
+    #[arg(long, env = "PYPES_LOG_SEGMENT_MIB")]
+    pub log_segment_mib: Option<u64>,
     /// Key store backend: file, or postgres (the default with a postgres log).
     #[arg(long, env = "PYPES_KEYS_BACKEND")]
     pub keys_backend: Option<String>,
@@ -1158,6 +1182,8 @@ mod tests {
             ("[log]\nbackend = \"oracle\"\n", "log.backend: \"oracle\""),
             ("[keys]\nbackend = \"kurrentdb\"\n", "is not offered"),
             ("[log]\nbackend = \"kurrentdb\"\n", "log.url: needed"),
+            ("[log]\nsegment_mib = 0\n", "log.segment_mib: 0; a segment is 1 to 1024 MiB"),
+            ("[log]\nsegment_mib = 2048\n", "log.segment_mib: 2048"),
         ];
         for (text, expected) in cases {
             std::fs::write(&file, text).unwrap();
@@ -1171,8 +1197,12 @@ mod tests {
         let config = with(&file, BackendArgs::default()).unwrap();
         assert_eq!(
             (config.log, config.keys),
-            (LogBackend::File { witness_dir: None }, KeysBackend::File { provider_dir: None }),
+            (LogBackend::File { witness_dir: None, segment_size: None }, KeysBackend::File { provider_dir: None }),
             "embedded by default"
         );
+        std::fs::write(&file, "[log]\nsegment_mib = 4\n").unwrap();
+        let config = with(&file, BackendArgs::default()).unwrap();
+        assert_eq!(config.log, LogBackend::File { witness_dir: None, segment_size: Some(4 << 20) });
+        assert_eq!(config.log.to_string(), "file (4 MiB segments)");
     }
 }

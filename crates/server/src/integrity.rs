@@ -108,8 +108,13 @@ pub async fn check(data_dir: &Path, provider_dir: Option<&Path>) -> anyhow::Resu
         Uuid::parse_str(text.trim()).with_context(|| format!("{} does not hold a UUID", node.display()))?;
     }
     let signing = crate::wiring::read_signing_key(data_dir)?;
-    let log =
-        crate::wiring::open_log(&LogBackend::File { witness_dir: None }, data_dir, move || Ok(signing), clock).await?;
+    let log = crate::wiring::open_log(
+        &LogBackend::File { witness_dir: None, segment_size: None },
+        data_dir,
+        move || Ok(signing),
+        clock,
+    )
+    .await?;
     // The log closes when dropped at the end (a file log writes its closing
     // checkpoint, as a stopped server's would).
     read_everything(data_dir, &log, &keyring, &mut answers).await.map(|()| answers)

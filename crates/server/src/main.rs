@@ -9,6 +9,9 @@ use server::config::{Config, ServeArgs};
 
 /// Allocation-heavy paths (reading `$all`, decoding events) run about a
 /// third faster than on glibc malloc; see docs/benchmarks.md.
+// `system-alloc` leaves the process on the C allocator, for heap profilers
+// that interpose malloc (heaptrack): mimalloc's own heap is invisible to them.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -567,7 +570,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let data_dir = backends.data_dir(data_dir)?;
             // The chain first: a trail that does not verify gives no scope.
             let report = match log {
-                server::config::LogBackend::File { witness_dir } => server::audit_tool::verify(
+                server::config::LogBackend::File { witness_dir, .. } => server::audit_tool::verify(
                     &data_dir,
                     public_key.as_deref(),
                     &server::audit_tool::HeadPolicy { witness_dir, allow_missing_head },
@@ -638,7 +641,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (log, _) = backends.resolve()?;
             let data_dir = backends.data_dir(data_dir)?;
             let text = match log {
-                server::config::LogBackend::File { witness_dir } => server::audit_tool::verify(
+                server::config::LogBackend::File { witness_dir, .. } => server::audit_tool::verify(
                     &data_dir,
                     public_key.as_deref(),
                     &server::audit_tool::HeadPolicy { witness_dir, allow_missing_head },

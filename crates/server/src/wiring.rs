@@ -296,9 +296,12 @@ pub async fn open_log(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<dyn EventLog>> {
     let log: anyhow::Result<Arc<dyn EventLog>> = match backend {
-        LogBackend::File { witness_dir } => {
+        LogBackend::File { witness_dir, segment_size } => {
             let mut log_config = FileLogConfig::new(signing()?);
             log_config.witness_dir = witness_dir.clone();
+            if let Some(size) = segment_size {
+                log_config.segment_size = *size;
+            }
             let log_dir = data_dir.join("log");
             match tokio::task::spawn_blocking(move || FileLog::open(&log_dir, log_config)).await? {
                 Ok(log) => Ok(Arc::new(log)),
