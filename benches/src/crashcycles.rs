@@ -300,6 +300,14 @@ pub async fn run(o: Options) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The file log's shape (absent on a database log): its segments, and
+    // how many had their index spilled to the scratch file, which a start
+    // does for every sealed segment as it scans it.
+    let shape = server.metrics(&["pypes_log_segments", "pypes_log_index_spilled_segments"]).await?;
+    let (segments, spilled) = (shape[0].unwrap_or(0.0) as u64, shape[1].unwrap_or(0.0) as u64);
+    if segments > 1 && spilled + 1 < segments {
+        problems.push(format!("{spilled} of the log's {} sealed segments have their index spilled", segments - 1));
+    }
     drop(server);
     ready_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ready_ms.get(((ready_ms.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
@@ -308,7 +316,7 @@ pub async fn run(o: Options) -> Result<()> {
         "BENCH crash-cycles cycles={} acknowledged={} found={found} lost={lost} duplicated={duplicated} \
          misnumbered={moved} cut_off={} cut_off_found={cut_off_found} messages={total} erasures={} \
          certified={certified} view_mismatch={view_mismatch} not_dense={not_dense} ready_p50_ms={:.0} \
-         ready_p99_ms={:.0} seconds={seconds:.0}",
+         ready_p99_ms={:.0} segments={segments} spilled_segments={spilled} seconds={seconds:.0}",
         o.cycles,
         ledger.acked.len(),
         ledger.unanswered.len(),
@@ -324,7 +332,8 @@ pub async fn run(o: Options) -> Result<()> {
          \"lost\": {lost}, \"duplicated\": {duplicated}, \"misnumbered\": {moved}, \"cut_off\": {}, \
          \"cut_off_found\": {cut_off_found}, \"messages\": {total}, \"erasures\": {}, \"certified\": {certified}, \
          \"view_mismatch\": {view_mismatch}, \"not_dense\": {not_dense}, \"ready_p50_ms\": {:.1}, \
-         \"ready_p99_ms\": {:.1}, \"seconds\": {seconds:.1}}}\n",
+         \"ready_p99_ms\": {:.1}, \"segments\": {segments}, \"spilled_segments\": {spilled}, \
+         \"seconds\": {seconds:.1}}}\n",
         o.cycles,
         o.clients,
         o.sessions,
