@@ -143,9 +143,10 @@ impl SpillEncoder {
     }
 
     /// Encodes up to `budget` more records into the piece (see
-    /// [`Self::write_piece`]); true once the tables are complete. An index that does not hold together (a stream version
-    /// pointing at no frame of the segment in memory) is refused by name:
-    /// the segment stays in memory.
+    /// [`Self::write_piece`]); true once the tables are complete. An index
+    /// that does not hold together (a stream version pointing at no frame
+    /// of the segment in memory, or a run that shrank between pieces) is
+    /// refused by name: the segment stays in memory.
     pub(super) fn step(&mut self, idx: &Index, budget: usize) -> std::io::Result<bool> {
         let mut left = budget;
         let end = self.next_frame.saturating_add(left).min(self.frames);
@@ -170,6 +171,9 @@ impl SpillEncoder {
             // Versions are in log order: those of this segment and older
             // ones (already spilled) lead.
             let count = s.locs.partition_point(|&p| unpack_loc(p).0 < self.end_ordinal);
+            if count < self.in_stream {
+                return Err(self.broken("a stream's versions"));
+            }
             if self.in_stream == 0 && count > 0 {
                 self.runs.push((name.clone(), s.base_version, count as u32, self.versions as u32));
             }
