@@ -304,8 +304,9 @@ impl Index {
             let segment = self.sealed.len() as u64;
             let written = self.scratch_or_create(vfs, dir).and_then(|scratch| {
                 let mut encoder = SpillEncoder::new(self, segment);
-                let spill = write_all(&mut encoder, &scratch, |e| e.step(self, ENCODE_PIECE));
-                self.install_spill(spill?)
+                let spill = write_all(&mut encoder, &scratch, |e| e.step(self, ENCODE_PIECE))?;
+                let at = spill.at;
+                self.install_spill(spill).inspect_err(|_| scratch.rewind(at))
             });
             if let Err(e) = written {
                 warn!(segment, error = %e, "could not spill the index of a sealed segment; it stays in memory");
@@ -365,8 +366,10 @@ pub(super) fn spill_sealed(shared: &Shared) -> Result<()> {
         // The read lock is let go after each piece (a publish waiting for
         // the write lock gets it), and the piece written with no lock held.
         let spill = write_all(&mut encoder, &scratch, |e| e.step(&shared.read(), ENCODE_PIECE)).map_err(failed)?;
-        let bytes = (spill.frames + spill.versions) * RECORD_LEN;
-        shared.write().install_spill(spill).map_err(failed)?;
+        let (bytes, at) = ((spill.frames + spill.versions) * RECORD_LEN, spill.at);
+        // A spill the index refuses leaves nothing behind in the scratch file
+        // either (the refusal comes before the index is touched).
+        shared.write().install_spill(spill).inspect_err(|_| scratch.rewind(at)).map_err(failed)?;
         debug!(segment, bytes, "index of a sealed segment spilled");
     }
 }
