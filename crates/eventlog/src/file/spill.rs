@@ -254,13 +254,17 @@ impl Index {
     }
 
     /// Takes a written spill: the segment's frames and versions leave
-    /// memory.
+    /// memory. A spill refused gives its scratch space back, as a failed
+    /// write does (the caller holds the same lock as for the writing).
     pub(super) fn install_spill(&mut self, spill: Spill) -> std::io::Result<()> {
         let at = spill.at;
         // Only the spiller installs, oldest segment first; anything else
         // is refused before the index is touched.
         let m = spill.frames as usize;
         if self.sealed.len() as u64 != spill.segment || m > self.hot_frames.len() {
+            if let Some(scratch) = &self.scratch {
+                scratch.rewind(at);
+            }
             return Err(std::io::Error::other(format!(
                 "segment {} is not the oldest in memory (segment {} is), or has fewer frames there than spilled",
                 spill.segment,
@@ -304,9 +308,8 @@ impl Index {
             let segment = self.sealed.len() as u64;
             let written = self.scratch_or_create(vfs, dir).and_then(|scratch| {
                 let mut encoder = SpillEncoder::new(self, segment);
-                let spill = write_all(&mut encoder, &scratch, |e| e.step(self, ENCODE_PIECE))?;
-                let at = spill.at;
-                self.install_spill(spill).inspect_err(|_| scratch.rewind(at))
+                let spill = write_all(&mut encoder, &scratch, |e| e.step(self, ENCODE_PIECE));
+                self.install_spill(spill?)
             });
             if let Err(e) = written {
                 warn!(segment, error = %e, "could not spill the index of a sealed segment; it stays in memory");
@@ -366,10 +369,8 @@ pub(super) fn spill_sealed(shared: &Shared) -> Result<()> {
         // The read lock is let go after each piece (a publish waiting for
         // the write lock gets it), and the piece written with no lock held.
         let spill = write_all(&mut encoder, &scratch, |e| e.step(&shared.read(), ENCODE_PIECE)).map_err(failed)?;
-        let (bytes, at) = ((spill.frames + spill.versions) * RECORD_LEN, spill.at);
-        // A spill the index refuses leaves nothing behind in the scratch file
-        // either (the refusal comes before the index is touched).
-        shared.write().install_spill(spill).inspect_err(|_| scratch.rewind(at)).map_err(failed)?;
+        let bytes = (spill.frames + spill.versions) * RECORD_LEN;
+        shared.write().install_spill(spill).map_err(failed)?;
         debug!(segment, bytes, "index of a sealed segment spilled");
     }
 }
@@ -398,5 +399,31 @@ pub(super) fn run_spiller(shared: Arc<Shared>) {
             }
         }
         go = shared.spill.wait(RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::{Index, Scratch, Spill, Vfs};
+    use crate::file::sim::SimVfs;
+
+    /// A spill the index refuses (not the oldest segment in memory) leaves
+    /// no dead records in the scratch file.
+    #[test]
+    fn a_refused_spill_gives_its_scratch_space_back() {
+        let vfs = SimVfs::new();
+        vfs.create_dir_all(Path::new("/log")).expect("the log's directory");
+        let scratch = Arc::new(Scratch::create(&vfs, Path::new("/log")).expect("scratch"));
+        scratch.append(&[1u8; 32]).expect("an earlier spill");
+        let at = scratch.append(&[2u8; 48]).expect("this spill's pieces");
+        let mut idx = Index { scratch: Some(scratch.clone()), ..Index::default() };
+        let spill = Spill { segment: 3, frames: 1, events: 1, versions: 2, at, runs: Vec::new() };
+        let refused = idx.install_spill(spill).expect_err("segment 3 is not the oldest in memory");
+        assert!(refused.to_string().contains("segment 3 is not the oldest"), "{refused}");
+        assert_eq!(scratch.len(), 32, "the refused spill's 48 bytes are given back, the earlier 32 kept");
+        assert!(idx.sealed.is_empty());
     }
 }
