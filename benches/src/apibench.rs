@@ -32,6 +32,19 @@ pub(crate) struct Proc {
     http: Option<String>,
 }
 
+/// User + system CPU seconds process `pid` (`None`: this one) has used,
+/// from /proc (in ticks of 10 ms, Linux's fixed `USER_HZ`).
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

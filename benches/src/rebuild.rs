@@ -142,17 +142,6 @@ async fn started_sessions(log: &dyn EventLog) -> Result<(Uuid, Vec<(Uuid, Uuid)>
     Ok((tenant.ok_or_else(|| anyhow::anyhow!("the kept log holds no Session"))?, out))
 }
 
-/// User + system CPU seconds this process has used (from /proc, 10 ms ticks).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn raw_read(log: &Arc<dyn EventLog>, rt: &tokio::runtime::Handle) -> Result<(u64, Duration)> {
     let started = Instant::now();
     let mut from = 0;
@@ -196,9 +185,9 @@ pub fn run(
 
     let mut rows = Vec::new();
     for round in 0..2 {
-        let cpu = cpu_seconds();
+        let cpu = crate::apibench::cpu_seconds(None);
         let (n, raw) = raw_read(&log, &handle)?;
-        let raw_cpu = cpu_seconds() - cpu;
+        let raw_cpu = crate::apibench::cpu_seconds(None) - cpu;
         // Sessions and analytics views together from one read of the log.
         let views = dir.join(format!("views-{round}"));
         let built: Vec<Arc<dyn projections::Projection>> = vec![
@@ -211,10 +200,10 @@ pub fn run(
             .collect::<Result<Vec<_>, _>>()?;
         let targets: Vec<(&dyn projections::Projection, &ViewStore)> =
             built.iter().zip(&stores).map(|(p, s)| (p.as_ref(), s)).collect();
-        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let (started, cpu) = (Instant::now(), crate::apibench::cpu_seconds(None));
         rebuild_all(&targets, &log, &handle, None, 8192, &mut |_, _| {})?;
         let both = started.elapsed();
-        let cpu = cpu_seconds() - cpu;
+        let cpu = crate::apibench::cpu_seconds(None) - cpu;
         let rate = n as f64 / both.as_secs_f64();
         let raw_rate = n as f64 / raw.as_secs_f64();
         let size: u64 = stores.iter().filter_map(|s| std::fs::metadata(s.path()).ok()).map(|m| m.len()).sum();

@@ -9,7 +9,10 @@
 //! endpoints and with the 100 endpoints registered: messages/s of each, the
 //! drop, events/s delivered, and the delivery latency from the append
 //! (`recorded_at_micros` in the body) to the request's arrival at the
-//! receiver, p50 and p99.
+//! receiver, p50 and p99. Beside the rates, the CPU time of the server
+//! and of this process (which holds the receivers) per message in each
+//! phase, from `/proc/<pid>/stat`: what a delivery costs each side, a
+//! figure that moves less with the machine's other load than the rates.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
-use crate::apibench::{ADMIN, authed, drive, pct, start_pypes_with};
+use crate::apibench::{ADMIN, authed, cpu_seconds, drive, pct, start_pypes_with};
 
 const TENANTS: usize = 5;
 const PYPES_PER_TENANT: usize = 20;
@@ -37,6 +40,14 @@ struct Tenant {
 struct Seen {
     count: AtomicU64,
     latencies: std::sync::Mutex<Vec<u32>>,
+    /// The first request a receiver got, byte for byte (head and body):
+    /// what the bare baseline sends.
+    sample: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+/// CPU time of the server and of this process, in µs.
+fn cpu_pair(server: u32) -> (f64, f64) {
+    (cpu_seconds(Some(server)) * 1e6, cpu_seconds(None) * 1e6)
 }
 
 fn now_micros() -> i64 {
@@ -78,6 +89,11 @@ async fn serve(mut s: TcpStream, seen: Arc<Seen>) {
             }
         }
         let arrived = now_micros();
+        if let Ok(mut sample) = seen.sample.lock()
+            && sample.is_none()
+        {
+            *sample = Some(buf[..head_end + 4 + length].to_vec());
+        }
         if let Some(at) = recorded_at(&buf[head_end + 4..head_end + 4 + length]) {
             seen.count.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut l) = seen.latencies.lock() {
@@ -89,6 +105,53 @@ async fn serve(mut s: TcpStream, seen: Arc<Seen>) {
             return;
         }
     }
+}
+
+/// The baseline: a bare HTTP/1.1 client (one kept-alive connection per
+/// receiver, nothing but a write of `request` and a read of the answer's
+/// head) sending to every receiver for `run`, one request after another
+/// (`total_rate` 0) or paced so that all of them together send
+/// `total_rate` a second (what deliveries at that rate cost at the least:
+/// sparse requests each wake both ends): (exchanges, CPU µs of this
+/// process, which holds both ends, per exchange).
+async fn bare_exchanges(urls: &[String], request: Arc<Vec<u8>>, run: Duration, total_rate: f64) -> Result<(u64, f64)> {
+    let until = tokio::time::Instant::now() + run;
+    let cpu0 = cpu_seconds(None);
+    let mut tasks = tokio::task::JoinSet::new();
+    let every = (total_rate > 0.0).then(|| Duration::from_secs_f64(urls.len() as f64 / total_rate));
+    for (i, url) in urls.iter().enumerate() {
+        let addr = url.trim_start_matches("http://").split('/').next().context("receiver url")?.to_string();
+        let request = request.clone();
+        // Paced connections start spread over one interval.
+        let mut next = tokio::time::Instant::now() + every.map_or(Duration::ZERO, |e| e * i as u32 / urls.len() as u32);
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; 1024];
+            let mut n = 0u64;
+            while tokio::time::Instant::now() < until {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(next).await;
+                    next += every;
+                }
+                s.write_all(&request).await?;
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let k = s.read(&mut buf).await?;
+                    anyhow::ensure!(k > 0, "the receiver closed the connection");
+                    got.extend_from_slice(&buf[..k]);
+                }
+                n += 1;
+            }
+            anyhow::Ok(n)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    let cpu = (cpu_seconds(None) - cpu0) * 1e6;
+    Ok((total, cpu / total.max(1) as f64))
 }
 
 async fn receiver(seen: Arc<Seen>) -> Result<String> {
@@ -252,8 +315,17 @@ pub async fn run(
     let (mut p50s, mut p99s, mut drain_ms) = (Vec::new(), Vec::new(), Vec::new());
     // Round 0 warms up (the workers' first feeds, connections, the blocking
     // pool) and is printed but not counted.
+    let server = pypes.pid();
+    // CPU µs per delivery, (server, this process), by round.
+    let mut per_delivery: Vec<(f64, f64)> = Vec::new();
+    let mut bare = 0.0;
     for round in 0..=rounds {
+        let cpu0 = cpu_pair(server);
         let (r, mut post_alone) = messaging(&ch, &tenants, &sessions, in_flight, run, rate).await?;
+        let cpu1 = cpu_pair(server);
+        let n_alone = post_alone.len().max(1) as f64;
+        // Per message alone: (server, load generator).
+        let alone_cost = ((cpu1.0 - cpu0.0) / n_alone, (cpu1.1 - cpu0.1) / n_alone);
         alone.push(r);
         post_alone.sort_unstable();
         // Register the 100 endpoints, one per Pype.
@@ -282,6 +354,7 @@ pub async fn run(
             l.clear();
         }
         let started = Instant::now();
+        let cpu2 = cpu_pair(server);
         let (r, mut posted) = messaging(&ch, &tenants, &sessions, in_flight, run, rate).await?;
         let sent = posted.len() as u64;
         posted.sort_unstable();
@@ -299,6 +372,13 @@ pub async fn run(
         }
         let got = seen.count.load(Ordering::Relaxed) - before;
         let elapsed = started.elapsed().as_secs_f64();
+        let cpu3 = cpu_pair(server);
+        // What the phase with endpoints cost beyond its messages at the
+        // alone phase's cost per message, per event delivered.
+        let n_with = sent.max(1) as f64;
+        let with_cost = ((cpu3.0 - cpu2.0) / n_with, (cpu3.1 - cpu2.1) / n_with);
+        let extra = |alone: f64, with: f64| (with - alone) * n_with / got.max(1) as f64;
+        let delivery = (extra(alone_cost.0, with_cost.0), extra(alone_cost.1, with_cost.1));
         drain_ms.push(posted_until.elapsed().as_millis() as u64);
         delivered_rates.push(got as f64 / elapsed);
         let mut l = seen.latencies.lock().map(|l| l.clone()).unwrap_or_default();
@@ -317,7 +397,12 @@ pub async fn run(
             pct(&l, 0.999) / 1000,
             l.last().copied().unwrap_or(0) / 1000,
         );
+        println!(
+            "#   CPU per message: server {:.0} µs alone, {:.0} µs with webhooks; load generator (client and receivers) {:.0} / {:.0} µs; a delivery: server {:.0} µs, receivers {:.0} µs",
+            alone_cost.0, with_cost.0, alone_cost.1, with_cost.1, delivery.0, delivery.1
+        );
         if round > 0 {
+            per_delivery.push(delivery);
             p50s.push(pct(&l, 0.5));
             p99s.push(pct(&l, 0.99));
         } else {
@@ -329,6 +414,21 @@ pub async fn run(
         for (n, id) in ids {
             webhooks.delete_webhook(authed(&tenants[n].key, pb::GetWebhookRequest { webhook_id: id })).await?;
         }
+        // After the warm-up: the baseline, with a request the server sent.
+        if round == 0 {
+            let request = seen.sample.lock().ok().and_then(|s| s.clone()).context("no request reached a receiver")?;
+            let request = Arc::new(request);
+            let bytes = request.len();
+            let span = Duration::from_secs_f64(seconds.min(3.0));
+            let (n, flat_out) = bare_exchanges(&urls, request.clone(), span, 0.0).await?;
+            // Paced at the rate the server delivered in the warm-up.
+            let paced_rate = (got as f64 / elapsed).max(100.0);
+            let (m, paced) = bare_exchanges(&urls, request, span, paced_rate).await?;
+            bare = paced;
+            println!(
+                "# baseline: a bare HTTP/1.1 client sending the same request ({bytes} bytes) to the same receivers, CPU per exchange (client and receiver): {flat_out:.0} µs flat out ({n} exchanges), {paced:.0} µs paced at {paced_rate:.0}/s ({m})"
+            );
+        }
     }
     alone.sort_by(f64::total_cmp);
     beside.sort_by(f64::total_cmp);
@@ -336,8 +436,12 @@ pub async fn run(
     p50s.sort_unstable();
     p99s.sort_unstable();
     let (a, b) = (alone[rounds / 2], beside[rounds / 2]);
+    let mut server_cost: Vec<f64> = per_delivery.iter().map(|d| d.0).collect();
+    let mut receiver_cost: Vec<f64> = per_delivery.iter().map(|d| d.1).collect();
+    server_cost.sort_by(f64::total_cmp);
+    receiver_cost.sort_by(f64::total_cmp);
     println!(
-        "BENCH webhooks endpoints={} offered={rate:.0} messages_alone={a:.0} messages_with_webhooks={b:.0} drop_pct={:.1} delivered_per_s={:.0} p50_ms={:.1} p99_ms={:.1} p99_worst_round_ms={:.1} drain_ms={}",
+        "BENCH webhooks endpoints={} offered={rate:.0} messages_alone={a:.0} messages_with_webhooks={b:.0} drop_pct={:.1} delivered_per_s={:.0} p50_ms={:.1} p99_ms={:.1} p99_worst_round_ms={:.1} drain_ms={} server_cpu_us_per_delivery={:.0} loadgen_cpu_us_per_delivery={:.0} bare_exchange_cpu_us={bare:.0} delivery_vs_bare={:.1}",
         urls.len(),
         (1.0 - b / a) * 100.0,
         delivered_rates[rounds / 2],
@@ -345,6 +449,9 @@ pub async fn run(
         p99s[rounds / 2] as f64 / 1000.0,
         p99s.last().copied().unwrap_or(0) as f64 / 1000.0,
         drain_ms.iter().max().copied().unwrap_or(0),
+        server_cost[rounds / 2],
+        receiver_cost[rounds / 2],
+        (server_cost[rounds / 2] + receiver_cost[rounds / 2]) / bare.max(1.0),
     );
     Ok(())
 }

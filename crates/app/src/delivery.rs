@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use ::webhooks::backoff;
-use ::webhooks::deliver::{Attempt, Client};
+use ::webhooks::deliver::{Attempt, Client, Url};
 use ::webhooks::schedule::{Lane, Outcome, Schedule, TENANT_LANE};
 use ::webhooks::sign;
 use audit::Record;
@@ -46,8 +46,11 @@ use eventlog::{
 };
 use events::codec::WebhookRedeliveryState as RedeliveryState;
 use events::types as t;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::feed::{FeedItem, FeedLimits, Filters};
@@ -407,7 +410,12 @@ impl Worker {
         // Without a recorded start, what came before the endpoint is skipped.
         let mut before_start = checkpoint.is_none().then(|| self.def.borrow().created_micros);
         let mut pending: HashMap<u64, Queued> = HashMap::new();
-        let mut inflight: JoinSet<Done> = JoinSet::new();
+        // The attempts in flight, polled by this task (no task per
+        // attempt: the connection's own task does the I/O).
+        let mut inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>> = FuturesUnordered::new();
+        // The endpoint's URL as checked against the destination policy,
+        // for the definition it was checked for.
+        let mut target: (String, Result<Url, String>) = (String::new(), Err(String::new()));
         // Where the events come from: the shared ring, or (when the ring
         // does not reach back to this worker's cursor) its own feed until
         // that is live.
@@ -474,15 +482,21 @@ impl Worker {
             }
             // Send what is due (including what was just read).
             if !schedule.paused() {
+                if target.0 != def.url {
+                    target = (def.url.clone(), self.client.check(&def.url));
+                }
                 for p in schedule.ready(now) {
                     let Some(q) = pending.get(&p.position) else { continue };
                     let headers = headers(self.id, now, &def, &q.entry, q.attempts);
                     let entry = q.entry.clone();
-                    let (client, url, clock) = (self.client.clone(), def.url.clone(), self.app.clock.clone());
-                    inflight.spawn(async move {
-                        let attempt = client.post(&url, &headers, entry.body.clone()).await;
+                    let (client, url, clock) = (self.client.clone(), target.1.clone(), self.app.clock.clone());
+                    inflight.push(Box::pin(async move {
+                        let attempt = match url {
+                            Ok(url) => client.post_checked(url, &headers, entry.body.clone()).await,
+                            Err(reason) => Attempt { status: None, latency: Duration::ZERO, outcome: Err(reason) },
+                        };
                         Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
-                    });
+                    }));
                 }
             }
             // Record progress at most once a second, in the background (a
@@ -546,9 +560,13 @@ impl Worker {
                         }
                     }
                 }
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    let Ok(done) = done else { continue };
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
                     self.finish(&mut schedule, &mut pending, done);
+                    // Every other attempt that ended meanwhile, before the
+                    // next round of reading and sending.
+                    while let Some(Some(done)) = inflight.next().now_or_never() {
+                        self.finish(&mut schedule, &mut pending, done);
+                    }
                     if schedule.paused() {
                         self.pause(&def).await;
                     }

@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+/// A URL, as [`Client::check`] gives it.
+pub use reqwest::Url;
 use reqwest::redirect;
 
 use crate::target::{GuardedResolver, Policy, check_url};
@@ -85,19 +87,34 @@ impl Client {
         self.limits
     }
 
+    /// Checks `url` against the destination policy, once for many
+    /// attempts ([`Client::post_checked`]); the reason it is refused.
+    pub fn check(&self, url: &str) -> Result<Url, String> {
+        check_url(url, self.policy).map_err(|e| format!("refused by the destination policy: {e}"))
+    }
+
     /// POSTs `body` (JSON) with `headers` to `url`.
     pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Attempt {
+        match self.check(url) {
+            Ok(url) => self.post_checked(url, headers, body).await,
+            Err(reason) => Attempt { status: None, latency: Duration::ZERO, outcome: Err(reason) },
+        }
+    }
+
+    /// POSTs `body` (JSON) with `headers` to `url`, which
+    /// [`Client::check`] passed. (A name in it is checked again when it
+    /// is resolved.)
+    pub async fn post_checked(&self, url: Url, headers: &[(&str, String)], body: Vec<u8>) -> Attempt {
         let started = Instant::now();
         let done =
             |status: Option<u16>, outcome: Result<(), String>| Attempt { status, latency: started.elapsed(), outcome };
-        let url = match check_url(url, self.policy) {
-            Ok(u) => u,
-            Err(e) => return done(None, Err(format!("refused by the destination policy: {e}"))),
-        };
         let mut request = self.http.post(url).header("content-type", "application/json").body(body);
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
+        // The client's timeout covers the whole attempt, the answer's
+        // prefix included (reqwest: "until the response body has
+        // finished"), so a slow answer ends as `is_timeout`.
         let attempt = async {
             let mut response = match request.send().await {
                 Ok(r) => r,
@@ -136,12 +153,7 @@ impl Client {
             }
             done(code, Err(format!("the endpoint answered {status}{said}")))
         };
-        // The client's own timeout covers the request; this covers reading
-        // the answer's prefix too.
-        match tokio::time::timeout(self.limits.attempt + Duration::from_millis(100), attempt).await {
-            Ok(a) => a,
-            Err(_) => done(None, Err(format!("no answer within {} s", self.limits.attempt.as_secs_f64()))),
-        }
+        attempt.await
     }
 
     fn describe(&self, e: &reqwest::Error) -> String {
