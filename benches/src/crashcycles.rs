@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,10 +35,30 @@ pub struct Options {
     /// Load before the kill: a random time between these (ms).
     pub min_ms: u64,
     pub max_ms: u64,
+    /// The kill also waits until this many posts of the cycle were
+    /// acknowledged, so how much the run writes does not depend on the
+    /// machine's speed.
+    pub min_acks: usize,
+    /// Each body padded to this many bytes (0: as short as it comes).
+    pub body_bytes: usize,
     /// An erasure every this many cycles (0: none).
     pub erase_every: usize,
     pub seed: u64,
     pub out: PathBuf,
+}
+
+/// How long past its random window a cycle waits for `min_acks`.
+const MIN_ACKS_WAIT: Duration = Duration::from_secs(60);
+
+/// `body` padded with `.` to `bytes` (unchanged when already as long).
+fn padded(mut body: String, bytes: usize) -> String {
+    if body.len() < bytes {
+        body.push('-');
+        while body.len() < bytes {
+            body.push('.');
+        }
+    }
+    body
 }
 
 /// A number below `n` (0 for `n` = 0) from the benches' seeded generator.
@@ -121,10 +141,11 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
     let ready_in = started.elapsed();
     let channel = connect(&server).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..o.clients {
         let mut client = pb::session_service_client::SessionServiceClient::new(channel.clone());
-        let stop = stop.clone();
+        let (stop, answered, body_bytes) = (stop.clone(), answered.clone(), o.body_bytes);
         let (key, sessions, users) = (t.key.clone(), t.sessions.clone(), t.users.clone());
         let mut rng = Rng(rng.next() | 1);
         tasks.push(tokio::spawn(async move {
@@ -133,7 +154,7 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let s = below(&mut rng, sessions.len() as u64) as usize;
-                let body = format!("c{n}-{c}-{i}");
+                let body = padded(format!("c{n}-{c}-{i}"), body_bytes);
                 let request = pb::PostMessageRequest {
                     session_id: sessions[s].clone(),
                     sender_id: users[s].clone(),
@@ -141,7 +162,10 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
                     ..Default::default()
                 };
                 match client.post_message(authed(&key, request)).await {
-                    Ok(r) => acked.push((s, body, r.into_inner().seq)),
+                    Ok(r) => {
+                        acked.push((s, body, r.into_inner().seq));
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => {
                         unanswered.push((s, body));
                         break;
@@ -155,6 +179,18 @@ async fn cycle(o: &Options, data: &Path, t: &Tenant, n: usize, rng: &mut Rng, le
         .then(|| tokio::spawn(erase_one(channel.clone(), t.key.clone(), t.pype.clone(), format!("erased{n}"))));
     let window = o.min_ms + below(rng, o.max_ms.saturating_sub(o.min_ms) + 1);
     tokio::time::sleep(Duration::from_millis(window)).await;
+    let waited = Instant::now();
+    while answered.load(Ordering::Relaxed) < o.min_acks {
+        if waited.elapsed() > MIN_ACKS_WAIT {
+            bail!(
+                "cycle {n}: only {} of the {} posts the cycle needs were acknowledged in {} s more",
+                answered.load(Ordering::Relaxed),
+                o.min_acks,
+                MIN_ACKS_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     drop(server); // SIGKILL, and waited for
     stop.store(true, Ordering::Relaxed);
     for task in tasks {

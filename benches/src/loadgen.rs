@@ -300,6 +300,13 @@ enum Command {
         min_ms: u64,
         #[arg(long, default_value_t = 400)]
         max_ms: u64,
+        /// The kill also waits until this many posts of the cycle were
+        /// acknowledged (so a slow machine still writes as much).
+        #[arg(long, default_value_t = 0)]
+        min_acks: usize,
+        /// Message bodies padded to this many bytes (0: short bodies).
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
         /// An end user registered and erased every this many cycles (0: none).
         #[arg(long, default_value_t = 10)]
         erase_every: usize,
@@ -474,7 +481,19 @@ fn main() -> Result<()> {
                 rate.max(0.0),
             ))
         }
-        Command::CrashCycles { dir, cycles, clients, sessions, min_ms, max_ms, erase_every, seed, out } => {
+        Command::CrashCycles {
+            dir,
+            cycles,
+            clients,
+            sessions,
+            min_ms,
+            max_ms,
+            min_acks,
+            body_bytes,
+            erase_every,
+            seed,
+            out,
+        } => {
             let dir = match dir {
                 Some(d) => d,
                 None => std::env::current_dir()?,
@@ -486,6 +505,8 @@ fn main() -> Result<()> {
                 sessions: sessions.max(1),
                 min_ms,
                 max_ms: max_ms.max(min_ms),
+                min_acks,
+                body_bytes,
                 erase_every,
                 seed,
                 out,
