@@ -410,8 +410,8 @@ impl Worker {
         // Without a recorded start, what came before the endpoint is skipped.
         let mut before_start = checkpoint.is_none().then(|| self.def.borrow().created_micros);
         let mut pending: HashMap<u64, Queued> = HashMap::new();
-        // The attempts in flight, polled by this task (no task per
-        // attempt: the connection's own task does the I/O).
+        // The attempts in flight, polled by this task: no task per
+        // attempt, and the client does each attempt's I/O in its future.
         let mut inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>> = FuturesUnordered::new();
         // The endpoint's URL as checked against the destination policy,
         // for the definition it was checked for.
@@ -493,7 +493,7 @@ impl Worker {
                     inflight.push(Box::pin(async move {
                         let attempt = match url {
                             Ok(url) => client.post_checked(url, &headers, entry.body.clone()).await,
-                            Err(reason) => Attempt { status: None, latency: Duration::ZERO, outcome: Err(reason) },
+                            Err(reason) => Attempt::refused(reason),
                         };
                         Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
                     }));

@@ -1,7 +1,7 @@
 //! Where webhooks may go. An endpoint is an `https://` URL whose host is a
 //! public address, or a name that resolves to public addresses only when
-//! the connection is made (checked by [`GuardedResolver`] on every
-//! attempt, so a name that later resolves to an internal address is
+//! the connection is made (checked by [`resolve`] at every new
+//! connection, so a name that later resolves to an internal address is
 //! refused then). Internal addresses (loopback, private, link-local,
 //! carrier-grade NAT, unique local, multicast, ...) are the classic
 //! server-side request forgery targets (a cloud's metadata service at
@@ -11,8 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use reqwest::Url;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::Url;
 
 /// The longest endpoint URL accepted.
 pub const MAX_URL: usize = 2048;
@@ -158,40 +157,30 @@ pub fn check_url(text: &str, policy: Policy) -> Result<Url, TargetError> {
     Ok(url)
 }
 
-/// A resolver that keeps only the addresses [`check_address`] allows and
-/// fails, naming the address, when none is left.
-#[derive(Debug, Clone, Copy)]
-pub struct GuardedResolver {
-    pub policy: Policy,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| Box::new(TargetError::Unresolved { host: host.clone(), reason: e.to_string() }))?
-                .collect();
-            let mut refusal = None;
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|a| match check_address(a.ip(), policy) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        refusal.get_or_insert(e);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let e = refusal.unwrap_or(TargetError::Unresolved { host, reason: "no addresses".into() });
-                return Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+/// The addresses `host` resolves to that [`check_address`] allows, with
+/// `port`; an error naming the refused address when none is left.
+pub async fn resolve(host: &str, port: u16, policy: Policy) -> Result<Vec<SocketAddr>, TargetError> {
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| TargetError::Unresolved { host: host.to_string(), reason: e.to_string() })?
+        .collect();
+    let mut refusal = None;
+    let allowed: Vec<SocketAddr> = found
+        .into_iter()
+        .filter(|a| match check_address(a.ip(), policy) {
+            Ok(()) => true,
+            Err(e) => {
+                refusal.get_or_insert(e);
+                false
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
         })
+        .collect();
+    if allowed.is_empty() {
+        return Err(
+            refusal.unwrap_or(TargetError::Unresolved { host: host.to_string(), reason: "no addresses".into() })
+        );
     }
+    Ok(allowed)
 }
 
 #[cfg(test)]
@@ -252,11 +241,10 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_checked_when_resolved() {
-        let strict = GuardedResolver { policy: Policy::default() };
-        let e = strict.resolve("localhost".parse().unwrap()).await.err().unwrap().to_string();
+        let e = resolve("localhost", 443, Policy::default()).await.unwrap_err().to_string();
         assert!(e.contains("loopback"), "{e}");
-        let open = GuardedResolver { policy: Policy { allow_private: false, allow_loopback: true } };
-        let addrs: Vec<_> = open.resolve("localhost".parse().unwrap()).await.unwrap().collect();
-        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()));
+        let open = Policy { allow_private: false, allow_loopback: true };
+        let addrs = resolve("localhost", 8443, open).await.unwrap();
+        assert!(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 8443));
     }
 }

@@ -151,3 +151,125 @@ async fn refused_destinations_are_never_contacted() {
     assert!(!seen.is_finished());
     seen.abort();
 }
+
+/// A receiver that answers every request `200 ok` (with a
+/// content-length, so the connection may be kept) and closes each
+/// connection after `per_connection` requests; the connections it
+/// accepted so far.
+async fn keep_alive_receiver(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    per_connection: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let mut io: Box<dyn Stream> = match tls {
+                    Some(t) => match t.accept(tcp).await {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(tcp),
+                };
+                for _ in 0..per_connection {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let Ok(n) = io.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap())
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    let _ = io.flush().await;
+                }
+                let _ = io.shutdown().await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)), ck.cert.pem())
+}
+
+#[tokio::test]
+async fn https_with_the_extra_ca_and_kept_connections() {
+    use std::sync::atomic::Ordering;
+    let (acceptor, ca) = tls_acceptor();
+    let (port, accepted) = keep_alive_receiver(Some(acceptor), usize::MAX).await;
+    let url = format!("https://localhost:{port}/hook");
+    let client = Client::new(LOOPBACK, limits(), Some(ca.as_bytes())).unwrap();
+    for i in 0..5 {
+        let a = client.post(&url, &[("pypes-event-id", format!("e{i}"))], b"{}".to_vec()).await;
+        assert!(a.delivered(), "{a:?}");
+    }
+    // One TLS connection, kept between the attempts.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // Without the CA, the certificate is refused and the reason says so.
+    let strangers = Client::new(LOOPBACK, limits(), None).unwrap();
+    let reason = strangers.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("TLS handshake failed") && reason.contains("certificate"), "{reason}");
+    // An extra CA file with no certificate in it is a clear error.
+    let e = Client::new(LOOPBACK, limits(), Some(b"not a certificate")).unwrap_err();
+    assert!(e.contains("no certificate"), "{e}");
+}
+
+#[tokio::test]
+async fn a_connection_closed_while_idle_is_replaced_not_reported() {
+    use std::sync::atomic::Ordering;
+    // Each connection serves one request and is closed afterwards, though
+    // its answer did not say so: the next attempt finds it closed.
+    let (port, accepted) = keep_alive_receiver(None, 1).await;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let client = Client::new(LOOPBACK, limits(), None).unwrap();
+    for _ in 0..3 {
+        let a = client.post(&url, &[], b"{}".to_vec()).await;
+        assert!(a.delivered(), "{a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    // A port nobody listens on: could not connect, named.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://127.0.0.1:{}/hook", closed.local_addr().unwrap().port());
+    drop(closed);
+    let reason = client.post(&dead, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    assert!(reason.contains("could not connect"), "{reason}");
+}
