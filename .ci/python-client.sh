@@ -25,6 +25,20 @@ python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check ./clients/python "mypy==1.*"
 "$work/venv/bin/python" -m mypy clients/python/examples/quickstart.py
 
+# Every service of the API has its stub on Client.
+"$work/venv/bin/python" - <<'PY'
+import inspect
+from pypes.api.v1 import api_pb2_grpc, integration_pb2_grpc, region_pb2_grpc
+from pypes_client import Client
+c = Client("127.0.0.1:1", "key")
+have = {type(v) for v in vars(c).values()}
+stubs = [cls for m in (api_pb2_grpc, integration_pb2_grpc, region_pb2_grpc)
+         for name, cls in inspect.getmembers(m, inspect.isclass) if name.endswith("ServiceStub")]
+missing = sorted(s.__name__ for s in stubs if s not in have)
+assert not missing, f"pypes_client.Client has no stub for {missing}"
+print(f"python client: {len(stubs)} services, each a Client attribute")
+PY
+
 cargo build --quiet -p server --bin pypes
 start_pypes "$work"
 key="$("$work/venv/bin/python" - "$grpc" "$admin" <<'PY'

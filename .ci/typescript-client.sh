@@ -21,6 +21,19 @@ trap cleanup EXIT
 bash clients/typescript/generate.sh
 check_generated clients/typescript/src clients/typescript/generate.sh
 (cd clients/typescript && npx tsc -p .)
+# Every service of the API has its client on connect()'s result.
+(cd clients/typescript && node -e '
+const { connect } = require("./dist/src");
+const c = connect("127.0.0.1:1", "key");
+const lower = (n) => n[0].toLowerCase() + n.slice(1);
+const defs = ["api", "integration", "region"].flatMap((m) =>
+  Object.entries(require("./dist/src/gen/pypes/api/v1/" + m)).filter(([n]) => n.endsWith("ServiceDefinition")));
+const missing = defs.filter(([, d]) => !Object.values(c).some((client) =>
+  typeof client === "object" && Object.keys(d.methods).every((m) => typeof client[lower(m)] === "function" || typeof client[m] === "function")));
+c.close();
+if (missing.length) { console.error("connect() has no client for", missing.map(([n]) => n)); process.exit(1); }
+console.log(`typescript client: ${defs.length} services, each a client of connect()`);
+')
 
 cargo build --quiet -p server --bin pypes
 start_pypes "$work"

@@ -26,10 +26,12 @@ import {
   TenantServiceDefinition,
   ViewServiceDefinition,
 } from "./gen/pypes/api/v1/api";
-import { IntegrationServiceDefinition } from "./gen/pypes/api/v1/integration";
+import { IntegrationServiceDefinition, WebhookServiceDefinition } from "./gen/pypes/api/v1/integration";
+import { RegionServiceDefinition } from "./gen/pypes/api/v1/region";
 
 export * as api from "./gen/pypes/api/v1/api";
 export * as integration from "./gen/pypes/api/v1/integration";
+export * as region from "./gen/pypes/api/v1/region";
 export { ClientError, Status } from "nice-grpc";
 
 /** How to reach the server. */
@@ -68,6 +70,8 @@ export function connect(target: string, key: string, options: ConnectOptions = {
     staff: factory.create(StaffServiceDefinition, channel),
     logins: factory.create(EndUserAuthServiceDefinition, channel),
     integration: factory.create(IntegrationServiceDefinition, channel),
+    webhooks: factory.create(WebhookServiceDefinition, channel),
+    regions: factory.create(RegionServiceDefinition, channel),
     /** Closes the channel (every client above). */
     close: () => channel.close(),
   };

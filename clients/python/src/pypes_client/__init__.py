@@ -7,7 +7,7 @@
 
 Every stub of the API is an attribute (`tenants`, `pypes`, `subjects`,
 `sessions`, `views`, `analytics`, `erasure`, `privacy`, `media`, `staff`,
-`logins`, `integration`); calls carry `authorization: Bearer <key>`.
+`logins`, `integration`, `webhooks`, `regions`); calls carry `authorization: Bearer <key>`.
 docs/api.md in the pypes repository is the API reference.
 """
 
@@ -17,9 +17,16 @@ from typing import Optional, Sequence, Tuple
 
 import grpc
 
-from pypes.api.v1 import api_pb2, api_pb2_grpc, integration_pb2, integration_pb2_grpc
+from pypes.api.v1 import (
+    api_pb2,
+    api_pb2_grpc,
+    integration_pb2,
+    integration_pb2_grpc,
+    region_pb2,
+    region_pb2_grpc,
+)
 
-__all__ = ["Client", "api_pb2", "integration_pb2"]
+__all__ = ["Client", "api_pb2", "integration_pb2", "region_pb2"]
 
 
 class _Auth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -93,6 +100,8 @@ class Client:
         self.staff = api_pb2_grpc.StaffServiceStub(c)
         self.logins = api_pb2_grpc.EndUserAuthServiceStub(c)
         self.integration = integration_pb2_grpc.IntegrationServiceStub(c)
+        self.webhooks = integration_pb2_grpc.WebhookServiceStub(c)
+        self.regions = region_pb2_grpc.RegionServiceStub(c)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Blocks until the channel is connected (or raises after `timeout`)."""
