@@ -397,20 +397,26 @@ enum Framing {
 /// Reads an answer's head and at most `max_body` bytes of its body.
 async fn read_answer(io: &mut Box<dyn Io>, max_body: usize) -> Result<(Answer, bool), Sent> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    // Whether any byte of an answer came (an interim one included), and
+    // whether what is in `buf` was parsed already and needs more.
+    let (mut heard, mut read) = (false, true);
     loop {
-        let mut chunk = [0u8; 4096];
-        let n = match io.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(e) if buf.is_empty() => return Err(Sent::Unanswered(format!("reading the answer: {e}"))),
-            Err(e) => return Err(Sent::Failed(format!("reading the answer: {e}"))),
-        };
-        if n == 0 {
-            return Err(match buf.is_empty() {
-                true => Sent::Unanswered("the endpoint closed the connection without answering".into()),
-                false => Sent::Failed("the endpoint closed the connection in the middle of its answer".into()),
-            });
+        if read {
+            let mut chunk = [0u8; 4096];
+            let n = match io.read(&mut chunk).await {
+                Ok(n) => n,
+                Err(e) if !heard => return Err(Sent::Unanswered(format!("reading the answer: {e}"))),
+                Err(e) => return Err(Sent::Failed(format!("reading the answer: {e}"))),
+            };
+            if n == 0 {
+                return Err(match heard {
+                    false => Sent::Unanswered("the endpoint closed the connection without answering".into()),
+                    true => Sent::Failed("the endpoint closed the connection in the middle of its answer".into()),
+                });
+            }
+            heard = true;
+            buf.extend_from_slice(&chunk[..n]);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut head = httparse::Response::new(&mut headers);
         let parsed = head.parse(&buf).map_err(|e| Sent::Failed(format!("the answer is not HTTP/1.1: {e}")))?;
@@ -418,12 +424,15 @@ async fn read_answer(io: &mut Box<dyn Io>, max_body: usize) -> Result<(Answer, b
             if buf.len() > MAX_HEAD {
                 return Err(Sent::Failed(format!("the answer's head is longer than {} KiB", MAX_HEAD / 1024)));
             }
+            read = true;
             continue;
         };
         let status = head.code.unwrap_or(0);
         // An interim answer (100 Continue): the real one follows.
         if (100..200).contains(&status) && status != 101 {
             buf.drain(..head_len);
+            // The final answer may have come in the same read.
+            read = buf.is_empty();
             continue;
         }
         let mut close = head.version == Some(0);

@@ -273,3 +273,22 @@ async fn a_connection_closed_while_idle_is_replaced_not_reported() {
     let reason = client.post(&dead, &[], b"{}".to_vec()).await.outcome.unwrap_err();
     assert!(reason.contains("could not connect"), "{reason}");
 }
+
+#[tokio::test]
+async fn an_interim_answer_and_a_chunked_one_in_the_same_packet() {
+    // "100 Continue" and the final answer written at once: the client must
+    // not wait for more than it already has.
+    let (url, _) = receiver(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 422 Unprocessable Entity\r\ntransfer-encoding: chunked\r\n\r\n4\r\nnope\r\n0\r\n\r\n"
+            .to_vec(),
+        Duration::ZERO,
+    )
+    .await;
+    let client = Client::new(LOOPBACK, limits(), None).unwrap();
+    let started = Instant::now();
+    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert_eq!(a.status, Some(422));
+    let reason = a.outcome.unwrap_err();
+    assert!(reason.contains("422 Unprocessable Content: nope"), "{reason}");
+}
