@@ -232,30 +232,17 @@ impl Client {
     async fn exchange(&self, url: &Url, headers: &[(&str, String)], body: &[u8]) -> Result<Answer, Failure> {
         let origin = origin(url)?;
         let request = request(url, &origin, headers, body);
-        if let Some(mut conn) = self.take_idle(&origin) {
-            match self.send(&mut conn, &request).await {
-                Ok((answer, keep)) => {
-                    if keep {
-                        self.put_idle(origin, conn);
-                    }
-                    return Ok(answer);
-                }
+        if let Some(conn) = self.take_idle(&origin) {
+            match self.send(conn, &origin, &request).await {
+                Ok(answer) => return Ok(answer),
                 // Closed while idle (nothing of an answer came): once more
                 // on a new connection.
                 Err(Sent::Unanswered(_)) => {}
                 Err(Sent::Failed(e)) => return Err(Failure::Exchange(e)),
             }
         }
-        let mut conn = self.connect(url, &origin).await?;
-        match self.send(&mut conn, &request).await {
-            Ok((answer, keep)) => {
-                if keep {
-                    self.put_idle(origin, conn);
-                }
-                Ok(answer)
-            }
-            Err(Sent::Unanswered(e) | Sent::Failed(e)) => Err(Failure::Exchange(e)),
-        }
+        let conn = self.connect(url, &origin).await?;
+        self.send(conn, &origin, &request).await.map_err(|(Sent::Unanswered(e) | Sent::Failed(e))| Failure::Exchange(e))
     }
 
     fn take_idle(&self, origin: &Origin) -> Option<Conn> {
@@ -319,13 +306,17 @@ impl Client {
         Ok(Conn { io, idle_since: Instant::now() })
     }
 
-    /// Writes `request` and reads the answer: the answer, and whether the
-    /// connection may be kept.
-    async fn send(&self, conn: &mut Conn, request: &[u8]) -> Result<(Answer, bool), Sent> {
+    /// Writes `request` and reads the answer; the connection goes back to
+    /// the idle set when the answer left it ready for the next request.
+    async fn send(&self, mut conn: Conn, origin: &Origin, request: &[u8]) -> Result<Answer, Sent> {
         if let Err(e) = write_all(&mut conn.io, request).await {
             return Err(Sent::Unanswered(format!("writing the request: {e}")));
         }
-        read_answer(&mut conn.io, self.inner.limits.max_answer_bytes).await
+        let (answer, keep) = read_answer(&mut conn.io, self.inner.limits.max_answer_bytes).await?;
+        if keep {
+            self.put_idle(origin.clone(), conn);
+        }
+        Ok(answer)
     }
 }
 
@@ -543,12 +534,7 @@ fn dechunk(raw: &[u8]) -> Dechunked {
     let (mut at, mut body) = (0, Vec::new());
     loop {
         let Some(eol) = find_crlf(&raw[at..]) else { return Dechunked::More };
-        let line = &raw[at..at + eol];
-        let size_text = line.split(|b| *b == b';').next().unwrap_or_default();
-        let Some(size) = std::str::from_utf8(size_text).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            return Dechunked::Bad;
-        };
+        let Some(size) = chunk_size(&raw[at..at + eol]) else { return Dechunked::Bad };
         at += eol + 2;
         if size == 0 {
             // Trailers, each a line, then an empty line.
@@ -576,11 +562,7 @@ fn dechunk(raw: &[u8]) -> Dechunked {
 fn dechunk_prefix(raw: &[u8], max: usize) -> Vec<u8> {
     let (mut at, mut body) = (0, Vec::new());
     while let Some(eol) = find_crlf(&raw[at..]) {
-        let size_text = raw[at..at + eol].split(|b| *b == b';').next().unwrap_or_default();
-        let Some(size) = std::str::from_utf8(size_text).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            break;
-        };
+        let Some(size) = chunk_size(&raw[at..at + eol]) else { break };
         at += eol + 2;
         let end = (at + size).min(raw.len());
         body.extend_from_slice(&raw[at..end]);
@@ -594,6 +576,12 @@ fn dechunk_prefix(raw: &[u8], max: usize) -> Vec<u8> {
     }
     body.truncate(max);
     body
+}
+
+/// The size a chunk's line gives (hex digits, then any `;extension`).
+fn chunk_size(line: &[u8]) -> Option<usize> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+    std::str::from_utf8(digits).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
 }
 
 fn find_crlf(b: &[u8]) -> Option<usize> {
