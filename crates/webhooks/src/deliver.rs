@@ -193,7 +193,7 @@ impl Client {
     }
 
     /// POSTs `body` (JSON) with `headers` to `url`.
-    pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Attempt {
+    pub async fn post(&self, url: &str, headers: &[(&str, String)], body: &[u8]) -> Attempt {
         match self.check(url) {
             Ok(url) => self.post_checked(url, headers, body).await,
             Err(reason) => Attempt::refused(reason),
@@ -203,10 +203,10 @@ impl Client {
     /// POSTs `body` (JSON) with `headers` to `url`, which
     /// [`Client::check`] passed. (A name in it is checked again when it
     /// is resolved.)
-    pub async fn post_checked(&self, url: Url, headers: &[(&str, String)], body: Vec<u8>) -> Attempt {
+    pub async fn post_checked(&self, url: Url, headers: &[(&str, String)], body: &[u8]) -> Attempt {
         let started = Instant::now();
         let limits = self.inner.limits;
-        let outcome = tokio::time::timeout(limits.attempt, self.exchange(&url, headers, &body)).await;
+        let outcome = tokio::time::timeout(limits.attempt, self.exchange(&url, headers, body)).await;
         let (status, outcome) = match outcome {
             Err(_) => (None, Err(format!("no answer within {} s", limits.attempt.as_secs_f64()))),
             Ok(Err(failure)) => (None, Err(self.describe(failure))),
@@ -223,7 +223,7 @@ impl Client {
                 format!("connecting took longer than {} s", self.inner.limits.connect.as_secs_f64())
             }
             Failure::Connect(e) => format!("could not connect: {e}"),
-            Failure::Tls(e) => format!("could not connect: the TLS handshake failed: {}", innermost(&e)),
+            Failure::Tls(e) => format!("could not connect: the TLS handshake failed: {}", tls_reason(&e)),
             Failure::Exchange(e) => format!("the request failed: {e}"),
         }
     }
@@ -641,6 +641,35 @@ fn reason_phrase(status: u16) -> &'static str {
 }
 
 /// The innermost cause of an error (a TLS alert, a refused address).
+/// Why a TLS handshake failed, in words a tenant can act on for the
+/// certificate problems an endpoint meets in practice (the library's
+/// wording for the rest).
+fn tls_reason(e: &io::Error) -> String {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(cert)) = e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>())
+    else {
+        return innermost(e);
+    };
+    let what = match cert {
+        C::UnknownIssuer => "is not issued by a certificate authority this server trusts",
+        C::Expired | C::ExpiredContext { .. } => "has expired",
+        C::NotValidYet | C::NotValidYetContext { .. } => "is not valid yet",
+        C::NotValidForName | C::NotValidForNameContext { .. } => "is not valid for the host name in the endpoint's URL",
+        C::Revoked => "has been revoked",
+        C::BadSignature => "has a signature that does not verify",
+        C::BadEncoding => "cannot be parsed",
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => "is not meant for a server",
+        C::UnsupportedSignatureAlgorithmContext { .. } | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "uses a signature algorithm this server does not accept"
+        }
+        C::Other(other) if other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity) => {
+            "is a certificate authority's (CA:TRUE), not a server's: serve a certificate signed by a CA"
+        }
+        _ => return innermost(e),
+    };
+    format!("the endpoint's certificate {what}")
+}
+
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {

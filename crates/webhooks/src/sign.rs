@@ -25,10 +25,31 @@ fn keyed(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length: `new_from_slice` never fails for it.
     let mut m = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    m.update(timestamp.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    m.update(decimal(timestamp, &mut digits));
     m.update(b".");
     m.update(body);
     m
+}
+
+/// `n` in decimal, written into `buf` (no allocation: this runs for
+/// every attempt).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
 }
 
 /// HMAC-SHA-256 of `<timestamp>.<body>` under `secret`.
@@ -39,10 +60,18 @@ pub fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> [u8; 32] {
 /// The header's value for `body` sent at `timestamp` under each of
 /// `secrets` (the newest first).
 pub fn header(secrets: &[&[u8]], timestamp: i64, body: &[u8]) -> String {
-    let mut out = format!("t={timestamp}");
+    let mut out = String::with_capacity(24 + secrets.len() * 68);
+    out.push_str("t=");
+    let mut digits = [0u8; 20];
+    // ASCII digits and a sign: valid UTF-8.
+    out.push_str(std::str::from_utf8(decimal(timestamp, &mut digits)).unwrap_or_default());
     for secret in secrets {
         out.push_str(",v1=");
-        out.push_str(&hex::encode(mac(secret, timestamp, body)));
+        let mut hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        if hex::encode_to_slice(mac(secret, timestamp, body), &mut hex).is_ok() {
+            out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        }
     }
     out
 }
@@ -93,6 +122,17 @@ pub fn verify(header: &str, secret: &[u8], body: &[u8], now: i64, tolerance_secs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_decimal_text() {
+        for n in [0, 7, 10, 1_733_356_800, -1, -30, i64::MAX, i64::MIN] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+        let h = header(&[b"k"], 1_733_356_800, b"{}");
+        assert!(h.starts_with("t=1733356800,v1="), "{h}");
+        assert_eq!(h.len(), "t=1733356800,v1=".len() + 64);
+    }
 
     #[test]
     fn the_mac_is_rfc_4231_hmac_sha256() {

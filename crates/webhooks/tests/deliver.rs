@@ -60,7 +60,7 @@ async fn receiver(answer: Vec<u8>, delay: Duration) -> (String, tokio::task::Joi
 async fn a_2xx_is_delivered_with_its_headers() {
     let client = Client::new(LOOPBACK, limits(), None).unwrap();
     let (url, seen) = receiver(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::ZERO).await;
-    let a = client.post(&url, &[("pypes-signature", "t=1,v1=00".into())], b"{\"a\":1}".to_vec()).await;
+    let a = client.post(&url, &[("pypes-signature", "t=1,v1=00".into())], b"{\"a\":1}").await;
     assert!(a.delivered(), "{a:?}");
     assert_eq!(a.status, Some(204));
     let request = seen.await.unwrap();
@@ -79,7 +79,7 @@ async fn errors_redirects_and_slow_or_huge_answers_are_named() {
         Duration::ZERO,
     )
     .await;
-    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    let a = client.post(&url, &[], b"{}").await;
     assert_eq!(a.status, Some(503));
     let reason = a.outcome.unwrap_err();
     assert!(reason.contains("503") && reason.contains("back at noon"), "{reason}");
@@ -89,13 +89,13 @@ async fn errors_redirects_and_slow_or_huge_answers_are_named() {
         Duration::ZERO,
     )
     .await;
-    let reason = client.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = client.post(&url, &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("redirects are not followed") && reason.contains("169.254.169.254"), "{reason}");
 
     // Slower than the attempt's deadline.
     let (url, _) = receiver(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::from_secs(3)).await;
     let started = Instant::now();
-    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    let a = client.post(&url, &[], b"{}").await;
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(a.outcome.unwrap_err().contains("no answer within 1 s"));
 
@@ -104,7 +104,7 @@ async fn errors_redirects_and_slow_or_huge_answers_are_named() {
     huge.extend(std::iter::repeat_n(b'z', 10_000_000));
     let (url, _) = receiver(huge, Duration::ZERO).await;
     let started = Instant::now();
-    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    let a = client.post(&url, &[], b"{}").await;
     let reason = a.outcome.unwrap_err();
     assert!(reason.contains("500") && reason.len() < 400, "{}", &reason[..reason.len().min(400)]);
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -124,7 +124,7 @@ async fn a_handshake_that_never_completes_ends_at_the_deadline() {
         }
     });
     let started = Instant::now();
-    let a = client.post(&format!("https://127.0.0.1:{port}/hook"), &[], b"{}".to_vec()).await;
+    let a = client.post(&format!("https://127.0.0.1:{port}/hook"), &[], b"{}").await;
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(a.outcome.unwrap_err().contains("no answer within"), "{:?}", a.status);
 }
@@ -134,17 +134,16 @@ async fn refused_destinations_are_never_contacted() {
     let strict = Client::new(Policy::default(), limits(), None).unwrap();
     let (url, seen) = receiver(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(), Duration::ZERO).await;
     // Plain http, and loopback, are refused by the strict policy.
-    let reason = strict.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = strict.post(&url, &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("destination policy") && reason.contains("https://"), "{reason}");
     let https = url.replace("http://", "https://");
-    let reason = strict.post(&https, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = strict.post(&https, &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("loopback"), "{reason}");
     // A name that resolves to loopback is refused when it is resolved.
     let named = https.replace("127.0.0.1", "localhost");
-    let reason = strict.post(&named, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = strict.post(&named, &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("loopback"), "{reason}");
-    let reason =
-        strict.post("https://169.254.169.254/latest/meta-data/", &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = strict.post("https://169.254.169.254/latest/meta-data/", &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("link-local"), "{reason}");
     // The receiver saw nothing.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -237,7 +236,7 @@ async fn https_with_the_extra_ca_and_kept_connections() {
     let url = format!("https://localhost:{port}/hook");
     let client = Client::new(LOOPBACK, limits(), Some(ca.as_bytes())).unwrap();
     for i in 0..5 {
-        let a = client.post(&url, &[("pypes-event-id", format!("e{i}"))], b"{}".to_vec()).await;
+        let a = client.post(&url, &[("pypes-event-id", format!("e{i}"))], b"{}").await;
         assert!(a.delivered(), "{a:?}");
     }
     // One TLS connection, kept between the attempts.
@@ -245,11 +244,43 @@ async fn https_with_the_extra_ca_and_kept_connections() {
 
     // Without the CA, the certificate is refused and the reason says so.
     let strangers = Client::new(LOOPBACK, limits(), None).unwrap();
-    let reason = strangers.post(&url, &[], b"{}".to_vec()).await.outcome.unwrap_err();
-    assert!(reason.contains("TLS handshake failed") && reason.contains("certificate"), "{reason}");
+    let reason = strangers.post(&url, &[], b"{}").await.outcome.unwrap_err();
+    assert!(
+        reason.contains("TLS handshake failed")
+            && reason
+                .contains("the endpoint's certificate is not issued by a certificate authority this server trusts"),
+        "{reason}"
+    );
+    // A name the certificate does not carry.
+    let by_address = format!("https://127.0.0.1:{port}/hook");
+    let reason = client.post(&by_address, &[], b"{}").await.outcome.unwrap_err();
+    assert!(reason.contains("is not valid for the host name in the endpoint's URL"), "{reason}");
     // An extra CA file with no certificate in it is a clear error.
     let e = Client::new(LOOPBACK, limits(), Some(b"not a certificate")).unwrap_err();
     assert!(e.contains("no certificate"), "{e}");
+}
+
+/// A server certificate that is a CA's (`CA:TRUE`, what `openssl req
+/// -x509` makes by default) is named as such, even when trusted.
+#[tokio::test]
+async fn a_ca_certificate_served_as_the_server_s_is_named() {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (port, _) = keep_alive_receiver(Some(acceptor), usize::MAX).await;
+    let client = Client::new(LOOPBACK, limits(), Some(cert.pem().as_bytes())).unwrap();
+    let reason = client.post(&format!("https://localhost:{port}/hook"), &[], b"{}").await.outcome.unwrap_err();
+    assert!(reason.contains("the endpoint's certificate is a certificate authority's (CA:TRUE)"), "{reason}");
 }
 
 #[tokio::test]
@@ -261,7 +292,7 @@ async fn a_connection_closed_while_idle_is_replaced_not_reported() {
     let url = format!("http://127.0.0.1:{port}/hook");
     let client = Client::new(LOOPBACK, limits(), None).unwrap();
     for _ in 0..3 {
-        let a = client.post(&url, &[], b"{}".to_vec()).await;
+        let a = client.post(&url, &[], b"{}").await;
         assert!(a.delivered(), "{a:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -270,7 +301,7 @@ async fn a_connection_closed_while_idle_is_replaced_not_reported() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://127.0.0.1:{}/hook", closed.local_addr().unwrap().port());
     drop(closed);
-    let reason = client.post(&dead, &[], b"{}".to_vec()).await.outcome.unwrap_err();
+    let reason = client.post(&dead, &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("could not connect"), "{reason}");
 }
 
@@ -286,7 +317,7 @@ async fn an_interim_answer_and_a_chunked_one_in_the_same_packet() {
     .await;
     let client = Client::new(LOOPBACK, limits(), None).unwrap();
     let started = Instant::now();
-    let a = client.post(&url, &[], b"{}".to_vec()).await;
+    let a = client.post(&url, &[], b"{}").await;
     assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
     assert_eq!(a.status, Some(422));
     let reason = a.outcome.unwrap_err();
