@@ -363,7 +363,7 @@ impl HookSender {
                 ("pypes-alert-rule", alert.rule.clone()),
                 ("pypes-delivery-attempt", (failures + 1).to_string()),
             ];
-            let attempt = self.client.post(&self.hook.url, &headers, body.clone()).await;
+            let attempt = self.client.post(&self.hook.url, &headers, &body).await;
             if attempt.delivered() {
                 self.metrics.hook_delivered.fetch_add(1, Relaxed);
                 return;

@@ -331,6 +331,10 @@ pub(crate) async fn save_redelivery(
 /// What a checkpoint records: (delivered through, failing since).
 type CheckpointState = (Option<u64>, Option<i64>);
 
+/// What a worker's status shows of its schedule: (queued, checkpoint,
+/// failing since, next attempt).
+type Shown = (usize, Option<u64>, Option<i64>, Option<i64>);
+
 /// An event queued for an endpoint: the shared entry and its failed
 /// attempts so far.
 struct Queued {
@@ -433,6 +437,15 @@ impl Worker {
         let mut saving: Option<tokio::task::JoinHandle<(CheckpointState, Result<(), AppError>)>> = None;
         let mut paused_def = self.def.borrow().paused.is_some();
         let mut filters = Self::filters(self.id, &self.def.borrow());
+        let id_text = self.id.to_string();
+        // One timer for the whole run, moved only when what it waits for
+        // changes: the housekeeping tick (every second: the clock may be
+        // moved, the checkpoint may need saving) or an earlier retry.
+        let mut tick_at = tokio::time::Instant::now() + Duration::from_secs(1);
+        let timer = tokio::time::sleep_until(tick_at);
+        tokio::pin!(timer);
+        // What the status shows of the schedule, published when it changes.
+        let mut published = None;
         loop {
             // A tenant moving to another region is delivered by the region
             // it lands in, from the first event not delivered here.
@@ -487,12 +500,12 @@ impl Worker {
                 }
                 for p in schedule.ready(now) {
                     let Some(q) = pending.get(&p.position) else { continue };
-                    let headers = headers(self.id, now, &def, &q.entry, q.attempts);
+                    let headers = headers(&id_text, now, &def, &q.entry, q.attempts);
                     let entry = q.entry.clone();
                     let (client, url, clock) = (self.client.clone(), target.1.clone(), self.app.clock.clone());
                     inflight.push(Box::pin(async move {
                         let attempt = match url {
-                            Ok(url) => client.post_checked(url, &headers, entry.body.clone()).await,
+                            Ok(url) => client.post_checked(url, &headers, &entry.body).await,
                             Err(reason) => Attempt::refused(reason),
                         };
                         Done { lane: p.lane, position: p.position, attempt, at_micros: clock.now_micros() }
@@ -519,17 +532,39 @@ impl Worker {
                 saving = Some(tokio::spawn(async move { (state, save_checkpoint(&app, id, state.0, state.1).await) }));
                 last_save = tokio::time::Instant::now();
             }
-            self.publish(&schedule, saved.0);
-            // Wake for what comes due, and at least every second (the
-            // clock may be moved, the checkpoint may need saving). Due
+            let shown = (schedule.queued(), saved.0, schedule.failing_since(), schedule.next_due());
+            if published != Some(shown) {
+                self.publish(shown);
+                published = Some(shown);
+            }
+            // Wake for what comes due, and at least every second. Due
             // already but not sent means the in-flight limit holds it: a
             // completion wakes the loop, not a timer (no spinning).
-            let wait = match schedule.next_due() {
-                Some(due) if due > now => Duration::from_micros((due - now) as u64).min(Duration::from_secs(1)),
-                _ => Duration::from_secs(1),
+            let deadline = match shown.3 {
+                Some(due) if due > now => {
+                    tick_at.min(tokio::time::Instant::now() + Duration::from_micros((due - now) as u64))
+                }
+                _ => tick_at,
             };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let room = reading && filters.is_ok();
             tokio::select! {
+                // Answers first: each frees a lane (and maybe room) for the
+                // next pass; then new entries, then the rest.
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    self.finish(&mut schedule, &mut pending, done);
+                    // Every other attempt that ended meanwhile, before the
+                    // next round of reading and sending.
+                    while let Some(Some(done)) = inflight.next().now_or_never() {
+                        self.finish(&mut schedule, &mut pending, done);
+                    }
+                    if schedule.paused() {
+                        self.pause(&def).await;
+                    }
+                }
                 // A page the hub read has entries for this endpoint (a wake
                 // during the pull above is kept, so none is lost).
                 _ = lease.notify.notified(), if on_hub && room => {}
@@ -560,17 +595,6 @@ impl Worker {
                         }
                     }
                 }
-                Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    self.finish(&mut schedule, &mut pending, done);
-                    // Every other attempt that ended meanwhile, before the
-                    // next round of reading and sending.
-                    while let Some(Some(done)) = inflight.next().now_or_never() {
-                        self.finish(&mut schedule, &mut pending, done);
-                    }
-                    if schedule.paused() {
-                        self.pause(&def).await;
-                    }
-                }
                 r = def_rx.changed() => {
                     if r.is_err() {
                         return;
@@ -587,7 +611,12 @@ impl Worker {
                     filters = Self::filters(self.id, &def_rx.borrow());
                 }
                 Some(()) = redeliver.recv() => self.start_redelivery(&mut replay).await,
-                _ = tokio::time::sleep(wait) => {}
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= tick_at {
+                        tick_at = now + Duration::from_secs(1);
+                    }
+                }
             }
         }
     }
@@ -656,7 +685,9 @@ impl Worker {
             Err(_) if done.attempt.status.is_some_and(|s| (200..300).contains(&s)) => None,
             Err(_) => done.attempt.status,
         });
-        schedule.complete(done.lane, outcome, done.at_micros, backoff::random_unit());
+        // The jitter's random draw (a system call) only for a retry.
+        let unit = if outcome == Outcome::Delivered { 0.5 } else { backoff::random_unit() };
+        schedule.complete(done.lane, outcome, done.at_micros, unit);
         let mut st = lock(&self.status);
         st.last_attempt_micros = done.at_micros;
         st.last_status = done.attempt.status.unwrap_or(0);
@@ -683,12 +714,14 @@ impl Worker {
         }
     }
 
-    fn publish(&self, schedule: &Schedule, checkpoint: Option<u64>) {
+    /// Shows (queued, checkpoint, failing since, next attempt) in the
+    /// endpoint's status.
+    fn publish(&self, (queued, checkpoint, failing_since, next_due): Shown) {
         let mut st = lock(&self.status);
-        st.queued = schedule.queued() as u64;
+        st.queued = queued as u64;
         st.checkpoint = checkpoint;
-        st.failing_since_micros = schedule.failing_since().unwrap_or(0);
-        st.next_attempt_micros = schedule.next_due().unwrap_or(0);
+        st.failing_since_micros = failing_since.unwrap_or(0);
+        st.next_attempt_micros = next_due.unwrap_or(0);
     }
 
     /// The endpoint failed for the whole retry window: recorded on the
@@ -726,7 +759,7 @@ impl Worker {
 
 /// The headers of one attempt of endpoint `id`, signed at `now` (µs) with
 /// the live secrets.
-fn headers(id: Uuid, now: i64, def: &Webhook, e: &Entry, attempts: u32) -> Vec<(&'static str, String)> {
+fn headers(id: &str, now: i64, def: &Webhook, e: &Entry, attempts: u32) -> Vec<(&'static str, String)> {
     let mut secrets: Vec<&[u8]> = vec![&def.secret];
     if let Some((old, until)) = &def.previous
         && *until > now
@@ -777,6 +810,7 @@ impl Replay {
         let from = state.after_position.map_or(SubscribeFrom::Start, SubscribeFrom::After);
         let mut feed = self.app.open_feed(self.tenant, from, filters, Worker::feed_limits());
         let first_retry = self.first_retry;
+        let id_text = self.id.to_string();
         let mut saved_at = tokio::time::Instant::now();
         while let Some(item) = feed.recv().await {
             let e = match item {
@@ -802,9 +836,9 @@ impl Replay {
                     return; // the endpoint was deleted
                 }
                 let def = self.def.borrow().clone();
-                let mut headers = headers(self.id, self.app.clock.now_micros(), &def, &entry, attempts);
+                let mut headers = headers(&id_text, self.app.clock.now_micros(), &def, &entry, attempts);
                 headers.push(("pypes-redelivery", "true".into()));
-                let attempt = self.client.post(&def.url, &headers, entry.body.clone()).await;
+                let attempt = self.client.post(&def.url, &headers, &entry.body).await;
                 if attempt.delivered() {
                     state.sent += 1;
                     state.after_position = Some(entry.position);
