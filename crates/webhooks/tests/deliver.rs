@@ -283,6 +283,35 @@ async fn a_ca_certificate_served_as_the_server_s_is_named() {
     assert!(reason.contains("the endpoint's certificate is a certificate authority's (CA:TRUE)"), "{reason}");
 }
 
+/// A leaf signed by a trusted CA but past its `notAfter` is named as
+/// expired.
+#[tokio::test]
+async fn an_expired_certificate_is_named() {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    leaf_params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], der)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (port, _) = keep_alive_receiver(Some(acceptor), usize::MAX).await;
+    let client = Client::new(LOOPBACK, limits(), Some(ca.pem().as_bytes())).unwrap();
+    let reason = client.post(&format!("https://localhost:{port}/hook"), &[], b"{}").await.outcome.unwrap_err();
+    assert!(reason.contains("the endpoint's certificate has expired"), "{reason}");
+}
+
 #[tokio::test]
 async fn a_connection_closed_while_idle_is_replaced_not_reported() {
     use std::sync::atomic::Ordering;
