@@ -550,10 +550,10 @@ impl Worker {
                 timer.as_mut().reset(deadline);
             }
             let room = reading && filters.is_ok();
+            // Unbiased: under steady load an answer or an entry is ready on
+            // most passes, and a fixed order would starve the definition's
+            // changes (a pause, a deletion) behind them.
             tokio::select! {
-                // Answers first: each frees a lane (and maybe room) for the
-                // next pass; then new entries, then the rest.
-                biased;
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     self.finish(&mut schedule, &mut pending, done);
                     // Every other attempt that ended meanwhile, before the

@@ -214,18 +214,22 @@ async fn keep_alive_receiver(
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
-fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+/// A TLS acceptor serving `cert` with `key`.
+fn acceptor(cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> tokio_rustls::TlsAcceptor {
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(vec![cert.der().clone()], key)
         .unwrap();
-    (tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)), ck.cert.pem())
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (acceptor(&ck.cert, &ck.signing_key), ck.cert.pem())
 }
 
 #[tokio::test]
@@ -268,16 +272,7 @@ async fn a_ca_certificate_served_as_the_server_s_is_named() {
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
-    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], der)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let (port, _) = keep_alive_receiver(Some(acceptor), usize::MAX).await;
+    let (port, _) = keep_alive_receiver(Some(acceptor(&cert, &key)), usize::MAX).await;
     let client = Client::new(LOOPBACK, limits(), Some(cert.pem().as_bytes())).unwrap();
     let reason = client.post(&format!("https://localhost:{port}/hook"), &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("the endpoint's certificate is a certificate authority's (CA:TRUE)"), "{reason}");
@@ -297,16 +292,7 @@ async fn an_expired_certificate_is_named() {
     leaf_params.not_after = rcgen::date_time_ymd(2020, 2, 1);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    let der = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], der)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let (port, _) = keep_alive_receiver(Some(acceptor), usize::MAX).await;
+    let (port, _) = keep_alive_receiver(Some(acceptor(&leaf, &leaf_key)), usize::MAX).await;
     let client = Client::new(LOOPBACK, limits(), Some(ca.pem().as_bytes())).unwrap();
     let reason = client.post(&format!("https://localhost:{port}/hook"), &[], b"{}").await.outcome.unwrap_err();
     assert!(reason.contains("the endpoint's certificate has expired"), "{reason}");
